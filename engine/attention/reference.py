@@ -1,0 +1,24 @@
+"""Reference attention: materialises the ragged causal mask, on purpose, for teaching and tests."""
+
+from __future__ import annotations
+
+import torch
+
+from ..batch_builder import RaggedBatch, ragged_causal_mask
+
+EPS = 1e-12
+
+
+def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: RaggedBatch) -> torch.Tensor:
+    group = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(group, dim=1)
+    v = v.repeat_interleave(group, dim=1)
+    mask = ragged_causal_mask(batch)  # [T, K]
+    scores = torch.einsum("thd,khd->htk", q, k) * q.shape[-1] ** -0.5
+    # A large negative fill (not -inf) keeps fully masked rows finite; subtracting the row max
+    # before exp avoids overflow; the eps clamp guards the division.
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min / 2)
+    scores = scores - scores.amax(dim=-1, keepdim=True)
+    weights = torch.exp(scores) * mask
+    weights = weights / weights.sum(dim=-1, keepdim=True).clamp_min(EPS)
+    return torch.einsum("htk,khd->thd", weights, v)

@@ -1,0 +1,97 @@
+"""Packs a step's scheduled items into one ragged batch: no padding, one row per token.
+
+Keys for item s are its request's positions 0 .. key_len - 1 (cached history plus this step's
+tokens), laid out one item after another. Query i may see key j iff seq(i) == seq(j) and
+pos(j) <= pos(i): the ragged causal mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .records import ScheduledItem
+
+
+@dataclass
+class RaggedBatch:
+    token_ids: torch.Tensor  # [T] long
+    positions: torch.Tensor  # [T] long, position of each query token in its own sequence
+    seq_ids: torch.Tensor  # [T] long, index of the item each query token belongs to
+    cu_seqlens_q: torch.Tensor  # [S + 1] long, query offsets per item
+    key_lens: torch.Tensor  # [S] long, keys each item attends over
+    cu_seqlens_k: torch.Tensor  # [S + 1] long, key offsets per item
+    key_seq_ids: torch.Tensor  # [K] long
+    key_positions: torch.Tensor  # [K] long
+    sample_rows: torch.Tensor  # rows whose logits are sampled (items that finish their sequence)
+    items: list[ScheduledItem]
+    # host copies: per-item python lists for backends that loop
+    q_lens: list[int]
+    k_lens: list[int]
+    first_positions: list[int]
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.token_ids.shape[0])
+
+    @property
+    def num_keys(self) -> int:
+        return int(self.key_positions.shape[0])
+
+
+def _ranges(lengths: torch.Tensor, offsets: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For segments of the given lengths laid end to end: (segment index, index within it)."""
+    device = lengths.device
+    seg = torch.repeat_interleave(torch.arange(lengths.shape[0], device=device), lengths, output_size=total)
+    return seg, torch.arange(total, device=device) - offsets[seg]
+
+
+def build_batch(items: list[ScheduledItem], tokens: list[list[int]], samples: list[bool],
+                device: torch.device) -> RaggedBatch:
+    """tokens[s] are the token ids item s feeds; samples[s] says whether it samples after.
+
+    Only the token ids and per-item lengths cross from the host; per-token and per-key
+    indices are expanded on the device, so host work is O(items + tokens), not O(keys).
+    """
+    token_ids: list[int] = []
+    for item, toks in zip(items, tokens):
+        assert len(toks) == item.num_tokens and item.key_len == item.first_pos + item.num_tokens
+        token_ids.extend(toks)
+    q_lens = [i.num_tokens for i in items]
+    k_lens = [i.key_len for i in items]
+    firsts = [i.first_pos for i in items]
+    meta = torch.tensor([q_lens, k_lens, firsts], dtype=torch.long).to(device)
+    q_len_t, k_len_t, first_t = meta[0], meta[1], meta[2]
+    zero = torch.zeros(1, dtype=torch.long, device=device)
+    cu_q = torch.cat([zero, q_len_t.cumsum(0)])
+    cu_k = torch.cat([zero, k_len_t.cumsum(0)])
+    seq_ids, offset_in_item = _ranges(q_len_t, cu_q, sum(q_lens))
+    key_seq_ids, key_positions = _ranges(k_len_t, cu_k, sum(k_lens))
+    sample_items = torch.tensor([s for s, flag in enumerate(samples) if flag], dtype=torch.long).to(device)
+    return RaggedBatch(
+        token_ids=torch.tensor(token_ids, dtype=torch.long).to(device),
+        positions=first_t[seq_ids] + offset_in_item, seq_ids=seq_ids, cu_seqlens_q=cu_q,
+        key_lens=k_len_t, cu_seqlens_k=cu_k, key_seq_ids=key_seq_ids, key_positions=key_positions,
+        sample_rows=cu_q[sample_items + 1] - 1, items=list(items),
+        q_lens=q_lens, k_lens=k_lens, first_positions=firsts,
+    )
+
+
+def ragged_causal_mask(batch: RaggedBatch) -> torch.Tensor:
+    """The boolean [T, K] mask: True where query i may attend to key j."""
+    same_seq = batch.seq_ids[:, None] == batch.key_seq_ids[None, :]
+    causal = batch.key_positions[None, :] <= batch.positions[:, None]
+    return same_seq & causal
+
+
+def mask_from_items(items: list[ScheduledItem]) -> list[list[bool]]:
+    """The same mask computed from record metadata alone, in pure Python (small batches only)."""
+    rows: list[list[bool]] = []
+    for s, item in enumerate(items):
+        for p in range(item.first_pos, item.first_pos + item.num_tokens):
+            row: list[bool] = []
+            for s2, other in enumerate(items):
+                row.extend((s2 == s and kp <= p) for kp in range(other.key_len))
+            rows.append(row)
+    return rows

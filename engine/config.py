@@ -1,0 +1,65 @@
+"""EngineConfig: every knob of the engine, validated when it is built."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+MODELS = ("tiny", "small")
+DEVICES = ("auto", "cpu", "cuda")
+KV_LAYOUTS = ("paged", "dense")
+ATTENTION_BACKENDS = ("auto", "reference", "sdpa", "flex")
+POLICIES = ("fcfs", "static")
+DTYPES = ("auto", "float32", "float64", "bfloat16")
+
+
+def _check_choice(name: str, value, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
+
+
+def _check_int(name: str, value, low: int, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        none = " or None" if optional else ""
+        raise ValueError(f"{name}={value!r} must be an integer >= {low}{none}")
+    if value < low:
+        raise ValueError(f"{name}={value} is out of range; it must be >= {low}")
+
+
+@dataclass
+class EngineConfig:
+    model: str = "tiny"
+    device: str = "auto"
+    max_tokens_per_step: int = 64
+    prefill_chunk_size: int = 16
+    max_decode_per_step: int | None = None
+    kv_layout: str = "paged"
+    block_size: int = 16
+    num_blocks: int | None = None  # None: sized from the model and device
+    attention: str = "auto"
+    policy: str = "fcfs"
+    static_batch_size: int = 8
+    dtype: str = "auto"
+    seed: int = 0
+    eos_token_id: int | None = None  # None: generate exactly max_new_tokens
+
+    def __post_init__(self) -> None:
+        _check_choice("model", self.model, MODELS)
+        _check_choice("device", self.device, DEVICES)
+        _check_choice("kv_layout", self.kv_layout, KV_LAYOUTS)
+        _check_choice("attention", self.attention, ATTENTION_BACKENDS)
+        _check_choice("policy", self.policy, POLICIES)
+        _check_choice("dtype", self.dtype, DTYPES)
+        _check_int("max_tokens_per_step", self.max_tokens_per_step, 1)
+        _check_int("prefill_chunk_size", self.prefill_chunk_size, 1)
+        _check_int("max_decode_per_step", self.max_decode_per_step, 1, optional=True)
+        _check_int("block_size", self.block_size, 1)
+        _check_int("num_blocks", self.num_blocks, 1, optional=True)
+        _check_int("static_batch_size", self.static_batch_size, 1)
+        _check_int("seed", self.seed, 0)
+        _check_int("eos_token_id", self.eos_token_id, 0, optional=True)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]

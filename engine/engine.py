@@ -1,0 +1,245 @@
+"""Engine: owns the model, the KV cache and the scheduler; `step()` runs one scheduler step."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from . import tokenizer
+from .attention import get_backend, resolve_backend
+from .batch_builder import build_batch
+from .config import EngineConfig
+from .kv_cache import DenseKVCache, PagedKVCache
+from .memory import memory_view
+from .model import PRESETS, build_model
+from .records import (REASON_NOT_ARRIVED, KVView, RequestView, ScheduledItem, StepRecord)
+from .request import Request, RequestState
+from .sampling import greedy_batch, sample
+from .scheduler import Scheduler
+
+TAIL = 24  # generated tokens kept in each request's record tail
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' but no CUDA GPU is visible; use device='cpu' or 'auto'")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+def _default_num_blocks(config: EngineConfig, device: torch.device, bytes_per_token: int) -> int:
+    spec = PRESETS[config.model]
+    per_seq = -(-spec.max_context // config.block_size)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return max(per_seq, min(int(free * 0.4) // (bytes_per_token * config.block_size), 1 << 16))
+    return per_seq * 8  # room for eight full-context sequences on the CPU
+
+
+class Engine:
+    def __init__(self, config: EngineConfig | None = None):
+        self.config = config = config or EngineConfig()
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype, self.device)
+        self.attention_name = resolve_backend(config.attention, self.device)
+        self.attention = get_backend(self.attention_name)
+        self.spec = PRESETS[config.model]
+        self.model = build_model(config.model, config.seed, self.device, self.dtype)
+        s = self.spec
+        if config.kv_layout == "paged":
+            elem = torch.empty((), dtype=self.dtype).element_size()
+            bytes_per_token = 2 * s.num_layers * s.num_kv_heads * s.head_dim * elem
+            self.num_blocks = config.num_blocks or _default_num_blocks(config, self.device, bytes_per_token)
+            self.kv = PagedKVCache(s.num_layers, s.num_kv_heads, s.head_dim, self.dtype, self.device,
+                                   self.num_blocks, config.block_size)
+        else:
+            self.num_blocks = 0
+            self.kv = DenseKVCache(s.num_layers, s.num_kv_heads, s.head_dim, self.dtype, self.device)
+        self.scheduler = Scheduler(config, self.kv)
+        self.requests: dict[int, Request] = {}
+        self.pending: list[Request] = []  # not arrived yet, sorted by arrival step
+        self.step_index = 0
+        self._next_id = 0
+        self._generators: dict[int, torch.Generator] = {}
+
+    # -- requests -------------------------------------------------------------------------
+    def add_request(self, prompt: list[int] | str, max_new_tokens: int = 16, arrival_step: int = 0,
+                    priority: int = 0, request_id: int | None = None, temperature: float = 0.0,
+                    top_k: int = 0, seed: int | None = None, deadline_step: int | None = None) -> int:
+        """Queues a request; returns its id. Raises ValueError naming what is wrong."""
+        tokens = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        self._validate_request(tokens, max_new_tokens, arrival_step, priority, request_id, temperature, top_k)
+        rid = self._next_id if request_id is None else request_id
+        self._next_id = max(self._next_id, rid) + 1
+        req = Request(rid, tokens, max_new_tokens, arrival_step, priority, temperature, top_k, seed,
+                      deadline_step)
+        self.requests[rid] = req
+        self.pending.append(req)
+        self.pending.sort(key=lambda r: (r.arrival_step, r.id))
+        if temperature > 0:
+            gen_seed = seed if seed is not None else self.config.seed * 1_000_003 + rid
+            self._generators[rid] = torch.Generator().manual_seed(gen_seed)
+        return rid
+
+    def _validate_request(self, tokens, max_new_tokens, arrival_step, priority, request_id, temperature, top_k):
+        s = self.spec
+        if not tokens:
+            raise ValueError("prompt is empty; give at least one token (or a non-empty string)")
+        bad = [t for t in tokens if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < s.vocab_size]
+        if bad:
+            raise ValueError(f"prompt token {bad[0]!r} is out of range; token ids must be integers in "
+                             f"0..{s.vocab_size - 1} for model {s.name!r}")
+        for name, value, low in (("max_new_tokens", max_new_tokens, 1), ("arrival_step", arrival_step, 0),
+                                 ("top_k", top_k, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name}={value!r} is out of range; it must be an integer >= {low}")
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise ValueError(f"priority={priority!r} must be an integer")
+        if not isinstance(temperature, (int, float)) or temperature < 0:
+            raise ValueError(f"temperature={temperature!r} must be a number >= 0")
+        total = len(tokens) + max_new_tokens
+        if total > s.max_context:
+            raise ValueError(f"prompt ({len(tokens)} tokens) + max_new_tokens ({max_new_tokens}) = {total} "
+                             f"exceeds the context of model {s.name!r} ({s.max_context}); shorten the prompt "
+                             f"or lower max_new_tokens")
+        if isinstance(self.kv, PagedKVCache):
+            need = self.kv.allocator.blocks_for(total)
+            if need > self.num_blocks:
+                raise ValueError(f"num_blocks={self.num_blocks} is too small: one request of {total} tokens "
+                                 f"needs {need} blocks of {self.config.block_size}; raise num_blocks to at "
+                                 f"least {need}")
+        if request_id is not None:
+            if isinstance(request_id, bool) or not isinstance(request_id, int) or request_id < 0:
+                raise ValueError(f"request_id={request_id!r} must be an integer >= 0")
+            if request_id in self.requests:
+                raise ValueError(f"request_id={request_id} is already used; give each request its own id")
+
+    def has_unfinished(self) -> bool:
+        return bool(self.pending or self.scheduler.waiting or self.scheduler.running)
+
+    # -- one step -------------------------------------------------------------------------
+    def step(self) -> StepRecord:
+        start = time.perf_counter()
+        step = self.step_index
+        while self.pending and self.pending[0].arrival_step <= step:
+            req = self.pending.pop(0)
+            req.arrival_time = start
+            self.scheduler.add_arrived(req)
+
+        plan = self.scheduler.schedule()
+        items = [ScheduledItem(s.request.id, s.kind, s.request.num_computed, s.num_tokens,
+                               s.request.num_computed + s.num_tokens) for s in plan.items]
+        sampled: dict[int, int] = {}
+        if plan.items:
+            sampled = self._run_model(plan, items)
+
+        finished = []
+        now = time.perf_counter()
+        for s in plan.items:
+            r = s.request
+            r.num_computed += s.num_tokens
+            if r.id in sampled:
+                r.output.append(sampled[r.id])
+                if r.first_token_step is None:
+                    r.first_token_step, r.first_token_time = step, now
+                eos = self.config.eos_token_id
+                if len(r.output) >= r.max_new_tokens or (eos is not None and r.output[-1] == eos):
+                    r.state, r.finished_step, r.finish_time = RequestState.FINISHED, step, now
+                    self.scheduler.finish(r)
+                    finished.append(r.id)
+                    continue
+            r.state = r.phase()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        wall = time.perf_counter() - start
+        record = self._record(step, plan, items, sampled, finished, wall)
+        self.step_index += 1
+        return record
+
+    def _run_model(self, plan, items: list[ScheduledItem]) -> dict[int, int]:
+        tokens, samples = [], []
+        for s in plan.items:
+            r = s.request
+            all_tokens = r.prompt + r.output if r.output else r.prompt
+            tokens.append(all_tokens[r.num_computed:r.num_computed + s.num_tokens])
+            samples.append(r.num_computed + s.num_tokens == r.num_tokens)
+        batch = build_batch(items, tokens, samples, self.device)
+        rids = [s.request.id for s in plan.items]
+        self.kv.begin_step(rids, batch)
+        logits = self.model(batch.token_ids, batch.positions, batch.sample_rows, self.kv, self.attention, batch)
+        self.kv.commit_step()
+        sampling = [s.request for s, flag in zip(plan.items, samples) if flag]
+        if all(r.temperature <= 0 for r in sampling):
+            chosen = greedy_batch(logits)
+        else:
+            chosen = [sample(logits[i], r.temperature, r.top_k, self._generators.get(r.id))
+                      for i, r in enumerate(sampling)]
+        return {r.id: tok for r, tok in zip(sampling, chosen)}
+
+    # -- the record -----------------------------------------------------------------------
+    def _record(self, step, plan, items, sampled, finished, wall) -> StepRecord:
+        sched = self.scheduler
+        scheduled_ids = {i.request_id for i in items}
+        views = []
+        for r in self.requests.values():
+            reason = None
+            if r.state is RequestState.PENDING:
+                reason = REASON_NOT_ARRIVED
+            elif r.id not in scheduled_ids and not r.is_finished:
+                reason = plan.reasons.get(r.id)
+            ttft = None if r.first_token_step is None else r.first_token_step - r.arrival_step
+            tail = r.output[-TAIL:]
+            views.append(RequestView(r.id, r.state.value, len(r.prompt), r.prefill_pos, len(r.output),
+                                     r.max_new_tokens, r.arrival_step, r.priority, ttft, reason,
+                                     r.num_preemptions, tail, tokenizer.decode(tail)))
+        decode_tokens, prefill_tokens = plan.tokens("decode"), plan.tokens("prefill")
+        freed = [r.id for r in plan.preempted] + finished
+        return StepRecord(
+            step=step, policy=self.config.policy, budget=plan.budget, decode_tokens=decode_tokens,
+            prefill_tokens=prefill_tokens, unused_tokens=plan.budget - decode_tokens - prefill_tokens,
+            decode_demand=plan.decode_demand, decode_cap=self.config.max_decode_per_step, items=items,
+            requests=views, kv=self._kv_view(freed), preempted=[r.id for r in plan.preempted],
+            finished=finished, sampled={str(k): v for k, v in sampled.items()},
+            running=len(sched.running), waiting=len(sched.waiting),
+            finished_total=sum(r.is_finished for r in self.requests.values()), pending=len(self.pending),
+            padding_slots=sched.padding_slots(), wall_time_s=wall,
+            memory=memory_view(self.device, self.model.weight_bytes(), self.kv.pool_bytes),
+        )
+
+    def _kv_view(self, freed: list[int]) -> KVView:
+        kv = self.kv
+        tokens = {str(k): v for k, v in kv.tokens.items()}
+        if isinstance(kv, PagedKVCache):
+            a = kv.allocator
+            tables = {str(k): list(v) for k, v in a.tables.items()}
+            used = a.num_blocks - a.num_free
+            return KVView("paged", a.block_size, a.num_blocks, used, a.num_free, tables, tokens, freed,
+                          kv.bytes_per_token, kv.pool_bytes)
+        return KVView("dense", self.config.block_size, 0, 0, 0, {}, tokens, freed, kv.bytes_per_token,
+                      kv.pool_bytes)
+
+    # -- whole runs -----------------------------------------------------------------------
+    def run_until_done(self, max_steps: int | None = None) -> dict[int, list[int]]:
+        """Steps until every request finished; returns {request id: generated token ids}."""
+        idle = 0
+        while self.has_unfinished():
+            if max_steps is not None and self.step_index >= max_steps:
+                break
+            record = self.step()
+            waiting_only = not record.items and not self.pending and self.has_unfinished()
+            idle = idle + 1 if waiting_only else 0
+            if idle > 1:  # nothing can ever run again: fail loudly instead of hanging
+                raise RuntimeError(f"scheduler made no progress at step {record.step}: "
+                                   f"{len(self.scheduler.waiting)} requests cannot be scheduled")
+        return {rid: list(r.output) for rid, r in self.requests.items()}
+
+    def outputs(self) -> dict[int, list[int]]:
+        return {rid: list(r.output) for rid, r in self.requests.items()}

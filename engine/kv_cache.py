@@ -1,0 +1,169 @@
+"""KV caches: dense (per request, contiguous) and paged (fixed-size blocks in one pool).
+
+Both expose the same step protocol to the model:
+  begin_step(request_ids, batch)  -> where this step's keys/values go and which keys it reads
+  write(layer, k, v)              -> store this step's keys/values
+  read(layer)                     -> packed keys/values [K, kv_heads, head_dim], item after item
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import torch
+
+from .batch_builder import RaggedBatch
+
+
+class PagedAllocator:
+    """Hands out physical blocks from a fixed pool and keeps each request's block table."""
+
+    def __init__(self, num_blocks: int, block_size: int):
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.free_blocks: deque[int] = deque(range(num_blocks))
+        self.tables: dict[int, list[int]] = {}
+
+    def blocks_for(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.block_size)
+
+    def blocks_needed(self, request_id: int, num_tokens: int) -> int:
+        return max(0, self.blocks_for(num_tokens) - len(self.tables.get(request_id, ())))
+
+    def can_allocate(self, request_id: int, num_tokens: int) -> bool:
+        return self.blocks_needed(request_id, num_tokens) <= len(self.free_blocks)
+
+    def allocate(self, request_id: int, num_tokens: int) -> list[int]:
+        """Grows the request's table to hold num_tokens; returns the new blocks."""
+        needed = self.blocks_needed(request_id, num_tokens)
+        if needed > len(self.free_blocks):
+            raise MemoryError(f"request {request_id} needs {needed} blocks, {len(self.free_blocks)} free")
+        new = [self.free_blocks.popleft() for _ in range(needed)]
+        self.tables.setdefault(request_id, []).extend(new)
+        return new
+
+    def free(self, request_id: int) -> list[int]:
+        blocks = self.tables.pop(request_id, [])
+        self.free_blocks.extend(blocks)
+        return blocks
+
+    @property
+    def num_free(self) -> int:
+        return len(self.free_blocks)
+
+
+class _CacheBase:
+    layout = ""
+
+    def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype,
+                 device: torch.device):
+        self.num_layers, self.num_kv_heads, self.head_dim = num_layers, num_kv_heads, head_dim
+        self.dtype, self.device = dtype, device
+        self.tokens: dict[int, int] = {}  # request id -> tokens whose K/V are stored
+        elem = torch.empty((), dtype=dtype).element_size()
+        self.bytes_per_token = 2 * num_layers * num_kv_heads * head_dim * elem
+
+    def commit_step(self) -> None:
+        """Marks this step's tokens as stored (called after the forward pass)."""
+        for rid, item in zip(self._step_rids, self._batch.items):
+            self.tokens[rid] = item.key_len
+
+
+class PagedKVCache(_CacheBase):
+    layout = "paged"
+
+    def __init__(self, num_layers, num_kv_heads, head_dim, dtype, device, num_blocks: int, block_size: int):
+        super().__init__(num_layers, num_kv_heads, head_dim, dtype, device)
+        self.allocator = PagedAllocator(num_blocks, block_size)
+        self.block_size = block_size
+        shape = (num_layers, num_blocks * block_size, num_kv_heads, head_dim)
+        self.k_pool = torch.zeros(shape, dtype=dtype, device=device)
+        self.v_pool = torch.zeros(shape, dtype=dtype, device=device)
+
+    @property
+    def pool_bytes(self) -> int:
+        return self.allocator.num_blocks * self.block_size * self.bytes_per_token
+
+    def can_allocate(self, request_id: int, num_tokens: int) -> bool:
+        return self.allocator.can_allocate(request_id, num_tokens)
+
+    def allocate(self, request_id: int, num_tokens: int) -> None:
+        self.allocator.allocate(request_id, num_tokens)
+
+    def free(self, request_id: int) -> None:
+        self.allocator.free(request_id)
+        self.tokens.pop(request_id, None)
+
+    def _slots(self, tables: torch.Tensor, seq: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return tables[seq, pos // self.block_size] * self.block_size + pos % self.block_size
+
+    def begin_step(self, request_ids: list[int], batch: RaggedBatch) -> None:
+        self._step_rids, self._batch = request_ids, batch
+        width = max((len(self.allocator.tables[r]) for r in request_ids), default=0)
+        rows = [self.allocator.tables[r] + [0] * (width - len(self.allocator.tables[r])) for r in request_ids]
+        tables = torch.tensor(rows, dtype=torch.long).to(self.device)
+        self._write_slots = self._slots(tables, batch.seq_ids, batch.positions)
+        self._read_slots = self._slots(tables, batch.key_seq_ids, batch.key_positions)
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        self.k_pool[layer].index_copy_(0, self._write_slots, k)
+        self.v_pool[layer].index_copy_(0, self._write_slots, v)
+
+    def read(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.k_pool[layer][self._read_slots], self.v_pool[layer][self._read_slots]
+
+    def flatten(self, layer: int, request_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A request's cached K/V: its blocks gathered in order, the unused tail trimmed."""
+        n = self.tokens.get(request_id, 0)
+        blocks = torch.tensor(self.allocator.tables.get(request_id, []), dtype=torch.long, device=self.device)
+        offsets = torch.arange(self.block_size, device=self.device)
+        slots = (blocks[:, None] * self.block_size + offsets[None, :]).reshape(-1)[:n]
+        return self.k_pool[layer][slots], self.v_pool[layer][slots]
+
+
+class DenseKVCache(_CacheBase):
+    """Each request owns contiguous K/V tensors per layer, grown by concatenation."""
+
+    layout = "dense"
+
+    def __init__(self, num_layers, num_kv_heads, head_dim, dtype, device):
+        super().__init__(num_layers, num_kv_heads, head_dim, dtype, device)
+        self.store: dict[int, list[list[torch.Tensor]]] = {}  # rid -> [layer] -> [k, v]
+
+    @property
+    def pool_bytes(self) -> int:
+        return sum(self.tokens.values()) * self.bytes_per_token
+
+    def can_allocate(self, request_id: int, num_tokens: int) -> bool:
+        return True  # dense storage grows on demand; it never preempts
+
+    def allocate(self, request_id: int, num_tokens: int) -> None:
+        pass
+
+    def free(self, request_id: int) -> None:
+        self.store.pop(request_id, None)
+        self.tokens.pop(request_id, None)
+
+    def begin_step(self, request_ids: list[int], batch: RaggedBatch) -> None:
+        self._step_rids, self._batch = request_ids, batch
+        for rid, item in zip(request_ids, batch.items):
+            held = self.tokens.get(rid, 0)
+            assert held == item.first_pos, f"dense cache for request {rid} holds {held}, step starts at {item.first_pos}"
+            if rid not in self.store:
+                empty = torch.empty((0, self.num_kv_heads, self.head_dim), dtype=self.dtype, device=self.device)
+                self.store[rid] = [[empty, empty] for _ in range(self.num_layers)]
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        for rid, k_new, v_new in zip(self._step_rids, k.split(self._batch.q_lens), v.split(self._batch.q_lens)):
+            entry = self.store[rid][layer]
+            entry[0] = torch.cat([entry[0], k_new])
+            entry[1] = torch.cat([entry[1], v_new])
+
+    def read(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ks = [self.store[rid][layer][0] for rid in self._step_rids]
+        vs = [self.store[rid][layer][1] for rid in self._step_rids]
+        return torch.cat(ks), torch.cat(vs)
+
+    def flatten(self, layer: int, request_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        k, v = self.store[request_id][layer]
+        return k, v

@@ -1,0 +1,158 @@
+"""A Llama-style decoder (RMSNorm, rotary positions, grouped-query attention, SwiGLU).
+
+Weights are random from a seed: nothing is downloaded. The forward pass takes one packed,
+unpadded batch and leaves keys/values to the KV cache and the attention backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    intermediate_size: int
+    max_context: int
+    rope_theta: float = 10000.0
+    rms_eps: float = 1e-6
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+
+PRESETS = {
+    # Byte-level vocabulary, so scenarios can use text prompts; fast on a 2-core CPU.
+    "tiny": ModelSpec("tiny", vocab_size=256, hidden_size=64, num_layers=2, num_heads=4,
+                      num_kv_heads=2, intermediate_size=128, max_context=4096),
+    # Qwen2.5-0.5B widths (vocabulary cut to 32000).
+    "small": ModelSpec("small", vocab_size=32000, hidden_size=896, num_layers=24, num_heads=14,
+                       num_kv_heads=2, intermediate_size=4864, max_context=4096,
+                       rope_theta=1000000.0),
+}
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        var = x.pow(2).mean(-1, keepdim=True)
+        return x * torch.rsqrt(var + self.eps) * self.weight
+
+
+class Rotary:
+    """Rotary embeddings in the half-split layout (as Llama in transformers).
+
+    The cos/sin table is computed once in float64 for the whole context, then cast; it is a
+    plain attribute, not a buffer, so `model.to(bfloat16)` cannot round the frequencies.
+    """
+
+    def __init__(self, head_dim: int, theta: float, max_context: int):
+        cpu = torch.device("cpu")  # explicit: the model may be built under a meta-device context
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64, device=cpu) / head_dim))
+        freqs = torch.arange(max_context, dtype=torch.float64, device=cpu)[:, None] * inv_freq[None, :]
+        emb = torch.cat([freqs, freqs], dim=-1)
+        self._cos64, self._sin64 = emb.cos(), emb.sin()
+        self._tables: dict = {}
+
+    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (positions.device, dtype)
+        if key not in self._tables:
+            self._tables[key] = (self._cos64.to(positions.device, dtype), self._sin64.to(positions.device, dtype))
+        cos, sin = self._tables[key]
+        return cos[positions][:, None, :], sin[positions][:, None, :]
+
+    @staticmethod
+    def apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+        return x * cos + rotated * sin
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        d, h, kvh = spec.head_dim, spec.num_heads, spec.num_kv_heads
+        self.input_norm = RMSNorm(spec.hidden_size, spec.rms_eps)
+        self.q_proj = nn.Linear(spec.hidden_size, h * d, bias=False)
+        self.k_proj = nn.Linear(spec.hidden_size, kvh * d, bias=False)
+        self.v_proj = nn.Linear(spec.hidden_size, kvh * d, bias=False)
+        self.o_proj = nn.Linear(h * d, spec.hidden_size, bias=False)
+        self.post_norm = RMSNorm(spec.hidden_size, spec.rms_eps)
+        self.gate_proj = nn.Linear(spec.hidden_size, spec.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(spec.hidden_size, spec.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(spec.intermediate_size, spec.hidden_size, bias=False)
+        self.spec = spec
+
+    def forward(self, x, cos, sin, layer_idx, kv_cache, attention, meta):
+        s = self.spec
+        t = x.shape[0]
+        h = self.input_norm(x)
+        q = self.q_proj(h).view(t, s.num_heads, s.head_dim)
+        k = self.k_proj(h).view(t, s.num_kv_heads, s.head_dim)
+        v = self.v_proj(h).view(t, s.num_kv_heads, s.head_dim)
+        q, k = Rotary.apply(q, cos, sin), Rotary.apply(k, cos, sin)
+        kv_cache.write(layer_idx, k, v)
+        keys, values = kv_cache.read(layer_idx)
+        attn = attention(q, keys, values, meta)
+        x = x + self.o_proj(attn.reshape(t, s.num_heads * s.head_dim))
+        h = self.post_norm(x)
+        return x + self.down_proj(nn.functional.silu(self.gate_proj(h)) * self.up_proj(h))
+
+
+class DecoderModel(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.spec = spec
+        self.embed = nn.Embedding(spec.vocab_size, spec.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(spec) for _ in range(spec.num_layers))
+        self.norm = RMSNorm(spec.hidden_size, spec.rms_eps)
+        self.lm_head = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
+        self.rotary = Rotary(spec.head_dim, spec.rope_theta, spec.max_context)
+
+    @torch.no_grad()
+    def init_random(self, seed: int) -> None:
+        """Seeded random weights, scaled so activations stay O(1) through the layers."""
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        for name, param in self.named_parameters():
+            if name.endswith("norm.weight"):
+                param.fill_(1.0)
+                continue
+            fan_in = param.shape[1] if param.dim() == 2 and "embed" not in name else 1
+            std = 1.0 / fan_in**0.5
+            param.copy_(torch.randn(param.shape, generator=gen, dtype=torch.float32) * std)
+
+    @torch.no_grad()
+    def forward(self, token_ids, positions, sample_rows, kv_cache, attention, meta) -> torch.Tensor:
+        """Runs the packed batch; returns logits only for `sample_rows` (tokens that sample)."""
+        x = self.embed(token_ids)
+        cos, sin = self.rotary.cos_sin(positions, x.dtype)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, i, kv_cache, attention, meta)
+        x = self.norm(x[sample_rows])
+        return self.lm_head(x)
+
+    def weight_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.parameters())
+
+
+def build_model(name: str, seed: int, device: torch.device, dtype: torch.dtype) -> DecoderModel:
+    spec = PRESETS[name]
+    # Build on the meta device, then materialise: no wasted default init of big matrices.
+    with torch.device("meta"):
+        model = DecoderModel(spec)
+    model = model.to_empty(device="cpu")
+    model.init_random(seed)
+    return model.to(device=device, dtype=dtype).eval()

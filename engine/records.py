@@ -1,0 +1,121 @@
+"""StepRecord: everything one scheduler step did, as plain JSON-serialisable data.
+
+The dashboard, the headless printer and any recording read only these records, never engine
+internals. Keep every field a plain int, float, str, bool, None, list or dict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+# Why a request was not scheduled in a step (the record says it for every one).
+REASON_NOT_ARRIVED = "not arrived yet"
+REASON_BUDGET = "token budget spent"
+REASON_DECODE_CAP = "decode cap"
+REASON_NO_BLOCKS = "no free KV blocks"
+REASON_PREEMPTED = "preempted"
+REASON_STATIC_BATCH = "static batch full"
+REASON_FINISHED = "finished"
+
+
+@dataclass
+class ScheduledItem:
+    """A slice of one request's sequence run in this step: one row block of the ragged mask.
+
+    Query tokens are positions first_pos .. first_pos + num_tokens - 1; they see keys at positions
+    0 .. key_len - 1 of the same request (cached history plus this step's tokens), causally.
+    """
+
+    request_id: int
+    kind: str  # "decode" or "prefill"
+    first_pos: int
+    num_tokens: int
+    key_len: int
+
+
+@dataclass
+class RequestView:
+    id: int
+    state: str
+    prompt_len: int
+    prefill_pos: int
+    generated: int
+    max_new_tokens: int
+    arrival_step: int
+    priority: int
+    ttft_steps: int | None  # steps from arrival to first generated token
+    reason: str | None  # why it was not scheduled this step; None when it was
+    num_preemptions: int
+    output_tail: list[int]
+    text_tail: str
+
+
+@dataclass
+class KVView:
+    layout: str  # "paged" or "dense"
+    block_size: int
+    num_blocks: int  # pool size (paged); 0 for dense
+    blocks_used: int
+    blocks_free: int
+    block_tables: dict[str, list[int]]  # request id (as str, JSON keys) -> physical blocks
+    tokens: dict[str, int]  # request id -> tokens held in the cache
+    freed: list[int]  # requests whose blocks were freed this step (finished or preempted)
+    bytes_per_token: int
+    pool_bytes: int
+
+
+@dataclass
+class MemoryView:
+    source: str  # "cuda" or "rss"
+    allocated_bytes: int
+    reserved_bytes: int
+    rss_bytes: int
+    weight_bytes: int
+    kv_pool_bytes: int
+
+
+@dataclass
+class StepRecord:
+    step: int
+    policy: str
+    budget: int
+    decode_tokens: int
+    prefill_tokens: int
+    unused_tokens: int
+    decode_demand: int  # requests ready to decode this step
+    decode_cap: int | None  # max_decode_per_step (None: only the budget caps decodes)
+    items: list[ScheduledItem]
+    requests: list[RequestView]
+    kv: KVView
+    preempted: list[int]
+    finished: list[int]
+    sampled: dict[str, int]  # request id -> token sampled this step
+    running: int
+    waiting: int
+    finished_total: int
+    pending: int  # added but not yet arrived
+    padding_slots: int  # static policy: batch slots held by finished requests (wasted)
+    wall_time_s: float
+    memory: MemoryView
+    annotations: list[str] = field(default_factory=list)  # plugins' notes for the header
+    errors: list[str] = field(default_factory=list)  # e.g. a plugin that raised and was disabled
+
+    @property
+    def num_query_tokens(self) -> int:
+        return sum(item.num_tokens for item in self.items)
+
+    @property
+    def num_key_tokens(self) -> int:
+        return sum(item.key_len for item in self.items)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "StepRecord":
+        data = dict(data)
+        data["items"] = [ScheduledItem(**i) for i in data["items"]]
+        data["requests"] = [RequestView(**r) for r in data["requests"]]
+        data["kv"] = KVView(**data["kv"])
+        data["memory"] = MemoryView(**data["memory"])
+        return cls(**data)

@@ -1,0 +1,76 @@
+"""A request and its life cycle: waiting -> prefill -> decode -> finished (or preempted)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class RequestState(str, Enum):
+    PENDING = "pending"  # added, but its arrival step has not come yet
+    WAITING = "waiting"  # arrived, holds no KV cache yet
+    PREFILL = "prefill"  # admitted, prompt (or recompute) not fully in the cache
+    DECODE = "decode"  # one new token per step
+    PREEMPTED = "preempted"  # KV freed for lack of blocks; will recompute, keeps its tokens
+    FINISHED = "finished"
+
+
+@dataclass
+class Request:
+    """One generation request.
+
+    The engine treats prompt and generated tokens as one sequence: `num_computed` counts the
+    tokens whose keys and values are in the cache. A step feeds `all_tokens[num_computed:...]`;
+    when the whole sequence is computed, the next token is sampled. That one rule covers
+    chunked prefill, decode and recompute after preemption.
+    """
+
+    id: int
+    prompt: list[int]
+    max_new_tokens: int
+    arrival_step: int = 0
+    priority: int = 0
+    temperature: float = 0.0
+    top_k: int = 0
+    seed: int | None = None
+    deadline_step: int | None = None
+    output: list[int] = field(default_factory=list)
+    num_computed: int = 0
+    state: RequestState = RequestState.PENDING
+    admitted_step: int | None = None
+    first_token_step: int | None = None
+    finished_step: int | None = None
+    num_preemptions: int = 0
+    first_token_time: float | None = None
+    arrival_time: float | None = None
+    finish_time: float | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt) + len(self.output)
+
+    @property
+    def all_tokens(self) -> list[int]:
+        return self.prompt + self.output
+
+    @property
+    def remaining(self) -> int:
+        """Tokens still to be fed to the model before the next sample."""
+        return self.num_tokens - self.num_computed
+
+    @property
+    def is_decoding(self) -> bool:
+        return bool(self.output) and self.remaining == 1
+
+    @property
+    def prefill_pos(self) -> int:
+        """How much of the prompt is in the cache (what the dashboard calls prompt progress)."""
+        return min(self.num_computed, len(self.prompt))
+
+    @property
+    def is_finished(self) -> bool:
+        return self.state is RequestState.FINISHED
+
+    def phase(self) -> RequestState:
+        """PREFILL or DECODE for an admitted request, from its token counts."""
+        return RequestState.DECODE if self.is_decoding else RequestState.PREFILL

@@ -1,0 +1,171 @@
+"""The token-budget scheduler: decodes first (capped), then prefill chunks, FCFS.
+
+When the paged KV pool runs dry, the newest running request is preempted by recompute: its
+blocks are freed, it goes back to the head of the waiting queue and keeps its generated tokens.
+The `static` policy reuses all of this but only lets one fixed batch run until it finishes.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from .config import EngineConfig
+from .records import (REASON_BUDGET, REASON_DECODE_CAP, REASON_NO_BLOCKS, REASON_PREEMPTED,
+                      REASON_STATIC_BATCH)
+from .request import Request, RequestState
+
+
+@dataclass
+class Scheduled:
+    request: Request
+    kind: str  # "decode" or "prefill"
+    num_tokens: int
+
+
+@dataclass
+class SchedulePlan:
+    items: list[Scheduled] = field(default_factory=list)
+    reasons: dict[int, str] = field(default_factory=dict)  # request id -> why not scheduled
+    preempted: list[Request] = field(default_factory=list)
+    decode_demand: int = 0
+    budget: int = 0
+    used: int = 0  # tokens scheduled so far
+    decode_used: int = 0
+
+    def add(self, scheduled: Scheduled) -> None:
+        self.items.append(scheduled)
+        self.used += scheduled.num_tokens
+        self.decode_used += scheduled.num_tokens if scheduled.kind == "decode" else 0
+
+    def remove(self, request: Request) -> None:
+        """Takes back a request's item (it was preempted after being scheduled)."""
+        for i, s in enumerate(self.items):
+            if s.request is request:
+                del self.items[i]
+                self.used -= s.num_tokens
+                self.decode_used -= s.num_tokens if s.kind == "decode" else 0
+                return
+
+    @property
+    def left(self) -> int:
+        return self.budget - self.used
+
+    def tokens(self, kind: str) -> int:
+        return self.decode_used if kind == "decode" else self.used - self.decode_used
+
+
+class Scheduler:
+    def __init__(self, config: EngineConfig, kv_cache):
+        self.config = config
+        self.kv = kv_cache
+        self.waiting: deque[Request] = deque()  # arrived, holding no KV; preempted ones in front
+        self.running: list[Request] = []  # admitted, in admission order (newest last)
+        self.static_batch: list[Request] = []
+
+    # -- queue changes -------------------------------------------------------------------
+    def add_arrived(self, request: Request) -> None:
+        request.state = RequestState.WAITING
+        self.waiting.append(request)
+
+    def finish(self, request: Request) -> None:
+        self.running.remove(request)
+        self.kv.free(request.id)
+
+    def _preempt(self, victim: Request, plan: SchedulePlan) -> None:
+        """Recompute preemption: drop the KV, keep the tokens, requeue at the front."""
+        self.running.remove(victim)
+        self.kv.free(victim.id)
+        victim.num_computed = 0
+        victim.state = RequestState.PREEMPTED
+        victim.num_preemptions += 1
+        self.waiting.appendleft(victim)
+        plan.preempted.append(victim)
+        plan.reasons[victim.id] = REASON_PREEMPTED
+        plan.remove(victim)  # a victim scheduled earlier in this step gives its tokens back
+
+    def _reserve(self, request: Request, num_tokens: int, plan: SchedulePlan) -> bool:
+        """Makes KV room for request's next num_tokens, preempting newer requests if needed.
+
+        Returns False when the request itself had to be preempted.
+        """
+        while not self.kv.can_allocate(request.id, request.num_computed + num_tokens):
+            victim = self.running[-1]
+            self._preempt(victim, plan)
+            if victim is request:
+                return False
+        self.kv.allocate(request.id, request.num_computed + num_tokens)
+        return True
+
+    # -- one step ------------------------------------------------------------------------
+    def schedule(self) -> SchedulePlan:
+        cfg = self.config
+        plan = SchedulePlan(budget=cfg.max_tokens_per_step)
+        candidates = self.waiting
+        if cfg.policy == "static":
+            candidates = self._static_candidates(plan)
+
+        # 1) Decodes first: one token per decoding request, capped by budget and decode cap.
+        decoders = [r for r in self.running if r.is_decoding]
+        plan.decode_demand = len(decoders)
+        cap = cfg.max_decode_per_step
+        for r in decoders:
+            if r.state is RequestState.PREEMPTED:  # a victim earlier in this loop
+                continue
+            if cap is not None and plan.decode_used >= cap:
+                plan.reasons[r.id] = REASON_DECODE_CAP
+            elif plan.left == 0:
+                plan.reasons[r.id] = REASON_BUDGET
+            elif self._reserve(r, 1, plan):
+                plan.add(Scheduled(r, "decode", 1))
+
+        # 2) Prefill chunks for admitted requests still prefilling, oldest first.
+        for r in [r for r in self.running if not r.is_decoding]:
+            if r.state is RequestState.PREEMPTED:
+                continue
+            if plan.left == 0:
+                plan.reasons[r.id] = REASON_BUDGET
+                continue
+            n = min(cfg.prefill_chunk_size, r.remaining, plan.left)
+            if self._reserve(r, n, plan):
+                plan.add(Scheduled(r, "prefill", n))
+
+        # 3) Admit waiting requests (preempted ones first) while budget and blocks last.
+        blocked = False
+        for r in list(candidates):
+            if r in plan.preempted:  # not re-admitted in the step that evicted it
+                continue
+            if plan.left == 0 or blocked:
+                plan.reasons.setdefault(r.id, REASON_NO_BLOCKS if blocked else REASON_BUDGET)
+                continue
+            n = min(cfg.prefill_chunk_size, r.remaining, plan.left)
+            if not self.kv.can_allocate(r.id, n):
+                plan.reasons[r.id] = REASON_NO_BLOCKS
+                blocked = True  # FCFS: nobody overtakes the head of the queue
+                continue
+            self.waiting.remove(r)
+            self.running.append(r)
+            r.state = RequestState.PREFILL
+            self.kv.allocate(r.id, n)
+            plan.add(Scheduled(r, "prefill", n))
+            plan.reasons.pop(r.id, None)
+        if cfg.policy == "static":
+            for r in self.waiting:
+                if r not in self.static_batch:
+                    plan.reasons[r.id] = REASON_STATIC_BATCH
+        # Decodes always come first in the packed batch; prefills follow in schedule order.
+        plan.items.sort(key=lambda s: s.kind != "decode")
+        return plan
+
+    def _static_candidates(self, plan: SchedulePlan) -> list[Request]:
+        """Static batching: a new batch forms only when every member of the last one finished."""
+        if all(r.is_finished for r in self.static_batch):
+            self.static_batch = list(self.waiting)[: self.config.static_batch_size]
+        return [r for r in self.waiting if r in self.static_batch]
+
+    def padding_slots(self) -> int:
+        """Static policy: slots of the batch held idle by finished (or missing) members."""
+        if self.config.policy != "static" or not self.static_batch:
+            return 0
+        live = sum(not r.is_finished for r in self.static_batch)
+        return self.config.static_batch_size - live if live else 0

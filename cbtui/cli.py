@@ -1,0 +1,72 @@
+"""The `cbtui` command line."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from scenarios import ScenarioError, builtin_names, load_scenario
+
+
+def fail(message: str) -> None:
+    """Bad input: one line on stderr, exit code 2, never a traceback."""
+    click.echo(f"cbtui: error: {message}", err=True)
+    sys.exit(2)
+
+
+@click.group()
+@click.version_option(package_name="cbtui")
+def main() -> None:
+    """See and debug continuous batching, one scheduler step at a time."""
+
+
+def _list_scenarios() -> None:
+    for name in builtin_names():
+        try:
+            scenario = load_scenario(name)
+            click.echo(f"{name:<22} {scenario.title}")
+        except ScenarioError as exc:
+            click.echo(f"{name:<22} (broken: {exc})")
+
+
+@main.command("scenarios")
+def scenarios_cmd() -> None:
+    """List the built-in scenarios."""
+    _list_scenarios()
+
+
+@main.command("scenario")
+@click.argument("name", required=False)
+@click.option("--list", "list_", is_flag=True, help="List the built-in scenarios and exit.")
+@click.option("--headless", is_flag=True, help="Run without the dashboard; one line per step.")
+@click.option("--json", "as_json", is_flag=True, help="Headless: print one StepRecord (JSON) per line.")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Stop after this many steps.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
+@click.option("--model", type=click.Choice(["tiny", "small"]), default=None)
+@click.option("--attention", type=click.Choice(["auto", "reference", "sdpa", "flex"]), default=None)
+@click.option("--kv-layout", type=click.Choice(["paged", "dense"]), default=None)
+@click.option("--paused", is_flag=True, help="Dashboard: start paused.")
+@click.option("--speed", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Dashboard: steps per second (default 4).")
+def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention, kv_layout, paused, speed):
+    """Run a scenario: a built-in NAME or a path to a .toml file."""
+    if list_:
+        _list_scenarios()
+        return
+    if not name:
+        fail(f"give a scenario name or a .toml path; built-in: {', '.join(builtin_names())}")
+    overrides = dict(device=device, model=model, attention=attention, kv_layout=kv_layout)
+    try:
+        scenario = load_scenario(name)
+        engine = scenario.build_engine(**overrides)
+    except (ScenarioError, ValueError) as exc:
+        fail(str(exc))
+    if headless or as_json:
+        from .headless import run_headless
+
+        run_headless(engine, scenario.title, scenario.description, as_json=as_json, max_steps=steps)
+        return
+    from .app import run_dashboard
+
+    run_dashboard(scenario, engine, overrides=overrides, paused=paused, speed=speed, max_steps=steps)

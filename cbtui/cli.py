@@ -8,6 +8,8 @@ import click
 
 from scenarios import ScenarioError, builtin_names, load_scenario
 
+from .bench_cli import bench
+
 
 def fail(message: str) -> None:
     """Bad input: one line on stderr, exit code 2, never a traceback."""
@@ -28,6 +30,9 @@ def _list_scenarios() -> None:
             click.echo(f"{name:<22} {scenario.title}")
         except ScenarioError as exc:
             click.echo(f"{name:<22} (broken: {exc})")
+
+
+main.add_command(bench)
 
 
 @main.command("scenarios")

@@ -17,7 +17,27 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
-@click.group()
+class OneLineErrors(click.Group):
+    """Usage errors as one line (`cbtui: error: ...`) and exit code 2, like every other bad input."""
+
+    def main(self, *args, **kwargs):
+        kwargs["standalone_mode"] = False
+        try:
+            rc = super().main(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+            sys.exit(0)
+        except click.UsageError as exc:
+            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+            fail(exc.format_message() + hint)
+        except click.ClickException as exc:
+            fail(exc.format_message())
+        except click.Abort:
+            sys.exit(130)
+        sys.exit(rc if isinstance(rc, int) else 0)
+
+
+@click.group(cls=OneLineErrors)
 @click.version_option(package_name="cbtui")
 def main() -> None:
     """See and debug continuous batching, one scheduler step at a time."""

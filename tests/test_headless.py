@@ -1,0 +1,36 @@
+"""`cbtui scenario NAME --headless` / `--json` end to end."""
+
+import json
+import subprocess
+import sys
+
+from engine import StepRecord
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "cbtui", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_headless_lines_and_summary():
+    res = cli("scenario", "mixed_load", "--headless", "--steps", "6", "--attention", "reference")
+    assert res.returncode == 0, res.stderr
+    lines = [line for line in res.stdout.splitlines() if line.startswith("step ")]
+    assert len(lines) == 6 and lines[0].startswith("step    0 |")
+    assert "decode" in lines[0] and "prefill" in lines[0] and "waiting" in lines[0]
+    assert "summary: 6 steps" in res.stdout and "mean TTFT" in res.stdout
+
+
+def test_json_is_one_record_per_line():
+    res = cli("scenario", "mixed_load", "--json", "--steps", "4", "--kv-layout", "dense")
+    assert res.returncode == 0, res.stderr
+    recs = [StepRecord.from_dict(json.loads(line)) for line in res.stdout.splitlines()]
+    assert [r.step for r in recs] == [0, 1, 2, 3]
+    assert recs[0].kv.layout == "dense"
+
+
+def test_full_run_finishes_every_request():
+    res = cli("scenario", "mixed_load", "--json")
+    assert res.returncode == 0, res.stderr
+    last = json.loads(res.stdout.splitlines()[-1])
+    assert last["running"] == last["waiting"] == last["pending"] == 0
+    assert last["finished_total"] == len(last["requests"])

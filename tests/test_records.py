@@ -1,0 +1,29 @@
+"""StepRecords are plain data: they survive a JSON round trip unchanged."""
+
+import json
+
+from engine import Engine, EngineConfig, StepRecord
+
+
+def test_json_round_trip_and_fields():
+    eng = Engine(EngineConfig(model="tiny", device="cpu", max_tokens_per_step=8, prefill_chunk_size=4,
+                              block_size=4))
+    eng.add_request("hello world", max_new_tokens=3)
+    eng.add_request([5, 6, 7], max_new_tokens=2, arrival_step=2)
+    records = []
+    while eng.has_unfinished():
+        records.append(eng.step())
+    for rec in records:
+        data = json.loads(json.dumps(rec.to_dict()))
+        assert StepRecord.from_dict(data) == rec
+    first = records[0]
+    assert first.budget == 8 and first.prefill_tokens == 4 and first.unused_tokens == 4
+    assert first.kv.layout == "paged" and first.kv.block_size == 4
+    assert first.memory.source == "rss" and first.memory.rss_bytes > 0
+    assert first.memory.weight_bytes == eng.model.weight_bytes()
+    assert first.wall_time_s > 0
+    late = next(v for v in first.requests if v.id == 1)
+    assert late.state == "pending" and late.reason == "not arrived yet"
+    done = records[-1].requests[0]
+    assert done.state == "finished" and done.generated == 3 and done.ttft_steps is not None
+    assert records[-1].finished_total == 2 and records[-1].running == 0

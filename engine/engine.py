@@ -59,7 +59,7 @@ class Engine:
             bytes_per_token = 2 * s.num_layers * s.num_kv_heads * s.head_dim * elem
             self.num_blocks = config.num_blocks or _default_num_blocks(config, self.device, bytes_per_token)
             self.kv = PagedKVCache(s.num_layers, s.num_kv_heads, s.head_dim, self.dtype, self.device,
-                                   self.num_blocks, config.block_size)
+                                   self.num_blocks, config.block_size, s.max_context)
         else:
             self.num_blocks = 0
             self.kv = DenseKVCache(s.num_layers, s.num_kv_heads, s.head_dim, self.dtype, self.device)
@@ -67,6 +67,7 @@ class Engine:
         self.requests: dict[int, Request] = {}
         self.pending: list[Request] = []  # not arrived yet, sorted by arrival step
         self.step_index = 0
+        self._finished_total = 0
         self._next_id = 0
         self._generators: dict[int, torch.Generator] = {}
 
@@ -155,6 +156,7 @@ class Engine:
                     r.state, r.finished_step, r.finish_time = RequestState.FINISHED, step, now
                     self.scheduler.finish(r)
                     finished.append(r.id)
+                    self._finished_total += 1
                     continue
             r.state = r.phase()
         if self.device.type == "cuda":
@@ -196,10 +198,10 @@ class Engine:
             elif r.id not in scheduled_ids and not r.is_finished:
                 reason = plan.reasons.get(r.id)
             ttft = None if r.first_token_step is None else r.first_token_step - r.arrival_step
-            tail = r.output[-TAIL:]
+            tail = r.output[-TAIL:]  # text is decoded by whoever shows it, for the rows it shows
             views.append(RequestView(r.id, r.state.value, len(r.prompt), r.prefill_pos, len(r.output),
                                      r.max_new_tokens, r.arrival_step, r.priority, ttft, reason,
-                                     r.num_preemptions, tail, tokenizer.decode(tail)))
+                                     r.num_preemptions, tail))
         decode_tokens, prefill_tokens = plan.tokens("decode"), plan.tokens("prefill")
         freed = [r.id for r in plan.preempted] + finished
         return StepRecord(
@@ -209,7 +211,7 @@ class Engine:
             requests=views, kv=self._kv_view(freed), preempted=[r.id for r in plan.preempted],
             finished=finished, sampled={str(k): v for k, v in sampled.items()},
             running=len(sched.running), waiting=len(sched.waiting),
-            finished_total=sum(r.is_finished for r in self.requests.values()), pending=len(self.pending),
+            finished_total=self._finished_total, pending=len(self.pending),
             padding_slots=sched.padding_slots(), wall_time_s=wall,
             memory=memory_view(self.device, self.model.weight_bytes(), self.kv.pool_bytes),
         )
@@ -219,7 +221,7 @@ class Engine:
         tokens = {str(k): v for k, v in kv.tokens.items()}
         if isinstance(kv, PagedKVCache):
             a = kv.allocator
-            tables = {str(k): list(v) for k, v in a.tables.items()}
+            tables = {str(k): v for k, v in a.tables.items()}  # immutable tuples: no copies
             used = a.num_blocks - a.num_free
             return KVView("paged", a.block_size, a.num_blocks, used, a.num_free, tables, tokens, freed,
                           kv.bytes_per_token, kv.pool_bytes)

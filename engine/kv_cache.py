@@ -22,7 +22,8 @@ class PagedAllocator:
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.free_blocks: deque[int] = deque(range(num_blocks))
-        self.tables: dict[int, list[int]] = {}
+        # Tuples, replaced when they grow: a StepRecord can hold them without copying.
+        self.tables: dict[int, tuple[int, ...]] = {}
 
     def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
@@ -36,14 +37,16 @@ class PagedAllocator:
     def allocate(self, request_id: int, num_tokens: int) -> list[int]:
         """Grows the request's table to hold num_tokens; returns the new blocks."""
         needed = self.blocks_needed(request_id, num_tokens)
+        if needed == 0:
+            return []
         if needed > len(self.free_blocks):
             raise MemoryError(f"request {request_id} needs {needed} blocks, {len(self.free_blocks)} free")
         new = [self.free_blocks.popleft() for _ in range(needed)]
-        self.tables.setdefault(request_id, []).extend(new)
+        self.tables[request_id] = self.tables.get(request_id, ()) + tuple(new)
         return new
 
-    def free(self, request_id: int) -> list[int]:
-        blocks = self.tables.pop(request_id, [])
+    def free(self, request_id: int) -> tuple[int, ...]:
+        blocks = self.tables.pop(request_id, ())
         self.free_blocks.extend(blocks)
         return blocks
 
@@ -72,10 +75,16 @@ class _CacheBase:
 class PagedKVCache(_CacheBase):
     layout = "paged"
 
-    def __init__(self, num_layers, num_kv_heads, head_dim, dtype, device, num_blocks: int, block_size: int):
+    def __init__(self, num_layers, num_kv_heads, head_dim, dtype, device, num_blocks: int, block_size: int,
+                 max_context: int):
         super().__init__(num_layers, num_kv_heads, head_dim, dtype, device)
         self.allocator = PagedAllocator(num_blocks, block_size)
         self.block_size = block_size
+        # Host mirror of the block tables, one row per live request, updated as blocks are handed
+        # out, so a step copies its rows in one go instead of rebuilding them from lists.
+        self._table = torch.zeros((64, self.allocator.blocks_for(max_context)), dtype=torch.long)
+        self._row: dict[int, int] = {}
+        self._free_rows: list[int] = list(range(63, -1, -1))
         shape = (num_layers, num_blocks * block_size, num_kv_heads, head_dim)
         self.k_pool = torch.zeros(shape, dtype=dtype, device=device)
         self.v_pool = torch.zeros(shape, dtype=dtype, device=device)
@@ -87,21 +96,37 @@ class PagedKVCache(_CacheBase):
     def can_allocate(self, request_id: int, num_tokens: int) -> bool:
         return self.allocator.can_allocate(request_id, num_tokens)
 
+    def capacity(self, request_id: int) -> int:
+        return len(self.allocator.tables.get(request_id, ())) * self.block_size
+
     def allocate(self, request_id: int, num_tokens: int) -> None:
-        self.allocator.allocate(request_id, num_tokens)
+        new = self.allocator.allocate(request_id, num_tokens)
+        if not new:
+            return
+        if request_id not in self._row:
+            if not self._free_rows:
+                grown = self._table.shape[0]
+                self._table = torch.cat([self._table, torch.zeros_like(self._table)])
+                self._free_rows = list(range(2 * grown - 1, grown - 1, -1))
+            self._row[request_id] = self._free_rows.pop()
+        table = self.allocator.tables[request_id]
+        self._table[self._row[request_id], len(table) - len(new):len(table)] = torch.tensor(new)
 
     def free(self, request_id: int) -> None:
         self.allocator.free(request_id)
         self.tokens.pop(request_id, None)
+        if request_id in self._row:
+            self._free_rows.append(self._row.pop(request_id))
 
     def _slots(self, tables: torch.Tensor, seq: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         return tables[seq, pos // self.block_size] * self.block_size + pos % self.block_size
 
     def begin_step(self, request_ids: list[int], batch: RaggedBatch) -> None:
         self._step_rids, self._batch = request_ids, batch
-        width = max((len(self.allocator.tables[r]) for r in request_ids), default=0)
-        rows = [self.allocator.tables[r] + [0] * (width - len(self.allocator.tables[r])) for r in request_ids]
-        tables = torch.tensor(rows, dtype=torch.long).to(self.device)
+        tables_by_id = self.allocator.tables
+        width = max(len(tables_by_id[r]) for r in request_ids)
+        rows = torch.tensor([self._row[r] for r in request_ids], dtype=torch.long)
+        tables = self._table[rows, :width].to(self.device)
         self._write_slots = self._slots(tables, batch.seq_ids, batch.positions)
         self._read_slots = self._slots(tables, batch.key_seq_ids, batch.key_positions)
 
@@ -139,6 +164,9 @@ class DenseKVCache(_CacheBase):
 
     def allocate(self, request_id: int, num_tokens: int) -> None:
         pass
+
+    def capacity(self, request_id: int) -> int:
+        return 1 << 62  # unbounded
 
     def free(self, request_id: int) -> None:
         self.store.pop(request_id, None)

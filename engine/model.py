@@ -60,7 +60,7 @@ class Rotary:
     """
 
     def __init__(self, head_dim: int, theta: float, max_context: int):
-        cpu = torch.device("cpu")  # explicit: the model may be built under a meta-device context
+        cpu = torch.device("cpu")  # explicit, whatever the default device is
         inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64, device=cpu) / head_dim))
         freqs = torch.arange(max_context, dtype=torch.float64, device=cpu)[:, None] * inv_freq[None, :]
         emb = torch.cat([freqs, freqs], dim=-1)
@@ -149,10 +149,6 @@ class DecoderModel(nn.Module):
 
 
 def build_model(name: str, seed: int, device: torch.device, dtype: torch.dtype) -> DecoderModel:
-    spec = PRESETS[name]
-    # Build on the meta device, then materialise: no wasted default init of big matrices.
-    with torch.device("meta"):
-        model = DecoderModel(spec)
-    model = model.to_empty(device="cpu")
-    model.init_random(seed)
+    model = DecoderModel(PRESETS[name])
+    model.init_random(seed)  # same weights on every device: drawn on the CPU from the seed
     return model.to(device=device, dtype=dtype).eval()

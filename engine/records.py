@@ -18,7 +18,7 @@ REASON_STATIC_BATCH = "static batch full"
 REASON_FINISHED = "finished"
 
 
-@dataclass
+@dataclass(slots=True)
 class ScheduledItem:
     """A slice of one request's sequence run in this step: one row block of the ragged mask.
 
@@ -33,7 +33,7 @@ class ScheduledItem:
     key_len: int
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestView:
     id: int
     state: str
@@ -46,25 +46,24 @@ class RequestView:
     ttft_steps: int | None  # steps from arrival to first generated token
     reason: str | None  # why it was not scheduled this step; None when it was
     num_preemptions: int
-    output_tail: list[int]
-    text_tail: str
+    output_tail: list[int]  # last generated ids; engine.tokenizer.decode turns them into text
 
 
-@dataclass
+@dataclass(slots=True)
 class KVView:
     layout: str  # "paged" or "dense"
     block_size: int
     num_blocks: int  # pool size (paged); 0 for dense
     blocks_used: int
     blocks_free: int
-    block_tables: dict[str, list[int]]  # request id (as str, JSON keys) -> physical blocks
+    block_tables: dict[str, tuple[int, ...]]  # request id (as str, JSON keys) -> physical blocks
     tokens: dict[str, int]  # request id -> tokens held in the cache
     freed: list[int]  # requests whose blocks were freed this step (finished or preempted)
     bytes_per_token: int
     pool_bytes: int
 
 
-@dataclass
+@dataclass(slots=True)
 class MemoryView:
     source: str  # "cuda" or "rss"
     allocated_bytes: int
@@ -74,7 +73,7 @@ class MemoryView:
     kv_pool_bytes: int
 
 
-@dataclass
+@dataclass(slots=True)
 class StepRecord:
     step: int
     policy: str
@@ -116,6 +115,8 @@ class StepRecord:
         data = dict(data)
         data["items"] = [ScheduledItem(**i) for i in data["items"]]
         data["requests"] = [RequestView(**r) for r in data["requests"]]
-        data["kv"] = KVView(**data["kv"])
+        kv = dict(data["kv"])
+        kv["block_tables"] = {k: tuple(v) for k, v in kv["block_tables"].items()}
+        data["kv"] = KVView(**kv)
         data["memory"] = MemoryView(**data["memory"])
         return cls(**data)

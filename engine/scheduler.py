@@ -71,12 +71,13 @@ class Scheduler:
     def finish(self, request: Request) -> None:
         self.running.remove(request)
         self.kv.free(request.id)
+        request.kv_capacity = 0
 
     def _preempt(self, victim: Request, plan: SchedulePlan) -> None:
         """Recompute preemption: drop the KV, keep the tokens, requeue at the front."""
         self.running.remove(victim)
         self.kv.free(victim.id)
-        victim.num_computed = 0
+        victim.num_computed = victim.kv_capacity = 0
         victim.state = RequestState.PREEMPTED
         victim.num_preemptions += 1
         self.waiting.appendleft(victim)
@@ -89,12 +90,16 @@ class Scheduler:
 
         Returns False when the request itself had to be preempted.
         """
-        while not self.kv.can_allocate(request.id, request.num_computed + num_tokens):
+        need = request.num_computed + num_tokens
+        if need <= request.kv_capacity:  # fast path: the last block still has room
+            return True
+        while not self.kv.can_allocate(request.id, need):
             victim = self.running[-1]
             self._preempt(victim, plan)
             if victim is request:
                 return False
-        self.kv.allocate(request.id, request.num_computed + num_tokens)
+        self.kv.allocate(request.id, need)
+        request.kv_capacity = self.kv.capacity(request.id)
         return True
 
     # -- one step ------------------------------------------------------------------------
@@ -147,6 +152,7 @@ class Scheduler:
             self.running.append(r)
             r.state = RequestState.PREFILL
             self.kv.allocate(r.id, n)
+            r.kv_capacity = self.kv.capacity(r.id)
             plan.add(Scheduled(r, "prefill", n))
             plan.reasons.pop(r.id, None)
         if cfg.policy == "static":

@@ -1,0 +1,65 @@
+"""Host-side cost of one step: scheduling, batch building, KV bookkeeping and the StepRecord.
+
+The model is swapped for one that returns zero logits at once, so what is left is exactly the
+per-step host work that a GPU would wait on.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from engine import Engine, EngineConfig
+
+
+class NullModel(torch.nn.Module):
+    def __init__(self, vocab_size: int):
+        super().__init__()
+        self.vocab_size = vocab_size
+
+    def forward(self, token_ids, positions, sample_rows, kv_cache, attention, meta):
+        return torch.zeros(sample_rows.shape[0], self.vocab_size)
+
+    def weight_bytes(self) -> int:
+        return 0
+
+
+def run_host_bench(num_requests: int, steps: int, prompt_len: int = 32) -> dict:
+    block_size = 16
+    per_request = -(-(prompt_len + steps + 8) // block_size)
+    config = EngineConfig(model="tiny", device="cpu", max_tokens_per_step=num_requests * prompt_len,  # one prefill step for all
+                          prefill_chunk_size=prompt_len, block_size=block_size,
+                          num_blocks=num_requests * per_request, attention="sdpa")
+    engine = Engine(config)
+    engine.model = NullModel(engine.spec.vocab_size)
+    for i in range(num_requests):
+        engine.add_request([(i + j) % 256 for j in range(prompt_len)], max_new_tokens=steps + 4)
+    while not all(r.is_decoding for r in engine.requests.values()):
+        engine.step()  # prefill everyone first: the timed steps are pure decode
+    times, cpu_times = [], []
+    for _ in range(steps):
+        start, cpu_start = time.perf_counter(), time.thread_time()
+        rec = engine.step()
+        times.append(time.perf_counter() - start)
+        cpu_times.append(time.thread_time() - cpu_start)  # robust to other processes on the box
+        assert rec.decode_tokens == num_requests
+    result = {
+        "machine": f"{platform.machine()} {platform.processor() or platform.platform()}",
+        "running_requests": num_requests, "steps": steps,
+        "host_ms_median": statistics.median(times) * 1e3, "host_ms_p90": sorted(times)[int(0.9 * len(times))] * 1e3,
+        "host_cpu_ms_median": statistics.median(cpu_times) * 1e3,
+    }
+    table = Table(title=f"host overhead per step, {num_requests} decoding requests ({result['machine']})")
+    table.add_column("median ms", justify="right")
+    table.add_column("p90 ms", justify="right")
+    table.add_column("thread CPU ms (median)", justify="right")
+    table.add_column("goal ms", justify="right")
+    table.add_row(f"{result['host_ms_median']:.2f}", f"{result['host_ms_p90']:.2f}",
+                  f"{result['host_cpu_ms_median']:.2f}", "2.00")
+    Console().print(table)
+    return result

@@ -43,7 +43,12 @@ def check_invariants(config: EngineConfig, workload: list[dict]) -> None:
         if not rec.preempted:
             cap = config.max_decode_per_step or rec.budget
             assert rec.decode_tokens == min(rec.decode_demand, cap, rec.budget)
+        scheduled = {item.request_id for item in rec.items}
         for view in rec.requests:
+            if view.state != "finished" and view.id not in scheduled:
+                assert view.reason, f"request {view.id} not scheduled at step {rec.step} without a reason"
+            if view.id in scheduled:
+                assert view.reason is None
             if view.arrival_step > rec.step:
                 assert view.state == "pending" and view.reason == REASON_NOT_ARRIVED
     assert all(len(out) == w["max_new_tokens"] for out, w in zip(outputs, workload)), "every request finishes"

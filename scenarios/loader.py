@@ -25,6 +25,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from engine import Engine, EngineConfig
+from engine.config import ATTENTION_BACKENDS, DEVICES, DTYPES, KV_LAYOUTS, MODELS, POLICIES
 from engine.model import PRESETS
 
 from .errors import ScenarioError
@@ -35,6 +36,8 @@ BUILTIN_DIR = Path(__file__).parent
 TOP_KEYS = ("title", "summary", "description", "question", "seed", "engine", "requests", "generators",
             "compare")
 ENGINE_KEYS = tuple(EngineConfig.field_names())
+ENGINE_CHOICES = {"model": MODELS, "device": DEVICES, "kv_layout": KV_LAYOUTS, "attention": ATTENTION_BACKENDS,
+                  "policy": POLICIES, "dtype": DTYPES}
 MAX_BATCH_TOKENS = 1 << 20  # upper bound for token counts per step (budget, chunk, decode cap)
 MAX_POOL_TOKENS = 1 << 20  # num_blocks * block_size: keeps a typo from allocating gigabytes
 MAX_VARIANTS = 8
@@ -131,6 +134,9 @@ def _resolve(name: str) -> Path:
 def _check_engine(check: Checker, settings: dict) -> EngineConfig:
     """Unknown keys, EngineConfig's own validation, then bounds that keep a run sane."""
     check.keys(settings, ENGINE_KEYS)
+    for key, allowed in ENGINE_CHOICES.items():  # checked here too, for the 'did you mean'
+        if key in settings:
+            check.choice(settings, key, None, allowed)
     try:
         config = EngineConfig(**settings)
     except ValueError as exc:

@@ -115,7 +115,7 @@ class Checker:
         value = table.get(key, default)
         if value not in allowed or not isinstance(value, str):
             close = difflib.get_close_matches(value, allowed, n=1) if isinstance(value, str) else []
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
             self.fail(key, f"{show(value)} is not allowed{hint}; choose one of: "
                            f"{', '.join(repr(a) for a in allowed)}")
         return value

@@ -132,25 +132,26 @@ def _resolve(name: str) -> Path:
 
 
 def _check_engine(check: Checker, settings: dict) -> EngineConfig:
-    """Unknown keys, EngineConfig's own validation, then bounds that keep a run sane."""
+    """Unknown keys, choices and integer ranges (with bounds that keep a run sane), then EngineConfig."""
     check.keys(settings, ENGINE_KEYS)
     for key, allowed in ENGINE_CHOICES.items():  # checked here too, for the 'did you mean'
         if key in settings:
             check.choice(settings, key, None, allowed)
+    spec = PRESETS[settings.get("model", EngineConfig.model)]
+    ranges = {"max_tokens_per_step": MAX_BATCH_TOKENS, "prefill_chunk_size": MAX_BATCH_TOKENS,
+              "max_decode_per_step": MAX_BATCH_TOKENS, "block_size": spec.max_context,
+              "num_blocks": MAX_POOL_TOKENS, "static_batch_size": MAX_REQUESTS}
+    for key, high in ranges.items():
+        if key in settings:
+            check.check_int(settings[key], key, 1, high)
+    if "seed" in settings:
+        check.check_int(settings["seed"], "seed", 0, MAX_SEED)
+    if "eos_token_id" in settings:
+        check.check_int(settings["eos_token_id"], "eos_token_id", 0, spec.vocab_size - 1)
     try:
         config = EngineConfig(**settings)
-    except ValueError as exc:
+    except ValueError as exc:  # anything EngineConfig checks that the lines above do not
         raise ScenarioError(f"{check.file}: {check.where}{exc}") from None
-    spec = PRESETS[config.model]
-    for key in ("max_tokens_per_step", "prefill_chunk_size"):
-        check.check_int(getattr(config, key), key, 1, MAX_BATCH_TOKENS)
-    if config.max_decode_per_step is not None:
-        check.check_int(config.max_decode_per_step, "max_decode_per_step", 1, MAX_BATCH_TOKENS)
-    check.check_int(config.static_batch_size, "static_batch_size", 1, MAX_REQUESTS)
-    check.check_int(config.block_size, "block_size", 1, spec.max_context)
-    check.check_int(config.seed, "seed", 0, MAX_SEED)
-    if config.eos_token_id is not None:
-        check.check_int(config.eos_token_id, "eos_token_id", 0, spec.vocab_size - 1)
     if config.num_blocks is not None and config.num_blocks * config.block_size > MAX_POOL_TOKENS:
         check.fail("num_blocks", f"num_blocks * block_size = {config.num_blocks * config.block_size} tokens; "
                                  f"a scenario's pool may hold at most {MAX_POOL_TOKENS}")
@@ -210,7 +211,7 @@ def from_dict(data: dict, path: Path) -> Scenario:
             total = len(spec["prompt"]) + spec["max_new_tokens"]
             problem = _block_need(variant_config)(total)
             if problem:
-                vcheck.fail("num_blocks", f"request {i}: {problem}")
+                vcheck.fail("num_blocks", f"request #{i + 1} of the workload: {problem}")
         variants[name] = dict(overrides)
 
     return Scenario(name=path.stem, path=path, title=title, description=description, question=question,

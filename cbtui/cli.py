@@ -88,7 +88,7 @@ def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention
     if headless or as_json:
         from .headless import run_headless
 
-        title = scenario.title + (f" [variant {variant}]" if variant else "")
+        title = scenario.title + (f" (variant {variant})" if variant else "")
         question = f"Question: {scenario.question}" if scenario.question else ""
         about = "\n".join(t for t in (scenario.description, question) if t)
         records = run_headless(engine, title, about, as_json=as_json, max_steps=steps)

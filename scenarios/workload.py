@@ -20,6 +20,8 @@ MAX_REQUESTS = 10_000  # per scenario: keeps loading and listing instant
 MAX_PRIORITY = 1_000_000
 MAX_SEED = 2**32 - 1
 MAX_TEMPERATURE = 100.0
+# Below this, logits / temperature overflows float32 and the engine's sampler fails (softmax of inf).
+MIN_TEMPERATURE = 0.01
 PRINTABLE = (32, 127)  # generated prompts are printable ASCII, so byte-level text shows them
 
 REQUEST_KEYS = ("prompt", "prompt_tokens", "prompt_len", "max_new_tokens", "arrival_step", "priority",
@@ -127,7 +129,7 @@ def parse_request(check: Checker, spec_table: dict, rng: random.Random, model: M
                   arrival_step=check.integer(spec_table, "arrival_step", 0, 0, MAX_STEP),
                   priority=check.integer(spec_table, "priority", 0, -MAX_PRIORITY, MAX_PRIORITY))
     if "temperature" in spec_table:
-        kwargs["temperature"] = check.number(spec_table, "temperature", 0.0, 0.0, MAX_TEMPERATURE)
+        kwargs["temperature"] = _temperature(check, spec_table)
     if "top_k" in spec_table:
         kwargs["top_k"] = check.integer(spec_table, "top_k", 0, 0, model.vocab_size)
     if "seed" in spec_table:
@@ -135,6 +137,15 @@ def parse_request(check: Checker, spec_table: dict, rng: random.Random, model: M
     if "deadline_step" in spec_table:
         kwargs["deadline_step"] = check.integer(spec_table, "deadline_step", 0, 0, MAX_STEP)
     return kwargs
+
+
+def _temperature(check: Checker, table: dict) -> float:
+    """0 means greedy; otherwise sampling with a temperature from MIN_TEMPERATURE up."""
+    value = check.number(table, "temperature", 0.0, 0.0, MAX_TEMPERATURE)
+    if 0 < value < MIN_TEMPERATURE:
+        check.fail("temperature", f"{value} is too small to sample with; use 0 (greedy) or a number from "
+                                  f"{MIN_TEMPERATURE} to {MAX_TEMPERATURE}")
+    return value
 
 
 def _arrival_steps(check: Checker, gen: dict, count: int, rng: random.Random) -> list[int]:
@@ -182,7 +193,7 @@ def generate(check: Checker, gen: dict, rng: random.Random, model: ModelSpec, bl
     priority = parse_dist(check, gen, "priority", 0, -MAX_PRIORITY, MAX_PRIORITY)
     extra = {}
     if "temperature" in gen:
-        extra["temperature"] = check.number(gen, "temperature", 0.0, 0.0, MAX_TEMPERATURE)
+        extra["temperature"] = _temperature(check, gen)
     if "top_k" in gen:
         extra["top_k"] = check.integer(gen, "top_k", 0, 0, model.vocab_size)
     arrivals = _arrival_steps(check, gen, count, rng)

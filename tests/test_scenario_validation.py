@@ -51,7 +51,8 @@ CASES = {
     "unknown generator key": ("[[generators]]\ncount = 2\narival = 'uniform'\n",
                               ["[[generators]] #1 arival", "did you mean 'arrival'"]),
     "engine setting of the wrong type": ('[engine]\nmax_tokens_per_step = "64"\n' + OK_REQUEST,
-                                         ["[engine] max_tokens_per_step", "must be an integer from 1 to", "got a string '64'"]),
+                                         ["[engine] max_tokens_per_step", "must be an integer from 1 to",
+                                          "got a string '64'"]),
     "engine choice misspelt": ('[engine]\nkv_layout = "pagd"\n' + OK_REQUEST,
                                ["[engine] kv_layout", "did you mean 'paged'", "'dense'"]),
     "engine number out of range": ("[engine]\nprefill_chunk_size = 0\n" + OK_REQUEST,
@@ -69,6 +70,8 @@ CASES = {
                             ["[[requests]] #1 max_new_tokens", "from 1 to 4095, got 0"]),
     "negative arrival": ('[[requests]]\nprompt = "hi"\narrival_step = -1\n', ["arrival_step", "from 0 to"]),
     "temperature nan": ('[[requests]]\nprompt = "hi"\ntemperature = nan\n', ["temperature", "number from 0.0"]),
+    "temperature too small to sample": ('[[requests]]\nprompt = "hi"\ntemperature = 1e-30\n',
+                                        ["temperature", "use 0 (greedy) or a number from 0.01"]),
     "top_k above vocabulary": ('[[requests]]\nprompt = "hi"\ntop_k = 257\n', ["top_k", "0 to 256"]),
     "two prompts": ('[[requests]]\nprompt = "hi"\nprompt_len = 4\n', ["prompt", "exactly one of",
                                                                        "prompt, prompt_len"]),
@@ -103,7 +106,8 @@ CASES = {
     "variant with an unknown key": (OK_REQUEST + "[compare.fast]\nbudget = 8\n",
                                     ["[compare.fast] budget", "unknown key"]),
     "variant with a pool too small": ("[[requests]]\nprompt_len = 40\n[compare.tight]\nnum_blocks = 1\n",
-                                      ["[compare.tight] num_blocks", "request #1", "needs 4 KV blocks", "num_blocks = 1"]),
+                                      ["[compare.tight] num_blocks", "request #1", "needs 4 KV blocks",
+                                       "num_blocks = 1"]),
     "a device this machine lacks": ('[engine]\ndevice = "cuda"\n' + OK_REQUEST, ["[engine]", "device='cuda'"]),
     "invalid TOML": ('title = "unterminated\n', ["invalid TOML", "line 1"]),
 }
@@ -172,7 +176,8 @@ def test_cli_bad_file_exits_2_with_one_line(tmp_path):
     result = CliRunner().invoke(main, ["scenario", str(path), "--headless"])
     assert result.exit_code == 2
     lines = result.stderr.splitlines()
-    assert result.stdout == "" and len(lines) == 1 and lines[0].startswith(f"cbtui: error: {path}: [engine] max_token_per_step")
+    assert result.stdout == "" and len(lines) == 1
+    assert lines[0].startswith(f"cbtui: error: {path}: [engine] max_token_per_step")
 
 
 @pytest.mark.parametrize("args", [["scenario", "nope.toml"], ["scenario", "mixed_lod"],

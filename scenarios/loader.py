@@ -166,7 +166,7 @@ def _block_need(config: EngineConfig):
         blocks = -(-total // config.block_size)
         if blocks > config.num_blocks:
             return (f"a request of {total} tokens needs {blocks} KV blocks of {config.block_size}, but "
-                    f"[engine] num_blocks = {config.num_blocks}; raise num_blocks or shorten the request")
+                    f"num_blocks = {config.num_blocks}; raise num_blocks or shorten the request")
         return None
     return need
 

@@ -68,6 +68,8 @@ def parse_dist(check: Checker, table: dict, key: str, default, low: int, high: i
             for v in value:
                 check.check_int(v, where, low, high)
             return IntDist(min(value), max(value), tuple(value))
+        if not isinstance(value, list):  # uniform: only the [low, high] form below
+            check.fail(where, f"must be [low, high], got {toml_type(value)} {show(value)}")
     if is_int(value):
         check.check_int(value, where, low, high)
         return IntDist(value, value)
@@ -104,6 +106,8 @@ def parse_request(check: Checker, spec_table: dict, rng: random.Random, model: M
                              f"prompt_len (random printable tokens); got {what}")
     max_len = model.max_context - 1
     if "prompt" in spec_table:
+        if isinstance(spec_table["prompt"], list):
+            check.fail("prompt", "is text; write token ids as prompt_tokens = [...]")
         prompt = tokenizer.encode(check.string(spec_table, "prompt", max_len=max_len))
         if not prompt:
             check.fail("prompt", "is empty; give at least one character")

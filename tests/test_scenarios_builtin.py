@@ -113,6 +113,17 @@ def test_mixed_load_requests_join_and_leave_at_token_boundaries():
     assert len({v.arrival_step for v in final_views("mixed_load").values()}) >= 5
 
 
+def test_mixed_load_finished_requests_free_blocks_for_newcomers():
+    owner, handed_on = {}, 0
+    for r in records("mixed_load"):
+        for rid, table in r.kv.block_tables.items():
+            for block in table:
+                handed_on += owner.get(block, rid) != rid
+                owner[block] = rid
+    assert handed_on >= 3
+    assert summary("mixed_load").preemptions == 0  # freed by finishing, not by preemption
+
+
 # -- decode_heavy -------------------------------------------------------------------------------
 
 def test_decode_heavy_demand_exceeds_the_cap_and_decodes_wait():

@@ -47,12 +47,28 @@ def _list_scenarios() -> None:
     for name in builtin_names():
         try:
             scenario = load_scenario(name)
-            click.echo(f"{name:<22} {scenario.title}")
+            click.echo(f"{name:<22} {scenario.summary or scenario.title}")
         except ScenarioError as exc:
             click.echo(f"{name:<22} (broken: {exc})")
 
 
 main.add_command(bench)
+
+
+def _print_comparison(scenario, records, cut_short: bool, overrides: dict) -> None:
+    """Headless: the scenario's [compare] variants, run to the end, one row each."""
+    if cut_short:
+        click.echo("comparison skipped: --steps stopped the run before every request finished")
+        return
+    from scenarios.compare import compare, format_table
+
+    try:
+        rows = compare(scenario, records, **overrides)
+    except ScenarioError as exc:
+        fail(str(exc))
+    click.echo("comparison (steps, TTFT and latency in scheduler steps):")
+    for line in format_table(rows):
+        click.echo(line)
 
 
 @main.command("scenarios")
@@ -71,10 +87,12 @@ def scenarios_cmd() -> None:
 @click.option("--model", type=click.Choice(["tiny", "small"]), default=None)
 @click.option("--attention", type=click.Choice(["auto", "reference", "sdpa", "flex"]), default=None)
 @click.option("--kv-layout", type=click.Choice(["paged", "dense"]), default=None)
+@click.option("--variant", default=None, help="Run one of the scenario's [compare] variants instead.")
 @click.option("--paused", is_flag=True, help="Dashboard: start paused.")
 @click.option("--speed", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Dashboard: steps per second (default 4).")
-def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention, kv_layout, paused, speed):
+def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention, kv_layout, variant, paused,
+                 speed):
     """Run a scenario: a built-in NAME or a path to a .toml file."""
     if list_:
         _list_scenarios()
@@ -84,13 +102,18 @@ def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention
     overrides = dict(device=device, model=model, attention=attention, kv_layout=kv_layout)
     try:
         scenario = load_scenario(name)
-        engine = scenario.build_engine(**overrides)
+        engine = scenario.build_engine(variant, **overrides)
     except (ScenarioError, ValueError) as exc:
         fail(str(exc))
     if headless or as_json:
         from .headless import run_headless
 
-        run_headless(engine, scenario.title, scenario.description, as_json=as_json, max_steps=steps)
+        title = scenario.title + (f" (variant {variant})" if variant else "")
+        question = f"Question: {scenario.question}" if scenario.question else ""
+        about = "\n".join(t for t in (scenario.description, question) if t)
+        records = run_headless(engine, title, about, as_json=as_json, max_steps=steps)
+        if scenario.variants and not as_json and not variant:
+            _print_comparison(scenario, records, engine.has_unfinished(), overrides)
         return
     from .app import run_dashboard
 

@@ -1,7 +1,20 @@
-"""Loads a scenario (a built-in name or a path to a TOML file) and builds its engine."""
+"""Loads a scenario (a built-in name or a path to a TOML file), validates it, and builds its engine.
+
+File format (every key but the workload is optional; see the built-in files for examples):
+
+    title, summary, description, question   strings: what it is, one line for listings,
+                                            what to look for, the seed question it shows
+    seed                                    integer: seeds the workload, so runs are identical
+    [engine]                                any EngineConfig field
+    [[requests]]                            explicit requests (see workload.REQUEST_KEYS)
+    [[generators]]                          seeded request generators (see workload.GENERATOR_KEYS)
+    [compare.NAME]                          engine overrides for a variant that headless runs
+                                            compare against the scenario as written
+"""
 
 from __future__ import annotations
 
+import difflib
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,12 +25,23 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from engine import Engine, EngineConfig
+from engine.config import ATTENTION_BACKENDS, DEVICES, DTYPES, KV_LAYOUTS, MODELS, POLICIES
+from engine.model import PRESETS
+
+from .errors import ScenarioError
+from .schema import Checker
+from .workload import MAX_REQUESTS, MAX_SEED, generate, parse_request
 
 BUILTIN_DIR = Path(__file__).parent
-
-
-class ScenarioError(ValueError):
-    """A scenario that cannot be loaded; the message names the file, the key and what is allowed."""
+TOP_KEYS = ("title", "summary", "description", "question", "seed", "engine", "requests", "generators",
+            "compare")
+ENGINE_KEYS = tuple(EngineConfig.field_names())
+ENGINE_CHOICES = {"model": MODELS, "device": DEVICES, "kv_layout": KV_LAYOUTS, "attention": ATTENTION_BACKENDS,
+                  "policy": POLICIES, "dtype": DTYPES}
+MAX_BATCH_TOKENS = 1 << 20  # upper bound for token counts per step (budget, chunk, decode cap)
+MAX_POOL_TOKENS = 1 << 20  # num_blocks * block_size: keeps a typo from allocating gigabytes
+MAX_VARIANTS = 8
+SUMMARY_WIDTH = 72
 
 
 def builtin_names() -> list[str]:
@@ -33,17 +57,34 @@ class Scenario:
     question: str
     engine: dict = field(default_factory=dict)
     requests: list[dict] = field(default_factory=list)  # keyword arguments of Engine.add_request
+    summary: str = ""  # one line for `cbtui scenarios`
+    seed: int = 0  # the workload seed
+    variants: dict[str, dict] = field(default_factory=dict)  # [compare] name -> engine overrides
 
-    def engine_config(self, **overrides) -> EngineConfig:
+    def engine_config(self, variant: str | None = None, **overrides) -> EngineConfig:
+        """The scenario's settings, then non-None overrides (the CLI's), then the variant's."""
         settings = dict(self.engine)
         settings.update({k: v for k, v in overrides.items() if v is not None})
+        if variant is not None:
+            if variant not in self.variants:
+                known = ", ".join(self.variants) or "none"
+                raise ScenarioError(f"{self.path}: no variant {variant!r} in [compare]; variants: {known}")
+            settings.update(self.variants[variant])
         try:
             return EngineConfig(**settings)
-        except ValueError as exc:
+        except (TypeError, ValueError) as exc:
             raise ScenarioError(f"{self.path}: [engine] {exc}") from None
 
-    def build_engine(self, **overrides) -> Engine:
-        engine = Engine(self.engine_config(**overrides))
+    def build_engine(self, variant: str | None = None, **overrides) -> Engine:
+        config = self.engine_config(variant, **overrides)
+        try:
+            engine = Engine(config)
+        except ValueError as exc:  # e.g. device='cuda' without a GPU, flex attention on the CPU
+            raise ScenarioError(f"{self.path}: [engine] {exc}") from None
+        except (RuntimeError, MemoryError) as exc:  # allocating the model or the KV pool failed
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ScenarioError(f"{self.path}: [engine] could not build the engine ({first}); "
+                                f"lower num_blocks or use a smaller model") from None
         for i, spec in enumerate(self.requests):
             try:
                 engine.add_request(**spec)
@@ -52,46 +93,133 @@ class Scenario:
         return engine
 
 
-def _generate(gen: dict, rng: random.Random) -> list[dict]:
-    count = gen.get("count", 1)
-    lo_p, hi_p = gen.get("prompt_len", [8, 32])
-    lo_o, hi_o = gen.get("max_new_tokens", [4, 16])
-    span = gen.get("arrival_span", 0)
-    start = gen.get("arrival_start", 0)
-    out = []
-    for _ in range(count):
-        plen = rng.randint(lo_p, hi_p)
-        out.append({
-            "prompt": [rng.randrange(32, 127) for _ in range(plen)],
-            "max_new_tokens": rng.randint(lo_o, hi_o),
-            "arrival_step": start + (rng.randint(0, span) if span else 0),
-            "priority": gen.get("priority", 0),
-        })
-    return out
-
-
 def load_scenario(name_or_path: str) -> Scenario:
-    path = Path(name_or_path)
-    if path.suffix != ".toml":
-        if name_or_path not in builtin_names():
-            raise ScenarioError(f"unknown scenario {name_or_path!r}; built-in scenarios: "
-                                f"{', '.join(builtin_names())} (or give a path to a .toml file)")
-        path = BUILTIN_DIR / f"{name_or_path}.toml"
-    if not path.is_file():
-        raise ScenarioError(f"{path}: no such scenario file")
+    """A built-in name (see builtin_names) or a path to a TOML file."""
+    path = _resolve(str(name_or_path))
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
+    return loads(text, path)
+
+
+def loads(text: str, path: Path | str = "<string>") -> Scenario:
+    """Parses and validates scenario TOML text; `path` names the file in error messages."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{path}: invalid TOML: {exc}") from None
-    rng = random.Random(data.get("seed", 0))
-    requests = []
-    for spec in data.get("requests", []):
-        spec = dict(spec)
-        if "prompt_len" in spec:
-            spec["prompt"] = [rng.randrange(32, 127) for _ in range(spec.pop("prompt_len"))]
-        requests.append(spec)
-    for gen in data.get("generators", []):
-        requests.extend(_generate(gen, rng))
-    return Scenario(name=path.stem, path=path, title=data.get("title", path.stem),
-                    description=data.get("description", ""), question=data.get("question", ""),
-                    engine=dict(data.get("engine", {})), requests=requests)
+    return from_dict(data, path)
+
+
+def _resolve(name: str) -> Path:
+    if name in builtin_names():
+        return BUILTIN_DIR / f"{name}.toml"
+    path = Path(name)
+    if path.is_dir():
+        raise ScenarioError(f"{path}: is a directory; give a scenario .toml file")
+    if path.is_file():
+        return path
+    if path.suffix == ".toml" or "/" in name:
+        raise ScenarioError(f"{path}: no such scenario file")
+    close = difflib.get_close_matches(name, builtin_names(), n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise ScenarioError(f"unknown scenario {name!r}; {hint}built-in scenarios: {', '.join(builtin_names())} "
+                        f"(or give a path to a .toml file)")
+
+
+def _check_engine(check: Checker, settings: dict) -> EngineConfig:
+    """Unknown keys, choices and integer ranges (with bounds that keep a run sane), then EngineConfig."""
+    check.keys(settings, ENGINE_KEYS)
+    for key, allowed in ENGINE_CHOICES.items():  # checked here too, for the 'did you mean'
+        if key in settings:
+            check.choice(settings, key, None, allowed)
+    spec = PRESETS[settings.get("model", EngineConfig.model)]
+    ranges = {"max_tokens_per_step": MAX_BATCH_TOKENS, "prefill_chunk_size": MAX_BATCH_TOKENS,
+              "max_decode_per_step": MAX_BATCH_TOKENS, "block_size": spec.max_context,
+              "num_blocks": MAX_POOL_TOKENS, "static_batch_size": MAX_REQUESTS}
+    for key, high in ranges.items():
+        if key in settings:
+            check.check_int(settings[key], key, 1, high)
+    if "seed" in settings:
+        check.check_int(settings["seed"], "seed", 0, MAX_SEED)
+    if "eos_token_id" in settings:
+        check.check_int(settings["eos_token_id"], "eos_token_id", 0, spec.vocab_size - 1)
+    try:
+        config = EngineConfig(**settings)
+    except ValueError as exc:  # anything EngineConfig checks that the lines above do not
+        raise ScenarioError(f"{check.file}: {check.where}{exc}") from None
+    if config.num_blocks is not None and config.num_blocks * config.block_size > MAX_POOL_TOKENS:
+        check.fail("num_blocks", f"num_blocks * block_size = {config.num_blocks * config.block_size} tokens; "
+                                 f"a scenario's pool may hold at most {MAX_POOL_TOKENS}")
+    return config
+
+
+def _block_need(config: EngineConfig):
+    """A function: total tokens of one request -> a problem string if it can never fit the pool."""
+    def need(total: int) -> str | None:
+        if config.kv_layout != "paged" or config.num_blocks is None:
+            return None  # dense grows on demand; the default pool holds eight full contexts
+        blocks = -(-total // config.block_size)
+        if blocks > config.num_blocks:
+            return (f"a request of {total} tokens needs {blocks} KV blocks of {config.block_size}, but "
+                    f"num_blocks = {config.num_blocks}; raise num_blocks or shorten the request")
+        return None
+    return need
+
+
+def from_dict(data: dict, path: Path) -> Scenario:
+    """Validates parsed TOML and builds the Scenario (workload generated, seeded)."""
+    check = Checker(str(path))
+    check.keys(data, TOP_KEYS)
+    title = check.string(data, "title", path.stem, max_len=200)
+    description = check.string(data, "description", "")
+    question = check.string(data, "question", "", max_len=500)
+    summary = check.string(data, "summary", _first_line(description), max_len=200)
+    seed = check.integer(data, "seed", 0, 0, MAX_SEED)
+
+    engine = dict(check.table(data.get("engine", {}), "engine"))
+    config = _check_engine(check.at("[engine] "), engine)
+    model, need = PRESETS[config.model], _block_need(config)
+
+    requests: list[dict] = []
+    for i, spec in enumerate(check.tables(data.get("requests", []), "requests")):
+        rng = random.Random(f"{seed}:requests:{i}")
+        requests.append(parse_request(check.at(f"[[requests]] #{i + 1} "), spec, rng, model, need))
+    for i, gen in enumerate(check.tables(data.get("generators", []), "generators")):
+        rng = random.Random(f"{seed}:generators:{i}")
+        requests.extend(generate(check.at(f"[[generators]] #{i + 1} "), gen, rng, model, need))
+        if len(requests) > MAX_REQUESTS:
+            check.fail("generators", f"the workload has more than {MAX_REQUESTS} requests; lower count")
+    if not requests:
+        check.fail("requests", "the workload is empty; add at least one [[requests]] or [[generators]] entry")
+
+    variants = {}
+    compare = check.table(data.get("compare", {}), "compare")
+    if len(compare) > MAX_VARIANTS:
+        check.fail("compare", f"has {len(compare)} variants; at most {MAX_VARIANTS} are allowed")
+    for name, overrides in compare.items():
+        vcheck = check.at(f"[compare.{name}] ")
+        check.table(overrides, f"compare.{name}")
+        if not overrides:
+            check.fail(f"compare.{name}", "is empty; list the engine settings this variant changes")
+        variant_config = _check_engine(vcheck, {**engine, **overrides})
+        for i, spec in enumerate(requests):  # a smaller pool in a variant must still fit each request
+            total = len(spec["prompt"]) + spec["max_new_tokens"]
+            problem = _block_need(variant_config)(total)
+            if problem:
+                vcheck.fail("num_blocks", f"request #{i + 1} of the workload: {problem}")
+        variants[name] = dict(overrides)
+
+    return Scenario(name=path.stem, path=path, title=title, description=description, question=question,
+                    engine=engine, requests=requests, summary=summary, seed=seed, variants=variants)
+
+
+def _first_line(text: str) -> str:
+    """Default summary: the description's first sentence, cut to one listing line."""
+    first = " ".join(text.split()).split(". ")[0]
+    return first if len(first) <= SUMMARY_WIDTH else first[:SUMMARY_WIDTH - 3] + "..."
+

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import click
+import torch
 
 from scenarios import ScenarioError, builtin_names, load_scenario
 
@@ -105,6 +106,8 @@ def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention
         engine = scenario.build_engine(variant, **overrides)
     except (ScenarioError, ValueError) as exc:
         fail(str(exc))
+    if engine.device.type == "cpu" and engine.spec.name == "tiny":
+        torch.set_num_threads(1)  # the tiny model's ops are too small for threads to pay off
     if headless or as_json:
         from .headless import run_headless
 

@@ -7,6 +7,7 @@ import sys
 import time
 
 from rich.console import Console
+from rich.markup import escape
 
 from engine import Engine, StepRecord
 
@@ -22,10 +23,10 @@ def run_headless(engine: Engine, title: str, description: str, as_json: bool = F
     console = console or Console(highlight=False)
     records: list[StepRecord] = []
     if not as_json:
-        console.print(f"[bold]{title}[/bold]  model={engine.config.model} device={engine.device.type} "
+        console.print(f"[bold]{escape(title)}[/bold]  model={engine.config.model} device={engine.device.type} "
                       f"attention={engine.attention_name} kv={engine.config.kv_layout}")
         if description:
-            console.print(description, style="dim")
+            console.print(escape(description), style="dim")
     start = time.perf_counter()
     while engine.has_unfinished() and (max_steps is None or len(records) < max_steps):
         rec = engine.step()

@@ -10,6 +10,7 @@ KV_LAYOUTS = ("paged", "dense")
 ATTENTION_BACKENDS = ("auto", "reference", "sdpa", "flex")
 POLICIES = ("fcfs", "static")
 DTYPES = ("auto", "float32", "float64", "bfloat16")
+MAX_SEED = 2**32 - 1
 
 
 def _check_choice(name: str, value, allowed: tuple[str, ...]) -> None:
@@ -17,14 +18,15 @@ def _check_choice(name: str, value, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"{name}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
 
 
-def _check_int(name: str, value, low: int, optional: bool = False) -> None:
+def _check_int(name: str, value, low: int, optional: bool = False, high: int | None = None) -> None:
     if optional and value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int):
         none = " or None" if optional else ""
         raise ValueError(f"{name}={value!r} must be an integer >= {low}{none}")
-    if value < low:
-        raise ValueError(f"{name}={value} is out of range; it must be >= {low}")
+    if value < low or (high is not None and value > high):
+        allowed = f">= {low}" if high is None else f"in {low}..{high}"
+        raise ValueError(f"{name}={value} is out of range; it must be {allowed}")
 
 
 @dataclass
@@ -57,7 +59,7 @@ class EngineConfig:
         _check_int("block_size", self.block_size, 1)
         _check_int("num_blocks", self.num_blocks, 1, optional=True)
         _check_int("static_batch_size", self.static_batch_size, 1)
-        _check_int("seed", self.seed, 0)
+        _check_int("seed", self.seed, 0, high=MAX_SEED)
         _check_int("eos_token_id", self.eos_token_id, 0, optional=True)
 
     @classmethod

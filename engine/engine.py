@@ -77,7 +77,8 @@ class Engine:
                     top_k: int = 0, seed: int | None = None, deadline_step: int | None = None) -> int:
         """Queues a request; returns its id. Raises ValueError naming what is wrong."""
         tokens = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
-        self._validate_request(tokens, max_new_tokens, arrival_step, priority, request_id, temperature, top_k)
+        self._validate_request(tokens, max_new_tokens, arrival_step, priority, request_id, temperature, top_k,
+                               seed)
         rid = self._next_id if request_id is None else request_id
         self._next_id = max(self._next_id, rid) + 1
         req = Request(rid, tokens, max_new_tokens, arrival_step, priority, temperature, top_k, seed,
@@ -86,11 +87,12 @@ class Engine:
         self.pending.append(req)
         self.pending.sort(key=lambda r: (r.arrival_step, r.id))
         if temperature > 0:
-            gen_seed = seed if seed is not None else self.config.seed * 1_000_003 + rid
+            gen_seed = seed if seed is not None else (self.config.seed * 1_000_003 + rid) % 2**63
             self._generators[rid] = torch.Generator().manual_seed(gen_seed)
         return rid
 
-    def _validate_request(self, tokens, max_new_tokens, arrival_step, priority, request_id, temperature, top_k):
+    def _validate_request(self, tokens, max_new_tokens, arrival_step, priority, request_id, temperature, top_k,
+                          seed):
         s = self.spec
         if not tokens:
             raise ValueError("prompt is empty; give at least one token (or a non-empty string)")
@@ -104,8 +106,11 @@ class Engine:
                 raise ValueError(f"{name}={value!r} is out of range; it must be an integer >= {low}")
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise ValueError(f"priority={priority!r} must be an integer")
-        if not isinstance(temperature, (int, float)) or temperature < 0:
-            raise ValueError(f"temperature={temperature!r} must be a number >= 0")
+        if (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
+                or not (temperature == 0 or 1e-3 <= temperature <= 1e3)):
+            # Not nan, and not so close to 0 that logits / temperature overflows.
+            raise ValueError(f"temperature={temperature!r} is out of range; use 0 (greedy) or a number "
+                             f"in 0.001..1000")
         total = len(tokens) + max_new_tokens
         if total > s.max_context:
             raise ValueError(f"prompt ({len(tokens)} tokens) + max_new_tokens ({max_new_tokens}) = {total} "
@@ -117,6 +122,8 @@ class Engine:
                 raise ValueError(f"num_blocks={self.num_blocks} is too small: one request of {total} tokens "
                                  f"needs {need} blocks of {self.config.block_size}; raise num_blocks to at "
                                  f"least {need}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+            raise ValueError(f"seed={seed!r} is out of range; it must be an integer in 0..2**63-1")
         if request_id is not None:
             if isinstance(request_id, bool) or not isinstance(request_id, int) or request_id < 0:
                 raise ValueError(f"request_id={request_id!r} must be an integer >= 0")
@@ -147,6 +154,7 @@ class Engine:
         for s in plan.items:
             r = s.request
             r.num_computed += s.num_tokens
+            r.last_scheduled_step = step
             if r.id in sampled:
                 r.output.append(sampled[r.id])
                 if r.first_token_step is None:

@@ -36,6 +36,7 @@ class Request:
     deadline_step: int | None = None
     output: list[int] = field(default_factory=list)
     num_computed: int = 0
+    last_scheduled_step: int = -1
     kv_capacity: int = 0  # tokens the request's KV allocation can hold (scheduler bookkeeping)
     state: RequestState = RequestState.PENDING
     admitted_step: int | None = None

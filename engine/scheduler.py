@@ -111,7 +111,9 @@ class Scheduler:
             candidates = self._static_candidates(plan)
 
         # 1) Decodes first: one token per decoding request, capped by budget and decode cap.
-        decoders = [r for r in self.running if r.is_decoding]
+        # Least recently served first (stable, so admission order breaks ties): when the cap or
+        # the budget leaves decodes out, they go first next step instead of starving.
+        decoders = sorted((r for r in self.running if r.is_decoding), key=lambda r: r.last_scheduled_step)
         plan.decode_demand = len(decoders)
         cap = cfg.max_decode_per_step
         for r in decoders:

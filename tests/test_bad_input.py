@@ -22,6 +22,7 @@ from engine import Engine, EngineConfig
     ("policy", "lifo", "fcfs, static"),
     ("dtype", "int8", "float32"),
     ("device", "tpu", "cpu"),
+    ("seed", 2**62, "0..4294967295"),
 ])
 def test_config_rejects(field, value, words):
     with pytest.raises(ValueError) as err:
@@ -43,6 +44,9 @@ def engine():
     (dict(prompt=[1] * 4000, max_new_tokens=200), "exceeds the context"),
     (dict(prompt=[1] * 60, max_new_tokens=10), "num_blocks=4 is too small"),
     (dict(prompt=[1], max_new_tokens=1, temperature=-1.0), "temperature"),
+    (dict(prompt=[1], max_new_tokens=1, temperature=float("nan")), "temperature"),
+    (dict(prompt=[1], max_new_tokens=1, temperature=1e-221), "temperature"),
+    (dict(prompt=[1], max_new_tokens=1, temperature=1.0, seed=-3), "seed"),
 ])
 def test_add_request_rejects(engine, kwargs, words):
     with pytest.raises(ValueError, match=words):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from cbtui.cli import main
@@ -28,13 +27,6 @@ max_tokens_per_step = 32
 prefill_chunk_size = 32
 """
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_summary_counts_from_records():

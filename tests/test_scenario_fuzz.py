@@ -10,8 +10,6 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
-import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,13 +21,6 @@ from scenarios.workload import ARRIVALS, GENERATOR_KEYS, REQUEST_KEYS
 FUZZ = settings(deadline=None, max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 PATH = Path("fuzz.toml")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def only_scenario_errors(load):

@@ -21,13 +21,6 @@ REPO = Path(__file__).resolve().parents[1]
 OK_REQUEST = '[[requests]]\nprompt = "hello"\n'
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def error_for(tmp_path: Path, text: str) -> str:
     path = tmp_path / "bad.toml"

@@ -89,10 +89,13 @@ def scenarios_cmd() -> None:
 @click.option("--attention", type=click.Choice(["auto", "reference", "sdpa", "flex"]), default=None)
 @click.option("--kv-layout", type=click.Choice(["paged", "dense"]), default=None)
 @click.option("--variant", default=None, help="Run one of the scenario's [compare] variants instead.")
+@click.option("--plugin", "plugins", multiple=True, metavar="SPEC",
+              help="Add a plugin: a built-in name (priority, adaptive_batch, kv_int8), an entry point "
+                   "of group cbtui.plugins, or module:Class. Repeatable.")
 @click.option("--paused", is_flag=True, help="Dashboard: start paused.")
 @click.option("--speed", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Dashboard: steps per second (default 4).")
-def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention, kv_layout, variant, paused,
+def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention, kv_layout, variant, plugins, paused,
                  speed):
     """Run a scenario: a built-in NAME or a path to a .toml file."""
     if list_:
@@ -103,7 +106,7 @@ def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention
     overrides = dict(device=device, model=model, attention=attention, kv_layout=kv_layout)
     try:
         scenario = load_scenario(name)
-        engine = scenario.build_engine(variant, **overrides)
+        engine = scenario.build_engine(variant, plugins=plugins, **overrides)
     except (ScenarioError, ValueError) as exc:
         fail(str(exc))
     if engine.device.type == "cpu" and engine.spec.name == "tiny":

@@ -34,7 +34,10 @@ def run_headless(engine: Engine, title: str, description: str, as_json: bool = F
         if as_json:
             sys.stdout.write(json.dumps(rec.to_dict()) + "\n")
         else:
-            console.print(step_line(rec), soft_wrap=True)
+            notes = f"  [{'; '.join(rec.annotations)}]" if rec.annotations else ""
+            console.print(escape(step_line(rec) + notes), soft_wrap=True)
+            for error in rec.errors:
+                console.print(escape(error), style="bold red", soft_wrap=True)
     elapsed = time.perf_counter() - start
     if not as_json:
         console.print(summary_line(engine, records, elapsed), soft_wrap=True)

@@ -13,6 +13,7 @@ from .config import EngineConfig
 from .kv_cache import DenseKVCache, PagedKVCache
 from .memory import memory_view
 from .model import PRESETS, build_model
+from .plugin_host import PluginHost
 from .records import (REASON_NOT_ARRIVED, KVView, RequestView, ScheduledItem, StepRecord)
 from .request import Request, RequestState
 from .sampling import greedy_batch, sample
@@ -45,7 +46,7 @@ def _default_num_blocks(config: EngineConfig, device: torch.device, bytes_per_to
 
 
 class Engine:
-    def __init__(self, config: EngineConfig | None = None):
+    def __init__(self, config: EngineConfig | None = None, plugins: list | None = None):
         self.config = config = config or EngineConfig()
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
@@ -64,6 +65,9 @@ class Engine:
             self.num_blocks = 0
             self.kv = DenseKVCache(s.num_layers, s.num_kv_heads, s.head_dim, self.dtype, self.device)
         self.scheduler = Scheduler(config, self.kv)
+        self.plugins = PluginHost(list(plugins or []), config, s.num_layers)
+        self.layer_attention = self.plugins.attention_per_layer(self.attention)
+        self.model_cache = self.plugins.wrap_cache(self.kv)  # the cache as the model sees it
         self.requests: dict[int, Request] = {}
         self.pending: list[Request] = []  # not arrived yet, sorted by arrival step
         self.step_index = 0
@@ -142,7 +146,9 @@ class Engine:
             req.arrival_time = start
             self.scheduler.add_arrived(req)
 
-        plan = self.scheduler.schedule()
+        state = self.scheduler.state(step)
+        self.plugins.before_step(state)
+        plan = self.scheduler.schedule(state)
         items = [ScheduledItem(s.request.id, s.kind, s.request.num_computed, s.num_tokens,
                                s.request.num_computed + s.num_tokens) for s in plan.items]
         sampled: dict[int, int] = {}
@@ -165,12 +171,16 @@ class Engine:
                     self.scheduler.finish(r)
                     finished.append(r.id)
                     self._finished_total += 1
+                    self.plugins.on_request_completion(r)
                     continue
             r.state = r.phase()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         wall = time.perf_counter() - start
         record = self._record(step, plan, items, sampled, finished, wall)
+        self.plugins.after_step(state, record)
+        record.annotations = state.annotations + self.plugins.descriptions()
+        record.errors = self.plugins.take_errors()
         self.step_index += 1
         return record
 
@@ -184,7 +194,8 @@ class Engine:
         batch = build_batch(items, tokens, samples, self.device)
         rids = [s.request.id for s in plan.items]
         self.kv.begin_step(rids, batch)
-        logits = self.model(batch.token_ids, batch.positions, batch.sample_rows, self.kv, self.attention, batch)
+        logits = self.model(batch.token_ids, batch.positions, batch.sample_rows, self.model_cache,
+                            self.layer_attention, batch)
         self.kv.commit_step()
         sampling = [s.request for s, flag in zip(plan.items, samples) if flag]
         if all(r.temperature <= 0 for r in sampling):

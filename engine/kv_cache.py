@@ -68,7 +68,7 @@ class _CacheBase:
 
     def commit_step(self) -> None:
         """Marks this step's tokens as stored (called after the forward pass)."""
-        for rid, item in zip(self._step_rids, self._batch.items):
+        for rid, item in zip(self.step_request_ids, self.step_batch.items):
             self.tokens[rid] = item.key_len
 
 
@@ -122,7 +122,7 @@ class PagedKVCache(_CacheBase):
         return tables[seq, pos // self.block_size] * self.block_size + pos % self.block_size
 
     def begin_step(self, request_ids: list[int], batch: RaggedBatch) -> None:
-        self._step_rids, self._batch = request_ids, batch
+        self.step_request_ids, self.step_batch = request_ids, batch
         tables_by_id = self.allocator.tables
         width = max(len(tables_by_id[r]) for r in request_ids)
         rows = torch.tensor([self._row[r] for r in request_ids], dtype=torch.long)
@@ -173,7 +173,7 @@ class DenseKVCache(_CacheBase):
         self.tokens.pop(request_id, None)
 
     def begin_step(self, request_ids: list[int], batch: RaggedBatch) -> None:
-        self._step_rids, self._batch = request_ids, batch
+        self.step_request_ids, self.step_batch = request_ids, batch
         for rid, item in zip(request_ids, batch.items):
             held = self.tokens.get(rid, 0)
             assert held == item.first_pos, f"dense cache for request {rid} holds {held}, step starts at {item.first_pos}"
@@ -182,14 +182,14 @@ class DenseKVCache(_CacheBase):
                 self.store[rid] = [[empty, empty] for _ in range(self.num_layers)]
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        for rid, k_new, v_new in zip(self._step_rids, k.split(self._batch.q_lens), v.split(self._batch.q_lens)):
+        for rid, k_new, v_new in zip(self.step_request_ids, k.split(self.step_batch.q_lens), v.split(self.step_batch.q_lens)):
             entry = self.store[rid][layer]
             entry[0] = torch.cat([entry[0], k_new])
             entry[1] = torch.cat([entry[1], v_new])
 
     def read(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        ks = [self.store[rid][layer][0] for rid in self._step_rids]
-        vs = [self.store[rid][layer][1] for rid in self._step_rids]
+        ks = [self.store[rid][layer][0] for rid in self.step_request_ids]
+        vs = [self.store[rid][layer][1] for rid in self.step_request_ids]
         return torch.cat(ks), torch.cat(vs)
 
     def flatten(self, layer: int, request_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -136,11 +136,14 @@ class DecoderModel(nn.Module):
 
     @torch.no_grad()
     def forward(self, token_ids, positions, sample_rows, kv_cache, attention, meta) -> torch.Tensor:
-        """Runs the packed batch; returns logits only for `sample_rows` (tokens that sample)."""
+        """Runs the packed batch; returns logits only for `sample_rows` (tokens that sample).
+
+        `attention` holds one attention function per layer (plugins may wrap some of them).
+        """
         x = self.embed(token_ids)
         cos, sin = self.rotary.cos_sin(positions, x.dtype)
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, i, kv_cache, attention, meta)
+            x = layer(x, cos, sin, i, kv_cache, attention[i], meta)
         x = self.norm(x[sample_rows])
         return self.lm_head(x)
 

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 # Why a request was not scheduled in a step (the record says it for every one).
 REASON_NOT_ARRIVED = "not arrived yet"
 REASON_BUDGET = "token budget spent"
+REASON_RESERVED = "budget reserved for priority"
 REASON_DECODE_CAP = "decode cap"
 REASON_NO_BLOCKS = "no free KV blocks"
 REASON_PREEMPTED = "preempted"

@@ -11,8 +11,9 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from .config import EngineConfig
+from .plugins import SchedulerState
 from .records import (REASON_BUDGET, REASON_DECODE_CAP, REASON_NO_BLOCKS, REASON_PREEMPTED,
-                      REASON_STATIC_BATCH)
+                      REASON_RESERVED, REASON_STATIC_BATCH)
 from .request import Request, RequestState
 
 
@@ -32,11 +33,16 @@ class SchedulePlan:
     budget: int = 0
     used: int = 0  # tokens scheduled so far
     decode_used: int = 0
+    reserved: int = 0  # budget slice only `reserved_for` requests may use
+    reserved_for: set = field(default_factory=set)
+    used_unreserved: int = 0
 
     def add(self, scheduled: Scheduled) -> None:
         self.items.append(scheduled)
         self.used += scheduled.num_tokens
         self.decode_used += scheduled.num_tokens if scheduled.kind == "decode" else 0
+        if scheduled.request.id not in self.reserved_for:
+            self.used_unreserved += scheduled.num_tokens
 
     def remove(self, request: Request) -> None:
         """Takes back a request's item (it was preempted after being scheduled)."""
@@ -45,11 +51,22 @@ class SchedulePlan:
                 del self.items[i]
                 self.used -= s.num_tokens
                 self.decode_used -= s.num_tokens if s.kind == "decode" else 0
+                if request.id not in self.reserved_for:
+                    self.used_unreserved -= s.num_tokens
                 return
 
     @property
     def left(self) -> int:
         return self.budget - self.used
+
+    def left_for(self, request: Request) -> int:
+        """Budget this request may still take: requests outside a reservation leave it alone."""
+        if not self.reserved or request.id in self.reserved_for:
+            return self.left
+        return max(0, min(self.left, self.budget - self.reserved - self.used_unreserved))
+
+    def out_of_budget_reason(self, request: Request) -> str:
+        return REASON_BUDGET if self.left == 0 else REASON_RESERVED
 
     def tokens(self, kind: str) -> int:
         return self.decode_used if kind == "decode" else self.used - self.decode_used
@@ -103,17 +120,23 @@ class Scheduler:
         return True
 
     # -- one step ------------------------------------------------------------------------
-    def schedule(self) -> SchedulePlan:
+    def state(self, step: int) -> SchedulerState:
+        """The view scheduler plugins get (and may change) before this step is scheduled."""
+        return SchedulerState(step=step, budget=self.config.max_tokens_per_step, waiting=self.waiting,
+                              running=self.running)
+
+    def schedule(self, state: SchedulerState | None = None) -> SchedulePlan:
         cfg = self.config
-        plan = SchedulePlan(budget=cfg.max_tokens_per_step)
+        state = state or self.state(-1)
+        plan = SchedulePlan(budget=state.budget, reserved=state.reserved_tokens, reserved_for=state.reserved_for)
         candidates = self.waiting
         if cfg.policy == "static":
             candidates = self._static_candidates(plan)
 
         # 1) Decodes first: one token per decoding request, capped by budget and decode cap.
-        # Least recently served first (stable, so admission order breaks ties): when the cap or
-        # the budget leaves decodes out, they go first next step instead of starving.
-        decoders = sorted((r for r in self.running if r.is_decoding), key=lambda r: r.last_scheduled_step)
+        # By default least recently served first (stable, so admission order breaks ties): when
+        # the cap or the budget leaves decodes out, they go first next step instead of starving.
+        decoders = sorted((r for r in self.running if r.is_decoding), key=state.decode_key)
         plan.decode_demand = len(decoders)
         cap = cfg.max_decode_per_step
         for r in decoders:
@@ -121,8 +144,8 @@ class Scheduler:
                 continue
             if cap is not None and plan.decode_used >= cap:
                 plan.reasons[r.id] = REASON_DECODE_CAP
-            elif plan.left == 0:
-                plan.reasons[r.id] = REASON_BUDGET
+            elif plan.left_for(r) == 0:
+                plan.reasons[r.id] = plan.out_of_budget_reason(r)
             elif self._reserve(r, 1, plan):
                 plan.add(Scheduled(r, "decode", 1))
 
@@ -130,10 +153,10 @@ class Scheduler:
         for r in [r for r in self.running if not r.is_decoding]:
             if r.state is RequestState.PREEMPTED:
                 continue
-            if plan.left == 0:
-                plan.reasons[r.id] = REASON_BUDGET
+            if plan.left_for(r) == 0:
+                plan.reasons[r.id] = plan.out_of_budget_reason(r)
                 continue
-            n = min(cfg.prefill_chunk_size, r.remaining, plan.left)
+            n = min(cfg.prefill_chunk_size, r.remaining, plan.left_for(r))
             if self._reserve(r, n, plan):
                 plan.add(Scheduled(r, "prefill", n))
 
@@ -142,10 +165,10 @@ class Scheduler:
         for r in list(candidates):
             if r in plan.preempted:  # not re-admitted in the step that evicted it
                 continue
-            if plan.left == 0 or blocked:
-                plan.reasons.setdefault(r.id, REASON_NO_BLOCKS if blocked else REASON_BUDGET)
+            if plan.left_for(r) == 0 or blocked:
+                plan.reasons.setdefault(r.id, REASON_NO_BLOCKS if blocked else plan.out_of_budget_reason(r))
                 continue
-            n = min(cfg.prefill_chunk_size, r.remaining, plan.left)
+            n = min(cfg.prefill_chunk_size, r.remaining, plan.left_for(r))
             if not self.kv.can_allocate(r.id, n):
                 plan.reasons[r.id] = REASON_NO_BLOCKS
                 blocked = True  # FCFS: nobody overtakes the head of the queue

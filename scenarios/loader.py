@@ -27,6 +27,7 @@ except ModuleNotFoundError:  # Python 3.10
 from engine import Engine, EngineConfig
 from engine.config import ATTENTION_BACKENDS, DEVICES, DTYPES, KV_LAYOUTS, MODELS, POLICIES
 from engine.model import PRESETS
+from engine.plugins import load_plugin
 
 from .errors import ScenarioError
 from .schema import Checker
@@ -34,7 +35,8 @@ from .workload import MAX_REQUESTS, MAX_SEED, generate, parse_request
 
 BUILTIN_DIR = Path(__file__).parent
 TOP_KEYS = ("title", "summary", "description", "question", "seed", "engine", "requests", "generators",
-            "compare")
+            "compare", "plugins")
+PLUGIN_KEYS = ("name", "options")
 ENGINE_KEYS = tuple(EngineConfig.field_names())
 ENGINE_CHOICES = {"model": MODELS, "device": DEVICES, "kv_layout": KV_LAYOUTS, "attention": ATTENTION_BACKENDS,
                   "policy": POLICIES, "dtype": DTYPES}
@@ -60,6 +62,18 @@ class Scenario:
     summary: str = ""  # one line for `cbtui scenarios`
     seed: int = 0  # the workload seed
     variants: dict[str, dict] = field(default_factory=dict)  # [compare] name -> engine overrides
+    plugins: list[dict] = field(default_factory=list)  # [[plugins]]: {"name": spec, "options": {...}}
+
+    def make_plugins(self, extra: tuple[str, ...] = ()) -> list:
+        """Fresh plugin instances (they keep state) for the file's [[plugins]] plus `extra` specs."""
+        specs = [*self.plugins, *({"name": name, "options": {}} for name in extra)]
+        made = []
+        for spec in specs:
+            try:
+                made.append(load_plugin(spec["name"], spec["options"]))
+            except ValueError as exc:
+                raise ScenarioError(f"{self.path}: [[plugins]] {exc}") from None
+        return made
 
     def engine_config(self, variant: str | None = None, **overrides) -> EngineConfig:
         """The scenario's settings, then non-None overrides (the CLI's), then the variant's."""
@@ -75,10 +89,12 @@ class Scenario:
         except (TypeError, ValueError) as exc:
             raise ScenarioError(f"{self.path}: [engine] {exc}") from None
 
-    def build_engine(self, variant: str | None = None, **overrides) -> Engine:
+    def build_engine(self, variant: str | None = None, plugins: tuple[str, ...] = (), **overrides) -> Engine:
+        """The engine with the workload queued; `plugins` adds plugin specs (the CLI's --plugin)."""
         config = self.engine_config(variant, **overrides)
+        made = self.make_plugins(plugins)
         try:
-            engine = Engine(config)
+            engine = Engine(config, plugins=made)
         except ValueError as exc:  # e.g. device='cuda' without a GPU, flex attention on the CPU
             raise ScenarioError(f"{self.path}: [engine] {exc}") from None
         except (RuntimeError, MemoryError) as exc:  # allocating the model or the KV pool failed
@@ -214,8 +230,23 @@ def from_dict(data: dict, path: Path) -> Scenario:
                 vcheck.fail("num_blocks", f"request #{i + 1} of the workload: {problem}")
         variants[name] = dict(overrides)
 
+    plugins = []
+    for i, spec in enumerate(check.tables(data.get("plugins", []), "plugins")):
+        pcheck = check.at(f"[[plugins]] #{i + 1} ")
+        pcheck.keys(spec, PLUGIN_KEYS)
+        name = pcheck.string(spec, "name", "", max_len=200)
+        if not name:
+            pcheck.fail("name", "is missing; give a built-in plugin name, an entry point name or module:Class")
+        options = dict(check.table(spec.get("options", {}), f"plugins #{i + 1} options"))
+        try:
+            load_plugin(name, options).check_config(config)  # fail now, not when the engine starts
+        except ValueError as exc:
+            pcheck.fail("name", str(exc))
+        plugins.append({"name": name, "options": options})
+
     return Scenario(name=path.stem, path=path, title=title, description=description, question=question,
-                    engine=engine, requests=requests, summary=summary, seed=seed, variants=variants)
+                    engine=engine, requests=requests, summary=summary, seed=seed, variants=variants,
+                    plugins=plugins)
 
 
 def _first_line(text: str) -> str:

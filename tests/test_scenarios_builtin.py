@@ -16,7 +16,7 @@ from cbtui.headless import run_headless
 from scenarios import builtin_names, load_scenario
 from scenarios.compare import run_records, summarize
 
-EXPECTED = {"mixed_load", "decode_heavy", "long_prompt", "budget_sweep", "dense_vs_paged", "kv_pressure",
+EXPECTED = {"mixed_load", "priority_sla", "decode_heavy", "long_prompt", "budget_sweep", "dense_vs_paged", "kv_pressure",
             "static_vs_continuous", "burst_arrivals"}
 MAX_STEPS = 120  # "a few dozen steps": a scenario's point must not need a long watch
 # On the CPU, as in CI, even on a GPU machine: the token-for-token comparisons below are claims

@@ -1,0 +1,11 @@
+"""Plugins that ship with the engine, by the names scenarios and `--plugin` use."""
+
+from .adaptive_batch import AdaptiveBatchPlugin
+from .kv_int8 import KVInt8Plugin
+from .priority import PriorityPlugin
+
+BUILTIN = {
+    PriorityPlugin.name: PriorityPlugin,
+    AdaptiveBatchPlugin.name: AdaptiveBatchPlugin,
+    KVInt8Plugin.name: KVInt8Plugin,
+}

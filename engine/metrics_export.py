@@ -27,7 +27,8 @@ class MetricsExportError(ValueError):
     """A metrics file could not be written; the message names the path and the reason."""
 
 
-def _check_path(path: str | os.PathLike, suffixes: tuple[str, ...]) -> Path:
+def _check_path(path: str | os.PathLike, suffixes: tuple[str, ...] = FORMATS) -> Path:
+    """The path as a Path if a metrics file can be written there; MetricsExportError saying why not."""
     if not str(path).strip():
         raise MetricsExportError("metrics output path is empty")
     p = Path(path).expanduser()
@@ -61,6 +62,12 @@ def _json_safe(value):
     if isinstance(value, list):
         return [_json_safe(v) for v in value]
     return value
+
+
+def check_export_path(path: str | os.PathLike) -> list[Path]:
+    """Checks before a run what export_metrics will write, so a typo fails fast, not after the run."""
+    p = _check_path(path)
+    return [p] if p.suffix.lower() == ".json" else [p, _check_path(steps_csv_path(p), (".csv",))]
 
 
 def write_json(collector: MetricsCollector, path: str | os.PathLike) -> Path:
@@ -97,7 +104,7 @@ def write_csv(collector: MetricsCollector, path: str | os.PathLike) -> list[Path
 
 def export_metrics(collector: MetricsCollector, path: str | os.PathLike) -> list[Path]:
     """Writes JSON or CSV by the file's suffix; returns the paths written."""
-    p = _check_path(path, FORMATS)
+    p = check_export_path(path)[0]
     if p.suffix.lower() == ".json":
         return [write_json(collector, p)]
     return write_csv(collector, p)

@@ -51,7 +51,7 @@ class RequestMetrics:
     prompt_len: int
     generated: int
     num_preemptions: int
-    arrival_step: int
+    arrival_step: int  # the step it arrived in (see observe for requests added mid-run)
     first_token_step: int | None
     finished_step: int | None
     ttft_steps: int | None
@@ -94,6 +94,7 @@ class MetricsCollector:
         if self._steps and record.step <= self._steps[-1].step:
             raise ValueError(f"record for step {record.step} came after step {self._steps[-1].step}; "
                              f"feed records in step order, each once (use a new collector for a new run)")
+        follows = bool(self._steps) and self._steps[-1].step == record.step - 1
         start = self._clock
         end = start + record.wall_time_s
         self._clock = end
@@ -101,10 +102,15 @@ class MetricsCollector:
         for view in record.requests:
             track = self._tracks.get(view.id)
             if track is None:
+                arrival = view.arrival_step
+                if follows and view.state != "pending":
+                    # Not in the previous step's record, so it was added since, with an arrival step
+                    # already past (add_request's default 0 mid-run): it arrived in this step.
+                    arrival = max(arrival, record.step)
                 track = self._tracks[view.id] = _Track(view.id, view.state, view.prompt_len, view.generated,
-                                                       view.num_preemptions, view.arrival_step)
+                                                       view.num_preemptions, arrival)
             track.state, track.generated = view.state, view.generated
-            track.num_preemptions, track.arrival_step = view.num_preemptions, view.arrival_step
+            track.num_preemptions = view.num_preemptions
         for rid in record.sampled:
             track = self._tracks[int(rid)]
             track.token_steps.append(record.step)

@@ -100,6 +100,18 @@ def test_unfinished_and_unobserved_arrival():
         m.request(9)
 
 
+def test_request_added_mid_run_with_a_past_arrival_step_arrives_when_first_seen():
+    # add_request(..., arrival_step=0) at step 5 runs at once; from step 5 on, not from 0.
+    records = hand_records()
+    late = RequestView(2, "decode", 4, 4, 1, 3, 0, 0, 3, None, 0, [])
+    records[3].requests.append(late)
+    records[3].sampled["2"] = 7
+    m = collected(records)
+    r2 = m.request(2)
+    assert (r2.arrival_step, r2.ttft_steps, r2.ttft_s) == (3, 0, pytest.approx(2.0))
+    assert m.request(1).arrival_step == 1  # seen as pending before it arrived: its own arrival step
+
+
 def test_records_out_of_order_are_refused():
     recs = hand_records()
     m = collected(recs[:3])

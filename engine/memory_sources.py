@@ -51,16 +51,26 @@ class TorchCudaSource(MemorySource):
                 "cuda.reserved": torch.cuda.memory_reserved(self.device)}
 
 
+def _norm_uuid(uuid) -> str:
+    text = uuid.decode() if isinstance(uuid, bytes) else str(uuid)
+    text = text.strip().lower()
+    return text[4:] if text.startswith("gpu-") else text
+
+
 class NvmlSource(MemorySource):
     """The driver's view of a GPU (NVML): all memory in use on it, by every process and the CUDA context.
 
     It sees what torch's allocator does not (the context, other libraries, other processes), which is
     why a growth here without one in cuda.allocated points outside our tensors.
+
+    NVML numbers GPUs in PCI order over the whole machine; CUDA numbers the visible ones, fastest first.
+    So the GPU is found by `uuid` (the CUDA device's) when given, and by `index` only when that fails:
+    `matched` says which.
     """
 
     name = "nvml"
 
-    def __init__(self, index: int = 0, nvml=None):
+    def __init__(self, index: int = 0, uuid: str | None = None, nvml=None):
         if nvml is None:
             try:
                 import pynvml as nvml  # from nvidia-ml-py; optional
@@ -69,10 +79,17 @@ class NvmlSource(MemorySource):
         self._nvml = nvml
         try:
             nvml.nvmlInit()
-            self._handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            self._handle, self.index, self.matched = None, index, "index"
+            if uuid is not None:
+                for i in range(nvml.nvmlDeviceGetCount()):
+                    handle = nvml.nvmlDeviceGetHandleByIndex(i)
+                    if _norm_uuid(nvml.nvmlDeviceGetUUID(handle)) == _norm_uuid(uuid):
+                        self._handle, self.index, self.matched = handle, i, "uuid"
+                        break
+            if self._handle is None:
+                self._handle = nvml.nvmlDeviceGetHandleByIndex(index)
         except Exception as exc:  # NVMLError subclasses: no driver, no such GPU, ...
             raise SourceUnavailable(f"NVML cannot open GPU {index}: {exc}") from None
-        self.index = index
 
     def read(self) -> dict[str, int]:
         try:
@@ -80,6 +97,13 @@ class NvmlSource(MemorySource):
         except Exception as exc:
             raise SourceUnavailable(f"NVML read failed on GPU {self.index}: {exc}") from None
         return {"nvml.used": int(info.used)}
+
+
+def _cuda_uuid(index: int) -> str | None:
+    try:
+        return str(torch.cuda.get_device_properties(index).uuid)
+    except Exception:  # older torch, or a driver that does not say
+        return None
 
 
 class FunctionSource(MemorySource):
@@ -96,8 +120,7 @@ class FunctionSource(MemorySource):
 def open_sources(device: torch.device | str = "cpu") -> tuple[list[MemorySource], dict[str, str]]:
     """The sources that work for an engine on `device`, and {name: reason} for those that do not.
 
-    RSS always; on a CUDA device also torch's allocator and NVML (for the same GPU index, which holds
-    unless CUDA_VISIBLE_DEVICES reorders GPUs).
+    RSS always; on a CUDA device also torch's allocator and NVML (for the same GPU, found by UUID).
     """
     device = torch.device(device)
     sources: list[MemorySource] = [RssSource()]
@@ -106,7 +129,7 @@ def open_sources(device: torch.device | str = "cpu") -> tuple[list[MemorySource]
         unavailable["cuda"] = unavailable["nvml"] = f"engine runs on {device.type}"
         return sources, unavailable
     index = device.index if device.index is not None else torch.cuda.current_device()
-    for name, make in (("cuda", lambda: TorchCudaSource(index)), ("nvml", lambda: NvmlSource(index))):
+    for name, make in (("cuda", lambda: TorchCudaSource(index)), ("nvml", lambda: NvmlSource(index, _cuda_uuid(index)))):
         try:
             sources.append(make())
         except SourceUnavailable as exc:

@@ -69,6 +69,12 @@ class BrokenNvml:
     def nvmlDeviceGetHandleByIndex(self, index):
         return index
 
+    def nvmlDeviceGetCount(self):
+        return 3
+
+    def nvmlDeviceGetUUID(self, handle):
+        return f"GPU-0000000{handle}-aaaa-bbbb-cccc-dddddddddddd"
+
     def nvmlDeviceGetMemoryInfo(self, handle):
         if self.left is not None:
             if self.left == 0:
@@ -80,6 +86,15 @@ class BrokenNvml:
 def test_nvml_without_driver_is_unavailable_not_a_crash():
     with pytest.raises(SourceUnavailable, match="Driver Not Loaded"):
         NvmlSource(0, nvml=BrokenNvml(fail_init=True))
+
+
+def test_nvml_finds_the_cuda_gpu_by_uuid():
+    # CUDA_VISIBLE_DEVICES=2 makes NVML's GPU 2 CUDA's GPU 0: the UUID says which one it is.
+    source = NvmlSource(0, uuid="00000002-AAAA-bbbb-cccc-dddddddddddd", nvml=BrokenNvml())
+    assert (source.index, source.matched) == (2, "uuid")
+    source = NvmlSource(1, uuid="not-a-known-gpu", nvml=BrokenNvml())
+    assert (source.index, source.matched) == (1, "index")
+    assert source.read() == {"nvml.used": 123 * MiB}
 
 
 def test_nvml_without_library_is_unavailable(monkeypatch):
@@ -302,6 +317,9 @@ def test_planted_leak_on_cuda_is_seen_by_allocator_and_nvml():
     engine = load_scenario("kv_pressure").build_engine(device="cuda")
     sources, unavailable = open_sources(engine.device)
     assert {s.name for s in sources} >= {"rss", "cuda"}, unavailable
+    for source in sources:
+        if source.name == "nvml":  # torch's UUID text and NVML's must match, or a wrong GPU may be read
+            assert source.matched == "uuid", torch.cuda.get_device_properties(engine.device).uuid
     profiler = MemoryProfiler(sources=sources)
     leaked = []
     for _ in range(48):

@@ -81,6 +81,9 @@ class _Track:
     finished_step: int | None = None
 
 
+LATENCIES = ("ttft_steps", "ttft_s", "tpot_steps", "tpot_s", "itl_steps", "itl_s", "e2e_steps", "e2e_s")
+
+
 class MetricsCollector:
     def __init__(self) -> None:
         self._steps: list[StepStats] = []
@@ -183,6 +186,16 @@ class MetricsCollector:
             e2e_s=ends[-1] - arrival_s if done and known else None,
             itl_steps=itl_steps, itl_s=itl_s)
 
+    def latencies(self, name: str, requests: list[RequestMetrics] | None = None) -> list[float]:
+        """The values behind one latency distribution, e.g. for a histogram: one per request that has
+        it, except itl_steps / itl_s, which pool every gap between two tokens of any request."""
+        if name not in LATENCIES:
+            raise ValueError(f"unknown latency {name!r}; one of {', '.join(LATENCIES)}")
+        reqs = self.requests() if requests is None else requests
+        if name in ("itl_steps", "itl_s"):
+            return [g for r in reqs for g in getattr(r, name)]
+        return [v for r in reqs if (v := getattr(r, name)) is not None]
+
     # -- whole run ------------------------------------------------------------------------
     def summary(self) -> dict:
         """Throughput, latency distributions (pooled over requests; ITL over every gap) and memory peaks."""
@@ -207,14 +220,7 @@ class MetricsCollector:
                 "finished_requests_per_s": len(finished) / time_s if time_s > 0 else None,
                 "budget_utilisation": processed / budget if budget > 0 else None,
             },
-            "ttft_steps": describe([r.ttft_steps for r in reqs]),
-            "ttft_s": describe([r.ttft_s for r in reqs]),
-            "tpot_steps": describe([r.tpot_steps for r in reqs]),
-            "tpot_s": describe([r.tpot_s for r in reqs]),
-            "itl_steps": describe([g for r in reqs for g in r.itl_steps]),
-            "itl_s": describe([g for r in reqs for g in r.itl_s]),
-            "e2e_steps": describe([r.e2e_steps for r in reqs]),
-            "e2e_s": describe([r.e2e_s for r in reqs]),
+            **{name: describe(self.latencies(name, reqs)) for name in LATENCIES},
             "step_wall_s": describe([s.wall_time_s for s in steps]),
             "memory": {
                 "source": steps[-1].memory_source if steps else None,

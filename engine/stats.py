@@ -44,3 +44,20 @@ def linear_slope(values: Sequence[float]) -> float:
     sxx = sum((i - mean_x) ** 2 for i in range(n))
     sxy = sum((i - mean_x) * (y - mean_y) for i, y in enumerate(values))
     return sxy / sxx
+
+
+def histogram(values: Sequence[float], bins: int = 10) -> list[tuple[float, float, int]]:
+    """(low, high, count) for `bins` equal-width bins over min..max; the last bin includes max.
+    One bin when every value is the same; none for no values."""
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+        raise ValueError(f"bins={bins!r} must be an integer >= 1")
+    if not values:
+        return []
+    low, high = min(values), max(values)
+    if low == high:
+        return [(low, high, len(values))]
+    width = (high - low) / bins
+    counts = [0] * bins
+    for v in values:
+        counts[min(int((v - low) / width), bins - 1)] += 1
+    return [(low + i * width, low + (i + 1) * width if i < bins - 1 else high, c) for i, c in enumerate(counts)]

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from engine.metrics import MetricsCollector, RequestMetrics, StepStats
 from engine.metrics_export import MetricsExportError, export_metrics, steps_csv_path, write_csv, write_json
 from engine.records import KVView, MemoryView, RequestView, StepRecord
-from engine.stats import describe, linear_slope, percentile
+from engine.stats import describe, histogram, linear_slope, percentile
 from scenarios import load_scenario
 
 # Two requests over five steps. Request 0 arrives at step 0 and samples at steps 0, 1, 3 (finishes at 3);
@@ -130,6 +130,18 @@ def test_empty_collector_summary():
 def test_percentile_matches_torch_quantile(values, q):
     expected = torch.quantile(torch.tensor(values, dtype=torch.float64), q / 100).item()
     assert percentile(values, q) == pytest.approx(expected, rel=1e-9, abs=1e-6)
+
+
+def test_latencies_feed_a_histogram():
+    m = collected(hand_records())
+    assert m.latencies("itl_steps") == [1, 2, 1, 1] and m.latencies("ttft_steps") == [0, 1]
+    assert histogram(m.latencies("itl_steps"), bins=2) == [(1, 1.5, 3), (1.5, 2, 1)]
+    assert histogram([3, 3], bins=4) == [(3, 3, 2)] and histogram([], bins=3) == []
+    assert sum(c for _, _, c in histogram(m.latencies("itl_s"), bins=3)) == 4
+    with pytest.raises(ValueError, match="unknown latency 'ttft'"):
+        m.latencies("ttft")
+    with pytest.raises(ValueError, match="bins"):
+        histogram([1], bins=0)
 
 
 def test_stats_helpers():

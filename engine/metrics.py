@@ -15,6 +15,7 @@ Time has two units:
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 from .records import StepRecord
@@ -97,6 +98,7 @@ class MetricsCollector:
         if self._steps and record.step <= self._steps[-1].step:
             raise ValueError(f"record for step {record.step} came after step {self._steps[-1].step}; "
                              f"feed records in step order, each once (use a new collector for a new run)")
+        self._check(record)
         follows = bool(self._steps) and self._steps[-1].step == record.step - 1
         start = self._clock
         end = start + record.wall_time_s
@@ -134,6 +136,17 @@ class MetricsCollector:
             rss_bytes=mem.rss_bytes, kv_blocks_used=record.kv.blocks_used)
         self._steps.append(stats)
         return stats
+
+    def _check(self, record: StepRecord) -> None:
+        """Refuses a malformed record before anything changes, so one bad record leaves no half-state."""
+        if not (math.isfinite(record.wall_time_s) and record.wall_time_s >= 0):
+            raise ValueError(f"step {record.step}: wall_time_s={record.wall_time_s!r} must be a finite "
+                             f"number >= 0")
+        known = {v.id for v in record.requests} | set(self._tracks)
+        unknown = [r for r in [*map(int, record.sampled), *record.finished] if r not in known]
+        if unknown:
+            raise ValueError(f"step {record.step}: request {unknown[0]} sampled or finished but not in "
+                             f"record.requests")
 
     # -- per step -------------------------------------------------------------------------
     @property

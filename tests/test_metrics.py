@@ -119,6 +119,22 @@ def test_records_out_of_order_are_refused():
         m.observe(recs[1])
 
 
+def test_malformed_records_are_refused_without_half_state():
+    recs = hand_records()
+    m = collected(recs[:2])
+    bad = hand_records()[2]
+    bad.sampled["9"] = 1
+    with pytest.raises(ValueError, match="request 9 sampled or finished but not in record.requests"):
+        m.observe(bad)
+    nan = hand_records()[2]
+    nan.wall_time_s = float("nan")
+    with pytest.raises(ValueError, match="wall_time_s=nan"):
+        m.observe(nan)
+    for rec in recs[2:]:  # the collector is as it was: the good records still give the hand-made numbers
+        m.observe(rec)
+    assert m.engine_time_s == pytest.approx(4.0) and m.request(0).itl_steps == [1, 2]
+
+
 def test_empty_collector_summary():
     s = MetricsCollector().summary()
     assert s["steps"] == 0 and s["throughput"]["output_tokens_per_s"] is None

@@ -61,7 +61,8 @@ class DetailedMemoryProfiler(MemoryProfiler):
     def __init__(self, *args, max_snapshots: int = 10_000, **kwargs):
         super().__init__(*args, **kwargs)
         self.snapshots: deque[Snapshot] = deque(maxlen=max_snapshots)
-        self.contexts: deque[ContextDelta] = deque(maxlen=max_snapshots)
+        self.contexts: deque[ContextDelta] = deque(maxlen=max_snapshots)  # the latest, for inspection
+        self._totals: dict[str, dict] = {}  # per context name, over every run (not only those kept)
         self._open: list[_Frame] = []
 
     def sample(self, step: int | None = None) -> MemorySample:
@@ -108,20 +109,26 @@ class DetailedMemoryProfiler(MemoryProfiler):
         finally:
             end = self._snapshot(name, None, info, keep=False)
             self._open.remove(frame)
-            self.contexts.append(ContextDelta(name, frame.start, end, diff(frame.start.values, end.values),
-                                              dict(frame.peak), failed))
+            delta = ContextDelta(name, frame.start, end, diff(frame.start.values, end.values), dict(frame.peak),
+                                 failed)
+            self.contexts.append(delta)
+            self._add_to_totals(delta)
+
+    def _add_to_totals(self, c: ContextDelta) -> None:
+        entry = self._totals.setdefault(c.name, {"count": 0, "total": {}, "max": {}, "peak": {}})
+        entry["count"] += 1
+        for k, v in c.delta.items():
+            entry["total"][k] = entry["total"].get(k, 0) + v
+            entry["max"][k] = max(entry["max"].get(k, v), v)
+        for k, v in c.peak.items():
+            entry["peak"][k] = max(entry["peak"].get(k, v), v)
 
     def context_summary(self) -> dict[str, dict]:
-        """Per context name: how often it ran, and the total, mean and largest delta per metric."""
-        out: dict[str, dict] = {}
-        for c in self.contexts:
-            entry = out.setdefault(c.name, {"count": 0, "total": {}, "max": {}, "peak": {}})
-            entry["count"] += 1
-            for k, v in c.delta.items():
-                entry["total"][k] = entry["total"].get(k, 0) + v
-                entry["max"][k] = max(entry["max"].get(k, v), v)
-            for k, v in c.peak.items():
-                entry["peak"][k] = max(entry["peak"].get(k, v), v)
-        for entry in out.values():
-            entry["mean"] = {k: v / entry["count"] for k, v in entry["total"].items()}
+        """Per context name, over every time it ran: count, and per metric the total, mean and largest
+        delta and the highest peak."""
+        out = {}
+        for name, entry in self._totals.items():
+            out[name] = {"count": entry["count"], "total": dict(entry["total"]), "max": dict(entry["max"]),
+                         "peak": dict(entry["peak"]),
+                         "mean": {k: v / entry["count"] for k, v in entry["total"].items()}}
         return out

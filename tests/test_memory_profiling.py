@@ -188,7 +188,7 @@ def test_context_summary_points_at_the_growing_context():
         values += [level, level + 8]  # leaky: start, end
         level += 8
         values += [level, level]  # clean: start, end (its peak is a sample in between)
-    p = DetailedMemoryProfiler(sources=[scripted(values)])
+    p = DetailedMemoryProfiler(sources=[scripted(values)], max_snapshots=2)
     for _ in range(5):
         with p.context("leaky"):
             pass
@@ -198,6 +198,7 @@ def test_context_summary_points_at_the_growing_context():
     assert summary["leaky"]["count"] == 5 and summary["leaky"]["total"] == {"fake": 40}
     assert summary["leaky"]["mean"] == {"fake": 8.0} and summary["leaky"]["max"] == {"fake": 8}
     assert summary["clean"]["total"] == {"fake": 0}
+    assert len(p.contexts) == 2  # only the latest are kept, but the summary counts every run
 
 
 def test_context_is_recorded_when_the_body_raises():

@@ -129,7 +129,8 @@ def open_sources(device: torch.device | str = "cpu") -> tuple[list[MemorySource]
         unavailable["cuda"] = unavailable["nvml"] = f"engine runs on {device.type}"
         return sources, unavailable
     index = device.index if device.index is not None else torch.cuda.current_device()
-    for name, make in (("cuda", lambda: TorchCudaSource(index)), ("nvml", lambda: NvmlSource(index, _cuda_uuid(index)))):
+    makers = (("cuda", lambda: TorchCudaSource(index)), ("nvml", lambda: NvmlSource(index, _cuda_uuid(index))))
+    for name, make in makers:
         try:
             sources.append(make())
         except SourceUnavailable as exc:

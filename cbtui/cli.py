@@ -72,6 +72,33 @@ def _print_comparison(scenario, records, cut_short: bool, overrides: dict) -> No
         click.echo(line)
 
 
+def _check_metrics_out(path: str, headless: bool) -> None:
+    """Before the run: a bad path fails now, not after minutes of stepping."""
+    from engine.metrics_export import MetricsExportError, check_export_path
+
+    if not headless:
+        fail("--metrics-out needs --headless or --json")
+    try:
+        check_export_path(path)
+    except MetricsExportError as exc:
+        fail(str(exc))
+
+
+def _write_metrics(records, path: str) -> None:
+    from engine.metrics import MetricsCollector
+    from engine.metrics_export import MetricsExportError, export_metrics
+
+    collector = MetricsCollector()
+    for rec in records:
+        collector.observe(rec)
+    try:
+        written = export_metrics(collector, path)
+    except MetricsExportError as exc:
+        fail(str(exc))
+    # stderr: with --json, stdout carries only records.
+    click.echo(f"metrics written to {' and '.join(str(p) for p in written)}", err=True)
+
+
 @main.command("scenarios")
 def scenarios_cmd() -> None:
     """List the built-in scenarios."""
@@ -92,17 +119,21 @@ def scenarios_cmd() -> None:
 @click.option("--plugin", "plugins", multiple=True, metavar="SPEC",
               help="Add a plugin: a built-in name (priority, adaptive_batch, kv_int8), an entry point "
                    "of group cbtui.plugins, or module:Class. Repeatable.")
+@click.option("--metrics-out", type=click.Path(dir_okay=False), default=None,
+              help="Headless: write metrics (TTFT, ITL, throughput, per step) to FILE.json or FILE.csv.")
 @click.option("--paused", is_flag=True, help="Dashboard: start paused.")
 @click.option("--speed", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Dashboard: steps per second (default 4).")
-def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention, kv_layout, variant, plugins, paused,
-                 speed):
+def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention, kv_layout, variant, plugins,
+                 metrics_out, paused, speed):
     """Run a scenario: a built-in NAME or a path to a .toml file."""
     if list_:
         _list_scenarios()
         return
     if not name:
         fail(f"give a scenario name or a .toml path; built-in: {', '.join(builtin_names())}")
+    if metrics_out is not None:
+        _check_metrics_out(metrics_out, headless or as_json)
     overrides = dict(device=device, model=model, attention=attention, kv_layout=kv_layout)
     try:
         scenario = load_scenario(name)
@@ -120,6 +151,8 @@ def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention
         records = run_headless(engine, title, about, as_json=as_json, max_steps=steps)
         if scenario.variants and not as_json and not variant:
             _print_comparison(scenario, records, engine.has_unfinished(), overrides)
+        if metrics_out is not None:
+            _write_metrics(records, metrics_out)
         return
     from .app import run_dashboard
 

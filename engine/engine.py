@@ -83,6 +83,8 @@ class Engine:
         tokens = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         self._validate_request(tokens, max_new_tokens, arrival_step, priority, request_id, temperature, top_k,
                                seed)
+        # A request added mid-run arrives no earlier than now: TTFT counts from when it exists.
+        arrival_step = max(arrival_step, self.step_index)
         rid = self._next_id if request_id is None else request_id
         self._next_id = max(self._next_id, rid) + 1
         req = Request(rid, tokens, max_new_tokens, arrival_step, priority, temperature, top_k, seed,

@@ -27,3 +27,14 @@ def test_json_round_trip_and_fields():
     done = records[-1].requests[0]
     assert done.state == "finished" and done.generated == 3 and done.ttft_steps is not None
     assert records[-1].finished_total == 2 and records[-1].running == 0
+
+
+def test_request_added_mid_run_counts_ttft_from_when_it_was_added():
+    eng = Engine(EngineConfig(model="tiny", device="cpu"))
+    eng.add_request([1, 2], max_new_tokens=20)
+    for _ in range(5):
+        eng.step()
+    late = eng.add_request([3, 4], max_new_tokens=2)  # arrival_step defaults to 0, but it is step 5
+    rec = eng.step()
+    view = next(v for v in rec.requests if v.id == late)
+    assert view.arrival_step == 5 and view.ttft_steps == 0

@@ -1,0 +1,250 @@
+"""MetricsCollector: per-step stats and per-request latencies, computed from StepRecords only.
+
+Feed it every record in order (`observe`). It needs nothing else from the engine, so it works the same
+live, on a recording, or on hand-made records.
+
+Time has two units:
+- steps: a token sampled in step k "arrives" at step k; a request that arrives at step a and gets its
+  first token at step f has TTFT f - a steps (the same convention as RequestView.ttft_steps).
+- seconds of engine time: the sum of the observed steps' wall_time_s. Step k starts when step k-1
+  ended and a token sampled in step k is ready at the end of step k; a request's arrival is the start
+  of its arrival step. Pauses between steps (a paused dashboard) are not counted, so the numbers
+  say what the engine cost, not how long a user watched. A step that was not observed leaves the
+  seconds of the requests that depend on it as None.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from .records import StepRecord
+from .stats import describe
+
+
+@dataclass(slots=True)
+class StepStats:
+    step: int
+    budget: int
+    decode_tokens: int
+    prefill_tokens: int
+    unused_tokens: int
+    output_tokens: int  # tokens sampled this step (a prefill chunk that ends a prompt samples one too)
+    running: int
+    waiting: int
+    finished: int  # requests that finished this step
+    preempted: int
+    start_s: float  # engine time when the step started
+    wall_time_s: float
+    tokens_per_s: float  # (decode + prefill) / wall time; 0 for a zero-length step
+    output_tokens_per_s: float
+    memory_source: str
+    allocated_bytes: int
+    reserved_bytes: int
+    rss_bytes: int
+    kv_blocks_used: int
+
+
+@dataclass(slots=True)
+class RequestMetrics:
+    id: int
+    state: str
+    prompt_len: int
+    generated: int
+    num_preemptions: int
+    arrival_step: int  # the step it arrived in (see observe for requests added mid-run)
+    first_token_step: int | None
+    finished_step: int | None
+    ttft_steps: int | None
+    tpot_steps: float | None  # mean steps per output token after the first (= mean inter-token gap)
+    max_itl_steps: int | None  # the longest stall between two tokens (e.g. a preemption)
+    e2e_steps: int | None  # arrival to the step of the last token; None until finished
+    ttft_s: float | None
+    tpot_s: float | None
+    max_itl_s: float | None
+    e2e_s: float | None
+    itl_steps: list[int] = field(default_factory=list)  # gap before each token after the first
+    itl_s: list[float] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Track:
+    """What the collector remembers about one request between records."""
+
+    id: int
+    state: str
+    prompt_len: int
+    generated: int
+    num_preemptions: int
+    arrival_step: int
+    token_steps: list[int] = field(default_factory=list)
+    token_ends: list[float] = field(default_factory=list)
+    finished_step: int | None = None
+
+
+LATENCIES = ("ttft_steps", "ttft_s", "tpot_steps", "tpot_s", "itl_steps", "itl_s", "e2e_steps", "e2e_s")
+
+
+class MetricsCollector:
+    def __init__(self) -> None:
+        self._steps: list[StepStats] = []
+        self._step_start: dict[int, float] = {}
+        self._tracks: dict[int, _Track] = {}
+        self._clock = 0.0
+
+    # -- input ----------------------------------------------------------------------------
+    def observe(self, record: StepRecord) -> StepStats:
+        """Takes the next record (steps must increase); returns its per-step stats."""
+        if self._steps and record.step <= self._steps[-1].step:
+            raise ValueError(f"record for step {record.step} came after step {self._steps[-1].step}; "
+                             f"feed records in step order, each once (use a new collector for a new run)")
+        self._check(record)
+        follows = bool(self._steps) and self._steps[-1].step == record.step - 1
+        start = self._clock
+        end = start + record.wall_time_s
+        self._clock = end
+        self._step_start[record.step] = start
+        for view in record.requests:
+            track = self._tracks.get(view.id)
+            if track is None:
+                arrival = view.arrival_step
+                if follows and view.state != "pending":
+                    # Not in the previous step's record, so it was added since, with an arrival step
+                    # already past (add_request's default 0 mid-run): it arrived in this step.
+                    arrival = max(arrival, record.step)
+                track = self._tracks[view.id] = _Track(view.id, view.state, view.prompt_len, view.generated,
+                                                       view.num_preemptions, arrival)
+            track.state, track.generated = view.state, view.generated
+            track.num_preemptions = view.num_preemptions
+        for rid in record.sampled:
+            track = self._tracks[int(rid)]
+            track.token_steps.append(record.step)
+            track.token_ends.append(end)
+        for rid in record.finished:
+            self._tracks[rid].finished_step = record.step
+        tokens = record.decode_tokens + record.prefill_tokens
+        wall = record.wall_time_s
+        mem = record.memory
+        stats = StepStats(
+            step=record.step, budget=record.budget, decode_tokens=record.decode_tokens,
+            prefill_tokens=record.prefill_tokens, unused_tokens=record.unused_tokens,
+            output_tokens=len(record.sampled), running=record.running, waiting=record.waiting,
+            finished=len(record.finished), preempted=len(record.preempted), start_s=start, wall_time_s=wall,
+            tokens_per_s=tokens / wall if wall > 0 else 0.0,
+            output_tokens_per_s=len(record.sampled) / wall if wall > 0 else 0.0,
+            memory_source=mem.source, allocated_bytes=mem.allocated_bytes, reserved_bytes=mem.reserved_bytes,
+            rss_bytes=mem.rss_bytes, kv_blocks_used=record.kv.blocks_used)
+        self._steps.append(stats)
+        return stats
+
+    def _check(self, record: StepRecord) -> None:
+        """Refuses a malformed record before anything changes, so one bad record leaves no half-state."""
+        if not (math.isfinite(record.wall_time_s) and record.wall_time_s >= 0):
+            raise ValueError(f"step {record.step}: wall_time_s={record.wall_time_s!r} must be a finite "
+                             f"number >= 0")
+        known = {v.id for v in record.requests} | set(self._tracks)
+        unknown = [r for r in [*map(int, record.sampled), *record.finished] if r not in known]
+        if unknown:
+            raise ValueError(f"step {record.step}: request {unknown[0]} sampled or finished but not in "
+                             f"record.requests")
+
+    # -- per step -------------------------------------------------------------------------
+    @property
+    def steps(self) -> list[StepStats]:
+        return list(self._steps)
+
+    @property
+    def engine_time_s(self) -> float:
+        return self._clock
+
+    def throughput_series(self, window: int = 8) -> list[tuple[int, float]]:
+        """(step, output tokens per second over the last `window` steps up to it), for a chart."""
+        if window < 1:
+            raise ValueError(f"window={window!r} must be >= 1")
+        out = []
+        for i, s in enumerate(self._steps):
+            recent = self._steps[max(0, i - window + 1):i + 1]
+            wall = sum(r.wall_time_s for r in recent)
+            out.append((s.step, sum(r.output_tokens for r in recent) / wall if wall > 0 else 0.0))
+        return out
+
+    # -- per request ----------------------------------------------------------------------
+    def request(self, request_id: int) -> RequestMetrics:
+        if request_id not in self._tracks:
+            raise KeyError(f"request {request_id} was not in any observed record")
+        return self._metrics(self._tracks[request_id])
+
+    def requests(self) -> list[RequestMetrics]:
+        return [self._metrics(t) for t in sorted(self._tracks.values(), key=lambda t: t.id)]
+
+    def _metrics(self, t: _Track) -> RequestMetrics:
+        steps, ends = t.token_steps, t.token_ends
+        arrival_s = self._step_start.get(t.arrival_step)
+        first = steps[0] if steps else None
+        itl_steps = [b - a for a, b in zip(steps, steps[1:])]
+        itl_s = [b - a for a, b in zip(ends, ends[1:])]
+        done = t.finished_step is not None
+        ttft_steps = None if first is None else first - t.arrival_step
+        tpot_steps = (steps[-1] - first) / (len(steps) - 1) if len(steps) > 1 else None
+        tpot_s = (ends[-1] - ends[0]) / (len(ends) - 1) if len(ends) > 1 else None
+        known = arrival_s is not None and first is not None
+        return RequestMetrics(
+            id=t.id, state=t.state, prompt_len=t.prompt_len, generated=t.generated,
+            num_preemptions=t.num_preemptions, arrival_step=t.arrival_step, first_token_step=first,
+            finished_step=t.finished_step, ttft_steps=ttft_steps, tpot_steps=tpot_steps,
+            max_itl_steps=max(itl_steps) if itl_steps else None,
+            e2e_steps=t.finished_step - t.arrival_step if done else None,
+            ttft_s=ends[0] - arrival_s if known else None, tpot_s=tpot_s,
+            max_itl_s=max(itl_s) if itl_s else None,
+            e2e_s=ends[-1] - arrival_s if done and known else None,
+            itl_steps=itl_steps, itl_s=itl_s)
+
+    def latencies(self, name: str, requests: list[RequestMetrics] | None = None) -> list[float]:
+        """The values behind one latency distribution, e.g. for a histogram: one per request that has
+        it, except itl_steps / itl_s, which pool every gap between two tokens of any request."""
+        if name not in LATENCIES:
+            raise ValueError(f"unknown latency {name!r}; one of {', '.join(LATENCIES)}")
+        reqs = self.requests() if requests is None else requests
+        if name in ("itl_steps", "itl_s"):
+            return [g for r in reqs for g in getattr(r, name)]
+        return [v for r in reqs if (v := getattr(r, name)) is not None]
+
+    # -- whole run ------------------------------------------------------------------------
+    def summary(self) -> dict:
+        """Throughput, latency distributions (pooled over requests; ITL over every gap) and memory peaks."""
+        reqs = self.requests()
+        steps = self._steps
+        time_s = self._clock
+        output = sum(s.output_tokens for s in steps)
+        processed = sum(s.decode_tokens + s.prefill_tokens for s in steps)
+        budget = sum(s.budget for s in steps)
+        finished = [r for r in reqs if r.finished_step is not None]
+        return {
+            "steps": len(steps),
+            "engine_time_s": time_s,
+            "requests": len(reqs),
+            "finished_requests": len(finished),
+            "throughput": {
+                "output_tokens": output,
+                "processed_tokens": processed,
+                "output_tokens_per_s": output / time_s if time_s > 0 else None,
+                "processed_tokens_per_s": processed / time_s if time_s > 0 else None,
+                "output_tokens_per_step": output / len(steps) if steps else None,
+                "finished_requests_per_s": len(finished) / time_s if time_s > 0 else None,
+                "budget_utilisation": processed / budget if budget > 0 else None,
+            },
+            **{name: describe(self.latencies(name, reqs)) for name in LATENCIES},
+            "step_wall_s": describe([s.wall_time_s for s in steps]),
+            "memory": {
+                "source": steps[-1].memory_source if steps else None,
+                "peak_allocated_bytes": max((s.allocated_bytes for s in steps), default=None),
+                "peak_reserved_bytes": max((s.reserved_bytes for s in steps), default=None),
+                "peak_rss_bytes": max((s.rss_bytes for s in steps), default=None),
+                "peak_kv_blocks_used": max((s.kv_blocks_used for s in steps), default=None),
+            },
+        }
+
+    def to_dict(self) -> dict:
+        """Everything, as plain JSON-ready data."""
+        return {"summary": self.summary(), "steps": [asdict(s) for s in self._steps],
+                "requests": [asdict(r) for r in self.requests()]}

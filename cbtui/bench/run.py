@@ -1,0 +1,80 @@
+"""One benchmark run: every system, one after another, in this process, on the same weights."""
+
+from __future__ import annotations
+
+import gc
+
+import torch
+
+from engine.engine import resolve_device
+
+from .machine import machine_info
+from .metrics import RunResult
+from .ours import release, run_ours
+from .workloads import make_workload
+
+DEFAULT_CPU_SCALE = 1 / 16
+CUDA_BUDGET, CPU_BUDGET = 8192, 2048  # max tokens per step of our engine
+
+
+def default_scale(device: torch.device) -> float:
+    return 1.0 if device.type == "cuda" else DEFAULT_CPU_SCALE
+
+
+def run_bench(workload_name: str, scale: float | None = None, device: str = "auto", model: str | None = None,
+              attention: str = "auto", hf: bool = True, progress=lambda msg: None) -> dict:
+    """Runs the systems; returns the report dict (what --json prints)."""
+    dev = resolve_device(device)
+    scale = default_scale(dev) if scale is None else scale
+    model = model or ("small" if dev.type == "cuda" else "tiny")
+    workload = make_workload(workload_name, scale=scale, model=model)
+    dtype = "bfloat16" if dev.type == "cuda" else "float32"
+    budget = CUDA_BUDGET if dev.type == "cuda" else CPU_BUDGET
+    results: list[RunResult] = []
+
+    progress(f"ours continuous: {workload.num_requests} requests")
+    ours, engine = run_ours(workload, "fcfs", device, dtype, attention, budget)
+    results.append(ours)
+    hf_model, hf_note = None, ""
+    if hf:
+        from .hf_systems import transformers_version
+
+        if transformers_version() is None:
+            hf_note = "transformers is not installed (pip install 'cbtui[bench]')"
+        else:
+            from .hf_weights import to_hf_llama
+
+            hf_model = to_hf_llama(engine.model, attn_implementation="sdpa")
+    else:
+        hf_note = "skipped (--no-hf)"
+    attention_name = engine.attention_name
+    release(engine)
+    del engine
+
+    progress("ours static")
+    static, engine = run_ours(workload, "static", device, dtype, attention, budget)
+    results.append(static)
+    release(engine)
+    del engine
+
+    from .hf_systems import CB_NAME, STATIC_NAME
+
+    if hf_model is None:
+        results += [RunResult(CB_NAME, available=False, note=hf_note),
+                    RunResult(STATIC_NAME, available=False, note=hf_note)]
+    else:
+        from .hf_systems import run_hf_generate_batch, run_hf_static
+
+        progress("HF generate_batch")
+        results.append(run_hf_generate_batch(hf_model, workload))
+        progress("HF static generate")
+        results.append(run_hf_static(hf_model, workload))
+        del hf_model
+        gc.collect()
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+
+    base = results[0]
+    return {"machine": machine_info(dev), "workload": workload.describe(), "dtype": dtype,
+            "attention": attention_name, "max_tokens_per_step": budget,
+            "systems": [r.summary(None if r is base else base) for r in results]}

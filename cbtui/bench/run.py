@@ -11,7 +11,7 @@ from engine.engine import resolve_device
 from .machine import machine_info
 from .metrics import RunResult
 from .ours import release, run_ours
-from .workloads import make_workload
+from .workloads import Workload, make_workload
 
 DEFAULT_CPU_SCALE = 1 / 16
 CUDA_BUDGET, CPU_BUDGET = 8192, 2048  # max tokens per step of our engine
@@ -23,11 +23,18 @@ def default_scale(device: torch.device) -> float:
 
 def run_bench(workload_name: str, scale: float | None = None, device: str = "auto", model: str | None = None,
               attention: str = "auto", hf: bool = True, progress=lambda msg: None) -> dict:
-    """Runs the systems; returns the report dict (what --json prints)."""
+    """Runs the systems on a named workload; returns the report dict (what --json prints)."""
     dev = resolve_device(device)
     scale = default_scale(dev) if scale is None else scale
     model = model or ("small" if dev.type == "cuda" else "tiny")
     workload = make_workload(workload_name, scale=scale, model=model)
+    return run_systems(workload, device, attention, hf, progress)
+
+
+def run_systems(workload: Workload, device: str = "auto", attention: str = "auto", hf: bool = True,
+                progress=lambda msg: None) -> dict:
+    """Every system on one workload, one after another, on the same weights."""
+    dev = resolve_device(device)
     dtype = "bfloat16" if dev.type == "cuda" else "float32"
     budget = CUDA_BUDGET if dev.type == "cuda" else CPU_BUDGET
     results: list[RunResult] = []

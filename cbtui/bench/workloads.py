@@ -45,15 +45,20 @@ class Workload:
                 "static_batch_size": self.static_batch_size, "seed": self.seed}
 
 
-def make_workload(name: str, scale: float = 1.0, model: str = "small", seed: int = 0) -> Workload:
-    """`scale` shrinks the number of requests and the static batch together (lengths stay as is)."""
+def make_workload(name: str, scale: float = 1.0, model: str = "small", seed: int = 0,
+                  prompt_range: tuple[int, int] | None = None, output_range: tuple[int, int] | None = None) -> Workload:
+    """`scale` shrinks the number of requests and the static batch together (lengths stay as is).
+
+    prompt_range / output_range replace the workload's length ranges (small test workloads).
+    """
     if name not in WORKLOADS:
         raise ValueError(f"workload={name!r} is not known; choose one of: {', '.join(WORKLOADS)}")
     if not 0 < scale <= 1:
         raise ValueError(f"scale={scale} is out of range; it must be in (0, 1]")
     if model not in PRESETS:
         raise ValueError(f"model={model!r} is not known; choose one of: {', '.join(PRESETS)}")
-    count, (p_lo, p_hi), (o_lo, o_hi) = WORKLOADS[name]
+    count, prompts_in, outputs_in = WORKLOADS[name]
+    (p_lo, p_hi), (o_lo, o_hi) = prompt_range or prompts_in, output_range or outputs_in
     n = max(2, round(count * scale))
     vocab = PRESETS[model].vocab_size
     rng = random.Random(f"{name}:{seed}")

@@ -99,3 +99,26 @@ def test_continuous_equals_alone(backend):
         one = alone.add_request(p, max_new_tokens=n)
         alone.run_until_done()
         assert alone.requests[one].output == outs[rid], f"request {rid} differs under batching"
+
+
+def test_flex_never_builds_a_dense_block_mask(monkeypatch):
+    """The block mask comes from metadata (from_kv_blocks), once per step: create_block_mask,
+    which evaluates the mask over T x K, is never called."""
+    import torch.nn.attention.flex_attention as fa
+
+    if "flex" not in BACKENDS:
+        pytest.skip("flex attention is not available in this torch")
+
+    def boom(*a, **k):
+        raise AssertionError("create_block_mask called")
+
+    monkeypatch.setattr(fa, "create_block_mask", boom)
+    calls = []
+    real = fa.BlockMask.from_kv_blocks
+    monkeypatch.setattr(fa.BlockMask, "from_kv_blocks", classmethod(
+        lambda cls, *a, **k: calls.append(1) or real(*a, **k)))
+    eng = Engine(EngineConfig(model="tiny", device="cpu", attention="flex", max_tokens_per_step=64,
+                              prefill_chunk_size=32))
+    eng.add_request(list(range(1, 70)), max_new_tokens=2)
+    eng.step()  # one prefill step, two layers
+    assert len(calls) == 1

@@ -117,7 +117,7 @@ def run_hf_generate_batch(hf, workload: Workload) -> RunResult:
     """
     if hf.device.type != "cuda":
         return RunResult(CB_NAME, available=False,
-                         note="needs CUDA: transformers sizes its paged KV cache from free GPU memory")
+                         note="CUDA only: transformers sizes its paged KV cache from GPU memory and refuses on the CPU")
     warm = warmup_workload(workload.model)
     hf.generate_batch(warm.prompts, generation_config=_generation_config(max(warm.max_new_tokens)),
                       continuous_batching_config=_cb_config(), progress_bar=False)

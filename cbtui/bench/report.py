@@ -42,3 +42,20 @@ def bench_table(report: dict) -> Table:
                                        "tokens equal ours continuous"])
     table.caption_justify = "left"
     return table
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m cbtui.bench.report FILE.json`: the table of a saved `cbtui bench --json` report."""
+    import json
+    import sys
+
+    from rich.console import Console
+
+    args = sys.argv[1:] if argv is None else argv
+    with open(args[0]) as f:
+        report = json.load(f)
+    Console(width=200).print(bench_table(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -42,6 +42,7 @@ def run_systems(workload: Workload, device: str = "auto", attention: str = "auto
     progress(f"ours continuous: {workload.num_requests} requests")
     ours, engine = run_ours(workload, "fcfs", device, dtype, attention, budget)
     results.append(ours)
+    progress(_line(ours))
     hf_model, hf_note = None, ""
     if hf:
         from .hf_systems import transformers_version
@@ -61,6 +62,7 @@ def run_systems(workload: Workload, device: str = "auto", attention: str = "auto
     progress("ours static")
     static, engine = run_ours(workload, "static", device, dtype, attention, budget)
     results.append(static)
+    progress(_line(static, ours))
     release(engine)
     del engine
 
@@ -72,16 +74,31 @@ def run_systems(workload: Workload, device: str = "auto", attention: str = "auto
     else:
         from .hf_systems import run_hf_generate_batch, run_hf_static
 
-        progress("HF generate_batch")
-        results.append(run_hf_generate_batch(hf_model, workload))
-        progress("HF static generate")
-        results.append(run_hf_static(hf_model, workload))
+        for name, fn in ((CB_NAME, run_hf_generate_batch), (STATIC_NAME, run_hf_static)):
+            progress(name)
+            try:
+                results.append(fn(hf_model, workload))
+            except Exception as exc:  # a transformers release that differs: say so, keep the rest
+                results.append(RunResult(name, available=False, note=f"failed: {type(exc).__name__}: {exc}"[:300]))
+            progress(_line(results[-1], ours))
         del hf_model
         gc.collect()
         if dev.type == "cuda":
             torch.cuda.empty_cache()
 
+    return _report(dev, workload, dtype, attention_name, budget, results)
+
+
+def _report(dev, workload, dtype, attention_name, budget, results) -> dict:
     base = results[0]
     return {"machine": machine_info(dev), "workload": workload.describe(), "dtype": dtype,
             "attention": attention_name, "max_tokens_per_step": budget,
             "systems": [r.summary(None if r is base else base) for r in results]}
+
+
+def _line(result: RunResult, base: RunResult | None = None) -> str:
+    if not result.available:
+        return f"{result.system}: unavailable ({result.note})"
+    ratio = "" if base is None else f", {result.output_tok_s / base.output_tok_s:.2f}x ours"
+    return (f"{result.system}: {result.output_tok_s:,.0f} output tok/s, {result.steps} steps, "
+            f"{result.wall_s:.2f} s{ratio}")

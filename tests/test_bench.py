@@ -104,3 +104,24 @@ def test_hf_path_tiny_and_table():
 def test_summary_of_unavailable_system_has_no_figures():
     s = RunResult("x", available=False, note="why").summary()
     assert s == {"system": "x", "available": False, "note": "why"}
+
+
+def test_hf_continuous_timing_starts_at_request_creation():
+    """generate_batch's own warm-up runs before its requests exist: the clock starts at the
+    first request's creation and stops at the last one's end."""
+    from types import SimpleNamespace
+
+    from cbtui.bench.hf_systems import _cb_result
+
+    workload = make_workload("anchor", scale=4 / 512, model="tiny")
+    outs = [SimpleNamespace(request_id=f"r{i}", created_time=10.0 + i * 0.01, lifespan=(10.1, 12.0 + i),
+                            timestamps=[10.5 + i, 11.5 + i], generated_tokens=[1, 2], error=None)
+            for i in range(4)]
+    result = _cb_result(workload, outs, start=5.0, end=20.0)  # the call itself began with warm-up at 5.0
+    assert result.wall_s == pytest.approx(15.0 - 10.0)
+    assert result.ttft_s == pytest.approx([0.5, 1.5, 2.5, 3.5])
+    assert result.tpot_s == pytest.approx([1.0] * 4)
+    assert result.output_tokens == 8
+    stale = [SimpleNamespace(**{**vars(o), "created_time": 1.0}) for o in outs]
+    fallback = _cb_result(workload, stale, start=5.0, end=20.0)
+    assert fallback.wall_s == 15.0 and "warm-up" in fallback.note

@@ -63,6 +63,7 @@ def test_flex_and_sdpa_agree(seed):
     items = [ScheduledItem(j, i.kind, i.first_pos, i.num_tokens, i.key_len) for j, i in enumerate(items)]
     batch = build_batch(items, toks, [True] * len(items), CUDA)
     gen = torch.Generator(device=CUDA).manual_seed(seed)
+    # the `small` preset's heads (14 query, 2 KV, dim 64), float32
     q = torch.randn(batch.num_tokens, 14, 64, device=CUDA, generator=gen)
     k = torch.randn(batch.num_keys, 2, 64, device=CUDA, generator=gen)
     v = torch.randn(batch.num_keys, 2, 64, device=CUDA, generator=gen)

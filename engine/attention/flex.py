@@ -75,7 +75,8 @@ def ragged_block_mask(q_seq, q_pos, k_seq, k_pos, cu_k, num_keys: int):
     cols = torch.arange(num_kv_blocks, device=q_seq.device)
     indices = torch.clamp(lo_b[:, None] + cols[None, :], max=num_kv_blocks - 1)
     return BlockMask.from_kv_blocks(count[None, None].int(), indices[None, None].int(), BLOCK_SIZE=BLOCK,
-                                    mask_mod=ragged_causal, seq_lengths=(q_seq.shape[0], num_keys))
+                                    mask_mod=ragged_causal, seq_lengths=(q_seq.shape[0], num_keys),
+                                    compute_q_blocks=False)  # forward only: no transposed index
 
 
 def _run(q, k, v, block_mask):

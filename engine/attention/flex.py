@@ -79,11 +79,25 @@ def ragged_block_mask(q_seq, q_pos, k_seq, k_pos, cu_k, num_keys: int):
                                     compute_q_blocks=False)  # forward only: no transposed index
 
 
+_broken: dict = {}  # shape key -> why the compiled kernel could not be built
+
+
 def _run(q, k, v, block_mask):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    args = (q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None])
+    key = (q.device.type, q.dtype, q.shape[1], k.shape[1], q.shape[2])
+    fn = _flex(q.device)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
-        out = _flex(q.device)(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
-                              block_mask=block_mask, enable_gqa=True)
+        if fn is not flex_attention and key not in _broken:
+            try:
+                return fn(*args, block_mask=block_mask, enable_gqa=True)[0].transpose(0, 1)
+            except Exception as exc:  # e.g. no Triton config for this head size / dtype
+                _broken[key] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                warnings.warn(f"compiled flex attention failed for heads {key[2]}/{key[3]} x {key[4]} "
+                              f"{key[1]}; running it uncompiled (slow, exact): {_broken[key]}")
+        out = flex_attention(*args, block_mask=block_mask, enable_gqa=True)
     return out[0].transpose(0, 1)
 
 

@@ -122,3 +122,26 @@ def test_flex_never_builds_a_dense_block_mask(monkeypatch):
     eng.add_request(list(range(1, 70)), max_new_tokens=2)
     eng.step()  # one prefill step, two layers
     assert len(calls) == 1
+
+
+def test_flex_falls_back_when_the_compiled_kernel_cannot_be_built(monkeypatch):
+    """A head size with no compiled kernel (seen on CUDA for the tiny preset) runs flex
+    uncompiled, with a warning, instead of failing the step; the answer is the same."""
+    from engine.attention import flex
+
+    if "flex" not in BACKENDS:
+        pytest.skip("flex attention is not available in this torch")
+
+    def no_kernel(*a, **k):
+        raise RuntimeError("NoValidChoicesError: no choices")
+
+    monkeypatch.setattr(flex, "_flex", lambda device: no_kernel)
+    monkeypatch.setattr(flex, "_broken", {})
+    batch = random_batch(random.Random(3), 5, 60, 50, 0.3)
+    q = torch.randn(batch.num_tokens, 4, 16, dtype=torch.float64)
+    k = torch.randn(batch.num_keys, 2, 16, dtype=torch.float64)
+    v = torch.randn(batch.num_keys, 2, 16, dtype=torch.float64)
+    with pytest.warns(UserWarning, match="running it uncompiled"):
+        got = flex.flex_attention_ragged(q, k, v, batch)
+    torch.testing.assert_close(got, reference_attention(q, k, v, batch), rtol=1e-10, atol=1e-10)
+    assert len(flex._broken) == 1

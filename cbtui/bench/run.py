@@ -100,5 +100,6 @@ def _line(result: RunResult, base: RunResult | None = None) -> str:
     if not result.available:
         return f"{result.system}: unavailable ({result.note})"
     ratio = "" if base is None else f", {result.output_tok_s / base.output_tok_s:.2f}x ours"
-    return (f"{result.system}: {result.output_tok_s:,.0f} output tok/s, {result.steps} steps, "
+    steps = "-" if result.steps is None else result.steps
+    return (f"{result.system}: {result.output_tok_s:,.0f} output tok/s, {steps} steps, "
             f"{result.wall_s:.2f} s{ratio}")

@@ -9,10 +9,9 @@ Grouped-query heads are handled by sdpa's enable_gqa, without copying K/V per qu
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..batch_builder import RaggedBatch
-from .single import host_offsets, single_items, single_query_attention
+from .single import host_offsets, sdpa, single_items, single_query_attention
 
 
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: RaggedBatch) -> torch.Tensor:
@@ -31,6 +30,5 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: Rag
         vi = v[k0:k0 + k_len].transpose(0, 1)[None]
         q_pos = torch.arange(first, first + q_len, device=q.device)
         mask = torch.arange(k_len, device=q.device)[None, :] <= q_pos[:, None]
-        out[q0:q0 + q_len] = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=mask,
-                                                            enable_gqa=True)[0].transpose(0, 1)
+        out[q0:q0 + q_len] = sdpa(qi, ki, vi, attn_mask=mask, enable_gqa=True)[0].transpose(0, 1)
     return out

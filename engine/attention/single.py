@@ -17,6 +17,27 @@ import torch.nn.functional as F
 from ..batch_builder import RaggedBatch
 
 
+def _no_cudnn_backends():
+    from torch.nn.attention import SDPBackend
+
+    return [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def sdpa(q, k, v, **kwargs):
+    """scaled_dot_product_attention without the cuDNN backend on CUDA.
+
+    Measured on an H200 (torch 2.11): with a fresh key length every step, cuDNN's attention spent
+    ~2.9 ms of host time per call (planning for the new shape), 70 of a 112 ms decode step. The
+    flash / memory-efficient kernels have no per-shape planning.
+    """
+    if q.device.type != "cuda":
+        return F.scaled_dot_product_attention(q, k, v, **kwargs)
+    from torch.nn.attention import sdpa_kernel
+
+    with sdpa_kernel(_no_cudnn_backends()):
+        return F.scaled_dot_product_attention(q, k, v, **kwargs)
+
+
 def host_offsets(lengths: list[int]) -> list[int]:
     return [0, *itertools.accumulate(lengths)]
 
@@ -62,5 +83,5 @@ def single_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ba
     qq = q[rows].view(n, kv_heads, heads // kv_heads, d)
     kk = k[index].transpose(1, 2)  # [n, kv_heads, width, d]
     vv = v[index].transpose(1, 2)
-    out = F.scaled_dot_product_attention(qq, kk, vv, attn_mask=valid[:, None, None, :])
+    out = sdpa(qq, kk, vv, attn_mask=valid[:, None, None, :])
     return rows, out.reshape(n, heads, d)

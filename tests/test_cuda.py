@@ -72,7 +72,8 @@ def test_flex_and_sdpa_agree(seed):
     sdpa = get_backend("sdpa")(q, k, v, batch)
     torch.testing.assert_close(flex, sdpa, rtol=2e-4, atol=2e-4)
     from engine.attention.flex import _broken
-    assert not _broken, f"compiled flex fell back for the small preset's heads: {_broken}"
+    small_heads = [key for key in _broken if key[2:] == (14, 2, 64)]
+    assert not small_heads, f"compiled flex fell back for the small preset's heads: {_broken}"
     if batch.num_tokens * batch.num_keys < 4e7:
         torch.testing.assert_close(flex, reference_attention(q, k, v, batch), rtol=2e-4, atol=2e-4)
 
@@ -98,3 +99,19 @@ def test_anchor_bf16_runs():
     same = sum(a == b for a, b in zip(cont.outputs, static.outputs)) / workload.num_requests
     print(f"anchor slice: continuous {cont.output_tok_s:,.0f} out tok/s in {cont.steps} steps; static "
           f"{static.output_tok_s:,.0f} in {static.steps}; identical outputs {same:.0%} (bf16)")
+
+
+def test_decode_attention_avoids_cudnn():
+    """The batched decode path must not land on cuDNN attention, whose per-shape planning cost
+    ~2.9 ms of host time per call on an H200 (70 of 112 ms of a 256-request decode step)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    items = [ScheduledItem(i, "decode", 100 + 37 * i, 1, 101 + 37 * i) for i in range(64)]
+    batch = build_batch(items, [[0]] * 64, [True] * 64, CUDA)
+    q = torch.randn(64, 14, 64, device=CUDA, dtype=torch.bfloat16)
+    k = torch.randn(batch.num_keys, 2, 64, device=CUDA, dtype=torch.bfloat16)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        get_backend("flex")(q, k, k, batch)
+        torch.cuda.synchronize()
+    names = [e.key.lower() for e in prof.key_averages()]
+    assert not [n for n in names if "cudnn" in n], names

@@ -74,6 +74,21 @@ def _gather_index(batch: RaggedBatch, items: list[int], device: torch.device):
     return batch.scratch[key]
 
 
+def _padded(x: torch.Tensor, batch: RaggedBatch, items: list[int], index: torch.Tensor,
+            gather: bool | None = None) -> torch.Tensor:
+    """Each item's keys (contiguous in the packed tensor), padded to the longest: [n, heads, width, d].
+
+    On CUDA one gather kernel; on the CPU, row gathers of small rows are slow, so the items'
+    contiguous slices are copied whole. Padding differs (repeated last key vs zeros) but is masked.
+    """
+    n, width = index.shape
+    if gather if gather is not None else x.device.type == "cuda":
+        return x.index_select(0, index.view(-1)).view(n, width, *x.shape[1:]).transpose(1, 2)
+    cu_k = host_offsets(batch.k_lens)
+    pieces = [x[cu_k[i]:cu_k[i] + batch.k_lens[i]] for i in items]
+    return torch.nn.utils.rnn.pad_sequence(pieces, batch_first=True).transpose(1, 2)
+
+
 def single_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: RaggedBatch,
                            items: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (query rows, their attention output [n, heads, d]) for the given single-query items."""
@@ -81,7 +96,6 @@ def single_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ba
     n, heads, d = len(items), q.shape[1], q.shape[2]
     kv_heads = k.shape[1]
     qq = q[rows].view(n, kv_heads, heads // kv_heads, d)
-    kk = k[index].transpose(1, 2)  # [n, kv_heads, width, d]
-    vv = v[index].transpose(1, 2)
+    kk, vv = _padded(k, batch, items, index), _padded(v, batch, items, index)  # [n, kv_heads, width, d]
     out = sdpa(qq, kk, vv, attn_mask=valid[:, None, None, :])
     return rows, out.reshape(n, heads, d)

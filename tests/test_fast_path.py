@@ -145,3 +145,19 @@ def test_flex_falls_back_when_the_compiled_kernel_cannot_be_built(monkeypatch):
         got = flex.flex_attention_ragged(q, k, v, batch)
     torch.testing.assert_close(got, reference_attention(q, k, v, batch), rtol=1e-10, atol=1e-10)
     assert len(flex._broken) == 1
+
+
+def test_padded_keys_gather_and_slice_agree():
+    """Both ways of padding decode keys (one gather on CUDA, slices on the CPU) hold the same
+    keys in the same places; only the masked padding may differ."""
+    from engine.attention.single import _gather_index, _padded, single_items
+
+    batch = random_batch(random.Random(5), 10, 80, 1, 1.0)
+    items = single_items(batch)
+    k = torch.randn(batch.num_keys, 2, 8)
+    _, index, valid = _gather_index(batch, items, CPU)
+    a = _padded(k, batch, items, index, gather=True)
+    b = _padded(k, batch, items, index, gather=False)
+    assert a.shape == b.shape
+    mask = valid[:, None, :, None].expand_as(a)
+    assert torch.equal(a[mask], b[mask])

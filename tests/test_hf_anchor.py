@@ -35,7 +35,8 @@ def our_logits(engine: Engine, tokens: list[int]) -> torch.Tensor:
     s = engine.spec
     kv = DenseKVCache(s.num_layers, s.num_kv_heads, s.head_dim, engine.dtype, engine.device)
     kv.begin_step([0], batch)
-    return engine.model(batch.token_ids, batch.positions, torch.arange(n), kv, engine.attention, batch)
+    per_layer = [engine.attention] * s.num_layers
+    return engine.model(batch.token_ids, batch.positions, torch.arange(n), kv, per_layer, batch)
 
 
 def test_every_parameter_is_copied(pair):

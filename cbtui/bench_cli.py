@@ -1,19 +1,56 @@
 """`cbtui bench ...`: benchmarks are commands, never timed unit tests.
 
-Subcommands live in their own modules and are imported lazily, so `cbtui --help` stays fast.
+`cbtui bench --workload anchor|varied` (the group's own options) compares this engine with static
+batching and Hugging Face transformers; subcommands live in their own modules and are imported
+lazily, so `cbtui --help` stays fast.
 """
 
 from __future__ import annotations
+
+import json
+import sys
 
 import click
 
 
 @click.group("bench", invoke_without_command=True)
+@click.option("--workload", type=click.Choice(["anchor", "varied"]), default="anchor", show_default=True,
+              help="anchor: 512 requests, prompts 32..1024, 128 new tokens; varied: 256 requests, 16..256 new.")
+@click.option("--scale", type=click.FloatRange(min=0, max=1, min_open=True), default=None,
+              help="Fraction of the requests (and of the static batch) to run. Default: 1 on CUDA, 1/16 on the CPU.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--model", type=click.Choice(["tiny", "small"]), default=None,
+              help="Engine preset. Default: small on CUDA (bf16), tiny on the CPU (fp32).")
+@click.option("--attention", type=click.Choice(["auto", "reference", "sdpa", "flex"]), default="auto",
+              show_default=True, help="Our engine's attention backend.")
+@click.option("--hf/--no-hf", default=True, show_default=True,
+              help="Include Hugging Face transformers (when it is installed).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
 @click.pass_context
-def bench(ctx: click.Context) -> None:
-    """Measure the engine and the dashboard; figures come with the machine they ran on."""
-    if ctx.invoked_subcommand is None:
-        click.echo(ctx.get_help())
+def bench(ctx: click.Context, workload, scale, device, model, attention, hf, as_json) -> None:
+    """Compare this engine (continuous and static) with Hugging Face on one seeded workload.
+
+    Every system runs in this process on the same random weights; warm-up is excluded and CUDA is
+    synchronised. Figures come with the machine they ran on.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from rich.console import Console
+
+    from .bench.report import bench_table
+    from .bench.run import run_bench
+
+    err = Console(stderr=True)
+    try:
+        report = run_bench(workload, scale=scale, device=device, model=model, attention=attention, hf=hf,
+                           progress=lambda msg: err.print(f"[dim]bench: {msg}[/dim]"))
+    except ValueError as exc:
+        click.echo(f"cbtui: error: {exc}", err=True)
+        sys.exit(2)
+    if as_json:
+        click.echo(json.dumps(report, indent=1))
+    else:
+        Console(width=max(Console().width, 160)).print(bench_table(report))
 
 
 @bench.command("host")

@@ -7,7 +7,7 @@ pos(j) <= pos(i): the ragged causal mask.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -30,6 +30,9 @@ class RaggedBatch:
     q_lens: list[int]
     k_lens: list[int]
     first_positions: list[int]
+    # Per-step values an attention backend derives once and reuses in every layer (index
+    # tensors, a flex block mask). Filled lazily by the backends; never part of a record.
+    scratch: dict = field(default_factory=dict)
 
     @property
     def num_tokens(self) -> int:

@@ -1,7 +1,17 @@
-"""FlexAttention over the packed batch, with a block mask from the ragged causal rule.
+"""FlexAttention over the packed batch, with a block mask built from the batch metadata.
 
 Built for CUDA (compiled kernels); on the CPU torch runs it unfused, which is slow but exact,
 so tests can still compare it with the other backends.
+
+The block mask is never built by evaluating the mask function densely (create_block_mask over
+T x K costs more than the attention itself): queries and keys are packed item after item in the
+same order, so the keys a block of queries can see form one contiguous range, from the first key
+of its first row's item to the last visible key of its last row. Those ranges, in blocks, go
+straight into BlockMask.from_kv_blocks; the mask function still decides inside every block.
+The mask is built once per step and shared by all layers.
+
+Single-query items at the front of the batch (the decodes) take the batched path of single.py,
+so flex only sees the prefill rows, whose key ranges are tight.
 """
 
 from __future__ import annotations
@@ -11,6 +21,9 @@ import warnings
 import torch
 
 from ..batch_builder import RaggedBatch
+from .single import leading_singles, single_query_attention
+
+BLOCK = 128  # FlexAttention's sparse block size, for queries and keys
 
 
 def flex_available(device: torch.device) -> bool:
@@ -34,19 +47,82 @@ def _flex(device: torch.device):
     return _compiled["cuda"]
 
 
-def flex_attention_ragged(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: RaggedBatch) -> torch.Tensor:
-    from torch.nn.attention.flex_attention import create_block_mask
+def kv_block_ranges(q_seq: torch.Tensor, q_pos: torch.Tensor, cu_k: torch.Tensor, num_kv_blocks: int,
+                    block: int = BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per query block: (first kv block, number of kv blocks) it may touch. All on the device.
 
-    q_seq, q_pos = batch.seq_ids, batch.positions
-    k_seq, k_pos = batch.key_seq_ids, batch.key_positions
+    q_seq/q_pos: item index and position of each query row (rows packed item after item);
+    cu_k: key offsets per item (keys packed in the same item order).
+    """
+    t = q_seq.shape[0]
+    firsts = torch.arange(0, t, block, device=q_seq.device)
+    lasts = torch.clamp(firsts + block - 1, max=t - 1)
+    lo = cu_k[q_seq[firsts]]  # the first row's item starts here; earlier rows of it see no less
+    hi = cu_k[q_seq[lasts]] + q_pos[lasts]  # the last row's last visible key (inclusive)
+    lo_b = lo // block
+    hi_b = torch.clamp(hi // block, max=num_kv_blocks - 1)
+    return lo_b, hi_b - lo_b + 1
+
+
+def ragged_block_mask(q_seq, q_pos, k_seq, k_pos, cu_k, num_keys: int):
+    from torch.nn.attention.flex_attention import BlockMask
 
     def ragged_causal(b, h, qi, kj):
         return (q_seq[qi] == k_seq[kj]) & (k_pos[kj] <= q_pos[qi])
 
-    t, kn = q.shape[0], k.shape[0]
-    block_mask = create_block_mask(ragged_causal, None, None, t, kn, device=q.device)
+    num_kv_blocks = -(-num_keys // BLOCK)
+    lo_b, count = kv_block_ranges(q_seq, q_pos, cu_k, num_kv_blocks)
+    cols = torch.arange(num_kv_blocks, device=q_seq.device)
+    indices = torch.clamp(lo_b[:, None] + cols[None, :], max=num_kv_blocks - 1)
+    return BlockMask.from_kv_blocks(count[None, None].int(), indices[None, None].int(), BLOCK_SIZE=BLOCK,
+                                    mask_mod=ragged_causal, seq_lengths=(q_seq.shape[0], num_keys),
+                                    compute_q_blocks=False)  # forward only: no transposed index
+
+
+_broken: dict = {}  # shape key -> why the compiled kernel could not be built
+
+
+def _run(q, k, v, block_mask):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    args = (q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None])
+    key = (q.device.type, q.dtype, q.shape[1], k.shape[1], q.shape[2])
+    fn = _flex(q.device)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
-        out = _flex(q.device)(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
-                              block_mask=block_mask, enable_gqa=True)
+        if fn is not flex_attention and key not in _broken:
+            try:
+                return fn(*args, block_mask=block_mask, enable_gqa=True)[0].transpose(0, 1)
+            except Exception as exc:  # e.g. no Triton config for this head size / dtype
+                _broken[key] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                warnings.warn(f"compiled flex attention failed for heads {key[2]}/{key[3]} x {key[4]} "
+                              f"{key[1]}; running it uncompiled (slow, exact): {_broken[key]}")
+        out = flex_attention(*args, block_mask=block_mask, enable_gqa=True)
     return out[0].transpose(0, 1)
+
+
+def _prefill_mask(batch: RaggedBatch, n_single: int):
+    """The block mask for the rows after the first n_single items, built once per step."""
+    if "flex_mask" not in batch.scratch:
+        q0 = sum(batch.q_lens[:n_single])
+        k0 = sum(batch.k_lens[:n_single])
+        q_seq = batch.seq_ids[q0:] - n_single
+        k_seq = batch.key_seq_ids[k0:] - n_single
+        cu_k = batch.cu_seqlens_k[n_single:] - k0
+        mask = ragged_block_mask(q_seq, batch.positions[q0:], k_seq, batch.key_positions[k0:], cu_k,
+                                 batch.num_keys - k0)
+        batch.scratch["flex_mask"] = (q0, k0, mask)
+    return batch.scratch["flex_mask"]
+
+
+def flex_attention_ragged(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: RaggedBatch) -> torch.Tensor:
+    n_single = leading_singles(batch)
+    if n_single == len(batch.q_lens):  # decode-only step
+        rows, out = single_query_attention(q, k, v, batch, list(range(n_single)))
+        return out
+    q0, k0, block_mask = _prefill_mask(batch, n_single)
+    rest = _run(q[q0:], k[k0:], v[k0:], block_mask)
+    if n_single == 0:
+        return rest
+    _, head = single_query_attention(q, k, v, batch, list(range(n_single)))
+    return torch.cat([head, rest])

@@ -1,0 +1,93 @@
+"""Our random weights, copied into a Hugging Face `LlamaForCausalLM` (same function, other code).
+
+The engine's decoder is Llama-shaped (RMSNorm, half-split rotary as `rotate_half`, GQA, SwiGLU,
+untied lm_head), so the copy is a renaming of parameters; nothing is transposed or re-scaled.
+Importing this module does not import transformers; the functions do, when called.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from engine.model import DecoderModel, ModelSpec
+
+# ours (per layer) -> Hugging Face Llama (per layer)
+LAYER_NAMES = {
+    "input_norm.weight": "input_layernorm.weight",
+    "post_norm.weight": "post_attention_layernorm.weight",
+    "q_proj.weight": "self_attn.q_proj.weight",
+    "k_proj.weight": "self_attn.k_proj.weight",
+    "v_proj.weight": "self_attn.v_proj.weight",
+    "o_proj.weight": "self_attn.o_proj.weight",
+    "gate_proj.weight": "mlp.gate_proj.weight",
+    "up_proj.weight": "mlp.up_proj.weight",
+    "down_proj.weight": "mlp.down_proj.weight",
+}
+TOP_NAMES = {"embed.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
+             "lm_head.weight": "lm_head.weight"}
+
+
+def hf_name(ours: str) -> str:
+    """The Hugging Face parameter name for one of ours, e.g. layers.3.q_proj.weight."""
+    if ours in TOP_NAMES:
+        return TOP_NAMES[ours]
+    prefix, index, rest = ours.split(".", 2)
+    if prefix != "layers" or rest not in LAYER_NAMES:
+        raise KeyError(f"no Hugging Face name for parameter {ours!r}")
+    return f"model.layers.{index}.{LAYER_NAMES[rest]}"
+
+
+def llama_config(spec: ModelSpec):
+    """A `LlamaConfig` with our preset's shape; no BOS/EOS, so generation never stops early."""
+    from transformers import LlamaConfig
+
+    common = dict(vocab_size=spec.vocab_size, hidden_size=spec.hidden_size,
+                  intermediate_size=spec.intermediate_size, num_hidden_layers=spec.num_layers,
+                  num_attention_heads=spec.num_heads, num_key_value_heads=spec.num_kv_heads,
+                  head_dim=spec.head_dim, max_position_embeddings=spec.max_context, rms_norm_eps=spec.rms_eps,
+                  hidden_act="silu", tie_word_embeddings=False, attention_bias=False, mlp_bias=False,
+                  bos_token_id=None, eos_token_id=None, pad_token_id=0)
+    try:  # transformers >= 5: rope settings live in rope_parameters
+        config = LlamaConfig(**common, rope_parameters={"rope_type": "default", "rope_theta": spec.rope_theta})
+    except TypeError:  # transformers 4.x
+        config = LlamaConfig(**common, rope_theta=spec.rope_theta)
+    theta = (getattr(config, "rope_parameters", None) or {}).get("rope_theta", getattr(config, "rope_theta", None))
+    if theta != spec.rope_theta:
+        raise RuntimeError(f"LlamaConfig did not take rope_theta={spec.rope_theta} (got {theta})")
+    return config
+
+
+@torch.no_grad()
+def to_hf_llama(model: DecoderModel, dtype: torch.dtype | None = None, device: torch.device | str | None = None,
+                attn_implementation: str = "sdpa"):
+    """A `LlamaForCausalLM` holding exactly `model`'s weights (cast to dtype, on device)."""
+    from transformers import LlamaForCausalLM
+
+    dtype = dtype or next(model.parameters()).dtype
+    device = device or next(model.parameters()).device
+    config = llama_config(model.spec)
+    config._attn_implementation = attn_implementation
+    with torch.device("meta"):
+        hf = LlamaForCausalLM(config)
+    hf = hf.to_empty(device=device).to(dtype)
+    ours = dict(model.named_parameters())
+    theirs = dict(hf.named_parameters())
+    mapped = {hf_name(name): name for name in ours}
+    missing = sorted(set(theirs) - set(mapped))
+    if missing:
+        raise RuntimeError(f"Hugging Face parameters with no source: {missing[:5]}")
+    for their_name, our_name in mapped.items():
+        dst, src = theirs[their_name], ours[our_name]
+        if dst.shape != src.shape:
+            raise RuntimeError(f"{our_name} {tuple(src.shape)} does not fit {their_name} {tuple(dst.shape)}")
+        dst.copy_(src.to(device=device, dtype=dtype))
+    # Non-persistent buffers (rotary inv_freq) were left empty by to_empty: rebuild those modules.
+    for parent in list(hf.modules()):
+        for child_name, child in list(parent.named_children()):
+            if type(child).__name__.endswith("RotaryEmbedding"):
+                with torch.device(device):
+                    setattr(parent, child_name, type(child)(config))
+    hf.generation_config.eos_token_id = None
+    hf.generation_config.bos_token_id = None
+    hf.generation_config.pad_token_id = 0
+    return hf.eval()

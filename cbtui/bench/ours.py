@@ -1,0 +1,72 @@
+"""This engine on a workload, continuous (fcfs) or static, timed without its warm-up."""
+
+from __future__ import annotations
+
+import gc
+import time
+
+import torch
+
+from engine import Engine, EngineConfig
+
+from .metrics import RunResult
+from .workloads import Workload, warmup_workload
+
+
+def engine_config(workload: Workload, policy: str, device: str, dtype: str, attention: str,
+                  max_tokens_per_step: int) -> EngineConfig:
+    longest = max(len(p) for p in workload.prompts)
+    return EngineConfig(model=workload.model, device=device, dtype=dtype, attention=attention, policy=policy,
+                        max_tokens_per_step=max_tokens_per_step,
+                        prefill_chunk_size=min(max_tokens_per_step, longest),
+                        static_batch_size=workload.static_batch_size, kv_layout="paged", block_size=16, seed=0)
+
+
+def _submit(engine: Engine, workload: Workload) -> list[int]:
+    return [engine.add_request(p, max_new_tokens=n) for p, n in zip(workload.prompts, workload.max_new_tokens)]
+
+
+def _sync(engine: Engine) -> None:
+    if engine.device.type == "cuda":
+        torch.cuda.synchronize(engine.device)
+
+
+def run_ours(workload: Workload, policy: str = "fcfs", device: str = "auto", dtype: str = "auto",
+             attention: str = "auto", max_tokens_per_step: int = 8192) -> tuple[RunResult, Engine]:
+    """Warm up on a small workload, then time the real one on the same engine."""
+    config = engine_config(workload, policy, device, dtype, attention, max_tokens_per_step)
+    engine = Engine(config)
+    _submit(engine, warmup_workload(workload.model))
+    engine.run_until_done()
+    _sync(engine)
+
+    first_step = engine.step_index
+    start = time.perf_counter()
+    ids = _submit(engine, workload)
+    engine.run_until_done()
+    _sync(engine)
+    wall = time.perf_counter() - start
+
+    reqs = [engine.requests[i] for i in ids]
+    name = "ours continuous" if policy == "fcfs" else "ours static"
+    note = (f"{engine.attention_name} attention, budget {config.max_tokens_per_step} tokens/step, "
+            f"{engine.num_blocks} KV blocks of {config.block_size}")
+    if policy == "static":
+        note += f", batch {config.static_batch_size}"
+    result = RunResult(name, note=note, wall_s=wall, prompt_tokens=workload.prompt_tokens,
+                       output_tokens=sum(len(r.output) for r in reqs), steps=engine.step_index - first_step,
+                       outputs=[list(r.output) for r in reqs])
+    for r in reqs:
+        result.ttft_s.append(r.first_token_time - start)
+        if len(r.output) > 1:
+            result.tpot_s.append((r.finish_time - r.first_token_time) / (len(r.output) - 1))
+    return result, engine
+
+
+def release(engine: Engine) -> None:
+    """Frees an engine's KV pool and weights before the next system is built."""
+    device = engine.device
+    del engine
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

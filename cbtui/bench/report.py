@@ -1,0 +1,64 @@
+"""The bench table (rich): one row per system, ratios against ours (continuous)."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+COLUMNS = ("system", "out tok/s", "total tok/s", "vs ours", "TTFT p50/p90/p99 ms", "TPOT p50/p90/p99 ms",
+           "steps", "wall s", "same out")
+
+
+def _num(x, fmt="{:,.0f}") -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def _pcts(d: dict) -> str:
+    return "/".join(_num(d[k], "{:,.1f}") for k in ("p50", "p90", "p99"))
+
+
+def header(report: dict) -> str:
+    m, w = report["machine"], report["workload"]
+    where = f"GPU {m['gpu']}" if m.get("gpu") else f"CPU {m['cpu']} ({m['cpu_count']} cores, {m['torch_threads']} threads)"
+    return (f"cbtui bench · workload {w['name']} · {w['requests']} requests, prompts {w['prompt_len'][0]}..."
+            f"{w['prompt_len'][1]}, new tokens {w['new_tokens'][0]}...{w['new_tokens'][1]} · model {w['model']} "
+            f"{report['dtype']} · {where} · torch {m['torch']} · transformers {m.get('transformers') or 'absent'}")
+
+
+def bench_table(report: dict) -> Table:
+    table = Table(title=header(report), title_justify="left")
+    for col in COLUMNS:
+        table.add_column(col, justify="left" if col == "system" else "right")
+    for s in report["systems"]:
+        if not s["available"]:
+            table.add_row(s["system"], "unavailable", "", "", s["note"], "", "", "", "")
+            continue
+        ratio = s.get("output_tok_s_vs_ours")
+        same = s.get("same_outputs_as_ours")
+        table.add_row(s["system"], _num(s["output_tok_s"]), _num(s["total_tok_s"]),
+                      "1.00x" if ratio is None else f"{ratio:.2f}x", _pcts(s["ttft_ms"]), _pcts(s["tpot_ms"]),
+                      _num(s["steps"]), _num(s["wall_s"], "{:.2f}"), "-" if same is None else f"{same:.0%}")
+    notes = [f"{s['system']}: {s['note']}" for s in report["systems"] if s["available"] and s["note"]]
+    legend = ["vs ours: output tok/s over ours continuous; same out: requests whose tokens equal ours continuous"]
+    if report["dtype"] == "bfloat16":
+        legend.append("bf16: rounding depends on batch shape and can flip greedy choices between close logits, so "
+                      "'same out' is no exactness check here (the fp32 tests are)")
+    table.caption = "\n".join(notes + legend)
+    table.caption_justify = "left"
+    return table
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m cbtui.bench.report FILE.json`: the table of a saved `cbtui bench --json` report."""
+    import json
+    import sys
+
+    from rich.console import Console
+
+    args = sys.argv[1:] if argv is None else argv
+    with open(args[0]) as f:
+        report = json.load(f)
+    Console(width=200).print(bench_table(report))
+
+
+if __name__ == "__main__":
+    main()

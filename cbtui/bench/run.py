@@ -1,0 +1,105 @@
+"""One benchmark run: every system, one after another, in this process, on the same weights."""
+
+from __future__ import annotations
+
+import gc
+
+import torch
+
+from engine.engine import resolve_device
+
+from .machine import machine_info
+from .metrics import RunResult
+from .ours import release, run_ours
+from .workloads import Workload, make_workload
+
+DEFAULT_CPU_SCALE = 1 / 16
+CUDA_BUDGET, CPU_BUDGET = 8192, 2048  # max tokens per step of our engine
+
+
+def default_scale(device: torch.device) -> float:
+    return 1.0 if device.type == "cuda" else DEFAULT_CPU_SCALE
+
+
+def run_bench(workload_name: str, scale: float | None = None, device: str = "auto", model: str | None = None,
+              attention: str = "auto", hf: bool = True, progress=lambda msg: None) -> dict:
+    """Runs the systems on a named workload; returns the report dict (what --json prints)."""
+    dev = resolve_device(device)
+    scale = default_scale(dev) if scale is None else scale
+    model = model or ("small" if dev.type == "cuda" else "tiny")
+    workload = make_workload(workload_name, scale=scale, model=model)
+    return run_systems(workload, device, attention, hf, progress)
+
+
+def run_systems(workload: Workload, device: str = "auto", attention: str = "auto", hf: bool = True,
+                progress=lambda msg: None) -> dict:
+    """Every system on one workload, one after another, on the same weights."""
+    dev = resolve_device(device)
+    dtype = "bfloat16" if dev.type == "cuda" else "float32"
+    budget = CUDA_BUDGET if dev.type == "cuda" else CPU_BUDGET
+    results: list[RunResult] = []
+
+    progress(f"ours continuous: {workload.num_requests} requests")
+    ours, engine = run_ours(workload, "fcfs", device, dtype, attention, budget)
+    results.append(ours)
+    progress(_line(ours))
+    hf_model, hf_note = None, ""
+    if hf:
+        from .hf_systems import transformers_version
+
+        if transformers_version() is None:
+            hf_note = "transformers is not installed (pip install 'cbtui[bench]')"
+        else:
+            from .hf_weights import to_hf_llama
+
+            hf_model = to_hf_llama(engine.model, attn_implementation="sdpa")
+    else:
+        hf_note = "skipped (--no-hf)"
+    attention_name = engine.attention_name
+    release(engine)
+    del engine
+
+    progress("ours static")
+    static, engine = run_ours(workload, "static", device, dtype, attention, budget)
+    results.append(static)
+    progress(_line(static, ours))
+    release(engine)
+    del engine
+
+    from .hf_systems import CB_NAME, STATIC_NAME
+
+    if hf_model is None:
+        results += [RunResult(CB_NAME, available=False, note=hf_note),
+                    RunResult(STATIC_NAME, available=False, note=hf_note)]
+    else:
+        from .hf_systems import run_hf_generate_batch, run_hf_static
+
+        for name, fn in ((CB_NAME, run_hf_generate_batch), (STATIC_NAME, run_hf_static)):
+            progress(name)
+            try:
+                results.append(fn(hf_model, workload))
+            except Exception as exc:  # a transformers release that differs: say so, keep the rest
+                results.append(RunResult(name, available=False, note=f"failed: {type(exc).__name__}: {exc}"[:300]))
+            progress(_line(results[-1], ours))
+        del hf_model
+        gc.collect()
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+
+    return _report(dev, workload, dtype, attention_name, budget, results)
+
+
+def _report(dev, workload, dtype, attention_name, budget, results) -> dict:
+    base = results[0]
+    return {"machine": machine_info(dev), "workload": workload.describe(), "dtype": dtype,
+            "attention": attention_name, "max_tokens_per_step": budget,
+            "systems": [r.summary(None if r is base else base) for r in results]}
+
+
+def _line(result: RunResult, base: RunResult | None = None) -> str:
+    if not result.available:
+        return f"{result.system}: unavailable ({result.note})"
+    ratio = "" if base is None else f", {result.output_tok_s / base.output_tok_s:.2f}x ours"
+    steps = "-" if result.steps is None else result.steps
+    return (f"{result.system}: {result.output_tok_s:,.0f} output tok/s, {steps} steps, "
+            f"{result.wall_s:.2f} s{ratio}")

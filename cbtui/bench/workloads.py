@@ -1,0 +1,80 @@
+"""Seeded benchmark workloads: every system gets exactly the same prompts and output lengths."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from engine.model import PRESETS
+
+# name -> (requests, prompt length range, output length range); all ranges inclusive.
+WORKLOADS = {
+    "anchor": (512, (32, 1024), (128, 128)),
+    "varied": (256, (32, 1024), (16, 256)),
+}
+STATIC_BATCH = 64  # static batch size of the full-scale workloads (ours and Hugging Face's)
+
+
+@dataclass
+class Workload:
+    name: str
+    model: str  # engine preset
+    prompts: list[list[int]]
+    max_new_tokens: list[int]
+    scale: float
+    static_batch_size: int
+    seed: int
+
+    @property
+    def num_requests(self) -> int:
+        return len(self.prompts)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(len(p) for p in self.prompts)
+
+    @property
+    def output_tokens(self) -> int:
+        return sum(self.max_new_tokens)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "model": self.model, "requests": self.num_requests, "scale": self.scale,
+                "prompt_tokens": self.prompt_tokens, "output_tokens": self.output_tokens,
+                "prompt_len": [min(map(len, self.prompts)), max(map(len, self.prompts))],
+                "new_tokens": [min(self.max_new_tokens), max(self.max_new_tokens)],
+                "static_batch_size": self.static_batch_size, "seed": self.seed}
+
+
+def make_workload(name: str, scale: float = 1.0, model: str = "small", seed: int = 0,
+                  prompt_range: tuple[int, int] | None = None, output_range: tuple[int, int] | None = None) -> Workload:
+    """`scale` shrinks the number of requests and the static batch together (lengths stay as is).
+
+    prompt_range / output_range replace the workload's length ranges (small test workloads).
+    """
+    if name not in WORKLOADS:
+        raise ValueError(f"workload={name!r} is not known; choose one of: {', '.join(WORKLOADS)}")
+    if not 0 < scale <= 1:
+        raise ValueError(f"scale={scale} is out of range; it must be in (0, 1]")
+    if model not in PRESETS:
+        raise ValueError(f"model={model!r} is not known; choose one of: {', '.join(PRESETS)}")
+    count, prompts_in, outputs_in = WORKLOADS[name]
+    (p_lo, p_hi), (o_lo, o_hi) = prompt_range or prompts_in, output_range or outputs_in
+    n = max(2, round(count * scale))
+    vocab = PRESETS[model].vocab_size
+    rng = random.Random(f"{name}:{seed}")
+    prompts, outs = [], []
+    for _ in range(n):
+        length = rng.randint(p_lo, p_hi)
+        prompts.append([rng.randrange(vocab) for _ in range(length)])
+        outs.append(rng.randint(o_lo, o_hi))
+    static = max(2, round(STATIC_BATCH * scale))
+    return Workload(name, model, prompts, outs, scale, static, seed)
+
+
+def warmup_workload(model: str, seed: int = 1) -> Workload:
+    """A few short requests that touch prefill, mixed and decode-only steps (compiles, caches)."""
+    rng = random.Random(f"warmup:{seed}")
+    vocab = PRESETS[model].vocab_size
+    lengths = [17, 64, 200, 31, 128, 5, 90, 300]
+    prompts = [[rng.randrange(vocab) for _ in range(n)] for n in lengths]
+    return Workload("warmup", model, prompts, [8, 4, 12, 6, 8, 10, 3, 5], 1.0, 4, seed)

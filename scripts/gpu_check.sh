@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# GPU check: the CUDA tests, then `cbtui bench --workload anchor`, a short table last.
+# Within 8 minutes on an H100/H200. Installs nothing the machine already has (PyTorch,
+# transformers): the project runs from this checkout through PYTHONPATH, and only missing light
+# modules are installed, when a package index is reachable at all.
+#
+#   bash scripts/gpu_check.sh            # full anchor workload (512 requests)
+#   BENCH_SCALE=0.25 bash scripts/gpu_check.sh   # a quarter of it
+#
+# Results are also written under $OUT (or /tmp/cbtui-gpu-check): pytest log, bench JSON.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+OUTDIR=${OUT:-/tmp/cbtui-gpu-check}
+mkdir -p "$OUTDIR"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+TEST_TIMEOUT=${TEST_TIMEOUT:-200}
+BENCH_TIMEOUT=${BENCH_TIMEOUT:-330}
+stamp() { echo "[$(date -u +%H:%M:%S)] $*"; }
+
+stamp "cbtui gpu_check in $PWD"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "nvidia-smi: not found"
+"$PY" - <<'PY' || { echo "gpu_check: PyTorch with CUDA is required"; exit 1; }
+import torch, sys
+print(f"python {sys.version.split()[0]}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
+      f"GPU {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'NONE'}")
+try:
+    import transformers; print(f"transformers {transformers.__version__}")
+except ImportError:
+    print("transformers: not installed (the HF rows will say so)")
+sys.exit(0 if torch.cuda.is_available() else 1)
+PY
+
+# Only what is missing; never torch or transformers.
+missing=()
+for pair in click:click rich:rich pytest:pytest numpy:numpy; do
+  mod=${pair%%:*}; pkg=${pair#*:}
+  "$PY" -c "import $mod" 2>/dev/null || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  stamp "installing missing: ${missing[*]}"
+  timeout 120 "$PY" -m pip install -q --no-deps "${missing[@]}" \
+    || { echo "gpu_check: could not install ${missing[*]} (no package index?)"; exit 1; }
+fi
+
+stamp "CUDA tests (pytest -m cuda)"
+timeout "$TEST_TIMEOUT" "$PY" -m pytest -q -m cuda -rs -s -p no:cacheprovider tests/test_cuda.py \
+  2>&1 | tee "$OUTDIR/pytest_cuda.log" | grep -v "^\s*$"
+test_rc=${PIPESTATUS[0]}
+stamp "CUDA tests exit code $test_rc"
+
+stamp "cbtui bench --workload anchor ${BENCH_SCALE:+--scale $BENCH_SCALE}"
+timeout "$BENCH_TIMEOUT" "$PY" -m cbtui bench --workload anchor ${BENCH_SCALE:+--scale "$BENCH_SCALE"} --json \
+  > "$OUTDIR/bench_anchor.json" 2> >(tee "$OUTDIR/bench_anchor.log" >&2)
+bench_rc=$?
+stamp "bench exit code $bench_rc"
+
+echo
+echo "== cbtui gpu_check summary: CUDA tests rc=$test_rc, bench rc=$bench_rc =="
+grep -E "passed|failed|error" "$OUTDIR/pytest_cuda.log" | tail -1
+if [ "$bench_rc" -eq 0 ]; then
+  "$PY" -m cbtui.bench.report "$OUTDIR/bench_anchor.json"
+else
+  echo "bench did not finish; per-system lines it printed:"; grep -E "tok/s|unavailable" "$OUTDIR/bench_anchor.log"
+fi
+[ "$test_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]

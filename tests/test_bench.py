@@ -1,0 +1,127 @@
+"""`cbtui bench` end to end on the CPU at a small scale, and the Hugging Face comparison path.
+
+These check structure and like-for-like correctness, never speed: benchmarks are commands.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from rich.console import Console
+
+from cbtui.bench.metrics import RunResult, percentile
+from cbtui.bench.report import COLUMNS, bench_table
+from cbtui.bench.workloads import make_workload
+from cbtui.cli import main
+
+SYSTEMS = ["ours continuous", "ours static", "HF generate_batch", "HF static generate"]
+
+
+def test_workloads_are_seeded_and_shaped():
+    a, b = make_workload("anchor", scale=0.05, model="tiny"), make_workload("anchor", scale=0.05, model="tiny")
+    assert a.prompts == b.prompts and a.max_new_tokens == b.max_new_tokens
+    assert a.num_requests == round(512 * 0.05) and set(a.max_new_tokens) == {128}
+    assert all(32 <= len(p) <= 1024 for p in a.prompts)
+    full = make_workload("varied", model="small")
+    assert full.num_requests == 256 and full.static_batch_size == 64
+    assert all(16 <= n <= 256 for n in full.max_new_tokens) and len(set(full.max_new_tokens)) > 50
+    assert max(t for p in full.prompts for t in p) < 32000
+    with pytest.raises(ValueError, match="scale"):
+        make_workload("varied", scale=0)
+
+
+def test_percentiles():
+    assert percentile([], 50) is None
+    assert percentile([3.0], 99) == 3.0
+    assert percentile([1, 2, 3, 4], 50) == 2.5
+    assert percentile(list(range(101)), 90) == 90
+
+
+def test_cli_varied_json_continuous_beats_static_in_steps():
+    """The real `varied` workload (a 1/64 slice: 4 requests, static batches of 2) through the CLI."""
+    result = CliRunner().invoke(main, ["bench", "--workload", "varied", "--scale", "0.016", "--device", "cpu",
+                                       "--no-hf", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["workload"]["name"] == "varied" and report["workload"]["requests"] == 4
+    assert report["machine"]["device"] == "cpu" and report["machine"]["cpu"]
+    rows = {s["system"]: s for s in report["systems"]}
+    assert list(rows) == SYSTEMS
+    cont, static = rows["ours continuous"], rows["ours static"]
+    for row in (cont, static):
+        assert row["available"] and row["wall_s"] > 0 and row["output_tok_s"] > 0
+        assert row["output_tokens"] == report["workload"]["output_tokens"]
+        assert row["total_tok_s"] > row["output_tok_s"]
+        assert set(row["ttft_ms"]) == {"p50", "p90", "p99"}
+        assert row["ttft_ms"]["p50"] <= row["ttft_ms"]["p90"] <= row["ttft_ms"]["p99"]
+    assert cont["steps"] < static["steps"]
+    assert static["same_outputs_as_ours"] == 1.0  # greedy, fp32, same weights: same tokens
+    assert static["output_tok_s_vs_ours"] == pytest.approx(static["output_tok_s"] / cont["output_tok_s"])
+    assert not rows["HF generate_batch"]["available"] and "--no-hf" in rows["HF generate_batch"]["note"]
+
+
+def test_cli_bad_scale_is_a_usage_error():
+    result = CliRunner().invoke(main, ["bench", "--scale", "2"])
+    assert result.exit_code == 2
+
+
+def test_bench_group_keeps_subcommands():
+    result = CliRunner().invoke(main, ["bench", "--help"])
+    assert result.exit_code == 0 and "--workload" in result.output and "host" in result.output
+
+
+def test_hf_path_tiny_and_table():
+    """Hugging Face rows at a tiny scale: static generate gives our tokens; generate_batch is
+    reported unavailable on the CPU, with the reason, not silently dropped."""
+    pytest.importorskip("transformers")
+    from cbtui.bench.run import run_systems
+
+    workload = make_workload("varied", scale=6 / 256, model="tiny", prompt_range=(5, 40), output_range=(3, 12))
+    report = run_systems(workload, device="cpu", hf=True)
+    rows = {s["system"]: s for s in report["systems"]}
+    assert list(rows) == SYSTEMS
+    hf_static = rows["HF static generate"]
+    assert hf_static["available"] and hf_static["same_outputs_as_ours"] == 1.0
+    assert hf_static["output_tokens"] == workload.output_tokens
+    assert hf_static["steps"] == sum(max(workload.max_new_tokens[i:i + 2]) for i in range(0, 6, 2))
+    assert "output_tok_s_vs_ours" in hf_static
+    cb = rows["HF generate_batch"]
+    assert not cb["available"] and "CUDA" in cb["note"]
+
+    console = Console(width=220, record=True)
+    console.print(bench_table(report))
+    text = console.export_text()
+    for col in ("out tok/s", "total tok/s", "vs ours", "TTFT", "TPOT", "steps", "wall s"):
+        assert col in text
+    assert len(COLUMNS) == 9
+    for name in SYSTEMS:
+        assert name in text
+    assert "unavailable" in text and "1.00x" in text and report["machine"]["cpu"] in text
+
+
+def test_summary_of_unavailable_system_has_no_figures():
+    s = RunResult("x", available=False, note="why").summary()
+    assert s == {"system": "x", "available": False, "note": "why"}
+
+
+def test_hf_continuous_timing_starts_at_request_creation():
+    """generate_batch's own warm-up runs before its requests exist: the clock starts at the
+    first request's creation and stops at the last one's end."""
+    from types import SimpleNamespace
+
+    from cbtui.bench.hf_systems import _cb_result
+
+    workload = make_workload("anchor", scale=4 / 512, model="tiny")
+    outs = [SimpleNamespace(request_id=f"r{i}", created_time=10.0 + i * 0.01, lifespan=(10.1, 12.0 + i),
+                            timestamps=[10.5 + i, 11.5 + i], generated_tokens=[1, 2], error=None)
+            for i in range(4)]
+    result = _cb_result(workload, outs, start=5.0, end=20.0)  # the call itself began with warm-up at 5.0
+    assert result.wall_s == pytest.approx(15.0 - 10.0)
+    assert result.ttft_s == pytest.approx([0.5, 1.5, 2.5, 3.5])
+    assert result.tpot_s == pytest.approx([1.0] * 4)
+    assert result.output_tokens == 8
+    stale = [SimpleNamespace(**{**vars(o), "created_time": 1.0}) for o in outs]
+    fallback = _cb_result(workload, stale, start=5.0, end=20.0)
+    assert fallback.wall_s == 15.0 and "warm-up" in fallback.note

@@ -12,7 +12,6 @@ import statistics
 import sys
 import time
 
-import torch
 from torch.profiler import ProfilerActivity, profile
 
 from cbtui.bench.workloads import make_workload

@@ -30,6 +30,7 @@ class NullModel(torch.nn.Module):
 
 
 def run_host_bench(num_requests: int, steps: int, prompt_len: int = 32) -> dict:
+    torch.set_num_threads(1)  # as the CLI runs the tiny model: small ops lose to thread hand-offs
     block_size = 16
     per_request = -(-(prompt_len + steps + 8) // block_size)
     config = EngineConfig(model="tiny", device="cpu", max_tokens_per_step=num_requests * prompt_len,  # one prefill step for all

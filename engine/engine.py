@@ -71,6 +71,8 @@ class Engine:
         self.requests: dict[int, Request] = {}
         self.pending: list[Request] = []  # not arrived yet, sorted by arrival step
         self.step_index = 0
+        self.weight_bytes = self.model.weight_bytes()
+        self._final_views: dict[int, RequestView] = {}
         self._finished_total = 0
         self._next_id = 0
         self._generators: dict[int, torch.Generator] = {}
@@ -212,7 +214,11 @@ class Engine:
         sched = self.scheduler
         scheduled_ids = {i.request_id for i in items}
         views = []
+        final = self._final_views
         for r in self.requests.values():
+            if r.id in final:  # a finished request's view never changes: share it
+                views.append(final[r.id])
+                continue
             reason = None
             if r.state is RequestState.PENDING:
                 reason = REASON_NOT_ARRIVED
@@ -223,6 +229,8 @@ class Engine:
             views.append(RequestView(r.id, r.state.value, len(r.prompt), r.prefill_pos, len(r.output),
                                      r.max_new_tokens, r.arrival_step, r.priority, ttft, reason,
                                      r.num_preemptions, tail))
+            if r.is_finished:
+                final[r.id] = views[-1]
         decode_tokens, prefill_tokens = plan.tokens("decode"), plan.tokens("prefill")
         freed = [r.id for r in plan.preempted] + finished
         return StepRecord(
@@ -234,7 +242,7 @@ class Engine:
             running=len(sched.running), waiting=len(sched.waiting),
             finished_total=self._finished_total, pending=len(self.pending),
             padding_slots=sched.padding_slots(), wall_time_s=wall,
-            memory=memory_view(self.device, self.model.weight_bytes(), self.kv.pool_bytes),
+            memory=memory_view(self.device, self.weight_bytes, self.kv.pool_bytes),
         )
 
     def _kv_view(self, freed: list[int]) -> KVView:

@@ -62,7 +62,8 @@ class Request:
 
     @property
     def is_decoding(self) -> bool:
-        return bool(self.output) and self.remaining == 1
+        output = self.output  # hot: asked for every running request every step
+        return bool(output) and len(self.prompt) + len(output) - self.num_computed == 1
 
     @property
     def prefill_pos(self) -> int:

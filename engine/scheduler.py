@@ -17,7 +17,7 @@ from .records import (REASON_BUDGET, REASON_DECODE_CAP, REASON_NO_BLOCKS, REASON
 from .request import Request, RequestState
 
 
-@dataclass
+@dataclass(slots=True)
 class Scheduled:
     request: Request
     kind: str  # "decode" or "prefill"
@@ -136,21 +136,25 @@ class Scheduler:
         # 1) Decodes first: one token per decoding request, capped by budget and decode cap.
         # By default least recently served first (stable, so admission order breaks ties): when
         # the cap or the budget leaves decodes out, they go first next step instead of starving.
-        decoders = sorted((r for r in self.running if r.is_decoding), key=state.decode_key)
+        decoders, prefilling = [], []
+        for r in self.running:
+            (decoders if r.is_decoding else prefilling).append(r)
+        decoders.sort(key=state.decode_key)
         plan.decode_demand = len(decoders)
         cap = cfg.max_decode_per_step
+        preempted = RequestState.PREEMPTED
         for r in decoders:
-            if r.state is RequestState.PREEMPTED:  # a victim earlier in this loop
+            if r.state is preempted:  # a victim earlier in this loop
                 continue
             if cap is not None and plan.decode_used >= cap:
                 plan.reasons[r.id] = REASON_DECODE_CAP
             elif plan.left_for(r) == 0:
                 plan.reasons[r.id] = plan.out_of_budget_reason(r)
-            elif self._reserve(r, 1, plan):
+            elif r.num_computed < r.kv_capacity or self._reserve(r, 1, plan):  # inline fast path
                 plan.add(Scheduled(r, "decode", 1))
 
         # 2) Prefill chunks for admitted requests still prefilling, oldest first.
-        for r in [r for r in self.running if not r.is_decoding]:
+        for r in prefilling:
             if r.state is RequestState.PREEMPTED:
                 continue
             if plan.left_for(r) == 0:

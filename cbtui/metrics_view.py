@@ -1,0 +1,100 @@
+"""The metrics screen's content: latency distributions, throughput over time, memory profile.
+
+Pure rendering from a MetricsCollector and a MemoryProfiler into rich renderables, so the
+Textual screen stays thin and tests can check the text without running an app.
+"""
+
+from __future__ import annotations
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from engine.leak_detector import MemoryLeakDetector
+from engine.metrics import MetricsCollector
+from engine.memory_profiler import MemoryProfiler
+from engine.stats import describe, histogram
+
+SPARK = "▁▂▃▄▅▆▇█"
+BAR = "█"
+
+
+def sparkline(values: list[float], width: int) -> str:
+    """The last `width` values as one line of block characters, scaled to their own range."""
+    values = values[-width:]
+    if not values:
+        return ""
+    low, high = min(values), max(values)
+    if high == low:
+        return SPARK[len(SPARK) // 2] * len(values)
+    return "".join(SPARK[min(len(SPARK) - 1, int((v - low) / (high - low) * len(SPARK)))] for v in values)
+
+
+def distribution(title: str, values: list[float], unit: str, bins: int = 6, width: int = 24) -> Table:
+    """A small histogram table with the summary line (n, p50, p90, max) as its caption."""
+    table = Table(title=title, title_justify="left", show_header=False, box=None, padding=(0, 1))
+    table.add_column("range", justify="right", no_wrap=True)
+    table.add_column("bar", no_wrap=True)
+    table.add_column("count", justify="right")
+    if not values:
+        table.add_row("", Text("no data yet", style="dim"), "")
+        return table
+    rows = histogram(values, bins)
+    most = max(count for _, _, count in rows)
+    for low, high, count in rows:
+        bar = BAR * max(1 if count else 0, round(count / most * width))
+        table.add_row(f"{low:.2g}–{high:.2g}{unit}", Text(bar, style="cyan"), str(count))
+    d = describe(values)
+    table.caption = f"n={d['count']} p50 {d['p50']:.2g}{unit} p90 {d['p90']:.2g}{unit} max {d['max']:.2g}{unit}"
+    table.caption_justify = "left"
+    return table
+
+
+def _mib(value: float) -> str:
+    return f"{value / 2**20:.1f} MiB"
+
+
+def memory_table(profiler: MemoryProfiler, detector: MemoryLeakDetector) -> Group:
+    table = Table(title="Memory profile (per step)", title_justify="left", box=None, padding=(0, 1))
+    for column in ("source", "now", "min", "max", "growth", "trend", "leak check"):
+        table.add_column(column, no_wrap=column != "leak check", min_width=6)
+    verdicts = profiler.check_leaks(detector)
+    for metric, stats in profiler.summary().items():
+        series = [v for _, v in profiler.series(metric)]
+        verdict = verdicts[metric]
+        leak = Text("LEAK? " + verdict.reason, style="bold red") if verdict else Text("ok", style="green")
+        table.add_row(metric, _mib(stats["last"]), _mib(stats["min"]), _mib(stats["max"]),
+                      _mib(stats["growth"]), sparkline(series, 16), leak)
+    if not table.rows:
+        table.add_row(Text("no samples yet", style="dim"), "", "", "", "", "", "")
+    unavailable = [Text(f"{name}: unavailable ({reason})", style="dim") for name, reason in profiler.unavailable.items()]
+    return Group(table, *unavailable)
+
+
+def render_metrics(collector: MetricsCollector, profiler: MemoryProfiler, annotations: list[str],
+                   detector: MemoryLeakDetector | None = None, width: int = 80):
+    """Everything the metrics screen shows, as one rich renderable, laid out for `width` columns."""
+    bar = max(6, min(30, width // 2 - 28))
+    totals = collector.summary()["throughput"]
+    throughput = [tps for _, tps in collector.throughput_series()]
+    head = Text()
+    head.append(f"{len(collector.steps)} steps  ", style="bold")
+    head.append(f"{totals['output_tokens']} output tokens  ")
+    if totals["budget_utilisation"] is not None:
+        head.append(f"budget used {totals['budget_utilisation']:.0%}  ")
+    head.append(f"engine time {collector.engine_time_s:.2f} s  ")
+    if throughput:
+        head.append(f"throughput now {throughput[-1]:.0f} tok/s ")
+        head.append(sparkline(throughput, 32), style="green")
+    lines = [head]
+    if annotations:
+        lines.append(Text("plugins: " + "; ".join(annotations), style="magenta"))
+    grid = Table.grid(padding=(0, 4))
+    grid.add_column()
+    grid.add_column()
+    grid.add_row(distribution("TTFT, steps", collector.latencies("ttft_steps"), "", width=bar),
+                 distribution("Inter-token latency, steps", collector.latencies("itl_steps"), "", width=bar))
+    grid.add_row(distribution("TTFT, engine seconds", collector.latencies("ttft_s"), "s", width=bar),
+                 distribution("Inter-token latency, engine s", collector.latencies("itl_s"), "s", width=bar))
+    lines += [grid, memory_table(profiler, detector or MemoryLeakDetector())]
+    return Group(*lines)

@@ -1,0 +1,51 @@
+"""The metrics screen's content, rendered to text from a real run."""
+
+from rich.console import Console
+
+from cbtui.metrics_view import render_metrics, sparkline
+from engine.leak_detector import MemoryLeakDetector
+from engine.memory_profiler import MemoryProfiler
+from engine.memory_sources import FunctionSource
+from engine.metrics import MetricsCollector
+from scenarios import load_scenario
+
+
+def rendered(growth_per_step: int) -> str:
+    engine = load_scenario("priority_sla").build_engine(device="cpu")
+    collector = MetricsCollector()
+    level = {"bytes": 100 << 20}
+
+    def fake_memory():  # a deterministic source: flat, or leaking a fixed amount per step
+        level["bytes"] += growth_per_step
+        return {"fake": level["bytes"]}
+
+    profiler = MemoryProfiler(sources=[FunctionSource("fake", fake_memory)])
+    while engine.has_unfinished():
+        record = engine.step()
+        collector.observe(record)
+        profiler.observe(record)
+    console = Console(width=100, record=True, color_system=None)
+    console.print(render_metrics(collector, profiler, record.annotations,
+                                 MemoryLeakDetector(window=16, min_growth_bytes=1 << 20), width=100))
+    return console.export_text()
+
+
+def test_metrics_screen_shows_distributions_throughput_plugins_and_memory():
+    text = rendered(growth_per_step=0)
+    assert "54 steps" in text and "output tokens" in text and "throughput now" in text
+    requests = len(load_scenario("priority_sla").requests)
+    assert "TTFT, steps" in text and f"n={requests} " in text  # every request's first token counted
+    assert "Inter-token latency, steps" in text
+    assert "plugins: priority" in text
+    assert "fake" in text and "ok" in text and "LEAK?" not in text
+
+
+def test_a_leak_shows_up_on_the_metrics_screen():
+    assert "LEAK?" in rendered(growth_per_step=1 << 20)
+
+
+def test_sparkline_scales_to_its_range():
+    assert sparkline([1, 2, 3, 4, 5, 6, 7, 8], 8) == "▁▂▃▄▅▆▇█"
+    assert sparkline([5, 5, 5], 8) == "▅▅▅"
+    assert sparkline([1, 2, 3], 2) == "▁█"  # only the last `width` values
+    assert sparkline([], 4) == ""

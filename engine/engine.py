@@ -177,7 +177,8 @@ class Engine:
                     self._finished_total += 1
                     self.plugins.on_request_completion(r)
                     continue
-            r.state = r.phase()
+            if s.kind != "decode":  # a decode that did not finish stays a decode
+                r.state = r.phase()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         wall = time.perf_counter() - start
@@ -192,8 +193,7 @@ class Engine:
         tokens, samples = [], []
         for s in plan.items:
             r = s.request
-            all_tokens = r.prompt + r.output if r.output else r.prompt
-            tokens.append(all_tokens[r.num_computed:r.num_computed + s.num_tokens])
+            tokens.append(r.token_slice(r.num_computed, s.num_tokens))
             samples.append(r.num_computed + s.num_tokens == r.num_tokens)
         batch = build_batch(items, tokens, samples, self.device)
         rids = [s.request.id for s in plan.items]

@@ -55,6 +55,14 @@ class Request:
     def all_tokens(self) -> list[int]:
         return self.prompt + self.output
 
+    def token_slice(self, start: int, count: int) -> list[int]:
+        """all_tokens[start:start + count] without building all_tokens (hot for decodes)."""
+        prompt_len = len(self.prompt)
+        if start >= prompt_len:
+            return self.output[start - prompt_len:start - prompt_len + count]
+        head = self.prompt[start:start + count]
+        return head + self.output[:count - len(head)] if len(head) < count else head
+
     @property
     def remaining(self) -> int:
         """Tokens still to be fed to the model before the next sample."""

@@ -91,9 +91,11 @@ class DashboardApp(App[None]):
 
     def __init__(self, scenario, engine: SteppableEngine, rebuild=None, paused: bool = False,
                  speed: float | None = None, max_steps: int | None = None,
-                 probe: MemoryProbe | None = None, history_limit: int = 1000, handle_signals: bool = False):
+                 probe: MemoryProbe | None = None, history_limit: int = 1000, handle_signals: bool = False,
+                 memory_poll_s: float = MEMORY_POLL_S):
         super().__init__()
         self._handle_signals = handle_signals
+        self._memory_poll_s = memory_poll_s
         self.scenario = scenario
         self._engine_label = engine_label(engine)
         self._probe = probe
@@ -140,7 +142,7 @@ class DashboardApp(App[None]):
         if self._probe is None:
             self._probe = open_probe()
         self._poll_memory()
-        self.set_interval(MEMORY_POLL_S, self._poll_memory)
+        self.set_interval(self._memory_poll_s, self._poll_memory)
         if self._handle_signals:
             self._install_signal_handlers()
         self._fit_layout()

@@ -77,12 +77,18 @@ def paged_text(kv: KVView, previous: KVView | None, width: int, rows: int, selec
                 freed = next((c.freed_by for c in chunk if c.freed_by is not None), None)
                 merged.append(BlockCell(None, 0.0, freed))
         cells = merged
+    # Wider cells with a gap when there is room, so single blocks (pages) can be counted.
+    cell_width = next((w for w in (3, 2) if (width // w) * rows >= len(cells)), 1)
+    per_row = max(width // cell_width, 1)
     text = Text(no_wrap=True)
-    for row_start in range(0, len(cells), width):
+    for row_start in range(0, len(cells), per_row):
         if row_start:
             text.append("\n")
-        for cell in cells[row_start:row_start + width]:
-            text.append(_cell_glyph(cell, no_color), _cell_style(cell, selected))
+        for cell in cells[row_start:row_start + per_row]:
+            glyph = _cell_glyph(cell, no_color)
+            text.append(glyph * max(cell_width - 1, 1), _cell_style(cell, selected))
+            if cell_width > 1:
+                text.append(" ")
     summary = Text.assemble(("used ", "dim"), f"{kv.blocks_used}/{kv.num_blocks}", ("  free ", "dim"),
                             str(kv.blocks_free), ("  block ", "dim"), f"{kv.block_size} tok")
     if group > 1:

@@ -93,7 +93,7 @@ def mask_strips(items: Sequence[ScheduledItem], width: int, height: int, selecte
     """Every line of one frame of the mask panel, plus the raster they were drawn from."""
     book = book or StyleBook(background)
     pixel_rows = height if no_color else height * 2
-    raster = rasterize(items, pixel_rows, width)
+    raster = rasterize(items, pixel_rows, width, max_magnify=8)
     codes = pixel_codes(raster, [i.request_id for i in items], selected)
     blank = Style(bgcolor=background.rich_color)
     strips: list[Strip] = []

@@ -85,7 +85,7 @@ class RequestsTable(DataTable, inherit_bindings=False):
             elif old != plain:
                 for (key, _), new, before in zip(COLUMNS, cells, old):
                     if str(new) != before:
-                        self.update_cell(str(view.id), key, new)
+                        self.update_cell(str(view.id), key, new, update_width=True)
             self._shown[view.id] = plain
 
     def _start_selecting(self) -> bool:

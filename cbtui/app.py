@@ -19,6 +19,7 @@ from textual import on
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.css.query import NoMatches
 from textual.message import Message
 from textual.reactive import reactive
 from textual.screen import Screen
@@ -41,7 +42,7 @@ from .widgets.requests_table import RequestSelected, RequestsTable
 
 SPEEDS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, MAX_SPEED)  # steps per second for + and -
 DEFAULT_SPEED = 4.0
-MAX_FPS = 30
+MAX_FPS = 15  # enough to follow; leaves the CPU (and the GIL) to the engine and to keys
 MEMORY_POLL_S = 0.5
 RATE_WINDOW = 16  # steps averaged for tokens per second
 MIN_WIDTH, MIN_HEIGHT = 60, 20  # below this the panels cannot say anything useful
@@ -60,6 +61,10 @@ def engine_label(engine: SteppableEngine) -> str:
     device = getattr(getattr(engine, "device", None), "type", config.device)
     parts = [config.model, device, getattr(engine, "attention_name", config.attention), config.kv_layout]
     return " · ".join(str(p) for p in parts)
+
+
+# Actions whose availability changes with the run; the footer greys them when they do nothing.
+STATEFUL_ACTIONS = ("toggle_pause", "step_once", "history_back", "history_forward", "faster", "slower", "zoom")
 
 
 class InboxReady(Message):
@@ -186,6 +191,7 @@ class DashboardApp(App[None]):
     def _drain_inbox(self) -> None:
         with self._inbox_lock:
             events, self._inbox = self._inbox, []
+        status_changed = any(isinstance(e, EngineStatus) for e in events)
         for event in events:
             if isinstance(event, StepRecord):
                 self.history.append(event)
@@ -198,8 +204,11 @@ class DashboardApp(App[None]):
             elif event.kind == "failed":
                 self.engine_state = "failed"
                 self.error = event.message
-        self._schedule_draw()
-        self.refresh_bindings()
+        if status_changed:  # rare and important (failed, finished, restarted): draw at once
+            self._draw()
+        else:
+            self._schedule_draw()
+        self._refresh_bindings_if_changed()
 
     def _schedule_draw(self) -> None:
         """Draw now, or at the next frame slot if the last frame was too recent."""
@@ -218,12 +227,20 @@ class DashboardApp(App[None]):
     def _draw(self) -> None:
         self._draw_timer = None
         self._last_draw = time.monotonic()
+        try:
+            self._draw_panels()
+        except NoMatches:
+            pass  # a frame due while the app is closing: the panels are gone already
+
+    def _draw_panels(self) -> None:
         record = self.history.current()
         self.query_one(StepHeader).show(self._header_info(record))
         self.query_one(ErrorPanel).show_error(self.error)
         self.query_one(BudgetBar).show(record)
-        budget = f": {record.budget} tokens per step" if record else ""
-        self.query_one("#budget-panel").border_title = f"Token budget{budget}"
+        budget = f"Token budget: {record.budget} tokens per step" if record else "Token budget"
+        panel = self.query_one("#budget-panel")
+        if panel.border_title != budget:
+            panel.border_title = budget
         self._draw_mask(record)
         previous = self.history.previous_of_current()
         self.query_one(KVGrid).show(record.kv if record else None, previous.kv if previous else None,
@@ -280,8 +297,15 @@ class DashboardApp(App[None]):
         self._after_change()
 
     def _after_change(self) -> None:
-        self.refresh_bindings()
+        self._refresh_bindings_if_changed()
         self._draw()
+
+    def _refresh_bindings_if_changed(self) -> None:
+        """The footer rebuilds itself on refresh_bindings; do it only when a key's state changed."""
+        state = tuple(self.check_action(action, ()) for action in STATEFUL_ACTIONS)
+        if state != getattr(self, "_binding_state", None):
+            self._binding_state = state
+            self.refresh_bindings()
 
     @on(RequestSelected)
     def _select_request(self, event: RequestSelected) -> None:
@@ -328,13 +352,13 @@ class DashboardApp(App[None]):
     def action_history_back(self) -> None:
         self.history.back()
         self._draw()
-        self.refresh_bindings()
+        self._refresh_bindings_if_changed()
 
     def action_history_forward(self) -> None:
         if not self.history.forward() and self._can_step():
             self.controller.step_once()  # at the newest step: → runs the next one
         self._draw()
-        self.refresh_bindings()
+        self._refresh_bindings_if_changed()
 
     def action_faster(self) -> None:
         self.speed = next((s for s in SPEEDS if s > self.speed), SPEEDS[-1])

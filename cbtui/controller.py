@@ -68,6 +68,11 @@ class EngineController:
     def thread(self) -> threading.Thread:
         return self._thread
 
+    @property
+    def paused(self) -> bool:
+        """Whether the engine thread has taken a pause command (not just been sent one)."""
+        return self._paused
+
     def start(self) -> None:
         self._thread.start()
 
@@ -122,6 +127,8 @@ class EngineController:
             delay = next_due - time.perf_counter()
             if delay > 0 and self._wake.wait(delay):
                 continue  # a command came in; handle it before stepping
+            if delay <= 0:
+                time.sleep(0.001)  # at full speed: hand the GIL to the UI thread between steps
             next_due = max(next_due + self._interval(), time.perf_counter() - self._interval())
             self._step()
 

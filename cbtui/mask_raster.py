@@ -60,7 +60,7 @@ def _allowed_prefix(first: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarr
     Row x sees min(b, first + x + 1) of those keys; the first t = clip(b - first, 0, a) rows
     see first + x + 1 each and the rest see all b.
     """
-    t = np.clip(b - first, 0, a)
+    t = np.minimum(np.maximum(b - first, 0), a)
     return t * first + t * (t + 1) // 2 + (a - t) * b
 
 
@@ -80,8 +80,8 @@ class _Items:
 
     def inside(self, k: np.ndarray, r: np.ndarray, c: np.ndarray) -> np.ndarray:
         """Allowed cells of item k among rows < r and keys < c (absolute offsets)."""
-        a = np.clip(r - self.q_off[k], 0, self.n[k])
-        b = np.clip(c - self.k_off[k], 0, self.keys[k])
+        a = np.minimum(np.maximum(r - self.q_off[k], 0), self.n[k])
+        b = np.minimum(np.maximum(c - self.k_off[k], 0), self.keys[k])
         return _allowed_prefix(self.first[k], a, b)
 
     def prefix(self, r: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -131,32 +131,43 @@ def rasterize(items: Sequence[ScheduledItem], rows: int, cols: int, max_magnify:
     if prow == 0 or pcol == 0:
         empty = np.zeros((prow, pcol), dtype=np.int64)
         return MaskRaster(empty, empty + 1, empty - 1, 1.0, 1.0)
-    r0, r1 = (x[:, None] for x in _bands(total_q, prow))
-    c0, c1 = (x[None, :] for x in _bands(total_k, pcol))
-    count = meta.prefix(r1, c1) - meta.prefix(r0, c1) - meta.prefix(r1, c0) + meta.prefix(r0, c0)
-    area = (r1 - r0) * (c1 - c0)
+    r0, r1 = _bands(total_q, prow)
+    c0, c1 = _bands(total_k, pcol)
+    # Neighbouring pixels share band edges: evaluate the prefix count once per distinct edge.
+    row_edges, row_at = np.unique(np.concatenate([r0, r1]), return_inverse=True)
+    col_edges, col_at = np.unique(np.concatenate([c0, c1]), return_inverse=True)
+    prefix = meta.prefix(row_edges[:, None], col_edges[None, :])
+    top, bottom = row_at[:prow, None], row_at[prow:, None]
+    left, right = col_at[None, :pcol], col_at[None, pcol:]
+    count = prefix[bottom, right] - prefix[top, right] - prefix[bottom, left] + prefix[top, left]
+    area = (r1 - r0)[:, None] * (c1 - c0)[None, :]
 
-    # Items that can own cells in a pixel: those overlapping both its row band and its key band.
-    lo = np.maximum(np.searchsorted(meta.q_end, r0, side="right"), np.searchsorted(meta.k_end, c0, side="right"))
-    hi = np.minimum(np.searchsorted(meta.q_end, r1 - 1, side="right"),
-                    np.searchsorted(meta.k_end, c1 - 1, side="right"))
-    lo, hi = np.broadcast_arrays(lo, hi)
-    last = len(items) - 1
-    lo_c, hi_c = np.minimum(lo, last), np.minimum(hi, last)
-    first_part = meta.in_rect(lo_c, r0, r1, c0, c1)
-    last_part = meta.in_rect(hi_c, r0, r1, c0, c1)
-    owner = np.where(last_part > first_part, hi_c, lo_c)
-    best = np.maximum(first_part, last_part)
-    # Items strictly between the two edge items lie wholly inside the pixel.
-    has_inner = hi - lo >= 2
-    if has_inner.any():
-        a, b = lo[has_inner] + 1, hi[has_inner] - 1
-        inner = _range_argmax(meta.total, a, b)
-        inner_total = meta.total[inner]
-        take = inner_total > best[has_inner]
-        sub_owner = owner[has_inner]
-        sub_owner[take] = inner[take]
-        owner = owner.copy()
-        owner[has_inner] = sub_owner
-    owner = np.where(count > 0, owner, -1)
+    # Items that can own cells in a pixel overlap both its row band and its key band: lo..hi.
+    lo = np.maximum(np.searchsorted(meta.q_end, r0, side="right")[:, None],
+                    np.searchsorted(meta.k_end, c0, side="right")[None, :])
+    hi = np.minimum(np.searchsorted(meta.q_end, r1 - 1, side="right")[:, None],
+                    np.searchsorted(meta.k_end, c1 - 1, side="right")[None, :])
+    owner = np.where(count > 0, lo, -1)
+    ys, xs = np.nonzero((hi > lo) & (count > 0))  # only pixels on item edges have a choice
+    if ys.size:
+        owner[ys, xs] = _majority_owner(meta, lo[ys, xs], hi[ys, xs], r0[ys], r1[ys], c0[xs], c1[xs])
     return MaskRaster(count, area, owner, total_q / prow, total_k / pcol)
+
+
+def _majority_owner(meta: _Items, lo, hi, r0, r1, c0, c1) -> np.ndarray:
+    """The item with most allowed cells in each pixel, among items lo..hi (first on ties).
+
+    Items strictly between lo and hi lie wholly inside the pixel, so they count whole.
+    """
+    # Candidates in index order, each replacing the best only when strictly larger: first wins ties.
+    owner, best = lo.copy(), meta.in_rect(lo, r0, r1, c0, c1)
+    inner = hi - lo >= 2
+    if inner.any():
+        candidate = _range_argmax(meta.total, lo[inner] + 1, hi[inner] - 1)
+        beats = meta.total[candidate] > best[inner]
+        picked, picked_best = owner[inner], best[inner]
+        picked[beats], picked_best[beats] = candidate[beats], meta.total[candidate][beats]
+        owner[inner], best[inner] = picked, picked_best
+    last_part = meta.in_rect(hi, r0, r1, c0, c1)
+    owner = np.where(last_part > best, hi, owner)
+    return owner

@@ -13,6 +13,9 @@ class ErrorPanel(Static):
     """
 
     def show_error(self, message: str | None) -> None:
+        if message == getattr(self, "_message", None):
+            return
+        self._message = message
         self.set_class(message is not None, "-visible")
         if message is not None:
             self.border_title = "engine error"

@@ -37,7 +37,9 @@ class StepHeader(Static):
     """
 
     def show(self, info: HeaderInfo) -> None:
-        self.update(self.text_for(info))
+        if info != getattr(self, "_info", None):
+            self._info = info
+            self.update(self.text_for(info), layout=False)  # fixed height: no layout pass
 
     @staticmethod
     def text_for(info: HeaderInfo) -> Text:

@@ -7,7 +7,8 @@ derived by comparing this step's block tables with the previous step's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from functools import lru_cache
+from typing import NamedTuple
 
 from rich.style import Style
 from rich.text import Text
@@ -21,20 +22,24 @@ FILL_GLYPHS = "▁▂▃▄▅▆▇█"  # the last block's fill, eighths
 FREE_GLYPH, FREED_GLYPH = "·", "×"
 
 
-@dataclass(frozen=True)
-class BlockCell:
+class BlockCell(NamedTuple):
     owner: int | None  # request id, None when free
     fill: float  # share of the block's slots holding tokens (1.0 for every block but the last)
     freed_by: int | None = None  # request that gave this block back in this step
 
 
+FREE_CELL = BlockCell(None, 0.0)
+
+
 def block_cells(kv: KVView, previous: KVView | None) -> list[BlockCell]:
-    cells = [BlockCell(None, 0.0) for _ in range(kv.num_blocks)]
+    cells = [FREE_CELL] * kv.num_blocks
     for rid, table in kv.block_tables.items():
         held = kv.tokens.get(rid, 0)
+        owner = int(rid)
+        full = BlockCell(owner, 1.0)
         for n, block in enumerate(table):
             in_block = min(kv.block_size, max(held - n * kv.block_size, 0))
-            cells[block] = BlockCell(int(rid), in_block / kv.block_size)
+            cells[block] = full if in_block == kv.block_size else BlockCell(owner, in_block / kv.block_size)
     if previous is not None:
         for rid in kv.freed:
             for block in previous.block_tables.get(str(rid), []):
@@ -51,13 +56,29 @@ def _cell_glyph(cell: BlockCell, no_color: bool) -> str:
     return FILL_GLYPHS[max(0, min(len(FILL_GLYPHS) - 1, round(cell.fill * len(FILL_GLYPHS)) - 1))]
 
 
-def _cell_style(cell: BlockCell, selected: int | None) -> Style:
-    if cell.owner is None:
-        if cell.freed_by is not None:
-            return Style(color=request_color(cell.freed_by).hex, bold=True)
+@lru_cache(maxsize=256)
+def _style(owner: int | None, freed_by: int | None, selected: int | None) -> Style:
+    if owner is None:
+        if freed_by is not None:
+            return Style(color=request_color(freed_by).hex, bold=True)
         return Style(dim=True)
-    dim = selected is not None and cell.owner != selected
-    return Style(color=request_color(cell.owner).hex, dim=dim, bold=cell.owner == selected)
+    dim = selected is not None and owner != selected
+    return Style(color=request_color(owner).hex, dim=dim, bold=owner == selected)
+
+
+def _merge(cells: list[BlockCell], group: int) -> list[BlockCell]:
+    """More blocks than cells: each cell shows the owner of most of its blocks."""
+    merged = []
+    for start in range(0, len(cells), group):
+        chunk = cells[start:start + group]
+        owners = [c.owner for c in chunk if c.owner is not None]
+        if owners:
+            top = max(set(owners), key=owners.count)
+            merged.append(BlockCell(top, len(owners) / len(chunk)))
+        else:
+            freed = next((c.freed_by for c in chunk if c.freed_by is not None), None)
+            merged.append(BlockCell(None, 0.0, freed))
+    return merged
 
 
 def paged_text(kv: KVView, previous: KVView | None, width: int, rows: int, selected: int | None,
@@ -65,30 +86,28 @@ def paged_text(kv: KVView, previous: KVView | None, width: int, rows: int, selec
     cells = block_cells(kv, previous)
     capacity = max(width * rows, 1)
     group = -(-len(cells) // capacity) if cells else 1
-    if group > 1:  # more blocks than cells: each cell shows the owner of most of its blocks
-        merged = []
-        for start in range(0, len(cells), group):
-            chunk = cells[start:start + group]
-            owners = [c.owner for c in chunk if c.owner is not None]
-            if owners:
-                top = max(set(owners), key=owners.count)
-                merged.append(BlockCell(top, len(owners) / len(chunk)))
-            else:
-                freed = next((c.freed_by for c in chunk if c.freed_by is not None), None)
-                merged.append(BlockCell(None, 0.0, freed))
-        cells = merged
+    if group > 1:
+        cells = _merge(cells, group)
     # Wider cells with a gap when there is room, so single blocks (pages) can be counted.
     cell_width = next((w for w in (3, 2) if (width // w) * rows >= len(cells)), 1)
     per_row = max(width // cell_width, 1)
+    gap = " " if cell_width > 1 else ""
     text = Text(no_wrap=True)
     for row_start in range(0, len(cells), per_row):
         if row_start:
             text.append("\n")
+        # Consecutive cells with one style become one span: a full pool is a few spans, not
+        # thousands.
+        run_text, run_style = [], None
         for cell in cells[row_start:row_start + per_row]:
-            glyph = _cell_glyph(cell, no_color)
-            text.append(glyph * max(cell_width - 1, 1), _cell_style(cell, selected))
-            if cell_width > 1:
-                text.append(" ")
+            style = _style(cell.owner, cell.freed_by, selected)
+            if style is not run_style and run_text:
+                text.append("".join(run_text), run_style)
+                run_text = []
+            run_style = style
+            run_text.append(_cell_glyph(cell, no_color) * max(cell_width - 1, 1) + gap)
+        if run_text:
+            text.append("".join(run_text), run_style)
     summary = Text.assemble(("used ", "dim"), f"{kv.blocks_used}/{kv.num_blocks}", ("  free ", "dim"),
                             str(kv.blocks_free), ("  block ", "dim"), f"{kv.block_size} tok")
     if group > 1:

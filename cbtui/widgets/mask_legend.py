@@ -24,7 +24,7 @@ def scale_text(raster: MaskRaster | None, half_blocks: bool) -> str:
 
 class MaskLegend(Static):
     DEFAULT_CSS = """
-    MaskLegend { height: auto; max-height: 4; }
+    MaskLegend { height: 3; }
     """
 
     def show(self, items: Sequence[ScheduledItem], zoomed_on: int | None, raster: MaskRaster | None,
@@ -43,4 +43,7 @@ class MaskLegend(Static):
             legend.append(f"{item.request_id}{'d' if item.kind == 'decode' else 'p'} ", style=style)
         if not items:
             legend.append("nothing scheduled this step", style="dim")
-        return self.update(Text("\n").join([head, scale, legend]))
+        text = Text("\n").join([head, scale, legend])
+        if text != getattr(self, "_text", None):
+            self._text = text
+            self.update(text, layout=False)

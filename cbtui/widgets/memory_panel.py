@@ -54,8 +54,8 @@ def step_memory_text(memory: MemoryView | None) -> Text:
 class MemoryPanel(Vertical):
     DEFAULT_CSS = """
     MemoryPanel { height: auto; }
-    MemoryPanel > #memory-live { height: auto; }
-    MemoryPanel > #memory-step { height: auto; }
+    MemoryPanel > #memory-live { height: 2; }
+    MemoryPanel > #memory-step { height: 1; }
     MemoryPanel > Sparkline { height: 1; }
     """
 
@@ -72,12 +72,23 @@ class MemoryPanel(Vertical):
     def show_reading(self, reading: MemoryReading) -> None:
         self._reading = reading
         self._history.append(float(reading.gpus[0].used_bytes if reading.gpus else reading.rss_bytes))
-        self.query_one("#memory-live", Static).update(reading_text(reading, self.size.width or 40))
+        self._show(self.query_one("#memory-live", Static), reading_text(reading, self.size.width or 40))
         self.query_one("#memory-trend", Sparkline).data = list(self._history)
 
     def show_step(self, memory: MemoryView | None) -> None:
-        self.query_one("#memory-step", Static).update(step_memory_text(memory))
+        self._show(self.query_one("#memory-step", Static), step_memory_text(memory))
 
     def on_resize(self) -> None:
         if self._reading is not None:
-            self.query_one("#memory-live", Static).update(reading_text(self._reading, self.size.width))
+            self._show(self.query_one("#memory-live", Static), reading_text(self._reading, self.size.width))
+
+    @staticmethod
+    def _show(static: Static, text: Text) -> None:
+        """Updates only on change; a layout pass only when the number of lines changes."""
+        if text == getattr(static, "_shown_text", None):
+            return
+        static._shown_text = text
+        lines = max(len(text.plain.split("\n")), 1)
+        if static.styles.height is None or static.styles.height.value != lines:
+            static.styles.height = lines
+        static.update(text, layout=False)

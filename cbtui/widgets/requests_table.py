@@ -13,9 +13,10 @@ from engine.records import RequestView
 from ..colors import request_color, request_glyph
 from ..formatting import printable
 
-COLUMNS = (("id", "id"), ("state", "state"), ("prompt", "prompt"), ("gen", "gen"), ("ttft", "TTFT"),
-           ("why", "why not scheduled"), ("text", "output tail"))
 TEXT_TAIL = 16
+# (key, label, width): fixed widths, so updating a cell never re-measures the whole table.
+COLUMNS = (("id", "id", 5), ("state", "state", 9), ("prompt", "prompt", 9), ("gen", "gen", 7),
+           ("ttft", "TTFT", 4), ("why", "why not scheduled", 18), ("text", "output tail", TEXT_TAIL))
 STATE_STYLE = {"decode": "green", "prefill": "yellow", "waiting": "magenta", "preempted": "bold red",
                "finished": "dim", "pending": "dim"}
 
@@ -67,8 +68,8 @@ class RequestsTable(DataTable, inherit_bindings=False):
         self._shown: dict[int, tuple] = {}
 
     def on_mount(self) -> None:
-        for key, label in COLUMNS:
-            self.add_column(label, key=key)
+        for key, label, width in COLUMNS:
+            self.add_column(label, key=key, width=width)
 
     def show(self, views: list[RequestView]) -> None:
         no_color = self.app.no_color
@@ -83,9 +84,9 @@ class RequestsTable(DataTable, inherit_bindings=False):
             if old is None:
                 self.add_row(*cells, key=str(view.id))
             elif old != plain:
-                for (key, _), new, before in zip(COLUMNS, cells, old):
+                for (key, _, _), new, before in zip(COLUMNS, cells, old):
                     if str(new) != before:
-                        self.update_cell(str(view.id), key, new, update_width=True)
+                        self.update_cell(str(view.id), key, new)
             self._shown[view.id] = plain
 
     def _start_selecting(self) -> bool:

@@ -9,7 +9,7 @@ from textual.widgets import Static
 
 from engine.records import ScheduledItem
 
-from ..colors import request_color, request_glyph
+from ..colors import request_color
 from ..mask_raster import MaskRaster
 
 
@@ -37,9 +37,9 @@ class MaskLegend(Static):
         scale = Text(scale_text(raster, half_blocks), style="dim")
         legend = Text()
         for item in items:
-            mark = request_glyph(item.request_id) if no_color else "■"
             style = "bold reverse" if item.request_id == selected else ""
-            legend.append(mark, style=request_color(item.request_id).hex)
+            if not no_color:  # without colour the id itself is the mark
+                legend.append("■", style=request_color(item.request_id).hex)
             legend.append(f"{item.request_id}{'d' if item.kind == 'decode' else 'p'} ", style=style)
         if not items:
             legend.append("nothing scheduled this step", style="dim")

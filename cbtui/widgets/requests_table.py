@@ -10,7 +10,7 @@ from textual.widgets import DataTable
 
 from engine.records import RequestView
 
-from ..colors import request_color, request_glyph
+from ..colors import request_color
 from ..formatting import printable
 
 TEXT_TAIL = 16
@@ -22,9 +22,9 @@ STATE_STYLE = {"decode": "green", "prefill": "yellow", "waiting": "magenta", "pr
 
 
 def row_cells(view: RequestView, no_color: bool) -> tuple[Text, ...]:
-    mark = request_glyph(view.id) if no_color else "■"
+    mark = "" if no_color else "■ "  # without colour the id itself is the mark
     return (
-        Text.assemble((mark, request_color(view.id).hex), f" {view.id}"),
+        Text.assemble((mark, request_color(view.id).hex), f"{view.id}"),
         Text(view.state, style=STATE_STYLE.get(view.state, "")),
         Text(f"{view.prefill_pos}/{view.prompt_len}", justify="right"),
         Text(f"{view.generated}/{view.max_new_tokens}", justify="right"),

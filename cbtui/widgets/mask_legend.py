@@ -18,7 +18,7 @@ def scale_text(raster: MaskRaster | None, half_blocks: bool) -> str:
         return ""
     rows_per_cell = raster.rows_per_pixel * (2 if half_blocks else 1)
     if raster.downsampled:
-        return f"1 cell ≈ {rows_per_cell:.3g} q × {raster.cols_per_pixel:.3g} k, shade = share allowed"
+        return f"cell ≈ {rows_per_cell:.3g}q × {raster.cols_per_pixel:.3g}k, shade = share visible"
     return "every query × key shown"
 
 

@@ -68,9 +68,8 @@ class _Items:
     """Item metadata as arrays, with the offsets of each item along both axes."""
 
     def __init__(self, items: Sequence[ScheduledItem]):
-        self.first = np.array([i.first_pos for i in items], dtype=np.int64)
-        self.n = np.array([i.num_tokens for i in items], dtype=np.int64)
-        self.keys = np.array([i.key_len for i in items], dtype=np.int64)
+        table = np.array([(i.first_pos, i.num_tokens, i.key_len) for i in items], dtype=np.int64).reshape(-1, 3)
+        self.first, self.n, self.keys = table[:, 0], table[:, 1], table[:, 2]
         self.q_end = np.cumsum(self.n)
         self.k_end = np.cumsum(self.keys)
         self.q_off = self.q_end - self.n

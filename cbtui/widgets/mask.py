@@ -77,14 +77,21 @@ class StyleBook:
         return self._styles[key]
 
 
-def _runs(row: np.ndarray) -> list[tuple[int, int, int]]:
-    """(start, length, value) of each run of equal values in a 1-D array."""
-    if row.size == 0:
-        return []
-    starts = np.flatnonzero(np.diff(row)) + 1
-    starts = np.concatenate([[0], starts])
-    ends = np.concatenate([starts[1:], [row.size]])
-    return [(int(s), int(e - s), int(row[s])) for s, e in zip(starts, ends)]
+def _row_runs(grid: np.ndarray) -> list[list[tuple[int, int]]]:
+    """For each row: (length, value) of each run of equal values, found in one numpy pass."""
+    rows, cols = grid.shape
+    if cols == 0:
+        return [[] for _ in range(rows)]
+    starts = np.ones(grid.shape, dtype=bool)
+    starts[:, 1:] = grid[:, 1:] != grid[:, :-1]
+    ys, xs = np.nonzero(starts)
+    values = grid[ys, xs]
+    ends = np.append(xs[1:], cols)
+    ends[np.append(ys[1:] != ys[:-1], True)] = cols  # a row's last run ends at the edge
+    out: list[list[tuple[int, int]]] = [[] for _ in range(rows)]
+    for y, x, end, value in zip(ys.tolist(), xs.tolist(), ends.tolist(), values.tolist()):
+        out[y].append((end - x, value))
+    return out
 
 
 def mask_strips(items: Sequence[ScheduledItem], width: int, height: int, selected: int | None = None,
@@ -108,9 +115,9 @@ def mask_strips(items: Sequence[ScheduledItem], width: int, height: int, selecte
             codes = np.vstack([codes, np.zeros((1, codes.shape[1]), dtype=codes.dtype)])
         n_codes = 1 + len(REQUEST_PALETTE) * LEVELS * 2
         pairs = codes[0::2] * n_codes + codes[1::2]
-        for y in range(pairs.shape[0]):
+        for runs in _row_runs(pairs):
             segments = []
-            for start, length, value in _runs(pairs[y]):
+            for length, value in runs:
                 top, bottom = divmod(value, n_codes)
                 char = " " if top == bottom else "▀"
                 segments.append(Segment(char * length, book.pair(top, bottom)))

@@ -8,7 +8,7 @@ history, and redraws at most `MAX_FPS` times a second whatever the engine's pace
 
 from __future__ import annotations
 
-import asyncio
+import os
 import signal
 import threading
 import time
@@ -42,6 +42,7 @@ from .widgets.requests_table import RequestSelected, RequestsTable
 
 SPEEDS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, MAX_SPEED)  # steps per second for + and -
 DEFAULT_SPEED = 4.0
+EXIT_GRACE_S = 1.0  # after a hangup, the longest the process may take to end
 MAX_FPS = 15  # enough to follow; leaves the CPU (and the GIL) to the engine and to keys
 MEMORY_POLL_S = 0.5
 RATE_WINDOW = 16  # steps averaged for tokens per second
@@ -96,10 +97,9 @@ class DashboardApp(App[None]):
 
     def __init__(self, scenario, engine: SteppableEngine, rebuild=None, paused: bool = False,
                  speed: float | None = None, max_steps: int | None = None,
-                 probe: MemoryProbe | None = None, history_limit: int = 1000, handle_signals: bool = False,
+                 probe: MemoryProbe | None = None, history_limit: int = 1000,
                  memory_poll_s: float = MEMORY_POLL_S):
         super().__init__()
-        self._handle_signals = handle_signals
         self._memory_poll_s = memory_poll_s
         self.scenario = scenario
         self._engine_label = engine_label(engine)
@@ -148,21 +148,10 @@ class DashboardApp(App[None]):
             self._probe = open_probe()
         self._poll_memory()
         self.set_interval(self._memory_poll_s, self._poll_memory)
-        if self._handle_signals:
-            self._install_signal_handlers()
         self._fit_layout()
         self.query_one(RequestsTable).focus()
         self.controller.start()
         self._draw()
-
-    def _install_signal_handlers(self) -> None:
-        # A dropped SSH session sends SIGHUP; exit as on q instead of hanging on a dead terminal.
-        try:
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGHUP, signal.SIGTERM):
-                loop.add_signal_handler(sig, self.action_quit)
-        except (NotImplementedError, RuntimeError, ValueError, AttributeError):
-            pass  # not POSIX, or not the main thread
 
     def on_resize(self) -> None:
         self._fit_layout()
@@ -431,8 +420,21 @@ def run_dashboard(scenario, engine: SteppableEngine, overrides: dict | None = No
     """Opens the dashboard on `engine`; `r` rebuilds it from the scenario with the same overrides."""
     overrides = dict(overrides or {})
     app = DashboardApp(scenario, engine, rebuild=lambda: scenario.build_engine(**overrides), paused=paused,
-                       speed=speed, max_steps=max_steps, handle_signals=True)
+                       speed=speed, max_steps=max_steps)
+
+    def hang_up(signum, frame) -> None:
+        # The terminal went away (SSH dropped) or we were told to stop: quit as on q. Restoring
+        # a terminal that no longer exists can block, so the process ends regardless soon after.
+        app.controller.stop(timeout=0.5)
+        watchdog = threading.Timer(EXIT_GRACE_S, os._exit, args=(128 + signum,))
+        watchdog.daemon = True
+        watchdog.start()
+        app.exit()
+
+    previous = {sig: signal.signal(sig, hang_up) for sig in (signal.SIGHUP, signal.SIGTERM)}
     try:
         app.run()
     finally:
         app.controller.stop(timeout=1.0)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -415,10 +415,21 @@ class DashboardApp(App[None]):
         self.action_history_forward()
 
 
+def leave_a_core_for_the_ui(engine: SteppableEngine) -> None:
+    """On the CPU, torch's worker threads would take every core (and spin between ops), and
+    keys would wait for them; one core stays with the UI. On a GPU the engine mostly waits."""
+    device = getattr(getattr(engine, "device", None), "type", "cpu")
+    if device == "cpu":
+        import torch
+
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), (os.cpu_count() or 2) - 1)))
+
+
 def run_dashboard(scenario, engine: SteppableEngine, overrides: dict | None = None, paused: bool = False,
                   speed: float | None = None, max_steps: int | None = None) -> None:
     """Opens the dashboard on `engine`; `r` rebuilds it from the scenario with the same overrides."""
     overrides = dict(overrides or {})
+    leave_a_core_for_the_ui(engine)
     app = DashboardApp(scenario, engine, rebuild=lambda: scenario.build_engine(**overrides), paused=paused,
                        speed=speed, max_steps=max_steps)
 

@@ -22,7 +22,7 @@ from textual.color import Color
 from engine.records import ScheduledItem
 from scenarios.loader import Scenario
 
-from .app import DashboardApp
+from .app import DashboardApp, leave_a_core_for_the_ui
 from .controller import MAX_SPEED
 from .gpu_memory import open_probe
 from .widgets.mask import StyleBook, mask_strips
@@ -124,12 +124,18 @@ def run_ui_bench(repeat: int, presses: int, device: str) -> None:
 
     scenario = busy_scenario(device)
     engine = scenario.build_engine()
+    leave_a_core_for_the_ui(engine)  # as the dashboard does
     click.echo(f"key latency, engine at full speed on {engine.device.type} "
                f"(goal < {KEY_GOAL_MS:.0f} ms), {presses} presses of space:")
     app = DashboardApp(scenario, engine, rebuild=scenario.build_engine, paused=False, speed=MAX_SPEED,
                        probe=open_probe())
     screen_ms, engine_ms = asyncio.run(_key_latencies(app, presses))
+    step_ms = [r.wall_time_s * 1000 for r in app.history.recent(len(app.history))] or [0.0]
     for label, values in (("header shows it", screen_ms), ("engine took it", engine_ms)):
-        click.echo(f"  {label:<16} median {statistics.median(values):6.1f} ms  worst {max(values):6.1f} ms")
-    verdict = "meets" if max(engine_ms) < KEY_GOAL_MS else "MISSES"
-    click.echo(f"  worst {max(engine_ms):.1f} ms: {verdict} the goal")
+        p90 = sorted(values)[int(0.9 * (len(values) - 1))]
+        click.echo(f"  {label:<16} median {statistics.median(values):6.1f} ms  p90 {p90:6.1f} ms  "
+                   f"worst {max(values):6.1f} ms")
+    verdict = "meets" if max(screen_ms) < KEY_GOAL_MS else "MISSES"
+    click.echo(f"  on screen, worst {max(screen_ms):.1f} ms: {verdict} the goal; the engine thread takes a "
+               f"command between steps, so it also waits for the step in flight "
+               f"(median step here {statistics.median(step_ms):.0f} ms)")

@@ -171,3 +171,19 @@ def test_max_steps_stops_the_engine_and_reports_finished():
             assert "finished" in header_text(app)
             assert app.check_action("step_once", ()) is None
     run(scenario())
+
+
+def test_command_palette_offers_every_action_and_they_work():
+    async def scenario():
+        app = make_app(paused=True)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_until(pilot, lambda: shown_step(app) == 0)
+            commands = {c.title: c.callback for c in app.get_system_commands(app.screen)}
+            for title in ("Pause / resume", "Step once", "Previous step", "Next step", "Faster", "Slower",
+                          "Zoom mask", "Restart scenario", "Scenario help"):
+                assert title in commands
+            commands["Step once"]()
+            await wait_until(pilot, lambda: shown_step(app) == 1)
+            commands["Previous step"]()
+            assert shown_step(app) == 0 and not app.history.live
+    run(scenario())

@@ -62,3 +62,16 @@ def bench_host(num_requests: int, steps: int) -> None:
     from .bench_host import run_host_bench
 
     run_host_bench(num_requests, steps)
+
+
+@bench.command("ui")
+@click.option("--repeat", type=click.IntRange(min=1), default=30, show_default=True,
+              help="Mask frames timed per batch shape and panel size.")
+@click.option("--presses", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Key presses timed with the engine at full speed.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def bench_ui(repeat: int, presses: int, device: str) -> None:
+    """Dashboard: mask panel frame time for a huge step, and key latency under load."""
+    from .bench_ui import run_ui_bench
+
+    run_ui_bench(repeat, presses, device)

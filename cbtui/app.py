@@ -1,0 +1,451 @@
+"""The dashboard: a Textual app that shows each scheduler step of an engine running beside it.
+
+The app only consumes StepRecords. `EngineController` owns the engine on its own thread; its
+callbacks put records and status changes in an inbox and post one `InboxReady` message, so a
+fast engine never floods the message queue. The app drains the inbox, keeps a bounded
+history, and redraws at most `MAX_FPS` times a second whatever the engine's pace.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Iterable
+
+from textual import on
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.css.query import NoMatches
+from textual.message import Message
+from textual.reactive import reactive
+from textual.screen import Screen
+from textual.widgets import Footer, Static
+
+from engine.records import StepRecord
+
+from .controller import MAX_SPEED, EngineController, EngineStatus, SteppableEngine
+from .gpu_memory import MemoryProbe, open_probe
+from .history import History
+from .widgets.budget import BudgetBar
+from .widgets.error_panel import ErrorPanel
+from .widgets.header import HeaderInfo, StepHeader
+from .widgets.help_screen import HelpScreen
+from .widgets.kv_grid import KVGrid
+from .widgets.mask import MaskCanvas
+from .widgets.mask_legend import MaskLegend
+from .widgets.memory_panel import MemoryPanel
+from .widgets.requests_table import RequestSelected, RequestsTable
+
+SPEEDS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, MAX_SPEED)  # steps per second for + and -
+DEFAULT_SPEED = 4.0
+EXIT_GRACE_S = 1.0  # after a hangup, the longest the process may take to end
+MAX_FPS = 15  # enough to follow; leaves the CPU (and the GIL) to the engine and to keys
+MEMORY_POLL_S = 0.5
+RATE_WINDOW = 16  # steps averaged for tokens per second
+MIN_WIDTH, MIN_HEIGHT = 60, 20  # below this the panels cannot say anything useful
+COMPACT_HEIGHT = 36  # below this the layout trades panel height for the requests table
+
+
+def speed_label(speed: float) -> str:
+    return "max" if speed == MAX_SPEED else f"{speed:g}/s"
+
+
+def engine_label(engine: SteppableEngine) -> str:
+    """Model, device, attention backend and KV layout, from the engine's static settings."""
+    config = getattr(engine, "config", None)
+    if config is None:
+        return ""
+    device = getattr(getattr(engine, "device", None), "type", config.device)
+    parts = [config.model, device, getattr(engine, "attention_name", config.attention), config.kv_layout]
+    return " · ".join(str(p) for p in parts)
+
+
+# Actions whose availability changes with the run; the footer greys them when they do nothing.
+STATEFUL_ACTIONS = ("toggle_pause", "step_once", "history_back", "history_forward", "faster", "slower", "zoom")
+
+
+class InboxReady(Message):
+    """The engine thread put something in the inbox (sent once until the inbox is drained)."""
+
+
+class DashboardApp(App[None]):
+    CSS_PATH = Path(__file__).with_name("app.tcss")
+    TITLE = "cbtui"
+
+    BINDINGS = [
+        Binding("space", "toggle_pause", "Pause", key_display="space"),
+        Binding("n", "step_once", "Step"),
+        Binding("left", "history_back", "Back", key_display="←"),
+        Binding("right", "history_forward", "Fwd", key_display="→"),
+        Binding("plus,equals_sign", "faster", "Faster", key_display="+"),
+        Binding("minus", "slower", "Slower", key_display="-"),
+        Binding("z", "zoom", "Zoom"),
+        Binding("r", "restart", "Restart"),
+        Binding("question_mark", "help", "Help", key_display="?"),
+        Binding("q", "quit", "Quit"),
+        Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
+    ]
+
+    paused: reactive[bool] = reactive(False, init=False)
+    speed: reactive[float] = reactive(DEFAULT_SPEED, init=False)
+    selected: reactive[int | None] = reactive(None, init=False)
+    zoomed: reactive[bool] = reactive(False, init=False)
+
+    def __init__(self, scenario, engine: SteppableEngine, rebuild=None, paused: bool = False,
+                 speed: float | None = None, max_steps: int | None = None,
+                 probe: MemoryProbe | None = None, history_limit: int = 1000,
+                 memory_poll_s: float = MEMORY_POLL_S):
+        super().__init__()
+        self._memory_poll_s = memory_poll_s
+        self.scenario = scenario
+        self._engine_label = engine_label(engine)
+        self._probe = probe
+        self.history = History(history_limit)
+        self.engine_state = "starting"  # running / paused / finished / failed, as the engine reports
+        self.error: str | None = None
+        self._inbox: list[StepRecord | EngineStatus] = []
+        self._inbox_lock = threading.Lock()
+        self._last_draw = 0.0
+        self._draw_timer = None
+        self.set_reactive(DashboardApp.paused, paused)
+        self.set_reactive(DashboardApp.speed, DEFAULT_SPEED if speed is None else float(speed))
+        self.controller = EngineController(engine, self._post_record, self._post_status, rebuild=rebuild,
+                                           paused=paused, speed=self.speed, max_steps=max_steps)
+
+    # -- layout ------------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield StepHeader(id="header")
+        yield ErrorPanel(id="error")
+        with Vertical(id="body"):
+            with Horizontal(id="top"):
+                with Vertical(id="mask-panel", classes="panel") as mask_panel:
+                    mask_panel.border_title = "Ragged mask"
+                    yield MaskCanvas(id="mask")
+                    yield MaskLegend(id="mask-legend")
+                with Vertical(id="side"):
+                    with Vertical(id="budget-panel", classes="panel") as panel:
+                        panel.border_title = "Token budget"
+                        yield BudgetBar(id="budget")
+                    with Vertical(id="kv-panel", classes="panel") as panel:
+                        panel.border_title = "KV cache"
+                        yield KVGrid(id="kv")
+                    with Vertical(id="memory-box", classes="panel") as panel:
+                        panel.border_title = "Memory"
+                        yield MemoryPanel(id="memory")
+            with Vertical(id="requests-panel", classes="panel") as panel:
+                panel.border_title = "Requests"
+                yield RequestsTable(id="requests")
+        yield Static(f"The terminal is too small: the dashboard needs at least {MIN_WIDTH}x{MIN_HEIGHT}. "
+                     "Enlarge the window (q quits).", id="too-small")
+        yield Footer(compact=True, show_command_palette=False)
+
+    def on_mount(self) -> None:
+        if self._probe is None:
+            self._probe = open_probe()
+        self._poll_memory()
+        self.set_interval(self._memory_poll_s, self._poll_memory)
+        self._fit_layout()
+        self.query_one(RequestsTable).focus()
+        self.controller.start()
+        self._draw()
+
+    def on_resize(self) -> None:
+        self._fit_layout()
+
+    def _fit_layout(self) -> None:
+        width, height = self.size
+        self.screen.set_class(width < MIN_WIDTH or height < MIN_HEIGHT, "-too-small")
+        self.screen.set_class(height < COMPACT_HEIGHT, "-compact")
+        self.screen.set_class(width < 100, "-narrow")
+
+    # -- from the engine thread --------------------------------------------------------------
+    def _post_record(self, record: StepRecord) -> None:
+        self._to_inbox(record)
+
+    def _post_status(self, status: EngineStatus) -> None:
+        self._to_inbox(status)
+
+    def _to_inbox(self, event: StepRecord | EngineStatus) -> None:
+        with self._inbox_lock:
+            self._inbox.append(event)
+            first = len(self._inbox) == 1
+        if first:
+            self.post_message(InboxReady())
+
+    @on(InboxReady)
+    def _drain_inbox(self) -> None:
+        with self._inbox_lock:
+            events, self._inbox = self._inbox, []
+        status_changed = any(isinstance(e, EngineStatus) for e in events)
+        for event in events:
+            if isinstance(event, StepRecord):
+                self.history.append(event)
+            elif event.kind == "started":
+                self.history.clear()
+                self.error = None
+                self.engine_state = "running"
+            elif event.kind == "finished":
+                self.engine_state = "finished"
+            elif event.kind == "failed":
+                self.engine_state = "failed"
+                self.error = event.message
+        if status_changed:  # rare and important (failed, finished, restarted): draw at once
+            self._draw()
+        else:
+            self._schedule_draw()
+        self._refresh_bindings_if_changed()
+
+    def _schedule_draw(self) -> None:
+        """Draw now, or at the next frame slot if the last frame was too recent."""
+        wait = self._last_draw + 1 / MAX_FPS - time.monotonic()
+        if wait <= 0:
+            self._draw()
+        elif self._draw_timer is None:
+            self._draw_timer = self.set_timer(wait, self._draw)
+
+    # -- drawing -----------------------------------------------------------------------------
+    def run_state(self) -> str:
+        if self.engine_state in ("failed", "finished", "starting"):
+            return self.engine_state
+        return "paused" if self.paused else "running"
+
+    def _draw(self) -> None:
+        self._draw_timer = None
+        self._last_draw = time.monotonic()
+        try:
+            self._draw_panels()
+        except NoMatches:
+            pass  # a frame due while the app is closing: the panels are gone already
+
+    def _draw_panels(self) -> None:
+        record = self.history.current()
+        self.query_one(StepHeader).show(self._header_info(record))
+        self.query_one(ErrorPanel).show_error(self.error)
+        self.query_one(BudgetBar).show(record)
+        budget = f"Token budget: {record.budget} tokens per step" if record else "Token budget"
+        panel = self.query_one("#budget-panel")
+        if panel.border_title != budget:
+            panel.border_title = budget
+        self._draw_mask(record)
+        previous = self.history.previous_of_current()
+        self.query_one(KVGrid).show(record.kv if record else None, previous.kv if previous else None,
+                                    self.selected)
+        self.query_one(MemoryPanel).show_step(record.memory if record else None)
+        if record is not None:
+            self.query_one(RequestsTable).show(record.requests)
+
+    def _draw_mask(self, record: StepRecord | None) -> None:
+        items = list(record.items) if record else []
+        zoom_on = None
+        if self.zoomed and self.selected is not None:
+            items = [i for i in items if i.request_id == self.selected]
+            zoom_on = self.selected
+        canvas = self.query_one(MaskCanvas)
+        canvas.show(items, self.selected)
+        # The legend needs the raster's scale, which depends on the canvas size.
+        if canvas.size.area:
+            canvas._frame()
+        self.query_one(MaskLegend).show(items, zoom_on, canvas.raster, not self.no_color, self.selected,
+                                        self.no_color)
+
+    def _header_info(self, record: StepRecord | None) -> HeaderInfo:
+        history = ""
+        if not self.history.live:
+            index, kept = self.history.position()
+            history = f"viewing history {index}/{kept} (→ newer, space live)"
+        rate = None
+        recent = self.history.recent(RATE_WINDOW)
+        seconds = sum(r.wall_time_s for r in recent)
+        if seconds > 0:
+            rate = sum(r.decode_tokens + r.prefill_tokens for r in recent) / seconds
+        common = dict(scenario=self.scenario.title, engine=self._engine_label, run_state=self.run_state(),
+                      speed=speed_label(self.speed), tokens_per_second=rate, history=history)
+        if record is None:
+            return HeaderInfo(step=None, **common)
+        return HeaderInfo(step=record.step, running=record.running, waiting=record.waiting,
+                          finished=record.finished_total, pending=record.pending, **common)
+
+    def _poll_memory(self) -> None:
+        self.query_one(MemoryPanel).show_reading(self._probe.read())
+
+    # -- reactivity ----------------------------------------------------------------------------
+    def watch_paused(self) -> None:
+        self._after_change()
+
+    def watch_speed(self) -> None:
+        self._after_change()
+
+    def watch_selected(self) -> None:
+        self._after_change()
+
+    def watch_zoomed(self) -> None:
+        self._after_change()
+
+    def _after_change(self) -> None:
+        self._refresh_bindings_if_changed()
+        self._draw()
+
+    def _refresh_bindings_if_changed(self) -> None:
+        """The footer rebuilds itself on refresh_bindings; do it only when a key's state changed."""
+        state = tuple(self.check_action(action, ()) for action in STATEFUL_ACTIONS)
+        if state != getattr(self, "_binding_state", None):
+            self._binding_state = state
+            self.refresh_bindings()
+
+    @on(RequestSelected)
+    def _select_request(self, event: RequestSelected) -> None:
+        self.selected = event.request_id
+        if event.request_id is None:
+            self.zoomed = False
+
+    # -- actions --------------------------------------------------------------------------------
+    def _can_step(self) -> bool:
+        return self.engine_state in ("running", "starting")
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """None greys a key out in the footer: it exists, but does nothing right now."""
+        stopped = not self._can_step()
+        enabled = {
+            "toggle_pause": not stopped or not self.history.live,
+            "step_once": self.paused and not stopped,
+            "history_back": self.paused and self.history.can_go_back() or (stopped and self.history.can_go_back()),
+            "history_forward": (self.paused or stopped) and (not self.history.live or not stopped),
+            "faster": self.speed < SPEEDS[-1],
+            "slower": self.speed > SPEEDS[0],
+            "zoom": self.zoomed or self._selected_in_step(),
+        }.get(action, True)
+        return True if enabled else None
+
+    def _selected_in_step(self) -> bool:
+        record = self.history.current()
+        return record is not None and any(i.request_id == self.selected for i in record.items)
+
+    def action_toggle_pause(self) -> None:
+        if not self.history.live:
+            self.history.go_live()
+            self.paused = False
+        else:
+            self.paused = not self.paused
+        (self.controller.pause if self.paused else self.controller.resume)()
+        self._draw()
+
+    def action_step_once(self) -> None:
+        self.history.go_live()
+        self.controller.step_once()
+        self._draw()
+
+    def action_history_back(self) -> None:
+        self.history.back()
+        self._draw()
+        self._refresh_bindings_if_changed()
+
+    def action_history_forward(self) -> None:
+        if not self.history.forward() and self._can_step():
+            self.controller.step_once()  # at the newest step: → runs the next one
+        self._draw()
+        self._refresh_bindings_if_changed()
+
+    def action_faster(self) -> None:
+        self.speed = next((s for s in SPEEDS if s > self.speed), SPEEDS[-1])
+        self.controller.set_speed(self.speed)
+
+    def action_slower(self) -> None:
+        self.speed = next((s for s in reversed(SPEEDS) if s < self.speed), SPEEDS[0])
+        self.controller.set_speed(self.speed)
+
+    def action_zoom(self) -> None:
+        self.zoomed = not self.zoomed
+
+    def action_restart(self) -> None:
+        self.history.clear()
+        self.engine_state = "starting"
+        self.error = None
+        self.controller.restart()
+        self._draw()
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            s = self.scenario
+            self.push_screen(HelpScreen(s.title, s.description, s.question))
+
+    def action_quit(self) -> None:
+        self.controller.stop(timeout=1.0)
+        self.exit()
+
+    def on_unmount(self) -> None:
+        self.controller.stop(timeout=1.0)
+        if self._probe is not None:
+            self._probe.close()
+
+    # -- command palette ------------------------------------------------------------------------
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("Pause / resume", "Pause the engine, or resume it (back to live)",
+                            self.action_toggle_pause)
+        yield SystemCommand("Step once", "Run exactly one scheduler step (pauses first)", self._palette_step)
+        yield SystemCommand("Previous step", "Show the previous step from history (pauses first)",
+                            self._palette_back)
+        yield SystemCommand("Next step", "Show the next step from history, or run one", self._palette_forward)
+        yield SystemCommand("Faster", "More steps per second", self.action_faster)
+        yield SystemCommand("Slower", "Fewer steps per second", self.action_slower)
+        yield SystemCommand("Zoom mask", "Zoom the mask into the selected request's rows", self.action_zoom)
+        yield SystemCommand("Restart scenario", "Rebuild the engine and start the scenario again",
+                            self.action_restart)
+        yield SystemCommand("Scenario help", "What this scenario shows, and the keys", self.action_help)
+
+    def _pause_first(self) -> None:
+        if not self.paused:
+            self.paused = True
+            self.controller.pause()
+
+    def _palette_step(self) -> None:
+        self._pause_first()
+        self.action_step_once()
+
+    def _palette_back(self) -> None:
+        self._pause_first()
+        self.action_history_back()
+
+    def _palette_forward(self) -> None:
+        self._pause_first()
+        self.action_history_forward()
+
+
+def leave_a_core_for_the_ui(engine: SteppableEngine) -> None:
+    """On the CPU, torch's worker threads would take every core (and spin between ops), and
+    keys would wait for them; one core stays with the UI. On a GPU the engine mostly waits."""
+    device = getattr(getattr(engine, "device", None), "type", "cpu")
+    if device == "cpu":
+        import torch
+
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), (os.cpu_count() or 2) - 1)))
+
+
+def run_dashboard(scenario, engine: SteppableEngine, overrides: dict | None = None, paused: bool = False,
+                  speed: float | None = None, max_steps: int | None = None) -> None:
+    """Opens the dashboard on `engine`; `r` rebuilds it from the scenario with the same overrides."""
+    overrides = dict(overrides or {})
+    leave_a_core_for_the_ui(engine)
+    app = DashboardApp(scenario, engine, rebuild=lambda: scenario.build_engine(**overrides), paused=paused,
+                       speed=speed, max_steps=max_steps)
+
+    def hang_up(signum, frame) -> None:
+        # The terminal went away (SSH dropped) or we were told to stop: quit as on q. Restoring
+        # a terminal that no longer exists can block, so the process ends regardless soon after.
+        app.controller.stop(timeout=0.5)
+        watchdog = threading.Timer(EXIT_GRACE_S, os._exit, args=(128 + signum,))
+        watchdog.daemon = True
+        watchdog.start()
+        app.exit()
+
+    previous = {sig: signal.signal(sig, hang_up) for sig in (signal.SIGHUP, signal.SIGTERM)}
+    try:
+        app.run()
+    finally:
+        app.controller.stop(timeout=1.0)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,197 @@
+"""The engine thread: the one owner of the engine, driven by commands, emitting StepRecords.
+
+The UI never touches the engine. It sends commands (pause, resume, step once, speed, restart,
+stop) through a thread-safe queue and receives records and status changes through callbacks
+that run on this thread (the app turns them into messages). Between steps the thread waits on
+an Event, so a paused engine costs nothing and a command wakes it at once; the stop flag is
+checked before every step, so quitting never waits for more than the step in flight.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+from engine.records import StepRecord
+
+MAX_SPEED = float("inf")  # steps per second: as fast as the engine goes
+
+
+class SteppableEngine(Protocol):
+    def step(self) -> StepRecord: ...
+
+    def has_unfinished(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    """What the thread reports besides records: finished, failed, or (re)started."""
+
+    kind: str  # "started", "finished" or "failed"
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class _Command:
+    name: str  # "pause", "resume", "step", "speed", "restart"
+    value: float | None = None
+
+
+class EngineController:
+    """Runs `engine.step()` on a background thread at a given speed, under commands."""
+
+    def __init__(self, engine: SteppableEngine, on_record: Callable[[StepRecord], None],
+                 on_status: Callable[[EngineStatus], None],
+                 rebuild: Callable[[], SteppableEngine] | None = None,
+                 paused: bool = False, speed: float = 4.0, max_steps: int | None = None):
+        self._engine = engine
+        self._on_record = on_record
+        self._on_status = on_status
+        self._rebuild = rebuild
+        self._paused = paused
+        self._speed = speed
+        self._max_steps = max_steps
+        self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._steps_taken = 0
+        self._pending_steps = 0
+        self._failed = False
+        self._thread = threading.Thread(target=self._run, name="cbtui-engine", daemon=True)
+
+    # -- the UI side --------------------------------------------------------------------------
+    @property
+    def thread(self) -> threading.Thread:
+        return self._thread
+
+    @property
+    def paused(self) -> bool:
+        """Whether the engine thread has taken a pause command (not just been sent one)."""
+        return self._paused
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def pause(self) -> None:
+        self._send(_Command("pause"))
+
+    def resume(self) -> None:
+        self._send(_Command("resume"))
+
+    def step_once(self) -> None:
+        self._send(_Command("step"))
+
+    def set_speed(self, steps_per_second: float) -> None:
+        self._send(_Command("speed", steps_per_second))
+
+    def restart(self) -> None:
+        self._send(_Command("restart"))
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stops the thread; waits at most `timeout` for the step in flight (it is a daemon)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def _send(self, command: _Command) -> None:
+        self._commands.put(command)
+        self._wake.set()
+
+    # -- the engine thread --------------------------------------------------------------------
+    def _run(self) -> None:
+        # The first step runs at once, paused or not, so the dashboard opens on a real record.
+        self._on_status(EngineStatus("started"))
+        self._step()
+        next_due = time.perf_counter()
+        while not self._stop.is_set():
+            self._wake.clear()
+            if self._apply_commands():
+                next_due = time.perf_counter()
+            if self._stop.is_set():
+                break
+            if not self._can_step():
+                self._wake.wait()
+                continue
+            if self._pending_steps:
+                self._pending_steps -= 1
+                self._step()
+                continue
+            if self._paused:
+                self._wake.wait()
+                continue
+            delay = next_due - time.perf_counter()
+            if delay > 0 and self._wake.wait(delay):
+                continue  # a command came in; handle it before stepping
+            if delay <= 0:
+                time.sleep(0.001)  # at full speed: hand the GIL to the UI thread between steps
+            next_due = max(next_due + self._interval(), time.perf_counter() - self._interval())
+            self._step()
+
+    def _interval(self) -> float:
+        return 0.0 if self._speed == MAX_SPEED else 1.0 / self._speed
+
+    def _can_step(self) -> bool:
+        if self._failed:
+            return False
+        if self._max_steps is not None and self._steps_taken >= self._max_steps:
+            return False
+        return self._engine.has_unfinished()
+
+    def _apply_commands(self) -> bool:
+        """Applies queued commands; True when the pacing should restart from now."""
+        reset_pace = False
+        while True:
+            try:
+                cmd = self._commands.get_nowait()
+            except queue.Empty:
+                return reset_pace
+            if cmd.name == "pause":
+                self._paused, self._pending_steps = True, 0
+            elif cmd.name == "resume":
+                self._paused, reset_pace = False, True
+            elif cmd.name == "step":
+                self._pending_steps += 1
+            elif cmd.name == "speed":
+                self._speed, reset_pace = float(cmd.value), True
+            elif cmd.name == "restart":
+                self._restart()
+                reset_pace = True
+
+    def _restart(self) -> None:
+        if self._rebuild is None:
+            return
+        self._pending_steps = 0
+        try:
+            self._engine = self._rebuild()
+        except Exception as exc:  # a scenario that cannot be rebuilt: report it, keep running
+            self._fail(exc)
+            return
+        self._failed = False
+        self._steps_taken = 0
+        self._on_status(EngineStatus("started"))
+        self._step()
+
+    def _step(self) -> None:
+        if not self._can_step():
+            return
+        try:
+            record = self._engine.step()
+        except Exception as exc:  # the UI shows the error and stays alive
+            self._fail(exc)
+            return
+        self._steps_taken += 1
+        if self._stop.is_set():
+            return
+        self._on_record(record)
+        if not self._can_step() and not self._failed:
+            self._on_status(EngineStatus("finished"))
+
+    def _fail(self, exc: BaseException) -> None:
+        self._failed = True
+        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        self._on_status(EngineStatus("failed", detail))

@@ -1,0 +1,25 @@
+"""Small text helpers shared by the panels."""
+
+from __future__ import annotations
+
+
+def human_bytes(n: int | float) -> str:
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def human_rate(per_second: float) -> str:
+    if per_second >= 10_000:
+        return f"{per_second / 1000:.0f}k"
+    if per_second >= 1000:
+        return f"{per_second / 1000:.1f}k"
+    return f"{per_second:.0f}"
+
+
+def printable(text: str) -> str:
+    """Decoded model output made safe for one table cell: no control characters or newlines."""
+    return "".join(ch if ch.isprintable() else "·" for ch in text)

@@ -1,0 +1,172 @@
+"""The ragged causal mask, downsampled to a pixel grid from scheduled-item metadata alone.
+
+Rows are the step's query tokens (items one after another), columns are keys (each item's
+key range 0 .. key_len - 1, one item after another). Query row `a` of an item whose first
+position is `f` may see its own item's key `b` iff b <= f + a; every other cell is False.
+That is the rule of `engine.batch_builder.ragged_causal_mask`, and it is block diagonal, so
+the number of allowed cells in any rectangle has a closed form: no T x K tensor is built,
+and the cost depends on the size of the pixel grid, not on the size of the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from engine.records import ScheduledItem
+
+
+@dataclass(frozen=True)
+class MaskRaster:
+    """One frame of the mask: for every pixel, how many of its cells are allowed and whose."""
+
+    count: np.ndarray  # [rows, cols] allowed (query, key) cells inside the pixel
+    area: np.ndarray  # [rows, cols] (query, key) cells the pixel stands for
+    owner: np.ndarray  # [rows, cols] index of the item with most allowed cells; -1 if none
+    rows_per_pixel: float  # query tokens per pixel row (< 1 when magnified)
+    cols_per_pixel: float  # keys per pixel column
+
+    @property
+    def coverage(self) -> np.ndarray:
+        return self.count / self.area
+
+    @property
+    def downsampled(self) -> bool:
+        return self.rows_per_pixel > 1 or self.cols_per_pixel > 1
+
+
+def _bands(total: int, pixels: int) -> tuple[np.ndarray, np.ndarray]:
+    """[lo, hi) source ranges for each pixel; bands tile the source when pixels <= total."""
+    p = np.arange(pixels, dtype=np.int64)
+    lo = p * total // pixels
+    hi = np.maximum(lo + 1, (p + 1) * total // pixels)
+    return lo, hi
+
+
+def pixel_count(total: int, available: int, max_magnify: int) -> int:
+    """Pixels along one axis: shrink to fit, or magnify by a whole factor (capped) when small."""
+    if total <= 0 or available <= 0:
+        return 0
+    if total >= available:
+        return available
+    return total * max(1, min(max_magnify, available // total))
+
+
+def _allowed_prefix(first: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Allowed cells among an item's first `a` query rows and first `b` keys.
+
+    Row x sees min(b, first + x + 1) of those keys; the first t = clip(b - first, 0, a) rows
+    see first + x + 1 each and the rest see all b.
+    """
+    t = np.minimum(np.maximum(b - first, 0), a)
+    return t * first + t * (t + 1) // 2 + (a - t) * b
+
+
+class _Items:
+    """Item metadata as arrays, with the offsets of each item along both axes."""
+
+    def __init__(self, items: Sequence[ScheduledItem]):
+        table = np.array([(i.first_pos, i.num_tokens, i.key_len) for i in items], dtype=np.int64).reshape(-1, 3)
+        self.first, self.n, self.keys = table[:, 0], table[:, 1], table[:, 2]
+        self.q_end = np.cumsum(self.n)
+        self.k_end = np.cumsum(self.keys)
+        self.q_off = self.q_end - self.n
+        self.k_off = self.k_end - self.keys
+        self.total = _allowed_prefix(self.first, self.n, self.keys)  # allowed cells per item
+        self.before = np.concatenate([[0], np.cumsum(self.total)])  # allowed cells of items < i
+
+    def inside(self, k: np.ndarray, r: np.ndarray, c: np.ndarray) -> np.ndarray:
+        """Allowed cells of item k among rows < r and keys < c (absolute offsets)."""
+        a = np.minimum(np.maximum(r - self.q_off[k], 0), self.n[k])
+        b = np.minimum(np.maximum(c - self.k_off[k], 0), self.keys[k])
+        return _allowed_prefix(self.first[k], a, b)
+
+    def prefix(self, r: np.ndarray, c: np.ndarray) -> np.ndarray:
+        """Allowed cells in rows < r and keys < c of the whole batch.
+
+        Items before both the row and the column boundary count whole; only the item where
+        the earlier of the two boundaries falls counts in part; later items count nothing.
+        """
+        i = np.searchsorted(self.q_end, r, side="right")
+        j = np.searchsorted(self.k_end, c, side="right")
+        m = np.minimum(i, j)
+        last = len(self.n) - 1
+        partial = self.inside(np.minimum(m, last), r, c)
+        return self.before[m] + np.where(m <= last, partial, 0)
+
+    def in_rect(self, k, r0, r1, c0, c1) -> np.ndarray:
+        return self.inside(k, r1, c1) - self.inside(k, r0, c1) - self.inside(k, r1, c0) + self.inside(k, r0, c0)
+
+
+def _range_argmax(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Index of the largest value in values[lo..hi] (inclusive, lo <= hi), first on ties."""
+    table = [np.arange(len(values), dtype=np.int64)]
+    span = 1
+    while span * 2 <= len(values):
+        prev = table[-1]
+        left, right = prev[:-span], prev[span:]
+        table.append(np.where(values[right] > values[left], right, left))
+        span *= 2
+    width = hi - lo + 1
+    level = np.floor(np.log2(np.maximum(width, 1))).astype(np.int64)
+    out = np.empty(lo.shape, dtype=np.int64)
+    for lv in np.unique(level):
+        sel = level == lv
+        a = table[lv][lo[sel]]
+        b = table[lv][hi[sel] - (1 << lv) + 1]
+        out[sel] = np.where(values[b] > values[a], b, a)
+    return out
+
+
+def rasterize(items: Sequence[ScheduledItem], rows: int, cols: int, max_magnify: int = 4) -> MaskRaster:
+    """The mask of `items` on at most rows x cols pixels (never cropped: shrunk to fit)."""
+    meta = _Items(items)
+    total_q = int(meta.q_end[-1]) if len(items) else 0
+    total_k = int(meta.k_end[-1]) if len(items) else 0
+    prow = pixel_count(total_q, rows, max_magnify)
+    pcol = pixel_count(total_k, cols, max_magnify)
+    if prow == 0 or pcol == 0:
+        empty = np.zeros((prow, pcol), dtype=np.int64)
+        return MaskRaster(empty, empty + 1, empty - 1, 1.0, 1.0)
+    r0, r1 = _bands(total_q, prow)
+    c0, c1 = _bands(total_k, pcol)
+    # Neighbouring pixels share band edges: evaluate the prefix count once per distinct edge.
+    row_edges, row_at = np.unique(np.concatenate([r0, r1]), return_inverse=True)
+    col_edges, col_at = np.unique(np.concatenate([c0, c1]), return_inverse=True)
+    prefix = meta.prefix(row_edges[:, None], col_edges[None, :])
+    top, bottom = row_at[:prow, None], row_at[prow:, None]
+    left, right = col_at[None, :pcol], col_at[None, pcol:]
+    count = prefix[bottom, right] - prefix[top, right] - prefix[bottom, left] + prefix[top, left]
+    area = (r1 - r0)[:, None] * (c1 - c0)[None, :]
+
+    # Items that can own cells in a pixel overlap both its row band and its key band: lo..hi.
+    lo = np.maximum(np.searchsorted(meta.q_end, r0, side="right")[:, None],
+                    np.searchsorted(meta.k_end, c0, side="right")[None, :])
+    hi = np.minimum(np.searchsorted(meta.q_end, r1 - 1, side="right")[:, None],
+                    np.searchsorted(meta.k_end, c1 - 1, side="right")[None, :])
+    owner = np.where(count > 0, lo, -1)
+    ys, xs = np.nonzero((hi > lo) & (count > 0))  # only pixels on item edges have a choice
+    if ys.size:
+        owner[ys, xs] = _majority_owner(meta, lo[ys, xs], hi[ys, xs], r0[ys], r1[ys], c0[xs], c1[xs])
+    return MaskRaster(count, area, owner, total_q / prow, total_k / pcol)
+
+
+def _majority_owner(meta: _Items, lo, hi, r0, r1, c0, c1) -> np.ndarray:
+    """The item with most allowed cells in each pixel, among items lo..hi (first on ties).
+
+    Items strictly between lo and hi lie wholly inside the pixel, so they count whole.
+    """
+    # Candidates in index order, each replacing the best only when strictly larger: first wins ties.
+    owner, best = lo.copy(), meta.in_rect(lo, r0, r1, c0, c1)
+    inner = hi - lo >= 2
+    if inner.any():
+        candidate = _range_argmax(meta.total, lo[inner] + 1, hi[inner] - 1)
+        beats = meta.total[candidate] > best[inner]
+        picked, picked_best = owner[inner], best[inner]
+        picked[beats], picked_best[beats] = candidate[beats], meta.total[candidate][beats]
+        owner[inner], best[inner] = picked, picked_best
+    last_part = meta.in_rect(hi, r0, r1, c0, c1)
+    owner = np.where(last_part > best, hi, owner)
+    return owner

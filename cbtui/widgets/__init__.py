@@ -1,0 +1,1 @@
+"""Dashboard panels, one per module; each renders from a StepRecord (or a memory reading)."""

@@ -1,0 +1,66 @@
+"""The help screen: the scenario's story and question, and what each key does."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Static
+
+KEYS = (
+    ("space", "pause / resume (from a past step: back to live)"),
+    ("n", "run one step (while paused)"),
+    ("← / →", "while paused: previous / next step in history; → at the newest step runs one"),
+    ("+ / -", "faster / slower (steps per second, up to max)"),
+    ("↑ / ↓", "select a request: it is highlighted in the mask and KV panels"),
+    ("z", "zoom the mask into the selected request's rows"),
+    ("r", "restart the scenario"),
+    ("ctrl+p", "command palette (every action by name)"),
+    ("?", "this help"),
+    ("q", "quit"),
+)
+
+READING = (
+    "Mask: rows are this step's query tokens, columns are keys (each request's cached history "
+    "plus its new tokens). A cell is lit where that query may attend to that key: same request, "
+    "key position <= query position. Legend: 3d = request 3 decoding one token, 3p = a prefill "
+    "chunk. KV: one cell per block, ▁..█ = fill of a request's last block, · free, × freed now."
+)
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,question_mark,q", "dismiss", "Close")]
+
+    DEFAULT_CSS = """
+    HelpScreen { align: center middle; }
+    HelpScreen > VerticalScroll {
+        width: 90%; max-width: 100; height: 90%; border: round $accent; padding: 0 1;
+        background: $surface;
+    }
+    """
+
+    def __init__(self, title: str, description: str, question: str):
+        super().__init__()
+        self._title, self._description, self._question = title, description, question
+
+    def compose(self) -> ComposeResult:
+        keys = Table.grid(padding=(0, 2))
+        keys.add_column(style="bold")
+        keys.add_column()
+        for key, what in KEYS:
+            keys.add_row(key, what)
+        with VerticalScroll() as scroll:
+            scroll.border_title = "Help (esc to close)"
+            yield Static(Text(self._title, style="bold"))
+            if self._description:
+                yield Static(Text(self._description))
+            if self._question:
+                yield Static(Text.assemble(("Question: ", "bold"), self._question))
+            yield Static(keys, classes="keys")
+            yield Static(Text(READING, style="dim"))
+
+    def action_dismiss(self) -> None:
+        self.dismiss(None)

@@ -1,0 +1,49 @@
+"""What the mask panel is showing: its size, its scale, and which colour is which request."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from rich.text import Text
+from textual.widgets import Static
+
+from engine.records import ScheduledItem
+
+from ..colors import request_color
+from ..mask_raster import MaskRaster
+
+
+def scale_text(raster: MaskRaster | None, half_blocks: bool) -> str:
+    if raster is None or raster.count.size == 0:
+        return ""
+    rows_per_cell = raster.rows_per_pixel * (2 if half_blocks else 1)
+    if raster.downsampled:
+        return f"cell ≈ {rows_per_cell:.3g}q × {raster.cols_per_pixel:.3g}k, shade = share visible"
+    return "every query × key shown"
+
+
+class MaskLegend(Static):
+    DEFAULT_CSS = """
+    MaskLegend { height: 3; }
+    """
+
+    def show(self, items: Sequence[ScheduledItem], zoomed_on: int | None, raster: MaskRaster | None,
+             half_blocks: bool, selected: int | None, no_color: bool) -> None:
+        queries = sum(i.num_tokens for i in items)
+        keys = sum(i.key_len for i in items)
+        head = Text.assemble(f"{queries} queries", ("↓ × ", "dim"), f"{keys} keys", ("→", "dim"))
+        if zoomed_on is not None:
+            head.append(f"  zoom: request {zoomed_on}", style="bold magenta")
+        scale = Text(scale_text(raster, half_blocks), style="dim")
+        legend = Text()
+        for item in items:
+            style = "bold reverse" if item.request_id == selected else ""
+            if not no_color:  # without colour the id itself is the mark
+                legend.append("■", style=request_color(item.request_id).hex)
+            legend.append(f"{item.request_id}{'d' if item.kind == 'decode' else 'p'} ", style=style)
+        if not items:
+            legend.append("nothing scheduled this step", style="dim")
+        text = Text("\n").join([head, scale, legend])
+        if text != getattr(self, "_text", None):
+            self._text = text
+            self.update(text, layout=False)

@@ -1,0 +1,94 @@
+"""Device memory, live: NVML used / total per visible GPU (or process RSS), with a sparkline,
+beside the step's torch allocator, KV pool and weight figures."""
+
+from __future__ import annotations
+
+from collections import deque
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import Sparkline, Static
+
+from engine.records import MemoryView
+
+from ..formatting import human_bytes
+from ..gpu_memory import MemoryReading
+
+HISTORY = 120  # readings kept for the sparkline (one minute at two a second)
+
+
+def reading_text(reading: MemoryReading | None, width: int) -> Text:
+    if reading is None:
+        return Text("reading memory…", style="dim")
+    lines = []
+    if reading.gpus:
+        for gpu in reading.gpus:
+            share = gpu.used_bytes / gpu.total_bytes if gpu.total_bytes else 0.0
+            bar_width = max(width - 36, 4)
+            filled = round(bar_width * share)
+            lines.append(Text.assemble(
+                (f"GPU{gpu.index} ", "bold"), (f"{gpu.name[:14]:<14} ", "dim"),
+                f"{human_bytes(gpu.used_bytes)}/{human_bytes(gpu.total_bytes)} ",
+                ("█" * filled, "green" if share < 0.9 else "red"), ("░" * (bar_width - filled), "dim")))
+    else:
+        lines.append(Text(reading.note or "no GPU figures", style="yellow"))
+        lines.append(Text.assemble(("process RSS ", "bold"), human_bytes(reading.rss_bytes),
+                                   (" (no GPU figures)", "dim")))
+    text = Text("\n").join(lines)
+    text.no_wrap, text.overflow = True, "ellipsis"
+    return text
+
+
+def step_memory_text(memory: MemoryView | None) -> Text:
+    if memory is None:
+        return Text("")
+    text = Text.assemble(("KV pool ", "dim"), human_bytes(memory.kv_pool_bytes),
+                         ("  weights ", "dim"), human_bytes(memory.weight_bytes))
+    if memory.source == "cuda":
+        text = Text("\n").join([Text.assemble(("torch allocated ", "dim"), human_bytes(memory.allocated_bytes),
+                                              ("  reserved ", "dim"), human_bytes(memory.reserved_bytes)), text])
+    return text
+
+
+class MemoryPanel(Vertical):
+    DEFAULT_CSS = """
+    MemoryPanel { height: auto; }
+    MemoryPanel > #memory-live { height: 2; }
+    MemoryPanel > #memory-step { height: 1; }
+    MemoryPanel > Sparkline { height: 1; }
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._history: deque[float] = deque(maxlen=HISTORY)
+        self._reading: MemoryReading | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static(reading_text(None, 40), id="memory-live")
+        yield Sparkline([], id="memory-trend")
+        yield Static("", id="memory-step")
+
+    def show_reading(self, reading: MemoryReading) -> None:
+        self._reading = reading
+        self._history.append(float(reading.gpus[0].used_bytes if reading.gpus else reading.rss_bytes))
+        self._show(self.query_one("#memory-live", Static), reading_text(reading, self.size.width or 40))
+        self.query_one("#memory-trend", Sparkline).data = list(self._history)
+
+    def show_step(self, memory: MemoryView | None) -> None:
+        self._show(self.query_one("#memory-step", Static), step_memory_text(memory))
+
+    def on_resize(self) -> None:
+        if self._reading is not None:
+            self._show(self.query_one("#memory-live", Static), reading_text(self._reading, self.size.width))
+
+    @staticmethod
+    def _show(static: Static, text: Text) -> None:
+        """Updates only on change; a layout pass only when the number of lines changes."""
+        if text == getattr(static, "_shown_text", None):
+            return
+        static._shown_text = text
+        lines = max(len(text.plain.split("\n")), 1)
+        if static.styles.height is None or static.styles.height.value != lines:
+            static.styles.height = lines
+        static.update(text, layout=False)

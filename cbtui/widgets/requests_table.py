@@ -1,0 +1,124 @@
+"""Every request of the scenario in one table; the highlighted row is the selected request."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual import on
+from textual.binding import Binding
+from textual.message import Message
+from textual.widgets import DataTable
+
+from engine.records import RequestView
+
+from ..colors import request_color
+from ..formatting import printable
+
+TEXT_TAIL = 16
+# (key, label, width): fixed widths, so updating a cell never re-measures the whole table.
+COLUMNS = (("id", "id", 5), ("state", "state", 9), ("prompt", "prompt", 9), ("gen", "gen", 7),
+           ("ttft", "TTFT", 4), ("why", "why not scheduled", 18), ("text", "output tail", TEXT_TAIL))
+STATE_STYLE = {"decode": "green", "prefill": "yellow", "waiting": "magenta", "preempted": "bold red",
+               "finished": "dim", "pending": "dim"}
+
+
+def row_cells(view: RequestView, no_color: bool) -> tuple[Text, ...]:
+    mark = "" if no_color else "■ "  # without colour the id itself is the mark
+    return (
+        Text.assemble((mark, request_color(view.id).hex), f"{view.id}"),
+        Text(view.state, style=STATE_STYLE.get(view.state, "")),
+        Text(f"{view.prefill_pos}/{view.prompt_len}", justify="right"),
+        Text(f"{view.generated}/{view.max_new_tokens}", justify="right"),
+        Text("–" if view.ttft_steps is None else f"{view.ttft_steps}", justify="right"),
+        Text(view.reason or "", style="red" if view.reason and view.reason != "not arrived yet" else "dim"),
+        Text(printable(view.text_tail[-TEXT_TAIL:]), style="italic"),
+    )
+
+
+class RequestSelected(Message):
+    def __init__(self, request_id: int | None):
+        super().__init__()
+        self.request_id = request_id
+
+
+class RequestsTable(DataTable, inherit_bindings=False):
+    """Updated in place: cells change, rows are added; the cursor stays on its request.
+
+    Nothing is selected at first (no cursor), so no request is singled out until the user
+    picks one with up / down; escape clears the selection.
+    """
+
+    DEFAULT_CSS = """
+    RequestsTable { height: 1fr; }
+    """
+
+    # Left and right belong to the app (history while paused), so the table keeps only
+    # vertical movement; its columns fit the width instead of scrolling sideways.
+    BINDINGS = [
+        Binding("up", "cursor_up", "Cursor up", show=False),
+        Binding("down", "cursor_down", "Cursor down", show=False),
+        Binding("pageup", "page_up", "Page up", show=False),
+        Binding("pagedown", "page_down", "Page down", show=False),
+        Binding("home", "scroll_top", "Top", show=False),
+        Binding("end", "scroll_bottom", "Bottom", show=False),
+        Binding("escape", "clear_selection", "Unselect", show=False),
+    ]
+
+    def __init__(self, **kwargs):
+        super().__init__(cursor_type="row", zebra_stripes=False, show_cursor=False, **kwargs)
+        self._shown: dict[int, tuple] = {}
+
+    def on_mount(self) -> None:
+        for key, label, width in COLUMNS:
+            self.add_column(label, key=key, width=width)
+
+    def show(self, views: list[RequestView]) -> None:
+        no_color = self.app.no_color
+        wanted = {v.id for v in views}
+        if set(self._shown) - wanted:  # a different run (restart): start over
+            self.clear()
+            self._shown.clear()
+        for view in views:
+            cells = row_cells(view, no_color)
+            plain = tuple(str(c) for c in cells)
+            old = self._shown.get(view.id)
+            if old is None:
+                self.add_row(*cells, key=str(view.id))
+            elif old != plain:
+                for (key, _, _), new, before in zip(COLUMNS, cells, old):
+                    if str(new) != before:
+                        self.update_cell(str(view.id), key, new)
+            self._shown[view.id] = plain
+
+    def _start_selecting(self) -> bool:
+        """The first up / down shows the cursor where it is instead of moving it."""
+        if self.show_cursor:
+            return False
+        self.show_cursor = True
+        self.post_message(RequestSelected(self.selected_request()))
+        return True
+
+    def action_cursor_up(self) -> None:
+        if not self._start_selecting():
+            super().action_cursor_up()
+
+    def action_cursor_down(self) -> None:
+        if not self._start_selecting():
+            super().action_cursor_down()
+
+    def action_clear_selection(self) -> None:
+        self.show_cursor = False
+        self.post_message(RequestSelected(None))
+
+    @on(DataTable.RowHighlighted)
+    def _highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if self.show_cursor and event.row_key.value is not None:
+            self.post_message(RequestSelected(int(event.row_key.value)))
+
+    def selected_request(self) -> int | None:
+        if not self.row_count:
+            return None
+        try:
+            key = self.coordinate_to_cell_key(self.cursor_coordinate).row_key
+        except Exception:
+            return None
+        return int(key.value) if key.value is not None else None

@@ -1,0 +1,189 @@
+"""The dashboard driven by keys, as a person would, through Textual's Pilot."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pytest
+from dashboard_helpers import FailingEngine, header_text, make_app, shown_step, wait_until
+
+from cbtui.widgets.error_panel import ErrorPanel
+from cbtui.widgets.help_screen import HelpScreen
+from scenarios import load_scenario
+
+
+def header_step(app) -> int:
+    match = re.search(r"Step (\d+)", header_text(app))
+    return int(match.group(1)) if match else -1
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_paused_start_then_three_steps_then_back_then_resume_then_quit():
+    async def scenario():
+        app = make_app(paused=True)
+        async with app.run_test(size=(100, 30)) as pilot:
+            # Frames are capped, so the header follows a new record within one frame.
+            await wait_until(pilot, lambda: "Step 0" in header_text(app))
+            assert shown_step(app) == 0 and "paused" in header_text(app)
+            for expected in (1, 2, 3):
+                await pilot.press("n")
+                await wait_until(pilot, lambda: f"Step {expected}" in header_text(app))
+            assert "Step 3" in header_text(app) and shown_step(app) == 3
+            await pilot.pause(0.3)
+            assert shown_step(app) == 3, "a paused engine must not step on its own"
+
+            await pilot.press("left")
+            assert shown_step(app) == 2
+            assert app.history.current().step == 2
+            assert "Step 2" in header_text(app) and "history" in header_text(app)
+
+            await pilot.press("space")
+            assert not app.paused and app.history.live
+            await wait_until(pilot, lambda: header_step(app) >= 4)
+            assert "running" in header_text(app)
+
+            thread = app.controller.thread
+            assert thread.is_alive()
+            await pilot.press("q")
+        assert not thread.is_alive()
+    run(scenario())
+
+
+def test_right_arrow_walks_history_then_steps_at_the_newest():
+    async def scenario():
+        app = make_app(paused=True)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_until(pilot, lambda: shown_step(app) == 0)
+            await pilot.press("n", "n")
+            await wait_until(pilot, lambda: shown_step(app) == 2)
+            await pilot.press("left", "left")
+            assert shown_step(app) == 0
+            assert app.check_action("history_back", ()) is None  # nothing older: greyed out
+            await pilot.press("right")
+            assert shown_step(app) == 1 and not app.history.live
+            await pilot.press("right")
+            assert shown_step(app) == 2 and app.history.live
+            await pilot.press("right")  # at the newest step: runs one
+            await wait_until(pilot, lambda: shown_step(app) == 3)
+    run(scenario())
+
+
+def test_keys_that_do_nothing_are_greyed_out():
+    async def scenario():
+        app = make_app(paused=False)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_until(pilot, lambda: shown_step(app) is not None)
+            # Running: stepping and history need a pause first.
+            assert app.check_action("step_once", ()) is None
+            assert app.check_action("history_back", ()) is None
+            assert app.check_action("toggle_pause", ()) is True
+            assert app.check_action("zoom", ()) is None  # nothing selected
+            await pilot.press("space")
+            assert app.check_action("step_once", ()) is True
+            for _ in range(10):
+                await pilot.press("plus")
+            assert app.speed == float("inf") and "max" in str(app._header_info(None))
+            assert app.check_action("faster", ()) is None
+            assert app.check_action("slower", ()) is True
+    run(scenario())
+
+
+def test_selecting_a_request_highlights_it_and_zoom_shows_only_its_rows():
+    async def scenario():
+        app = make_app(paused=True)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await wait_until(pilot, lambda: shown_step(app) == 0)
+            assert app.selected is None
+            await pilot.press("down")  # first press shows the cursor on the first request
+            assert app.selected == 0
+            await pilot.press("z")
+            assert app.zoomed
+            canvas_items = app.query_one("#mask")._items
+            assert canvas_items and all(i.request_id == 0 for i in canvas_items)
+            await pilot.press("escape")
+            assert app.selected is None and not app.zoomed
+    run(scenario())
+
+
+def test_engine_exception_shows_error_panel_and_ui_stays_alive():
+    async def scenario():
+        sc = load_scenario("mixed_load")
+        app = make_app(paused=False, engine=FailingEngine(sc.build_engine(device="cpu"), fail_at=2))
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_until(pilot, lambda: app.engine_state == "failed")
+            panel = app.query_one(ErrorPanel)
+            assert panel.display and "boom at step 2" in str(panel.render())
+            assert "failed" in header_text(app)
+            await pilot.press("left")  # history still browsable
+            assert shown_step(app) == 0
+            await pilot.press("r")  # restart rebuilds a healthy engine
+            await wait_until(pilot, lambda: app.engine_state == "running" and shown_step(app) is not None)
+            assert not panel.display
+    run(scenario())
+
+
+def test_help_shows_the_scenario_question():
+    async def scenario():
+        app = make_app(paused=True)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.press("question_mark")
+            assert isinstance(app.screen, HelpScreen)
+            text = " ".join(str(w.render()) for w in app.screen.query("Static"))
+            assert "What is continuous batching?" in text and "Mixed load" in text
+            await pilot.press("escape")
+            assert not isinstance(app.screen, HelpScreen)
+    run(scenario())
+
+
+def test_restart_starts_again_from_step_zero():
+    async def scenario():
+        app = make_app(paused=True)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.press("n", "n")
+            await wait_until(pilot, lambda: shown_step(app) == 2)
+            await pilot.press("r")
+            await wait_until(pilot, lambda: shown_step(app) == 0)
+            assert len(app.history) == 1 and app.paused
+    run(scenario())
+
+
+@pytest.mark.parametrize("size,small", [((50, 15), True), ((80, 24), False)])
+def test_too_small_terminal_says_so(size, small):
+    async def scenario():
+        app = make_app(paused=True)
+        async with app.run_test(size=size) as pilot:
+            await pilot.pause(0.1)
+            assert app.query_one("#too-small").display == small
+            assert app.query_one("#body").display == (not small)
+    run(scenario())
+
+
+def test_max_steps_stops_the_engine_and_reports_finished():
+    async def scenario():
+        app = make_app(paused=False, max_steps=3, speed=float("inf"))
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_until(pilot, lambda: app.engine_state == "finished")
+            assert shown_step(app) == 2
+            assert "finished" in header_text(app)
+            assert app.check_action("step_once", ()) is None
+    run(scenario())
+
+
+def test_command_palette_offers_every_action_and_they_work():
+    async def scenario():
+        app = make_app(paused=True)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_until(pilot, lambda: shown_step(app) == 0)
+            commands = {c.title: c.callback for c in app.get_system_commands(app.screen)}
+            for title in ("Pause / resume", "Step once", "Previous step", "Next step", "Faster", "Slower",
+                          "Zoom mask", "Restart scenario", "Scenario help"):
+                assert title in commands
+            commands["Step once"]()
+            await wait_until(pilot, lambda: shown_step(app) == 1)
+            commands["Previous step"]()
+            assert shown_step(app) == 0 and not app.history.live
+    run(scenario())

@@ -1,0 +1,140 @@
+"""The mask panel draws exactly the engine's ragged causal mask, from item metadata alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from textual.color import Color
+
+from cbtui.colors import REQUEST_PALETTE, palette_slot
+from cbtui.mask_raster import _bands, rasterize
+from cbtui.widgets.mask import SHADES, decode_pixel, mask_strips, pixel_codes
+from engine.batch_builder import build_batch, mask_from_items, ragged_causal_mask
+from engine.records import ScheduledItem
+
+BACKGROUND = Color(10, 10, 10)
+
+
+def item(rid: int, first_pos: int, num_tokens: int) -> ScheduledItem:
+    kind = "decode" if num_tokens == 1 and first_pos > 0 else "prefill"
+    return ScheduledItem(rid, kind, first_pos, num_tokens, first_pos + num_tokens)
+
+
+# A decode, a first prefill chunk and a later prefill chunk: every shape the mask has.
+KNOWN = [item(3, 5, 1), item(7, 0, 4), item(1, 4, 3)]
+
+
+def engine_mask(items) -> np.ndarray:
+    """The mask the engine's attention uses, from the real ragged batch builder."""
+    tokens = [[0] * i.num_tokens for i in items]
+    batch = build_batch(items, tokens, [False] * len(items), torch.device("cpu"))
+    return ragged_causal_mask(batch).numpy()
+
+
+def cell_colors(strips, width: int) -> list[list[tuple[Color, Color]]]:
+    """(top pixel colour, bottom pixel colour) for every cell of the rendered lines."""
+    rows = []
+    for strip in strips:
+        cells = []
+        for segment in strip:
+            style = segment.style
+            top = Color.from_rich_color(style.color)
+            bottom = Color.from_rich_color(style.bgcolor)
+            for ch in segment.text:
+                cells.append((top, bottom) if ch == "▀" else (bottom, bottom))
+        rows.append(cells[:width])
+    return rows
+
+
+def test_known_batch_cell_colours_follow_the_mask_rule_exactly():
+    mask = engine_mask(KNOWN)
+    T, K = mask.shape  # 8 queries, 6 + 4 + 7 = 17 keys
+    assert (T, K) == (8, 17)
+    owner_of_row = np.repeat([i.request_id for i in KNOWN], [i.num_tokens for i in KNOWN])
+    # Exactly one pixel per (query, key): height T/2 lines of half blocks, K columns.
+    strips, raster = mask_strips(KNOWN, width=K, height=T // 2, background=BACKGROUND)
+    assert not raster.downsampled
+    colors = cell_colors(strips, K)
+    for q in range(T):
+        for k in range(K):
+            top, bottom = colors[q // 2][k]
+            got = top if q % 2 == 0 else bottom
+            want = REQUEST_PALETTE[palette_slot(int(owner_of_row[q]))] if mask[q, k] else BACKGROUND
+            assert got == want, f"query {q}, key {k}: mask says {mask[q, k]}"
+
+
+def test_known_batch_matches_the_engine_metadata_mask_too():
+    assert np.array_equal(engine_mask(KNOWN), np.array(mask_from_items(KNOWN)))
+
+
+items_strategy = st.lists(
+    st.tuples(st.integers(0, 40), st.integers(1, 24)).map(lambda t: item(0, *t)), min_size=1, max_size=8,
+).map(lambda items: [ScheduledItem(n, i.kind, i.first_pos, i.num_tokens, i.key_len) for n, i in enumerate(items)])
+
+
+@settings(max_examples=60, deadline=None)
+@given(items=items_strategy, rows=st.integers(1, 24), cols=st.integers(1, 40))
+def test_every_pixel_counts_exactly_the_allowed_cells_it_covers(items, rows, cols):
+    mask = engine_mask(items)
+    raster = rasterize(items, rows, cols)
+    prow, pcol = raster.count.shape
+    assert prow <= rows and pcol <= cols  # fits the panel
+    r0, r1 = _bands(mask.shape[0], prow)
+    c0, c1 = _bands(mask.shape[1], pcol)
+    owner_of_row = np.repeat(np.arange(len(items)), [i.num_tokens for i in items])
+    for y in range(prow):
+        for x in range(pcol):
+            cells = mask[r0[y]:r1[y], c0[x]:c1[x]]
+            assert raster.count[y, x] == cells.sum()
+            assert raster.area[y, x] == cells.size
+            if cells.any():
+                owners = np.broadcast_to(owner_of_row[r0[y]:r1[y], None], cells.shape)[cells]
+                assert raster.owner[y, x] == np.bincount(owners).argmax()
+            else:
+                assert raster.owner[y, x] == -1
+    # Never cropped: the last band ends at the last query and the last key.
+    assert r1[-1] == mask.shape[0] and c1[-1] == mask.shape[1]
+    if prow <= mask.shape[0] and pcol <= mask.shape[1]:  # not magnified: bands tile the mask once
+        assert raster.count.sum() == mask.sum()
+
+
+def test_big_step_is_shrunk_to_the_panel_not_cropped():
+    items = [item(0, 8192, 8192)]  # 8,192 queries over 16,384 keys
+    strips, raster = mask_strips(items, width=100, height=40, background=BACKGROUND)
+    assert len(strips) == 40 and all(s.cell_length == 100 for s in strips)
+    assert raster.count.shape == (80, 100)
+    assert raster.count.sum() == 8192 * 8192 + 8192 * 8193 // 2
+    assert raster.downsampled
+
+
+def test_coverage_sets_brightness_and_selection_dims_the_others():
+    raster = rasterize(KNOWN, 4, 4)  # 2 queries x ~4 keys per pixel
+    codes = pixel_codes(raster, [i.request_id for i in KNOWN], selected=7)
+    for code, owner, count, area in zip(codes.ravel(), raster.owner.ravel(), raster.count.ravel(),
+                                        raster.area.ravel()):
+        if owner < 0:
+            assert code == 0
+            continue
+        slot, level, dimmed = decode_pixel(int(code))
+        rid = KNOWN[owner].request_id
+        assert slot == palette_slot(rid)
+        assert level == max(1, -(-count * 4 // area))
+        assert dimmed == (rid != 7)
+
+
+def test_no_color_uses_shade_glyphs_one_pixel_per_cell():
+    mask = engine_mask(KNOWN)
+    strips, raster = mask_strips(KNOWN, width=17, height=8, background=BACKGROUND, no_color=True)
+    lines = ["".join(seg.text for seg in strip) for strip in strips]
+    for q in range(8):
+        for k in range(17):
+            assert (lines[q][k] == SHADES[-1]) == bool(mask[q, k])
+            assert (lines[q][k] == " ") == (not mask[q, k])
+
+
+def test_empty_step_draws_blank_lines():
+    strips, raster = mask_strips([], width=10, height=3, background=BACKGROUND)
+    assert len(strips) == 3 and all(s.cell_length == 10 for s in strips)
+    assert raster.count.size == 0

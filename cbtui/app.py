@@ -426,12 +426,14 @@ def leave_a_core_for_the_ui(engine: SteppableEngine) -> None:
 
 
 def run_dashboard(scenario, engine: SteppableEngine, overrides: dict | None = None, paused: bool = False,
-                  speed: float | None = None, max_steps: int | None = None) -> None:
-    """Opens the dashboard on `engine`; `r` rebuilds it from the scenario with the same overrides."""
+                  speed: float | None = None, max_steps: int | None = None, variant: str | None = None,
+                  plugins: tuple[str, ...] = ()) -> None:
+    """Opens the dashboard on `engine`; `r` rebuilds it from the scenario with the same variant,
+    plugins and overrides."""
     overrides = dict(overrides or {})
     leave_a_core_for_the_ui(engine)
-    app = DashboardApp(scenario, engine, rebuild=lambda: scenario.build_engine(**overrides), paused=paused,
-                       speed=speed, max_steps=max_steps)
+    app = DashboardApp(scenario, engine, rebuild=lambda: scenario.build_engine(variant, plugins=plugins, **overrides),
+                       paused=paused, speed=speed, max_steps=max_steps)
 
     def hang_up(signum, frame) -> None:
         # The terminal went away (SSH dropped) or we were told to stop: quit as on q. Restoring

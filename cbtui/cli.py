@@ -156,4 +156,5 @@ def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention
         return
     from .app import run_dashboard
 
-    run_dashboard(scenario, engine, overrides=overrides, paused=paused, speed=speed, max_steps=steps)
+    run_dashboard(scenario, engine, overrides=overrides, paused=paused, speed=speed, max_steps=steps,
+                  variant=variant, plugins=plugins)

@@ -19,7 +19,3 @@ def human_rate(per_second: float) -> str:
         return f"{per_second / 1000:.1f}k"
     return f"{per_second:.0f}"
 
-
-def printable(text: str) -> str:
-    """Decoded model output made safe for one table cell: no control characters or newlines."""
-    return "".join(ch if ch.isprintable() else "·" for ch in text)

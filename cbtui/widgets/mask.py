@@ -20,7 +20,7 @@ from textual.widget import Widget
 
 from engine.records import ScheduledItem
 
-from ..colors import REQUEST_PALETTE, palette_slot
+from ..colors import REQUEST_PALETTE
 from ..mask_raster import MaskRaster, rasterize
 
 LEVELS = 4  # brightness steps for coverage

@@ -9,9 +9,9 @@ from textual.message import Message
 from textual.widgets import DataTable
 
 from engine.records import RequestView
+from engine.tokenizer import decode
 
 from ..colors import request_color
-from ..formatting import printable
 
 TEXT_TAIL = 16
 # (key, label, width): fixed widths, so updating a cell never re-measures the whole table.
@@ -19,7 +19,6 @@ COLUMNS = (("id", "id", 5), ("state", "state", 9), ("prompt", "prompt", 9), ("ge
            ("ttft", "TTFT", 4), ("why", "why not scheduled", 18), ("text", "output tail", TEXT_TAIL))
 STATE_STYLE = {"decode": "green", "prefill": "yellow", "waiting": "magenta", "preempted": "bold red",
                "finished": "dim", "pending": "dim"}
-
 
 def row_cells(view: RequestView, no_color: bool) -> tuple[Text, ...]:
     mark = "" if no_color else "■ "  # without colour the id itself is the mark
@@ -30,15 +29,13 @@ def row_cells(view: RequestView, no_color: bool) -> tuple[Text, ...]:
         Text(f"{view.generated}/{view.max_new_tokens}", justify="right"),
         Text("–" if view.ttft_steps is None else f"{view.ttft_steps}", justify="right"),
         Text(view.reason or "", style="red" if view.reason and view.reason != "not arrived yet" else "dim"),
-        Text(printable(view.text_tail[-TEXT_TAIL:]), style="italic"),
+        Text(decode(view.output_tail)[-TEXT_TAIL:], style="italic"),
     )
-
 
 class RequestSelected(Message):
     def __init__(self, request_id: int | None):
         super().__init__()
         self.request_id = request_id
-
 
 class RequestsTable(DataTable, inherit_bindings=False):
     """Updated in place: cells change, rows are added; the cursor stays on its request.

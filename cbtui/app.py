@@ -267,7 +267,8 @@ class DashboardApp(App[None]):
         if record is None:
             return HeaderInfo(step=None, **common)
         return HeaderInfo(step=record.step, running=record.running, waiting=record.waiting,
-                          finished=record.finished_total, pending=record.pending, **common)
+                          finished=record.finished_total, pending=record.pending,
+                          notes=tuple(record.annotations), errors=tuple(record.errors), **common)
 
     def _poll_memory(self) -> None:
         self.query_one(MemoryPanel).show_reading(self._probe.read())

@@ -23,6 +23,8 @@ class HeaderInfo:
     pending: int = 0
     tokens_per_second: float | None = None
     history: str = ""  # "history 3/40" while looking at a past step
+    notes: tuple[str, ...] = ()  # plugin annotations and errors of the step on screen
+    errors: tuple[str, ...] = ()
 
 
 RUN_STATE_STYLE = {"running": "bold green", "paused": "bold yellow", "finished": "bold cyan",
@@ -44,10 +46,11 @@ class StepHeader(Static):
     @staticmethod
     def text_for(info: HeaderInfo) -> Text:
         step = "Step –" if info.step is None else f"Step {info.step}"
+        # Step and run state first: on a narrow terminal the scenario name is what gets cut.
         line1 = Text.assemble(
-            (info.scenario, "bold"), "  ", (info.engine, "dim"), "  ", (step, "bold reverse"), "  ",
-            (f"{info.run_state}", RUN_STATE_STYLE.get(info.run_state, "")),
-            (f" @ {info.speed}" if info.run_state == "running" else "", "dim"),
+            (step, "bold reverse"), " ", (f"{info.run_state}", RUN_STATE_STYLE.get(info.run_state, "")),
+            (f" @ {info.speed}" if info.run_state == "running" else "", "dim"), "  ",
+            (info.scenario, "bold"), "  ", (info.engine, "dim"),
         )
         rate = "– tok/s" if info.tokens_per_second is None else f"{human_rate(info.tokens_per_second)} tok/s"
         line2 = Text.assemble(
@@ -55,6 +58,10 @@ class StepHeader(Static):
             ("  finished ", "dim"), str(info.finished), ("  pending ", "dim"), str(info.pending),
             "  ", (rate, "bold"),
         )
+        for error in info.errors:
+            line2.append("  " + error, style="bold red")
+        for note in info.notes:
+            line2.append("  " + note, style="magenta")
         if info.history:
             line2.append("  ")
             line2.append(info.history, style="bold magenta")

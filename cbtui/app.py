@@ -25,6 +25,8 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
+from engine.memory_profiler import MemoryProfiler
+from engine.metrics import MetricsCollector
 from engine.records import StepRecord
 
 from .controller import MAX_SPEED, EngineController, EngineStatus, SteppableEngine
@@ -38,6 +40,7 @@ from .widgets.kv_grid import KVGrid
 from .widgets.mask import MaskCanvas
 from .widgets.mask_legend import MaskLegend
 from .widgets.memory_panel import MemoryPanel
+from .widgets.metrics_screen import MetricsScreen
 from .widgets.requests_table import RequestSelected, RequestsTable
 
 SPEEDS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, MAX_SPEED)  # steps per second for + and -
@@ -79,12 +82,14 @@ class DashboardApp(App[None]):
     BINDINGS = [
         Binding("space", "toggle_pause", "Pause", key_display="space"),
         Binding("n", "step_once", "Step"),
-        Binding("left", "history_back", "Back", key_display="←"),
-        Binding("right", "history_forward", "Fwd", key_display="→"),
-        Binding("plus,equals_sign", "faster", "Faster", key_display="+"),
-        Binding("minus", "slower", "Slower", key_display="-"),
+        # Pairs share one footer entry, so the whole footer fits in 80 columns.
+        Binding("left", "history_back", "Steps", key_display="←/→"),
+        Binding("right", "history_forward", "Fwd", key_display="→", show=False),
+        Binding("plus,equals_sign", "faster", "Speed", key_display="+/-"),
+        Binding("minus", "slower", "Slower", key_display="-", show=False),
         Binding("z", "zoom", "Zoom"),
         Binding("r", "restart", "Restart"),
+        Binding("m", "metrics", "Metrics"),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("q", "quit", "Quit"),
         Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
@@ -98,8 +103,12 @@ class DashboardApp(App[None]):
     def __init__(self, scenario, engine: SteppableEngine, rebuild=None, paused: bool = False,
                  speed: float | None = None, max_steps: int | None = None,
                  probe: MemoryProbe | None = None, history_limit: int = 1000,
-                 memory_poll_s: float = MEMORY_POLL_S):
+                 memory_poll_s: float = MEMORY_POLL_S, memory_sources: list | None = None):
         super().__init__()
+        # Metrics and the memory profile follow every record, whatever step is on screen.
+        self._memory_sources = memory_sources
+        self._device = getattr(getattr(engine, "device", None), "type", "cpu")
+        self._reset_metrics()
         self._memory_poll_s = memory_poll_s
         self.scenario = scenario
         self._engine_label = engine_label(engine)
@@ -184,8 +193,10 @@ class DashboardApp(App[None]):
         for event in events:
             if isinstance(event, StepRecord):
                 self.history.append(event)
+                self._observe(event)
             elif event.kind == "started":
                 self.history.clear()
+                self._reset_metrics()
                 self.error = None
                 self.engine_state = "running"
             elif event.kind == "finished":
@@ -368,6 +379,27 @@ class DashboardApp(App[None]):
         self.controller.restart()
         self._draw()
 
+    def _reset_metrics(self) -> None:
+        self.metrics = MetricsCollector()
+        self.memory_profile = MemoryProfiler(sources=self._memory_sources, device=self._device)
+
+    def _observe(self, record: StepRecord) -> None:
+        try:
+            self.metrics.observe(record)
+            self.memory_profile.observe(record)
+        except ValueError as exc:  # a record the collector refuses must not take the UI down
+            self.error = f"metrics: {exc}"
+
+    def _metrics_now(self):
+        recent = self.history.recent(1)
+        latest = recent[-1] if recent else None
+        notes = list(latest.annotations) + list(latest.errors) if latest else []
+        return self.metrics, self.memory_profile, notes
+
+    def action_metrics(self) -> None:
+        if not isinstance(self.screen, MetricsScreen):
+            self.push_screen(MetricsScreen(self._metrics_now))
+
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
             s = self.scenario
@@ -397,6 +429,8 @@ class DashboardApp(App[None]):
         yield SystemCommand("Restart scenario", "Rebuild the engine and start the scenario again",
                             self.action_restart)
         yield SystemCommand("Scenario help", "What this scenario shows, and the keys", self.action_help)
+        yield SystemCommand("Metrics", "TTFT and inter-token latency, throughput, memory profile",
+                            self.action_metrics)
 
     def _pause_first(self) -> None:
         if not self.paused:

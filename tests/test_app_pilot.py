@@ -187,3 +187,30 @@ def test_command_palette_offers_every_action_and_they_work():
             commands["Previous step"]()
             assert shown_step(app) == 0 and not app.history.live
     run(scenario())
+
+
+def test_metrics_screen_follows_the_run_and_closes():
+    from rich.console import Console
+
+    from cbtui.widgets.metrics_screen import MetricsScreen
+    from engine.memory_sources import FunctionSource
+
+    async def scenario():
+        app = make_app(paused=True, memory_sources=[FunctionSource("fake", lambda: {"fake": 1 << 20})])
+        async with app.run_test(size=(100, 40)) as pilot:
+            await wait_until(pilot, lambda: shown_step(app) == 0)
+            for _ in range(5):
+                await pilot.press("n")
+            await wait_until(pilot, lambda: shown_step(app) == 5)
+            assert len(app.metrics.steps) == 6 and len(app.memory_profile.samples) == 6
+            await pilot.press("m")
+            assert isinstance(app.screen, MetricsScreen)
+            console = Console(width=100, record=True, color_system=None)
+            console.print(app.screen.query_one("#metrics-body").content)
+            body = console.export_text()
+            assert "6 steps" in body and "TTFT, steps" in body and "fake" in body
+            await pilot.press("escape")
+            assert not isinstance(app.screen, MetricsScreen)
+            await pilot.press("r")  # a restart starts the metrics afresh
+            await wait_until(pilot, lambda: len(app.metrics.steps) == 1)
+    run(scenario())

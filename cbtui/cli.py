@@ -99,6 +99,27 @@ def _write_metrics(records, path: str) -> None:
     click.echo(f"metrics written to {' and '.join(str(p) for p in written)}", err=True)
 
 
+def _report_int8_divergence(scenario, engine, variant, plugins, overrides) -> None:
+    """With the kv_int8 plugin, run the same workload uncompressed and say how many tokens differ."""
+    from dataclasses import replace
+
+    from engine.builtin_plugins import KVInt8Plugin
+    from engine.builtin_plugins.kv_int8 import token_divergence
+
+    int8 = [p for p in engine.plugins.plugins if isinstance(p, KVInt8Plugin)]
+    if not int8 or engine.has_unfinished():
+        return
+    plain = replace(scenario, plugins=[p for p in scenario.plugins if p["name"] != KVInt8Plugin.name])
+    reference = plain.build_engine(variant, plugins=tuple(p for p in plugins if p != KVInt8Plugin.name),
+                                   **overrides)
+    expected = reference.run_until_done()
+    total = sum(len(tokens) for tokens in expected.values())
+    differ = token_divergence(expected, engine.outputs())
+    click.echo(f"kv_int8: {differ} of {total} generated tokens differ from the uncompressed run; "
+               f"KV pool {int8[0].bytes_full} -> {int8[0].bytes_int8} bytes "
+               f"({int8[0].bytes_full / int8[0].bytes_int8:.2f}x smaller)")
+
+
 @main.command("scenarios")
 def scenarios_cmd() -> None:
     """List the built-in scenarios."""
@@ -153,6 +174,8 @@ def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention
             _print_comparison(scenario, records, engine.has_unfinished(), overrides)
         if metrics_out is not None:
             _write_metrics(records, metrics_out)
+        if not as_json:
+            _report_int8_divergence(scenario, engine, variant, plugins, overrides)
         return
     from .app import run_dashboard
 

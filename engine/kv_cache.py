@@ -91,7 +91,7 @@ class PagedKVCache(_CacheBase):
 
     @property
     def pool_bytes(self) -> int:
-        return self.allocator.num_blocks * self.block_size * self.bytes_per_token
+        return self.k_pool.nbytes + self.v_pool.nbytes  # what the pools really take (int8 or float)
 
     def can_allocate(self, request_id: int, num_tokens: int) -> bool:
         return self.allocator.can_allocate(request_id, num_tokens)

@@ -112,6 +112,9 @@ class PluginHost:
 
     # -- cache hooks --------------------------------------------------------------------------
     def wrap_cache(self, cache):
+        """Attaches cache plugins; returns the cache as the model should see it."""
+        for plugin in self.active(CachePlugin):
+            plugin.attach(cache)  # a failure here is a bad configuration: it raises to the caller
         return HookedCache(cache, self) if any(isinstance(p, CachePlugin) for p in self.plugins) else cache
 
 

@@ -75,6 +75,9 @@ class AttentionPlugin(Plugin):
 
 
 class CachePlugin(Plugin):
+    def attach(self, cache) -> None:
+        """Called once when the engine is built, with its KV cache (e.g. to change its storage)."""
+
     def before_append(self, cache, layer: int, batch, k, v):
         """Called before this step's keys/values are stored; returns the (k, v) to store."""
         return k, v

@@ -6,7 +6,8 @@ import torch
 from engine import Engine, EngineConfig
 from engine.builtin_plugins import AdaptiveBatchPlugin, KVInt8Plugin
 from engine.builtin_plugins.kv_int8 import token_divergence
-from scenarios import ScenarioError, loads
+from engine.kv_int8_pool import Int8BlockPool
+from scenarios import ScenarioError, load_scenario, loads
 
 
 def busy_engine(plugins, budget=16):
@@ -38,36 +39,42 @@ def test_adaptive_rejects_bad_options():
 
 
 @pytest.mark.parametrize("dtype, ratio", [("float32", 4), ("bfloat16", 2)])
-def test_int8_kv_shrinks_bytes_and_values_are_int8_on_a_block_scale(dtype, ratio):
-    plugin = KVInt8Plugin()
-    config = EngineConfig(model="tiny", device="cpu", dtype=dtype, block_size=8, max_tokens_per_step=32)
-    eng = Engine(config, plugins=[plugin])
-    for i in range(3):
-        eng.add_request([7 + i] * 20, max_new_tokens=12)
-    for _ in range(4):
+def test_int8_kv_really_shrinks_the_pool(dtype, ratio):
+    def pool_bytes(plugins):
+        eng = Engine(EngineConfig(model="tiny", device="cpu", dtype=dtype, block_size=8, num_blocks=64),
+                     plugins=plugins)
+        eng.add_request([7] * 20, max_new_tokens=4)
         rec = eng.step()
-    assert plugin.bytes_int8 > 0
-    assert ratio * 0.85 < plugin.bytes_full / plugin.bytes_int8 <= ratio
+        assert rec.memory.kv_pool_bytes == rec.kv.pool_bytes == eng.kv.k_pool.nbytes + eng.kv.v_pool.nbytes
+        return rec.memory.kv_pool_bytes, rec
+
+    full, _ = pool_bytes([])
+    plugin = KVInt8Plugin()
+    small, rec = pool_bytes([plugin])
+    assert ratio * 0.9 < full / small <= ratio  # a float32 scale per block and head costs a little
+    assert (plugin.bytes_full, plugin.bytes_int8) == (full, small)
     assert any("kv int8" in a and "smaller" in a for a in rec.annotations)
 
 
-def test_int8_kv_values_are_int8_levels_of_one_scale_per_block_and_head():
-    # float32 holds q * scale exactly enough to read the levels back (bf16 would round them).
-    config = EngineConfig(model="tiny", device="cpu", dtype="float32", block_size=8, max_tokens_per_step=32)
-    eng = Engine(config, plugins=[KVInt8Plugin()])
-    for i in range(3):
-        eng.add_request([7 + i] * 20, max_new_tokens=12)
-    for _ in range(4):
-        eng.step()
-    bs = config.block_size
-    for rid, table in eng.kv.allocator.tables.items():
-        held = eng.kv.tokens[rid]
-        for j, block in enumerate(table):
-            n = min(bs, held - j * bs)
-            x = eng.kv.k_pool[0].view(-1, bs, *eng.kv.k_pool.shape[2:])[block, :n].float()
-            scale = x.abs().amax(dim=(0, 2), keepdim=True) / 127
-            levels = x / scale
-            assert torch.allclose(levels, levels.round(), atol=1e-3)
+def test_int8_pool_round_trip_and_stale_entries():
+    pool = Int8BlockPool(num_layers=1, num_blocks=4, block_size=4, num_kv_heads=2, head_dim=3,
+                         dtype=torch.float32, device=torch.device("cpu"))
+    layer = pool[0]
+    gen = torch.Generator().manual_seed(0)
+    first = torch.randn(6, 2, 3, generator=gen)
+    layer.index_copy_(0, torch.arange(0, 6), first[:6])  # blocks 0 and 1 (offsets 0..3, 0..1)
+    more = torch.randn(1, 2, 3, generator=gen)
+    layer.index_copy_(0, torch.tensor([6]), more)  # an append into block 1: re-quantised
+    back = layer[torch.arange(0, 7)]
+    truth = torch.cat([first, more])
+    step = pool.scale[0][torch.arange(7) // 4][:, :, None]  # one level of each entry's block
+    assert (back - truth).abs().le(step / 2 + 1e-6).all()
+    assert pool.q.dtype == torch.int8 and pool.q.abs().max() <= 127
+    # Block 1 is freed; a new owner writes small values from offset 0: the stale big entries at
+    # offsets 1..2 must not set its scale.
+    layer.index_copy_(0, torch.tensor([4]), torch.full((1, 2, 3), 0.01))
+    assert torch.allclose(pool.scale[0][1], torch.full((2,), 0.01 / 127))
+    assert torch.allclose(layer[torch.tensor([4])], torch.full((1, 2, 3), 0.01))
 
 
 def test_int8_kv_divergence_is_reported_and_small():
@@ -99,3 +106,19 @@ def test_int8_needs_paged_layout_and_scenarios_load_plugins():
         loads(base.replace('device = "cpu"', 'device = "cpu"\nkv_layout = "dense"') + '[[plugins]]\nname = "kv_int8"\n')
     with pytest.raises(ScenarioError, match="did you mean"):
         loads(base + '[[plugins]]\nnmae = "priority"\n')
+
+
+def test_headless_run_with_kv_int8_reports_divergence_and_bytes():
+    import re
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "cbtui", "scenario", "mixed_load", "--headless", "--plugin",
+                          "kv_int8"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    match = re.search(r"kv_int8: (\d+) of (\d+) generated tokens differ from the uncompressed run; "
+                      r"KV pool (\d+) -> (\d+) bytes", res.stdout)
+    assert match, res.stdout[-500:]
+    differ, total, full, small = map(int, match.groups())
+    expected_total = sum(r["max_new_tokens"] for r in load_scenario("mixed_load").requests)
+    assert total == expected_total and 0 <= differ < total // 4 and 3.5 < full / small <= 4

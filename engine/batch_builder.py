@@ -8,6 +8,7 @@ pos(j) <= pos(i): the ragged causal mask.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import chain
 
 import torch
 
@@ -57,11 +58,10 @@ def build_batch(items: list[ScheduledItem], tokens: list[list[int]], samples: li
     Only the token ids and per-item lengths cross from the host; per-token and per-key
     indices are expanded on the device, so host work is O(items + tokens), not O(keys).
     """
-    token_ids: list[int] = []
-    for item, toks in zip(items, tokens):
-        assert len(toks) == item.num_tokens and item.key_len == item.first_pos + item.num_tokens
-        token_ids.extend(toks)
+    token_ids = list(chain.from_iterable(tokens))
     q_lens = [i.num_tokens for i in items]
+    if len(token_ids) != sum(q_lens):
+        raise ValueError(f"{len(token_ids)} token ids for {sum(q_lens)} scheduled query tokens")
     k_lens = [i.key_len for i in items]
     firsts = [i.first_pos for i in items]
     meta = torch.tensor([q_lens, k_lens, firsts], dtype=torch.long).to(device)

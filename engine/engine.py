@@ -20,6 +20,7 @@ from .sampling import greedy_batch, sample
 from .scheduler import Scheduler
 
 TAIL = 24  # generated tokens kept in each request's record tail
+STATE_NAMES = {state: state.value for state in RequestState}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -153,11 +154,17 @@ class Engine:
         state = self.scheduler.state(step)
         self.plugins.before_step(state)
         plan = self.scheduler.schedule(state)
-        items = [ScheduledItem(s.request.id, s.kind, s.request.num_computed, s.num_tokens,
-                               s.request.num_computed + s.num_tokens) for s in plan.items]
+        # One pass: each item's record entry, the tokens it feeds, whether it samples afterwards.
+        items, tokens, samples = [], [], []
+        for s in plan.items:
+            r, n = s.request, s.num_tokens
+            first = r.num_computed
+            items.append(ScheduledItem(r.id, s.kind, first, n, first + n))
+            tokens.append(r.token_slice(first, n))
+            samples.append(first + n == len(r.prompt) + len(r.output))
         sampled: dict[int, int] = {}
         if plan.items:
-            sampled = self._run_model(plan, items)
+            sampled = self._run_model(plan, items, tokens, samples)
 
         finished = []
         now = time.perf_counter()
@@ -189,14 +196,10 @@ class Engine:
         self.step_index += 1
         return record
 
-    def _run_model(self, plan, items: list[ScheduledItem]) -> dict[int, int]:
-        tokens, samples = [], []
-        for s in plan.items:
-            r = s.request
-            tokens.append(r.token_slice(r.num_computed, s.num_tokens))
-            samples.append(r.num_computed + s.num_tokens == r.num_tokens)
+    def _run_model(self, plan, items: list[ScheduledItem], tokens: list[list[int]],
+                   samples: list[bool]) -> dict[int, int]:
         batch = build_batch(items, tokens, samples, self.device)
-        rids = [s.request.id for s in plan.items]
+        rids = [item.request_id for item in items]
         self.kv.begin_step(rids, batch)
         logits = self.model(batch.token_ids, batch.positions, batch.sample_rows, self.model_cache,
                             self.layer_attention, batch)
@@ -215,22 +218,28 @@ class Engine:
         scheduled_ids = {i.request_id for i in items}
         views = []
         final = self._final_views
+        reasons = plan.reasons
+        pending, finished_state = RequestState.PENDING, RequestState.FINISHED
+        # The hottest loop of a step's host work (every request, every step): locals, no properties.
         for r in self.requests.values():
             if r.id in final:  # a finished request's view never changes: share it
                 views.append(final[r.id])
                 continue
-            reason = None
-            if r.state is RequestState.PENDING:
+            state = r.state
+            if state is pending:
                 reason = REASON_NOT_ARRIVED
-            elif r.id not in scheduled_ids and not r.is_finished:
-                reason = plan.reasons.get(r.id)
-            ttft = None if r.first_token_step is None else r.first_token_step - r.arrival_step
-            tail = r.output[-TAIL:]  # text is decoded by whoever shows it, for the rows it shows
-            views.append(RequestView(r.id, r.state.value, len(r.prompt), r.prefill_pos, len(r.output),
-                                     r.max_new_tokens, r.arrival_step, r.priority, ttft, reason,
-                                     r.num_preemptions, tail))
-            if r.is_finished:
-                final[r.id] = views[-1]
+            elif state is finished_state or r.id in scheduled_ids:
+                reason = None
+            else:
+                reason = reasons.get(r.id)
+            first, prompt_len, output = r.first_token_step, len(r.prompt), r.output
+            view = RequestView(r.id, STATE_NAMES[state], prompt_len, min(r.num_computed, prompt_len),
+                               len(output), r.max_new_tokens, r.arrival_step, r.priority,
+                               None if first is None else first - r.arrival_step, reason, r.num_preemptions,
+                               output[-TAIL:])  # text is decoded by whoever shows it
+            views.append(view)
+            if state is finished_state:
+                final[r.id] = view
         decode_tokens, prefill_tokens = plan.tokens("decode"), plan.tokens("prefill")
         freed = [r.id for r in plan.preempted] + finished
         return StepRecord(

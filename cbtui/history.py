@@ -41,10 +41,6 @@ class History:
         index = self._index()
         return None if index is None else self._records[index]
 
-    def previous_of_current(self) -> StepRecord | None:
-        index = self._index()
-        return None if not index else self._records[index - 1]
-
     def can_go_back(self) -> bool:
         index = self._index()
         return bool(index)

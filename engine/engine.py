@@ -261,8 +261,9 @@ class Engine:
             a = kv.allocator
             tables = {str(k): v for k, v in a.tables.items()}  # immutable tuples: no copies
             used = a.num_blocks - a.num_free
+            freed_blocks = {str(k): v for k, v in self.scheduler.freed_blocks.items()}
             return KVView("paged", a.block_size, a.num_blocks, used, a.num_free, tables, tokens, freed,
-                          kv.bytes_per_token, kv.pool_bytes)
+                          kv.bytes_per_token, kv.pool_bytes, freed_blocks)
         return KVView("dense", self.config.block_size, 0, 0, 0, {}, tokens, freed, kv.bytes_per_token,
                       kv.pool_bytes)
 

@@ -112,11 +112,13 @@ class PagedKVCache(_CacheBase):
         table = self.allocator.tables[request_id]
         self._table[self._row[request_id], len(table) - len(new):len(table)] = torch.tensor(new)
 
-    def free(self, request_id: int) -> None:
-        self.allocator.free(request_id)
+    def free(self, request_id: int) -> tuple[int, ...]:
+        """Returns the blocks the request gave back."""
+        blocks = self.allocator.free(request_id)
         self.tokens.pop(request_id, None)
         if request_id in self._row:
             self._free_rows.append(self._row.pop(request_id))
+        return blocks
 
     def _slots(self, tables: torch.Tensor, seq: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         return tables[seq, pos // self.block_size] * self.block_size + pos % self.block_size
@@ -168,9 +170,10 @@ class DenseKVCache(_CacheBase):
     def capacity(self, request_id: int) -> int:
         return 1 << 62  # unbounded
 
-    def free(self, request_id: int) -> None:
+    def free(self, request_id: int) -> tuple[int, ...]:
         self.store.pop(request_id, None)
         self.tokens.pop(request_id, None)
+        return ()  # no blocks in a dense cache
 
     def begin_step(self, request_ids: list[int], batch: RaggedBatch) -> None:
         self.step_request_ids, self.step_batch = request_ids, batch

@@ -62,6 +62,7 @@ class KVView:
     freed: list[int]  # requests whose blocks were freed this step (finished or preempted)
     bytes_per_token: int
     pool_bytes: int
+    freed_blocks: dict[str, tuple[int, ...]] = field(default_factory=dict)  # request id -> blocks freed
 
 
 @dataclass(slots=True)
@@ -118,6 +119,7 @@ class StepRecord:
         data["requests"] = [RequestView(**r) for r in data["requests"]]
         kv = dict(data["kv"])
         kv["block_tables"] = {k: tuple(v) for k, v in kv["block_tables"].items()}
+        kv["freed_blocks"] = {k: tuple(v) for k, v in kv.get("freed_blocks", {}).items()}
         data["kv"] = KVView(**kv)
         data["memory"] = MemoryView(**data["memory"])
         return cls(**data)

@@ -79,6 +79,7 @@ class Scheduler:
         self.waiting: deque[Request] = deque()  # arrived, holding no KV; preempted ones in front
         self.running: list[Request] = []  # admitted, in admission order (newest last)
         self.static_batch: list[Request] = []
+        self.freed_blocks: dict[int, tuple[int, ...]] = {}  # this step's: request id -> blocks
 
     # -- queue changes -------------------------------------------------------------------
     def add_arrived(self, request: Request) -> None:
@@ -87,13 +88,13 @@ class Scheduler:
 
     def finish(self, request: Request) -> None:
         self.running.remove(request)
-        self.kv.free(request.id)
+        self.freed_blocks[request.id] = self.kv.free(request.id)
         request.kv_capacity = 0
 
     def _preempt(self, victim: Request, plan: SchedulePlan) -> None:
         """Recompute preemption: drop the KV, keep the tokens, requeue at the front."""
         self.running.remove(victim)
-        self.kv.free(victim.id)
+        self.freed_blocks[victim.id] = self.kv.free(victim.id)
         victim.num_computed = victim.kv_capacity = 0
         victim.state = RequestState.PREEMPTED
         victim.num_preemptions += 1
@@ -128,6 +129,7 @@ class Scheduler:
     def schedule(self, state: SchedulerState | None = None) -> SchedulePlan:
         cfg = self.config
         state = state or self.state(-1)
+        self.freed_blocks = {}
         plan = SchedulePlan(budget=state.budget, reserved=state.reserved_tokens, reserved_for=state.reserved_for)
         candidates = self.waiting
         if cfg.policy == "static":

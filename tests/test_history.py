@@ -26,7 +26,6 @@ def test_live_follows_the_newest_and_back_forward_walk_the_past():
     assert h.forward() and h.current().step == 2
     assert h.forward() and h.forward() and h.live and h.current().step == 4
     assert not h.forward()
-    assert h.previous_of_current().step == 3
     assert [r.step for r in h.recent(3)] == [2, 3, 4]
 
 

@@ -67,3 +67,14 @@ def test_record_marks_freed_blocks():
     a = eng.add_request([1, 2, 3], max_new_tokens=1)
     rec = eng.step()
     assert rec.finished == [a] and a in rec.kv.freed and rec.kv.blocks_used == 0
+
+
+def test_record_names_the_blocks_freed_in_the_step():
+    eng = Engine(EngineConfig(model="tiny", device="cpu", block_size=4))
+    a = eng.add_request([1] * 6, max_new_tokens=1)  # 6 prompt tokens: 2 blocks, done in one step
+    b = eng.add_request([2] * 3, max_new_tokens=3)
+    rec = eng.step()
+    assert rec.finished == [a] and rec.kv.freed_blocks == {str(a): (0, 1)}
+    assert str(b) in rec.kv.block_tables and str(b) not in rec.kv.freed_blocks
+    rec = eng.step()
+    assert rec.kv.freed_blocks == {}

@@ -1,8 +1,8 @@
 """The KV cache: physical blocks coloured by owner (paged), or one bar per request (dense).
 
 A request's last block shows how full it is; free blocks are dim dots; blocks that a finished
-or preempted request gave back in this step are marked with a cross in its colour. Those are
-derived by comparing this step's block tables with the previous step's.
+or preempted request gave back in this step (the record's `freed_blocks`) are marked with a cross
+in its colour.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class BlockCell(NamedTuple):
 FREE_CELL = BlockCell(None, 0.0)
 
 
-def block_cells(kv: KVView, previous: KVView | None) -> list[BlockCell]:
+def block_cells(kv: KVView) -> list[BlockCell]:
     cells = [FREE_CELL] * kv.num_blocks
     for rid, table in kv.block_tables.items():
         held = kv.tokens.get(rid, 0)
@@ -40,11 +40,10 @@ def block_cells(kv: KVView, previous: KVView | None) -> list[BlockCell]:
         for n, block in enumerate(table):
             in_block = min(kv.block_size, max(held - n * kv.block_size, 0))
             cells[block] = full if in_block == kv.block_size else BlockCell(owner, in_block / kv.block_size)
-    if previous is not None:
-        for rid in kv.freed:
-            for block in previous.block_tables.get(str(rid), []):
-                if block < len(cells) and cells[block].owner is None:
-                    cells[block] = BlockCell(None, 0.0, freed_by=rid)
+    for rid, blocks in kv.freed_blocks.items():
+        for block in blocks:
+            if cells[block].owner is None:  # not handed straight to another request
+                cells[block] = BlockCell(None, 0.0, freed_by=int(rid))
     return cells
 
 
@@ -81,9 +80,9 @@ def _merge(cells: list[BlockCell], group: int) -> list[BlockCell]:
     return merged
 
 
-def paged_text(kv: KVView, previous: KVView | None, width: int, rows: int, selected: int | None,
+def paged_text(kv: KVView, width: int, rows: int, selected: int | None,
                no_color: bool) -> Text:
-    cells = block_cells(kv, previous)
+    cells = block_cells(kv)
     capacity = max(width * rows, 1)
     group = -(-len(cells) // capacity) if cells else 1
     if group > 1:
@@ -143,11 +142,10 @@ class KVGrid(Static):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self._kv: KVView | None = None
-        self._previous: KVView | None = None
         self._selected: int | None = None
 
-    def show(self, kv: KVView | None, previous: KVView | None, selected: int | None) -> None:
-        self._kv, self._previous, self._selected = kv, previous, selected
+    def show(self, kv: KVView | None, selected: int | None) -> None:
+        self._kv, self._selected = kv, selected
         self.refresh()
 
     def render(self) -> Text:
@@ -156,5 +154,5 @@ class KVGrid(Static):
             return Text("no step yet", style="dim")
         width, height = max(self.size.width, 1), max(self.size.height, 2)
         if kv.layout == "paged":
-            return paged_text(kv, self._previous, width, height - 1, self._selected, self.app.no_color)
+            return paged_text(kv, width, height - 1, self._selected, self.app.no_color)
         return dense_text(kv, width, height, self._selected)

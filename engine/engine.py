@@ -10,7 +10,7 @@ from . import tokenizer
 from .attention import get_backend, resolve_backend
 from .batch_builder import build_batch
 from .config import EngineConfig
-from .kv_cache import DenseKVCache, PagedKVCache
+from .kv_cache import DenseKVCache, PagedKVCache, kv_bytes_per_token
 from .memory import memory_view
 from .model import PRESETS, build_model
 from .plugin_host import PluginHost
@@ -57,8 +57,7 @@ class Engine:
         self.model = build_model(config.model, config.seed, self.device, self.dtype)
         s = self.spec
         if config.kv_layout == "paged":
-            elem = torch.empty((), dtype=self.dtype).element_size()
-            bytes_per_token = 2 * s.num_layers * s.num_kv_heads * s.head_dim * elem
+            bytes_per_token = kv_bytes_per_token(s.num_layers, s.num_kv_heads, s.head_dim, self.dtype)
             self.num_blocks = config.num_blocks or _default_num_blocks(config, self.device, bytes_per_token)
             self.kv = PagedKVCache(s.num_layers, s.num_kv_heads, s.head_dim, self.dtype, self.device,
                                    self.num_blocks, config.block_size, s.max_context)
@@ -193,7 +192,7 @@ class Engine:
         self.plugins.after_step(state, record)
         record.annotations = state.annotations + self.plugins.descriptions()
         record.errors = self.plugins.take_errors()
-        if not plan.items and not self.pending and (self.scheduler.waiting or self.scheduler.running):
+        if self._stalled(record):
             # Nothing ran although requests are waiting and none is still to arrive: say so, so a
             # stuck schedule (e.g. a plugin reserving the whole budget) shows instead of idling.
             record.errors.append(f"no progress: {record.waiting + record.running} requests could not be "
@@ -280,12 +279,15 @@ class Engine:
             if max_steps is not None and self.step_index >= max_steps:
                 break
             record = self.step()
-            waiting_only = not record.items and not self.pending and self.has_unfinished()
-            idle = idle + 1 if waiting_only else 0
+            idle = idle + 1 if self._stalled(record) else 0
             if idle > 1:  # nothing can ever run again: fail loudly instead of hanging
                 raise RuntimeError(f"scheduler made no progress at step {record.step}: "
                                    f"{len(self.scheduler.waiting)} requests cannot be scheduled")
-        return {rid: list(r.output) for rid, r in self.requests.items()}
+        return self.outputs()
 
     def outputs(self) -> dict[int, list[int]]:
         return {rid: list(r.output) for rid, r in self.requests.items()}
+
+    def _stalled(self, record: StepRecord) -> bool:
+        """Nothing ran although requests wait and none is still to arrive."""
+        return not record.items and not self.pending and bool(self.scheduler.waiting or self.scheduler.running)

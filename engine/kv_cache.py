@@ -55,6 +55,11 @@ class PagedAllocator:
         return len(self.free_blocks)
 
 
+def kv_bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
+    """Keys and values of one token across all layers."""
+    return 2 * num_layers * num_kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
+
+
 class _CacheBase:
     layout = ""
 
@@ -63,8 +68,7 @@ class _CacheBase:
         self.num_layers, self.num_kv_heads, self.head_dim = num_layers, num_kv_heads, head_dim
         self.dtype, self.device = dtype, device
         self.tokens: dict[int, int] = {}  # request id -> tokens whose K/V are stored
-        elem = torch.empty((), dtype=dtype).element_size()
-        self.bytes_per_token = 2 * num_layers * num_kv_heads * head_dim * elem
+        self.bytes_per_token = kv_bytes_per_token(num_layers, num_kv_heads, head_dim, dtype)
 
     def commit_step(self) -> None:
         """Marks this step's tokens as stored (called after the forward pass)."""

@@ -16,7 +16,6 @@ REASON_DECODE_CAP = "decode cap"
 REASON_NO_BLOCKS = "no free KV blocks"
 REASON_PREEMPTED = "preempted"
 REASON_STATIC_BATCH = "static batch full"
-REASON_FINISHED = "finished"
 
 
 @dataclass(slots=True)

@@ -20,7 +20,7 @@ class Request:
     """One generation request.
 
     The engine treats prompt and generated tokens as one sequence: `num_computed` counts the
-    tokens whose keys and values are in the cache. A step feeds `all_tokens[num_computed:...]`;
+    tokens whose keys and values are in the cache. A step feeds `(prompt + output)[num_computed:...]`;
     when the whole sequence is computed, the next token is sampled. That one rule covers
     chunked prefill, decode and recompute after preemption.
     """
@@ -51,12 +51,8 @@ class Request:
     def num_tokens(self) -> int:
         return len(self.prompt) + len(self.output)
 
-    @property
-    def all_tokens(self) -> list[int]:
-        return self.prompt + self.output
-
     def token_slice(self, start: int, count: int) -> list[int]:
-        """all_tokens[start:start + count] without building all_tokens (hot for decodes)."""
+        """(prompt + output)[start:start + count] without building the concatenation (hot for decodes)."""
         prompt_len = len(self.prompt)
         if start >= prompt_len:
             return self.output[start - prompt_len:start - prompt_len + count]

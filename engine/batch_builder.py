@@ -44,6 +44,22 @@ class RaggedBatch:
     def num_keys(self) -> int:
         return int(self.key_positions.shape[0])
 
+    def tail(self, first_item: int) -> "RaggedBatch":
+        """The items from `first_item` on, as a batch of their own (offsets and item indices
+        re-based). Built once per step and shared by every layer, scratch included."""
+        if first_item == 0:
+            return self
+        key = ("tail", first_item)
+        if key not in self.scratch:
+            n, q0, k0 = first_item, sum(self.q_lens[:first_item]), sum(self.k_lens[:first_item])
+            self.scratch[key] = RaggedBatch(
+                token_ids=self.token_ids[q0:], positions=self.positions[q0:], seq_ids=self.seq_ids[q0:] - n,
+                cu_seqlens_q=self.cu_seqlens_q[n:] - q0, key_lens=self.key_lens[n:],
+                cu_seqlens_k=self.cu_seqlens_k[n:] - k0, key_seq_ids=self.key_seq_ids[k0:] - n,
+                key_positions=self.key_positions[k0:], sample_rows=self.sample_rows[:0], items=self.items[n:],
+                q_lens=self.q_lens[n:], k_lens=self.k_lens[n:], first_positions=self.first_positions[n:])
+        return self.scratch[key]
+
 
 def _ranges(lengths: torch.Tensor, offsets: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor]:
     """For segments of the given lengths laid end to end: (segment index, index within it)."""

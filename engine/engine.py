@@ -8,6 +8,7 @@ import torch
 
 from . import tokenizer
 from .attention import get_backend, resolve_backend
+from .attention.layer_attention import PackedAttention, PoolAttention
 from .batch_builder import build_batch
 from .config import EngineConfig
 from .kv_cache import DenseKVCache, PagedKVCache, kv_bytes_per_token
@@ -66,8 +67,8 @@ class Engine:
             self.kv = DenseKVCache(s.num_layers, s.num_kv_heads, s.head_dim, self.dtype, self.device)
         self.scheduler = Scheduler(config, self.kv)
         self.plugins = PluginHost(list(plugins or []), config, s.num_layers)
-        self.layer_attention = self.plugins.attention_per_layer(self.attention)
         self.model_cache = self.plugins.wrap_cache(self.kv)  # the cache as the model sees it
+        self.layer_attention = self._layer_attention(self.plugins.attention_per_layer(self.attention))
         self.requests: dict[int, Request] = {}
         self.pending: list[Request] = []  # not arrived yet, sorted by arrival step
         self.step_index = 0
@@ -76,6 +77,14 @@ class Engine:
         self._finished_total = 0
         self._next_id = 0
         self._generators: dict[int, torch.Generator] = {}
+
+    def _layer_attention(self, per_layer: list) -> list:
+        """Decodes read the paged pool directly when nothing stands between the model and the pool:
+        a built-in fast backend, no attention plugin on the layer, no cache plugin (kv_int8's pool
+        must dequantise). Everything else reads packed keys; outputs are the same either way."""
+        direct = (self.model_cache is self.kv and isinstance(self.kv, PagedKVCache)
+                  and isinstance(self.kv.k_pool, torch.Tensor) and self.attention_name in ("sdpa", "flex"))
+        return [PoolAttention(fn) if direct and fn is self.attention else PackedAttention(fn) for fn in per_layer]
 
     # -- requests -------------------------------------------------------------------------
     def add_request(self, prompt: list[int] | str, max_new_tokens: int = 16, arrival_step: int = 0,

@@ -144,16 +144,22 @@ class PagedKVCache(_CacheBase):
         tables_by_id = self.allocator.tables
         width = max(len(tables_by_id[r]) for r in request_ids)
         rows = long_tensor([self._row[r] for r in request_ids], torch.device("cpu"))
-        tables = self._table[rows, :width].to(self.device)
-        self._write_slots = self._slots(tables, batch.seq_ids, batch.positions)
-        self._read_slots = self._slots(tables, batch.key_seq_ids, batch.key_positions)
+        self.step_tables = self._table[rows, :width].to(self.device)  # [items, blocks] this step
+        self._write_slots = self._slots(self.step_tables, batch.seq_ids, batch.positions)
+        self._read_slots: dict[int, torch.Tensor] = {}  # first item -> pool slots of its keys onward
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         self.k_pool[layer].index_copy_(0, self._write_slots, k)
         self.v_pool[layer].index_copy_(0, self._write_slots, v)
 
-    def read(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.k_pool[layer][self._read_slots], self.v_pool[layer][self._read_slots]
+    def read(self, layer: int, first_item: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Packed keys/values of the step's items from `first_item` on (all of them by default)."""
+        slots = self._read_slots.get(first_item)
+        if slots is None:
+            batch, k0 = self.step_batch, sum(self.step_batch.k_lens[:first_item])
+            slots = self._slots(self.step_tables, batch.key_seq_ids[k0:], batch.key_positions[k0:])
+            self._read_slots[first_item] = slots
+        return self.k_pool[layer][slots], self.v_pool[layer][slots]
 
     def flatten(self, layer: int, request_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A request's cached K/V: its blocks gathered in order, the unused tail trimmed."""

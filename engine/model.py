@@ -105,8 +105,7 @@ class DecoderLayer(nn.Module):
         v = self.v_proj(h).view(t, s.num_kv_heads, s.head_dim)
         q, k = Rotary.apply(q, cos, sin), Rotary.apply(k, cos, sin)
         kv_cache.write(layer_idx, k, v)
-        keys, values = kv_cache.read(layer_idx)
-        attn = attention(q, keys, values, meta)
+        attn = attention(q, kv_cache, layer_idx, meta)  # reads the keys it needs (layer_attention.py)
         x = x + self.o_proj(attn.reshape(t, s.num_heads * s.head_dim))
         h = self.post_norm(x)
         return x + self.down_proj(nn.functional.silu(self.gate_proj(h)) * self.up_proj(h))
@@ -138,7 +137,8 @@ class DecoderModel(nn.Module):
     def forward(self, token_ids, positions, sample_rows, kv_cache, attention, meta) -> torch.Tensor:
         """Runs the packed batch; returns logits only for `sample_rows` (tokens that sample).
 
-        `attention` holds one attention function per layer (plugins may wrap some of them).
+        `attention` holds one attention adapter per layer (attention/layer_attention.py), called
+        as attention(q, kv_cache, layer, meta) once the layer's keys/values are stored.
         """
         x = self.embed(token_ids)
         cos, sin = self.rotary.cos_sin(positions, x.dtype)

@@ -92,7 +92,8 @@ class PluginHost:
                 except Exception as exc:  # noqa: BLE001
                     self.fail(plugin, "wrap", exc)
                     continue
-                fn = self._guarded_attention(plugin, wrapped, fallback=fn)
+                if wrapped is not fn:  # a layer the plugin leaves alone keeps the bare backend
+                    fn = self._guarded_attention(plugin, wrapped, fallback=fn)
             layers.append(fn)
         return layers
 

@@ -110,8 +110,13 @@ def test_decode_attention_avoids_cudnn():
     batch = build_batch(items, [[0]] * 64, [True] * 64, CUDA)
     q = torch.randn(64, 14, 64, device=CUDA, dtype=torch.bfloat16)
     k = torch.randn(batch.num_keys, 2, 64, device=CUDA, dtype=torch.bfloat16)
+    from engine.attention.paged_decode import paged_decode_attention
+
+    pool = torch.randn(64 * 64, 2, 64, device=CUDA, dtype=torch.bfloat16)
+    tables = torch.randperm(64 * 4, device=CUDA)[:64 * 3].view(64, 3)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         get_backend("flex")(q, k, k, batch)
+        paged_decode_attention(q, pool, pool, tables, batch.key_lens.clamp(max=48), 16)
         torch.cuda.synchronize()
     names = [e.key.lower() for e in prof.key_averages()]
     assert not [n for n in names if "cudnn" in n], names

@@ -15,6 +15,7 @@ transformers = pytest.importorskip("transformers")
 
 from cbtui.bench.hf_weights import hf_name, to_hf_llama  # noqa: E402
 from engine import Engine, EngineConfig  # noqa: E402
+from engine.attention.layer_attention import PackedAttention  # noqa: E402
 from engine.batch_builder import build_batch  # noqa: E402
 from engine.kv_cache import DenseKVCache  # noqa: E402
 from engine.records import ScheduledItem  # noqa: E402
@@ -35,7 +36,7 @@ def our_logits(engine: Engine, tokens: list[int]) -> torch.Tensor:
     s = engine.spec
     kv = DenseKVCache(s.num_layers, s.num_kv_heads, s.head_dim, engine.dtype, engine.device)
     kv.begin_step([0], batch)
-    per_layer = [engine.attention] * s.num_layers
+    per_layer = [PackedAttention(engine.attention)] * s.num_layers
     return engine.model(batch.token_ids, batch.positions, torch.arange(n), kv, per_layer, batch)
 
 

@@ -59,7 +59,9 @@ def test_flatten_equals_dense_cache():
             pk, pv = paged.kv.flatten(layer, rid)
             dk, dv = dense.kv.flatten(layer, rid)
             assert pk.shape[0] == paged.kv.tokens[rid]
-            assert torch.equal(pk, dk) and torch.equal(pv, dv)
+            # Not bit-equal: paged decodes read the pool directly, dense ones read packed keys, and
+            # the padded width changes the float64 summation order (ulps). A misplaced slot is O(1).
+            assert torch.allclose(pk, dk, rtol=1e-12, atol=1e-12) and torch.allclose(pv, dv, rtol=1e-12, atol=1e-12)
 
 
 def test_record_marks_freed_blocks():

@@ -1,0 +1,45 @@
+"""How one layer's attention gets its keys: packed from the cache, or straight from the paged pool.
+
+The model calls `attention(q, cache, layer, batch)` after storing this step's keys/values.
+Backends (and plugin wrappers) keep the simple packed signature fn(q, k, v, batch); these
+adapters decide what they are given.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .paged_decode import paged_decode_attention
+from .single import leading_singles
+
+
+class PackedAttention:
+    """Every item's keys read packed from the cache (any layout, any backend, any plugin)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, q, cache, layer: int, batch):
+        keys, values = cache.read(layer)
+        return self.fn(q, keys, values, batch)
+
+
+class PoolAttention:
+    """Paged cache, built-in backend: the decodes at the front of the batch read their blocks from
+    the pool (paged_decode.py); only the other items' keys are read packed, for the backend."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, q, cache, layer: int, batch):
+        n = leading_singles(batch)
+        parts = []
+        if n:
+            width = -(-max(batch.k_lens[:n]) // cache.block_size)
+            parts.append(paged_decode_attention(q[:n], cache.k_pool[layer], cache.v_pool[layer],
+                                                cache.step_tables[:n, :width], batch.key_lens[:n],
+                                                cache.block_size))
+        if n < len(batch.q_lens):
+            keys, values = cache.read(layer, first_item=n)
+            parts.append(self.fn(q[n:], keys, values, batch.tail(n)))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)

@@ -9,6 +9,7 @@ DEVICES = ("auto", "cpu", "cuda")
 KV_LAYOUTS = ("paged", "dense")
 ATTENTION_BACKENDS = ("auto", "reference", "sdpa", "flex")
 POLICIES = ("fcfs", "static")
+DECODE_GRAPHS = ("auto", "on", "off")
 DTYPES = ("auto", "float32", "float64", "bfloat16")
 MAX_SEED = 2**32 - 1
 
@@ -45,6 +46,10 @@ class EngineConfig:
     dtype: str = "auto"
     seed: int = 0
     eos_token_id: int | None = None  # None: generate exactly max_new_tokens
+    # Decode-only steps from CUDA graphs (decode_graphs.py). auto: on CUDA with a paged cache and
+    # the sdpa/flex backend. on: also off CUDA, where the same padded path runs uncaptured (tests).
+    # Either way a layer wrapped by an attention plugin, or a cache plugin, runs eagerly.
+    decode_graphs: str = "auto"
 
     def __post_init__(self) -> None:
         _check_choice("model", self.model, MODELS)
@@ -53,6 +58,10 @@ class EngineConfig:
         _check_choice("attention", self.attention, ATTENTION_BACKENDS)
         _check_choice("policy", self.policy, POLICIES)
         _check_choice("dtype", self.dtype, DTYPES)
+        _check_choice("decode_graphs", self.decode_graphs, DECODE_GRAPHS)
+        if self.decode_graphs == "on" and (self.kv_layout != "paged" or self.attention == "reference"):
+            raise ValueError(f"decode_graphs='on' needs kv_layout='paged' and attention 'sdpa', 'flex' or 'auto' "
+                             f"(got {self.kv_layout!r}, {self.attention!r}); use decode_graphs='auto' or 'off'")
         _check_int("max_tokens_per_step", self.max_tokens_per_step, 1)
         _check_int("prefill_chunk_size", self.prefill_chunk_size, 1)
         _check_int("max_decode_per_step", self.max_decode_per_step, 1, optional=True)

@@ -11,6 +11,7 @@ from .attention import get_backend, resolve_backend
 from .attention.layer_attention import PackedAttention, PoolAttention
 from .batch_builder import build_batch
 from .config import EngineConfig
+from .decode_graphs import DecodeGraphs
 from .kv_cache import DenseKVCache, PagedKVCache, kv_bytes_per_token
 from .memory import memory_view
 from .model import PRESETS, build_model
@@ -61,7 +62,8 @@ class Engine:
             bytes_per_token = kv_bytes_per_token(s.num_layers, s.num_kv_heads, s.head_dim, self.dtype)
             self.num_blocks = config.num_blocks or _default_num_blocks(config, self.device, bytes_per_token)
             self.kv = PagedKVCache(s.num_layers, s.num_kv_heads, s.head_dim, self.dtype, self.device,
-                                   self.num_blocks, config.block_size, s.max_context)
+                                   self.num_blocks, config.block_size, s.max_context,
+                                   spare_block=self._graphs_configured())
         else:
             self.num_blocks = 0
             self.kv = DenseKVCache(s.num_layers, s.num_kv_heads, s.head_dim, self.dtype, self.device)
@@ -69,6 +71,7 @@ class Engine:
         self.plugins = PluginHost(list(plugins or []), config, s.num_layers)
         self.model_cache = self.plugins.wrap_cache(self.kv)  # the cache as the model sees it
         self.layer_attention = self._layer_attention(self.plugins.attention_per_layer(self.attention))
+        self.decode_graphs = self._decode_graphs()
         self.requests: dict[int, Request] = {}
         self.pending: list[Request] = []  # not arrived yet, sorted by arrival step
         self.step_index = 0
@@ -85,6 +88,18 @@ class Engine:
         direct = (self.model_cache is self.kv and isinstance(self.kv, PagedKVCache)
                   and isinstance(self.kv.k_pool, torch.Tensor) and self.attention_name in ("sdpa", "flex"))
         return [PoolAttention(fn) if direct and fn is self.attention else PackedAttention(fn) for fn in per_layer]
+
+    def _graphs_configured(self) -> bool:
+        mode = self.config.decode_graphs
+        return ((mode == "on" or (mode == "auto" and self.device.type == "cuda"))
+                and self.config.kv_layout == "paged" and self.attention_name in ("sdpa", "flex"))
+
+    def _decode_graphs(self) -> DecodeGraphs | None:
+        if not self._graphs_configured():
+            return None
+        if not all(isinstance(a, PoolAttention) for a in self.layer_attention):
+            return None  # a plugin stands between the model and the pool: eager steps only
+        return DecodeGraphs(self.model, self.kv, capture=self.device.type == "cuda")
 
     # -- requests -------------------------------------------------------------------------
     def add_request(self, prompt: list[int] | str, max_new_tokens: int = 16, arrival_step: int = 0,
@@ -214,8 +229,10 @@ class Engine:
         batch = build_batch(items, tokens, samples, self.device)
         rids = [item.request_id for item in items]
         self.kv.begin_step(rids, batch)
-        logits = self.model(batch.token_ids, batch.positions, batch.sample_rows, self.model_cache,
-                            self.layer_attention, batch)
+        logits = self.decode_graphs.run(batch, samples) if self.decode_graphs else None
+        if logits is None:  # not a decode-only step (or no graphs): eager forward
+            logits = self.model(batch.token_ids, batch.positions, batch.sample_rows, self.model_cache,
+                                self.layer_attention, batch)
         self.kv.commit_step()
         sampling = [s.request for s, flag in zip(plan.items, samples) if flag]
         if all(r.temperature <= 0 for r in sampling):

@@ -80,7 +80,7 @@ class PagedKVCache(_CacheBase):
     layout = "paged"
 
     def __init__(self, num_layers, num_kv_heads, head_dim, dtype, device, num_blocks: int, block_size: int,
-                 max_context: int):
+                 max_context: int, spare_block: bool = False):
         super().__init__(num_layers, num_kv_heads, head_dim, dtype, device)
         self.allocator = PagedAllocator(num_blocks, block_size)
         self.block_size = block_size
@@ -89,7 +89,9 @@ class PagedKVCache(_CacheBase):
         self._table = torch.zeros((64, self.allocator.blocks_for(max_context)), dtype=torch.long)
         self._row: dict[int, int] = {}
         self._free_rows: list[int] = list(range(63, -1, -1))
-        shape = (num_layers, num_blocks * block_size, num_kv_heads, head_dim)
+        # With decode graphs, one spare block past the allocator's: padding rows write there.
+        self.scratch_slot = num_blocks * block_size if spare_block else None
+        shape = (num_layers, (num_blocks + spare_block) * block_size, num_kv_heads, head_dim)
         self.k_pool = torch.zeros(shape, dtype=dtype, device=device)
         self.v_pool = torch.zeros(shape, dtype=dtype, device=device)
 
@@ -99,6 +101,10 @@ class PagedKVCache(_CacheBase):
 
     def can_allocate(self, request_id: int, num_tokens: int) -> bool:
         return self.allocator.can_allocate(request_id, num_tokens)
+
+    @property
+    def max_table_width(self) -> int:
+        return self._table.shape[1]
 
     def capacity(self, request_id: int) -> int:
         return len(self.allocator.tables.get(request_id, ())) * self.block_size
@@ -145,12 +151,12 @@ class PagedKVCache(_CacheBase):
         width = max(len(tables_by_id[r]) for r in request_ids)
         rows = long_tensor([self._row[r] for r in request_ids], torch.device("cpu"))
         self.step_tables = self._table[rows, :width].to(self.device)  # [items, blocks] this step
-        self._write_slots = self._slots(self.step_tables, batch.seq_ids, batch.positions)
+        self.step_write_slots = self._slots(self.step_tables, batch.seq_ids, batch.positions)
         self._read_slots: dict[int, torch.Tensor] = {}  # first item -> pool slots of its keys onward
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        self.k_pool[layer].index_copy_(0, self._write_slots, k)
-        self.v_pool[layer].index_copy_(0, self._write_slots, v)
+        self.k_pool[layer].index_copy_(0, self.step_write_slots, k)
+        self.v_pool[layer].index_copy_(0, self.step_write_slots, v)
 
     def read(self, layer: int, first_item: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Packed keys/values of the step's items from `first_item` on (all of them by default)."""

@@ -144,7 +144,7 @@ class DecoderModel(nn.Module):
         cos, sin = self.rotary.cos_sin(positions, x.dtype)
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, i, kv_cache, attention[i], meta)
-        x = self.norm(x[sample_rows])
+        x = self.norm(x if sample_rows is None else x[sample_rows])  # None: every row samples
         return self.lm_head(x)
 
     def weight_bytes(self) -> int:

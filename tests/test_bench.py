@@ -125,3 +125,19 @@ def test_hf_continuous_timing_starts_at_request_creation():
     stale = [SimpleNamespace(**{**vars(o), "created_time": 1.0}) for o in outs]
     fallback = _cb_result(workload, stale, start=5.0, end=20.0)
     assert fallback.wall_s == 15.0 and "warm-up" in fallback.note
+
+
+def test_ours_with_decode_graphs_path_gives_the_same_tokens():
+    """The bench's engine with the padded decode-graph path (uncaptured on the CPU) against eager
+    decodes, on one workload: same tokens, and the note says how many steps the graphs served."""
+    from cbtui.bench.ours import release, run_ours
+
+    workload = make_workload("varied", scale=6 / 256, model="tiny", prompt_range=(5, 60), output_range=(3, 20))
+    graphed, engine = run_ours(workload, "fcfs", "cpu", "float32", "sdpa", 64, decode_graphs="on")
+    served = engine.decode_graphs.replays
+    release(engine)
+    eager, engine = run_ours(workload, "fcfs", "cpu", "float32", "sdpa", 64, decode_graphs="off")
+    assert engine.decode_graphs is None
+    release(engine)
+    assert graphed.outputs == eager.outputs
+    assert served > 0 and "decode steps from graphs" in graphed.note

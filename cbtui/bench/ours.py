@@ -14,12 +14,13 @@ from .workloads import Workload, warmup_workload
 
 
 def engine_config(workload: Workload, policy: str, device: str, dtype: str, attention: str,
-                  max_tokens_per_step: int) -> EngineConfig:
+                  max_tokens_per_step: int, decode_graphs: str = "auto") -> EngineConfig:
     longest = max(len(p) for p in workload.prompts)
     return EngineConfig(model=workload.model, device=device, dtype=dtype, attention=attention, policy=policy,
                         max_tokens_per_step=max_tokens_per_step,
                         prefill_chunk_size=min(max_tokens_per_step, longest),
-                        static_batch_size=workload.static_batch_size, kv_layout="paged", block_size=16, seed=0)
+                        static_batch_size=workload.static_batch_size, kv_layout="paged", block_size=16, seed=0,
+                        decode_graphs=decode_graphs)
 
 
 def _submit(engine: Engine, workload: Workload) -> list[int]:
@@ -32,13 +33,23 @@ def _sync(engine: Engine) -> None:
 
 
 def run_ours(workload: Workload, policy: str = "fcfs", device: str = "auto", dtype: str = "auto",
-             attention: str = "auto", max_tokens_per_step: int = 8192) -> tuple[RunResult, Engine]:
-    """Warm up on a small workload, then time the real one on the same engine."""
-    config = engine_config(workload, policy, device, dtype, attention, max_tokens_per_step)
+             attention: str = "auto", max_tokens_per_step: int = 8192, decode_graphs: str = "auto",
+             name: str | None = None) -> tuple[RunResult, Engine]:
+    """Warm up on a small workload (and capture the decode graphs the workload can use, as an
+    engine does at start-up), then time the real one on the same engine."""
+    config = engine_config(workload, policy, device, dtype, attention, max_tokens_per_step, decode_graphs)
     engine = Engine(config)
     _submit(engine, warmup_workload(workload.model))
     engine.run_until_done()
+    graphs, graph_note = engine.decode_graphs, ""
+    if graphs is not None and graphs.capture:
+        longest = max(len(p) + n for p, n in zip(workload.prompts, workload.max_new_tokens))
+        built = graphs.capture_up_to(workload.num_requests, longest)
+        graph_note = f"{built} decode graphs captured in {graphs.capture_s:.1f} s before timing"
+        if graphs.broken:
+            graph_note += f"; capture failed, decodes eager: {graphs.broken}"
     _sync(engine)
+    replays_before = graphs.replays if graphs is not None else 0
 
     first_step = engine.step_index
     start = time.perf_counter()
@@ -48,11 +59,15 @@ def run_ours(workload: Workload, policy: str = "fcfs", device: str = "auto", dty
     wall = time.perf_counter() - start
 
     reqs = [engine.requests[i] for i in ids]
-    name = "ours continuous" if policy == "fcfs" else "ours static"
+    name = name or ("ours continuous" if policy == "fcfs" else "ours static")
     note = (f"{engine.attention_name} attention, budget {config.max_tokens_per_step} tokens/step, "
             f"{engine.num_blocks} KV blocks of {config.block_size}")
     if policy == "static":
         note += f", batch {config.static_batch_size}"
+    if graphs is not None:
+        note += f"; {graphs.replays - replays_before} decode steps from graphs" + (f" ({graph_note})" if graph_note else "")
+    elif engine.device.type == "cuda":
+        note += "; decode graphs off"
     result = RunResult(name, note=note, wall_s=wall, prompt_tokens=workload.prompt_tokens,
                        output_tokens=sum(len(r.output) for r in reqs), steps=engine.step_index - first_step,
                        outputs=[list(r.output) for r in reqs])

@@ -56,8 +56,18 @@ def run_systems(workload: Workload, device: str = "auto", attention: str = "auto
     else:
         hf_note = "skipped (--no-hf)"
     attention_name = engine.attention_name
+    graphs = engine.decode_graphs is not None
     release(engine)
     del engine
+
+    if graphs and dev.type == "cuda":  # the same engine without decode graphs: what they are worth
+        progress("ours continuous, eager decodes")
+        eager, engine = run_ours(workload, "fcfs", device, dtype, attention, budget, decode_graphs="off",
+                                 name="ours continuous, no graphs")
+        results.append(eager)
+        progress(_line(eager, ours))
+        release(engine)
+        del engine
 
     progress("ours static")
     static, engine = run_ours(workload, "static", device, dtype, attention, budget)

@@ -24,8 +24,6 @@ class RaggedBatch:
     cu_seqlens_q: torch.Tensor  # [S + 1] long, query offsets per item
     key_lens: torch.Tensor  # [S] long, keys each item attends over
     cu_seqlens_k: torch.Tensor  # [S + 1] long, key offsets per item
-    key_seq_ids: torch.Tensor  # [K] long
-    key_positions: torch.Tensor  # [K] long
     sample_rows: torch.Tensor  # rows whose logits are sampled (items that finish their sequence)
     items: list[ScheduledItem]
     # host copies: per-item python lists for backends that loop
@@ -42,7 +40,24 @@ class RaggedBatch:
 
     @property
     def num_keys(self) -> int:
-        return int(self.key_positions.shape[0])
+        return sum(self.k_lens)
+
+    def _key_index(self) -> tuple[torch.Tensor, torch.Tensor]:
+        # Per-key tensors are O(all cached history): built only for a path that reads packed keys
+        # (decodes reading the pool never need them), once per step.
+        if "key_index" not in self.scratch:
+            self.scratch["key_index"] = _ranges(self.key_lens, self.cu_seqlens_k, self.num_keys)
+        return self.scratch["key_index"]
+
+    @property
+    def key_seq_ids(self) -> torch.Tensor:
+        """[K] long: the item each key belongs to."""
+        return self._key_index()[0]
+
+    @property
+    def key_positions(self) -> torch.Tensor:
+        """[K] long: each key's position in its own sequence."""
+        return self._key_index()[1]
 
     def tail(self, first_item: int) -> "RaggedBatch":
         """The items from `first_item` on, as a batch of their own (offsets and item indices
@@ -55,8 +70,7 @@ class RaggedBatch:
             self.scratch[key] = RaggedBatch(
                 token_ids=self.token_ids[q0:], positions=self.positions[q0:], seq_ids=self.seq_ids[q0:] - n,
                 cu_seqlens_q=self.cu_seqlens_q[n:] - q0, key_lens=self.key_lens[n:],
-                cu_seqlens_k=self.cu_seqlens_k[n:] - k0, key_seq_ids=self.key_seq_ids[k0:] - n,
-                key_positions=self.key_positions[k0:], sample_rows=self.sample_rows[:0], items=self.items[n:],
+                cu_seqlens_k=self.cu_seqlens_k[n:] - k0, sample_rows=self.sample_rows[:0], items=self.items[n:],
                 q_lens=self.q_lens[n:], k_lens=self.k_lens[n:], first_positions=self.first_positions[n:])
         return self.scratch[key]
 
@@ -95,12 +109,11 @@ def build_batch(items: list[ScheduledItem], tokens: list[list[int]], samples: li
     cu_q = torch.cat([zero, q_len_t.cumsum(0)])
     cu_k = torch.cat([zero, k_len_t.cumsum(0)])
     seq_ids, offset_in_item = _ranges(q_len_t, cu_q, sum(q_lens))
-    key_seq_ids, key_positions = _ranges(k_len_t, cu_k, sum(k_lens))
     sample_items = long_tensor([s for s, flag in enumerate(samples) if flag], device)
     return RaggedBatch(
         token_ids=long_tensor(token_ids, device),
         positions=first_t[seq_ids] + offset_in_item, seq_ids=seq_ids, cu_seqlens_q=cu_q,
-        key_lens=k_len_t, cu_seqlens_k=cu_k, key_seq_ids=key_seq_ids, key_positions=key_positions,
+        key_lens=k_len_t, cu_seqlens_k=cu_k,
         sample_rows=cu_q[sample_items + 1] - 1, items=list(items),
         q_lens=q_lens, k_lens=k_lens, first_positions=firsts,
     )

@@ -75,6 +75,8 @@ class Engine:
         self.requests: dict[int, Request] = {}
         self.pending: list[Request] = []  # not arrived yet, sorted by arrival step
         self.step_index = 0
+        # What tracing costs: seconds spent building StepRecords, and in whole steps.
+        self.record_s = self.step_s = 0.0
         self.weight_bytes = self.model.weight_bytes()
         self._final_views: dict[int, RequestView] = {}
         self._finished_total = 0
@@ -211,8 +213,10 @@ class Engine:
                 r.state = r.phase()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        wall = time.perf_counter() - start
+        record_start = time.perf_counter()
+        wall = record_start - start
         record = self._record(step, plan, items, sampled, finished, wall)
+        self.record_s += time.perf_counter() - record_start
         self.plugins.after_step(state, record)
         record.annotations = state.annotations + self.plugins.descriptions()
         record.errors = self.plugins.take_errors()
@@ -222,6 +226,7 @@ class Engine:
             record.errors.append(f"no progress: {record.waiting + record.running} requests could not be "
                                  f"scheduled at step {step}")
         self.step_index += 1
+        self.step_s += time.perf_counter() - start
         return record
 
     def _run_model(self, plan, items: list[ScheduledItem], tokens: list[list[int]],

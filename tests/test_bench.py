@@ -141,3 +141,14 @@ def test_ours_with_decode_graphs_path_gives_the_same_tokens():
     release(engine)
     assert graphed.outputs == eager.outputs
     assert served > 0 and "decode steps from graphs" in graphed.note
+
+
+def test_ours_measures_what_step_records_cost():
+    from cbtui.bench.ours import release, run_ours
+
+    workload = make_workload("varied", scale=4 / 256, model="tiny", prompt_range=(5, 30), output_range=(3, 9))
+    result, engine = run_ours(workload, "fcfs", "cpu", "float32", "sdpa", 64)
+    assert 0 < engine.record_s < engine.step_s
+    release(engine)
+    assert 0 < result.record_share < 1 and "StepRecords" in result.note
+    assert result.summary()["record_share"] == result.record_share

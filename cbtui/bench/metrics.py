@@ -31,6 +31,7 @@ class RunResult:
     ttft_s: list[float] = field(default_factory=list)  # per request
     tpot_s: list[float] = field(default_factory=list)  # per request with >= 2 output tokens
     outputs: list[list[int]] = field(default_factory=list)  # in workload order
+    record_share: float | None = None  # ours: share of step time spent building StepRecords
 
     @property
     def output_tok_s(self) -> float | None:
@@ -50,6 +51,8 @@ class RunResult:
         out.update(output_tok_s=self.output_tok_s, total_tok_s=self.total_tok_s, ttft_ms=ms(self.ttft_s),
                    tpot_ms=ms(self.tpot_s), steps=self.steps, wall_s=self.wall_s,
                    prompt_tokens=self.prompt_tokens, output_tokens=self.output_tokens)
+        if self.record_share is not None:
+            out["record_share"] = self.record_share
         if baseline is not None and baseline.available and baseline.output_tok_s:
             out["output_tok_s_vs_ours"] = self.output_tok_s / baseline.output_tok_s
             out["total_tok_s_vs_ours"] = self.total_tok_s / baseline.total_tok_s

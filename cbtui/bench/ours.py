@@ -50,6 +50,7 @@ def run_ours(workload: Workload, policy: str = "fcfs", device: str = "auto", dty
             graph_note += f"; capture failed, decodes eager: {graphs.broken}"
     _sync(engine)
     replays_before = graphs.replays if graphs is not None else 0
+    record_before, steps_before = engine.record_s, engine.step_s
 
     first_step = engine.step_index
     start = time.perf_counter()
@@ -70,7 +71,9 @@ def run_ours(workload: Workload, policy: str = "fcfs", device: str = "auto", dty
         note += "; decode graphs off"
     result = RunResult(name, note=note, wall_s=wall, prompt_tokens=workload.prompt_tokens,
                        output_tokens=sum(len(r.output) for r in reqs), steps=engine.step_index - first_step,
-                       outputs=[list(r.output) for r in reqs])
+                       outputs=[list(r.output) for r in reqs],
+                       record_share=(engine.record_s - record_before) / max(engine.step_s - steps_before, 1e-9))
+    result.note += f"; StepRecords {100 * result.record_share:.1f}% of step time"
     for r in reqs:
         result.ttft_s.append(r.first_token_time - start)
         if len(r.output) > 1:

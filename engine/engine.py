@@ -16,13 +16,12 @@ from .kv_cache import DenseKVCache, PagedKVCache, kv_bytes_per_token
 from .memory import memory_view
 from .model import PRESETS, build_model
 from .plugin_host import PluginHost
-from .records import (REASON_NOT_ARRIVED, KVView, RequestView, ScheduledItem, StepRecord)
+from .records import KVView, RequestView, ScheduledItem, StepRecord
 from .request import Request, RequestState
+from .request_views import RequestViews
 from .sampling import greedy_batch, sample
 from .scheduler import Scheduler
 
-TAIL = 24  # generated tokens kept in each request's record tail
-STATE_NAMES = {state: state.value for state in RequestState}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -250,31 +249,8 @@ class Engine:
     # -- the record -----------------------------------------------------------------------
     def _record(self, step, plan, items, sampled, finished, wall) -> StepRecord:
         sched = self.scheduler
-        scheduled_ids = {i.request_id for i in items}
-        views = []
-        final = self._final_views
-        reasons = plan.reasons
-        pending, finished_state = RequestState.PENDING, RequestState.FINISHED
-        # The hottest loop of a step's host work (every request, every step): locals, no properties.
-        for r in self.requests.values():
-            if r.id in final:  # a finished request's view never changes: share it
-                views.append(final[r.id])
-                continue
-            state = r.state
-            if state is pending:
-                reason = REASON_NOT_ARRIVED
-            elif state is finished_state or r.id in scheduled_ids:
-                reason = None
-            else:
-                reason = reasons.get(r.id)
-            first, prompt_len, output = r.first_token_step, len(r.prompt), r.output
-            view = RequestView(r.id, STATE_NAMES[state], prompt_len, min(r.num_computed, prompt_len),
-                               len(output), r.max_new_tokens, r.arrival_step, r.priority,
-                               None if first is None else first - r.arrival_step, reason, r.num_preemptions,
-                               output[-TAIL:])  # text is decoded by whoever shows it
-            views.append(view)
-            if state is finished_state:
-                final[r.id] = view
+        views = RequestViews(list(self.requests.values()), {i.request_id for i in items}, plan.reasons,
+                             self._final_views)
         decode_tokens, prefill_tokens = plan.tokens("decode"), plan.tokens("prefill")
         freed = [r.id for r in plan.preempted] + finished
         return StepRecord(

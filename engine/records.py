@@ -6,7 +6,8 @@ internals. Keep every field a plain int, float, str, bool, None, list or dict.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 
 # Why a request was not scheduled in a step (the record says it for every one).
 REASON_NOT_ARRIVED = "not arrived yet"
@@ -85,7 +86,7 @@ class StepRecord:
     decode_demand: int  # requests ready to decode this step
     decode_cap: int | None  # max_decode_per_step (None: only the budget caps decodes)
     items: list[ScheduledItem]
-    requests: list[RequestView]
+    requests: Sequence[RequestView]  # every request; the engine's are built on first read (request_views.py)
     kv: KVView
     preempted: list[int]
     finished: list[int]
@@ -109,7 +110,9 @@ class StepRecord:
         return sum(item.key_len for item in self.items)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(replace(self, requests=[]))
+        data["requests"] = [asdict(view) for view in self.requests]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "StepRecord":

@@ -38,3 +38,31 @@ def test_request_added_mid_run_counts_ttft_from_when_it_was_added():
     rec = eng.step()
     view = next(v for v in rec.requests if v.id == late)
     assert view.arrival_step == 5 and view.ttft_steps == 0
+
+
+def _run(read_at_once: bool):
+    eng = Engine(EngineConfig(model="tiny", device="cpu", max_tokens_per_step=12, prefill_chunk_size=5,
+                              block_size=4, num_blocks=16))
+    for i in range(6):
+        eng.add_request([1 + i] * (3 + 4 * i), max_new_tokens=20 + i, arrival_step=i)
+    records, seen = [], []
+    while eng.has_unfinished():
+        rec = eng.step()
+        records.append(rec)
+        if read_at_once:
+            seen.append([tuple(v.__getattribute__(f) for f in v.__slots__) for v in rec.requests])
+    if not read_at_once:
+        seen = [[tuple(v.__getattribute__(f) for f in v.__slots__) for v in rec.requests] for rec in records]
+    return records, seen
+
+
+def test_request_views_read_late_show_the_step_they_were_taken_at():
+    """Views are built on first read; read after the whole run they must still show each step as
+    it was (output tails cut where they stood, states, reasons, preemptions)."""
+    _, at_once = _run(True)
+    records, late = _run(False)
+    assert late == at_once
+    assert any(v[1] == "preempted" or v[10] for step in late for v in step), "meant to preempt"
+    tails = [dict((v[0], v[11]) for v in step) for step in late]
+    assert any(a != b for a, b in zip(tails, tails[1:]))  # tails really move between steps
+    assert len(records[0].requests) == 6

@@ -1,0 +1,76 @@
+"""A step's RequestViews, captured in a few C-level passes and built only when someone reads them.
+
+Building a RequestView for every request every step was the largest part of a StepRecord's cost
+(about 0.75 ms for 512 requests on this project's 2-core CPU), paid even when nobody looks, as
+in a benchmark. What changes between steps is captured instead: one list per changing field,
+taken with map() over the live requests. The views, output tails included, are built on first
+read. Outputs only ever grow (preemption keeps them), so a tail is the live output list cut at
+the length captured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from operator import attrgetter
+
+from .records import REASON_NOT_ARRIVED, RequestView
+from .request import RequestState
+
+TAIL = 24  # generated tokens kept in each view's output tail
+_CHANGING = attrgetter("state", "num_computed", "first_token_step", "num_preemptions")
+
+
+class RequestViews(Sequence):
+    """Behaves as a read-only list of RequestView (iterate, index, len, compare with a list)."""
+
+    __slots__ = ("_requests", "_changing", "_outputs", "_lengths", "_scheduled", "_reasons", "_final", "_views")
+
+    def __init__(self, requests: list, scheduled_ids: set, reasons: dict, final_views: dict):
+        self._requests = requests
+        self._changing = list(map(_CHANGING, requests))
+        self._outputs = list(map(attrgetter("output"), requests))
+        self._lengths = list(map(len, self._outputs))
+        self._scheduled, self._reasons = scheduled_ids, reasons
+        self._final = final_views  # request id -> its view once finished (never changes again)
+        self._views: list[RequestView] | None = None
+
+    def _build(self) -> list[RequestView]:
+        if self._views is None:
+            views = []
+            pending, finished = RequestState.PENDING, RequestState.FINISHED
+            for r, (state, computed, first, preemptions), output, n in zip(
+                    self._requests, self._changing, self._outputs, self._lengths):
+                if state is finished and r.id in self._final:
+                    views.append(self._final[r.id])
+                    continue
+                if state is pending:
+                    reason = REASON_NOT_ARRIVED
+                elif state is finished or r.id in self._scheduled:
+                    reason = None
+                else:
+                    reason = self._reasons.get(r.id)
+                prompt_len = len(r.prompt)
+                view = RequestView(r.id, state.value, prompt_len, min(computed, prompt_len), n, r.max_new_tokens,
+                                   r.arrival_step, r.priority, None if first is None else first - r.arrival_step,
+                                   reason, preemptions, output[max(0, n - TAIL):n])
+                if state is finished:
+                    self._final[r.id] = view
+                views.append(view)
+            self._views = views
+            self._requests = self._changing = self._outputs = self._lengths = None  # built: let go
+        return self._views
+
+    def __len__(self) -> int:
+        return len(self._views) if self._views is not None else len(self._requests)
+
+    def __getitem__(self, index):
+        return self._build()[index]
+
+    def __iter__(self):
+        return iter(self._build())
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, (list, RequestViews)) and list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return repr(self._build())

@@ -192,6 +192,7 @@ class Engine:
 
         finished = []
         now = time.perf_counter()
+        eos = self.config.eos_token_id
         for s in plan.items:
             r = s.request
             r.num_computed += s.num_tokens
@@ -200,7 +201,6 @@ class Engine:
                 r.output.append(sampled[r.id])
                 if r.first_token_step is None:
                     r.first_token_step, r.first_token_time = step, now
-                eos = self.config.eos_token_id
                 if len(r.output) >= r.max_new_tokens or (eos is not None and r.output[-1] == eos):
                     r.state, r.finished_step, r.finish_time = RequestState.FINISHED, step, now
                     self.scheduler.finish(r)

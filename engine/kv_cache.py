@@ -87,6 +87,7 @@ class PagedKVCache(_CacheBase):
         # Host mirror of the block tables, one row per live request, updated as blocks are handed
         # out, so a step copies its rows in one go instead of rebuilding them from lists.
         self._table = torch.zeros((64, self.allocator.blocks_for(max_context)), dtype=torch.long)
+        self._table_np = self._table.numpy()  # same memory; numpy writes single entries ~20x faster
         self._row: dict[int, int] = {}
         self._free_rows: list[int] = list(range(63, -1, -1))
         # With decode graphs, one spare block past the allocator's: padding rows write there.
@@ -117,10 +118,11 @@ class PagedKVCache(_CacheBase):
             if not self._free_rows:
                 grown = self._table.shape[0]
                 self._table = torch.cat([self._table, torch.zeros_like(self._table)])
+                self._table_np = self._table.numpy()
                 self._free_rows = list(range(2 * grown - 1, grown - 1, -1))
             self._row[request_id] = self._free_rows.pop()
         table = self.allocator.tables[request_id]
-        self._table[self._row[request_id], len(table) - len(new):len(table)] = torch.tensor(new)
+        self._table_np[self._row[request_id], len(table) - len(new):len(table)] = new
 
     def free(self, request_id: int) -> tuple[int, ...]:
         """Returns the blocks the request gave back."""
@@ -147,9 +149,9 @@ class PagedKVCache(_CacheBase):
 
     def begin_step(self, request_ids: list[int], batch: RaggedBatch) -> None:
         self.step_request_ids, self.step_batch = request_ids, batch
-        tables_by_id = self.allocator.tables
-        width = max(len(tables_by_id[r]) for r in request_ids)
-        rows = long_tensor([self._row[r] for r in request_ids], torch.device("cpu"))
+        tables_by_id, row_of = self.allocator.tables, self._row
+        width = max(map(len, map(tables_by_id.__getitem__, request_ids)))
+        rows = long_tensor(list(map(row_of.__getitem__, request_ids)), torch.device("cpu"))
         self.step_tables = self._table[rows, :width].to(self.device)  # [items, blocks] this step
         self.step_write_slots = self._slots(self.step_tables, batch.seq_ids, batch.positions)
         self._read_slots: dict[int, torch.Tensor] = {}  # first item -> pool slots of its keys onward

@@ -75,6 +75,14 @@ class InboxReady(Message):
     """The engine thread put something in the inbox (sent once until the inbox is drained)."""
 
 
+def graph_note(record) -> tuple[str, ...]:
+    """The padded bucket a decode-graph step ran in: how much of it was padding."""
+    if not record.decode_graph:
+        return ()
+    rows, keys = record.decode_graph
+    return (f"decode graph: {len(record.items)} of {rows} rows, {keys} keys each",)
+
+
 class DashboardApp(App[None]):
     CSS_PATH = Path(__file__).with_name("app.tcss")
     TITLE = "cbtui"
@@ -277,7 +285,8 @@ class DashboardApp(App[None]):
             return HeaderInfo(step=None, **common)
         return HeaderInfo(step=record.step, running=record.running, waiting=record.waiting,
                           finished=record.finished_total, pending=record.pending,
-                          notes=tuple(record.annotations), errors=tuple(record.errors), **common)
+                          notes=tuple(record.annotations) + graph_note(record), errors=tuple(record.errors),
+                          **common)
 
     def _poll_memory(self) -> None:
         self.query_one(MemoryPanel).show_reading(self._probe.read())

@@ -63,6 +63,7 @@ class DecodeGraphs:
         self.replays = 0  # decode steps served from a bucket (graph or eager)
         self.capture_s = 0.0  # time spent capturing graphs
         self.broken: str | None = None  # why capture failed; decodes then run eagerly
+        self.last: tuple[int, int] | None = None  # (rows, keys per row) of the last step served
 
     def bucket(self, num_items: int, num_blocks: int) -> tuple[int, int] | None:
         n = next((b for b in self.buckets if b >= num_items), None)
@@ -73,6 +74,7 @@ class DecodeGraphs:
         """Logits of a decode-only step (every item one token, every item sampling), or None when
         the step is not one (or is larger than the biggest bucket): run it eagerly then."""
         n = len(batch.q_lens)
+        self.last = None
         if self.broken or n == 0 or batch.num_tokens != n or not all(samples):
             return None
         kv = self.kv
@@ -95,6 +97,7 @@ class DecodeGraphs:
         else:
             graph.replay()
         self.replays += 1
+        self.last = (bn, bw * kv.block_size)
         return logits[:n]
 
     def _pad(self, start: int, end: int) -> None:

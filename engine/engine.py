@@ -219,6 +219,8 @@ class Engine:
         self.plugins.after_step(state, record)
         record.annotations = state.annotations + self.plugins.descriptions()
         record.errors = self.plugins.take_errors()
+        if self.decode_graphs is not None and self.decode_graphs.last and plan.items:
+            record.decode_graph = list(self.decode_graphs.last)
         if self._stalled(record):
             # Nothing ran although requests are waiting and none is still to arrive: say so, so a
             # stuck schedule (e.g. a plugin reserving the whole budget) shows instead of idling.

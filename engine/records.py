@@ -100,6 +100,8 @@ class StepRecord:
     memory: MemoryView
     annotations: list[str] = field(default_factory=list)  # plugins' notes for the header
     errors: list[str] = field(default_factory=list)  # e.g. a plugin that raised and was disabled
+    # [rows, keys per row] of the padded decode-graph bucket this step ran in; None: ran eagerly
+    decode_graph: list[int] | None = None
 
     @property
     def num_query_tokens(self) -> int:

@@ -41,10 +41,13 @@ def test_padding_rows_write_only_the_spare_block():
     for n in (5, 9, 13):  # three decodes: bucket 4, one padding row
         eng.add_request(list(range(1, n)), max_new_tokens=4)
     rec = eng.step()
-    assert rec.prefill_tokens and not eng.decode_graphs.replays
+    assert rec.prefill_tokens and not eng.decode_graphs.replays and rec.decode_graph is None
     before = eng.kv.k_pool.clone()
     rec = eng.step()
     assert rec.prefill_tokens == 0 and len(rec.items) == 3 and eng.decode_graphs.replays == 1
+    assert rec.decode_graph == [4, 256]  # the bucket: 4 rows, one 256-token width unit
+    from cbtui.app import graph_note
+    assert graph_note(rec) == ("decode graph: 3 of 4 rows, 256 keys each",)
     changed = (eng.kv.k_pool != before).any(dim=-1).any(dim=-1).any(dim=0).nonzero().flatten().tolist()
     bs = eng.kv.block_size
     written = {table[item.first_pos // bs] * bs + item.first_pos % bs

@@ -44,7 +44,8 @@ def run_ours(workload: Workload, policy: str = "fcfs", device: str = "auto", dty
     graphs, graph_note = engine.decode_graphs, ""
     if graphs is not None and graphs.capture:
         longest = max(len(p) + n for p, n in zip(workload.prompts, workload.max_new_tokens))
-        built = graphs.capture_up_to(workload.num_requests, longest)
+        most = workload.num_requests if policy == "fcfs" else workload.static_batch_size  # decodes at once
+        built = graphs.capture_up_to(most, longest)
         graph_note = f"{built} decode graphs captured in {graphs.capture_s:.1f} s before timing"
         if graphs.broken:
             graph_note += f"; capture failed, decodes eager: {graphs.broken}"

@@ -183,6 +183,11 @@ class Engine:
         for s in plan.items:
             r, n = s.request, s.num_tokens
             first = r.num_computed
+            if s.kind == "decode":  # feeds its last generated token, then samples (the hot case)
+                items.append(ScheduledItem(r.id, "decode", first, 1, first + 1))
+                tokens.append(r.output[-1:])
+                samples.append(True)
+                continue
             items.append(ScheduledItem(r.id, s.kind, first, n, first + n))
             tokens.append(r.token_slice(first, n))
             samples.append(first + n == len(r.prompt) + len(r.output))
@@ -241,7 +246,7 @@ class Engine:
                                 self.layer_attention, batch)
         self.kv.commit_step()
         sampling = [s.request for s, flag in zip(plan.items, samples) if flag]
-        if all(r.temperature <= 0 for r in sampling):
+        if not self._generators or all(r.temperature <= 0 for r in sampling):  # generators: temperature > 0
             chosen = greedy_batch(logits)
         else:
             chosen = [sample(logits[i], r.temperature, r.top_k, self._generators.get(r.id))

@@ -9,10 +9,14 @@ Both expose the same step protocol to the model:
 from __future__ import annotations
 
 from collections import deque
+from operator import attrgetter
 
 import torch
 
 from .batch_builder import RaggedBatch, long_tensor
+
+
+_key_len = attrgetter("key_len")
 
 
 class PagedAllocator:
@@ -72,8 +76,7 @@ class _CacheBase:
 
     def commit_step(self) -> None:
         """Marks this step's tokens as stored (called after the forward pass)."""
-        for rid, item in zip(self.step_request_ids, self.step_batch.items):
-            self.tokens[rid] = item.key_len
+        self.tokens.update(zip(self.step_request_ids, map(_key_len, self.step_batch.items)))
 
 
 class PagedKVCache(_CacheBase):

@@ -47,7 +47,9 @@ def main() -> None:
     print(f"prefill steps {len(prefill)}: median {ms([p[0] for p in prefill[3:]] or [0])}, "
           f"median tokens {statistics.median([p[1] for p in prefill])}")
     print(f"decode steps {len(decode)}: median {ms([d[0] for d in decode[2:]])} for "
-          f"{decode[-1][1]} decodes; record {ms([d[2] for d in decode[2:]])}")
+          f"{decode[-1][1]} decodes; record {ms([d[2] for d in decode[2:]])}; "
+          f"{eng.decode_graphs.replays if eng.decode_graphs else 0} from decode graphs "
+          f"(capture {eng.decode_graphs.capture_s if eng.decode_graphs else 0:.1f} s, first use)")
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(3):
             eng.step()

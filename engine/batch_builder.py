@@ -10,10 +10,14 @@ from __future__ import annotations
 from array import array
 from dataclasses import dataclass, field
 from itertools import chain
+from operator import attrgetter
 
 import torch
 
 from .records import ScheduledItem
+
+
+_num_tokens, _key_len, _first_pos = attrgetter("num_tokens"), attrgetter("key_len"), attrgetter("first_pos")
 
 
 @dataclass
@@ -98,11 +102,11 @@ def build_batch(items: list[ScheduledItem], tokens: list[list[int]], samples: li
     indices are expanded on the device, so host work is O(items + tokens), not O(keys).
     """
     token_ids = list(chain.from_iterable(tokens))
-    q_lens = [i.num_tokens for i in items]
+    q_lens = list(map(_num_tokens, items))
     if len(token_ids) != sum(q_lens):
         raise ValueError(f"{len(token_ids)} token ids for {sum(q_lens)} scheduled query tokens")
-    k_lens = [i.key_len for i in items]
-    firsts = [i.first_pos for i in items]
+    k_lens = list(map(_key_len, items))
+    firsts = list(map(_first_pos, items))
     meta = long_tensor(q_lens + k_lens + firsts, device).view(3, len(items))
     q_len_t, k_len_t, first_t = meta[0], meta[1], meta[2]
     zero = torch.zeros(1, dtype=torch.long, device=device)

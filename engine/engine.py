@@ -23,7 +23,6 @@ from .sampling import greedy_batch, sample
 from .scheduler import Scheduler
 
 
-
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

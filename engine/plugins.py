@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
+from operator import attrgetter
 
 ENTRY_POINT_GROUP = "cbtui.plugins"
 
@@ -41,7 +42,7 @@ class SchedulerState:
     waiting: object  # deque[Request]
     running: list
     # Default: least recently served decode first, so a decode cap never starves anyone.
-    decode_key: object = field(default=lambda r: r.last_scheduled_step)
+    decode_key: object = field(default=attrgetter("last_scheduled_step"))
     reserved_tokens: int = 0
     reserved_for: set = field(default_factory=set)  # request ids that may use the reserved slice
     annotations: list = field(default_factory=list)

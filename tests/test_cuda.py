@@ -151,7 +151,8 @@ def test_decode_graphs_small_bf16_capture_and_agree():
     outs = {}
     for mode in ("on", "off"):
         eng = Engine(EngineConfig(model="small", device="cuda", dtype="bfloat16", attention="flex",
-                                  decode_graphs=mode, max_tokens_per_step=4096, prefill_chunk_size=1024))
+                                  decode_graphs=mode, max_tokens_per_step=4096, prefill_chunk_size=1024,
+                                  num_blocks=512))
         if mode == "on":
             start = time.perf_counter()
             built = eng.decode_graphs.capture_up_to(16, 300)

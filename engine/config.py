@@ -10,6 +10,7 @@ KV_LAYOUTS = ("paged", "dense")
 ATTENTION_BACKENDS = ("auto", "reference", "sdpa", "flex")
 POLICIES = ("fcfs", "static")
 DECODE_GRAPHS = ("auto", "on", "off")
+DECODE_ATTENTION = ("auto", "triton", "gather")
 DTYPES = ("auto", "float32", "float64", "bfloat16")
 MAX_SEED = 2**32 - 1
 
@@ -50,6 +51,9 @@ class EngineConfig:
     # the sdpa/flex backend. on: also off CUDA, where the same padded path runs uncaptured (tests).
     # Either way a layer wrapped by an attention plugin, or a cache plugin, runs eagerly.
     decode_graphs: str = "auto"
+    # How decodes read the paged pool (attention/decode_kernel.py): auto takes the Triton kernel on
+    # CUDA when it can run, the block gather elsewhere.
+    decode_attention: str = "auto"
 
     def __post_init__(self) -> None:
         _check_choice("model", self.model, MODELS)
@@ -59,6 +63,7 @@ class EngineConfig:
         _check_choice("policy", self.policy, POLICIES)
         _check_choice("dtype", self.dtype, DTYPES)
         _check_choice("decode_graphs", self.decode_graphs, DECODE_GRAPHS)
+        _check_choice("decode_attention", self.decode_attention, DECODE_ATTENTION)
         if self.decode_graphs == "on" and (self.kv_layout != "paged" or self.attention == "reference"):
             raise ValueError(f"decode_graphs='on' needs kv_layout='paged' and attention 'sdpa', 'flex' or 'auto' "
                              f"(got {self.kv_layout!r}, {self.attention!r}); use decode_graphs='auto' or 'off'")

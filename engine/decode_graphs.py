@@ -20,7 +20,6 @@ import warnings
 
 import torch
 
-from .attention.paged_decode import paged_decode_attention
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256, 320, 384, 448, 512)
 WIDTH_UNIT_TOKENS = 256  # table widths are padded to this many tokens' worth of blocks
@@ -38,21 +37,21 @@ class _StaticWrites:
 
 
 class _StaticDecodeAttention:
-    def __init__(self, tables: torch.Tensor, key_lens: torch.Tensor, block_size: int):
-        self.tables, self.key_lens, self.block_size = tables, key_lens, block_size
+    def __init__(self, decode, tables: torch.Tensor, key_lens: torch.Tensor, block_size: int):
+        self.decode, self.tables, self.key_lens, self.block_size = decode, tables, key_lens, block_size
 
     def __call__(self, q, cache, layer: int, batch):
         kv = cache.kv
-        return paged_decode_attention(q, kv.k_pool[layer], kv.v_pool[layer], self.tables, self.key_lens,
-                                      self.block_size)
+        return self.decode(q, kv.k_pool[layer], kv.v_pool[layer], self.tables, self.key_lens, self.block_size)
 
 
 class DecodeGraphs:
-    def __init__(self, model, kv, capture: bool, max_batch: int = BATCH_BUCKETS[-1]):
-        self.model, self.kv, self.capture = model, kv, capture
+    def __init__(self, model, kv, decode, capture: bool, max_batch: int = BATCH_BUCKETS[-1]):
+        self.model, self.kv, self.decode, self.capture = model, kv, decode, capture
         self.buckets = tuple(b for b in BATCH_BUCKETS if b < max_batch) + (max_batch,)
         self.max_blocks = kv.max_table_width
-        self.width_unit = max(1, WIDTH_UNIT_TOKENS // kv.block_size)
+        # A kernel that reads tables only up to each key length takes them whole: one width.
+        self.width_unit = self.max_blocks if decode.reads_tables else max(1, WIDTH_UNIT_TOKENS // kv.block_size)
         dev, n = kv.device, self.buckets[-1]
         long = dict(dtype=torch.long, device=dev)
         self.token_ids, self.positions = torch.zeros(n, **long), torch.zeros(n, **long)
@@ -106,7 +105,8 @@ class DecodeGraphs:
 
     def _forward(self, n: int, width: int) -> torch.Tensor:
         cache = _StaticWrites(self.kv, self.write_slots[:n])
-        attention = _StaticDecodeAttention(self.tables[:n, :width], self.key_lens[:n], self.kv.block_size)
+        attention = _StaticDecodeAttention(self.decode, self.tables[:n, :width], self.key_lens[:n],
+                                           self.kv.block_size)
         layers = [attention] * len(self.model.layers)
         return self.model(self.token_ids[:n], self.positions[:n], None, cache, layers, None)
 

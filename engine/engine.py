@@ -8,6 +8,7 @@ import torch
 
 from . import tokenizer
 from .attention import get_backend, resolve_backend
+from .attention.decode_kernel import choose_decode_attention
 from .attention.layer_attention import PackedAttention, PoolAttention
 from .batch_builder import build_batch
 from .config import EngineConfig
@@ -53,6 +54,8 @@ class Engine:
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.attention_name = resolve_backend(config.attention, self.device)
         self.attention = get_backend(self.attention_name)
+        self.decode_attention = choose_decode_attention(config.decode_attention, self.device, self.dtype,
+                                                        PRESETS[config.model].head_dim)
         self.spec = PRESETS[config.model]
         self.model = build_model(config.model, config.seed, self.device, self.dtype)
         s = self.spec
@@ -87,7 +90,8 @@ class Engine:
         must dequantise). Everything else reads packed keys; outputs are the same either way."""
         direct = (self.model_cache is self.kv and isinstance(self.kv, PagedKVCache)
                   and isinstance(self.kv.k_pool, torch.Tensor) and self.attention_name in ("sdpa", "flex"))
-        return [PoolAttention(fn) if direct and fn is self.attention else PackedAttention(fn) for fn in per_layer]
+        return [PoolAttention(fn, self.decode_attention) if direct and fn is self.attention else PackedAttention(fn)
+                for fn in per_layer]
 
     def _graphs_configured(self) -> bool:
         mode = self.config.decode_graphs
@@ -99,7 +103,7 @@ class Engine:
             return None
         if not all(isinstance(a, PoolAttention) for a in self.layer_attention):
             return None  # a plugin stands between the model and the pool: eager steps only
-        return DecodeGraphs(self.model, self.kv, capture=self.device.type == "cuda")
+        return DecodeGraphs(self.model, self.kv, self.decode_attention, capture=self.device.type == "cuda")
 
     # -- requests -------------------------------------------------------------------------
     def add_request(self, prompt: list[int] | str, max_new_tokens: int = 16, arrival_step: int = 0,

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # GPU check: the CUDA tests, then `cbtui bench --workload anchor`, a short table last.
+# The bench's extra rows on CUDA (no graphs, gather decode) measure the fast-path pieces.
 # Within 8 minutes on an H100/H200. Installs nothing the machine already has (PyTorch,
 # transformers): the project runs from this checkout through PYTHONPATH, and only missing light
 # modules are installed, when a package index is reachable at all.
@@ -43,8 +44,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     || { echo "gpu_check: could not install ${missing[*]} (no package index?)"; exit 1; }
 fi
 
-stamp "CUDA tests (pytest -m cuda)"
-timeout "$TEST_TIMEOUT" "$PY" -m pytest -q -m cuda -rs -s -p no:cacheprovider tests/test_cuda.py \
+stamp "CUDA tests (tests/test_cuda.py, and the Triton decode kernel compiled)"
+timeout "$TEST_TIMEOUT" "$PY" -m pytest -q -rs -s -p no:cacheprovider tests/test_cuda.py tests/test_triton_decode.py \
   2>&1 | tee "$OUTDIR/pytest_cuda.log" | grep -v "^\s*$"
 test_rc=${PIPESTATUS[0]}
 stamp "CUDA tests exit code $test_rc"

@@ -11,3 +11,8 @@ settings.load_profile("cbtui")
 # The tiny model's ops are far too small for intra-op threads: on a small shared CPU one thread
 # is many times faster than several (measured: an index gather 0.07 ms vs 3.2 ms).
 torch.set_num_threads(1)
+
+# Without a GPU, Triton kernels run through Triton's interpreter (numpy, on the CPU), so the
+# decode kernel's logic is tested here too. It must be set before any kernel is defined.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")

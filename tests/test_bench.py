@@ -152,3 +152,15 @@ def test_ours_measures_what_step_records_cost():
     release(engine)
     assert 0 < result.record_share < 1 and "StepRecords" in result.note
     assert result.summary()["record_share"] == result.record_share
+
+
+def test_cuda_ablations_name_what_each_row_leaves_out():
+    from types import SimpleNamespace
+
+    from cbtui.bench.run import _ablations
+
+    full = SimpleNamespace(decode_graphs=object(), decode_attention=SimpleNamespace(reads_tables=True))
+    assert _ablations(full) == [("ours continuous, no graphs", {"decode_graphs": "off"}),
+                                ("ours continuous, gather decode", {"decode_attention": "gather"})]
+    bare = SimpleNamespace(decode_graphs=None, decode_attention=SimpleNamespace(reads_tables=False))
+    assert _ablations(bare) == []

@@ -157,11 +157,38 @@ def test_decode_graphs_small_bf16_capture_and_agree():
             start = time.perf_counter()
             built = eng.decode_graphs.capture_up_to(16, 300)
             print(f"{built} small-preset decode graphs captured in {time.perf_counter() - start:.2f} s")
-            assert built == 5 * 2  # batches 1..16, widths of 256 and 512 tokens
+            assert eng.decode_attention.reads_tables, "the Triton decode kernel should be chosen on CUDA"
+            assert built == 5  # batches 1..16; the kernel takes whole tables, so one width
         ids = [eng.add_request(p, max_new_tokens=n) for p, n in reqs]
         eng.run_until_done()
         outs[mode] = [eng.requests[i].output for i in ids]
         if mode == "on":
-            assert eng.decode_graphs.replays >= 10
+            assert eng.decode_graphs.replays >= 10 and eng.decode_graphs.broken is None
+        assert eng.decode_attention.broken is None, eng.decode_attention.broken
     same = sum(a == b for a, b in zip(outs["on"], outs["off"]))
     assert same >= len(reqs) - 1, f"only {same} of {len(reqs)} requests agree"
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)])
+def test_triton_decode_kernel_matches_the_gather(dtype, tol):
+    """Compiled on the GPU (the CPU tests run it interpreted): the small preset's heads, shuffled
+    block tables, lengths across several loop turns."""
+    from engine.attention.paged_decode import paged_decode_attention
+    from engine.attention.paged_decode_triton import paged_decode_triton
+
+    rng = random.Random(5)
+    bs, n, num_blocks = 16, 37, 37 * 80
+    lens = [rng.randint(1, 1200) for _ in range(n)]
+    free = list(range(num_blocks))
+    rng.shuffle(free)
+    tables = [[free.pop() for _ in range(-(-length // bs))] for length in lens]
+    width = max(map(len, tables))
+    tables = torch.tensor([t + [0] * (width - len(t)) for t in tables], device=CUDA)
+    gen = torch.Generator(device=CUDA).manual_seed(5)
+    k = torch.randn(num_blocks * bs, 2, 64, device=CUDA, generator=gen).to(dtype)
+    v = torch.randn(num_blocks * bs, 2, 64, device=CUDA, generator=gen).to(dtype)
+    q = torch.randn(n, 14, 64, device=CUDA, generator=gen).to(dtype)
+    lens = torch.tensor(lens, device=CUDA)
+    got = paged_decode_triton(q, k, v, tables, lens, bs)
+    want = paged_decode_attention(q.float(), k.float(), v.float(), tables, lens, bs).to(dtype)
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol)

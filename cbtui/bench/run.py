@@ -56,16 +56,15 @@ def run_systems(workload: Workload, device: str = "auto", attention: str = "auto
     else:
         hf_note = "skipped (--no-hf)"
     attention_name = engine.attention_name
-    graphs = engine.decode_graphs is not None
+    ablations = _ablations(engine) if dev.type == "cuda" else []
     release(engine)
     del engine
 
-    if graphs and dev.type == "cuda":  # the same engine without decode graphs: what they are worth
-        progress("ours continuous, eager decodes")
-        eager, engine = run_ours(workload, "fcfs", device, dtype, attention, budget, decode_graphs="off",
-                                 name="ours continuous, no graphs")
-        results.append(eager)
-        progress(_line(eager, ours))
+    for name, setting in ablations:  # the same engine less one fast-path piece: what it is worth
+        progress(name)
+        less, engine = run_ours(workload, "fcfs", device, dtype, attention, budget, name=name, **setting)
+        results.append(less)
+        progress(_line(less, ours))
         release(engine)
         del engine
 
@@ -97,6 +96,15 @@ def run_systems(workload: Workload, device: str = "auto", attention: str = "auto
             torch.cuda.empty_cache()
 
     return _report(dev, workload, dtype, attention_name, budget, results)
+
+
+def _ablations(engine) -> list[tuple[str, dict]]:
+    out = []
+    if engine.decode_graphs is not None:
+        out.append(("ours continuous, no graphs", dict(decode_graphs="off")))
+    if engine.decode_attention.reads_tables:
+        out.append(("ours continuous, gather decode", dict(decode_attention="gather")))
+    return out
 
 
 def _report(dev, workload, dtype, attention_name, budget, results) -> dict:

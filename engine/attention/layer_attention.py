@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 
-from .paged_decode import paged_decode_attention
 from .single import leading_singles
 
 
@@ -28,17 +27,16 @@ class PoolAttention:
     """Paged cache, built-in backend: the decodes at the front of the batch read their blocks from
     the pool (paged_decode.py); only the other items' keys are read packed, for the backend."""
 
-    def __init__(self, fn):
-        self.fn = fn
+    def __init__(self, fn, decode):
+        self.fn, self.decode = fn, decode  # decode: attention/decode_kernel.py
 
     def __call__(self, q, cache, layer: int, batch):
         n = leading_singles(batch)
         parts = []
         if n:
             width = -(-max(batch.k_lens[:n]) // cache.block_size)
-            parts.append(paged_decode_attention(q[:n], cache.k_pool[layer], cache.v_pool[layer],
-                                                cache.step_tables[:n, :width], batch.key_lens[:n],
-                                                cache.block_size))
+            parts.append(self.decode(q[:n], cache.k_pool[layer], cache.v_pool[layer],
+                                     cache.step_tables[:n, :width], batch.key_lens[:n], cache.block_size))
         if n < len(batch.q_lens):
             keys, values = cache.read(layer, first_item=n)
             parts.append(self.fn(q[n:], keys, values, batch.tail(n)))

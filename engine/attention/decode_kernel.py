@@ -1,0 +1,68 @@
+"""Which decode attention reads the paged pool: the Triton kernel (CUDA) or the block gather.
+
+`triton` reads every cached byte once, for all query heads of a group, and needs no padding;
+`gather` (any device) copies each decode's blocks out of the pool, padded to the longest, and
+runs one scaled_dot_product_attention. `auto` takes the kernel where it can run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+
+import torch
+
+from .paged_decode import paged_decode_attention
+
+DECODE_ATTENTION = ("auto", "triton", "gather")
+
+
+def triton_problem(device: torch.device, dtype: torch.dtype, head_dim: int) -> str | None:
+    """Why the Triton decode kernel cannot run here, or None when it can."""
+    if device.type != "cuda":
+        return f"it needs CUDA (device is {device.type})"
+    if dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return f"it handles float16, bfloat16 and float32, not {str(dtype).replace('torch.', '')}"
+    if head_dim < 16 or head_dim & (head_dim - 1):
+        return f"it needs a power-of-two head size of at least 16 (got {head_dim})"
+    try:
+        found = importlib.util.find_spec("triton") is not None
+    except ValueError:  # a module entry set to None (tests): as good as absent
+        found = False
+    return None if found else "triton is not installed"
+
+
+class TritonDecode:
+    """The kernel, with the block gather behind it should it fail to build (said once, as a warning)."""
+
+    reads_tables = True  # reads block tables up to each key length: any table width will do
+
+    def __init__(self):
+        self.broken: str | None = None
+
+    def __call__(self, q, k_pool, v_pool, tables, key_lens, block_size):
+        if self.broken is None:
+            try:
+                from .paged_decode_triton import paged_decode_triton
+
+                return paged_decode_triton(q, k_pool, v_pool, tables, key_lens, block_size)
+            except Exception as exc:  # noqa: BLE001 - e.g. no Triton backend for this GPU
+                self.broken = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+                warnings.warn(f"Triton decode attention failed, using the block gather: {self.broken}")
+        return paged_decode_attention(q, k_pool, v_pool, tables, key_lens, block_size)
+
+
+class GatherDecode:
+    reads_tables = False  # cost grows with the table width: keep it tight
+    broken = None
+
+    def __call__(self, q, k_pool, v_pool, tables, key_lens, block_size):
+        return paged_decode_attention(q, k_pool, v_pool, tables, key_lens, block_size)
+
+
+def choose_decode_attention(mode: str, device: torch.device, dtype: torch.dtype, head_dim: int):
+    """The decode attention for EngineConfig.decode_attention; ValueError when 'triton' cannot run."""
+    problem = triton_problem(device, dtype, head_dim)
+    if mode == "triton" and problem:
+        raise ValueError(f"decode_attention='triton' cannot run: {problem}; use 'auto' or 'gather'")
+    return TritonDecode() if mode != "gather" and problem is None else GatherDecode()

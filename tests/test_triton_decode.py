@@ -1,0 +1,114 @@
+"""The Triton paged-decode kernel (attention/paged_decode_triton.py). Without a GPU it runs in
+Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1), so its indexing, masking and
+online softmax are checked on the CPU against the block gather; tests/test_cuda.py runs it
+compiled."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from engine import Engine, EngineConfig
+from engine.attention import decode_kernel
+from engine.attention.decode_kernel import GatherDecode, TritonDecode, choose_decode_attention
+from engine.attention.paged_decode import paged_decode_attention
+
+triton = pytest.importorskip("triton", reason="triton is not installed (pip install -e '.[test]')")
+# Interpreted on the CPU; compiled where there is a GPU (the interpreter is off there).
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def random_case(rng: random.Random, heads: int, kv_heads: int, d: int, bs: int, n: int, max_len: int):
+    num_blocks = n * (-(-max_len // bs)) + 4
+    lens = [rng.randint(1, max_len) for _ in range(n)]
+    free = list(range(num_blocks))
+    rng.shuffle(free)
+    tables = [[free.pop() for _ in range(-(-length // bs))] for length in lens]
+    width = max(map(len, tables)) + 2  # columns past every table: garbage in range
+    padded = torch.tensor([t + [rng.randrange(num_blocks) for _ in range(width - len(t))] for t in tables])
+    k = torch.randn(num_blocks * bs, kv_heads, d)
+    v = torch.randn(num_blocks * bs, kv_heads, d)
+    q = torch.randn(n, heads, d)
+    return tuple(x.to(DEVICE) for x in (q, k, v, padded, torch.tensor(lens)))
+
+
+@pytest.mark.parametrize("heads, kv_heads, d, bs", [(4, 2, 16, 8), (14, 2, 64, 16), (8, 8, 32, 4), (6, 1, 16, 16)])
+def test_kernel_matches_the_gather(heads, kv_heads, d, bs):
+    from engine.attention.paged_decode_triton import paged_decode_triton
+
+    rng = random.Random(heads * 100 + d + bs)
+    q, k, v, tables, lens = random_case(rng, heads, kv_heads, d, bs, n=5, max_len=150)  # > 2 loop turns
+    got = paged_decode_triton(q, k, v, tables, lens, bs)
+    torch.testing.assert_close(got, paged_decode_attention(q, k, v, tables, lens, bs), rtol=1e-5, atol=1e-5)
+
+
+def test_kernel_reads_only_each_requests_own_blocks():
+    """Poison every slot no request owns: a read outside a request's keys would show as NaN."""
+    from engine.attention.paged_decode_triton import paged_decode_triton
+
+    q, k, v, tables, lens = random_case(random.Random(1), 4, 2, 16, 8, n=4, max_len=70)
+    owned = torch.zeros(k.shape[0], dtype=torch.bool, device=DEVICE)
+    for row, length in zip(tables.tolist(), lens.tolist()):
+        for p in range(length):
+            owned[row[p // 8] * 8 + p % 8] = True
+    k[~owned], v[~owned] = float("nan"), float("nan")
+    out = paged_decode_triton(q, k, v, tables, lens, 8)
+    assert torch.isfinite(out).all()
+
+
+def _with_kernel(engine: Engine, decode) -> Engine:
+    """The same engine with another decode attention (the kernel cannot be chosen off CUDA)."""
+    engine.decode_attention = decode
+    engine.layer_attention = engine._layer_attention(engine.plugins.attention_per_layer(engine.attention))
+    engine.decode_graphs = engine._decode_graphs()
+    return engine
+
+
+@pytest.mark.parametrize("graphs", ["off", "on"])
+def test_engine_with_the_kernel_gives_the_gather_tokens(graphs):
+    rng = random.Random(2)
+    reqs = [([rng.randrange(256) for _ in range(rng.randint(1, 40))], rng.randint(2, 8)) for _ in range(5)]
+    outs = []
+    for decode in (TritonDecode(), GatherDecode()):
+        eng = _with_kernel(Engine(EngineConfig(model="tiny", device=DEVICE.type, dtype="float32", attention="sdpa",
+                                               decode_graphs=graphs, max_tokens_per_step=64,
+                                               prefill_chunk_size=32)), decode)
+        ids = [eng.add_request(p, max_new_tokens=n) for p, n in reqs]
+        eng.run_until_done()
+        outs.append([eng.requests[i].output for i in ids])
+        if graphs == "on" and isinstance(decode, TritonDecode):
+            assert eng.decode_graphs.replays > 0
+            assert {w for _, w in eng.decode_graphs.graphs} == {eng.kv.max_table_width}  # one width
+        assert decode.broken is None
+    assert outs[0] == outs[1]
+
+
+def test_a_kernel_that_fails_falls_back_to_the_gather(monkeypatch):
+    from engine.attention import paged_decode_triton
+
+    def no_kernel(*a, **k):
+        raise RuntimeError("no Triton backend for this device")
+
+    monkeypatch.setattr(paged_decode_triton, "paged_decode_triton", no_kernel)
+    q, k, v, tables, lens = random_case(random.Random(3), 4, 2, 16, 8, n=3, max_len=30)
+    decode = TritonDecode()
+    with pytest.warns(UserWarning, match="Triton decode attention failed"):
+        got = decode(q, k, v, tables, lens, 8)
+    assert decode.broken == "RuntimeError: no Triton backend for this device"
+    torch.testing.assert_close(got, paged_decode_attention(q, k, v, tables, lens, 8))
+
+
+def test_choice_and_bad_settings(monkeypatch):
+    cpu = torch.device("cpu")
+    assert isinstance(choose_decode_attention("auto", cpu, torch.float32, 64), GatherDecode)
+    with pytest.raises(ValueError, match=r"decode_attention='triton' cannot run: it needs CUDA \(device is cpu\)"):
+        Engine(EngineConfig(model="tiny", device="cpu", decode_attention="triton"))
+    with pytest.raises(ValueError, match="decode_attention='fast' is not allowed"):
+        EngineConfig(decode_attention="fast")
+    cuda = torch.device("cuda")
+    assert "float64" in decode_kernel.triton_problem(cuda, torch.float64, 64)
+    assert "head size" in decode_kernel.triton_problem(cuda, torch.float32, 24)
+    monkeypatch.setitem(__import__("sys").modules, "triton", None)  # as if not installed
+    assert decode_kernel.triton_problem(cuda, torch.float32, 64) == "triton is not installed"

@@ -1,7 +1,7 @@
 """The Triton paged-decode kernel (attention/paged_decode_triton.py). Without a GPU it runs in
 Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1), so its indexing, masking and
-online softmax are checked on the CPU against the block gather; tests/test_cuda.py runs it
-compiled."""
+online softmax are checked on the CPU against the block gather, in float32 (the interpreter's
+numpy has no bfloat16 matmul: bf16 is checked compiled, in tests/test_cuda.py)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,8 @@ One program per (request, KV head) walks the request's key positions, looks each
 in the block table and reads keys and values straight from the pool: every cached byte is read
 once, for all query heads of the group together, and nothing is copied or padded. The loop runs
 to the request's own key length, read on the device, so one compiled kernel (and one CUDA graph)
-serves every length. Softmax is the online (running max and sum) form, in float32.
+serves every length. Softmax is the online (running max and sum) form, in float32; the two
+matrix products take the pool's dtype (bf16 on tensor cores) and accumulate in float32.
 
 Tests run it on the CPU through Triton's interpreter (TRITON_INTERPRET=1, set before import).
 """
@@ -31,7 +32,7 @@ def _paged_decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, lens_ptr, out_ptr,
     heads = kv_head * GROUP + g  # the query heads that share this KV head
     g_ok = g < GROUP
     q = tl.load(q_ptr + row * q_row_stride + heads[:, None] * q_head_stride + d[None, :],
-                mask=g_ok[:, None], other=0.0).to(tl.float32)
+                mask=g_ok[:, None], other=0.0)
     key_len = tl.load(lens_ptr + row)
     running_max = tl.full([BLOCK_G], float("-inf"), tl.float32)
     running_sum = tl.zeros([BLOCK_G], tl.float32)
@@ -42,15 +43,16 @@ def _paged_decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, lens_ptr, out_ptr,
         block = tl.load(table_ptr + row * table_stride + pos // BLOCK_SIZE, mask=live, other=0)
         slot = block.to(tl.int64) * BLOCK_SIZE + pos % BLOCK_SIZE
         offsets = slot[:, None] * slot_stride + kv_head * kv_head_stride + d[None, :]
-        k = tl.load(k_ptr + offsets, mask=live[:, None], other=0.0).to(tl.float32)
+        k = tl.load(k_ptr + offsets, mask=live[:, None], other=0.0)
+        # In the pool's dtype (tensor cores for bf16), accumulated in float32; exact float32 for float32.
         scores = tl.dot(q, tl.trans(k), input_precision="ieee") * scale  # [BLOCK_G, KEYS]
         scores = tl.where(live[None, :], scores, float("-inf"))
         new_max = tl.maximum(running_max, tl.max(scores, 1))
         rescale = tl.exp(running_max - new_max)
         p = tl.exp(scores - new_max[:, None])
         running_sum = running_sum * rescale + tl.sum(p, 1)
-        v = tl.load(v_ptr + offsets, mask=live[:, None], other=0.0).to(tl.float32)
-        acc = acc * rescale[:, None] + tl.dot(p, v, input_precision="ieee")
+        v = tl.load(v_ptr + offsets, mask=live[:, None], other=0.0)
+        acc = acc * rescale[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
         running_max = new_max
     out = acc / running_sum[:, None]
     tl.store(out_ptr + row * out_row_stride + heads[:, None] * out_head_stride + d[None, :],

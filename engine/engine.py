@@ -76,8 +76,10 @@ class Engine:
         self.requests: dict[int, Request] = {}
         self.pending: list[Request] = []  # not arrived yet, sorted by arrival step
         self.step_index = 0
-        # What tracing costs: seconds spent building StepRecords, and in whole steps.
+        # What tracing costs: seconds spent building StepRecords, and in whole steps; and where
+        # step time goes: seconds and steps, decode-only steps apart from the rest.
         self.record_s = self.step_s = 0.0
+        self.time_by_kind = {"decode-only": [0.0, 0], "with prefill": [0.0, 0]}
         self.weight_bytes = self.model.weight_bytes()
         self._final_views: dict[int, RequestView] = {}
         self._finished_total = 0
@@ -235,7 +237,12 @@ class Engine:
             record.errors.append(f"no progress: {record.waiting + record.running} requests could not be "
                                  f"scheduled at step {step}")
         self.step_index += 1
-        self.step_s += time.perf_counter() - start
+        took = time.perf_counter() - start
+        self.step_s += took
+        if plan.items:
+            kind = self.time_by_kind["with prefill" if record.prefill_tokens else "decode-only"]
+            kind[0] += took
+            kind[1] += 1
         return record
 
     def _run_model(self, plan, items: list[ScheduledItem], tokens: list[list[int]],

@@ -152,6 +152,11 @@ def test_ours_measures_what_step_records_cost():
     release(engine)
     assert 0 < result.record_share < 1 and "StepRecords" in result.note
     assert result.summary()["record_share"] == result.record_share
+    split = result.summary()["step_time"]
+    assert split["decode-only"]["steps"] + split["with prefill"]["steps"] == result.steps
+    assert split["decode-only"]["steps"] > 0 and split["with prefill"]["steps"] > 0
+    assert abs(sum(k["seconds"] for k in split.values()) - result.wall_s) < 0.5 * result.wall_s
+    assert "decode-only steps" in result.note
 
 
 def test_cuda_ablations_name_what_each_row_leaves_out():

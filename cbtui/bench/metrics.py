@@ -32,6 +32,7 @@ class RunResult:
     tpot_s: list[float] = field(default_factory=list)  # per request with >= 2 output tokens
     outputs: list[list[int]] = field(default_factory=list)  # in workload order
     record_share: float | None = None  # ours: share of step time spent building StepRecords
+    step_time: dict = field(default_factory=dict)  # ours: {"decode-only": {"steps", "seconds"}, ...}
 
     @property
     def output_tok_s(self) -> float | None:
@@ -53,6 +54,8 @@ class RunResult:
                    prompt_tokens=self.prompt_tokens, output_tokens=self.output_tokens)
         if self.record_share is not None:
             out["record_share"] = self.record_share
+        if self.step_time:
+            out["step_time"] = self.step_time
         if baseline is not None and baseline.available and baseline.output_tok_s:
             out["output_tok_s_vs_ours"] = self.output_tok_s / baseline.output_tok_s
             out["total_tok_s_vs_ours"] = self.total_tok_s / baseline.total_tok_s

@@ -53,6 +53,7 @@ def run_ours(workload: Workload, policy: str = "fcfs", device: str = "auto", dty
     _sync(engine)
     replays_before = graphs.replays if graphs is not None else 0
     record_before, steps_before = engine.record_s, engine.step_s
+    kinds_before = {k: list(v) for k, v in engine.time_by_kind.items()}
 
     first_step = engine.step_index
     start = time.perf_counter()
@@ -79,6 +80,11 @@ def run_ours(workload: Workload, policy: str = "fcfs", device: str = "auto", dty
                        outputs=[list(r.output) for r in reqs],
                        record_share=(engine.record_s - record_before) / max(engine.step_s - steps_before, 1e-9))
     result.note += f"; StepRecords {100 * result.record_share:.1f}% of step time"
+    for kind, (seconds, steps) in engine.time_by_kind.items():
+        seconds, steps = seconds - kinds_before[kind][0], steps - kinds_before[kind][1]
+        result.step_time[kind] = {"steps": steps, "seconds": seconds}
+        if steps:
+            result.note += f"; {kind} steps {steps} x {1000 * seconds / steps:.1f} ms"
     for r in reqs:
         result.ttft_s.append(r.first_token_time - start)
         if len(r.output) > 1:

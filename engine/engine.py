@@ -17,7 +17,7 @@ from .kv_cache import DenseKVCache, PagedKVCache, kv_bytes_per_token
 from .memory import memory_view
 from .model import PRESETS, build_model
 from .plugin_host import PluginHost
-from .records import KVView, RequestView, ScheduledItem, StepRecord
+from .records import IdKeyed, KVView, RequestView, ScheduledItem, StepRecord
 from .request import Request, RequestState
 from .request_views import RequestViews
 from .sampling import greedy_batch, sample
@@ -275,7 +275,7 @@ class Engine:
             prefill_tokens=prefill_tokens, unused_tokens=plan.budget - decode_tokens - prefill_tokens,
             decode_demand=plan.decode_demand, decode_cap=self.config.max_decode_per_step, items=items,
             requests=views, kv=self._kv_view(freed), preempted=[r.id for r in plan.preempted],
-            finished=finished, sampled={str(k): v for k, v in sampled.items()},
+            finished=finished, sampled=IdKeyed(sampled),
             running=len(sched.running), waiting=len(sched.waiting),
             finished_total=self._finished_total, pending=len(self.pending),
             padding_slots=sched.padding_slots(), wall_time_s=wall,
@@ -284,12 +284,12 @@ class Engine:
 
     def _kv_view(self, freed: list[int]) -> KVView:
         kv = self.kv
-        tokens = {str(k): v for k, v in kv.tokens.items()}
+        tokens = IdKeyed(kv.tokens)
         if isinstance(kv, PagedKVCache):
             a = kv.allocator
-            tables = {str(k): v for k, v in a.tables.items()}  # immutable tuples: no copies
+            tables = IdKeyed(a.tables)  # immutable tuples: no copies
             used = a.num_blocks - a.num_free
-            freed_blocks = {str(k): v for k, v in self.scheduler.freed_blocks.items()}
+            freed_blocks = IdKeyed(self.scheduler.freed_blocks)
             return KVView("paged", a.block_size, a.num_blocks, used, a.num_free, tables, tokens, freed,
                           kv.bytes_per_token, kv.pool_bytes, freed_blocks)
         return KVView("dense", self.config.block_size, 0, 0, 0, {}, tokens, freed, kv.bytes_per_token,

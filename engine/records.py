@@ -6,7 +6,7 @@ internals. Keep every field a plain int, float, str, bool, None, list or dict.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 # Why a request was not scheduled in a step (the record says it for every one).
@@ -17,6 +17,34 @@ REASON_DECODE_CAP = "decode cap"
 REASON_NO_BLOCKS = "no free KV blocks"
 REASON_PREEMPTED = "preempted"
 REASON_STATIC_BATCH = "static batch full"
+
+
+class IdKeyed(Mapping):
+    """A snapshot of a dict keyed by request id, read with string keys as JSON has them.
+
+    The copy is one C-level dict copy; converting 512 keys to strings every step cost more than
+    the rest of the KV view together, and is left to whoever reads a key.
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, by_id: dict):
+        self._data = dict(by_id)
+
+    def __getitem__(self, key: str):
+        try:
+            return self._data[int(key)]
+        except ValueError:
+            raise KeyError(key) from None
+
+    def __iter__(self):
+        return map(str, self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
 
 
 @dataclass(slots=True)
@@ -57,12 +85,12 @@ class KVView:
     num_blocks: int  # pool size (paged); 0 for dense
     blocks_used: int
     blocks_free: int
-    block_tables: dict[str, tuple[int, ...]]  # request id (as str, JSON keys) -> physical blocks
-    tokens: dict[str, int]  # request id -> tokens held in the cache
+    block_tables: Mapping[str, tuple[int, ...]]  # request id (as str, JSON keys) -> physical blocks
+    tokens: Mapping[str, int]  # request id -> tokens held in the cache
     freed: list[int]  # requests whose blocks were freed this step (finished or preempted)
     bytes_per_token: int
     pool_bytes: int
-    freed_blocks: dict[str, tuple[int, ...]] = field(default_factory=dict)  # request id -> blocks freed
+    freed_blocks: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # request id -> blocks freed
 
 
 @dataclass(slots=True)
@@ -90,7 +118,7 @@ class StepRecord:
     kv: KVView
     preempted: list[int]
     finished: list[int]
-    sampled: dict[str, int]  # request id -> token sampled this step
+    sampled: Mapping[str, int]  # request id -> token sampled this step
     running: int
     waiting: int
     finished_total: int
@@ -112,8 +140,13 @@ class StepRecord:
         return sum(item.key_len for item in self.items)
 
     def to_dict(self) -> dict:
-        data = asdict(replace(self, requests=[]))
+        kv = self.kv
+        data = asdict(replace(self, requests=[], sampled={},
+                              kv=replace(kv, block_tables={}, tokens={}, freed_blocks={})))
         data["requests"] = [asdict(view) for view in self.requests]
+        data["sampled"] = dict(self.sampled)
+        data["kv"].update(block_tables={k: list(v) for k, v in kv.block_tables.items()}, tokens=dict(kv.tokens),
+                          freed_blocks={k: list(v) for k, v in kv.freed_blocks.items()})
         return data
 
     @classmethod

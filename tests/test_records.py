@@ -66,3 +66,18 @@ def test_request_views_read_late_show_the_step_they_were_taken_at():
     tails = [dict((v[0], v[11]) for v in step) for step in late]
     assert any(a != b for a, b in zip(tails, tails[1:]))  # tails really move between steps
     assert len(records[0].requests) == 6
+
+
+def test_id_keyed_snapshot_reads_like_a_dict_with_string_keys():
+    from engine.records import IdKeyed
+
+    live = {3: (1, 2), 10: (5,)}
+    snap = IdKeyed(live)
+    live[3] = (9,)  # later changes to the engine's dict do not reach the record
+    del live[10]
+    assert snap["3"] == (1, 2) and snap.get("10") == (5,) and "10" in snap and list(snap) == ["3", "10"]
+    assert snap == {"3": (1, 2), "10": (5,)} and dict(snap) == {"3": (1, 2), "10": (5,)}
+    assert snap.get("4") is None and snap.get("x") is None and "x" not in snap
+    import pytest
+    with pytest.raises(KeyError):
+        snap["4"]

@@ -81,34 +81,37 @@ class Rotary:
         return x * cos + rotated * sin
 
 
+# Fused projections, one GEMM where Llama has two or three (fewer kernel launches per layer):
+# our parameter -> its row blocks, each with the Llama projection it stands for.
+def fused_parts(spec: ModelSpec) -> dict[str, list[tuple[int, str]]]:
+    d, h, kvh, inter = spec.head_dim, spec.num_heads, spec.num_kv_heads, spec.intermediate_size
+    return {"qkv_proj.weight": [(h * d, "q_proj"), (kvh * d, "k_proj"), (kvh * d, "v_proj")],
+            "gate_up_proj.weight": [(inter, "gate_proj"), (inter, "up_proj")]}
+
+
 class DecoderLayer(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
         d, h, kvh = spec.head_dim, spec.num_heads, spec.num_kv_heads
         self.input_norm = RMSNorm(spec.hidden_size, spec.rms_eps)
-        self.q_proj = nn.Linear(spec.hidden_size, h * d, bias=False)
-        self.k_proj = nn.Linear(spec.hidden_size, kvh * d, bias=False)
-        self.v_proj = nn.Linear(spec.hidden_size, kvh * d, bias=False)
+        self.qkv_proj = nn.Linear(spec.hidden_size, (h + 2 * kvh) * d, bias=False)
         self.o_proj = nn.Linear(h * d, spec.hidden_size, bias=False)
         self.post_norm = RMSNorm(spec.hidden_size, spec.rms_eps)
-        self.gate_proj = nn.Linear(spec.hidden_size, spec.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(spec.hidden_size, spec.intermediate_size, bias=False)
+        self.gate_up_proj = nn.Linear(spec.hidden_size, 2 * spec.intermediate_size, bias=False)
         self.down_proj = nn.Linear(spec.intermediate_size, spec.hidden_size, bias=False)
         self.spec = spec
 
     def forward(self, x, cos, sin, layer_idx, kv_cache, attention, meta):
         s = self.spec
-        t = x.shape[0]
-        h = self.input_norm(x)
-        q = self.q_proj(h).view(t, s.num_heads, s.head_dim)
-        k = self.k_proj(h).view(t, s.num_kv_heads, s.head_dim)
-        v = self.v_proj(h).view(t, s.num_kv_heads, s.head_dim)
-        q, k = Rotary.apply(q, cos, sin), Rotary.apply(k, cos, sin)
+        t, h, kvh = x.shape[0], s.num_heads, s.num_kv_heads
+        qkv = self.qkv_proj(self.input_norm(x)).view(t, h + 2 * kvh, s.head_dim)
+        qk = Rotary.apply(qkv[:, :h + kvh], cos, sin)  # queries and keys rotated together
+        q, k, v = qk[:, :h], qk[:, h:], qkv[:, h + kvh:]
         kv_cache.write(layer_idx, k, v)
         attn = attention(q, kv_cache, layer_idx, meta)  # reads the keys it needs (layer_attention.py)
-        x = x + self.o_proj(attn.reshape(t, s.num_heads * s.head_dim))
-        h = self.post_norm(x)
-        return x + self.down_proj(nn.functional.silu(self.gate_proj(h)) * self.up_proj(h))
+        x = x + self.o_proj(attn.reshape(t, h * s.head_dim))
+        gate, up = self.gate_up_proj(self.post_norm(x)).chunk(2, dim=-1)
+        return x + self.down_proj(nn.functional.silu(gate) * up)
 
 
 class DecoderModel(nn.Module):
@@ -123,15 +126,21 @@ class DecoderModel(nn.Module):
 
     @torch.no_grad()
     def init_random(self, seed: int) -> None:
-        """Seeded random weights, scaled so activations stay O(1) through the layers."""
+        """Seeded random weights, scaled so activations stay O(1) through the layers.
+
+        A fused projection draws its row blocks one by one, in Llama's order, so the weights are
+        those of separate projections (the Hugging Face copy in the bench has exactly these)."""
         gen = torch.Generator(device="cpu").manual_seed(seed)
+        parts = fused_parts(self.spec)
         for name, param in self.named_parameters():
             if name.endswith("norm.weight"):
                 param.fill_(1.0)
                 continue
             fan_in = param.shape[1] if param.dim() == 2 and "embed" not in name else 1
             std = 1.0 / fan_in**0.5
-            param.copy_(torch.randn(param.shape, generator=gen, dtype=torch.float32) * std)
+            rows = [n for n, _ in parts.get(name.rsplit(".", 2)[-2] + ".weight", [])] or [param.shape[0]]
+            draws = [torch.randn((n, *param.shape[1:]), generator=gen, dtype=torch.float32) for n in rows]
+            param.copy_(torch.cat(draws) * std)
 
     @torch.no_grad()
     def forward(self, token_ids, positions, sample_rows, kv_cache, attention, meta) -> torch.Tensor:

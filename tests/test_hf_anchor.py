@@ -13,7 +13,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from cbtui.bench.hf_weights import hf_name, to_hf_llama  # noqa: E402
+from cbtui.bench.hf_weights import hf_pieces, to_hf_llama  # noqa: E402
 from engine import Engine, EngineConfig  # noqa: E402
 from engine.attention.layer_attention import PackedAttention  # noqa: E402
 from engine.batch_builder import build_batch  # noqa: E402
@@ -43,9 +43,11 @@ def our_logits(engine: Engine, tokens: list[int]) -> torch.Tensor:
 def test_every_parameter_is_copied(pair):
     engine, hf = pair
     theirs = dict(hf.named_parameters())
-    assert len(theirs) == len(list(engine.model.parameters()))
-    for name, param in engine.model.named_parameters():
-        assert torch.equal(theirs[hf_name(name)], param), name
+    pieces = [(name, param, piece) for name, param in engine.model.named_parameters()
+              for piece in hf_pieces(name, engine.spec)]
+    assert sorted(p[2][0] for p in pieces) == sorted(theirs)  # each of theirs exactly once
+    for name, param, (their_name, first, rows) in pieces:
+        assert torch.equal(theirs[their_name], param if rows < 0 else param[first:first + rows]), name
 
 
 @pytest.mark.parametrize("length", [1, 7, 64, 300])

@@ -1,7 +1,8 @@
 """Our random weights, copied into a Hugging Face `LlamaForCausalLM` (same function, other code).
 
 The engine's decoder is Llama-shaped (RMSNorm, half-split rotary as `rotate_half`, GQA, SwiGLU,
-untied lm_head), so the copy is a renaming of parameters; nothing is transposed or re-scaled.
+untied lm_head), so the copy is a renaming of parameters, the fused q/k/v and gate/up projections
+cut into Llama's row blocks; nothing is transposed or re-scaled.
 Importing this module does not import transformers; the functions do, when called.
 """
 
@@ -9,32 +10,35 @@ from __future__ import annotations
 
 import torch
 
-from engine.model import DecoderModel, ModelSpec
+from engine.model import DecoderModel, ModelSpec, fused_parts
 
-# ours (per layer) -> Hugging Face Llama (per layer)
+# ours (per layer) -> Hugging Face Llama (per layer); fused ones are cut by engine.model.fused_parts
 LAYER_NAMES = {
     "input_norm.weight": "input_layernorm.weight",
     "post_norm.weight": "post_attention_layernorm.weight",
-    "q_proj.weight": "self_attn.q_proj.weight",
-    "k_proj.weight": "self_attn.k_proj.weight",
-    "v_proj.weight": "self_attn.v_proj.weight",
     "o_proj.weight": "self_attn.o_proj.weight",
-    "gate_proj.weight": "mlp.gate_proj.weight",
-    "up_proj.weight": "mlp.up_proj.weight",
     "down_proj.weight": "mlp.down_proj.weight",
 }
+HF_MODULE = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "gate_proj": "mlp", "up_proj": "mlp"}
 TOP_NAMES = {"embed.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
              "lm_head.weight": "lm_head.weight"}
 
 
-def hf_name(ours: str) -> str:
-    """The Hugging Face parameter name for one of ours, e.g. layers.3.q_proj.weight."""
+def hf_pieces(ours: str, spec: ModelSpec) -> list[tuple[str, int, int]]:
+    """Where one of our parameters goes: (Hugging Face name, first row, row count) for each piece,
+    e.g. layers.3.qkv_proj.weight -> q_proj, k_proj and v_proj of model.layers.3."""
     if ours in TOP_NAMES:
-        return TOP_NAMES[ours]
+        return [(TOP_NAMES[ours], 0, -1)]
     prefix, index, rest = ours.split(".", 2)
-    if prefix != "layers" or rest not in LAYER_NAMES:
-        raise KeyError(f"no Hugging Face name for parameter {ours!r}")
-    return f"model.layers.{index}.{LAYER_NAMES[rest]}"
+    if prefix == "layers" and rest in LAYER_NAMES:
+        return [(f"model.layers.{index}.{LAYER_NAMES[rest]}", 0, -1)]
+    if prefix == "layers" and rest in fused_parts(spec):
+        pieces, first = [], 0
+        for rows, name in fused_parts(spec)[rest]:
+            pieces.append((f"model.layers.{index}.{HF_MODULE[name]}.{name}.weight", first, rows))
+            first += rows
+        return pieces
+    raise KeyError(f"no Hugging Face name for parameter {ours!r}")
 
 
 def llama_config(spec: ModelSpec):
@@ -70,17 +74,19 @@ def to_hf_llama(model: DecoderModel, dtype: torch.dtype | None = None, device: t
     with torch.device("meta"):
         hf = LlamaForCausalLM(config)
     hf = hf.to_empty(device=device).to(dtype)
-    ours = dict(model.named_parameters())
     theirs = dict(hf.named_parameters())
-    mapped = {hf_name(name): name for name in ours}
-    missing = sorted(set(theirs) - set(mapped))
+    copied = set()
+    for our_name, param in model.named_parameters():
+        for their_name, first, rows in hf_pieces(our_name, model.spec):
+            src = param if rows < 0 else param[first:first + rows]
+            dst = theirs[their_name]
+            if dst.shape != src.shape:
+                raise RuntimeError(f"{our_name} {tuple(src.shape)} does not fit {their_name} {tuple(dst.shape)}")
+            dst.copy_(src.to(device=device, dtype=dtype))
+            copied.add(their_name)
+    missing = sorted(set(theirs) - copied)
     if missing:
         raise RuntimeError(f"Hugging Face parameters with no source: {missing[:5]}")
-    for their_name, our_name in mapped.items():
-        dst, src = theirs[their_name], ours[our_name]
-        if dst.shape != src.shape:
-            raise RuntimeError(f"{our_name} {tuple(src.shape)} does not fit {their_name} {tuple(dst.shape)}")
-        dst.copy_(src.to(device=device, dtype=dtype))
     # Non-persistent buffers (rotary inv_freq) were left empty by to_empty: rebuild those modules.
     for parent in list(hf.modules()):
         for child_name, child in list(parent.named_children()):

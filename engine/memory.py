@@ -10,11 +10,20 @@ import torch
 from .records import MemoryView
 
 
+# /proc/self/statm kept open (opening it was most of a step record's time), per process: a
+# descriptor inherited through fork would still read the parent.
+_statm: dict[int, int] = {}  # pid -> descriptor
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
 def process_rss_bytes() -> int:
     try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):  # not Linux: peak RSS is the best we have
+        pid = os.getpid()
+        if pid not in _statm:
+            _statm.clear()
+            _statm[pid] = os.open("/proc/self/statm", os.O_RDONLY)
+        return int(os.pread(_statm[pid], 256, 0).split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError, AttributeError):  # not Linux: peak RSS is the best we have
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 

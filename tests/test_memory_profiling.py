@@ -333,3 +333,23 @@ def test_planted_leak_on_cuda_is_seen_by_allocator_and_nvml():
     assert verdicts["cuda.allocated"], verdicts["cuda.allocated"].reason
     if "nvml.used" in verdicts:  # the allocator reserves in 2 MiB+ segments, the driver sees them
         assert verdicts["nvml.used"], verdicts["nvml.used"].reason
+
+
+def test_rss_reading_follows_growth_and_forks():
+    import os
+
+    from engine.memory import process_rss_bytes
+
+    before = process_rss_bytes()
+    block = bytearray(64 * 1024 * 1024)
+    block[::4096] = b"x" * len(block[::4096])  # touch every page
+    assert process_rss_bytes() >= before + 48 * 1024 * 1024
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child frees the block: its own reading must drop, not the parent's
+        del block
+        os.write(write, str(process_rss_bytes()).encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = int(os.read(read, 64))
+    assert child < process_rss_bytes() - 32 * 1024 * 1024  # the child's own memory, not the parent's

@@ -6,6 +6,7 @@ These check structure and like-for-like correctness, never speed: benchmarks are
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -149,7 +150,10 @@ def test_ours_measures_what_step_records_cost():
     workload = make_workload("varied", scale=4 / 256, model="tiny", prompt_range=(5, 30), output_range=(3, 9))
     result, engine = run_ours(workload, "fcfs", "cpu", "float32", "sdpa", 64)
     assert 0 < engine.record_s < engine.step_s
+    pool = engine.kv.k_pool
     release(engine)
+    assert engine.kv is None and engine.model is None and engine.decode_graphs is None
+    assert sys.getrefcount(pool) == 2  # ours and getrefcount's: nothing else keeps the pool alive
     assert 0 < result.record_share < 1 and "StepRecords" in result.note
     assert result.summary()["record_share"] == result.record_share
     split = result.summary()["step_time"]

@@ -58,12 +58,17 @@ def speed_label(speed: float) -> str:
 
 
 def engine_label(engine: SteppableEngine) -> str:
-    """Model, device, attention backend and KV layout, from the engine's static settings."""
+    """Model, device, attention backend and KV layout, from the engine's static settings; and the
+    decode fast path when it is on (the Triton kernel, decode graphs)."""
     config = getattr(engine, "config", None)
     if config is None:
         return ""
     device = getattr(getattr(engine, "device", None), "type", config.device)
     parts = [config.model, device, getattr(engine, "attention_name", config.attention), config.kv_layout]
+    if getattr(getattr(engine, "decode_attention", None), "reads_tables", False):
+        parts.append("triton decode")
+    if getattr(engine, "decode_graphs", None) is not None:
+        parts.append("decode graphs")
     return " · ".join(str(p) for p in parts)
 
 

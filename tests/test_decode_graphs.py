@@ -130,3 +130,10 @@ def test_a_failed_capture_falls_back_to_eager_decodes_and_says_why(monkeypatch):
         out = eng.run_until_done()
     assert graphs.broken.startswith("RuntimeError: operation not permitted") and graphs.replays == 0
     assert out[0] == run_alone(list(range(1, 9)), 5)
+
+
+def test_header_names_the_decode_fast_path():
+    from cbtui.app import engine_label
+
+    assert engine_label(Engine(EngineConfig(model="tiny", device="cpu"))) == "tiny · cpu · sdpa · paged"
+    assert engine_label(graph_engine(num_blocks=24)).endswith("· paged · decode graphs")

@@ -78,6 +78,9 @@ def test_engine_with_the_kernel_gives_the_gather_tokens(graphs):
         ids = [eng.add_request(p, max_new_tokens=n) for p, n in reqs]
         eng.run_until_done()
         outs.append([eng.requests[i].output for i in ids])
+        if isinstance(decode, TritonDecode):
+            from cbtui.app import engine_label
+            assert "triton decode" in engine_label(eng)
         if graphs == "on" and isinstance(decode, TritonDecode):
             assert eng.decode_graphs.replays > 0
             assert {w for _, w in eng.decode_graphs.graphs} == {eng.kv.max_table_width}  # one width

@@ -20,9 +20,10 @@ triton = pytest.importorskip("triton", reason="triton is not installed (pip inst
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def random_case(rng: random.Random, heads: int, kv_heads: int, d: int, bs: int, n: int, max_len: int):
+def random_case(rng: random.Random, heads: int, kv_heads: int, d: int, bs: int, n: int, max_len: int,
+                min_len: int = 1):
     num_blocks = n * (-(-max_len // bs)) + 4
-    lens = [rng.randint(1, max_len) for _ in range(n)]
+    lens = [rng.randint(min_len, max_len) for _ in range(n)]
     free = list(range(num_blocks))
     rng.shuffle(free)
     tables = [[free.pop() for _ in range(-(-length // bs))] for length in lens]
@@ -115,3 +116,17 @@ def test_choice_and_bad_settings(monkeypatch):
     assert "head size" in decode_kernel.triton_problem(cuda, torch.float32, 24)
     monkeypatch.setitem(__import__("sys").modules, "triton", None)  # as if not installed
     assert decode_kernel.triton_problem(cuda, torch.float32, 64) == "triton is not installed"
+
+
+def test_kernel_on_the_small_presets_shapes_with_long_histories():
+    """14 query heads over 2 KV heads, 16-token blocks, ~1,000 keys (many loop turns), and q as the
+    model hands it over: a non-contiguous slice of the fused q/k/v projection."""
+    from engine.attention.paged_decode_triton import paged_decode_triton
+
+    rng = random.Random(7)
+    _, k, v, tables, lens = random_case(rng, 14, 2, 64, 16, n=6, max_len=1150, min_len=900)
+    qkv = torch.randn(6, 18, 64, device=DEVICE)
+    q = qkv[:, :14]
+    got = paged_decode_triton(q, k, v, tables, lens, 16)
+    want = paged_decode_attention(q.contiguous(), k, v, tables, lens, 16)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -25,9 +25,11 @@ import click
               show_default=True, help="Our engine's attention backend.")
 @click.option("--hf/--no-hf", default=True, show_default=True,
               help="Include Hugging Face transformers (when it is installed).")
+@click.option("--ablations/--no-ablations", default=True, show_default=True,
+              help="On CUDA, also run ours without decode graphs and with the gather decode (each piece's worth).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
 @click.pass_context
-def bench(ctx: click.Context, workload, scale, device, model, attention, hf, as_json) -> None:
+def bench(ctx: click.Context, workload, scale, device, model, attention, hf, ablations, as_json) -> None:
     """Compare this engine (continuous and static) with Hugging Face on one seeded workload.
 
     Every system runs in this process on the same random weights; warm-up is excluded and CUDA is
@@ -43,7 +45,7 @@ def bench(ctx: click.Context, workload, scale, device, model, attention, hf, as_
     err = Console(stderr=True)
     try:
         report = run_bench(workload, scale=scale, device=device, model=model, attention=attention, hf=hf,
-                           progress=lambda msg: err.print(f"[dim]bench: {msg}[/dim]"))
+                           ablations=ablations, progress=lambda msg: err.print(f"[dim]bench: {msg}[/dim]"))
     except ValueError as exc:
         click.echo(f"cbtui: error: {exc}", err=True)
         sys.exit(2)

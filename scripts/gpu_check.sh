@@ -7,6 +7,7 @@
 #
 #   bash scripts/gpu_check.sh            # full anchor workload (512 requests)
 #   BENCH_SCALE=0.25 bash scripts/gpu_check.sh   # a quarter of it
+#   BENCH_ARGS=--no-ablations bash scripts/gpu_check.sh   # skip the no-graphs / gather-decode rows
 #
 # Results are also written under $OUT (or /tmp/cbtui-gpu-check): pytest log, bench JSON.
 set -uo pipefail
@@ -50,8 +51,9 @@ timeout "$TEST_TIMEOUT" "$PY" -m pytest -q -rs -s -p no:cacheprovider tests/test
 test_rc=${PIPESTATUS[0]}
 stamp "CUDA tests exit code $test_rc"
 
-stamp "cbtui bench --workload anchor ${BENCH_SCALE:+--scale $BENCH_SCALE}"
-timeout "$BENCH_TIMEOUT" "$PY" -m cbtui bench --workload anchor ${BENCH_SCALE:+--scale "$BENCH_SCALE"} --json \
+stamp "cbtui bench --workload anchor ${BENCH_SCALE:+--scale $BENCH_SCALE} ${BENCH_ARGS:-}"
+# shellcheck disable=SC2086 # BENCH_ARGS: extra flags, split on purpose
+timeout "$BENCH_TIMEOUT" "$PY" -m cbtui bench --workload anchor ${BENCH_SCALE:+--scale "$BENCH_SCALE"} ${BENCH_ARGS:-} --json \
   > "$OUTDIR/bench_anchor.json" 2> >(tee "$OUTDIR/bench_anchor.log" >&2)
 bench_rc=$?
 stamp "bench exit code $bench_rc"

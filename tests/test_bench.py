@@ -173,3 +173,15 @@ def test_cuda_ablations_name_what_each_row_leaves_out():
                                 ("ours continuous, gather decode", {"decode_attention": "gather"})]
     bare = SimpleNamespace(decode_graphs=None, decode_attention=SimpleNamespace(reads_tables=False))
     assert _ablations(bare) == []
+
+
+def test_no_ablations_flag_reaches_the_run(monkeypatch):
+    import cbtui.bench.run as run
+
+    seen = {}
+    monkeypatch.setattr(run, "run_systems", lambda *a, **k: seen.update(args=a, kwargs=k) or {})
+    monkeypatch.setattr("cbtui.bench.report.bench_table", lambda report: "")
+    result = CliRunner().invoke(main, ["bench", "--workload", "varied", "--scale", "0.016", "--device", "cpu",
+                                       "--no-hf", "--no-ablations"])
+    assert result.exit_code == 0, result.output
+    assert seen["args"][-1] is False  # ablations=False

@@ -22,17 +22,17 @@ def default_scale(device: torch.device) -> float:
 
 
 def run_bench(workload_name: str, scale: float | None = None, device: str = "auto", model: str | None = None,
-              attention: str = "auto", hf: bool = True, progress=lambda msg: None) -> dict:
+              attention: str = "auto", hf: bool = True, ablations: bool = True, progress=lambda msg: None) -> dict:
     """Runs the systems on a named workload; returns the report dict (what --json prints)."""
     dev = resolve_device(device)
     scale = default_scale(dev) if scale is None else scale
     model = model or ("small" if dev.type == "cuda" else "tiny")
     workload = make_workload(workload_name, scale=scale, model=model)
-    return run_systems(workload, device, attention, hf, progress)
+    return run_systems(workload, device, attention, hf, progress, ablations)
 
 
 def run_systems(workload: Workload, device: str = "auto", attention: str = "auto", hf: bool = True,
-                progress=lambda msg: None) -> dict:
+                progress=lambda msg: None, ablations: bool = True) -> dict:
     """Every system on one workload, one after another, on the same weights."""
     dev = resolve_device(device)
     dtype = "bfloat16" if dev.type == "cuda" else "float32"
@@ -56,7 +56,7 @@ def run_systems(workload: Workload, device: str = "auto", attention: str = "auto
     else:
         hf_note = "skipped (--no-hf)"
     attention_name = engine.attention_name
-    ablations = _ablations(engine) if dev.type == "cuda" else []
+    ablations = _ablations(engine) if ablations and dev.type == "cuda" else []  # a CPU run measures no GPU pieces
     release(engine)
     del engine
 

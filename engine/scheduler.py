@@ -145,16 +145,19 @@ class Scheduler:
         plan.decode_demand = len(decoders)
         cap = cfg.max_decode_per_step
         preempted = RequestState.PREEMPTED
-        if cap is None and not plan.reserved and len(decoders) <= plan.left:
-            decoders = self._schedule_all_decodes(decoders, plan)  # the common case, without checks
+        # Every decoder fits and nothing caps or reserves (the common large step): no per-request checks.
+        all_fit = cap is None and not plan.reserved and len(decoders) <= plan.left
         for r in decoders:
             if r.state is preempted:  # a victim earlier in this loop
                 continue
-            if cap is not None and plan.decode_used >= cap:
-                plan.reasons[r.id] = REASON_DECODE_CAP
-            elif plan.left_for(r) == 0:
-                plan.reasons[r.id] = plan.out_of_budget_reason(r)
-            elif r.num_computed < r.kv_capacity or self._reserve(r, 1, plan):  # inline fast path
+            if not all_fit:
+                if cap is not None and plan.decode_used >= cap:
+                    plan.reasons[r.id] = REASON_DECODE_CAP
+                    continue
+                if plan.left_for(r) == 0:
+                    plan.reasons[r.id] = plan.out_of_budget_reason(r)
+                    continue
+            if r.num_computed < r.kv_capacity or self._reserve(r, 1, plan):  # inline fast path
                 plan.add(Scheduled(r, "decode", 1))
 
         # 2) Prefill chunks for admitted requests still prefilling, oldest first.
@@ -195,18 +198,6 @@ class Scheduler:
         # Decodes always come first in the packed batch; prefills follow in schedule order.
         plan.items.sort(key=lambda s: s.kind != "decode")
         return plan
-
-    def _schedule_all_decodes(self, decoders: list[Request], plan: SchedulePlan) -> list:
-        """Every decoder fits the budget and nothing caps or reserves: schedule each without the
-        per-request checks (the hot loop of a large decode step). Returns what is left: nothing."""
-        preempted, items = RequestState.PREEMPTED, plan.items
-        for r in decoders:
-            if r.state is not preempted and (r.num_computed < r.kv_capacity or self._reserve(r, 1, plan)):
-                items.append(Scheduled(r, "decode", 1))
-                plan.used += 1  # what plan.add counts, inline (no reservation: all unreserved)
-                plan.decode_used += 1
-                plan.used_unreserved += 1
-        return []
 
     def _static_candidates(self, plan: SchedulePlan) -> list[Request]:
         """Static batching: a new batch forms only when every member of the last one finished."""

@@ -32,8 +32,7 @@ class _StaticWrites:
         self.kv, self.slots = kv, slots
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        self.kv.k_pool[layer].index_copy_(0, self.slots, k)
-        self.kv.v_pool[layer].index_copy_(0, self.slots, v)
+        self.kv.write_at(layer, self.slots, k, v)
 
 
 class _StaticDecodeAttention:

@@ -54,9 +54,9 @@ class Engine:
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.attention_name = resolve_backend(config.attention, self.device)
         self.attention = get_backend(self.attention_name)
-        self.decode_attention = choose_decode_attention(config.decode_attention, self.device, self.dtype,
-                                                        PRESETS[config.model].head_dim)
         self.spec = PRESETS[config.model]
+        self.decode_attention = choose_decode_attention(config.decode_attention, self.device, self.dtype,
+                                                        self.spec.head_dim)
         self.model = build_model(config.model, config.seed, self.device, self.dtype)
         s = self.spec
         if config.kv_layout == "paged":

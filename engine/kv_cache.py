@@ -9,14 +9,10 @@ Both expose the same step protocol to the model:
 from __future__ import annotations
 
 from collections import deque
-from operator import attrgetter
 
 import torch
 
 from .batch_builder import RaggedBatch, long_tensor
-
-
-_key_len = attrgetter("key_len")
 
 
 class PagedAllocator:
@@ -76,7 +72,7 @@ class _CacheBase:
 
     def commit_step(self) -> None:
         """Marks this step's tokens as stored (called after the forward pass)."""
-        self.tokens.update(zip(self.step_request_ids, map(_key_len, self.step_batch.items)))
+        self.tokens.update(zip(self.step_request_ids, self.step_batch.k_lens))
 
 
 class PagedKVCache(_CacheBase):
@@ -160,8 +156,11 @@ class PagedKVCache(_CacheBase):
         self._read_slots: dict[int, torch.Tensor] = {}  # first item -> pool slots of its keys onward
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        self.k_pool[layer].index_copy_(0, self.step_write_slots, k)
-        self.v_pool[layer].index_copy_(0, self.step_write_slots, v)
+        self.write_at(layer, self.step_write_slots, k, v)
+
+    def write_at(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        self.k_pool[layer].index_copy_(0, slots, k)
+        self.v_pool[layer].index_copy_(0, slots, v)
 
     def read(self, layer: int, first_item: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Packed keys/values of the step's items from `first_item` on (all of them by default)."""

@@ -34,9 +34,11 @@ class PoolAttention:
         n = leading_singles(batch)
         parts = []
         if n:
-            width = -(-max(batch.k_lens[:n]) // cache.block_size)
-            parts.append(self.decode(q[:n], cache.k_pool[layer], cache.v_pool[layer],
-                                     cache.step_tables[:n, :width], batch.key_lens[:n], cache.block_size))
+            if "decode_tables" not in batch.scratch:  # once per step: the decodes' table rows, as wide as the longest
+                width = -(-max(batch.k_lens[:n]) // cache.block_size)
+                batch.scratch["decode_tables"] = cache.step_tables[:n, :width]
+            parts.append(self.decode(q[:n], cache.k_pool[layer], cache.v_pool[layer], batch.scratch["decode_tables"],
+                                     batch.key_lens[:n], cache.block_size))
         if n < len(batch.q_lens):
             keys, values = cache.read(layer, first_item=n)
             parts.append(self.fn(q[n:], keys, values, batch.tail(n)))

@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import torch
 
-from .single import sdpa
+from .single import padded_decode_sdpa
 
 
 def paged_decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, tables: torch.Tensor,
                            key_lens: torch.Tensor, block_size: int) -> torch.Tensor:
     """q [n, heads, d] (one query per item); pools [slots, kv_heads, d]; tables [n, blocks] (entries
     past an item's own blocks may be anything in range); key_lens [n]. Returns [n, heads, d]."""
-    n, heads, d = q.shape
+    n, _, d = q.shape
     kv_heads = k_pool.shape[1]
     width = tables.shape[1] * block_size
     kk = k_pool.view(-1, block_size, kv_heads, d)[tables].view(n, width, kv_heads, d).transpose(1, 2)
     vv = v_pool.view(-1, block_size, kv_heads, d)[tables].view(n, width, kv_heads, d).transpose(1, 2)
     valid = torch.arange(width, device=q.device)[None, :] < key_lens[:, None]  # [n, width]
-    out = sdpa(q.view(n, kv_heads, heads // kv_heads, d), kk, vv, attn_mask=valid[:, None, None, :])
-    return out.reshape(n, heads, d)
+    return padded_decode_sdpa(q, kk, vv, valid)

@@ -89,13 +89,18 @@ def _padded(x: torch.Tensor, batch: RaggedBatch, items: list[int], index: torch.
     return torch.nn.utils.rnn.pad_sequence(pieces, batch_first=True).transpose(1, 2)
 
 
+def padded_decode_sdpa(q: torch.Tensor, kk: torch.Tensor, vv: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """One query per item against its padded keys: q [n, heads, d], kk/vv [n, kv_heads, width, d],
+    valid [n, width] (False on padding). Returns [n, heads, d]."""
+    n, heads, d = q.shape
+    kv_heads = kk.shape[1]
+    out = sdpa(q.view(n, kv_heads, heads // kv_heads, d), kk, vv, attn_mask=valid[:, None, None, :])
+    return out.reshape(n, heads, d)
+
+
 def single_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: RaggedBatch,
                            items: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (query rows, their attention output [n, heads, d]) for the given single-query items."""
     rows, index, valid = _gather_index(batch, items, q.device)
-    n, heads, d = len(items), q.shape[1], q.shape[2]
-    kv_heads = k.shape[1]
-    qq = q[rows].view(n, kv_heads, heads // kv_heads, d)
     kk, vv = _padded(k, batch, items, index), _padded(v, batch, items, index)  # [n, kv_heads, width, d]
-    out = sdpa(qq, kk, vv, attn_mask=valid[:, None, None, :])
-    return rows, out.reshape(n, heads, d)
+    return rows, padded_decode_sdpa(q[rows], kk, vv, valid)

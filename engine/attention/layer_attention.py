@@ -35,7 +35,7 @@ class PoolAttention:
         parts = []
         if n:
             if "decode_tables" not in batch.scratch:  # once per step: the decodes' table rows, as wide as the longest
-                width = -(-max(batch.k_lens[:n]) // cache.block_size)
+                width = cache.allocator.blocks_for(max(batch.k_lens[:n]))
                 batch.scratch["decode_tables"] = cache.step_tables[:n, :width]
             parts.append(self.decode(q[:n], cache.k_pool[layer], cache.v_pool[layer], batch.scratch["decode_tables"],
                                      batch.key_lens[:n], cache.block_size))

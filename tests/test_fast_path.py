@@ -161,3 +161,40 @@ def test_padded_keys_gather_and_slice_agree():
     assert a.shape == b.shape
     mask = valid[:, None, :, None].expand_as(a)
     assert torch.equal(a[mask], b[mask])
+
+
+def test_compiled_flex_compiles_once_for_every_batch_shape(monkeypatch):
+    """The compiled kernel sees padded sizes, so batches of one block, or with as many queries as
+    keys, reuse the one graph instead of recompiling mid-run (seconds each on CUDA). Dynamo's
+    guards do not depend on the device, so a CPU compile (no codegen) counts them."""
+    from torch._dynamo.testing import CompileCounter
+    from torch.nn.attention.flex_attention import flex_attention
+
+    from engine.attention import flex
+
+    if "flex" not in BACKENDS:
+        pytest.skip("flex attention is not available in this torch")
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    compiled = torch.compile(flex_attention, dynamic=True, backend=counter)
+    monkeypatch.setattr(flex, "_flex", lambda device: compiled)
+    rng = random.Random(11)
+    shapes = set()
+    try:
+        for trial in range(14):
+            # small (one block, queries == keys: prefill from scratch) and large batches, mixed with decodes
+            batch = random_batch(rng, 6, rng.choice([0, 3, 300]), rng.choice([4, 40, 200]), 0.3)
+            q = torch.randn(batch.num_tokens, 4, 16, dtype=torch.float64)
+            k = torch.randn(batch.num_keys, 2, 16, dtype=torch.float64)
+            v = torch.randn(batch.num_keys, 2, 16, dtype=torch.float64)
+            got = flex.flex_attention_ragged(q, k, v, batch)
+            torch.testing.assert_close(got, reference_attention(q, k, v, batch), rtol=1e-10, atol=1e-10)
+            n = flex.leading_singles(batch)
+            if n < len(batch.q_lens):
+                shapes.add((batch.num_tokens - sum(batch.q_lens[:n]) <= BLOCK,
+                            batch.num_tokens == batch.num_keys))
+    finally:
+        torch._dynamo.reset()
+    assert {True, False} <= {small for small, _ in shapes} and any(equal for _, equal in shapes)
+    assert counter.frame_count == 1, f"flex compiled {counter.frame_count} times for {len(shapes)} kinds of batch"
+    assert not flex._broken

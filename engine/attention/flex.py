@@ -10,6 +10,12 @@ of its first row's item to the last visible key of its last row. Those ranges, i
 straight into BlockMask.from_kv_blocks; the mask function still decides inside every block.
 The mask is built once per step and shared by all layers.
 
+Shapes are padded for the compiler: query rows up to whole blocks (at least two), keys to at least
+one block more than the queries. torch.compile(dynamic=True) otherwise specialises on a single
+block (size 1) and on queries == keys (the same symbol for both), and each such batch would
+recompile the kernel mid-run (tens of seconds on CUDA). Padded rows belong to no item and padded
+keys to none, so the mask hides them; their outputs are dropped.
+
 Single-query items at the front of the batch (the decodes) take the batched path of single.py,
 so flex only sees the prefill rows, whose key ranges are tight.
 """
@@ -64,6 +70,14 @@ def kv_block_ranges(q_seq: torch.Tensor, q_pos: torch.Tensor, cu_k: torch.Tensor
     return lo_b, hi_b - lo_b + 1
 
 
+def padded_sizes(num_queries: int, num_keys: int, block: int = BLOCK) -> tuple[int, int]:
+    """(rows, keys) the compiled kernel sees: whole blocks, at least two of queries, keys at least
+    one block beyond the queries, so no size is 1 and the two are never equal."""
+    rows = max(2, -(-num_queries // block)) * block
+    keys = max(rows + block, -(-num_keys // block) * block)
+    return rows, keys
+
+
 def ragged_block_mask(q_seq, q_pos, k_seq, k_pos, cu_k, num_keys: int):
     from torch.nn.attention.flex_attention import BlockMask
 
@@ -101,18 +115,32 @@ def _run(q, k, v, block_mask):
     return out[0].transpose(0, 1)
 
 
+def _pad(x: torch.Tensor, length: int, value: int) -> torch.Tensor:
+    return torch.cat([x, x.new_full((length - x.shape[0],), value)]) if length > x.shape[0] else x
+
+
 def _prefill_mask(batch: RaggedBatch, n_single: int):
-    """The block mask for the rows after the first n_single items, built once per step."""
+    """The block mask for the rows after the first n_single items, built once per step, over the
+    padded sizes: (q0, k0, rows, keys, mask)."""
     if "flex_mask" not in batch.scratch:
         q0 = sum(batch.q_lens[:n_single])
         k0 = sum(batch.k_lens[:n_single])
-        q_seq = batch.seq_ids[q0:] - n_single
-        k_seq = batch.key_seq_ids[k0:] - n_single
+        items = len(batch.q_lens) - n_single
+        rows, keys = padded_sizes(batch.num_tokens - q0, batch.num_keys - k0)
+        # Padded rows are a pretend item `items` (cu_k has an entry for it: they see no real key's
+        # block); padded keys belong to item -1, which no row is.
+        q_seq = _pad(batch.seq_ids[q0:] - n_single, rows, items)
+        q_pos = _pad(batch.positions[q0:], rows, 0)
+        k_seq = _pad(batch.key_seq_ids[k0:] - n_single, keys, -1)
+        k_pos = _pad(batch.key_positions[k0:], keys, 0)
         cu_k = batch.cu_seqlens_k[n_single:] - k0
-        mask = ragged_block_mask(q_seq, batch.positions[q0:], k_seq, batch.key_positions[k0:], cu_k,
-                                 batch.num_keys - k0)
-        batch.scratch["flex_mask"] = (q0, k0, mask)
+        mask = ragged_block_mask(q_seq, q_pos, k_seq, k_pos, cu_k, keys)
+        batch.scratch["flex_mask"] = (q0, k0, rows, keys, mask)
     return batch.scratch["flex_mask"]
+
+
+def _padded_rows(x: torch.Tensor, length: int) -> torch.Tensor:
+    return torch.cat([x, x.new_zeros((length - x.shape[0],) + x.shape[1:])]) if length > x.shape[0] else x
 
 
 def flex_attention_ragged(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: RaggedBatch) -> torch.Tensor:
@@ -120,8 +148,9 @@ def flex_attention_ragged(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bat
     if n_single == len(batch.q_lens):  # decode-only step
         rows, out = single_query_attention(q, k, v, batch, list(range(n_single)))
         return out
-    q0, k0, block_mask = _prefill_mask(batch, n_single)
-    rest = _run(q[q0:], k[k0:], v[k0:], block_mask)
+    q0, k0, rows, keys, block_mask = _prefill_mask(batch, n_single)
+    rest = _run(_padded_rows(q[q0:], rows), _padded_rows(k[k0:], keys), _padded_rows(v[k0:], keys),
+                block_mask)[:batch.num_tokens - q0]
     if n_single == 0:
         return rest
     _, head = single_query_attention(q, k, v, batch, list(range(n_single)))

@@ -130,3 +130,24 @@ def test_kernel_on_the_small_presets_shapes_with_long_histories():
     got = paged_decode_triton(q, k, v, tables, lens, 16)
     want = paged_decode_attention(q.contiguous(), k, v, tables, lens, 16)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the interpreter compiles nothing")
+def test_one_compiled_kernel_for_every_table_width():
+    """Eager steps hand the kernel tables as wide as the step's longest request, so the stride
+    changes from step to step; it must not be specialised on (widths of 1 or a multiple of 16
+    would each compile a new variant mid-run)."""
+    from engine.attention.paged_decode_triton import _paged_decode_kernel, paged_decode_triton
+
+    rng = random.Random(3)
+    q, k, v, tables, lens = random_case(rng, 14, 2, 64, 16, n=3, max_len=16 * 7)
+    paged_decode_triton(q, k, v, tables, lens, 16)
+    kernel_cache = _paged_decode_kernel.device_caches[torch.cuda.current_device()][0]
+    before = len(kernel_cache)
+    for width in (1, 16, 32, 48, 64):
+        wide = torch.zeros((3, width), dtype=tables.dtype, device=DEVICE)
+        wide[:, :min(width, tables.shape[1])] = tables[:, :width]
+        short = lens.clamp(max=16 * width)
+        got = paged_decode_triton(q, k, v, wide, short, 16)
+        torch.testing.assert_close(got, paged_decode_attention(q, k, v, wide, short, 16), rtol=1e-5, atol=1e-5)
+    assert len(kernel_cache) == before, f"{len(kernel_cache) - before} more compiled variants for other table widths"

@@ -19,7 +19,10 @@ import triton.language as tl
 KEYS_PER_ITERATION = 64
 
 
-@triton.jit
+# Triton compiles a variant per integer argument that is 1 or a multiple of 16. The table stride is
+# the step's widest table in eager steps, so it changes from step to step: specialising on it would
+# compile new variants mid-run (a second or more each). Every other stride is fixed by the model.
+@triton.jit(do_not_specialize=["table_stride"])
 def _paged_decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, lens_ptr, out_ptr,
                          q_row_stride, q_head_stride, table_stride, slot_stride, kv_head_stride,
                          out_row_stride, out_head_stride, scale,

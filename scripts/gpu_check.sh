@@ -42,7 +42,7 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   stamp "installing missing: ${missing[*]}"
   timeout 120 "$PY" -m pip install -q --no-deps "${missing[@]}" \
-    || { echo "gpu_check: could not install ${missing[*]} (no package index?)"; exit 1; }
+    || echo "gpu_check: could not install ${missing[*]} (no package index?); going on without them"
 fi
 
 stamp "CUDA tests (tests/test_cuda.py, and the Triton decode kernel compiled)"

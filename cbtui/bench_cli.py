@@ -59,11 +59,13 @@ def bench(ctx: click.Context, workload, scale, device, model, attention, hf, abl
 @click.option("--requests", "num_requests", type=click.IntRange(min=1), default=512, show_default=True,
               help="Running (decoding) requests.")
 @click.option("--steps", type=click.IntRange(min=1), default=50, show_default=True)
-def bench_host(num_requests: int, steps: int) -> None:
+@click.option("--policy", type=click.Choice(["fcfs", "static"]), default="fcfs", show_default=True,
+              help="static: a batch of 64 decodes while the other requests wait.")
+def bench_host(num_requests: int, steps: int, policy: str) -> None:
     """Host-side overhead per step (schedule + batch build + record), model time excluded."""
     from .bench_host import run_host_bench
 
-    run_host_bench(num_requests, steps)
+    run_host_bench(num_requests, steps, policy=policy)
 
 
 @bench.command("ui")

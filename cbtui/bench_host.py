@@ -29,33 +29,39 @@ class NullModel(torch.nn.Module):
         return 0
 
 
-def run_host_bench(num_requests: int, steps: int, prompt_len: int = 32) -> dict:
+def run_host_bench(num_requests: int, steps: int, prompt_len: int = 32, policy: str = "fcfs",
+                   static_batch_size: int = 64) -> dict:
+    """fcfs: every request decodes in the timed steps. static: a batch of static_batch_size decodes
+    while the other requests wait (the bench's static baseline, whose queue is scanned each step)."""
     torch.set_num_threads(1)  # as the CLI runs the tiny model: small ops lose to thread hand-offs
     block_size = 16
     per_request = -(-(prompt_len + steps + 8) // block_size)
     config = EngineConfig(model="tiny", device="cpu", max_tokens_per_step=num_requests * prompt_len,  # one prefill step for all
                           prefill_chunk_size=prompt_len, block_size=block_size,
-                          num_blocks=num_requests * per_request, attention="sdpa")
+                          num_blocks=num_requests * per_request, attention="sdpa", policy=policy,
+                          static_batch_size=static_batch_size)
     engine = Engine(config)
     engine.model = NullModel(engine.spec.vocab_size)
     for i in range(num_requests):
         engine.add_request([(i + j) % 256 for j in range(prompt_len)], max_new_tokens=steps + 4)
-    while not all(r.is_decoding for r in engine.requests.values()):
-        engine.step()  # prefill everyone first: the timed steps are pure decode
+    decoding = num_requests if policy == "fcfs" else min(num_requests, static_batch_size)
+    while sum(r.is_decoding for r in engine.requests.values()) < decoding:
+        engine.step()  # prefill first: the timed steps are pure decode
     times, cpu_times = [], []
     for _ in range(steps):
         start, cpu_start = time.perf_counter(), time.thread_time()
         rec = engine.step()
         times.append(time.perf_counter() - start)
         cpu_times.append(time.thread_time() - cpu_start)  # robust to other processes on the box
-        assert rec.decode_tokens == num_requests
+        assert rec.decode_tokens == decoding and rec.prefill_tokens == 0
     result = {
         "machine": f"{platform.machine()} {platform.processor() or platform.platform()}",
-        "running_requests": num_requests, "steps": steps,
+        "policy": policy, "requests": num_requests, "decoding_requests": decoding, "steps": steps,
         "host_ms_median": statistics.median(times) * 1e3, "host_ms_p90": sorted(times)[int(0.9 * len(times))] * 1e3,
         "host_cpu_ms_median": statistics.median(cpu_times) * 1e3,
     }
-    table = Table(title=f"host overhead per step, {num_requests} decoding requests ({result['machine']})")
+    waiting = f", {num_requests - decoding} waiting" if num_requests > decoding else ""
+    table = Table(title=f"host overhead per step, {policy}: {decoding} decoding requests{waiting} ({result['machine']})")
     table.add_column("median ms", justify="right")
     table.add_column("p90 ms", justify="right")
     table.add_column("thread CPU ms (median)", justify="right")

@@ -15,7 +15,7 @@ class RequestState(str, Enum):
     FINISHED = "finished"
 
 
-@dataclass
+@dataclass(eq=False)  # a request is itself, not its field values: queue lookups compare by identity
 class Request:
     """One generation request.
 

@@ -185,3 +185,12 @@ def test_no_ablations_flag_reaches_the_run(monkeypatch):
                                        "--no-hf", "--no-ablations"])
     assert result.exit_code == 0, result.output
     assert seen["args"][-1] is False  # ablations=False
+
+
+@pytest.mark.parametrize("policy, decoding", [("fcfs", 12), ("static", 4)])
+def test_host_bench_times_pure_decode_steps(policy, decoding):
+    from cbtui.bench_host import run_host_bench
+
+    result = run_host_bench(12, steps=3, policy=policy, static_batch_size=4)
+    assert result["policy"] == policy and result["decoding_requests"] == decoding and result["steps"] == 3
+    assert 0 < result["host_ms_median"] <= result["host_ms_p90"]

@@ -5,6 +5,7 @@ from hypothesis import strategies as st
 
 from engine import Engine, EngineConfig
 from engine.records import REASON_BUDGET, REASON_DECODE_CAP, REASON_NOT_ARRIVED
+from engine.request import Request
 
 from helpers import run_batched
 
@@ -115,3 +116,11 @@ def test_idle_steps_until_arrival():
     assert eng.has_unfinished()
     rec = eng.step()
     assert rec.items[0].request_id == rid and not eng.has_unfinished()
+
+
+def test_requests_compare_by_identity():
+    """Queues find requests by identity. Field-by-field equality (the dataclass default) made each
+    lookup build two tuples of every field: the static policy's queue scans took a step's host
+    time from 1.6 ms to 32 ms at 512 requests (`cbtui bench host --policy static`)."""
+    a, b = Request(0, [1, 2], 4), Request(0, [1, 2], 4)
+    assert a != b and a == a and b not in [a] and len({a, b}) == 2

@@ -35,7 +35,7 @@ PY
 
 # Only what is missing; never torch or transformers.
 missing=()
-for pair in click:click rich:rich pytest:pytest numpy:numpy hypothesis:hypothesis sortedcontainers:sortedcontainers attrs:attrs; do
+for pair in click:click rich:rich pytest:pytest numpy:numpy pynvml:nvidia-ml-py hypothesis:hypothesis sortedcontainers:sortedcontainers attrs:attrs; do
   mod=${pair%%:*}; pkg=${pair#*:}
   "$PY" -c "import $mod" 2>/dev/null || missing+=("$pkg")
 done

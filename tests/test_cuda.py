@@ -192,3 +192,27 @@ def test_triton_decode_kernel_matches_the_gather(dtype, tol):
     got = paged_decode_triton(q, k, v, tables, lens, bs)
     want = paged_decode_attention(q.float(), k.float(), v.float(), tables, lens, bs).to(dtype)
     torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+
+
+def test_nvml_probe_reads_this_gpu():
+    """The dashboard's memory panel through the real NVML (elsewhere only a fake pynvml runs): the
+    card torch sees, its total, and used memory that grows when we allocate 1 GiB."""
+    pytest.importorskip("pynvml", reason="nvidia-ml-py is not installed")
+    from cbtui.gpu_memory import NvmlProbe
+
+    probe = NvmlProbe()
+    try:
+        index = torch.cuda.current_device()
+        before = probe.read().gpus[index]
+        _, total = torch.cuda.mem_get_info(index)
+        # NVML counts the whole framebuffer; CUDA's total can leave out what the driver reserves.
+        assert abs(before.total_bytes - total) <= 0.05 * total, (before, total)
+        name = torch.cuda.get_device_name(index)
+        assert name in before.name or before.name in name, (before.name, name)
+        block = torch.empty(1 << 30, dtype=torch.uint8, device=CUDA)
+        torch.cuda.synchronize()
+        after = probe.read().gpus[index]
+        assert after.used_bytes - before.used_bytes >= (1 << 30) * 0.9, (before, after)
+        del block
+    finally:
+        probe.close()

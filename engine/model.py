@@ -48,8 +48,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        var = x.pow(2).mean(-1, keepdim=True)
-        return x * torch.rsqrt(var + self.eps) * self.weight
+        # x * rsqrt(mean(x^2) + eps) * weight; one fused kernel on CUDA instead of five (the same
+        # composite, bit for bit, on the CPU)
+        return nn.functional.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
 class Rotary:

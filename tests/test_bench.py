@@ -194,3 +194,28 @@ def test_host_bench_times_pure_decode_steps(policy, decoding):
     result = run_host_bench(12, steps=3, policy=policy, static_batch_size=4)
     assert result["policy"] == policy and result["decoding_requests"] == decoding and result["steps"] == 3
     assert 0 < result["host_ms_median"] <= result["host_ms_p90"]
+
+
+def test_every_system_is_timed_with_the_start_up_heap_frozen(monkeypatch):
+    """Each system runs inside frozen_heap (the same for all, so the comparison stays fair), and
+    the heap is thawed again afterwards."""
+    import gc
+    from contextlib import contextmanager
+
+    from cbtui.bench import run as bench_run
+    from cbtui.bench.frozen_heap import frozen_heap
+
+    frozen_inside = []
+
+    @contextmanager
+    def watched():
+        with frozen_heap():
+            frozen_inside.append(gc.get_freeze_count())
+            yield
+
+    before = gc.get_freeze_count()
+    monkeypatch.setattr(bench_run, "frozen_heap", watched)
+    workload = make_workload("varied", scale=4 / 256, model="tiny", prompt_range=(5, 20), output_range=(2, 4))
+    report = bench_run.run_systems(workload, device="cpu", hf=False)
+    assert len(frozen_inside) == len(report["systems"]) == 4  # HF rows too (unavailable here)
+    assert all(count > before for count in frozen_inside) and gc.get_freeze_count() == before

@@ -8,6 +8,7 @@ import torch
 
 from engine.engine import resolve_device
 
+from .frozen_heap import frozen_heap
 from .machine import machine_info
 from .metrics import RunResult
 from .ours import release, run_ours
@@ -40,7 +41,8 @@ def run_systems(workload: Workload, device: str = "auto", attention: str = "auto
     results: list[RunResult] = []
 
     progress(f"ours continuous: {workload.num_requests} requests")
-    ours, engine = run_ours(workload, "fcfs", device, dtype, attention, budget)
+    with frozen_heap():
+        ours, engine = run_ours(workload, "fcfs", device, dtype, attention, budget)
     results.append(ours)
     progress(_line(ours))
     hf_model, hf_note = None, ""
@@ -83,7 +85,8 @@ def run_systems(workload: Workload, device: str = "auto", attention: str = "auto
     steps += [(name, lambda name=name, setting=setting: ours_row(name, **setting)) for name, setting in ablations]
     for name, run in steps:
         progress(name)
-        results.append(run())
+        with frozen_heap():
+            results.append(run())
         progress(_line(results[-1], ours))
         if name == STATIC_NAME:
             hf_model = None  # done with the Hugging Face copy: free it before the ablations

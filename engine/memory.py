@@ -27,9 +27,19 @@ def process_rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def cuda_allocator_bytes(device: torch.device) -> tuple[int, int]:
+    """(allocated, reserved) bytes of torch's CUDA caching allocator, from one C call.
+
+    torch.cuda.memory_allocated() and memory_reserved() each flatten and sort all ~120 allocator
+    statistics in Python to return one of them; this runs every step, inside the StepRecord."""
+    stats = torch.cuda.memory_stats_as_nested_dict(device)
+    if not stats:  # CUDA not initialised yet: nothing allocated
+        return 0, 0
+    return stats["allocated_bytes"]["all"]["current"], stats["reserved_bytes"]["all"]["current"]
+
+
 def memory_view(device: torch.device, weight_bytes: int, kv_pool_bytes: int) -> MemoryView:
     rss = process_rss_bytes()
     if device.type == "cuda":
-        return MemoryView("cuda", torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device),
-                          rss, weight_bytes, kv_pool_bytes)
+        return MemoryView("cuda", *cuda_allocator_bytes(device), rss, weight_bytes, kv_pool_bytes)
     return MemoryView("rss", 0, 0, rss, weight_bytes, kv_pool_bytes)

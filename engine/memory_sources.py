@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import torch
 
-from .memory import process_rss_bytes
+from .memory import cuda_allocator_bytes, process_rss_bytes
 
 
 class SourceUnavailable(RuntimeError):
@@ -47,8 +47,8 @@ class TorchCudaSource(MemorySource):
             raise SourceUnavailable(f"device {self.device} is not a CUDA device")
 
     def read(self) -> dict[str, int]:
-        return {"cuda.allocated": torch.cuda.memory_allocated(self.device),
-                "cuda.reserved": torch.cuda.memory_reserved(self.device)}
+        allocated, reserved = cuda_allocator_bytes(self.device)
+        return {"cuda.allocated": allocated, "cuda.reserved": reserved}
 
 
 def _norm_uuid(uuid) -> str:

@@ -216,3 +216,11 @@ def test_nvml_probe_reads_this_gpu():
         del block
     finally:
         probe.close()
+
+
+def test_allocator_bytes_match_torchs_own_figures():
+    from engine.memory import cuda_allocator_bytes
+
+    block = torch.empty(3 << 20, dtype=torch.uint8, device=CUDA)
+    assert cuda_allocator_bytes(CUDA) == (torch.cuda.memory_allocated(CUDA), torch.cuda.memory_reserved(CUDA))
+    del block

@@ -353,3 +353,25 @@ def test_rss_reading_follows_growth_and_forks():
     os.waitpid(pid, 0)
     child = int(os.read(read, 64))
     assert child < process_rss_bytes() - 32 * 1024 * 1024  # the child's own memory, not the parent's
+
+
+def test_step_record_reads_the_cuda_allocator_in_one_call(monkeypatch):
+    """The record's CUDA figures come from one nested-stats call, read at the right keys (never
+    memory_allocated()/memory_reserved(), which flatten every statistic in Python, twice a step)."""
+    from engine import memory
+
+    calls = []
+    nested = {"allocated_bytes": {"all": {"current": 7 * MiB, "peak": 9 * MiB}, "small_pool": {"current": 1}},
+              "reserved_bytes": {"all": {"current": 12 * MiB, "peak": 12 * MiB}}}
+    monkeypatch.setattr(torch.cuda, "memory_stats_as_nested_dict", lambda device=None: calls.append(device) or nested)
+
+    def flattening(*a, **k):
+        raise AssertionError("flattening memory stats call on the step path")
+
+    monkeypatch.setattr(torch.cuda, "memory_allocated", flattening)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", flattening)
+    view = memory.memory_view(torch.device("cuda"), weight_bytes=3, kv_pool_bytes=4)
+    assert (view.source, view.allocated_bytes, view.reserved_bytes) == ("cuda", 7 * MiB, 12 * MiB)
+    assert len(calls) == 1
+    monkeypatch.setattr(torch.cuda, "memory_stats_as_nested_dict", lambda device=None: {})  # not initialised
+    assert memory.cuda_allocator_bytes(torch.device("cuda")) == (0, 0)

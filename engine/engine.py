@@ -13,6 +13,7 @@ from .attention.layer_attention import PackedAttention, PoolAttention
 from .batch_builder import build_batch
 from .config import EngineConfig
 from .decode_graphs import DecodeGraphs
+from .device_timer import DeviceTimer
 from .kv_cache import DenseKVCache, PagedKVCache, kv_bytes_per_token
 from .memory import memory_view
 from .model import PRESETS, build_model
@@ -77,9 +78,11 @@ class Engine:
         self.pending: list[Request] = []  # not arrived yet, sorted by arrival step
         self.step_index = 0
         # What tracing costs: seconds spent building StepRecords, and in whole steps; and where
-        # step time goes: seconds and steps, decode-only steps apart from the rest.
+        # step time goes: [seconds, steps, device seconds], decode-only steps apart from the rest.
+        # Device seconds: the GPU's span of each forward pass (CUDA only; 0 elsewhere).
         self.record_s = self.step_s = 0.0
-        self.time_by_kind = {"decode-only": [0.0, 0], "with prefill": [0.0, 0]}
+        self.time_by_kind = {"decode-only": [0.0, 0, 0.0], "with prefill": [0.0, 0, 0.0]}
+        self.device_timer = DeviceTimer() if self.device.type == "cuda" else None
         self.weight_bytes = self.model.weight_bytes()
         self._final_views: dict[int, RequestView] = {}
         self._finished_total = 0
@@ -243,6 +246,8 @@ class Engine:
             kind = self.time_by_kind["with prefill" if record.prefill_tokens else "decode-only"]
             kind[0] += took
             kind[1] += 1
+            if self.device_timer is not None:
+                kind[2] += self.device_timer.take_seconds()
         return record
 
     def _run_model(self, plan, items: list[ScheduledItem], tokens: list[list[int]],
@@ -250,10 +255,15 @@ class Engine:
         batch = build_batch(items, tokens, samples, self.device)
         rids = [item.request_id for item in items]
         self.kv.begin_step(rids, batch)
+        timer = self.device_timer
+        if timer is not None:
+            timer.start()
         logits = self.decode_graphs.run(batch, samples) if self.decode_graphs else None
         if logits is None:  # not a decode-only step (or no graphs): eager forward
             logits = self.model(batch.token_ids, batch.positions, batch.sample_rows, self.model_cache,
                                 self.layer_attention, batch)
+        if timer is not None:
+            timer.stop()
         self.kv.commit_step()
         sampling = [s.request for s, flag in zip(plan.items, samples) if flag]
         if not self._generators or all(r.temperature <= 0 for r in sampling):  # generators: temperature > 0

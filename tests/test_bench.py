@@ -161,6 +161,39 @@ def test_ours_measures_what_step_records_cost():
     assert split["decode-only"]["steps"] > 0 and split["with prefill"]["steps"] > 0
     assert abs(sum(k["seconds"] for k in split.values()) - result.wall_s) < 0.5 * result.wall_s
     assert "decode-only steps" in result.note
+    assert split["decode-only"]["device_seconds"] is None and "GPU forward span" not in result.note  # no GPU
+
+
+def test_engine_adds_each_steps_device_span_to_its_kind():
+    """Wiring of the CUDA event timer, with a stand-in that reports 10 ms per forward pass."""
+    from engine import Engine, EngineConfig
+
+    class FakeTimer:
+        def __init__(self):
+            self.calls, self.open = [], False
+
+        def start(self):
+            assert not self.open
+            self.open = True
+            self.calls.append("start")
+
+        def stop(self):
+            assert self.open
+            self.open = False
+            self.calls.append("stop")
+
+        def take_seconds(self):
+            return 0.01 if self.calls and self.calls[-1] == "stop" else 0.0
+
+    engine = Engine(EngineConfig(max_tokens_per_step=32, prefill_chunk_size=16))
+    assert engine.device_timer is None  # the CPU has no CUDA events
+    engine.device_timer = timer = FakeTimer()
+    engine.add_request(list(range(40)), max_new_tokens=5)
+    engine.run_until_done()
+    kinds = engine.time_by_kind
+    assert kinds["with prefill"][1] == 3 and kinds["decode-only"][1] == 4
+    assert kinds["with prefill"][2] == pytest.approx(0.03) and kinds["decode-only"][2] == pytest.approx(0.04)
+    assert timer.calls == ["start", "stop"] * 7
 
 
 def test_cuda_ablations_name_what_each_row_leaves_out():

@@ -224,3 +224,15 @@ def test_allocator_bytes_match_torchs_own_figures():
     block = torch.empty(3 << 20, dtype=torch.uint8, device=CUDA)
     assert cuda_allocator_bytes(CUDA) == (torch.cuda.memory_allocated(CUDA), torch.cuda.memory_reserved(CUDA))
     del block
+
+
+def test_device_timer_measures_each_forward_pass():
+    """CUDA events around every forward pass: a positive span per kind of step, never longer than
+    the host's time for the same steps (the span sits inside the step)."""
+    eng = Engine(EngineConfig(model="small", device="cuda", dtype="bfloat16", max_tokens_per_step=512,
+                              prefill_chunk_size=256, num_blocks=256))
+    for n in (300, 40, 90):
+        eng.add_request(list(range(n)), max_new_tokens=6)
+    eng.run_until_done()
+    for kind, (host_s, steps, device_s) in eng.time_by_kind.items():
+        assert steps > 0 and 0 < device_s < host_s, (kind, host_s, steps, device_s)

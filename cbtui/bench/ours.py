@@ -80,11 +80,15 @@ def run_ours(workload: Workload, policy: str = "fcfs", device: str = "auto", dty
                        outputs=[list(r.output) for r in reqs],
                        record_share=(engine.record_s - record_before) / max(engine.step_s - steps_before, 1e-9))
     result.note += f"; StepRecords {100 * result.record_share:.1f}% of step time"
-    for kind, (seconds, steps) in engine.time_by_kind.items():
-        seconds, steps = seconds - kinds_before[kind][0], steps - kinds_before[kind][1]
-        result.step_time[kind] = {"steps": steps, "seconds": seconds}
+    timed = engine.device_timer is not None
+    for kind, (seconds, steps, device_s) in engine.time_by_kind.items():
+        before = kinds_before[kind]
+        seconds, steps, device_s = seconds - before[0], steps - before[1], device_s - before[2]
+        result.step_time[kind] = {"steps": steps, "seconds": seconds, "device_seconds": device_s if timed else None}
         if steps:
             result.note += f"; {kind} steps {steps} x {1000 * seconds / steps:.1f} ms"
+            if timed:
+                result.note += f" (GPU forward span {1000 * device_s / steps:.1f} ms)"
     for r in reqs:
         result.ttft_s.append(r.first_token_time - start)
         if len(r.output) > 1:

@@ -22,6 +22,7 @@ so flex only sees the prefill rows, whose key ranges are tight.
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
 
 import torch
@@ -34,10 +35,9 @@ BLOCK = 128  # FlexAttention's sparse block size, for queries and keys
 
 def flex_available(device: torch.device) -> bool:
     try:
-        from torch.nn.attention import flex_attention  # noqa: F401
-    except ImportError:
+        return importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
+    except ModuleNotFoundError:  # a torch without torch.nn.attention at all
         return False
-    return True
 
 
 _compiled = {}

@@ -198,3 +198,40 @@ def test_compiled_flex_compiles_once_for_every_batch_shape(monkeypatch):
     assert {True, False} <= {small for small, _ in shapes} and any(equal for _, equal in shapes)
     assert counter.frame_count == 1, f"flex compiled {counter.frame_count} times for {len(shapes)} kinds of batch"
     assert not flex._broken
+
+
+def test_where_compiled_flex_fails_on_cuda_prefill_rows_go_through_sdpa(monkeypatch):
+    """On CUDA a failed compile must not leave uncompiled flex (every score materialised) on the
+    hot path: the prefill rows go through sdpa, and later steps skip the block mask altogether.
+    The CPU stands in for CUDA here."""
+    from engine.attention import flex
+
+    if "flex" not in BACKENDS:
+        pytest.skip("flex attention is not available in this torch")
+
+    def no_kernel(*a, **k):
+        raise RuntimeError("NoValidChoicesError: no choices")
+
+    def uncompiled(*a, **k):
+        raise AssertionError("uncompiled flex ran on a device that falls back to sdpa")
+
+    monkeypatch.setattr(flex, "_flex", lambda device: no_kernel)
+    monkeypatch.setattr(flex, "_broken", {})
+    monkeypatch.setattr(flex, "SDPA_FALLBACK_DEVICES", ("cpu",))
+    monkeypatch.setattr("torch.nn.attention.flex_attention.flex_attention", uncompiled)
+    rng = random.Random(8)
+    for trial in range(3):
+        batch = random_batch(rng, 6, 60, 50, 0.4)
+        while flex.leading_singles(batch) == len(batch.q_lens):  # needs prefill rows
+            batch = random_batch(rng, 6, 60, 50, 0.4)
+        q = torch.randn(batch.num_tokens, 4, 16, dtype=torch.float64)
+        k = torch.randn(batch.num_keys, 2, 16, dtype=torch.float64)
+        v = torch.randn(batch.num_keys, 2, 16, dtype=torch.float64)
+        if trial == 0:
+            with pytest.warns(UserWarning, match="sdpa instead"):
+                got = flex.flex_attention_ragged(q, k, v, batch)
+        else:
+            got = flex.flex_attention_ragged(q, k, v, batch)
+            assert "flex_mask" not in batch.scratch  # known broken: no block mask built
+        torch.testing.assert_close(got, reference_attention(q, k, v, batch), rtol=1e-10, atol=1e-10)
+    assert len(flex._broken) == 1

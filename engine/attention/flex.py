@@ -17,7 +17,8 @@ recompile the kernel mid-run (tens of seconds on CUDA). Padded rows belong to no
 keys to none, so the mask hides them; their outputs are dropped.
 
 Single-query items at the front of the batch (the decodes) take the batched path of single.py,
-so flex only sees the prefill rows, whose key ranges are tight.
+so flex only sees the prefill rows, whose key ranges are tight. Should the compiled kernel fail to
+build on CUDA, those rows go through sdpa item by item, with a warning.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import warnings
 import torch
 
 from ..batch_builder import RaggedBatch
+from .sdpa import sdpa_attention
 from .single import leading_singles, single_query_attention
 
 BLOCK = 128  # FlexAttention's sparse block size, for queries and keys
@@ -94,13 +96,23 @@ def ragged_block_mask(q_seq, q_pos, k_seq, k_pos, cu_k, num_keys: int):
 
 
 _broken: dict = {}  # shape key -> why the compiled kernel could not be built
+# Where the compiled kernel cannot be built, the prefill rows go through sdpa on these devices:
+# uncompiled flex materialises every score (GBs for an 8k-token step) and is far slower. On the CPU
+# uncompiled flex is what runs anyway, exact, and what the tests compare.
+SDPA_FALLBACK_DEVICES = ("cuda",)
 
 
-def _run(q, k, v, block_mask):
+def _kernel_key(q, k) -> tuple:
+    return (q.device.type, q.dtype, q.shape[1], k.shape[1], q.shape[2])
+
+
+def _run(q, k, v, block_mask) -> torch.Tensor | None:
+    """Flex over padded rows: compiled where it is, uncompiled on the CPU. None when the compiled
+    kernel failed here (said once, as a warning) and this device falls back to sdpa."""
     from torch.nn.attention.flex_attention import flex_attention
 
     args = (q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None])
-    key = (q.device.type, q.dtype, q.shape[1], k.shape[1], q.shape[2])
+    key = _kernel_key(q, k)
     fn = _flex(q.device)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
@@ -109,8 +121,11 @@ def _run(q, k, v, block_mask):
                 return fn(*args, block_mask=block_mask, enable_gqa=True)[0].transpose(0, 1)
             except Exception as exc:  # e.g. no Triton config for this head size / dtype
                 _broken[key] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                instead = "sdpa instead" if q.device.type in SDPA_FALLBACK_DEVICES else "uncompiled (slow, exact)"
                 warnings.warn(f"compiled flex attention failed for heads {key[2]}/{key[3]} x {key[4]} "
-                              f"{key[1]}; running it uncompiled (slow, exact): {_broken[key]}")
+                              f"{key[1]}; running it {instead}: {_broken[key]}")
+        if q.device.type in SDPA_FALLBACK_DEVICES:
+            return None
         out = flex_attention(*args, block_mask=block_mask, enable_gqa=True)
     return out[0].transpose(0, 1)
 
@@ -143,14 +158,24 @@ def _padded_rows(x: torch.Tensor, length: int) -> torch.Tensor:
     return torch.cat([x, x.new_zeros((length - x.shape[0],) + x.shape[1:])]) if length > x.shape[0] else x
 
 
+def _prefill_rows(q, k, v, batch: RaggedBatch, n_single: int) -> torch.Tensor:
+    """Attention for the rows after the first n_single items: flex over padded rows, or sdpa item by
+    item where the compiled kernel could not be built (SDPA_FALLBACK_DEVICES)."""
+    if not (q.device.type in SDPA_FALLBACK_DEVICES and _kernel_key(q, k) in _broken):
+        q0, k0, rows, keys, block_mask = _prefill_mask(batch, n_single)
+        out = _run(_padded_rows(q[q0:], rows), _padded_rows(k[k0:], keys), _padded_rows(v[k0:], keys), block_mask)
+        if out is not None:
+            return out[:batch.num_tokens - q0]
+    q0, k0 = sum(batch.q_lens[:n_single]), sum(batch.k_lens[:n_single])
+    return sdpa_attention(q[q0:], k[k0:], v[k0:], batch.tail(n_single))
+
+
 def flex_attention_ragged(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: RaggedBatch) -> torch.Tensor:
     n_single = leading_singles(batch)
     if n_single == len(batch.q_lens):  # decode-only step
         rows, out = single_query_attention(q, k, v, batch, list(range(n_single)))
         return out
-    q0, k0, rows, keys, block_mask = _prefill_mask(batch, n_single)
-    rest = _run(_padded_rows(q[q0:], rows), _padded_rows(k[k0:], keys), _padded_rows(v[k0:], keys),
-                block_mask)[:batch.num_tokens - q0]
+    rest = _prefill_rows(q, k, v, batch, n_single)
     if n_single == 0:
         return rest
     _, head = single_query_attention(q, k, v, batch, list(range(n_single)))

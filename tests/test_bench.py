@@ -9,6 +9,7 @@ import json
 import sys
 
 import pytest
+import torch
 from click.testing import CliRunner
 from rich.console import Console
 
@@ -252,3 +253,20 @@ def test_every_system_is_timed_with_the_start_up_heap_frozen(monkeypatch):
     report = bench_run.run_systems(workload, device="cpu", hf=False)
     assert len(frozen_inside) == len(report["systems"]) == 4  # HF rows too (unavailable here)
     assert all(count > before for count in frozen_inside) and gc.get_freeze_count() == before
+
+
+def test_ours_says_when_compiled_flex_failed(monkeypatch):
+    from cbtui.bench.ours import release, run_ours
+    from engine.attention import flex
+
+    if not flex.flex_available(torch.device("cpu")):
+        pytest.skip("flex attention is not available in this torch")
+    monkeypatch.setattr(flex, "_broken", {("cpu", torch.float32, 4, 2, 16): "NoValidChoicesError: none"})
+    workload = make_workload("varied", scale=3 / 256, model="tiny", prompt_range=(5, 12), output_range=(2, 3))
+    result, engine = run_ours(workload, "fcfs", "cpu", "float32", "flex", 64)
+    release(engine)
+    assert "flex (compiled kernel failed, prefill rows fell back: NoValidChoicesError: none) attention" in result.note
+    monkeypatch.setattr(flex, "_broken", {})
+    result, engine = run_ours(workload, "fcfs", "cpu", "float32", "flex", 64)
+    release(engine)
+    assert result.note.startswith("flex attention,")

@@ -8,6 +8,7 @@ import time
 import torch
 
 from engine import Engine, EngineConfig
+from engine.attention.flex import compile_failures
 
 from .metrics import RunResult
 from .workloads import Workload, warmup_workload
@@ -67,7 +68,11 @@ def run_ours(workload: Workload, policy: str = "fcfs", device: str = "auto", dty
     decode = "triton" if engine.decode_attention.reads_tables else "gather"
     if engine.decode_attention.broken:
         decode += f" (failed, gather used: {engine.decode_attention.broken})"
-    note = (f"{engine.attention_name} attention, {decode} decode attention, budget {config.max_tokens_per_step} "
+    attention = engine.attention_name
+    failed = compile_failures(engine.device, engine.dtype) if attention == "flex" else []
+    if failed:
+        attention += f" (compiled kernel failed, prefill rows fell back: {failed[0]})"
+    note = (f"{attention} attention, {decode} decode attention, budget {config.max_tokens_per_step} "
             f"tokens/step, {engine.num_blocks} KV blocks of {config.block_size}")
     if policy == "static":
         note += f", batch {config.static_batch_size}"

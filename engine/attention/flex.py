@@ -102,6 +102,12 @@ _broken: dict = {}  # shape key -> why the compiled kernel could not be built
 SDPA_FALLBACK_DEVICES = ("cuda",)
 
 
+def compile_failures(device: torch.device, dtype: torch.dtype) -> list[str]:
+    """Why the compiled kernel could not be built for this device and dtype (empty: it was, or
+    was never tried)."""
+    return [why for key, why in _broken.items() if key[:2] == (device.type, dtype)]
+
+
 def _kernel_key(q, k) -> tuple:
     return (q.device.type, q.dtype, q.shape[1], k.shape[1], q.shape[2])
 

@@ -270,3 +270,15 @@ def test_ours_says_when_compiled_flex_failed(monkeypatch):
     result, engine = run_ours(workload, "fcfs", "cpu", "float32", "flex", 64)
     release(engine)
     assert result.note.startswith("flex attention,")
+
+
+def test_goal_line_reads_ours_against_generate_batch():
+    from cbtui.bench.report import goal_line
+
+    def report(hf_available=True, ours=13_000.0, hf=1_250.0):
+        return {"systems": [{"system": "ours continuous", "available": True, "output_tok_s": ours},
+                            {"system": "HF generate_batch", "available": hf_available, "output_tok_s": hf}]}
+
+    assert goal_line(report()).endswith("= 10.40x, met")
+    assert goal_line(report(ours=9_000.0)).endswith("= 7.20x, not met")
+    assert "not measured" in goal_line(report(hf_available=False))

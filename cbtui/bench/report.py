@@ -47,6 +47,21 @@ def bench_table(report: dict) -> Table:
     return table
 
 
+GOAL_VS_GENERATE_BATCH = 10  # issue #6: ours continuous at least 10x HF generate_batch's output tok/s
+
+
+def goal_line(report: dict) -> str:
+    """Ours continuous against HF generate_batch, in the goal's terms."""
+    rows = {s["system"]: s for s in report["systems"]}
+    ours, hf = rows.get("ours continuous"), rows.get("HF generate_batch")
+    if not (ours and ours["available"] and hf and hf["available"]):
+        return "goal (>= 10x HF generate_batch): not measured in this run (a system is unavailable)"
+    ratio = ours["output_tok_s"] / hf["output_tok_s"]
+    verdict = "met" if ratio >= GOAL_VS_GENERATE_BATCH else "not met"
+    return (f"goal (>= {GOAL_VS_GENERATE_BATCH}x HF generate_batch): ours {ours['output_tok_s']:,.0f} vs "
+            f"{hf['output_tok_s']:,.0f} output tok/s = {ratio:.2f}x, {verdict}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """`python -m cbtui.bench.report FILE.json`: the table of a saved `cbtui bench --json` report."""
     import json
@@ -57,7 +72,9 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     with open(args[0]) as f:
         report = json.load(f)
-    Console(width=200).print(bench_table(report))
+    console = Console(width=200)
+    console.print(bench_table(report))
+    console.print(goal_line(report))
 
 
 if __name__ == "__main__":

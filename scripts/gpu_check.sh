@@ -9,7 +9,8 @@
 #   BENCH_SCALE=0.25 bash scripts/gpu_check.sh   # a quarter of it
 #   BENCH_ARGS=--no-ablations bash scripts/gpu_check.sh   # skip the no-graphs / gather-decode rows
 #
-# Results are also written under $OUT (or /tmp/cbtui-gpu-check): pytest log, bench JSON.
+# Results are also written under $OUT (or /tmp/cbtui-gpu-check): pytest log, bench JSON, and a
+# step profile when the bench misses its goal with time to spare.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -58,8 +59,23 @@ timeout "$BENCH_TIMEOUT" "$PY" -m cbtui bench --workload anchor ${BENCH_SCALE:+-
 bench_rc=$?
 stamp "bench exit code $bench_rc"
 
+# Where a step's time goes, when the goal was missed and time is left: the whole check has to end
+# within the device's 10-minute limit for one command. Tables in $OUTDIR/profile.log.
+PROFILE_BY=${PROFILE_BY:-450}  # seconds into the check after which the profile is skipped
+goal_met() {
+  "$PY" -c 'import json, sys; from cbtui.bench.report import goal_line
+sys.exit(0 if goal_line(json.load(open(sys.argv[1]))).endswith(", met") else 1)' "$OUTDIR/bench_anchor.json"
+}
+profile_rc=skipped
+if [ "$bench_rc" -eq 0 ] && ! goal_met && [ "$SECONDS" -lt "$PROFILE_BY" ]; then
+  stamp "goal missed: profiling steps (scripts/profile_step.py)"
+  timeout $((570 - SECONDS)) "$PY" scripts/profile_step.py > "$OUTDIR/profile.log" 2>&1
+  profile_rc=$?
+  grep -E "steps|StepRecords|GPU kernel time" "$OUTDIR/profile.log"
+fi
+
 echo
-echo "== cbtui gpu_check summary: CUDA tests rc=$test_rc, bench rc=$bench_rc =="
+echo "== cbtui gpu_check summary: CUDA tests rc=$test_rc, bench rc=$bench_rc, profile $profile_rc =="
 grep -E "passed|failed|error" "$OUTDIR/pytest_cuda.log" | tail -1
 if [ "$bench_rc" -eq 0 ]; then
   "$PY" -m cbtui.bench.report "$OUTDIR/bench_anchor.json"

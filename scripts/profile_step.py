@@ -2,8 +2,10 @@
 
     python scripts/profile_step.py [SCALE]
 
-Prints per-phase step times (first steps include compilation), the share of the step spent
-building the StepRecord, and torch.profiler tables (GPU kernels; host operators) for decode steps.
+Prints per-phase step times (the first steps include compilation) with the GPU's span of each
+forward pass, the share of step time spent building StepRecords, and torch.profiler tables (GPU
+kernels, then host operators) for one step with prefill and for three decode-only steps.
+scripts/gpu_check.sh runs it when the bench misses its goal and time is left.
 """
 
 from __future__ import annotations
@@ -17,48 +19,56 @@ from torch.profiler import ProfilerActivity, profile
 from cbtui.bench.workloads import make_workload
 from engine import Engine, EngineConfig
 
+COMPILE_STEPS = 3  # the first steps compile kernels: timed apart
+
+
+def _profiled(eng: Engine, steps: int, label: str) -> None:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            record = eng.step()
+    avg = prof.key_averages()
+    # kernel rows only: operator rows repeat their kernels' time
+    kernels_ms = sum(e.self_device_time_total for e in avg if str(e.device_type).endswith("CUDA")) / steps / 1000
+    print(f"\n{steps} {label} step(s) profiled ({record.decode_tokens} decode + {record.prefill_tokens} prefill "
+          f"tokens in the last): GPU kernel time per step {kernels_ms:.1f} ms")
+    print(avg.table(sort_by="self_device_time_total", row_limit=8, max_name_column_width=50))
+    print(avg.table(sort_by="self_cpu_time_total", row_limit=8, max_name_column_width=50))
+
 
 def main() -> None:
     scale = float(sys.argv[1]) if len(sys.argv) > 1 else 1.0
     w = make_workload("anchor", scale=scale, model="small")
     eng = Engine(EngineConfig(model="small", device="cuda", dtype="bfloat16", attention="flex",
                               max_tokens_per_step=8192, prefill_chunk_size=1024))
-    record_time = []
-    real_record = eng._record
-
-    def timed_record(*a, **k):
-        t = time.perf_counter()
-        out = real_record(*a, **k)
-        record_time.append(time.perf_counter() - t)
-        return out
-
-    eng._record = timed_record
     for p, n in zip(w.prompts, w.max_new_tokens):
         eng.add_request(p, max_new_tokens=n)
-    prefill, decode = [], []
-    while eng.has_unfinished() and len(decode) < 20:
-        t = time.perf_counter()
-        r = eng.step()
-        dt = time.perf_counter() - t
-        (prefill if r.prefill_tokens else decode).append((dt, r.decode_tokens + r.prefill_tokens, record_time[-1]))
-    ms = lambda xs: f"{1000 * statistics.median(xs):.1f} ms"  # noqa: E731
-    print(f"{w.num_requests} requests; first 3 prefill steps (compile): "
-          f"{[round(1000 * p[0]) for p in prefill[:3]]} ms")
-    print(f"prefill steps {len(prefill)}: median {ms([p[0] for p in prefill[3:]] or [0])}, "
-          f"median tokens {statistics.median([p[1] for p in prefill])}")
-    print(f"decode steps {len(decode)}: median {ms([d[0] for d in decode[2:]])} for "
-          f"{decode[-1][1]} decodes; record {ms([d[2] for d in decode[2:]])}; "
-          f"{eng.decode_graphs.replays if eng.decode_graphs else 0} from decode graphs "
-          f"(capture {eng.decode_graphs.capture_s if eng.decode_graphs else 0:.1f} s, first use)")
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        for _ in range(3):
-            eng.step()
-    avg = prof.key_averages()
-    # kernel rows only: operator rows repeat their kernels' time
-    total_cuda = sum(e.self_device_time_total for e in avg if str(e.device_type).endswith("CUDA")) / 3 / 1000
-    print(f"3 decode steps profiled: GPU kernel time per step {total_cuda:.1f} ms")
-    print(avg.table(sort_by="self_device_time_total", row_limit=10, max_name_column_width=50))
-    print(avg.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=50))
+    timings = {"with prefill": [], "decode-only": []}  # (host s, GPU forward span s)
+    profiled_prefill = False
+    while eng.has_unfinished() and len(timings["decode-only"]) < 20:
+        kinds = {k: list(v) for k, v in eng.time_by_kind.items()}
+        if not profiled_prefill and eng.step_index == COMPILE_STEPS + 1 and eng.scheduler.waiting:
+            _profiled(eng, 1, "with-prefill")
+            profiled_prefill = True
+            continue
+        eng.step()
+        for kind, (host_s, steps, device_s) in eng.time_by_kind.items():
+            if steps > kinds[kind][1]:
+                timings[kind].append((host_s - kinds[kind][0], device_s - kinds[kind][2]))
+    print(f"{w.num_requests} requests; first {COMPILE_STEPS} steps (compile): "
+          f"{[round(1000 * t[0]) for t in timings['with prefill'][:COMPILE_STEPS]]} ms")
+    for kind, rows in timings.items():
+        rows = rows[COMPILE_STEPS:] if kind == "with prefill" else rows[2:]
+        if rows:
+            print(f"{kind} steps {len(rows)}: median host {1000 * statistics.median(r[0] for r in rows):.2f} ms, "
+                  f"GPU forward span {1000 * statistics.median(r[1] for r in rows):.2f} ms")
+    print(f"StepRecords: {100 * eng.record_s / eng.step_s:.1f}% of step time; "
+          f"{eng.decode_graphs.replays if eng.decode_graphs else 0} decode steps from graphs "
+          f"(capture {eng.decode_graphs.capture_s if eng.decode_graphs else 0:.1f} s, on first use)")
+    if not profiled_prefill:
+        print("no step with prefill was left to profile after the compile steps (a larger SCALE has some)")
+    start = time.perf_counter()
+    _profiled(eng, 3, "decode-only")
+    print(f"(profiling took {time.perf_counter() - start:.1f} s)")
 
 
 if __name__ == "__main__":

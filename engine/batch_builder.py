@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from array import array
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import accumulate, chain
 from operator import attrgetter
 
 import torch
@@ -107,6 +107,8 @@ def build_batch(items: list[ScheduledItem], tokens: list[list[int]], samples: li
         raise ValueError(f"{len(token_ids)} token ids for {sum(q_lens)} scheduled query tokens")
     k_lens = list(map(_key_len, items))
     firsts = list(map(_first_pos, items))
+    if q_lens.count(1) == len(q_lens) and all(samples):
+        return _decode_batch(items, token_ids, q_lens, k_lens, firsts, device)
     meta = long_tensor(q_lens + k_lens + firsts, device).view(3, len(items))
     q_len_t, k_len_t, first_t = meta[0], meta[1], meta[2]
     zero = torch.zeros(1, dtype=torch.long, device=device)
@@ -119,6 +121,21 @@ def build_batch(items: list[ScheduledItem], tokens: list[list[int]], samples: li
         positions=first_t[seq_ids] + offset_in_item, seq_ids=seq_ids, cu_seqlens_q=cu_q,
         key_lens=k_len_t, cu_seqlens_k=cu_k,
         sample_rows=cu_q[sample_items + 1] - 1, items=list(items),
+        q_lens=q_lens, k_lens=k_lens, first_positions=firsts,
+    )
+
+
+def _decode_batch(items, token_ids: list[int], q_lens: list[int], k_lens: list[int], firsts: list[int],
+                  device) -> RaggedBatch:
+    """Every item one token, every item sampling (most steps of a long run): each per-token index is
+    a per-item one, so all of it is known on the host and crosses in one copy (on CUDA, one
+    transfer instead of a dozen small kernels)."""
+    n = len(items)
+    host = long_tensor(token_ids + firsts + k_lens + [0, *accumulate(k_lens)], device)
+    rows = torch.arange(n + 1, device=device)
+    return RaggedBatch(
+        token_ids=host[:n], positions=host[n:2 * n], seq_ids=rows[:n], cu_seqlens_q=rows,
+        key_lens=host[2 * n:3 * n], cu_seqlens_k=host[3 * n:], sample_rows=rows[:n], items=list(items),
         q_lens=q_lens, k_lens=k_lens, first_positions=firsts,
     )
 

@@ -235,3 +235,19 @@ def test_where_compiled_flex_fails_on_cuda_prefill_rows_go_through_sdpa(monkeypa
             assert "flex_mask" not in batch.scratch  # known broken: no block mask built
         torch.testing.assert_close(got, reference_attention(q, k, v, batch), rtol=1e-10, atol=1e-10)
     assert len(flex._broken) == 1
+
+
+def test_decode_only_batches_are_built_on_the_host_with_the_same_indices():
+    """The all-decodes shortcut of build_batch (one host copy) gives exactly the tensors the
+    general path expands on the device."""
+    rng = random.Random(12)
+    n = 37
+    items = [ScheduledItem(rng.randrange(1000), "decode", p, 1, p + 1) for p in (rng.randint(0, 900) for _ in range(n))]
+    tokens = [[rng.randrange(256)] for _ in range(n)]
+    fast = build_batch(items, tokens, [True] * n, CPU)
+    general = build_batch(items, tokens, [True] * (n - 1) + [False], CPU)  # not all sampling: general path
+    for name in ("token_ids", "positions", "seq_ids", "cu_seqlens_q", "key_lens", "cu_seqlens_k"):
+        assert torch.equal(getattr(fast, name), getattr(general, name)), name
+    assert torch.equal(fast.sample_rows, torch.arange(n))
+    assert (fast.q_lens, fast.k_lens, fast.first_positions) == (general.q_lens, general.k_lens, general.first_positions)
+    assert torch.equal(fast.key_seq_ids, general.key_seq_ids) and torch.equal(fast.key_positions, general.key_positions)

@@ -474,17 +474,20 @@ def leave_a_core_for_the_ui(engine: SteppableEngine) -> None:
 
 def run_dashboard(scenario, engine: SteppableEngine, overrides: dict | None = None, paused: bool = False,
                   speed: float | None = None, max_steps: int | None = None, variant: str | None = None,
-                  plugins: tuple[str, ...] = ()) -> None:
+                  plugins: tuple[str, ...] = ()) -> int:
     """Opens the dashboard on `engine`; `r` rebuilds it from the scenario with the same variant,
-    plugins and overrides."""
+    plugins and overrides. Returns the exit code: 0 after a quit, 128 + N after signal N."""
     overrides = dict(overrides or {})
     leave_a_core_for_the_ui(engine)
     app = DashboardApp(scenario, engine, rebuild=lambda: scenario.build_engine(variant, plugins=plugins, **overrides),
                        paused=paused, speed=speed, max_steps=max_steps)
 
+    signalled: list[int] = []
+
     def hang_up(signum, frame) -> None:
         # The terminal went away (SSH dropped) or we were told to stop: quit as on q. Restoring
         # a terminal that no longer exists can block, so the process ends regardless soon after.
+        signalled.append(signum)
         app.controller.stop(timeout=0.5)
         watchdog = threading.Timer(EXIT_GRACE_S, os._exit, args=(128 + signum,))
         watchdog.daemon = True
@@ -498,3 +501,4 @@ def run_dashboard(scenario, engine: SteppableEngine, overrides: dict | None = No
         app.controller.stop(timeout=1.0)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    return 128 + signalled[0] if signalled else 0

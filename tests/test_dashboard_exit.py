@@ -1,0 +1,67 @@
+"""`cbtui scenario` in a real terminal (a pseudo-terminal): how the process ends.
+
+q ends it with 0; SIGTERM / SIGHUP (the SSH session went away) with 128 + the signal, as a shell
+would report a process the signal killed. Either way at once, with the terminal restored.
+"""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
+
+
+def _open_dashboard() -> tuple[subprocess.Popen, int]:
+    leader, follower = pty.openpty()
+    env = dict(os.environ, TERM="xterm-256color", COLUMNS="80", LINES="24")
+    proc = subprocess.Popen([sys.executable, "-m", "cbtui", "scenario", "mixed_load", "--paused"],
+                            stdin=follower, stdout=follower, stderr=follower, env=env, close_fds=True,
+                            start_new_session=True)
+    os.close(follower)
+    return proc, leader
+
+
+def _read_until(leader: int, text: bytes, timeout: float) -> bytes:
+    seen = b""
+    end = time.monotonic() + timeout
+    while text not in seen and time.monotonic() < end:
+        ready, _, _ = select.select([leader], [], [], 0.1)
+        if ready:
+            try:
+                seen += os.read(leader, 65536)
+            except OSError:  # the child closed the terminal
+                break
+    return seen
+
+
+def _exit_code(proc: subprocess.Popen, leader: int) -> int:
+    try:
+        end = time.monotonic() + 20
+        while proc.poll() is None and time.monotonic() < end:
+            _read_until(leader, b"\x00never", 0.1)  # keep draining, or the child blocks on output
+        return proc.wait(timeout=1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(leader)
+
+
+@pytest.mark.parametrize("how, expected", [("q", 0), (signal.SIGTERM, 128 + signal.SIGTERM),
+                                           (signal.SIGHUP, 128 + signal.SIGHUP)])
+def test_dashboard_process_exit_code(how, expected):
+    proc, leader = _open_dashboard()
+    shown = _read_until(leader, b"Step 0", timeout=60)
+    assert b"Step 0" in shown, shown[-500:]
+    if how == "q":
+        os.write(leader, b"q")
+    else:
+        proc.send_signal(how)
+    assert _exit_code(proc, leader) == expected

@@ -26,7 +26,8 @@ import click
 @click.option("--hf/--no-hf", default=True, show_default=True,
               help="Include Hugging Face transformers (when it is installed).")
 @click.option("--ablations/--no-ablations", default=True, show_default=True,
-              help="On CUDA, also run ours without decode graphs and with the gather decode (each piece's worth).")
+              help="On CUDA, also run ours with overlapped steps, without decode graphs, and with the gather "
+                   "decode (each piece's worth).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
 @click.pass_context
 def bench(ctx: click.Context, workload, scale, device, model, attention, hf, ablations, as_json) -> None:

@@ -54,6 +54,9 @@ class EngineConfig:
     # How decodes read the paged pool (attention/decode_kernel.py): auto takes the Triton kernel on
     # CUDA when it can run, the block gather elsewhere.
     decode_attention: str = "auto"
+    # Schedule and launch step N+1 while the device still runs step N (overlap.py): step() then
+    # returns each record one call later. Greedy requests that end at max_new_tokens, no plugins.
+    overlap_steps: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("model", self.model, MODELS)
@@ -75,6 +78,11 @@ class EngineConfig:
         _check_int("static_batch_size", self.static_batch_size, 1)
         _check_int("seed", self.seed, 0, high=MAX_SEED)
         _check_int("eos_token_id", self.eos_token_id, 0, optional=True)
+        if not isinstance(self.overlap_steps, bool):
+            raise ValueError(f"overlap_steps={self.overlap_steps!r} must be true or false")
+        if self.overlap_steps and self.eos_token_id is not None:
+            raise ValueError("overlap_steps=True needs eos_token_id=None: the next step is scheduled before this "
+                             "step's tokens are read, so requests must end at max_new_tokens")
 
     @classmethod
     def field_names(cls) -> list[str]:

@@ -17,6 +17,7 @@ from .device_timer import DeviceTimer
 from .kv_cache import DenseKVCache, PagedKVCache, kv_bytes_per_token
 from .memory import memory_view
 from .model import PRESETS, build_model
+from .overlap import PENDING_TOKEN, InFlightStep, feed_pending_tokens, sample_in_flight
 from .plugin_host import PluginHost
 from .records import IdKeyed, KVView, RequestView, ScheduledItem, StepRecord
 from .request import Request, RequestState
@@ -82,7 +83,13 @@ class Engine:
         # Device seconds: the GPU's span of each forward pass (CUDA only; 0 elsewhere).
         self.record_s = self.step_s = 0.0
         self.time_by_kind = {"decode-only": [0.0, 0, 0.0], "with prefill": [0.0, 0, 0.0]}
-        self.device_timer = DeviceTimer() if self.device.type == "cuda" else None
+        self.overlap = config.overlap_steps
+        if self.overlap and self.plugins.plugins:
+            raise ValueError("overlap_steps=True cannot run plugins (they see every step as it ends); "
+                             "drop the plugins or overlap_steps")
+        self._in_flight: InFlightStep | None = None  # overlap: the launched step not yet read back
+        # CUDA events time one step at a time: not with a step still in flight.
+        self.device_timer = DeviceTimer() if self.device.type == "cuda" and not self.overlap else None
         self.weight_bytes = self.model.weight_bytes()
         self._final_views: dict[int, RequestView] = {}
         self._finished_total = 0
@@ -127,6 +134,9 @@ class Engine:
         self.requests[rid] = req
         self.pending.append(req)
         self.pending.sort(key=lambda r: (r.arrival_step, r.id))
+        if temperature > 0 and self.overlap:
+            raise ValueError(f"temperature={temperature!r}: overlap_steps=True samples greedily on the device; "
+                             f"use temperature 0 or overlap_steps=False")
         if temperature > 0:
             gen_seed = seed if seed is not None else (self.config.seed * 1_000_003 + rid) % 2**63
             self._generators[rid] = torch.Generator().manual_seed(gen_seed)
@@ -172,10 +182,14 @@ class Engine:
                 raise ValueError(f"request_id={request_id} is already used; give each request its own id")
 
     def has_unfinished(self) -> bool:
-        return bool(self.pending or self.scheduler.waiting or self.scheduler.running)
+        return bool(self.pending or self.scheduler.waiting or self.scheduler.running or self._in_flight)
 
     # -- one step -------------------------------------------------------------------------
-    def step(self) -> StepRecord:
+    def step(self) -> StepRecord | None:
+        """Runs one scheduler step and returns its record.
+
+        With overlap_steps, launches the step and returns the previous one's record, complete,
+        once its tokens are read back; None when there is none yet (the first call)."""
         start = time.perf_counter()
         step = self.step_index
         while self.pending and self.pending[0].arrival_step <= step:
@@ -186,6 +200,10 @@ class Engine:
         state = self.scheduler.state(step)
         self.plugins.before_step(state)
         plan = self.scheduler.schedule(state)
+        if self._in_flight is not None and not plan.items:
+            # Nothing to launch behind the step in flight: hand its record over first; this step
+            # is scheduled again on the next call.
+            return self._resolve_in_flight()
         # One pass: each item's record entry, the tokens it feeds, whether it samples afterwards.
         items, tokens, samples = [], [], []
         for s in plan.items:
@@ -199,32 +217,23 @@ class Engine:
             items.append(ScheduledItem(r.id, s.kind, first, n, first + n))
             tokens.append(r.token_slice(first, n))
             samples.append(first + n == len(r.prompt) + len(r.output))
-        sampled: dict[int, int] = {}
-        if plan.items:
-            sampled = self._run_model(plan, items, tokens, samples)
 
-        finished = []
-        now = time.perf_counter()
-        eos = self.config.eos_token_id
-        for s in plan.items:
-            r = s.request
-            r.num_computed += s.num_tokens
-            r.last_scheduled_step = step
-            if r.id in sampled:
-                r.output.append(sampled[r.id])
-                if r.first_token_step is None:
-                    r.first_token_step, r.first_token_time = step, now
-                if len(r.output) >= r.max_new_tokens or (eos is not None and r.output[-1] == eos):
-                    r.state, r.finished_step, r.finish_time = RequestState.FINISHED, step, now
-                    self.scheduler.finish(r)
-                    finished.append(r.id)
-                    self._finished_total += 1
-                    self.plugins.on_request_completion(r)
-                    continue
-            if s.kind != "decode":  # a decode that did not finish stays a decode
-                r.state = r.phase()
-        # No explicit device sync: reading the sampled tokens back is the step's one host sync, and
-        # by then every kernel of the step (queued before it on the stream) has run.
+        sampled: dict[int, int] = {}
+        in_flight = None
+        if plan.items and self.overlap:
+            # Tokens stay on the device; requests advance on placeholders (overlap.py).
+            logits = self._forward(items, tokens, samples, self._in_flight)
+            on_device, on_host, copied = sample_in_flight(logits)
+            finished, sampling, positions, first_token, finishing = self._advance(
+                step, plan, samples, [PENDING_TOKEN] * on_device.shape[0], now=None)
+            in_flight = InFlightStep(None, sampling, positions, on_device, on_host, copied, first_token, finishing)
+        else:
+            if plan.items:
+                sampled = self._sample(plan, samples, self._forward(items, tokens, samples, None))
+            # No explicit device sync: reading the sampled tokens back is the step's one host sync,
+            # and by then every kernel of the step (queued before it on the stream) has run.
+            finished = self._advance(step, plan, samples, list(sampled.values()), now=time.perf_counter())[0]
+
         record_start = time.perf_counter()
         wall = record_start - start
         record = self._record(step, plan, items, sampled, finished, wall)
@@ -240,20 +249,32 @@ class Engine:
             record.errors.append(f"no progress: {record.waiting + record.running} requests could not be "
                                  f"scheduled at step {step}")
         self.step_index += 1
+        if in_flight is not None:
+            in_flight.record = record
+            record = self._resolve_in_flight()  # the previous step's, while this one runs
+            self._in_flight = in_flight
         took = time.perf_counter() - start
         self.step_s += took
         if plan.items:
-            kind = self.time_by_kind["with prefill" if record.prefill_tokens else "decode-only"]
+            kind = self.time_by_kind["with prefill" if plan.tokens("prefill") else "decode-only"]
             kind[0] += took
             kind[1] += 1
             if self.device_timer is not None:
                 kind[2] += self.device_timer.take_seconds()
         return record
 
-    def _run_model(self, plan, items: list[ScheduledItem], tokens: list[list[int]],
-                   samples: list[bool]) -> dict[int, int]:
+    def _resolve_in_flight(self) -> StepRecord | None:
+        in_flight, self._in_flight = self._in_flight, None
+        return in_flight.resolve() if in_flight is not None else None
+
+    def _forward(self, items: list[ScheduledItem], tokens: list[list[int]], samples: list[bool],
+                 previous: InFlightStep | None) -> torch.Tensor:
+        """The step's forward pass; returns the logits of the rows that sample. `previous`: the step
+        still in flight, whose sampled tokens some decodes feed (overlap)."""
         batch = build_batch(items, tokens, samples, self.device)
         rids = [item.request_id for item in items]
+        if self.overlap:
+            feed_pending_tokens(batch.token_ids, tokens, rids, previous)
         self.kv.begin_step(rids, batch)
         timer = self.device_timer
         if timer is not None:
@@ -265,6 +286,9 @@ class Engine:
         if timer is not None:
             timer.stop()
         self.kv.commit_step()
+        return logits
+
+    def _sample(self, plan, samples: list[bool], logits: torch.Tensor) -> dict[int, int]:
         sampling = [s.request for s, flag in zip(plan.items, samples) if flag]
         if not self._generators or all(r.temperature <= 0 for r in sampling):  # generators: temperature > 0
             chosen = greedy_batch(logits)
@@ -272,6 +296,37 @@ class Engine:
             chosen = [sample(logits[i], r.temperature, r.top_k, self._generators.get(r.id))
                       for i, r in enumerate(sampling)]
         return {r.id: tok for r, tok in zip(sampling, chosen)}
+
+    def _advance(self, step: int, plan, samples: list[bool], chosen: list[int], now: float | None):
+        """Moves the step's requests on: tokens computed, `chosen` appended to the outputs of those
+        that sample (placeholders when overlapped: `now` is None and the times come with the
+        tokens), finished requests freed. Returns (finished ids, the requests that sampled, where
+        their tokens went, those that sampled their first token, those that finished)."""
+        finished, sampling, positions, first_token, finishing = [], [], [], [], []
+        eos = self.config.eos_token_id
+        tokens = iter(chosen)
+        for s, flag in zip(plan.items, samples):
+            r = s.request
+            r.num_computed += s.num_tokens
+            r.last_scheduled_step = step
+            if flag:
+                sampling.append(r)
+                positions.append(len(r.output))
+                r.output.append(next(tokens))
+                if r.first_token_step is None:
+                    r.first_token_step, r.first_token_time = step, now
+                    first_token.append(r)
+                if len(r.output) >= r.max_new_tokens or (eos is not None and r.output[-1] == eos):
+                    r.state, r.finished_step, r.finish_time = RequestState.FINISHED, step, now
+                    self.scheduler.finish(r)
+                    finished.append(r.id)
+                    finishing.append(r)
+                    self._finished_total += 1
+                    self.plugins.on_request_completion(r)
+                    continue
+            if s.kind != "decode":  # a decode that did not finish stays a decode
+                r.state = r.phase()
+        return finished, sampling, positions, first_token, finishing
 
     # -- the record -----------------------------------------------------------------------
     def _record(self, step, plan, items, sampled, finished, wall) -> StepRecord:
@@ -313,10 +368,11 @@ class Engine:
             if max_steps is not None and self.step_index >= max_steps:
                 break
             record = self.step()
-            idle = idle + 1 if self._stalled(record) else 0
+            idle = idle + 1 if record is not None and self._stalled(record) else 0
             if idle > 1:  # nothing can ever run again: fail loudly instead of hanging
                 raise RuntimeError(f"scheduler made no progress at step {record.step}: "
                                    f"{len(self.scheduler.waiting)} requests cannot be scheduled")
+        self._resolve_in_flight()  # stopped at max_steps with a step in flight: its tokens, not placeholders
         return self.outputs()
 
     def outputs(self) -> dict[int, list[int]]:

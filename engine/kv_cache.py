@@ -12,7 +12,7 @@ from collections import deque
 
 import torch
 
-from .batch_builder import RaggedBatch, long_tensor
+from .batch_builder import RaggedBatch, long_tensor, to_device
 
 
 class PagedAllocator:
@@ -151,7 +151,7 @@ class PagedKVCache(_CacheBase):
         tables_by_id, row_of = self.allocator.tables, self._row
         width = max(map(len, map(tables_by_id.__getitem__, request_ids)))
         rows = long_tensor(list(map(row_of.__getitem__, request_ids)), torch.device("cpu"))
-        self.step_tables = self._table[rows, :width].to(self.device)  # [items, blocks] this step
+        self.step_tables = to_device(self._table[rows, :width], self.device)  # [items, blocks] this step
         self.step_write_slots = self._slots(self.step_tables, batch.seq_ids, batch.positions)
         self._read_slots: dict[int, torch.Tensor] = {}  # first item -> pool slots of its keys onward
 

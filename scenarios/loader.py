@@ -150,6 +150,9 @@ def _resolve(name: str) -> Path:
 def _check_engine(check: Checker, settings: dict) -> EngineConfig:
     """Unknown keys, choices and integer ranges (with bounds that keep a run sane), then EngineConfig."""
     check.keys(settings, ENGINE_KEYS)
+    if settings.get("overlap_steps"):
+        check.fail("overlap_steps", "a scenario shows every step as it runs; overlapped steps (records one step "
+                                    "late) are for throughput runs such as cbtui bench: remove the key")
     for key, allowed in ENGINE_CHOICES.items():  # checked here too, for the 'did you mean'
         if key in settings:
             check.choice(settings, key, None, allowed)

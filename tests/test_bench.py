@@ -203,10 +203,11 @@ def test_cuda_ablations_name_what_each_row_leaves_out():
     from cbtui.bench.run import _ablations
 
     full = SimpleNamespace(decode_graphs=object(), decode_attention=SimpleNamespace(reads_tables=True))
-    assert _ablations(full) == [("ours continuous, no graphs", {"decode_graphs": "off"}),
+    overlapped = ("ours continuous, overlapped", {"overlap_steps": True})
+    assert _ablations(full) == [overlapped, ("ours continuous, no graphs", {"decode_graphs": "off"}),
                                 ("ours continuous, gather decode", {"decode_attention": "gather"})]
     bare = SimpleNamespace(decode_graphs=None, decode_attention=SimpleNamespace(reads_tables=False))
-    assert _ablations(bare) == []
+    assert _ablations(bare) == [overlapped]
 
 
 def test_no_ablations_flag_reaches_the_run(monkeypatch):
@@ -282,3 +283,16 @@ def test_goal_line_reads_ours_against_generate_batch():
     assert goal_line(report()).endswith("= 10.40x, met")
     assert goal_line(report(ours=9_000.0)).endswith("= 7.20x, not met")
     assert "not measured" in goal_line(report(hf_available=False))
+
+
+def test_overlapped_row_gives_ours_tokens():
+    """The CUDA-only 'overlapped' row, run here on the CPU: same tokens, and the note says so."""
+    from cbtui.bench.ours import release, run_ours
+
+    workload = make_workload("varied", scale=6 / 256, model="tiny", prompt_range=(5, 60), output_range=(3, 12))
+    plain, engine = run_ours(workload, "fcfs", "cpu", "float32", "sdpa", 64)
+    release(engine)
+    overlapped, engine = run_ours(workload, "fcfs", "cpu", "float32", "sdpa", 64, overlap_steps=True)
+    release(engine)
+    assert overlapped.outputs == plain.outputs and overlapped.steps == plain.steps
+    assert "overlapped steps" in overlapped.note and all(t > 0 for t in overlapped.ttft_s)

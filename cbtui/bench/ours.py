@@ -15,13 +15,14 @@ from .workloads import Workload, warmup_workload
 
 
 def engine_config(workload: Workload, policy: str, device: str, dtype: str, attention: str,
-                  max_tokens_per_step: int, decode_graphs: str = "auto", decode_attention: str = "auto") -> EngineConfig:
+                  max_tokens_per_step: int, decode_graphs: str = "auto", decode_attention: str = "auto",
+                  overlap_steps: bool = False) -> EngineConfig:
     longest = max(len(p) for p in workload.prompts)
     return EngineConfig(model=workload.model, device=device, dtype=dtype, attention=attention, policy=policy,
                         max_tokens_per_step=max_tokens_per_step,
                         prefill_chunk_size=min(max_tokens_per_step, longest),
                         static_batch_size=workload.static_batch_size, kv_layout="paged", block_size=16, seed=0,
-                        decode_graphs=decode_graphs, decode_attention=decode_attention)
+                        decode_graphs=decode_graphs, decode_attention=decode_attention, overlap_steps=overlap_steps)
 
 
 def _submit(engine: Engine, workload: Workload) -> list[int]:
@@ -35,11 +36,12 @@ def _sync(engine: Engine) -> None:
 
 def run_ours(workload: Workload, policy: str = "fcfs", device: str = "auto", dtype: str = "auto",
              attention: str = "auto", max_tokens_per_step: int = 8192, decode_graphs: str = "auto",
-             decode_attention: str = "auto", name: str | None = None) -> tuple[RunResult, Engine]:
+             decode_attention: str = "auto", overlap_steps: bool = False,
+             name: str | None = None) -> tuple[RunResult, Engine]:
     """Warm up on a small workload (and capture the decode graphs the workload can use, as an
     engine does at start-up), then time the real one on the same engine."""
     config = engine_config(workload, policy, device, dtype, attention, max_tokens_per_step, decode_graphs,
-                           decode_attention)
+                           decode_attention, overlap_steps)
     engine = Engine(config)
     _submit(engine, warmup_workload(workload.model))
     engine.run_until_done()
@@ -76,6 +78,8 @@ def run_ours(workload: Workload, policy: str = "fcfs", device: str = "auto", dty
             f"tokens/step, {engine.num_blocks} KV blocks of {config.block_size}")
     if policy == "static":
         note += f", batch {config.static_batch_size}"
+    if overlap_steps:
+        note += ", overlapped steps (each scheduled while the previous one runs)"
     if graphs is not None:
         note += f"; {graphs.replays - replays_before} decode steps from graphs" + (f" ({graph_note})" if graph_note else "")
     elif engine.device.type == "cuda":

@@ -14,7 +14,7 @@ import itertools
 import torch
 import torch.nn.functional as F
 
-from ..batch_builder import RaggedBatch
+from ..batch_builder import RaggedBatch, long_tensor
 
 
 def _no_cudnn_backends():
@@ -66,7 +66,7 @@ def _gather_index(batch: RaggedBatch, items: list[int], device: torch.device):
         starts = [cu_k[i] for i in items]
         lens = [batch.k_lens[i] for i in items]
         width = max(lens)
-        meta = torch.tensor([rows, starts, lens], dtype=torch.long).to(device)
+        meta = long_tensor(rows + starts + lens, device).view(3, len(items))
         offs = torch.arange(width, device=device)
         valid = offs[None, :] < meta[2][:, None]  # [n, width]
         index = meta[1][:, None] + torch.minimum(offs[None, :], meta[2][:, None] - 1)

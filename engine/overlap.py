@@ -1,0 +1,93 @@
+"""Overlapped steps: the host schedules and launches step N+1 while the GPU still runs step N.
+
+Without it every step is host work, then device work, then host work again, and the GPU idles
+while the host schedules. With `EngineConfig.overlap_steps`, a step's sampled tokens stay on the
+device: the next step is scheduled from token counts alone (which is all the scheduler needs when
+requests end at max_new_tokens, not at an EOS token), its decodes read their input tokens from the
+previous step's sampled tensor on the device, and the tokens reach the host one step later, from a
+pinned buffer, while the GPU works on.
+
+Until then a request's output holds PENDING_TOKEN where the token will go, and the step's record
+is kept back: step() returns each record one call later, complete. Greedy only, no plugins, no EOS
+(EngineConfig and Engine check). Meant for throughput runs; the dashboard steps synchronously.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .batch_builder import long_tensor
+from .records import IdKeyed, StepRecord
+from .request import Request
+
+PENDING_TOKEN = -1  # in Request.output until the step that sampled it is resolved
+
+
+@dataclass
+class InFlightStep:
+    """A launched step whose sampled tokens are still on their way to the host."""
+
+    record: StepRecord
+    requests: list[Request]  # the requests that sample, in the order of the sampled rows
+    positions: list[int]  # where each one's token goes in its output
+    on_device: torch.Tensor  # [rows] the sampled tokens, for the next step's decodes
+    on_host: torch.Tensor  # the same, copied without blocking (pinned memory on CUDA)
+    copied: torch.cuda.Event | None  # recorded after the copy; None off CUDA (already there)
+    first_token: list[Request] = field(default_factory=list)  # sampled their first token here
+    finishing: list[Request] = field(default_factory=list)  # sampled their last token here
+
+    @property
+    def row_of(self) -> dict[int, int]:
+        return {r.id: row for row, r in enumerate(self.requests)}
+
+    def resolve(self) -> StepRecord:
+        """Waits for this step's tokens only (later steps keep running), writes them where the
+        placeholders are, and returns the completed record."""
+        if self.copied is not None:
+            self.copied.synchronize()
+        tokens = self.on_host.tolist()
+        now = time.perf_counter()
+        for r, at, token in zip(self.requests, self.positions, tokens):
+            r.output[at] = token
+        for r in self.first_token:
+            r.first_token_time = now
+        for r in self.finishing:
+            r.finish_time = now
+        self.record.sampled = IdKeyed({r.id: t for r, t in zip(self.requests, tokens)})
+        return self.record
+
+
+def sample_in_flight(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.cuda.Event | None]:
+    """Greedy tokens left on the device, plus a copy on its way to the host and the event that
+    says it has arrived."""
+    chosen = torch.argmax(logits, dim=-1)
+    if chosen.device.type != "cuda":
+        return chosen, chosen, None
+    host = torch.empty(chosen.shape, dtype=chosen.dtype, pin_memory=True)
+    host.copy_(chosen, non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+    return chosen, host, copied
+
+
+def feed_pending_tokens(token_ids: torch.Tensor, tokens: list[list[int]], request_ids: list[int],
+                        previous: InFlightStep | None) -> None:
+    """Replaces, on the device, each decode's PENDING_TOKEN input by the token the previous step
+    sampled for it. Only decodes can hold one: a request's placeholder is resolved before it could
+    be recomputed (preemption readmits it at the earliest two steps later)."""
+    rows, sources = [], []
+    row_of = previous.row_of if previous is not None else {}
+    row = 0
+    for fed, rid in zip(tokens, request_ids):
+        if PENDING_TOKEN in fed:
+            if len(fed) != 1 or rid not in row_of:
+                raise RuntimeError(f"request {rid} feeds an unresolved token outside a decode")
+            rows.append(row)
+            sources.append(row_of[rid])
+        row += len(fed)
+    if rows:
+        index = long_tensor(rows + sources, token_ids.device).view(2, len(rows))
+        token_ids[index[0]] = previous.on_device[index[1]]

@@ -296,3 +296,18 @@ def test_overlapped_row_gives_ours_tokens():
     release(engine)
     assert overlapped.outputs == plain.outputs and overlapped.steps == plain.steps
     assert "overlapped steps" in overlapped.note and all(t > 0 for t in overlapped.ttft_s)
+
+
+def test_a_failing_ablation_row_is_reported_and_the_run_goes_on(monkeypatch):
+    import cbtui.bench.run as run
+
+    monkeypatch.setattr(run, "_measures_gpu_pieces", lambda dev: True)  # as on CUDA
+    monkeypatch.setattr(run, "_ablations", lambda engine: [("ours continuous, broken", {"decode_graphs": "bogus"}),
+                                                            ("ours continuous, overlapped", {"overlap_steps": True})])
+    workload = make_workload("varied", scale=3 / 256, model="tiny", prompt_range=(5, 12), output_range=(2, 3))
+    report = run.run_systems(workload, device="cpu", hf=False)
+    rows = {s["system"]: s for s in report["systems"]}
+    broken = rows["ours continuous, broken"]
+    assert not broken["available"] and broken["note"].startswith("failed: ValueError: decode_graphs='bogus'")
+    assert rows["ours continuous, overlapped"]["available"]  # the rows after it still ran
+    assert rows["ours continuous, overlapped"]["same_outputs_as_ours"] == 1.0

@@ -58,7 +58,7 @@ def run_systems(workload: Workload, device: str = "auto", attention: str = "auto
     else:
         hf_note = "skipped (--no-hf)"
     attention_name = engine.attention_name
-    ablations = _ablations(engine) if ablations and dev.type == "cuda" else []  # a CPU run measures no GPU pieces
+    ablations = _ablations(engine) if ablations and _measures_gpu_pieces(dev) else []
     release(engine)
     del engine
 
@@ -82,7 +82,16 @@ def run_systems(workload: Workload, device: str = "auto", attention: str = "auto
     steps = [(CB_NAME, lambda: hf_row(CB_NAME, run_hf_generate_batch)),
              ("ours static", lambda: ours_row("ours static", "static")),
              (STATIC_NAME, lambda: hf_row(STATIC_NAME, run_hf_static))]
-    steps += [(name, lambda name=name, setting=setting: ours_row(name, **setting)) for name, setting in ablations]
+    def ablation_row(name, setting):
+        try:
+            return ours_row(name, **setting)
+        except Exception as exc:  # a piece that fails on this machine: say so, keep the rows measured
+            gc.collect()
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+            return RunResult(name, available=False, note=f"failed: {type(exc).__name__}: {exc}"[:300])
+
+    steps += [(name, lambda name=name, setting=setting: ablation_row(name, setting)) for name, setting in ablations]
     for name, run in steps:
         progress(name)
         with frozen_heap():
@@ -96,6 +105,11 @@ def run_systems(workload: Workload, device: str = "auto", attention: str = "auto
     order = ["ours continuous", "ours static", CB_NAME, STATIC_NAME] + [name for name, _ in ablations]
     results.sort(key=lambda r: order.index(r.system))
     return _report(dev, workload, dtype, attention_name, budget, results)
+
+
+def _measures_gpu_pieces(dev: torch.device) -> bool:
+    """Ablation rows measure pieces of the CUDA fast path: a CPU run has none to measure."""
+    return dev.type == "cuda"
 
 
 def _ablations(engine) -> list[tuple[str, dict]]:

@@ -75,23 +75,20 @@ def run_systems(workload: Workload, device: str = "auto", attention: str = "auto
             return RunResult(name, available=False, note=f"failed: {type(exc).__name__}: {exc}"[:300])
 
     def ours_row(name, policy="fcfs", **setting):
-        result, engine = run_ours(workload, policy, device, dtype, attention, budget, name=name, **setting)
-        release(engine)
-        return result
-
-    steps = [(CB_NAME, lambda: hf_row(CB_NAME, run_hf_generate_batch)),
-             ("ours static", lambda: ours_row("ours static", "static")),
-             (STATIC_NAME, lambda: hf_row(STATIC_NAME, run_hf_static))]
-    def ablation_row(name, setting):
         try:
-            return ours_row(name, **setting)
+            result, engine = run_ours(workload, policy, device, dtype, attention, budget, name=name, **setting)
+            release(engine)
+            return result
         except Exception as exc:  # a piece that fails on this machine: say so, keep the rows measured
             gc.collect()
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
             return RunResult(name, available=False, note=f"failed: {type(exc).__name__}: {exc}"[:300])
 
-    steps += [(name, lambda name=name, setting=setting: ablation_row(name, setting)) for name, setting in ablations]
+    steps = [(CB_NAME, lambda: hf_row(CB_NAME, run_hf_generate_batch)),
+             ("ours static", lambda: ours_row("ours static", "static")),
+             (STATIC_NAME, lambda: hf_row(STATIC_NAME, run_hf_static))]
+    steps += [(name, lambda name=name, setting=setting: ours_row(name, **setting)) for name, setting in ablations]
     for name, run in steps:
         progress(name)
         with frozen_heap():

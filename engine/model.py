@@ -161,11 +161,27 @@ class DecoderModel(nn.Module):
         return sum(p.numel() * p.element_size() for p in self.parameters())
 
 
+# The last model's seeded weights as drawn (float32, on the CPU), kept when the model itself goes
+# to a GPU: the bench and the CUDA tests build the same preset several times in one process, and
+# drawing `small`'s 0.5B numbers takes seconds. Not kept for CPU models, whose memory it would double.
+_drawn: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
+
+
+def _keep_draws(device: torch.device) -> bool:
+    return device.type != "cpu"
+
+
 def build_model(name: str, seed: int, device: torch.device, dtype: torch.dtype) -> DecoderModel:
     # Built without nn.Linear's own random init (6 s for `small` on a 2-core CPU, all of it
-    # overwritten): init_random sets every parameter.
+    # overwritten): init_random, or the kept draws, set every parameter.
     with torch.device("meta"):
         model = DecoderModel(PRESETS[name])
     model = model.to_empty(device=torch.device("cpu"))
-    model.init_random(seed)  # same weights on every device: drawn on the CPU from the seed
+    if (name, seed) in _drawn:
+        model.load_state_dict(_drawn[(name, seed)])
+    else:
+        model.init_random(seed)  # same weights on every device: drawn on the CPU from the seed
+        _drawn.clear()
+        if _keep_draws(device):
+            _drawn[(name, seed)] = {k: v.clone() for k, v in model.state_dict().items()}
     return model.to(device=device, dtype=dtype).eval()

@@ -83,13 +83,12 @@ class Engine:
         # Device seconds: the GPU's span of each forward pass (CUDA only; 0 elsewhere).
         self.record_s = self.step_s = 0.0
         self.time_by_kind = {"decode-only": [0.0, 0, 0.0], "with prefill": [0.0, 0, 0.0]}
-        self.overlap = config.overlap_steps
-        if self.overlap and self.plugins.plugins:
+        if config.overlap_steps and self.plugins.plugins:
             raise ValueError("overlap_steps=True cannot run plugins (they see every step as it ends); "
                              "drop the plugins or overlap_steps")
         self._in_flight: InFlightStep | None = None  # overlap: the launched step not yet read back
         # CUDA events time one step at a time: not with a step still in flight.
-        self.device_timer = DeviceTimer() if self.device.type == "cuda" and not self.overlap else None
+        self.device_timer = DeviceTimer() if self.device.type == "cuda" and not config.overlap_steps else None
         self.weight_bytes = self.model.weight_bytes()
         self._final_views: dict[int, RequestView] = {}
         self._finished_total = 0
@@ -134,7 +133,7 @@ class Engine:
         self.requests[rid] = req
         self.pending.append(req)
         self.pending.sort(key=lambda r: (r.arrival_step, r.id))
-        if temperature > 0 and self.overlap:
+        if temperature > 0 and self.config.overlap_steps:
             raise ValueError(f"temperature={temperature!r}: overlap_steps=True samples greedily on the device; "
                              f"use temperature 0 or overlap_steps=False")
         if temperature > 0:
@@ -220,7 +219,7 @@ class Engine:
 
         sampled: dict[int, int] = {}
         in_flight = None
-        if plan.items and self.overlap:
+        if plan.items and self.config.overlap_steps:
             # Tokens stay on the device; requests advance on placeholders (overlap.py).
             logits = self._forward(items, tokens, samples, self._in_flight)
             on_device, on_host, copied = sample_in_flight(logits)
@@ -273,7 +272,7 @@ class Engine:
         still in flight, whose sampled tokens some decodes feed (overlap)."""
         batch = build_batch(items, tokens, samples, self.device)
         rids = [item.request_id for item in items]
-        if self.overlap:
+        if previous is not None:  # only a step in flight leaves placeholders to feed
             feed_pending_tokens(batch.token_ids, tokens, rids, previous)
         self.kv.begin_step(rids, batch)
         timer = self.device_timer

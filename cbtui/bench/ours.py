@@ -108,9 +108,13 @@ def run_ours(workload: Workload, policy: str = "fcfs", device: str = "auto", dty
 def release(engine: Engine) -> None:
     """Frees an engine's KV pool, weights and graphs before the next system is built, even while
     the caller still holds the engine (the next one sizes its pool from the free memory)."""
-    device = engine.device
     for big in ("model", "kv", "model_cache", "layer_attention", "decode_graphs", "scheduler"):
         setattr(engine, big, None)
+    free_memory(engine.device)
+
+
+def free_memory(device: torch.device) -> None:
+    """Collects what nothing references any more and hands the freed GPU memory back."""
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()

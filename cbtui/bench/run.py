@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gc
-
 import torch
 
 from engine.engine import resolve_device
@@ -11,7 +9,7 @@ from engine.engine import resolve_device
 from .frozen_heap import frozen_heap
 from .machine import machine_info
 from .metrics import RunResult
-from .ours import release, run_ours
+from .ours import free_memory, release, run_ours
 from .workloads import Workload, make_workload
 
 DEFAULT_CPU_SCALE = 1 / 16
@@ -72,18 +70,18 @@ def run_systems(workload: Workload, device: str = "auto", attention: str = "auto
         try:
             return fn(hf_model, workload)
         except Exception as exc:  # a transformers release that differs: say so, keep the rest
-            return RunResult(name, available=False, note=f"failed: {type(exc).__name__}: {exc}"[:300])
+            return _failed(name, exc)
 
     def ours_row(name, policy="fcfs", **setting):
         try:
             result, engine = run_ours(workload, policy, device, dtype, attention, budget, name=name, **setting)
+        except Exception as exc:  # a piece that fails on this machine: say so, keep the rows measured
+            result = _failed(name, exc)
+        else:
             release(engine)
             return result
-        except Exception as exc:  # a piece that fails on this machine: say so, keep the rows measured
-            gc.collect()
-            if dev.type == "cuda":
-                torch.cuda.empty_cache()
-            return RunResult(name, available=False, note=f"failed: {type(exc).__name__}: {exc}"[:300])
+        free_memory(dev)  # out of the except block: its traceback no longer holds the engine
+        return result
 
     steps = [(CB_NAME, lambda: hf_row(CB_NAME, run_hf_generate_batch)),
              ("ours static", lambda: ours_row("ours static", "static")),
@@ -96,12 +94,14 @@ def run_systems(workload: Workload, device: str = "auto", attention: str = "auto
         progress(_line(results[-1], ours))
         if name == STATIC_NAME:
             hf_model = None  # done with the Hugging Face copy: free it before the ablations
-            gc.collect()
-            if dev.type == "cuda":
-                torch.cuda.empty_cache()
+            free_memory(dev)
     order = ["ours continuous", "ours static", CB_NAME, STATIC_NAME] + [name for name, _ in ablations]
     results.sort(key=lambda r: order.index(r.system))
     return _report(dev, workload, dtype, attention_name, budget, results)
+
+
+def _failed(name: str, exc: Exception) -> RunResult:
+    return RunResult(name, available=False, note=f"failed: {type(exc).__name__}: {exc}"[:300])
 
 
 def _measures_gpu_pieces(dev: torch.device) -> bool:

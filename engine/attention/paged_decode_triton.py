@@ -69,18 +69,26 @@ def supports(q: torch.Tensor, k_pool: torch.Tensor) -> bool:
             and d >= 16 and d & (d - 1) == 0)
 
 
+def launch_constants(heads: int, kv_heads: int, head_dim: int, block_size: int) -> dict[str, int]:
+    """The kernel's compile-time constants for a model shape (also what tests compile it with for
+    GPUs the CPU machine does not have: tests/triton_aot.py)."""
+    group = heads // kv_heads
+    # tl.dot in older Triton releases needs 16 rows or more: a group of 7 query heads is padded to 16
+    # (masked rows; newer releases pad it themselves).
+    return dict(GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
+                BLOCK_SIZE=block_size, KEYS=KEYS_PER_ITERATION)
+
+
 def paged_decode_triton(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, tables: torch.Tensor,
                         key_lens: torch.Tensor, block_size: int) -> torch.Tensor:
     """Same contract as paged_decode.paged_decode_attention: q [n, heads, d]; pools [slots, kv_heads, d]
     (contiguous in the last two dims); tables [n, blocks]; key_lens [n]. Returns [n, heads, d]."""
     n, heads, d = q.shape
     kv_heads = k_pool.shape[1]
-    group = heads // kv_heads
     out = torch.empty_like(q)
     _paged_decode_kernel[(n, kv_heads)](
         q, k_pool, v_pool, tables, key_lens, out,
         q.stride(0), q.stride(1), tables.stride(0), k_pool.stride(0), k_pool.stride(1),
         out.stride(0), out.stride(1), d ** -0.5,
-        GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=d, BLOCK_SIZE=block_size,
-        KEYS=KEYS_PER_ITERATION)
+        **launch_constants(heads, kv_heads, d, block_size))
     return out

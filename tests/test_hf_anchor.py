@@ -95,3 +95,29 @@ def test_greedy_outputs_identical(pair):
             gen = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
                               max_new_tokens=new, do_sample=False, eos_token_id=None, pad_token_id=0)
         assert gen[0, len(prompt):].tolist() == outs[rid], f"request {rid} differs"
+
+
+@pytest.mark.parametrize("workload_name", ["anchor", "varied"])
+def test_hf_continuous_batching_row_gives_our_tokens(monkeypatch, workload_name):
+    """The bench's generate_batch row end to end at tiny scale. transformers sizes its paged cache
+    from free GPU memory and refuses on the CPU, so its memory probe is replaced here; everything
+    else is theirs. One output length takes the generate_batch call, several take the manager: both
+    must return every request, greedy tokens equal to ours (fp32), timed from request creation."""
+    from transformers.generation.continuous_batching.cache import PagedAttentionMemoryHandler
+
+    from cbtui.bench.hf_systems import CB_NAME, generate_batch
+    from cbtui.bench.ours import release, run_ours
+    from cbtui.bench.workloads import make_workload
+
+    monkeypatch.setattr(PagedAttentionMemoryHandler, "get_available_memory", lambda self: 1 << 30)
+    workload = make_workload(workload_name, scale=1 / 64, model="tiny")
+    assert len(set(workload.max_new_tokens)) == (1 if workload_name == "anchor" else workload.num_requests)
+    ours, engine = run_ours(workload, "fcfs", "cpu", "float32", "sdpa", 512)
+    hf = to_hf_llama(engine.model, attn_implementation="sdpa")
+    release(engine)
+    theirs = generate_batch(hf, workload, {"page_size": 16, "num_blocks": 512, "max_batch_tokens": 512})
+    assert theirs.system == CB_NAME and theirs.available
+    assert theirs.outputs == ours.outputs
+    assert theirs.output_tokens == sum(workload.max_new_tokens)
+    assert "warm-up" not in theirs.note  # its request timestamps were usable
+    assert len(theirs.ttft_s) == workload.num_requests and theirs.wall_s > 0

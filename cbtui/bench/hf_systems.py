@@ -91,13 +91,13 @@ def run_hf_static(hf, workload: Workload) -> RunResult:
     return result
 
 
-def _cb_config():
+def _cb_config(settings: dict):
     from transformers import ContinuousBatchingConfig
 
     try:
-        return ContinuousBatchingConfig(**CB_SETTINGS)
+        return ContinuousBatchingConfig(**settings)
     except TypeError:  # releases before page_size was named so
-        settings = dict(CB_SETTINGS)
+        settings = dict(settings)
         settings["block_size"] = settings.pop("page_size")
         return ContinuousBatchingConfig(**settings)
 
@@ -118,12 +118,19 @@ def run_hf_generate_batch(hf, workload: Workload) -> RunResult:
     if hf.device.type != "cuda":
         return RunResult(CB_NAME, available=False,
                          note="CUDA only: transformers sizes its paged KV cache from GPU memory and refuses on the CPU")
+    return generate_batch(hf, workload, CB_SETTINGS)
+
+
+def generate_batch(hf, workload: Workload, settings: dict) -> RunResult:
+    """generate_batch on any device that transformers agrees to size a cache on (tests run it on
+    the CPU with its memory probe replaced). One output length: one generate_batch call; several:
+    the manager, a request each."""
     # No separate warm-up call: the manager warms up (graph capture) before requests are added,
     # and the timing starts at the first request's creation; our engines already initialised CUDA.
     by_len = sorted(set(workload.max_new_tokens))
     if len(by_len) != 1:
-        return _run_hf_manager(hf, workload)
-    kwargs = dict(generation_config=_generation_config(by_len[0]), continuous_batching_config=_cb_config(),
+        return _run_hf_manager(hf, workload, settings)
+    kwargs = dict(generation_config=_generation_config(by_len[0]), continuous_batching_config=_cb_config(settings),
                   progress_bar=False)
     start = time.perf_counter()
     try:
@@ -135,14 +142,14 @@ def run_hf_generate_batch(hf, workload: Workload) -> RunResult:
     end = time.perf_counter()
     if len(outs) != workload.num_requests:
         raise RuntimeError(f"generate_batch returned {len(outs)} of {workload.num_requests} requests")
-    return _cb_result(workload, list(outs.values()), start, end)
+    return _cb_result(workload, list(outs.values()), start, end, settings)
 
 
-def _run_hf_manager(hf, workload: Workload) -> RunResult:
+def _run_hf_manager(hf, workload: Workload, settings: dict) -> RunResult:
     """Per-request output lengths: the manager that generate_batch uses, one add_request each."""
     gen_config = _generation_config(max(workload.max_new_tokens))
     with hf.continuous_batching_context_manager(generation_config=gen_config,
-                                                continuous_batching_config=_cb_config()) as manager:
+                                                continuous_batching_config=_cb_config(settings)) as manager:
         start = time.perf_counter()
         ids = [manager.add_request(p, max_new_tokens=n, record_timestamps=True)
                for p, n in zip(workload.prompts, workload.max_new_tokens)]
@@ -153,11 +160,11 @@ def _run_hf_manager(hf, workload: Workload) -> RunResult:
                 results[out.request_id] = out
             elif out is None and not manager.is_running():
                 raise RuntimeError("transformers' continuous batching loop stopped early")
-    return _cb_result(workload, [results[i] for i in ids], start, time.perf_counter())
+    return _cb_result(workload, [results[i] for i in ids], start, time.perf_counter(), settings)
 
 
-def _cb_result(workload: Workload, outs: list, start: float, end: float) -> RunResult:
-    result = RunResult(CB_NAME, note=", ".join(f"{k} {v}" for k, v in CB_SETTINGS.items()),
+def _cb_result(workload: Workload, outs: list, start: float, end: float, settings: dict = CB_SETTINGS) -> RunResult:
+    result = RunResult(CB_NAME, note=", ".join(f"{k} {v}" for k, v in settings.items()),
                        prompt_tokens=workload.prompt_tokens)
     # created_time is stamped by add_request, after the manager's warm-up: that is the start.
     created = [getattr(o, "created_time", None) for o in outs]

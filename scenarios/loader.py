@@ -30,7 +30,7 @@ from engine.model import PRESETS
 from engine.plugins import load_plugin
 
 from .errors import ScenarioError
-from .schema import Checker
+from .schema import Checker, toml_key
 from .workload import MAX_REQUESTS, MAX_SEED, generate, parse_request
 
 BUILTIN_DIR = Path(__file__).parent
@@ -221,10 +221,10 @@ def from_dict(data: dict, path: Path) -> Scenario:
     if len(compare) > MAX_VARIANTS:
         check.fail("compare", f"has {len(compare)} variants; at most {MAX_VARIANTS} are allowed")
     for name, overrides in compare.items():
-        vcheck = check.at(f"[compare.{name}] ")
-        check.table(overrides, f"compare.{name}")
+        vcheck = check.at(f"[compare.{toml_key(name)}] ")
+        check.table(overrides, f"compare.{toml_key(name)}")
         if not overrides:
-            check.fail(f"compare.{name}", "is empty; list the engine settings this variant changes")
+            check.fail(f"compare.{toml_key(name)}", "is empty; list the engine settings this variant changes")
         variant_config = _check_engine(vcheck, {**engine, **overrides})
         for i, spec in enumerate(requests):  # a smaller pool in a variant must still fit each request
             total = len(spec["prompt"]) + spec["max_new_tokens"]

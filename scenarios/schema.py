@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import json
 import math
+import re
 from collections.abc import Iterable
 from typing import NoReturn
 
@@ -40,6 +42,13 @@ def show(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def toml_key(key) -> str:
+    """A key as it would be written in the file: bare when TOML allows it, else quoted with its
+    control characters escaped (a key holding a newline must not break the one-line message)."""
+    key = str(key)
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key, ensure_ascii=False)
+
+
 def is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -65,7 +74,7 @@ class Checker:
             if key not in allowed:
                 close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
                 hint = f"did you mean {close[0]!r}? " if close else ""
-                self.fail(str(key), f"unknown key; {hint}allowed keys: {', '.join(allowed)}")
+                self.fail(toml_key(key), f"unknown key; {hint}allowed keys: {', '.join(allowed)}")
 
     def table(self, value, key: str) -> dict:
         if not isinstance(value, dict):

@@ -106,6 +106,10 @@ CASES = {
                                        "num_blocks = 1"]),
     "a device this machine lacks": ('[engine]\ndevice = "cuda"\n' + OK_REQUEST, ["[engine]", "device='cuda'"]),
     "invalid TOML": ('title = "unterminated\n', ["invalid TOML", "line 1"]),
+    # A quoted key may hold a newline: the message shows it escaped, as it is written, on one line.
+    "unknown key holding a newline": ('[engine]\n"max\\ntokens" = 1\n' + OK_REQUEST,
+                                      ['[engine] "max\\ntokens": unknown key']),
+    "variant named with a newline": (OK_REQUEST + '[compare."a\\nb"]\n', ['compare."a\\nb"', "is empty"]),
 }
 
 

@@ -109,7 +109,8 @@ def test_hf_continuous_batching_row_gives_our_tokens(monkeypatch, workload_name)
     from cbtui.bench.ours import release, run_ours
     from cbtui.bench.workloads import make_workload
 
-    monkeypatch.setattr(PagedAttentionMemoryHandler, "get_available_memory", lambda self: 1 << 30)
+    monkeypatch.setattr(PagedAttentionMemoryHandler, "get_available_memory",
+                        lambda self, *args, **kwargs: 1 << 30)
     workload = make_workload(workload_name, scale=1 / 64, model="tiny")
     assert len(set(workload.max_new_tokens)) == (1 if workload_name == "anchor" else workload.num_requests)
     ours, engine = run_ours(workload, "fcfs", "cpu", "float32", "sdpa", 512)

@@ -7,7 +7,10 @@ lazily, so `cbtui --help` stays fast.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import sys
 
 import click
@@ -44,16 +47,48 @@ def bench(ctx: click.Context, workload, scale, device, model, attention, hf, abl
     from .bench.run import run_bench
 
     err = Console(stderr=True)
-    try:
-        report = run_bench(workload, scale=scale, device=device, model=model, attention=attention, hf=hf,
-                           ablations=ablations, progress=lambda msg: err.print(f"[dim]bench: {msg}[/dim]"))
-    except ValueError as exc:
-        click.echo(f"cbtui: error: {exc}", err=True)
-        sys.exit(2)
+    with _sigterm_interrupts() as stopped_by:
+        try:
+            report = run_bench(workload, scale=scale, device=device, model=model, attention=attention, hf=hf,
+                               ablations=ablations, progress=lambda msg: err.print(f"[dim]bench: {msg}[/dim]"))
+        except ValueError as exc:
+            click.echo(f"cbtui: error: {exc}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("cbtui: bench interrupted before its first system finished; nothing measured", err=True)
+            _exit_now(128 + stopped_by[0])
     if as_json:
         click.echo(json.dumps(report, indent=1))
     else:
         Console(width=max(Console().width, 160)).print(bench_table(report))
+    if report.get("interrupted"):
+        _exit_now(128 + stopped_by[0])
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM (what `timeout` and job runners send) interrupts like Ctrl-C while the systems run,
+    so a bench cut short still reports the ones it measured. Yields a cell holding the signal."""
+    stopped_by = [signal.SIGINT]
+
+    def interrupt(signum, frame):
+        stopped_by[0] = signum
+        raise KeyboardInterrupt
+
+    before = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stopped_by
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+def _exit_now(code: int) -> None:
+    """Exit with 128 + the signal, as the shell reports a signal. No interpreter teardown: a
+    library's worker thread stopped mid-run (transformers' batching loop) could keep it waiting."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 @bench.command("host")

@@ -311,3 +311,84 @@ def test_a_failing_ablation_row_is_reported_and_the_run_goes_on(monkeypatch):
     assert not broken["available"] and broken["note"].startswith("failed: ValueError: decode_graphs='bogus'")
     assert rows["ours continuous, overlapped"]["available"]  # the rows after it still ran
     assert rows["ours continuous, overlapped"]["same_outputs_as_ours"] == 1.0
+
+
+@pytest.mark.parametrize("stop_at", ["HF generate_batch", "ours static", "the Hugging Face copy"])
+def test_an_interrupted_run_reports_what_it_measured(monkeypatch, stop_at):
+    """Ctrl-C or a time limit after ours continuous: the report keeps the systems measured, names
+    the one cut short and those not run, and says it was interrupted; before any, nothing to report."""
+    import cbtui.bench.run as run
+
+    real_run_ours = run.run_ours
+
+    def run_ours(workload, policy, *args, **kwargs):
+        if policy == "static" and stop_at == "ours static":
+            raise KeyboardInterrupt
+        return real_run_ours(workload, policy, *args, **kwargs)
+
+    def hf_copy(engine, hf):
+        if stop_at == "the Hugging Face copy":
+            raise KeyboardInterrupt
+        return None, "skipped (--no-hf)"
+
+    def generate_batch(hf, workload):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "run_ours", run_ours)
+    monkeypatch.setattr(run, "_hf_copy", hf_copy)
+    monkeypatch.setattr("cbtui.bench.hf_systems.run_hf_generate_batch", generate_batch)
+    if stop_at == "HF generate_batch":  # reached only with a model to run
+        monkeypatch.setattr(run, "_hf_copy", lambda engine, hf: (object(), ""))
+    workload = make_workload("varied", scale=3 / 256, model="tiny", prompt_range=(5, 12), output_range=(2, 3))
+    report = run.run_systems(workload, device="cpu", hf=False)
+    assert report["interrupted"] is True
+    rows = {s["system"]: s for s in report["systems"]}
+    assert list(rows) == ["ours continuous", "ours static", "HF generate_batch", "HF static generate"]
+    assert rows["ours continuous"]["available"] and rows["ours continuous"]["output_tok_s"] > 0
+    expected = {  # stop_at -> (the row cut short, rows not run)
+        "the Hugging Face copy": (set(), {"HF generate_batch", "ours static", "HF static generate"}),
+        "HF generate_batch": ({"HF generate_batch"}, {"ours static", "HF static generate"}),
+        "ours static": ({"ours static"}, {"HF static generate"}),  # generate_batch ran: 'skipped'
+    }[stop_at]
+    assert {name for name, s in rows.items() if s.get("note") == run.INTERRUPTED} == expected[0]
+    assert {name for name, s in rows.items() if s.get("note") == run.NOT_RUN} == expected[1]
+    table = Console(width=200, record=True)
+    table.print(bench_table(report))
+    assert "INTERRUPTED" in table.export_text()
+
+
+def test_an_uninterrupted_run_says_so():
+    import cbtui.bench.run as run
+
+    workload = make_workload("varied", scale=2 / 256, model="tiny", prompt_range=(5, 8), output_range=(2, 3))
+    report = run.run_systems(workload, device="cpu", hf=False)
+    assert report["interrupted"] is False and all(s["note"] not in (run.INTERRUPTED, run.NOT_RUN)
+                                                  for s in report["systems"])
+
+
+@pytest.mark.parametrize("signum", [15, 2])  # SIGTERM (a time limit such as `timeout`), SIGINT (Ctrl-C)
+def test_bench_stopped_by_a_signal_prints_what_it_measured(signum):
+    """The command as gpu_check.sh runs it: stopped while a later system runs, it still prints the
+    JSON report of the systems it measured and exits with 128 + the signal."""
+    import os
+    import signal
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen([sys.executable, "-m", "cbtui", "bench", "--device", "cpu", "--no-hf", "--json"],
+                            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "COLUMNS": "200"})
+    try:
+        for line in proc.stderr:  # progress lines: wait until the static row has started
+            if line.strip() == "bench: ours static":
+                break
+        proc.send_signal(signal.Signals(signum))
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signum, err
+    report = json.loads(out)
+    rows = {s["system"]: s for s in report["systems"]}
+    assert report["interrupted"] is True
+    assert rows["ours continuous"]["available"] and rows["ours continuous"]["output_tok_s"] > 0
+    assert not rows["ours static"]["available"] and "interrupted" in rows["ours static"]["note"]

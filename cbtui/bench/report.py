@@ -39,6 +39,8 @@ def bench_table(report: dict) -> Table:
                       _num(s["steps"]), _num(s["wall_s"], "{:.2f}"), "-" if same is None else f"{same:.0%}")
     notes = [f"{s['system']}: {s['note']}" for s in report["systems"] if s["available"] and s["note"]]
     legend = ["vs ours: output tok/s over ours continuous; same out: requests whose tokens equal ours continuous"]
+    if report.get("interrupted"):
+        legend.insert(0, "INTERRUPTED: rows with figures were measured in full; the rest say why they have none")
     if report["dtype"] == "bfloat16":
         legend.append("bf16: rounding depends on batch shape and can flip greedy choices between close logits, so "
                       "'same out' is no exactness check here (the fp32 tests are)")

@@ -13,6 +13,8 @@ from .ours import free_memory, release, run_ours
 from .workloads import Workload, make_workload
 
 DEFAULT_CPU_SCALE = 1 / 16
+INTERRUPTED = "interrupted while running (Ctrl-C or a time limit)"
+NOT_RUN = "not run: the bench was interrupted before it"
 CUDA_BUDGET, CPU_BUDGET = 8192, 2048  # max tokens per step of our engine
 
 
@@ -32,72 +34,89 @@ def run_bench(workload_name: str, scale: float | None = None, device: str = "aut
 
 def run_systems(workload: Workload, device: str = "auto", attention: str = "auto", hf: bool = True,
                 progress=lambda msg: None, ablations: bool = True) -> dict:
-    """Every system on one workload, one after another, on the same weights."""
+    """Every system on one workload, one after another, on the same weights.
+
+    Interrupted (Ctrl-C, or SIGTERM from a time limit: bench_cli) after ours continuous, it still
+    returns the report: the systems measured, the one cut short and those not run, and
+    report["interrupted"]. Interrupted before that, KeyboardInterrupt propagates: nothing to report."""
     dev = resolve_device(device)
     dtype = "bfloat16" if dev.type == "cuda" else "float32"
     budget = CUDA_BUDGET if dev.type == "cuda" else CPU_BUDGET
-    results: list[RunResult] = []
 
     progress(f"ours continuous: {workload.num_requests} requests")
     with frozen_heap():
         ours, engine = run_ours(workload, "fcfs", device, dtype, attention, budget)
-    results.append(ours)
     progress(_line(ours))
-    hf_model, hf_note = None, ""
-    if hf:
-        from .hf_systems import transformers_version
-
-        if transformers_version() is None:
-            hf_note = "transformers is not installed (pip install 'cbtui[bench]')"
-        else:
-            from .hf_weights import to_hf_llama
-
-            hf_model = to_hf_llama(engine.model, attn_implementation="sdpa")
-    else:
-        hf_note = "skipped (--no-hf)"
     attention_name = engine.attention_name
     ablations = _ablations(engine) if ablations and _measures_gpu_pieces(dev) else []
-    release(engine)
-    del engine
 
-    # Run order puts what the goal is measured against first (HF's continuous batching) and the
-    # ablations last, so a run cut short by a time limit still has the rows that matter most.
     from .hf_systems import CB_NAME, STATIC_NAME, run_hf_generate_batch, run_hf_static
 
-    def hf_row(name, fn):
-        if hf_model is None:
-            return RunResult(name, available=False, note=hf_note)
-        try:
-            return fn(hf_model, workload)
-        except Exception as exc:  # a transformers release that differs: say so, keep the rest
-            return _failed(name, exc)
-
-    def ours_row(name, policy="fcfs", **setting):
-        try:
-            result, engine = run_ours(workload, policy, device, dtype, attention, budget, name=name, **setting)
-        except Exception as exc:  # a piece that fails on this machine: say so, keep the rows measured
-            result = _failed(name, exc)
-        else:
-            release(engine)
-            return result
-        free_memory(dev)  # out of the except block: its traceback no longer holds the engine
-        return result
-
-    steps = [(CB_NAME, lambda: hf_row(CB_NAME, run_hf_generate_batch)),
-             ("ours static", lambda: ours_row("ours static", "static")),
-             (STATIC_NAME, lambda: hf_row(STATIC_NAME, run_hf_static))]
-    steps += [(name, lambda name=name, setting=setting: ours_row(name, **setting)) for name, setting in ablations]
-    for name, run in steps:
-        progress(name)
-        with frozen_heap():
-            results.append(run())
-        progress(_line(results[-1], ours))
-        if name == STATIC_NAME:
-            hf_model = None  # done with the Hugging Face copy: free it before the ablations
-            free_memory(dev)
     order = ["ours continuous", "ours static", CB_NAME, STATIC_NAME] + [name for name, _ in ablations]
-    results.sort(key=lambda r: order.index(r.system))
-    return _report(dev, workload, dtype, attention_name, budget, results)
+    results = {ours.system: ours}
+    running = None  # the system being measured when an interrupt comes
+    try:
+        hf_model, hf_note = _hf_copy(engine, hf)
+        release(engine)
+        del engine
+
+        def hf_row(name, fn):
+            if hf_model is None:
+                return RunResult(name, available=False, note=hf_note)
+            try:
+                return fn(hf_model, workload)
+            except Exception as exc:  # a transformers release that differs: say so, keep the rest
+                return _failed(name, exc)
+
+        def ours_row(name, policy="fcfs", **setting):
+            try:
+                result, engine = run_ours(workload, policy, device, dtype, attention, budget, name=name, **setting)
+            except Exception as exc:  # a piece that fails on this machine: say so, keep the rows measured
+                result = _failed(name, exc)
+            else:
+                release(engine)
+                return result
+            free_memory(dev)  # out of the except block: its traceback no longer holds the engine
+            return result
+
+        # Run order puts what the goal is measured against first (HF's continuous batching) and the
+        # ablations last, so a run cut short by a time limit still has the rows that matter most.
+        steps = [(CB_NAME, lambda: hf_row(CB_NAME, run_hf_generate_batch)),
+                 ("ours static", lambda: ours_row("ours static", "static")),
+                 (STATIC_NAME, lambda: hf_row(STATIC_NAME, run_hf_static))]
+        steps += [(name, lambda name=name, setting=setting: ours_row(name, **setting))
+                  for name, setting in ablations]
+        for name, run in steps:
+            running = name
+            progress(name)
+            with frozen_heap():
+                results[name] = run()
+            running = None
+            progress(_line(results[name], ours))
+            if name == STATIC_NAME:
+                hf_model = None  # done with the Hugging Face copy: free it before the ablations
+                free_memory(dev)
+        interrupted = False
+    except KeyboardInterrupt:  # report what was measured, and say what was not
+        interrupted = True
+    rows = [results.get(name) or RunResult(name, available=False, note=INTERRUPTED if name == running else NOT_RUN)
+            for name in order]
+    report = _report(dev, workload, dtype, attention_name, budget, rows)
+    report["interrupted"] = interrupted
+    return report
+
+
+def _hf_copy(engine, hf: bool):
+    """Our weights in a transformers LlamaForCausalLM, or None and why not."""
+    if not hf:
+        return None, "skipped (--no-hf)"
+    from .hf_systems import transformers_version
+
+    if transformers_version() is None:
+        return None, "transformers is not installed (pip install 'cbtui[bench]')"
+    from .hf_weights import to_hf_llama
+
+    return to_hf_llama(engine.model, attn_implementation="sdpa"), ""
 
 
 def _failed(name: str, exc: Exception) -> RunResult:

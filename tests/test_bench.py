@@ -392,3 +392,17 @@ def test_bench_stopped_by_a_signal_prints_what_it_measured(signum):
     assert report["interrupted"] is True
     assert rows["ours continuous"]["available"] and rows["ours continuous"]["output_tok_s"] > 0
     assert not rows["ours static"]["available"] and "interrupted" in rows["ours static"]["note"]
+
+
+def test_variants_line_puts_each_ablation_against_generate_batch():
+    from cbtui.bench.report import variants_line
+
+    systems = [{"system": "ours continuous", "available": True, "output_tok_s": 13_000.0},
+               {"system": "HF generate_batch", "available": True, "output_tok_s": 1_000.0},
+               {"system": "ours continuous, overlapped", "available": True, "output_tok_s": 15_500.0},
+               {"system": "ours continuous, no graphs", "available": False, "note": "failed: ..."},
+               {"system": "ours continuous, gather decode", "available": True, "output_tok_s": 9_000.0}]
+    assert variants_line({"systems": systems}) == ("ours continuous variants vs HF generate_batch: "
+                                                   "overlapped 15.50x, gather decode 9.00x")
+    assert variants_line({"systems": systems[:2]}) is None  # a CPU run: no variants
+    assert variants_line({"systems": [systems[0], {**systems[1], "available": False}, systems[2]]}) is None

@@ -64,6 +64,19 @@ def goal_line(report: dict) -> str:
             f"{hf['output_tok_s']:,.0f} output tok/s = {ratio:.2f}x, {verdict}")
 
 
+def variants_line(report: dict) -> str | None:
+    """The other rows of ours continuous (ablations) against HF generate_batch, in the goal's terms:
+    which pieces the goal depends on, read from the same run. None when there is nothing to say."""
+    rows = {s["system"]: s for s in report["systems"]}
+    hf = rows.get("HF generate_batch")
+    variants = [s for s in report["systems"] if s["system"].startswith("ours continuous, ") and s["available"]]
+    if not (hf and hf["available"] and variants):
+        return None
+    figures = ", ".join(f"{s['system'].removeprefix('ours continuous, ')} {s['output_tok_s'] / hf['output_tok_s']:.2f}x"
+                        for s in variants)
+    return f"ours continuous variants vs HF generate_batch: {figures}"
+
+
 def main(argv: list[str] | None = None) -> None:
     """`python -m cbtui.bench.report FILE.json`: the table of a saved `cbtui bench --json` report."""
     import json
@@ -77,6 +90,9 @@ def main(argv: list[str] | None = None) -> None:
     console = Console(width=200)
     console.print(bench_table(report))
     console.print(goal_line(report))
+    variants = variants_line(report)
+    if variants:
+        console.print(variants)
 
 
 if __name__ == "__main__":

@@ -169,7 +169,7 @@ class PagedKVCache(_CacheBase):
             batch, k0 = self.step_batch, sum(self.step_batch.k_lens[:first_item])
             slots = self._slots(self.step_tables, batch.key_seq_ids[k0:], batch.key_positions[k0:])
             self._read_slots[first_item] = slots
-        return self.k_pool[layer][slots], self.v_pool[layer][slots]
+        return self.k_pool[layer].index_select(0, slots), self.v_pool[layer].index_select(0, slots)
 
     def flatten(self, layer: int, request_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A request's cached K/V: its blocks gathered in order, the unused tail trimmed."""

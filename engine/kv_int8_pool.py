@@ -1,8 +1,8 @@
 """A paged KV pool stored as int8 with one scale per block and KV head.
 
 It stands in for the float pool tensors of PagedKVCache (`pool[layer].index_copy_(0, slots, x)`
-to write, `pool[layer][slots]` to read), so the cache code does not change: writes quantise,
-reads dequantise to the engine's dtype.
+to write, `pool[layer].index_select(0, slots)` or `pool[layer][slots]` to read), so the cache code
+does not change: writes quantise, reads dequantise to the engine's dtype.
 
 Writing into a block re-quantises the whole block: its live entries are dequantised, the new
 ones put in, and the block gets a fresh scale = max|x| / 127 per KV head. A sequence fills a block
@@ -45,6 +45,10 @@ class Int8LayerPool:
         blocks, offsets = slots // bs, slots % bs
         q = p.q[self.layer][blocks, offsets].to(torch.float32)  # [n, kv_heads, head_dim]
         return (q * p.scale[self.layer][blocks][:, :, None]).to(p.dtype)
+
+    def index_select(self, dim: int, slots: torch.Tensor) -> torch.Tensor:
+        assert dim == 0
+        return self[slots]
 
     def index_copy_(self, dim: int, slots: torch.Tensor, values: torch.Tensor) -> None:
         assert dim == 0

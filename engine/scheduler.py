@@ -145,20 +145,20 @@ class Scheduler:
         plan.decode_demand = len(decoders)
         cap = cfg.max_decode_per_step
         preempted = RequestState.PREEMPTED
-        # Every decoder fits and nothing caps or reserves (the common large step): no per-request checks.
-        all_fit = cap is None and not plan.reserved and len(decoders) <= plan.left
-        for r in decoders:
-            if r.state is preempted:  # a victim earlier in this loop
-                continue
-            if not all_fit:
+        if cap is None and not plan.reserved and len(decoders) <= plan.left:
+            self._schedule_all_decodes(decoders, plan)  # the common large step
+        else:
+            for r in decoders:
+                if r.state is preempted:  # a victim earlier in this loop
+                    continue
                 if cap is not None and plan.decode_used >= cap:
                     plan.reasons[r.id] = REASON_DECODE_CAP
                     continue
                 if plan.left_for(r) == 0:
                     plan.reasons[r.id] = plan.out_of_budget_reason(r)
                     continue
-            if r.num_computed < r.kv_capacity or self._reserve(r, 1, plan):  # inline fast path
-                plan.add(Scheduled(r, "decode", 1))
+                if r.num_computed < r.kv_capacity or self._reserve(r, 1, plan):  # inline fast path
+                    plan.add(Scheduled(r, "decode", 1))
 
         # 2) Prefill chunks for admitted requests still prefilling, oldest first.
         for r in prefilling:
@@ -196,8 +196,22 @@ class Scheduler:
                 if r not in self.static_batch:
                     plan.reasons[r.id] = REASON_STATIC_BATCH
         # Decodes always come first in the packed batch; prefills follow in schedule order.
-        plan.items.sort(key=lambda s: s.kind != "decode")
+        if plan.used > plan.decode_used:  # (an all-decode plan is in order already)
+            plan.items.sort(key=lambda s: s.kind != "decode")
         return plan
+
+    def _schedule_all_decodes(self, decoders: list[Request], plan: SchedulePlan) -> None:
+        """Every decoder fits the budget and nothing caps or reserves: no per-request budget checks,
+        and the plan's counters move once (per-item plan.add was a fifth of a 512-decode step)."""
+        reserve, preempted = self._reserve, RequestState.PREEMPTED
+        chosen = [r for r in decoders  # the KV room check inline: most decodes have it already
+                  if r.state is not preempted and (r.num_computed < r.kv_capacity or reserve(r, 1, plan))]
+        if plan.preempted:  # a victim chosen before it was evicted gives its slot back
+            chosen = [r for r in chosen if r.state is not preempted]
+        plan.items.extend([Scheduled(r, "decode", 1) for r in chosen])
+        plan.used += len(chosen)
+        plan.decode_used += len(chosen)
+        plan.used_unreserved += len(chosen)
 
     def _static_candidates(self, plan: SchedulePlan) -> list[Request]:
         """Static batching: a new batch forms only when every member of the last one finished."""

@@ -124,3 +124,34 @@ def test_requests_compare_by_identity():
     time from 1.6 ms to 32 ms at 512 requests (`cbtui bench host --policy static`)."""
     a, b = Request(0, [1, 2], 4), Request(0, [1, 2], 4)
     assert a != b and a == a and b not in [a] and len({a, b}) == 2
+
+
+def test_a_decode_evicted_by_a_later_decode_gives_its_slot_back():
+    """All decodes fit the budget, but the pool is full: the older request's decode needs a new
+    block and evicts the newest request, whose decode was already chosen this step (it was served
+    less recently, so it sorts first). The plan must drop that decode: one decode runs, one is
+    preempted, and the budget counts one token."""
+    import torch
+
+    from engine.kv_cache import PagedKVCache
+    from engine.request import RequestState
+    from engine.scheduler import Scheduler
+
+    config = EngineConfig(model="tiny", device="cpu", kv_layout="paged", block_size=4, num_blocks=2,
+                          max_tokens_per_step=16)
+    kv = PagedKVCache(1, 1, 4, torch.float32, torch.device("cpu"), num_blocks=2, block_size=4, max_context=64)
+    sched = Scheduler(config, kv)
+    old = Request(id=0, prompt=[1, 2, 3], max_new_tokens=5, output=[7, 8])  # 4 cached: its block is full
+    new = Request(id=1, prompt=[1, 2], max_new_tokens=5, output=[7])  # 2 cached: room in its block
+    for r, served in ((old, 5), (new, 3)):
+        r.num_computed = len(r.prompt) + len(r.output) - 1  # the last token still to feed: decoding
+        kv.allocate(r.id, r.num_computed)
+        r.kv_capacity = kv.capacity(r.id)
+        r.state, r.last_scheduled_step = RequestState.DECODE, served
+        sched.running.append(r)
+    assert not kv.can_allocate(old.id, old.num_computed + 1)  # the pool is full
+
+    plan = sched.schedule()
+    assert [(s.request.id, s.kind) for s in plan.items] == [(0, "decode")]
+    assert plan.preempted == [new] and new.state is RequestState.PREEMPTED
+    assert plan.used == plan.decode_used == plan.tokens("decode") == 1

@@ -55,7 +55,7 @@ def bench(ctx: click.Context, workload, scale, device, model, attention, hf, abl
             click.echo(f"cbtui: error: {exc}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
-            click.echo("cbtui: bench interrupted before any system was measured in full; nothing to report", err=True)
+            click.echo("cbtui: bench interrupted before its first system was measured; nothing to report", err=True)
             _exit_now(128 + stopped_by[0])
     if as_json:
         click.echo(json.dumps(report, indent=1))

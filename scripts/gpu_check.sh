@@ -44,7 +44,7 @@ for pair in click:click rich:rich pytest:pytest numpy:numpy pynvml:nvidia-ml-py 
 done
 if [ ${#missing[@]} -gt 0 ]; then
   stamp "installing missing: ${missing[*]}"
-  timeout 120 "$PY" -m pip install -q --no-deps "${missing[@]}" \
+  timeout 45 "$PY" -m pip install -q --no-deps --retries 0 --timeout 10 "${missing[@]}" \
     || echo "gpu_check: could not install ${missing[*]} (no package index?); going on without them"
 fi
 

@@ -163,12 +163,21 @@ def test_padded_keys_gather_and_slice_agree():
     assert torch.equal(a[mask], b[mask])
 
 
+def _prefill_batch(items: list[tuple[int, int]]):
+    """A batch of (first position, tokens) items; one token is a decode."""
+    scheduled = [ScheduledItem(i, "decode" if n == 1 else "prefill", first, n, first + n)
+                 for i, (first, n) in enumerate(items)]
+    return build_batch(scheduled, [[0] * n for _, n in items], [True] * len(items), CPU)
+
+
 def test_compiled_flex_compiles_once_for_every_batch_shape(monkeypatch):
     """The compiled kernel sees padded sizes, so batches of one block, or with as many queries as
     keys, reuse the one graph instead of recompiling mid-run (seconds each on CUDA). Dynamo's
-    guards do not depend on the device, so a CPU compile (no codegen) counts them."""
+    guards do not depend on the device, so a CPU compile (no codegen) counts them.
+
+    The first batch has two query blocks, as many as the KV heads, which duck sizing would tie
+    together, and needs no padding at all (the kernel would be traced on views)."""
     from torch._dynamo.testing import CompileCounter
-    from torch.nn.attention.flex_attention import flex_attention
 
     from engine.attention import flex
 
@@ -176,15 +185,18 @@ def test_compiled_flex_compiles_once_for_every_batch_shape(monkeypatch):
         pytest.skip("flex attention is not available in this torch")
     torch._dynamo.reset()
     counter = CompileCounter()
-    compiled = torch.compile(flex_attention, dynamic=True, backend=counter)
+    compiled = flex.compiled_flex(backend=counter)
     monkeypatch.setattr(flex, "_flex", lambda device: compiled)
     rng = random.Random(11)
+    fixed = [[(128, 256)],  # 256 rows (2 query blocks) and 384 keys: nothing to pad
+             [(0, 120)], [(0, 300)], [(1, 1), (0, 200), (40, 1)], [(0, 1700)]]
+    batches = [_prefill_batch(items) for items in fixed]
+    # small (one block, queries == keys: prefill from scratch) and large batches, mixed with decodes
+    batches += [random_batch(rng, 6, rng.choice([0, 3, 300]), rng.choice([4, 40, 200]), 0.3) for _ in range(14)]
     shapes = set()
     try:
-        for trial in range(14):
-            # small (one block, queries == keys: prefill from scratch) and large batches, mixed with decodes
-            batch = random_batch(rng, 6, rng.choice([0, 3, 300]), rng.choice([4, 40, 200]), 0.3)
-            q = torch.randn(batch.num_tokens, 4, 16, dtype=torch.float64)
+        for batch in batches:
+            q = torch.randn(batch.num_tokens, 8, 16, dtype=torch.float64)[:, :4]  # as the fused qkv projection
             k = torch.randn(batch.num_keys, 2, 16, dtype=torch.float64)
             v = torch.randn(batch.num_keys, 2, 16, dtype=torch.float64)
             got = flex.flex_attention_ragged(q, k, v, batch)
@@ -196,7 +208,8 @@ def test_compiled_flex_compiles_once_for_every_batch_shape(monkeypatch):
     finally:
         torch._dynamo.reset()
     assert {True, False} <= {small for small, _ in shapes} and any(equal for _, equal in shapes)
-    assert counter.frame_count == 1, f"flex compiled {counter.frame_count} times for {len(shapes)} kinds of batch"
+    assert flex.padded_sizes(256, 384) == (256, 384)  # the no-padding batch above
+    assert counter.frame_count == 1, f"flex compiled {counter.frame_count} times for {len(batches)} batches"
     assert not flex._broken
 
 

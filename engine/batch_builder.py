@@ -118,8 +118,10 @@ def build_batch(items: list[ScheduledItem], tokens: list[list[int]], samples: li
     firsts = list(map(_first_pos, items))
     if q_lens.count(1) == len(q_lens) and all(samples):
         return _decode_batch(items, token_ids, q_lens, k_lens, firsts, device)
-    meta = long_tensor(q_lens + k_lens + firsts, device).view(3, len(items))
-    q_len_t, k_len_t, first_t = meta[0], meta[1], meta[2]
+    # Key lengths first: the Triton decode kernel reads them, and Triton compiles a variant per
+    # pointer alignment; at an odd item count a later row would start 8 bytes off 16.
+    meta = long_tensor(k_lens + q_lens + firsts, device).view(3, len(items))
+    k_len_t, q_len_t, first_t = meta[0], meta[1], meta[2]
     zero = torch.zeros(1, dtype=torch.long, device=device)
     cu_q = torch.cat([zero, q_len_t.cumsum(0)])
     cu_k = torch.cat([zero, k_len_t.cumsum(0)])

@@ -264,3 +264,14 @@ def test_decode_only_batches_are_built_on_the_host_with_the_same_indices():
     assert torch.equal(fast.sample_rows, torch.arange(n))
     assert (fast.q_lens, fast.k_lens, fast.first_positions) == (general.q_lens, general.k_lens, general.first_positions)
     assert torch.equal(fast.key_seq_ids, general.key_seq_ids) and torch.equal(fast.key_positions, general.key_positions)
+
+
+@pytest.mark.parametrize("items", [[(4, 1), (0, 7), (9, 3)], [(4, 1), (8, 1)], [(4, 1), (8, 1), (2, 1)],
+                                   [(0, 5)], [(3, 1), (0, 5)]])
+def test_key_lengths_start_16_byte_aligned(items):
+    """The Triton decode kernel reads the decodes' key lengths (batch.key_lens[:n]); Triton compiles
+    one variant per pointer alignment, so an odd item count must not shift them off 16 bytes (a
+    compile mid-run). Allocations are aligned: the offset into them is what counts."""
+    batch = _prefill_batch(items)
+    assert batch.key_lens.storage_offset() * batch.key_lens.element_size() % 16 == 0
+    assert batch.key_lens.tolist() == [first + n for first, n in items]

@@ -30,6 +30,7 @@ from engine.metrics import MetricsCollector
 from engine.records import StepRecord
 
 from .controller import MAX_SPEED, EngineController, EngineStatus, SteppableEngine
+from .formatting import engine_label
 from .gpu_memory import MemoryProbe, open_probe
 from .history import History
 from .widgets.budget import BudgetBar
@@ -55,21 +56,6 @@ COMPACT_HEIGHT = 36  # below this the layout trades panel height for the request
 
 def speed_label(speed: float) -> str:
     return "max" if speed == MAX_SPEED else f"{speed:g}/s"
-
-
-def engine_label(engine: SteppableEngine) -> str:
-    """Model, device, attention backend and KV layout, from the engine's static settings; and the
-    decode fast path when it is on (the Triton kernel, decode graphs)."""
-    config = getattr(engine, "config", None)
-    if config is None:
-        return ""
-    device = getattr(getattr(engine, "device", None), "type", config.device)
-    parts = [config.model, device, getattr(engine, "attention_name", config.attention), config.kv_layout]
-    if getattr(getattr(engine, "decode_attention", None), "reads_tables", False):
-        parts.append("triton decode")
-    if getattr(engine, "decode_graphs", None) is not None:
-        parts.append("decode graphs")
-    return " · ".join(str(p) for p in parts)
 
 
 # Actions whose availability changes with the run; the footer greys them when they do nothing.

@@ -19,3 +19,17 @@ def human_rate(per_second: float) -> str:
         return f"{per_second / 1000:.1f}k"
     return f"{per_second:.0f}"
 
+
+def engine_label(engine) -> str:
+    """Model, device, attention backend and KV layout, from the engine's static settings; and the
+    decode fast path when it is on (the Triton kernel, decode graphs)."""
+    config = getattr(engine, "config", None)
+    if config is None:
+        return ""
+    device = getattr(getattr(engine, "device", None), "type", config.device)
+    parts = [config.model, device, getattr(engine, "attention_name", config.attention), config.kv_layout]
+    if getattr(getattr(engine, "decode_attention", None), "reads_tables", False):
+        parts.append("triton decode")
+    if getattr(engine, "decode_graphs", None) is not None:
+        parts.append("decode graphs")
+    return " · ".join(str(p) for p in parts)

@@ -133,7 +133,7 @@ def test_a_failed_capture_falls_back_to_eager_decodes_and_says_why(monkeypatch):
 
 
 def test_header_names_the_decode_fast_path():
-    from cbtui.app import engine_label
+    from cbtui.formatting import engine_label
 
     assert engine_label(Engine(EngineConfig(model="tiny", device="cpu"))) == "tiny · cpu · sdpa · paged"
     assert engine_label(graph_engine(num_blocks=24)).endswith("· paged · decode graphs")

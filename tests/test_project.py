@@ -24,3 +24,30 @@ def test_readme_test_command_is_what_ci_runs():
     assert run_cmd.strip().endswith("cbtui scenario mixed_load")
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert test_cmd.strip() in [line.strip() for line in ci]
+
+
+def test_what_the_gpu_check_runs_needs_no_textual():
+    """The GPU machine has no textual and reaches no package index: the bench, the CUDA tests and
+    everything they import (their lazy imports inside test functions too) must work without it."""
+    import ast
+
+    modules = {"cbtui.cli", "cbtui.bench.run", "cbtui.bench.report", "cbtui.bench.hf_systems", "scripts.profile_step"}
+    for test_file in ("tests/test_cuda.py", "tests/test_triton_decode.py", "tests/conftest.py", "tests/helpers.py"):
+        for node in ast.walk(ast.parse((ROOT / test_file).read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules.add(node.module)
+            elif isinstance(node, ast.Import):
+                modules.update(alias.name for alias in node.names)
+    ours = sorted(m for m in modules if m.split(".")[0] in ("cbtui", "engine", "scenarios", "helpers", "scripts"))
+    assert "cbtui.formatting" in ours  # the lazy import inside a test function was found
+    code = ("import importlib, importlib.abc, sys\n"
+            "class NoTextual(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] == 'textual':\n"
+            "            raise ImportError('textual is not installed here')\n"
+            "sys.meta_path.insert(0, NoTextual())\n"
+            f"for m in {ours!r}:\n"
+            "    importlib.import_module(m)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          env={**__import__("os").environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"})
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -80,7 +80,7 @@ def test_engine_with_the_kernel_gives_the_gather_tokens(graphs):
         eng.run_until_done()
         outs.append([eng.requests[i].output for i in ids])
         if isinstance(decode, TritonDecode):
-            from cbtui.app import engine_label
+            from cbtui.formatting import engine_label
             assert "triton decode" in engine_label(eng)
         if graphs == "on" and isinstance(decode, TritonDecode):
             assert eng.decode_graphs.replays > 0

@@ -49,8 +49,6 @@ class DecodeGraphs:
         self.model, self.kv, self.decode, self.capture = model, kv, decode, capture
         self.buckets = tuple(b for b in BATCH_BUCKETS if b < max_batch) + (max_batch,)
         self.max_blocks = kv.max_table_width
-        # A kernel that reads tables only up to each key length takes them whole: one width.
-        self.width_unit = self.max_blocks if decode.reads_tables else max(1, WIDTH_UNIT_TOKENS // kv.block_size)
         dev, n = kv.device, self.buckets[-1]
         long = dict(dtype=torch.long, device=dev)
         self.token_ids, self.positions = torch.zeros(n, **long), torch.zeros(n, **long)
@@ -62,6 +60,13 @@ class DecodeGraphs:
         self.capture_s = 0.0  # time spent capturing graphs
         self.broken: str | None = None  # why capture failed; decodes then run eagerly
         self.last: tuple[int, int] | None = None  # (rows, keys per row) of the last step served
+
+    @property
+    def width_unit(self) -> int:
+        """Table widths come in multiples of this. A kernel that reads tables only up to each key
+        length takes them whole (one width); the gather, whose cost grows with the width, gets
+        tight ones. Asked each step: the kernel may fall back to the gather mid-run."""
+        return self.max_blocks if self.decode.reads_tables else max(1, WIDTH_UNIT_TOKENS // self.kv.block_size)
 
     def bucket(self, num_items: int, num_blocks: int) -> tuple[int, int] | None:
         n = next((b for b in self.buckets if b >= num_items), None)

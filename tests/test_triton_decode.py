@@ -102,6 +102,30 @@ def test_a_kernel_that_fails_falls_back_to_the_gather(monkeypatch):
         got = decode(q, k, v, tables, lens, 8)
     assert decode.broken == "RuntimeError: no Triton backend for this device"
     torch.testing.assert_close(got, paged_decode_attention(q, k, v, tables, lens, 8))
+    assert not decode.reads_tables  # the gather behind it wants tight tables
+
+
+def test_decode_graphs_take_tight_tables_once_the_kernel_falls_back(monkeypatch):
+    """Graphs size tables for the kernel (whole tables: one width). After the kernel fails, the
+    gather does the work, and whole tables would make it copy every row's full 4k-token table per
+    layer: later buckets must be tight again, and the engine label no longer claims the kernel."""
+    from cbtui.formatting import engine_label
+    from engine.attention import paged_decode_triton
+
+    def no_kernel(*a, **k):
+        raise RuntimeError("no Triton backend for this device")
+
+    decode = TritonDecode()
+    eng = _with_kernel(Engine(EngineConfig(model="tiny", device=DEVICE.type, dtype="float32", attention="sdpa",
+                                           decode_graphs="on", block_size=8)), decode)
+    graphs = eng.decode_graphs
+    assert graphs.bucket(3, 5) == (4, eng.kv.max_table_width) and "triton decode" in engine_label(eng)
+    monkeypatch.setattr(paged_decode_triton, "paged_decode_triton", no_kernel)
+    eng.add_request([1, 2, 3], max_new_tokens=4)
+    with pytest.warns(UserWarning, match="Triton decode attention failed"):
+        eng.run_until_done()
+    assert graphs.bucket(3, 5) == (4, graphs.width_unit) and graphs.width_unit < eng.kv.max_table_width
+    assert "triton decode" not in engine_label(eng)
 
 
 def test_choice_and_bad_settings(monkeypatch):

@@ -67,7 +67,7 @@ def run_ours(workload: Workload, policy: str = "fcfs", device: str = "auto", dty
 
     reqs = [engine.requests[i] for i in ids]
     name = name or ("ours continuous" if policy == "fcfs" else "ours static")
-    decode = "triton" if engine.decode_attention.reads_tables else "gather"
+    decode = engine.decode_attention.name
     if engine.decode_attention.broken:
         decode += f" (failed, gather used: {engine.decode_attention.broken})"
     attention = engine.attention_name

@@ -35,10 +35,16 @@ def triton_problem(device: torch.device, dtype: torch.dtype, head_dim: int) -> s
 class TritonDecode:
     """The kernel, with the block gather behind it should it fail to build (said once, as a warning)."""
 
-    reads_tables = True  # reads block tables up to each key length: any table width will do
+    name = "triton"
 
     def __init__(self):
         self.broken: str | None = None
+
+    @property
+    def reads_tables(self) -> bool:
+        """True while the kernel runs: it reads tables up to each key length, so any width will do.
+        Once it has fallen back to the gather, whose cost grows with the width, tables stay tight."""
+        return self.broken is None
 
     def __call__(self, q, k_pool, v_pool, tables, key_lens, block_size):
         if self.broken is None:
@@ -53,6 +59,7 @@ class TritonDecode:
 
 
 class GatherDecode:
+    name = "gather"
     reads_tables = False  # cost grows with the table width: keep it tight
     broken = None
 

@@ -138,7 +138,9 @@ class DecodeGraphs:
                 self._forward(n, width)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.mempool):
+        # thread_local: the dashboard captures on its engine thread while the UI thread runs; another
+        # thread's CUDA call must not invalidate the capture (global mode would).
+        with torch.cuda.graph(graph, pool=self.mempool, capture_error_mode="thread_local"):
             logits = self._forward(n, width)
         self.graphs[key] = (graph, logits)
         self.capture_s += time.perf_counter() - start

@@ -91,6 +91,7 @@ class Engine:
         self.device_timer = DeviceTimer() if self.device.type == "cuda" and not config.overlap_steps else None
         self.weight_bytes = self.model.weight_bytes()
         self._final_views: dict[int, RequestView] = {}
+        self._preemptions: dict[int, int] = {}  # request id -> times preempted (replaced, never mutated)
         self._finished_total = 0
         self._next_id = 0
         self._generators: dict[int, torch.Generator] = {}
@@ -330,8 +331,10 @@ class Engine:
     # -- the record -----------------------------------------------------------------------
     def _record(self, step, plan, items, sampled, finished, wall) -> StepRecord:
         sched = self.scheduler
+        if plan.preempted:  # a new snapshot: earlier records keep theirs
+            self._preemptions = {**self._preemptions, **{r.id: r.num_preemptions for r in plan.preempted}}
         views = RequestViews(list(self.requests.values()), {i.request_id for i in items}, plan.reasons,
-                             self._final_views)
+                             self._final_views, self._preemptions)
         decode_tokens, prefill_tokens = plan.tokens("decode"), plan.tokens("prefill")
         freed = [r.id for r in plan.preempted] + finished
         return StepRecord(

@@ -17,29 +17,35 @@ from .records import REASON_NOT_ARRIVED, RequestView
 from .request import RequestState
 
 TAIL = 24  # generated tokens kept in each view's output tail
-_CHANGING = attrgetter("state", "num_computed", "first_token_step", "num_preemptions")
+# Captured per request every step. The first-token step is not: it is set with the first output
+# token and never changes, so it is known exactly from the captured output length. Preemption
+# counts, which change only on preemption, come from a snapshot the engine replaces when one happens.
+_CHANGING = attrgetter("state", "num_computed")
 
 
 class RequestViews(Sequence):
     """Behaves as a read-only list of RequestView (iterate, index, len, compare with a list)."""
 
-    __slots__ = ("_requests", "_changing", "_outputs", "_lengths", "_scheduled", "_reasons", "_final", "_views")
+    __slots__ = ("_requests", "_changing", "_outputs", "_lengths", "_scheduled", "_reasons", "_final",
+                 "_preemptions", "_views")
 
-    def __init__(self, requests: list, scheduled_ids: set, reasons: dict, final_views: dict):
+    def __init__(self, requests: list, scheduled_ids: set, reasons: dict, final_views: dict,
+                 preemptions: dict | None = None):
         self._requests = requests
         self._changing = list(map(_CHANGING, requests))
         self._outputs = list(map(attrgetter("output"), requests))
         self._lengths = list(map(len, self._outputs))
         self._scheduled, self._reasons = scheduled_ids, reasons
         self._final = final_views  # request id -> its view once finished (never changes again)
+        self._preemptions = preemptions or {}  # request id -> preemptions so far; never mutated
         self._views: list[RequestView] | None = None
 
     def _build(self) -> list[RequestView]:
         if self._views is None:
             views = []
             pending, finished = RequestState.PENDING, RequestState.FINISHED
-            for r, (state, computed, first, preemptions), output, n in zip(
-                    self._requests, self._changing, self._outputs, self._lengths):
+            preempted = self._preemptions
+            for r, (state, computed), output, n in zip(self._requests, self._changing, self._outputs, self._lengths):
                 if state is finished and r.id in self._final:
                     views.append(self._final[r.id])
                     continue
@@ -50,9 +56,10 @@ class RequestViews(Sequence):
                 else:
                     reason = self._reasons.get(r.id)
                 prompt_len = len(r.prompt)
+                ttft = r.first_token_step - r.arrival_step if n else None
                 view = RequestView(r.id, state.value, prompt_len, min(computed, prompt_len), n, r.max_new_tokens,
-                                   r.arrival_step, r.priority, None if first is None else first - r.arrival_step,
-                                   reason, preemptions, output[max(0, n - TAIL):n])
+                                   r.arrival_step, r.priority, ttft, reason, preempted.get(r.id, 0),
+                                   output[max(0, n - TAIL):n])
                 if state is finished:
                     self._final[r.id] = view
                 views.append(view)

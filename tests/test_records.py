@@ -63,6 +63,17 @@ def test_request_views_read_late_show_the_step_they_were_taken_at():
     records, late = _run(False)
     assert late == at_once
     assert any(v[1] == "preempted" or v[10] for step in late for v in step), "meant to preempt"
+    # Against what the records say happened: preemptions counted so far, TTFT from the first token.
+    preempted, first_token = {}, {}
+    for rec in records:
+        for rid in rec.preempted:
+            preempted[rid] = preempted.get(rid, 0) + 1
+        for v in rec.requests:
+            if v.generated:
+                first_token.setdefault(v.id, rec.step)
+            assert v.num_preemptions == preempted.get(v.id, 0), (rec.step, v)
+            assert v.ttft_steps == (first_token[v.id] - v.arrival_step if v.generated else None), (rec.step, v)
+    assert max(preempted.values()) >= 1
     tails = [dict((v[0], v[11]) for v in step) for step in late]
     assert any(a != b for a, b in zip(tails, tails[1:]))  # tails really move between steps
     assert len(records[0].requests) == 6

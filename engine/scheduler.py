@@ -79,6 +79,7 @@ class Scheduler:
         self.waiting: deque[Request] = deque()  # arrived, holding no KV; preempted ones in front
         self.running: list[Request] = []  # admitted, in admission order (newest last)
         self.static_batch: list[Request] = []
+        self._static_members: set[Request] = set()  # the batch again, for O(1) membership (by identity)
         self.freed_blocks: dict[int, tuple[int, ...]] = {}  # this step's: request id -> blocks
 
     # -- queue changes -------------------------------------------------------------------
@@ -192,8 +193,9 @@ class Scheduler:
             plan.add(Scheduled(r, "prefill", n))
             plan.reasons.pop(r.id, None)
         if cfg.policy == "static":
+            members = self._static_members
             for r in self.waiting:
-                if r not in self.static_batch:
+                if r not in members:
                     plan.reasons[r.id] = REASON_STATIC_BATCH
         # Decodes always come first in the packed batch; prefills follow in schedule order.
         if plan.used > plan.decode_used:  # (an all-decode plan is in order already)
@@ -217,7 +219,10 @@ class Scheduler:
         """Static batching: a new batch forms only when every member of the last one finished."""
         if all(r.is_finished for r in self.static_batch):
             self.static_batch = list(self.waiting)[: self.config.static_batch_size]
-        return [r for r in self.waiting if r in self.static_batch]
+            self._static_members = set(self.static_batch)
+        # Scanning the batch list per waiting request was 448 x 64 comparisons a step at 512 requests.
+        members = self._static_members
+        return [r for r in self.waiting if r in members]
 
     def padding_slots(self) -> int:
         """Static policy: slots of the batch held idle by finished (or missing) members."""

@@ -47,7 +47,9 @@ def bench(ctx: click.Context, workload, scale, device, model, attention, hf, abl
     from .bench.run import run_bench
 
     err = Console(stderr=True)
-    with _sigterm_interrupts() as stopped_by:
+    # Libraries may print while the systems run (transformers does when its batching loop stops):
+    # to stderr with them, so stdout holds the report alone and --json stays parseable.
+    with _sigterm_interrupts() as stopped_by, contextlib.redirect_stdout(sys.stderr):
         try:
             report = run_bench(workload, scale=scale, device=device, model=model, attention=attention, hf=hf,
                                ablations=ablations, progress=lambda msg: err.print(f"[dim]bench: {msg}[/dim]"))

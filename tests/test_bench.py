@@ -406,3 +406,36 @@ def test_variants_line_puts_each_ablation_against_generate_batch():
                                                    "overlapped 15.50x, gather decode 9.00x")
     assert variants_line({"systems": systems[:2]}) is None  # a CPU run: no variants
     assert variants_line({"systems": [systems[0], {**systems[1], "available": False}, systems[2]]}) is None
+
+
+def test_json_report_stays_clean_when_a_library_prints(monkeypatch):
+    """transformers prints to stdout when its batching loop stops early: --json output must still
+    parse, with the noise on stderr."""
+    import cbtui.bench.run as run
+
+    def noisy(*args, **kwargs):
+        print("Returning results of generate_batch despite unexpected termination.")
+        return {"systems": [], "interrupted": False}
+
+    monkeypatch.setattr(run, "run_systems", noisy)
+    result = CliRunner().invoke(main, ["bench", "--device", "cpu", "--scale", "0.016", "--no-hf", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"systems": [], "interrupted": False}
+    assert "unexpected termination" in result.stderr
+
+
+def test_a_failed_hugging_face_copy_is_reported_and_ours_go_on(monkeypatch):
+    pytest.importorskip("transformers")
+    import cbtui.bench.run as run
+
+    def broken(*args, **kwargs):
+        raise TypeError("LlamaConfig got an unexpected keyword argument")
+
+    monkeypatch.setattr("cbtui.bench.hf_weights.to_hf_llama", broken)
+    workload = make_workload("varied", scale=2 / 256, model="tiny", prompt_range=(5, 8), output_range=(2, 3))
+    report = run.run_systems(workload, device="cpu", hf=True)
+    rows = {s["system"]: s for s in report["systems"]}
+    assert rows["ours continuous"]["available"] and rows["ours static"]["available"]
+    for name in ("HF generate_batch", "HF static generate"):
+        assert not rows[name]["available"] and "failed: TypeError: LlamaConfig" in rows[name]["note"], rows[name]
+    assert report["interrupted"] is False

@@ -121,4 +121,5 @@ def test_hf_continuous_batching_row_gives_our_tokens(monkeypatch, workload_name)
     assert theirs.outputs == ours.outputs
     assert theirs.output_tokens == sum(workload.max_new_tokens)
     assert "warm-up" not in theirs.note  # its request timestamps were usable
+    assert ", attention " in theirs.note  # the implementation transformers ran with
     assert len(theirs.ttft_s) == workload.num_requests and theirs.wall_s > 0

@@ -124,7 +124,16 @@ def run_hf_generate_batch(hf, workload: Workload) -> RunResult:
 def generate_batch(hf, workload: Workload, settings: dict) -> RunResult:
     """generate_batch on any device that transformers agrees to size a cache on (tests run it on
     the CPU with its memory probe replaced). One output length: one generate_batch call; several:
-    the manager, a request each."""
+    the manager, a request each. The note names the attention transformers ran with: its batching
+    may switch to another implementation (e.g. flash attention, where installed) on its own."""
+    result = _generate_batch(hf, workload, settings)
+    used = getattr(hf.config, "_attn_implementation", None)
+    if used:
+        result.note += f", attention {used}"
+    return result
+
+
+def _generate_batch(hf, workload: Workload, settings: dict) -> RunResult:
     # No separate warm-up call: the manager warms up (graph capture) before requests are added,
     # and the timing starts at the first request's creation; our engines already initialised CUDA.
     by_len = sorted(set(workload.max_new_tokens))

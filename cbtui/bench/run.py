@@ -116,7 +116,10 @@ def _hf_copy(engine, hf: bool):
         return None, "transformers is not installed (pip install 'cbtui[bench]')"
     from .hf_weights import to_hf_llama
 
-    return to_hf_llama(engine.model, attn_implementation="sdpa"), ""
+    try:
+        return to_hf_llama(engine.model, attn_implementation="sdpa"), ""
+    except Exception as exc:  # a transformers release that differs: its rows say why, ours go on
+        return None, _failed("the Hugging Face copy", exc).note
 
 
 def _failed(name: str, exc: Exception) -> RunResult:

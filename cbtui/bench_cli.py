@@ -32,8 +32,11 @@ import click
               help="On CUDA, also run ours with overlapped steps, without decode graphs, and with the gather "
                    "decode (each piece's worth).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Also write the JSON report to this file, rewritten after every system: a run killed "
+                   "outright still leaves the systems it measured.")
 @click.pass_context
-def bench(ctx: click.Context, workload, scale, device, model, attention, hf, ablations, as_json) -> None:
+def bench(ctx: click.Context, workload, scale, device, model, attention, hf, ablations, as_json, out_path) -> None:
     """Compare this engine (continuous and static) with Hugging Face on one seeded workload.
 
     Every system runs in this process on the same random weights; warm-up is excluded and CUDA is
@@ -46,13 +49,18 @@ def bench(ctx: click.Context, workload, scale, device, model, attention, hf, abl
     from .bench.report import bench_table
     from .bench.run import run_bench
 
+    if out_path and not os.access(os.path.dirname(os.path.abspath(out_path)), os.W_OK):
+        raise click.BadParameter(f"cannot write {out_path!r}: its folder is missing or read-only", param_hint="--out")
     err = Console(stderr=True)
     # Libraries may print while the systems run (transformers does when its batching loop stops):
     # to stderr with them, so stdout holds the report alone and --json stays parseable.
     with _sigterm_interrupts() as stopped_by, contextlib.redirect_stdout(sys.stderr):
         try:
+            save = (lambda report: _write_json(out_path, report)) if out_path else (lambda report: None)
             report = run_bench(workload, scale=scale, device=device, model=model, attention=attention, hf=hf,
-                               ablations=ablations, progress=lambda msg: err.print(f"[dim]bench: {msg}[/dim]"))
+                               ablations=ablations, progress=lambda msg: err.print(f"[dim]bench: {msg}[/dim]"),
+                               on_row=save)
+            save(report)
         except ValueError as exc:
             click.echo(f"cbtui: error: {exc}", err=True)
             sys.exit(2)
@@ -83,6 +91,14 @@ def _sigterm_interrupts():
     finally:
         for sig, handler in before.items():
             signal.signal(sig, handler)
+
+
+def _write_json(path: str, report: dict) -> None:
+    """Whole or not at all: written beside the file, then renamed over it."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(report, f, indent=1)
+    os.replace(tmp, path)
 
 
 def _exit_now(code: int) -> None:

@@ -59,8 +59,9 @@ stamp "cbtui bench --workload anchor ${BENCH_SCALE:+--scale $BENCH_SCALE} ${BENC
 # shellcheck disable=SC2086 # BENCH_ARGS: extra flags, split on purpose
 # On its time limit the bench gets SIGTERM and still reports the systems it measured (timeout then
 # exits 124; the JSON says "interrupted").
-timeout -k 30 "$BENCH_TIMEOUT" "$PY" -m cbtui bench --workload anchor ${BENCH_SCALE:+--scale "$BENCH_SCALE"} ${BENCH_ARGS:-} --json \
-  > "$OUTDIR/bench_anchor.json" 2> >(tee "$OUTDIR/bench_anchor.log" >&2)
+# --out rewrites the JSON after every system, so even a kill after the grace period leaves the rows done.
+timeout -k 30 "$BENCH_TIMEOUT" "$PY" -m cbtui bench --workload anchor ${BENCH_SCALE:+--scale "$BENCH_SCALE"} ${BENCH_ARGS:-} \
+  --out "$OUTDIR/bench_anchor.json" > "$OUTDIR/bench_table.txt" 2> >(tee "$OUTDIR/bench_anchor.log" >&2)
 bench_rc=$?
 stamp "bench exit code $bench_rc"
 bench_report() { "$PY" -c 'import json, sys; json.load(open(sys.argv[1]))' "$OUTDIR/bench_anchor.json" 2>/dev/null; }

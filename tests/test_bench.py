@@ -219,7 +219,7 @@ def test_no_ablations_flag_reaches_the_run(monkeypatch):
     result = CliRunner().invoke(main, ["bench", "--workload", "varied", "--scale", "0.016", "--device", "cpu",
                                        "--no-hf", "--no-ablations"])
     assert result.exit_code == 0, result.output
-    assert seen["args"][-1] is False  # ablations=False
+    assert seen["kwargs"]["ablations"] is False
 
 
 @pytest.mark.parametrize("policy, decoding", [("fcfs", 12), ("static", 4)])
@@ -439,3 +439,50 @@ def test_a_failed_hugging_face_copy_is_reported_and_ours_go_on(monkeypatch):
     for name in ("HF generate_batch", "HF static generate"):
         assert not rows[name]["available"] and "failed: TypeError: LlamaConfig" in rows[name]["note"], rows[name]
     assert report["interrupted"] is False
+
+
+def test_each_system_updates_the_report_so_far():
+    import cbtui.bench.run as run
+
+    workload = make_workload("varied", scale=2 / 256, model="tiny", prompt_range=(5, 8), output_range=(2, 3))
+    snapshots = []
+    final = run.run_systems(workload, device="cpu", hf=False, on_row=snapshots.append)
+    assert len(snapshots) == 1 + 3  # after ours continuous, then after each further system
+    measured = [[s["system"] for s in snap["systems"] if s.get("note") != run.NOT_RUN] for snap in snapshots]
+    assert measured[0] == ["ours continuous"] and all(snap["interrupted"] for snap in snapshots)
+    assert [len(m) for m in measured] == [1, 2, 3, 4]
+    assert snapshots[-1]["systems"] == final["systems"] and final["interrupted"] is False
+
+
+def test_bench_killed_outright_leaves_the_systems_it_measured(tmp_path):
+    """SIGKILL (a time limit's last resort) gives the bench no chance to report: --out, rewritten
+    after every system, still holds what was measured."""
+    import os
+    import signal
+    import subprocess
+
+    out = tmp_path / "bench.json"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen([sys.executable, "-m", "cbtui", "bench", "--device", "cpu", "--no-hf", "--out", str(out)],
+                            cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stderr:
+            if line.strip() == "bench: ours static":
+                break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    report = json.loads(out.read_text())
+    rows = {s["system"]: s for s in report["systems"]}
+    assert report["interrupted"] is True and rows["ours continuous"]["available"]
+    assert not rows["ours static"]["available"]
+
+
+def test_out_file_holds_the_final_report(tmp_path):
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(main, ["bench", "--workload", "varied", "--scale", "0.016", "--device", "cpu",
+                                       "--no-hf", "--json", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text()) == json.loads(result.stdout)
+    assert not (tmp_path / "bench.json.tmp").exists()

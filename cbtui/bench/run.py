@@ -23,22 +23,25 @@ def default_scale(device: torch.device) -> float:
 
 
 def run_bench(workload_name: str, scale: float | None = None, device: str = "auto", model: str | None = None,
-              attention: str = "auto", hf: bool = True, ablations: bool = True, progress=lambda msg: None) -> dict:
+              attention: str = "auto", hf: bool = True, ablations: bool = True, progress=lambda msg: None,
+              on_row=lambda report: None) -> dict:
     """Runs the systems on a named workload; returns the report dict (what --json prints)."""
     dev = resolve_device(device)
     scale = default_scale(dev) if scale is None else scale
     model = model or ("small" if dev.type == "cuda" else "tiny")
     workload = make_workload(workload_name, scale=scale, model=model)
-    return run_systems(workload, device, attention, hf, progress, ablations)
+    return run_systems(workload, device, attention, hf, progress, ablations=ablations, on_row=on_row)
 
 
 def run_systems(workload: Workload, device: str = "auto", attention: str = "auto", hf: bool = True,
-                progress=lambda msg: None, ablations: bool = True) -> dict:
+                progress=lambda msg: None, ablations: bool = True, on_row=lambda report: None) -> dict:
     """Every system on one workload, one after another, on the same weights.
 
     Interrupted (Ctrl-C, or SIGTERM from a time limit: bench_cli) after ours continuous, it still
     returns the report: the systems measured, the one cut short and those not run, and
-    report["interrupted"]. Interrupted before that, KeyboardInterrupt propagates: nothing to report."""
+    report["interrupted"]. Interrupted before that, KeyboardInterrupt propagates: nothing to report.
+    on_row gets the report so far after each system (the rest marked not run, "interrupted" true
+    until the end), so a process killed outright still leaves what it measured (bench --out)."""
     dev = resolve_device(device)
     dtype = "bfloat16" if dev.type == "cuda" else "float32"
     budget = CUDA_BUDGET if dev.type == "cuda" else CPU_BUDGET
@@ -55,6 +58,15 @@ def run_systems(workload: Workload, device: str = "auto", attention: str = "auto
     order = ["ours continuous", "ours static", CB_NAME, STATIC_NAME] + [name for name, _ in ablations]
     results = {ours.system: ours}
     running = None  # the system being measured when an interrupt comes
+
+    def report_so_far(interrupted: bool) -> dict:
+        rows = [results.get(name) or RunResult(name, available=False, note=INTERRUPTED if name == running else NOT_RUN)
+                for name in order]
+        report = _report(dev, workload, dtype, attention_name, budget, rows)
+        report["interrupted"] = interrupted
+        return report
+
+    on_row(report_so_far(True))
     try:
         hf_model, hf_note = _hf_copy(engine, hf)
         release(engine)
@@ -92,6 +104,7 @@ def run_systems(workload: Workload, device: str = "auto", attention: str = "auto
             with frozen_heap():
                 results[name] = run()
             running = None
+            on_row(report_so_far(True))
             progress(_line(results[name], ours))
             if name == STATIC_NAME:
                 hf_model = None  # done with the Hugging Face copy: free it before the ablations
@@ -99,11 +112,7 @@ def run_systems(workload: Workload, device: str = "auto", attention: str = "auto
         interrupted = False
     except KeyboardInterrupt:  # report what was measured, and say what was not
         interrupted = True
-    rows = [results.get(name) or RunResult(name, available=False, note=INTERRUPTED if name == running else NOT_RUN)
-            for name in order]
-    report = _report(dev, workload, dtype, attention_name, budget, rows)
-    report["interrupted"] = interrupted
-    return report
+    return report_so_far(interrupted)
 
 
 def _hf_copy(engine, hf: bool):

@@ -56,10 +56,10 @@ fi
 
 # The bench first: it is what the goal is measured by.
 stamp "cbtui bench --workload anchor ${BENCH_SCALE:+--scale $BENCH_SCALE} ${BENCH_ARGS:-}"
-# shellcheck disable=SC2086 # BENCH_ARGS: extra flags, split on purpose
 # On its time limit the bench gets SIGTERM and still reports the systems it measured (timeout then
-# exits 124; the JSON says "interrupted").
-# --out rewrites the JSON after every system, so even a kill after the grace period leaves the rows done.
+# exits 124; the JSON says "interrupted"). --out rewrites the JSON after every system, so even a
+# kill after the grace period leaves the rows done.
+# shellcheck disable=SC2086 # BENCH_ARGS: extra flags, split on purpose
 timeout -k 30 "$BENCH_TIMEOUT" "$PY" -m cbtui bench --workload anchor ${BENCH_SCALE:+--scale "$BENCH_SCALE"} ${BENCH_ARGS:-} \
   --out "$OUTDIR/bench_anchor.json" > "$OUTDIR/bench_table.txt" 2> >(tee "$OUTDIR/bench_anchor.log" >&2)
 bench_rc=$?

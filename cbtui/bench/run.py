@@ -128,11 +128,15 @@ def _hf_copy(engine, hf: bool):
     try:
         return to_hf_llama(engine.model, attn_implementation="sdpa"), ""
     except Exception as exc:  # a transformers release that differs: its rows say why, ours go on
-        return None, _failed("the Hugging Face copy", exc).note
+        return None, _failure_note(exc)
+
+
+def _failure_note(exc: Exception) -> str:
+    return f"failed: {type(exc).__name__}: {exc}"[:300]
 
 
 def _failed(name: str, exc: Exception) -> RunResult:
-    return RunResult(name, available=False, note=f"failed: {type(exc).__name__}: {exc}"[:300])
+    return RunResult(name, available=False, note=_failure_note(exc))
 
 
 def _measures_gpu_pieces(dev: torch.device) -> bool:

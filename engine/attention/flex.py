@@ -23,7 +23,6 @@ build on CUDA, those rows go through sdpa item by item, with a warning.
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import warnings
 
@@ -56,8 +55,9 @@ def compiled_flex(backend="inductor"):
     compiles instead of 1 on the tiny preset's workload). Tests pass a counting backend."""
     from torch.nn.attention.flex_attention import flex_attention
 
+    from torch.fx.experimental import _config as config
+
     fn = torch.compile(flex_attention, dynamic=True, backend=backend)
-    config = importlib.import_module("torch.fx.experimental._config")
     if not hasattr(config, "use_duck_shape"):  # a torch without the switch: compile as it comes
         return fn
 

@@ -157,9 +157,9 @@ def open_probe(env: dict[str, str] | None = None) -> MemoryProbe:
     try:
         return SafeProbe(NvmlProbe(env))
     except ImportError:
-        return RssProbe("no GPU figures: nvidia-ml-py is not installed")
-    except Exception as exc:
-        return RssProbe(f"no NVIDIA GPU: {_short(exc)}")
+        return RssProbe("no GPU: nvidia-ml-py is not installed")
+    except Exception as exc:  # the usual one fits the panel at 80 columns: "no GPU: NVML Shared Library Not Found"
+        return RssProbe(f"no GPU: {_short(exc)}")
 
 
 def _text(value) -> str:

@@ -10,7 +10,7 @@ from cbtui.gpu_memory import FakeProbe, MemoryReading
 from scenarios import load_scenario
 
 FIXED_RSS = 512 * 1024 * 1024
-NO_GPU = MemoryReading(rss_bytes=FIXED_RSS, note="no NVIDIA GPU: NVML Shared Library Not Found", source="rss")
+NO_GPU = MemoryReading(rss_bytes=FIXED_RSS, note="no GPU: NVML Shared Library Not Found", source="rss")
 
 
 class SteadyEngine:

@@ -77,12 +77,17 @@ def test_missing_driver_falls_back_to_rss_with_reason(monkeypatch):
     monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml([], fail_init=True))
     reading = open_probe({}).read()
     assert reading.source == "rss" and "NVML Shared Library Not Found" in reading.note
+    # The memory panel is 38 columns wide at 80x24: the reason and the RSS line show whole, no ellipsis.
+    from cbtui.widgets.memory_panel import reading_text
+    lines = reading_text(reading, 38).plain.split("\n")
+    assert lines[0] == "no GPU: NVML Shared Library Not Found" and lines[1].startswith("process RSS ")
+    assert all(len(line) <= 38 for line in lines)
 
 
 def test_missing_package_falls_back_to_rss(monkeypatch):
     monkeypatch.setitem(sys.modules, "pynvml", None)  # import raises ImportError
     assert isinstance(open_probe({}), RssProbe)
-    assert "nvidia-ml-py" in open_probe({}).read().note
+    assert "nvidia-ml-py" in open_probe({}).read().note and len(open_probe({}).read().note) <= 38
 
 
 def test_failure_mid_run_switches_to_rss_instead_of_raising():

@@ -11,6 +11,7 @@ from textual.color import Color
 from cbtui.colors import REQUEST_PALETTE, palette_slot
 from cbtui.mask_raster import _bands, rasterize
 from cbtui.widgets.mask import SHADES, decode_pixel, mask_strips, pixel_codes
+from cbtui.widgets.mask_legend import cell_share, scale_text
 from engine.batch_builder import build_batch, mask_from_items, ragged_causal_mask
 from engine.records import ScheduledItem
 
@@ -138,3 +139,23 @@ def test_empty_step_draws_blank_lines():
     strips, raster = mask_strips([], width=10, height=3, background=BACKGROUND)
     assert len(strips) == 3 and all(s.cell_length == 10 for s in strips)
     assert raster.count.size == 0
+
+
+def test_scale_line_says_tokens_per_cell_without_a_k_that_reads_as_thousands():
+    # 8,192 queries over 16,384 keys on 100 x 40 half-block cells: 204.8 queries x 163.84 keys a cell
+    _, raster = mask_strips([item(0, 8192, 8192)], width=100, height=40, background=BACKGROUND)
+    assert scale_text(raster, half_blocks=True) == "cell ≈ 205 × 164, shade: share visible"
+    # 7 decodes over 293 keys on 38 columns: 7.7 keys a cell (the header's 'k' is a thousand);
+    # each query magnified to 2 pixel rows, one cell
+    decodes = [item(r, 56, 1) for r in range(5)] + [item(5, 6, 1), item(6, 0, 1)]
+    _, raster = mask_strips(decodes, width=38, height=10, background=BACKGROUND)
+    assert raster.cols_per_pixel == (5 * 57 + 7 + 1) / 38 and raster.rows_per_pixel == 0.5
+    assert scale_text(raster, half_blocks=True) == "cell ≈ 1 × 7.7, shade: share visible"
+    assert scale_text(raster, half_blocks=False) == "cell ≈ 0.5 × 7.7, shade: share visible"
+    # 600,000 queries on 10 rows of 2 pixels, 600,000 keys on 38 columns
+    _, raster = mask_strips([item(0, 0, 600_000)], width=38, height=10, background=BACKGROUND)
+    assert scale_text(raster, half_blocks=True) == "cell ≈ 60k × 16k, shade: share visible"
+    assert len(scale_text(raster, half_blocks=True)) <= 39  # the mask panel's width at 80 columns
+    _, raster = mask_strips([item(0, 0, 4)], width=38, height=10, background=BACKGROUND)
+    assert scale_text(raster, half_blocks=True) == "every query × key shown"
+    assert cell_share(9.99) == "10" and cell_share(12_345) == "12k" and cell_share(0.25) == "0.25"

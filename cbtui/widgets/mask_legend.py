@@ -10,15 +10,22 @@ from textual.widgets import Static
 from engine.records import ScheduledItem
 
 from ..colors import request_color
+from ..formatting import human_rate
 from ..mask_raster import MaskRaster
 
 
+def cell_share(tokens: float) -> str:
+    """Tokens one cell stands for: '0.33', '6.4', '120', '55k' (k is a thousand, as in the header)."""
+    return f"{tokens:.2g}" if tokens < 10 else human_rate(tokens)
+
+
 def scale_text(raster: MaskRaster | None, half_blocks: bool) -> str:
+    """Under the 'queries × keys' line, so the two figures read in that order; fits 40 columns."""
     if raster is None or raster.count.size == 0:
         return ""
     rows_per_cell = raster.rows_per_pixel * (2 if half_blocks else 1)
     if raster.downsampled:
-        return f"cell ≈ {rows_per_cell:.3g}q × {raster.cols_per_pixel:.3g}k, shade = share visible"
+        return f"cell ≈ {cell_share(rows_per_cell)} × {cell_share(raster.cols_per_pixel)}, shade: share visible"
     return "every query × key shown"
 
 

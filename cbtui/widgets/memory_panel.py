@@ -32,9 +32,8 @@ def reading_text(reading: MemoryReading | None, width: int) -> Text:
                 f"{human_bytes(gpu.used_bytes)}/{human_bytes(gpu.total_bytes)} ",
                 ("█" * filled, "green" if share < 0.9 else "red"), ("░" * (bar_width - filled), "dim")))
     else:
-        lines.append(Text(reading.note or "no GPU figures", style="yellow"))
-        lines.append(Text.assemble(("process RSS ", "bold"), human_bytes(reading.rss_bytes),
-                                   (" (no GPU figures)", "dim")))
+        lines.append(Text(reading.note or "no GPU figures", style="yellow"))  # says why: no suffix below
+        lines.append(Text.assemble(("process RSS ", "bold"), human_bytes(reading.rss_bytes)))
     text = Text("\n").join(lines)
     text.no_wrap, text.overflow = True, "ellipsis"
     return text

@@ -20,6 +20,11 @@ def human_rate(per_second: float) -> str:
     return f"{per_second:.0f}"
 
 
+def short_number(value: float) -> str:
+    """A figure in at most four characters: '0.33', '6.4', '12', '120', '1.2k', '55k' (never '1.2e+02')."""
+    return f"{value:.2g}" if abs(value) < 10 else human_rate(value)
+
+
 def engine_label(engine) -> str:
     """Model, device, attention backend and KV layout, from the engine's static settings; and the
     decode fast path when it is on (the Triton kernel, decode graphs)."""

@@ -15,6 +15,8 @@ from engine.metrics import MetricsCollector
 from engine.memory_profiler import MemoryProfiler
 from engine.stats import describe, histogram
 
+from .formatting import short_number
+
 SPARK = "▁▂▃▄▅▆▇█"
 BAR = "█"
 
@@ -31,8 +33,10 @@ def sparkline(values: list[float], width: int) -> str:
 
 
 def distribution(title: str, values: list[float], unit: str, bins: int = 6, width: int = 24) -> Table:
-    """A small histogram table with the summary line (n, p50, p90, max) as its caption."""
-    table = Table(title=title, title_justify="left", show_header=False, box=None, padding=(0, 1))
+    """A small histogram table with the summary line (n, p50, p90, max) as its caption; never
+    narrower than its title and caption, which would otherwise wrap mid-phrase (at 80 columns)."""
+    table = Table(title=title, title_justify="left", show_header=False, box=None, padding=(0, 1),
+                  min_width=len(title))
     table.add_column("range", justify="right", no_wrap=True)
     table.add_column("bar", no_wrap=True)
     table.add_column("count", justify="right")
@@ -43,10 +47,11 @@ def distribution(title: str, values: list[float], unit: str, bins: int = 6, widt
     most = max(count for _, _, count in rows)
     for low, high, count in rows:
         bar = BAR * max(1 if count else 0, round(count / most * width))
-        table.add_row(f"{low:.2g}–{high:.2g}{unit}", Text(bar, style="cyan"), str(count))
+        table.add_row(f"{short_number(low)}–{short_number(high)}{unit}", Text(bar, style="cyan"), str(count))
     d = describe(values)
-    table.caption = f"n={d['count']} p50 {d['p50']:.2g}{unit} p90 {d['p90']:.2g}{unit} max {d['max']:.2g}{unit}"
+    table.caption = f"n={d['count']} " + " ".join(f"{key} {short_number(d[key])}{unit}" for key in ("p50", "p90", "max"))
     table.caption_justify = "left"
+    table.min_width = max(len(title), len(table.caption))
     return table
 
 
@@ -56,8 +61,8 @@ def _mib(value: float) -> str:
 
 def memory_table(profiler: MemoryProfiler, detector: MemoryLeakDetector) -> Group:
     table = Table(title="Memory profile (per step)", title_justify="left", box=None, padding=(0, 1))
-    for column in ("source", "now", "min", "max", "growth", "trend", "leak check"):
-        table.add_column(column, no_wrap=column != "leak check", min_width=6)
+    for column in ("source", "now", "min", "max", "growth", "trend", "leaks"):
+        table.add_column(column, no_wrap=column != "leaks", min_width=6)
     verdicts = profiler.check_leaks(detector)
     for metric, stats in profiler.summary().items():
         series = [v for _, v in profiler.series(metric)]
@@ -94,7 +99,9 @@ def render_metrics(collector: MetricsCollector, profiler: MemoryProfiler, annota
     grid.add_column()
     grid.add_row(distribution("TTFT, steps", collector.latencies("ttft_steps"), "", width=bar),
                  distribution("Inter-token latency, steps", collector.latencies("itl_steps"), "", width=bar))
-    grid.add_row(distribution("TTFT, engine seconds", collector.latencies("ttft_s"), "s", width=bar),
-                 distribution("Inter-token latency, engine s", collector.latencies("itl_s"), "s", width=bar))
+    # Engine time in ms: '3.2ms' where seconds read '0.0032s', so a summary line fits half of 80 columns.
+    ms = {name: [1000 * v for v in collector.latencies(name)] for name in ("ttft_s", "itl_s")}
+    grid.add_row(distribution("TTFT, engine ms", ms["ttft_s"], "ms", width=bar),
+                 distribution("Inter-token latency, engine ms", ms["itl_s"], "ms", width=bar))
     lines += [grid, memory_table(profiler, detector or MemoryLeakDetector())]
     return Group(*lines)

@@ -11,7 +11,8 @@ from textual.color import Color
 from cbtui.colors import REQUEST_PALETTE, palette_slot
 from cbtui.mask_raster import _bands, rasterize
 from cbtui.widgets.mask import SHADES, decode_pixel, mask_strips, pixel_codes
-from cbtui.widgets.mask_legend import cell_share, scale_text
+from cbtui.formatting import short_number
+from cbtui.widgets.mask_legend import scale_text
 from engine.batch_builder import build_batch, mask_from_items, ragged_causal_mask
 from engine.records import ScheduledItem
 
@@ -158,4 +159,6 @@ def test_scale_line_says_tokens_per_cell_without_a_k_that_reads_as_thousands():
     assert len(scale_text(raster, half_blocks=True)) <= 39  # the mask panel's width at 80 columns
     _, raster = mask_strips([item(0, 0, 4)], width=38, height=10, background=BACKGROUND)
     assert scale_text(raster, half_blocks=True) == "every query × key shown"
-    assert cell_share(9.99) == "10" and cell_share(12_345) == "12k" and cell_share(0.25) == "0.25"
+    assert short_number(9.99) == "10" and short_number(12_345) == "12k" and short_number(0.25) == "0.25"
+    assert short_number(120) == "120" and short_number(1234) == "1.2k"  # never '1.2e+02'
+

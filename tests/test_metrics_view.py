@@ -1,8 +1,10 @@
 """The metrics screen's content, rendered to text from a real run."""
 
+import re
+
 from rich.console import Console
 
-from cbtui.metrics_view import render_metrics, sparkline
+from cbtui.metrics_view import distribution, render_metrics, sparkline
 from engine.leak_detector import MemoryLeakDetector
 from engine.memory_profiler import MemoryProfiler
 from engine.memory_sources import FunctionSource
@@ -10,7 +12,7 @@ from engine.metrics import MetricsCollector
 from scenarios import load_scenario
 
 
-def rendered(growth_per_step: int) -> str:
+def rendered(growth_per_step: int, width: int = 100) -> str:
     engine = load_scenario("priority_sla").build_engine(device="cpu")
     collector = MetricsCollector()
     level = {"bytes": 100 << 20}
@@ -24,9 +26,9 @@ def rendered(growth_per_step: int) -> str:
         record = engine.step()
         collector.observe(record)
         profiler.observe(record)
-    console = Console(width=100, record=True, color_system=None)
+    console = Console(width=width, record=True, color_system=None)
     console.print(render_metrics(collector, profiler, record.annotations,
-                                 MemoryLeakDetector(window=16, min_growth_bytes=1 << 20), width=100))
+                                 MemoryLeakDetector(window=16, min_growth_bytes=1 << 20), width=width))
     return console.export_text()
 
 
@@ -49,3 +51,18 @@ def test_sparkline_scales_to_its_range():
     assert sparkline([5, 5, 5], 8) == "▅▅▅"
     assert sparkline([1, 2, 3], 2) == "▁█"  # only the last `width` values
     assert sparkline([], 4) == ""
+
+
+def test_at_80_columns_titles_and_summary_lines_stay_whole():
+    text = rendered(growth_per_step=0, width=76)  # the screen's body at 80 columns (border, padding)
+    # the four summary lines, each on one line (a wrapped one would end "max" and go on below)
+    assert len(re.findall(r"n=\d+ p50 \S+ p90 \S+ max \d\S*", text)) == 4
+    assert "Inter-token latency, steps" in text and "Inter-token latency, engine ms" in text
+    assert "ms p90 " in text and "leaks" in text
+
+
+def test_distribution_figures_never_use_exponents():
+    console = Console(width=60, record=True, color_system=None)
+    console.print(distribution("TTFT, steps", [3, 120, 250, 1500], ""))
+    text = console.export_text()
+    assert "e+" not in text and "1.5k" in text and "n=4 p50 185 p90 1.1k max 1.5k" in text

@@ -10,13 +10,8 @@ from textual.widgets import Static
 from engine.records import ScheduledItem
 
 from ..colors import request_color
-from ..formatting import human_rate
+from ..formatting import short_number
 from ..mask_raster import MaskRaster
-
-
-def cell_share(tokens: float) -> str:
-    """Tokens one cell stands for: '0.33', '6.4', '120', '55k' (k is a thousand, as in the header)."""
-    return f"{tokens:.2g}" if tokens < 10 else human_rate(tokens)
 
 
 def scale_text(raster: MaskRaster | None, half_blocks: bool) -> str:
@@ -25,7 +20,8 @@ def scale_text(raster: MaskRaster | None, half_blocks: bool) -> str:
         return ""
     rows_per_cell = raster.rows_per_pixel * (2 if half_blocks else 1)
     if raster.downsampled:
-        return f"cell ≈ {cell_share(rows_per_cell)} × {cell_share(raster.cols_per_pixel)}, shade: share visible"
+        # k is a thousand, as in the header (not "keys")
+        return f"cell ≈ {short_number(rows_per_cell)} × {short_number(raster.cols_per_pixel)}, shade: share visible"
     return "every query × key shown"
 
 

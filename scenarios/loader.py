@@ -87,7 +87,17 @@ class Scenario:
         try:
             return EngineConfig(**settings)
         except (TypeError, ValueError) as exc:
-            raise ScenarioError(f"{self.path}: [engine] {exc}") from None
+            raise ScenarioError(self._where(str(exc), variant, overrides)) from None
+
+    def _where(self, message: str, variant: str | None, overrides: dict) -> str:
+        """The message, prefixed with where the setting it names ("device='cuda' ...") came from:
+        the variant, a command-line flag, or the file's [engine] table (in that order of precedence)."""
+        key = message.split("=", 1)[0]
+        if variant is not None and key in self.variants.get(variant, {}):
+            return f"{self.path}: [compare] {variant}: {message}"
+        if overrides.get(key) is not None:
+            return f"--{key.replace('_', '-')} {overrides[key]}: {message}"
+        return f"{self.path}: [engine] {message}"
 
     def build_engine(self, variant: str | None = None, plugins: tuple[str, ...] = (), **overrides) -> Engine:
         """The engine with the workload queued; `plugins` adds plugin specs (the CLI's --plugin)."""
@@ -96,7 +106,7 @@ class Scenario:
         try:
             engine = Engine(config, plugins=made)
         except ValueError as exc:  # e.g. device='cuda' without a GPU, flex attention on the CPU
-            raise ScenarioError(f"{self.path}: [engine] {exc}") from None
+            raise ScenarioError(self._where(str(exc), variant, overrides)) from None
         except (RuntimeError, MemoryError) as exc:  # allocating the model or the KV pool failed
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ScenarioError(f"{self.path}: [engine] could not build the engine ({first}); "

@@ -70,6 +70,32 @@ def test_cuda_requested_without_gpu():
         Engine(EngineConfig(device="cuda"))
 
 
+def test_an_error_names_the_flag_that_set_the_value_not_the_file(tmp_path):
+    """--device cuda on a machine without a GPU: the file never said cuda, so the message must not
+    blame its [engine] table; a value the file set is still blamed on the file."""
+    import torch
+
+    from scenarios import ScenarioError, load_scenario
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: device='cuda' is valid here")
+    with pytest.raises(ScenarioError) as raised:
+        load_scenario("mixed_load").build_engine(device="cuda")
+    assert str(raised.value).startswith("--device cuda: device='cuda' but no CUDA GPU is visible")
+    path = tmp_path / "mine.toml"
+    path.write_text('title = "t"\n[engine]\ndevice = "cuda"\n[[requests]]\nprompt = "hi"\n')
+    with pytest.raises(ScenarioError) as raised:
+        load_scenario(str(path)).build_engine()
+    assert str(raised.value).startswith(f"{path}: [engine] device='cuda'")
+    with pytest.raises(ScenarioError) as raised:  # the flag overrides the file: the flag is named
+        load_scenario(str(path)).build_engine(device="cuda")
+    assert str(raised.value).startswith("--device cuda: ")
+    path.write_text('title = "t"\n[[requests]]\nprompt = "hi"\n[compare.gpu]\ndevice = "cuda"\n')
+    with pytest.raises(ScenarioError) as raised:  # a variant overrides both
+        load_scenario(str(path)).build_engine("gpu", device="cpu")
+    assert str(raised.value).startswith(f"{path}: [compare] gpu: device='cuda'")
+
+
 def cli(*args):
     return subprocess.run([sys.executable, "-m", "cbtui", *args], capture_output=True, text=True, timeout=120)
 

@@ -145,18 +145,21 @@ def test_empty_step_draws_blank_lines():
 def test_scale_line_says_tokens_per_cell_without_a_k_that_reads_as_thousands():
     # 8,192 queries over 16,384 keys on 100 x 40 half-block cells: 204.8 queries x 163.84 keys a cell
     _, raster = mask_strips([item(0, 8192, 8192)], width=100, height=40, background=BACKGROUND)
-    assert scale_text(raster, half_blocks=True) == "cell ≈ 205 × 164, shade: share visible"
+    assert scale_text(raster, half_blocks=True) == "cell ≈ 205 × 164, shade = % visible"
     # 7 decodes over 293 keys on 38 columns: 7.7 keys a cell (the header's 'k' is a thousand);
     # each query magnified to 2 pixel rows, one cell
     decodes = [item(r, 56, 1) for r in range(5)] + [item(5, 6, 1), item(6, 0, 1)]
     _, raster = mask_strips(decodes, width=38, height=10, background=BACKGROUND)
     assert raster.cols_per_pixel == (5 * 57 + 7 + 1) / 38 and raster.rows_per_pixel == 0.5
-    assert scale_text(raster, half_blocks=True) == "cell ≈ 1 × 7.7, shade: share visible"
-    assert scale_text(raster, half_blocks=False) == "cell ≈ 0.5 × 7.7, shade: share visible"
+    assert scale_text(raster, half_blocks=True) == "cell ≈ 1 × 7.7, shade = % visible"
+    assert scale_text(raster, half_blocks=False) == "cell ≈ 0.5 × 7.7, shade = % visible"
     # 600,000 queries on 10 rows of 2 pixels, 600,000 keys on 38 columns
     _, raster = mask_strips([item(0, 0, 600_000)], width=38, height=10, background=BACKGROUND)
-    assert scale_text(raster, half_blocks=True) == "cell ≈ 60k × 16k, shade: share visible"
-    assert len(scale_text(raster, half_blocks=True)) <= 39  # the mask panel's width at 80 columns
+    assert scale_text(raster, half_blocks=True) == "cell ≈ 60k × 16k, shade = % visible"
+    # the longest figures ('0.67', '1.2k') still fit the mask panel's 38 columns at 80x24
+    _, raster = mask_strips([item(r, 14_999, 1) for r in range(3)], width=38, height=5, background=BACKGROUND)
+    assert scale_text(raster, half_blocks=True) == "cell ≈ 0.67 × 1.2k, shade = % visible"
+    assert len(scale_text(raster, half_blocks=True)) <= 38
     _, raster = mask_strips([item(0, 0, 4)], width=38, height=10, background=BACKGROUND)
     assert scale_text(raster, half_blocks=True) == "every query × key shown"
     assert short_number(9.99) == "10" and short_number(12_345) == "12k" and short_number(0.25) == "0.25"

@@ -21,7 +21,7 @@ def scale_text(raster: MaskRaster | None, half_blocks: bool) -> str:
     rows_per_cell = raster.rows_per_pixel * (2 if half_blocks else 1)
     if raster.downsampled:
         # k is a thousand, as in the header (not "keys")
-        return f"cell ≈ {short_number(rows_per_cell)} × {short_number(raster.cols_per_pixel)}, shade: share visible"
+        return f"cell ≈ {short_number(rows_per_cell)} × {short_number(raster.cols_per_pixel)}, shade = % visible"
     return "every query × key shown"
 
 

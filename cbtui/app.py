@@ -31,7 +31,7 @@ from engine.records import StepRecord
 
 from .controller import MAX_SPEED, EngineController, EngineStatus, SteppableEngine
 from .formatting import engine_label
-from .gpu_memory import MemoryProbe, open_probe
+from .gpu_memory import MemoryProbe, RecordedProbe, open_probe
 from .history import History
 from .widgets.budget import BudgetBar
 from .widgets.error_panel import ErrorPanel
@@ -102,10 +102,14 @@ class DashboardApp(App[None]):
     def __init__(self, scenario, engine: SteppableEngine, rebuild=None, paused: bool = False,
                  speed: float | None = None, max_steps: int | None = None,
                  probe: MemoryProbe | None = None, history_limit: int = 1000,
-                 memory_poll_s: float = MEMORY_POLL_S, memory_sources: list | None = None):
+                 memory_poll_s: float = MEMORY_POLL_S, memory_sources: list | None = None,
+                 recorded: bool = False):
+        """`recorded`: `engine` replays a recording (recording.py): memory comes from the records
+        alone, since this process is not the one that ran them."""
         super().__init__()
         # Metrics and the memory profile follow every record, whatever step is on screen.
-        self._memory_sources = memory_sources
+        self._recorded = recorded
+        self._memory_sources = [] if recorded else memory_sources
         self._device = getattr(getattr(engine, "device", None), "type", "cpu")
         self._reset_metrics()
         self._memory_poll_s = memory_poll_s
@@ -153,7 +157,7 @@ class DashboardApp(App[None]):
 
     def on_mount(self) -> None:
         if self._probe is None:
-            self._probe = open_probe()
+            self._probe = RecordedProbe() if self._recorded else open_probe()
         self._poll_memory()
         self.set_interval(self._memory_poll_s, self._poll_memory)
         self._fit_layout()
@@ -384,7 +388,7 @@ class DashboardApp(App[None]):
     def _observe(self, record: StepRecord) -> None:
         try:
             self.metrics.observe(record)
-            self.memory_profile.observe(record)
+            (self.memory_profile.observe_recorded if self._recorded else self.memory_profile.observe)(record)
         except ValueError as exc:  # a record the collector refuses must not take the UI down
             self.error = f"metrics: {exc}"
 
@@ -460,13 +464,17 @@ def leave_a_core_for_the_ui(engine: SteppableEngine) -> None:
 
 def run_dashboard(scenario, engine: SteppableEngine, overrides: dict | None = None, paused: bool = False,
                   speed: float | None = None, max_steps: int | None = None, variant: str | None = None,
-                  plugins: tuple[str, ...] = ()) -> int:
+                  plugins: tuple[str, ...] = (), rebuild=None, recorded: bool = False) -> int:
     """Opens the dashboard on `engine`; `r` rebuilds it from the scenario with the same variant,
-    plugins and overrides. Returns the exit code: 0 after a quit, 128 + N after signal N."""
+    plugins and overrides (or calls `rebuild`: a replay starts over). Returns the exit code: 0 after
+    a quit, 128 + N after signal N."""
     overrides = dict(overrides or {})
     leave_a_core_for_the_ui(engine)
-    app = DashboardApp(scenario, engine, rebuild=lambda: scenario.build_engine(variant, plugins=plugins, **overrides),
-                       paused=paused, speed=speed, max_steps=max_steps)
+    if rebuild is None:
+        def rebuild():
+            return scenario.build_engine(variant, plugins=plugins, **overrides)
+    app = DashboardApp(scenario, engine, rebuild=rebuild, paused=paused, speed=speed, max_steps=max_steps,
+                       recorded=recorded)
 
     signalled: list[int] = []
 

@@ -121,6 +121,33 @@ def _report_int8_divergence(scenario, engine, variant, plugins, overrides) -> No
                f"({int8[0].bytes_full / int8[0].bytes_int8:.2f}x smaller)")
 
 
+@main.command("replay")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--paused", is_flag=True, help="Start paused.")
+@click.option("--speed", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Steps per second (default 4).")
+def replay_cmd(path, paused, speed):
+    """Replay a recorded run in the dashboard, without its engine.
+
+    Record one with `cbtui scenario NAME --json > FILE` (on any machine: a GPU box, say); every key
+    works as in a live run, and r starts the replay over.
+    """
+    from .recording import RecordedRun, RecordingError, load_recording
+
+    try:
+        recording = load_recording(path)
+    except RecordingError as exc:
+        fail(str(exc))
+    from .app import run_dashboard
+
+    records = recording.records
+    code = run_dashboard(recording, RecordedRun(records), paused=paused, speed=speed,
+                         rebuild=lambda: RecordedRun(records), recorded=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # as `scenario` does: skip the interpreter's slow teardown of textual
+
+
 @main.command("scenarios")
 def scenarios_cmd() -> None:
     """List the built-in scenarios."""

@@ -29,8 +29,8 @@ def engine_label(engine) -> str:
     """Model, device, attention backend and KV layout, from the engine's static settings; and the
     decode fast path when it is on (the Triton kernel, decode graphs)."""
     config = getattr(engine, "config", None)
-    if config is None:
-        return ""
+    if config is None:  # not an engine: a recorded run says what it can (recording.RecordedRun.label)
+        return getattr(engine, "label", "")
     device = getattr(getattr(engine, "device", None), "type", config.device)
     parts = [config.model, device, getattr(engine, "attention_name", config.attention), config.kv_layout]
     if getattr(getattr(engine, "decode_attention", None), "reads_tables", False):

@@ -27,7 +27,7 @@ class MemoryReading:
     gpus: tuple[GpuMemory, ...] = ()
     rss_bytes: int = 0
     note: str = ""  # why there are no GPU figures, when there are none
-    source: str = "nvml"  # "nvml" or "rss"
+    source: str = "nvml"  # "nvml", "rss" or "recorded" (a replay: no live figures at all)
 
 
 class MemoryProbe(Protocol):
@@ -60,6 +60,18 @@ class RssProbe:
 
     def read(self) -> MemoryReading:
         return MemoryReading(rss_bytes=process_rss_bytes(), note=self.note, source="rss")
+
+    def close(self) -> None:
+        pass
+
+
+class RecordedProbe:
+    """A replay: this machine's memory is not the recorded run's, so there is no live reading."""
+
+    note = "replay: no live reading (recorded run)"
+
+    def read(self) -> MemoryReading:
+        return MemoryReading(note=self.note, source="recorded")
 
     def close(self) -> None:
         pass

@@ -63,6 +63,18 @@ class MemoryProfiler:
         self.last_step = record.step
         return self.sample(record.step)
 
+    def observe_recorded(self, record: StepRecord) -> MemorySample:
+        """A replay's reading: the record's own MemoryView, as the run's process saw it then (that
+        process is gone; reading this one's memory would profile the viewer, not the run)."""
+        memory = record.memory
+        values = {"rss": memory.rss_bytes}
+        if memory.source == "cuda":
+            values.update({"cuda.allocated": memory.allocated_bytes, "cuda.reserved": memory.reserved_bytes})
+        self.last_step = record.step
+        sample = MemorySample(record.step, values)
+        self.samples.append(sample)
+        return sample
+
     # -- views ----------------------------------------------------------------------------
     @property
     def metrics(self) -> list[str]:

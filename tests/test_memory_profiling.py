@@ -148,6 +148,22 @@ def test_profiler_tracks_each_step_of_a_real_run():
     assert set(profiler.metrics) == {"rss", "fake"} and profiler.latest().step == steps - 1
 
 
+def test_a_replay_profiles_the_recorded_figures_without_reading_any_source():
+    """observe_recorded: the record's own MemoryView (a replay: the run's process is gone)."""
+    from dataclasses import replace
+
+    from engine.records import MemoryView
+
+    engine = load_scenario("decode_heavy").build_engine(device="cpu")
+    first, second = engine.step(), engine.step()
+    fake = Scripted([1, 2, 3])
+    profiler = MemoryProfiler(sources=[FunctionSource("fake", fake)], max_samples=10)
+    assert profiler.observe_recorded(first).values == {"rss": first.memory.rss_bytes}
+    on_gpu = replace(second, memory=MemoryView("cuda", 10, 20, 30, 0, 0))
+    assert profiler.observe_recorded(on_gpu).values == {"rss": 30, "cuda.allocated": 10, "cuda.reserved": 20}
+    assert fake.reads == 0 and profiler.series("cuda.allocated") == [(1, 10)] and profiler.latest().step == 1
+
+
 def test_profiler_rejects_bad_max_samples():
     with pytest.raises(ValueError, match="max_samples"):
         MemoryProfiler(sources=[], max_samples=0)

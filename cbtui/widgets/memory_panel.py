@@ -33,7 +33,8 @@ def reading_text(reading: MemoryReading | None, width: int) -> Text:
                 ("█" * filled, "green" if share < 0.9 else "red"), ("░" * (bar_width - filled), "dim")))
     else:
         lines.append(Text(reading.note or "no GPU figures", style="yellow"))  # says why: no suffix below
-        lines.append(Text.assemble(("process RSS ", "bold"), human_bytes(reading.rss_bytes)))
+        if reading.source != "recorded":
+            lines.append(Text.assemble(("process RSS ", "bold"), human_bytes(reading.rss_bytes)))
     text = Text("\n").join(lines)
     text.no_wrap, text.overflow = True, "ellipsis"
     return text

@@ -1,0 +1,214 @@
+"""Recordings: what `cbtui scenario NAME --json` writes, read back exactly, checked line by line,
+and replayed in the dashboard without an engine."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+
+import pytest
+from dashboard_helpers import header_text, shown_step, wait_until
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cbtui.app import DashboardApp
+from cbtui.gpu_memory import RecordedProbe
+from cbtui.recording import RecordedRun, RecordingError, load_recording, parse_record
+from cbtui.widgets.budget import demand_line, split_cells
+from cbtui.widgets.kv_grid import dense_text, paged_text
+from cbtui.widgets.mask import mask_strips
+from cbtui.widgets.memory_panel import step_memory_text
+from cbtui.widgets.requests_table import row_cells
+from scenarios import load_scenario
+from textual.color import Color
+
+
+def recorded_lines(name: str = "kv_pressure") -> list[str]:
+    """A whole run's records as `--json` prints them (headless.py: json.dumps(record.to_dict()))."""
+    engine = load_scenario(name).build_engine(device="cpu")
+    lines = []
+    while engine.has_unfinished():
+        lines.append(json.dumps(engine.step().to_dict()))
+    return lines
+
+
+@pytest.fixture(scope="module")
+def lines() -> list[str]:
+    return recorded_lines()
+
+
+def write(tmp_path, lines: list[str], end: str = "\n"):
+    path = tmp_path / "run.jsonl"
+    path.write_text("\n".join(lines) + end)
+    return path
+
+
+def test_a_recording_reads_back_every_record_exactly(tmp_path, lines):
+    recording = load_recording(write(tmp_path, lines))
+    assert [json.dumps(r.to_dict()) for r in recording.records] == lines
+    assert any(r.preempted for r in recording.records)  # kv_pressure: the hard case is in there
+    run = RecordedRun(recording.records)
+    assert run.label == "recorded · fcfs · cpu · paged"
+    steps = []
+    while run.has_unfinished():
+        steps.append(run.step().step)
+    assert steps == list(range(len(lines)))
+    assert recording.title == "Replay: run.jsonl" and f"{len(lines)} StepRecords" in recording.description
+
+
+def test_the_cli_records_what_replay_reads(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "cbtui", "scenario", "mixed_load", "--json", "--steps", "5"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0
+    path = tmp_path / "run.jsonl"
+    path.write_text(res.stdout)
+    assert [r.step for r in load_recording(path).records] == [0, 1, 2, 3, 4]
+
+
+def first_error(tmp_path, lines, end="\n") -> str:
+    with pytest.raises(RecordingError) as raised:
+        load_recording(write(tmp_path, lines, end))
+    message = str(raised.value)
+    assert "\n" not in message
+    return message
+
+
+def edited(line: str, edit) -> str:
+    data = json.loads(line)
+    edit(data)
+    return json.dumps(data)
+
+
+def test_a_bad_line_is_named_with_its_field(tmp_path, lines):
+    path = tmp_path / "run.jsonl"
+    bad = edited(lines[3], lambda d: d["requests"][1].update(generated=-3))
+    assert first_error(tmp_path, [lines[0], bad]) == (
+        f"{path}:2: not a StepRecord: requests[1].generated=-3 must be an integer >= 0; "
+        f"record one with: cbtui scenario NAME --json > FILE")
+    cases = [
+        (lambda d: d.pop("kv"), "missing field 'kv'"),
+        (lambda d: d["items"][0].update(colour=1), "items[0]: unknown field 'colour'"),
+        (lambda d: d.update(budget=True), "budget=True must be an integer >= 0"),
+        (lambda d: d.update(decode_cap="x"), "decode_cap='x' must be an integer >= 0"),
+        (lambda d: d.update(wall_time_s=None), "wall_time_s must be a number >= 0"),
+        (lambda d: d["kv"]["block_tables"].update(x=[1]), "kv.block_tables: key 'x' is not a request id"),
+        (lambda d: d["kv"]["block_tables"].update({"0": [1, "a"]}), "kv.block_tables[0] must be a list of integers"),
+        (lambda d: d["kv"]["block_tables"].update({"0": [10**6]}), "kv.block_tables[0]: a block number is not below num_blocks=20"),
+        (lambda d: d["items"][0].update(key_len=999), "items[0]: key_len must be first_pos + num_tokens"),
+        (lambda d: d["kv"].update(num_blocks=10**9), "kv.num_blocks=1000000000 is more than"),
+        (lambda d: d["memory"].update(source="tpu"), "memory.source='tpu' must be 'cuda' or 'rss'"),
+    ]
+    for edit, expected in cases:
+        message = first_error(tmp_path, [edited(lines[3], edit)])
+        assert f"{path}:1: not a StepRecord: {expected}" in message, message
+    # A priority may be negative: that record is fine.
+    assert load_recording(write(tmp_path, [edited(lines[3], lambda d: d["requests"][0].update(priority=-2))]))
+
+
+def test_bad_files_give_one_line_each(tmp_path, lines):
+    path = tmp_path / "run.jsonl"
+    assert first_error(tmp_path, [lines[0], "not json", lines[2]]).startswith(f"{path}:2: not a StepRecord: not JSON")
+    assert first_error(tmp_path, [lines[2], lines[1]]) == (
+        f"{path}:2: step 1 comes after step 2; a recording holds one run, its steps in order")
+    assert first_error(tmp_path, ["", "  "]).startswith(f"{path}: holds no StepRecords")
+    assert first_error(tmp_path, ["[1, 2]"]) == (
+        f"{path}:1: not a StepRecord: the line must be an object; record one with: cbtui scenario NAME --json > FILE")
+    path.write_bytes(b"\xff\xfe")
+    with pytest.raises(RecordingError, match="not UTF-8"):
+        load_recording(path)
+    with pytest.raises(RecordingError, match="cannot read the file"):
+        load_recording(tmp_path / "missing.jsonl")
+
+
+def test_a_last_line_cut_short_is_left_out_and_said(tmp_path, lines):
+    """A recording whose writer was killed mid-line keeps every whole step before it."""
+    recording = load_recording(write(tmp_path, lines[:5] + [lines[5][:40]], end=""))
+    assert [r.step for r in recording.records] == [0, 1, 2, 3, 4]
+    assert "last line (line 6) was cut short" in recording.description
+    # The same line with its newline was written whole, so it is an error, not a cut.
+    assert ":6: not a StepRecord: not JSON" in first_error(tmp_path, lines[:5] + [lines[5][:40]])
+
+
+def test_cli_replay_of_a_bad_file_is_one_line_and_exit_2(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"step": 0}\n')
+    res = subprocess.run([sys.executable, "-m", "cbtui", "replay", str(path)], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines() == [f"cbtui: error: {path}:1: not a StepRecord: missing field "
+                                               f"'policy'; record one with: cbtui scenario NAME --json > FILE"]
+
+
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers(-2**60, 2**60) | st.floats() | st.text(max_size=4),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner,
+                                                                                       max_size=3),
+                           max_leaves=6)
+
+
+def leaves(value, path=()):
+    if isinstance(value, dict):
+        for key, element in value.items():
+            yield from leaves(element, path + (key,))
+    elif isinstance(value, list) and value:
+        for i, element in enumerate(value):
+            yield from leaves(element, path + (i,))
+    yield path
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_a_record_either_fails_its_check_or_every_panel_draws_it(lines, data):
+    """Any one value of a real record replaced by any JSON value: a clear ValueError, or a record
+    the panels draw without raising (a replay never dies with a traceback mid-run)."""
+    line = lines[data.draw(st.integers(0, len(lines) - 1))]
+    record = json.loads(line)
+    paths = list(leaves(record))
+    path = data.draw(st.sampled_from(paths[:-1]))  # not the whole record
+    target = record
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = data.draw(JSON_VALUES)
+    try:
+        parsed = parse_record(json.dumps(record))
+    except ValueError as exc:
+        assert str(exc) and "\n" not in str(exc)
+        return
+    split_cells(38, parsed.decode_tokens, parsed.prefill_tokens, parsed.budget)
+    demand_line(parsed)
+    mask_strips(parsed.items, width=38, height=10, background=Color(0, 0, 0), selected=0)
+    (paged_text(parsed.kv, 38, 4, 0, False) if parsed.kv.layout == "paged" else dense_text(parsed.kv, 38, 4, 0))
+    step_memory_text(parsed.memory)
+    for view in parsed.requests:
+        row_cells(view, no_color=False)
+
+
+def test_the_dashboard_replays_a_recording_with_its_own_memory_figures(tmp_path, lines):
+    recording = load_recording(write(tmp_path, lines))
+    records = recording.records
+
+    async def scenario():
+        app = DashboardApp(recording, RecordedRun(records), rebuild=lambda: RecordedRun(records), paused=True, speed=float("inf"),
+                           recorded=True, memory_poll_s=3600.0)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_until(pilot, lambda: "Step 0" in header_text(app))
+            assert isinstance(app._probe, RecordedProbe)
+            assert "Replay: run.jsonl" in header_text(app) and "recorded · fcfs · cpu · paged" in header_text(app)
+            for expected in (1, 2, 3):
+                await pilot.press("n")
+                await wait_until(pilot, lambda: shown_step(app) == expected)
+            assert app.history.current() is records[3]  # the record as read, nothing recomputed
+            await pilot.press("left")
+            assert shown_step(app) == 2
+            await pilot.press("r")  # starts the replay over, still paused
+            await wait_until(pilot, lambda: shown_step(app) == 0)
+            assert len(app.history) == 1 and app.paused and app.history.current() is records[0]
+            await pilot.press("space")  # resume, to the end of the recording
+            await wait_until(pilot, lambda: app.engine_state == "finished")
+            assert shown_step(app) == records[-1].step
+            # The memory profile is the recorded run's, step by step, not this process's.
+            assert app.memory_profile.series("rss") == [(r.step, r.memory.rss_bytes) for r in records]
+            assert app.memory_profile.sources == []
+            await pilot.press("q")
+    asyncio.run(scenario())

@@ -73,16 +73,28 @@ def _print_comparison(scenario, records, cut_short: bool, overrides: dict) -> No
         click.echo(line)
 
 
-def _check_metrics_out(path: str, headless: bool) -> None:
-    """Before the run: a bad path fails now, not after minutes of stepping."""
-    from engine.metrics_export import MetricsExportError, check_export_path
+def _check_output(flag: str, path: str, headless: bool, check) -> None:
+    """Before the run: a bad --metrics-out / --trace-out path fails now, not after minutes of stepping."""
+    from engine.metrics_export import MetricsExportError
 
     if not headless:
-        fail("--metrics-out needs --headless or --json")
+        fail(f"{flag} needs --headless or --json")
     try:
-        check_export_path(path)
+        check(path)
     except MetricsExportError as exc:
         fail(str(exc))
+
+
+def _write_trace(records, path: str) -> None:
+    from engine.metrics_export import MetricsExportError
+    from engine.trace_export import write_trace
+
+    try:
+        written = write_trace(records, path)
+    except MetricsExportError as exc:
+        fail(str(exc))
+    # stderr: with --json, stdout carries only records
+    click.echo(f"trace written to {written} (open it at ui.perfetto.dev)", err=True)
 
 
 def _write_metrics(records, path: str) -> None:
@@ -148,6 +160,24 @@ def replay_cmd(path, paused, speed):
     os._exit(code)  # as `scenario` does: skip the interpreter's slow teardown of textual
 
 
+@main.command("trace")
+@click.argument("recording", type=click.Path(dir_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False))
+def trace_cmd(recording, out):
+    """Turn a recording (cbtui scenario NAME --json > RECORDING) into a Perfetto / Chrome trace OUT.json."""
+    from engine.metrics_export import MetricsExportError
+    from engine.trace_export import check_trace_path
+
+    from .recording import RecordingError, load_recording
+
+    try:
+        check_trace_path(out)
+        records = load_recording(recording).records
+    except (RecordingError, MetricsExportError) as exc:
+        fail(str(exc))
+    _write_trace(records, out)
+
+
 @main.command("scenarios")
 def scenarios_cmd() -> None:
     """List the built-in scenarios."""
@@ -170,19 +200,26 @@ def scenarios_cmd() -> None:
                    "of group cbtui.plugins, or module:Class. Repeatable.")
 @click.option("--metrics-out", type=click.Path(dir_okay=False), default=None,
               help="Headless: write metrics (TTFT, ITL, throughput, per step) to FILE.json or FILE.csv.")
+@click.option("--trace-out", type=click.Path(dir_okay=False), default=None,
+              help="Headless: write a Perfetto / Chrome trace (FILE.json): a slice per step, a row per request.")
 @click.option("--paused", is_flag=True, help="Dashboard: start paused.")
 @click.option("--speed", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Dashboard: steps per second (default 4).")
 def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention, kv_layout, variant, plugins,
-                 metrics_out, paused, speed):
+                 metrics_out, trace_out, paused, speed):
     """Run a scenario: a built-in NAME or a path to a .toml file."""
     if list_:
         _list_scenarios()
         return
     if not name:
         fail(f"give a scenario name or a .toml path; built-in: {', '.join(builtin_names())}")
-    if metrics_out is not None:
-        _check_metrics_out(metrics_out, headless or as_json)
+    from engine.metrics_export import check_export_path
+    from engine.trace_export import check_trace_path
+
+    for flag, path, check in (("--metrics-out", metrics_out, check_export_path),
+                              ("--trace-out", trace_out, check_trace_path)):
+        if path is not None:
+            _check_output(flag, path, headless or as_json, check)
     overrides = dict(device=device, model=model, attention=attention, kv_layout=kv_layout)
     try:
         scenario = load_scenario(name)
@@ -202,6 +239,8 @@ def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention
             _print_comparison(scenario, records, engine.has_unfinished(), overrides)
         if metrics_out is not None:
             _write_metrics(records, metrics_out)
+        if trace_out is not None:
+            _write_trace(records, trace_out)
         if not as_json:
             _report_int8_divergence(scenario, engine, variant, plugins, overrides)
         return

@@ -27,13 +27,14 @@ class MetricsExportError(ValueError):
     """A metrics file could not be written; the message names the path and the reason."""
 
 
-def _check_path(path: str | os.PathLike, suffixes: tuple[str, ...] = FORMATS) -> Path:
-    """The path as a Path if a metrics file can be written there; MetricsExportError saying why not."""
+def _check_path(path: str | os.PathLike, suffixes: tuple[str, ...] = FORMATS, what: str = "metrics") -> Path:
+    """The path as a Path if a `what` file (metrics, trace) can be written there; MetricsExportError
+    saying why not."""
     if not str(path).strip():
-        raise MetricsExportError("metrics output path is empty")
+        raise MetricsExportError(f"{what} output path is empty")
     p = Path(path).expanduser()
     if p.suffix.lower() not in suffixes:
-        raise MetricsExportError(f"{p}: unknown metrics format {p.suffix or '(no suffix)'!r}; "
+        raise MetricsExportError(f"{p}: unknown {what} format {p.suffix or '(no suffix)'!r}; "
                                  f"use a name ending in {' or '.join(suffixes)}")
     if p.is_dir():
         raise MetricsExportError(f"{p}: is a directory; give a file name")

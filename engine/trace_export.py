@@ -1,0 +1,120 @@
+"""A run's StepRecords as a Chrome / Perfetto trace (open it at ui.perfetto.dev or chrome://tracing).
+
+The time axis is the run's own: each step lasts its recorded wall time, one after another. Tracks:
+- "scheduler": one slice per step (its token split in the args), with counters for the budget
+  split, running / waiting requests and KV blocks in use.
+- one track per request: its prefill chunks, its decode steps (consecutive ones merged), and the
+  steps it waited, named by the reason the scheduler gave (token budget spent, decode cap, no free
+  KV blocks, ...), again merged while the reason stays the same; marks where it was preempted,
+  got its first token and finished.
+So a gap in a request's decodes, and why, reads off one row.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable
+
+from .metrics_export import _check_path, _write
+from .records import REASON_NOT_ARRIVED, StepRecord
+
+SCHEDULER_PID, REQUESTS_PID = 1, 2
+
+
+def _us(seconds: float) -> float:
+    return round(seconds * 1e6, 3)
+
+
+class _RequestTrack:
+    """One request's row: the open segment (label, start, steps) is extended or closed step by step."""
+
+    def __init__(self, rid: int):
+        self.rid, self.events, self.open = rid, [], None
+
+    def close(self) -> None:
+        if self.open is not None:
+            label, start, end, steps = self.open
+            self.events.append({"name": label, "ph": "X", "ts": _us(start), "dur": _us(end - start),
+                                "pid": REQUESTS_PID, "tid": self.rid, "args": {"steps": steps}})
+            self.open = None
+
+    def segment(self, label: str, start: float, end: float, step: int, merge: bool) -> None:
+        if merge and self.open is not None and self.open[0] == label and self.open[3][1] == step - 1:
+            self.open = (label, self.open[1], end, [self.open[3][0], step])
+            return
+        self.close()
+        self.open = (label, start, end, [step, step])
+
+    def mark(self, name: str, ts: float) -> None:
+        self.events.append({"name": name, "ph": "i", "s": "t", "ts": _us(ts), "pid": REQUESTS_PID, "tid": self.rid})
+
+
+def trace_events(records: Iterable[StepRecord]) -> list[dict]:
+    """Trace Event Format events for the records, in order (a whole run, or the first steps of one)."""
+    events = [{"name": "process_name", "ph": "M", "pid": SCHEDULER_PID, "args": {"name": "scheduler"}},
+              {"name": "process_name", "ph": "M", "pid": REQUESTS_PID, "args": {"name": "requests"}},
+              {"name": "thread_name", "ph": "M", "pid": SCHEDULER_PID, "tid": 0, "args": {"name": "steps"}}]
+    tracks: dict[int, _RequestTrack] = {}
+    got_first: set[int] = set()
+    now = 0.0
+    for record in records:
+        start, end = now, now + record.wall_time_s
+        now = end
+        events.append({"name": f"step {record.step}", "ph": "X", "ts": _us(start), "dur": _us(end - start),
+                       "pid": SCHEDULER_PID, "tid": 0,
+                       "args": {"decode_tokens": record.decode_tokens, "prefill_tokens": record.prefill_tokens,
+                                "unused_tokens": record.unused_tokens, "budget": record.budget,
+                                "preempted": record.preempted, "finished": record.finished}})
+        for name, values in (("tokens", {"decode": record.decode_tokens, "prefill": record.prefill_tokens,
+                                         "unused": record.unused_tokens}),
+                             ("requests", {"running": record.running, "waiting": record.waiting}),
+                             ("KV blocks", {"used": record.kv.blocks_used, "free": record.kv.blocks_free})):
+            if name != "KV blocks" or record.kv.layout == "paged":
+                events.append({"name": name, "ph": "C", "ts": _us(start), "pid": SCHEDULER_PID, "args": values})
+        scheduled = {item.request_id: item for item in record.items}
+        preempted = set(record.preempted)
+        for view in record.requests:
+            item = scheduled.get(view.id)
+            if item is None and (view.reason is None or view.reason == REASON_NOT_ARRIVED):
+                continue  # not arrived, or finished: nothing to draw
+            track = tracks.get(view.id)
+            if track is None:
+                track = tracks[view.id] = _RequestTrack(view.id)
+            if view.id in preempted:  # at the step's start: scheduling preempts it
+                track.close()
+                track.mark("preempted", start)
+            if item is None:
+                track.segment(f"waiting: {view.reason}", start, end, record.step, merge=True)
+            elif item.kind == "decode":
+                track.segment("decode", start, end, record.step, merge=True)
+            else:  # each chunk its own slice: chunk sizes are the point
+                track.segment(f"prefill {item.num_tokens} tok", start, end, record.step, merge=False)
+            if view.generated and view.id not in got_first:
+                got_first.add(view.id)
+                track.mark("first token", end)
+        for rid in record.finished:
+            if rid in tracks:
+                tracks[rid].close()
+                tracks[rid].mark("finished", end)
+    for rid in sorted(tracks):
+        track = tracks[rid]
+        track.close()
+        events.append({"name": "thread_name", "ph": "M", "pid": REQUESTS_PID, "tid": rid,
+                       "args": {"name": f"request {rid}"}})
+        events.extend(track.events)
+    return events
+
+
+def check_trace_path(path: str | os.PathLike) -> Path:
+    """Before a run: a trace can be written there (a .json name in an existing folder)."""
+    return _check_path(path, (".json",), what="trace")
+
+
+def write_trace(records: Iterable[StepRecord], path: str | os.PathLike) -> Path:
+    p = check_trace_path(path)
+    trace = {"traceEvents": trace_events(records), "displayTimeUnit": "ms",
+             "otherData": {"source": "cbtui: one slice per scheduler step, one row per request"}}
+    _write(p, lambda f: json.dump(trace, f, allow_nan=False))
+    return p

@@ -124,7 +124,10 @@ class DecodeGraphs:
         except Exception as exc:  # noqa: BLE001 - a kernel that cannot be captured: stay eager, say why
             self.broken = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
             warnings.warn(f"decode graph capture failed, decodes run eagerly: {self.broken}")
-            torch.cuda.synchronize()
+            try:  # drain the failed capture's work; under sync-debug "error" a sync raises itself
+                torch.cuda.synchronize()
+            except RuntimeError:
+                pass
             return False
 
     def _capture(self, key: tuple[int, int]) -> None:

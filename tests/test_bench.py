@@ -296,6 +296,7 @@ def test_overlapped_row_gives_ours_tokens():
     release(engine)
     assert overlapped.outputs == plain.outputs and overlapped.steps == plain.steps
     assert "overlapped steps" in overlapped.note and all(t > 0 for t in overlapped.ttft_s)
+    assert "up to one step late" in overlapped.note  # its times are stamped at read-back: said, not hidden
 
 
 def test_a_failing_ablation_row_is_reported_and_the_run_goes_on(monkeypatch):

@@ -79,7 +79,9 @@ def run_ours(workload: Workload, policy: str = "fcfs", device: str = "auto", dty
     if policy == "static":
         note += f", batch {config.static_batch_size}"
     if overlap_steps:
-        note += ", overlapped steps (each scheduled while the previous one runs)"
+        # Times are stamped when a step's tokens are read back, after the next step is launched.
+        note += (", overlapped steps (each scheduled while the previous one runs; TTFT and TPOT stamped at "
+                 "read-back, up to one step late)")
     if graphs is not None:
         note += f"; {graphs.replays - replays_before} decode steps from graphs" + (f" ({graph_note})" if graph_note else "")
     elif engine.device.type == "cuda":

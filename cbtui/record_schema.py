@@ -84,7 +84,10 @@ def _checker(hint, name: str = ""):
                 _at(".{}", key, check, element)
         return check_object
     if origin in (Union, types.UnionType):  # X | None
-        (inner,) = [a for a in args if a is not type(None)]
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) != 1 or len(args) != 2:
+            raise TypeError(f"no check for the type {hint!r}: only 'X | None' unions have a rule")
+        inner = inner[0]
         check_inner = _checker(inner, name)
         return lambda value: None if value is None else check_inner(value)
     if hint is int:
@@ -117,7 +120,7 @@ def _checker(hint, name: str = ""):
             if type(value) is not dict:
                 raise _Bad(" must be an object")
             for key, element in value.items():
-                if not key.isdigit():
+                if not (key.isascii() and key.isdigit()):  # '²' is a digit to isdigit, not to int()
                     raise _Bad(f": key {key!r} is not a request id")
                 _at("[{}]", key, check_value, element)
         return check_map

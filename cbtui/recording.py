@@ -57,6 +57,8 @@ def parse_record(line: str) -> StepRecord:
         data = json.loads(line)
     except json.JSONDecodeError as exc:
         raise ValueError(f"not JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:  # thousands of nested brackets: no record looks like that
+        raise ValueError("not a record: nested too deeply") from None
     check_record_json(data)
     record = StepRecord.from_dict(data)
     _check_consistent(record)

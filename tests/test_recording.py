@@ -94,6 +94,7 @@ def test_a_bad_line_is_named_with_its_field(tmp_path, lines):
         (lambda d: d.update(decode_cap="x"), "decode_cap='x' must be an integer >= 0"),
         (lambda d: d.update(wall_time_s=None), "wall_time_s must be a number >= 0"),
         (lambda d: d["kv"]["block_tables"].update(x=[1]), "kv.block_tables: key 'x' is not a request id"),
+        (lambda d: d["sampled"].update({"²": 1}), "sampled: key '²' is not a request id"),
         (lambda d: d["kv"]["block_tables"].update({"0": [1, "a"]}), "kv.block_tables[0] must be a list of integers"),
         (lambda d: d["kv"]["block_tables"].update({"0": [10**6]}), "kv.block_tables[0]: a block number is not below num_blocks=20"),
         (lambda d: d["items"][0].update(key_len=999), "items[0]: key_len must be first_pos + num_tokens"),
@@ -113,6 +114,7 @@ def test_bad_files_give_one_line_each(tmp_path, lines):
     assert first_error(tmp_path, [lines[2], lines[1]]) == (
         f"{path}:2: step 1 comes after step 2; a recording holds one run, its steps in order")
     assert first_error(tmp_path, ["", "  "]).startswith(f"{path}: holds no StepRecords")
+    assert "nested too deeply" in first_error(tmp_path, ["[" * 100_000 + "]" * 100_000])
     assert first_error(tmp_path, ["[1, 2]"]) == (
         f"{path}:1: not a StepRecord: the line must be an object; record one with: cbtui scenario NAME --json > FILE")
     path.write_bytes(b"\xff\xfe")

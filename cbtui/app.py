@@ -31,6 +31,7 @@ from engine.records import StepRecord
 
 from .controller import MAX_SPEED, EngineController, EngineStatus, SteppableEngine
 from .formatting import engine_label
+from .frozen_heap import frozen_heap
 from .gpu_memory import MemoryProbe, RecordedProbe, open_probe
 from .history import History
 from .widgets.budget import BudgetBar
@@ -490,7 +491,8 @@ def run_dashboard(scenario, engine: SteppableEngine, overrides: dict | None = No
 
     previous = {sig: signal.signal(sig, hang_up) for sig in (signal.SIGHUP, signal.SIGTERM)}
     try:
-        app.run()
+        with frozen_heap():  # no full collector pass over torch's and textual's objects while keys wait
+            app.run()
     finally:
         app.controller.stop(timeout=1.0)
         for sig, handler in previous.items():

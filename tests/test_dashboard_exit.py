@@ -65,3 +65,20 @@ def test_dashboard_process_exit_code(how, expected):
     else:
         proc.send_signal(how)
     assert _exit_code(proc, leader) == expected
+
+
+def test_the_dashboard_runs_with_the_start_up_heap_frozen(monkeypatch):
+    """A full collector pass over torch's and textual's objects took 150-600 ms on the UI thread, and
+    a key pressed meanwhile waited: run_dashboard runs the app with them frozen, and thaws after."""
+    import gc
+
+    from cbtui import app as app_module
+    from scenarios import load_scenario
+
+    seen = []
+    monkeypatch.setattr(app_module.DashboardApp, "run", lambda self: seen.append(gc.get_freeze_count()))
+    before = gc.get_freeze_count()
+    scenario = load_scenario("mixed_load")
+    assert app_module.run_dashboard(scenario, scenario.build_engine(device="cpu")) == 0
+    assert len(seen) == 1 and seen[0] > before + 10_000  # torch and textual alone are far more
+    assert gc.get_freeze_count() == before

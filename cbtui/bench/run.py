@@ -6,7 +6,7 @@ import torch
 
 from engine.engine import resolve_device
 
-from .frozen_heap import frozen_heap
+from ..frozen_heap import frozen_heap
 from .machine import machine_info
 from .metrics import RunResult
 from .ours import free_memory, release, run_ours

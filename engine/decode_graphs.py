@@ -7,7 +7,8 @@ A graph has fixed shapes and fixed addresses, so a step is padded up to its buck
 into static buffers (token ids, positions, write slots, block tables, key lengths) and the graph
 reads them from there. Padding rows compute garbage that nobody reads: their keys/values go to a
 spare block of the pool that the allocator never hands out, their table rows hold valid block
-ids (zeros at first, an earlier step's later) and they see one key. Table columns past an item's own blocks are masked by its key length.
+ids (zeros at first, an earlier step's later) and they see one key. Table columns past an item's
+own blocks are masked by its key length.
 
 Off CUDA (or with capture off) the same padded forward runs eagerly on the same buffers, so the
 CPU tests check everything but the capture itself.

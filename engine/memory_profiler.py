@@ -54,7 +54,9 @@ class MemoryProfiler:
         return values
 
     def sample(self, step: int | None = None) -> MemorySample:
-        sample = MemorySample(step if step is not None else self.last_step, self.read())
+        return self._keep(MemorySample(step if step is not None else self.last_step, self.read()))
+
+    def _keep(self, sample: MemorySample) -> MemorySample:
         self.samples.append(sample)
         return sample
 
@@ -71,9 +73,7 @@ class MemoryProfiler:
         if memory.source == "cuda":
             values.update({"cuda.allocated": memory.allocated_bytes, "cuda.reserved": memory.reserved_bytes})
         self.last_step = record.step
-        sample = MemorySample(record.step, values)
-        self.samples.append(sample)
-        return sample
+        return self._keep(MemorySample(record.step, values))
 
     # -- views ----------------------------------------------------------------------------
     @property

@@ -49,7 +49,8 @@ def distribution(title: str, values: list[float], unit: str, bins: int = 6, widt
         bar = BAR * max(1 if count else 0, round(count / most * width))
         table.add_row(f"{short_number(low)}–{short_number(high)}{unit}", Text(bar, style="cyan"), str(count))
     d = describe(values)
-    table.caption = f"n={d['count']} " + " ".join(f"{key} {short_number(d[key])}{unit}" for key in ("p50", "p90", "max"))
+    figures = " ".join(f"{key} {short_number(d[key])}{unit}" for key in ("p50", "p90", "max"))
+    table.caption = f"n={d['count']} {figures}"
     table.caption_justify = "left"
     table.min_width = max(len(title), len(table.caption))
     return table

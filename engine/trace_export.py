@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 from .metrics_export import _check_path, _write
 from .records import REASON_NOT_ARRIVED, StepRecord
@@ -27,25 +27,36 @@ def _us(seconds: float) -> float:
     return round(seconds * 1e6, 3)
 
 
+class _Segment(NamedTuple):
+    label: str
+    start: float  # seconds into the run
+    end: float
+    first_step: int
+    last_step: int
+
+
 class _RequestTrack:
-    """One request's row: the open segment (label, start, steps) is extended or closed step by step."""
+    """One request's row: the open segment is extended by the next step or closed into a slice."""
 
     def __init__(self, rid: int):
-        self.rid, self.events, self.open = rid, [], None
+        self.rid, self.events = rid, []
+        self.open: _Segment | None = None
 
     def close(self) -> None:
         if self.open is not None:
-            label, start, end, steps = self.open
-            self.events.append({"name": label, "ph": "X", "ts": _us(start), "dur": _us(end - start),
-                                "pid": REQUESTS_PID, "tid": self.rid, "args": {"steps": steps}})
+            seg = self.open
+            self.events.append({"name": seg.label, "ph": "X", "ts": _us(seg.start),
+                                "dur": _us(seg.end - seg.start), "pid": REQUESTS_PID, "tid": self.rid,
+                                "args": {"steps": [seg.first_step, seg.last_step]}})
             self.open = None
 
     def segment(self, label: str, start: float, end: float, step: int, merge: bool) -> None:
-        if merge and self.open is not None and self.open[0] == label and self.open[3][1] == step - 1:
-            self.open = (label, self.open[1], end, [self.open[3][0], step])
+        seg = self.open
+        if merge and seg is not None and seg.label == label and seg.last_step == step - 1:
+            self.open = seg._replace(end=end, last_step=step)
             return
         self.close()
-        self.open = (label, start, end, [step, step])
+        self.open = _Segment(label, start, end, step, step)
 
     def mark(self, name: str, ts: float) -> None:
         self.events.append({"name": name, "ph": "i", "s": "t", "ts": _us(ts), "pid": REQUESTS_PID, "tid": self.rid})

@@ -25,14 +25,14 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
-from engine.memory_profiler import MemoryProfiler
-from engine.metrics import MetricsCollector
+from engine.profiling.memory_profiler import MemoryProfiler
+from engine.records.metrics import MetricsCollector
 from engine.records import StepRecord
 
 from .controller import MAX_SPEED, EngineController, EngineStatus, SteppableEngine
 from .formatting import engine_label
 from .frozen_heap import frozen_heap
-from .gpu_memory import MemoryProbe, RecordedProbe, open_probe
+from engine.profiling.gpu_memory import MemoryProbe, RecordedProbe, open_probe
 from .history import History
 from .widgets.budget import BudgetBar
 from .widgets.error_panel import ErrorPanel

@@ -10,7 +10,7 @@ import torch
 
 from scenarios import ScenarioError, builtin_names, load_scenario
 
-from .bench_cli import bench
+from .bench.cli import bench
 
 
 def fail(message: str) -> None:
@@ -75,7 +75,7 @@ def _print_comparison(scenario, records, cut_short: bool, overrides: dict) -> No
 
 def _check_output(flag: str, path: str, headless: bool, check) -> None:
     """Before the run: a bad --metrics-out / --trace-out path fails now, not after minutes of stepping."""
-    from engine.metrics_export import MetricsExportError
+    from engine.records.metrics_export import MetricsExportError
 
     if not headless:
         fail(f"{flag} needs --headless or --json")
@@ -86,8 +86,8 @@ def _check_output(flag: str, path: str, headless: bool, check) -> None:
 
 
 def _write_trace(records, path: str) -> None:
-    from engine.metrics_export import MetricsExportError
-    from engine.trace_export import write_trace
+    from engine.records.metrics_export import MetricsExportError
+    from engine.records.trace_export import write_trace
 
     try:
         written = write_trace(records, path)
@@ -98,8 +98,8 @@ def _write_trace(records, path: str) -> None:
 
 
 def _write_metrics(records, path: str) -> None:
-    from engine.metrics import MetricsCollector
-    from engine.metrics_export import MetricsExportError, export_metrics
+    from engine.records.metrics import MetricsCollector
+    from engine.records.metrics_export import MetricsExportError, export_metrics
 
     collector = MetricsCollector()
     for rec in records:
@@ -116,8 +116,8 @@ def _report_int8_divergence(scenario, engine, variant, plugins, overrides) -> No
     """With the kv_int8 plugin, run the same workload uncompressed and say how many tokens differ."""
     from dataclasses import replace
 
-    from engine.builtin_plugins import KVInt8Plugin
-    from engine.builtin_plugins.kv_int8 import token_divergence
+    from engine.plugins.builtin import KVInt8Plugin
+    from engine.plugins.builtin.kv_int8 import token_divergence
 
     int8 = [p for p in engine.plugins.plugins if isinstance(p, KVInt8Plugin)]
     if not int8 or engine.has_unfinished():
@@ -144,7 +144,7 @@ def replay_cmd(path, paused, speed):
     Record one with `cbtui scenario NAME --json > FILE` (on any machine: a GPU box, say); every key
     works as in a live run, and r starts the replay over.
     """
-    from .recording import RecordedRun, RecordingError, load_recording
+    from engine.records.recording import RecordedRun, RecordingError, load_recording
 
     try:
         recording = load_recording(path)
@@ -165,10 +165,10 @@ def replay_cmd(path, paused, speed):
 @click.argument("out", type=click.Path(dir_okay=False))
 def trace_cmd(recording, out):
     """Turn a recording (cbtui scenario NAME --json > RECORDING) into a Perfetto / Chrome trace OUT.json."""
-    from engine.metrics_export import MetricsExportError
-    from engine.trace_export import check_trace_path
+    from engine.records.metrics_export import MetricsExportError
+    from engine.records.trace_export import check_trace_path
 
-    from .recording import RecordingError, load_recording
+    from engine.records.recording import RecordingError, load_recording
 
     try:
         check_trace_path(out)
@@ -213,8 +213,8 @@ def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention
         return
     if not name:
         fail(f"give a scenario name or a .toml path; built-in: {', '.join(builtin_names())}")
-    from engine.metrics_export import check_export_path
-    from engine.trace_export import check_trace_path
+    from engine.records.metrics_export import check_export_path
+    from engine.records.trace_export import check_trace_path
 
     for flag, path, check in (("--metrics-out", metrics_out, check_export_path),
                               ("--trace-out", trace_out, check_trace_path)):

@@ -10,10 +10,10 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from engine.leak_detector import MemoryLeakDetector
-from engine.metrics import MetricsCollector
-from engine.memory_profiler import MemoryProfiler
-from engine.stats import describe, histogram
+from engine.profiling.leak_detector import MemoryLeakDetector
+from engine.records.metrics import MetricsCollector
+from engine.profiling.memory_profiler import MemoryProfiler
+from engine.records.stats import describe, histogram
 
 from .formatting import short_number
 

@@ -14,11 +14,11 @@ from .batch_builder import build_batch
 from .config import EngineConfig
 from .decode_graphs import DecodeGraphs
 from .device_timer import DeviceTimer
-from .kv_cache import DenseKVCache, PagedKVCache, kv_bytes_per_token
-from .memory import memory_view
+from .kv.cache import DenseKVCache, PagedKVCache, kv_bytes_per_token
+from .profiling.memory import memory_view
 from .model import PRESETS, build_model
 from .overlap import PENDING_TOKEN, InFlightStep, feed_pending_tokens, sample_in_flight
-from .plugin_host import PluginHost
+from .plugins.host import PluginHost
 from .records import IdKeyed, KVView, RequestView, ScheduledItem, StepRecord
 from .request import Request, RequestState
 from .request_views import RequestViews

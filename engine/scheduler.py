@@ -11,7 +11,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from .config import EngineConfig
-from .plugins import SchedulerState
+from .plugins.base import SchedulerState
 from .records import (REASON_BUDGET, REASON_DECODE_CAP, REASON_NO_BLOCKS, REASON_PREEMPTED,
                       REASON_RESERVED, REASON_STATIC_BATCH)
 from .request import Request, RequestState

@@ -27,7 +27,7 @@ except ModuleNotFoundError:  # Python 3.10
 from engine import Engine, EngineConfig
 from engine.config import ATTENTION_BACKENDS, DEVICES, DTYPES, KV_LAYOUTS, MODELS, POLICIES
 from engine.model import PRESETS
-from engine.plugins import load_plugin
+from engine.plugins.base import load_plugin
 
 from .errors import ScenarioError
 from .schema import Checker, toml_key

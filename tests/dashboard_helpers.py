@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from cbtui.app import DashboardApp
-from cbtui.gpu_memory import FakeProbe, MemoryReading
+from engine.profiling.gpu_memory import FakeProbe, MemoryReading
 from scenarios import load_scenario
 
 FIXED_RSS = 512 * 1024 * 1024

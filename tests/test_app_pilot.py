@@ -193,7 +193,7 @@ def test_metrics_screen_follows_the_run_and_closes():
     from rich.console import Console
 
     from cbtui.widgets.metrics_screen import MetricsScreen
-    from engine.memory_sources import FunctionSource
+    from engine.profiling.sources import FunctionSource
 
     async def scenario():
         app = make_app(paused=True, memory_sources=[FunctionSource("fake", lambda: {"fake": 1 << 20})])

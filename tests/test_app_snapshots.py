@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from dashboard_helpers import make_app, shown_step, wait_until
 
-from cbtui.gpu_memory import FakeProbe, GpuMemory, MemoryReading
+from engine.profiling.gpu_memory import FakeProbe, GpuMemory, MemoryReading
 
 PAUSED_AT = 6
 

@@ -224,7 +224,7 @@ def test_no_ablations_flag_reaches_the_run(monkeypatch):
 
 @pytest.mark.parametrize("policy, decoding", [("fcfs", 12), ("static", 4)])
 def test_host_bench_times_pure_decode_steps(policy, decoding):
-    from cbtui.bench_host import run_host_bench
+    from cbtui.bench.host import run_host_bench
 
     result = run_host_bench(12, steps=3, policy=policy, static_batch_size=4)
     assert result["policy"] == policy and result["decoding_requests"] == decoding and result["steps"] == 3
@@ -432,7 +432,7 @@ def test_a_failed_hugging_face_copy_is_reported_and_ours_go_on(monkeypatch):
     def broken(*args, **kwargs):
         raise TypeError("LlamaConfig got an unexpected keyword argument")
 
-    monkeypatch.setattr("cbtui.bench.hf_weights.to_hf_llama", broken)
+    monkeypatch.setattr("engine.hf_weights.to_hf_llama", broken)
     workload = make_workload("varied", scale=2 / 256, model="tiny", prompt_range=(5, 8), output_range=(2, 3))
     report = run.run_systems(workload, device="cpu", hf=True)
     rows = {s["system"]: s for s in report["systems"]}

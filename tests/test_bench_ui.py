@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from click.testing import CliRunner
 
-from cbtui.bench_cli import bench
-from cbtui.bench_ui import big_step_shapes, time_frames
+from cbtui.bench.cli import bench
+from cbtui.bench.ui import big_step_shapes, time_frames
 
 
 def test_big_step_shapes_are_8192_queries_over_16384_keys():

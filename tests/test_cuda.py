@@ -198,7 +198,7 @@ def test_nvml_probe_reads_this_gpu():
     """The dashboard's memory panel through the real NVML (elsewhere only a fake pynvml runs): the
     card torch sees, its total, and used memory that grows when we allocate 1 GiB."""
     pytest.importorskip("pynvml", reason="nvidia-ml-py is not installed")
-    from cbtui.gpu_memory import NvmlProbe
+    from engine.profiling.gpu_memory import NvmlProbe
 
     probe = NvmlProbe()
     try:
@@ -219,7 +219,7 @@ def test_nvml_probe_reads_this_gpu():
 
 
 def test_allocator_bytes_match_torchs_own_figures():
-    from engine.memory import cuda_allocator_bytes
+    from engine.profiling.memory import cuda_allocator_bytes
 
     block = torch.empty(3 << 20, dtype=torch.uint8, device=CUDA)
     assert cuda_allocator_bytes(CUDA) == (torch.cuda.memory_allocated(CUDA), torch.cuda.memory_reserved(CUDA))

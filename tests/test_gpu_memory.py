@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from cbtui.gpu_memory import (FakeProbe, MemoryReading, NvmlProbe, RssProbe, SafeProbe, open_probe,
+from engine.profiling.gpu_memory import (FakeProbe, MemoryReading, NvmlProbe, RssProbe, SafeProbe, open_probe,
                               visible_device_selectors)
 
 GIB = 1 << 30

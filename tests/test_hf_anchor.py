@@ -13,11 +13,11 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from cbtui.bench.hf_weights import hf_pieces, to_hf_llama  # noqa: E402
+from engine.hf_weights import hf_pieces, to_hf_llama  # noqa: E402
 from engine import Engine, EngineConfig  # noqa: E402
 from engine.attention.layer_attention import PackedAttention  # noqa: E402
 from engine.batch_builder import build_batch  # noqa: E402
-from engine.kv_cache import DenseKVCache  # noqa: E402
+from engine.kv.cache import DenseKVCache  # noqa: E402
 from engine.records import ScheduledItem  # noqa: E402
 
 REL_TOL = 1e-4

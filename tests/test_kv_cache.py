@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine import Engine, EngineConfig
-from engine.kv_cache import PagedAllocator
+from engine.kv.cache import PagedAllocator
 
 from helpers import exact_config, run_batched
 

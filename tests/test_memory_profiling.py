@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.detailed_memory_profiler import DetailedMemoryProfiler
-from engine.leak_detector import MemoryLeakDetector
-from engine.memory_profiler import MemoryProfiler
-from engine.memory_sources import (FunctionSource, NvmlSource, RssSource, SourceUnavailable, TorchCudaSource,
+from engine.profiling.detailed_memory_profiler import DetailedMemoryProfiler
+from engine.profiling.leak_detector import MemoryLeakDetector
+from engine.profiling.memory_profiler import MemoryProfiler
+from engine.profiling.sources import (FunctionSource, NvmlSource, RssSource, SourceUnavailable, TorchCudaSource,
                                    open_sources)
 from scenarios import load_scenario
 
@@ -354,7 +354,7 @@ def test_planted_leak_on_cuda_is_seen_by_allocator_and_nvml():
 def test_rss_reading_follows_growth_and_forks():
     import os
 
-    from engine.memory import process_rss_bytes
+    from engine.profiling.memory import process_rss_bytes
 
     before = process_rss_bytes()
     block = bytearray(64 * 1024 * 1024)
@@ -374,7 +374,7 @@ def test_rss_reading_follows_growth_and_forks():
 def test_step_record_reads_the_cuda_allocator_in_one_call(monkeypatch):
     """The record's CUDA figures come from one nested-stats call, read at the right keys (never
     memory_allocated()/memory_reserved(), which flatten every statistic in Python, twice a step)."""
-    from engine import memory
+    from engine.profiling import memory
 
     calls = []
     nested = {"allocated_bytes": {"all": {"current": 7 * MiB, "peak": 9 * MiB}, "small_pool": {"current": 1}},

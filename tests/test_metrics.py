@@ -11,10 +11,10 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.metrics import MetricsCollector, RequestMetrics, StepStats
-from engine.metrics_export import MetricsExportError, export_metrics, steps_csv_path, write_csv, write_json
+from engine.records.metrics import MetricsCollector, RequestMetrics, StepStats
+from engine.records.metrics_export import MetricsExportError, export_metrics, steps_csv_path, write_csv, write_json
 from engine.records import KVView, MemoryView, RequestView, StepRecord
-from engine.stats import describe, histogram, linear_slope, percentile
+from engine.records.stats import describe, histogram, linear_slope, percentile
 from scenarios import load_scenario
 
 # Two requests over five steps. Request 0 arrives at step 0 and samples at steps 0, 1, 3 (finishes at 3);

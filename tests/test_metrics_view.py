@@ -5,10 +5,10 @@ import re
 from rich.console import Console
 
 from cbtui.metrics_view import distribution, render_metrics, sparkline
-from engine.leak_detector import MemoryLeakDetector
-from engine.memory_profiler import MemoryProfiler
-from engine.memory_sources import FunctionSource
-from engine.metrics import MetricsCollector
+from engine.profiling.leak_detector import MemoryLeakDetector
+from engine.profiling.memory_profiler import MemoryProfiler
+from engine.profiling.sources import FunctionSource
+from engine.records.metrics import MetricsCollector
 from scenarios import load_scenario
 
 

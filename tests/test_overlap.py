@@ -95,7 +95,7 @@ def test_what_overlap_cannot_do_is_refused_in_one_line():
     eng = Engine(EngineConfig(overlap_steps=True))
     with pytest.raises(ValueError, match="temperature 0 or overlap_steps=False"):
         eng.add_request([1, 2], max_new_tokens=2, temperature=0.7)
-    from engine.builtin_plugins import PriorityPlugin
+    from engine.plugins.builtin import PriorityPlugin
 
     with pytest.raises(ValueError, match="cannot run plugins"):
         Engine(EngineConfig(overlap_steps=True), plugins=[PriorityPlugin()])

@@ -3,7 +3,7 @@
 import pytest
 
 from engine import AttentionPlugin, CachePlugin, Engine, EngineConfig, SchedulerPlugin, load_plugin
-from engine.builtin_plugins import PriorityPlugin
+from engine.plugins.builtin import PriorityPlugin
 
 from helpers import exact_config, run_alone
 
@@ -162,7 +162,7 @@ def test_reserved_slice_is_kept_from_low_priority():
 
 def test_load_plugin_by_builtin_name_module_path_and_entry_point(monkeypatch):
     assert isinstance(load_plugin("priority"), PriorityPlugin)
-    assert isinstance(load_plugin("engine.builtin_plugins:PriorityPlugin", {"reserve_tokens": 2}), PriorityPlugin)
+    assert isinstance(load_plugin("engine.plugins.builtin:PriorityPlugin", {"reserve_tokens": 2}), PriorityPlugin)
 
     class FakeEntryPoint:
         name = "mine"
@@ -170,7 +170,7 @@ def test_load_plugin_by_builtin_name_module_path_and_entry_point(monkeypatch):
         def load(self):
             return PriorityPlugin
 
-    monkeypatch.setattr("engine.plugins.entry_points", lambda group: [FakeEntryPoint()])
+    monkeypatch.setattr("engine.plugins.base.entry_points", lambda group: [FakeEntryPoint()])
     assert isinstance(load_plugin("mine"), PriorityPlugin)
     for spec, words in [("nope", "unknown plugin 'nope'"), ("no.such.module:X", "cannot be loaded"),
                         ("torch:Tensor", "is not a SchedulerPlugin"), ("priority", "reserve_tokens")]:

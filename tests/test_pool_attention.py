@@ -14,7 +14,7 @@ from engine.attention.layer_attention import PackedAttention, PoolAttention
 from engine.attention.paged_decode import paged_decode_attention
 from engine.attention.reference import reference_attention
 from engine.batch_builder import build_batch
-from engine.plugins import AttentionPlugin
+from engine.plugins.base import AttentionPlugin
 from engine.records import ScheduledItem
 
 CPU = torch.device("cpu")
@@ -61,7 +61,7 @@ class Passthrough(AttentionPlugin):
     ("sdpa", "paged", [Passthrough()], [PackedAttention, PoolAttention]),  # only the wrapped layer
 ])
 def test_engine_reads_the_pool_only_when_nothing_stands_in_between(attention, layout, plugins, want):
-    from engine.plugins import load_plugin
+    from engine.plugins.base import load_plugin
 
     plugins = [load_plugin(p) if isinstance(p, str) else p for p in plugins]
     eng = Engine(EngineConfig(model="tiny", device="cpu", attention=attention, kv_layout=layout), plugins=plugins)

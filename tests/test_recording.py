@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cbtui.app import DashboardApp
-from cbtui.gpu_memory import RecordedProbe
-from cbtui.recording import RecordedRun, RecordingError, load_recording, parse_record
+from engine.profiling.gpu_memory import RecordedProbe
+from engine.records.recording import RecordedRun, RecordingError, load_recording, parse_record
 from cbtui.widgets.budget import demand_line, split_cells
 from cbtui.widgets.kv_grid import dense_text, paged_text
 from cbtui.widgets.mask import mask_strips

@@ -133,7 +133,7 @@ def test_a_decode_evicted_by_a_later_decode_gives_its_slot_back():
     preempted, and the budget counts one token."""
     import torch
 
-    from engine.kv_cache import PagedKVCache
+    from engine.kv.cache import PagedKVCache
     from engine.request import RequestState
     from engine.scheduler import Scheduler
 

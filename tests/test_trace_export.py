@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from engine.metrics_export import MetricsExportError
+from engine.records.metrics_export import MetricsExportError
 from engine.records import REASON_NOT_ARRIVED
-from engine.trace_export import REQUESTS_PID, SCHEDULER_PID, check_trace_path, trace_events, write_trace
+from engine.records.trace_export import REQUESTS_PID, SCHEDULER_PID, check_trace_path, trace_events, write_trace
 from scenarios import load_scenario
 
 

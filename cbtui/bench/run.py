@@ -123,7 +123,7 @@ def _hf_copy(engine, hf: bool):
 
     if transformers_version() is None:
         return None, "transformers is not installed (pip install 'cbtui[bench]')"
-    from .hf_weights import to_hf_llama
+    from engine.hf_weights import to_hf_llama
 
     try:
         return to_hf_llama(engine.model, attn_implementation="sdpa"), ""

@@ -13,7 +13,7 @@ from textual.widgets import Sparkline, Static
 from engine.records import MemoryView
 
 from ..formatting import human_bytes
-from ..gpu_memory import MemoryReading
+from engine.profiling.gpu_memory import MemoryReading
 
 HISTORY = 120  # readings kept for the sparkline (one minute at two a second)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from .plugins import AttentionPlugin, CachePlugin, Plugin, SchedulerPlugin, SchedulerState
+from .base import AttentionPlugin, CachePlugin, Plugin, SchedulerPlugin, SchedulerState
 
 
 class PluginHost:

@@ -12,7 +12,7 @@ from collections import deque
 
 import torch
 
-from .batch_builder import RaggedBatch, long_tensor, to_device
+from ..batch_builder import RaggedBatch, long_tensor, to_device
 
 
 class PagedAllocator:

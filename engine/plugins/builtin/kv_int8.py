@@ -8,8 +8,8 @@ dequantised when attention reads them. Outputs are not expected to stay exact:
 
 from __future__ import annotations
 
-from ..kv_int8_pool import Int8BlockPool
-from ..plugins import CachePlugin
+from ...kv.int8_pool import Int8BlockPool
+from ..base import CachePlugin
 
 
 class KVInt8Plugin(CachePlugin):

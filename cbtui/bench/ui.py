@@ -22,11 +22,11 @@ from textual.color import Color
 from engine.records import ScheduledItem
 from scenarios.loader import Scenario
 
-from .app import DashboardApp, leave_a_core_for_the_ui
-from .controller import MAX_SPEED
-from .frozen_heap import frozen_heap
-from .gpu_memory import open_probe
-from .widgets.mask import StyleBook, mask_strips
+from ..app import DashboardApp, leave_a_core_for_the_ui
+from ..controller import MAX_SPEED
+from ..frozen_heap import frozen_heap
+from engine.profiling.gpu_memory import open_probe
+from ..widgets.mask import StyleBook, mask_strips
 
 FRAME_GOAL_MS = 10.0
 KEY_GOAL_MS = 100.0

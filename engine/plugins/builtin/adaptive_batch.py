@@ -6,7 +6,7 @@ Each step the measured latency moves the budget multiplicatively toward the targ
 
 from __future__ import annotations
 
-from ..plugins import SchedulerPlugin, SchedulerState
+from ..base import SchedulerPlugin, SchedulerState
 
 
 class AdaptiveBatchPlugin(SchedulerPlugin):

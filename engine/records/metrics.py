@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from .records import StepRecord
+from .types import StepRecord
 from .stats import describe
 
 

@@ -15,7 +15,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .stats import linear_slope
+from ..records.stats import linear_slope
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,8 +46,8 @@ def bench(ctx: click.Context, workload, scale, device, model, attention, hf, abl
         return
     from rich.console import Console
 
-    from .bench.report import bench_table
-    from .bench.run import run_bench
+    from .report import bench_table
+    from .run import run_bench
 
     if out_path and not os.access(os.path.dirname(os.path.abspath(out_path)), os.W_OK):
         raise click.BadParameter(f"cannot write {out_path!r}: its folder is missing or read-only", param_hint="--out")
@@ -117,7 +117,7 @@ def _exit_now(code: int) -> None:
               help="static: a batch of 64 decodes while the other requests wait.")
 def bench_host(num_requests: int, steps: int, policy: str) -> None:
     """Host-side overhead per step (schedule + batch build + record), model time excluded."""
-    from .bench_host import run_host_bench
+    from .host import run_host_bench
 
     run_host_bench(num_requests, steps, policy=policy)
 
@@ -130,6 +130,6 @@ def bench_host(num_requests: int, steps: int, policy: str) -> None:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 def bench_ui(repeat: int, presses: int, device: str) -> None:
     """Dashboard: mask panel frame time for a huge step, and key latency under load."""
-    from .bench_ui import run_ui_bench
+    from .ui import run_ui_bench
 
     run_ui_bench(repeat, presses, device)

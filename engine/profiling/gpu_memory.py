@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from engine.memory import process_rss_bytes
+from engine.profiling.memory import process_rss_bytes
 
 
 @dataclass(frozen=True)

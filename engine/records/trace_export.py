@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterable, NamedTuple
 
 from .metrics_export import _check_path, _write
-from .records import REASON_NOT_ARRIVED, StepRecord
+from .types import REASON_NOT_ARRIVED, StepRecord
 
 SCHEDULER_PID, REQUESTS_PID = 1, 2
 

@@ -3,7 +3,7 @@ back and handed out one per step, so the dashboard can replay a run without its 
 a GPU box, shown on a laptop; a scheduler bug attached to an issue, stepped through later).
 
 A recording is data from outside, so every line is checked against the record types
-(record_schema.py) and for what the panels rely on before the dashboard sees it: a bad file is one
+(schema.py) and for what the panels rely on before the dashboard sees it: a bad file is one
 error naming the line and the field, never a traceback mid-replay.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from engine.records import StepRecord
 
-from .record_schema import check_record_json
+from .schema import check_record_json
 
 # Far beyond any real run, and small enough that a panel drawing them stays quick and exact.
 MAX_KEYS = 1 << 24  # keys of one request (the mask's columns)

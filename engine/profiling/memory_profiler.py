@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 
 from .leak_detector import LeakVerdict, MemoryLeakDetector
-from .memory_sources import MemorySource, SourceUnavailable, open_sources
-from .records import StepRecord
+from .sources import MemorySource, SourceUnavailable, open_sources
+from ..records import StepRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +26,7 @@ class MemorySample:
 class MemoryProfiler:
     def __init__(self, sources: list[MemorySource] | None = None, device: torch.device | str = "cpu",
                  max_samples: int = 10_000):
-        """`sources` None: the ones that work for `device` (see memory_sources.open_sources).
+        """`sources` None: the ones that work for `device` (see sources.open_sources).
 
         Only the last `max_samples` samples are kept, so a long run does not itself leak.
         """

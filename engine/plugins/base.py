@@ -88,7 +88,7 @@ class CachePlugin(Plugin):
 
 
 def builtin_plugins() -> dict[str, type]:
-    from .builtin_plugins import BUILTIN
+    from .builtin import BUILTIN
 
     return dict(BUILTIN)
 

@@ -7,7 +7,7 @@ import resource
 
 import torch
 
-from .records import MemoryView
+from ..records import MemoryView
 
 
 # /proc/self/statm kept open (opening it was most of a step record's time), per process: a

@@ -6,7 +6,7 @@ low-priority decodes or long prefills cannot push them out.
 
 from __future__ import annotations
 
-from ..plugins import SchedulerPlugin, SchedulerState
+from ..base import SchedulerPlugin, SchedulerState
 
 NO_DEADLINE = float("inf")
 

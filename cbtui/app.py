@@ -30,7 +30,6 @@ from engine.records.metrics import MetricsCollector
 from engine.records import StepRecord
 
 from .controller import MAX_SPEED, EngineController, EngineStatus, SteppableEngine
-from .formatting import engine_label
 from .frozen_heap import frozen_heap
 from engine.profiling.gpu_memory import MemoryProbe, RecordedProbe, open_probe
 from .history import History
@@ -111,11 +110,12 @@ class DashboardApp(App[None]):
         # Metrics and the memory profile follow every record, whatever step is on screen.
         self._recorded = recorded
         self._memory_sources = [] if recorded else memory_sources
-        self._device = getattr(getattr(engine, "device", None), "type", "cpu")
+        header = engine.header()
+        self._device = header.device
         self._reset_metrics()
         self._memory_poll_s = memory_poll_s
         self.scenario = scenario
-        self._engine_label = engine_label(engine)
+        self._engine_label = ("recorded · " if recorded else "") + header.label()
         self._probe = probe
         self.history = History(history_limit)
         self.engine_state = "starting"  # running / paused / finished / failed, as the engine reports
@@ -456,8 +456,7 @@ class DashboardApp(App[None]):
 def leave_a_core_for_the_ui(engine: SteppableEngine) -> None:
     """On the CPU, torch's worker threads would take every core (and spin between ops), and
     keys would wait for them; one core stays with the UI. On a GPU the engine mostly waits."""
-    device = getattr(getattr(engine, "device", None), "type", "cpu")
-    if device == "cpu":
+    if engine.header().device == "cpu":
         import torch
 
         torch.set_num_threads(max(1, min(torch.get_num_threads(), (os.cpu_count() or 2) - 1)))

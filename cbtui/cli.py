@@ -112,25 +112,27 @@ def _write_metrics(records, path: str) -> None:
     click.echo(f"metrics written to {' and '.join(str(p) for p in written)}", err=True)
 
 
-def _report_int8_divergence(scenario, engine, variant, plugins, overrides) -> None:
+def _report_int8_divergence(scenario, engine, records, variant, plugins, overrides) -> None:
     """With the kv_int8 plugin, run the same workload uncompressed and say how many tokens differ."""
     from dataclasses import replace
 
     from engine.plugins.builtin import KVInt8Plugin
     from engine.plugins.builtin.kv_int8 import token_divergence
 
-    int8 = [p for p in engine.plugins.plugins if isinstance(p, KVInt8Plugin)]
-    if not int8 or engine.has_unfinished():
+    if not records or engine.has_unfinished() or KVInt8Plugin.name not in engine.header().plugins:
         return
     plain = replace(scenario, plugins=[p for p in scenario.plugins if p["name"] != KVInt8Plugin.name])
     reference = plain.build_engine(variant, plugins=tuple(p for p in plugins if p != KVInt8Plugin.name),
                                    **overrides)
-    expected = reference.run_until_done()
+    last = None
+    while reference.has_unfinished():
+        last = reference.step() or last
+    expected = reference.outputs()
     total = sum(len(tokens) for tokens in expected.values())
     differ = token_divergence(expected, engine.outputs())
+    full, small = last.kv.pool_bytes, records[-1].kv.pool_bytes
     click.echo(f"kv_int8: {differ} of {total} generated tokens differ from the uncompressed run; "
-               f"KV pool {int8[0].bytes_full} -> {int8[0].bytes_int8} bytes "
-               f"({int8[0].bytes_full / int8[0].bytes_int8:.2f}x smaller)")
+               f"KV pool {full} -> {small} bytes ({full / small:.2f}x smaller)")
 
 
 @main.command("replay")
@@ -153,8 +155,8 @@ def replay_cmd(path, paused, speed):
     from .app import run_dashboard
 
     records = recording.records
-    code = run_dashboard(recording, RecordedRun(records), paused=paused, speed=speed,
-                         rebuild=lambda: RecordedRun(records), recorded=True)
+    code = run_dashboard(recording, RecordedRun(records, recording.header), paused=paused, speed=speed,
+                         rebuild=lambda: RecordedRun(records, recording.header), recorded=True)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # as `scenario` does: skip the interpreter's slow teardown of textual
@@ -226,15 +228,13 @@ def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention
         engine = scenario.build_engine(variant, plugins=plugins, **overrides)
     except (ScenarioError, ValueError) as exc:
         fail(str(exc))
-    if engine.device.type == "cpu" and engine.spec.name == "tiny":
+    header = scenario.header(engine, variant)
+    if header.device == "cpu" and header.model == "tiny":
         torch.set_num_threads(1)  # the tiny model's ops are too small for threads to pay off
     if headless or as_json:
         from .headless import run_headless
 
-        title = scenario.title + (f" (variant {variant})" if variant else "")
-        question = f"Question: {scenario.question}" if scenario.question else ""
-        about = "\n".join(t for t in (scenario.description, question) if t)
-        records = run_headless(engine, title, about, as_json=as_json, max_steps=steps)
+        records = run_headless(engine, header, as_json=as_json, max_steps=steps)
         if scenario.variants and not as_json and not variant:
             _print_comparison(scenario, records, engine.has_unfinished(), overrides)
         if metrics_out is not None:
@@ -242,7 +242,7 @@ def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention
         if trace_out is not None:
             _write_trace(records, trace_out)
         if not as_json:
-            _report_int8_divergence(scenario, engine, variant, plugins, overrides)
+            _report_int8_divergence(scenario, engine, records, variant, plugins, overrides)
         return
     from .app import run_dashboard
 

@@ -16,15 +16,19 @@ import traceback
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
-from engine.records import StepRecord
+from engine.records import RunHeader, StepRecord
 
 MAX_SPEED = float("inf")  # steps per second: as fast as the engine goes
 
 
 class SteppableEngine(Protocol):
-    def step(self) -> StepRecord: ...
+    """An Engine, or a recorded run (engine.records.recording.RecordedRun): records, and the run's header."""
+
+    def step(self) -> StepRecord | None: ...
 
     def has_unfinished(self) -> bool: ...
+
+    def header(self) -> RunHeader: ...
 
 
 @dataclass(frozen=True)
@@ -187,7 +191,8 @@ class EngineController:
         self._steps_taken += 1
         if self._stop.is_set():
             return
-        self._on_record(record)
+        if record is not None:  # an overlapped engine hands its first record over one call late
+            self._on_record(record)
         if not self._can_step() and not self._failed:
             self._on_status(EngineStatus("finished"))
 

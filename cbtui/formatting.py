@@ -23,18 +23,3 @@ def human_rate(per_second: float) -> str:
 def short_number(value: float) -> str:
     """A figure in at most four characters: '0.33', '6.4', '12', '120', '1.2k', '55k' (never '1.2e+02')."""
     return f"{value:.2g}" if abs(value) < 10 else human_rate(value)
-
-
-def engine_label(engine) -> str:
-    """Model, device, attention backend and KV layout, from the engine's static settings; and the
-    decode fast path when it is on (the Triton kernel, decode graphs)."""
-    config = getattr(engine, "config", None)
-    if config is None:  # not an engine: a recorded run says what it can (recording.RecordedRun.label)
-        return getattr(engine, "label", "")
-    device = getattr(getattr(engine, "device", None), "type", config.device)
-    parts = [config.model, device, getattr(engine, "attention_name", config.attention), config.kv_layout]
-    if getattr(getattr(engine, "decode_attention", None), "reads_tables", False):
-        parts.append("triton decode")
-    if getattr(engine, "decode_graphs", None) is not None:
-        parts.append("decode graphs")
-    return " · ".join(str(p) for p in parts)

@@ -1,4 +1,8 @@
-"""Headless run: one compact line per step (or one JSON StepRecord per line), then a summary."""
+"""Headless run: one compact line per step (or one JSON StepRecord per line), then a summary.
+
+Everything printed comes from the run header and the StepRecords, as in the dashboard. A JSON
+stream starts with the header line, so a replay shows the run's title and settings.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,9 @@ import time
 from rich.console import Console
 from rich.markup import escape
 
-from engine import Engine, StepRecord
+from engine.records import RunHeader, StepRecord
 
+from .controller import SteppableEngine
 
 def step_line(rec: StepRecord) -> str:
     return (f"step {rec.step:>4} | decode {rec.decode_tokens:>4} prefill {rec.prefill_tokens:>4} "
@@ -18,18 +23,23 @@ def step_line(rec: StepRecord) -> str:
             f"finished {rec.finished_total:>3}")
 
 
-def run_headless(engine: Engine, title: str, description: str, as_json: bool = False,
-                 max_steps: int | None = None, console: Console | None = None) -> list[StepRecord]:
+def run_headless(engine: SteppableEngine, header: RunHeader, as_json: bool = False, max_steps: int | None = None,
+                 console: Console | None = None) -> list[StepRecord]:
     console = console or Console(highlight=False)
     records: list[StepRecord] = []
-    if not as_json:
-        console.print(f"[bold]{escape(title)}[/bold]  model={engine.config.model} device={engine.device.type} "
-                      f"attention={engine.attention_name} kv={engine.config.kv_layout}")
-        if description:
-            console.print(escape(description), style="dim")
+    if as_json:
+        sys.stdout.write(json.dumps(header.to_dict()) + "\n")
+    else:
+        console.print(f"[bold]{escape(header.title)}[/bold]  model={header.model} device={header.device} "
+                      f"attention={header.attention} kv={header.kv_layout}")
+        about = "\n".join(t for t in (header.description, header.question and f"Question: {header.question}") if t)
+        if about:
+            console.print(escape(about), style="dim")
     start = time.perf_counter()
     while engine.has_unfinished() and (max_steps is None or len(records) < max_steps):
         rec = engine.step()
+        if rec is None:  # an overlapped engine's first call: the record comes with the next one
+            continue
         records.append(rec)
         if as_json:
             sys.stdout.write(json.dumps(rec.to_dict()) + "\n")
@@ -40,15 +50,14 @@ def run_headless(engine: Engine, title: str, description: str, as_json: bool = F
                 console.print(escape(error), style="bold red", soft_wrap=True)
     elapsed = time.perf_counter() - start
     if not as_json:
-        console.print(summary_line(engine, records, elapsed), soft_wrap=True)
+        console.print(summary_line(records, elapsed), soft_wrap=True)
     return records
 
 
-def summary_line(engine: Engine, records: list[StepRecord], elapsed: float) -> str:
-    generated = sum(len(r.output) for r in engine.requests.values())
+def summary_line(records: list[StepRecord], elapsed: float) -> str:
+    generated = sum(len(rec.sampled) for rec in records)
     processed = sum(rec.decode_tokens + rec.prefill_tokens for rec in records)
-    ttfts = [r.first_token_step - r.arrival_step for r in engine.requests.values()
-             if r.first_token_step is not None]
+    ttfts = [v.ttft_steps for v in records[-1].requests if v.ttft_steps is not None] if records else []
     mean_ttft = f"{sum(ttfts) / len(ttfts):.1f}" if ttfts else "n/a"
     rate = generated / elapsed if elapsed > 0 else 0.0
     return (f"summary: {len(records)} steps, {generated} tokens generated, {processed} tokens processed, "

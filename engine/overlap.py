@@ -27,28 +27,51 @@ PENDING_TOKEN = -1  # in Request.output until the step that sampled it is resolv
 
 
 @dataclass
+class DeviceTokens:
+    """A step's greedy tokens, left on the device for the next step's decodes, with a copy on its
+    way to the host and the event that says it has arrived (None off CUDA: already there)."""
+
+    request_ids: list[int]  # whose token each row is
+    on_device: torch.Tensor  # [rows]
+    on_host: torch.Tensor  # the same, copied without blocking (pinned memory on CUDA)
+    copied: torch.cuda.Event | None
+
+    @classmethod
+    def sample(cls, logits: torch.Tensor, request_ids: list[int]) -> DeviceTokens:
+        chosen = torch.argmax(logits, dim=-1)
+        if chosen.device.type != "cuda":
+            return cls(request_ids, chosen, chosen, None)
+        host = torch.empty(chosen.shape, dtype=chosen.dtype, pin_memory=True)
+        host.copy_(chosen, non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record()
+        return cls(request_ids, chosen, host, copied)
+
+    @property
+    def row_of(self) -> dict[int, int]:
+        return {rid: row for row, rid in enumerate(self.request_ids)}
+
+    def to_host(self) -> list[int]:
+        """Waits for this step's tokens only (later steps keep running)."""
+        if self.copied is not None:
+            self.copied.synchronize()
+        return self.on_host.tolist()
+
+
+@dataclass
 class InFlightStep:
     """A launched step whose sampled tokens are still on their way to the host."""
 
     record: StepRecord
+    tokens: DeviceTokens
     requests: list[Request]  # the requests that sample, in the order of the sampled rows
     positions: list[int]  # where each one's token goes in its output
-    on_device: torch.Tensor  # [rows] the sampled tokens, for the next step's decodes
-    on_host: torch.Tensor  # the same, copied without blocking (pinned memory on CUDA)
-    copied: torch.cuda.Event | None  # recorded after the copy; None off CUDA (already there)
     first_token: list[Request] = field(default_factory=list)  # sampled their first token here
     finishing: list[Request] = field(default_factory=list)  # sampled their last token here
 
-    @property
-    def row_of(self) -> dict[int, int]:
-        return {r.id: row for row, r in enumerate(self.requests)}
-
     def resolve(self) -> StepRecord:
-        """Waits for this step's tokens only (later steps keep running), writes them where the
-        placeholders are, and returns the completed record."""
-        if self.copied is not None:
-            self.copied.synchronize()
-        tokens = self.on_host.tolist()
+        """Writes the tokens where the placeholders are and returns the completed record."""
+        tokens = self.tokens.to_host()
         now = time.perf_counter()
         for r, at, token in zip(self.requests, self.positions, tokens):
             r.output[at] = token
@@ -60,21 +83,8 @@ class InFlightStep:
         return self.record
 
 
-def sample_in_flight(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.cuda.Event | None]:
-    """Greedy tokens left on the device, plus a copy on its way to the host and the event that
-    says it has arrived."""
-    chosen = torch.argmax(logits, dim=-1)
-    if chosen.device.type != "cuda":
-        return chosen, chosen, None
-    host = torch.empty(chosen.shape, dtype=chosen.dtype, pin_memory=True)
-    host.copy_(chosen, non_blocking=True)
-    copied = torch.cuda.Event()
-    copied.record()
-    return chosen, host, copied
-
-
 def feed_pending_tokens(token_ids: torch.Tensor, tokens: list[list[int]], request_ids: list[int],
-                        previous: InFlightStep | None) -> None:
+                        previous: DeviceTokens | None) -> None:
     """Replaces, on the device, each decode's PENDING_TOKEN input by the token the previous step
     sampled for it. Only decodes can hold one: a request's placeholder is resolved before it could
     be recomputed (preemption readmits it at the earliest two steps later)."""

@@ -28,6 +28,7 @@ from engine import Engine, EngineConfig
 from engine.config import ATTENTION_BACKENDS, DEVICES, DTYPES, KV_LAYOUTS, MODELS, POLICIES
 from engine.model import PRESETS
 from engine.plugins.base import load_plugin
+from engine.records import RunHeader
 
 from .errors import ScenarioError
 from .schema import Checker, toml_key
@@ -117,6 +118,11 @@ class Scenario:
             except ValueError as exc:
                 raise ScenarioError(f"{self.path}: request {i}: {exc}") from None
         return engine
+
+    def header(self, engine: Engine, variant: str | None = None) -> RunHeader:
+        """The run header a stream of this scenario's records starts with."""
+        title = self.title + (f" (variant {variant})" if variant else "")
+        return engine.header(title=title, description=self.description, question=self.question, variant=variant)
 
 
 def load_scenario(name_or_path: str) -> Scenario:

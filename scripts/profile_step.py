@@ -42,18 +42,19 @@ def main() -> None:
                               max_tokens_per_step=8192, prefill_chunk_size=1024))
     for p, n in zip(w.prompts, w.max_new_tokens):
         eng.add_request(p, max_new_tokens=n)
-    timings = {"with prefill": [], "decode-only": []}  # (host s, GPU forward span s)
+    timings: dict[str, list[tuple[float, float]]] = {"with prefill": [], "decode-only": []}  # (host s, GPU s)
+    record_s = step_s = 0.0
     profiled_prefill = False
     while eng.has_unfinished() and len(timings["decode-only"]) < 20:
-        kinds = {k: list(v) for k, v in eng.time_by_kind.items()}
         if not profiled_prefill and eng.step_index == COMPILE_STEPS + 1 and eng.scheduler.waiting:
             _profiled(eng, 1, "with-prefill")
             profiled_prefill = True
             continue
-        eng.step()
-        for kind, (host_s, steps, device_s) in eng.time_by_kind.items():
-            if steps > kinds[kind][1]:
-                timings[kind].append((host_s - kinds[kind][0], device_s - kinds[kind][2]))
+        record = eng.step()
+        record_s, step_s = record_s + record.record_time_s, step_s + record.wall_time_s
+        if record.items:
+            kind = "with prefill" if record.prefill_tokens else "decode-only"
+            timings[kind].append((record.wall_time_s, record.device_time_s or 0.0))
     print(f"{w.num_requests} requests; first {COMPILE_STEPS} steps (compile): "
           f"{[round(1000 * t[0]) for t in timings['with prefill'][:COMPILE_STEPS]]} ms")
     for kind, rows in timings.items():
@@ -61,9 +62,9 @@ def main() -> None:
         if rows:
             print(f"{kind} steps {len(rows)}: median host {1000 * statistics.median(r[0] for r in rows):.2f} ms, "
                   f"GPU forward span {1000 * statistics.median(r[1] for r in rows):.2f} ms")
-    print(f"StepRecords: {100 * eng.record_s / eng.step_s:.1f}% of step time; "
-          f"{eng.decode_graphs.replays if eng.decode_graphs else 0} decode steps from graphs "
-          f"(capture {eng.decode_graphs.capture_s if eng.decode_graphs else 0:.1f} s, on first use)")
+    print(f"StepRecords: {100 * record_s / max(step_s, 1e-9):.1f}% of step time; "
+          f"{eng.runner.decode_graphs.replays if eng.runner.decode_graphs else 0} decode steps from graphs "
+          f"(capture {eng.runner.decode_graphs.capture_s if eng.runner.decode_graphs else 0:.1f} s, on first use)")
     if not profiled_prefill:
         print("no step with prefill was left to profile after the compile steps (a larger SCALE has some)")
     start = time.perf_counter()

@@ -136,10 +136,10 @@ def test_ours_with_decode_graphs_path_gives_the_same_tokens():
 
     workload = make_workload("varied", scale=6 / 256, model="tiny", prompt_range=(5, 60), output_range=(3, 20))
     graphed, engine = run_ours(workload, "fcfs", "cpu", "float32", "sdpa", 64, decode_graphs="on")
-    served = engine.decode_graphs.replays
+    served = engine.runner.decode_graphs.replays
     release(engine)
     eager, engine = run_ours(workload, "fcfs", "cpu", "float32", "sdpa", 64, decode_graphs="off")
-    assert engine.decode_graphs is None
+    assert engine.runner.decode_graphs is None
     release(engine)
     assert graphed.outputs == eager.outputs
     assert served > 0 and "decode steps from graphs" in graphed.note
@@ -150,10 +150,9 @@ def test_ours_measures_what_step_records_cost():
 
     workload = make_workload("varied", scale=4 / 256, model="tiny", prompt_range=(5, 30), output_range=(3, 9))
     result, engine = run_ours(workload, "fcfs", "cpu", "float32", "sdpa", 64)
-    assert 0 < engine.record_s < engine.step_s
-    pool = engine.kv.k_pool
+    pool = engine.runner.kv.k_pool
     release(engine)
-    assert engine.kv is None and engine.model is None and engine.decode_graphs is None
+    assert engine.runner.kv is None and engine.runner.model is None and engine.runner.decode_graphs is None
     assert sys.getrefcount(pool) == 2  # ours and getrefcount's: nothing else keeps the pool alive
     assert 0 < result.record_share < 1 and "StepRecords" in result.note
     assert result.summary()["record_share"] == result.record_share
@@ -187,13 +186,13 @@ def test_engine_adds_each_steps_device_span_to_its_kind():
             return 0.01 if self.calls and self.calls[-1] == "stop" else 0.0
 
     engine = Engine(EngineConfig(max_tokens_per_step=32, prefill_chunk_size=16))
-    assert engine.device_timer is None  # the CPU has no CUDA events
-    engine.device_timer = timer = FakeTimer()
+    assert engine.runner.device_timer is None  # the CPU has no CUDA events
+    engine.runner.device_timer = timer = FakeTimer()
     engine.add_request(list(range(40)), max_new_tokens=5)
-    engine.run_until_done()
-    kinds = engine.time_by_kind
-    assert kinds["with prefill"][1] == 3 and kinds["decode-only"][1] == 4
-    assert kinds["with prefill"][2] == pytest.approx(0.03) and kinds["decode-only"][2] == pytest.approx(0.04)
+    records = [engine.step() for _ in range(7)]
+    assert not engine.has_unfinished()
+    assert [r.prefill_tokens > 0 for r in records] == [True] * 3 + [False] * 4
+    assert [r.device_time_s for r in records] == [pytest.approx(0.01)] * 7  # each step's own span
     assert timer.calls == ["start", "stop"] * 7
 
 
@@ -202,12 +201,11 @@ def test_cuda_ablations_name_what_each_row_leaves_out():
 
     from cbtui.bench.run import _ablations
 
-    full = SimpleNamespace(decode_graphs=object(), decode_attention=SimpleNamespace(reads_tables=True))
     overlapped = ("ours continuous, overlapped", {"overlap_steps": True})
-    assert _ablations(full) == [overlapped, ("ours continuous, no graphs", {"decode_graphs": "off"}),
-                                ("ours continuous, gather decode", {"decode_attention": "gather"})]
-    bare = SimpleNamespace(decode_graphs=None, decode_attention=SimpleNamespace(reads_tables=False))
-    assert _ablations(bare) == [overlapped]
+    assert _ablations(["triton decode", "decode graphs"]) == [
+        overlapped, ("ours continuous, no graphs", {"decode_graphs": "off"}),
+        ("ours continuous, gather decode", {"decode_attention": "gather"})]
+    assert _ablations([]) == [overlapped]
 
 
 def test_no_ablations_flag_reaches_the_run(monkeypatch):
@@ -303,7 +301,7 @@ def test_a_failing_ablation_row_is_reported_and_the_run_goes_on(monkeypatch):
     import cbtui.bench.run as run
 
     monkeypatch.setattr(run, "_measures_gpu_pieces", lambda dev: True)  # as on CUDA
-    monkeypatch.setattr(run, "_ablations", lambda engine: [("ours continuous, broken", {"decode_graphs": "bogus"}),
+    monkeypatch.setattr(run, "_ablations", lambda decode_path: [("ours continuous, broken", {"decode_graphs": "bogus"}),
                                                             ("ours continuous, overlapped", {"overlap_steps": True})])
     workload = make_workload("varied", scale=3 / 256, model="tiny", prompt_range=(5, 12), output_range=(2, 3))
     report = run.run_systems(workload, device="cpu", hf=False)

@@ -86,7 +86,7 @@ def test_anchor_bf16_runs():
 
     workload = make_workload("anchor", scale=32 / 512, model="small")
     cont, engine = run_ours(workload, "fcfs", "cuda", "bfloat16", "auto", 8192)
-    assert engine.attention_name == "flex" and engine.dtype == torch.bfloat16
+    assert engine.runner.attention_name == "flex" and engine.runner.dtype == torch.bfloat16
     release(engine)
     del engine
     static, engine = run_ours(workload, "static", "cuda", "bfloat16", "auto", 8192)
@@ -136,7 +136,7 @@ def test_decode_graphs_replay_what_eager_decodes_compute():
         eng.run_until_done()
         outs[mode] = [eng.requests[i].output for i in ids]
         if mode == "on":
-            graphs = eng.decode_graphs
+            graphs = eng.runner.decode_graphs
             assert graphs.replays > 5 and graphs.graphs and all(g is not None for g, _ in graphs.graphs.values())
     assert outs["on"] == outs["off"]
 
@@ -155,16 +155,16 @@ def test_decode_graphs_small_bf16_capture_and_agree():
                                   num_blocks=512))
         if mode == "on":
             start = time.perf_counter()
-            built = eng.decode_graphs.capture_up_to(16, 300)
+            built = eng.runner.decode_graphs.capture_up_to(16, 300)
             print(f"{built} small-preset decode graphs captured in {time.perf_counter() - start:.2f} s")
-            assert eng.decode_attention.reads_tables, "the Triton decode kernel should be chosen on CUDA"
+            assert eng.runner.decode_attention.reads_tables, "the Triton decode kernel should be chosen on CUDA"
             assert built == 5  # batches 1..16; the kernel takes whole tables, so one width
         ids = [eng.add_request(p, max_new_tokens=n) for p, n in reqs]
         eng.run_until_done()
         outs[mode] = [eng.requests[i].output for i in ids]
         if mode == "on":
-            assert eng.decode_graphs.replays >= 10 and eng.decode_graphs.broken is None
-        assert eng.decode_attention.broken is None, eng.decode_attention.broken
+            assert eng.runner.decode_graphs.replays >= 10 and eng.runner.decode_graphs.broken is None
+        assert eng.runner.decode_attention.broken is None, eng.runner.decode_attention.broken
     same = sum(a == b for a, b in zip(outs["on"], outs["off"]))
     assert same >= len(reqs) - 1, f"only {same} of {len(reqs)} requests agree"
 
@@ -249,7 +249,7 @@ def test_overlapped_steps_never_wait_on_the_gpu_inside_a_step():
     for overlap in (False, True):
         eng = Engine(EngineConfig(model="small", device="cuda", dtype="bfloat16", max_tokens_per_step=1024,
                                   prefill_chunk_size=256, num_blocks=1024, overlap_steps=overlap))
-        eng.decode_graphs.capture_up_to(16, 512)
+        eng.runner.decode_graphs.capture_up_to(16, 512)
         warm = eng.add_request([1, 2, 3] * 40, max_new_tokens=4)  # compiles flex and the decode kernel
         eng.run_until_done()
         ids = [eng.add_request(p, max_new_tokens=n) for p, n in reqs]
@@ -261,5 +261,5 @@ def test_overlapped_steps_never_wait_on_the_gpu_inside_a_step():
         finally:
             torch.cuda.set_sync_debug_mode("default")
         outs[overlap] = [eng.requests[i].output for i in ids]
-        assert eng.requests[warm].output and eng.decode_graphs.replays > 0
+        assert eng.requests[warm].output and eng.runner.decode_graphs.replays > 0
     assert outs[True] == outs[False]

@@ -30,7 +30,7 @@ def test_graphed_decodes_equal_each_request_alone(attention):
         rec = eng.step()
         decode_only += rec.prefill_tokens == 0 and bool(rec.items)
         preempted += len(rec.preempted)
-    assert eng.decode_graphs.replays == decode_only > 5
+    assert eng.runner.decode_graphs.replays == decode_only > 5
     assert preempted > 0, "the pool was meant to be small enough to preempt"
     for rid, (p, n) in zip(ids, reqs):
         assert eng.requests[rid].output == run_alone(p, n), f"request {rid} differs with decode graphs"
@@ -41,25 +41,25 @@ def test_padding_rows_write_only_the_spare_block():
     for n in (5, 9, 13):  # three decodes: bucket 4, one padding row
         eng.add_request(list(range(1, n)), max_new_tokens=4)
     rec = eng.step()
-    assert rec.prefill_tokens and not eng.decode_graphs.replays and rec.decode_graph is None
-    before = eng.kv.k_pool.clone()
+    assert rec.prefill_tokens and not eng.runner.decode_graphs.replays and rec.decode_graph is None
+    before = eng.runner.kv.k_pool.clone()
     rec = eng.step()
-    assert rec.prefill_tokens == 0 and len(rec.items) == 3 and eng.decode_graphs.replays == 1
+    assert rec.prefill_tokens == 0 and len(rec.items) == 3 and eng.runner.decode_graphs.replays == 1
     assert rec.decode_graph == [4, 256]  # the bucket: 4 rows, one 256-token width unit
     from cbtui.app import graph_note
     assert graph_note(rec) == ("decode graph: 3 of 4 rows, 256 keys each",)
-    changed = (eng.kv.k_pool != before).any(dim=-1).any(dim=-1).any(dim=0).nonzero().flatten().tolist()
-    bs = eng.kv.block_size
+    changed = (eng.runner.kv.k_pool != before).any(dim=-1).any(dim=-1).any(dim=0).nonzero().flatten().tolist()
+    bs = eng.runner.kv.block_size
     written = {table[item.first_pos // bs] * bs + item.first_pos % bs
                for item in rec.items for table in [rec.kv.block_tables[str(item.request_id)]]}
-    spare = set(range(eng.kv.scratch_slot, eng.kv.scratch_slot + bs))
+    spare = set(range(eng.runner.kv.scratch_slot, eng.runner.kv.scratch_slot + bs))
     assert written <= set(changed) and set(changed) <= written | spare
     assert set(changed) & spare, "the padding row should have written the spare block"
 
 
 def test_buckets():
     eng = graph_engine(num_blocks=24)
-    graphs: DecodeGraphs = eng.decode_graphs
+    graphs: DecodeGraphs = eng.runner.decode_graphs
     unit = graphs.width_unit  # 256 tokens of 8-token blocks
     assert graphs.bucket(1, 1) == (1, unit)
     assert graphs.bucket(3, unit + 1) == (4, 2 * unit)
@@ -76,25 +76,25 @@ def test_steps_that_are_not_pure_decodes_run_eagerly():
     eng.add_request(list(range(1, 6)), max_new_tokens=3)
     eng.add_request(list(range(1, 4)), max_new_tokens=3)
     calls = []
-    real = eng.decode_graphs.run
-    eng.decode_graphs.run = lambda batch, samples: calls.append(all(samples)) or real(batch, samples)
+    real = eng.runner.decode_graphs.run
+    eng.runner.decode_graphs.run = lambda batch, samples: calls.append(all(samples)) or real(batch, samples)
     records = []
     while eng.has_unfinished():
         records.append(eng.step())
     # One token per item and every item samples (a prompt's last token counts as much as a decode).
     pure = [r for r in records if all(i.num_tokens == 1 for i in r.items) and len(r.sampled) == len(r.items)]
-    assert eng.decode_graphs.replays == len(pure) > 0
+    assert eng.runner.decode_graphs.replays == len(pure) > 0
     assert any(r.prefill_tokens for r in pure), "a prompt's last token rode along with the decodes"
     assert False in calls  # single-token prefill steps that do not sample were offered and declined
 
 
 def test_engine_uses_graphs_only_where_they_apply():
-    assert Engine(EngineConfig(model="tiny", device="cpu")).decode_graphs is None  # auto: CUDA only
-    assert Engine(EngineConfig(model="tiny", device="cpu", decode_graphs="on")).decode_graphs is not None
+    assert Engine(EngineConfig(model="tiny", device="cpu")).runner.decode_graphs is None  # auto: CUDA only
+    assert Engine(EngineConfig(model="tiny", device="cpu", decode_graphs="on")).runner.decode_graphs is not None
     from engine.plugins.base import load_plugin
     with_plugin = Engine(EngineConfig(model="tiny", device="cpu", decode_graphs="on"),
                          plugins=[load_plugin("kv_int8")])
-    assert with_plugin.decode_graphs is None
+    assert with_plugin.runner.decode_graphs is None
 
 
 @pytest.mark.parametrize("bad, words", [
@@ -109,15 +109,15 @@ def test_bad_decode_graph_settings(bad, words):
 
 def test_spare_block_only_with_graphs_and_never_handed_out():
     eng = graph_engine(num_blocks=6)
-    assert eng.kv.k_pool.shape[1] == 7 * eng.kv.block_size
-    assert eng.kv.scratch_slot // eng.kv.block_size not in eng.kv.allocator.free_blocks
+    assert eng.runner.kv.k_pool.shape[1] == 7 * eng.runner.kv.block_size
+    assert eng.runner.kv.scratch_slot // eng.runner.kv.block_size not in eng.runner.kv.allocator.free_blocks
     plain = Engine(exact_config(attention="sdpa", block_size=8, num_blocks=6))  # auto on the CPU: no graphs
-    assert plain.kv.k_pool.shape[1] == 6 * 8 and plain.kv.scratch_slot is None
+    assert plain.runner.kv.k_pool.shape[1] == 6 * 8 and plain.runner.kv.scratch_slot is None
 
 
 def test_a_failed_capture_falls_back_to_eager_decodes_and_says_why(monkeypatch):
     eng = graph_engine(num_blocks=24)
-    graphs = eng.decode_graphs
+    graphs = eng.runner.decode_graphs
     graphs.capture = True  # pretend we are on CUDA, with a capture that fails
 
     def no_capture(key):
@@ -133,7 +133,5 @@ def test_a_failed_capture_falls_back_to_eager_decodes_and_says_why(monkeypatch):
 
 
 def test_header_names_the_decode_fast_path():
-    from cbtui.formatting import engine_label
-
-    assert engine_label(Engine(EngineConfig(model="tiny", device="cpu"))) == "tiny · cpu · sdpa · paged"
-    assert engine_label(graph_engine(num_blocks=24)).endswith("· paged · decode graphs")
+    assert Engine(EngineConfig(model="tiny", device="cpu")).header().label() == "tiny · cpu · sdpa · paged"
+    assert graph_engine(num_blocks=24).header().label().endswith("· paged · decode graphs")

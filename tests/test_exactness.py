@@ -1,6 +1,6 @@
 """Greedy outputs under continuous batching equal each request run alone, whatever the settings."""
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from engine import EngineConfig
@@ -40,8 +40,15 @@ def scenario_st(draw):
     return config, workload
 
 
+# A pool too small for five requests at once: every run of the property test includes preemption.
+PREEMPTING = (exact_config(kv_layout="paged", block_size=4, num_blocks=9, max_tokens_per_step=32,
+                           prefill_chunk_size=8, attention="sdpa"),
+              [{"prompt": list(range(10 + i, 30 + i)), "max_new_tokens": 12} for i in range(5)])
+
+
 @settings(max_examples=60)
 @given(scenario_st())
+@example(PREEMPTING)
 def test_batched_greedy_equals_alone(case):
     config, workload = case
     outputs, _, _ = run_batched(config, workload)
@@ -50,9 +57,7 @@ def test_batched_greedy_equals_alone(case):
 
 
 def test_preemption_happens_and_outputs_stay_exact():
-    workload = [{"prompt": list(range(10 + i, 30 + i)), "max_new_tokens": 12} for i in range(5)]
-    config = exact_config(kv_layout="paged", block_size=4, num_blocks=9, max_tokens_per_step=32,
-                          prefill_chunk_size=8, attention="sdpa")
+    config, workload = PREEMPTING
     outputs, records, eng = run_batched(config, workload)
     assert sum(len(r.preempted) for r in records) > 0
     assert any(r.num_preemptions for r in eng.requests.values())

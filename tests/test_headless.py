@@ -5,6 +5,8 @@ import subprocess
 import sys
 
 from engine import StepRecord
+from engine.records import RunHeader
+from scenarios import load_scenario
 
 
 def cli(*args):
@@ -20,10 +22,14 @@ def test_headless_lines_and_summary():
     assert "summary: 6 steps" in res.stdout and "mean TTFT" in res.stdout
 
 
-def test_json_is_one_record_per_line():
+def test_json_is_a_header_then_one_record_per_line():
     res = cli("scenario", "mixed_load", "--json", "--steps", "4", "--kv-layout", "dense")
     assert res.returncode == 0, res.stderr
-    recs = [StepRecord.from_dict(json.loads(line)) for line in res.stdout.splitlines()]
+    first, *lines = res.stdout.splitlines()
+    header = RunHeader.from_dict(json.loads(first))
+    assert header.kind == "header" and header.kv_layout == "dense" and header.title == load_scenario("mixed_load").title
+    assert header.label() == "tiny · cpu · sdpa · dense" and header.question.endswith("?")
+    recs = [StepRecord.from_dict(json.loads(line)) for line in lines]
     assert [r.step for r in recs] == [0, 1, 2, 3]
     assert recs[0].kv.layout == "dense"
 

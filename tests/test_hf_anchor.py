@@ -26,25 +26,25 @@ REL_TOL = 1e-4
 @pytest.fixture(scope="module")
 def pair():
     engine = Engine(EngineConfig(model="tiny", device="cpu", dtype="float32", attention="sdpa", seed=3))
-    return engine, to_hf_llama(engine.model)
+    return engine, to_hf_llama(engine.runner.model)
 
 
 def our_logits(engine: Engine, tokens: list[int]) -> torch.Tensor:
     """Logits at every position of one prompt, from a single packed prefill."""
     n = len(tokens)
-    batch = build_batch([ScheduledItem(0, "prefill", 0, n, n)], [tokens], [True], engine.device)
-    s = engine.spec
-    kv = DenseKVCache(s.num_layers, s.num_kv_heads, s.head_dim, engine.dtype, engine.device)
+    batch = build_batch([ScheduledItem(0, "prefill", 0, n, n)], [tokens], [True], engine.runner.device)
+    s = engine.runner.spec
+    kv = DenseKVCache(s.num_layers, s.num_kv_heads, s.head_dim, engine.runner.dtype, engine.runner.device)
     kv.begin_step([0], batch)
-    per_layer = [PackedAttention(engine.attention)] * s.num_layers
-    return engine.model(batch.token_ids, batch.positions, torch.arange(n), kv, per_layer, batch)
+    per_layer = [PackedAttention(engine.runner.attention)] * s.num_layers
+    return engine.runner.model(batch.token_ids, batch.positions, torch.arange(n), kv, per_layer, batch)
 
 
 def test_every_parameter_is_copied(pair):
     engine, hf = pair
     theirs = dict(hf.named_parameters())
-    pieces = [(name, param, piece) for name, param in engine.model.named_parameters()
-              for piece in hf_pieces(name, engine.spec)]
+    pieces = [(name, param, piece) for name, param in engine.runner.model.named_parameters()
+              for piece in hf_pieces(name, engine.runner.spec)]
     assert sorted(p[2][0] for p in pieces) == sorted(theirs)  # each of theirs exactly once
     for name, param, (their_name, first, rows) in pieces:
         assert torch.equal(theirs[their_name], param if rows < 0 else param[first:first + rows]), name
@@ -54,7 +54,7 @@ def test_every_parameter_is_copied(pair):
 def test_logits_match(pair, length):
     engine, hf = pair
     rng = random.Random(length)
-    tokens = [rng.randrange(engine.spec.vocab_size) for _ in range(length)]
+    tokens = [rng.randrange(engine.runner.spec.vocab_size) for _ in range(length)]
     ours = our_logits(engine, tokens)
     with torch.no_grad():
         theirs = hf(torch.tensor([tokens])).logits[0]
@@ -114,7 +114,7 @@ def test_hf_continuous_batching_row_gives_our_tokens(monkeypatch, workload_name)
     workload = make_workload(workload_name, scale=1 / 64, model="tiny")
     assert len(set(workload.max_new_tokens)) == (1 if workload_name == "anchor" else workload.num_requests)
     ours, engine = run_ours(workload, "fcfs", "cpu", "float32", "sdpa", 512)
-    hf = to_hf_llama(engine.model, attn_implementation="sdpa")
+    hf = to_hf_llama(engine.runner.model, attn_implementation="sdpa")
     release(engine)
     theirs = generate_batch(hf, workload, {"page_size": 16, "num_blocks": 512, "max_batch_tokens": 512})
     assert theirs.system == CB_NAME and theirs.available

@@ -38,7 +38,7 @@ def test_blocks_never_shared_and_all_returned(reqs, block_size):
         for rid, table in rec.kv.block_tables.items():
             held = rec.kv.tokens.get(rid, 0)
             assert len(table) >= -(-held // block_size)
-    assert eng.kv.allocator.num_free == eng.num_blocks and not eng.kv.allocator.tables
+    assert eng.runner.kv.allocator.num_free == eng.runner.num_blocks and not eng.runner.kv.allocator.tables
     assert records[-1].kv.blocks_used == 0
 
 
@@ -53,12 +53,12 @@ def test_flatten_equals_dense_cache():
             eng.step()
         engines[layout] = eng
     paged, dense = engines["paged"], engines["dense"]
-    assert paged.kv.tokens == dense.kv.tokens and paged.kv.tokens
-    for rid in paged.kv.tokens:
-        for layer in range(paged.spec.num_layers):
-            pk, pv = paged.kv.flatten(layer, rid)
-            dk, dv = dense.kv.flatten(layer, rid)
-            assert pk.shape[0] == paged.kv.tokens[rid]
+    assert paged.runner.kv.tokens == dense.runner.kv.tokens and paged.runner.kv.tokens
+    for rid in paged.runner.kv.tokens:
+        for layer in range(paged.runner.spec.num_layers):
+            pk, pv = paged.runner.kv.flatten(layer, rid)
+            dk, dv = dense.runner.kv.flatten(layer, rid)
+            assert pk.shape[0] == paged.runner.kv.tokens[rid]
             # Not bit-equal: paged decodes read the pool directly, dense ones read packed keys, and
             # the padded width changes the float64 summation order (ulps). A misplaced slot is O(1).
             assert torch.allclose(pk, dk, rtol=1e-12, atol=1e-12) and torch.allclose(pv, dv, rtol=1e-12, atol=1e-12)

@@ -332,18 +332,18 @@ def test_clean_long_run_is_not_flagged(rss_runs):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_planted_leak_on_cuda_is_seen_by_allocator_and_nvml():
     engine = load_scenario("kv_pressure").build_engine(device="cuda")
-    sources, unavailable = open_sources(engine.device)
+    sources, unavailable = open_sources(engine.runner.device)
     assert {s.name for s in sources} >= {"rss", "cuda"}, unavailable
     for source in sources:
         if source.name == "nvml":  # torch's UUID text and NVML's must match, or a wrong GPU may be read
-            assert source.matched == "uuid", torch.cuda.get_device_properties(engine.device).uuid
+            assert source.matched == "uuid", torch.cuda.get_device_properties(engine.runner.device).uuid
     profiler = MemoryProfiler(sources=sources)
     leaked = []
     for _ in range(48):
         if not engine.has_unfinished():
             break
         record = engine.step()
-        leaked.append(torch.ones(8 * MiB // 4, device=engine.device))  # 8 MiB a step
+        leaked.append(torch.ones(8 * MiB // 4, device=engine.runner.device))  # 8 MiB a step
         profiler.observe(record)
     verdicts = profiler.check_leaks(MemoryLeakDetector(window=24, min_growth_bytes=64 * MiB))
     assert verdicts["cuda.allocated"], verdicts["cuda.allocated"].reason

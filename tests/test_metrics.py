@@ -286,7 +286,8 @@ def test_cli_metrics_out_json(tmp_path):
     out = tmp_path / "m.json"
     res = cli("scenario", "decode_heavy", "--json", "--metrics-out", str(out))
     assert res.returncode == 0, res.stderr
-    records = [json.loads(line) for line in res.stdout.splitlines()]  # stdout stays pure records
+    header, *records = [json.loads(line) for line in res.stdout.splitlines()]  # stdout stays pure records
+    assert header["kind"] == "header"
     data = json.loads(out.read_text())
     assert f"metrics written to {out}" in res.stderr
     assert data["summary"]["steps"] == len(records) == len(data["steps"])

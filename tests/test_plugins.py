@@ -56,7 +56,7 @@ def run(config, plugins, workload=WORKLOAD):
 def test_hooks_fire_in_order_with_their_arguments():
     rec = Recorder()
     _, records, eng = run(exact_config(max_tokens_per_step=8, prefill_chunk_size=4), [rec])
-    layers = eng.spec.num_layers
+    layers = eng.runner.spec.num_layers
     assert rec.calls[:layers] == [("wrap", i) for i in range(layers)]  # at construction, per layer
     calls = rec.calls[layers:]
     for record in records:

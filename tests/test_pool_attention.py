@@ -65,15 +65,15 @@ def test_engine_reads_the_pool_only_when_nothing_stands_in_between(attention, la
 
     plugins = [load_plugin(p) if isinstance(p, str) else p for p in plugins]
     eng = Engine(EngineConfig(model="tiny", device="cpu", attention=attention, kv_layout=layout), plugins=plugins)
-    assert [type(a) for a in eng.layer_attention] == want
+    assert [type(a) for a in eng.runner.layer_attention] == want
 
 
 def test_decode_steps_never_read_packed_keys(monkeypatch):
     eng = Engine(EngineConfig(model="tiny", device="cpu", attention="sdpa", max_tokens_per_step=20,
                               prefill_chunk_size=8))
     reads = []
-    real = eng.kv.read
-    monkeypatch.setattr(eng.kv, "read", lambda layer, first_item=0: reads.append(first_item) or real(layer, first_item))
+    real = eng.runner.kv.read
+    monkeypatch.setattr(eng.runner.kv, "read", lambda layer, first_item=0: reads.append(first_item) or real(layer, first_item))
     eng.add_request(list(range(1, 12)), max_new_tokens=6)
     eng.add_request(list(range(1, 40)), max_new_tokens=3)
     while eng.has_unfinished():
@@ -83,7 +83,7 @@ def test_decode_steps_never_read_packed_keys(monkeypatch):
         if rec.prefill_tokens == 0:
             assert reads == [], f"step {rec.step}: a decode-only step read packed keys"
         else:  # only the prefill items' keys, from just after the decodes, once per layer
-            assert reads == [decodes] * eng.spec.num_layers
+            assert reads == [decodes] * eng.runner.spec.num_layers
 
 
 @pytest.mark.parametrize("block_size", [6, 16])  # 6: the slot mapping without shifts
@@ -96,7 +96,7 @@ def test_pool_and_packed_paths_give_the_same_tokens_under_preemption(block_size)
                                   block_size=block_size, num_blocks=-(-80 // block_size) * 2,
                                   max_tokens_per_step=32, prefill_chunk_size=16))
         if not direct:
-            eng.layer_attention = [PackedAttention(eng.attention)] * eng.spec.num_layers
+            eng.runner.layer_attention = [PackedAttention(eng.runner.attention)] * eng.runner.spec.num_layers
         ids = [eng.add_request(p, max_new_tokens=n) for p, n in reqs]
         out = eng.run_until_done()
         assert sum(eng.requests[i].num_preemptions for i in ids) > 0, "the pool should have run dry"

@@ -50,7 +50,7 @@ def test_a_recording_reads_back_every_record_exactly(tmp_path, lines):
     assert [json.dumps(r.to_dict()) for r in recording.records] == lines
     assert any(r.preempted for r in recording.records)  # kv_pressure: the hard case is in there
     run = RecordedRun(recording.records)
-    assert run.label == "recorded · fcfs · cpu · paged"
+    assert run.header().label() == "cpu · paged" and run.header().policy == "fcfs"  # no header line: what records say
     steps = []
     while run.has_unfinished():
         steps.append(run.step().step)
@@ -196,7 +196,7 @@ def test_the_dashboard_replays_a_recording_with_its_own_memory_figures(tmp_path,
         async with app.run_test(size=(100, 30)) as pilot:
             await wait_until(pilot, lambda: "Step 0" in header_text(app))
             assert isinstance(app._probe, RecordedProbe)
-            assert "Replay: run.jsonl" in header_text(app) and "recorded · fcfs · cpu · paged" in header_text(app)
+            assert "Replay: run.jsonl" in header_text(app) and "recorded · cpu · paged" in header_text(app)
             for expected in (1, 2, 3):
                 await pilot.press("n")
                 await wait_until(pilot, lambda: shown_step(app) == expected)
@@ -214,3 +214,27 @@ def test_the_dashboard_replays_a_recording_with_its_own_memory_figures(tmp_path,
             assert app.memory_profile.sources == []
             await pilot.press("q")
     asyncio.run(scenario())
+
+
+def test_a_recording_carries_its_run_header(tmp_path):
+    """--json starts with the run header: a replay shows the scenario's title, help and settings."""
+    import subprocess
+    import sys
+
+    from scenarios import load_scenario
+
+    res = subprocess.run([sys.executable, "-m", "cbtui", "scenario", "kv_pressure", "--json", "--steps", "5"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    path = tmp_path / "run.jsonl"
+    path.write_text(res.stdout)
+    recording = load_recording(path)
+    scenario = load_scenario("kv_pressure")
+    assert len(recording.records) == 5 and recording.header is not None
+    assert recording.title == f"Replay: {scenario.title}" and recording.question == scenario.question
+    assert recording.description.startswith(scenario.description)
+    assert RecordedRun(recording.records, recording.header).header().label() == "tiny · cpu · sdpa · paged"
+    bad = res.stdout.replace('"kind": "header"', '"kind": "header", "nonsense": 1', 1)
+    path.write_text(bad)
+    with pytest.raises(RecordingError, match="run.jsonl:1: not a run header: unknown field 'nonsense'"):
+        load_recording(path)

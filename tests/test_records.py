@@ -20,7 +20,7 @@ def test_json_round_trip_and_fields():
     assert first.budget == 8 and first.prefill_tokens == 4 and first.unused_tokens == 4
     assert first.kv.layout == "paged" and first.kv.block_size == 4
     assert first.memory.source == "rss" and first.memory.rss_bytes > 0
-    assert first.memory.weight_bytes == eng.model.weight_bytes()
+    assert first.memory.weight_bytes == eng.runner.model.weight_bytes()
     assert first.wall_time_s > 0
     late = next(v for v in first.requests if v.id == 1)
     assert late.state == "pending" and late.reason == "not arrived yet"
@@ -92,3 +92,17 @@ def test_id_keyed_snapshot_reads_like_a_dict_with_string_keys():
     import pytest
     with pytest.raises(KeyError):
         snap["4"]
+
+
+def test_records_package_loads_without_torch():
+    """Replays and exports read records only: engine.records must not pull in torch (or the engine)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "import engine.records, engine.records.recording, engine.records.metrics_export, "
+            "engine.records.trace_export\n"
+            "loaded = sorted(m for m in sys.modules if m.split('.')[0] == 'torch' or m == 'engine.engine')\n"
+            "assert not loaded, loaded\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

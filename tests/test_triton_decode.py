@@ -61,9 +61,9 @@ def test_kernel_reads_only_each_requests_own_blocks():
 
 def _with_kernel(engine: Engine, decode) -> Engine:
     """The same engine with another decode attention (the kernel cannot be chosen off CUDA)."""
-    engine.decode_attention = decode
-    engine.layer_attention = engine._layer_attention(engine.plugins.attention_per_layer(engine.attention))
-    engine.decode_graphs = engine._decode_graphs()
+    engine.runner.decode_attention = decode
+    engine.runner.layer_attention = engine.runner._layer_attention(engine.plugins.attention_per_layer(engine.runner.attention))
+    engine.runner.decode_graphs = engine.runner._decode_graphs()
     return engine
 
 
@@ -80,11 +80,10 @@ def test_engine_with_the_kernel_gives_the_gather_tokens(graphs):
         eng.run_until_done()
         outs.append([eng.requests[i].output for i in ids])
         if isinstance(decode, TritonDecode):
-            from cbtui.formatting import engine_label
-            assert "triton decode" in engine_label(eng)
+            assert "triton decode" in eng.header().label()
         if graphs == "on" and isinstance(decode, TritonDecode):
-            assert eng.decode_graphs.replays > 0
-            assert {w for _, w in eng.decode_graphs.graphs} == {eng.kv.max_table_width}  # one width
+            assert eng.runner.decode_graphs.replays > 0
+            assert {w for _, w in eng.runner.decode_graphs.graphs} == {eng.runner.kv.max_table_width}  # one width
         assert decode.broken is None
     assert outs[0] == outs[1]
 
@@ -109,7 +108,6 @@ def test_decode_graphs_take_tight_tables_once_the_kernel_falls_back(monkeypatch)
     """Graphs size tables for the kernel (whole tables: one width). After the kernel fails, the
     gather does the work, and whole tables would make it copy every row's full 4k-token table per
     layer: later buckets must be tight again, and the engine label no longer claims the kernel."""
-    from cbtui.formatting import engine_label
     from engine.attention import paged_decode_triton
 
     def no_kernel(*a, **k):
@@ -118,14 +116,14 @@ def test_decode_graphs_take_tight_tables_once_the_kernel_falls_back(monkeypatch)
     decode = TritonDecode()
     eng = _with_kernel(Engine(EngineConfig(model="tiny", device=DEVICE.type, dtype="float32", attention="sdpa",
                                            decode_graphs="on", block_size=8)), decode)
-    graphs = eng.decode_graphs
-    assert graphs.bucket(3, 5) == (4, eng.kv.max_table_width) and "triton decode" in engine_label(eng)
+    graphs = eng.runner.decode_graphs
+    assert graphs.bucket(3, 5) == (4, eng.runner.kv.max_table_width) and "triton decode" in eng.header().label()
     monkeypatch.setattr(paged_decode_triton, "paged_decode_triton", no_kernel)
     eng.add_request([1, 2, 3], max_new_tokens=4)
     with pytest.warns(UserWarning, match="Triton decode attention failed"):
         eng.run_until_done()
-    assert graphs.bucket(3, 5) == (4, graphs.width_unit) and graphs.width_unit < eng.kv.max_table_width
-    assert "triton decode" not in engine_label(eng)
+    assert graphs.bucket(3, 5) == (4, graphs.width_unit) and graphs.width_unit < eng.runner.kv.max_table_width
+    assert "triton decode" not in eng.header().label()
 
 
 def test_choice_and_bad_settings(monkeypatch):

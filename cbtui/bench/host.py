@@ -41,12 +41,13 @@ def run_host_bench(num_requests: int, steps: int, prompt_len: int = 32, policy: 
                           num_blocks=num_requests * per_request, attention="sdpa", policy=policy,
                           static_batch_size=static_batch_size)
     engine = Engine(config)
-    engine.model = NullModel(engine.spec.vocab_size)
+    engine.runner.model = NullModel(engine.runner.spec.vocab_size)  # host work alone: no forward pass
     for i in range(num_requests):
         engine.add_request([(i + j) % 256 for j in range(prompt_len)], max_new_tokens=steps + 4)
     decoding = num_requests if policy == "fcfs" else min(num_requests, static_batch_size)
-    while sum(r.is_decoding for r in engine.requests.values()) < decoding:
-        engine.step()  # prefill first: the timed steps are pure decode
+    rec = engine.step()
+    while sum(v.state == "decode" for v in rec.requests) < decoding:
+        rec = engine.step()  # prefill first: the timed steps are pure decode
     times, cpu_times = [], []
     for _ in range(steps):
         start, cpu_start = time.perf_counter(), time.thread_time()

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import gc
 import time
+from dataclasses import dataclass, field
 
 import torch
 
 from engine import Engine, EngineConfig
+from engine.records import StepRecord
 from engine.attention.flex import compile_failures
 
 from .metrics import RunResult
@@ -30,8 +32,49 @@ def _submit(engine: Engine, workload: Workload) -> list[int]:
 
 
 def _sync(engine: Engine) -> None:
-    if engine.device.type == "cuda":
-        torch.cuda.synchronize(engine.device)
+    if engine.runner.device.type == "cuda":
+        torch.cuda.synchronize(engine.runner.device)
+
+
+@dataclass
+class StepTotals:
+    """What the bench reads from a run's StepRecords, kept as running totals (never every record)."""
+
+    start: float  # perf_counter() when the timed run began
+    steps: int = 0
+    record_s: float = 0.0
+    step_s: float = 0.0
+    by_kind: dict = field(default_factory=lambda: {kind: [0.0, 0, 0.0] for kind in ("decode-only", "with prefill")})
+    first_token_s: dict[str, float] = field(default_factory=dict)  # request id -> seconds from start
+    last_token_s: dict[str, float] = field(default_factory=dict)
+    tokens: dict[str, int] = field(default_factory=dict)
+    timed_on_device: bool = False
+
+    def observe(self, record: StepRecord) -> None:
+        # Token times are when the record comes back: overlapped steps hand theirs over a step late.
+        now = time.perf_counter() - self.start
+        self.steps += 1
+        self.record_s += record.record_time_s
+        self.step_s += record.wall_time_s
+        if record.items:
+            kind = self.by_kind["with prefill" if record.prefill_tokens else "decode-only"]
+            kind[0] += record.wall_time_s
+            kind[1] += 1
+            if record.device_time_s is not None:
+                kind[2] += record.device_time_s
+                self.timed_on_device = True
+        for rid in record.sampled:
+            self.first_token_s.setdefault(rid, now)
+            self.last_token_s[rid] = now
+            self.tokens[rid] = self.tokens.get(rid, 0) + 1
+
+
+def _drive(engine: Engine, totals: StepTotals | None = None) -> None:
+    """Steps the engine to the end, handing each record to `totals`."""
+    while engine.has_unfinished():
+        record = engine.step()
+        if record is not None and totals is not None:
+            totals.observe(record)
 
 
 def run_ours(workload: Workload, policy: str = "fcfs", device: str = "auto", dtype: str = "auto",
@@ -43,9 +86,10 @@ def run_ours(workload: Workload, policy: str = "fcfs", device: str = "auto", dty
     config = engine_config(workload, policy, device, dtype, attention, max_tokens_per_step, decode_graphs,
                            decode_attention, overlap_steps)
     engine = Engine(config)
+    runner = engine.runner
     _submit(engine, warmup_workload(workload.model))
-    engine.run_until_done()
-    graphs, graph_note = engine.decode_graphs, ""
+    _drive(engine)
+    graphs, graph_note = runner.decode_graphs, ""
     if graphs is not None and graphs.capture:
         longest = max(len(p) + n for p, n in zip(workload.prompts, workload.max_new_tokens))
         most = workload.num_requests if policy == "fcfs" else workload.static_batch_size  # decodes at once
@@ -55,27 +99,26 @@ def run_ours(workload: Workload, policy: str = "fcfs", device: str = "auto", dty
             graph_note += f"; capture failed, decodes eager: {graphs.broken}"
     _sync(engine)
     replays_before = graphs.replays if graphs is not None else 0
-    record_before, steps_before = engine.record_s, engine.step_s
-    kinds_before = {k: list(v) for k, v in engine.time_by_kind.items()}
 
-    first_step = engine.step_index
     start = time.perf_counter()
+    totals = StepTotals(start)
     ids = _submit(engine, workload)
-    engine.run_until_done()
+    _drive(engine, totals)
     _sync(engine)
     wall = time.perf_counter() - start
 
-    reqs = [engine.requests[i] for i in ids]
+    header = engine.header()
+    outputs = engine.outputs()
     name = name or ("ours continuous" if policy == "fcfs" else "ours static")
-    decode = engine.decode_attention.name
-    if engine.decode_attention.broken:
-        decode += f" (failed, gather used: {engine.decode_attention.broken})"
-    attention = engine.attention_name
-    failed = compile_failures(engine.device, engine.dtype) if attention == "flex" else []
+    decode = runner.decode_attention.name
+    if runner.decode_attention.broken:
+        decode += f" (failed, gather used: {runner.decode_attention.broken})"
+    attention = header.attention
+    failed = compile_failures(runner.device, runner.dtype) if attention == "flex" else []
     if failed:
         attention += f" (compiled kernel failed, prefill rows fell back: {failed[0]})"
     note = (f"{attention} attention, {decode} decode attention, budget {config.max_tokens_per_step} "
-            f"tokens/step, {engine.num_blocks} KV blocks of {config.block_size}")
+            f"tokens/step, {header.num_blocks} KV blocks of {config.block_size}")
     if policy == "static":
         note += f", batch {config.static_batch_size}"
     if overlap_steps:
@@ -84,35 +127,34 @@ def run_ours(workload: Workload, policy: str = "fcfs", device: str = "auto", dty
                  "read-back, up to one step late)")
     if graphs is not None:
         note += f"; {graphs.replays - replays_before} decode steps from graphs" + (f" ({graph_note})" if graph_note else "")
-    elif engine.device.type == "cuda":
+    elif header.device == "cuda":
         note += "; decode graphs off"
     result = RunResult(name, note=note, wall_s=wall, prompt_tokens=workload.prompt_tokens,
-                       output_tokens=sum(len(r.output) for r in reqs), steps=engine.step_index - first_step,
-                       outputs=[list(r.output) for r in reqs],
-                       record_share=(engine.record_s - record_before) / max(engine.step_s - steps_before, 1e-9))
+                       output_tokens=sum(len(outputs[i]) for i in ids), steps=totals.steps,
+                       outputs=[outputs[i] for i in ids], record_share=totals.record_s / max(totals.step_s, 1e-9))
     result.note += f"; StepRecords {100 * result.record_share:.1f}% of step time"
-    timed = engine.device_timer is not None
-    for kind, (seconds, steps, device_s) in engine.time_by_kind.items():
-        before = kinds_before[kind]
-        seconds, steps, device_s = seconds - before[0], steps - before[1], device_s - before[2]
+    for kind, (seconds, steps, device_s) in totals.by_kind.items():
+        timed = totals.timed_on_device
         result.step_time[kind] = {"steps": steps, "seconds": seconds, "device_seconds": device_s if timed else None}
         if steps:
             result.note += f"; {kind} steps {steps} x {1000 * seconds / steps:.1f} ms"
             if timed:
                 result.note += f" (GPU forward span {1000 * device_s / steps:.1f} ms)"
-    for r in reqs:
-        result.ttft_s.append(r.first_token_time - start)
-        if len(r.output) > 1:
-            result.tpot_s.append((r.finish_time - r.first_token_time) / (len(r.output) - 1))
+    for rid in map(str, ids):
+        result.ttft_s.append(totals.first_token_s[rid])
+        if totals.tokens[rid] > 1:
+            result.tpot_s.append((totals.last_token_s[rid] - totals.first_token_s[rid]) / (totals.tokens[rid] - 1))
     return result, engine
 
 
 def release(engine: Engine) -> None:
     """Frees an engine's KV pool, weights and graphs before the next system is built, even while
     the caller still holds the engine (the next one sizes its pool from the free memory)."""
-    for big in ("model", "kv", "model_cache", "layer_attention", "decode_graphs", "scheduler"):
-        setattr(engine, big, None)
-    free_memory(engine.device)
+    device = engine.runner.device
+    for big in ("model", "kv", "model_cache", "layer_attention", "decode_graphs"):
+        setattr(engine.runner, big, None)
+    engine.scheduler = engine.recorder = None  # type: ignore[assignment]  # they hold the KV cache too
+    free_memory(device)
 
 
 def free_memory(device: torch.device) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.engine import resolve_device
+from engine.model_runner import resolve_device
 
 from ..frozen_heap import frozen_heap
 from .machine import machine_info
@@ -50,8 +50,8 @@ def run_systems(workload: Workload, device: str = "auto", attention: str = "auto
     with frozen_heap():
         ours, engine = run_ours(workload, "fcfs", device, dtype, attention, budget)
     progress(_line(ours))
-    attention_name = engine.attention_name
-    ablations = _ablations(engine) if ablations and _measures_gpu_pieces(dev) else []
+    attention_name = engine.header().attention
+    ablations = _ablations(engine.header().decode_path) if ablations and _measures_gpu_pieces(dev) else []
 
     from .hf_systems import CB_NAME, STATIC_NAME, run_hf_generate_batch, run_hf_static
 
@@ -126,7 +126,7 @@ def _hf_copy(engine, hf: bool):
     from engine.hf_weights import to_hf_llama
 
     try:
-        return to_hf_llama(engine.model, attn_implementation="sdpa"), ""
+        return to_hf_llama(engine.runner.model, attn_implementation="sdpa"), ""
     except Exception as exc:  # a transformers release that differs: its rows say why, ours go on
         return None, _failure_note(exc)
 
@@ -144,12 +144,13 @@ def _measures_gpu_pieces(dev: torch.device) -> bool:
     return dev.type == "cuda"
 
 
-def _ablations(engine) -> list[tuple[str, dict]]:
-    """Rows that change one piece of ours continuous, each measuring what that piece is worth."""
-    out = [("ours continuous, overlapped", dict(overlap_steps=True))]
-    if engine.decode_graphs is not None:
+def _ablations(decode_path: list[str]) -> list[tuple[str, dict]]:
+    """Rows that change one piece of ours continuous (the run header's decode path says which pieces
+    ran), each measuring what that piece is worth."""
+    out: list[tuple[str, dict]] = [("ours continuous, overlapped", dict(overlap_steps=True))]
+    if "decode graphs" in decode_path:
         out.append(("ours continuous, no graphs", dict(decode_graphs="off")))
-    if engine.decode_attention.reads_tables:
+    if "triton decode" in decode_path:
         out.append(("ours continuous, gather decode", dict(decode_attention="gather")))
     return out
 

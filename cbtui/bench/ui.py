@@ -126,7 +126,7 @@ def run_ui_bench(repeat: int, presses: int, device: str) -> None:
     scenario = busy_scenario(device)
     engine = scenario.build_engine()
     leave_a_core_for_the_ui(engine)  # as the dashboard does
-    click.echo(f"key latency, engine at full speed on {engine.device.type} "
+    click.echo(f"key latency, engine at full speed on {engine.header().device} "
                f"(goal < {KEY_GOAL_MS:.0f} ms), {presses} presses of space:")
     app = DashboardApp(scenario, engine, rebuild=scenario.build_engine, paused=False, speed=MAX_SPEED,
                        probe=open_probe())

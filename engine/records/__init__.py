@@ -5,9 +5,9 @@ engine (an import-linter contract keeps it so).
 """
 
 from .types import (REASON_BUDGET, REASON_DECODE_CAP, REASON_NO_BLOCKS, REASON_NOT_ARRIVED, REASON_PREEMPTED,
-                    REASON_RESERVED, REASON_STATIC_BATCH, IdKeyed, KVView, MemoryView, RequestView, ScheduledItem,
-                    StepRecord)
+                    REASON_RESERVED, REASON_STATIC_BATCH, IdKeyed, KVView, MemoryView, RequestView, RunHeader,
+                    ScheduledItem, StepRecord)
 
 __all__ = ["REASON_BUDGET", "REASON_DECODE_CAP", "REASON_NO_BLOCKS", "REASON_NOT_ARRIVED", "REASON_PREEMPTED",
            "REASON_RESERVED", "REASON_STATIC_BATCH", "IdKeyed", "KVView", "MemoryView", "RequestView",
-           "ScheduledItem", "StepRecord"]
+           "RunHeader", "ScheduledItem", "StepRecord"]

@@ -13,9 +13,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.records import StepRecord
-
-from .schema import check_record_json
+from .schema import check_header_json, check_record_json
+from .types import RunHeader, StepRecord
 
 # Far beyond any real run, and small enough that a panel drawing them stays quick and exact.
 MAX_KEYS = 1 << 24  # keys of one request (the mask's columns)
@@ -51,14 +50,30 @@ def _check_consistent(record: StepRecord) -> None:
         raise ValueError(f"memory.source={record.memory.source!r} must be 'cuda' or 'rss'")
 
 
-def parse_record(line: str) -> StepRecord:
-    """One line of a recording as a StepRecord; ValueError says what is wrong with it."""
+def _parse_json(line: str):
     try:
-        data = json.loads(line)
+        return json.loads(line)
     except json.JSONDecodeError as exc:
         raise ValueError(f"not JSON ({exc.msg} at column {exc.colno})") from None
     except RecursionError:  # thousands of nested brackets: no record looks like that
         raise ValueError("not a record: nested too deeply") from None
+
+
+def parse_header(line: str) -> RunHeader | None:
+    """The run header, when `line` is one (a JSON object with kind 'header'); None for anything else."""
+    try:
+        data = _parse_json(line)
+    except ValueError:
+        return None
+    if type(data) is not dict or data.get("kind") != "header":
+        return None
+    check_header_json(data)
+    return RunHeader.from_dict(data)
+
+
+def parse_record(line: str) -> StepRecord:
+    """One line of a recording as a StepRecord; ValueError says what is wrong with it."""
+    data = _parse_json(line)
     check_record_json(data)
     record = StepRecord.from_dict(data)
     _check_consistent(record)
@@ -73,6 +88,7 @@ class Recording:
     title: str
     description: str
     question: str = ""
+    header: RunHeader | None = None  # None: recorded before runs had headers
 
 
 def load_recording(path: str | Path) -> Recording:
@@ -89,9 +105,17 @@ def load_recording(path: str | Path) -> Recording:
     records: list[StepRecord] = []
     lines = text.splitlines()
     cut_short = False
+    header = None
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
+        if not records and header is None:
+            try:
+                header = parse_header(line)
+            except ValueError as exc:
+                raise RecordingError(f"{path}:{number}: not a run header: {exc}; {HOW_TO_RECORD}") from None
+            if header is not None:
+                continue
         try:
             record = parse_record(line)
         except ValueError as exc:
@@ -111,19 +135,31 @@ def load_recording(path: str | Path) -> Recording:
                    f"from the first step.")
     if cut_short:
         description += f" Its last line (line {len(lines)}) was cut short and is left out."
-    return Recording(records, f"Replay: {path.name}", description)
+    if header is None:
+        return Recording(records, f"Replay: {path.name}", description)
+    about = "\n\n".join(t for t in (header.description, description) if t)
+    return Recording(records, f"Replay: {header.title or path.name}", about, header.question, header)
+
+
+def header_from_records(records: list[StepRecord]) -> RunHeader:
+    """What a recording without a header line says of its run (settings it does not know stay empty)."""
+    first = records[0]
+    return RunHeader(model="", device="cuda" if first.memory.source == "cuda" else "cpu", dtype="", attention="",
+                     kv_layout=first.kv.layout, policy=first.policy, max_tokens_per_step=first.budget,
+                     prefill_chunk_size=0, block_size=first.kv.block_size, num_blocks=first.kv.num_blocks)
 
 
 class RecordedRun:
     """Steps through recorded StepRecords as an engine steps through a scenario: what the
     dashboard's controller drives (`step`, `has_unfinished`). Restart makes a new one."""
 
-    def __init__(self, records: list[StepRecord]):
+    def __init__(self, records: list[StepRecord], header: RunHeader | None = None):
         self._records = records
         self._next = 0
-        first = records[0]
-        where = "cuda" if first.memory.source == "cuda" else "cpu"
-        self.label = f"recorded · {first.policy} · {where} · {first.kv.layout}"  # the header's engine label
+        self._header = header or header_from_records(records)
+
+    def header(self) -> RunHeader:
+        return self._header
 
     def step(self) -> StepRecord:
         record = self._records[self._next]

@@ -13,7 +13,7 @@ from dataclasses import MISSING, fields, is_dataclass
 from functools import lru_cache
 from typing import Union, get_args, get_origin, get_type_hints
 
-from engine.records import StepRecord
+from .types import RunHeader, StepRecord
 
 MAX_INT = 2**53  # JSON numbers beyond this are not exact anywhere
 SIGNED = {"priority"}  # the one integer field that may be negative
@@ -131,3 +131,10 @@ def check_record_json(data) -> None:
     """Raises ValueError naming the first value of `data` (json.loads of one line) that does not
     fit StepRecord."""
     _checker(StepRecord)(data)
+
+
+def check_header_json(data) -> None:
+    """The same for a run header line (the first line of a recording made by --json)."""
+    _checker(RunHeader)(data)
+    if data.get("kind") != "header":
+        raise ValueError(f"kind={data.get('kind')!r} must be 'header'")

@@ -104,6 +104,42 @@ class MemoryView:
 
 
 @dataclass(slots=True)
+class RunHeader:
+    """What a run is, said once at the start of a stream of StepRecords: the engine's settings as it
+    resolved them, and the scenario it runs, so a replay shows the same header and help as the run."""
+
+    model: str
+    device: str  # "cpu" or "cuda"
+    dtype: str
+    attention: str  # the backend that runs ("sdpa", "flex", "reference")
+    kv_layout: str
+    policy: str
+    max_tokens_per_step: int
+    prefill_chunk_size: int
+    block_size: int
+    num_blocks: int  # paged pool size; 0 for dense
+    decode_path: list[str] = field(default_factory=list)  # fast-path pieces that run: "triton decode", ...
+    plugins: list[str] = field(default_factory=list)  # plugin names
+    title: str = ""
+    description: str = ""
+    question: str = ""
+    variant: str | None = None
+    kind: str = "header"  # tells a header line from a StepRecord line in a recording
+
+    def label(self) -> str:
+        """Model, device, attention backend, KV layout and the decode fast path, for the header."""
+        parts = [self.model, self.device, self.attention, self.kv_layout, *self.decode_path]
+        return " · ".join(p for p in parts if p)  # a recording without a header knows only some
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RunHeader:
+        return cls(**data)
+
+
+@dataclass(slots=True)
 class StepRecord:
     step: int
     policy: str
@@ -124,12 +160,14 @@ class StepRecord:
     finished_total: int
     pending: int  # added but not yet arrived
     padding_slots: int  # static policy: batch slots held by finished requests (wasted)
-    wall_time_s: float
+    wall_time_s: float  # the whole step, the record's own building included
     memory: MemoryView
     annotations: list[str] = field(default_factory=list)  # plugins' notes for the header
     errors: list[str] = field(default_factory=list)  # e.g. a plugin that raised and was disabled
     # [rows, keys per row] of the padded decode-graph bucket this step ran in; None: ran eagerly
     decode_graph: list[int] | None = None
+    record_time_s: float = 0.0  # of wall_time_s, the time spent building this record (what tracing costs)
+    device_time_s: float | None = None  # the GPU's span of the forward pass (CUDA, not overlapped); else None
 
     @property
     def num_query_tokens(self) -> int:
@@ -150,7 +188,7 @@ class StepRecord:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> "StepRecord":
+    def from_dict(cls, data: dict) -> StepRecord:
         data = dict(data)
         data["items"] = [ScheduledItem(**i) for i in data["items"]]
         data["requests"] = [RequestView(**r) for r in data["requests"]]

@@ -1,0 +1,156 @@
+"""ModelRunner: the model, its KV cache, the attention adapters, decode graphs and sampling.
+
+The engine decides what runs (the scheduler's plan); the runner runs it: it packs the step's
+items into one ragged batch, runs the forward pass, and samples the rows that end a sequence.
+Everything device-specific (dtype, CUDA graphs, the Triton decode kernel, timing on the GPU,
+overlapped sampling) lives here, so `Engine` reads as the textbook loop.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .attention import get_backend, resolve_backend
+from .attention.decode_kernel import choose_decode_attention
+from .attention.layer_attention import PackedAttention, PoolAttention
+from .batch_builder import build_batch
+from .config import EngineConfig
+from .decode_graphs import DecodeGraphs
+from .device_timer import DeviceTimer
+from .kv.cache import DenseKVCache, PagedKVCache, kv_bytes_per_token
+from .model import PRESETS, build_model
+from .overlap import DeviceTokens, feed_pending_tokens
+from .plugins.host import PluginHost
+from .records import ScheduledItem
+from .request import Request
+from .sampling import greedy_batch, sample
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' but no CUDA GPU is visible; use device='cpu' or 'auto'")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = getattr(torch, name)
+    assert isinstance(dtype, torch.dtype)
+    return dtype
+
+
+def default_num_blocks(config: EngineConfig, device: torch.device, bytes_per_token: int) -> int:
+    spec = PRESETS[config.model]
+    per_seq = -(-spec.max_context // config.block_size)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return max(per_seq, min(int(free * 0.4) // (bytes_per_token * config.block_size), 1 << 16))
+    return per_seq * 8  # room for eight full-context sequences on the CPU
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig, plugins: PluginHost):
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype, self.device)
+        self.attention_name = resolve_backend(config.attention, self.device)
+        self.attention = get_backend(self.attention_name)
+        self.spec = s = PRESETS[config.model]
+        self.decode_attention = choose_decode_attention(config.decode_attention, self.device, self.dtype, s.head_dim)
+        self.model = build_model(config.model, config.seed, self.device, self.dtype)
+        self.weight_bytes = self.model.weight_bytes()
+        self.kv: PagedKVCache | DenseKVCache
+        if config.kv_layout == "paged":
+            bytes_per_token = kv_bytes_per_token(s.num_layers, s.num_kv_heads, s.head_dim, self.dtype)
+            self.num_blocks = config.num_blocks or default_num_blocks(config, self.device, bytes_per_token)
+            self.kv = PagedKVCache(s.num_layers, s.num_kv_heads, s.head_dim, self.dtype, self.device,
+                                   self.num_blocks, config.block_size, s.max_context,
+                                   spare_block=self._graphs_configured())
+        else:
+            self.num_blocks = 0
+            self.kv = DenseKVCache(s.num_layers, s.num_kv_heads, s.head_dim, self.dtype, self.device)
+        self.model_cache = plugins.wrap_cache(self.kv)  # the cache as the model sees it
+        self.layer_attention = self._layer_attention(plugins.attention_per_layer(self.attention))
+        self.decode_graphs = self._decode_graphs()
+        # CUDA events time one step at a time: not with a step still in flight.
+        self.device_timer = DeviceTimer() if self.device.type == "cuda" and not config.overlap_steps else None
+        self.generators: dict[int, torch.Generator] = {}  # request id -> its sampler (temperature > 0)
+        self._previous: DeviceTokens | None = None  # overlap: the last step's tokens, still on the device
+
+    def _layer_attention(self, per_layer: list) -> list:
+        """Decodes read the paged pool directly when nothing stands between the model and the pool:
+        a built-in fast backend, no attention plugin on the layer, no cache plugin (kv_int8's pool
+        must dequantise). Everything else reads packed keys; outputs are the same either way."""
+        direct = (self.model_cache is self.kv and isinstance(self.kv, PagedKVCache)
+                  and isinstance(self.kv.k_pool, torch.Tensor) and self.attention_name in ("sdpa", "flex"))
+        return [PoolAttention(fn, self.decode_attention) if direct and fn is self.attention else PackedAttention(fn)
+                for fn in per_layer]
+
+    def _graphs_configured(self) -> bool:
+        mode = self.config.decode_graphs
+        return ((mode == "on" or (mode == "auto" and self.device.type == "cuda"))
+                and self.config.kv_layout == "paged" and self.attention_name in ("sdpa", "flex"))
+
+    def _decode_graphs(self) -> DecodeGraphs | None:
+        if not self._graphs_configured():
+            return None
+        if not all(isinstance(a, PoolAttention) for a in self.layer_attention):
+            return None  # a plugin stands between the model and the pool: eager steps only
+        return DecodeGraphs(self.model, self.kv, self.decode_attention, capture=self.device.type == "cuda")
+
+    def decode_path(self) -> list[str]:
+        """The fast-path pieces that run, for the run header."""
+        path = ["triton decode"] if self.decode_attention.reads_tables else []
+        return path + (["decode graphs"] if self.decode_graphs is not None else [])
+
+    def add_sampler(self, request: Request) -> None:
+        if request.temperature > 0:
+            seed = request.seed if request.seed is not None else (self.config.seed * 1_000_003 + request.id) % 2**63
+            self.generators[request.id] = torch.Generator().manual_seed(seed)
+
+    # -- one step -------------------------------------------------------------------------
+    def run(self, items: list[ScheduledItem], tokens: list[list[int]], samples: list[bool],
+            sampling: list[Request]) -> list[int] | DeviceTokens:
+        """Runs the step's packed batch and samples a token for each request in `sampling` (the
+        items flagged in `samples`, in order). Overlapped: the tokens stay on the device
+        (DeviceTokens), on their way to the host, and the next step's decodes read them there."""
+        logits = self._forward(items, tokens, samples)
+        if self.config.overlap_steps:
+            self._previous = DeviceTokens.sample(logits, [r.id for r in sampling])
+            return self._previous
+        # No explicit device sync: reading the sampled tokens back is the step's one host sync,
+        # and by then every kernel of the step (queued before it on the stream) has run.
+        if not self.generators or all(r.temperature <= 0 for r in sampling):
+            return greedy_batch(logits)
+        return [sample(logits[i], r.temperature, r.top_k, self.generators.get(r.id)) for i, r in enumerate(sampling)]
+
+    def _forward(self, items: list[ScheduledItem], tokens: list[list[int]], samples: list[bool]) -> torch.Tensor:
+        batch = build_batch(items, tokens, samples, self.device)
+        rids = [item.request_id for item in items]
+        if self._previous is not None:  # only overlapped steps leave placeholders to feed
+            feed_pending_tokens(batch.token_ids, tokens, rids, self._previous)
+        self.kv.begin_step(rids, batch)
+        if self.device_timer is not None:
+            self.device_timer.start()
+        logits = self.decode_graphs.run(batch, samples) if self.decode_graphs else None
+        if logits is None:  # not a decode-only step (or no graphs): eager forward
+            logits = self.model(batch.token_ids, batch.positions, batch.sample_rows, self.model_cache,
+                                self.layer_attention, batch)
+        if self.device_timer is not None:
+            self.device_timer.stop()
+        self.kv.commit_step()
+        return logits
+
+    def take_device_seconds(self) -> float | None:
+        """The GPU's span of the forward passes since the last call (None when not timed)."""
+        return self.device_timer.take_seconds() if self.device_timer is not None else None
+
+    def last_graph_bucket(self) -> list[int] | None:
+        graphs = self.decode_graphs
+        return list(graphs.last) if graphs is not None and graphs.last else None
+
+    def free(self, request_id: int) -> None:
+        self.generators.pop(request_id, None)

@@ -1,0 +1,60 @@
+"""Recorder: turns what a step did into its StepRecord (plain data, no tensors).
+
+The record is the only door out of the engine: the dashboard, the headless printer, recordings,
+exports and the bench read records, never engine internals. Building one must stay cheap, so the
+per-request part is captured lazily (request_views.py) and the KV tables are shared immutable tuples.
+"""
+
+from __future__ import annotations
+
+import time
+
+from .config import EngineConfig
+from .kv.cache import DenseKVCache, PagedKVCache
+from .profiling.memory import memory_view
+from .records import IdKeyed, KVView, RequestView, ScheduledItem, StepRecord
+from .request import Request
+from .request_views import RequestViews
+from .scheduler import SchedulePlan, Scheduler
+
+
+class Recorder:
+    def __init__(self, config: EngineConfig, scheduler: Scheduler, kv: PagedKVCache | DenseKVCache,
+                 weight_bytes: int):
+        self.config, self.scheduler, self.kv, self.weight_bytes = config, scheduler, kv, weight_bytes
+        self.finished_total = 0
+        self._final_views: dict[int, RequestView] = {}
+        self._preemptions: dict[int, int] = {}  # request id -> times preempted (replaced, never mutated)
+
+    def record(self, step: int, plan: SchedulePlan, items: list[ScheduledItem], requests: list[Request],
+               sampled: dict[int, int], finished: list[int], pending: int) -> StepRecord:
+        start = time.perf_counter()
+        self.finished_total += len(finished)
+        if plan.preempted:  # a new snapshot: earlier records keep theirs
+            self._preemptions = {**self._preemptions, **{r.id: r.num_preemptions for r in plan.preempted}}
+        views = RequestViews(requests, {i.request_id for i in items}, plan.reasons, self._final_views,
+                             self._preemptions)
+        decode_tokens, prefill_tokens = plan.tokens("decode"), plan.tokens("prefill")
+        sched = self.scheduler
+        record = StepRecord(
+            step=step, policy=self.config.policy, budget=plan.budget, decode_tokens=decode_tokens,
+            prefill_tokens=prefill_tokens, unused_tokens=plan.budget - decode_tokens - prefill_tokens,
+            decode_demand=plan.decode_demand, decode_cap=self.config.max_decode_per_step, items=items,
+            requests=views, kv=self._kv_view([r.id for r in plan.preempted] + finished),
+            preempted=[r.id for r in plan.preempted], finished=finished, sampled=IdKeyed(sampled),
+            running=len(sched.running), waiting=len(sched.waiting), finished_total=self.finished_total,
+            pending=pending, padding_slots=sched.padding_slots(), wall_time_s=0.0,
+            memory=memory_view(self.kv.device, self.weight_bytes, self.kv.pool_bytes),
+        )
+        record.record_time_s = time.perf_counter() - start
+        return record
+
+    def _kv_view(self, freed: list[int]) -> KVView:
+        kv = self.kv
+        tokens = IdKeyed(kv.tokens)
+        if isinstance(kv, PagedKVCache):
+            a = kv.allocator
+            tables = IdKeyed(a.tables)  # immutable tuples: no copies
+            return KVView("paged", a.block_size, a.num_blocks, a.num_blocks - a.num_free, a.num_free, tables, tokens,
+                          freed, kv.bytes_per_token, kv.pool_bytes, IdKeyed(self.scheduler.freed_blocks))
+        return KVView("dense", self.config.block_size, 0, 0, 0, {}, tokens, freed, kv.bytes_per_token, kv.pool_bytes)

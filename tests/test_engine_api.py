@@ -1,0 +1,57 @@
+"""The Engine's public API: a bad call raises ValueError naming what is wrong, and changes nothing."""
+
+import pytest
+
+from engine import Engine, EngineConfig
+from engine.records import RunHeader
+
+
+def tiny(**kw) -> Engine:
+    return Engine(EngineConfig(model="tiny", device="cpu", **kw))
+
+
+def test_a_rejected_request_is_never_queued():
+    eng = tiny(overlap_steps=True)
+    with pytest.raises(ValueError, match="overlap_steps=True samples greedily"):
+        eng.add_request([1, 2, 3], max_new_tokens=4, temperature=0.7)
+    assert not eng.has_unfinished() and eng.requests == {}
+    kept = eng.add_request([1, 2, 3], max_new_tokens=4)
+    assert list(eng.run_until_done()) == [kept]  # only the good request ran
+
+
+@pytest.mark.parametrize("bad, words", [
+    (dict(prompt=None), "prompt=None must be a string or a list"),
+    (dict(prompt=123), "prompt=123 must be a string or a list"),
+    (dict(prompt={"a": 1}), "must be a string or a list"),
+    (dict(deadline_step="soon"), "deadline_step='soon' must be an integer"),
+    (dict(max_new_tokens="3"), "max_new_tokens='3' is out of range"),
+])
+def test_bad_requests_are_value_errors(bad, words):
+    eng = tiny()
+    with pytest.raises(ValueError, match=words):
+        eng.add_request(**{"prompt": [1, 2], **bad})
+    assert eng.requests == {} and not eng.has_unfinished()
+
+
+def test_engine_wants_a_config_and_max_steps_an_integer():
+    with pytest.raises(ValueError, match="Engine takes an EngineConfig"):
+        Engine("tiny")  # type: ignore[arg-type]  # the misuse under test
+    with pytest.raises(ValueError, match="max_steps='3' must be an integer"):
+        tiny().run_until_done(max_steps="3")  # type: ignore[arg-type]  # the misuse under test
+
+
+def test_the_header_says_what_runs():
+    eng = tiny(kv_layout="dense", max_tokens_per_step=32)
+    header = eng.header(title="T", question="Why?")
+    assert header == RunHeader(model="tiny", device="cpu", dtype="float32", attention="sdpa", kv_layout="dense",
+                               policy="fcfs", max_tokens_per_step=32, prefill_chunk_size=16, block_size=16,
+                               num_blocks=0, title="T", question="Why?")
+    assert RunHeader.from_dict(header.to_dict()) == header
+
+
+def test_each_record_says_its_own_timing():
+    eng = tiny()
+    eng.add_request([1, 2, 3], max_new_tokens=3)
+    records = [eng.step() for _ in range(3)]
+    assert all(0 < r.record_time_s < r.wall_time_s for r in records)
+    assert all(r.device_time_s is None for r in records)  # no GPU events on the CPU

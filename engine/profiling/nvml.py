@@ -39,7 +39,7 @@ def _text(value) -> str:
 def normalise_uuid(uuid) -> str:
     """NVML says b'GPU-8932f937-...', torch '8932F937-...' and CUDA_VISIBLE_DEVICES either: one form."""
     text = _text(uuid).strip().lower()
-    return text[4:] if text.startswith("gpu-") else text
+    return text.removeprefix("gpu-")
 
 
 def _why(exc: BaseException) -> str:

@@ -2,7 +2,8 @@
 
 A small interface (`MemoryProbe.read() -> MemoryReading`) so the panel never knows where the
 numbers come from and tests can pass a fake. Reading memory must never crash the dashboard:
-every NVML failure turns into a message and the RSS fallback.
+every NVML failure turns into a message and the RSS fallback. NVML is read through `nvml.Nvml`,
+a session the dashboard shares with its memory profile's NVML source.
 """
 
 from __future__ import annotations

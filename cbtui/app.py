@@ -32,6 +32,7 @@ from engine.records import StepRecord
 from .controller import MAX_SPEED, EngineController, EngineStatus, SteppableEngine
 from .frozen_heap import frozen_heap
 from engine.profiling.gpu_memory import MemoryProbe, RecordedProbe, open_probe
+from engine.profiling.nvml import Nvml
 from .history import History
 from .widgets.budget import BudgetBar
 from .widgets.error_panel import ErrorPanel
@@ -112,6 +113,7 @@ class DashboardApp(App[None]):
         self._memory_sources = [] if recorded else memory_sources
         header = engine.header()
         self._device = header.device
+        self._nvml = Nvml()  # the panel's probe and the profile's source share it: NVML opens once, on first use
         self._reset_metrics()
         self._memory_poll_s = memory_poll_s
         self.scenario = scenario
@@ -158,7 +160,7 @@ class DashboardApp(App[None]):
 
     def on_mount(self) -> None:
         if self._probe is None:
-            self._probe = RecordedProbe() if self._recorded else open_probe()
+            self._probe = RecordedProbe() if self._recorded else open_probe(nvml=self._nvml)
         self._poll_memory()
         self.set_interval(self._memory_poll_s, self._poll_memory)
         self._fit_layout()
@@ -384,7 +386,7 @@ class DashboardApp(App[None]):
 
     def _reset_metrics(self) -> None:
         self.metrics = MetricsCollector()
-        self.memory_profile = MemoryProfiler(sources=self._memory_sources, device=self._device)
+        self.memory_profile = MemoryProfiler(sources=self._memory_sources, device=self._device, nvml=self._nvml)
 
     def _observe(self, record: StepRecord) -> None:
         try:
@@ -416,6 +418,7 @@ class DashboardApp(App[None]):
         self.controller.stop(timeout=1.0)
         if self._probe is not None:
             self._probe.close()
+        self._nvml.close()
 
     # -- command palette ------------------------------------------------------------------------
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:

@@ -2,37 +2,46 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import types
+from collections import Counter
 from types import SimpleNamespace
 
 import pytest
 
 from engine.profiling.gpu_memory import (FakeProbe, MemoryReading, NvmlProbe, RssProbe, SafeProbe, open_probe,
-                              visible_device_selectors)
+                                         visible_device_selectors)
+from engine.profiling.nvml import Nvml, NvmlError, normalise_uuid
+from engine.profiling.sources import NvmlSource, SourceUnavailable
 
 GIB = 1 << 30
 
 
 def fake_pynvml(devices: list[tuple[str, str, int, int]], fail_init: bool = False) -> types.ModuleType:
-    """A module with pynvml's names over fixed devices: (name, uuid, used, total)."""
+    """A module with pynvml's names over fixed devices: (name, uuid, used, total). `calls` counts
+    initialisations and shutdowns."""
     mod = types.ModuleType("pynvml")
+    mod.calls = Counter()
 
     class NVMLError(Exception):
         pass
 
     def init():
+        mod.calls["init"] += 1
         if fail_init:
             raise NVMLError("NVML Shared Library Not Found")
 
     mod.NVMLError = NVMLError
     mod.nvmlInit = init
-    mod.nvmlShutdown = lambda: None
+    mod.nvmlShutdown = lambda: mod.calls.update(["shutdown"])
     mod.nvmlDeviceGetCount = lambda: len(devices)
     mod.nvmlDeviceGetHandleByIndex = lambda i: i
     mod.nvmlDeviceGetName = lambda h: devices[h][0]
     mod.nvmlDeviceGetUUID = lambda h: devices[h][1].encode()
     mod.nvmlDeviceGetMemoryInfo = lambda h: SimpleNamespace(used=devices[h][2], total=devices[h][3])
+    mod.nvmlDeviceGetComputeRunningProcesses = lambda h: [SimpleNamespace(pid=100 + h, usedGpuMemory=devices[h][2])]
+    mod.nvmlDeviceGetGraphicsRunningProcesses = lambda h: [SimpleNamespace(pid=7, usedGpuMemory=None)]
     return mod
 
 
@@ -42,7 +51,9 @@ DEVICES = [("GPU A", "GPU-aaaa-1111", 1 * GIB, 80 * GIB), ("GPU B", "GPU-bbbb-22
 
 @pytest.fixture
 def nvml(monkeypatch):
-    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml(DEVICES))
+    module = fake_pynvml(DEVICES)
+    monkeypatch.setitem(sys.modules, "pynvml", module)
+    return module
 
 
 @pytest.mark.parametrize("value,expected", [
@@ -112,3 +123,94 @@ def test_fake_probe_cycles_its_readings():
     assert [probe.read().rss_bytes for _ in range(3)] == [1, 2, 1]
     probe.close()
     assert probe.closed
+
+
+# -- the one NVML wrapper ---------------------------------------------------------------------------
+def test_probe_and_source_share_one_nvml_session(nvml):
+    session = Nvml({"CUDA_VISIBLE_DEVICES": "GPU-cccc,0"})
+    assert nvml.calls["init"] == 0  # opened on first use
+    probe = open_probe(nvml=session)
+    source = NvmlSource(0, uuid="CCCC-3333", nvml=session)  # torch's form of NVML's "GPU-cccc-3333"
+    assert nvml.calls["init"] == 1
+    assert [g.name for g in probe.read().gpus] == ["GPU C", "GPU A"]
+    assert (source.index, source.matched, source.read()) == (2, "uuid", {"nvml.used": 3 * GIB})
+    by_index = NvmlSource(1, nvml=session)  # no UUID: CUDA's device 1 is the second visible one
+    assert (by_index.index, by_index.matched) == (0, "index")
+    probe.close()
+    source.close()  # borrowed: the session's owner shuts it down, once
+    assert nvml.calls["shutdown"] == 0
+    session.close()
+    session.close()
+    assert nvml.calls == Counter(init=1, shutdown=1)
+    with pytest.raises(SourceUnavailable, match="NVML read failed on GPU 2: NVML was shut down"):
+        source.read()
+
+
+def test_a_probe_or_source_opening_its_own_session_closes_it(nvml):
+    NvmlProbe({}).close()
+    NvmlSource(0).close()
+    assert nvml.calls == Counter(init=2, shutdown=2)
+
+
+def test_nvml_failures_are_reasons(monkeypatch):
+    module = fake_pynvml(DEVICES)
+
+    def lost(handle):
+        raise module.NVMLError("GPU is lost")
+
+    module.nvmlDeviceGetMemoryInfo = lost
+    del module.nvmlDeviceGetName
+    session = Nvml({}, module=module)
+    assert session.reason == "" and session.visible() == [0, 1, 2]
+    for read, message in ((lambda: session.memory(0), "GPU is lost"), (lambda: session.name(0), "nvmlDeviceGetName"),
+                          (lambda: session.used(-1), "no GPU -1"), (lambda: session.memory(3), "no GPU 3")):
+        with pytest.raises(NvmlError, match=message):
+            read()
+    module.nvmlDeviceGetCount = lambda: 1 / 0  # fails after the init: NVML is shut down again
+    assert Nvml({}, module=module).reason == "division by zero"
+    assert module.calls == Counter(init=2, shutdown=1)
+    monkeypatch.setitem(sys.modules, "pynvml", None)
+    assert Nvml().reason == "nvidia-ml-py is not installed"
+    with pytest.raises(NvmlError, match="not installed"):
+        Nvml().visible()
+
+
+def test_nvml_per_process_usage(nvml):
+    session = Nvml({})
+    assert session.processes(1) == {101: 2 * GIB, 7: 0}  # a figure the driver does not give counts 0
+
+
+def test_uuid_forms_are_one():
+    assert normalise_uuid(b"GPU-8932F937-d72c") == normalise_uuid(" 8932f937-D72C") == "8932f937-d72c"
+
+
+def test_dashboard_opens_nvml_once(nvml):
+    """The memory panel's probe and the memory profile's NVML source read through one session, kept
+    across a restart (r) and shut down once when the app ends."""
+    import torch
+    from dashboard_helpers import SteadyEngine, shown_step, wait_until
+
+    from cbtui.app import DashboardApp
+    from scenarios import load_scenario
+
+    class OnCuda(SteadyEngine):
+        device = torch.device("cuda")  # the profile opens its NVML source for a CUDA engine
+
+    scenario = load_scenario("mixed_load")
+
+    def build():
+        return OnCuda(scenario.build_engine(device="cpu"))
+
+    async def run():
+        app = DashboardApp(scenario, build(), rebuild=build, paused=True, memory_poll_s=3600.0)
+        async with app.run_test(size=(100, 40)) as pilot:
+            await wait_until(pilot, lambda: shown_step(app) == 0)
+            assert "GPU2 GPU C" in str(app.query_one("#memory-live").render())
+            await pilot.press("r")
+            await wait_until(pilot, lambda: len(app.metrics.steps) == 1)
+            assert "nvml.used" in app.memory_profile.latest().values
+            assert nvml.calls == Counter(init=1)
+            await pilot.press("q")
+        assert nvml.calls == Counter(init=1, shutdown=1)
+
+    asyncio.run(run())

@@ -25,7 +25,6 @@ from scenarios.loader import Scenario
 from ..app import DashboardApp, leave_a_core_for_the_ui
 from ..controller import MAX_SPEED
 from ..frozen_heap import frozen_heap
-from engine.profiling.gpu_memory import open_probe
 from ..widgets.mask import StyleBook, mask_strips
 
 FRAME_GOAL_MS = 10.0
@@ -128,8 +127,7 @@ def run_ui_bench(repeat: int, presses: int, device: str) -> None:
     leave_a_core_for_the_ui(engine)  # as the dashboard does
     click.echo(f"key latency, engine at full speed on {engine.header().device} "
                f"(goal < {KEY_GOAL_MS:.0f} ms), {presses} presses of space:")
-    app = DashboardApp(scenario, engine, rebuild=scenario.build_engine, paused=False, speed=MAX_SPEED,
-                       probe=open_probe())
+    app = DashboardApp(scenario, engine, rebuild=scenario.build_engine, paused=False, speed=MAX_SPEED)
     with frozen_heap():  # as run_dashboard runs the app
         screen_ms, engine_ms = asyncio.run(_key_latencies(app, presses))
     step_ms = [r.wall_time_s * 1000 for r in app.history.recent(len(app.history))] or [0.0]

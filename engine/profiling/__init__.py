@@ -1,1 +1,2 @@
-"""Memory: what a step's record says (memory.py), live device readings, profilers and the leak check."""
+"""Memory: what a step's record says (memory.py), live device readings (one NVML wrapper, nvml.py),
+profilers and the leak check."""

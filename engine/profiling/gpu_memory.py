@@ -2,16 +2,20 @@
 
 A small interface (`MemoryProbe.read() -> MemoryReading`) so the panel never knows where the
 numbers come from and tests can pass a fake. Reading memory must never crash the dashboard:
-every NVML failure turns into a message and the RSS fallback.
+every NVML failure turns into a message and the RSS fallback. NVML is read through `nvml.Nvml`,
+a session the dashboard shares with its memory profile's NVML source.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from engine.profiling.memory import process_rss_bytes
+from .memory import process_rss_bytes
+from .nvml import Nvml, NvmlError, visible_device_selectors
+
+__all__ = ["GpuMemory", "MemoryReading", "MemoryProbe", "RssProbe", "RecordedProbe", "NvmlProbe", "SafeProbe",
+           "FakeProbe", "open_probe", "visible_device_selectors"]
 
 
 @dataclass(frozen=True)
@@ -34,22 +38,6 @@ class MemoryProbe(Protocol):
     def read(self) -> MemoryReading: ...
 
     def close(self) -> None: ...
-
-
-def visible_device_selectors(env: dict[str, str] | None = None) -> list[str] | None:
-    """CUDA_VISIBLE_DEVICES as a list of indices or UUID prefixes; None when unset (all)."""
-    value = (env if env is not None else os.environ).get("CUDA_VISIBLE_DEVICES")
-    if value is None:
-        return None
-    selectors = []
-    for part in value.split(","):
-        part = part.strip()
-        if not part:
-            break
-        if part.startswith("-"):  # CUDA stops at the first invalid entry; a negative one hides all after
-            break
-        selectors.append(part)
-    return selectors
 
 
 class RssProbe:
@@ -78,55 +66,34 @@ class RecordedProbe:
 
 
 class NvmlProbe:
-    """Used / total for each GPU visible to this process, through pynvml."""
+    """Used / total for each GPU visible to this process, through NVML.
 
-    def __init__(self, env: dict[str, str] | None = None):
-        import pynvml  # nvidia-ml-py; fails without the package
+    `nvml`: a session shared with other readers (the profiler's source); the probe reads through it and
+    leaves closing it to its owner. Without one the probe opens its own (honouring `env`) and closes it.
+    Raises NvmlError with the reason when NVML gives no GPU here.
+    """
 
-        self._nvml = pynvml
-        pynvml.nvmlInit()  # raises NVMLError without the driver library
+    def __init__(self, env: dict[str, str] | None = None, nvml: Nvml | None = None):
+        self._owned = nvml is None
+        self._nvml = Nvml(env) if nvml is None else nvml
         try:
-            self._handles = self._visible_handles(visible_device_selectors(env))
-        except Exception:
-            pynvml.nvmlShutdown()
+            self._devices = self._nvml.visible()
+            if not self._devices:
+                raise NvmlError("CUDA_VISIBLE_DEVICES hides all")  # fits the 38-column panel after "no GPU: "
+        except NvmlError:
+            self.close()
             raise
-        if not self._handles:
-            pynvml.nvmlShutdown()
-            raise RuntimeError("no GPU visible (CUDA_VISIBLE_DEVICES hides them all)")
-
-    def _visible_handles(self, selectors: list[str] | None) -> list[tuple[str, object]]:
-        nvml = self._nvml
-        count = nvml.nvmlDeviceGetCount()
-        every = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
-        if selectors is None:
-            chosen = every
-        else:
-            uuids = [_text(nvml.nvmlDeviceGetUUID(h)) for h in every]
-            chosen = []
-            for sel in selectors:
-                if sel.isdigit():
-                    if int(sel) >= count:
-                        break  # like CUDA: devices after an invalid entry are not visible
-                    chosen.append(every[int(sel)])
-                else:
-                    match = [h for h, u in zip(every, uuids) if u.startswith(sel) or u == f"GPU-{sel}"]
-                    if len(match) != 1:
-                        break
-                    chosen.append(match[0])
-        return [(_text(nvml.nvmlDeviceGetName(h)), h) for h in chosen]
 
     def read(self) -> MemoryReading:
         gpus = []
-        for index, (name, handle) in enumerate(self._handles):
-            info = self._nvml.nvmlDeviceGetMemoryInfo(handle)
-            gpus.append(GpuMemory(index, name, int(info.used), int(info.total)))
+        for index, device in enumerate(self._devices):
+            used, total = self._nvml.memory(device)
+            gpus.append(GpuMemory(index, self._nvml.name(device), used, total))
         return MemoryReading(gpus=tuple(gpus), rss_bytes=process_rss_bytes())
 
     def close(self) -> None:
-        try:
-            self._nvml.nvmlShutdown()
-        except Exception:
-            pass
+        if self._owned:
+            self._nvml.close()
 
 
 class SafeProbe:
@@ -164,18 +131,12 @@ class FakeProbe:
         self.closed = True
 
 
-def open_probe(env: dict[str, str] | None = None) -> MemoryProbe:
-    """NVML if it works here, else process RSS with a message saying why."""
+def open_probe(env: dict[str, str] | None = None, nvml: Nvml | None = None) -> MemoryProbe:
+    """NVML if it works here, else process RSS with a message saying why. `nvml`: see NvmlProbe."""
     try:
-        return SafeProbe(NvmlProbe(env))
-    except ImportError:
-        return RssProbe("no GPU: nvidia-ml-py is not installed")
-    except Exception as exc:  # the usual one fits the panel at 80 columns: "no GPU: NVML Shared Library Not Found"
+        return SafeProbe(NvmlProbe(env, nvml))
+    except NvmlError as exc:  # the usual one fits the panel at 80 columns: "no GPU: NVML Shared Library Not Found"
         return RssProbe(f"no GPU: {_short(exc)}")
-
-
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _short(exc: BaseException) -> str:

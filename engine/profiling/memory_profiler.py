@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .leak_detector import LeakVerdict, MemoryLeakDetector
+from .nvml import Nvml
 from .sources import MemorySource, SourceUnavailable, open_sources
 from ..records import StepRecord
 
@@ -25,15 +26,16 @@ class MemorySample:
 
 class MemoryProfiler:
     def __init__(self, sources: list[MemorySource] | None = None, device: torch.device | str = "cpu",
-                 max_samples: int = 10_000):
-        """`sources` None: the ones that work for `device` (see sources.open_sources).
+                 max_samples: int = 10_000, nvml: Nvml | None = None):
+        """`sources` None: the ones that work for `device` (see sources.open_sources), NVML's read
+        through `nvml` when given (the dashboard shares its probe's session).
 
         Only the last `max_samples` samples are kept, so a long run does not itself leak.
         """
         if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1:
             raise ValueError(f"max_samples={max_samples!r} must be an integer >= 1")
         if sources is None:
-            sources, unavailable = open_sources(device)
+            sources, unavailable = open_sources(device, nvml)
         else:
             unavailable = {}
         self.sources: list[MemorySource] = list(sources)

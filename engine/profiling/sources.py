@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 
 from .memory import cuda_allocator_bytes, process_rss_bytes
+from .nvml import Nvml, NvmlError
 
 
 class SourceUnavailable(RuntimeError):
@@ -23,6 +24,9 @@ class MemorySource:
 
     def read(self) -> dict[str, int]:
         raise NotImplementedError
+
+    def close(self) -> None:
+        """Releases what the source opened (an NVML session); the default has nothing to release."""
 
 
 class RssSource(MemorySource):
@@ -51,12 +55,6 @@ class TorchCudaSource(MemorySource):
         return {"cuda.allocated": allocated, "cuda.reserved": reserved}
 
 
-def _norm_uuid(uuid) -> str:
-    text = uuid.decode() if isinstance(uuid, bytes) else str(uuid)
-    text = text.strip().lower()
-    return text[4:] if text.startswith("gpu-") else text
-
-
 class NvmlSource(MemorySource):
     """The driver's view of a GPU (NVML): all memory in use on it, by every process and the CUDA context.
 
@@ -64,39 +62,49 @@ class NvmlSource(MemorySource):
     why a growth here without one in cuda.allocated points outside our tensors.
 
     NVML numbers GPUs in PCI order over the whole machine; CUDA numbers the visible ones, fastest first.
-    So the GPU is found by `uuid` (the CUDA device's) when given, and by `index` only when that fails:
-    `matched` says which.
+    So the GPU is found by `uuid` (the CUDA device's) when given, and by `index` among the visible ones
+    only when that fails: `matched` says which; `self.index` is then NVML's number for it.
+
+    `nvml`: an Nvml session shared with other readers (the dashboard's probe), read through and left for
+    its owner to close; or a pynvml-like module (tests), or None for pynvml: the source opens its own.
     """
 
     name = "nvml"
 
     def __init__(self, index: int = 0, uuid: str | None = None, nvml=None):
-        if nvml is None:
-            try:
-                import pynvml as nvml  # from nvidia-ml-py; optional
-            except ImportError:
-                raise SourceUnavailable("pynvml (nvidia-ml-py) is not installed") from None
-        self._nvml = nvml
+        self._owned = not isinstance(nvml, Nvml)
+        self._nvml = Nvml(module=nvml) if self._owned else nvml
         try:
-            nvml.nvmlInit()
-            self._handle, self.index, self.matched = None, index, "index"
-            if uuid is not None:
-                for i in range(nvml.nvmlDeviceGetCount()):
-                    handle = nvml.nvmlDeviceGetHandleByIndex(i)
-                    if _norm_uuid(nvml.nvmlDeviceGetUUID(handle)) == _norm_uuid(uuid):
-                        self._handle, self.index, self.matched = handle, i, "uuid"
-                        break
-            if self._handle is None:
-                self._handle = nvml.nvmlDeviceGetHandleByIndex(index)
-        except Exception as exc:  # NVMLError subclasses: no driver, no such GPU, ...
+            found = self._nvml.find(uuid) if uuid is not None else None
+            if found is not None:
+                self.index, self.matched = found, "uuid"
+            else:
+                visible = self._nvml.visible()
+                # past the visible list CUDA has no such GPU (a fake's case): NVML's own number
+                self.index, self.matched = (visible[index] if 0 <= index < len(visible) else index), "index"
+                if not 0 <= self.index < self._nvml.count():
+                    raise NvmlError(f"no GPU {self.index} (NVML sees {self._nvml.count()})")
+        except NvmlError as exc:
+            self.close()
             raise SourceUnavailable(f"NVML cannot open GPU {index}: {exc}") from None
 
     def read(self) -> dict[str, int]:
         try:
-            info = self._nvml.nvmlDeviceGetMemoryInfo(self._handle)
-        except Exception as exc:
+            used = self._nvml.used(self.index)
+        except NvmlError as exc:
             raise SourceUnavailable(f"NVML read failed on GPU {self.index}: {exc}") from None
-        return {"nvml.used": int(info.used)}
+        return {"nvml.used": used}
+
+    def close(self) -> None:
+        if self._owned:
+            self._nvml.close()
+
+
+def _current_cuda_device() -> int:
+    try:
+        return torch.cuda.current_device()
+    except Exception:  # no CUDA in this torch: the sources below say so instead of raising here
+        return 0
 
 
 def _cuda_uuid(index: int) -> str | None:
@@ -117,10 +125,12 @@ class FunctionSource(MemorySource):
         return dict(self._read())
 
 
-def open_sources(device: torch.device | str = "cpu") -> tuple[list[MemorySource], dict[str, str]]:
+def open_sources(device: torch.device | str = "cpu", nvml: Nvml | None = None
+                 ) -> tuple[list[MemorySource], dict[str, str]]:
     """The sources that work for an engine on `device`, and {name: reason} for those that do not.
 
-    RSS always; on a CUDA device also torch's allocator and NVML (for the same GPU, found by UUID).
+    RSS always; on a CUDA device also torch's allocator and NVML (for the same GPU, found by UUID),
+    read through `nvml` when given (a session shared with the dashboard's probe: NVML opens once).
     """
     device = torch.device(device)
     sources: list[MemorySource] = [RssSource()]
@@ -128,8 +138,9 @@ def open_sources(device: torch.device | str = "cpu") -> tuple[list[MemorySource]
     if device.type != "cuda":
         unavailable["cuda"] = unavailable["nvml"] = f"engine runs on {device.type}"
         return sources, unavailable
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    makers = (("cuda", lambda: TorchCudaSource(index)), ("nvml", lambda: NvmlSource(index, _cuda_uuid(index))))
+    index = device.index if device.index is not None else _current_cuda_device()
+    makers = (("cuda", lambda: TorchCudaSource(index)),
+              ("nvml", lambda: NvmlSource(index, _cuda_uuid(index), nvml)))
     for name, make in makers:
         try:
             sources.append(make())

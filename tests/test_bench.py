@@ -354,7 +354,8 @@ def test_an_interrupted_run_reports_what_it_measured(monkeypatch, stop_at):
     monkeypatch.setattr(run, "run_ours", run_ours)
     monkeypatch.setattr("engine.hf_weights.to_hf_llama", to_hf_llama)
     monkeypatch.setattr("cbtui.bench.hf_systems.run_hf_generate_batch", generate_batch)
-    monkeypatch.setattr("cbtui.bench.hf_systems.transformers_version", lambda: "5.4")  # the path taken with transformers installed
+    # the path taken with transformers installed
+    monkeypatch.setattr("cbtui.bench.hf_systems.transformers_version", lambda: "5.4")
     workload = make_workload("varied", scale=3 / 256, model="tiny", prompt_range=(5, 12), output_range=(2, 3))
     # ours static is reached with the Hugging Face rows skipped (--no-hf), the others with a model
     report = run.run_systems(workload, device="cpu", hf=stop_at != "ours static")

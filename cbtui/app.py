@@ -261,11 +261,17 @@ class DashboardApp(App[None]):
             zoom_on = self.selected
         canvas = self.query_one(MaskCanvas)
         canvas.show(items, self.selected)
-        # The legend needs the raster's scale, which depends on the canvas size.
-        if canvas.size.area:
-            canvas._frame()
-        self.query_one(MaskLegend).show(items, zoom_on, canvas.raster, not self.no_color, self.selected,
-                                        self.no_color)
+        # The legend reads the raster's scale, which depends on the canvas size: before the first
+        # layout there is none, and the legend is drawn again when the canvas is sized (below).
+        self.query_one(MaskLegend).show(items, zoom_on, canvas.current_raster(), not self.no_color,
+                                        self.selected, self.no_color)
+
+    @on(MaskCanvas.Rescaled)
+    def _redraw_mask_legend(self) -> None:
+        try:
+            self._draw_mask(self.history.current())
+        except NoMatches:
+            pass  # the canvas resized while the app is closing: the legend is gone already
 
     def _header_info(self, record: StepRecord | None) -> HeaderInfo:
         history = ""

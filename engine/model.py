@@ -171,7 +171,10 @@ def _keep_draws(device: torch.device) -> bool:
     return device.type != "cpu"
 
 
-def build_model(name: str, seed: int, device: torch.device, dtype: torch.dtype) -> DecoderModel:
+def build_model(name: str, seed: int, device: torch.device, dtype: torch.dtype,
+                keep_draws: bool | None = None) -> DecoderModel:
+    """keep_draws: keep this model's draws for the next build of the same preset and seed (default:
+    for a model that is not on the CPU)."""
     # Built without nn.Linear's own random init (6 s for `small` on a 2-core CPU, all of it
     # overwritten): init_random, or the kept draws, set every parameter.
     with torch.device("meta"):
@@ -182,6 +185,6 @@ def build_model(name: str, seed: int, device: torch.device, dtype: torch.dtype) 
     else:
         model.init_random(seed)  # same weights on every device: drawn on the CPU from the seed
         _drawn.clear()
-        if _keep_draws(device):
+        if _keep_draws(device) if keep_draws is None else keep_draws:
             _drawn[(name, seed)] = {k: v.clone() for k, v in model.state_dict().items()}
     return model.to(device=device, dtype=dtype).eval()

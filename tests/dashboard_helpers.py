@@ -1,13 +1,18 @@
-"""Shared pieces for the dashboard tests: a seeded scenario on the CPU, with the parts that
-depend on the clock or the machine (step wall time, process RSS) held fixed."""
+"""Shared pieces for the dashboard tests: a seeded scenario on the CPU, or a committed recording of
+one (tests/data), with the parts that depend on the clock or the machine (step wall time, process
+RSS) held fixed."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from cbtui.app import DashboardApp
 from engine.profiling.gpu_memory import FakeProbe, MemoryReading
+from engine.records.recording import RecordedRun, load_recording
 from scenarios import load_scenario
+
+DATA = Path(__file__).with_name("data")
 
 FIXED_RSS = 512 * 1024 * 1024
 NO_GPU = MemoryReading(rss_bytes=FIXED_RSS, note="no GPU: NVML Shared Library Not Found", source="rss")
@@ -53,6 +58,21 @@ def make_app(paused: bool = True, probe=None, engine=None, **kwargs) -> Dashboar
     kwargs.setdefault("memory_poll_s", 3600.0)  # one reading at start: screens do not drift with time
     return DashboardApp(scenario, engine, rebuild=lambda: SteadyEngine(scenario.build_engine(device="cpu")),
                         paused=paused, probe=probe or FakeProbe([NO_GPU]), **kwargs)
+
+
+def make_replay_app(name: str = "mixed_load", paused: bool = True, probe=None, **kwargs) -> DashboardApp:
+    """The dashboard replaying tests/data/NAME.jsonl, as `cbtui replay` does: no engine runs, so
+    a screen changes only when the recording or the dashboard does. Made with
+    `python -m cbtui scenario NAME --json --steps N > tests/data/NAME.jsonl`."""
+    recording = load_recording(DATA / f"{name}.jsonl")
+    records = recording.records
+
+    def replay():  # a fresh run each time; SteadyEngine sets the same wall time and RSS as live tests
+        return SteadyEngine(RecordedRun(records, recording.header))
+
+    kwargs.setdefault("memory_poll_s", 3600.0)
+    return DashboardApp(recording, replay(), rebuild=replay, paused=paused, probe=probe or FakeProbe([NO_GPU]),
+                        recorded=True, **kwargs)
 
 
 async def wait_until(pilot, condition, timeout: float = 10.0) -> None:

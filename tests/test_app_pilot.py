@@ -6,10 +6,12 @@ import asyncio
 import re
 
 import pytest
-from dashboard_helpers import FailingEngine, header_text, make_app, shown_step, wait_until
+from dashboard_helpers import FailingEngine, header_text, make_app, make_replay_app, shown_step, wait_until
 
 from cbtui.widgets.error_panel import ErrorPanel
 from cbtui.widgets.help_screen import HelpScreen
+from cbtui.widgets.mask import MaskCanvas, mask_strips
+from cbtui.widgets.mask_legend import MaskLegend, scale_text
 from scenarios import load_scenario
 
 
@@ -213,4 +215,40 @@ def test_metrics_screen_follows_the_run_and_closes():
             assert not isinstance(app.screen, MetricsScreen)
             await pilot.press("r")  # a restart starts the metrics afresh
             await wait_until(pilot, lambda: len(app.metrics.steps) == 1)
+    run(scenario())
+
+
+def test_the_mask_legend_gets_the_scale_of_the_canvas_once_it_is_sized():
+    """The legend's scale line depends on the canvas size, which only layout gives. A step drawn
+    while the canvas has no size (as at start-up, before the first layout; here held that way by a
+    terminal too small for the panels) gets its scale line once the canvas is sized, and a resize
+    redraws it at the new scale. (A replay: the test is about the drawing, not the engine.)"""
+    def legend_scale(app) -> str:
+        return str(app.query_one(MaskLegend).render()).split("\n")[1]
+
+    async def scenario():
+        app = make_replay_app(paused=True)
+        async with app.run_test(size=(40, 12)) as pilot:  # below the minimum: the panels are hidden
+            await wait_until(pilot, lambda: shown_step(app) == 0)
+            for target in range(1, 7):  # step 6 fills the budget: the mask is shrunk to fit
+                await pilot.press("n")
+                await wait_until(pilot, lambda: shown_step(app) == target)
+            canvas = app.query_one(MaskCanvas)
+            assert canvas.size.area == 0 and legend_scale(app) == ""
+            items = app.history.current().items
+            scales = []
+            for size in ((160, 48), (80, 24)):
+                # Twice: DashboardApp.on_resize reads app.size before Textual updates it, so the
+                # layout follows a resize one event late; a second event settles it.
+                await pilot.resize_terminal(*size)
+                await pilot.resize_terminal(*size)
+                await wait_until(pilot, lambda: canvas.size.area > 0)
+                await pilot.pause()
+                width, height = canvas.size
+                _, raster = mask_strips(items, width, height)  # the frame at this size, drawn apart
+                assert raster.downsampled
+                assert legend_scale(app) == scale_text(raster, half_blocks=True)
+                scales.append(legend_scale(app))
+            assert scales[0] != scales[1], scales  # a smaller panel packs more tokens in a cell
+            await pilot.press("q")
     run(scenario())

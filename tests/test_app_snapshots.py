@@ -1,14 +1,17 @@
 """Screens of the dashboard, compared with committed SVG snapshots (pytest-textual-snapshot).
 
-A seeded scenario on the CPU, paused at a fixed step. What depends on the clock or the
-machine is held fixed: step wall time (SteadyEngine), RSS and NVML (FakeProbe), and the
-memory poll runs once at start. Regenerate after a deliberate change with --snapshot-update.
+Each screen replays a small committed recording (tests/data/mixed_load.jsonl, as `cbtui replay`
+does) paused at a fixed step, never a live engine: a scheduler change does not move a snapshot,
+only a change to the screen or to the recording does. What depends on the clock or the machine is
+held fixed: step wall time and RSS (SteadyEngine), NVML (FakeProbe), and the memory poll runs once
+at start. Regenerate after a deliberate change with --snapshot-update; re-record with
+`python -m cbtui scenario mixed_load --json --steps 8 > tests/data/mixed_load.jsonl`.
 """
 
 from __future__ import annotations
 
 import pytest
-from dashboard_helpers import make_app, shown_step, wait_until
+from dashboard_helpers import make_replay_app, shown_step, wait_until
 
 from engine.profiling.gpu_memory import FakeProbe, GpuMemory, MemoryReading
 
@@ -26,7 +29,7 @@ async def _step_to(pilot, step: int) -> None:
 
 @pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
 def test_paused_step_screen(snap_compare, size):
-    assert snap_compare(make_app(paused=True), terminal_size=size,
+    assert snap_compare(make_replay_app(paused=True), terminal_size=size,
                         run_before=lambda pilot: _step_to(pilot, PAUSED_AT))
 
 
@@ -36,12 +39,12 @@ def test_selected_request_zoomed(snap_compare):
         await pilot.press("down", "down", "z")  # request 1 (a decode in this step)
         await pilot.pause()
 
-    assert snap_compare(make_app(paused=True), terminal_size=(120, 36), run_before=select_and_zoom)
+    assert snap_compare(make_replay_app(paused=True), terminal_size=(120, 36), run_before=select_and_zoom)
 
 
 def test_no_gpu_memory_panel(snap_compare):
     """Without NVML the panel says why and shows the process RSS instead."""
-    assert snap_compare(make_app(paused=True), terminal_size=(160, 48),
+    assert snap_compare(make_replay_app(paused=True), terminal_size=(160, 48),
                         run_before=lambda pilot: _step_to(pilot, 0))
 
 
@@ -50,5 +53,5 @@ def test_gpu_memory_panel_with_two_gpus(snap_compare):
     probe = FakeProbe([MemoryReading(gpus=(GpuMemory(0, "NVIDIA H100", 30 * gib, 80 * gib),
                                            GpuMemory(1, "NVIDIA H100", 75 * gib, 80 * gib)),
                                      rss_bytes=512 << 20)])
-    assert snap_compare(make_app(paused=True, probe=probe), terminal_size=(160, 48),
+    assert snap_compare(make_replay_app(paused=True, probe=probe), terminal_size=(160, 48),
                         run_before=lambda pilot: _step_to(pilot, 0))

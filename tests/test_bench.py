@@ -196,16 +196,28 @@ def test_engine_adds_each_steps_device_span_to_its_kind():
     assert timer.calls == ["start", "stop"] * 7
 
 
-def test_cuda_ablations_name_what_each_row_leaves_out():
-    from types import SimpleNamespace
+def test_each_ablation_row_is_a_setting_the_engine_takes_and_leaves_out_a_piece_it_has():
+    """On CUDA, ours continuous runs again once per piece of its fast path, without that piece. Each
+    row's setting must be one EngineConfig accepts (else the row fails only on a GPU box), must turn
+    off a piece the measured engine has, and a piece it lacks gets no row (nothing to measure)."""
+    from itertools import product
 
-    from cbtui.bench.run import _ablations
+    from cbtui.bench.run import ablation_rows
+    from engine.config import EngineConfig
 
-    overlapped = ("ours continuous, overlapped", {"overlap_steps": True})
-    assert _ablations(["triton decode", "decode graphs"]) == [
-        overlapped, ("ours continuous, no graphs", {"decode_graphs": "off"}),
-        ("ours continuous, gather decode", {"decode_attention": "gather"})]
-    assert _ablations([]) == [overlapped]
+    for graphs, reads_tables in product([False, True], repeat=2):
+        path = ["triton decode"] * reads_tables + ["decode graphs"] * graphs  # as the run header says
+        rows = ablation_rows(path)
+        names = [name for name, _ in rows]
+        assert len(set(names)) == len(names) and all(n.startswith("ours continuous, ") for n in names)
+        for _, setting in rows:
+            config = EngineConfig(model="tiny", device="cpu", **setting)  # raises on a bad setting
+            assert all(getattr(config, key) == value for key, value in setting.items())
+        settings = [setting for _, setting in rows]
+        assert ({"decode_graphs": "off"} in settings) == graphs
+        assert ({"decode_attention": "gather"} in settings) == reads_tables
+        assert {"overlap_steps": True} in settings  # overlap is off by default: measured on any engine
+        assert len(rows) == 1 + graphs + reads_tables
 
 
 def test_no_ablations_flag_reaches_the_run(monkeypatch):
@@ -297,15 +309,18 @@ def test_overlapped_row_gives_ours_tokens():
     assert "up to one step late" in overlapped.note  # its times are stamped at read-back: said, not hidden
 
 
-def test_a_failing_ablation_row_is_reported_and_the_run_goes_on(monkeypatch):
-    import cbtui.bench.run as run
+def test_ablation_rows_run_after_the_systems_and_a_failing_one_is_reported():
+    """Ablation rows given to the run (on CUDA, ablation_rows() picks them): each runs ours continuous
+    with its setting, after the four systems; one that fails says why and the rest still run, with
+    ours' tokens."""
+    from cbtui.bench.run import run_systems
 
-    monkeypatch.setattr(run, "_measures_gpu_pieces", lambda dev: True)  # as on CUDA
-    monkeypatch.setattr(run, "_ablations", lambda decode_path: [("ours continuous, broken", {"decode_graphs": "bogus"}),
-                                                            ("ours continuous, overlapped", {"overlap_steps": True})])
     workload = make_workload("varied", scale=3 / 256, model="tiny", prompt_range=(5, 12), output_range=(2, 3))
-    report = run.run_systems(workload, device="cpu", hf=False)
+    report = run_systems(workload, device="cpu", hf=False,
+                         ablations=[("ours continuous, broken", {"decode_graphs": "bogus"}),
+                                    ("ours continuous, overlapped", {"overlap_steps": True})])
     rows = {s["system"]: s for s in report["systems"]}
+    assert list(rows) == SYSTEMS + ["ours continuous, broken", "ours continuous, overlapped"]
     broken = rows["ours continuous, broken"]
     assert not broken["available"] and broken["note"].startswith("failed: ValueError: decode_graphs='bogus'")
     assert rows["ours continuous, overlapped"]["available"]  # the rows after it still ran
@@ -325,21 +340,22 @@ def test_an_interrupted_run_reports_what_it_measured(monkeypatch, stop_at):
             raise KeyboardInterrupt
         return real_run_ours(workload, policy, *args, **kwargs)
 
-    def hf_copy(engine, hf):
+    def to_hf_llama(model, **kwargs):  # our weights in a transformers model
         if stop_at == "the Hugging Face copy":
             raise KeyboardInterrupt
-        return None, "skipped (--no-hf)"
+        return object()  # a model for generate_batch, which is interrupted before it runs it
 
     def generate_batch(hf, workload):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(run, "run_ours", run_ours)
-    monkeypatch.setattr(run, "_hf_copy", hf_copy)
+    monkeypatch.setattr("engine.hf_weights.to_hf_llama", to_hf_llama)
     monkeypatch.setattr("cbtui.bench.hf_systems.run_hf_generate_batch", generate_batch)
-    if stop_at == "HF generate_batch":  # reached only with a model to run
-        monkeypatch.setattr(run, "_hf_copy", lambda engine, hf: (object(), ""))
+    # the path taken with transformers installed
+    monkeypatch.setattr("cbtui.bench.hf_systems.transformers_version", lambda: "5.4")
     workload = make_workload("varied", scale=3 / 256, model="tiny", prompt_range=(5, 12), output_range=(2, 3))
-    report = run.run_systems(workload, device="cpu", hf=False)
+    # ours static is reached with the Hugging Face rows skipped (--no-hf), the others with a model
+    report = run.run_systems(workload, device="cpu", hf=stop_at != "ours static")
     assert report["interrupted"] is True
     rows = {s["system"]: s for s in report["systems"]}
     assert list(rows) == ["ours continuous", "ours static", "HF generate_batch", "HF static generate"]

@@ -128,11 +128,18 @@ def test_max_steps_then_finished():
 
 @pytest.mark.parametrize("paused", [True, False])
 def test_stop_is_prompt_paused_or_running(paused):
-    ctl, rec = start(CountingEngine(step_seconds=0.01), paused=paused, speed=1.0)
+    engine = CountingEngine(step_seconds=0.01)
+    ctl, rec = start(engine, paused=paused, speed=1.0)
     rec.next()
     rec.next()
     begin = time.perf_counter()
     ctl.stop()
     assert time.perf_counter() - begin < 0.5
-    assert not ctl.thread.is_alive()
-    assert threading.active_count() >= 1
+    assert not ctl.thread.is_alive() and ctl.thread not in threading.enumerate()
+    # Stopped means stopped: commands sent afterwards step nothing and report nothing.
+    steps = engine.steps
+    ctl.step_once()
+    ctl.resume()
+    ctl.set_speed(MAX_SPEED)
+    assert rec.quiet_for(0.2)
+    assert engine.steps == steps

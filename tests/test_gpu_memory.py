@@ -187,14 +187,16 @@ def test_uuid_forms_are_one():
 def test_dashboard_opens_nvml_once(nvml):
     """The memory panel's probe and the memory profile's NVML source read through one session, kept
     across a restart (r) and shut down once when the app ends."""
-    import torch
+    import dataclasses
+
     from dashboard_helpers import SteadyEngine, shown_step, wait_until
 
     from cbtui.app import DashboardApp
     from scenarios import load_scenario
 
     class OnCuda(SteadyEngine):
-        device = torch.device("cuda")  # the profile opens its NVML source for a CUDA engine
+        def header(self):  # the profile opens its NVML source for a CUDA engine
+            return dataclasses.replace(self._engine.header(), device="cuda")
 
     scenario = load_scenario("mixed_load")
 

@@ -25,13 +25,9 @@ def test_built_without_default_init_the_weights_are_the_seeded_ones():
 def test_a_model_built_again_for_a_gpu_reuses_its_draws(monkeypatch):
     """Kept draws give the same weights without drawing again, and a built model is a copy: changing
     it changes neither the draws nor the next model. (The CPU stands in for a GPU here.)"""
-    from engine import model as model_module
-
     plain = DecoderModel(PRESETS["tiny"])
     plain.init_random(5)
-    monkeypatch.setattr(model_module, "_keep_draws", lambda device: True)
-    monkeypatch.setattr(model_module, "_drawn", {})
-    first = build_model("tiny", 5, CPU, torch.float32)
+    first = build_model("tiny", 5, CPU, torch.float32, keep_draws=True)
     with torch.no_grad():
         first.lm_head.weight.fill_(0.0)
     drawn = []
@@ -42,4 +38,6 @@ def test_a_model_built_again_for_a_gpu_reuses_its_draws(monkeypatch):
     for name, value in plain.state_dict().items():
         assert torch.equal(again.state_dict()[name], value), name
     build_model("tiny", 6, CPU, torch.float32)
-    assert drawn == [6]  # another seed is drawn
+    assert drawn == [6]  # another seed is drawn (and the kept draws of seed 5 are dropped)
+    build_model("tiny", 5, CPU, torch.float32)
+    assert drawn == [6, 5]  # a CPU model keeps no draws by default

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 from engine.model_runner import resolve_device
@@ -34,14 +36,17 @@ def run_bench(workload_name: str, scale: float | None = None, device: str = "aut
 
 
 def run_systems(workload: Workload, device: str = "auto", attention: str = "auto", hf: bool = True,
-                progress=lambda msg: None, ablations: bool = True, on_row=lambda report: None) -> dict:
+                progress=lambda msg: None, ablations: bool | Sequence[tuple[str, dict]] = True,
+                on_row=lambda report: None) -> dict:
     """Every system on one workload, one after another, on the same weights.
 
     Interrupted (Ctrl-C, or SIGTERM from a time limit: bench_cli) after ours continuous, it still
     returns the report: the systems measured, the one cut short and those not run, and
     report["interrupted"]. Interrupted before that, KeyboardInterrupt propagates: nothing to report.
     on_row gets the report so far after each system (the rest marked not run, "interrupted" true
-    until the end), so a process killed outright still leaves what it measured (bench --out)."""
+    until the end), so a process killed outright still leaves what it measured (bench --out).
+    ablations: True runs ablation_rows() on CUDA (a CPU run has no fast path to measure), False none,
+    or a list of (name, engine setting) rows runs those, on any device."""
     dev = resolve_device(device)
     dtype = "bfloat16" if dev.type == "cuda" else "float32"
     budget = CUDA_BUDGET if dev.type == "cuda" else CPU_BUDGET
@@ -51,7 +56,8 @@ def run_systems(workload: Workload, device: str = "auto", attention: str = "auto
         ours, engine = run_ours(workload, "fcfs", device, dtype, attention, budget)
     progress(_line(ours))
     attention_name = engine.header().attention
-    ablations = _ablations(engine.header().decode_path) if ablations and _measures_gpu_pieces(dev) else []
+    if isinstance(ablations, bool):
+        ablations = ablation_rows(engine.header().decode_path) if ablations and _measures_gpu_pieces(dev) else []
 
     from .hf_systems import CB_NAME, STATIC_NAME, run_hf_generate_batch, run_hf_static
 
@@ -144,7 +150,7 @@ def _measures_gpu_pieces(dev: torch.device) -> bool:
     return dev.type == "cuda"
 
 
-def _ablations(decode_path: list[str]) -> list[tuple[str, dict]]:
+def ablation_rows(decode_path: list[str]) -> list[tuple[str, dict]]:
     """Rows that change one piece of ours continuous (the run header's decode path says which pieces
     ran), each measuring what that piece is worth."""
     out: list[tuple[str, dict]] = [("ours continuous, overlapped", dict(overlap_steps=True))]

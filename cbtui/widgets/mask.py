@@ -15,6 +15,7 @@ import numpy as np
 from rich.segment import Segment
 from rich.style import Style
 from textual.color import Color
+from textual.message import Message
 from textual.strip import Strip
 from textual.widget import Widget
 
@@ -128,7 +129,15 @@ def mask_strips(items: Sequence[ScheduledItem], width: int, height: int, selecte
 
 
 class MaskCanvas(Widget):
-    """Draws the mask of the items it is given; the frame is built once per change or resize."""
+    """Draws the mask of the items it is given; the frame is built once per change or resize.
+
+    The scale a legend shows depends on the canvas size, which is only known after layout: the
+    canvas posts `Rescaled` whenever its size changes (the first layout included), so whoever draws
+    the legend can draw it again from `current_raster()`.
+    """
+
+    class Rescaled(Message):
+        """The canvas has a new size, so a new raster and scale."""
 
     DEFAULT_CSS = """
     MaskCanvas { width: 1fr; height: 1fr; }
@@ -148,6 +157,17 @@ class MaskCanvas(Widget):
         if items != self._items or selected != self._selected:
             self._items, self._selected = items, selected
             self.refresh()
+
+    def on_resize(self) -> None:
+        self.post_message(self.Rescaled())
+
+    def current_raster(self) -> MaskRaster | None:
+        """The raster of the frame for the current items at the current size; None before the
+        canvas has a size (before the first layout), when there is no scale to read yet."""
+        if not self.size.area:
+            return None
+        self._frame()
+        return self.raster
 
     def _frame(self) -> list[Strip]:
         width, height = self.size

@@ -3,8 +3,9 @@
 Admission (one per engine, from `config.policy`): which waiting requests may be admitted.
   Fcfs         any of them, in queue order (the default).
   StaticBatch  only the members of one fixed batch, until every member has finished.
-Budget (one per step, from the SchedulerState a plugin may have changed):
-  Reservation  the decode order, and a slice of the token budget that only some requests may use.
+Budget (one per step, when a plugin reserved tokens in the SchedulerState):
+  Reservation  a slice of the token budget that only some requests may use (the priority plugin's).
+The decode order is a key in the SchedulerState (least recently served first unless a plugin sets it).
 """
 
 from __future__ import annotations
@@ -58,19 +59,16 @@ def admission_policy(config) -> Fcfs:
 
 
 class Reservation:
-    """One step's budget rules: decodes go in `decode_key` order, and `tokens` of the budget are kept
-    for the requests in `holders` (the priority plugin's high-priority ones); the others share the
-    rest. With no tokens reserved, every request may take whatever budget is left."""
+    """`tokens` of one step's budget kept for the requests in `holders` (the priority plugin's
+    high-priority ones), so that a stream of others cannot crowd them out; the others share the rest."""
 
     def __init__(self, state: SchedulerState):
-        self.decode_key = state.decode_key
-        self.tokens = state.reserved_tokens
         self.holders = state.reserved_for
         self.open_left = state.budget - state.reserved_tokens  # what the others may still take, together
 
     def room(self, request: Request, left: int) -> int:
         """Tokens `request` may take when `left` of the step's budget is left."""
-        if not self.tokens or request.id in self.holders:
+        if request.id in self.holders:
             return left
         return max(0, min(left, self.open_left))
 

@@ -82,6 +82,7 @@ class Scheduler:
         self.waiting: deque[Request] = deque()  # arrived, holding no KV; preempted ones in front
         self.running: list[Request] = []  # admitted, in admission order (newest last)
         self.admission = admission_policy(config)
+        self.reservation: Reservation | None = None  # this step's budget slice, when a plugin keeps one
         self.freed_blocks: dict[int, tuple[int, ...]] = {}  # this step's: request id -> blocks
 
     def add_arrived(self, request: Request) -> None:
@@ -106,6 +107,7 @@ class Scheduler:
         state = state or self.state(-1)
         self.freed_blocks = {}
         plan = SchedulePlan(budget=state.budget)
+        # None in the common case, which keeps the per-decode loop free of calls (bench host).
         self.reservation = Reservation(state) if state.reserved_tokens else None
         # Admission considers the queue as the step began: a request preempted in it waits a step.
         candidates = self.admission.admissible(self.waiting, plan.reasons)
@@ -127,7 +129,7 @@ class Scheduler:
                 plan.reasons[r.id] = REASON_DECODE_CAP if slots == cap else REASON_BUDGET
             elif reservation and not reservation.room(r, 1):
                 plan.reasons[r.id] = REASON_RESERVED
-            elif r.num_computed < r.kv_capacity or self._make_room(plan, r, r.num_computed + 1):
+            elif self._make_room(plan, r, r.num_computed + 1):
                 decodes.append(r)
                 if reservation:
                     reservation.took(r, 1)
@@ -135,18 +137,25 @@ class Scheduler:
         # 2) Prefill chunks for admitted requests, oldest first.
         chunk = self.config.prefill_chunk_size
         for r in prefilling:
-            if r.state is not PREEMPTED:
-                self._take(plan, r, min(chunk, r.remaining))
+            if r.state is PREEMPTED:
+                continue
+            n = min(chunk, r.remaining, self._room(plan, r))
+            if n == 0:
+                plan.reasons[r.id] = self._budget_reason(plan)
+            elif self._make_room(plan, r, r.num_computed + n):
+                self._add_prefill(plan, r, n)
 
         # 3) Admission, preempted requests first (they wait at the front of the queue).
         blocked = False
         for r in candidates:
             n = min(chunk, r.remaining, self._room(plan, r))
-            if blocked or (n and not self.kv.can_allocate(r.id, n)):
+            if blocked:
                 plan.reasons[r.id] = REASON_NO_BLOCKS
-                blocked = True  # FCFS: nobody overtakes the head of the queue
             elif n == 0:
                 plan.reasons[r.id] = self._budget_reason(plan)
+            elif not self.kv.can_allocate(r.id, n):  # admission never preempts
+                plan.reasons[r.id] = REASON_NO_BLOCKS
+                blocked = True  # FCFS: nobody behind the head of the queue overtakes it
             else:
                 self.waiting.remove(r)
                 self.running.append(r)
@@ -157,15 +166,8 @@ class Scheduler:
         return plan
 
     def _room(self, plan: SchedulePlan, r: Request) -> int:
+        """Tokens r may take now: what is left of the budget, less a slice reserved for others."""
         return plan.left if self.reservation is None else self.reservation.room(r, plan.left)
-
-    def _take(self, plan: SchedulePlan, r: Request, want: int) -> None:
-        """Schedules up to `want` prefill tokens of running request r, as far as the budget allows."""
-        n = min(want, self._room(plan, r))
-        if n == 0:
-            plan.reasons[r.id] = self._budget_reason(plan)
-        elif self._make_room(plan, r, r.num_computed + n):
-            self._add_prefill(plan, r, n)
 
     def _add_prefill(self, plan: SchedulePlan, r: Request, n: int) -> None:
         plan.prefills.append(Scheduled(r, "prefill", n))
@@ -184,7 +186,7 @@ class Scheduler:
     def _make_room(self, plan: SchedulePlan, r: Request, need: int) -> bool:
         """Makes r's KV hold `need` tokens, preempting the newest running requests while the pool
         is short. Returns False when r itself was the newest, and preempted."""
-        if need <= r.kv_capacity:  # the last block still has room
+        if need <= r.kv_capacity:  # the last block still has room: most decodes
             return True
         while not self.kv.can_allocate(r.id, need):
             # Preemption by recompute: drop the victim's KV, keep its tokens, requeue it in front.

@@ -1,8 +1,15 @@
-"""The token-budget scheduler: decodes first (capped), then prefill chunks, FCFS.
+"""The scheduler: which requests run in the next step, and how many tokens each.
 
-When the paged KV pool runs dry, the newest running request is preempted by recompute: its
-blocks are freed, it goes back to the head of the waiting queue and keeps its generated tokens.
-The `static` policy reuses all of this but only lets one fixed batch run until it finishes.
+A step spends a token budget in three passes, as in the textbook:
+  1. decodes first: one token per decoding request, least recently served first, under the
+     budget and the decode cap;
+  2. prefill chunks for admitted requests still prefilling, oldest first;
+  3. admission of waiting requests, preempted ones first; FCFS: when the KV blocks run out, nobody
+     overtakes the head of the queue.
+When a running request needs a KV block and none is free, the newest running request is preempted
+by recompute (`_make_room`): its blocks are freed, it goes back to the front of the queue and keeps
+its tokens. Every request left out of the step gets a reason. Policies (policies.py) say who may be
+admitted (FCFS, a static batch) and who may use a reserved slice of the budget.
 """
 
 from __future__ import annotations
@@ -12,9 +19,11 @@ from dataclasses import dataclass, field
 
 from .config import EngineConfig
 from .plugins.base import SchedulerState
-from .records import (REASON_BUDGET, REASON_DECODE_CAP, REASON_NO_BLOCKS, REASON_PREEMPTED,
-                      REASON_RESERVED, REASON_STATIC_BATCH)
+from .policies import Reservation, admission_policy
+from .records import REASON_BUDGET, REASON_DECODE_CAP, REASON_NO_BLOCKS, REASON_PREEMPTED, REASON_RESERVED
 from .request import Request, RequestState
+
+PREEMPTED = RequestState.PREEMPTED
 
 
 @dataclass(slots=True)
@@ -26,50 +35,44 @@ class Scheduled:
 
 @dataclass
 class SchedulePlan:
+    """One step's batch and why the other requests wait. Every decode is one token; `items` (built
+    last) packs the decodes first, then the prefill chunks, which is the order the batch runs in."""
+
+    budget: int
+    decodes: list[Request] = field(default_factory=list)
+    prefills: list[Scheduled] = field(default_factory=list)
+    prefill_tokens: int = 0
     items: list[Scheduled] = field(default_factory=list)
     reasons: dict[int, str] = field(default_factory=dict)  # request id -> why not scheduled
     preempted: list[Request] = field(default_factory=list)
     decode_demand: int = 0
-    budget: int = 0
-    used: int = 0  # tokens scheduled so far
-    decode_used: int = 0
-    reserved: int = 0  # budget slice only `reserved_for` requests may use
-    reserved_for: set = field(default_factory=set)
-    used_unreserved: int = 0
 
-    def add(self, scheduled: Scheduled) -> None:
-        self.items.append(scheduled)
-        self.used += scheduled.num_tokens
-        self.decode_used += scheduled.num_tokens if scheduled.kind == "decode" else 0
-        if scheduled.request.id not in self.reserved_for:
-            self.used_unreserved += scheduled.num_tokens
+    @property
+    def used(self) -> int:
+        return len(self.decodes) + self.prefill_tokens
 
-    def remove(self, request: Request) -> None:
-        """Takes back a request's item (it was preempted after being scheduled)."""
-        for i, s in enumerate(self.items):
-            if s.request is request:
-                del self.items[i]
-                self.used -= s.num_tokens
-                self.decode_used -= s.num_tokens if s.kind == "decode" else 0
-                if request.id not in self.reserved_for:
-                    self.used_unreserved -= s.num_tokens
-                return
+    @property
+    def decode_used(self) -> int:
+        return len(self.decodes)
 
     @property
     def left(self) -> int:
         return self.budget - self.used
 
-    def left_for(self, request: Request) -> int:
-        """Budget this request may still take: requests outside a reservation leave it alone."""
-        if not self.reserved or request.id in self.reserved_for:
-            return self.left
-        return max(0, min(self.left, self.budget - self.reserved - self.used_unreserved))
-
-    def out_of_budget_reason(self, request: Request) -> str:
-        return REASON_BUDGET if self.left == 0 else REASON_RESERVED
-
     def tokens(self, kind: str) -> int:
-        return self.decode_used if kind == "decode" else self.used - self.decode_used
+        return len(self.decodes) if kind == "decode" else self.prefill_tokens
+
+    def remove(self, request: Request) -> int:
+        """Takes back a request's decode or prefill chunk, if it has one; returns the tokens freed."""
+        if request in self.decodes:
+            self.decodes.remove(request)
+            return 1
+        for i, s in enumerate(self.prefills):
+            if s.request is request:
+                del self.prefills[i]
+                self.prefill_tokens -= s.num_tokens
+                return s.num_tokens
+        return 0
 
 
 class Scheduler:
@@ -78,11 +81,10 @@ class Scheduler:
         self.kv = kv_cache
         self.waiting: deque[Request] = deque()  # arrived, holding no KV; preempted ones in front
         self.running: list[Request] = []  # admitted, in admission order (newest last)
-        self.static_batch: list[Request] = []
-        self._static_members: set[Request] = set()  # the batch again, for O(1) membership (by identity)
+        self.admission = admission_policy(config)
+        self.reservation: Reservation | None = None  # this step's budget slice, when a plugin keeps one
         self.freed_blocks: dict[int, tuple[int, ...]] = {}  # this step's: request id -> blocks
 
-    # -- queue changes -------------------------------------------------------------------
     def add_arrived(self, request: Request) -> None:
         request.state = RequestState.WAITING
         self.waiting.append(request)
@@ -92,141 +94,114 @@ class Scheduler:
         self.freed_blocks[request.id] = self.kv.free(request.id)
         request.kv_capacity = 0
 
-    def _preempt(self, victim: Request, plan: SchedulePlan) -> None:
-        """Recompute preemption: drop the KV, keep the tokens, requeue at the front."""
-        self.running.remove(victim)
-        self.freed_blocks[victim.id] = self.kv.free(victim.id)
-        victim.num_computed = victim.kv_capacity = 0
-        victim.state = RequestState.PREEMPTED
-        victim.num_preemptions += 1
-        self.waiting.appendleft(victim)
-        plan.preempted.append(victim)
-        plan.reasons[victim.id] = REASON_PREEMPTED
-        plan.remove(victim)  # a victim scheduled earlier in this step gives its tokens back
+    def padding_slots(self) -> int:
+        return self.admission.padding_slots()
 
-    def _reserve(self, request: Request, num_tokens: int, plan: SchedulePlan) -> bool:
-        """Makes KV room for request's next num_tokens, preempting newer requests if needed.
-
-        Returns False when the request itself had to be preempted.
-        """
-        need = request.num_computed + num_tokens
-        if need <= request.kv_capacity:  # fast path: the last block still has room
-            return True
-        while not self.kv.can_allocate(request.id, need):
-            victim = self.running[-1]
-            self._preempt(victim, plan)
-            if victim is request:
-                return False
-        self.kv.allocate(request.id, need)
-        request.kv_capacity = self.kv.capacity(request.id)
-        return True
-
-    # -- one step ------------------------------------------------------------------------
     def state(self, step: int) -> SchedulerState:
         """The view scheduler plugins get (and may change) before this step is scheduled."""
         return SchedulerState(step=step, budget=self.config.max_tokens_per_step, waiting=self.waiting,
                               running=self.running)
 
+    # -- one step ------------------------------------------------------------------------
     def schedule(self, state: SchedulerState | None = None) -> SchedulePlan:
-        cfg = self.config
         state = state or self.state(-1)
         self.freed_blocks = {}
-        plan = SchedulePlan(budget=state.budget, reserved=state.reserved_tokens, reserved_for=state.reserved_for)
-        candidates = self.waiting
-        if cfg.policy == "static":
-            candidates = self._static_candidates(plan)
-
-        # 1) Decodes first: one token per decoding request, capped by budget and decode cap.
-        # By default least recently served first (stable, so admission order breaks ties): when
-        # the cap or the budget leaves decodes out, they go first next step instead of starving.
-        decoders, prefilling = [], []
+        plan = SchedulePlan(budget=state.budget)
+        # None in the common case, which keeps the per-decode loop free of calls (bench host).
+        self.reservation = Reservation(state) if state.reserved_tokens else None
+        # Admission considers the queue as the step began: a request preempted in it waits a step.
+        candidates = self.admission.admissible(self.waiting, plan.reasons)
+        decoding, prefilling = [], []
         for r in self.running:
-            (decoders if r.is_decoding else prefilling).append(r)
-        decoders.sort(key=state.decode_key)
-        plan.decode_demand = len(decoders)
-        cap = cfg.max_decode_per_step
-        preempted = RequestState.PREEMPTED
-        if cap is None and not plan.reserved and len(decoders) <= plan.left:
-            self._schedule_all_decodes(decoders, plan)  # the common large step
-        else:
-            for r in decoders:
-                if r.state is preempted:  # a victim earlier in this loop
-                    continue
-                if cap is not None and plan.decode_used >= cap:
-                    plan.reasons[r.id] = REASON_DECODE_CAP
-                    continue
-                if plan.left_for(r) == 0:
-                    plan.reasons[r.id] = plan.out_of_budget_reason(r)
-                    continue
-                if r.num_computed < r.kv_capacity or self._reserve(r, 1, plan):  # inline fast path
-                    plan.add(Scheduled(r, "decode", 1))
+            (decoding if r.is_decoding else prefilling).append(r)
 
-        # 2) Prefill chunks for admitted requests still prefilling, oldest first.
+        # 1) Decodes, least recently served first (stable: admission order breaks ties), so that a
+        # request the cap or the budget leaves out goes first next step instead of starving.
+        decoding.sort(key=state.decode_key)
+        plan.decode_demand = len(decoding)
+        cap = self.config.max_decode_per_step
+        slots = plan.budget if cap is None else min(cap, plan.budget)  # each decode is one token
+        decodes, reservation = plan.decodes, self.reservation
+        for r in decoding:
+            if r.state is PREEMPTED:  # evicted earlier in this step, to make room for another
+                continue
+            if len(decodes) == slots:
+                plan.reasons[r.id] = REASON_DECODE_CAP if slots == cap else REASON_BUDGET
+            elif reservation and not reservation.room(r, 1):
+                plan.reasons[r.id] = REASON_RESERVED
+            elif self._make_room(plan, r, r.num_computed + 1):
+                decodes.append(r)
+                if reservation:
+                    reservation.took(r, 1)
+
+        # 2) Prefill chunks for admitted requests, oldest first.
+        chunk = self.config.prefill_chunk_size
         for r in prefilling:
-            if r.state is RequestState.PREEMPTED:
+            if r.state is PREEMPTED:
                 continue
-            if plan.left_for(r) == 0:
-                plan.reasons[r.id] = plan.out_of_budget_reason(r)
-                continue
-            n = min(cfg.prefill_chunk_size, r.remaining, plan.left_for(r))
-            if self._reserve(r, n, plan):
-                plan.add(Scheduled(r, "prefill", n))
+            n = min(chunk, r.remaining, self._room(plan, r))
+            if n == 0:
+                plan.reasons[r.id] = self._budget_reason(plan)
+            elif self._make_room(plan, r, r.num_computed + n):
+                self._add_prefill(plan, r, n)
 
-        # 3) Admit waiting requests (preempted ones first) while budget and blocks last.
+        # 3) Admission, preempted requests first (they wait at the front of the queue).
         blocked = False
-        for r in list(candidates):
-            if r in plan.preempted:  # not re-admitted in the step that evicted it
-                continue
-            if plan.left_for(r) == 0 or blocked:
-                plan.reasons.setdefault(r.id, REASON_NO_BLOCKS if blocked else plan.out_of_budget_reason(r))
-                continue
-            n = min(cfg.prefill_chunk_size, r.remaining, plan.left_for(r))
-            if not self.kv.can_allocate(r.id, n):
+        for r in candidates:
+            n = min(chunk, r.remaining, self._room(plan, r))
+            if blocked:
                 plan.reasons[r.id] = REASON_NO_BLOCKS
-                blocked = True  # FCFS: nobody overtakes the head of the queue
-                continue
-            self.waiting.remove(r)
-            self.running.append(r)
-            r.state = RequestState.PREFILL
-            self.kv.allocate(r.id, n)
-            r.kv_capacity = self.kv.capacity(r.id)
-            plan.add(Scheduled(r, "prefill", n))
-            plan.reasons.pop(r.id, None)
-        if cfg.policy == "static":
-            members = self._static_members
-            for r in self.waiting:
-                if r not in members:
-                    plan.reasons[r.id] = REASON_STATIC_BATCH
-        # Decodes always come first in the packed batch; prefills follow in schedule order.
-        if plan.used > plan.decode_used:  # (an all-decode plan is in order already)
-            plan.items.sort(key=lambda s: s.kind != "decode")
+            elif n == 0:
+                plan.reasons[r.id] = self._budget_reason(plan)
+            elif not self.kv.can_allocate(r.id, n):  # admission never preempts
+                plan.reasons[r.id] = REASON_NO_BLOCKS
+                blocked = True  # FCFS: nobody behind the head of the queue overtakes it
+            else:
+                self.waiting.remove(r)
+                self.running.append(r)
+                r.state = RequestState.PREFILL
+                self._allocate(r, n)
+                self._add_prefill(plan, r, n)
+        plan.items = [Scheduled(r, "decode", 1) for r in decodes] + plan.prefills  # the packed batch's order
         return plan
 
-    def _schedule_all_decodes(self, decoders: list[Request], plan: SchedulePlan) -> None:
-        """Every decoder fits the budget and nothing caps or reserves: no per-request budget checks,
-        and the plan's counters move once (per-item plan.add was a fifth of a 512-decode step)."""
-        reserve, preempted = self._reserve, RequestState.PREEMPTED
-        chosen = [r for r in decoders  # the KV room check inline: most decodes have it already
-                  if r.state is not preempted and (r.num_computed < r.kv_capacity or reserve(r, 1, plan))]
-        if plan.preempted:  # a victim chosen before it was evicted gives its slot back
-            chosen = [r for r in chosen if r.state is not preempted]
-        plan.items.extend([Scheduled(r, "decode", 1) for r in chosen])
-        plan.used += len(chosen)
-        plan.decode_used += len(chosen)
-        plan.used_unreserved += len(chosen)
+    def _room(self, plan: SchedulePlan, r: Request) -> int:
+        """Tokens r may take now: what is left of the budget, less a slice reserved for others."""
+        return plan.left if self.reservation is None else self.reservation.room(r, plan.left)
 
-    def _static_candidates(self, plan: SchedulePlan) -> list[Request]:
-        """Static batching: a new batch forms only when every member of the last one finished."""
-        if all(r.is_finished for r in self.static_batch):
-            self.static_batch = list(self.waiting)[: self.config.static_batch_size]
-            self._static_members = set(self.static_batch)
-        # Scanning the batch list per waiting request was 448 x 64 comparisons a step at 512 requests.
-        members = self._static_members
-        return [r for r in self.waiting if r in members]
+    def _add_prefill(self, plan: SchedulePlan, r: Request, n: int) -> None:
+        plan.prefills.append(Scheduled(r, "prefill", n))
+        plan.prefill_tokens += n
+        if self.reservation:
+            self.reservation.took(r, n)
 
-    def padding_slots(self) -> int:
-        """Static policy: slots of the batch held idle by finished (or missing) members."""
-        if self.config.policy != "static" or not self.static_batch:
-            return 0
-        live = sum(not r.is_finished for r in self.static_batch)
-        return self.config.static_batch_size - live if live else 0
+    @staticmethod
+    def _budget_reason(plan: SchedulePlan) -> str:
+        return REASON_BUDGET if plan.left == 0 else REASON_RESERVED  # budget left, but not for this one
+
+    def _allocate(self, r: Request, num_tokens: int) -> None:
+        self.kv.allocate(r.id, num_tokens)
+        r.kv_capacity = self.kv.capacity(r.id)
+
+    def _make_room(self, plan: SchedulePlan, r: Request, need: int) -> bool:
+        """Makes r's KV hold `need` tokens, preempting the newest running requests while the pool
+        is short. Returns False when r itself was the newest, and preempted."""
+        if need <= r.kv_capacity:  # the last block still has room: most decodes
+            return True
+        while not self.kv.can_allocate(r.id, need):
+            # Preemption by recompute: drop the victim's KV, keep its tokens, requeue it in front.
+            victim = self.running.pop()
+            self.freed_blocks[victim.id] = self.kv.free(victim.id)
+            victim.num_computed = victim.kv_capacity = 0
+            victim.state = PREEMPTED
+            victim.num_preemptions += 1
+            self.waiting.appendleft(victim)
+            plan.preempted.append(victim)
+            plan.reasons[victim.id] = REASON_PREEMPTED
+            given_back = plan.remove(victim)  # scheduled earlier in this step: its tokens go back
+            if self.reservation:
+                self.reservation.took(victim, -given_back)
+            if victim is r:
+                return False
+        self._allocate(r, need)
+        return True

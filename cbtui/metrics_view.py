@@ -6,13 +6,15 @@ Textual screen stays thin and tests can check the text without running an app.
 
 from __future__ import annotations
 
-from rich.console import Group
+from collections.abc import Sequence
+
+from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
 from engine.profiling.leak_detector import MemoryLeakDetector
-from engine.records.metrics import MetricsCollector
 from engine.profiling.memory_profiler import MemoryProfiler
+from engine.records.metrics import MetricsCollector
 from engine.records.stats import describe, histogram
 
 from .formatting import short_number
@@ -21,7 +23,7 @@ SPARK = "▁▂▃▄▅▆▇█"
 BAR = "█"
 
 
-def sparkline(values: list[float], width: int) -> str:
+def sparkline(values: Sequence[float], width: int) -> str:
     """The last `width` values as one line of block characters, scaled to their own range."""
     values = values[-width:]
     if not values:
@@ -49,7 +51,8 @@ def distribution(title: str, values: list[float], unit: str, bins: int = 6, widt
         bar = BAR * max(1 if count else 0, round(count / most * width))
         table.add_row(f"{short_number(low)}–{short_number(high)}{unit}", Text(bar, style="cyan"), str(count))
     d = describe(values)
-    figures = " ".join(f"{key} {short_number(d[key])}{unit}" for key in ("p50", "p90", "max"))
+    figures = " ".join(f"{key} {short_number(value)}{unit}" for key in ("p50", "p90", "max")
+                       if (value := d[key]) is not None)  # (never None: there are values)
     table.caption = f"n={d['count']} {figures}"
     table.caption_justify = "left"
     table.min_width = max(len(title), len(table.caption))
@@ -73,7 +76,8 @@ def memory_table(profiler: MemoryProfiler, detector: MemoryLeakDetector) -> Grou
                       _mib(stats["growth"]), sparkline(series, 16), leak)
     if not table.rows:
         table.add_row(Text("no samples yet", style="dim"), "", "", "", "", "", "")
-    unavailable = [Text(f"{name}: unavailable ({reason})", style="dim") for name, reason in profiler.unavailable.items()]
+    unavailable = [Text(f"{name}: unavailable ({reason})", style="dim")
+                   for name, reason in profiler.unavailable.items()]
     return Group(table, *unavailable)
 
 
@@ -92,7 +96,7 @@ def render_metrics(collector: MetricsCollector, profiler: MemoryProfiler, annota
     if throughput:
         head.append(f"throughput now {throughput[-1]:.0f} tok/s ")
         head.append(sparkline(throughput, 32), style="green")
-    lines = [head]
+    lines: list[RenderableType] = [head]
     if annotations:
         lines.append(Text("plugins: " + "; ".join(annotations), style="magenta"))
     grid = Table.grid(padding=(0, 4))

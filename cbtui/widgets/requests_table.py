@@ -9,7 +9,7 @@ from textual.message import Message
 from textual.widgets import DataTable
 
 from engine.records import RequestView
-from engine.tokenizer import decode
+from engine.records.text import decode
 
 from ..colors import request_color
 
@@ -81,7 +81,7 @@ class RequestsTable(DataTable, inherit_bindings=False):
             if old is None:
                 self.add_row(*cells, key=str(view.id))
             elif old != plain:
-                for (key, _, _), new, before in zip(COLUMNS, cells, old):
+                for (key, _, _), new, before in zip(COLUMNS, cells, old, strict=True):
                     if str(new) != before:
                         self.update_cell(str(view.id), key, new)
             self._shown[view.id] = plain

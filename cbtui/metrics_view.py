@@ -1,19 +1,20 @@
 """The metrics screen's content: latency distributions, throughput over time, memory profile.
 
 Pure rendering from a MetricsCollector and a MemoryProfiler into rich renderables, so the
-Textual screen stays thin and tests can check the text without running an app.
+Textual screen stays thin and tests can check the text without running an app. The profiler is
+read through the small MemoryProfile interface below, so this module (and the metrics screen
+widget that imports it) needs nothing from the engine but engine.records.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from engine.profiling.leak_detector import MemoryLeakDetector
-from engine.profiling.memory_profiler import MemoryProfiler
 from engine.records.metrics import MetricsCollector
 from engine.records.stats import describe, histogram
 
@@ -21,6 +22,28 @@ from .formatting import short_number
 
 SPARK = "▁▂▃▄▅▆▇█"
 BAR = "█"
+
+
+class LeakReport(Protocol):
+    """A leak detector's verdict on one series (engine.profiling's LeakVerdict): true when leaking."""
+
+    @property
+    def reason(self) -> str: ...
+
+    def __bool__(self) -> bool: ...
+
+
+class MemoryProfile(Protocol):
+    """What the memory table reads from a profiler (engine.profiling's MemoryProfiler)."""
+
+    @property
+    def unavailable(self) -> Mapping[str, str]: ...  # source name -> why it gives no readings
+
+    def summary(self) -> Mapping[str, Mapping[str, int]]: ...
+
+    def series(self, metric: str) -> Sequence[tuple[int | None, int]]: ...
+
+    def check_leaks(self, detector: Any = None) -> Mapping[str, LeakReport]: ...
 
 
 def sparkline(values: Sequence[float], width: int) -> str:
@@ -63,7 +86,8 @@ def _mib(value: float) -> str:
     return f"{value / 2**20:.1f} MiB"
 
 
-def memory_table(profiler: MemoryProfiler, detector: MemoryLeakDetector) -> Group:
+def memory_table(profiler: MemoryProfile, detector: object = None) -> Group:
+    """The memory profile; `detector` (a MemoryLeakDetector) is the profiler's default when None."""
     table = Table(title="Memory profile (per step)", title_justify="left", box=None, padding=(0, 1))
     for column in ("source", "now", "min", "max", "growth", "trend", "leaks"):
         table.add_column(column, no_wrap=column != "leaks", min_width=6)
@@ -81,8 +105,8 @@ def memory_table(profiler: MemoryProfiler, detector: MemoryLeakDetector) -> Grou
     return Group(table, *unavailable)
 
 
-def render_metrics(collector: MetricsCollector, profiler: MemoryProfiler, annotations: list[str],
-                   detector: MemoryLeakDetector | None = None, width: int = 80):
+def render_metrics(collector: MetricsCollector, profiler: MemoryProfile, annotations: list[str],
+                   detector: object = None, width: int = 80) -> Group:
     """Everything the metrics screen shows, as one rich renderable, laid out for `width` columns."""
     bar = max(6, min(30, width // 2 - 28))
     totals = collector.summary()["throughput"]
@@ -108,5 +132,5 @@ def render_metrics(collector: MetricsCollector, profiler: MemoryProfiler, annota
     ms = {name: [1000 * v for v in collector.latencies(name)] for name in ("ttft_s", "itl_s")}
     grid.add_row(distribution("TTFT, engine ms", ms["ttft_s"], "ms", width=bar),
                  distribution("Inter-token latency, engine ms", ms["itl_s"], "ms", width=bar))
-    lines += [grid, memory_table(profiler, detector or MemoryLeakDetector())]
+    lines += [grid, memory_table(profiler, detector)]
     return Group(*lines)

@@ -23,7 +23,7 @@ MAX_SPEED = float("inf")  # steps per second: as fast as the engine goes
 
 
 class SteppableEngine(Protocol):
-    def step(self) -> StepRecord: ...
+    def step(self) -> StepRecord | None: ...  # None: an overlapped step has no record yet
 
     def has_unfinished(self) -> bool: ...
 
@@ -188,7 +188,8 @@ class EngineController:
         self._steps_taken += 1
         if self._stop.is_set():
             return
-        self._on_record(record)
+        if record is not None:
+            self._on_record(record)
         if not self._can_step() and not self._failed:
             self._on_status(EngineStatus("finished"))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from rich.text import Text
 from textual import on
 from textual.binding import Binding
@@ -68,7 +70,7 @@ class RequestsTable(DataTable, inherit_bindings=False):
         for key, label, width in COLUMNS:
             self.add_column(label, key=key, width=width)
 
-    def show(self, views: list[RequestView]) -> None:
+    def show(self, views: Sequence[RequestView]) -> None:
         no_color = self.app.no_color
         wanted = {v.id for v in views}
         if set(self._shown) - wanted:  # a different run (restart): start over

@@ -13,8 +13,9 @@ import queue
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 from engine.records import RunHeader, StepRecord
 
@@ -160,7 +161,7 @@ class EngineController:
                 self._paused, reset_pace = False, True
             elif cmd.name == "step":
                 self._pending_steps += 1
-            elif cmd.name == "speed":
+            elif cmd.name == "speed" and cmd.value is not None:  # set_speed always sends a value
                 self._speed, reset_pace = float(cmd.value), True
             elif cmd.name == "restart":
                 self._restart()

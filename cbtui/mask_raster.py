@@ -10,8 +10,8 @@ and the cost depends on the size of the pixel grid, not on the size of the batch
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

@@ -1,18 +1,21 @@
 """The metrics screen's content: latency distributions, throughput over time, memory profile.
 
 Pure rendering from a MetricsCollector and a MemoryProfiler into rich renderables, so the
-Textual screen stays thin and tests can check the text without running an app.
+Textual screen stays thin and tests can check the text without running an app. The profiler is
+read through the small MemoryProfile interface below, so this module (and the metrics screen
+widget that imports it) needs nothing from the engine but engine.records.
 """
 
 from __future__ import annotations
 
-from rich.console import Group
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from engine.profiling.leak_detector import MemoryLeakDetector
 from engine.records.metrics import MetricsCollector
-from engine.profiling.memory_profiler import MemoryProfiler
 from engine.records.stats import describe, histogram
 
 from .formatting import short_number
@@ -21,7 +24,29 @@ SPARK = "▁▂▃▄▅▆▇█"
 BAR = "█"
 
 
-def sparkline(values: list[float], width: int) -> str:
+class LeakReport(Protocol):
+    """A leak detector's verdict on one series (engine.profiling's LeakVerdict): true when leaking."""
+
+    @property
+    def reason(self) -> str: ...
+
+    def __bool__(self) -> bool: ...
+
+
+class MemoryProfile(Protocol):
+    """What the memory table reads from a profiler (engine.profiling's MemoryProfiler)."""
+
+    @property
+    def unavailable(self) -> Mapping[str, str]: ...  # source name -> why it gives no readings
+
+    def summary(self) -> Mapping[str, Mapping[str, int]]: ...
+
+    def series(self, metric: str) -> Sequence[tuple[int | None, int]]: ...
+
+    def check_leaks(self, detector: Any = None) -> Mapping[str, LeakReport]: ...
+
+
+def sparkline(values: Sequence[float], width: int) -> str:
     """The last `width` values as one line of block characters, scaled to their own range."""
     values = values[-width:]
     if not values:
@@ -49,7 +74,8 @@ def distribution(title: str, values: list[float], unit: str, bins: int = 6, widt
         bar = BAR * max(1 if count else 0, round(count / most * width))
         table.add_row(f"{short_number(low)}–{short_number(high)}{unit}", Text(bar, style="cyan"), str(count))
     d = describe(values)
-    figures = " ".join(f"{key} {short_number(d[key])}{unit}" for key in ("p50", "p90", "max"))
+    figures = " ".join(f"{key} {short_number(value)}{unit}" for key in ("p50", "p90", "max")
+                       if (value := d[key]) is not None)  # (never None: there are values)
     table.caption = f"n={d['count']} {figures}"
     table.caption_justify = "left"
     table.min_width = max(len(title), len(table.caption))
@@ -60,7 +86,8 @@ def _mib(value: float) -> str:
     return f"{value / 2**20:.1f} MiB"
 
 
-def memory_table(profiler: MemoryProfiler, detector: MemoryLeakDetector) -> Group:
+def memory_table(profiler: MemoryProfile, detector: object = None) -> Group:
+    """The memory profile; `detector` (a MemoryLeakDetector) is the profiler's default when None."""
     table = Table(title="Memory profile (per step)", title_justify="left", box=None, padding=(0, 1))
     for column in ("source", "now", "min", "max", "growth", "trend", "leaks"):
         table.add_column(column, no_wrap=column != "leaks", min_width=6)
@@ -73,12 +100,13 @@ def memory_table(profiler: MemoryProfiler, detector: MemoryLeakDetector) -> Grou
                       _mib(stats["growth"]), sparkline(series, 16), leak)
     if not table.rows:
         table.add_row(Text("no samples yet", style="dim"), "", "", "", "", "", "")
-    unavailable = [Text(f"{name}: unavailable ({reason})", style="dim") for name, reason in profiler.unavailable.items()]
+    unavailable = [Text(f"{name}: unavailable ({reason})", style="dim")
+                   for name, reason in profiler.unavailable.items()]
     return Group(table, *unavailable)
 
 
-def render_metrics(collector: MetricsCollector, profiler: MemoryProfiler, annotations: list[str],
-                   detector: MemoryLeakDetector | None = None, width: int = 80):
+def render_metrics(collector: MetricsCollector, profiler: MemoryProfile, annotations: list[str],
+                   detector: object = None, width: int = 80) -> Group:
     """Everything the metrics screen shows, as one rich renderable, laid out for `width` columns."""
     bar = max(6, min(30, width // 2 - 28))
     totals = collector.summary()["throughput"]
@@ -92,7 +120,7 @@ def render_metrics(collector: MetricsCollector, profiler: MemoryProfiler, annota
     if throughput:
         head.append(f"throughput now {throughput[-1]:.0f} tok/s ")
         head.append(sparkline(throughput, 32), style="green")
-    lines = [head]
+    lines: list[RenderableType] = [head]
     if annotations:
         lines.append(Text("plugins: " + "; ".join(annotations), style="magenta"))
     grid = Table.grid(padding=(0, 4))
@@ -104,5 +132,5 @@ def render_metrics(collector: MetricsCollector, profiler: MemoryProfiler, annota
     ms = {name: [1000 * v for v in collector.latencies(name)] for name in ("ttft_s", "itl_s")}
     grid.add_row(distribution("TTFT, engine ms", ms["ttft_s"], "ms", width=bar),
                  distribution("Inter-token latency, engine ms", ms["itl_s"], "ms", width=bar))
-    lines += [grid, memory_table(profiler, detector or MemoryLeakDetector())]
+    lines += [grid, memory_table(profiler, detector)]
     return Group(*lines)

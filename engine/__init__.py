@@ -17,12 +17,17 @@ _EXPORTS = {
 
 __all__ = list(_EXPORTS)
 
-if TYPE_CHECKING:
-    from .config import EngineConfig
-    from .engine import Engine
-    from .plugins import AttentionPlugin, CachePlugin, SchedulerPlugin, SchedulerState, load_plugin
-    from .records import StepRecord
-    from .request import Request, RequestState
+if TYPE_CHECKING:  # the names for type checkers; `X as X` marks a re-export
+    from .config import EngineConfig as EngineConfig
+    from .engine import Engine as Engine
+    from .plugins import AttentionPlugin as AttentionPlugin
+    from .plugins import CachePlugin as CachePlugin
+    from .plugins import SchedulerPlugin as SchedulerPlugin
+    from .plugins import SchedulerState as SchedulerState
+    from .plugins import load_plugin as load_plugin
+    from .records import StepRecord as StepRecord
+    from .request import Request as Request
+    from .request import RequestState as RequestState
 
 
 def __getattr__(name: str) -> Any:

@@ -16,7 +16,6 @@ import torch
 
 from .records import ScheduledItem
 
-
 _num_tokens, _key_len, _first_pos = attrgetter("num_tokens"), attrgetter("key_len"), attrgetter("first_pos")
 
 
@@ -63,7 +62,7 @@ class RaggedBatch:
         """[K] long: each key's position in its own sequence."""
         return self._key_index()[1]
 
-    def tail(self, first_item: int) -> "RaggedBatch":
+    def tail(self, first_item: int) -> RaggedBatch:
         """The items from `first_item` on, as a batch of their own (offsets and item indices
         re-based). Built once per step and shared by every layer, scratch included."""
         if first_item == 0:

@@ -16,11 +16,11 @@ CPU tests check everything but the capture itself.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 
 import torch
-
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256, 320, 384, 448, 512)
 WIDTH_UNIT_TOKENS = 256  # table widths are padded to this many tokens' worth of blocks
@@ -71,8 +71,11 @@ class DecodeGraphs:
 
     def bucket(self, num_items: int, num_blocks: int) -> tuple[int, int] | None:
         n = next((b for b in self.buckets if b >= num_items), None)
-        width = min(-(-num_blocks // self.width_unit) * self.width_unit, self.max_blocks)
-        return None if n is None or num_blocks > self.max_blocks else (n, width)
+        return None if n is None or num_blocks > self.max_blocks else (n, self.table_width(num_blocks))
+
+    def table_width(self, num_blocks: int) -> int:
+        """The block-table width of the bucket that holds num_blocks (<= max_blocks) blocks."""
+        return min(-(-num_blocks // self.width_unit) * self.width_unit, self.max_blocks)
 
     def run(self, batch, samples: list[bool]) -> torch.Tensor | None:
         """Logits of a decode-only step (every item one token, every item sampling), or None when
@@ -122,13 +125,12 @@ class DecodeGraphs:
         try:
             self._capture(key)
             return True
-        except Exception as exc:  # noqa: BLE001 - a kernel that cannot be captured: stay eager, say why
+        except Exception as exc:  # a kernel that cannot be captured: stay eager, say why
             self.broken = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-            warnings.warn(f"decode graph capture failed, decodes run eagerly: {self.broken}")
-            try:  # drain the failed capture's work; under sync-debug "error" a sync raises itself
+            warnings.warn(f"decode graph capture failed, decodes run eagerly: {self.broken}", stacklevel=2)
+            # drain the failed capture's work; under sync-debug "error" a sync raises itself
+            with contextlib.suppress(RuntimeError):
                 torch.cuda.synchronize()
-            except RuntimeError:
-                pass
             return False
 
     def _capture(self, key: tuple[int, int]) -> None:
@@ -153,8 +155,8 @@ class DecodeGraphs:
         """Builds every bucket a run of up to num_items decodes of up to key_len keys can use,
         largest first (so smaller graphs reuse the larger ones' memory); returns how many."""
         blocks = min(self.kv.allocator.blocks_for(key_len), self.max_blocks)
-        top = self.bucket(min(num_items, self.buckets[-1]), blocks)[0]
-        widths = sorted({self.bucket(1, b)[1] for b in range(1, blocks + 1)}, reverse=True)
+        top = next(b for b in self.buckets if b >= min(num_items, self.buckets[-1]))
+        widths = sorted({self.table_width(b) for b in range(1, blocks + 1)}, reverse=True)
         built = 0
         for n in reversed([b for b in self.buckets if b <= top]):
             for width in widths:

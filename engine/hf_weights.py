@@ -8,6 +8,8 @@ Importing this module does not import transformers; the functions do, when calle
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from engine.model import DecoderModel, ModelSpec, fused_parts
@@ -45,7 +47,7 @@ def llama_config(spec: ModelSpec):
     """A `LlamaConfig` with our preset's shape; no BOS/EOS, so generation never stops early."""
     from transformers import LlamaConfig
 
-    common = dict(vocab_size=spec.vocab_size, hidden_size=spec.hidden_size,
+    common: dict[str, Any] = dict(vocab_size=spec.vocab_size, hidden_size=spec.hidden_size,
                   intermediate_size=spec.intermediate_size, num_hidden_layers=spec.num_layers,
                   num_attention_heads=spec.num_heads, num_key_value_heads=spec.num_kv_heads,
                   head_dim=spec.head_dim, max_position_embeddings=spec.max_context, rms_norm_eps=spec.rms_eps,
@@ -54,7 +56,7 @@ def llama_config(spec: ModelSpec):
     try:  # transformers >= 5: rope settings live in rope_parameters
         config = LlamaConfig(**common, rope_parameters={"rope_type": "default", "rope_theta": spec.rope_theta})
     except TypeError:  # transformers 4.x
-        config = LlamaConfig(**common, rope_theta=spec.rope_theta)
+        config = LlamaConfig(**{**common, "rope_theta": spec.rope_theta})  # (5.x's stubs lack the 4.x keyword)
     theta = (getattr(config, "rope_parameters", None) or {}).get("rope_theta", getattr(config, "rope_theta", None))
     if theta != spec.rope_theta:
         raise RuntimeError(f"LlamaConfig did not take rope_theta={spec.rope_theta} (got {theta})")
@@ -72,7 +74,7 @@ def to_hf_llama(model: DecoderModel, dtype: torch.dtype | None = None, device: t
     config = llama_config(model.spec)
     config._attn_implementation = attn_implementation
     with torch.device("meta"):
-        hf = LlamaForCausalLM(config)
+        hf: Any = LlamaForCausalLM(config)  # Any: transformers types .to through functools.wraps, uncallable to mypy
     hf = hf.to_empty(device=device).to(dtype)
     theirs = dict(hf.named_parameters())
     copied = set()

@@ -73,13 +73,13 @@ class InFlightStep:
         """Writes the tokens where the placeholders are and returns the completed record."""
         tokens = self.tokens.to_host()
         now = time.perf_counter()
-        for r, at, token in zip(self.requests, self.positions, tokens):
+        for r, at, token in zip(self.requests, self.positions, tokens, strict=True):
             r.output[at] = token
         for r in self.first_token:
             r.first_token_time = now
         for r in self.finishing:
             r.finish_time = now
-        self.record.sampled = IdKeyed({r.id: t for r, t in zip(self.requests, tokens)})
+        self.record.sampled = IdKeyed({r.id: t for r, t in zip(self.requests, tokens, strict=True)})
         return self.record
 
 
@@ -91,7 +91,7 @@ def feed_pending_tokens(token_ids: torch.Tensor, tokens: list[list[int]], reques
     rows, sources = [], []
     row_of = previous.row_of if previous is not None else {}
     row = 0
-    for fed, rid in zip(tokens, request_ids):
+    for fed, rid in zip(tokens, request_ids, strict=True):
         if PENDING_TOKEN in fed:
             if len(fed) != 1 or rid not in row_of:
                 raise RuntimeError(f"request {rid} feeds an unresolved token outside a decode")
@@ -99,5 +99,6 @@ def feed_pending_tokens(token_ids: torch.Tensor, tokens: list[list[int]], reques
             sources.append(row_of[rid])
         row += len(fed)
     if rows:
+        assert previous is not None  # rows come from previous.row_of
         index = long_tensor(rows + sources, token_ids.device).view(2, len(rows))
         token_ids[index[0]] = previous.on_device[index[1]]

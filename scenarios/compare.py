@@ -75,9 +75,11 @@ def run_records(scenario: Scenario, variant: str | None = None, max_steps: int =
                 **overrides) -> list[StepRecord]:
     """Runs the scenario (or one variant) to the end, returning every StepRecord."""
     engine = scenario.build_engine(variant, **overrides)
-    records = []
+    records: list[StepRecord] = []
     while engine.has_unfinished() and len(records) < max_steps:
-        records.append(engine.step())
+        record = engine.step()
+        if record is not None:  # None only from an overlapped engine, which a scenario never builds
+            records.append(record)
     return records
 
 
@@ -121,7 +123,7 @@ def format_table(rows: list[RunSummary]) -> list[str]:
     """Plain aligned text lines; steps, TTFT and latency are in scheduler steps."""
     cells = [[name for name, _ in COLUMNS]] + [[str(get(r)) for _, get in COLUMNS] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
-    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
              for row in cells]
     for r in rows:
         if not r.complete:

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import difflib
 import random
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-try:
+if sys.version_info >= (3, 11):
     import tomllib
-except ModuleNotFoundError:  # Python 3.10
+else:  # Python 3.10
     import tomli as tomllib
 
 from engine import Engine, EngineConfig

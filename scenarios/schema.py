@@ -60,7 +60,7 @@ class Checker:
         self.file = file
         self.where = where
 
-    def at(self, where: str) -> "Checker":
+    def at(self, where: str) -> Checker:
         return Checker(self.file, where)
 
     def fail(self, key: str, problem: str) -> NoReturn:
@@ -119,7 +119,7 @@ class Checker:
             self.fail(key, f"is {len(value)} characters long; at most {max_len} are allowed")
         return value
 
-    def choice(self, table: dict, key: str, default: str, allowed: Iterable[str]) -> str:
+    def choice(self, table: dict, key: str, default: str | None, allowed: Iterable[str]) -> str:
         allowed = list(allowed)
         value = table.get(key, default)
         if value not in allowed or not isinstance(value, str):

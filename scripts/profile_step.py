@@ -40,7 +40,7 @@ def main() -> None:
     w = make_workload("anchor", scale=scale, model="small")
     eng = Engine(EngineConfig(model="small", device="cuda", dtype="bfloat16", attention="flex",
                               max_tokens_per_step=8192, prefill_chunk_size=1024))
-    for p, n in zip(w.prompts, w.max_new_tokens):
+    for p, n in zip(w.prompts, w.max_new_tokens, strict=True):
         eng.add_request(p, max_new_tokens=n)
     timings: dict[str, list[tuple[float, float]]] = {"with prefill": [], "decode-only": []}  # (host s, GPU s)
     record_s = step_s = 0.0

@@ -33,7 +33,7 @@ def test_paused_start_then_three_steps_then_back_then_resume_then_quit():
             assert shown_step(app) == 0 and "paused" in header_text(app)
             for expected in (1, 2, 3):
                 await pilot.press("n")
-                await wait_until(pilot, lambda: f"Step {expected}" in header_text(app))
+                await wait_until(pilot, lambda expected=expected: f"Step {expected}" in header_text(app))
             assert "Step 3" in header_text(app) and shown_step(app) == 3
             await pilot.pause(0.3)
             assert shown_step(app) == 3, "a paused engine must not step on its own"

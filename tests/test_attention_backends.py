@@ -39,7 +39,8 @@ def test_mask_rule(shape):
     assert mask.tolist() == mask_from_items(batch.items)
     for i in range(batch.num_tokens):
         for j in range(batch.num_keys):
-            expect = bool(batch.seq_ids[i] == batch.key_seq_ids[j]) and bool(batch.key_positions[j] <= batch.positions[i])
+            same_seq = bool(batch.seq_ids[i] == batch.key_seq_ids[j])
+            expect = same_seq and bool(batch.key_positions[j] <= batch.positions[i])
             assert bool(mask[i, j]) == expect
 
 

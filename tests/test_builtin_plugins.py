@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from engine import Engine, EngineConfig
+from engine.kv.int8_pool import Int8BlockPool
 from engine.plugins.builtin import AdaptiveBatchPlugin, KVInt8Plugin
 from engine.plugins.builtin.kv_int8 import token_divergence
-from engine.kv.int8_pool import Int8BlockPool
 from scenarios import ScenarioError, load_scenario, loads
 
 

@@ -40,7 +40,7 @@ def test_continuous_equals_alone_fp32(backend):
     while eng.has_unfinished():
         preempted += len(eng.step().preempted)
     alone = Engine(EngineConfig(max_tokens_per_step=1024, prefill_chunk_size=1024, **cfg))
-    for rid, (p, n) in zip(ids, reqs):
+    for rid, (p, n) in zip(ids, reqs, strict=True):
         one = alone.add_request(p, max_new_tokens=n)
         alone.run_until_done()
         assert alone.requests[one].output == eng.requests[rid].output, f"request {rid} differs ({backend})"
@@ -96,7 +96,7 @@ def test_anchor_bf16_runs():
     assert [len(o) for o in static.outputs] == [128] * workload.num_requests
     assert cont.steps < static.steps
     assert cont.output_tok_s > 0 and static.output_tok_s > 0
-    same = sum(a == b for a, b in zip(cont.outputs, static.outputs)) / workload.num_requests
+    same = sum(a == b for a, b in zip(cont.outputs, static.outputs, strict=True)) / workload.num_requests
     print(f"anchor slice: continuous {cont.output_tok_s:,.0f} out tok/s in {cont.steps} steps; static "
           f"{static.output_tok_s:,.0f} in {static.steps}; identical outputs {same:.0%} (bf16)")
 
@@ -165,7 +165,7 @@ def test_decode_graphs_small_bf16_capture_and_agree():
         if mode == "on":
             assert eng.runner.decode_graphs.replays >= 10 and eng.runner.decode_graphs.broken is None
         assert eng.runner.decode_attention.broken is None, eng.runner.decode_attention.broken
-    same = sum(a == b for a, b in zip(outs["on"], outs["off"]))
+    same = sum(a == b for a, b in zip(outs["on"], outs["off"], strict=True))
     assert same >= len(reqs) - 1, f"only {same} of {len(reqs)} requests agree"
 
 

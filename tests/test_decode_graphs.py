@@ -32,7 +32,7 @@ def test_graphed_decodes_equal_each_request_alone(attention):
         preempted += len(rec.preempted)
     assert eng.runner.decode_graphs.replays == decode_only > 5
     assert preempted > 0, "the pool was meant to be small enough to preempt"
-    for rid, (p, n) in zip(ids, reqs):
+    for rid, (p, n) in zip(ids, reqs, strict=True):
         assert eng.requests[rid].output == run_alone(p, n), f"request {rid} differs with decode graphs"
 
 

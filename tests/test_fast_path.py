@@ -95,7 +95,7 @@ def test_continuous_equals_alone(backend):
     ids = [eng.add_request(p, max_new_tokens=n) for p, n in reqs]
     outs = eng.run_until_done()
     alone = Engine(EngineConfig(max_tokens_per_step=512, prefill_chunk_size=512, **cfg))
-    for rid, (p, n) in zip(ids, reqs):  # one at a time: nothing else is in flight
+    for rid, (p, n) in zip(ids, reqs, strict=True):  # one at a time: nothing else is in flight
         one = alone.add_request(p, max_new_tokens=n)
         alone.run_until_done()
         assert alone.requests[one].output == outs[rid], f"request {rid} differs under batching"

@@ -11,14 +11,14 @@ import random
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
+from engine import Engine, EngineConfig
+from engine.attention.layer_attention import PackedAttention
+from engine.batch_builder import build_batch
+from engine.hf_weights import hf_pieces, to_hf_llama
+from engine.kv.cache import DenseKVCache
+from engine.records import ScheduledItem
 
-from engine.hf_weights import hf_pieces, to_hf_llama  # noqa: E402
-from engine import Engine, EngineConfig  # noqa: E402
-from engine.attention.layer_attention import PackedAttention  # noqa: E402
-from engine.batch_builder import build_batch  # noqa: E402
-from engine.kv.cache import DenseKVCache  # noqa: E402
-from engine.records import ScheduledItem  # noqa: E402
+transformers = pytest.importorskip("transformers")
 
 REL_TOL = 1e-4
 
@@ -90,7 +90,7 @@ def test_greedy_outputs_identical(pair):
                                max_tokens_per_step=48, prefill_chunk_size=16))
     ids = [ours.add_request(p, max_new_tokens=new) for p in prompts]
     outs = ours.run_until_done()
-    for rid, prompt in zip(ids, prompts):
+    for rid, prompt in zip(ids, prompts, strict=True):
         with torch.no_grad():
             gen = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
                               max_new_tokens=new, do_sample=False, eos_token_id=None, pad_token_id=0)

@@ -1,9 +1,8 @@
 """Changing one request's prompt never changes another request's output."""
 
+from helpers import exact_config, run_batched
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from helpers import exact_config, run_batched
 
 
 @settings(max_examples=20)

@@ -1,13 +1,12 @@
 """Paged allocator and caches: no shared blocks, everything returns, flatten equals dense."""
 
 import torch
+from helpers import exact_config, run_batched
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine import Engine, EngineConfig
 from engine.kv.cache import PagedAllocator
-
-from helpers import exact_config, run_batched
 
 
 def test_allocator_hands_out_distinct_blocks_and_takes_them_back():

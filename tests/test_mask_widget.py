@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 from textual.color import Color
 
 from cbtui.colors import REQUEST_PALETTE, palette_slot
+from cbtui.formatting import short_number
 from cbtui.mask_raster import _bands, rasterize
 from cbtui.widgets.mask import SHADES, decode_pixel, mask_strips, pixel_codes
-from cbtui.formatting import short_number
 from cbtui.widgets.mask_legend import scale_text
 from engine.batch_builder import build_batch, mask_from_items, ragged_causal_mask
 from engine.records import ScheduledItem
@@ -115,7 +115,7 @@ def test_coverage_sets_brightness_and_selection_dims_the_others():
     raster = rasterize(KNOWN, 4, 4)  # 2 queries x ~4 keys per pixel
     codes = pixel_codes(raster, [i.request_id for i in KNOWN], selected=7)
     for code, owner, count, area in zip(codes.ravel(), raster.owner.ravel(), raster.count.ravel(),
-                                        raster.area.ravel()):
+                                        raster.area.ravel(), strict=True):
         if owner < 0:
             assert code == 0
             continue

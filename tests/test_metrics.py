@@ -11,9 +11,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from engine.records import KVView, MemoryView, RequestView, StepRecord
 from engine.records.metrics import MetricsCollector, RequestMetrics, StepStats
 from engine.records.metrics_export import MetricsExportError, export_metrics, steps_csv_path, write_csv, write_json
-from engine.records import KVView, MemoryView, RequestView, StepRecord
 from engine.records.stats import describe, histogram, linear_slope, percentile
 from scenarios import load_scenario
 
@@ -241,7 +241,7 @@ def test_csv_round_trip(tmp_path):
         rows = list(csv.DictReader(f))
     expected = [asdict(r) for r in m.requests()]
     assert len(rows) == 2
-    for row, want in zip(rows, expected):
+    for row, want in zip(rows, expected, strict=True):
         assert set(row) == {f.name for f in fields(RequestMetrics)} - {"itl_steps", "itl_s"}
         for k, v in row.items():
             like = want[k] if want[k] is not None else 0.0
@@ -249,7 +249,7 @@ def test_csv_round_trip(tmp_path):
     with open(paths[1], newline="") as f:
         steps = list(csv.DictReader(f))
     assert [int(r["step"]) for r in steps] == [0, 1, 2, 3]
-    for row, want in zip(steps, m.steps):
+    for row, want in zip(steps, m.steps, strict=True):
         assert {k: _parse(v, getattr(want, k)) for k, v in row.items()} == asdict(want)
     assert list(steps[0]) == [f.name for f in fields(StepStats)]
 

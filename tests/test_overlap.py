@@ -9,12 +9,12 @@ from dataclasses import replace
 
 import pytest
 import torch
+from helpers import exact_config, run_alone
 from hypothesis import given, settings
 from test_exactness import scenario_st
 
 from engine import Engine, EngineConfig
 from engine.overlap import PENDING_TOKEN, feed_pending_tokens
-from helpers import exact_config, run_alone
 
 
 def run_all(config: EngineConfig, workload: list[dict]):
@@ -64,7 +64,7 @@ def test_overlap_with_preemption_and_decode_graphs_stays_exact():
     outputs, records, eng = run_all(config, workload)
     assert sum(len(r.preempted) for r in records) > 0
     assert eng.runner.decode_graphs.replays > 0
-    for spec, out in zip(workload, outputs):
+    for spec, out in zip(workload, outputs, strict=True):
         assert out == run_alone(spec["prompt"], spec["max_new_tokens"])
 
 

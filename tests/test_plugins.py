@@ -1,11 +1,10 @@
 """Plugin hooks: order and arguments, isolation of faulty plugins, loading by name."""
 
 import pytest
+from helpers import exact_config, run_alone
 
 from engine import AttentionPlugin, CachePlugin, Engine, EngineConfig, SchedulerPlugin, load_plugin
 from engine.plugins.builtin import PriorityPlugin
-
-from helpers import exact_config, run_alone
 
 WORKLOAD = [{"prompt": [3 + i] * (4 + 3 * i), "max_new_tokens": 3 + i, "arrival_step": i} for i in range(4)]
 
@@ -128,7 +127,7 @@ def faulty(hook):
 def test_faulty_plugin_is_disabled_and_requests_are_untouched(hook):
     plugin = faulty(hook)
     outputs, records, eng = run(exact_config(max_tokens_per_step=8, prefill_chunk_size=4), [plugin])
-    for spec, out in zip(WORKLOAD, outputs):
+    for spec, out in zip(WORKLOAD, outputs, strict=True):
         assert out == run_alone(spec["prompt"], spec["max_new_tokens"])
     errors = [e for r in records for e in r.errors]
     assert len(errors) == 1 and f"plugin faulty_{hook} disabled" in errors[0]

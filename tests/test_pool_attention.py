@@ -40,7 +40,8 @@ def test_paged_decode_matches_reference(seed):
 
     items = [ScheduledItem(i, "decode", length - 1, 1, length) for i, length in enumerate(lens)]
     batch = build_batch(items, [[0]] * n, [True] * n, CPU)
-    slots = torch.tensor([t[p // bs] * bs + p % bs for t, length in zip(tables, lens) for p in range(length)])
+    slots = torch.tensor([t[p // bs] * bs + p % bs
+                          for t, length in zip(tables, lens, strict=True) for p in range(length)])
     want = reference_attention(q, k_pool[slots], v_pool[slots], batch)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 

@@ -12,17 +12,17 @@ import pytest
 from dashboard_helpers import header_text, shown_step, wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from textual.color import Color
 
 from cbtui.app import DashboardApp
-from engine.profiling.gpu_memory import RecordedProbe
-from engine.records.recording import RecordedRun, RecordingError, load_recording, parse_record
 from cbtui.widgets.budget import demand_line, split_cells
 from cbtui.widgets.kv_grid import dense_text, paged_text
 from cbtui.widgets.mask import mask_strips
 from cbtui.widgets.memory_panel import step_memory_text
 from cbtui.widgets.requests_table import row_cells
+from engine.profiling.gpu_memory import RecordedProbe
+from engine.records.recording import RecordedRun, RecordingError, load_recording, parse_record
 from scenarios import load_scenario
-from textual.color import Color
 
 
 def recorded_lines(name: str = "kv_pressure") -> list[str]:
@@ -96,7 +96,8 @@ def test_a_bad_line_is_named_with_its_field(tmp_path, lines):
         (lambda d: d["kv"]["block_tables"].update(x=[1]), "kv.block_tables: key 'x' is not a request id"),
         (lambda d: d["sampled"].update({"²": 1}), "sampled: key '²' is not a request id"),
         (lambda d: d["kv"]["block_tables"].update({"0": [1, "a"]}), "kv.block_tables[0] must be a list of integers"),
-        (lambda d: d["kv"]["block_tables"].update({"0": [10**6]}), "kv.block_tables[0]: a block number is not below num_blocks=20"),
+        (lambda d: d["kv"]["block_tables"].update({"0": [10**6]}),
+         "kv.block_tables[0]: a block number is not below num_blocks=20"),
         (lambda d: d["items"][0].update(key_len=999), "items[0]: key_len must be first_pos + num_tokens"),
         (lambda d: d["kv"].update(num_blocks=10**9), "kv.num_blocks=1000000000 is more than"),
         (lambda d: d["memory"].update(source="tpu"), "memory.source='tpu' must be 'cuda' or 'rss'"),
@@ -191,15 +192,15 @@ def test_the_dashboard_replays_a_recording_with_its_own_memory_figures(tmp_path,
     records = recording.records
 
     async def scenario():
-        app = DashboardApp(recording, RecordedRun(records), rebuild=lambda: RecordedRun(records), paused=True, speed=float("inf"),
-                           recorded=True, memory_poll_s=3600.0)
+        app = DashboardApp(recording, RecordedRun(records), rebuild=lambda: RecordedRun(records), paused=True,
+                           speed=float("inf"), recorded=True, memory_poll_s=3600.0)
         async with app.run_test(size=(100, 30)) as pilot:
             await wait_until(pilot, lambda: "Step 0" in header_text(app))
             assert isinstance(app._probe, RecordedProbe)
             assert "Replay: run.jsonl" in header_text(app) and "recorded · cpu · paged" in header_text(app)
             for expected in (1, 2, 3):
                 await pilot.press("n")
-                await wait_until(pilot, lambda: shown_step(app) == expected)
+                await wait_until(pilot, lambda expected=expected: shown_step(app) == expected)
             assert app.history.current() is records[3]  # the record as read, nothing recomputed
             await pilot.press("left")
             assert shown_step(app) == 2

@@ -1,6 +1,7 @@
 """StepRecords are plain data: they survive a JSON round trip unchanged."""
 
 import json
+from itertools import pairwise
 
 from engine import Engine, EngineConfig, StepRecord
 
@@ -75,7 +76,7 @@ def test_request_views_read_late_show_the_step_they_were_taken_at():
             assert v.ttft_steps == (first_token[v.id] - v.arrival_step if v.generated else None), (rec.step, v)
     assert max(preempted.values()) >= 1
     tails = [dict((v[0], v[11]) for v in step) for step in late]
-    assert any(a != b for a, b in zip(tails, tails[1:]))  # tails really move between steps
+    assert any(a != b for a, b in pairwise(tails))  # tails really move between steps
     assert len(records[0].requests) == 6
 
 

@@ -76,7 +76,7 @@ def test_listing_shows_every_builtin_with_its_summary(args):
     assert result.exit_code == 0
     lines = result.output.splitlines()
     assert len(lines) == len(builtin_names())
-    for line, name in zip(lines, builtin_names()):
+    for line, name in zip(lines, builtin_names(), strict=True):
         assert line.split()[0] == name
         assert line[22:].strip() == load_scenario(name).summary
 

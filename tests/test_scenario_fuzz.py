@@ -126,8 +126,8 @@ def test_accepted_scenarios_build_and_run():
         accepted.append(scenario)
         for variant in [None, *scenario.variants][:2]:
             # The tiny model and sdpa keep each example fast; every other setting is fuzzed.
-            engine = only_scenario_errors(lambda: scenario.build_engine(variant, device="cpu", model="tiny",
-                                                                        attention="sdpa"))
+            engine = only_scenario_errors(lambda variant=variant: scenario.build_engine(
+                variant, device="cpu", model="tiny", attention="sdpa"))
             assert engine is not None, "a scenario the loader accepted failed to build"
             for _ in range(4):
                 if not engine.has_unfinished():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from itertools import pairwise
 
 from scenarios import loads
 
@@ -56,7 +57,7 @@ def test_poisson_bursts():
     sizes = list(Counter(steps).values())
     # Bursts of 3 to 5 (two can land on one step at this rate; the last may be cut short).
     assert all(s >= 3 for s in sizes[:-1]) and max(sizes) >= 5
-    gaps = [b - a for a, b in zip(sorted(set(steps)), sorted(set(steps))[1:])]
+    gaps = [b - a for a, b in pairwise(sorted(set(steps)))]
     assert len(set(gaps)) > 1  # exponential gaps, not a fixed period
     # Mean gap near 1 / rate = 2 steps per burst (counted per burst start).
     assert 1.0 <= (steps[-1] - steps[0]) / (60 / 4) <= 3.5

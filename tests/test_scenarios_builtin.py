@@ -7,7 +7,7 @@ written against its [compare] variants where it claims a difference.
 from __future__ import annotations
 
 import io
-from functools import lru_cache
+from functools import cache
 
 import pytest
 from rich.console import Console
@@ -16,8 +16,8 @@ from cbtui.headless import run_headless
 from scenarios import builtin_names, load_scenario
 from scenarios.compare import run_records, summarize
 
-EXPECTED = {"mixed_load", "priority_sla", "decode_heavy", "long_prompt", "budget_sweep", "dense_vs_paged", "kv_pressure",
-            "static_vs_continuous", "burst_arrivals"}
+EXPECTED = {"mixed_load", "priority_sla", "decode_heavy", "long_prompt", "budget_sweep", "dense_vs_paged",
+            "kv_pressure", "static_vs_continuous", "burst_arrivals"}
 MAX_STEPS = 120  # "a few dozen steps": a scenario's point must not need a long watch
 # On the CPU, as in CI, even on a GPU machine: the token-for-token comparisons below are claims
 # about float32 greedy decoding, and bf16 GPU kernels may round differently across chunkings.
@@ -25,7 +25,7 @@ DEVICE = "cpu"
 
 
 
-@lru_cache(maxsize=None)
+@cache
 def records(name: str, variant: str | None = None):
     """The scenario as written runs through the headless printer; variants as compare runs them."""
     scenario = load_scenario(name)
@@ -58,7 +58,7 @@ def comparable(rec) -> dict:
 # -- every scenario ----------------------------------------------------------------------------
 
 def test_the_issue_scenarios_are_all_built_in():
-    assert EXPECTED <= set(builtin_names())
+    assert set(builtin_names()) >= EXPECTED
 
 
 @pytest.mark.parametrize("name", builtin_names())
@@ -182,7 +182,7 @@ def test_budget_sweep_bigger_budget_fewer_fuller_steps():
     assert batches == sorted(batches) and len(set(batches)) == 4
     ttft = [r.ttft_mean for r in rows]
     assert ttft == sorted(ttft, reverse=True)
-    assert all(r.peak_batch <= b for r, b in zip(rows, budgets))
+    assert all(r.peak_batch <= b for r, b in zip(rows, budgets, strict=True))
     assert rows[0].peak_batch == 16 and rows[-1].peak_batch > 64
 
 
@@ -191,7 +191,7 @@ def test_budget_sweep_bigger_budget_fewer_fuller_steps():
 def test_dense_and_paged_schedule_and_sample_identically():
     paged, dense = records("dense_vs_paged"), records("dense_vs_paged", "dense")
     assert len(paged) == len(dense)
-    for p, d in zip(paged, dense):
+    for p, d in zip(paged, dense, strict=True):
         assert p.items == d.items
         assert p.sampled == d.sampled
         assert p.kv.tokens == d.kv.tokens

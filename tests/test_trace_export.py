@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from itertools import pairwise
 
 import pytest
 
-from engine.records.metrics_export import MetricsExportError
 from engine.records import REASON_NOT_ARRIVED
+from engine.records.metrics_export import MetricsExportError
 from engine.records.trace_export import REQUESTS_PID, SCHEDULER_PID, check_trace_path, trace_events, write_trace
 from scenarios import load_scenario
 
@@ -33,15 +34,15 @@ def test_one_slice_per_step_back_to_back_with_its_wall_time(records):
     steps = slices(trace_events(records), SCHEDULER_PID)
     assert [s["name"] for s in steps] == [f"step {r.step}" for r in records]
     assert [s["args"]["decode_tokens"] for s in steps] == [r.decode_tokens for r in records]
-    for s, r in zip(steps, records):
+    for s, r in zip(steps, records, strict=True):
         assert s["dur"] == pytest.approx(r.wall_time_s * 1e6, abs=0.01)
-    for before, after in zip(steps, steps[1:]):
+    for before, after in pairwise(steps):
         assert after["ts"] == pytest.approx(before["ts"] + before["dur"], abs=0.01)
 
 
 def test_each_request_row_says_what_it_did_every_step(records):
     events = trace_events(records)
-    starts = {r.step: s["ts"] for r, s in zip(records, slices(events, SCHEDULER_PID))}
+    starts = {r.step: s["ts"] for r, s in zip(records, slices(events, SCHEDULER_PID), strict=True)}
     step_at = {ts: step for step, ts in starts.items()}
     ids = sorted({v.id for r in records for v in r.requests})
     for rid in ids:
@@ -71,7 +72,10 @@ def test_each_request_row_says_what_it_did_every_step(records):
 def test_marks_for_preemption_first_token_and_finish(records):
     events = trace_events(records)
     marks = [e for e in events if e["ph"] == "i"]
-    count = lambda name: sum(1 for m in marks if m["name"] == name)  # noqa: E731
+
+    def count(name):
+        return sum(1 for m in marks if m["name"] == name)
+
     assert count("preempted") == sum(len(r.preempted) for r in records) > 0
     assert count("finished") == records[-1].finished_total
     assert count("first token") == len([v for v in records[-1].requests if v.generated])

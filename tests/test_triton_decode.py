@@ -51,7 +51,7 @@ def test_kernel_reads_only_each_requests_own_blocks():
 
     q, k, v, tables, lens = random_case(random.Random(1), 4, 2, 16, 8, n=4, max_len=70)
     owned = torch.zeros(k.shape[0], dtype=torch.bool, device=DEVICE)
-    for row, length in zip(tables.tolist(), lens.tolist()):
+    for row, length in zip(tables.tolist(), lens.tolist(), strict=True):
         for p in range(length):
             owned[row[p // 8] * 8 + p % 8] = True
     k[~owned], v[~owned] = float("nan"), float("nan")

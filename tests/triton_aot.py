@@ -17,14 +17,14 @@ import re
 import subprocess
 import sys
 
-os.environ.pop("TRITON_INTERPRET", None)
+os.environ.pop("TRITON_INTERPRET", None)  # before triton is imported: it reads this once
 
-import triton  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
 
-from engine.attention.paged_decode_triton import _paged_decode_kernel, launch_constants  # noqa: E402
-from engine.model import PRESETS  # noqa: E402
+from engine.attention.paged_decode_triton import _paged_decode_kernel, launch_constants
+from engine.model import PRESETS
 
 TRITON_TYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 

@@ -63,5 +63,5 @@ class HelpScreen(ModalScreen[None]):
             yield Static(keys, classes="keys")
             yield Static(Text(READING, style="dim"))
 
-    def action_dismiss(self) -> None:
-        self.dismiss(None)
+    async def action_dismiss(self, result: None = None) -> None:
+        self.dismiss(result)

@@ -97,7 +97,8 @@ def paged_text(kv: KVView, width: int, rows: int, selected: int | None,
             text.append("\n")
         # Consecutive cells with one style become one span: a full pool is a few spans, not
         # thousands.
-        run_text, run_style = [], None
+        run_text: list[str] = []
+        run_style = None
         for cell in cells[row_start:row_start + per_row]:
             style = _style(cell.owner, cell.freed_by, selected)
             if style is not run_style and run_text:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from rich.text import Text
 from textual import on
 from textual.binding import Binding
@@ -9,7 +11,7 @@ from textual.message import Message
 from textual.widgets import DataTable
 
 from engine.records import RequestView
-from engine.tokenizer import decode
+from engine.records.text import decode
 
 from ..colors import request_color
 
@@ -68,7 +70,7 @@ class RequestsTable(DataTable, inherit_bindings=False):
         for key, label, width in COLUMNS:
             self.add_column(label, key=key, width=width)
 
-    def show(self, views: list[RequestView]) -> None:
+    def show(self, views: Sequence[RequestView]) -> None:
         no_color = self.app.no_color
         wanted = {v.id for v in views}
         if set(self._shown) - wanted:  # a different run (restart): start over
@@ -81,7 +83,7 @@ class RequestsTable(DataTable, inherit_bindings=False):
             if old is None:
                 self.add_row(*cells, key=str(view.id))
             elif old != plain:
-                for (key, _, _), new, before in zip(COLUMNS, cells, old):
+                for (key, _, _), new, before in zip(COLUMNS, cells, old, strict=True):
                     if str(new) != before:
                         self.update_cell(str(view.id), key, new)
             self._shown[view.id] = plain

@@ -52,9 +52,9 @@ class TritonDecode:
                 from .paged_decode_triton import paged_decode_triton
 
                 return paged_decode_triton(q, k_pool, v_pool, tables, key_lens, block_size)
-            except Exception as exc:  # noqa: BLE001 - e.g. no Triton backend for this GPU
+            except Exception as exc:  # e.g. no Triton backend for this GPU
                 self.broken = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-                warnings.warn(f"Triton decode attention failed, using the block gather: {self.broken}")
+                warnings.warn(f"Triton decode attention failed, using the block gather: {self.broken}", stacklevel=2)
         return paged_decode_attention(q, k_pool, v_pool, tables, key_lens, block_size)
 
 

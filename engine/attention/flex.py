@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import importlib.util
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -42,7 +44,7 @@ def flex_available(device: torch.device) -> bool:
         return False
 
 
-_compiled = {}
+_compiled: dict[str, Callable[..., Any]] = {}
 
 
 def compiled_flex(backend="inductor"):
@@ -53,16 +55,15 @@ def compiled_flex(backend="inductor"):
     smallest padded prefill) shares a symbol with the model's two KV heads, the head count is
     fixed, and so that block count was fixed too, and the next batch recompiled (measured: 3
     compiles instead of 1 on the tiny preset's workload). Tests pass a counting backend."""
-    from torch.nn.attention.flex_attention import flex_attention
-
     from torch.fx.experimental import _config as config
+    from torch.nn.attention.flex_attention import flex_attention
 
     fn = torch.compile(flex_attention, dynamic=True, backend=backend)
     if not hasattr(config, "use_duck_shape"):  # a torch without the switch: compile as it comes
         return fn
 
     def without_duck_sizing(*args, **kwargs):
-        with config.patch(use_duck_shape=False):
+        with config.patch(use_duck_shape=False):  # type: ignore[attr-defined]  # added by torch's install_config_module
             return fn(*args, **kwargs)
 
     return without_duck_sizing
@@ -152,7 +153,7 @@ def _run(q, k, v, block_mask) -> torch.Tensor | None:
                 _broken[key] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
                 instead = "sdpa instead" if q.device.type in SDPA_FALLBACK_DEVICES else "uncompiled (slow, exact)"
                 warnings.warn(f"compiled flex attention failed for heads {key[2]}/{key[3]} x {key[4]} "
-                              f"{key[1]}; running it {instead}: {_broken[key]}")
+                              f"{key[1]}; running it {instead}: {_broken[key]}", stacklevel=2)
         if q.device.type in SDPA_FALLBACK_DEVICES:
             return None
         out = flex_attention(*args, block_mask=block_mask, enable_gqa=True)

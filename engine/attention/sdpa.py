@@ -21,7 +21,7 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: Rag
         rows, single_out = single_query_attention(q, k, v, batch, singles)
         out[rows] = single_out
     cu_q, cu_k = host_offsets(batch.q_lens), host_offsets(batch.k_lens)
-    for i, (q_len, k_len, first) in enumerate(zip(batch.q_lens, batch.k_lens, batch.first_positions)):
+    for i, (q_len, k_len, first) in enumerate(zip(batch.q_lens, batch.k_lens, batch.first_positions, strict=True)):
         if q_len == 1:
             continue
         q0, k0 = cu_q[i], cu_k[i]

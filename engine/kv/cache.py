@@ -62,6 +62,8 @@ def kv_bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype:
 
 class _CacheBase:
     layout = ""
+    step_request_ids: list[int]  # set by begin_step
+    step_batch: RaggedBatch
 
     def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype,
                  device: torch.device):
@@ -72,7 +74,7 @@ class _CacheBase:
 
     def commit_step(self) -> None:
         """Marks this step's tokens as stored (called after the forward pass)."""
-        self.tokens.update(zip(self.step_request_ids, self.step_batch.k_lens))
+        self.tokens.update(zip(self.step_request_ids, self.step_batch.k_lens, strict=True))
 
 
 class PagedKVCache(_CacheBase):
@@ -209,15 +211,17 @@ class DenseKVCache(_CacheBase):
 
     def begin_step(self, request_ids: list[int], batch: RaggedBatch) -> None:
         self.step_request_ids, self.step_batch = request_ids, batch
-        for rid, item in zip(request_ids, batch.items):
+        for rid, item in zip(request_ids, batch.items, strict=True):
             held = self.tokens.get(rid, 0)
-            assert held == item.first_pos, f"dense cache for request {rid} holds {held}, step starts at {item.first_pos}"
+            assert held == item.first_pos, \
+                f"dense cache for request {rid} holds {held}, step starts at {item.first_pos}"
             if rid not in self.store:
                 empty = torch.empty((0, self.num_kv_heads, self.head_dim), dtype=self.dtype, device=self.device)
                 self.store[rid] = [[empty, empty] for _ in range(self.num_layers)]
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        for rid, k_new, v_new in zip(self.step_request_ids, k.split(self.step_batch.q_lens), v.split(self.step_batch.q_lens)):
+        q_lens = self.step_batch.q_lens
+        for rid, k_new, v_new in zip(self.step_request_ids, k.split(q_lens), v.split(q_lens), strict=True):
             entry = self.store[rid][layer]
             entry[0] = torch.cat([entry[0], k_new])
             entry[1] = torch.cat([entry[1], v_new])

@@ -32,7 +32,7 @@ class Int8BlockPool:
     def nbytes(self) -> int:
         return self.q.nbytes + self.scale.nbytes
 
-    def __getitem__(self, layer: int) -> "Int8LayerPool":
+    def __getitem__(self, layer: int) -> Int8LayerPool:
         return Int8LayerPool(self, layer)
 
 

@@ -8,9 +8,15 @@ goes on with the step as if the plugin were absent, so no request is ever corrup
 from __future__ import annotations
 
 import importlib
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from operator import attrgetter
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..request import Request
 
 ENTRY_POINT_GROUP = "cbtui.plugins"
 
@@ -39,13 +45,13 @@ class SchedulerState:
 
     step: int
     budget: int
-    waiting: object  # deque[Request]
-    running: list
+    waiting: deque[Request]
+    running: list[Request]
     # Default: least recently served decode first, so a decode cap never starves anyone.
-    decode_key: object = field(default=attrgetter("last_scheduled_step"))
+    decode_key: Callable[[Request], Any] = field(default=attrgetter("last_scheduled_step"))
     reserved_tokens: int = 0
-    reserved_for: set = field(default_factory=set)  # request ids that may use the reserved slice
-    annotations: list = field(default_factory=list)
+    reserved_for: set[int] = field(default_factory=set)  # request ids that may use the reserved slice
+    annotations: list[str] = field(default_factory=list)
 
     def reserve(self, tokens: int, request_ids) -> None:
         """Keeps `tokens` of this step's budget for the given requests only."""
@@ -103,7 +109,7 @@ def load_plugin(spec: str, options: dict | None = None) -> Plugin:
         module_name, _, attr = spec.partition(":")
         try:
             cls = getattr(importlib.import_module(module_name), attr)
-        except Exception as exc:  # noqa: BLE001 - whatever importing user code raises
+        except Exception as exc:  # whatever importing user code raises
             raise ValueError(f"plugin {spec!r} cannot be loaded: {exc}; give module:Class on the "
                              f"Python path") from None
     else:
@@ -118,6 +124,6 @@ def load_plugin(spec: str, options: dict | None = None) -> Plugin:
         return cls(**options)
     except ValueError as exc:
         raise ValueError(f"plugin {spec!r}: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - e.g. TypeError for an unknown option
+    except Exception as exc:  # e.g. TypeError for an unknown option
         raise ValueError(f"plugin {spec!r} cannot be created with options {options!r}: "
                          f"{type(exc).__name__}: {exc}") from None

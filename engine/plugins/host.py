@@ -42,10 +42,11 @@ class PluginHost:
         for plugin in self.active(SchedulerPlugin):
             waiting, running = list(state.waiting), list(state.running)
             budget, decode_key = state.budget, state.decode_key
+            problem: str | Exception | None
             try:
                 plugin.before_step(state)
                 problem = self._check_state(state, waiting, running)
-            except Exception as exc:  # noqa: BLE001 - any plugin failure is isolated
+            except Exception as exc:  # any plugin failure is isolated
                 problem = exc
             if problem is not None:
                 # Undo whatever it did: the queues must hold exactly the requests they held.
@@ -69,14 +70,14 @@ class PluginHost:
         for plugin in self.active(SchedulerPlugin):
             try:
                 plugin.after_step(state, record)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 self.fail(plugin, "after_step", exc)
 
     def on_request_completion(self, request) -> None:
         for plugin in self.active(SchedulerPlugin):
             try:
                 plugin.on_request_completion(request)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 self.fail(plugin, "on_request_completion", exc)
 
     # -- attention hooks ----------------------------------------------------------------------
@@ -89,7 +90,7 @@ class PluginHost:
                     wrapped = plugin.wrap(layer, fn)
                     if not callable(wrapped):
                         raise TypeError(f"wrap returned {type(wrapped).__name__}, not a function")
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     self.fail(plugin, "wrap", exc)
                     continue
                 if wrapped is not fn:  # a layer the plugin leaves alone keeps the bare backend
@@ -106,7 +107,7 @@ class PluginHost:
                         return out
                     self.fail(plugin, "attention", f"an output of shape {getattr(out, 'shape', None)}, "
                                                    f"expected {tuple(q.shape)}")
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     self.fail(plugin, "attention", exc)
             return fallback(q, k, v, batch)
         return attention
@@ -133,13 +134,13 @@ class HookedCache:
                 if new_k.shape != k.shape or new_v.shape != v.shape:
                     raise ValueError("before_append changed the shape of k or v")
                 k, v = new_k, new_v
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 self.host.fail(plugin, "before_append", exc)
         self.cache.write(layer, k, v)
         for plugin in self.host.active(CachePlugin):
             try:
                 plugin.after_append(self.cache, layer, batch)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 self.host.fail(plugin, "after_append", exc)
 
     def read(self, layer: int):

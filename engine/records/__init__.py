@@ -4,9 +4,22 @@ Plain data only: nothing in this package imports torch, so a replay or an export
 engine (an import-linter contract keeps it so).
 """
 
-from .types import (REASON_BUDGET, REASON_DECODE_CAP, REASON_NO_BLOCKS, REASON_NOT_ARRIVED, REASON_PREEMPTED,
-                    REASON_RESERVED, REASON_STATIC_BATCH, IdKeyed, KVView, MemoryView, RequestView, RunHeader,
-                    ScheduledItem, StepRecord)
+from .types import (
+    REASON_BUDGET,
+    REASON_DECODE_CAP,
+    REASON_NO_BLOCKS,
+    REASON_NOT_ARRIVED,
+    REASON_PREEMPTED,
+    REASON_RESERVED,
+    REASON_STATIC_BATCH,
+    IdKeyed,
+    KVView,
+    MemoryView,
+    RequestView,
+    RunHeader,
+    ScheduledItem,
+    StepRecord,
+)
 
 __all__ = ["REASON_BUDGET", "REASON_DECODE_CAP", "REASON_NO_BLOCKS", "REASON_NOT_ARRIVED", "REASON_PREEMPTED",
            "REASON_RESERVED", "REASON_STATIC_BATCH", "IdKeyed", "KVView", "MemoryView", "RequestView",

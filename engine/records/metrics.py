@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from itertools import pairwise
 
-from .types import StepRecord
 from .stats import describe
+from .types import StepRecord
 
 
 @dataclass(slots=True)
@@ -116,11 +117,11 @@ class MetricsCollector:
                                                        view.num_preemptions, arrival)
             track.state, track.generated = view.state, view.generated
             track.num_preemptions = view.num_preemptions
-        for rid in record.sampled:
-            track = self._tracks[int(rid)]
+        for key in record.sampled:  # the request id as a string (a JSON key), not the int id itself
+            track = self._tracks[int(key)]
             track.token_steps.append(record.step)
             track.token_ends.append(end)
-        for rid in record.finished:
+        for rid in record.finished:  # int ids
             self._tracks[rid].finished_step = record.step
         tokens = record.decode_tokens + record.prefill_tokens
         wall = record.wall_time_s
@@ -181,22 +182,25 @@ class MetricsCollector:
         steps, ends = t.token_steps, t.token_ends
         arrival_s = self._step_start.get(t.arrival_step)
         first = steps[0] if steps else None
-        itl_steps = [b - a for a, b in zip(steps, steps[1:])]
-        itl_s = [b - a for a, b in zip(ends, ends[1:])]
-        done = t.finished_step is not None
+        itl_steps = [b - a for a, b in pairwise(steps)]
+        itl_s = [b - a for a, b in pairwise(ends)]
+        finished = t.finished_step
         ttft_steps = None if first is None else first - t.arrival_step
-        tpot_steps = (steps[-1] - first) / (len(steps) - 1) if len(steps) > 1 else None
+        tpot_steps = (steps[-1] - steps[0]) / (len(steps) - 1) if len(steps) > 1 else None
         tpot_s = (ends[-1] - ends[0]) / (len(ends) - 1) if len(ends) > 1 else None
-        known = arrival_s is not None and first is not None
+        ttft_s = e2e_s = None  # (token_ends grows with token_steps: a first token has an end time)
+        if arrival_s is not None and ends:
+            ttft_s = ends[0] - arrival_s
+            e2e_s = ends[-1] - arrival_s if finished is not None else None
         return RequestMetrics(
             id=t.id, state=t.state, prompt_len=t.prompt_len, generated=t.generated,
             num_preemptions=t.num_preemptions, arrival_step=t.arrival_step, first_token_step=first,
             finished_step=t.finished_step, ttft_steps=ttft_steps, tpot_steps=tpot_steps,
             max_itl_steps=max(itl_steps) if itl_steps else None,
-            e2e_steps=t.finished_step - t.arrival_step if done else None,
-            ttft_s=ends[0] - arrival_s if known else None, tpot_s=tpot_s,
+            e2e_steps=finished - t.arrival_step if finished is not None else None,
+            ttft_s=ttft_s, tpot_s=tpot_s,
             max_itl_s=max(itl_s) if itl_s else None,
-            e2e_s=ends[-1] - arrival_s if done and known else None,
+            e2e_s=e2e_s,
             itl_steps=itl_steps, itl_s=itl_s)
 
     def latencies(self, name: str, requests: list[RequestMetrics] | None = None) -> list[float]:

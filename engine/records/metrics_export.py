@@ -11,8 +11,10 @@ import csv
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import asdict, fields
 from pathlib import Path
+from typing import Any, TextIO
 
 from .metrics import MetricsCollector, RequestMetrics, StepStats
 
@@ -46,7 +48,7 @@ def _check_path(path: str | os.PathLike, suffixes: tuple[str, ...] = FORMATS, wh
     return p
 
 
-def _write(path: Path, write) -> None:
+def _write(path: Path, write: Callable[[TextIO], object]) -> None:
     try:
         with open(path, "w", encoding="utf-8", newline="") as f:
             write(f)
@@ -54,7 +56,7 @@ def _write(path: Path, write) -> None:
         raise MetricsExportError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 
-def _json_safe(value):
+def _json_safe(value: Any) -> Any:
     """NaN and infinity are not JSON; they only come from broken inputs, so write null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None

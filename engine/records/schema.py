@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import math
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, fields, is_dataclass
-from functools import lru_cache
-from typing import Union, get_args, get_origin, get_type_hints
+from functools import cache
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from .types import RunHeader, StepRecord
 
 MAX_INT = 2**53  # JSON numbers beyond this are not exact anywhere
 SIGNED = {"priority"}  # the one integer field that may be negative
+
+Check = Callable[[Any], None]  # raises _Bad when a parsed JSON value does not fit
 
 
 class _Bad(ValueError):
@@ -26,7 +28,7 @@ class _Bad(ValueError):
         super().__init__(problem)
         self.problem, self.path = problem, path
 
-    def inside(self, part: str) -> "_Bad":
+    def inside(self, part: str) -> _Bad:
         return _Bad(self.problem, part + self.path)
 
     def __str__(self) -> str:
@@ -36,7 +38,7 @@ class _Bad(ValueError):
         return self.problem[2:] if self.problem.startswith(": ") else f"the line{self.problem}"
 
 
-def _at(part: str, key, check, value) -> None:
+def _at(part: str, key: object, check: Check, value: Any) -> None:
     """check(value); what it finds wrong gets part.format(key) (".field", "[3]") in front of its path,
     formatted only then: most values are fine."""
     try:
@@ -45,16 +47,16 @@ def _at(part: str, key, check, value) -> None:
         raise bad.inside(part.format(key)) from None
 
 
-def _int(signed: bool):
+def _int(signed: bool) -> Check:
     low = -MAX_INT if signed else 0
 
-    def check(value) -> None:
+    def check(value: Any) -> None:
         if type(value) is not int or not low <= value <= MAX_INT:  # type(): True is not an integer
             raise _Bad(f"={value!r} must be an integer" + ("" if signed else " >= 0"))
     return check
 
 
-def _ints(value) -> None:
+def _ints(value: Any) -> None:
     """A list of non-negative integers (output tails, block tables), checked in one pass."""
     if type(value) is not list:
         raise _Bad(" must be a list")
@@ -62,8 +64,8 @@ def _ints(value) -> None:
         raise _Bad(" must be a list of integers >= 0")
 
 
-@lru_cache(maxsize=None)
-def _checker(hint, name: str = ""):
+@cache
+def _checker(hint: Any, name: str = "") -> Check:
     """A function that raises _Bad unless a parsed JSON value fits the type `hint` (built once per type)."""
     origin, args = get_origin(hint), get_args(hint)
     if is_dataclass(hint):
@@ -71,7 +73,7 @@ def _checker(hint, name: str = ""):
         checks = {f.name: _checker(hints[f.name], f.name) for f in fields(hint)}
         required = [f.name for f in fields(hint) if f.default is MISSING and f.default_factory is MISSING]
 
-        def check_object(value) -> None:
+        def check_object(value: Any) -> None:
             if type(value) is not dict:
                 raise _Bad(" must be an object")
             for key in required:
@@ -93,12 +95,12 @@ def _checker(hint, name: str = ""):
     if hint is int:
         return _int(signed=name in SIGNED)
     if hint is str:
-        def check_str(value) -> None:
+        def check_str(value: Any) -> None:
             if type(value) is not str:
                 raise _Bad(" must be a string")
         return check_str
     if hint is float:
-        def check_float(value) -> None:
+        def check_float(value: Any) -> None:
             if type(value) not in (int, float) or not (math.isfinite(value) and value >= 0):
                 raise _Bad(" must be a number >= 0")
         return check_float
@@ -107,7 +109,7 @@ def _checker(hint, name: str = ""):
             return _ints
         check_element = _checker(args[0])
 
-        def check_list(value) -> None:
+        def check_list(value: Any) -> None:
             if type(value) is not list:
                 raise _Bad(" must be a list")
             for i, element in enumerate(value):
@@ -116,7 +118,7 @@ def _checker(hint, name: str = ""):
     if origin in (dict, Mapping):  # keyed by request id
         check_value = _checker(args[1])
 
-        def check_map(value) -> None:
+        def check_map(value: Any) -> None:
             if type(value) is not dict:
                 raise _Bad(" must be an object")
             for key, element in value.items():
@@ -127,7 +129,7 @@ def _checker(hint, name: str = ""):
     raise TypeError(f"no check for the type {hint!r}: a new StepRecord field needs a rule here")
 
 
-def check_record_json(data) -> None:
+def check_record_json(data: Any) -> None:
     """Raises ValueError naming the first value of `data` (json.loads of one line) that does not
     fit StepRecord."""
     _checker(StepRecord)(data)

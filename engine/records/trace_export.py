@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, NamedTuple
+from typing import Any, NamedTuple
 
 from .metrics_export import _check_path, _write
 from .types import REASON_NOT_ARRIVED, StepRecord
@@ -39,7 +40,8 @@ class _RequestTrack:
     """One request's row: the open segment is extended by the next step or closed into a slice."""
 
     def __init__(self, rid: int):
-        self.rid, self.events = rid, []
+        self.rid = rid
+        self.events: list[dict[str, Any]] = []
         self.open: _Segment | None = None
 
     def close(self) -> None:

@@ -42,5 +42,5 @@ def token_divergence(reference: dict[int, list[int]], compressed: dict[int, list
     differ = 0
     for rid, ref in reference.items():
         other = compressed.get(rid, [])
-        differ += sum(a != b for a, b in zip(ref, other)) + abs(len(ref) - len(other))
+        differ += sum(a != b for a, b in zip(ref, other, strict=False)) + abs(len(ref) - len(other))
     return differ

@@ -8,12 +8,13 @@ history, and redraws at most `MAX_FPS` times a second whatever the engine's pace
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from textual import on
 from textual.app import App, ComposeResult, SystemCommand
@@ -25,14 +26,14 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
+from engine.profiling.gpu_memory import MemoryProbe, RecordedProbe, open_probe
 from engine.profiling.memory_profiler import MemoryProfiler
-from engine.records.metrics import MetricsCollector
+from engine.profiling.nvml import Nvml
 from engine.records import StepRecord
+from engine.records.metrics import MetricsCollector
 
 from .controller import MAX_SPEED, EngineController, EngineStatus, SteppableEngine
 from .frozen_heap import frozen_heap
-from engine.profiling.gpu_memory import MemoryProbe, RecordedProbe, open_probe
-from engine.profiling.nvml import Nvml
 from .history import History
 from .widgets.budget import BudgetBar
 from .widgets.error_panel import ErrorPanel
@@ -233,10 +234,8 @@ class DashboardApp(App[None]):
     def _draw(self) -> None:
         self._draw_timer = None
         self._last_draw = time.monotonic()
-        try:
+        with contextlib.suppress(NoMatches):  # a frame due while the app is closing: the panels are gone
             self._draw_panels()
-        except NoMatches:
-            pass  # a frame due while the app is closing: the panels are gone already
 
     def _draw_panels(self) -> None:
         record = self.history.current()
@@ -268,10 +267,8 @@ class DashboardApp(App[None]):
 
     @on(MaskCanvas.Rescaled)
     def _redraw_mask_legend(self) -> None:
-        try:
+        with contextlib.suppress(NoMatches):  # the canvas resized while the app is closing: the legend is gone
             self._draw_mask(self.history.current())
-        except NoMatches:
-            pass  # the canvas resized while the app is closing: the legend is gone already
 
     def _header_info(self, record: StepRecord | None) -> HeaderInfo:
         history = ""

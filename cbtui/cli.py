@@ -168,9 +168,8 @@ def replay_cmd(path, paused, speed):
 def trace_cmd(recording, out):
     """Turn a recording (cbtui scenario NAME --json > RECORDING) into a Perfetto / Chrome trace OUT.json."""
     from engine.records.metrics_export import MetricsExportError
-    from engine.records.trace_export import check_trace_path
-
     from engine.records.recording import RecordingError, load_recording
+    from engine.records.trace_export import check_trace_path
 
     try:
         check_trace_path(out)

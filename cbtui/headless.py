@@ -17,6 +17,7 @@ from engine.records import RunHeader, StepRecord
 
 from .controller import SteppableEngine
 
+
 def step_line(rec: StepRecord) -> str:
     return (f"step {rec.step:>4} | decode {rec.decode_tokens:>4} prefill {rec.prefill_tokens:>4} "
             f"unused {rec.unused_tokens:>4} | running {rec.running:>3} waiting {rec.waiting:>3} "

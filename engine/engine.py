@@ -95,13 +95,13 @@ class Engine:
             # is scheduled again on the next call.
             return self._resolve_in_flight()
         items, tokens, samples = self._batch(plan)
-        sampling = [s.request for s, flag in zip(plan.items, samples) if flag]
+        sampling = [s.request for s, flag in zip(plan.items, samples, strict=True) if flag]
         tokens_out = self.runner.run(items, tokens, samples, sampling) if plan.items else []
-        on_host = not isinstance(tokens_out, DeviceTokens)
-        chosen = tokens_out if on_host else [PENDING_TOKEN] * len(sampling)
+        on_host = isinstance(tokens_out, list)
+        chosen = tokens_out if isinstance(tokens_out, list) else [PENDING_TOKEN] * len(sampling)
         finished, positions, first_token, finishing = self._postprocess(step, plan, samples, chosen,
                                                                         now=time.perf_counter() if on_host else None)
-        sampled = dict(zip((r.id for r in sampling), chosen)) if on_host else {}
+        sampled = dict(zip((r.id for r in sampling), chosen, strict=True)) if on_host else {}
         record = self.recorder.record(step, plan, items, list(self.requests.values()), sampled, finished,
                                       len(self.pending))
         self.plugins.after_step(state, record)
@@ -158,7 +158,7 @@ class Engine:
         finishing: list[Request] = []
         eos = self.config.eos_token_id
         tokens = iter(chosen)
-        for s, flag in zip(plan.items, samples):
+        for s, flag in zip(plan.items, samples, strict=True):
             r = s.request
             r.num_computed += s.num_tokens
             r.last_scheduled_step = step

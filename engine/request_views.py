@@ -26,15 +26,14 @@ _CHANGING = attrgetter("state", "num_computed")
 class RequestViews(Sequence):
     """Behaves as a read-only list of RequestView (iterate, index, len, compare with a list)."""
 
-    __slots__ = ("_requests", "_changing", "_outputs", "_lengths", "_scheduled", "_reasons", "_final",
-                 "_preemptions", "_views")
+    __slots__ = ("_captured", "_scheduled", "_reasons", "_final", "_preemptions", "_views")
 
     def __init__(self, requests: list, scheduled_ids: set, reasons: dict, final_views: dict,
                  preemptions: dict | None = None):
-        self._requests = requests
-        self._changing = list(map(_CHANGING, requests))
-        self._outputs = list(map(attrgetter("output"), requests))
-        self._lengths = list(map(len, self._outputs))
+        outputs = list(map(attrgetter("output"), requests))
+        # requests, (state, computed) pairs, output lists, output lengths; let go once the views are built
+        self._captured: tuple[list, list, list, list[int]] | None = (
+            requests, list(map(_CHANGING, requests)), outputs, list(map(len, outputs)))
         self._scheduled, self._reasons = scheduled_ids, reasons
         self._final = final_views  # request id -> its view once finished (never changes again)
         self._preemptions = preemptions or {}  # request id -> preemptions so far; never mutated
@@ -45,7 +44,9 @@ class RequestViews(Sequence):
             views = []
             pending, finished = RequestState.PENDING, RequestState.FINISHED
             preempted = self._preemptions
-            for r, (state, computed), output, n in zip(self._requests, self._changing, self._outputs, self._lengths):
+            assert self._captured is not None
+            captured = zip(*self._captured, strict=True)
+            for r, (state, computed), output, n in captured:
                 if state is finished and r.id in self._final:
                     views.append(self._final[r.id])
                     continue
@@ -64,11 +65,11 @@ class RequestViews(Sequence):
                     self._final[r.id] = view
                 views.append(view)
             self._views = views
-            self._requests = self._changing = self._outputs = self._lengths = None  # built: let go
+            self._captured = None
         return self._views
 
     def __len__(self) -> int:
-        return len(self._views) if self._views is not None else len(self._requests)
+        return len(self._views) if self._views is not None else len(self._captured[0])  # type: ignore[index]
 
     def __getitem__(self, index):
         return self._build()[index]

@@ -111,7 +111,8 @@ class Scheduler:
         self.reservation = Reservation(state) if state.reserved_tokens else None
         # Admission considers the queue as the step began: a request preempted in it waits a step.
         candidates = self.admission.admissible(self.waiting, plan.reasons)
-        decoding, prefilling = [], []
+        decoding: list[Request] = []
+        prefilling: list[Request] = []
         for r in self.running:
             (decoding if r.is_decoding else prefilling).append(r)
 

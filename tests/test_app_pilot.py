@@ -232,7 +232,7 @@ def test_the_mask_legend_gets_the_scale_of_the_canvas_once_it_is_sized():
             await wait_until(pilot, lambda: shown_step(app) == 0)
             for target in range(1, 7):  # step 6 fills the budget: the mask is shrunk to fit
                 await pilot.press("n")
-                await wait_until(pilot, lambda: shown_step(app) == target)
+                await wait_until(pilot, lambda target=target: shown_step(app) == target)
             canvas = app.query_one(MaskCanvas)
             assert canvas.size.area == 0 and legend_scale(app) == ""
             items = app.history.current().items

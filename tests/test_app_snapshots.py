@@ -23,7 +23,7 @@ async def _step_to(pilot, step: int) -> None:
     await wait_until(pilot, lambda: shown_step(app) == 0)
     for target in range(1, step + 1):
         await pilot.press("n")
-        await wait_until(pilot, lambda: shown_step(app) == target)
+        await wait_until(pilot, lambda target=target: shown_step(app) == target)
     await pilot.pause()
 
 

@@ -45,7 +45,8 @@ def test_int8_kv_really_shrinks_the_pool(dtype, ratio):
                      plugins=plugins)
         eng.add_request([7] * 20, max_new_tokens=4)
         rec = eng.step()
-        assert rec.memory.kv_pool_bytes == rec.kv.pool_bytes == eng.runner.kv.k_pool.nbytes + eng.runner.kv.v_pool.nbytes
+        kv = eng.runner.kv
+        assert rec.memory.kv_pool_bytes == rec.kv.pool_bytes == kv.k_pool.nbytes + kv.v_pool.nbytes
         return rec.memory.kv_pool_bytes, rec
 
     full, _ = pool_bytes([])

@@ -1,13 +1,12 @@
 """Greedy outputs under continuous batching equal each request run alone, whatever the settings."""
 
+import torch
+from helpers import exact_config, run_alone, run_batched
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from engine import EngineConfig
 from engine.attention import available_backends
-import torch
-
-from helpers import exact_config, run_alone, run_batched
 
 BACKENDS = available_backends(torch.device("cpu"))
 
@@ -52,7 +51,7 @@ PREEMPTING = (exact_config(kv_layout="paged", block_size=4, num_blocks=9, max_to
 def test_batched_greedy_equals_alone(case):
     config, workload = case
     outputs, _, _ = run_batched(config, workload)
-    for spec, out in zip(workload, outputs):
+    for spec, out in zip(workload, outputs, strict=True):
         assert out == run_alone(spec["prompt"], spec["max_new_tokens"]), config
 
 
@@ -61,7 +60,7 @@ def test_preemption_happens_and_outputs_stay_exact():
     outputs, records, eng = run_batched(config, workload)
     assert sum(len(r.preempted) for r in records) > 0
     assert any(r.num_preemptions for r in eng.requests.values())
-    for spec, out in zip(workload, outputs):
+    for spec, out in zip(workload, outputs, strict=True):
         assert out == run_alone(spec["prompt"], spec["max_new_tokens"])
 
 

@@ -10,8 +10,15 @@ from types import SimpleNamespace
 
 import pytest
 
-from engine.profiling.gpu_memory import (FakeProbe, MemoryReading, NvmlProbe, RssProbe, SafeProbe, open_probe,
-                                         visible_device_selectors)
+from engine.profiling.gpu_memory import (
+    FakeProbe,
+    MemoryReading,
+    NvmlProbe,
+    RssProbe,
+    SafeProbe,
+    open_probe,
+    visible_device_selectors,
+)
 from engine.profiling.nvml import Nvml, NvmlError, normalise_uuid
 from engine.profiling.sources import NvmlSource, SourceUnavailable
 

@@ -12,8 +12,14 @@ import torch
 from engine.profiling.detailed_memory_profiler import DetailedMemoryProfiler
 from engine.profiling.leak_detector import MemoryLeakDetector
 from engine.profiling.memory_profiler import MemoryProfiler
-from engine.profiling.sources import (FunctionSource, NvmlSource, RssSource, SourceUnavailable, TorchCudaSource,
-                                   open_sources)
+from engine.profiling.sources import (
+    FunctionSource,
+    NvmlSource,
+    RssSource,
+    SourceUnavailable,
+    TorchCudaSource,
+    open_sources,
+)
 from scenarios import load_scenario
 
 MiB = 1 << 20
@@ -186,10 +192,9 @@ def test_snapshot_deltas():
 def test_contexts_record_delta_peak_and_nesting():
     # Reads: outer start 100, inner start 110, step sample 400, inner end 120, outer end 105.
     p = DetailedMemoryProfiler(sources=[scripted([100, 110, 400, 120, 105])])
-    with p.context("outer", kind="batch"):
-        with p.context("prefill-heavy") as start:
-            assert start.contexts == ("outer",)
-            p.sample(step=7)
+    with p.context("outer", kind="batch"), p.context("prefill-heavy") as start:
+        assert start.contexts == ("outer",)
+        p.sample(step=7)
     inner, outer = p.contexts
     assert (inner.name, inner.delta, inner.peak, inner.failed) == ("prefill-heavy", {"fake": 10}, {"fake": 400},
                                                                     False)
@@ -219,9 +224,8 @@ def test_context_summary_points_at_the_growing_context():
 
 def test_context_is_recorded_when_the_body_raises():
     p = DetailedMemoryProfiler(sources=[scripted([10, 30])])
-    with pytest.raises(RuntimeError, match="step failed"):
-        with p.context("step"):
-            raise RuntimeError("step failed")
+    with pytest.raises(RuntimeError, match="step failed"), p.context("step"):
+        raise RuntimeError("step failed")
     (c,) = p.contexts
     assert c.failed and c.delta == {"fake": 20}
     assert p._open == []

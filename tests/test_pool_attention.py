@@ -74,7 +74,8 @@ def test_decode_steps_never_read_packed_keys(monkeypatch):
                               prefill_chunk_size=8))
     reads = []
     real = eng.runner.kv.read
-    monkeypatch.setattr(eng.runner.kv, "read", lambda layer, first_item=0: reads.append(first_item) or real(layer, first_item))
+    monkeypatch.setattr(eng.runner.kv, "read",
+                        lambda layer, first_item=0: reads.append(first_item) or real(layer, first_item))
     eng.add_request(list(range(1, 12)), max_new_tokens=6)
     eng.add_request(list(range(1, 40)), max_new_tokens=3)
     while eng.has_unfinished():

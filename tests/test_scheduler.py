@@ -1,13 +1,12 @@
 """Scheduler invariants, read from StepRecords alone."""
 
+from helpers import run_batched
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine import Engine, EngineConfig
 from engine.records import REASON_BUDGET, REASON_DECODE_CAP, REASON_NOT_ARRIVED
 from engine.request import Request
-
-from helpers import run_batched
 
 workload_st = st.lists(st.fixed_dictionaries({
     "prompt": st.lists(st.integers(0, 255), min_size=1, max_size=50),
@@ -52,7 +51,8 @@ def check_invariants(config: EngineConfig, workload: list[dict]) -> None:
                 assert view.reason is None
             if view.arrival_step > rec.step:
                 assert view.state == "pending" and view.reason == REASON_NOT_ARRIVED
-    assert all(len(out) == w["max_new_tokens"] for out, w in zip(outputs, workload)), "every request finishes"
+    finished = all(len(out) == w["max_new_tokens"] for out, w in zip(outputs, workload, strict=True))
+    assert finished, "every request finishes"
     assert records[-1].finished_total == len(workload)
 
 

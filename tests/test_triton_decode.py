@@ -62,7 +62,8 @@ def test_kernel_reads_only_each_requests_own_blocks():
 def _with_kernel(engine: Engine, decode) -> Engine:
     """The same engine with another decode attention (the kernel cannot be chosen off CUDA)."""
     engine.runner.decode_attention = decode
-    engine.runner.layer_attention = engine.runner._layer_attention(engine.plugins.attention_per_layer(engine.runner.attention))
+    runner = engine.runner
+    runner.layer_attention = runner._layer_attention(engine.plugins.attention_per_layer(runner.attention))
     engine.runner.decode_graphs = engine.runner._decode_graphs()
     return engine
 

@@ -161,7 +161,7 @@ def _run_hf_manager(hf, workload: Workload, settings: dict) -> RunResult:
                                                 continuous_batching_config=_cb_config(settings)) as manager:
         start = time.perf_counter()
         ids = [manager.add_request(p, max_new_tokens=n, record_timestamps=True)
-               for p, n in zip(workload.prompts, workload.max_new_tokens)]
+               for p, n in zip(workload.prompts, workload.max_new_tokens, strict=True)]
         results = {}
         while len(results) < len(ids):
             out = manager.get_result(timeout=1)

@@ -36,7 +36,8 @@ def run_host_bench(num_requests: int, steps: int, prompt_len: int = 32, policy: 
     torch.set_num_threads(1)  # as the CLI runs the tiny model: small ops lose to thread hand-offs
     block_size = 16
     per_request = -(-(prompt_len + steps + 8) // block_size)
-    config = EngineConfig(model="tiny", device="cpu", max_tokens_per_step=num_requests * prompt_len,  # one prefill step for all
+    # The budget takes every prompt at once: one prefill step for all.
+    config = EngineConfig(model="tiny", device="cpu", max_tokens_per_step=num_requests * prompt_len,
                           prefill_chunk_size=prompt_len, block_size=block_size,
                           num_blocks=num_requests * per_request, attention="sdpa", policy=policy,
                           static_batch_size=static_batch_size)
@@ -62,7 +63,8 @@ def run_host_bench(num_requests: int, steps: int, prompt_len: int = 32, policy: 
         "host_cpu_ms_median": statistics.median(cpu_times) * 1e3,
     }
     waiting = f", {num_requests - decoding} waiting" if num_requests > decoding else ""
-    table = Table(title=f"host overhead per step, {policy}: {decoding} decoding requests{waiting} ({result['machine']})")
+    table = Table(title=f"host overhead per step, {policy}: {decoding} decoding requests{waiting} "
+                        f"({result['machine']})")
     table.add_column("median ms", justify="right")
     table.add_column("p90 ms", justify="right")
     table.add_column("thread CPU ms (median)", justify="right")

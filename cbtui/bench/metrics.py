@@ -43,7 +43,7 @@ class RunResult:
         total = self.prompt_tokens + self.output_tokens
         return total / self.wall_s if self.available and self.wall_s > 0 else None
 
-    def summary(self, baseline: "RunResult | None" = None) -> dict:
+    def summary(self, baseline: RunResult | None = None) -> dict:
         ms = lambda xs: {f"p{q}": (None if percentile(xs, q) is None else 1000 * percentile(xs, q))  # noqa: E731
                          for q in PERCENTILES}
         out = {"system": self.system, "available": self.available, "note": self.note}
@@ -59,6 +59,6 @@ class RunResult:
         if baseline is not None and baseline.available and baseline.output_tok_s:
             out["output_tok_s_vs_ours"] = self.output_tok_s / baseline.output_tok_s
             out["total_tok_s_vs_ours"] = self.total_tok_s / baseline.total_tok_s
-            same = sum(a == b for a, b in zip(self.outputs, baseline.outputs))
+            same = sum(a == b for a, b in zip(self.outputs, baseline.outputs, strict=False))
             out["same_outputs_as_ours"] = same / len(baseline.outputs) if baseline.outputs else None
         return out

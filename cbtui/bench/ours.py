@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 import torch
 
 from engine import Engine, EngineConfig
-from engine.records import StepRecord
 from engine.attention.flex import compile_failures
+from engine.records import StepRecord
 
 from .metrics import RunResult
 from .workloads import Workload, warmup_workload
@@ -28,7 +28,8 @@ def engine_config(workload: Workload, policy: str, device: str, dtype: str, atte
 
 
 def _submit(engine: Engine, workload: Workload) -> list[int]:
-    return [engine.add_request(p, max_new_tokens=n) for p, n in zip(workload.prompts, workload.max_new_tokens)]
+    pairs = zip(workload.prompts, workload.max_new_tokens, strict=True)
+    return [engine.add_request(p, max_new_tokens=n) for p, n in pairs]
 
 
 def _sync(engine: Engine) -> None:
@@ -91,7 +92,7 @@ def run_ours(workload: Workload, policy: str = "fcfs", device: str = "auto", dty
     _drive(engine)
     graphs, graph_note = runner.decode_graphs, ""
     if graphs is not None and graphs.capture:
-        longest = max(len(p) + n for p, n in zip(workload.prompts, workload.max_new_tokens))
+        longest = max(len(p) + n for p, n in zip(workload.prompts, workload.max_new_tokens, strict=True))
         most = workload.num_requests if policy == "fcfs" else workload.static_batch_size  # decodes at once
         built = graphs.capture_up_to(most, longest)
         graph_note = f"{built} decode graphs captured in {graphs.capture_s:.1f} s before timing"
@@ -126,7 +127,8 @@ def run_ours(workload: Workload, policy: str = "fcfs", device: str = "auto", dty
         note += (", overlapped steps (each scheduled while the previous one runs; TTFT and TPOT stamped at "
                  "read-back, up to one step late)")
     if graphs is not None:
-        note += f"; {graphs.replays - replays_before} decode steps from graphs" + (f" ({graph_note})" if graph_note else "")
+        note += f"; {graphs.replays - replays_before} decode steps from graphs"
+        note += f" ({graph_note})" if graph_note else ""
     elif header.device == "cuda":
         note += "; decode graphs off"
     result = RunResult(name, note=note, wall_s=wall, prompt_tokens=workload.prompt_tokens,

@@ -18,7 +18,8 @@ def _pcts(d: dict) -> str:
 
 def header(report: dict) -> str:
     m, w = report["machine"], report["workload"]
-    where = f"GPU {m['gpu']}" if m.get("gpu") else f"CPU {m['cpu']} ({m['cpu_count']} cores, {m['torch_threads']} threads)"
+    cpu = f"CPU {m['cpu']} ({m['cpu_count']} cores, {m['torch_threads']} threads)"
+    where = f"GPU {m['gpu']}" if m.get("gpu") else cpu
     return (f"cbtui bench · workload {w['name']} · {w['requests']} requests, prompts {w['prompt_len'][0]}..."
             f"{w['prompt_len'][1]}, new tokens {w['new_tokens'][0]}...{w['new_tokens'][1]} · model {w['model']} "
             f"{report['dtype']} · {where} · torch {m['torch']} · transformers {m.get('transformers') or 'absent'}")

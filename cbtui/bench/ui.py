@@ -110,10 +110,10 @@ async def _key_latencies(app: DashboardApp, presses: int) -> tuple[list[float], 
             # wait for the whole app to go idle, which a busy dashboard never quite does).
             start = time.perf_counter()
             app.post_message(events.Key("space", " "))
-            await _wait_for(lambda: ("paused" in str(app.query_one("#header").render())) == want_paused,
+            await _wait_for(lambda want=want_paused: ("paused" in str(app.query_one("#header").render())) == want,
                             "the header change")
             screen_ms.append((time.perf_counter() - start) * 1000)
-            await _wait_for(lambda: app.controller.paused == want_paused, "the engine taking the command")
+            await _wait_for(lambda want=want_paused: app.controller.paused == want, "the engine taking the command")
             engine_ms.append((time.perf_counter() - start) * 1000)
             await asyncio.sleep(0.1 if want_paused else 0.3)
         await pilot.press("q")

@@ -9,7 +9,7 @@ With NO_COLOR each cell is one pixel drawn with a shade glyph instead.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from rich.segment import Segment
@@ -23,6 +23,8 @@ from engine.records import ScheduledItem
 
 from ..colors import REQUEST_PALETTE
 from ..mask_raster import MaskRaster, rasterize
+
+BLACK = Color(0, 0, 0)  # the default background: a module constant, not a call in a default argument
 
 LEVELS = 4  # brightness steps for coverage
 SHADES = " ░▒▓█"  # NO_COLOR: glyph per coverage level
@@ -90,13 +92,13 @@ def _row_runs(grid: np.ndarray) -> list[list[tuple[int, int]]]:
     ends = np.append(xs[1:], cols)
     ends[np.append(ys[1:] != ys[:-1], True)] = cols  # a row's last run ends at the edge
     out: list[list[tuple[int, int]]] = [[] for _ in range(rows)]
-    for y, x, end, value in zip(ys.tolist(), xs.tolist(), ends.tolist(), values.tolist()):
+    for y, x, end, value in zip(ys.tolist(), xs.tolist(), ends.tolist(), values.tolist(), strict=True):
         out[y].append((end - x, value))
     return out
 
 
 def mask_strips(items: Sequence[ScheduledItem], width: int, height: int, selected: int | None = None,
-                background: Color = Color(0, 0, 0), no_color: bool = False,
+                background: Color = BLACK, no_color: bool = False,
                 book: StyleBook | None = None) -> tuple[list[Strip], MaskRaster]:
     """Every line of one frame of the mask panel, plus the raster they were drawn from."""
     book = book or StyleBook(background)

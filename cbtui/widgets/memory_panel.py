@@ -11,9 +11,9 @@ from textual.containers import Vertical
 from textual.widgets import Sparkline, Static
 
 from engine.records import MemoryView
+from engine.records.memory_reading import MemoryReading
 
 from ..formatting import human_bytes
-from engine.profiling.gpu_memory import MemoryReading
 
 HISTORY = 120  # readings kept for the sparkline (one minute at two a second)
 

@@ -11,27 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ..records.memory_reading import GpuMemory, MemoryReading
 from .memory import process_rss_bytes
 from .nvml import Nvml, NvmlError, visible_device_selectors
 
 __all__ = ["GpuMemory", "MemoryReading", "MemoryProbe", "RssProbe", "RecordedProbe", "NvmlProbe", "SafeProbe",
            "FakeProbe", "open_probe", "visible_device_selectors"]
-
-
-@dataclass(frozen=True)
-class GpuMemory:
-    index: int  # the device's index as the process sees it (after CUDA_VISIBLE_DEVICES)
-    name: str
-    used_bytes: int
-    total_bytes: int
-
-
-@dataclass(frozen=True)
-class MemoryReading:
-    gpus: tuple[GpuMemory, ...] = ()
-    rss_bytes: int = 0
-    note: str = ""  # why there are no GPU figures, when there are none
-    source: str = "nvml"  # "nvml", "rss" or "recorded" (a replay: no live figures at all)
 
 
 class MemoryProbe(Protocol):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 from ..records.stats import linear_slope
 
@@ -59,7 +60,7 @@ class MemoryLeakDetector:
         size = n // self.segments
         medians = [statistics.median(recent[i * size:(i + 1) * size]) for i in range(self.segments)]
         step = self.min_growth_bytes / (2 * self.segments)
-        for i, (a, b) in enumerate(zip(medians, medians[1:])):
+        for i, (a, b) in enumerate(pairwise(medians)):
             if b - a < step:
                 return LeakVerdict(False, metric, n, slope, growth,
                                    f"grew {growth / (1 << 20):.2f} MiB but not steadily: part {i + 2} of "

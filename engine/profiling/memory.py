@@ -9,7 +9,6 @@ import torch
 
 from ..records import MemoryView
 
-
 # /proc/self/statm kept open (opening it was most of a step record's time), per process: a
 # descriptor inherited through fork would still read the parent.
 _statm: dict[int, int] = {}  # pid -> descriptor

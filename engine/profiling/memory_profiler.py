@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
+from ..records import StepRecord
 from .leak_detector import LeakVerdict, MemoryLeakDetector
 from .nvml import Nvml
 from .sources import MemorySource, SourceUnavailable, open_sources
-from ..records import StepRecord
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,8 +8,10 @@ missing a function) becomes an `NvmlError` whose message is the reason; nothing 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from typing import Any
 
 
 class NvmlError(RuntimeError):
@@ -72,14 +74,15 @@ class Nvml:
         return self.open()
 
     def _init(self) -> str:
-        lib = self._module
+        lib: Any = self._module  # pynvml, or a module like it (tests)
         if lib is None:
             try:
-                import pynvml as lib  # nvidia-ml-py; optional
+                import pynvml  # nvidia-ml-py; optional
             except ImportError:
                 return "nvidia-ml-py is not installed"
             except Exception as exc:  # a broken install must not take the caller down either
                 return f"pynvml: {_why(exc)}"
+            lib = pynvml
         try:
             lib.nvmlInit()
         except Exception as exc:  # NVMLError subclasses: no driver library, driver not loaded, ...
@@ -122,10 +125,10 @@ class Nvml:
 
     def _shutdown(self) -> None:
         lib, self._lib, self._handles = self._lib, None, []
-        try:
+        if lib is None:
+            return
+        with contextlib.suppress(Exception):  # a fake without it, or a driver already gone: nothing to release
             lib.nvmlShutdown()
-        except Exception:  # a fake without it, or a driver already gone: nothing left to release
-            pass
 
     # -- devices (NVML indices) ----------------------------------------------------------------
     def visible(self) -> list[int]:
@@ -165,10 +168,8 @@ class Nvml:
         def read():
             used: dict[int, int] = {}
             procs = list(self._lib_call("nvmlDeviceGetComputeRunningProcesses", index))
-            try:
+            with contextlib.suppress(Exception):  # not on some compute-only boards: CUDA is what we care about
                 procs += self._lib_call("nvmlDeviceGetGraphicsRunningProcesses", index)
-            except Exception:  # not supported on some compute-only boards: CUDA is what we care about
-                pass
             for proc in procs:
                 used[int(proc.pid)] = max(used.get(int(proc.pid), 0), int(proc.usedGpuMemory or 0))
             return used
@@ -194,6 +195,8 @@ class Nvml:
         return getattr(self._lib, function)(self._handles[index])
 
     def _uuid(self, index: int) -> str:
-        if self._uuids[index] is None:
-            self._uuids[index] = normalise_uuid(self._lib.nvmlDeviceGetUUID(self._handles[index]))
-        return self._uuids[index]
+        uuid = self._uuids[index]
+        if uuid is None:
+            assert self._lib is not None  # devices are looked up only while NVML is open
+            uuid = self._uuids[index] = normalise_uuid(self._lib.nvmlDeviceGetUUID(self._handles[index]))
+        return uuid

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .schema import check_header_json, check_record_json
 from .types import RunHeader, StepRecord
@@ -50,7 +51,7 @@ def _check_consistent(record: StepRecord) -> None:
         raise ValueError(f"memory.source={record.memory.source!r} must be 'cuda' or 'rss'")
 
 
-def _parse_json(line: str):
+def _parse_json(line: str) -> Any:
     try:
         return json.loads(line)
     except json.JSONDecodeError as exc:

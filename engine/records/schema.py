@@ -135,7 +135,7 @@ def check_record_json(data: Any) -> None:
     _checker(StepRecord)(data)
 
 
-def check_header_json(data) -> None:
+def check_header_json(data: Any) -> None:
     """The same for a run header line (the first line of a recording made by --json)."""
     _checker(RunHeader)(data)
     if data.get("kind") != "header":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 # Why a request was not scheduled in a step (the record says it for every one).
 REASON_NOT_ARRIVED = "not arrived yet"
@@ -31,7 +32,7 @@ class IdKeyed(Mapping):
     def __init__(self, by_id: dict):
         self._data = dict(by_id)
 
-    def __getitem__(self, key: str):
+    def __getitem__(self, key: str) -> Any:
         try:
             return self._data[int(key)]
         except ValueError:

@@ -8,6 +8,7 @@ import sys
 import click
 import torch
 
+from engine.config import ATTENTION_BACKENDS, DEVICES, KV_LAYOUTS, MODELS
 from scenarios import ScenarioError, builtin_names, load_scenario
 
 from .bench.cli import bench
@@ -75,23 +76,23 @@ def _print_comparison(scenario, records, cut_short: bool, overrides: dict) -> No
 
 def _check_output(flag: str, path: str, headless: bool, check) -> None:
     """Before the run: a bad --metrics-out / --trace-out path fails now, not after minutes of stepping."""
-    from engine.records.metrics_export import MetricsExportError
+    from engine.records.output_files import OutputFileError
 
     if not headless:
         fail(f"{flag} needs --headless or --json")
     try:
         check(path)
-    except MetricsExportError as exc:
+    except OutputFileError as exc:
         fail(str(exc))
 
 
 def _write_trace(records, path: str) -> None:
-    from engine.records.metrics_export import MetricsExportError
+    from engine.records.output_files import OutputFileError
     from engine.records.trace_export import write_trace
 
     try:
         written = write_trace(records, path)
-    except MetricsExportError as exc:
+    except OutputFileError as exc:
         fail(str(exc))
     # stderr: with --json, stdout carries only records
     click.echo(f"trace written to {written} (open it at ui.perfetto.dev)", err=True)
@@ -99,14 +100,15 @@ def _write_trace(records, path: str) -> None:
 
 def _write_metrics(records, path: str) -> None:
     from engine.records.metrics import MetricsCollector
-    from engine.records.metrics_export import MetricsExportError, export_metrics
+    from engine.records.metrics_export import export_metrics
+    from engine.records.output_files import OutputFileError
 
     collector = MetricsCollector()
     for rec in records:
         collector.observe(rec)
     try:
         written = export_metrics(collector, path)
-    except MetricsExportError as exc:
+    except OutputFileError as exc:
         fail(str(exc))
     # stderr: with --json, stdout carries only records.
     click.echo(f"metrics written to {' and '.join(str(p) for p in written)}", err=True)
@@ -167,14 +169,14 @@ def replay_cmd(path, paused, speed):
 @click.argument("out", type=click.Path(dir_okay=False))
 def trace_cmd(recording, out):
     """Turn a recording (cbtui scenario NAME --json > RECORDING) into a Perfetto / Chrome trace OUT.json."""
-    from engine.records.metrics_export import MetricsExportError
+    from engine.records.output_files import OutputFileError
     from engine.records.recording import RecordingError, load_recording
     from engine.records.trace_export import check_trace_path
 
     try:
         check_trace_path(out)
         records = load_recording(recording).records
-    except (RecordingError, MetricsExportError) as exc:
+    except (RecordingError, OutputFileError) as exc:
         fail(str(exc))
     _write_trace(records, out)
 
@@ -191,10 +193,10 @@ def scenarios_cmd() -> None:
 @click.option("--headless", is_flag=True, help="Run without the dashboard; one line per step.")
 @click.option("--json", "as_json", is_flag=True, help="Headless: print one StepRecord (JSON) per line.")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Stop after this many steps.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
-@click.option("--model", type=click.Choice(["tiny", "small"]), default=None)
-@click.option("--attention", type=click.Choice(["auto", "reference", "sdpa", "flex"]), default=None)
-@click.option("--kv-layout", type=click.Choice(["paged", "dense"]), default=None)
+@click.option("--device", type=click.Choice(DEVICES), default=None)
+@click.option("--model", type=click.Choice(MODELS), default=None)
+@click.option("--attention", type=click.Choice(ATTENTION_BACKENDS), default=None)
+@click.option("--kv-layout", type=click.Choice(KV_LAYOUTS), default=None)
 @click.option("--variant", default=None, help="Run one of the scenario's [compare] variants instead.")
 @click.option("--plugin", "plugins", multiple=True, metavar="SPEC",
               help="Add a plugin: a built-in name (priority, adaptive_batch, kv_int8), an entry point "

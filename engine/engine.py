@@ -20,7 +20,7 @@ from .plugins.base import Plugin
 from .plugins.host import PluginHost
 from .recorder import Recorder
 from .records import RunHeader, ScheduledItem, StepRecord
-from .request import Request, RequestState
+from .request import Request
 from .request_checks import check_request
 from .scheduler import SchedulePlan, Scheduler
 
@@ -99,8 +99,11 @@ class Engine:
         tokens_out = self.runner.run(items, tokens, samples, sampling) if plan.items else []
         on_host = isinstance(tokens_out, list)
         chosen = tokens_out if isinstance(tokens_out, list) else [PENDING_TOKEN] * len(sampling)
-        finished, positions, first_token, finishing = self._postprocess(step, plan, samples, chosen,
-                                                                        now=time.perf_counter() if on_host else None)
+        done = self.scheduler.postprocess(step, plan, samples, chosen, now=time.perf_counter() if on_host else None)
+        for r in done.finishing:
+            self.runner.free(r.id)
+            self.plugins.on_request_completion(r)
+        finished = [r.id for r in done.finishing]
         sampled = dict(zip((r.id for r in sampling), chosen, strict=True)) if on_host else {}
         record = self.recorder.record(step, plan, items, list(self.requests.values()), sampled, finished,
                                       len(self.pending))
@@ -118,7 +121,7 @@ class Engine:
         self.step_index += 1
         record.wall_time_s = time.perf_counter() - start
         if isinstance(tokens_out, DeviceTokens):
-            launched = InFlightStep(record, tokens_out, sampling, positions, first_token, finishing)
+            launched = InFlightStep(record, tokens_out, sampling, done.positions, done.first_token, done.finishing)
             previous = self._resolve_in_flight()  # the previous step's record, while this one runs
             self._in_flight = launched
             return previous
@@ -145,40 +148,6 @@ class Engine:
             tokens.append(r.token_slice(first, n))
             samples.append(first + n == len(r.prompt) + len(r.output))
         return items, tokens, samples
-
-    def _postprocess(self, step: int, plan: SchedulePlan, samples: list[bool], chosen: list[int],
-                     now: float | None) -> tuple[list[int], list[int], list[Request], list[Request]]:
-        """Moves the step's requests on: tokens computed, `chosen` appended to the outputs of those
-        that sample (placeholders when overlapped: `now` is None and the times come with the
-        tokens), finished requests freed. Returns (finished ids, where the sampled tokens went,
-        the requests that sampled their first token, those that finished)."""
-        finished: list[int] = []
-        positions: list[int] = []
-        first_token: list[Request] = []
-        finishing: list[Request] = []
-        eos = self.config.eos_token_id
-        tokens = iter(chosen)
-        for s, flag in zip(plan.items, samples, strict=True):
-            r = s.request
-            r.num_computed += s.num_tokens
-            r.last_scheduled_step = step
-            if flag:
-                positions.append(len(r.output))
-                r.output.append(next(tokens))
-                if r.first_token_step is None:
-                    r.first_token_step, r.first_token_time = step, now
-                    first_token.append(r)
-                if len(r.output) >= r.max_new_tokens or (eos is not None and r.output[-1] == eos):
-                    r.state, r.finished_step, r.finish_time = RequestState.FINISHED, step, now
-                    self.scheduler.finish(r)
-                    self.runner.free(r.id)
-                    finished.append(r.id)
-                    finishing.append(r)
-                    self.plugins.on_request_completion(r)
-                    continue
-            if s.kind != "decode":  # a decode that did not finish stays a decode
-                r.state = r.phase()
-        return finished, positions, first_token, finishing
 
     def _resolve_in_flight(self) -> StepRecord | None:
         in_flight, self._in_flight = self._in_flight, None

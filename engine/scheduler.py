@@ -34,6 +34,16 @@ class Scheduled:
 
 
 @dataclass
+class StepOutcome:
+    """What postprocess did: where each sampled token went in its request's output, and the requests
+    that sampled their first token and their last (finished) in this step."""
+
+    positions: list[int] = field(default_factory=list)
+    first_token: list[Request] = field(default_factory=list)
+    finishing: list[Request] = field(default_factory=list)
+
+
+@dataclass
 class SchedulePlan:
     """One step's batch and why the other requests wait. Every decode is one token; `items` (built
     last) packs the decodes first, then the prefill chunks, which is the order the batch runs in."""
@@ -206,3 +216,31 @@ class Scheduler:
                 return False
         self._allocate(r, need)
         return True
+
+    # -- after the step ---------------------------------------------------------------------------
+    def postprocess(self, step: int, plan: SchedulePlan, samples: list[bool], chosen: list[int],
+                    now: float | None) -> StepOutcome:
+        """Moves the step's requests on: tokens computed, `chosen` appended to the outputs of those
+        that sample (placeholders when overlapped: `now` is None and the times come with the
+        tokens), finished requests' KV freed."""
+        out = StepOutcome()
+        eos = self.config.eos_token_id
+        tokens = iter(chosen)
+        for s, flag in zip(plan.items, samples, strict=True):
+            r = s.request
+            r.num_computed += s.num_tokens
+            r.last_scheduled_step = step
+            if flag:
+                out.positions.append(len(r.output))
+                r.output.append(next(tokens))
+                if r.first_token_step is None:
+                    r.first_token_step, r.first_token_time = step, now
+                    out.first_token.append(r)
+                if len(r.output) >= r.max_new_tokens or (eos is not None and r.output[-1] == eos):
+                    r.state, r.finished_step, r.finish_time = RequestState.FINISHED, step, now
+                    self.finish(r)
+                    out.finishing.append(r)
+                    continue
+            if s.kind != "decode":  # a decode that did not finish stays a decode
+                r.state = r.phase()
+        return out

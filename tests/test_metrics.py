@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from engine.records import KVView, MemoryView, RequestView, StepRecord
 from engine.records.metrics import MetricsCollector, RequestMetrics, StepStats
-from engine.records.metrics_export import MetricsExportError, export_metrics, steps_csv_path, write_csv, write_json
+from engine.records.metrics_export import export_metrics, steps_csv_path, write_csv, write_json
+from engine.records.output_files import OutputFileError
 from engine.records.stats import describe, histogram, linear_slope, percentile
 from scenarios import load_scenario
 
@@ -262,18 +263,18 @@ def test_csv_round_trip(tmp_path):
 ])
 def test_export_path_errors(tmp_path, name, message):
     path = tmp_path / name if name else ""
-    with pytest.raises(MetricsExportError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(OutputFileError, match=message.replace("(", r"\(").replace(")", r"\)")):
         export_metrics(MetricsCollector(), path)
 
 
 def test_export_refuses_directories(tmp_path):
     (tmp_path / "d.json").mkdir()
-    with pytest.raises(MetricsExportError, match="is a directory"):
+    with pytest.raises(OutputFileError, match="is a directory"):
         write_json(MetricsCollector(), tmp_path / "d.json")
     (tmp_path / "f").write_text("x")
-    with pytest.raises(MetricsExportError, match="is not a directory"):
+    with pytest.raises(OutputFileError, match="is not a directory"):
         write_csv(MetricsCollector(), tmp_path / "f" / "run.csv")
-    with pytest.raises(MetricsExportError, match="ending in .csv"):
+    with pytest.raises(OutputFileError, match="ending in .csv"):
         write_csv(MetricsCollector(), tmp_path / "run.json")
 
 

@@ -11,7 +11,7 @@ from itertools import pairwise
 import pytest
 
 from engine.records import REASON_NOT_ARRIVED
-from engine.records.metrics_export import MetricsExportError
+from engine.records.output_files import OutputFileError
 from engine.records.trace_export import REQUESTS_PID, SCHEDULER_PID, check_trace_path, trace_events, write_trace
 from scenarios import load_scenario
 
@@ -89,9 +89,9 @@ def test_the_file_is_plain_json_and_bad_paths_fail_first(records, tmp_path):
     path = write_trace(records, tmp_path / "run.json")
     data = json.loads(path.read_text())
     assert data["displayTimeUnit"] == "ms" and data["traceEvents"] == trace_events(records)
-    with pytest.raises(MetricsExportError, match="unknown trace format '.txt'"):
+    with pytest.raises(OutputFileError, match="unknown trace format '.txt'"):
         check_trace_path(tmp_path / "run.txt")
-    with pytest.raises(MetricsExportError, match="does not exist"):
+    with pytest.raises(OutputFileError, match="does not exist"):
         check_trace_path(tmp_path / "missing" / "run.json")
 
 
@@ -112,3 +112,19 @@ def test_cli_trace_from_a_recording_and_its_bad_input(tmp_path):
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "unknown trace format" in res.stderr
     res = cli("scenario", "mixed_load", "--trace-out", str(tmp_path / "x.json"))
     assert res.returncode == 2 and "--trace-out needs --headless or --json" in res.stderr
+
+
+def test_a_failed_write_leaves_the_file_that_was_there(tmp_path):
+    """Written under a temporary name and renamed when whole: a value JSON cannot hold (a float out of
+    range in a recording) fails before anything replaces the good file, and no temporary file stays."""
+    import math
+
+    from engine.records.output_files import write_atomically
+
+    keep = tmp_path / "keep.json"
+    keep.write_text('{"good": true}')
+    with pytest.raises(ValueError, match="Out of range float"):
+        write_atomically(keep, lambda f: json.dump({"bad": math.inf}, f, allow_nan=False))
+    assert keep.read_text() == '{"good": true}' and sorted(p.name for p in tmp_path.iterdir()) == ["keep.json"]
+    write_atomically(keep, lambda f: json.dump({"new": 1}, f))
+    assert json.loads(keep.read_text()) == {"new": 1} and len(list(tmp_path.iterdir())) == 1

@@ -15,16 +15,18 @@ import sys
 
 import click
 
+from engine.config import ATTENTION_BACKENDS, DEVICES, MODELS, POLICIES
+
 
 @click.group("bench", invoke_without_command=True)
 @click.option("--workload", type=click.Choice(["anchor", "varied"]), default="anchor", show_default=True,
               help="anchor: 512 requests, prompts 32..1024, 128 new tokens; varied: 256 requests, 16..256 new.")
 @click.option("--scale", type=click.FloatRange(min=0, max=1, min_open=True), default=None,
               help="Fraction of the requests (and of the static batch) to run. Default: 1 on CUDA, 1/16 on the CPU.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--model", type=click.Choice(["tiny", "small"]), default=None,
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--model", type=click.Choice(MODELS), default=None,
               help="Engine preset. Default: small on CUDA (bf16), tiny on the CPU (fp32).")
-@click.option("--attention", type=click.Choice(["auto", "reference", "sdpa", "flex"]), default="auto",
+@click.option("--attention", type=click.Choice(ATTENTION_BACKENDS), default="auto",
               show_default=True, help="Our engine's attention backend.")
 @click.option("--hf/--no-hf", default=True, show_default=True,
               help="Include Hugging Face transformers (when it is installed).")
@@ -113,7 +115,7 @@ def _exit_now(code: int) -> None:
 @click.option("--requests", "num_requests", type=click.IntRange(min=1), default=512, show_default=True,
               help="Running (decoding) requests.")
 @click.option("--steps", type=click.IntRange(min=1), default=50, show_default=True)
-@click.option("--policy", type=click.Choice(["fcfs", "static"]), default="fcfs", show_default=True,
+@click.option("--policy", type=click.Choice(POLICIES), default="fcfs", show_default=True,
               help="static: a batch of 64 decodes while the other requests wait.")
 def bench_host(num_requests: int, steps: int, policy: str) -> None:
     """Host-side overhead per step (schedule + batch build + record), model time excluded."""
@@ -127,7 +129,7 @@ def bench_host(num_requests: int, steps: int, policy: str) -> None:
               help="Mask frames timed per batch shape and panel size.")
 @click.option("--presses", type=click.IntRange(min=1), default=20, show_default=True,
               help="Key presses timed with the engine at full speed.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 def bench_ui(repeat: int, presses: int, device: str) -> None:
     """Dashboard: mask panel frame time for a huge step, and key latency under load."""
     from .ui import run_ui_bench

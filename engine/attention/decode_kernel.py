@@ -14,8 +14,6 @@ import torch
 
 from .paged_decode import paged_decode_attention
 
-DECODE_ATTENTION = ("auto", "triton", "gather")
-
 
 def triton_problem(device: torch.device, dtype: torch.dtype, head_dim: int) -> str | None:
     """Why the Triton decode kernel cannot run here, or None when it can."""

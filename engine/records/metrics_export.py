@@ -11,49 +11,18 @@ import csv
 import json
 import math
 import os
-from collections.abc import Callable
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from .metrics import MetricsCollector, RequestMetrics, StepStats
+from .output_files import check_output_path, write_atomically
 
 FORMATS = (".json", ".csv")
 # Lists do not fit a CSV cell; their mean and max are columns already.
 _REQUEST_CSV_SKIP = {"itl_steps", "itl_s"}
 REQUEST_COLUMNS = [f.name for f in fields(RequestMetrics) if f.name not in _REQUEST_CSV_SKIP]
 STEP_COLUMNS = [f.name for f in fields(StepStats)]
-
-
-class MetricsExportError(ValueError):
-    """A metrics file could not be written; the message names the path and the reason."""
-
-
-def _check_path(path: str | os.PathLike, suffixes: tuple[str, ...] = FORMATS, what: str = "metrics") -> Path:
-    """The path as a Path if a `what` file (metrics, trace) can be written there; MetricsExportError
-    saying why not."""
-    if not str(path).strip():
-        raise MetricsExportError(f"{what} output path is empty")
-    p = Path(path).expanduser()
-    if p.suffix.lower() not in suffixes:
-        raise MetricsExportError(f"{p}: unknown {what} format {p.suffix or '(no suffix)'!r}; "
-                                 f"use a name ending in {' or '.join(suffixes)}")
-    if p.is_dir():
-        raise MetricsExportError(f"{p}: is a directory; give a file name")
-    parent = p.parent
-    if not parent.exists():
-        raise MetricsExportError(f"{p}: directory {parent} does not exist")
-    if not parent.is_dir():
-        raise MetricsExportError(f"{p}: {parent} is not a directory")
-    return p
-
-
-def _write(path: Path, write: Callable[[TextIO], object]) -> None:
-    try:
-        with open(path, "w", encoding="utf-8", newline="") as f:
-            write(f)
-    except OSError as exc:
-        raise MetricsExportError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 
 def _json_safe(value: Any) -> Any:
@@ -69,14 +38,14 @@ def _json_safe(value: Any) -> Any:
 
 def check_export_path(path: str | os.PathLike) -> list[Path]:
     """Checks before a run what export_metrics will write, so a typo fails fast, not after the run."""
-    p = _check_path(path)
-    return [p] if p.suffix.lower() == ".json" else [p, _check_path(steps_csv_path(p), (".csv",))]
+    p = check_output_path(path, FORMATS)
+    return [p] if p.suffix.lower() == ".json" else [p, check_output_path(steps_csv_path(p), (".csv",))]
 
 
 def write_json(collector: MetricsCollector, path: str | os.PathLike) -> Path:
-    p = _check_path(path, (".json",))
+    p = check_output_path(path, (".json",))
     data = _json_safe(collector.to_dict())
-    _write(p, lambda f: json.dump(data, f, indent=1, allow_nan=False))
+    write_atomically(p, lambda f: json.dump(data, f, indent=1, allow_nan=False))
     return p
 
 
@@ -87,7 +56,7 @@ def _write_table(path: Path, columns: list[str], rows: list[dict]) -> None:
         for row in rows:
             out.writerow({k: "" if v is None else v for k, v in row.items()})  # None: an empty cell
 
-    _write(path, write)
+    write_atomically(path, write)
 
 
 def steps_csv_path(path: str | os.PathLike) -> Path:
@@ -98,8 +67,8 @@ def steps_csv_path(path: str | os.PathLike) -> Path:
 
 def write_csv(collector: MetricsCollector, path: str | os.PathLike) -> list[Path]:
     """Per-request table at `path`, per-step table at steps_csv_path(path); returns both paths."""
-    p = _check_path(path, (".csv",))
-    steps_p = _check_path(steps_csv_path(p), (".csv",))
+    p = check_output_path(path, (".csv",))
+    steps_p = check_output_path(steps_csv_path(p), (".csv",))
     _write_table(p, REQUEST_COLUMNS, [asdict(r) for r in collector.requests()])
     _write_table(steps_p, STEP_COLUMNS, [asdict(s) for s in collector.steps])
     return [p, steps_p]

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .metrics_export import _check_path, _write
+from .output_files import check_output_path, write_atomically
 from .types import REASON_NOT_ARRIVED, StepRecord
 
 SCHEDULER_PID, REQUESTS_PID = 1, 2
@@ -122,12 +122,12 @@ def trace_events(records: Iterable[StepRecord]) -> list[dict]:
 
 def check_trace_path(path: str | os.PathLike) -> Path:
     """Before a run: a trace can be written there (a .json name in an existing folder)."""
-    return _check_path(path, (".json",), what="trace")
+    return check_output_path(path, (".json",), what="trace")
 
 
 def write_trace(records: Iterable[StepRecord], path: str | os.PathLike) -> Path:
     p = check_trace_path(path)
     trace = {"traceEvents": trace_events(records), "displayTimeUnit": "ms",
              "otherData": {"source": "cbtui: one slice per scheduler step, one row per request"}}
-    _write(p, lambda f: json.dump(trace, f, allow_nan=False))
+    write_atomically(p, lambda f: json.dump(trace, f, allow_nan=False))
     return p

@@ -63,7 +63,8 @@ def _print_comparison(scenario, records, cut_short: bool, overrides: dict) -> No
     if cut_short:
         click.echo("comparison skipped: --steps stopped the run before every request finished")
         return
-    from scenarios.compare import compare, format_table
+    from engine.records.summary import format_table
+    from scenarios.compare import compare
 
     try:
         rows = compare(scenario, records, **overrides)

@@ -6,8 +6,9 @@ import pytest
 from click.testing import CliRunner
 
 from cbtui.cli import main
+from engine.records.summary import format_table, summarize
 from scenarios import builtin_names, load_scenario, loads
-from scenarios.compare import compare, format_table, run_records, settings_label, summarize
+from scenarios.compare import compare, run_records, settings_label
 
 SMALL = """title = "Small"
 [engine]

@@ -13,8 +13,9 @@ import pytest
 from rich.console import Console
 
 from cbtui.headless import run_headless
+from engine.records.summary import summarize
 from scenarios import builtin_names, load_scenario
-from scenarios.compare import run_records, summarize
+from scenarios.compare import run_records
 
 EXPECTED = {"mixed_load", "priority_sla", "decode_heavy", "long_prompt", "budget_sweep", "dense_vs_paged",
             "kv_pressure", "static_vs_continuous", "burst_arrivals"}

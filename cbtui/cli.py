@@ -234,11 +234,16 @@ def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention
     if header.device == "cpu" and header.model == "tiny":
         torch.set_num_threads(1)  # the tiny model's ops are too small for threads to pay off
     if headless or as_json:
+        from engine.engine import NoProgressError
+
         from .headless import run_headless
 
-        records = run_headless(engine, header, as_json=as_json, max_steps=steps)
-        if scenario.variants and not as_json and not variant:
-            _print_comparison(scenario, records, engine.has_unfinished(), overrides)
+        try:
+            records = run_headless(engine, header, as_json=as_json, max_steps=steps)
+            if scenario.variants and not as_json and not variant:
+                _print_comparison(scenario, records, engine.has_unfinished(), overrides)
+        except NoProgressError as exc:
+            fail(str(exc))
         if metrics_out is not None:
             _write_metrics(records, metrics_out)
         if trace_out is not None:

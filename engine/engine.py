@@ -24,6 +24,19 @@ from .request import Request
 from .request_checks import check_request
 from .scheduler import SchedulePlan, Scheduler
 
+STALL_STEPS = 4  # steps in a row with nothing scheduled (and nothing still to arrive) that end a run
+
+
+class NoProgressError(RuntimeError):
+    """Nothing can run any more although requests wait: the message says which, and why."""
+
+
+def _why_stuck(record: StepRecord, steps: int) -> str:
+    waits = [f"request {v.id}: {v.reason}" for v in record.requests if v.reason and v.state != "pending"]
+    more = f"; and {len(waits) - 3} more" if len(waits) > 3 else ""
+    return (f"no progress for {steps} steps (to step {record.step}): {record.waiting + record.running} requests "
+            f"cannot be scheduled ({'; '.join(waits[:3])}{more})")
+
 
 class Engine:
     def __init__(self, config: EngineConfig | None = None, plugins: list[Plugin] | None = None):
@@ -43,6 +56,7 @@ class Engine:
         self.step_index = 0
         self._next_id = 0
         self._in_flight: InFlightStep | None = None  # overlap: the launched step not yet read back
+        self._idle_steps = 0  # consecutive steps in which nothing could run
 
     def header(self, title: str = "", description: str = "", question: str = "",
                variant: str | None = None) -> RunHeader:
@@ -113,11 +127,14 @@ class Engine:
         if plan.items:
             record.decode_graph = self.runner.last_graph_bucket()
             record.device_time_s = self.runner.take_device_seconds()
-        if self._stalled(record):
+        self._idle_steps = self._idle_steps + 1 if self._stalled(record) else 0
+        if self._idle_steps:
             # Nothing ran although requests are waiting and none is still to arrive: say so, so a
-            # stuck schedule (e.g. a plugin reserving the whole budget) shows instead of idling.
+            # stuck schedule shows instead of idling; and end the run once it clearly cannot move.
             record.errors.append(f"no progress: {record.waiting + record.running} requests could not be "
                                  f"scheduled at step {step}")
+            if self._idle_steps >= STALL_STEPS:
+                raise NoProgressError(_why_stuck(record, self._idle_steps))
         self.step_index += 1
         record.wall_time_s = time.perf_counter() - start
         if isinstance(tokens_out, DeviceTokens):
@@ -162,15 +179,10 @@ class Engine:
         """Steps until every request finished; returns {request id: generated token ids}."""
         if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int)):
             raise ValueError(f"max_steps={max_steps!r} must be an integer or None")
-        idle = 0
         while self.has_unfinished():
             if max_steps is not None and self.step_index >= max_steps:
                 break
-            record = self.step()
-            idle = idle + 1 if record is not None and self._stalled(record) else 0
-            if idle > 1:  # nothing can ever run again: fail loudly instead of hanging
-                raise RuntimeError(f"scheduler made no progress at step {self.step_index - 1}: "
-                                   f"{len(self.scheduler.waiting)} requests cannot be scheduled")
+            self.step()  # raises NoProgressError when nothing can ever run again
         self._resolve_in_flight()  # stopped at max_steps with a step in flight: its tokens, not placeholders
         return self.outputs()
 

@@ -62,8 +62,10 @@ class Reservation:
     """`tokens` of one step's budget kept for the requests in `holders` (the priority plugin's
     high-priority ones), so that a stream of others cannot crowd them out; the others share the rest."""
 
-    def __init__(self, state: SchedulerState):
-        self.holders = state.reserved_for
+    def __init__(self, state: SchedulerState, runnable: set[int] | None = None):
+        """`runnable`: ids of the requests that may run this step. A holder the admission policy keeps
+        waiting (outside a static batch) holds no slice: nobody could use it, and the step would idle."""
+        self.holders = state.reserved_for if runnable is None else state.reserved_for & runnable
         self.open_left = state.budget - state.reserved_tokens  # what the others may still take, together
 
     def room(self, request: Request, left: int) -> int:

@@ -115,12 +115,19 @@ class Scheduler:
     # -- one step ------------------------------------------------------------------------
     def schedule(self, state: SchedulerState | None = None) -> SchedulePlan:
         state = state or self.state(-1)
+        plan = self._schedule(state, reserve=True)
+        if not plan.items and self.reservation is not None:
+            # A reserved slice its holders cannot use now (they wait for KV blocks that the starved
+            # requests hold) would idle the engine for ever: this step runs without it.
+            plan = self._schedule(state, reserve=False)
+        return plan
+
+    def _schedule(self, state: SchedulerState, reserve: bool) -> SchedulePlan:
         self.freed_blocks = {}
         plan = SchedulePlan(budget=state.budget)
-        # None in the common case, which keeps the per-decode loop free of calls (bench host).
-        self.reservation = Reservation(state) if state.reserved_tokens else None
         # Admission considers the queue as the step began: a request preempted in it waits a step.
         candidates = self.admission.admissible(self.waiting, plan.reasons)
+        self.reservation = self._reservation(state, candidates) if reserve else None
         decoding: list[Request] = []
         prefilling: list[Request] = []
         for r in self.running:
@@ -175,6 +182,14 @@ class Scheduler:
                 self._add_prefill(plan, r, n)
         plan.items = [Scheduled(r, "decode", 1) for r in decodes] + plan.prefills  # the packed batch's order
         return plan
+
+    def _reservation(self, state: SchedulerState, candidates: list[Request]) -> Reservation | None:
+        """The step's reserved slice, for holders that may run now; None in the common case, which
+        keeps the per-decode loop free of calls (bench host)."""
+        if not state.reserved_tokens:
+            return None
+        reservation = Reservation(state, {r.id for r in self.running} | {r.id for r in candidates})
+        return reservation if reservation.holders else None
 
     def _room(self, plan: SchedulePlan, r: Request) -> int:
         """Tokens r may take now: what is left of the budget, less a slice reserved for others."""

@@ -184,7 +184,9 @@ def test_engine_rejects_what_is_not_a_plugin():
         Engine(EngineConfig(model="tiny", device="cpu"), plugins=[object()])
 
 
-def test_a_schedule_that_makes_no_progress_says_so():
+def test_a_reservation_nobody_can_use_is_lifted():
+    """A slice reserved for nobody (or for requests that cannot run now) would idle the engine for
+    ever: the step runs without it, and the request finishes."""
     class Hog(SchedulerPlugin):
         name = "hog"
 
@@ -192,8 +194,25 @@ def test_a_schedule_that_makes_no_progress_says_so():
             state.reserve(state.budget, [])  # the whole budget, for nobody
 
     eng = Engine(EngineConfig(model="tiny", device="cpu"), plugins=[Hog()])
-    eng.add_request([1, 2], max_new_tokens=2)
+    rid = eng.add_request([1, 2], max_new_tokens=2)
     rec = eng.step()
-    assert not rec.items and rec.errors == ["no progress: 1 requests could not be scheduled at step 0"]
-    with pytest.raises(RuntimeError, match="no progress"):
+    assert rec.items and not rec.errors
+    assert len(eng.run_until_done()[rid]) == 2
+
+
+def test_a_stuck_schedule_ends_the_run_with_why():
+    """The safety net behind every runner: steps that schedule nothing, with nothing left to arrive,
+    end the run after a few steps with the waiting requests' reasons (never an endless loop)."""
+    from engine.engine import STALL_STEPS, NoProgressError
+    from engine.scheduler import SchedulePlan
+
+    eng = Engine(EngineConfig(model="tiny", device="cpu"))
+    eng.add_request([1, 2], max_new_tokens=2)
+    eng.step()  # admitted: it is running
+    eng.scheduler.schedule = lambda state=None: SchedulePlan(budget=state.budget)  # a scheduler that plans nothing
+    records = [eng.step() for _ in range(STALL_STEPS - 1)]
+    assert all(r.errors and r.errors[0].startswith("no progress") for r in records)
+    with pytest.raises(NoProgressError, match=rf"no progress for {STALL_STEPS} steps .*1 requests cannot be"):
+        eng.step()
+    with pytest.raises(NoProgressError):
         eng.run_until_done()

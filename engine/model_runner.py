@@ -8,6 +8,8 @@ overlapped sampling) lives here, so `Engine` reads as the textbook loop.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from .attention import get_backend, resolve_backend
@@ -51,6 +53,33 @@ def default_num_blocks(config: EngineConfig, device: torch.device, bytes_per_tok
     return per_seq * 8  # room for eight full-context sequences on the CPU
 
 
+def free_memory_bytes(device: torch.device) -> int:
+    """Memory a new allocation can take: free GPU memory on CUDA, available RAM on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_pool_fits(num_blocks: int, block_size: int, bytes_per_token: int, device: torch.device) -> None:
+    """Refuses a KV pool larger than the memory free for it, before anything is allocated (a pool of
+    10**9 blocks was killed by the kernel, after building its free list)."""
+    need, free = num_blocks * block_size * bytes_per_token, free_memory_bytes(device)
+    usable = int(free * 0.9)  # the model, activations and the records need room too
+    if need > usable:
+        fit = usable // (block_size * bytes_per_token)
+        where = "free on the GPU" if device.type == "cuda" else "available in RAM"
+        raise ValueError(f"num_blocks={num_blocks}: the KV pool would take {need / 2**30:.1f} GiB but only "
+                         f"{free / 2**30:.1f} GiB is {where}; use num_blocks <= {fit} (blocks of {block_size} "
+                         f"tokens)")
+
+
 class ModelRunner:
     def __init__(self, config: EngineConfig, plugins: PluginHost):
         self.config = config
@@ -66,6 +95,7 @@ class ModelRunner:
         if config.kv_layout == "paged":
             bytes_per_token = kv_bytes_per_token(s.num_layers, s.num_kv_heads, s.head_dim, self.dtype)
             self.num_blocks = config.num_blocks or default_num_blocks(config, self.device, bytes_per_token)
+            check_pool_fits(self.num_blocks, config.block_size, bytes_per_token, self.device)
             self.kv = PagedKVCache(s.num_layers, s.num_kv_heads, s.head_dim, self.dtype, self.device,
                                    self.num_blocks, config.block_size, s.max_context,
                                    spare_block=self._graphs_configured())

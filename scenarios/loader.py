@@ -222,14 +222,19 @@ def from_dict(data: dict, path: Path) -> Scenario:
     model, need = PRESETS[config.model], _block_need(config)
 
     requests: list[dict] = []
-    for i, spec in enumerate(check.tables(data.get("requests", []), "requests")):
+    explicit = check.tables(data.get("requests", []), "requests")
+    if len(explicit) > MAX_REQUESTS:  # checked before any is parsed: 100,000 entries took minutes
+        check.fail("requests", f"has {len(explicit)} entries, more than {MAX_REQUESTS}; keep a scenario to "
+                               f"{MAX_REQUESTS} requests")
+    for i, spec in enumerate(explicit):
         rng = random.Random(f"{seed}:requests:{i}")
         requests.append(parse_request(check.at(f"[[requests]] #{i + 1} "), spec, rng, model, need))
     for i, gen in enumerate(check.tables(data.get("generators", []), "generators")):
         rng = random.Random(f"{seed}:generators:{i}")
         requests.extend(generate(check.at(f"[[generators]] #{i + 1} "), gen, rng, model, need))
         if len(requests) > MAX_REQUESTS:
-            check.fail("generators", f"the workload has more than {MAX_REQUESTS} requests; lower count")
+            check.fail("generators", f"the workload has more than {MAX_REQUESTS} requests ([[requests]] and "
+                                     f"[[generators]] together); lower a count")
     if not requests:
         check.fail("requests", "the workload is empty; add at least one [[requests]] or [[generators]] entry")
 

@@ -494,7 +494,10 @@ def run_dashboard(scenario, engine: SteppableEngine, overrides: dict | None = No
         watchdog.start()
         app.exit()
 
-    previous = {sig: signal.signal(sig, hang_up) for sig in (signal.SIGHUP, signal.SIGTERM)}
+    # Each ends the app as q does, so the terminal is restored; the exit code says which (130: SIGINT).
+    # SIGQUIT and SIGUSR1 would otherwise kill the process with the terminal still in app mode.
+    stops = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1)
+    previous = {sig: signal.signal(sig, hang_up) for sig in stops}
     try:
         with frozen_heap():  # no full collector pass over torch's and textual's objects while keys wait
             app.run()
@@ -502,4 +505,6 @@ def run_dashboard(scenario, engine: SteppableEngine, overrides: dict | None = No
         app.controller.stop(timeout=1.0)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return 128 + signalled[0] if signalled else 0
+    if signalled:
+        return 128 + signalled[0]
+    return app.return_code or 0  # 1 when the app ended on an unhandled error (Textual printed it)

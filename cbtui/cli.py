@@ -14,6 +14,24 @@ from scenarios import ScenarioError, builtin_names, load_scenario
 from .bench.cli import bench
 
 
+class Speed(click.ParamType):
+    """Steps per second: a number above 0 (inf: as fast as the engine goes); not nan."""
+
+    name = "speed"
+
+    def convert(self, value, param, ctx):
+        try:
+            speed = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not speed > 0:  # also false for nan
+            self.fail(f"{value!r} must be a number above 0 (steps per second)", param, ctx)
+        return speed
+
+
+SPEED = Speed()
+
+
 def fail(message: str) -> None:
     """Bad input: one line on stderr, exit code 2, never a traceback."""
     click.echo(f"cbtui: error: {message}", err=True)
@@ -141,7 +159,7 @@ def _report_int8_divergence(scenario, engine, records, variant, plugins, overrid
 @main.command("replay")
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--paused", is_flag=True, help="Start paused.")
-@click.option("--speed", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--speed", type=SPEED, default=None,
               help="Steps per second (default 4).")
 def replay_cmd(path, paused, speed):
     """Replay a recorded run in the dashboard, without its engine.
@@ -207,7 +225,7 @@ def scenarios_cmd() -> None:
 @click.option("--trace-out", type=click.Path(dir_okay=False), default=None,
               help="Headless: write a Perfetto / Chrome trace (FILE.json): a slice per step, a row per request.")
 @click.option("--paused", is_flag=True, help="Dashboard: start paused.")
-@click.option("--speed", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--speed", type=SPEED, default=None,
               help="Dashboard: steps per second (default 4).")
 def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention, kv_layout, variant, plugins,
                  metrics_out, trace_out, paused, speed):

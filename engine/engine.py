@@ -47,7 +47,11 @@ class Engine:
         if config.overlap_steps and plugins:
             raise ValueError("overlap_steps=True cannot run plugins (they see every step as it ends); "
                              "drop the plugins or overlap_steps")
-        self.plugins = PluginHost(list(plugins or []), config, PRESETS[config.model].num_layers)
+        spec = PRESETS[config.model]
+        if config.eos_token_id is not None and config.eos_token_id >= spec.vocab_size:
+            raise ValueError(f"eos_token_id={config.eos_token_id} is outside the vocabulary of model {spec.name!r} "
+                             f"(0..{spec.vocab_size - 1})")
+        self.plugins = PluginHost(list(plugins or []), config, spec.num_layers)
         self.runner = ModelRunner(config, self.plugins)
         self.scheduler = Scheduler(config, self.runner.kv)
         self.recorder = Recorder(config, self.scheduler, self.runner.kv, self.runner.weight_bytes)

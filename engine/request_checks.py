@@ -10,6 +10,8 @@ from .config import EngineConfig
 from .kv.cache import PagedKVCache
 from .model import ModelSpec
 
+MAX_REQUEST_ID = 2**53
+
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
@@ -55,7 +57,8 @@ def check_request(config: EngineConfig, spec: ModelSpec, kv: object, used_ids: C
     if seed is not None and (not _is_int(seed) or not 0 <= seed < 2**63):
         raise ValueError(f"seed={seed!r} is out of range; it must be an integer in 0..2**63-1")
     if request_id is not None:
-        if not _is_int(request_id) or request_id < 0:
-            raise ValueError(f"request_id={request_id!r} must be an integer >= 0")
+        if not _is_int(request_id) or not 0 <= request_id <= MAX_REQUEST_ID:
+            raise ValueError(f"request_id={request_id!r} must be an integer in 0..2**53 (what JSON, and so a "
+                             f"recording, holds exactly)")
         if request_id in used_ids:
             raise ValueError(f"request_id={request_id} is already used; give each request its own id")

@@ -19,10 +19,11 @@ import pytest
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
 
 
-def _open_dashboard() -> tuple[subprocess.Popen, int]:
+def _open_dashboard(*extra: str) -> tuple[subprocess.Popen, int]:
     leader, follower = pty.openpty()
-    env = dict(os.environ, TERM="xterm-256color", COLUMNS="80", LINES="24")
-    proc = subprocess.Popen([sys.executable, "-m", "cbtui", "scenario", "mixed_load", "--paused"],
+    env = dict(os.environ, TERM="xterm-256color", COLUMNS="80", LINES="24",
+               PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "-m", "cbtui", "scenario", "mixed_load", "--paused", *extra],
                             stdin=follower, stdout=follower, stderr=follower, env=env, close_fds=True,
                             start_new_session=True)
     os.close(follower)
@@ -42,11 +43,13 @@ def _read_until(leader: int, text: bytes, timeout: float) -> bytes:
     return seen
 
 
-def _exit_code(proc: subprocess.Popen, leader: int) -> int:
+def _exit_code(proc: subprocess.Popen, leader: int, tail: list[bytes] | None = None) -> int:
     try:
         end = time.monotonic() + 20
         while proc.poll() is None and time.monotonic() < end:
-            _read_until(leader, b"\x00never", 0.1)  # keep draining, or the child blocks on output
+            seen = _read_until(leader, b"\x00never", 0.1)  # keep draining, or the child blocks on output
+            if tail is not None:
+                tail.append(seen)
         return proc.wait(timeout=1)
     finally:
         if proc.poll() is None:
@@ -54,8 +57,13 @@ def _exit_code(proc: subprocess.Popen, leader: int) -> int:
         os.close(leader)
 
 
+LEAVE_APP_MODE = b"\x1b[?1049l"  # the terminal's normal screen back: what a restored terminal gets last
+
+
 @pytest.mark.parametrize("how, expected", [("q", 0), (signal.SIGTERM, 128 + signal.SIGTERM),
-                                           (signal.SIGHUP, 128 + signal.SIGHUP)])
+                                           (signal.SIGHUP, 128 + signal.SIGHUP), (signal.SIGINT, 130),
+                                           (signal.SIGQUIT, 128 + signal.SIGQUIT),
+                                           (signal.SIGUSR1, 128 + signal.SIGUSR1)])
 def test_dashboard_process_exit_code(how, expected):
     proc, leader = _open_dashboard()
     shown = _read_until(leader, b"Step 0", timeout=60)
@@ -64,7 +72,21 @@ def test_dashboard_process_exit_code(how, expected):
         os.write(leader, b"q")
     else:
         proc.send_signal(how)
-    assert _exit_code(proc, leader) == expected
+    tail: list[bytes] = []
+    assert _exit_code(proc, leader, tail) == expected
+    if how != signal.SIGHUP:  # the terminal went away: nothing to restore
+        assert LEAVE_APP_MODE in b"".join(tail)
+
+
+def test_a_crash_in_the_dashboard_exits_non_zero():
+    """A plugin that breaks the records it is handed crashes a panel: the process says so with a
+    non-zero code (it ended with 0), and the terminal is restored."""
+    proc, leader = _open_dashboard("--plugin", "hostile_plugins:BreaksRecords")
+    shown = _read_until(leader, b"Step 0", timeout=60)
+    os.write(leader, b"n")
+    tail: list[bytes] = []
+    assert _exit_code(proc, leader, tail) == 1, (shown + b"".join(tail))[-800:]
+    assert LEAVE_APP_MODE in shown + b"".join(tail)
 
 
 def test_the_dashboard_runs_with_the_start_up_heap_frozen(monkeypatch):

@@ -55,3 +55,21 @@ def test_each_record_says_its_own_timing():
     records = [eng.step() for _ in range(3)]
     assert all(0 < r.record_time_s < r.wall_time_s for r in records)
     assert all(r.device_time_s is None for r in records)  # no GPU events on the CPU
+
+
+def test_ids_and_tokens_a_recording_could_not_hold_are_refused():
+    with pytest.raises(ValueError, match=r"request_id=9007199254740993 must be an integer in 0..2\*\*53"):
+        tiny().add_request([1], request_id=2**53 + 1)
+    with pytest.raises(ValueError, match="eos_token_id=256 is outside the vocabulary of model 'tiny'"):
+        tiny(eos_token_id=256)
+
+
+@pytest.mark.parametrize("speed", ["nan", "0", "-1", "fast"])
+def test_a_bad_speed_is_one_line(speed):
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "cbtui", "scenario", "mixed_load", "--speed", speed],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and res.stderr.startswith("cbtui: error: Invalid value for '--speed'")
+    assert len(res.stderr.strip().splitlines()) == 1

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from engine.records import RunHeader, StepRecord
+from engine.records.summary import final_views
 
 from .controller import SteppableEngine
 
@@ -58,7 +59,7 @@ def run_headless(engine: SteppableEngine, header: RunHeader, as_json: bool = Fal
 def summary_line(records: list[StepRecord], elapsed: float) -> str:
     generated = sum(len(rec.sampled) for rec in records)
     processed = sum(rec.decode_tokens + rec.prefill_tokens for rec in records)
-    ttfts = [v.ttft_steps for v in records[-1].requests if v.ttft_steps is not None] if records else []
+    ttfts = [v.ttft_steps for v in final_views(records).values() if v.ttft_steps is not None]
     mean_ttft = f"{sum(ttfts) / len(ttfts):.1f}" if ttfts else "n/a"
     rate = generated / elapsed if elapsed > 0 else 0.0
     return (f"summary: {len(records)} steps, {generated} tokens generated, {processed} tokens processed, "

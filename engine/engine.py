@@ -121,10 +121,8 @@ class Engine:
         for r in done.finishing:
             self.runner.free(r.id)
             self.plugins.on_request_completion(r)
-        finished = [r.id for r in done.finishing]
         sampled = dict(zip((r.id for r in sampling), chosen, strict=True)) if on_host else {}
-        record = self.recorder.record(step, plan, items, list(self.requests.values()), sampled, finished,
-                                      len(self.pending))
+        record = self.recorder.record(step, plan, items, done.finishing, sampled, len(self.pending))
         self.plugins.after_step(state, record)
         record.annotations = state.annotations + self.plugins.descriptions()
         record.errors = self.plugins.take_errors()

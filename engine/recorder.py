@@ -8,14 +8,17 @@ per-request part is captured lazily (request_views.py) and the KV tables are sha
 from __future__ import annotations
 
 import time
+from operator import attrgetter
 
 from .config import EngineConfig
 from .kv.cache import DenseKVCache, PagedKVCache
 from .profiling.memory import memory_view
-from .records import IdKeyed, KVView, RequestView, ScheduledItem, StepRecord
+from .records import IdKeyed, KVView, ScheduledItem, StepRecord
 from .request import Request
 from .request_views import RequestViews
 from .scheduler import SchedulePlan, Scheduler
+
+_by_id = attrgetter("id")
 
 
 class Recorder:
@@ -23,19 +26,20 @@ class Recorder:
                  weight_bytes: int):
         self.config, self.scheduler, self.kv, self.weight_bytes = config, scheduler, kv, weight_bytes
         self.finished_total = 0
-        self._final_views: dict[int, RequestView] = {}
-        self._preemptions: dict[int, int] = {}  # request id -> times preempted (replaced, never mutated)
 
-    def record(self, step: int, plan: SchedulePlan, items: list[ScheduledItem], requests: list[Request],
-               sampled: dict[int, int], finished: list[int], pending: int) -> StepRecord:
+    def record(self, step: int, plan: SchedulePlan, items: list[ScheduledItem], finishing: list[Request],
+               sampled: dict[int, int], pending: int) -> StepRecord:
+        """The step's record. Its requests are those alive in it: running, waiting, and `finishing`
+        (finished in this step), in id order; never the run's history, so a record's cost and size
+        follow the step's activity."""
         start = time.perf_counter()
+        finished = [r.id for r in finishing]
         self.finished_total += len(finished)
-        if plan.preempted:  # a new snapshot: earlier records keep theirs
-            self._preemptions = {**self._preemptions, **{r.id: r.num_preemptions for r in plan.preempted}}
-        views = RequestViews(requests, {i.request_id for i in items}, plan.reasons, self._final_views,
-                             self._preemptions)
-        decode_tokens, prefill_tokens = plan.tokens("decode"), plan.tokens("prefill")
         sched = self.scheduler
+        live = [*sched.running, *sched.waiting, *finishing]
+        live.sort(key=_by_id)
+        views = RequestViews(live, {i.request_id for i in items}, plan.reasons)
+        decode_tokens, prefill_tokens = plan.tokens("decode"), plan.tokens("prefill")
         record = StepRecord(
             step=step, policy=self.config.policy, budget=plan.budget, decode_tokens=decode_tokens,
             prefill_tokens=prefill_tokens, unused_tokens=plan.budget - decode_tokens - prefill_tokens,

@@ -1,11 +1,12 @@
 """A step's RequestViews, captured in a few C-level passes and built only when someone reads them.
 
-Building a RequestView for every request every step was the largest part of a StepRecord's cost
-(about 0.75 ms for 512 requests on this project's 2-core CPU), paid even when nobody looks, as
-in a benchmark. What changes between steps is captured instead: one list per changing field,
-taken with map() over the live requests. The views, output tails included, are built on first
-read. Outputs only ever grow (preemption keeps them), so a tail is the live output list cut at
-the length captured.
+A record holds the requests alive in its step (running, waiting, and those that finished in it),
+never the run's history, so its cost and size follow the step's activity. Building a RequestView for
+each was still the largest part of a StepRecord's cost (about 0.75 ms for 512 requests on this
+project's 2-core CPU), paid even when nobody looks, as in a benchmark. What changes between steps
+is captured instead: one list per changing field, taken with map() over the requests. The views,
+output tails included, are built on first read. Outputs only ever grow (preemption keeps them),
+so a tail is the live output list cut at the length captured.
 """
 
 from __future__ import annotations
@@ -13,57 +14,40 @@ from __future__ import annotations
 from collections.abc import Sequence
 from operator import attrgetter
 
-from .records import REASON_NOT_ARRIVED, RequestView
-from .request import RequestState
+from .records import RequestView
+from .request import Request, RequestState
 
 TAIL = 24  # generated tokens kept in each view's output tail
 # Captured per request every step. The first-token step is not: it is set with the first output
-# token and never changes, so it is known exactly from the captured output length. Preemption
-# counts, which change only on preemption, come from a snapshot the engine replaces when one happens.
-_CHANGING = attrgetter("state", "num_computed")
+# token and never changes, so it is known exactly from the captured output length.
+_CHANGING = attrgetter("state", "num_computed", "num_preemptions")
 
 
 class RequestViews(Sequence):
     """Behaves as a read-only list of RequestView (iterate, index, len, compare with a list)."""
 
-    __slots__ = ("_captured", "_scheduled", "_reasons", "_final", "_preemptions", "_views")
+    __slots__ = ("_captured", "_scheduled", "_reasons", "_views")
 
-    def __init__(self, requests: list, scheduled_ids: set, reasons: dict, final_views: dict,
-                 preemptions: dict | None = None):
+    def __init__(self, requests: list[Request], scheduled_ids: set[int], reasons: dict[int, str]):
         outputs = list(map(attrgetter("output"), requests))
-        # requests, (state, computed) pairs, output lists, output lengths; let go once the views are built
+        # requests, (state, computed, preemptions), output lists, output lengths; let go once built
         self._captured: tuple[list, list, list, list[int]] | None = (
             requests, list(map(_CHANGING, requests)), outputs, list(map(len, outputs)))
         self._scheduled, self._reasons = scheduled_ids, reasons
-        self._final = final_views  # request id -> its view once finished (never changes again)
-        self._preemptions = preemptions or {}  # request id -> preemptions so far; never mutated
         self._views: list[RequestView] | None = None
 
     def _build(self) -> list[RequestView]:
         if self._views is None:
-            views = []
-            pending, finished = RequestState.PENDING, RequestState.FINISHED
-            preempted = self._preemptions
             assert self._captured is not None
-            captured = zip(*self._captured, strict=True)
-            for r, (state, computed), output, n in captured:
-                if state is finished and r.id in self._final:
-                    views.append(self._final[r.id])
-                    continue
-                if state is pending:
-                    reason = REASON_NOT_ARRIVED
-                elif state is finished or r.id in self._scheduled:
-                    reason = None
-                else:
-                    reason = self._reasons.get(r.id)
+            views = []
+            finished = RequestState.FINISHED
+            for r, (state, computed, preemptions), output, n in zip(*self._captured, strict=True):
+                reason = None if state is finished or r.id in self._scheduled else self._reasons.get(r.id)
                 prompt_len = len(r.prompt)
                 ttft = r.first_token_step - r.arrival_step if n else None
-                view = RequestView(r.id, state.value, prompt_len, min(computed, prompt_len), n, r.max_new_tokens,
-                                   r.arrival_step, r.priority, ttft, reason, preempted.get(r.id, 0),
-                                   output[max(0, n - TAIL):n])
-                if state is finished:
-                    self._final[r.id] = view
-                views.append(view)
+                views.append(RequestView(r.id, state.value, prompt_len, min(computed, prompt_len), n,
+                                         r.max_new_tokens, r.arrival_step, r.priority, ttft, reason, preemptions,
+                                         output[max(0, n - TAIL):n]))
             self._views = views
             self._captured = None
         return self._views

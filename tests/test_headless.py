@@ -37,6 +37,10 @@ def test_json_is_a_header_then_one_record_per_line():
 def test_full_run_finishes_every_request():
     res = cli("scenario", "mixed_load", "--json")
     assert res.returncode == 0, res.stderr
-    last = json.loads(res.stdout.splitlines()[-1])
+    records = [json.loads(line) for line in res.stdout.splitlines()[1:]]
+    last = records[-1]
     assert last["running"] == last["waiting"] == last["pending"] == 0
-    assert last["finished_total"] == len(last["requests"])
+    assert last["finished_total"] == len(load_scenario("mixed_load").requests)
+    # A record holds the requests alive in its step: the last one, those that finished in it.
+    assert {v["id"] for v in last["requests"]} == set(last["finished"])
+    assert sum(len(r["finished"]) for r in records) == last["finished_total"]

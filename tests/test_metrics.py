@@ -16,6 +16,7 @@ from engine.records.metrics import MetricsCollector, RequestMetrics, StepStats
 from engine.records.metrics_export import export_metrics, steps_csv_path, write_csv, write_json
 from engine.records.output_files import OutputFileError
 from engine.records.stats import describe, histogram, linear_slope, percentile
+from engine.records.summary import final_views
 from scenarios import load_scenario
 
 # Two requests over five steps. Request 0 arrives at step 0 and samples at steps 0, 1, 3 (finishes at 3);
@@ -180,9 +181,8 @@ def run_scenario(name):
 
 def test_real_run_agrees_with_engine():
     engine, m, records = run_scenario("kv_pressure")  # has preemptions: stalls between tokens
-    last = records[-1]
     stalls = 0
-    for view in last.requests:
+    for view in final_views(records).values():
         got = m.request(view.id)
         req = engine.requests[view.id]
         assert got.ttft_steps == view.ttft_steps
@@ -292,8 +292,9 @@ def test_cli_metrics_out_json(tmp_path):
     data = json.loads(out.read_text())
     assert f"metrics written to {out}" in res.stderr
     assert data["summary"]["steps"] == len(records) == len(data["steps"])
-    last = records[-1]["requests"]
-    assert [r["ttft_steps"] for r in data["requests"]] == [v["ttft_steps"] for v in last]
+    final = {v["id"]: v for r in records for v in r["requests"]}  # each request's last view
+    assert [r["ttft_steps"] for r in data["requests"]] == [final[r["id"]]["ttft_steps"] for r in data["requests"]]
+    assert sorted(r["id"] for r in data["requests"]) == sorted(final)
 
 
 def test_cli_metrics_out_bad_path_fails_before_running(tmp_path):

@@ -23,10 +23,9 @@ def test_json_round_trip_and_fields():
     assert first.memory.source == "rss" and first.memory.rss_bytes > 0
     assert first.memory.weight_bytes == eng.runner.model.weight_bytes()
     assert first.wall_time_s > 0
-    late = next(v for v in first.requests if v.id == 1)
-    assert late.state == "pending" and late.reason == "not arrived yet"
-    done = records[-1].requests[0]
-    assert done.state == "finished" and done.generated == 3 and done.ttft_steps is not None
+    assert [v.id for v in first.requests] == [0] and first.pending == 1  # not arrived: not alive yet
+    done = records[-1].requests[-1]
+    assert records[-1].finished == [done.id] and done.state == "finished" and done.ttft_steps is not None
     assert records[-1].finished_total == 2 and records[-1].running == 0
 
 
@@ -77,7 +76,7 @@ def test_request_views_read_late_show_the_step_they_were_taken_at():
     assert max(preempted.values()) >= 1
     tails = [dict((v[0], v[11]) for v in step) for step in late]
     assert any(a != b for a, b in pairwise(tails))  # tails really move between steps
-    assert len(records[0].requests) == 6
+    assert len(records[0].requests) == 6 - records[0].pending  # the requests alive in the step
 
 
 def test_id_keyed_snapshot_reads_like_a_dict_with_string_keys():
@@ -107,3 +106,19 @@ def test_records_package_loads_without_torch():
             "assert not loaded, loaded\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_record_holds_the_requests_alive_in_its_step_only():
+    """Per-step cost and record size follow the step's activity, not the run's history: requests that
+    finished leave the records after the step they finished in, and pending ones are only counted."""
+    eng = Engine(EngineConfig(model="tiny", device="cpu", max_tokens_per_step=32))
+    for i in range(40):
+        eng.add_request([1 + i % 200] * 6, max_new_tokens=2, arrival_step=i)
+    records = []
+    while eng.has_unfinished():
+        records.append(eng.step())
+    for rec in records:
+        ids = [v.id for v in rec.requests]
+        assert ids == sorted(ids) and len(ids) == rec.running + rec.waiting + len(rec.finished)
+        assert all(v.state != "pending" for v in rec.requests)
+    assert max(len(r.requests) for r in records) <= 4  # 40 requests went through, a few at a time

@@ -13,6 +13,7 @@ import pytest
 from rich.console import Console
 
 from cbtui.headless import run_headless
+from engine.records.summary import final_views as summary_final_views
 from engine.records.summary import summarize
 from scenarios import builtin_names, load_scenario
 from scenarios.compare import run_records
@@ -45,7 +46,7 @@ def summary(name: str, variant: str | None = None):
 
 
 def final_views(name: str, variant: str | None = None):
-    return {v.id: v for v in records(name, variant)[-1].requests}
+    return summary_final_views(records(name, variant))
 
 
 def comparable(rec) -> dict:
@@ -76,8 +77,9 @@ def test_scenario_and_variants_run_to_completion(name):
     for variant in [None, *s.variants]:
         recs = records(name, variant)
         assert len(recs) <= MAX_STEPS, f"{name} {variant} needs {len(recs)} steps"
-        assert all(v.state == "finished" for v in recs[-1].requests)
-        assert len(recs[-1].requests) == len(s.requests)
+        views = summary_final_views(recs)
+        assert all(v.state == "finished" for v in views.values()) and not recs[-1].pending
+        assert len(views) == len(s.requests)
 
 
 @pytest.mark.parametrize("name", builtin_names())

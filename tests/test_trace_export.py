@@ -12,6 +12,7 @@ import pytest
 
 from engine.records import REASON_NOT_ARRIVED
 from engine.records.output_files import OutputFileError
+from engine.records.summary import final_views
 from engine.records.trace_export import REQUESTS_PID, SCHEDULER_PID, check_trace_path, trace_events, write_trace
 from scenarios import load_scenario
 
@@ -56,10 +57,10 @@ def test_each_request_row_says_what_it_did_every_step(records):
         expected = {}  # step -> label, from the records
         for r in records:
             item = next((i for i in r.items if i.request_id == rid), None)
-            view = next(v for v in r.requests if v.id == rid)
+            view = next((v for v in r.requests if v.id == rid), None)  # None: not alive in that step
             if item is not None:
                 expected[r.step] = "decode" if item.kind == "decode" else f"prefill {item.num_tokens} tok"
-            elif view.reason is not None and view.reason != REASON_NOT_ARRIVED:
+            elif view is not None and view.reason is not None and view.reason != REASON_NOT_ARRIVED:
                 expected[r.step] = f"waiting: {view.reason}"
         assert said == expected, rid
     labels = {s["name"] for s in slices(events, REQUESTS_PID)}
@@ -78,9 +79,10 @@ def test_marks_for_preemption_first_token_and_finish(records):
 
     assert count("preempted") == sum(len(r.preempted) for r in records) > 0
     assert count("finished") == records[-1].finished_total
-    assert count("first token") == len([v for v in records[-1].requests if v.generated])
+    views = final_views(records).values()
+    assert count("first token") == len([v for v in views if v.generated])
     names = {e["args"]["name"] for e in events if e["ph"] == "M" and e["pid"] == REQUESTS_PID and "tid" in e}
-    assert names == {f"request {v.id}" for v in records[-1].requests}
+    assert names == {f"request {v.id}" for v in views}
     counters = [e for e in events if e["ph"] == "C" and e["name"] == "KV blocks"]
     assert [c["args"]["used"] for c in counters] == [r.kv.blocks_used for r in records]
 

@@ -73,9 +73,9 @@ class RequestsTable(DataTable, inherit_bindings=False):
     def show(self, views: Sequence[RequestView]) -> None:
         no_color = self.app.no_color
         wanted = {v.id for v in views}
-        if set(self._shown) - wanted:  # a different run (restart): start over
-            self.clear()
-            self._shown.clear()
+        for gone in set(self._shown) - wanted:  # a record holds the requests alive in its step
+            self.remove_row(str(gone))
+            del self._shown[gone]
         for view in views:
             cells = row_cells(view, no_color)
             plain = tuple(str(c) for c in cells)

@@ -4,9 +4,10 @@ what a recorded run summarises to the same way."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .types import StepRecord
+from .types import RequestView, StepRecord
 
 
 @dataclass
@@ -31,9 +32,14 @@ class RunSummary:
     ms_per_step: float  # measured engine time; the only figure that is not deterministic
 
 
+def final_views(records: Iterable[StepRecord]) -> dict[int, RequestView]:
+    """Each request's last view: a record holds only the requests alive in its step."""
+    return {view.id: view for record in records for view in record.requests}
+
+
 def summarize(records: list[StepRecord], label: str = "", settings: str = "") -> RunSummary:
     last = records[-1] if records else None
-    views = last.requests if last else []
+    views = list(final_views(records).values())
     finish_step = {rid: rec.step for rec in records for rid in rec.finished}
     processed = sum(rec.decode_tokens + rec.prefill_tokens for rec in records)
     # A request that ran to the end fed its prompt and every generated token but the last.
@@ -49,7 +55,7 @@ def summarize(records: list[StepRecord], label: str = "", settings: str = "") ->
 
     return RunSummary(
         label=label, settings=settings,
-        complete=bool(views) and all(v.state == "finished" for v in views),
+        complete=bool(views) and all(v.state == "finished" for v in views) and last is not None and not last.pending,
         steps=len(records), processed=processed, generated=sum(v.generated for v in views),
         recomputed=processed - needed,
         mean_batch=sum(busy) / len(busy) if busy else 0.0, peak_batch=max(busy, default=0),

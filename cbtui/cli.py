@@ -9,6 +9,7 @@ import click
 import torch
 
 from engine.config import ATTENTION_BACKENDS, DEVICES, KV_LAYOUTS, MODELS
+from engine.records.text import visible
 from scenarios import ScenarioError, builtin_names, load_scenario
 
 from .bench.cli import bench
@@ -33,8 +34,9 @@ SPEED = Speed()
 
 
 def fail(message: str) -> None:
-    """Bad input: one line on stderr, exit code 2, never a traceback."""
-    click.echo(f"cbtui: error: {message}", err=True)
+    """Bad input: one line on stderr, exit code 2, never a traceback. The message may quote a file's
+    contents or its name: its control characters are shown, not sent to the terminal."""
+    click.echo(f"cbtui: error: {visible(message)}", err=True)
     sys.exit(2)
 
 
@@ -68,9 +70,9 @@ def _list_scenarios() -> None:
     for name in builtin_names():
         try:
             scenario = load_scenario(name)
-            click.echo(f"{name:<22} {scenario.summary or scenario.title}")
+            click.echo(f"{visible(name):<22} {visible(scenario.summary or scenario.title)}")
         except ScenarioError as exc:
-            click.echo(f"{name:<22} (broken: {exc})")
+            click.echo(f"{visible(name):<22} (broken: {visible(str(exc))})")
 
 
 main.add_command(bench)
@@ -89,7 +91,7 @@ def _print_comparison(scenario, records, cut_short: bool, overrides: dict) -> No
     except ScenarioError as exc:
         fail(str(exc))
     click.echo("comparison (steps, TTFT and latency in scheduler steps):")
-    for line in format_table(rows):
+    for line in format_table(rows):  # variant names from the file have their controls shown there
         click.echo(line)
 
 
@@ -114,7 +116,7 @@ def _write_trace(records, path: str) -> None:
     except OutputFileError as exc:
         fail(str(exc))
     # stderr: with --json, stdout carries only records
-    click.echo(f"trace written to {written} (open it at ui.perfetto.dev)", err=True)
+    click.echo(f"trace written to {visible(str(written))} (open it at ui.perfetto.dev)", err=True)
 
 
 def _write_metrics(records, path: str) -> None:
@@ -130,7 +132,7 @@ def _write_metrics(records, path: str) -> None:
     except OutputFileError as exc:
         fail(str(exc))
     # stderr: with --json, stdout carries only records.
-    click.echo(f"metrics written to {' and '.join(str(p) for p in written)}", err=True)
+    click.echo(f"metrics written to {visible(' and '.join(str(p) for p in written))}", err=True)
 
 
 def _report_int8_divergence(scenario, engine, records, variant, plugins, overrides) -> None:

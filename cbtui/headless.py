@@ -1,7 +1,9 @@
 """Headless run: one compact line per step (or one JSON StepRecord per line), then a summary.
 
 Everything printed comes from the run header and the StepRecords, as in the dashboard. A JSON
-stream starts with the header line, so a replay shows the run's title and settings.
+stream starts with the header line, so a replay shows the run's title and settings. Text from a
+scenario file or a plugin is shown with its control characters made visible (`visible`) and its
+rich markup escaped; JSON escapes control characters itself.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from rich.markup import escape
 
 from engine.records import RunHeader, StepRecord
 from engine.records.summary import final_views
+from engine.records.text import visible
 
 from .controller import SteppableEngine
 
@@ -32,11 +35,12 @@ def run_headless(engine: SteppableEngine, header: RunHeader, as_json: bool = Fal
     if as_json:
         sys.stdout.write(json.dumps(header.to_dict()) + "\n")
     else:
-        console.print(f"[bold]{escape(header.title)}[/bold]  model={header.model} device={header.device} "
-                      f"attention={header.attention} kv={header.kv_layout}")
+        settings = (f"model={header.model} device={header.device} attention={header.attention} "
+                    f"kv={header.kv_layout}")
+        console.print(f"[bold]{escape(visible(header.title))}[/bold]  {escape(visible(settings))}")
         about = "\n".join(t for t in (header.description, header.question and f"Question: {header.question}") if t)
         if about:
-            console.print(escape(about), style="dim")
+            console.print(escape(visible(about, newlines=True)), style="dim")
     start = time.perf_counter()
     while engine.has_unfinished() and (max_steps is None or len(records) < max_steps):
         rec = engine.step()
@@ -47,9 +51,9 @@ def run_headless(engine: SteppableEngine, header: RunHeader, as_json: bool = Fal
             sys.stdout.write(json.dumps(rec.to_dict()) + "\n")
         else:
             notes = f"  [{'; '.join(rec.annotations)}]" if rec.annotations else ""
-            console.print(escape(step_line(rec) + notes), soft_wrap=True)
+            console.print(escape(step_line(rec) + visible(notes)), soft_wrap=True)
             for error in rec.errors:
-                console.print(escape(error), style="bold red", soft_wrap=True)
+                console.print(escape(visible(error, newlines=True)), style="bold red", soft_wrap=True)
     elapsed = time.perf_counter() - start
     if not as_json:
         console.print(summary_line(records, elapsed), soft_wrap=True)

@@ -17,6 +17,7 @@ from rich.text import Text
 
 from engine.records.metrics import MetricsCollector
 from engine.records.stats import describe, histogram
+from engine.records.text import visible
 
 from .formatting import short_number
 
@@ -100,7 +101,7 @@ def memory_table(profiler: MemoryProfile, detector: object = None) -> Group:
                       _mib(stats["growth"]), sparkline(series, 16), leak)
     if not table.rows:
         table.add_row(Text("no samples yet", style="dim"), "", "", "", "", "", "")
-    unavailable = [Text(f"{name}: unavailable ({reason})", style="dim")
+    unavailable = [Text(visible(f"{name}: unavailable ({reason})"), style="dim")
                    for name, reason in profiler.unavailable.items()]
     return Group(table, *unavailable)
 
@@ -122,7 +123,7 @@ def render_metrics(collector: MetricsCollector, profiler: MemoryProfile, annotat
         head.append(sparkline(throughput, 32), style="green")
     lines: list[RenderableType] = [head]
     if annotations:
-        lines.append(Text("plugins: " + "; ".join(annotations), style="magenta"))
+        lines.append(Text("plugins: " + visible("; ".join(annotations)), style="magenta"))
     grid = Table.grid(padding=(0, 4))
     grid.add_column()
     grid.add_column()

@@ -16,6 +16,7 @@ import sys
 import click
 
 from engine.config import ATTENTION_BACKENDS, DEVICES, MODELS, POLICIES
+from engine.records.text import visible
 
 
 @click.group("bench", invoke_without_command=True)
@@ -64,7 +65,7 @@ def bench(ctx: click.Context, workload, scale, device, model, attention, hf, abl
                                on_row=save)
             save(report)
         except ValueError as exc:
-            click.echo(f"cbtui: error: {exc}", err=True)
+            click.echo(f"cbtui: error: {visible(str(exc))}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("cbtui: bench interrupted before its first system was measured; nothing to report", err=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
+from engine.records.text import visible
+
 
 class ErrorPanel(Static):
     DEFAULT_CSS = """
@@ -19,6 +21,7 @@ class ErrorPanel(Static):
         self.set_class(message is not None, "-visible")
         if message is not None:
             self.border_title = "engine error"
-            self.update(Text.assemble((message, "bold"), "\n",
+            # An engine's or a plugin's message may quote a file: its control characters are shown.
+            self.update(Text.assemble((visible(message, newlines=True), "bold"), "\n",
                                       ("The engine stopped; earlier steps stay browsable (← →). "
                                        "Press r to restart the scenario, q to quit.", "dim")))

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from rich.text import Text
 from textual.widgets import Static
 
+from engine.records.text import visible
+
 from ..formatting import human_rate
 
 
@@ -45,12 +47,14 @@ class StepHeader(Static):
 
     @staticmethod
     def text_for(info: HeaderInfo) -> Text:
+        """The scenario title, the engine label, notes and errors come from files (a scenario, a
+        recording) or plugins: their control characters are shown, never sent to the terminal."""
         step = "Step –" if info.step is None else f"Step {info.step}"
         # Step and run state first: on a narrow terminal the scenario name is what gets cut.
         line1 = Text.assemble(
             (step, "bold reverse"), " ", (f"{info.run_state}", RUN_STATE_STYLE.get(info.run_state, "")),
             (f" @ {info.speed}" if info.run_state == "running" else "", "dim"), "  ",
-            (info.scenario, "bold"), "  ", (info.engine, "dim"),
+            (visible(info.scenario), "bold"), "  ", (visible(info.engine), "dim"),
         )
         rate = "– tok/s" if info.tokens_per_second is None else f"{human_rate(info.tokens_per_second)} tok/s"
         line2 = Text.assemble(
@@ -59,9 +63,9 @@ class StepHeader(Static):
             "  ", (rate, "bold"),
         )
         for error in info.errors:
-            line2.append("  " + error, style="bold red")
+            line2.append("  " + visible(error), style="bold red")
         for note in info.notes:
-            line2.append("  " + note, style="magenta")
+            line2.append("  " + visible(note), style="magenta")
         if info.history:
             line2.append("  ")
             line2.append(info.history, style="bold magenta")

@@ -10,6 +10,8 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
+from engine.records.text import visible
+
 KEYS = (
     ("space", "pause / resume (from a past step: back to live)"),
     ("n", "run one step (while paused)"),
@@ -44,8 +46,11 @@ class HelpScreen(ModalScreen[None]):
     """
 
     def __init__(self, title: str, description: str, question: str):
+        """From a scenario file or a recording: shown with their control characters made visible."""
         super().__init__()
-        self._title, self._description, self._question = title, description, question
+        self._title = visible(title)
+        self._description = visible(description, newlines=True)
+        self._question = visible(question, newlines=True)
 
     def compose(self) -> ComposeResult:
         keys = Table.grid(padding=(0, 2))

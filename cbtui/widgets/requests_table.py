@@ -11,7 +11,7 @@ from textual.message import Message
 from textual.widgets import DataTable
 
 from engine.records import RequestView
-from engine.records.text import decode
+from engine.records.text import decode, visible
 
 from ..colors import request_color
 
@@ -23,14 +23,16 @@ STATE_STYLE = {"decode": "green", "prefill": "yellow", "waiting": "magenta", "pr
                "finished": "dim", "pending": "dim"}
 
 def row_cells(view: RequestView, no_color: bool) -> tuple[Text, ...]:
+    """A recording's state and reason are any strings: their control characters are shown (the
+    output tail's are dots already, from `decode`)."""
     mark = "" if no_color else "■ "  # without colour the id itself is the mark
     return (
         Text.assemble((mark, request_color(view.id).hex), f"{view.id}"),
-        Text(view.state, style=STATE_STYLE.get(view.state, "")),
+        Text(visible(view.state), style=STATE_STYLE.get(view.state, "")),
         Text(f"{view.prefill_pos}/{view.prompt_len}", justify="right"),
         Text(f"{view.generated}/{view.max_new_tokens}", justify="right"),
         Text("–" if view.ttft_steps is None else f"{view.ttft_steps}", justify="right"),
-        Text(view.reason or "", style="red" if view.reason and view.reason != "not arrived yet" else "dim"),
+        Text(visible(view.reason or ""), style="red" if view.reason and view.reason != "not arrived yet" else "dim"),
         Text(decode(view.output_tail)[-TEXT_TAIL:], style="italic"),
     )
 

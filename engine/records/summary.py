@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from .text import visible
 from .types import RequestView, StepRecord
 
 
@@ -88,12 +89,13 @@ def _ttft(r: RunSummary) -> str:
 
 
 def format_table(rows: list[RunSummary]) -> list[str]:
-    """Plain aligned text lines; steps, TTFT and latency are in scheduler steps."""
-    cells = [[name for name, _ in COLUMNS]] + [[str(get(r)) for _, get in COLUMNS] for r in rows]
+    """Plain aligned text lines; steps, TTFT and latency are in scheduler steps. Labels and settings
+    come from a scenario file's [compare] names: their control characters are shown (and measured)."""
+    cells = [[name for name, _ in COLUMNS]] + [[visible(str(get(r))) for _, get in COLUMNS] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
     lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
              for row in cells]
     for r in rows:
         if not r.complete:
-            lines.append(f"note: {r.label} stopped after {r.steps} steps with requests unfinished")
+            lines.append(f"note: {visible(r.label)} stopped after {r.steps} steps with requests unfinished")
     return lines

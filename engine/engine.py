@@ -114,10 +114,11 @@ class Engine:
             record.decode_graph = self.runner.last_graph_bucket()
             record.device_time_s = self.runner.take_device_seconds()
         if self._stalled(record):
-            # Nothing ran although requests are waiting and none is still to arrive: say so, so a
-            # stuck schedule (e.g. a plugin reserving the whole budget) shows instead of idling.
-            record.errors.append(f"no progress: {record.waiting + record.running} requests could not be "
-                                 f"scheduled at step {step}")
+            # Nothing ran although requests are waiting and none is still to arrive: a plugin's
+            # reservation kept the budget from them. It is disabled (the next step runs without it);
+            # without one to blame, say so, so a stuck schedule shows instead of idling.
+            record.errors += self.plugins.stalled(step) or [
+                f"no progress: {record.waiting + record.running} requests could not be scheduled at step {step}"]
         self.step_index += 1
         record.wall_time_s = time.perf_counter() - start
         if isinstance(tokens_out, DeviceTokens):

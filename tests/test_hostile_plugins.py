@@ -345,6 +345,11 @@ class Corrupter(SchedulerPlugin):
     def before_step(self, state):
         if self.how == "queues" and state.running:
             state.waiting = None
+        if self.how == "iterator" and state.running:  # same requests, but gone once read
+            state.running = iter(list(state.running))
+        if self.how == "exit" and state.running:  # half a change, then an exit: the queues stay whole
+            state.running.clear()
+            raise SystemExit(3)
         for r in state.running:
             if self.how == "append" and r.output:
                 r.output.append(7)
@@ -356,11 +361,24 @@ class Corrupter(SchedulerPlugin):
             del request.output
 
 
-@pytest.mark.parametrize("how, hook", [("append", "before_step"), ("rewind", "before_step"),
-                                       ("queues", "before_step"), ("completion", "on_request_completion")])
-def test_a_plugin_cannot_change_requests(how, hook):
-    message = assert_exact_and_disabled(Corrupter(how), hook)
-    assert "read-only" in message or "no attribute 'append'" in message or how == "queues"
+@pytest.mark.parametrize("how, hook, words", [
+    ("append", "before_step", "'tuple' object has no attribute 'append'"),
+    ("rewind", "before_step", "requests are read-only to plugins (setting 'num_computed')"),
+    ("queues", "before_step", "queues replaced"),
+    ("iterator", "before_step", "queues replaced"),
+    ("completion", "on_request_completion", "requests are read-only to plugins (deleting 'output')"),
+])
+def test_a_plugin_cannot_change_requests(how, hook, words):
+    assert words in assert_exact_and_disabled(Corrupter(how), hook)
+
+
+def test_an_exit_after_a_half_done_change_leaves_the_queues_whole():
+    eng = Engine(exact_config(), plugins=[Corrupter("exit")])
+    eng.add_request([1, 2, 3], max_new_tokens=3)
+    with pytest.raises(PluginAbort, match="plugin corrupter stopped the run: before_step raised SystemExit: 3"):
+        while eng.has_unfinished():
+            eng.step()
+    assert [r.id for r in eng.scheduler.running] == [0]
 
 
 def test_views_read_like_requests():

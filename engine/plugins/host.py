@@ -129,13 +129,15 @@ class PluginHost:
                     reserver = plugin
             if key_owner is not None:
                 key = self._ranked(key_owner, state.decode_key, state.running, default_key)
-        finally:
-            # The queues hold the same requests, in the order the plugins left them.
-            order = [requests[id(v)] for v in state.waiting]
-            live_waiting.clear()
-            live_waiting.extend(order)
-            live_running[:] = [requests[id(v)] for v in state.running]
-            state.waiting, state.running, state.decode_key = live_waiting, live_running, key
+        except BaseException:  # a PluginAbort: the run ends; the live queues were never touched
+            state.waiting, state.running = live_waiting, live_running
+            raise
+        # The queues hold the same requests, in the order the plugins left them.
+        order = [requests[id(v)] for v in state.waiting]
+        live_waiting.clear()
+        live_waiting.extend(order)
+        live_running[:] = [requests[id(v)] for v in state.running]
+        state.waiting, state.running, state.decode_key = live_waiting, live_running, key
         if state.reserved_tokens and reserver is not None:
             self.reserving = [(reserver, state.reserved_tokens, state.budget)]
 
@@ -166,6 +168,8 @@ class PluginHost:
 
     @staticmethod
     def _check_state(state: SchedulerState, waiting: list, running: list) -> str | None:
+        if type(state.waiting) is not deque or type(state.running) is not list:
+            return "queues replaced by something that is not a deque (waiting) and a list (running)"
         if Counter(map(id, state.waiting)) != Counter(map(id, waiting)) or \
                 Counter(map(id, state.running)) != Counter(map(id, running)):
             return "a change to the request queues (reordering is allowed, adding or removing is not)"

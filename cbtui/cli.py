@@ -9,6 +9,7 @@ import click
 import torch
 
 from engine.config import ATTENTION_BACKENDS, DEVICES, KV_LAYOUTS, MODELS
+from engine.plugins.base import PluginAbort
 from engine.records.text import visible
 from scenarios import ScenarioError, builtin_names, load_scenario
 
@@ -40,6 +41,13 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
+def plugin_abort(exc: PluginAbort) -> None:
+    """A plugin raised SystemExit or KeyboardInterrupt: one line, exit 130 (an interrupt) or 2."""
+    sys.stdout.flush()  # with --json, the records so far, before the line that says why they stop
+    click.echo(f"cbtui: error: {exc}", err=True)
+    sys.exit(exc.exit_code)
+
+
 class OneLineErrors(click.Group):
     """Usage errors as one line (`cbtui: error: ...`) and exit code 2, like every other bad input."""
 
@@ -57,6 +65,8 @@ class OneLineErrors(click.Group):
             fail(exc.format_message())
         except click.Abort:
             sys.exit(130)
+        except PluginAbort as exc:  # from any command that builds or steps an engine
+            plugin_abort(exc)
         sys.exit(rc if isinstance(rc, int) else 0)
 
 
@@ -222,6 +232,9 @@ def scenarios_cmd() -> None:
 @click.option("--plugin", "plugins", multiple=True, metavar="SPEC",
               help="Add a plugin: a built-in name (priority, adaptive_batch, kv_int8), an entry point "
                    "of group cbtui.plugins, or module:Class. Repeatable.")
+@click.option("--trust-plugins", is_flag=True,
+              help="Let the scenario file's [[plugins]] name module:Class, which imports and runs that "
+                   "module's code. Only for files you trust.")
 @click.option("--metrics-out", type=click.Path(dir_okay=False), default=None,
               help="Headless: write metrics (TTFT, ITL, throughput, per step) to FILE.json or FILE.csv.")
 @click.option("--trace-out", type=click.Path(dir_okay=False), default=None,
@@ -230,7 +243,7 @@ def scenarios_cmd() -> None:
 @click.option("--speed", type=SPEED, default=None,
               help="Dashboard: steps per second (default 4).")
 def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention, kv_layout, variant, plugins,
-                 metrics_out, trace_out, paused, speed):
+                 trust_plugins, metrics_out, trace_out, paused, speed):
     """Run a scenario: a built-in NAME or a path to a .toml file."""
     if list_:
         _list_scenarios()
@@ -246,7 +259,7 @@ def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention
             _check_output(flag, path, headless or as_json, check)
     overrides = dict(device=device, model=model, attention=attention, kv_layout=kv_layout)
     try:
-        scenario = load_scenario(name)
+        scenario = load_scenario(name, trust_plugins=trust_plugins)
         engine = scenario.build_engine(variant, plugins=plugins, **overrides)
     except (ScenarioError, ValueError) as exc:
         fail(str(exc))

@@ -10,6 +10,11 @@ File format (every key but the workload is optional; see the built-in files for 
     [[generators]]                          seeded request generators (see workload.GENERATOR_KEYS)
     [compare.NAME]                          engine overrides for a variant that headless runs
                                             compare against the scenario as written
+    [[plugins]]                             name (a built-in plugin or an installed cbtui.plugins
+                                            entry point; module:Class only with trust_plugins,
+                                            i.e. `cbtui scenario --trust-plugins`) and options
+
+A scenario file is data: loading one never imports code it names unless the caller trusts it.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ else:  # Python 3.10
 from engine import Engine, EngineConfig
 from engine.config import ATTENTION_BACKENDS, DEVICES, DTYPES, KV_LAYOUTS, MODELS, POLICIES
 from engine.model import PRESETS
-from engine.plugins.base import load_plugin
+from engine.plugins.base import check_plugin_config, is_module_spec, load_plugin
 from engine.records import RunHeader
 
 from .errors import ScenarioError
@@ -65,16 +70,24 @@ class Scenario:
     seed: int = 0  # the workload seed
     variants: dict[str, dict] = field(default_factory=dict)  # [compare] name -> engine overrides
     plugins: list[dict] = field(default_factory=list)  # [[plugins]]: {"name": spec, "options": {...}}
+    trust_plugins: bool = False  # whether the file's [[plugins]] may name module:Class (code to import)
 
     def make_plugins(self, extra: tuple[str, ...] = ()) -> list:
-        """Fresh plugin instances (they keep state) for the file's [[plugins]] plus `extra` specs."""
-        specs = [*self.plugins, *({"name": name, "options": {}} for name in extra)]
+        """Fresh plugin instances (they keep state) for the file's [[plugins]] plus `extra` specs
+        (the command line's, which may name module:Class: the user typed them)."""
         made = []
-        for spec in specs:
+        for i, spec in enumerate(self.plugins):
+            if not self.trust_plugins:
+                _refuse_module_spec(self.path, i, spec["name"])
             try:
                 made.append(load_plugin(spec["name"], spec["options"]))
             except ValueError as exc:
                 raise ScenarioError(f"{self.path}: [[plugins]] {exc}") from None
+        for name in extra:
+            try:
+                made.append(load_plugin(name))
+            except ValueError as exc:
+                raise ScenarioError(f"--plugin {name}: {exc}") from None
         return made
 
     def engine_config(self, variant: str | None = None, **overrides) -> EngineConfig:
@@ -94,6 +107,8 @@ class Scenario:
     def _where(self, message: str, variant: str | None, overrides: dict) -> str:
         """The message, prefixed with where the setting it names ("device='cuda' ...") came from:
         the variant, a command-line flag, or the file's [engine] table (in that order of precedence)."""
+        if message.startswith("plugin "):  # a plugin refused the configuration or failed to attach
+            return f"{self.path}: {message}"
         key = message.split("=", 1)[0]
         if variant is not None and key in self.variants.get(variant, {}):
             return f"{self.path}: [compare] {variant}: {message}"
@@ -126,8 +141,16 @@ class Scenario:
         return engine.header(title=title, description=self.description, question=self.question, variant=variant)
 
 
-def load_scenario(name_or_path: str) -> Scenario:
-    """A built-in name (see builtin_names) or a path to a TOML file."""
+def _refuse_module_spec(path: Path, index: int, name: str) -> None:
+    if is_module_spec(name):
+        raise ScenarioError(f"{path}: [[plugins]] #{index + 1} name {name!r} would import and run Python code "
+                            f"named by the file; a scenario file may name only built-in plugins and installed "
+                            f"cbtui.plugins entry points; pass --trust-plugins if you trust this file")
+
+
+def load_scenario(name_or_path: str, trust_plugins: bool = False) -> Scenario:
+    """A built-in name (see builtin_names) or a path to a TOML file. Its [[plugins]] may name
+    module:Class only with `trust_plugins` (the file would otherwise run code when validated)."""
     path = _resolve(str(name_or_path))
     try:
         text = path.read_text(encoding="utf-8")
@@ -135,17 +158,17 @@ def load_scenario(name_or_path: str) -> Scenario:
         raise ScenarioError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
         raise ScenarioError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
-    return loads(text, path)
+    return loads(text, path, trust_plugins)
 
 
-def loads(text: str, path: Path | str = "<string>") -> Scenario:
+def loads(text: str, path: Path | str = "<string>", trust_plugins: bool = False) -> Scenario:
     """Parses and validates scenario TOML text; `path` names the file in error messages."""
     path = Path(path)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{path}: invalid TOML: {exc}") from None
-    return from_dict(data, path)
+    return from_dict(data, path, trust_plugins)
 
 
 def _resolve(name: str) -> Path:
@@ -207,8 +230,9 @@ def _block_need(config: EngineConfig):
     return need
 
 
-def from_dict(data: dict, path: Path) -> Scenario:
-    """Validates parsed TOML and builds the Scenario (workload generated, seeded)."""
+def from_dict(data: dict, path: Path, trust_plugins: bool = False) -> Scenario:
+    """Validates parsed TOML and builds the Scenario (workload generated, seeded). A [[plugins]]
+    name that is module:Class is refused, before anything is imported, unless `trust_plugins`."""
     check = Checker(str(path))
     check.keys(data, TOP_KEYS)
     title = check.string(data, "title", path.stem, max_len=200)
@@ -263,15 +287,17 @@ def from_dict(data: dict, path: Path) -> Scenario:
         if not name:
             pcheck.fail("name", "is missing; give a built-in plugin name, an entry point name or module:Class")
         options = dict(check.table(spec.get("options", {}), f"plugins #{i + 1} options"))
+        if not trust_plugins:
+            _refuse_module_spec(path, i, name)
         try:
-            load_plugin(name, options).check_config(config)  # fail now, not when the engine starts
+            check_plugin_config(load_plugin(name, options), config)  # fail now, not when the engine starts
         except ValueError as exc:
             pcheck.fail("name", str(exc))
         plugins.append({"name": name, "options": options})
 
     return Scenario(name=path.stem, path=path, title=title, description=description, question=question,
                     engine=engine, requests=requests, summary=summary, seed=seed, variants=variants,
-                    plugins=plugins)
+                    plugins=plugins, trust_plugins=trust_plugins)
 
 
 def _first_line(text: str) -> str:

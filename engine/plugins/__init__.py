@@ -1,5 +1,15 @@
 """Plugins: the hook API (base), the host that guards every call (host), and the built-ins."""
 
-from .base import AttentionPlugin, CachePlugin, Plugin, SchedulerPlugin, SchedulerState, load_plugin
+from .base import (
+    AttentionPlugin,
+    CachePlugin,
+    Plugin,
+    PluginAbort,
+    ReadOnlyRequest,
+    SchedulerPlugin,
+    SchedulerState,
+    load_plugin,
+)
 
-__all__ = ["AttentionPlugin", "CachePlugin", "Plugin", "SchedulerPlugin", "SchedulerState", "load_plugin"]
+__all__ = ["AttentionPlugin", "CachePlugin", "Plugin", "PluginAbort", "ReadOnlyRequest", "SchedulerPlugin",
+           "SchedulerState", "load_plugin"]

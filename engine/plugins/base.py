@@ -2,7 +2,12 @@
 
 A plugin subclasses one (or more) of SchedulerPlugin, AttentionPlugin and CachePlugin. A plugin
 whose hook raises is disabled on the spot; the error is carried in the StepRecord and the engine
-goes on with the step as if the plugin were absent, so no request is ever corrupted.
+goes on with the step as if the plugin were absent (host.py says what is checked). A plugin that
+raises SystemExit or KeyboardInterrupt ends the run with a PluginAbort naming it and the hook.
+
+Where plugins come from is the caller's trust decision: a built-in name or an installed entry point
+is code already on the machine; `module:Class` imports whatever module that names, so scenario
+files may not use it unless the user says so (scenarios/loader.py, `cbtui scenario --trust-plugins`).
 """
 
 from __future__ import annotations
@@ -10,15 +15,40 @@ from __future__ import annotations
 import importlib
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib.metadata import entry_points
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from ..request import Request
+from ..request import Request
 
 ENTRY_POINT_GROUP = "cbtui.plugins"
+MAX_MESSAGE = 300  # characters of a plugin's error message kept in a record or an error line
+
+
+def one_line(text: object) -> str:
+    """A plugin's message as one bounded line (its text is the plugin's, not ours)."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= MAX_MESSAGE else line[:MAX_MESSAGE - 3] + "..."
+
+
+def describe_exception(exc: BaseException) -> str:
+    text = one_line(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class PluginAbort(Exception):
+    """A plugin raised SystemExit, KeyboardInterrupt or another exception that is not an Exception.
+
+    The run cannot go on as if the plugin were absent (the user may have pressed Ctrl-C in it, or
+    it asked to exit), so it ends: the CLI prints the message as one line and exits with
+    `exit_code`, 130 for KeyboardInterrupt (as for Ctrl-C), 2 otherwise. The engine that raised it
+    is left mid-step and must not be stepped again."""
+
+    def __init__(self, plugin: str, hook: str, exc: BaseException):
+        self.plugin, self.hook = plugin, hook
+        self.exit_code = 130 if isinstance(exc, KeyboardInterrupt) else 2
+        super().__init__(f"plugin {plugin} stopped the run: {hook} raised {describe_exception(exc)}")
 
 
 class Plugin:
@@ -34,19 +64,56 @@ class Plugin:
         return self.name
 
 
+class ReadOnlyRequest:
+    """A request as a plugin sees it: every field and property of Request can be read (token lists
+    as tuples), nothing can be set, so a plugin's mistake cannot change a request's tokens or
+    progress. The engine maps a view back to its request; views are made afresh each step."""
+
+    __slots__ = ("_ReadOnlyRequest__request",)
+
+    def __init__(self, request: Request):
+        object.__setattr__(self, "_ReadOnlyRequest__request", request)
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in _READABLE:
+            raise AttributeError(f"a request has no readable attribute {name!r}")
+        value = getattr(self.__request, name)
+        return tuple(value) if isinstance(value, list) else value
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"requests are read-only to plugins (setting {name!r}); reorder "
+                             f"state.waiting / state.running instead")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"requests are read-only to plugins (deleting {name!r})")
+
+    def __repr__(self) -> str:
+        return f"ReadOnlyRequest(id={self.__request.id}, state={self.__request.state.value})"
+
+
+def _readable() -> frozenset[str]:
+    properties = {name for name, value in vars(Request).items() if isinstance(value, property)}
+    return frozenset({f.name for f in fields(Request)} | properties | {"token_slice", "phase"})
+
+
+_READABLE = _readable()
+
+
 @dataclass
 class SchedulerState:
     """What a scheduler plugin sees before the budget is allocated, and what it may change.
 
-    `waiting` and `running` may be reordered (not added to or removed from): the scheduler takes
-    decodes sorted by `decode_key`, prefills in `running` then `waiting` order, and preempts from
-    the end of `running`. `budget` may be changed for this step.
+    `waiting` and `running` hold ReadOnlyRequest views. They may be reordered (not added to or
+    removed from): the scheduler takes decodes sorted by `decode_key` (called with views; its
+    values must be comparable), prefills in `running` then `waiting` order, and preempts from the
+    end of `running`. `budget` may be changed for this step, a slice of it reserved, notes added.
+    The host checks all of that after each plugin's hook and undoes a plugin that broke it.
     """
 
     step: int
     budget: int
-    waiting: deque[Request]
-    running: list[Request]
+    waiting: deque[Any]  # the scheduler's requests; ReadOnlyRequest views while plugins run
+    running: list[Any]
     # Default: least recently served decode first, so a decode cap never starves anyone.
     decode_key: Callable[[Request], Any] = field(default=attrgetter("last_scheduled_step"))
     reserved_tokens: int = 0
@@ -99,8 +166,16 @@ def builtin_plugins() -> dict[str, type]:
     return dict(BUILTIN)
 
 
+def is_module_spec(spec: str) -> bool:
+    """Whether `spec` names a `module:Class` (code to import) rather than a built-in or an entry point."""
+    return ":" in spec and spec not in builtin_plugins()
+
+
 def load_plugin(spec: str, options: dict | None = None) -> Plugin:
-    """A plugin from a built-in name, a `cbtui.plugins` entry point, or `module:Class`."""
+    """A plugin from a built-in name, a `cbtui.plugins` entry point, or `module:Class`.
+
+    Raises ValueError (one line) when it cannot be made, PluginAbort when importing or creating it
+    raised SystemExit or KeyboardInterrupt."""
     options = options or {}
     builtins = builtin_plugins()
     if spec in builtins:
@@ -110,20 +185,56 @@ def load_plugin(spec: str, options: dict | None = None) -> Plugin:
         try:
             cls = getattr(importlib.import_module(module_name), attr)
         except Exception as exc:  # whatever importing user code raises
-            raise ValueError(f"plugin {spec!r} cannot be loaded: {exc}; give module:Class on the "
+            raise ValueError(f"plugin {spec!r} cannot be loaded: {one_line(exc)}; give module:Class on the "
                              f"Python path") from None
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt at import time
+            raise PluginAbort(spec, "import", exc) from exc
     else:
         found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == spec]
         if not found:
             raise ValueError(f"unknown plugin {spec!r}; built-in plugins: {', '.join(sorted(builtins))}, "
                              f"or an entry point in group {ENTRY_POINT_GROUP!r}, or module:Class")
-        cls = found[0].load()
+        try:
+            cls = found[0].load()
+        except Exception as exc:  # an installed package that fails to import
+            raise ValueError(f"plugin {spec!r} (entry point) cannot be loaded: {describe_exception(exc)}") from None
+        except BaseException as exc:
+            raise PluginAbort(spec, "import", exc) from exc
     if not (isinstance(cls, type) and issubclass(cls, Plugin)):
         raise ValueError(f"plugin {spec!r} is not a SchedulerPlugin, AttentionPlugin or CachePlugin class")
     try:
-        return cls(**options)
+        plugin = cls(**options)
     except ValueError as exc:
-        raise ValueError(f"plugin {spec!r}: {exc}") from None
+        raise ValueError(f"plugin {spec!r}: {one_line(exc)}") from None
     except Exception as exc:  # e.g. TypeError for an unknown option
         raise ValueError(f"plugin {spec!r} cannot be created with options {options!r}: "
-                         f"{type(exc).__name__}: {exc}") from None
+                         f"{describe_exception(exc)}") from None
+    except BaseException as exc:  # SystemExit or KeyboardInterrupt in __init__
+        raise PluginAbort(spec, "__init__", exc) from exc
+    plugin_name(plugin)  # a plugin without a usable name fails here, not in the middle of a run
+    return plugin
+
+
+def plugin_name(plugin: Plugin) -> str:
+    """The plugin's `name`, checked: a non-empty string of at most 60 characters, one line."""
+    try:
+        name = plugin.name
+    except Exception:  # a property that raises: reported as a bad name below
+        name = None
+    if not isinstance(name, str) or not name or len(name) > 60 or name != one_line(name):
+        raise ValueError(f"plugin class {type(plugin).__name__}: name must be a one-line string of "
+                         f"1 to 60 characters, got {name!r:.80}")
+    return name
+
+
+def check_plugin_config(plugin: Plugin, config) -> None:
+    """Runs the plugin's check_config: a refusal or a failure is a one-line ValueError."""
+    name = plugin_name(plugin)
+    try:
+        plugin.check_config(config)
+    except ValueError as exc:
+        raise ValueError(one_line(exc) or f"plugin {name}: check_config refused the configuration") from None
+    except Exception as exc:
+        raise ValueError(f"plugin {name}: check_config raised {describe_exception(exc)}") from None
+    except BaseException as exc:
+        raise PluginAbort(name, "check_config", exc) from exc

@@ -1,84 +1,236 @@
 """Runs plugins' hooks for the engine, isolating each plugin from the others and from requests.
 
-Every hook call is guarded: a plugin that raises (or hands back something unusable) is disabled,
-the error goes into the next StepRecord, and the step goes on without it.
+Every hook call is guarded. A plugin that raises an Exception, or hands back something unusable,
+is disabled: the error goes into the next StepRecord and the step goes on without it. What the
+host checks, and so what a plugin cannot break:
+  - scheduler plugins see ReadOnlyRequest views, never the live requests: they cannot change a
+    request's tokens or progress; the queues may only be reordered, the budget must stay an
+    integer >= 1, a reservation must be well formed, `decode_key` must give comparable values
+    (its order is taken once per step, so a key that fails later cannot fail the scheduler);
+  - a reservation that lets no request run (the whole budget, kept for requests that cannot run)
+    disables the plugins that reserved, instead of stalling the run for ever;
+  - an attention plugin's output must be a tensor of the query's shape, dtype and device; a cache
+    plugin's keys and values must keep their shape, dtype and device;
+  - `describe` must return a string; `check_config`, `attach` and construction that fail refuse
+    to start the run (a one-line ValueError).
+What a plugin is trusted with, by design: an attention plugin may replace attention and a cache
+plugin gets the live KV cache (kv_int8 swaps its pools), so both may change outputs (kv_int8's
+`token_divergence` counts by how much); `after_step` gets the step's StepRecord to annotate, and
+other changes to it are not checked. A plugin that raises SystemExit or KeyboardInterrupt (any
+BaseException that is not an Exception) ends the run with a PluginAbort naming it and the hook.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 
-from .base import AttentionPlugin, CachePlugin, Plugin, SchedulerPlugin, SchedulerState
+import torch
+
+from .base import (
+    AttentionPlugin,
+    CachePlugin,
+    Plugin,
+    PluginAbort,
+    ReadOnlyRequest,
+    SchedulerPlugin,
+    SchedulerState,
+    check_plugin_config,
+    describe_exception,
+    one_line,
+    plugin_name,
+)
 
 
 class PluginHost:
     def __init__(self, plugins: list[Plugin], config, num_layers: int):
+        self.names: dict[int, str] = {}  # id() of a plugin -> its name, checked once
         for plugin in plugins:
             if not isinstance(plugin, (SchedulerPlugin, AttentionPlugin, CachePlugin)):
-                raise ValueError(f"{plugin!r} is not a SchedulerPlugin, AttentionPlugin or CachePlugin")
-            plugin.check_config(config)
+                raise ValueError(f"{plugin!r:.80} is not a SchedulerPlugin, AttentionPlugin or CachePlugin")
+            self.names[id(plugin)] = plugin_name(plugin)
+            check_plugin_config(plugin, config)
         self.plugins = list(plugins)
         self.disabled: set[int] = set()  # id() of disabled plugins
         self.errors: list[str] = []  # pending, for the next record
         self.num_layers = num_layers
+        self.reserving: list[tuple[Plugin, int, int]] = []  # this step's (plugin, tokens reserved, budget)
 
     def active(self, kind: type) -> list:
         return [p for p in self.plugins if isinstance(p, kind) and id(p) not in self.disabled]
 
     def fail(self, plugin: Plugin, hook: str, exc: BaseException | str) -> None:
         self.disabled.add(id(plugin))
-        what = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
-        self.errors.append(f"plugin {plugin.name} disabled: {hook} raised {what}")
+        what = one_line(exc) if isinstance(exc, str) else describe_exception(exc)
+        self.errors.append(f"plugin {self.names[id(plugin)]} disabled: {hook} raised {what}")
+
+    def abort(self, plugin: Plugin, hook: str, exc: BaseException) -> PluginAbort:
+        """The error that ends the run: `raise host.abort(...) from exc` in a guard's BaseException branch."""
+        self.disabled.add(id(plugin))  # should anything swallow the abort, the plugin stays off
+        return PluginAbort(self.names[id(plugin)], hook, exc)
 
     def take_errors(self) -> list[str]:
         errors, self.errors = self.errors, []
         return errors
 
     def descriptions(self) -> list[str]:
-        return [p.describe() for p in self.plugins if id(p) not in self.disabled]
+        lines = []
+        for plugin in self.plugins:
+            if id(plugin) in self.disabled:
+                continue
+            try:
+                text = plugin.describe()
+                if not isinstance(text, str):
+                    raise TypeError(f"describe returned {type(text).__name__}, not a string")
+                lines.append(one_line(text))
+            except PluginAbort:
+                raise
+            except Exception as exc:
+                self.fail(plugin, "describe", exc)
+            except BaseException as exc:
+                raise self.abort(plugin, "describe", exc) from exc
+        return lines
 
     # -- scheduler hooks ----------------------------------------------------------------------
     def before_step(self, state: SchedulerState) -> None:
-        for plugin in self.active(SchedulerPlugin):
-            waiting, running = list(state.waiting), list(state.running)
-            budget, decode_key = state.budget, state.decode_key
-            problem: str | Exception | None
-            try:
-                plugin.before_step(state)
-                problem = self._check_state(state, waiting, running)
-            except Exception as exc:  # any plugin failure is isolated
-                problem = exc
-            if problem is not None:
-                # Undo whatever it did: the queues must hold exactly the requests they held.
-                state.waiting.clear()
-                state.waiting.extend(waiting)
-                state.running[:] = running
-                state.budget, state.decode_key = budget, decode_key
-                state.reserved_tokens, state.reserved_for = 0, set()
-                self.fail(plugin, "before_step", problem)
+        plugins = self.active(SchedulerPlugin)
+        self.reserving = []
+        if not plugins:
+            return
+        live_waiting, live_running = state.waiting, state.running
+        requests: dict[int, object] = {}  # id() of a view -> its request
+        state.waiting = self._views(live_waiting, requests)
+        state.running = list(self._views(live_running, requests))
+        default_key = key = state.decode_key
+        key_owner: Plugin | None = None
+        reserver: Plugin | None = None
+        try:
+            for plugin in plugins:
+                saved = (list(state.waiting), list(state.running), state.budget, state.decode_key,
+                         state.reserved_tokens, state.reserved_for, list(state.annotations))
+                problem: str | BaseException | None
+                try:
+                    plugin.before_step(state)
+                    problem = self._check_state(state, saved[0], saved[1])
+                except PluginAbort:
+                    raise
+                except Exception as exc:  # any plugin failure is isolated
+                    problem = exc
+                except BaseException as exc:
+                    raise self.abort(plugin, "before_step", exc) from exc
+                if problem is not None:  # undo whatever it did
+                    state.waiting, state.running = deque(saved[0]), list(saved[1])
+                    (state.budget, state.decode_key, state.reserved_tokens, state.reserved_for,
+                     state.annotations) = saved[2:]
+                    self.fail(plugin, "before_step", problem)
+                    continue
+                if state.decode_key is not saved[3]:
+                    key_owner = plugin
+                if (state.reserved_tokens, state.reserved_for) != saved[4:6]:
+                    reserver = plugin
+            if key_owner is not None:
+                key = self._ranked(key_owner, state.decode_key, state.running, default_key)
+        except BaseException:  # a PluginAbort: the run ends; the live queues were never touched
+            state.waiting, state.running = live_waiting, live_running
+            raise
+        # The queues hold the same requests, in the order the plugins left them.
+        order = [requests[id(v)] for v in state.waiting]
+        live_waiting.clear()
+        live_waiting.extend(order)
+        live_running[:] = [requests[id(v)] for v in state.running]
+        state.waiting, state.running, state.decode_key = live_waiting, live_running, key
+        if state.reserved_tokens and reserver is not None:
+            self.reserving = [(reserver, state.reserved_tokens, state.budget)]
+
+    @staticmethod
+    def _views(requests, by_view: dict) -> deque:
+        views: deque = deque()
+        for r in requests:
+            view = ReadOnlyRequest(r)
+            by_view[id(view)] = r
+            views.append(view)
+        return views
+
+    def _ranked(self, owner: Plugin, key, running: list, default_key):
+        """The plugin's decode_key, taken once: each running request's rank in the order it gives.
+        The scheduler sorts by rank, so a key that raises or gives values that cannot be compared
+        disables its plugin here, with the default order instead."""
+        try:
+            ordered = sorted(running, key=key)
+        except PluginAbort:
+            raise
+        except Exception as exc:
+            self.fail(owner, "decode_key", exc)
+            return default_key
+        except BaseException as exc:
+            raise self.abort(owner, "decode_key", exc) from exc
+        rank = {view.id: i for i, view in enumerate(ordered)}
+        return lambda r: rank[r.id]
 
     @staticmethod
     def _check_state(state: SchedulerState, waiting: list, running: list) -> str | None:
+        if type(state.waiting) is not deque or type(state.running) is not list:
+            return "queues replaced by something that is not a deque (waiting) and a list (running)"
         if Counter(map(id, state.waiting)) != Counter(map(id, waiting)) or \
                 Counter(map(id, state.running)) != Counter(map(id, running)):
             return "a change to the request queues (reordering is allowed, adding or removing is not)"
         if isinstance(state.budget, bool) or not isinstance(state.budget, int) or state.budget < 1:
-            return f"an invalid budget {state.budget!r} (it must be an integer >= 1)"
+            return f"an invalid budget {state.budget!r:.40} (it must be an integer >= 1)"
+        reserved = state.reserved_tokens
+        if isinstance(reserved, bool) or not isinstance(reserved, int) or reserved < 0:
+            return f"an invalid reservation of {reserved!r:.40} tokens (use state.reserve)"
+        holders = state.reserved_for
+        if not isinstance(holders, (set, frozenset)) or \
+                not all(type(i) is int for i in holders):  # exactly int: no subclass with an odd __eq__
+            return "an invalid reserved_for (a set of request ids; use state.reserve)"
+        if not callable(state.decode_key):
+            return f"a decode_key that is not a function ({type(state.decode_key).__name__})"
+        if not isinstance(state.annotations, list) or not all(isinstance(a, str) for a in state.annotations):
+            return "annotations that are not a list of strings (use state.annotate)"
         return None
 
+    def stalled(self, step: int) -> list[str]:
+        """This step ran nothing although requests wait: the plugins whose reservation kept the budget
+        from them are disabled (the next step runs without them). Returns the errors for this record."""
+        errors = []
+        for plugin, tokens, budget in self.reserving:
+            if id(plugin) in self.disabled:
+                continue
+            self.disabled.add(id(plugin))
+            errors.append(f"plugin {self.names[id(plugin)]} disabled: before_step reserved {tokens} of "
+                          f"{budget} tokens and no request could run at step {step}")
+        self.reserving = []
+        return errors
+
     def after_step(self, state: SchedulerState, record) -> None:
-        for plugin in self.active(SchedulerPlugin):
+        plugins = self.active(SchedulerPlugin)
+        if not plugins:
+            return
+        live_waiting, live_running = state.waiting, state.running
+        by_view: dict = {}
+        for plugin in plugins:
+            state.waiting = self._views(live_waiting, by_view)
+            state.running = list(self._views(live_running, by_view))
             try:
                 plugin.after_step(state, record)
+            except PluginAbort:
+                raise
             except Exception as exc:
                 self.fail(plugin, "after_step", exc)
+            except BaseException as exc:
+                raise self.abort(plugin, "after_step", exc) from exc
+            finally:
+                state.waiting, state.running = live_waiting, live_running
 
     def on_request_completion(self, request) -> None:
         for plugin in self.active(SchedulerPlugin):
             try:
-                plugin.on_request_completion(request)
+                plugin.on_request_completion(ReadOnlyRequest(request))
+            except PluginAbort:
+                raise
             except Exception as exc:
                 self.fail(plugin, "on_request_completion", exc)
+            except BaseException as exc:
+                raise self.abort(plugin, "on_request_completion", exc) from exc
 
     # -- attention hooks ----------------------------------------------------------------------
     def attention_per_layer(self, base) -> list:
@@ -90,9 +242,13 @@ class PluginHost:
                     wrapped = plugin.wrap(layer, fn)
                     if not callable(wrapped):
                         raise TypeError(f"wrap returned {type(wrapped).__name__}, not a function")
+                except PluginAbort:
+                    raise
                 except Exception as exc:
                     self.fail(plugin, "wrap", exc)
                     continue
+                except BaseException as exc:
+                    raise self.abort(plugin, "wrap", exc) from exc
                 if wrapped is not fn:  # a layer the plugin leaves alone keeps the bare backend
                     fn = self._guarded_attention(plugin, wrapped, fallback=fn)
             layers.append(fn)
@@ -103,21 +259,41 @@ class PluginHost:
             if id(plugin) not in self.disabled:
                 try:
                     out = fn(q, k, v, batch)
-                    if getattr(out, "shape", None) == q.shape:
+                    problem = _tensor_problem(out, q)
+                    if problem is None:
                         return out
-                    self.fail(plugin, "attention", f"an output of shape {getattr(out, 'shape', None)}, "
-                                                   f"expected {tuple(q.shape)}")
+                    self.fail(plugin, "attention", problem)
+                except PluginAbort:
+                    raise
                 except Exception as exc:
                     self.fail(plugin, "attention", exc)
+                except BaseException as exc:
+                    raise self.abort(plugin, "attention", exc) from exc
             return fallback(q, k, v, batch)
         return attention
 
     # -- cache hooks --------------------------------------------------------------------------
     def wrap_cache(self, cache):
-        """Attaches cache plugins; returns the cache as the model should see it."""
+        """Attaches cache plugins; returns the cache as the model should see it. A plugin whose
+        attach fails is a configuration that cannot run: a one-line ValueError."""
         for plugin in self.active(CachePlugin):
-            plugin.attach(cache)  # a failure here is a bad configuration: it raises to the caller
+            try:
+                plugin.attach(cache)
+            except Exception as exc:
+                raise ValueError(f"plugin {self.names[id(plugin)]}: attach raised {describe_exception(exc)}") from None
+            except BaseException as exc:
+                raise self.abort(plugin, "attach", exc) from exc
         return HookedCache(cache, self) if any(isinstance(p, CachePlugin) for p in self.plugins) else cache
+
+
+def _tensor_problem(out, like) -> str | None:
+    """Why `out` cannot stand in for a tensor like `like` (shape, dtype, device), or None."""
+    if not isinstance(out, torch.Tensor):
+        return f"a {type(out).__name__}, not a tensor"
+    if out.shape != like.shape or out.dtype != like.dtype or out.device != like.device:
+        return (f"a tensor of shape {tuple(out.shape)} {out.dtype} on {out.device}, expected "
+                f"{tuple(like.shape)} {like.dtype} on {like.device}")
+    return None
 
 
 class HookedCache:
@@ -128,20 +304,30 @@ class HookedCache:
 
     def write(self, layer: int, k, v) -> None:
         batch = self.cache.step_batch
-        for plugin in self.host.active(CachePlugin):
+        host = self.host
+        for plugin in host.active(CachePlugin):
             try:
                 new_k, new_v = plugin.before_append(self.cache, layer, batch, k, v)
-                if new_k.shape != k.shape or new_v.shape != v.shape:
-                    raise ValueError("before_append changed the shape of k or v")
+                problem = _tensor_problem(new_k, k) or _tensor_problem(new_v, v)
+                if problem is not None:
+                    raise ValueError(f"before_append returned {problem}")
                 k, v = new_k, new_v
+            except PluginAbort:
+                raise
             except Exception as exc:
-                self.host.fail(plugin, "before_append", exc)
+                host.fail(plugin, "before_append", exc)
+            except BaseException as exc:
+                raise host.abort(plugin, "before_append", exc) from exc
         self.cache.write(layer, k, v)
-        for plugin in self.host.active(CachePlugin):
+        for plugin in host.active(CachePlugin):
             try:
                 plugin.after_append(self.cache, layer, batch)
+            except PluginAbort:
+                raise
             except Exception as exc:
-                self.host.fail(plugin, "after_append", exc)
+                host.fail(plugin, "after_append", exc)
+            except BaseException as exc:
+                raise host.abort(plugin, "after_append", exc) from exc
 
     def read(self, layer: int):
         return self.cache.read(layer)

@@ -122,8 +122,8 @@ def _parse_json(line: str) -> Any:
         raise _NotJSON(f"not JSON ({exc.msg} at column {exc.colno})") from None
     except RecursionError:  # thousands of nested brackets: no record looks like that
         raise ValueError("not a record: nested too deeply") from None
-    except ValueError as exc:  # an integer of thousands of digits: Python will not convert it
-        raise ValueError(f"not a record: {str(exc).split(';')[0]}") from None
+    except ValueError:  # an integer of thousands of digits: Python will not convert it
+        raise ValueError("not a record: an integer of thousands of digits") from None
 
 
 def parse_header(line: str) -> RunHeader | None:
@@ -173,7 +173,8 @@ class RecordReader:
         self.first_step: int | None = None
         self.last_step: int | None = None
         self.cut_short_line: int | None = None
-        self.done = False  # read to the end
+        self.bad_line: int | None = None  # the line that stopped the reading with a RecordingError
+        self.done = False  # read to the end, or to a bad line
         self._number = 0  # lines read so far
         self._ahead: tuple[int, str] | None = None  # a line read but not yet used
         self._story = StoryCheck()
@@ -199,7 +200,7 @@ class RecordReader:
 
     def _error(self, number: int, message: str) -> RecordingError:
         self.close()
-        self.done = True
+        self.done, self.bad_line = True, number
         return RecordingError(f"{self.path}:{number}: {message}")
 
     def _line(self) -> tuple[int, str] | None:
@@ -271,6 +272,8 @@ def _about(path: Path, reader: RecordReader) -> str:
                 f"({steps}).")
     text += (" Every panel shows the record as it was written; memory is the recorded run's, not this "
              "machine's. r replays from the first step.")
+    if reader.bad_line is not None:
+        text += f" Line {reader.bad_line} is not a good record: the replay stops before it."
     if reader.cut_short_line is not None:
         text += f" Its last line (line {reader.cut_short_line}) was cut short and is left out."
     return text
@@ -285,13 +288,10 @@ class RecordingFile:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         reader = RecordReader(self.path)
-        try:
-            self._first = next(reader, None)
-        except RecordingError:
-            reader.close()
-            raise
-        if self._first is None:
+        first = next(reader, None)  # a RecordingError has closed the file
+        if first is None:
             raise RecordingError(f"{self.path}: holds no StepRecords; {HOW_TO_RECORD}")
+        self._first: StepRecord = first
         self._unused: RecordReader | None = reader  # the first run reads on from here
         self._furthest = reader  # the reader that got furthest: what the help text counts
         self._current: RecordReader | None = None

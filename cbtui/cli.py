@@ -179,17 +179,16 @@ def replay_cmd(path, paused, speed):
     Record one with `cbtui scenario NAME --json > FILE` (on any machine: a GPU box, say); every key
     works as in a live run, and r starts the replay over.
     """
-    from engine.records.recording import RecordedRun, RecordingError, load_recording
+    from engine.records.recording import RecordingError, open_recording
 
     try:
-        recording = load_recording(path)
+        recording = open_recording(path)  # the header and the first record: the rest as the replay goes
     except RecordingError as exc:
         fail(str(exc))
     from .app import run_dashboard
 
-    records = recording.records
-    code = run_dashboard(recording, RecordedRun(records, recording.header), paused=paused, speed=speed,
-                         rebuild=lambda: RecordedRun(records, recording.header), recorded=True)
+    code = run_dashboard(recording, recording.run(), paused=paused, speed=speed, rebuild=recording.run,
+                         recorded=True)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # as `scenario` does: skip the interpreter's slow teardown of textual
@@ -201,15 +200,16 @@ def replay_cmd(path, paused, speed):
 def trace_cmd(recording, out):
     """Turn a recording (cbtui scenario NAME --json > RECORDING) into a Perfetto / Chrome trace OUT.json."""
     from engine.records.output_files import OutputFileError
-    from engine.records.recording import RecordingError, load_recording
-    from engine.records.trace_export import check_trace_path
+    from engine.records.recording import RecordingError, open_recording
+    from engine.records.trace_export import check_trace_path, write_trace
 
     try:
         check_trace_path(out)
-        records = load_recording(recording).records
+        # Records stream from the file into the trace; a bad line fails the write, and OUT stays as it was.
+        written = write_trace(open_recording(recording).records(), out)
     except (RecordingError, OutputFileError) as exc:
         fail(str(exc))
-    _write_trace(records, out)
+    click.echo(f"trace written to {written} (open it at ui.perfetto.dev)", err=True)
 
 
 @main.command("scenarios")

@@ -92,7 +92,7 @@ def test_a_bad_line_is_named_with_its_field(tmp_path, lines):
         (lambda d: d["items"][0].update(colour=1), "items[0]: unknown field 'colour'"),
         (lambda d: d.update(budget=True), "budget=True must be an integer >= 0"),
         (lambda d: d.update(decode_cap="x"), "decode_cap='x' must be an integer >= 0"),
-        (lambda d: d.update(wall_time_s=None), "wall_time_s must be a number >= 0"),
+        (lambda d: d.update(wall_time_s=None), "wall_time_s must be a number from 0 to 2**53"),
         (lambda d: d["kv"]["block_tables"].update(x=[1]), "kv.block_tables: key 'x' is not a request id"),
         (lambda d: d["sampled"].update({"²": 1}), "sampled: key '²' is not a request id"),
         (lambda d: d["kv"]["block_tables"].update({"0": [1, "a"]}), "kv.block_tables[0] must be a list of integers"),
@@ -130,8 +130,12 @@ def test_a_last_line_cut_short_is_left_out_and_said(tmp_path, lines):
     recording = load_recording(write(tmp_path, lines[:5] + [lines[5][:40]], end=""))
     assert [r.step for r in recording.records] == [0, 1, 2, 3, 4]
     assert "last line (line 6) was cut short" in recording.description
-    # The same line with its newline was written whole, so it is an error, not a cut.
-    assert ":6: not a StepRecord: not JSON" in first_error(tmp_path, lines[:5] + [lines[5][:40]])
+    # A newline after it (a writer restarted after the kill) does not make it whole: still a cut.
+    recording = load_recording(write(tmp_path, lines[:5] + [lines[5][:40], "", ""]))
+    assert [r.step for r in recording.records] == [0, 1, 2, 3, 4]
+    assert "last line (line 6) was cut short" in recording.description
+    # Not JSON with a record after it is no cut: an error naming the line.
+    assert ":6: not a StepRecord: not JSON" in first_error(tmp_path, lines[:5] + [lines[5][:40], lines[6]])
 
 
 def test_cli_replay_of_a_bad_file_is_one_line_and_exit_2(tmp_path):
@@ -239,3 +243,113 @@ def test_a_recording_carries_its_run_header(tmp_path):
     path.write_text(bad)
     with pytest.raises(RecordingError, match="run.jsonl:1: not a run header: unknown field 'nonsense'"):
         load_recording(path)
+
+
+# -- the story the records tell together (issue #14, item 12) -----------------------------------
+
+STORY_WORDS = {"refinish": "finishes again", "share": "is held by requests", "twice": "twice",
+               "regress": "fewer than", "reschedule": "which finished at step", "backwards": "comes after step"}
+
+
+def story_edits(records: list[dict]) -> dict[str, list[int]]:
+    """For each kind of story error, the positions in `records` (one run, in order) where it can be made."""
+    finished_before = [set()]
+    for r in records:
+        finished_before.append(finished_before[-1] | set(r["finished"]))
+    at: dict[str, list[int]] = {kind: [] for kind in STORY_WORDS}
+    for i, r in enumerate(records):
+        tables = [t for t in r["kv"]["block_tables"].values() if t]
+        if finished_before[i]:
+            at["refinish"].append(i)
+        if len(tables) >= 2:
+            at["share"].append(i)
+        if tables:
+            at["twice"].append(i)
+        if i and any(v["generated"] for v in records[i - 1]["requests"]):
+            at["regress"].append(i)
+        if finished_before[i] and r["items"]:
+            at["reschedule"].append(i)
+        if i:
+            at["backwards"].append(i)
+    return at
+
+
+def make_story_error(records: list[dict], i: int, kind: str, draw) -> None:
+    """Edits records[i] so that it contradicts the records before it in the way `kind` says."""
+    r = records[i]
+    done = sorted(set().union(*(set(x["finished"]) for x in records[:i])))
+    if kind == "refinish":
+        r["finished"].append(draw(st.sampled_from(done)))
+    elif kind == "share":
+        tables = [t for t in r["kv"]["block_tables"].values() if t]
+        tables[1].append(draw(st.sampled_from(tables[0])))
+    elif kind == "twice":
+        table = draw(st.sampled_from([t for t in r["kv"]["block_tables"].values() if t]))
+        table.append(draw(st.sampled_from(table)))
+    elif kind == "regress":
+        before = draw(st.sampled_from([v for v in records[i - 1]["requests"] if v["generated"]]))
+        view = next((v for v in r["requests"] if v["id"] == before["id"]), None)
+        if view is None:
+            r["requests"].append(view := dict(before))
+        view["generated"] = before["generated"] - 1
+    elif kind == "reschedule":
+        r["items"][0]["request_id"] = draw(st.sampled_from(done))
+    else:  # backwards
+        r["step"] = draw(st.integers(0, records[i - 1]["step"]))
+
+
+@settings(max_examples=120, deadline=None)
+@given(data=st.data())
+def test_records_that_contradict_the_run_are_named_by_line(tmp_path_factory, lines, data):
+    """Any in-order selection of a real run's records reads back whole; the same with one record
+    made to contradict those before it (a request finishing twice or scheduled after finishing, a
+    KV block held by two requests or twice by one, a generated count going down, a step going
+    back) fails with one line naming that line and what it contradicts."""
+    chosen = sorted(data.draw(st.sets(st.integers(0, len(lines) - 1), min_size=2, max_size=len(lines))))
+    records = [json.loads(lines[i]) for i in chosen]
+    path = write(tmp_path_factory.mktemp("story"), [json.dumps(r) for r in records])
+    assert [r.step for r in load_recording(path).records] == [r["step"] for r in records]
+    edits = {kind: at for kind, at in story_edits(records).items() if at}
+    kind = data.draw(st.sampled_from(sorted(edits)))
+    i = data.draw(st.sampled_from(edits[kind]))
+    make_story_error(records, i, kind, data.draw)
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    with pytest.raises(RecordingError) as raised:
+        load_recording(path)
+    message = str(raised.value)
+    assert "\n" not in message and message.startswith(f"{path}:{i + 1}: ")
+    assert STORY_WORDS[kind] in message, (kind, message)
+
+
+def test_story_errors_say_what_and_where(tmp_path, lines):
+    path = tmp_path / "run.jsonl"
+    records = [json.loads(line) for line in lines]
+    done = next(i for i, r in enumerate(records) if r["finished"])
+    rid = records[done]["finished"][0]
+    again = edited(lines[done + 1], lambda d: d["finished"].append(rid))
+    assert first_error(tmp_path, lines[:done + 1] + [again]) == (
+        f"{path}:{done + 2}: step {done + 1}: request {rid} finishes again (it finished at step {done})")
+    shared = next(r for r in records if len([t for t in r["kv"]["block_tables"].values() if t]) >= 2)
+    (a, ta), (b, tb) = [(k, t) for k, t in shared["kv"]["block_tables"].items() if t][:2]
+    tb.append(ta[0])
+    assert first_error(tmp_path, [json.dumps(shared)]) == (
+        f"{path}:1: step {shared['step']}: KV block {ta[0]} is held by requests {a} and {b} at once")
+    grown = next(i for i, r in enumerate(records) if any(v["generated"] > 1 for v in r["requests"]))
+    view = next(v for v in records[grown]["requests"] if v["generated"] > 1)
+    fewer = edited(lines[grown + 1], lambda d: next(v for v in d["requests"] if v["id"] == view["id"]).update(
+        generated=view["generated"] - 1))
+    assert first_error(tmp_path, [lines[grown], fewer]) == (
+        f"{path}:2: step {grown + 1}: request {view['id']} has generated={view['generated'] - 1}, fewer than the "
+        f"{view['generated']} it had in the step before")
+
+
+def test_lines_split_on_newline_only(tmp_path, lines):
+    """A raw U+2028 (or U+0085, a form feed) inside a JSON string is text: json.dumps writes it raw
+    with ensure_ascii=False, and str.splitlines would cut the record in two."""
+    data = json.loads(lines[1])
+    data["annotations"] = ["line\u2028separator \x85 next \x0c feed"]
+    path = tmp_path / "run.jsonl"
+    path.write_bytes("\r\n".join([lines[0], json.dumps(data, ensure_ascii=False), lines[2]]).encode())
+    recording = load_recording(path)
+    assert [r.step for r in recording.records] == [0, 1, 2]
+    assert recording.records[1].annotations == data["annotations"]

@@ -18,7 +18,16 @@ from .types import RunHeader, StepRecord
 MAX_INT = 2**53  # JSON numbers beyond this are not exact anywhere
 SIGNED = {"priority"}  # the one integer field that may be negative
 
+MAX_FLOAT = float(2**53)  # seconds: sums of them stay finite, and so does everything computed from them
 Check = Callable[[Any], None]  # raises _Bad when a parsed JSON value does not fit
+
+
+def shown(value: Any, limit: int = 40) -> str:
+    """repr(value) for an error message, cut short: a value from a file may be megabytes long."""
+    if type(value) is int and not -10**limit < value < 10**limit:  # repr of a huge int is slow, and long
+        return f"<an integer of more than {limit} digits>"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 class _Bad(ValueError):
@@ -52,7 +61,7 @@ def _int(signed: bool) -> Check:
 
     def check(value: Any) -> None:
         if type(value) is not int or not low <= value <= MAX_INT:  # type(): True is not an integer
-            raise _Bad(f"={value!r} must be an integer" + ("" if signed else " >= 0"))
+            raise _Bad(f"={shown(value)} must be an integer" + ("" if signed else " >= 0"))
     return check
 
 
@@ -78,11 +87,11 @@ def _checker(hint: Any, name: str = "") -> Check:
                 raise _Bad(" must be an object")
             for key in required:
                 if key not in value:
-                    raise _Bad(f": missing field {key!r}")
+                    raise _Bad(f": missing field {shown(key)}")
             for key, element in value.items():
                 check = checks.get(key)
                 if check is None:
-                    raise _Bad(f": unknown field {key!r}")
+                    raise _Bad(f": unknown field {shown(key)}")
                 _at(".{}", key, check, element)
         return check_object
     if origin in (Union, types.UnionType):  # X | None
@@ -101,8 +110,9 @@ def _checker(hint: Any, name: str = "") -> Check:
         return check_str
     if hint is float:
         def check_float(value: Any) -> None:
-            if type(value) not in (int, float) or not (math.isfinite(value) and value >= 0):
-                raise _Bad(" must be a number >= 0")
+            # a huge int is no float (math.isfinite(10**400) raises), and is caught by the bound first
+            if type(value) not in (int, float) or not 0 <= value <= MAX_FLOAT or not math.isfinite(value):
+                raise _Bad(" must be a number from 0 to 2**53")
         return check_float
     if origin in (list, tuple, Sequence):
         if args[0] is int:
@@ -123,7 +133,7 @@ def _checker(hint: Any, name: str = "") -> Check:
                 raise _Bad(" must be an object")
             for key, element in value.items():
                 if not (key.isascii() and key.isdigit()):  # '²' is a digit to isdigit, not to int()
-                    raise _Bad(f": key {key!r} is not a request id")
+                    raise _Bad(f": key {shown(key)} is not a request id")
                 _at("[{}]", key, check_value, element)
         return check_map
     raise TypeError(f"no check for the type {hint!r}: a new StepRecord field needs a rule here")
@@ -139,4 +149,4 @@ def check_header_json(data: Any) -> None:
     """The same for a run header line (the first line of a recording made by --json)."""
     _checker(RunHeader)(data)
     if data.get("kind") != "header":
-        raise ValueError(f"kind={data.get('kind')!r} must be 'header'")
+        raise ValueError(f"kind={shown(data.get('kind'))} must be 'header'")

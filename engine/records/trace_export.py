@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TextIO
 
 from .output_files import check_output_path, write_atomically
 from .types import REASON_NOT_ARRIVED, StepRecord
@@ -66,13 +66,21 @@ class _RequestTrack:
 
 def trace_events(records: Iterable[StepRecord]) -> list[dict]:
     """Trace Event Format events for the records, in order (a whole run, or the first steps of one)."""
-    events = [{"name": "process_name", "ph": "M", "pid": SCHEDULER_PID, "args": {"name": "scheduler"}},
-              {"name": "process_name", "ph": "M", "pid": REQUESTS_PID, "args": {"name": "requests"}},
-              {"name": "thread_name", "ph": "M", "pid": SCHEDULER_PID, "tid": 0, "args": {"name": "steps"}}]
+    return list(iter_trace_events(records))
+
+
+def iter_trace_events(records: Iterable[StepRecord]) -> Iterator[dict]:
+    """trace_events one by one, as the records come: a step's scheduler events as soon as it is
+    read, the requests' rows (merged slices, far fewer than records) at the end. Records are not
+    kept, so a long recording streams into its trace."""
+    yield {"name": "process_name", "ph": "M", "pid": SCHEDULER_PID, "args": {"name": "scheduler"}}
+    yield {"name": "process_name", "ph": "M", "pid": REQUESTS_PID, "args": {"name": "requests"}}
+    yield {"name": "thread_name", "ph": "M", "pid": SCHEDULER_PID, "tid": 0, "args": {"name": "steps"}}
     tracks: dict[int, _RequestTrack] = {}
     got_first: set[int] = set()
     now = 0.0
     for record in records:
+        events: list[dict[str, Any]] = []
         start, end = now, now + record.wall_time_s
         now = end
         events.append({"name": f"step {record.step}", "ph": "X", "ts": _us(start), "dur": _us(end - start),
@@ -111,13 +119,12 @@ def trace_events(records: Iterable[StepRecord]) -> list[dict]:
             if rid in tracks:
                 tracks[rid].close()
                 tracks[rid].mark("finished", end)
+        yield from events
     for rid in sorted(tracks):
         track = tracks[rid]
         track.close()
-        events.append({"name": "thread_name", "ph": "M", "pid": REQUESTS_PID, "tid": rid,
-                       "args": {"name": f"request {rid}"}})
-        events.extend(track.events)
-    return events
+        yield {"name": "thread_name", "ph": "M", "pid": REQUESTS_PID, "tid": rid, "args": {"name": f"request {rid}"}}
+        yield from track.events
 
 
 def check_trace_path(path: str | os.PathLike) -> Path:
@@ -126,8 +133,16 @@ def check_trace_path(path: str | os.PathLike) -> Path:
 
 
 def write_trace(records: Iterable[StepRecord], path: str | os.PathLike) -> Path:
+    """The trace of `records` (a list, or an iterator reading them from a recording) written to
+    `path`, event by event as the records come; if reading them fails, `path` is left as it was."""
     p = check_trace_path(path)
-    trace = {"traceEvents": trace_events(records), "displayTimeUnit": "ms",
-             "otherData": {"source": "cbtui: one slice per scheduler step, one row per request"}}
-    write_atomically(p, lambda f: json.dump(trace, f, allow_nan=False))
+
+    def write(f: TextIO) -> None:
+        f.write('{"traceEvents": [')
+        for i, event in enumerate(iter_trace_events(records)):
+            f.write((",\n" if i else "\n") + json.dumps(event, allow_nan=False))
+        f.write('\n], "displayTimeUnit": "ms", "otherData": ')
+        json.dump({"source": "cbtui: one slice per scheduler step, one row per request"}, f)
+        f.write("}\n")
+    write_atomically(p, write)
     return p

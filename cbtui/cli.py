@@ -88,7 +88,7 @@ def _list_scenarios() -> None:
 main.add_command(bench)
 
 
-def _print_comparison(scenario, records, cut_short: bool, overrides: dict) -> None:
+def _print_comparison(scenario, totals, cut_short: bool, overrides: dict) -> None:
     """Headless: the scenario's [compare] variants, run to the end, one row each."""
     if cut_short:
         click.echo("comparison skipped: --steps stopped the run before every request finished")
@@ -97,7 +97,7 @@ def _print_comparison(scenario, records, cut_short: bool, overrides: dict) -> No
     from scenarios.compare import compare
 
     try:
-        rows = compare(scenario, records, **overrides)
+        rows = compare(scenario, totals, **overrides)
     except ScenarioError as exc:
         fail(str(exc))
     click.echo("comparison (steps, TTFT and latency in scheduler steps):")
@@ -129,14 +129,10 @@ def _write_trace(records, path: str) -> None:
     click.echo(f"trace written to {visible(str(written))} (open it at ui.perfetto.dev)", err=True)
 
 
-def _write_metrics(records, path: str) -> None:
-    from engine.records.metrics import MetricsCollector
+def _write_metrics(collector, path: str) -> None:
     from engine.records.metrics_export import export_metrics
     from engine.records.output_files import OutputFileError
 
-    collector = MetricsCollector()
-    for rec in records:
-        collector.observe(rec)
     try:
         written = export_metrics(collector, path)
     except OutputFileError as exc:
@@ -145,14 +141,14 @@ def _write_metrics(records, path: str) -> None:
     click.echo(f"metrics written to {visible(' and '.join(str(p) for p in written))}", err=True)
 
 
-def _report_int8_divergence(scenario, engine, records, variant, plugins, overrides) -> None:
+def _report_int8_divergence(scenario, engine, last_record, variant, plugins, overrides) -> None:
     """With the kv_int8 plugin, run the same workload uncompressed and say how many tokens differ."""
     from dataclasses import replace
 
     from engine.plugins.builtin import KVInt8Plugin
     from engine.plugins.builtin.kv_int8 import token_divergence
 
-    if not records or engine.has_unfinished() or KVInt8Plugin.name not in engine.header().plugins:
+    if last_record is None or engine.has_unfinished() or KVInt8Plugin.name not in engine.header().plugins:
         return
     plain = replace(scenario, plugins=[p for p in scenario.plugins if p["name"] != KVInt8Plugin.name])
     reference = plain.build_engine(variant, plugins=tuple(p for p in plugins if p != KVInt8Plugin.name),
@@ -163,7 +159,7 @@ def _report_int8_divergence(scenario, engine, records, variant, plugins, overrid
     expected = reference.outputs()
     total = sum(len(tokens) for tokens in expected.values())
     differ = token_divergence(expected, engine.outputs())
-    full, small = last.kv.pool_bytes, records[-1].kv.pool_bytes
+    full, small = last.kv.pool_bytes, last_record.kv.pool_bytes
     click.echo(f"kv_int8: {differ} of {total} generated tokens differ from the uncompressed run; "
                f"KV pool {full} -> {small} bytes ({full / small:.2f}x smaller)")
 
@@ -268,21 +264,28 @@ def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention
         torch.set_num_threads(1)  # the tiny model's ops are too small for threads to pay off
     if headless or as_json:
         from engine.engine import NoProgressError
+        from engine.records.metrics import MetricsCollector
 
-        from .headless import run_headless
+        from .headless import HeadlessRun
 
+        # Records stream through whatever needs them (the printer, a trace file, metrics, the run's
+        # totals) and are not kept: a long run's memory stays flat.
+        collector = MetricsCollector() if metrics_out is not None else None
+        run = HeadlessRun(engine, header, as_json=as_json, max_steps=steps,
+                          observers=[collector.observe] if collector is not None else [])
         try:
-            records = run_headless(engine, header, as_json=as_json, max_steps=steps)
+            if trace_out is not None:
+                _write_trace(run, trace_out)
+            else:
+                run.run()
             if scenario.variants and not as_json and not variant:
-                _print_comparison(scenario, records, engine.has_unfinished(), overrides)
+                _print_comparison(scenario, run.totals, engine.has_unfinished(), overrides)
         except NoProgressError as exc:
             fail(str(exc))
-        if metrics_out is not None:
-            _write_metrics(records, metrics_out)
-        if trace_out is not None:
-            _write_trace(records, trace_out)
+        if collector is not None:
+            _write_metrics(collector, metrics_out)
         if not as_json:
-            _report_int8_divergence(scenario, engine, records, variant, plugins, overrides)
+            _report_int8_divergence(scenario, engine, run.totals.last, variant, plugins, overrides)
         return
     from .app import run_dashboard
 

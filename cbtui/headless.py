@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator
 
 from rich.console import Console
 from rich.markup import escape
 
 from engine.records import RunHeader, StepRecord
-from engine.records.summary import final_views
+from engine.records.summary import RunTotals
 from engine.records.text import visible
 
 from .controller import SteppableEngine
@@ -28,43 +29,59 @@ def step_line(rec: StepRecord) -> str:
             f"finished {rec.finished_total:>3}")
 
 
-def run_headless(engine: SteppableEngine, header: RunHeader, as_json: bool = False, max_steps: int | None = None,
-                 console: Console | None = None) -> list[StepRecord]:
-    console = console or Console(highlight=False)
-    records: list[StepRecord] = []
-    if as_json:
-        sys.stdout.write(json.dumps(header.to_dict()) + "\n")
-    else:
-        settings = (f"model={header.model} device={header.device} attention={header.attention} "
-                    f"kv={header.kv_layout}")
-        console.print(f"[bold]{escape(visible(header.title))}[/bold]  {escape(visible(settings))}")
-        about = "\n".join(t for t in (header.description, header.question and f"Question: {header.question}") if t)
-        if about:
-            console.print(escape(visible(about, newlines=True)), style="dim")
-    start = time.perf_counter()
-    while engine.has_unfinished() and (max_steps is None or len(records) < max_steps):
-        rec = engine.step()
-        if rec is None:  # an overlapped engine's first call: the record comes with the next one
-            continue
-        records.append(rec)
-        if as_json:
-            sys.stdout.write(json.dumps(rec.to_dict()) + "\n")
+class HeadlessRun:
+    """Iterating runs the engine: prints a line per step (or a JSON record) and hands each record on,
+    then prints the summary. Nothing keeps the records: `totals` and the observers see each once."""
+
+    def __init__(self, engine: SteppableEngine, header: RunHeader, as_json: bool = False,
+                 max_steps: int | None = None, console: Console | None = None,
+                 observers: Iterable[Callable[[StepRecord], object]] = ()):
+        self.engine, self.header, self.as_json, self.max_steps = engine, header, as_json, max_steps
+        self.console = console or Console(highlight=False)
+        self.observers = list(observers)
+        self.totals = RunTotals()
+
+    def __iter__(self) -> Iterator[StepRecord]:
+        console, header = self.console, self.header
+        if self.as_json:
+            sys.stdout.write(json.dumps(header.to_dict()) + "\n")
         else:
-            notes = f"  [{'; '.join(rec.annotations)}]" if rec.annotations else ""
-            console.print(escape(step_line(rec) + visible(notes)), soft_wrap=True)
-            for error in rec.errors:
-                console.print(escape(visible(error, newlines=True)), style="bold red", soft_wrap=True)
-    elapsed = time.perf_counter() - start
-    if not as_json:
-        console.print(summary_line(records, elapsed), soft_wrap=True)
-    return records
+            settings = (f"model={header.model} device={header.device} attention={header.attention} "
+                        f"kv={header.kv_layout}")
+            console.print(f"[bold]{escape(visible(header.title))}[/bold]  {escape(visible(settings))}")
+            about = "\n".join(t for t in (header.description, header.question and f"Question: {header.question}")
+                              if t)
+            if about:
+                console.print(escape(visible(about, newlines=True)), style="dim")
+        start = time.perf_counter()
+        while self.engine.has_unfinished() and (self.max_steps is None or self.totals.steps < self.max_steps):
+            rec = self.engine.step()
+            if rec is None:  # an overlapped engine's first call: the record comes with the next one
+                continue
+            self.totals.observe(rec)
+            for observe in self.observers:
+                observe(rec)
+            if self.as_json:
+                sys.stdout.write(json.dumps(rec.to_dict()) + "\n")
+            else:
+                notes = f"  [{'; '.join(rec.annotations)}]" if rec.annotations else ""
+                console.print(escape(step_line(rec) + visible(notes)), soft_wrap=True)
+                for error in rec.errors:
+                    console.print(escape(visible(error, newlines=True)), style="bold red", soft_wrap=True)
+            yield rec
+        if not self.as_json:
+            console.print(summary_line(self.totals, time.perf_counter() - start), soft_wrap=True)
+
+    def run(self) -> RunTotals:
+        """Runs to the end (or max_steps) with nothing else consuming the records."""
+        for _ in self:
+            pass
+        return self.totals
 
 
-def summary_line(records: list[StepRecord], elapsed: float) -> str:
-    generated = sum(len(rec.sampled) for rec in records)
-    processed = sum(rec.decode_tokens + rec.prefill_tokens for rec in records)
-    ttfts = [v.ttft_steps for v in final_views(records).values() if v.ttft_steps is not None]
-    mean_ttft = f"{sum(ttfts) / len(ttfts):.1f}" if ttfts else "n/a"
-    rate = generated / elapsed if elapsed > 0 else 0.0
-    return (f"summary: {len(records)} steps, {generated} tokens generated, {processed} tokens processed, "
+def summary_line(totals: RunTotals, elapsed: float) -> str:
+    s = totals.summary()
+    mean_ttft = "n/a" if s.ttft_mean is None else f"{s.ttft_mean:.1f}"
+    rate = s.generated / elapsed if elapsed > 0 else 0.0
+    return (f"summary: {s.steps} steps, {s.generated} tokens generated, {s.processed} tokens processed, "
             f"{rate:.1f} tok/s, mean TTFT {mean_ttft} steps")

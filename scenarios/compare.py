@@ -7,24 +7,32 @@ StepRecords alone, like everything else the UI shows, so a recorded run summaris
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from engine.records import StepRecord
-from engine.records.summary import RunSummary, summarize
+from engine.records.summary import RunSummary, RunTotals, summarize
 
 from .loader import Scenario
 
 MAX_COMPARE_STEPS = 100_000  # a variant that never finishes must not hang a headless run
 
 
-def run_records(scenario: Scenario, variant: str | None = None, max_steps: int = MAX_COMPARE_STEPS,
-                **overrides) -> list[StepRecord]:
-    """Runs the scenario (or one variant) to the end, returning every StepRecord."""
+def iter_records(scenario: Scenario, variant: str | None = None, max_steps: int = MAX_COMPARE_STEPS,
+                 **overrides) -> Iterator[StepRecord]:
+    """Runs the scenario (or one variant) to the end, handing out each StepRecord as it comes."""
     engine = scenario.build_engine(variant, **overrides)
-    records: list[StepRecord] = []
-    while engine.has_unfinished() and len(records) < max_steps:
+    steps = 0
+    while engine.has_unfinished() and steps < max_steps:
         record = engine.step()
         if record is not None:  # None only from an overlapped engine, which a scenario never builds
-            records.append(record)
-    return records
+            steps += 1
+            yield record
+
+
+def run_records(scenario: Scenario, variant: str | None = None, max_steps: int = MAX_COMPARE_STEPS,
+                **overrides) -> list[StepRecord]:
+    """Every StepRecord of the run (tests; a long run should stream through iter_records)."""
+    return list(iter_records(scenario, variant, max_steps, **overrides))
 
 
 def settings_label(scenario: Scenario, variant: str | None, **overrides) -> str:
@@ -34,13 +42,17 @@ def settings_label(scenario: Scenario, variant: str | None, **overrides) -> str:
     return " ".join(f"{k}={getattr(config, k)}" for k in dict.fromkeys(keys))
 
 
-def compare(scenario: Scenario, base_records: list[StepRecord] | None = None,
+def compare(scenario: Scenario, base: RunTotals | list[StepRecord] | None = None,
             **overrides) -> list[RunSummary]:
-    """One summary for the scenario as written (reusing base_records if given), one per variant."""
-    if base_records is None:
-        base_records = run_records(scenario, None, **overrides)
-    rows = [summarize(base_records, "(scenario)", settings_label(scenario, None, **overrides))]
+    """One summary for the scenario as written (from `base` if given: its totals or its records), one
+    per variant; each variant's records are summarised as they come, never kept."""
+    label = settings_label(scenario, None, **overrides)
+    if isinstance(base, RunTotals):
+        rows = [base.summary("(scenario)", label)]
+    else:
+        rows = [summarize(base if base is not None else iter_records(scenario, None, **overrides), "(scenario)",
+                          label)]
     for name in scenario.variants:
-        rows.append(summarize(run_records(scenario, name, **overrides), name,
+        rows.append(summarize(iter_records(scenario, name, **overrides), name,
                               settings_label(scenario, name, **overrides)))
     return rows

@@ -25,7 +25,7 @@ from rich.console import Console
 
 from cbtui.app import DashboardApp
 from cbtui.cli import main
-from cbtui.headless import run_headless
+from cbtui.headless import HeadlessRun
 from cbtui.metrics_view import render_metrics
 from cbtui.widgets.error_panel import ErrorPanel
 from cbtui.widgets.help_screen import HelpScreen
@@ -153,7 +153,7 @@ def test_headless_annotations_and_errors_from_a_plugin():
 
     engine = NoisyEngine(load_scenario("mixed_load").build_engine(device="cpu"))
     out = StringIO()
-    run_headless(engine, engine.header(), max_steps=2, console=Console(file=out, width=80, highlight=False))
+    HeadlessRun(engine, engine.header(), max_steps=2, console=Console(file=out, width=80, highlight=False)).run()
     text = assert_clean(out.getvalue())
     assert f"[note {SHOWN[TITLE_OSC]}]" in text and f"plugin failed: {SHOWN[CLIPBOARD]}" in text
 

@@ -44,3 +44,24 @@ def test_full_run_finishes_every_request():
     # A record holds the requests alive in its step: the last one, those that finished in it.
     assert {v["id"] for v in last["requests"]} == set(last["finished"])
     assert sum(len(r["finished"]) for r in records) == last["finished_total"]
+
+
+def test_a_headless_run_keeps_no_records():
+    """Records stream through the printer and the totals; a long run's memory stays flat."""
+    import gc
+    import io
+
+    from rich.console import Console
+
+    from cbtui.headless import HeadlessRun
+    from engine.records import StepRecord as Record
+
+    scenario = load_scenario("mixed_load")
+    engine = scenario.build_engine(device="cpu")
+    run = HeadlessRun(engine, scenario.header(engine), console=Console(file=io.StringIO()))
+    alive = []
+    for rec in run:
+        gc.collect()
+        alive.append(sum(isinstance(o, Record) for o in gc.get_objects()))
+    assert max(alive) <= 3  # the one in hand and the totals' last, never the run's history
+    assert run.totals.steps == len(alive) and run.totals.summary().complete

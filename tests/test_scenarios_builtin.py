@@ -12,7 +12,7 @@ from functools import cache
 import pytest
 from rich.console import Console
 
-from cbtui.headless import run_headless
+from cbtui.headless import HeadlessRun
 from engine.records.summary import final_views as summary_final_views
 from engine.records.summary import summarize
 from scenarios import builtin_names, load_scenario
@@ -34,8 +34,8 @@ def records(name: str, variant: str | None = None):
     if variant is None:
         out = io.StringIO()
         engine = scenario.build_engine(device=DEVICE)
-        recs = run_headless(engine, scenario.header(engine), max_steps=MAX_STEPS + 1,
-                            console=Console(file=out, width=100))
+        recs = list(HeadlessRun(engine, scenario.header(engine), max_steps=MAX_STEPS + 1,
+                                console=Console(file=out, width=100)))
         assert out.getvalue().startswith(scenario.title) and "summary:" in out.getvalue()
         return tuple(recs)
     return tuple(run_records(scenario, variant, max_steps=MAX_STEPS + 1, device=DEVICE))

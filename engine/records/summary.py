@@ -38,37 +38,66 @@ def final_views(records: Iterable[StepRecord]) -> dict[int, RequestView]:
     return {view.id: view for record in records for view in record.requests}
 
 
-def summarize(records: list[StepRecord], label: str = "", settings: str = "") -> RunSummary:
-    last = records[-1] if records else None
-    views = list(final_views(records).values())
-    finish_step = {rid: rec.step for rec in records for rid in rec.finished}
-    processed = sum(rec.decode_tokens + rec.prefill_tokens for rec in records)
-    # A request that ran to the end fed its prompt and every generated token but the last.
-    needed = sum(v.prompt_len + max(v.generated - 1, 0) for v in views)
-    ttfts = [v.ttft_steps for v in views if v.ttft_steps is not None]
-    latencies = [finish_step[v.id] - v.arrival_step for v in views if v.id in finish_step]
-    busy = [rec.num_query_tokens for rec in records if rec.items]
+class RunTotals:
+    """A run's summary kept as running totals, one record at a time: what a long run can afford
+    (a few numbers per request, never the records)."""
 
-    def kv_slots(rec: StepRecord) -> int:
-        if rec.kv.layout == "paged":
-            return rec.kv.blocks_used * rec.kv.block_size
-        return sum(rec.kv.tokens.values())
+    def __init__(self) -> None:
+        self.views: dict[int, RequestView] = {}  # each request's last view
+        self.finish_step: dict[int, int] = {}
+        self.last: StepRecord | None = None
+        self.steps = self.processed = self.busy_steps = self.busy_tokens = self.peak_batch = 0
+        self.preemptions = self.padding_slot_steps = self.peak_kv_slots = self.kv_bytes_peak = 0
+        self.wall_s = 0.0
 
-    return RunSummary(
-        label=label, settings=settings,
-        complete=bool(views) and all(v.state == "finished" for v in views) and last is not None and not last.pending,
-        steps=len(records), processed=processed, generated=sum(v.generated for v in views),
-        recomputed=processed - needed,
-        mean_batch=sum(busy) / len(busy) if busy else 0.0, peak_batch=max(busy, default=0),
-        ttft_min=min(ttfts, default=None), ttft_mean=sum(ttfts) / len(ttfts) if ttfts else None,
-        ttft_max=max(ttfts, default=None),
-        latency_mean=sum(latencies) / len(latencies) if latencies else None,
-        preemptions=sum(len(rec.preempted) for rec in records),
-        padding_slot_steps=sum(rec.padding_slots for rec in records),
-        peak_kv_slots=max((kv_slots(rec) for rec in records), default=0),
-        kv_bytes_peak=max((rec.kv.pool_bytes for rec in records), default=0),
-        ms_per_step=1000 * sum(rec.wall_time_s for rec in records) / len(records) if records else 0.0,
-    )
+    def observe(self, rec: StepRecord) -> None:
+        self.last = rec
+        self.steps += 1
+        for view in rec.requests:
+            self.views[view.id] = view
+        for rid in rec.finished:
+            self.finish_step[rid] = rec.step
+        self.processed += rec.decode_tokens + rec.prefill_tokens
+        if rec.items:
+            self.busy_steps += 1
+            self.busy_tokens += rec.num_query_tokens
+            self.peak_batch = max(self.peak_batch, rec.num_query_tokens)
+        self.preemptions += len(rec.preempted)
+        self.padding_slot_steps += rec.padding_slots
+        kv = rec.kv
+        slots = kv.blocks_used * kv.block_size if kv.layout == "paged" else sum(kv.tokens.values())
+        self.peak_kv_slots = max(self.peak_kv_slots, slots)
+        self.kv_bytes_peak = max(self.kv_bytes_peak, kv.pool_bytes)
+        self.wall_s += rec.wall_time_s
+
+    def summary(self, label: str = "", settings: str = "") -> RunSummary:
+        views = list(self.views.values())
+        # A request that ran to the end fed its prompt and every generated token but the last.
+        needed = sum(v.prompt_len + max(v.generated - 1, 0) for v in views)
+        ttfts = [v.ttft_steps for v in views if v.ttft_steps is not None]
+        latencies = [self.finish_step[v.id] - v.arrival_step for v in views if v.id in self.finish_step]
+        last = self.last
+        return RunSummary(
+            label=label, settings=settings,
+            complete=bool(views) and all(v.state == "finished" for v in views) and last is not None
+            and not last.pending,
+            steps=self.steps, processed=self.processed, generated=sum(v.generated for v in views),
+            recomputed=self.processed - needed,
+            mean_batch=self.busy_tokens / self.busy_steps if self.busy_steps else 0.0, peak_batch=self.peak_batch,
+            ttft_min=min(ttfts, default=None), ttft_mean=sum(ttfts) / len(ttfts) if ttfts else None,
+            ttft_max=max(ttfts, default=None),
+            latency_mean=sum(latencies) / len(latencies) if latencies else None,
+            preemptions=self.preemptions, padding_slot_steps=self.padding_slot_steps,
+            peak_kv_slots=self.peak_kv_slots, kv_bytes_peak=self.kv_bytes_peak,
+            ms_per_step=1000 * self.wall_s / self.steps if self.steps else 0.0,
+        )
+
+
+def summarize(records: Iterable[StepRecord], label: str = "", settings: str = "") -> RunSummary:
+    totals = RunTotals()
+    for rec in records:
+        totals.observe(rec)
+    return totals.summary(label, settings)
 
 
 COLUMNS = (

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from engine import Engine, EngineConfig
 
 _ALONE_CACHE: dict[tuple, list[int]] = {}
@@ -34,3 +36,9 @@ def run_batched(config: EngineConfig, workload: list[dict]):
         records.append(eng.step())
         assert len(records) < 10_000, "engine did not finish"
     return [eng.requests[i].output for i in ids], records, eng
+
+
+def fuzz_examples(default: int) -> int:
+    """Examples for the fuzz tests of files from outside: CI runs `default`; a long run by hand sets
+    CBTUI_FUZZ_EXAMPLES (e.g. 5000)."""
+    return int(os.environ.get("CBTUI_FUZZ_EXAMPLES", default))

@@ -60,7 +60,7 @@ def test_a_headless_run_keeps_no_records():
     engine = scenario.build_engine(device="cpu")
     run = HeadlessRun(engine, scenario.header(engine), console=Console(file=io.StringIO()))
     alive = []
-    for rec in run:
+    for _in_hand in run:
         gc.collect()
         alive.append(sum(isinstance(o, Record) for o in gc.get_objects()))
     assert max(alive) <= 3  # the one in hand and the totals' last, never the run's history

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 from dashboard_helpers import header_text, shown_step, wait_until
+from helpers import fuzz_examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from textual.color import Color
@@ -164,7 +165,7 @@ def leaves(value, path=()):
     yield path
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=fuzz_examples(300), deadline=None)
 @given(data=st.data())
 def test_a_record_either_fails_its_check_or_every_panel_draws_it(lines, data):
     """Any one value of a real record replaced by any JSON value: a clear ValueError, or a record
@@ -298,7 +299,7 @@ def make_story_error(records: list[dict], i: int, kind: str, draw) -> None:
         r["step"] = draw(st.integers(0, records[i - 1]["step"]))
 
 
-@settings(max_examples=120, deadline=None)
+@settings(max_examples=fuzz_examples(120), deadline=None)
 @given(data=st.data())
 def test_records_that_contradict_the_run_are_named_by_line(tmp_path_factory, lines, data):
     """Any in-order selection of a real run's records reads back whole; the same with one record

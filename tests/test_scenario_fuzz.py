@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
+from helpers import fuzz_examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -18,7 +19,7 @@ from scenarios import ScenarioError, loads
 from scenarios.loader import ENGINE_KEYS, TOP_KEYS, from_dict
 from scenarios.workload import ARRIVALS, GENERATOR_KEYS, REQUEST_KEYS
 
-FUZZ = settings(deadline=None, max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(deadline=None, max_examples=fuzz_examples(300), suppress_health_check=[HealthCheck.too_slow])
 PATH = Path("fuzz.toml")
 
 

@@ -33,16 +33,21 @@ from engine.config import ATTENTION_BACKENDS, DEVICES, MODELS, POLICIES
 @click.option("--ablations/--no-ablations", default=True, show_default=True,
               help="On CUDA, also run ours with overlapped steps, without decode graphs, and with the gather "
                    "decode (each piece's worth).")
+@click.option("--repeat", type=click.IntRange(min=1), default=None,
+              help="Runs of every system, interleaved in rotating order (A B C D, B C D A, ...); the table shows "
+                   "the median, min and max, ratios paired per repetition. Default: 3 on the CPU, 1 on CUDA.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Also write the JSON report to this file, rewritten after every system: a run killed "
                    "outright still leaves the systems it measured.")
 @click.pass_context
-def bench(ctx: click.Context, workload, scale, device, model, attention, hf, ablations, as_json, out_path) -> None:
+def bench(ctx: click.Context, workload, scale, device, model, attention, hf, ablations, repeat, as_json,
+          out_path) -> None:
     """Compare this engine (continuous and static) with Hugging Face on one seeded workload.
 
-    Every system runs in this process on the same random weights; warm-up is excluded and CUDA is
-    synchronised. Figures come with the machine they ran on.
+    Every system runs in this process on the same random weights, --repeat times in rotating order;
+    warm-up is excluded and CUDA is synchronised. The tiny model on the CPU runs on one torch thread,
+    as `cbtui scenario` runs it. Figures come with the machine they ran on.
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -61,7 +66,7 @@ def bench(ctx: click.Context, workload, scale, device, model, attention, hf, abl
             save = (lambda report: _write_json(out_path, report)) if out_path else (lambda report: None)
             report = run_bench(workload, scale=scale, device=device, model=model, attention=attention, hf=hf,
                                ablations=ablations, progress=lambda msg: err.print(f"[dim]bench: {msg}[/dim]"),
-                               on_row=save)
+                               on_row=save, repeat=repeat)
             save(report)
         except ValueError as exc:
             click.echo(f"cbtui: error: {exc}", err=True)

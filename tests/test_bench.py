@@ -582,3 +582,17 @@ def test_bench_pins_one_thread_for_tiny_on_the_cpu_and_restores_it(monkeypatch):
     threads = torch.get_num_threads()
     run.run_bench("varied", scale=0.016, device="cpu", hf=False)
     assert seen == [(1, 3)] and torch.get_num_threads() == threads
+
+
+@pytest.mark.parametrize("text, scale", [("1/4", 0.25), ("0.5", 0.5), ("1", 1.0)])
+def test_scale_takes_a_fraction(monkeypatch, text, scale):
+    import cbtui.bench.run as run
+
+    seen = {}
+    monkeypatch.setattr(run, "run_systems", lambda workload, *a, **k: seen.update(scale=workload.scale) or {})
+    monkeypatch.setattr("cbtui.bench.report.bench_table", lambda report: "")
+    result = CliRunner().invoke(main, ["bench", "--scale", text, "--device", "cpu", "--no-hf"])
+    assert result.exit_code == 0, result.output
+    assert seen["scale"] == scale
+    for bad in ("0", "3/2", "x", "1/0"):
+        assert CliRunner().invoke(main, ["bench", "--scale", bad]).exit_code == 2

@@ -18,11 +18,31 @@ import click
 from engine.config import ATTENTION_BACKENDS, DEVICES, MODELS, POLICIES
 
 
+class ScaleType(click.ParamType):
+    """A fraction in (0, 1], as a decimal or a ratio: 0.25 or 1/4."""
+
+    name = "scale"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float):
+            return value
+        from fractions import Fraction
+
+        try:
+            scale = float(Fraction(str(value).strip()))
+        except (ValueError, ZeroDivisionError):
+            self.fail(f"{value!r} is not a number or a fraction such as 1/4", param, ctx)
+        if not 0 < scale <= 1:
+            self.fail(f"{value!r} is not in (0, 1]", param, ctx)
+        return scale
+
+
 @click.group("bench", invoke_without_command=True)
 @click.option("--workload", type=click.Choice(["anchor", "varied"]), default="anchor", show_default=True,
               help="anchor: 512 requests, prompts 32..1024, 128 new tokens; varied: 256 requests, 16..256 new.")
-@click.option("--scale", type=click.FloatRange(min=0, max=1, min_open=True), default=None,
-              help="Fraction of the requests (and of the static batch) to run. Default: 1 on CUDA, 1/16 on the CPU.")
+@click.option("--scale", type=ScaleType(), default=None,
+              help="Fraction of the requests (and of the static batch) to run, 0.25 or 1/4. Default: 1 on CUDA, "
+                   "1/16 on the CPU.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--model", type=click.Choice(MODELS), default=None,
               help="Engine preset. Default: small on CUDA (bf16), tiny on the CPU (fp32).")

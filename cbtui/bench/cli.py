@@ -149,6 +149,55 @@ def bench_host(num_requests: int, steps: int, policy: str) -> None:
     run_host_bench(num_requests, steps, policy=policy)
 
 
+@bench.command("soak")
+@click.option("--requests", "num_requests", type=click.IntRange(min=1), default=100_000, show_default=True,
+              help="Requests to finish, added as others finish.")
+@click.option("--alive", type=click.IntRange(min=1), default=512, show_default=True,
+              help="Requests in the engine at a time.")
+@click.option("--model", type=click.Choice(["null", "tiny"]), default="null", show_default=True,
+              help="null: zero logits at once, so a step is host work only (scheduling, batch, record); "
+                   "tiny: the real forward pass on the CPU.")
+@click.option("--checkpoints", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Rows in the table, one per 1/N of the requests.")
+@click.option("--json", "as_json", is_flag=True, help="Print the checkpoints as JSON instead of a table.")
+def bench_soak(num_requests: int, alive: int, model: str, checkpoints: int, as_json: bool) -> None:
+    """Many requests with turnover through one engine: does a step grow with the requests already served?
+
+    At each checkpoint: step time (median and worst over the window), the StepRecord's share, the request
+    views a record holds, resident memory and the longest garbage-collector pause. Only aggregates are kept.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from .soak import COLUMNS, as_dict, row, run_soak, title
+
+    err = Console(stderr=True)
+    heading = title(num_requests, alive, model)
+    err.print(f"[dim]{heading}[/dim]", soft_wrap=True)
+
+    def show(point) -> None:
+        line = " · ".join(f"{c} {v}" for c, v in zip(COLUMNS, row(point), strict=True))
+        err.print(f"[dim]bench soak: {line}[/dim]", soft_wrap=True)
+
+    try:
+        points = run_soak(num_requests, alive, model, checkpoints, on_checkpoint=show)
+    except ValueError as exc:
+        click.echo(f"cbtui: error: {exc}", err=True)
+        sys.exit(2)
+    if as_json:
+        click.echo(json.dumps({"title": heading, "checkpoints": as_dict(points)}, indent=1))
+        return
+    table = Table(title=heading, title_justify="left")
+    for col in COLUMNS:
+        table.add_column(col, justify="right")
+    for point in points:
+        table.add_row(*row(point))
+    table.caption = ("each row: the window since the previous one; views/record: request views in the window's last "
+                     "record (the live requests, if a step depends on them only); RSS: resident memory at the row")
+    table.caption_justify = "left"
+    Console(width=max(Console().width, 160)).print(table)
+
+
 @bench.command("ui")
 @click.option("--repeat", type=click.IntRange(min=1), default=30, show_default=True,
               help="Mask frames timed per batch shape and panel size.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import itertools
 import json
 
 import pytest
@@ -25,7 +26,7 @@ def test_soak_reports_every_tenth_and_holds_no_records(model):
     assert len(points) == 10
     assert all(p.finished >= 30 * (k + 1) for k, p in enumerate(points))  # a row at each tenth
     assert points[-1].finished == points[-1].added == 300
-    assert all(a.finished < b.finished and a.elapsed_s <= b.elapsed_s for a, b in zip(points, points[1:]))
+    assert all(a.finished < b.finished and a.elapsed_s <= b.elapsed_s for a, b in itertools.pairwise(points))
     assert sum(p.steps for p in points) > 10 and all(p.steps > 0 for p in points)
     for p in points:
         assert 0 < p.step_ms_median <= p.step_ms_max and p.record_ms_median >= 0

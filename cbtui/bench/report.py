@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from rich.table import Table
 
-COLUMNS = ("system", "out tok/s", "min..max", "total tok/s", "ours ÷ this", "TTFT p50/p90/p99 ms", "TPOT p50/p90/p99 ms",
-           "steps", "wall s", "same out")
+COLUMNS = ("system", "out tok/s", "min..max", "total tok/s", "ours ÷ this", "TTFT p50/p90/p99 ms",
+           "TPOT p50/p90/p99 ms", "steps", "wall s", "same out")
 
 
 def _num(x, fmt="{:,.0f}") -> str:
@@ -23,7 +23,8 @@ def header(report: dict) -> str:
     where = f"GPU {m['gpu']}" if m.get("gpu") else cpu
     return (f"cbtui bench · workload {w['name']} · {w['requests']} requests, prompts {w['prompt_len'][0]}..."
             f"{w['prompt_len'][1]}, new tokens {w['new_tokens'][0]}...{w['new_tokens'][1]} · model {w['model']} "
-            f"{report['dtype']} · {_repetitions(report)} · {where} · torch {m['torch']} · transformers {m.get('transformers') or 'absent'}")
+            f"{report['dtype']} · {_repetitions(report)} · {where} · torch {m['torch']} · "
+            f"transformers {m.get('transformers') or 'absent'}")
 
 
 def _repetitions(report: dict) -> str:

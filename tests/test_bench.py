@@ -60,7 +60,14 @@ def test_cli_varied_json_continuous_beats_static_in_steps():
         assert row["ttft_ms"]["p50"] <= row["ttft_ms"]["p90"] <= row["ttft_ms"]["p99"]
     assert cont["steps"] < static["steps"]
     assert static["same_outputs_as_ours"] == 1.0  # greedy, fp32, same weights: same tokens
-    assert static["output_tok_s_vs_ours"] == pytest.approx(static["output_tok_s"] / cont["output_tok_s"])
+    # three runs each on the CPU (the default), ratios paired within each repetition
+    assert report["repeat"] == 3 and cont["repetitions"] == static["repetitions"] == 3
+    assert len(report["schedule"]) == 3 and report["schedule"][1][-1] == "ours continuous"
+    pairs = [c / s for c, s in zip(cont["output_tok_s_runs"], static["output_tok_s_runs"], strict=True)]
+    assert static["ours_over_this_runs"] == pytest.approx(pairs)
+    assert static["ours_over_this"] == pytest.approx(sorted(pairs)[1])
+    assert cont["output_tok_s_min"] <= cont["output_tok_s"] <= cont["output_tok_s_max"]
+    assert report["machine"]["torch_threads"] == 1 and report["machine"]["torch_threads_pinned"]
     assert not rows["HF generate_batch"]["available"] and "--no-hf" in rows["HF generate_batch"]["note"]
 
 
@@ -95,9 +102,9 @@ def test_hf_path_tiny_and_table():
     console = Console(width=220, record=True)
     console.print(bench_table(report))
     text = console.export_text()
-    for col in ("out tok/s", "total tok/s", "vs ours", "TTFT", "TPOT", "steps", "wall s"):
+    for col in ("out tok/s", "min..max", "total tok/s", "ours ÷ this", "TTFT", "TPOT", "steps", "wall s"):
         assert col in text
-    assert len(COLUMNS) == 9
+    assert len(COLUMNS) == 10
     for name in SYSTEMS:
         assert name in text
     assert "unavailable" in text and "1.00x" in text and report["machine"]["cpu"] in text
@@ -395,7 +402,7 @@ def test_bench_stopped_by_a_signal_prints_what_it_measured(signum):
                             env={**os.environ, "COLUMNS": "200"})
     try:
         for line in proc.stderr:  # progress lines: wait until the static row has started
-            if line.strip() == "bench: ours static":
+            if line.strip().startswith("bench: ours static"):
                 break
         proc.send_signal(signal.Signals(signum))
         out, err = proc.communicate(timeout=60)
@@ -482,7 +489,7 @@ def test_bench_killed_outright_leaves_the_systems_it_measured(tmp_path):
                             cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         for line in proc.stderr:
-            if line.strip() == "bench: ours static":
+            if line.strip().startswith("bench: ours static"):
                 break
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
@@ -501,3 +508,91 @@ def test_out_file_holds_the_final_report(tmp_path):
     assert result.exit_code == 0, result.output
     assert json.loads(out.read_text()) == json.loads(result.stdout)
     assert not (tmp_path / "bench.json.tmp").exists()
+
+
+def test_rotations_interleave_every_system_in_turn():
+    from cbtui.bench.run import rotations
+
+    assert rotations(list("ABCD"), 3) == [list("ABCD"), list("BCDA"), list("CDAB")]
+    assert rotations(list("AB"), 1) == [list("AB")]
+
+
+def _fake_run(system, tok_s, outputs=((1, 2),)):
+    return RunResult(system, wall_s=1.0, output_tokens=int(tok_s), prompt_tokens=10, steps=3,
+                     outputs=[list(o) for o in outputs], ttft_s=[0.1], tpot_s=[0.01])
+
+
+def test_a_row_combines_its_repetitions_with_ratios_paired_per_repetition():
+    """Median, min and max of output tok/s; ours over it within each repetition, then the median of
+    those (not the ratio of the medians); the rest of the figures from the median run."""
+    from cbtui.bench.run import BASE, combine
+
+    runs = {BASE: [_fake_run(BASE, 100), _fake_run(BASE, 300), _fake_run(BASE, 200)],
+            "x": [_fake_run("x", 50), _fake_run("x", 100), _fake_run("x", 40, outputs=((9,),))]}
+    row = combine("x", runs, 3)
+    assert (row["output_tok_s"], row["output_tok_s_min"], row["output_tok_s_max"]) == (50, 40, 100)
+    assert row["output_tok_s_runs"] == [50, 100, 40] and row["repetitions"] == 3
+    assert row["ours_over_this_runs"] == [2.0, 3.0, 5.0] and row["ours_over_this"] == 3.0
+    assert row["same_outputs_as_ours"] == 0.0  # the worst repetition
+    base = combine(BASE, runs, 3)
+    assert base["output_tok_s"] == 200 and "ours_over_this" not in base
+
+
+def test_a_row_cut_short_keeps_its_finished_repetitions_and_says_so():
+    from cbtui.bench.run import BASE, INTERRUPTED, NOT_RUN, combine
+
+    runs = {BASE: [_fake_run(BASE, 100), _fake_run(BASE, 120), None],
+            "x": [_fake_run("x", 50), None, None], "y": [None, None, None]}
+    row = combine("x", runs, 3, running="x")
+    assert row["available"] and row["repetitions"] == 1 and "1 of 3 repetitions" in row["note"]
+    assert row["ours_over_this_runs"] == [2.0]  # only the repetition both have
+    assert combine("y", runs, 3, running="y")["note"] == INTERRUPTED
+    assert combine("y", runs, 3)["note"] == NOT_RUN
+
+
+def test_repeated_systems_run_in_rotating_order_and_update_the_report(monkeypatch):
+    import cbtui.bench.run as run
+
+    order = []
+    real = run.run_ours
+
+    def spy(workload, policy="fcfs", *args, name=None, **kwargs):
+        order.append(name or "ours continuous")
+        return real(workload, policy, *args, name=name, **kwargs)
+
+    monkeypatch.setattr(run, "run_ours", spy)
+    workload = make_workload("varied", scale=2 / 256, model="tiny", prompt_range=(5, 8), output_range=(2, 3))
+    snapshots = []
+    report = run.run_systems(workload, device="cpu", hf=False, on_row=snapshots.append, repeat=3)
+    # the HF rows (unavailable: --no-hf) are not run again; ours run in the rotated order
+    assert order == ["ours continuous", "ours static", "ours static", "ours continuous",
+                     "ours static", "ours continuous"]
+    assert report["schedule"][1] == ["HF generate_batch", "ours static", "HF static generate", "ours continuous"]
+    assert len(snapshots) == 1 + 3 + 2 + 2  # after every run: the HF rows only in the first repetition
+    rows = {s["system"]: s for s in report["systems"]}
+    assert rows["ours static"]["repetitions"] == 3 and len(rows["ours static"]["ours_over_this_runs"]) == 3
+    assert rows["ours static"]["same_outputs_as_ours"] == 1.0 and report["interrupted"] is False
+
+
+def test_bench_pins_one_thread_for_tiny_on_the_cpu_and_restores_it(monkeypatch):
+    import cbtui.bench.run as run
+
+    seen = []
+    monkeypatch.setattr(run, "run_systems", lambda *a, **k: seen.append((torch.get_num_threads(), k["repeat"])) or {})
+    threads = torch.get_num_threads()
+    run.run_bench("varied", scale=0.016, device="cpu", hf=False)
+    assert seen == [(1, 3)] and torch.get_num_threads() == threads
+
+
+@pytest.mark.parametrize("text, scale", [("1/4", 0.25), ("0.5", 0.5), ("1", 1.0)])
+def test_scale_takes_a_fraction(monkeypatch, text, scale):
+    import cbtui.bench.run as run
+
+    seen = {}
+    monkeypatch.setattr(run, "run_systems", lambda workload, *a, **k: seen.update(scale=workload.scale) or {})
+    monkeypatch.setattr("cbtui.bench.report.bench_table", lambda report: "")
+    result = CliRunner().invoke(main, ["bench", "--scale", text, "--device", "cpu", "--no-hf"])
+    assert result.exit_code == 0, result.output
+    assert seen["scale"] == scale
+    for bad in ("0", "3/2", "x", "1/0"):
+        assert CliRunner().invoke(main, ["bench", "--scale", bad]).exit_code == 2

@@ -19,11 +19,31 @@ from engine.config import ATTENTION_BACKENDS, DEVICES, MODELS, POLICIES
 from engine.records.text import visible
 
 
+class ScaleType(click.ParamType):
+    """A fraction in (0, 1], as a decimal or a ratio: 0.25 or 1/4."""
+
+    name = "scale"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float):
+            return value
+        from fractions import Fraction
+
+        try:
+            scale = float(Fraction(str(value).strip()))
+        except (ValueError, ZeroDivisionError):
+            self.fail(f"{value!r} is not a number or a fraction such as 1/4", param, ctx)
+        if not 0 < scale <= 1:
+            self.fail(f"{value!r} is not in (0, 1]", param, ctx)
+        return scale
+
+
 @click.group("bench", invoke_without_command=True)
 @click.option("--workload", type=click.Choice(["anchor", "varied"]), default="anchor", show_default=True,
               help="anchor: 512 requests, prompts 32..1024, 128 new tokens; varied: 256 requests, 16..256 new.")
-@click.option("--scale", type=click.FloatRange(min=0, max=1, min_open=True), default=None,
-              help="Fraction of the requests (and of the static batch) to run. Default: 1 on CUDA, 1/16 on the CPU.")
+@click.option("--scale", type=ScaleType(), default=None,
+              help="Fraction of the requests (and of the static batch) to run, 0.25 or 1/4. Default: 1 on CUDA, "
+                   "1/16 on the CPU.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--model", type=click.Choice(MODELS), default=None,
               help="Engine preset. Default: small on CUDA (bf16), tiny on the CPU (fp32).")
@@ -34,16 +54,21 @@ from engine.records.text import visible
 @click.option("--ablations/--no-ablations", default=True, show_default=True,
               help="On CUDA, also run ours with overlapped steps, without decode graphs, and with the gather "
                    "decode (each piece's worth).")
+@click.option("--repeat", type=click.IntRange(min=1), default=None,
+              help="Runs of every system, interleaved in rotating order (A B C D, B C D A, ...); the table shows "
+                   "the median, min and max, ratios paired per repetition. Default: 3 on the CPU, 1 on CUDA.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Also write the JSON report to this file, rewritten after every system: a run killed "
                    "outright still leaves the systems it measured.")
 @click.pass_context
-def bench(ctx: click.Context, workload, scale, device, model, attention, hf, ablations, as_json, out_path) -> None:
+def bench(ctx: click.Context, workload, scale, device, model, attention, hf, ablations, repeat, as_json,
+          out_path) -> None:
     """Compare this engine (continuous and static) with Hugging Face on one seeded workload.
 
-    Every system runs in this process on the same random weights; warm-up is excluded and CUDA is
-    synchronised. Figures come with the machine they ran on.
+    Every system runs in this process on the same random weights, --repeat times in rotating order;
+    warm-up is excluded and CUDA is synchronised. The tiny model on the CPU runs on one torch thread,
+    as `cbtui scenario` runs it. Figures come with the machine they ran on.
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -62,7 +87,7 @@ def bench(ctx: click.Context, workload, scale, device, model, attention, hf, abl
             save = (lambda report: _write_json(out_path, report)) if out_path else (lambda report: None)
             report = run_bench(workload, scale=scale, device=device, model=model, attention=attention, hf=hf,
                                ablations=ablations, progress=lambda msg: err.print(f"[dim]bench: {msg}[/dim]"),
-                               on_row=save)
+                               on_row=save, repeat=repeat)
             save(report)
         except ValueError as exc:
             click.echo(f"cbtui: error: {visible(str(exc))}", err=True)
@@ -123,6 +148,55 @@ def bench_host(num_requests: int, steps: int, policy: str) -> None:
     from .host import run_host_bench
 
     run_host_bench(num_requests, steps, policy=policy)
+
+
+@bench.command("soak")
+@click.option("--requests", "num_requests", type=click.IntRange(min=1), default=100_000, show_default=True,
+              help="Requests to finish, added as others finish.")
+@click.option("--alive", type=click.IntRange(min=1), default=512, show_default=True,
+              help="Requests in the engine at a time.")
+@click.option("--model", type=click.Choice(["null", "tiny"]), default="null", show_default=True,
+              help="null: zero logits at once, so a step is host work only (scheduling, batch, record); "
+                   "tiny: the real forward pass on the CPU.")
+@click.option("--checkpoints", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Rows in the table, one per 1/N of the requests.")
+@click.option("--json", "as_json", is_flag=True, help="Print the checkpoints as JSON instead of a table.")
+def bench_soak(num_requests: int, alive: int, model: str, checkpoints: int, as_json: bool) -> None:
+    """Many requests with turnover through one engine: does a step grow with the requests already served?
+
+    At each checkpoint: step time (median and worst over the window), the StepRecord's share, the request
+    views a record holds, resident memory and the longest garbage-collector pause. Only aggregates are kept.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from .soak import COLUMNS, as_dict, row, run_soak, title
+
+    err = Console(stderr=True)
+    heading = title(num_requests, alive, model)
+    err.print(f"[dim]{heading}[/dim]", soft_wrap=True)
+
+    def show(point) -> None:
+        line = " · ".join(f"{c} {v}" for c, v in zip(COLUMNS, row(point), strict=True))
+        err.print(f"[dim]bench soak: {line}[/dim]", soft_wrap=True)
+
+    try:
+        points = run_soak(num_requests, alive, model, checkpoints, on_checkpoint=show)
+    except ValueError as exc:
+        click.echo(f"cbtui: error: {exc}", err=True)
+        sys.exit(2)
+    if as_json:
+        click.echo(json.dumps({"title": heading, "checkpoints": as_dict(points)}, indent=1))
+        return
+    table = Table(title=heading, title_justify="left")
+    for col in COLUMNS:
+        table.add_column(col, justify="right")
+    for point in points:
+        table.add_row(*row(point))
+    table.caption = ("each row: the window since the previous one; views/record: request views in the window's last "
+                     "record (the live requests, if a step depends on them only); RSS: resident memory at the row")
+    table.caption_justify = "left"
+    Console(width=max(Console().width, 160)).print(table)
 
 
 @bench.command("ui")

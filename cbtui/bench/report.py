@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from rich.table import Table
 
-COLUMNS = ("system", "out tok/s", "total tok/s", "vs ours", "TTFT p50/p90/p99 ms", "TPOT p50/p90/p99 ms",
-           "steps", "wall s", "same out")
+COLUMNS = ("system", "out tok/s", "min..max", "total tok/s", "ours ÷ this", "TTFT p50/p90/p99 ms",
+           "TPOT p50/p90/p99 ms", "steps", "wall s", "same out")
 
 
 def _num(x, fmt="{:,.0f}") -> str:
@@ -18,11 +18,18 @@ def _pcts(d: dict) -> str:
 
 def header(report: dict) -> str:
     m, w = report["machine"], report["workload"]
-    cpu = f"CPU {m['cpu']} ({m['cpu_count']} cores, {m['torch_threads']} threads)"
+    pinned = ", pinned as `cbtui scenario` runs tiny on the CPU" if m.get("torch_threads_pinned") else ""
+    cpu = f"CPU {m['cpu']} ({m['cpu_count']} cores, torch threads {m['torch_threads']}{pinned})"
     where = f"GPU {m['gpu']}" if m.get("gpu") else cpu
     return (f"cbtui bench · workload {w['name']} · {w['requests']} requests, prompts {w['prompt_len'][0]}..."
             f"{w['prompt_len'][1]}, new tokens {w['new_tokens'][0]}...{w['new_tokens'][1]} · model {w['model']} "
-            f"{report['dtype']} · {where} · torch {m['torch']} · transformers {m.get('transformers') or 'absent'}")
+            f"{report['dtype']} · {_repetitions(report)} · {where} · torch {m['torch']} · "
+            f"transformers {m.get('transformers') or 'absent'}")
+
+
+def _repetitions(report: dict) -> str:
+    repeat = report.get("repeat", 1)
+    return "1 run per system" if repeat == 1 else f"median of {repeat} runs per system, interleaved in rotating order"
 
 
 def bench_table(report: dict) -> Table:
@@ -31,15 +38,18 @@ def bench_table(report: dict) -> Table:
         table.add_column(col, justify="left" if col == "system" else "right")
     for s in report["systems"]:
         if not s["available"]:
-            table.add_row(s["system"], "unavailable", "", "", s["note"], "", "", "", "")
+            table.add_row(s["system"], "unavailable", "", "", "", s["note"], "", "", "", "")
             continue
-        ratio = s.get("output_tok_s_vs_ours")
+        ratio = s.get("ours_over_this")
         same = s.get("same_outputs_as_ours")
-        table.add_row(s["system"], _num(s["output_tok_s"]), _num(s["total_tok_s"]),
+        spread = f"{_num(s.get('output_tok_s_min'))}..{_num(s.get('output_tok_s_max'))}"
+        table.add_row(s["system"], _num(s["output_tok_s"]), spread, _num(s["total_tok_s"]),
                       "1.00x" if ratio is None else f"{ratio:.2f}x", _pcts(s["ttft_ms"]), _pcts(s["tpot_ms"]),
                       _num(s["steps"]), _num(s["wall_s"], "{:.2f}"), "-" if same is None else f"{same:.0%}")
     notes = [f"{s['system']}: {s['note']}" for s in report["systems"] if s["available"] and s["note"]]
-    legend = ["vs ours: output tok/s over ours continuous; same out: requests whose tokens equal ours continuous"]
+    legend = ["out tok/s: the median run's (min..max over the runs); ours ÷ this: ours continuous' output tok/s over "
+              "this row's, paired within each repetition, the median of those ratios; TTFT, TPOT, steps, wall: the "
+              "median run's; same out: requests whose tokens equal ours continuous' (the worst repetition)"]
     if report.get("interrupted"):
         legend.insert(0, "INTERRUPTED: rows with figures were measured in full; the rest say why they have none")
     if report["dtype"] == "bfloat16":
@@ -59,7 +69,7 @@ def goal_line(report: dict) -> str:
     ours, hf = rows.get("ours continuous"), rows.get("HF generate_batch")
     if not (ours and ours["available"] and hf and hf["available"]):
         return "goal (>= 10x HF generate_batch): not measured in this run (a system is unavailable)"
-    ratio = ours["output_tok_s"] / hf["output_tok_s"]
+    ratio = hf.get("ours_over_this") or ours["output_tok_s"] / hf["output_tok_s"]  # paired when repeated
     verdict = "met" if ratio >= GOAL_VS_GENERATE_BATCH else "not met"
     return (f"goal (>= {GOAL_VS_GENERATE_BATCH}x HF generate_batch): ours {ours['output_tok_s']:,.0f} vs "
             f"{hf['output_tok_s']:,.0f} output tok/s = {ratio:.2f}x, {verdict}")

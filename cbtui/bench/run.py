@@ -1,7 +1,8 @@
-"""One benchmark run: every system, one after another, in this process, on the same weights."""
+"""One benchmark run: every system, repeated in rotating order, in this process, on the same weights."""
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 
 import torch
@@ -15,43 +16,76 @@ from .ours import free_memory, release, run_ours
 from .workloads import Workload, make_workload
 
 DEFAULT_CPU_SCALE = 1 / 16
+DEFAULT_CPU_REPEAT, DEFAULT_CUDA_REPEAT = 3, 1  # repetitions of every system
 INTERRUPTED = "interrupted while running (Ctrl-C or a time limit)"
 NOT_RUN = "not run: the bench was interrupted before it"
 CUDA_BUDGET, CPU_BUDGET = 8192, 2048  # max tokens per step of our engine
+BASE = "ours continuous"  # what every row is compared with
 
 
 def default_scale(device: torch.device) -> float:
     return 1.0 if device.type == "cuda" else DEFAULT_CPU_SCALE
 
 
+def default_repeat(device: torch.device) -> int:
+    return DEFAULT_CUDA_REPEAT if device.type == "cuda" else DEFAULT_CPU_REPEAT
+
+
+def pins_one_thread(device: torch.device, model: str) -> bool:
+    """As `cbtui scenario` runs the tiny model on the CPU: its ops are too small for threads to pay off."""
+    return device.type == "cpu" and model == "tiny"
+
+
 def run_bench(workload_name: str, scale: float | None = None, device: str = "auto", model: str | None = None,
               attention: str = "auto", hf: bool = True, ablations: bool = True, progress=lambda msg: None,
-              on_row=lambda report: None) -> dict:
+              on_row=lambda report: None, repeat: int | None = None) -> dict:
     """Runs the systems on a named workload; returns the report dict (what --json prints)."""
     dev = resolve_device(device)
     scale = default_scale(dev) if scale is None else scale
     model = model or ("small" if dev.type == "cuda" else "tiny")
+    repeat = default_repeat(dev) if repeat is None else repeat
     workload = make_workload(workload_name, scale=scale, model=model)
-    return run_systems(workload, device, attention, hf, progress, ablations=ablations, on_row=on_row)
+    threads = torch.get_num_threads()
+    if pins_one_thread(dev, model):
+        torch.set_num_threads(1)
+    try:
+        return run_systems(workload, device, attention, hf, progress, ablations=ablations, on_row=on_row,
+                           repeat=repeat)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def rotations(names: Sequence[str], repeat: int) -> list[list[str]]:
+    """The run order of each repetition: the first as given, each next one rotated by one
+    (A B C D, B C D A, C D A B, ...), so no system always runs first or right after another's
+    leftovers (a warm cache, a heap to collect, a neighbour's load)."""
+    n = len(names)
+    return [[names[(rep + i) % n] for i in range(n)] for rep in range(repeat)]
 
 
 def run_systems(workload: Workload, device: str = "auto", attention: str = "auto", hf: bool = True,
                 progress=lambda msg: None, ablations: bool | Sequence[tuple[str, dict]] = True,
-                on_row=lambda report: None) -> dict:
-    """Every system on one workload, one after another, on the same weights.
+                on_row=lambda report: None, repeat: int = 1) -> dict:
+    """Every system on one workload, `repeat` times, interleaved in rotating order (rotations()),
+    on the same weights. A row's output tok/s is the median of its repetitions (min and max beside
+    it); its ratio to ours continuous is paired: ours continuous over it within each repetition,
+    the median of those.
 
-    Interrupted (Ctrl-C, or SIGTERM from a time limit: bench_cli) after ours continuous, it still
-    returns the report: the systems measured, the one cut short and those not run, and
-    report["interrupted"]. Interrupted before that, KeyboardInterrupt propagates: nothing to report.
-    on_row gets the report so far after each system (the rest marked not run, "interrupted" true
-    until the end), so a process killed outright still leaves what it measured (bench --out).
+    Interrupted (Ctrl-C, or SIGTERM from a time limit: bench_cli) after ours continuous' first
+    repetition, it still returns the report: the systems measured (over the repetitions done), the
+    one cut short and those not run, and report["interrupted"]. Interrupted before that,
+    KeyboardInterrupt propagates: nothing to report.
+    on_row gets the report so far after each system's run (the rest marked not run, "interrupted"
+    true until the end), so a process killed outright still leaves what it measured (bench --out).
     ablations: True runs ablation_rows() on CUDA (a CPU run has no fast path to measure), False none,
     or a list of (name, engine setting) rows runs those, on any device."""
+    if repeat < 1:
+        raise ValueError(f"repeat={repeat} must be at least 1")
     dev = resolve_device(device)
     dtype = "bfloat16" if dev.type == "cuda" else "float32"
     budget = CUDA_BUDGET if dev.type == "cuda" else CPU_BUDGET
 
-    progress(f"ours continuous: {workload.num_requests} requests")
+    progress(f"{BASE}: {workload.num_requests} requests" + _of(0, repeat))
     with frozen_heap():
         ours, engine = run_ours(workload, "fcfs", device, dtype, attention, budget)
     progress(_line(ours))
@@ -61,18 +95,24 @@ def run_systems(workload: Workload, device: str = "auto", attention: str = "auto
 
     from .hf_systems import CB_NAME, STATIC_NAME, run_hf_generate_batch, run_hf_static
 
-    order = ["ours continuous", "ours static", CB_NAME, STATIC_NAME] + [name for name, _ in ablations]
-    results = {ours.system: ours}
+    order = [BASE, "ours static", CB_NAME, STATIC_NAME] + [name for name, _ in ablations]
+    # Run order puts what the goal is measured against first (HF's continuous batching) and the
+    # ablations last, so a run cut short by a time limit still has the rows that matter most.
+    schedule = rotations([BASE, CB_NAME, "ours static", STATIC_NAME] + [name for name, _ in ablations], repeat)
+    runs: dict[str, list[RunResult | None]] = {name: [None] * repeat for name in order}
+    runs[BASE][0] = ours
     running = None  # the system being measured when an interrupt comes
 
     def report_so_far(interrupted: bool) -> dict:
-        rows = [results.get(name) or RunResult(name, available=False, note=INTERRUPTED if name == running else NOT_RUN)
-                for name in order]
+        rows = [combine(name, runs, repeat, running) for name in order]
         report = _report(dev, workload, dtype, attention_name, budget, rows)
-        report["interrupted"] = interrupted
+        report.update(repeat=repeat, schedule=schedule, interrupted=interrupted)
         return report
 
     on_row(report_so_far(True))
+    hf_names = (CB_NAME, STATIC_NAME)
+    todo = [(rep, name) for rep, names in enumerate(schedule) for name in names if (rep, name) != (0, BASE)]
+    last_hf = max((i for i, (_, name) in enumerate(todo) if name in hf_names), default=-1)
     try:
         hf_model, hf_note = _hf_copy(engine, hf)
         release(engine)
@@ -97,28 +137,71 @@ def run_systems(workload: Workload, device: str = "auto", attention: str = "auto
             free_memory(dev)  # out of the except block: its traceback no longer holds the engine
             return result
 
-        # Run order puts what the goal is measured against first (HF's continuous batching) and the
-        # ablations last, so a run cut short by a time limit still has the rows that matter most.
-        steps = [(CB_NAME, lambda: hf_row(CB_NAME, run_hf_generate_batch)),
-                 ("ours static", lambda: ours_row("ours static", "static")),
-                 (STATIC_NAME, lambda: hf_row(STATIC_NAME, run_hf_static))]
-        steps += [(name, lambda name=name, setting=setting: ours_row(name, **setting))
-                  for name, setting in ablations]
-        for name, run in steps:
-            running = name
-            progress(name)
-            with frozen_heap():
-                results[name] = run()
-            running = None
-            on_row(report_so_far(True))
-            progress(_line(results[name], ours))
-            if name == STATIC_NAME:
-                hf_model = None  # done with the Hugging Face copy: free it before the ablations
+        systems = {CB_NAME: lambda: hf_row(CB_NAME, run_hf_generate_batch),
+                   "ours static": lambda: ours_row("ours static", "static"),
+                   STATIC_NAME: lambda: hf_row(STATIC_NAME, run_hf_static),
+                   BASE: lambda: ours_row(BASE)}
+        systems.update({name: (lambda name=name, setting=setting: ours_row(name, **setting))
+                        for name, setting in ablations})
+        for i, (rep, name) in enumerate(todo):
+            first = runs[name][0]
+            if first is not None and not first.available:
+                runs[name][rep] = first  # unavailable or failed once: not tried again
+            else:
+                running = name
+                progress(name + _of(rep, repeat))
+                with frozen_heap():
+                    runs[name][rep] = systems[name]()
+                running = None
+                on_row(report_so_far(True))
+                progress(_line(runs[name][rep], runs[BASE][rep]))
+            if i == last_hf:
+                hf_model = None  # done with the Hugging Face copy: free it before the rest
                 free_memory(dev)
         interrupted = False
     except KeyboardInterrupt:  # report what was measured, and say what was not
         interrupted = True
     return report_so_far(interrupted)
+
+
+def _of(rep: int, repeat: int) -> str:
+    return f" (repetition {rep + 1} of {repeat})" if repeat > 1 else ""
+
+
+def _median_run(results: list[RunResult]) -> RunResult:
+    """The repetition whose output tok/s is the median (the lower of the middle two for an even count)."""
+    ordered = sorted(results, key=lambda r: r.output_tok_s or 0.0)
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def combine(name: str, runs: dict[str, list[RunResult | None]], repeat: int, running: str | None = None) -> dict:
+    """One row of the report from a system's repetitions: the median repetition's figures (TTFT,
+    TPOT, steps), output tok/s as the median, min and max of all, and ratios paired with ours
+    continuous in the same repetition."""
+    done = [r for r in runs[name] if r is not None]
+    if not done:
+        return RunResult(name, available=False, note=INTERRUPTED if name == running else NOT_RUN).summary()
+    if not done[0].available:
+        return done[0].summary()
+    tok_s = [r.output_tok_s for r in done]
+    row = _median_run(done).summary()
+    row.update(output_tok_s=statistics.median(tok_s), output_tok_s_min=min(tok_s), output_tok_s_max=max(tok_s),
+               output_tok_s_runs=tok_s, total_tok_s=statistics.median([r.total_tok_s for r in done]),
+               repetitions=len(done))
+    if len(done) < repeat:
+        row["note"] += f"; {len(done)} of {repeat} repetitions (the bench was interrupted)"
+    if name != BASE:
+        pairs = [(base, r) for base, r in zip(runs[BASE], runs[name], strict=True)
+                 if base is not None and r is not None and base.available and r.available]
+        if pairs:
+            row["ours_over_this_runs"] = [base.output_tok_s / r.output_tok_s for base, r in pairs]
+            row["ours_over_this"] = statistics.median(row["ours_over_this_runs"])
+            row["output_tok_s_vs_ours"] = statistics.median([r.output_tok_s / base.output_tok_s for base, r in pairs])
+            row["total_tok_s_vs_ours"] = statistics.median([r.total_tok_s / base.total_tok_s for base, r in pairs])
+            same = [sum(a == b for a, b in zip(r.outputs, base.outputs, strict=False)) / len(base.outputs)
+                    for base, r in pairs if base.outputs]
+            row["same_outputs_as_ours"] = min(same) if same else None  # the worst repetition
+    return row
 
 
 def _hf_copy(engine, hf: bool):
@@ -161,17 +244,18 @@ def ablation_rows(decode_path: list[str]) -> list[tuple[str, dict]]:
     return out
 
 
-def _report(dev, workload, dtype, attention_name, budget, results) -> dict:
-    base = results[0]
-    return {"machine": machine_info(dev), "workload": workload.describe(), "dtype": dtype,
-            "attention": attention_name, "max_tokens_per_step": budget,
-            "systems": [r.summary(None if r is base else base) for r in results]}
+def _report(dev, workload, dtype, attention_name, budget, rows: list[dict]) -> dict:
+    machine = machine_info(dev)
+    machine["torch_threads_pinned"] = pins_one_thread(dev, workload.model) and torch.get_num_threads() == 1
+    return {"machine": machine, "workload": workload.describe(), "dtype": dtype,
+            "attention": attention_name, "max_tokens_per_step": budget, "systems": rows}
 
 
 def _line(result: RunResult, base: RunResult | None = None) -> str:
     if not result.available:
         return f"{result.system}: unavailable ({result.note})"
-    ratio = "" if base is None else f", {result.output_tok_s / base.output_tok_s:.2f}x ours"
+    paired = base is not None and base is not result and base.available and base.output_tok_s
+    ratio = f", ours {base.output_tok_s / result.output_tok_s:.2f}x it" if paired else ""
     steps = "-" if result.steps is None else result.steps
     return (f"{result.system}: {result.output_tok_s:,.0f} output tok/s, {steps} steps, "
             f"{result.wall_s:.2f} s{ratio}")

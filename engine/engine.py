@@ -13,6 +13,7 @@ import time
 
 from . import tokenizer
 from .config import EngineConfig
+from .finished import Requests
 from .model import PRESETS
 from .model_runner import ModelRunner
 from .overlap import PENDING_TOKEN, DeviceTokens, InFlightStep
@@ -55,7 +56,7 @@ class Engine:
         self.runner = ModelRunner(config, self.plugins)
         self.scheduler = Scheduler(config, self.runner.kv)
         self.recorder = Recorder(config, self.scheduler, self.runner.kv, self.runner.weight_bytes)
-        self.requests: dict[int, Request] = {}
+        self.requests = Requests()  # every request given, by id; finished ones compact
         self.pending: list[tuple[int, int, Request]] = []  # heap of (arrival step, id, request) not arrived yet
         self.step_index = 0
         self._next_id = 0
@@ -88,7 +89,7 @@ class Engine:
         self._next_id = max(self._next_id, rid) + 1
         req = Request(rid, list(tokens), max_new_tokens, arrival_step, priority, temperature, top_k, seed,
                       deadline_step)
-        self.requests[rid] = req
+        self.requests.live[rid] = req
         heapq.heappush(self.pending, (arrival_step, rid, req))
         self.runner.add_sampler(req)
         return rid
@@ -145,6 +146,8 @@ class Engine:
             previous = self._resolve_in_flight()  # the previous step's record, while this one runs
             self._in_flight = launched
             return previous
+        for r in done.finishing:
+            self.requests.finish(r)
         return record
 
     def _admit_arrivals(self, step: int, now: float) -> None:
@@ -171,7 +174,12 @@ class Engine:
 
     def _resolve_in_flight(self) -> StepRecord | None:
         in_flight, self._in_flight = self._in_flight, None
-        return in_flight.resolve() if in_flight is not None else None
+        if in_flight is None:
+            return None
+        record = in_flight.resolve()
+        for r in in_flight.finishing:  # their last tokens are in now
+            self.requests.finish(r)
+        return record
 
     def _stalled(self, record: StepRecord) -> bool:
         """Nothing ran although requests wait and none is still to arrive."""
@@ -190,4 +198,4 @@ class Engine:
         return self.outputs()
 
     def outputs(self) -> dict[int, list[int]]:
-        return {rid: list(r.output) for rid, r in self.requests.items()}
+        return {rid: list(self.requests[rid].output) for rid in sorted(self.requests)}

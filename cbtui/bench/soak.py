@@ -29,6 +29,7 @@ import torch
 from engine import Engine, EngineConfig
 from engine.records import StepRecord
 
+from ..frozen_heap import frozen_heap
 from .host import NullModel
 
 PROMPT_LEN = (4, 16)  # inclusive ranges, seeded
@@ -143,7 +144,9 @@ def run_soak(requests: int = 100_000, alive: int = 512, model: str = "null", che
         points: list[Checkpoint] = []
         window, added, finished = Window(), 0, 0
         start = time.perf_counter()
-        with GcPauses().watching() as gc_pauses:
+        # The start-up heap (torch's modules, the model) frozen, as the dashboard and the other benches
+        # run: a full collection then walks what the run itself keeps alive, which is what this watches.
+        with frozen_heap(), GcPauses().watching() as gc_pauses:
             while finished < requests:
                 while added < requests and added - finished < alive:
                     prompt = [rng.randrange(256) for _ in range(rng.randint(*PROMPT_LEN))]
@@ -183,7 +186,7 @@ def title(requests: int, alive: int, model: str) -> str:
     what = ("null model (zero logits at once): step time is host work only" if model == "null"
             else "tiny model on the CPU (1 torch thread): step time includes the forward pass")
     return (f"cbtui bench soak · {requests:,} requests, ~{alive} alive, prompts {PROMPT_LEN[0]}..{PROMPT_LEN[1]}, "
-            f"new tokens {NEW_TOKENS[0]}..{NEW_TOKENS[1]} · {what} · CPU {cpu_model()} ({os.cpu_count()} cores) · "
+            f"new tokens {NEW_TOKENS[0]}..{NEW_TOKENS[1]} · {what} · start-up heap frozen · CPU {cpu_model()} ({os.cpu_count()} cores) · "
             f"load {os.getloadavg()[0]:.2f} at start")
 
 

@@ -94,28 +94,41 @@ def test_one_width_is_the_padded_call_bit_for_bit(dtype, lens):
     q, k_pool, v_pool, tables, _ = pool_case(rng, lens, bs, dtype)
     got, plan = grouped(q, k_pool, v_pool, tables, lens, bs)
     if len(set(-(-n // bs) for n in lens)) == 1:
-        assert len(set(plan.widths)) == 1
+        assert len({g.width for g in plan.groups}) == 1
     assert torch.equal(got, paged_decode_attention(q, k_pool, v_pool, tables, torch.tensor(lens), bs))
 
 
-def test_plan_groups_by_width_within_the_byte_budget():
+@pytest.mark.parametrize("group_bytes", [1, 1 << 18, 1 << 20, 1 << 40])
+def test_plan_groups_by_width_within_the_byte_budget(group_bytes):
     rng = random.Random(7)
     bs = 16
     lens = [rng.randint(1, 1024) for _ in range(200)]
     tables = torch.randint(0, 1000, (len(lens), 64))
     kb = 2 * 2 * 64 * 4  # 2 kv heads of 64, float32, keys and values
-    plan = plan_decode_groups(tables, lens, bs, kb, group_bytes=1 << 20)
+    plan = plan_decode_groups(tables, lens, bs, kb, group_bytes)
     seen = []
-    for group in plan.groups:
-        rows = group.rows.tolist()
-        width = group.valid.shape[1]
-        assert {-(-lens[r] // bs) * bs for r in rows} == {width}  # one table width, no padding block
-        assert len(rows) == 1 or len(rows) * width * kb <= 1 << 20
-        assert group.valid.sum(1).tolist() == [lens[r] for r in rows]
-        assert torch.equal(group.blocks.view(len(rows), -1), tables[rows, :width // bs])
-        seen += rows
+    for chunk in plan.chunks:
+        assert len(chunk.groups) == 1 or sum(g.rows * g.width for g in chunk.groups) * bs * kb <= group_bytes
+        at = 0
+        for group in chunk.groups:
+            rows = plan.perm[len(seen):len(seen) + group.rows].tolist()
+            assert {-(-lens[r] // bs) for r in rows} == {group.width}  # one table width: no padding block
+            assert group.rows == 1 or group.rows * group.width * bs * kb <= group_bytes
+            assert group.valid.sum(1).tolist() == [lens[r] for r in rows]
+            span = chunk.blocks[at:at + group.rows * group.width]
+            assert torch.equal(span.view(group.rows, -1), tables[rows, :group.width])
+            at += group.rows * group.width
+            seen += rows
+        assert at == chunk.blocks.numel()
     assert sorted(seen) == list(range(len(lens)))
     assert torch.equal(torch.tensor(seen)[plan.order], torch.arange(len(lens)))  # order undoes the grouping
+    if group_bytes == 1 << 40:
+        assert len(plan.chunks) == 1 and len(plan.groups) == len({-(-n // bs) for n in lens})
+
+
+def test_decodes_already_in_width_order_are_not_permuted():
+    plan = plan_decode_groups(torch.zeros(4, 3, dtype=torch.long), [3, 5, 20, 40], 16, 512)
+    assert plan.perm is None and plan.order is None and [g.width for g in plan.groups] == [1, 2, 3]
 
 
 def test_the_gather_plans_groups_on_the_cpu_only():

@@ -56,60 +56,88 @@ def _gather_blocks(k_pool: torch.Tensor, v_pool: torch.Tensor, blocks: torch.Ten
 
 @dataclass(frozen=True)
 class DecodeGroup:
-    rows: torch.Tensor  # [g] the decodes of the group (indices into the step's decodes)
-    blocks: torch.Tensor  # [g * width] their tables, cut to the group's width, flattened
-    valid: torch.Tensor  # [g, width * block_size] False past each decode's key length
+    rows: int  # how many decodes (the next ones in the plan's order)
+    width: int  # their table width, in blocks
+    valid: torch.Tensor  # [rows, width * block_size] False past each decode's key length
+
+
+@dataclass(frozen=True)
+class GatherChunk:
+    """Groups gathered together (one index_select per pool), at most the byte budget unless one
+    group alone is larger."""
+
+    blocks: torch.Tensor  # the groups' tables, cut to each group's width, flattened one after another
+    groups: list[DecodeGroup]
 
 
 @dataclass(frozen=True)
 class DecodeGroups:
     """One step's decodes grouped by table width: built once per step, used by every layer."""
 
-    groups: list[DecodeGroup]
-    order: torch.Tensor  # [n] where each decode's output row is in the groups' concatenated output
+    perm: torch.Tensor | None  # [n] the decodes in plan order (None: already in it)
+    order: torch.Tensor | None  # [n] where each decode's output row is in plan order (perm's inverse)
+    chunks: list[GatherChunk]
 
     @property
-    def widths(self) -> list[int]:
-        return [g.valid.shape[1] for g in self.groups]
+    def groups(self) -> list[DecodeGroup]:
+        return [g for chunk in self.chunks for g in chunk.groups]
 
 
 def plan_decode_groups(tables: torch.Tensor, key_lens: list[int], block_size: int, key_bytes: int,
                        group_bytes: int = GROUP_BYTES) -> DecodeGroups:
-    """Groups decodes of equal table width (blocks for their key length); a group holds at most
-    group_bytes of gathered keys and values (key_bytes per key position, both pools, all kv heads),
-    but always at least one decode. tables [n, >= widest] on the device, key_lens on the host."""
+    """Groups decodes of equal table width (blocks for their key length), packed into chunks of
+    at most group_bytes of gathered keys and values (key_bytes per key position, both pools, all
+    kv heads); a group larger than that is cut, down to one decode. tables [n, >= widest] on the
+    device, key_lens on the host."""
     widths = [-(-length // block_size) for length in key_lens]
     by_width = sorted(range(len(key_lens)), key=widths.__getitem__)
-    spans: list[tuple[int, int]] = []  # [start, stop) in by_width
-    start = 0
+    row_bytes = [widths[i] * block_size * key_bytes for i in by_width]  # in plan order
+    chunks: list[list[tuple[int, int]]] = [[]]  # [start, stop) spans of by_width, one width each
+    start, used = 0, 0
     for i in range(1, len(by_width) + 1):
-        if i == len(by_width) or widths[by_width[i]] != widths[by_width[start]] \
-                or (i + 1 - start) * widths[by_width[start]] * block_size * key_bytes > group_bytes:
-            spans.append((start, i))
-            start = i
+        if i < len(by_width) and widths[by_width[i]] == widths[by_width[start]] \
+                and (i + 1 - start) * row_bytes[start] <= group_bytes:
+            continue
+        size = (i - start) * row_bytes[start]
+        if chunks[-1] and used + size > group_bytes:
+            chunks.append([])
+            used = 0
+        chunks[-1].append((start, i))
+        used += size
+        start = i
     device = tables.device
+    identity = by_width == list(range(len(by_width)))
     perm = torch.tensor(by_width, dtype=torch.long, device=device)
-    lens = torch.tensor(key_lens, dtype=torch.long, device=device)
-    groups = []
-    for a, b in spans:
-        w = widths[by_width[a]]
-        rows = perm[a:b]
-        keys = torch.arange(w * block_size, device=device)
-        groups.append(DecodeGroup(rows, tables.index_select(0, rows)[:, :w].reshape(-1),
-                                  keys[None, :] < lens.index_select(0, rows)[:, None]))
-    return DecodeGroups(groups, torch.argsort(perm))
+    ordered = tables if identity else tables.index_select(0, perm)
+    lens = torch.tensor([key_lens[i] for i in by_width], dtype=torch.long, device=device)
+    keys = torch.arange(max(widths, default=0) * block_size, device=device)
+    plan = []
+    for spans in chunks:
+        blocks, groups = [], []
+        for a, b in spans:
+            w = widths[by_width[a]]
+            blocks.append(ordered[a:b, :w].reshape(-1))
+            groups.append(DecodeGroup(b - a, w, keys[None, :w * block_size] < lens[a:b, None]))
+        plan.append(GatherChunk(torch.cat(blocks), groups))
+    return DecodeGroups(None if identity else perm, None if identity else torch.argsort(perm), plan)
 
 
 def grouped_decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, plan: DecodeGroups,
                              block_size: int) -> torch.Tensor:
     """paged_decode_attention by groups (plan_decode_groups): each decode sees only its own blocks.
     Same shapes in and out: q [n, heads, d]; pools [slots, kv_heads, d]. Returns [n, heads, d]."""
-    if len(plan.groups) == 1:  # one width: the rows are in order (a stable sort of equal keys)
-        group = plan.groups[0]
-        kk, vv = _gather_blocks(k_pool, v_pool, group.blocks, q.shape[0], block_size)
-        return padded_decode_sdpa(q, kk, vv, group.valid)
-    outs = []
-    for group in plan.groups:
-        kk, vv = _gather_blocks(k_pool, v_pool, group.blocks, group.rows.shape[0], block_size)
-        outs.append(padded_decode_sdpa(q.index_select(0, group.rows), kk, vv, group.valid))
-    return torch.cat(outs).index_select(0, plan.order)
+    kv_heads, d = k_pool.shape[1:]
+    k_blocks, v_blocks = k_pool.view(-1, block_size, kv_heads, d), v_pool.view(-1, block_size, kv_heads, d)
+    qs = q if plan.perm is None else q.index_select(0, plan.perm)
+    outs, row = [], 0
+    for chunk in plan.chunks:
+        kc, vc = k_blocks.index_select(0, chunk.blocks), v_blocks.index_select(0, chunk.blocks)
+        at = 0
+        for g in chunk.groups:
+            shape = (g.rows, g.width * block_size, kv_heads, d)
+            kk = kc[at:at + g.rows * g.width].view(shape).transpose(1, 2)
+            vv = vc[at:at + g.rows * g.width].view(shape).transpose(1, 2)
+            outs.append(padded_decode_sdpa(qs[row:row + g.rows], kk, vv, g.valid))
+            at, row = at + g.rows * g.width, row + g.rows
+    out = outs[0] if len(outs) == 1 else torch.cat(outs)
+    return out if plan.order is None else out.index_select(0, plan.order)

@@ -23,6 +23,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from engine.attention.paged_decode import (
+    GROUP_COST,
     grouped_decode_attention,
     paged_decode_attention,
     plan_decode_groups,
@@ -60,16 +61,16 @@ def median(samples: list[tuple[float, float]], which: int) -> float:
     return statistics.median(s[which] for s in samples)
 
 
-def measure(n: int, repeats: int, dtype: torch.dtype, pool_blocks: int) -> None:
+def measure(n: int, repeats: int, dtype: torch.dtype, pool_blocks: int, group_cost: int) -> None:
     q, k_pool, v_pool, tables, lens = case(n, n, dtype, pool_blocks)
     key_lens = torch.tensor(lens)
     key_bytes = 2 * k_pool[0].numel() * k_pool.element_size()
     padding = 1 - sum(lens) / (n * tables.shape[1] * BLOCK)
-    plan = plan_decode_groups(tables, lens, BLOCK, key_bytes)
+    plan = plan_decode_groups(tables, lens, BLOCK, key_bytes, group_cost=group_cost)
     old, new, plans = [], [], []
     for _ in range(repeats):  # interleaved, so drift in the machine's load hits both alike
         old.append(timed(lambda: paged_decode_attention(q, k_pool, v_pool, tables, key_lens, BLOCK)))
-        plans.append(timed(lambda: plan_decode_groups(tables, lens, BLOCK, key_bytes)))
+        plans.append(timed(lambda: plan_decode_groups(tables, lens, BLOCK, key_bytes, group_cost=group_cost)))
         new.append(timed(lambda: grouped_decode_attention(q, k_pool, v_pool, plan, BLOCK)))
     print(f"{n} decodes, {padding:.0%} of the padded path's keys are padding, {len(plan.groups)} groups")
     for which, name in ((0, "wall"), (1, "cpu ")):
@@ -85,6 +86,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--pool-blocks", type=int, default=40_000, help="pool size (blocks of 16 tokens)")
+    ap.add_argument("--group-cost", type=int, nargs="+", default=[GROUP_COST],
+                    help="bytes a group costs (paged_decode.GROUP_COST); 0: one width per group")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -92,7 +95,9 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {args.dtype}, load "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     for n in args.decodes:
-        measure(n, args.repeats, dtype, args.pool_blocks)
+        for cost in args.group_cost:
+            print(f"group cost {cost:,} bytes: ", end="")
+            measure(n, args.repeats, dtype, args.pool_blocks, cost)
 
 if __name__ == "__main__":
     main()

@@ -1,9 +1,10 @@
 """CPU decodes without padding (attention/paged_decode.py): the step's decodes grouped by table width.
 
-A decode's output must be bit for bit what the padded path gives for it alone (its own width):
-no other decode of the step may change it. Against the padded batch (every decode as wide as the
-longest table) it is the same maths with other sdpa block lengths, so equal to rounding only,
-except where every table has the same width or there is one decode: bit for bit again."""
+With one width per group (group_cost=0) a decode's output must be bit for bit what the padded path
+gives for it alone (its own width): no other decode of the step may change it. With widths merged
+(the default) it is the padded path's output at its group's width. Against the padded batch (every
+decode as wide as the longest table) it is the same maths with other sdpa block lengths, so equal
+to rounding only, except where every table has the same width or there is one decode: bit for bit."""
 
 from __future__ import annotations
 
@@ -42,8 +43,8 @@ def key_bytes(pool: torch.Tensor) -> int:
     return 2 * pool[0].numel() * pool.element_size()
 
 
-def grouped(q, k_pool, v_pool, tables, lens, bs, group_bytes=paged_decode.GROUP_BYTES):
-    plan = plan_decode_groups(tables, lens, bs, key_bytes(k_pool), group_bytes)
+def grouped(q, k_pool, v_pool, tables, lens, bs, group_bytes=paged_decode.GROUP_BYTES, group_cost=0):
+    plan = plan_decode_groups(tables, lens, bs, key_bytes(k_pool), group_bytes, group_cost)
     return grouped_decode_attention(q, k_pool, v_pool, plan, bs), plan
 
 
@@ -58,7 +59,7 @@ def test_each_decode_gets_what_it_gets_alone(dtype, bs, group_bytes):
     lens = [rng.randint(1, 1100) for _ in range(24)] + [1, 511, 512, 513, 1, 40, 40]
     rng.shuffle(lens)
     q, k_pool, v_pool, tables, own = pool_case(rng, lens, bs, dtype)
-    got, plan = grouped(q, k_pool, v_pool, tables, lens, bs, group_bytes)
+    got, plan = grouped(q, k_pool, v_pool, tables, lens, bs, group_bytes)  # group_cost 0: one width per group
     for i, n in enumerate(lens):
         alone = paged_decode_attention(q[i:i + 1], k_pool, v_pool, tables[i:i + 1, :own[i]], torch.tensor([n]), bs)
         assert torch.equal(got[i], alone[0]), f"decode {i} (length {n})"
@@ -69,11 +70,35 @@ def test_each_decode_gets_what_it_gets_alone(dtype, bs, group_bytes):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("group_cost", [paged_decode.GROUP_COST, 64 << 20])
+def test_merged_groups_give_the_padded_output_at_the_group_width(dtype, group_cost):
+    """Neighbouring widths share a group: each decode gets, bit for bit, the padded path's output at
+    its group's width, and the padded batch's to rounding."""
+    rng = random.Random(3)
+    bs = 16
+    lens = [rng.randint(1, 1100) for _ in range(40)] + [1, 1, 17]
+    q, k_pool, v_pool, tables, own = pool_case(rng, lens, bs, dtype)
+    got, plan = grouped(q, k_pool, v_pool, tables, lens, bs, group_cost=group_cost)
+    assert len(plan.groups) < len(set(own))  # widths were merged
+    at = 0
+    for group in plan.groups:
+        for r in plan.perm[at:at + group.rows].tolist():
+            assert own[r] <= group.width
+            alone = paged_decode_attention(q[r:r + 1], k_pool, v_pool, tables[r:r + 1, :group.width],
+                                           torch.tensor([lens[r]]), bs)
+            assert torch.equal(got[r], alone[0])
+        at += group.rows
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    full = paged_decode_attention(q, k_pool, v_pool, tables, torch.tensor(lens), bs)
+    torch.testing.assert_close(got, full, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_matches_the_reference_attention(dtype):
     rng = random.Random(5)
     bs, lens = 8, [1, 3, 8, 9, 70, 70, 200, 17, 1]
     q, k_pool, v_pool, tables, own = pool_case(rng, lens, bs, dtype, kvh=2, heads=6, d=8)
-    got, _ = grouped(q, k_pool, v_pool, tables, lens, bs)
+    got, _ = grouped(q, k_pool, v_pool, tables, lens, bs, group_cost=paged_decode.GROUP_COST)
     items = [ScheduledItem(i, "decode", n - 1, 1, n) for i, n in enumerate(lens)]
     batch = build_batch(items, [[0]] * len(lens), [True] * len(lens), CPU)
     slots = torch.tensor([row[p // bs] * bs + p % bs for row, n in zip(tables.tolist(), lens, strict=True)
@@ -92,7 +117,7 @@ def test_one_width_is_the_padded_call_bit_for_bit(dtype, lens):
     rng = random.Random(len(lens))
     bs = 16
     q, k_pool, v_pool, tables, _ = pool_case(rng, lens, bs, dtype)
-    got, plan = grouped(q, k_pool, v_pool, tables, lens, bs)
+    got, plan = grouped(q, k_pool, v_pool, tables, lens, bs, group_cost=paged_decode.GROUP_COST)
     if len(set(-(-n // bs) for n in lens)) == 1:
         assert len({g.width for g in plan.groups}) == 1
     assert torch.equal(got, paged_decode_attention(q, k_pool, v_pool, tables, torch.tensor(lens), bs))
@@ -105,7 +130,7 @@ def test_plan_groups_by_width_within_the_byte_budget(group_bytes):
     lens = [rng.randint(1, 1024) for _ in range(200)]
     tables = torch.randint(0, 1000, (len(lens), 64))
     kb = 2 * 2 * 64 * 4  # 2 kv heads of 64, float32, keys and values
-    plan = plan_decode_groups(tables, lens, bs, kb, group_bytes)
+    plan = plan_decode_groups(tables, lens, bs, kb, group_bytes, group_cost=0)
     seen = []
     for chunk in plan.chunks:
         assert len(chunk.groups) == 1 or sum(g.rows * g.width for g in chunk.groups) * bs * kb <= group_bytes
@@ -127,7 +152,7 @@ def test_plan_groups_by_width_within_the_byte_budget(group_bytes):
 
 
 def test_decodes_already_in_width_order_are_not_permuted():
-    plan = plan_decode_groups(torch.zeros(4, 3, dtype=torch.long), [3, 5, 20, 40], 16, 512)
+    plan = plan_decode_groups(torch.zeros(4, 3, dtype=torch.long), [3, 5, 20, 40], 16, 512, group_cost=0)
     assert plan.perm is None and plan.order is None and [g.width for g in plan.groups] == [1, 2, 3]
 
 

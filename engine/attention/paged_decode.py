@@ -10,12 +10,14 @@ as in single.py).
 Two ways to lay the decodes out:
 - `paged_decode_attention`: every decode padded to the longest table, one sdpa call. Fixed
   widths, one kernel per op: what CUDA and the decode graphs want.
-- `grouped_decode_attention` (the CPU): decodes grouped by table width, each group gathered only
-  as wide as its own tables and small enough to stay in the CPU cache, one sdpa per group. With
-  key lengths uniform in 32..1024 about 45% of the padded path's keys are padding, and a gather of
-  several MB runs out of cache before sdpa reads it back (3-5x slower per key on the 2-core test
-  machine). A decode's output is then exactly what it is when the decode runs alone: no other
-  decode sets its width.
+- `grouped_decode_attention` (the CPU): decodes sorted by table width and grouped, each group
+  gathered only as wide as its widest table, in chunks small enough to stay in the CPU cache, one
+  sdpa per group. With key lengths uniform in 32..1024 about half the padded path's keys are
+  padding, and a gather of several MB runs out of cache before sdpa reads it back (3-5x slower per
+  key on the 2-core test machine). Neighbouring widths share a group when that saves more than the
+  padding costs (GROUP_COST). With group_cost=0 every group has one width, and a decode's output
+  is bit for bit what it is when the decode runs alone; merged, it is the padded path's output at
+  its group's width (other sdpa block lengths than the step's longest table: equal to rounding).
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ from .single import padded_decode_sdpa
 # Keys (of one layer, all kv heads, K and V) one group may gather on the CPU: 4 MiB at float32,
 # 2 kv heads of 64, which stays in a 2 MiB-per-core L2 plus the L3 share a busy core gets.
 GROUP_BYTES = 4 << 20
+# What one more group costs (index_selects, an sdpa call, their thread barriers), as bytes gathered:
+# the `tiny` model's decode steps ran 1.3-1.5x quicker at 1 MiB than with one width per group (one
+# thread), and a 2-thread run on a busy machine pays for every op's barrier. 0: one width per group.
+GROUP_COST = 1 << 20
 
 
 def paged_decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, tables: torch.Tensor,
@@ -84,21 +90,23 @@ class DecodeGroups:
 
 
 def plan_decode_groups(tables: torch.Tensor, key_lens: list[int], block_size: int, key_bytes: int,
-                       group_bytes: int = GROUP_BYTES) -> DecodeGroups:
-    """Groups decodes of equal table width (blocks for their key length), packed into chunks of
-    at most group_bytes of gathered keys and values (key_bytes per key position, both pools, all
-    kv heads); a group larger than that is cut, down to one decode. tables [n, >= widest] on the
-    device, key_lens on the host."""
+                       group_bytes: int = GROUP_BYTES, group_cost: int = GROUP_COST) -> DecodeGroups:
+    """Groups decodes by table width (blocks for their key length), packed into chunks of at most
+    group_bytes of gathered keys and values (key_bytes per key position, both pools, all kv heads);
+    a group larger than that is cut, down to one decode. Neighbouring widths share a group (the
+    wider one's) when the padding costs fewer bytes than group_cost, a group's fixed cost in bytes
+    gathered; group_cost 0: one width per group. tables [n, >= widest] on the device, key_lens on
+    the host."""
     widths = [-(-length // block_size) for length in key_lens]
     by_width = sorted(range(len(key_lens)), key=widths.__getitem__)
-    row_bytes = [widths[i] * block_size * key_bytes for i in by_width]  # in plan order
+    group_width = _merged_widths(sorted(widths), block_size * key_bytes, group_bytes, group_cost)
     chunks: list[list[tuple[int, int]]] = [[]]  # [start, stop) spans of by_width, one width each
     start, used = 0, 0
     for i in range(1, len(by_width) + 1):
-        if i < len(by_width) and widths[by_width[i]] == widths[by_width[start]] \
-                and (i + 1 - start) * row_bytes[start] <= group_bytes:
+        row_bytes = group_width[start] * block_size * key_bytes
+        if i < len(by_width) and group_width[i] == group_width[start] and (i + 1 - start) * row_bytes <= group_bytes:
             continue
-        size = (i - start) * row_bytes[start]
+        size = (i - start) * row_bytes
         if chunks[-1] and used + size > group_bytes:
             chunks.append([])
             used = 0
@@ -115,11 +123,35 @@ def plan_decode_groups(tables: torch.Tensor, key_lens: list[int], block_size: in
     for spans in chunks:
         blocks, groups = [], []
         for a, b in spans:
-            w = widths[by_width[a]]
+            w = group_width[a]
             blocks.append(ordered[a:b, :w].reshape(-1))
             groups.append(DecodeGroup(b - a, w, keys[None, :w * block_size] < lens[a:b, None]))
         plan.append(GatherChunk(torch.cat(blocks), groups))
     return DecodeGroups(None if identity else perm, None if identity else torch.argsort(perm), plan)
+
+
+def _merged_widths(widths: list[int], block_bytes: int, group_bytes: int, group_cost: int) -> list[int]:
+    """The width each decode (widths sorted) is gathered at: its own, or a wider neighbour's when
+    sharing that group saves more group costs than the padding costs (dynamic programming over
+    the distinct widths, fewest bytes plus group costs)."""
+    distinct = sorted(set(widths))
+    counts = [widths.count(w) for w in distinct]
+    best = [0.0] + [float("inf")] * len(distinct)  # best[j]: cost of the first j distinct widths
+    cut = [0] * (len(distinct) + 1)
+    for j in range(1, len(distinct) + 1):
+        rows = 0
+        for i in range(j, 0, -1):  # group = distinct widths i-1 .. j-1, gathered at width distinct[j-1]
+            rows += counts[i - 1]
+            size = rows * distinct[j - 1] * block_bytes
+            cost = best[i - 1] + size + group_cost * max(1, -(-size // group_bytes))
+            if cost < best[j]:
+                best[j], cut[j] = cost, i - 1
+    out: list[int] = []
+    j = len(distinct)
+    while j:
+        out = [distinct[j - 1]] * sum(counts[cut[j]:j]) + out
+        j = cut[j]
+    return out
 
 
 def grouped_decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, plan: DecodeGroups,

@@ -71,8 +71,9 @@ def measure(n: int, repeats: int, dtype: torch.dtype, pool_blocks: int, group_co
     for _ in range(repeats):  # interleaved, so drift in the machine's load hits both alike
         old.append(timed(lambda: paged_decode_attention(q, k_pool, v_pool, tables, key_lens, BLOCK)))
         plans.append(timed(lambda: plan_decode_groups(tables, lens, BLOCK, key_bytes, group_cost=group_cost)))
-        new.append(timed(lambda: grouped_decode_attention(q, k_pool, v_pool, plan, BLOCK)))
-    print(f"{n} decodes, {padding:.0%} of the padded path's keys are padding, {len(plan.groups)} groups")
+        new.append(timed(lambda: grouped_decode_attention(q, k_pool, v_pool, plan, BLOCK) if plan
+                         else paged_decode_attention(q, k_pool, v_pool, tables, key_lens, BLOCK)))
+    print(f"{n} decodes, {padding:.0%} of the padded path's keys are padding, {len(plan.groups) if plan else 1} groups")
     for which, name in ((0, "wall"), (1, "cpu ")):
         o, w, p = median(old, which), median(new, which), median(plans, which)
         step = (o * LAYERS) / (w * LAYERS + p)

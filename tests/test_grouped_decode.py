@@ -45,6 +45,8 @@ def key_bytes(pool: torch.Tensor) -> int:
 
 def grouped(q, k_pool, v_pool, tables, lens, bs, group_bytes=paged_decode.GROUP_BYTES, group_cost=0):
     plan = plan_decode_groups(tables, lens, bs, key_bytes(k_pool), group_bytes, group_cost)
+    if plan is None:  # one group of the widest width: the padded call itself (as GatherDecode makes it)
+        return paged_decode_attention(q, k_pool, v_pool, tables, torch.tensor(lens), bs), plan
     return grouped_decode_attention(q, k_pool, v_pool, plan, bs), plan
 
 
@@ -119,7 +121,7 @@ def test_one_width_is_the_padded_call_bit_for_bit(dtype, lens):
     q, k_pool, v_pool, tables, _ = pool_case(rng, lens, bs, dtype)
     got, plan = grouped(q, k_pool, v_pool, tables, lens, bs, group_cost=paged_decode.GROUP_COST)
     if len(set(-(-n // bs) for n in lens)) == 1:
-        assert len({g.width for g in plan.groups}) == 1
+        assert plan is None or len({g.width for g in plan.groups}) == 1
     assert torch.equal(got, paged_decode_attention(q, k_pool, v_pool, tables, torch.tensor(lens), bs))
 
 
@@ -157,16 +159,32 @@ def test_decodes_already_in_width_order_are_not_permuted():
 
 
 def test_the_gather_plans_groups_on_the_cpu_only():
+    tables = torch.zeros(3, 250, dtype=torch.long)
+    lens = [5, 4000, 33]
+    assert GatherDecode().plan(tables, lens, 16, 512) is not None
+    assert GatherDecode().plan(tables.to("meta"), lens, 16, 512) is None  # off the CPU: one padded call
+    assert TritonDecode().plan(tables, lens, 16, 512) is None
+
+
+def test_no_plan_when_one_group_of_the_widest_width_would_do():
+    """Then the padded call is the grouped call: it runs, with no plan to build."""
     tables = torch.zeros(3, 4, dtype=torch.long)
-    assert GatherDecode().plan(tables, [5, 60, 33], 16, 512) is not None
-    assert GatherDecode().plan(tables.to("meta"), [5, 60, 33], 16, 512) is None  # off the CPU: one padded call
-    assert TritonDecode().plan(tables, [5, 60, 33], 16, 512) is None
+    assert plan_decode_groups(tables, [60, 60, 64], 16, 512) is None  # one width
+    assert plan_decode_groups(tables, [5, 60, 33], 16, 512) is None  # merged: padding costs less than groups
+    assert plan_decode_groups(tables, [5, 60, 33], 16, 512, group_cost=0) is not None
+    assert plan_decode_groups(tables, [60, 60, 64], 16, 512, group_bytes=1024) is not None  # over the budget
 
 
 @pytest.mark.parametrize("graphs", ["off", "on"])
 def test_engine_decodes_go_grouped_on_the_cpu_unless_graphs_fix_the_width(monkeypatch, graphs):
-    """Eager CPU steps take the grouped path; the decode graphs' fixed-width buffers take the padded
-    call. Tokens are those of the padded path either way (float64: no near-tie can flip)."""
+    """Eager CPU steps take the grouped path (one width per group here: the tiny model's short
+    histories would all merge into one group, which is the padded call); the decode graphs'
+    fixed-width buffers take the padded call. Tokens are those of the padded path either way
+    (float64: no near-tie can flip)."""
+    import functools
+
+    from engine.attention import decode_kernel
+
     calls = {"grouped": 0, "padded": 0}
 
     def counting(name, fn):
@@ -175,28 +193,24 @@ def test_engine_decodes_go_grouped_on_the_cpu_unless_graphs_fix_the_width(monkey
             return fn(*args, **kwargs)
         return wrapped
 
-    from engine.attention import decode_kernel
-
     rng = random.Random(11)
     reqs = [([rng.randrange(256) for _ in range(rng.randint(1, 90))], rng.randint(2, 10)) for _ in range(6)]
     outs = []
+    monkeypatch.setattr(decode_kernel, "plan_decode_groups", functools.partial(plan_decode_groups, group_cost=0))
+    monkeypatch.setattr(decode_kernel, "grouped_decode_attention",
+                        counting("grouped", paged_decode.grouped_decode_attention))
+    monkeypatch.setattr(decode_kernel, "paged_decode_attention",
+                        counting("padded", paged_decode.paged_decode_attention))
     for plan in (True, False):
         if not plan:
             monkeypatch.setattr(GatherDecode, "plan", lambda self, *a: None)
-        monkeypatch.setattr(decode_kernel, "grouped_decode_attention",
-                            counting("grouped", paged_decode.grouped_decode_attention))
-        monkeypatch.setattr(decode_kernel, "paged_decode_attention",
-                            counting("padded", paged_decode.paged_decode_attention))
         calls.update(grouped=0, padded=0)
         eng = Engine(EngineConfig(model="tiny", device="cpu", dtype="float64", attention="sdpa", block_size=4,
                                   decode_graphs=graphs, max_tokens_per_step=48, prefill_chunk_size=16))
         ids = [eng.add_request(p, max_new_tokens=n) for p, n in reqs]
         eng.run_until_done()
         outs.append([eng.requests[i].output for i in ids])
-        if plan and graphs == "off":
-            assert calls["grouped"] > 0 and calls["padded"] == 0
-        elif plan:  # decode-only steps from the graphs' buffers, mixed steps eager and grouped
-            assert calls["grouped"] > 0 and calls["padded"] > 0
-        else:
-            assert calls["grouped"] == 0 and calls["padded"] > 0
+        assert (calls["grouped"] > 0) == plan
+        if graphs == "on":  # decode-only steps from the graphs' buffers
+            assert calls["padded"] > 0
     assert outs[0] == outs[1]

@@ -70,8 +70,9 @@ class GatherDecode:
     broken = None
 
     def plan(self, tables: torch.Tensor, key_lens: list[int], block_size: int, key_bytes: int) -> DecodeGroups | None:
-        """On the CPU, the step's decodes grouped by table width (once per step, every layer uses it);
-        on CUDA None: one padded call (fixed shapes, one kernel per op)."""
+        """On the CPU, the step's decodes grouped by table width (once per step, every layer uses it),
+        or None where one padded call is the same thing; on CUDA None: one padded call (fixed shapes,
+        one kernel per op)."""
         return plan_decode_groups(tables, key_lens, block_size, key_bytes) if tables.device.type == "cpu" else None
 
     def __call__(self, q, k_pool, v_pool, tables, key_lens, block_size, groups: DecodeGroups | None = None):

@@ -90,16 +90,19 @@ class DecodeGroups:
 
 
 def plan_decode_groups(tables: torch.Tensor, key_lens: list[int], block_size: int, key_bytes: int,
-                       group_bytes: int = GROUP_BYTES, group_cost: int = GROUP_COST) -> DecodeGroups:
+                       group_bytes: int = GROUP_BYTES, group_cost: int = GROUP_COST) -> DecodeGroups | None:
     """Groups decodes by table width (blocks for their key length), packed into chunks of at most
     group_bytes of gathered keys and values (key_bytes per key position, both pools, all kv heads);
     a group larger than that is cut, down to one decode. Neighbouring widths share a group (the
     wider one's) when the padding costs fewer bytes than group_cost, a group's fixed cost in bytes
     gathered; group_cost 0: one width per group. tables [n, >= widest] on the device, key_lens on
-    the host."""
+    the host. None when one group of the widest width, within the budget, would do: that is the
+    padded path's call (paged_decode_attention), no plan needed."""
     widths = [-(-length // block_size) for length in key_lens]
     by_width = sorted(range(len(key_lens)), key=widths.__getitem__)
     group_width = _merged_widths(sorted(widths), block_size * key_bytes, group_bytes, group_cost)
+    if group_width[0] == group_width[-1] and len(widths) * group_width[0] * block_size * key_bytes <= group_bytes:
+        return None
     chunks: list[list[tuple[int, int]]] = [[]]  # [start, stop) spans of by_width, one width each
     start, used = 0, 0
     for i in range(1, len(by_width) + 1):
@@ -146,6 +149,8 @@ def _merged_widths(widths: list[int], block_bytes: int, group_bytes: int, group_
             cost = best[i - 1] + size + group_cost * max(1, -(-size // group_bytes))
             if cost < best[j]:
                 best[j], cut[j] = cost, i - 1
+            if size > group_bytes:  # cut into chunks anyway: wider merges only add padding
+                break
     out: list[int] = []
     j = len(distinct)
     while j:

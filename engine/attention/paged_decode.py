@@ -22,6 +22,7 @@ Two ways to lay the decodes out:
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -119,17 +120,18 @@ def plan_decode_groups(tables: torch.Tensor, key_lens: list[int], block_size: in
     device = tables.device
     identity = by_width == list(range(len(by_width)))
     perm = torch.tensor(by_width, dtype=torch.long, device=device)
-    ordered = tables if identity else tables.index_select(0, perm)
-    lens = torch.tensor([key_lens[i] for i in by_width], dtype=torch.long, device=device)
-    keys = torch.arange(max(widths, default=0) * block_size, device=device)
-    plan = []
+    widest = group_width[-1]
+    ordered = (tables if identity else tables.index_select(0, perm))[:, :widest]
+    meta = torch.tensor([group_width, [key_lens[i] for i in by_width]], dtype=torch.long, device=device)
+    # every row's first group-width table entries, one row after another: each chunk's blocks, in order
+    blocks = ordered[torch.arange(widest, device=device)[None, :] < meta[0][:, None]]
+    valid = torch.arange(widest * block_size, device=device)[None, :] < meta[1][:, None]  # [n, widest keys]
+    plan, at = [], 0
     for spans in chunks:
-        blocks, groups = [], []
-        for a, b in spans:
-            w = group_width[a]
-            blocks.append(ordered[a:b, :w].reshape(-1))
-            groups.append(DecodeGroup(b - a, w, keys[None, :w * block_size] < lens[a:b, None]))
-        plan.append(GatherChunk(torch.cat(blocks), groups))
+        groups = [DecodeGroup(b - a, group_width[a], valid[a:b, :group_width[a] * block_size]) for a, b in spans]
+        size = sum(g.rows * g.width for g in groups)
+        plan.append(GatherChunk(blocks[at:at + size], groups))
+        at += size
     return DecodeGroups(None if identity else perm, None if identity else torch.argsort(perm), plan)
 
 
@@ -137,8 +139,8 @@ def _merged_widths(widths: list[int], block_bytes: int, group_bytes: int, group_
     """The width each decode (widths sorted) is gathered at: its own, or a wider neighbour's when
     sharing that group saves more group costs than the padding costs (dynamic programming over
     the distinct widths, fewest bytes plus group costs)."""
-    distinct = sorted(set(widths))
-    counts = [widths.count(w) for w in distinct]
+    runs = [(w, len(list(same))) for w, same in itertools.groupby(widths)]
+    distinct, counts = [w for w, _ in runs], [c for _, c in runs]
     best = [0.0] + [float("inf")] * len(distinct)  # best[j]: cost of the first j distinct widths
     cut = [0] * (len(distinct) + 1)
     for j in range(1, len(distinct) + 1):

@@ -1,8 +1,13 @@
 """Which decode attention reads the paged pool: the Triton kernel (CUDA) or the block gather.
 
 `triton` reads every cached byte once, for all query heads of a group, and needs no padding;
-`gather` (any device) copies each decode's blocks out of the pool, padded to the longest, and
-runs one scaled_dot_product_attention. `auto` takes the kernel where it can run.
+`gather` (any device) copies each decode's blocks out of the pool and runs
+scaled_dot_product_attention: on CUDA padded to the longest table, one call; on the CPU grouped by
+table width, no padding (paged_decode.py). `auto` takes the kernel where it can run.
+
+Both are called as decode(q, k_pool, v_pool, tables, key_lens, block_size, groups=None), where
+`groups` is what decode.plan(...) made once for the step (None: the padded call, as the decode
+graphs, whose tables have a fixed width, always make it).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import warnings
 
 import torch
 
-from .paged_decode import paged_decode_attention
+from .paged_decode import DecodeGroups, grouped_decode_attention, paged_decode_attention, plan_decode_groups
 
 
 def triton_problem(device: torch.device, dtype: torch.dtype, head_dim: int) -> str | None:
@@ -44,7 +49,10 @@ class TritonDecode:
         Once it has fallen back to the gather, whose cost grows with the width, tables stay tight."""
         return self.broken is None
 
-    def __call__(self, q, k_pool, v_pool, tables, key_lens, block_size):
+    def plan(self, tables: torch.Tensor, key_lens: list[int], block_size: int, key_bytes: int) -> None:
+        return None  # CUDA: the kernel, or the padded gather behind it
+
+    def __call__(self, q, k_pool, v_pool, tables, key_lens, block_size, groups: DecodeGroups | None = None):
         if self.broken is None:
             try:
                 from .paged_decode_triton import paged_decode_triton
@@ -61,7 +69,15 @@ class GatherDecode:
     reads_tables = False  # cost grows with the table width: keep it tight
     broken = None
 
-    def __call__(self, q, k_pool, v_pool, tables, key_lens, block_size):
+    def plan(self, tables: torch.Tensor, key_lens: list[int], block_size: int, key_bytes: int) -> DecodeGroups | None:
+        """On the CPU, the step's decodes grouped by table width (once per step, every layer uses it),
+        or None where one padded call is the same thing; on CUDA None: one padded call (fixed shapes,
+        one kernel per op)."""
+        return plan_decode_groups(tables, key_lens, block_size, key_bytes) if tables.device.type == "cpu" else None
+
+    def __call__(self, q, k_pool, v_pool, tables, key_lens, block_size, groups: DecodeGroups | None = None):
+        if groups is not None:
+            return grouped_decode_attention(q, k_pool, v_pool, groups, block_size)
         return paged_decode_attention(q, k_pool, v_pool, tables, key_lens, block_size)
 
 

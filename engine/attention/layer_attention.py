@@ -25,7 +25,8 @@ class PackedAttention:
 
 class PoolAttention:
     """Paged cache, built-in backend: the decodes at the front of the batch read their blocks from
-    the pool (paged_decode.py); only the other items' keys are read packed, for the backend."""
+    the pool (paged_decode.py); only the other items' keys are read packed, for the backend.
+    The decode attention plans its layout once per step (on the CPU: groups by table width)."""
 
     def __init__(self, fn, decode):
         self.fn, self.decode = fn, decode  # decode: attention/decode_kernel.py
@@ -34,11 +35,14 @@ class PoolAttention:
         n = leading_singles(batch)
         parts = []
         if n:
+            k_pool, v_pool = cache.k_pool[layer], cache.v_pool[layer]
             if "decode_tables" not in batch.scratch:  # once per step: the decodes' table rows, as wide as the longest
                 width = cache.allocator.blocks_for(max(batch.k_lens[:n]))
-                batch.scratch["decode_tables"] = cache.step_tables[:n, :width]
-            parts.append(self.decode(q[:n], cache.k_pool[layer], cache.v_pool[layer], batch.scratch["decode_tables"],
-                                     batch.key_lens[:n], cache.block_size))
+                tables = batch.scratch["decode_tables"] = cache.step_tables[:n, :width]
+                key_bytes = 2 * k_pool[0].numel() * k_pool.element_size()  # one position's keys and values
+                batch.scratch["decode_groups"] = self.decode.plan(tables, batch.k_lens[:n], cache.block_size, key_bytes)
+            parts.append(self.decode(q[:n], k_pool, v_pool, batch.scratch["decode_tables"], batch.key_lens[:n],
+                                     cache.block_size, groups=batch.scratch["decode_groups"]))
         if n < len(batch.q_lens):
             keys, values = cache.read(layer, first_item=n)
             parts.append(self.fn(q[n:], keys, values, batch.tail(n)))

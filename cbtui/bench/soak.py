@@ -186,8 +186,8 @@ def title(requests: int, alive: int, model: str) -> str:
     what = ("null model (zero logits at once): step time is host work only" if model == "null"
             else "tiny model on the CPU (1 torch thread): step time includes the forward pass")
     return (f"cbtui bench soak · {requests:,} requests, ~{alive} alive, prompts {PROMPT_LEN[0]}..{PROMPT_LEN[1]}, "
-            f"new tokens {NEW_TOKENS[0]}..{NEW_TOKENS[1]} · {what} · start-up heap frozen · CPU {cpu_model()} ({os.cpu_count()} cores) · "
-            f"load {os.getloadavg()[0]:.2f} at start")
+            f"new tokens {NEW_TOKENS[0]}..{NEW_TOKENS[1]} · {what} · start-up heap frozen · "
+            f"CPU {cpu_model()} ({os.cpu_count()} cores) · load {os.getloadavg()[0]:.2f} at start")
 
 
 def as_dict(points: list[Checkpoint]) -> list[dict]:

@@ -1,6 +1,6 @@
 """What the engine keeps of a request once it has finished: a few numbers and its tokens, in a
-tuple the garbage collector stops tracking (a long run finishes ~100,000 requests; as live objects
-they made every full collection longer), behind the same read-only fields a Request has."""
+plain tuple the garbage collector stops tracking (a long run finishes ~100,000 requests; as live
+objects they made every full collection longer), read through the same fields a Request has."""
 
 from __future__ import annotations
 
@@ -50,11 +50,12 @@ class Requests(Mapping):
 
     def __init__(self) -> None:
         self.live: dict[int, Request] = {}
-        self.finished: dict[int, FinishedRequest] = {}
+        # Plain tuples: CPython stops tracking a tuple of untracked values, but never a tuple subclass.
+        self.finished: dict[int, tuple] = {}
 
     def __getitem__(self, rid: int) -> Request | FinishedRequest:
         live = self.live.get(rid)
-        return live if live is not None else self.finished[rid]
+        return live if live is not None else FinishedRequest._make(self.finished[rid])
 
     def __contains__(self, rid: object) -> bool:
         return rid in self.live or rid in self.finished
@@ -69,4 +70,4 @@ class Requests(Mapping):
     def finish(self, r: Request) -> None:
         """Swaps a request that finished (and has its tokens, overlapped or not) for its compact form."""
         del self.live[r.id]
-        self.finished[r.id] = FinishedRequest.of(r)
+        self.finished[r.id] = tuple(FinishedRequest.of(r))

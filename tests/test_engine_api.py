@@ -73,3 +73,18 @@ def test_a_bad_speed_is_one_line(speed):
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and res.stderr.startswith("cbtui: error: Invalid value for '--speed'")
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_finished_requests_leave_the_hot_structures_untracked():
+    """A long run finishes ~100,000 requests: what stays of each is a plain tuple the garbage collector
+    does not walk, read back through the same fields as a live request."""
+    import gc
+
+    eng = tiny()
+    ids = [eng.add_request([i + 1, 2, 3], max_new_tokens=3) for i in range(5)]
+    outputs = eng.run_until_done()
+    assert not eng.requests.live and len(eng.requests) == 5 and set(eng.requests) == set(ids)
+    gc.collect()
+    assert not any(gc.is_tracked(t) for t in eng.requests.finished.values())
+    done = eng.requests[ids[0]]
+    assert done.output == outputs[ids[0]] and done.is_finished and done.finished_step is not None

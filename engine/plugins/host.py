@@ -23,6 +23,8 @@ BaseException that is not an Exception) ends the run with a PluginAbort naming i
 from __future__ import annotations
 
 from collections import Counter, deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -39,6 +41,12 @@ from .base import (
     one_line,
     plugin_name,
 )
+
+
+class Guarded:
+    """What PluginHost.guard says of the plugin code it ran."""
+
+    failed = False
 
 
 class PluginHost:
@@ -72,22 +80,31 @@ class PluginHost:
         errors, self.errors = self.errors, []
         return errors
 
+    @contextmanager
+    def guard(self, plugin: Plugin, hook: str) -> Iterator[Guarded]:
+        """Runs plugin code: an Exception disables the plugin (its error goes into the next record)
+        and is swallowed; SystemExit or KeyboardInterrupt end the run as a PluginAbort naming both."""
+        outcome = Guarded()
+        try:
+            yield outcome
+        except PluginAbort:
+            raise
+        except Exception as exc:
+            outcome.failed = True
+            self.fail(plugin, hook, exc)
+        except BaseException as exc:
+            raise self.abort(plugin, hook, exc) from exc
+
     def descriptions(self) -> list[str]:
         lines = []
         for plugin in self.plugins:
             if id(plugin) in self.disabled:
                 continue
-            try:
+            with self.guard(plugin, "describe"):
                 text = plugin.describe()
                 if not isinstance(text, str):
                     raise TypeError(f"describe returned {type(text).__name__}, not a string")
                 lines.append(one_line(text))
-            except PluginAbort:
-                raise
-            except Exception as exc:
-                self.fail(plugin, "describe", exc)
-            except BaseException as exc:
-                raise self.abort(plugin, "describe", exc) from exc
         return lines
 
     # -- scheduler hooks ----------------------------------------------------------------------
@@ -154,15 +171,11 @@ class PluginHost:
         """The plugin's decode_key, taken once: each running request's rank in the order it gives.
         The scheduler sorts by rank, so a key that raises or gives values that cannot be compared
         disables its plugin here, with the default order instead."""
-        try:
+        ordered = running
+        with self.guard(owner, "decode_key") as outcome:
             ordered = sorted(running, key=key)
-        except PluginAbort:
-            raise
-        except Exception as exc:
-            self.fail(owner, "decode_key", exc)
+        if outcome.failed:
             return default_key
-        except BaseException as exc:
-            raise self.abort(owner, "decode_key", exc) from exc
         rank = {view.id: i for i, view in enumerate(ordered)}
         return lambda r: rank[r.id]
 
@@ -211,26 +224,15 @@ class PluginHost:
             state.waiting = self._views(live_waiting, by_view)
             state.running = list(self._views(live_running, by_view))
             try:
-                plugin.after_step(state, record)
-            except PluginAbort:
-                raise
-            except Exception as exc:
-                self.fail(plugin, "after_step", exc)
-            except BaseException as exc:
-                raise self.abort(plugin, "after_step", exc) from exc
+                with self.guard(plugin, "after_step"):
+                    plugin.after_step(state, record)
             finally:
                 state.waiting, state.running = live_waiting, live_running
 
     def on_request_completion(self, request) -> None:
         for plugin in self.active(SchedulerPlugin):
-            try:
+            with self.guard(plugin, "on_request_completion"):
                 plugin.on_request_completion(ReadOnlyRequest(request))
-            except PluginAbort:
-                raise
-            except Exception as exc:
-                self.fail(plugin, "on_request_completion", exc)
-            except BaseException as exc:
-                raise self.abort(plugin, "on_request_completion", exc) from exc
 
     # -- attention hooks ----------------------------------------------------------------------
     def attention_per_layer(self, base) -> list:
@@ -238,17 +240,12 @@ class PluginHost:
         for layer in range(self.num_layers):
             fn = base
             for plugin in self.active(AttentionPlugin):
-                try:
+                with self.guard(plugin, "wrap") as outcome:
                     wrapped = plugin.wrap(layer, fn)
                     if not callable(wrapped):
                         raise TypeError(f"wrap returned {type(wrapped).__name__}, not a function")
-                except PluginAbort:
-                    raise
-                except Exception as exc:
-                    self.fail(plugin, "wrap", exc)
+                if outcome.failed:
                     continue
-                except BaseException as exc:
-                    raise self.abort(plugin, "wrap", exc) from exc
                 if wrapped is not fn:  # a layer the plugin leaves alone keeps the bare backend
                     fn = self._guarded_attention(plugin, wrapped, fallback=fn)
             layers.append(fn)
@@ -257,18 +254,12 @@ class PluginHost:
     def _guarded_attention(self, plugin, fn, fallback):
         def attention(q, k, v, batch):
             if id(plugin) not in self.disabled:
-                try:
+                with self.guard(plugin, "attention"):
                     out = fn(q, k, v, batch)
                     problem = _tensor_problem(out, q)
                     if problem is None:
                         return out
                     self.fail(plugin, "attention", problem)
-                except PluginAbort:
-                    raise
-                except Exception as exc:
-                    self.fail(plugin, "attention", exc)
-                except BaseException as exc:
-                    raise self.abort(plugin, "attention", exc) from exc
             return fallback(q, k, v, batch)
         return attention
 
@@ -306,28 +297,16 @@ class HookedCache:
         batch = self.cache.step_batch
         host = self.host
         for plugin in host.active(CachePlugin):
-            try:
+            with host.guard(plugin, "before_append"):
                 new_k, new_v = plugin.before_append(self.cache, layer, batch, k, v)
                 problem = _tensor_problem(new_k, k) or _tensor_problem(new_v, v)
                 if problem is not None:
                     raise ValueError(f"before_append returned {problem}")
                 k, v = new_k, new_v
-            except PluginAbort:
-                raise
-            except Exception as exc:
-                host.fail(plugin, "before_append", exc)
-            except BaseException as exc:
-                raise host.abort(plugin, "before_append", exc) from exc
         self.cache.write(layer, k, v)
         for plugin in host.active(CachePlugin):
-            try:
+            with host.guard(plugin, "after_append"):
                 plugin.after_append(self.cache, layer, batch)
-            except PluginAbort:
-                raise
-            except Exception as exc:
-                host.fail(plugin, "after_append", exc)
-            except BaseException as exc:
-                raise host.abort(plugin, "after_append", exc) from exc
 
     def read(self, layer: int):
         return self.cache.read(layer)

@@ -165,3 +165,18 @@ def test_scale_line_says_tokens_per_cell_without_a_k_that_reads_as_thousands():
     assert short_number(9.99) == "10" and short_number(12_345) == "12k" and short_number(0.25) == "0.25"
     assert short_number(120) == "120" and short_number(1234) == "1.2k"  # never '1.2e+02'
 
+
+
+def test_the_demand_line_never_says_all_ran_when_a_decode_was_preempted():
+    """kv_pressure, step 8: four requests ready to decode, budget 64, one preempted for KV blocks.
+    The line said 'decode demand 4 <= budget 64: all ran'."""
+    from cbtui.widgets.budget import demand_line
+    from scenarios import load_scenario
+
+    engine = load_scenario("kv_pressure").build_engine(device="cpu")
+    record = next(r for r in iter(engine.step, None) if r.preempted and r.decode_tokens < r.decode_demand)
+    line = demand_line(record).plain
+    missing = record.decode_demand - record.decode_tokens
+    assert "all ran" not in line
+    assert line == f"decode demand {record.decode_demand}: {missing} preempted, {record.decode_tokens} ran"
+    assert len(line) <= 38  # the panel's width at 80x24

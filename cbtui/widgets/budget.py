@@ -32,8 +32,12 @@ def demand_line(record: StepRecord) -> Text:
     limit = budget if cap is None else min(cap, budget)
     limit_name = "budget" if cap is None or budget < cap else "cap"
     text = Text.assemble(("decode demand ", "dim"), str(demand))
+    ran = record.decode_tokens
     if demand > limit:
         text.append(f" > {limit_name} {limit}: {demand - limit} wait", style="bold red")
+    elif ran < demand:  # within the limit, yet not all ran: evicted for KV blocks, or a reserved slice
+        why = "preempted" if record.preempted else "waited"
+        text.append(f": {demand - ran} {why}, {ran} ran", style="bold red")
     else:
         text.append(f" ≤ {limit_name} {limit}: all ran", style="green")
     return text

@@ -26,13 +26,14 @@ _CHANGING = attrgetter("state", "num_computed", "num_preemptions")
 class RequestViews(Sequence):
     """Behaves as a read-only list of RequestView (iterate, index, len, compare with a list)."""
 
-    __slots__ = ("_captured", "_scheduled", "_reasons", "_views")
+    __slots__ = ("_captured", "_length", "_scheduled", "_reasons", "_views")
 
     def __init__(self, requests: list[Request], scheduled_ids: set[int], reasons: dict[int, str]):
         outputs = list(map(attrgetter("output"), requests))
         # requests, (state, computed, preemptions), output lists, output lengths; let go once built
         self._captured: tuple[list, list, list, list[int]] | None = (
             requests, list(map(_CHANGING, requests)), outputs, list(map(len, outputs)))
+        self._length = len(requests)
         self._scheduled, self._reasons = scheduled_ids, reasons
         self._views: list[RequestView] | None = None
 
@@ -53,7 +54,7 @@ class RequestViews(Sequence):
         return self._views
 
     def __len__(self) -> int:
-        return len(self._views) if self._views is not None else len(self._captured[0])  # type: ignore[index]
+        return self._length
 
     def __getitem__(self, index):
         return self._build()[index]

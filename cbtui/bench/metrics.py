@@ -44,8 +44,9 @@ class RunResult:
         return total / self.wall_s if self.available and self.wall_s > 0 else None
 
     def summary(self, baseline: RunResult | None = None) -> dict:
-        ms = lambda xs: {f"p{q}": (None if percentile(xs, q) is None else 1000 * percentile(xs, q))  # noqa: E731
-                         for q in PERCENTILES}
+        def ms(xs: list[float]) -> dict[str, float | None]:
+            return {f"p{q}": None if (p := percentile(xs, q)) is None else 1000 * p for q in PERCENTILES}
+
         out = {"system": self.system, "available": self.available, "note": self.note}
         if not self.available:
             return out

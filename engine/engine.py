@@ -132,11 +132,11 @@ class Engine:
             record.device_time_s = self.runner.take_device_seconds()
         self._idle_steps = self._idle_steps + 1 if self._stalled(record) else 0
         if self._idle_steps:
-            # Nothing ran although requests are waiting and none is still to arrive. A plugin that
-            # kept the budget from them is disabled (the next step runs without it); without one to
-            # blame, say so, and end the run once it clearly cannot move.
-            record.errors += self.plugins.stalled(step) or [
-                f"no progress: {record.waiting + record.running} requests could not be scheduled at step {step}"]
+            # Nothing ran although requests are waiting and none is still to arrive (a reserved slice
+            # cannot cause it: the scheduler lifts one that would leave a step empty). Say so, and end
+            # the run once it clearly cannot move.
+            record.errors.append(f"no progress: {record.waiting + record.running} requests could not be "
+                                 f"scheduled at step {step}")
             if self._idle_steps >= STALL_STEPS:
                 raise NoProgressError(_why_stuck(record, self._idle_steps))
         self.step_index += 1

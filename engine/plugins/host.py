@@ -7,8 +7,7 @@ host checks, and so what a plugin cannot break:
     request's tokens or progress; the queues may only be reordered, the budget must stay an
     integer >= 1, a reservation must be well formed, `decode_key` must give comparable values
     (its order is taken once per step, so a key that fails later cannot fail the scheduler);
-  - a reservation that lets no request run (the whole budget, kept for requests that cannot run)
-    disables the plugins that reserved, instead of stalling the run for ever;
+  - a reservation cannot stall the run: the scheduler lifts one that would leave a step empty;
   - an attention plugin's output must be a tensor of the query's shape, dtype and device; a cache
     plugin's keys and values must keep their shape, dtype and device;
   - `describe` must return a string; `check_config`, `attach` and construction that fail refuse
@@ -61,7 +60,6 @@ class PluginHost:
         self.disabled: set[int] = set()  # id() of disabled plugins
         self.errors: list[str] = []  # pending, for the next record
         self.num_layers = num_layers
-        self.reserving: list[tuple[Plugin, int, int]] = []  # this step's (plugin, tokens reserved, budget)
 
     def active(self, kind: type) -> list:
         return [p for p in self.plugins if isinstance(p, kind) and id(p) not in self.disabled]
@@ -110,7 +108,6 @@ class PluginHost:
     # -- scheduler hooks ----------------------------------------------------------------------
     def before_step(self, state: SchedulerState) -> None:
         plugins = self.active(SchedulerPlugin)
-        self.reserving = []
         if not plugins:
             return
         live_waiting, live_running = state.waiting, state.running
@@ -119,7 +116,6 @@ class PluginHost:
         state.running = list(self._views(live_running, requests))
         default_key = key = state.decode_key
         key_owner: Plugin | None = None
-        reserver: Plugin | None = None
         try:
             for plugin in plugins:
                 saved = (list(state.waiting), list(state.running), state.budget, state.decode_key,
@@ -142,8 +138,6 @@ class PluginHost:
                     continue
                 if state.decode_key is not saved[3]:
                     key_owner = plugin
-                if (state.reserved_tokens, state.reserved_for) != saved[4:6]:
-                    reserver = plugin
             if key_owner is not None:
                 key = self._ranked(key_owner, state.decode_key, state.running, default_key)
         except BaseException:  # a PluginAbort: the run ends; the live queues were never touched
@@ -155,8 +149,6 @@ class PluginHost:
         live_waiting.extend(order)
         live_running[:] = [requests[id(v)] for v in state.running]
         state.waiting, state.running, state.decode_key = live_waiting, live_running, key
-        if state.reserved_tokens and reserver is not None:
-            self.reserving = [(reserver, state.reserved_tokens, state.budget)]
 
     @staticmethod
     def _views(requests, by_view: dict) -> deque:
@@ -200,19 +192,6 @@ class PluginHost:
         if not isinstance(state.annotations, list) or not all(isinstance(a, str) for a in state.annotations):
             return "annotations that are not a list of strings (use state.annotate)"
         return None
-
-    def stalled(self, step: int) -> list[str]:
-        """This step ran nothing although requests wait: the plugins whose reservation kept the budget
-        from them are disabled (the next step runs without them). Returns the errors for this record."""
-        errors = []
-        for plugin, tokens, budget in self.reserving:
-            if id(plugin) in self.disabled:
-                continue
-            self.disabled.add(id(plugin))
-            errors.append(f"plugin {self.names[id(plugin)]} disabled: before_step reserved {tokens} of "
-                          f"{budget} tokens and no request could run at step {step}")
-        self.reserving = []
-        return errors
 
     def after_step(self, state: SchedulerState, record) -> None:
         plugins = self.active(SchedulerPlugin)

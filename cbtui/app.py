@@ -31,10 +31,12 @@ from engine.profiling.memory_profiler import MemoryProfiler
 from engine.profiling.nvml import Nvml
 from engine.records import StepRecord
 from engine.records.metrics import MetricsCollector
+from engine.records.step_lines import RecordingWriter
+from engine.records.text import visible
 
 from .controller import MAX_SPEED, EngineController, EngineStatus, SteppableEngine
 from .frozen_heap import frozen_heap
-from .history import History
+from .history import History, PastSteps
 from .widgets.budget import BudgetBar
 from .widgets.error_panel import ErrorPanel
 from .widgets.header import HeaderInfo, StepHeader
@@ -105,9 +107,12 @@ class DashboardApp(App[None]):
                  speed: float | None = None, max_steps: int | None = None,
                  probe: MemoryProbe | None = None, history_limit: int = 1000,
                  memory_poll_s: float = MEMORY_POLL_S, memory_sources: list | None = None,
-                 recorded: bool = False):
+                 recorded: bool = False, pages: PastSteps | None = None,
+                 recording: RecordingWriter | None = None):
         """`recorded`: `engine` replays a recording (recording.py): memory comes from the records
-        alone, since this process is not the one that ran them."""
+        alone, since this process is not the one that ran them. `pages`: the file a replay reads,
+        for history older than `history_limit` steps. `recording`: writes the run as it goes (and
+        serves as `pages`)."""
         super().__init__()
         # Metrics and the memory profile follow every record, whatever step is on screen.
         self._recorded = recorded
@@ -120,7 +125,9 @@ class DashboardApp(App[None]):
         self.scenario = scenario
         self._engine_label = ("recorded · " if recorded else "") + header.label()
         self._probe = probe
-        self.history = History(history_limit)
+        self._recording = recording
+        self._recording_error_shown = False
+        self.history = History(history_limit, pages if recording is None else recording.lines)
         self.engine_state = "starting"  # running / paused / finished / failed, as the engine reports
         self.error: str | None = None
         self._inbox: list[StepRecord | EngineStatus] = []
@@ -180,9 +187,13 @@ class DashboardApp(App[None]):
 
     # -- from the engine thread --------------------------------------------------------------
     def _post_record(self, record: StepRecord) -> None:
+        if self._recording is not None:
+            self._recording.write(record)  # before the UI sees it: history may read it back
         self._to_inbox(record)
 
     def _post_status(self, status: EngineStatus) -> None:
+        if self._recording is not None and status.kind == "started":
+            self._recording.start()  # a restart writes the file anew
         self._to_inbox(status)
 
     def _to_inbox(self, event: StepRecord | EngineStatus) -> None:
@@ -211,6 +222,9 @@ class DashboardApp(App[None]):
             elif event.kind == "failed":
                 self.engine_state = "failed"
                 self.error = event.message
+        if self._recording is not None and self._recording.error and not self._recording_error_shown:
+            self._recording_error_shown = True
+            self.notify(visible(self._recording.error), severity="error", timeout=30, markup=False)
         if status_changed:  # rare and important (failed, finished, restarted): draw at once
             self._draw()
         else:
@@ -470,7 +484,8 @@ def leave_a_core_for_the_ui(engine: SteppableEngine) -> None:
 
 def run_dashboard(scenario, engine: SteppableEngine, overrides: dict | None = None, paused: bool = False,
                   speed: float | None = None, max_steps: int | None = None, variant: str | None = None,
-                  plugins: tuple[str, ...] = (), rebuild=None, recorded: bool = False) -> int:
+                  plugins: tuple[str, ...] = (), rebuild=None, recorded: bool = False,
+                  pages: PastSteps | None = None, recording: RecordingWriter | None = None) -> int:
     """Opens the dashboard on `engine`; `r` rebuilds it from the scenario with the same variant,
     plugins and overrides (or calls `rebuild`: a replay starts over). Returns the exit code: 0 after
     a quit, 128 + N after signal N."""
@@ -480,7 +495,7 @@ def run_dashboard(scenario, engine: SteppableEngine, overrides: dict | None = No
         def rebuild():
             return scenario.build_engine(variant, plugins=plugins, **overrides)
     app = DashboardApp(scenario, engine, rebuild=rebuild, paused=paused, speed=speed, max_steps=max_steps,
-                       recorded=recorded)
+                       recorded=recorded, pages=pages, recording=recording)
 
     signalled: list[int] = []
 
@@ -503,6 +518,8 @@ def run_dashboard(scenario, engine: SteppableEngine, overrides: dict | None = No
             app.run()
     finally:
         app.controller.stop(timeout=1.0)
+        if recording is not None and not app.controller.thread.is_alive():
+            recording.close()  # (a step still in flight after the wait may write one more line: the OS closes it)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if signalled:

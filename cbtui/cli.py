@@ -117,6 +117,20 @@ def _check_output(flag: str, path: str, headless: bool, check) -> None:
         fail(str(exc))
 
 
+def _open_recording_file(path: str, header):
+    """The --record file, opened for writing before the run (a bad path fails now)."""
+    from engine.records.step_lines import RecordingWriter
+
+    if os.path.isdir(path):
+        fail(f"--record {visible(path)}: is a directory; give a file name")
+    try:
+        recording = RecordingWriter(path)
+    except OSError as exc:
+        fail(f"--record {visible(path)}: cannot write the file ({exc.strerror or exc}); give a writable path")
+    recording.start(header)
+    return recording
+
+
 def _write_trace(records, path: str) -> None:
     from engine.records.output_files import OutputFileError
     from engine.records.trace_export import write_trace
@@ -184,7 +198,7 @@ def replay_cmd(path, paused, speed):
     from .app import run_dashboard
 
     code = run_dashboard(recording, recording.run(), paused=paused, speed=speed, rebuild=recording.run,
-                         recorded=True)
+                         recorded=True, pages=recording)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # as `scenario` does: skip the interpreter's slow teardown of textual
@@ -235,11 +249,14 @@ def scenarios_cmd() -> None:
               help="Headless: write metrics (TTFT, ITL, throughput, per step) to FILE.json or FILE.csv.")
 @click.option("--trace-out", type=click.Path(dir_okay=False), default=None,
               help="Headless: write a Perfetto / Chrome trace (FILE.json): a slice per step, a row per request.")
+@click.option("--record", "record_to", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="Write the run to FILE as it goes, as --json would (replay it with `cbtui replay FILE`); "
+                   "the dashboard's history then reaches back to the first step. r starts the file anew.")
 @click.option("--paused", is_flag=True, help="Dashboard: start paused.")
 @click.option("--speed", type=SPEED, default=None,
               help="Dashboard: steps per second (default 4).")
 def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention, kv_layout, variant, plugins,
-                 trust_plugins, metrics_out, trace_out, paused, speed):
+                 trust_plugins, metrics_out, trace_out, record_to, paused, speed):
     """Run a scenario: a built-in NAME or a path to a .toml file."""
     if list_:
         _list_scenarios()
@@ -260,6 +277,7 @@ def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention
     except (ScenarioError, ValueError) as exc:
         fail(str(exc))
     header = scenario.header(engine, variant)
+    recording = _open_recording_file(record_to, header) if record_to is not None else None
     if header.device == "cpu" and header.model == "tiny":
         torch.set_num_threads(1)  # the tiny model's ops are too small for threads to pay off
     if headless or as_json:
@@ -271,8 +289,10 @@ def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention
         # Records stream through whatever needs them (the printer, a trace file, metrics, the run's
         # totals) and are not kept: a long run's memory stays flat.
         collector = MetricsCollector() if metrics_out is not None else None
-        run = HeadlessRun(engine, header, as_json=as_json, max_steps=steps,
-                          observers=[collector.observe] if collector is not None else [])
+        observers = [collector.observe] if collector is not None else []
+        if recording is not None:
+            observers.append(recording.write)
+        run = HeadlessRun(engine, header, as_json=as_json, max_steps=steps, observers=observers)
         try:
             if trace_out is not None:
                 _write_trace(run, trace_out)
@@ -282,6 +302,10 @@ def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention
                 _print_comparison(scenario, run.totals, engine.has_unfinished(), overrides)
         except NoProgressError as exc:
             fail(str(exc))
+        if recording is not None:
+            recording.close()
+            if recording.error:
+                fail(recording.error)
         if collector is not None:
             _write_metrics(collector, metrics_out)
         if not as_json:
@@ -290,7 +314,7 @@ def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention
     from .app import run_dashboard
 
     code = run_dashboard(scenario, engine, overrides=overrides, paused=paused, speed=speed, max_steps=steps,
-                         variant=variant, plugins=plugins)
+                         variant=variant, plugins=plugins, recording=recording)
     # The terminal is restored and the dashboard writes nothing: skip the interpreter's teardown of
     # torch and textual, half a second between q and the prompt on this project's CPU.
     sys.stdout.flush()

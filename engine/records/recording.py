@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .schema import check_header_json, check_record_json, shown
+from .step_lines import StepLines
 from .types import RunHeader, StepRecord
 
 # Far beyond any real run, and small enough that a panel drawing them stays quick and exact.
@@ -176,13 +177,15 @@ class RecordReader:
         self.bad_line: int | None = None  # the line that stopped the reading with a RecordingError
         self.done = False  # read to the end, or to a bad line
         self._number = 0  # lines read so far
-        self._ahead: tuple[int, str] | None = None  # a line read but not yet used
+        self._ahead: tuple[int, str, int] | None = None  # a line read but not yet used, and where it starts
+        self._offset = 0  # bytes read so far
+        self.lines = StepLines(self.path)  # where each record read lies: a past step is read back from there
         self._story = StoryCheck()
         self._file: IO[bytes] | None = _open_regular(self.path)
         try:
             first = self._line()
             if first is not None:
-                number, line = first
+                number, line, _ = first
                 try:
                     self.header = parse_header(line)
                 except ValueError as exc:
@@ -194,6 +197,7 @@ class RecordReader:
             raise
 
     def close(self) -> None:
+        """Closes the file the records are read from (`lines` reads past steps on its own)."""
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -203,14 +207,16 @@ class RecordReader:
         self.done, self.bad_line = True, number
         return RecordingError(f"{self.path}:{number}: {message}")
 
-    def _line(self) -> tuple[int, str] | None:
-        """The next line that is not blank, with its number; None at the end of the file."""
+    def _line(self) -> tuple[int, str, int] | None:
+        """The next line that is not blank, with its number and where it starts; None at the end of the file."""
         if self._ahead is not None:
             line, self._ahead = self._ahead, None
             return line
         while self._file is not None:
             try:
+                start = self._offset
                 raw = self._file.readline(MAX_LINE_BYTES + 1)  # splits on b"\n" only
+                self._offset += len(raw)
             except OSError as exc:
                 raise self._error(self._number + 1, f"cannot read the file ({exc.strerror or exc})") from None
             if not raw:
@@ -226,7 +232,7 @@ class RecordReader:
                 raise self._error(self._number, f"not UTF-8 text ({exc.reason} at byte {exc.start} of the line); "
                                                 f"{HOW_TO_RECORD}") from None
             if text.strip():
-                return self._number, text
+                return self._number, text, start
         return None
 
     def __iter__(self) -> Iterator[StepRecord]:
@@ -239,7 +245,7 @@ class RecordReader:
         if got is None:
             self.done = True
             raise StopIteration
-        number, line = got
+        number, line, start = got
         try:
             record = parse_record(line)
         except _NotJSON as exc:
@@ -255,6 +261,7 @@ class RecordReader:
         except ValueError as exc:  # a good record, but not the next step of this run
             raise self._error(number, str(exc)) from None
         self.count += 1
+        self.lines.note(record.step, start, start + len(line.encode("utf-8")))
         if self.first_step is None:
             self.first_step = record.step
         self.last_step = record.step
@@ -309,6 +316,7 @@ class RecordingFile:
         """A reader at the first record, and the records it already read."""
         if self._current is not None:
             self._current.close()  # a replay started over: the old run's file is done with
+            self._current.lines.close()
         if self._unused is not None:
             reader, self._unused = self._unused, None
             self._current = reader
@@ -327,6 +335,18 @@ class RecordingFile:
             yield record
         if reader.count >= self._furthest.count:
             self._furthest = reader  # read to the end: the help text says so
+
+    def _lines(self) -> StepLines:
+        reader = self._current if self._current is not None else self._unused
+        return reader.lines if reader is not None else self._furthest.lines
+
+    def first_step(self) -> int | None:
+        """The first step the replay has read (the dashboard's history pages older steps from here)."""
+        return self._lines().first_step()
+
+    def read(self, step: int) -> StepRecord | None:
+        """A step the replay has read already, read again from the file (None if it cannot be)."""
+        return self._lines().read(step)
 
     def run(self) -> RecordedRun:
         """A replay from the first step (what `r` starts over with)."""

@@ -91,8 +91,17 @@ def _rope(config: dict, where: Path) -> tuple[float, tuple[tuple[str, float | st
     return float(theta), (("rope_type", kind), *((k, float(table[k])) for k in keys))
 
 
+def display_name(path: Path) -> str:
+    """The model's name for the header: the directory's, or for a snapshot in the Hugging Face cache
+    (models--Qwen--Qwen2.5-0.5B-Instruct/snapshots/<hash>) the repository's, not the hash."""
+    path = Path(os.path.abspath(path))
+    if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
+        return path.parent.parent.name.split("--")[-1]
+    return path.name
+
+
 @lru_cache(maxsize=8)
-def _spec(path: Path, mtime: float) -> ModelSpec:
+def _spec(path: Path, mtime: float, name: str) -> ModelSpec:
     where = path / CONFIG
     config = _read_json(where)
     arch = (config.get("architectures") or ["(none)"])[0]
@@ -115,7 +124,7 @@ def _spec(path: Path, mtime: float) -> ModelSpec:
     theta, scaling = _rope(config, where)
     eps = config.get("rms_norm_eps", 1e-6)
     return ModelSpec(
-        name=path.name, vocab_size=_int(config, "vocab_size", where), hidden_size=hidden,
+        name=name, vocab_size=_int(config, "vocab_size", where), hidden_size=hidden,
         num_layers=_int(config, "num_hidden_layers", where), num_heads=heads,
         num_kv_heads=_int(config, "num_key_value_heads", where, heads),
         intermediate_size=_int(config, "intermediate_size", where), max_context=context, rope_theta=theta,
@@ -127,12 +136,13 @@ def _spec(path: Path, mtime: float) -> ModelSpec:
 
 def checkpoint_spec(model: str) -> ModelSpec:
     """The shape config.json describes (read again only when the file changes)."""
-    path = checkpoint_dir(model).resolve()
+    given = checkpoint_dir(model)
+    path = given.resolve()
     try:
         mtime = (path / CONFIG).stat().st_mtime
     except OSError:
         mtime = 0.0  # _spec says the file is missing
-    return _spec(path, mtime)
+    return _spec(path, mtime, display_name(given))
 
 
 def model_spec(model: str) -> ModelSpec:

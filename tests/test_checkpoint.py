@@ -203,6 +203,12 @@ def test_header_names_the_checkpoint_and_records_carry_its_text(checkpoints):
     assert tiny.header().label().startswith("random tiny · fp32 · cpu") and tiny.header().checkpoint is None
 
 
+def test_a_snapshot_in_the_hf_cache_is_named_by_its_repository(checkpoints, tmp_path):
+    snapshot = tmp_path / "hub" / "models--Qwen--Qwen2.5-0.5B-Instruct" / "snapshots" / "0123abcd"
+    _copy(checkpoints["qwen2"][0], snapshot)
+    assert fp32(snapshot).header().label().startswith("Qwen2.5-0.5B-Instruct · fp32 · cpu")
+
+
 def test_the_requests_table_shows_decoded_text_escaped():
     from cbtui.widgets.requests_table import output_tail
     from engine.records import RequestView
@@ -212,6 +218,8 @@ def test_the_requests_table_shows_decoded_text_escaped():
 
     assert output_tail(view("the cat")) == "the cat"
     assert output_tail(view("red\x1b[31mX\n")) == "red\\x1b[31mX\\n"  # no escape sequence reaches the terminal
+    assert output_tail(view("abcdefghijklm\x1bZ")) == "cdefghijklm\\x1bZ"  # the last 16 columns
+    assert output_tail(view("\x1b" + "a" * 14)) == "a" * 14  # escapes whole or not at all: never "1baaa..."
     assert output_tail(view(None)) == "\u00b7" * 4  # no text: the byte decode, ids beyond a byte as dots
 
 

@@ -27,7 +27,14 @@ def output_tail(view: RequestView) -> str:
     other control character written out: `visible`), or the byte ids decoded (non-text bytes as dots)."""
     if view.output_text is None:
         return decode(view.output_tail)[-TEXT_TAIL:]
-    return visible(view.output_text.replace("\ufffd", "\u00b7"))[-TEXT_TAIL:]  # U+FFFD: half a character
+    shown, width = [], 0
+    for char in reversed(view.output_text.replace("\ufffd", "\u00b7")):  # U+FFFD: half a character
+        unit = visible(char)
+        if width + len(unit) > TEXT_TAIL:  # whole escapes only: never a cut "x1b"
+            break
+        shown.append(unit)
+        width += len(unit)
+    return "".join(reversed(shown))
 
 
 def row_cells(view: RequestView, no_color: bool) -> tuple[Text, ...]:

@@ -338,7 +338,9 @@ def test_cli_bad_model_directories_exit_2_with_one_line(checkpoints, tmp_path):
     assert "architecture 'GPT2LMHeadModel' is not supported" in bench.stderr
 
 
-def test_cli_runs_a_scenario_on_a_checkpoint(checkpoints):
+def test_cli_runs_a_scenario_on_a_checkpoint_and_its_recording_replays(checkpoints, tmp_path):
+    from engine.records.recording import open_recording
+
     path, _ = checkpoints["qwen2"]
     res = cli("scenario", "mixed_load", "--json", "--steps", "12", "--model", str(path))
     assert res.returncode == 0, res.stderr
@@ -346,6 +348,11 @@ def test_cli_runs_a_scenario_on_a_checkpoint(checkpoints):
     assert header["model"] == path.name and header["checkpoint"] == str(path)
     texts = [r["output_text"] for rec in records for r in rec["requests"] if r["generated"]]
     assert texts and all(isinstance(t, str) for t in texts)
+    (tmp_path / "run.jsonl").write_text(res.stdout)
+    recording = open_recording(tmp_path / "run.jsonl")  # the schema check takes the new fields
+    assert recording.header.label().startswith(f"{path.name} · fp32 · cpu")
+    assert [v.output_text for v in list(recording.records())[-1].requests] == [
+        r["output_text"] for r in records[-1]["requests"]]
 
 
 def test_bench_runs_a_checkpoint_and_transformers_gives_the_same_tokens(checkpoints):

@@ -235,7 +235,9 @@ def scenarios_cmd() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Headless: print one StepRecord (JSON) per line.")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Stop after this many steps.")
 @click.option("--device", type=click.Choice(DEVICES), default=None)
-@click.option("--model", type=click.Choice(MODELS), default=None)
+@click.option("--model", default=None, metavar="PRESET|DIR",
+              help=f"A random preset ({', '.join(MODELS)}) or a local Hugging Face checkpoint directory "
+                   f"(config.json, *.safetensors, tokenizer.json).")
 @click.option("--attention", type=click.Choice(ATTENTION_BACKENDS), default=None)
 @click.option("--kv-layout", type=click.Choice(KV_LAYOUTS), default=None)
 @click.option("--variant", default=None, help="Run one of the scenario's [compare] variants instead.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-MODELS = ("tiny", "small")
+MODELS = ("tiny", "small")  # the random presets; `model` may also be a checkpoint directory (checkpoint.py)
 DEVICES = ("auto", "cpu", "cuda")
 KV_LAYOUTS = ("paged", "dense")
 ATTENTION_BACKENDS = ("auto", "reference", "sdpa", "flex")
@@ -33,7 +33,7 @@ def _check_int(name: str, value, low: int, optional: bool = False, high: int | N
 
 @dataclass
 class EngineConfig:
-    model: str = "tiny"
+    model: str = "tiny"  # a preset, or the path of a local Hugging Face checkpoint directory
     device: str = "auto"
     max_tokens_per_step: int = 64
     prefill_chunk_size: int = 16
@@ -46,7 +46,8 @@ class EngineConfig:
     static_batch_size: int = 8
     dtype: str = "auto"
     seed: int = 0
-    eos_token_id: int | None = None  # None: generate exactly max_new_tokens
+    eos_token_id: int | None = None  # None: the checkpoint's end-of-sequence ids (presets have none)
+    ignore_eos: bool = False  # generate exactly max_new_tokens, whatever the checkpoint says (benchmarks)
     # Decode-only steps from CUDA graphs (decode_graphs.py). auto: on CUDA with a paged cache and
     # the sdpa/flex backend. on: also off CUDA, where the same padded path runs uncaptured (tests).
     # Either way a layer wrapped by an attention plugin, or a cache plugin, runs eagerly.
@@ -59,7 +60,12 @@ class EngineConfig:
     overlap_steps: bool = False
 
     def __post_init__(self) -> None:
-        _check_choice("model", self.model, MODELS)
+        if not isinstance(self.model, str) or not self.model:
+            raise ValueError(f"model={self.model!r} must be a preset ({', '.join(MODELS)}) or a checkpoint directory")
+        if self.model not in MODELS:
+            from .checkpoint import checkpoint_dir
+
+            checkpoint_dir(self.model)  # one line naming the path when there is no such directory
         _check_choice("device", self.device, DEVICES)
         _check_choice("kv_layout", self.kv_layout, KV_LAYOUTS)
         _check_choice("attention", self.attention, ATTENTION_BACKENDS)
@@ -78,6 +84,8 @@ class EngineConfig:
         _check_int("static_batch_size", self.static_batch_size, 1)
         _check_int("seed", self.seed, 0, high=MAX_SEED)
         _check_int("eos_token_id", self.eos_token_id, 0, optional=True)
+        if not isinstance(self.ignore_eos, bool):
+            raise ValueError(f"ignore_eos={self.ignore_eos!r} must be true or false")
         if not isinstance(self.overlap_steps, bool):
             raise ValueError(f"overlap_steps={self.overlap_steps!r} must be true or false")
         if self.overlap_steps and self.eos_token_id is not None:

@@ -11,10 +11,9 @@ from __future__ import annotations
 import heapq
 import time
 
-from . import tokenizer
+from .checkpoint import eos_token_ids, is_preset, model_spec
 from .config import EngineConfig
 from .finished import Requests
-from .model import PRESETS
 from .model_runner import ModelRunner
 from .overlap import PENDING_TOKEN, DeviceTokens, InFlightStep
 from .plugins.base import Plugin
@@ -24,6 +23,7 @@ from .records import RunHeader, ScheduledItem, StepRecord
 from .request import Request
 from .request_checks import check_request
 from .scheduler import SchedulePlan, Scheduler
+from .tokenizer import ByteTokenizer, tokenizer_for
 
 STALL_STEPS = 4  # steps in a row with nothing scheduled (and nothing still to arrive) that end a run
 
@@ -48,14 +48,18 @@ class Engine:
         if config.overlap_steps and plugins:
             raise ValueError("overlap_steps=True cannot run plugins (they see every step as it ends); "
                              "drop the plugins or overlap_steps")
-        spec = PRESETS[config.model]
+        spec = model_spec(config.model)  # a checkpoint's config.json is read here, before any weight
         if config.eos_token_id is not None and config.eos_token_id >= spec.vocab_size:
             raise ValueError(f"eos_token_id={config.eos_token_id} is outside the vocabulary of model {spec.name!r} "
                              f"(0..{spec.vocab_size - 1})")
+        stop_ids = self._stop_ids(config, spec.vocab_size)
+        self.tokenizer = tokenizer_for(config.model)  # bytes for a preset, the checkpoint's tokenizer.json
         self.plugins = PluginHost(list(plugins or []), config, spec.num_layers)
         self.runner = ModelRunner(config, self.plugins)
-        self.scheduler = Scheduler(config, self.runner.kv)
-        self.recorder = Recorder(config, self.scheduler, self.runner.kv, self.runner.weight_bytes)
+        self.scheduler = Scheduler(config, self.runner.kv, stop_ids)
+        # Output tails are ids; a real tokenizer's text goes into the records too (widgets cannot decode it).
+        text = None if isinstance(self.tokenizer, ByteTokenizer) else self.tokenizer.decode
+        self.recorder = Recorder(config, self.scheduler, self.runner.kv, self.runner.weight_bytes, text)
         self.requests = Requests()  # every request given, by id; finished ones compact
         self.pending: list[tuple[int, int, Request]] = []  # heap of (arrival step, id, request) not arrived yet
         self.step_index = 0
@@ -63,12 +67,27 @@ class Engine:
         self._in_flight: InFlightStep | None = None  # overlap: the launched step not yet read back
         self._idle_steps = 0  # consecutive steps in which nothing could run
 
+    @staticmethod
+    def _stop_ids(config: EngineConfig, vocab_size: int) -> frozenset[int]:
+        """The ids that end a request: eos_token_id if set, else the checkpoint's; none with ignore_eos."""
+        if config.ignore_eos:
+            return frozenset()
+        if config.eos_token_id is not None:
+            return frozenset([config.eos_token_id])
+        ids = frozenset(i for i in eos_token_ids(config.model) if i < vocab_size)
+        if ids and config.overlap_steps:
+            raise ValueError(f"overlap_steps=True needs requests that end at max_new_tokens, but model "
+                             f"{config.model!r} ends sequences at token {min(ids)}; set ignore_eos=True")
+        return ids
+
     def header(self, title: str = "", description: str = "", question: str = "",
                variant: str | None = None) -> RunHeader:
         """The run's settings as resolved (device, dtype, backend, fast path), plus what the caller says
         of the scenario (title, description, question, variant)."""
         r, c = self.runner, self.config
-        return RunHeader(model=c.model, device=r.device.type, dtype=str(r.dtype).removeprefix("torch."),
+        name = c.model if is_preset(c.model) else self.runner.spec.name  # a checkpoint: its directory's name
+        return RunHeader(model=name, checkpoint=None if is_preset(c.model) else c.model, device=r.device.type,
+                         dtype=str(r.dtype).removeprefix("torch."),
                          attention=r.attention_name, kv_layout=c.kv_layout, policy=c.policy,
                          max_tokens_per_step=c.max_tokens_per_step, prefill_chunk_size=c.prefill_chunk_size,
                          block_size=c.block_size, num_blocks=r.num_blocks, decode_path=r.decode_path(),
@@ -80,7 +99,7 @@ class Engine:
                     priority: int = 0, request_id: int | None = None, temperature: float = 0.0,
                     top_k: int = 0, seed: int | None = None, deadline_step: int | None = None) -> int:
         """Queues a request; returns its id. Raises ValueError naming what is wrong, and then changes nothing."""
-        tokens = tokenizer.encode(prompt) if isinstance(prompt, str) else prompt
+        tokens = self.tokenizer.encode(prompt) if isinstance(prompt, str) else prompt
         check_request(self.config, self.runner.spec, self.runner.kv, self.requests, tokens, max_new_tokens,
                       arrival_step, priority, request_id, temperature, top_k, seed, deadline_step)
         # A request added mid-run arrives no earlier than now: TTFT counts from when it exists.

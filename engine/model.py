@@ -1,11 +1,14 @@
 """A Llama-style decoder (RMSNorm, rotary positions, grouped-query attention, SwiGLU).
 
-Weights are random from a seed: nothing is downloaded. The forward pass takes one packed,
-unpadded batch and leaves keys/values to the KV cache and the attention backend.
+Weights are random from a seed (the presets), or a local Hugging Face checkpoint's (checkpoint.py,
+which also sets the spec's options: biases, tied embeddings, rope scaling); nothing is downloaded.
+The forward pass takes one packed, unpadded batch and leaves keys/values to the KV cache and the
+attention backend.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -24,10 +27,16 @@ class ModelSpec:
     max_context: int
     rope_theta: float = 10000.0
     rms_eps: float = 1e-6
+    qkv_bias: bool = False  # Qwen2 has biases on its q/k/v projections
+    o_bias: bool = False  # and Llama's attention_bias puts one on o_proj too
+    tie_embeddings: bool = False  # the output head is the embedding matrix (small Qwen2, Llama 3.2)
+    # rope scaling as a config says it: (("rope_type", "llama3"), ("factor", 8.0), ...); () for none
+    rope_scaling: tuple[tuple[str, float | str], ...] = ()
+    head_size: int = 0  # 0: hidden_size // num_heads (a config may name another)
 
     @property
     def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
+        return self.head_size or self.hidden_size // self.num_heads
 
 
 PRESETS = {
@@ -60,9 +69,10 @@ class Rotary:
     plain attribute, not a buffer, so `model.to(bfloat16)` cannot round the frequencies.
     """
 
-    def __init__(self, head_dim: int, theta: float, max_context: int):
+    def __init__(self, head_dim: int, theta: float, max_context: int, scaling: dict | None = None):
         cpu = torch.device("cpu")  # explicit, whatever the default device is
         inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64, device=cpu) / head_dim))
+        inv_freq = scaled_inv_freq(inv_freq, scaling or {})
         freqs = torch.arange(max_context, dtype=torch.float64, device=cpu)[:, None] * inv_freq[None, :]
         emb = torch.cat([freqs, freqs], dim=-1)
         self._cos64, self._sin64 = emb.cos(), emb.sin()
@@ -82,6 +92,30 @@ class Rotary:
         return x * cos + rotated * sin
 
 
+ROPE_TYPES = ("default", "linear", "llama3")
+
+
+def scaled_inv_freq(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
+    """Rope scaling as transformers computes it: `linear` divides every frequency by the factor;
+    `llama3` divides the low frequencies (long wavelengths) only, blending in between."""
+    kind = scaling.get("rope_type", "default")
+    if kind == "default":
+        return inv_freq
+    factor = float(scaling["factor"])
+    if kind == "linear":
+        return inv_freq / factor
+    if kind != "llama3":
+        raise ValueError(f"rope_type {kind!r} is not supported; supported: {', '.join(ROPE_TYPES)}")
+    low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+    old_context = float(scaling["original_max_position_embeddings"])
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > old_context / low, inv_freq / factor, inv_freq)
+    smooth = (old_context / wavelen - low) / (high - low)
+    blended = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= old_context / high) & (wavelen <= old_context / low)
+    return torch.where(medium, blended, scaled)
+
+
 # Fused projections, one GEMM where Llama has two or three (fewer kernel launches per layer):
 # our parameter -> its row blocks, each with the Llama projection it stands for.
 def fused_parts(spec: ModelSpec) -> dict[str, list[tuple[int, str]]]:
@@ -95,8 +129,8 @@ class DecoderLayer(nn.Module):
         super().__init__()
         d, h, kvh = spec.head_dim, spec.num_heads, spec.num_kv_heads
         self.input_norm = RMSNorm(spec.hidden_size, spec.rms_eps)
-        self.qkv_proj = nn.Linear(spec.hidden_size, (h + 2 * kvh) * d, bias=False)
-        self.o_proj = nn.Linear(h * d, spec.hidden_size, bias=False)
+        self.qkv_proj = nn.Linear(spec.hidden_size, (h + 2 * kvh) * d, bias=spec.qkv_bias)
+        self.o_proj = nn.Linear(h * d, spec.hidden_size, bias=spec.o_bias)
         self.post_norm = RMSNorm(spec.hidden_size, spec.rms_eps)
         self.gate_up_proj = nn.Linear(spec.hidden_size, 2 * spec.intermediate_size, bias=False)
         self.down_proj = nn.Linear(spec.intermediate_size, spec.hidden_size, bias=False)
@@ -123,7 +157,9 @@ class DecoderModel(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(spec) for _ in range(spec.num_layers))
         self.norm = RMSNorm(spec.hidden_size, spec.rms_eps)
         self.lm_head = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
-        self.rotary = Rotary(spec.head_dim, spec.rope_theta, spec.max_context)
+        if spec.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        self.rotary = Rotary(spec.head_dim, spec.rope_theta, spec.max_context, dict(spec.rope_scaling))
 
     @torch.no_grad()
     def init_random(self, seed: int) -> None:

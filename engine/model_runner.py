@@ -16,11 +16,12 @@ from .attention import get_backend, resolve_backend
 from .attention.decode_kernel import choose_decode_attention
 from .attention.layer_attention import PackedAttention, PoolAttention
 from .batch_builder import build_batch
+from .checkpoint import is_preset, load_checkpoint, model_spec
 from .config import EngineConfig
 from .decode_graphs import DecodeGraphs
 from .device_timer import DeviceTimer
 from .kv.cache import DenseKVCache, PagedKVCache, kv_bytes_per_token
-from .model import PRESETS, build_model
+from .model import build_model
 from .overlap import DeviceTokens, feed_pending_tokens
 from .plugins.host import PluginHost
 from .records import ScheduledItem
@@ -44,13 +45,18 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return dtype
 
 
+CPU_POOL_BYTES = 1 << 30  # a default CPU pool stops here, or at one full-context sequence if that is more
+
+
 def default_num_blocks(config: EngineConfig, device: torch.device, bytes_per_token: int) -> int:
-    spec = PRESETS[config.model]
+    spec = model_spec(config.model)
     per_seq = -(-spec.max_context // config.block_size)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return max(per_seq, min(int(free * 0.4) // (bytes_per_token * config.block_size), 1 << 16))
-    return per_seq * 8  # room for eight full-context sequences on the CPU
+    # Room for eight full-context sequences on the CPU (the presets: 16 MiB for tiny, 768 MiB for small);
+    # a checkpoint's long context (32k for Qwen2.5) would take gigabytes, so the pool stops at 1 GiB.
+    return min(per_seq * 8, max(per_seq, CPU_POOL_BYTES // (bytes_per_token * config.block_size)))
 
 
 def free_memory_bytes(device: torch.device) -> int:
@@ -87,9 +93,10 @@ class ModelRunner:
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.attention_name = resolve_backend(config.attention, self.device)
         self.attention = get_backend(self.attention_name)
-        self.spec = s = PRESETS[config.model]
+        self.spec = s = model_spec(config.model)
         self.decode_attention = choose_decode_attention(config.decode_attention, self.device, self.dtype, s.head_dim)
-        self.model = build_model(config.model, config.seed, self.device, self.dtype)
+        self.model = (build_model(config.model, config.seed, self.device, self.dtype) if is_preset(config.model)
+                      else load_checkpoint(config.model, self.device, self.dtype))
         self.weight_bytes = self.model.weight_bytes()
         self.kv: PagedKVCache | DenseKVCache
         if config.kv_layout == "paged":

@@ -8,6 +8,7 @@ per-request part is captured lazily (request_views.py) and the KV tables are sha
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from operator import attrgetter
 
 from .config import EngineConfig
@@ -23,8 +24,9 @@ _by_id = attrgetter("id")
 
 class Recorder:
     def __init__(self, config: EngineConfig, scheduler: Scheduler, kv: PagedKVCache | DenseKVCache,
-                 weight_bytes: int):
+                 weight_bytes: int, text: Callable[[list[int]], str] | None = None):
         self.config, self.scheduler, self.kv, self.weight_bytes = config, scheduler, kv, weight_bytes
+        self.text = text  # a checkpoint tokenizer's decode: output tails as text in the records
         self.finished_total = 0
 
     def record(self, step: int, plan: SchedulePlan, items: list[ScheduledItem], finishing: list[Request],
@@ -38,7 +40,7 @@ class Recorder:
         sched = self.scheduler
         live = [*sched.running, *sched.waiting, *finishing]
         live.sort(key=_by_id)
-        views = RequestViews(live, {i.request_id for i in items}, plan.reasons)
+        views = RequestViews(live, {i.request_id for i in items}, plan.reasons, self.text)
         decode_tokens, prefill_tokens = plan.tokens("decode"), plan.tokens("prefill")
         record = StepRecord(
             step=step, policy=self.config.policy, budget=plan.budget, decode_tokens=decode_tokens,

@@ -11,7 +11,7 @@ so a tail is the live output list cut at the length captured.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from operator import attrgetter
 
 from .records import RequestView
@@ -26,29 +26,32 @@ _CHANGING = attrgetter("state", "num_computed", "num_preemptions")
 class RequestViews(Sequence):
     """Behaves as a read-only list of RequestView (iterate, index, len, compare with a list)."""
 
-    __slots__ = ("_captured", "_length", "_scheduled", "_reasons", "_views")
+    __slots__ = ("_captured", "_length", "_scheduled", "_reasons", "_text", "_views")
 
-    def __init__(self, requests: list[Request], scheduled_ids: set[int], reasons: dict[int, str]):
+    def __init__(self, requests: list[Request], scheduled_ids: set[int], reasons: dict[int, str],
+                 text: Callable[[list[int]], str] | None = None):
+        """text: a checkpoint tokenizer's decode, for each view's output_text (None: ids only)."""
         outputs = list(map(attrgetter("output"), requests))
         # requests, (state, computed, preemptions), output lists, output lengths; let go once built
         self._captured: tuple[list, list, list, list[int]] | None = (
             requests, list(map(_CHANGING, requests)), outputs, list(map(len, outputs)))
         self._length = len(requests)
-        self._scheduled, self._reasons = scheduled_ids, reasons
+        self._scheduled, self._reasons, self._text = scheduled_ids, reasons, text
         self._views: list[RequestView] | None = None
 
     def _build(self) -> list[RequestView]:
         if self._views is None:
             assert self._captured is not None
             views = []
-            finished = RequestState.FINISHED
+            finished, text = RequestState.FINISHED, self._text
             for r, (state, computed, preemptions), output, n in zip(*self._captured, strict=True):
                 reason = None if state is finished or r.id in self._scheduled else self._reasons.get(r.id)
                 prompt_len = len(r.prompt)
                 ttft = r.first_token_step - r.arrival_step if n else None
+                tail = output[max(0, n - TAIL):n]
                 views.append(RequestView(r.id, state.value, prompt_len, min(computed, prompt_len), n,
                                          r.max_new_tokens, r.arrival_step, r.priority, ttft, reason, preemptions,
-                                         output[max(0, n - TAIL):n]))
+                                         tail, None if text is None else text(tail)))
             self._views = views
             self._captured = None
         return self._views

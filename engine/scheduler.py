@@ -86,8 +86,9 @@ class SchedulePlan:
 
 
 class Scheduler:
-    def __init__(self, config: EngineConfig, kv_cache):
+    def __init__(self, config: EngineConfig, kv_cache, stop_ids: frozenset[int] = frozenset()):
         self.config = config
+        self.stop_ids = stop_ids  # a sampled token among these ends its request (end of sequence)
         self.kv = kv_cache
         self.waiting: deque[Request] = deque()  # arrived, holding no KV; preempted ones in front
         self.running: list[Request] = []  # admitted, in admission order (newest last)
@@ -239,7 +240,7 @@ class Scheduler:
         that sample (placeholders when overlapped: `now` is None and the times come with the
         tokens), finished requests' KV freed."""
         out = StepOutcome()
-        eos = self.config.eos_token_id
+        stop = self.stop_ids
         tokens = iter(chosen)
         for s, flag in zip(plan.items, samples, strict=True):
             r = s.request
@@ -251,7 +252,7 @@ class Scheduler:
                 if r.first_token_step is None:
                     r.first_token_step, r.first_token_time = step, now
                     out.first_token.append(r)
-                if len(r.output) >= r.max_new_tokens or (eos is not None and r.output[-1] == eos):
+                if len(r.output) >= r.max_new_tokens or (stop and r.output[-1] in stop):
                     r.state, r.finished_step, r.finish_time = RequestState.FINISHED, step, now
                     self.finish(r)
                     out.finishing.append(r)

@@ -5,7 +5,8 @@ File format (every key but the workload is optional; see the built-in files for 
     title, summary, description, question   strings: what it is, one line for listings,
                                             what to look for, the seed question it shows
     seed                                    integer: seeds the workload, so runs are identical
-    [engine]                                any EngineConfig field
+    [engine]                                any EngineConfig field; model is a preset or a local
+                                            Hugging Face checkpoint directory (relative to the file)
     [[requests]]                            explicit requests (see workload.REQUEST_KEYS)
     [[generators]]                          seeded request generators (see workload.GENERATOR_KEYS)
     [compare.NAME]                          engine overrides for a variant that headless runs
@@ -31,21 +32,21 @@ else:  # Python 3.10
     import tomli as tomllib
 
 from engine import Engine, EngineConfig
+from engine.checkpoint import CheckpointError, is_preset, model_spec
 from engine.config import ATTENTION_BACKENDS, DEVICES, DTYPES, KV_LAYOUTS, MODELS, POLICIES
-from engine.model import PRESETS
 from engine.plugins.base import check_plugin_config, is_module_spec, load_plugin
 from engine.records import RunHeader
 
 from .errors import ScenarioError
-from .schema import Checker, toml_key
-from .workload import MAX_REQUESTS, MAX_SEED, generate, parse_request
+from .schema import Checker, show, toml_key
+from .workload import MAX_REQUESTS, MAX_SEED, generate, parse_request, prompt_size
 
 BUILTIN_DIR = Path(__file__).parent
 TOP_KEYS = ("title", "summary", "description", "question", "seed", "engine", "requests", "generators",
             "compare", "plugins")
 PLUGIN_KEYS = ("name", "options")
 ENGINE_KEYS = tuple(EngineConfig.field_names())
-ENGINE_CHOICES = {"model": MODELS, "device": DEVICES, "kv_layout": KV_LAYOUTS, "attention": ATTENTION_BACKENDS,
+ENGINE_CHOICES = {"device": DEVICES, "kv_layout": KV_LAYOUTS, "attention": ATTENTION_BACKENDS,
                   "policy": POLICIES, "dtype": DTYPES}
 MAX_BATCH_TOKENS = 1 << 20  # upper bound for token counts per step (budget, chunk, decode cap)
 MAX_POOL_TOKENS = 1 << 20  # num_blocks * block_size: keeps a typo from allocating gigabytes
@@ -101,6 +102,8 @@ class Scenario:
             settings.update(self.variants[variant])
         try:
             return EngineConfig(**settings)
+        except CheckpointError as exc:  # names the checkpoint's file itself
+            raise ScenarioError(str(exc)) from None
         except (TypeError, ValueError) as exc:
             raise ScenarioError(self._where(str(exc), variant, overrides)) from None
 
@@ -122,6 +125,8 @@ class Scenario:
         made = self.make_plugins(plugins)
         try:
             engine = Engine(config, plugins=made)
+        except CheckpointError as exc:  # names the checkpoint's file (and tensor) itself
+            raise ScenarioError(str(exc)) from None
         except ValueError as exc:  # e.g. device='cuda' without a GPU, flex attention on the CPU
             raise ScenarioError(self._where(str(exc), variant, overrides)) from None
         except (RuntimeError, MemoryError) as exc:  # allocating the model or the KV pool failed
@@ -130,10 +135,23 @@ class Scenario:
                                 f"lower num_blocks or use a smaller model") from None
         for i, spec in enumerate(self.requests):
             try:
-                engine.add_request(**spec)
+                engine.add_request(**self._encoded(engine, spec))
             except ValueError as exc:
                 raise ScenarioError(f"{self.path}: request {i}: {exc}") from None
         return engine
+
+    def _encoded(self, engine: Engine, spec: dict) -> dict:
+        """A request's keywords for add_request: a text prompt is encoded by the engine's tokenizer
+        (bytes for a preset, the checkpoint's own), a chat prompt through its chat template."""
+        if not spec.get("chat"):
+            return spec
+        spec = {k: v for k, v in spec.items() if k != "chat"}
+        chat_prompt = getattr(engine.tokenizer, "chat_prompt", None)
+        if chat_prompt is None:
+            raise ValueError("chat = true needs a checkpoint's tokenizer and chat template (--model DIR); the random "
+                             "presets have neither")
+        spec["prompt"] = chat_prompt(spec["prompt"])
+        return spec
 
     def header(self, engine: Engine, variant: str | None = None) -> RunHeader:
         """The run header a stream of this scenario's records starts with."""
@@ -196,7 +214,7 @@ def _check_engine(check: Checker, settings: dict) -> EngineConfig:
     for key, allowed in ENGINE_CHOICES.items():  # checked here too, for the 'did you mean'
         if key in settings:
             check.choice(settings, key, None, allowed)
-    spec = PRESETS[settings.get("model", EngineConfig.model)]
+    spec = _check_model(check, settings)
     ranges = {"max_tokens_per_step": MAX_BATCH_TOKENS, "prefill_chunk_size": MAX_BATCH_TOKENS,
               "max_decode_per_step": MAX_BATCH_TOKENS, "block_size": spec.max_context,
               "num_blocks": MAX_POOL_TOKENS, "static_batch_size": MAX_REQUESTS}
@@ -215,6 +233,28 @@ def _check_engine(check: Checker, settings: dict) -> EngineConfig:
         check.fail("num_blocks", f"num_blocks * block_size = {config.num_blocks * config.block_size} tokens; "
                                  f"a scenario's pool may hold at most {MAX_POOL_TOKENS}")
     return config
+
+
+def _check_model(check: Checker, settings: dict):
+    """A preset name, or a checkpoint directory (a relative path is relative to the scenario file):
+    the model's spec, read from its config.json; settings["model"] becomes the directory's path."""
+    model = settings.get("model", EngineConfig.model)
+    if not isinstance(model, str):
+        check.choice(settings, "model", None, MODELS)
+    if not is_preset(model):
+        path = Path(model).expanduser()
+        if not path.is_absolute() and check.file != "<string>":
+            path = Path(check.file).parent / path
+        if not path.exists() and "/" not in model:  # a typo of a preset name: 'did you mean'
+            close = difflib.get_close_matches(model, MODELS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            check.fail("model", f"{show(model)} is neither a preset{hint} nor a checkpoint directory next to the "
+                                f"scenario file; give a preset ({', '.join(MODELS)}) or the directory's path")
+        settings["model"] = model = str(path)
+    try:
+        return model_spec(model)
+    except CheckpointError as exc:
+        check.fail("model", str(exc))
 
 
 def _block_need(config: EngineConfig):
@@ -243,7 +283,7 @@ def from_dict(data: dict, path: Path, trust_plugins: bool = False) -> Scenario:
 
     engine = dict(check.table(data.get("engine", {}), "engine"))
     config = _check_engine(check.at("[engine] "), engine)
-    model, need = PRESETS[config.model], _block_need(config)
+    model, need = model_spec(config.model), _block_need(config)
 
     requests: list[dict] = []
     explicit = check.tables(data.get("requests", []), "requests")
@@ -271,13 +311,14 @@ def from_dict(data: dict, path: Path, trust_plugins: bool = False) -> Scenario:
         check.table(overrides, f"compare.{toml_key(name)}")
         if not overrides:
             check.fail(f"compare.{toml_key(name)}", "is empty; list the engine settings this variant changes")
-        variant_config = _check_engine(vcheck, {**engine, **overrides})
+        merged = {**engine, **overrides}
+        variant_config = _check_engine(vcheck, merged)  # resolves a checkpoint path in merged["model"]
         for i, spec in enumerate(requests):  # a smaller pool in a variant must still fit each request
-            total = len(spec["prompt"]) + spec["max_new_tokens"]
+            total = prompt_size(spec["prompt"]) + spec["max_new_tokens"]
             problem = _block_need(variant_config)(total)
             if problem:
                 vcheck.fail("num_blocks", f"request #{i + 1} of the workload: {problem}")
-        variants[name] = dict(overrides)
+        variants[name] = {key: merged[key] for key in overrides}
 
     plugins = []
     for i, spec in enumerate(check.tables(data.get("plugins", []), "plugins")):

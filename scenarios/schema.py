@@ -111,6 +111,12 @@ class Checker:
             self.fail(key, f"{allowed}, got {value}")
         return float(value)
 
+    def boolean(self, table: dict, key: str, default: bool) -> bool:
+        value = table.get(key, default)
+        if not isinstance(value, bool):
+            self.fail(key, f"must be true or false, got {toml_type(value)} {show(value)}")
+        return value
+
     def string(self, table: dict, key: str, default: str | None = None, max_len: int = 10_000) -> str:
         value = table.get(key, default)
         if not isinstance(value, str):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from engine import tokenizer
 from engine.model import ModelSpec
 
 from .schema import Checker, is_int, show, toml_type
@@ -24,7 +23,7 @@ MAX_TEMPERATURE = 100.0
 MIN_TEMPERATURE = 0.01
 PRINTABLE = (32, 127)  # generated prompts are printable ASCII, so byte-level text shows them
 
-REQUEST_KEYS = ("prompt", "prompt_tokens", "prompt_len", "max_new_tokens", "arrival_step", "priority",
+REQUEST_KEYS = ("prompt", "chat", "prompt_tokens", "prompt_len", "max_new_tokens", "arrival_step", "priority",
                 "temperature", "top_k", "seed", "deadline_step")
 ARRIVALS = ("all_at_once", "uniform", "poisson")
 GENERATOR_KEYS = ("count", "prompt_len", "max_new_tokens", "arrival", "arrival_start", "arrival_span",
@@ -95,6 +94,12 @@ def _fits_context(check: Checker, key: str, prompt_len: int, max_new: int, spec:
         check.fail(key, problem)
 
 
+def prompt_size(prompt: str | list[int]) -> int:
+    """Tokens a prompt takes at most: its ids, or a text's UTF-8 bytes (what the byte tokenizer makes;
+    a checkpoint's tokenizer makes fewer, plus perhaps a BOS: add_request checks the exact count)."""
+    return len(prompt.encode("utf-8")) if isinstance(prompt, str) else len(prompt)
+
+
 def parse_request(check: Checker, spec_table: dict, rng: random.Random, model: ModelSpec,
                   block_need) -> dict:
     """One [[requests]] entry -> keyword arguments of Engine.add_request."""
@@ -105,15 +110,14 @@ def parse_request(check: Checker, spec_table: dict, rng: random.Random, model: M
         check.fail("prompt", f"give exactly one of prompt (text), prompt_tokens (array of token ids) or "
                              f"prompt_len (random printable tokens); got {what}")
     max_len = model.max_context - 1
+    prompt: str | list[int]
     if "prompt" in spec_table:
         if isinstance(spec_table["prompt"], list):
             check.fail("prompt", "is text; write token ids as prompt_tokens = [...]")
-        prompt = tokenizer.encode(check.string(spec_table, "prompt", max_len=max_len))
+        # Kept as text: the engine's tokenizer encodes it (bytes, or a checkpoint's tokenizer.json).
+        prompt = check.string(spec_table, "prompt", max_len=max_len)
         if not prompt:
             check.fail("prompt", "is empty; give at least one character")
-        bad = [t for t in prompt if t >= model.vocab_size]
-        if bad:
-            check.fail("prompt", f"encodes to byte {bad[0]}, beyond the vocabulary of model {model.name!r}")
     elif "prompt_tokens" in spec_table:
         prompt = spec_table["prompt_tokens"]
         if not isinstance(prompt, list) or not prompt:
@@ -127,8 +131,12 @@ def parse_request(check: Checker, spec_table: dict, rng: random.Random, model: M
     else:
         n = check.integer(spec_table, "prompt_len", None, 1, max_len)
         prompt = [rng.randrange(*PRINTABLE) for _ in range(n)]
+    if "chat" in spec_table and "prompt" not in spec_table:
+        check.fail("chat", "applies to a text prompt (prompt = \"...\"); remove it or write the prompt as text")
     max_new = check.integer(spec_table, "max_new_tokens", 16, 1, model.max_context - 1)
-    _fits_context(check, "prompt", len(prompt), max_new, model, block_need)
+    chat = check.boolean(spec_table, "chat", False)
+    # A chat template adds its own tokens, counted when the engine encodes the prompt.
+    _fits_context(check, "prompt", prompt_size(prompt), max_new, model, block_need)
     kwargs = dict(prompt=prompt, max_new_tokens=max_new,
                   arrival_step=check.integer(spec_table, "arrival_step", 0, 0, MAX_STEP),
                   priority=check.integer(spec_table, "priority", 0, -MAX_PRIORITY, MAX_PRIORITY))
@@ -140,6 +148,8 @@ def parse_request(check: Checker, spec_table: dict, rng: random.Random, model: M
         kwargs["seed"] = check.integer(spec_table, "seed", 0, 0, MAX_SEED)
     if "deadline_step" in spec_table:
         kwargs["deadline_step"] = check.integer(spec_table, "deadline_step", 0, 0, MAX_STEP)
+    if chat:
+        kwargs["chat"] = True  # Scenario.build_engine applies the checkpoint's chat template
     return kwargs
 
 

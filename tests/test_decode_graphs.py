@@ -133,5 +133,6 @@ def test_a_failed_capture_falls_back_to_eager_decodes_and_says_why(monkeypatch):
 
 
 def test_header_names_the_decode_fast_path():
-    assert Engine(EngineConfig(model="tiny", device="cpu")).header().label() == "tiny · cpu · sdpa · paged"
+    label = Engine(EngineConfig(model="tiny", device="cpu")).header().label()
+    assert label == "random tiny · fp32 · cpu · sdpa · paged"
     assert graph_engine(num_blocks=24).header().label().endswith("· paged · decode graphs")

@@ -28,7 +28,7 @@ def test_json_is_a_header_then_one_record_per_line():
     first, *lines = res.stdout.splitlines()
     header = RunHeader.from_dict(json.loads(first))
     assert header.kind == "header" and header.kv_layout == "dense" and header.title == load_scenario("mixed_load").title
-    assert header.label() == "tiny · cpu · sdpa · dense" and header.question.endswith("?")
+    assert header.label() == "random tiny · fp32 · cpu · sdpa · dense" and header.question.endswith("?")
     recs = [StepRecord.from_dict(json.loads(line)) for line in lines]
     assert [r.step for r in recs] == [0, 1, 2, 3]
     assert recs[0].kv.layout == "dense"

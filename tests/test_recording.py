@@ -239,7 +239,8 @@ def test_a_recording_carries_its_run_header(tmp_path):
     assert len(recording.records) == 5 and recording.header is not None
     assert recording.title == f"Replay: {scenario.title}" and recording.question == scenario.question
     assert recording.description.startswith(scenario.description)
-    assert RecordedRun(recording.records, recording.header).header().label() == "tiny · cpu · sdpa · paged"
+    label = RecordedRun(recording.records, recording.header).header().label()
+    assert label == "random tiny · fp32 · cpu · sdpa · paged"
     bad = res.stdout.replace('"kind": "header"', '"kind": "header", "nonsense": 1', 1)
     path.write_text(bad)
     with pytest.raises(RecordingError, match="run.jsonl:1: not a run header: unknown field 'nonsense'"):

@@ -12,9 +12,12 @@ def workload(text: str) -> list[dict]:
     return loads(text, "w.toml").requests
 
 
-def test_text_prompt_is_bytes_and_prompt_len_is_printable():
+def test_text_prompt_stays_text_and_prompt_len_is_printable():
+    """Text is encoded by the engine's tokenizer (bytes for a preset, a checkpoint's own for --model DIR)."""
     reqs = workload('[[requests]]\nprompt = "héllo"\n[[requests]]\nprompt_len = 50\n')
-    assert reqs[0]["prompt"] == list("héllo".encode())
+    assert reqs[0]["prompt"] == "héllo"
+    engine = loads('[[requests]]\nprompt = "héllo"\n', "w.toml").build_engine()
+    assert engine.requests[0].prompt == list("héllo".encode())
     assert len(reqs[1]["prompt"]) == 50 and all(32 <= t < 127 for t in reqs[1]["prompt"])
     assert reqs[0]["max_new_tokens"] == 16 and reqs[0]["arrival_step"] == 0 and reqs[0]["priority"] == 0
 

@@ -45,8 +45,9 @@ class ScaleType(click.ParamType):
               help="Fraction of the requests (and of the static batch) to run, 0.25 or 1/4. Default: 1 on CUDA, "
                    "1/16 on the CPU.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-@click.option("--model", type=click.Choice(MODELS), default=None,
-              help="Engine preset. Default: small on CUDA (bf16), tiny on the CPU (fp32).")
+@click.option("--model", default=None, metavar="PRESET|DIR",
+              help=f"Engine preset ({', '.join(MODELS)}) or a local Hugging Face checkpoint directory (transformers "
+                   f"loads the same one for its rows). Default: small on CUDA (bf16), tiny on the CPU (fp32).")
 @click.option("--attention", type=click.Choice(ATTENTION_BACKENDS), default="auto",
               show_default=True, help="Our engine's attention backend.")
 @click.option("--hf/--no-hf", default=True, show_default=True,

@@ -24,7 +24,8 @@ def engine_config(workload: Workload, policy: str, device: str, dtype: str, atte
                         max_tokens_per_step=max_tokens_per_step,
                         prefill_chunk_size=min(max_tokens_per_step, longest),
                         static_batch_size=workload.static_batch_size, kv_layout="paged", block_size=16, seed=0,
-                        decode_graphs=decode_graphs, decode_attention=decode_attention, overlap_steps=overlap_steps)
+                        decode_graphs=decode_graphs, decode_attention=decode_attention, overlap_steps=overlap_steps,
+                        ignore_eos=True)  # every system generates exactly max_new_tokens
 
 
 def _submit(engine: Engine, workload: Workload) -> list[int]:

@@ -205,19 +205,35 @@ def combine(name: str, runs: dict[str, list[RunResult | None]], repeat: int, run
 
 
 def _hf_copy(engine, hf: bool):
-    """Our weights in a transformers LlamaForCausalLM, or None and why not."""
+    """Our weights in a transformers LlamaForCausalLM (a checkpoint: transformers' own load of it), or
+    None and why not."""
     if not hf:
         return None, "skipped (--no-hf)"
     from .hf_systems import transformers_version
 
     if transformers_version() is None:
         return None, "transformers is not installed (pip install 'cbtui[bench]')"
+    from engine.checkpoint import is_preset
     from engine.hf_weights import to_hf_llama
 
     try:
+        if not is_preset(engine.config.model):  # a checkpoint: transformers loads the same files
+            return _hf_from_checkpoint(engine), ""
         return to_hf_llama(engine.runner.model, attn_implementation="sdpa"), ""
     except Exception as exc:  # a transformers release that differs: its rows say why, ours go on
         return None, _failure_note(exc)
+
+
+def _hf_from_checkpoint(engine):
+    """transformers' own model of the checkpoint directory (nothing downloaded), on our device and dtype."""
+    from transformers import AutoModelForCausalLM
+
+    runner = engine.runner
+    hf = AutoModelForCausalLM.from_pretrained(engine.config.model, local_files_only=True, dtype=runner.dtype,
+                                              attn_implementation="sdpa").to(runner.device).eval()
+    hf.generation_config.eos_token_id = None  # as ours: exactly max_new_tokens
+    hf.generation_config.pad_token_id = 0
+    return hf
 
 
 def _failure_note(exc: Exception) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from engine.model import PRESETS
+from engine.checkpoint import model_spec
 
 # name -> (requests, prompt length range, output length range); all ranges inclusive.
 WORKLOADS = {
@@ -18,7 +18,7 @@ STATIC_BATCH = 64  # static batch size of the full-scale workloads (ours and Hug
 @dataclass
 class Workload:
     name: str
-    model: str  # engine preset
+    model: str  # engine preset, or a checkpoint directory
     prompts: list[list[int]]
     max_new_tokens: list[int]
     scale: float
@@ -55,12 +55,17 @@ def make_workload(name: str, scale: float = 1.0, model: str = "small", seed: int
         raise ValueError(f"workload={name!r} is not known; choose one of: {', '.join(WORKLOADS)}")
     if not 0 < scale <= 1:
         raise ValueError(f"scale={scale} is out of range; it must be in (0, 1]")
-    if model not in PRESETS:
-        raise ValueError(f"model={model!r} is not known; choose one of: {', '.join(PRESETS)}")
+    spec = model_spec(model)  # a preset, or a checkpoint's config.json (CheckpointError: one line)
     count, prompts_in, outputs_in = WORKLOADS[name]
     (p_lo, p_hi), (o_lo, o_hi) = prompt_range or prompts_in, output_range or outputs_in
+    if p_hi + o_hi > spec.max_context:  # a checkpoint with a short context: prompts shortened to fit
+        p_hi = max(1, spec.max_context - o_hi)
+        p_lo = min(p_lo, p_hi)
+        if p_hi + o_hi > spec.max_context:
+            raise ValueError(f"model {spec.name!r}: its context ({spec.max_context} tokens) cannot hold "
+                             f"{o_hi} new tokens; use a model with a longer context")
     n = max(2, round(count * scale))
-    vocab = PRESETS[model].vocab_size
+    vocab = spec.vocab_size
     rng = random.Random(f"{name}:{seed}")
     prompts, outs = [], []
     for _ in range(n):
@@ -74,7 +79,7 @@ def make_workload(name: str, scale: float = 1.0, model: str = "small", seed: int
 def warmup_workload(model: str, seed: int = 1) -> Workload:
     """A few short requests that touch prefill, mixed and decode-only steps (compiles, caches)."""
     rng = random.Random(f"warmup:{seed}")
-    vocab = PRESETS[model].vocab_size
+    vocab = model_spec(model).vocab_size
     lengths = [17, 64, 200, 31, 128, 5, 90, 300]
     prompts = [[rng.randrange(vocab) for _ in range(n)] for n in lengths]
     return Workload("warmup", model, prompts, [8, 4, 12, 6, 8, 10, 3, 5], 1.0, 4, seed)

@@ -22,9 +22,24 @@ COLUMNS = (("id", "id", 5), ("state", "state", 9), ("prompt", "prompt", 9), ("ge
 STATE_STYLE = {"decode": "green", "prefill": "yellow", "waiting": "magenta", "preempted": "bold red",
                "finished": "dim", "pending": "dim"}
 
+def output_tail(view: RequestView) -> str:
+    """The tail as text: the checkpoint tokenizer's (output_text, with its newlines, escapes and any
+    other control character written out: `visible`), or the byte ids decoded (non-text bytes as dots)."""
+    if view.output_text is None:
+        return decode(view.output_tail)[-TEXT_TAIL:]
+    shown, width = [], 0
+    for char in reversed(view.output_text.replace("\ufffd", "\u00b7")):  # U+FFFD: half a character
+        unit = visible(char)
+        if width + len(unit) > TEXT_TAIL:  # whole escapes only: never a cut "x1b"
+            break
+        shown.append(unit)
+        width += len(unit)
+    return "".join(reversed(shown))
+
+
 def row_cells(view: RequestView, no_color: bool) -> tuple[Text, ...]:
     """A recording's state and reason are any strings: their control characters are shown (the
-    output tail's are dots already, from `decode`)."""
+    output tail's too: `output_tail`)."""
     mark = "" if no_color else "■ "  # without colour the id itself is the mark
     return (
         Text.assemble((mark, request_color(view.id).hex), f"{view.id}"),
@@ -33,7 +48,7 @@ def row_cells(view: RequestView, no_color: bool) -> tuple[Text, ...]:
         Text(f"{view.generated}/{view.max_new_tokens}", justify="right"),
         Text("–" if view.ttft_steps is None else f"{view.ttft_steps}", justify="right"),
         Text(visible(view.reason or ""), style="red" if view.reason and view.reason != "not arrived yet" else "dim"),
-        Text(decode(view.output_tail)[-TEXT_TAIL:], style="italic"),
+        Text(output_tail(view), style="italic"),
     )
 
 class RequestSelected(Message):

@@ -77,6 +77,8 @@ class RequestView:
     reason: str | None  # why it was not scheduled this step; None when it was
     num_preemptions: int
     output_tail: list[int]  # last generated ids; engine.tokenizer.decode turns them into text
+    # the tail as the model's own tokenizer decodes it (a loaded checkpoint); None: bytes, decode above
+    output_text: str | None = None
 
 
 @dataclass(slots=True)
@@ -104,12 +106,15 @@ class MemoryView:
     kv_pool_bytes: int
 
 
+SHORT_DTYPES = {"float32": "fp32", "float64": "fp64", "bfloat16": "bf16", "float16": "fp16"}
+
+
 @dataclass(slots=True)
 class RunHeader:
     """What a run is, said once at the start of a stream of StepRecords: the engine's settings as it
     resolved them, and the scenario it runs, so a replay shows the same header and help as the run."""
 
-    model: str
+    model: str  # a random preset's name ("tiny"), or a checkpoint directory's name
     device: str  # "cpu" or "cuda"
     dtype: str
     attention: str  # the backend that runs ("sdpa", "flex", "reference")
@@ -125,11 +130,15 @@ class RunHeader:
     description: str = ""
     question: str = ""
     variant: str | None = None
+    checkpoint: str | None = None  # the checkpoint directory the weights came from; None: random weights
     kind: str = "header"  # tells a header line from a StepRecord line in a recording
 
     def label(self) -> str:
-        """Model, device, attention backend, KV layout and the decode fast path, for the header."""
-        parts = [self.model, self.device, self.attention, self.kv_layout, *self.decode_path]
+        """Model, dtype, device, attention backend, KV layout and the decode fast path, for the header:
+        "random tiny · fp32 · cpu · sdpa · paged", "Qwen2.5-0.5B-Instruct · bf16 · cuda · ..."."""
+        model = self.model if self.checkpoint is not None or not self.model else f"random {self.model}"
+        dtype = SHORT_DTYPES.get(self.dtype, self.dtype)
+        parts = [model, dtype, self.device, self.attention, self.kv_layout, *self.decode_path]
         return " · ".join(p for p in parts if p)  # a recording without a header knows only some
 
     def to_dict(self) -> dict:

@@ -169,7 +169,10 @@ def _report_int8_divergence(scenario, engine, last_record, variant, plugins, ove
 @click.option("--paused", is_flag=True, help="Start paused.")
 @click.option("--speed", type=SPEED, default=None,
               help="Steps per second (default 4).")
-def replay_cmd(path, paused, speed):
+@click.option("--break-on", "break_on", multiple=True, metavar="SPEC",
+              help="Dashboard: pause on the step where SPEC fires: preempt, preempt:N, finish, admit, "
+                   "step:N, kv-free<K, wait>K, error. Repeatable; b in the app adds more.")
+def replay_cmd(path, paused, speed, break_on):
     """Replay a recorded run in the dashboard, without its engine.
 
     Record one with `cbtui scenario NAME --json > FILE` (on any machine: a GPU box, say); every key
@@ -177,14 +180,17 @@ def replay_cmd(path, paused, speed):
     """
     from engine.records.recording import RecordingError, open_recording
 
+    from .run_options import breakpoints
+
     try:
+        stops = breakpoints(break_on)
         recording = open_recording(path)  # the header and the first record: the rest as the replay goes
-    except RecordingError as exc:
+    except (RecordingError, ValueError) as exc:
         fail(str(exc))
     from .app import run_dashboard
 
     code = run_dashboard(recording, recording.run(), paused=paused, speed=speed, rebuild=recording.run,
-                         recorded=True)
+                         recorded=True, breakpoints=stops)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # as `scenario` does: skip the interpreter's slow teardown of textual
@@ -228,6 +234,9 @@ def scenarios_cmd() -> None:
 @click.option("--plugin", "plugins", multiple=True, metavar="SPEC",
               help="Add a plugin: a built-in name (priority, adaptive_batch, kv_int8), an entry point "
                    "of group cbtui.plugins, or module:Class. Repeatable.")
+@click.option("--without-plugin", "without", multiple=True, metavar="NAME",
+              help="Run without one of the scenario's declared [[plugins]] (e.g. priority_sla without "
+                   "priority). Repeatable.")
 @click.option("--trust-plugins", is_flag=True,
               help="Let the scenario file's [[plugins]] name module:Class, which imports and runs that "
                    "module's code. Only for files you trust.")
@@ -235,11 +244,16 @@ def scenarios_cmd() -> None:
               help="Headless: write metrics (TTFT, ITL, throughput, per step) to FILE.json or FILE.csv.")
 @click.option("--trace-out", type=click.Path(dir_okay=False), default=None,
               help="Headless: write a Perfetto / Chrome trace (FILE.json): a slice per step, a row per request.")
+@click.option("--events", is_flag=True,
+              help="Headless, with each step's events in words under its line (implies --headless).")
 @click.option("--paused", is_flag=True, help="Dashboard: start paused.")
 @click.option("--speed", type=SPEED, default=None,
               help="Dashboard: steps per second (default 4).")
+@click.option("--break-on", "break_on", multiple=True, metavar="SPEC",
+              help="Dashboard: pause on the step where SPEC fires: preempt, preempt:N, finish, admit, "
+                   "step:N, kv-free<K, wait>K, error. Repeatable; b in the app adds more.")
 def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention, kv_layout, variant, plugins,
-                 trust_plugins, metrics_out, trace_out, paused, speed):
+                 without, trust_plugins, metrics_out, trace_out, events, paused, speed, break_on):
     """Run a scenario: a built-in NAME or a path to a .toml file."""
     if list_:
         _list_scenarios()
@@ -249,13 +263,25 @@ def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention
     from engine.records.metrics_export import check_export_path
     from engine.records.trace_export import check_trace_path
 
+    from .run_options import breakpoints, without_plugins
+
+    if events and as_json:
+        fail("--events prints lines for people; --json prints records: choose one")
+    headless = headless or events
+    if break_on and (headless or as_json):
+        fail("--break-on pauses the dashboard; drop --headless / --json / --events")
+    try:
+        stops = breakpoints(break_on)
+    except ValueError as exc:
+        fail(str(exc))
+
     for flag, path, check in (("--metrics-out", metrics_out, check_export_path),
                               ("--trace-out", trace_out, check_trace_path)):
         if path is not None:
             _check_output(flag, path, headless or as_json, check)
     overrides = dict(device=device, model=model, attention=attention, kv_layout=kv_layout)
     try:
-        scenario = load_scenario(name, trust_plugins=trust_plugins)
+        scenario = without_plugins(load_scenario(name, trust_plugins=trust_plugins), without)
         engine = scenario.build_engine(variant, plugins=plugins, **overrides)
     except (ScenarioError, ValueError) as exc:
         fail(str(exc))
@@ -272,7 +298,7 @@ def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention
         # totals) and are not kept: a long run's memory stays flat.
         collector = MetricsCollector() if metrics_out is not None else None
         run = HeadlessRun(engine, header, as_json=as_json, max_steps=steps,
-                          observers=[collector.observe] if collector is not None else [])
+                          observers=[collector.observe] if collector is not None else [], events=events)
         try:
             if trace_out is not None:
                 _write_trace(run, trace_out)
@@ -290,7 +316,7 @@ def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention
     from .app import run_dashboard
 
     code = run_dashboard(scenario, engine, overrides=overrides, paused=paused, speed=speed, max_steps=steps,
-                         variant=variant, plugins=plugins)
+                         variant=variant, plugins=plugins, breakpoints=stops)
     # The terminal is restored and the dashboard writes nothing: skip the interpreter's teardown of
     # torch and textual, half a second between q and the prompt on this project's CPU.
     sys.stdout.flush()

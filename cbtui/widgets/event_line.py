@@ -1,0 +1,54 @@
+"""The event line: the step on screen told in words ("request 3 preempted (needs 5 blocks, 3
+free)"), from its record alone, so it follows history (← →). When a breakpoint paused the run on
+this step, its first line says which one and why."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+from engine.records import StepRecord
+from engine.records.events import PLUGIN_ERROR, PREEMPTED, RECOMPUTE, WAITING, step_events
+from engine.records.text import visible
+
+KIND_STYLE = {PREEMPTED: "bold red", RECOMPUTE: "bold", PLUGIN_ERROR: "bold red", WAITING: "dim"}
+
+
+def event_text(record: StepRecord | None, previous: StepRecord | None = None, paused_by: str | None = None) -> Text:
+    """`paused_by`: the breakpoint that paused the run on this step ("preempt"), with the event that
+    fired it, or None."""
+    text = Text()
+    if paused_by:
+        text.append(f"paused: breakpoint {visible(paused_by)}", style="bold yellow")
+        text.append("\n")
+    if record is None:
+        return text.append("waiting for the first step", style="dim")
+    text.append(f"step {record.step}: ", style="bold")
+    events = step_events(record, previous)
+    if not events:
+        n_decodes = sum(i.kind == "decode" for i in record.items)
+        n_chunks = len(record.items) - n_decodes
+        text.append(f"{n_decodes} decodes, {n_chunks} prefill chunks; nobody joined, finished or was preempted",
+                    style="dim")
+    for i, event in enumerate(events):
+        if i:
+            text.append(" · ", style="dim")
+        # A plugin's error message is a plugin's text: its control characters are shown.
+        text.append(visible(event.text), style=KIND_STYLE.get(event.kind, ""))
+    return text
+
+
+class EventLine(Static):
+    """Two lines at most on small terminals (the rest is cut with an ellipsis), more on large ones."""
+
+    DEFAULT_CSS = """
+    EventLine { height: auto; max-height: 4; padding: 0 1; }
+    Screen.-compact EventLine { max-height: 2; }
+    """
+
+    def show(self, record: StepRecord | None, previous: StepRecord | None = None,
+             paused_by: str | None = None) -> None:
+        key = (None if record is None else record.step, id(record), paused_by)
+        if key != getattr(self, "_key", None):
+            self._key = key
+            self.update(event_text(record, previous, paused_by))

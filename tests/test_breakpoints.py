@@ -80,7 +80,8 @@ def test_wait_fires_once_per_request_and_only_while_it_is_queued(kv_pressure):
     bp = parse("wait>10")
     for record in records:
         hit = bp.fires(record)
-        queued = [v for v in record.requests if v.state in ("waiting", "preempted") and record.step - v.arrival_step == 11]
+        queued = [v for v in record.requests
+                  if v.state in ("waiting", "preempted") and record.step - v.arrival_step == 11]
         assert (hit is not None) == bool(queued)
 
 

@@ -20,7 +20,8 @@ from scenarios import load_scenario
     ("finish:12", "finish", 12, "finish:12"), ("admit:0", "admit", 0, "admit:0"),
     ("step:40", "step", 40, "step:40"), ("kv-free<4", "kv-free", 4, "kv-free<4"),
     ("kv-free < 4", "kv-free", 4, "kv-free<4"), ("wait>10", "wait", 10, "wait>10"),
-    ("error", "error", None, "error"),
+    ("error", "error", None, "error"), ("recompute:4", "recompute", 4, "recompute:4"),
+    ("first", "first", None, "first"), ("first-token:2", "first", 2, "first:2"),
 ])
 def test_specs_parse(spec, kind, value, normal):
     assert parse(spec) == Breakpoint(normal, kind, value)
@@ -66,6 +67,11 @@ def test_each_breakpoint_fires_on_the_steps_its_records_say(kv_pressure):
     admitted_first = [r.step for r in records if any(i.kind == "prefill" and i.first_pos == 0 for i in r.items)]
     assert firing_steps(parse("admit"), records) == admitted_first
     assert firing_steps(parse("step:40"), records) == [40]
+    readmitted = [r.step for r in records if any(i.kind == "prefill" and i.first_pos == 0 and next(
+        v for v in r.requests if v.id == i.request_id).num_preemptions for i in r.items)]
+    assert readmitted and firing_steps(parse("recompute"), records) == readmitted
+    assert firing_steps(parse("first:7"), records) == [next(r.step for r in records if any(
+        v.id == 7 and v.generated == 1 and "7" in r.sampled for v in r.requests))]
     # below 3 free blocks: each time the pool crosses under 3, not every step it stays there
     crossings = [r.step for p, r in zip([None, *records], records, strict=False)
                  if r.kv.blocks_free < 3 and (p is None or p.kv.blocks_free >= 3)]

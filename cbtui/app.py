@@ -501,7 +501,7 @@ def leave_a_core_for_the_ui(engine: SteppableEngine) -> None:
 def run_dashboard(scenario, engine: SteppableEngine, overrides: dict | None = None, paused: bool = False,
                   speed: float | None = None, max_steps: int | None = None, variant: str | None = None,
                   plugins: tuple[str, ...] = (), rebuild=None, recorded: bool = False,
-                  breakpoints: Iterable[Breakpoint] = ()) -> int:
+                  breakpoints: Iterable[Breakpoint] = (), app_factory=None) -> int:
     """Opens the dashboard on `engine`; `r` rebuilds it from the scenario with the same variant,
     plugins and overrides (or calls `rebuild`: a replay starts over). Returns the exit code: 0 after
     a quit, 128 + N after signal N."""
@@ -510,8 +510,11 @@ def run_dashboard(scenario, engine: SteppableEngine, overrides: dict | None = No
     if rebuild is None:
         def rebuild():
             return scenario.build_engine(variant, plugins=plugins, **overrides)
-    app = DashboardApp(scenario, engine, rebuild=rebuild, paused=paused, speed=speed, max_steps=max_steps,
-                       recorded=recorded, breakpoints=breakpoints)
+    if app_factory is not None:  # a dashboard of another kind (a lesson): app_factory(scenario, engine, rebuild)
+        app = app_factory(scenario, engine, rebuild)
+    else:
+        app = DashboardApp(scenario, engine, rebuild=rebuild, paused=paused, speed=speed, max_steps=max_steps,
+                           recorded=recorded, breakpoints=breakpoints)
 
     signalled: list[int] = []
 

@@ -214,6 +214,39 @@ def trace_cmd(recording, out):
     click.echo(f"trace written to {written} (open it at ui.perfetto.dev)", err=True)
 
 
+@main.command("lessons")
+@click.option("--list", "list_", is_flag=True, help="Print the lessons, one a line, numbered, and exit.")
+def lessons_cmd(list_):
+    """A guided path through continuous batching: pick a lesson from a menu."""
+    from .lessons import LESSONS, lesson_line
+
+    if list_:
+        for number, lesson in enumerate(LESSONS, 1):
+            click.echo(lesson_line(number, lesson))
+        return
+    _run_lessons(None)
+
+
+@main.command("lesson")
+@click.argument("number", type=int)
+def lesson_cmd(number):
+    """Open lesson NUMBER (see `cbtui lessons --list`): its scenario, paused where the lesson is."""
+    from .lessons import LESSONS
+
+    if not 1 <= number <= len(LESSONS):
+        fail(f"lesson {number}: there are lessons 1 to {len(LESSONS)} (cbtui lessons --list)")
+    _run_lessons(number)
+
+
+def _run_lessons(start: int | None) -> None:
+    from .lesson_app import run_lessons
+
+    code = run_lessons(start)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # as `scenario` does: skip the interpreter's slow teardown of torch and textual
+
+
 @main.command("scenarios")
 def scenarios_cmd() -> None:
     """List the built-in scenarios."""

@@ -9,6 +9,7 @@ from engine.records import StepRecord
 from engine.records.events import (
     ADMITTED,
     FINISHED,
+    PADDING,
     PLUGIN_ERROR,
     PREEMPTED,
     RECOMPUTE,
@@ -100,6 +101,16 @@ def test_decode_cap_says_how_many_it_left_waiting():
     for record in capped:
         left = sum(v.reason == "decode cap" for v in record.requests)
         assert f"decode cap {record.decode_cap} left {left} waiting" in [e.text for e in step_events(record)]
+
+
+def test_a_static_batch_tells_its_padding():
+    records, _ = run_records("static_vs_continuous", steps=12)
+    padded = [r for r in records if r.padding_slots]
+    assert padded and padded[0].step == 3  # request 2 finished in step 3: from then on its slot idles
+    for record in records:
+        told = [e.text for e in step_events(record) if e.kind == PADDING]
+        assert told == ([f"static batch: {record.padding_slots} slot{'s' * (record.padding_slots > 1)} held by "
+                         "finished requests (padding) until its longest member ends"] if record.padding_slots else [])
 
 
 def test_plugin_errors_are_events():

@@ -18,13 +18,17 @@ def event_text(record: StepRecord | None, previous: StepRecord | None = None, pa
     """`paused_by`: the breakpoint that paused the run on this step ("preempt"), with the event that
     fired it, or None."""
     text = Text()
-    if paused_by:
-        text.append(f"paused: breakpoint {visible(paused_by)}", style="bold yellow")
-        text.append("\n")
     if record is None:
         return text.append("waiting for the first step", style="dim")
-    text.append(f"step {record.step}: ", style="bold")
     events = step_events(record, previous)
+    if paused_by:
+        # "preempt hit: request 3 preempted (...)": the event is told just after, so only once
+        spec, _, detail = paused_by.partition(" hit: ")
+        told = detail in {e.text for e in events}
+        text.append(f"paused: breakpoint {visible(spec)} hit" + ("" if told else f": {visible(detail)}"),
+                    style="bold yellow")
+        text.append(" · ", style="dim")
+    text.append(f"step {record.step}: ", style="bold")
     if not events:
         n_decodes = sum(i.kind == "decode" for i in record.items)
         n_chunks = len(record.items) - n_decodes
@@ -39,8 +43,9 @@ def event_text(record: StepRecord | None, previous: StepRecord | None = None, pa
 
 
 class EventLine(Static):
-    """Two lines at most on small terminals (the rest is cut with an ellipsis), more on large ones."""
+    """Two lines at most on small terminals, more on large ones."""
 
+    SCOPED_CSS = False  # the compact rule names the screen's class
     DEFAULT_CSS = """
     EventLine { height: auto; max-height: 4; padding: 0 1; }
     Screen.-compact EventLine { max-height: 2; }

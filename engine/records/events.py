@@ -29,6 +29,7 @@ RECOMPUTE = "recompute"  # a preempted request admitted again: it feeds its whol
 FIRST_TOKEN = "first token"
 FINISHED = "finished"
 WAITING = "waiting"  # requests left out of the step, counted by reason
+PADDING = "padding"  # a static batch's slots held by finished members
 PLUGIN_ERROR = "plugin error"
 
 
@@ -99,6 +100,13 @@ def finished(record: StepRecord, previous: StepRecord | None) -> Iterable[Event]
         yield Event(record.step, FINISHED, f"request {rid} finished{tokens}{freed}", rid)
 
 
+def padding(record: StepRecord, previous: StepRecord | None) -> Iterable[Event]:
+    if record.padding_slots:
+        text = (f"static batch: {_plural(record.padding_slots, 'slot')} held by finished requests (padding) "
+                f"until its longest member ends")
+        yield Event(record.step, PADDING, text)
+
+
 # Reasons a request waits that say something about the step (not "not arrived yet", and
 # "preempted", which has its own event), in the order they are told.
 _WAIT_REASONS = {
@@ -130,7 +138,7 @@ def plugin_errors(record: StepRecord, previous: StepRecord | None) -> Iterable[E
         yield Event(record.step, PLUGIN_ERROR, error)
 
 
-EVENT_KINDS: tuple[EventKind, ...] = (preempted, admitted, first_token, finished, waiting, plugin_errors)
+EVENT_KINDS: tuple[EventKind, ...] = (preempted, admitted, first_token, finished, padding, waiting, plugin_errors)
 
 
 def step_events(record: StepRecord, previous: StepRecord | None = None) -> list[Event]:

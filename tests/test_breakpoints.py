@@ -140,7 +140,10 @@ def test_a_live_run_pauses_at_the_first_preemption_of_kv_pressure(kv_pressure):
             assert app.history.current().step == first.step == app.history.recent(1)[-1].step
             assert len(app.history) == first.step + 1
             text = event_line_text(app)
-            assert f"paused: breakpoint preempt hit: request {first.preempted[0]} preempted" in text
+            # why it paused, then the step's events, the one that fired first (told once)
+            assert text.startswith(f"paused: breakpoint preempt hit · step {first.step}: "
+                                   f"request {first.preempted[0]} preempted (")
+            assert text.count(f"request {first.preempted[0]} preempted") == 1
             assert "paused" in str(app.query_one("#header").render())
             # space resumes, and the next preemption pauses it again
             await pilot.press("space")

@@ -9,6 +9,7 @@ from engine.records import StepRecord
 from engine.records.events import (
     ADMITTED,
     FINISHED,
+    NOTE,
     PADDING,
     PLUGIN_ERROR,
     PREEMPTED,
@@ -134,3 +135,37 @@ def test_new_fields_survive_json_and_old_recordings_without_them_load(kv_pressur
     old = StepRecord.from_dict(data)
     assert [e.text for e in step_events(old) if e.kind == PREEMPTED] == \
         [f"request {rid} preempted (no free KV blocks)" for rid in record.preempted]
+
+
+def test_plugin_notes_are_events_and_event_lines_tell_a_repeat_once():
+    from cbtui.event_lines import event_lines
+
+    records, _ = run_records("priority_sla", steps=12)
+    noted = [r for r in records if r.annotations]
+    assert noted
+    for record in noted:
+        assert [e.text for e in step_events(record) if e.kind == NOTE] == record.annotations
+    told = [(r.step, line.strip()) for p, r in zip([None, *records], records, strict=False)
+            for line in event_lines(r, p)]
+    for note in {n for r in noted for n in r.annotations}:
+        steps = [step for step, line in told if line == note]
+        # told in the first step it appears, and again only after a step without it
+        expected = [r.step for p, r in zip([None, *records], records, strict=False)
+                    if note in r.annotations and (p is None or note not in p.annotations)]
+        assert steps == expected, note
+    assert all(len(line) <= 80 for r in records for line in event_lines(r))
+
+
+def test_the_event_line_puts_the_event_that_paused_the_run_first():
+    from cbtui.widgets.event_line import event_text
+
+    records, _ = run_records("kv_pressure", steps=24)
+    record = records[23]
+    events = [e.text for e in step_events(record)]
+    recompute = next(e for e in step_events(record) if e.kind == RECOMPUTE)
+    assert events.index(recompute.text) > 0  # request 2's preemption comes first in the step's order
+    text = str(event_text(record, records[22], f"recompute:3 hit: {recompute.text}"))
+    assert text.startswith(f"paused: breakpoint recompute:3 hit · step 23: {recompute.text} · ")
+    assert text.count(recompute.text) == 1
+    other = str(event_text(record, records[22], "step:23 hit: step 23 reached"))
+    assert other.startswith("paused: breakpoint step:23 hit: step 23 reached · step 23: " + events[0])

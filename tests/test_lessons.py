@@ -142,3 +142,18 @@ def test_a_lesson_that_does_not_exist_is_one_line_and_exit_2(number):
     done = cli("lesson", number)
     assert done.returncode == 2 and done.stderr == (
         f"cbtui: error: lesson {number}: there are lessons 1 to {len(LESSONS)} (cbtui lessons --list)\n")
+
+
+@pytest.mark.parametrize("number", range(1, len(LESSONS) + 1))
+def test_each_lesson_text_fits_four_lines_at_80_columns(number):
+    """The lesson panel keeps at most 4 rows of an 80x24 terminal (78 columns inside its padding)."""
+    from rich.console import Console
+
+    from cbtui.widgets.lesson_panel import lesson_text
+
+    lesson = LESSONS[number - 1]
+    console = Console(width=78, legacy_windows=False)
+    group = lesson_text(number, len(LESSONS), lesson.title, lesson.panel, lesson.watch, lesson.question)
+    lines = console.render_lines(group, pad=False)
+    assert len(lines) <= 4, ["".join(s.text for s in line) for line in lines]
+    assert "".join(s.text for s in lines[0]).startswith(f"Lesson {number}/{len(LESSONS)}: {lesson.title}")

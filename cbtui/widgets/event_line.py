@@ -8,10 +8,10 @@ from rich.text import Text
 from textual.widgets import Static
 
 from engine.records import StepRecord
-from engine.records.events import PLUGIN_ERROR, PREEMPTED, RECOMPUTE, WAITING, step_events
+from engine.records.events import NOTE, PLUGIN_ERROR, PREEMPTED, RECOMPUTE, WAITING, step_events
 from engine.records.text import visible
 
-KIND_STYLE = {PREEMPTED: "bold red", RECOMPUTE: "bold", PLUGIN_ERROR: "bold red", WAITING: "dim"}
+KIND_STYLE = {PREEMPTED: "bold red", RECOMPUTE: "bold", PLUGIN_ERROR: "bold red", WAITING: "dim", NOTE: "magenta"}
 
 
 def event_text(record: StepRecord | None, previous: StepRecord | None = None, paused_by: str | None = None) -> Text:
@@ -25,6 +25,7 @@ def event_text(record: StepRecord | None, previous: StepRecord | None = None, pa
         # "preempt hit: request 3 preempted (...)": the event is told just after, so only once
         spec, _, detail = paused_by.partition(" hit: ")
         told = detail in {e.text for e in events}
+        events.sort(key=lambda e: e.text != detail)  # the event that fired first: a short line shows it
         text.append(f"paused: breakpoint {visible(spec)} hit" + ("" if told else f": {visible(detail)}"),
                     style="bold yellow")
         text.append(" · ", style="dim")
@@ -32,8 +33,8 @@ def event_text(record: StepRecord | None, previous: StepRecord | None = None, pa
     if not events:
         n_decodes = sum(i.kind == "decode" for i in record.items)
         n_chunks = len(record.items) - n_decodes
-        text.append(f"{n_decodes} decodes, {n_chunks} prefill chunks; nobody joined, finished or was preempted",
-                    style="dim")
+        text.append(f"{n_decodes} decode{'s' * (n_decodes != 1)}, {n_chunks} prefill chunk{'s' * (n_chunks != 1)}; "
+                    "nobody joined, finished or was preempted", style="dim")
     for i, event in enumerate(events):
         if i:
             text.append(" · ", style="dim")

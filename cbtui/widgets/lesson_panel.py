@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+from rich.console import Group
 from rich.text import Text
 from textual.widgets import Static
 
 
 def lesson_text(number: int, total: int, title: str, panel: str, watch: str, question: str,
-                folded: bool = False) -> Text:
-    """`folded`: the title line alone, so a small terminal gives its rows back to the panels."""
+                folded: bool = False) -> Group:
+    """The title line (cut, never wrapped: the keys at its end are in the help too), then what to
+    watch and the question; `folded`: the title line alone, so a small terminal keeps its rows."""
     keys = f"  t {'unfold' if folded else 'fold'}  ] next  [ prev  l menu"
-    text = Text.assemble((f"Lesson {number}/{total}: {title}", "bold"), (keys, "dim"))
+    head = Text.assemble((f"Lesson {number}/{total}: {title}", "bold"), (keys, "dim"))
+    head.no_wrap, head.overflow = True, "ellipsis"
     if folded:
-        text.no_wrap, text.overflow = True, "ellipsis"
-        return text
-    return text.append_text(Text.assemble("\n", ("Watch ", "bold"), (f"({panel}): ", "italic"), watch, "\n",
-                                          ("Ask: ", "bold yellow"), question))
+        return Group(head)
+    return Group(head, Text.assemble(("Watch ", "bold"), (f"({panel}): ", "italic"), watch, "\n",
+                                     ("Ask: ", "bold yellow"), question))
 
 
 class LessonPanel(Static):

@@ -31,6 +31,7 @@ FINISHED = "finished"
 WAITING = "waiting"  # requests left out of the step, counted by reason
 PADDING = "padding"  # a static batch's slots held by finished members
 PLUGIN_ERROR = "plugin error"
+NOTE = "note"  # a plugin's note on the step ("8 tokens reserved for 1 high-priority")
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +139,13 @@ def plugin_errors(record: StepRecord, previous: StepRecord | None) -> Iterable[E
         yield Event(record.step, PLUGIN_ERROR, error)
 
 
-EVENT_KINDS: tuple[EventKind, ...] = (preempted, admitted, first_token, finished, padding, waiting, plugin_errors)
+def plugin_notes(record: StepRecord, previous: StepRecord | None) -> Iterable[Event]:
+    for note in record.annotations:
+        yield Event(record.step, NOTE, note)
+
+
+EVENT_KINDS: tuple[EventKind, ...] = (preempted, admitted, first_token, finished, padding, waiting, plugin_errors,
+                                      plugin_notes)
 
 
 def step_events(record: StepRecord, previous: StepRecord | None = None) -> list[Event]:

@@ -11,7 +11,7 @@ import pytest
 from dashboard_helpers import NO_GPU, wait_until
 
 from cbtui.breakpoints import parse
-from cbtui.lesson_app import MENU, LessonMenu, open_lesson
+from cbtui.lesson_app import LESSON_SPEED, MENU, LessonMenu, open_lesson
 from cbtui.lessons import LESSONS
 from engine.profiling.gpu_memory import FakeProbe
 from scenarios import load_scenario
@@ -111,6 +111,23 @@ def test_t_folds_the_lesson_text_and_n_still_steps():
             step = app.history.current().step
             await pilot.press("n")
             await wait_until(pilot, lambda: app.history.current().step == step + 1)
+            await pilot.press("q")
+    asyncio.run(scenario())
+
+
+def test_r_runs_the_lesson_to_its_step_again():
+    async def scenario():
+        app = open_lesson(8, [], probe=FakeProbe([NO_GPU]), memory_poll_s=3600.0)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_until(pilot, lambda: app.break_hit is not None, timeout=30)
+            step = app.history.current().step
+            await pilot.press("space")  # on at the lesson's pace, then start over
+            await wait_until(pilot, lambda: app.history.current().step > step, timeout=30)
+            await pilot.press("r")
+            # at full speed again: the run starts over and pauses on the lesson's step at once
+            await wait_until(pilot, lambda: app.paused and app.break_hit is not None
+                             and len(app.history) == step + 1, timeout=30)
+            assert app.history.current().step == step and app.speed == LESSON_SPEED
             await pilot.press("q")
     asyncio.run(scenario())
 

@@ -6,6 +6,7 @@ import html
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 from dashboard_helpers import NO_GPU, wait_until
@@ -123,10 +124,13 @@ def test_r_runs_the_lesson_to_its_step_again():
             step = app.history.current().step
             await pilot.press("space")  # on at the lesson's pace, then start over
             await wait_until(pilot, lambda: app.history.current().step > step, timeout=30)
+            started = time.monotonic()
             await pilot.press("r")
-            # at full speed again: the run starts over and pauses on the lesson's step at once
+            # at full speed again: the run starts over and pauses on the lesson's step at once, not
+            # after step / LESSON_SPEED seconds (4)
             await wait_until(pilot, lambda: app.paused and app.break_hit is not None
                              and len(app.history) == step + 1, timeout=30)
+            assert time.monotonic() - started < (step - 1) / LESSON_SPEED
             assert app.history.current().step == step and app.speed == LESSON_SPEED
             await pilot.press("q")
     asyncio.run(scenario())

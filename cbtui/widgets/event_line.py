@@ -44,12 +44,13 @@ def event_text(record: StepRecord | None, previous: StepRecord | None = None, pa
 
 
 class EventLine(Static):
-    """Two lines at most on small terminals, more on large ones."""
+    """Two lines on small terminals, three on large ones: a fixed height, so the panels below do not
+    jump from step to step with the length of the story."""
 
     SCOPED_CSS = False  # the compact rule names the screen's class
     DEFAULT_CSS = """
-    EventLine { height: auto; max-height: 4; padding: 0 1; }
-    Screen.-compact EventLine { max-height: 2; }
+    EventLine { height: 3; padding: 0 1; }
+    Screen.-compact EventLine { height: 2; }
     """
 
     def show(self, record: StepRecord | None, previous: StepRecord | None = None,

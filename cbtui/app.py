@@ -34,11 +34,14 @@ from engine.records.metrics import MetricsCollector
 from engine.records.step_lines import RecordingWriter
 from engine.records.text import visible
 
+from .breakpoints import Breakpoint, Breakpoints
 from .controller import MAX_SPEED, EngineController, EngineStatus, SteppableEngine
 from .frozen_heap import frozen_heap
 from .history import History, PastSteps
+from .widgets.breakpoint_screen import BreakpointScreen
 from .widgets.budget import BudgetBar
 from .widgets.error_panel import ErrorPanel
+from .widgets.event_line import EventLine
 from .widgets.header import HeaderInfo, StepHeader
 from .widgets.help_screen import HelpScreen
 from .widgets.kv_grid import KVGrid
@@ -93,6 +96,7 @@ class DashboardApp(App[None]):
         Binding("z", "zoom", "Zoom"),
         Binding("r", "restart", "Restart"),
         Binding("m", "metrics", "Metrics"),
+        Binding("b", "breakpoints", "Breakpoints", show=False),  # in the help; the footer fits 80 columns
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("q", "quit", "Quit"),
         Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
@@ -108,7 +112,7 @@ class DashboardApp(App[None]):
                  probe: MemoryProbe | None = None, history_limit: int = 1000,
                  memory_poll_s: float = MEMORY_POLL_S, memory_sources: list | None = None,
                  recorded: bool = False, pages: PastSteps | None = None,
-                 recording: RecordingWriter | None = None):
+                 recording: RecordingWriter | None = None, breakpoints: Iterable[Breakpoint] = ()):
         """`recorded`: `engine` replays a recording (recording.py): memory comes from the records
         alone, since this process is not the one that ran them. `pages`: the file a replay reads,
         for history older than `history_limit` steps. `recording`: writes the run as it goes (and
@@ -130,6 +134,8 @@ class DashboardApp(App[None]):
         self.history = History(history_limit, pages if recording is None else recording.lines)
         self.engine_state = "starting"  # running / paused / finished / failed, as the engine reports
         self.error: str | None = None
+        self.break_hit: tuple[int, str] | None = None  # (step, why) of the breakpoint that paused the run
+        self._newest_step: int | None = None
         self._inbox: list[StepRecord | EngineStatus] = []
         self._inbox_lock = threading.Lock()
         self._last_draw = 0.0
@@ -137,12 +143,14 @@ class DashboardApp(App[None]):
         self.set_reactive(DashboardApp.paused, paused)
         self.set_reactive(DashboardApp.speed, DEFAULT_SPEED if speed is None else float(speed))
         self.controller = EngineController(engine, self._post_record, self._post_status, rebuild=rebuild,
-                                           paused=paused, speed=self.speed, max_steps=max_steps)
+                                           paused=paused, speed=self.speed, max_steps=max_steps,
+                                           breakpoints=Breakpoints(breakpoints))
 
     # -- layout ------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
         yield StepHeader(id="header")
         yield ErrorPanel(id="error")
+        yield EventLine(id="events")
         with Vertical(id="body"):
             with Horizontal(id="top"):
                 with Vertical(id="mask-panel", classes="panel") as mask_panel:
@@ -211,9 +219,15 @@ class DashboardApp(App[None]):
         for event in events:
             if isinstance(event, StepRecord):
                 self.history.append(event)
+                self._newest_step = event.step
                 self._observe(event)
+            elif event.kind == "breakpoint":  # the engine thread paused itself on the newest step
+                self.break_hit = None if self._newest_step is None else (self._newest_step, event.message)
+                self.history.go_live()
+                self.paused = True
             elif event.kind == "started":
                 self.history.clear()
+                self.break_hit = None
                 self._reset_metrics()
                 self.error = None
                 self.engine_state = "running"
@@ -255,6 +269,7 @@ class DashboardApp(App[None]):
         record = self.history.current()
         self.query_one(StepHeader).show(self._header_info(record))
         self.query_one(ErrorPanel).show_error(self.error)
+        self._draw_events()
         self.query_one(BudgetBar).show(record)
         budget = f"Token budget: {record.budget} tokens per step" if record else "Token budget"
         panel = self.query_one("#budget-panel")
@@ -265,6 +280,14 @@ class DashboardApp(App[None]):
         self.query_one(MemoryPanel).show_step(record.memory if record else None)
         if record is not None:
             self.query_one(RequestsTable).show(record.requests)
+
+    def _draw_events(self) -> None:
+        recent = self.history.recent(2)
+        record = recent[-1] if recent else None
+        previous = recent[0] if len(recent) == 2 else None
+        hit = self.break_hit
+        paused_by = hit[1] if hit is not None and record is not None and record.step == hit[0] else None
+        self.query_one(EventLine).show(record, previous, paused_by)
 
     def _draw_mask(self, record: StepRecord | None) -> None:
         items = list(record.items) if record else []
@@ -300,6 +323,7 @@ class DashboardApp(App[None]):
             return HeaderInfo(step=None, **common)
         return HeaderInfo(step=record.step, running=record.running, waiting=record.waiting,
                           finished=record.finished_total, pending=record.pending,
+                          preempted=record.preemptions_total,
                           notes=tuple(record.annotations) + graph_note(record), errors=tuple(record.errors),
                           **common)
 
@@ -422,6 +446,10 @@ class DashboardApp(App[None]):
         if not isinstance(self.screen, MetricsScreen):
             self.push_screen(MetricsScreen(self._metrics_now))
 
+    def action_breakpoints(self) -> None:
+        if not isinstance(self.screen, BreakpointScreen):
+            self.push_screen(BreakpointScreen(self.controller.breakpoints))
+
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
             s = self.scenario
@@ -452,6 +480,8 @@ class DashboardApp(App[None]):
         yield SystemCommand("Restart scenario", "Rebuild the engine and start the scenario again",
                             self.action_restart)
         yield SystemCommand("Scenario help", "What this scenario shows, and the keys", self.action_help)
+        yield SystemCommand("Breakpoints", "List, add or clear breakpoints (pause on preemption, step N, ...)",
+                            self.action_breakpoints)
         yield SystemCommand("Metrics", "TTFT and inter-token latency, throughput, memory profile",
                             self.action_metrics)
 
@@ -485,7 +515,8 @@ def leave_a_core_for_the_ui(engine: SteppableEngine) -> None:
 def run_dashboard(scenario, engine: SteppableEngine, overrides: dict | None = None, paused: bool = False,
                   speed: float | None = None, max_steps: int | None = None, variant: str | None = None,
                   plugins: tuple[str, ...] = (), rebuild=None, recorded: bool = False,
-                  pages: PastSteps | None = None, recording: RecordingWriter | None = None) -> int:
+                  pages: PastSteps | None = None, recording: RecordingWriter | None = None,
+                  breakpoints: Iterable[Breakpoint] = (), app_factory=None) -> int:
     """Opens the dashboard on `engine`; `r` rebuilds it from the scenario with the same variant,
     plugins and overrides (or calls `rebuild`: a replay starts over). Returns the exit code: 0 after
     a quit, 128 + N after signal N."""
@@ -494,8 +525,11 @@ def run_dashboard(scenario, engine: SteppableEngine, overrides: dict | None = No
     if rebuild is None:
         def rebuild():
             return scenario.build_engine(variant, plugins=plugins, **overrides)
-    app = DashboardApp(scenario, engine, rebuild=rebuild, paused=paused, speed=speed, max_steps=max_steps,
-                       recorded=recorded, pages=pages, recording=recording)
+    if app_factory is not None:  # a dashboard of another kind (a lesson): app_factory(scenario, engine, rebuild)
+        app = app_factory(scenario, engine, rebuild)
+    else:
+        app = DashboardApp(scenario, engine, rebuild=rebuild, paused=paused, speed=speed, max_steps=max_steps,
+                           recorded=recorded, pages=pages, recording=recording, breakpoints=breakpoints)
 
     signalled: list[int] = []
 

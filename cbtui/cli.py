@@ -183,7 +183,10 @@ def _report_int8_divergence(scenario, engine, last_record, variant, plugins, ove
 @click.option("--paused", is_flag=True, help="Start paused.")
 @click.option("--speed", type=SPEED, default=None,
               help="Steps per second (default 4).")
-def replay_cmd(path, paused, speed):
+@click.option("--break-on", "break_on", multiple=True, metavar="SPEC",
+              help="Dashboard: pause on the step where SPEC fires: preempt, preempt:N, finish, admit, "
+                   "step:N, kv-free<K, wait>K, error. Repeatable; b in the app adds more.")
+def replay_cmd(path, paused, speed, break_on):
     """Replay a recorded run in the dashboard, without its engine.
 
     Record one with `cbtui scenario NAME --json > FILE` (on any machine: a GPU box, say); every key
@@ -191,14 +194,17 @@ def replay_cmd(path, paused, speed):
     """
     from engine.records.recording import RecordingError, open_recording
 
+    from .run_options import breakpoints
+
     try:
+        stops = breakpoints(break_on)
         recording = open_recording(path)  # the header and the first record: the rest as the replay goes
-    except RecordingError as exc:
+    except (RecordingError, ValueError) as exc:
         fail(str(exc))
     from .app import run_dashboard
 
     code = run_dashboard(recording, recording.run(), paused=paused, speed=speed, rebuild=recording.run,
-                         recorded=True, pages=recording)
+                         recorded=True, pages=recording, breakpoints=stops)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # as `scenario` does: skip the interpreter's slow teardown of textual
@@ -220,6 +226,39 @@ def trace_cmd(recording, out):
     except (RecordingError, OutputFileError) as exc:
         fail(str(exc))
     click.echo(f"trace written to {written} (open it at ui.perfetto.dev)", err=True)
+
+
+@main.command("lessons")
+@click.option("--list", "list_", is_flag=True, help="Print the lessons, one a line, numbered, and exit.")
+def lessons_cmd(list_):
+    """A guided path through continuous batching: pick a lesson from a menu."""
+    from .lessons import LESSONS, lesson_line
+
+    if list_:
+        for number, lesson in enumerate(LESSONS, 1):
+            click.echo(lesson_line(number, lesson))
+        return
+    _run_lessons(None)
+
+
+@main.command("lesson")
+@click.argument("number", type=int)
+def lesson_cmd(number):
+    """Open lesson NUMBER (see `cbtui lessons --list`): its scenario, paused where the lesson is."""
+    from .lessons import LESSONS
+
+    if not 1 <= number <= len(LESSONS):
+        fail(f"lesson {number}: there are lessons 1 to {len(LESSONS)} (cbtui lessons --list)")
+    _run_lessons(number)
+
+
+def _run_lessons(start: int | None) -> None:
+    from .lesson_app import run_lessons
+
+    code = run_lessons(start)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # as `scenario` does: skip the interpreter's slow teardown of torch and textual
 
 
 @main.command("scenarios")
@@ -244,6 +283,9 @@ def scenarios_cmd() -> None:
 @click.option("--plugin", "plugins", multiple=True, metavar="SPEC",
               help="Add a plugin: a built-in name (priority, adaptive_batch, kv_int8), an entry point "
                    "of group cbtui.plugins, or module:Class. Repeatable.")
+@click.option("--without-plugin", "without", multiple=True, metavar="NAME",
+              help="Run without one of the scenario's declared [[plugins]] (e.g. priority_sla without "
+                   "priority). Repeatable.")
 @click.option("--trust-plugins", is_flag=True,
               help="Let the scenario file's [[plugins]] name module:Class, which imports and runs that "
                    "module's code. Only for files you trust.")
@@ -254,11 +296,16 @@ def scenarios_cmd() -> None:
 @click.option("--record", "record_to", type=click.Path(dir_okay=False), default=None, metavar="FILE",
               help="Write the run to FILE as it goes, as --json would (replay it with `cbtui replay FILE`); "
                    "the dashboard's history then reaches back to the first step. r starts the file anew.")
+@click.option("--events", is_flag=True,
+              help="Headless, with each step's events in words under its line (implies --headless).")
 @click.option("--paused", is_flag=True, help="Dashboard: start paused.")
 @click.option("--speed", type=SPEED, default=None,
               help="Dashboard: steps per second (default 4).")
+@click.option("--break-on", "break_on", multiple=True, metavar="SPEC",
+              help="Dashboard: pause on the step where SPEC fires: preempt, preempt:N, finish, admit, "
+                   "step:N, kv-free<K, wait>K, error. Repeatable; b in the app adds more.")
 def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention, kv_layout, variant, plugins,
-                 trust_plugins, metrics_out, trace_out, record_to, paused, speed):
+                 without, trust_plugins, metrics_out, trace_out, record_to, events, paused, speed, break_on):
     """Run a scenario: a built-in NAME or a path to a .toml file."""
     if list_:
         _list_scenarios()
@@ -268,13 +315,25 @@ def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention
     from engine.records.metrics_export import check_export_path
     from engine.records.trace_export import check_trace_path
 
+    from .run_options import breakpoints, without_plugins
+
+    if events and as_json:
+        fail("--events prints lines for people; --json prints records: choose one")
+    headless = headless or events
+    if break_on and (headless or as_json):
+        fail("--break-on pauses the dashboard; drop --headless / --json / --events")
+    try:
+        stops = breakpoints(break_on)
+    except ValueError as exc:
+        fail(str(exc))
+
     for flag, path, check in (("--metrics-out", metrics_out, check_export_path),
                               ("--trace-out", trace_out, check_trace_path)):
         if path is not None:
             _check_output(flag, path, headless or as_json, check)
     overrides = dict(device=device, model=model, attention=attention, kv_layout=kv_layout)
     try:
-        scenario = load_scenario(name, trust_plugins=trust_plugins)
+        scenario = without_plugins(load_scenario(name, trust_plugins=trust_plugins), without)
         engine = scenario.build_engine(variant, plugins=plugins, **overrides)
     except (ScenarioError, ValueError) as exc:
         fail(str(exc))
@@ -294,7 +353,7 @@ def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention
         observers = [collector.observe] if collector is not None else []
         if recording is not None:
             observers.append(recording.write)
-        run = HeadlessRun(engine, header, as_json=as_json, max_steps=steps, observers=observers)
+        run = HeadlessRun(engine, header, as_json=as_json, max_steps=steps, observers=observers, events=events)
         try:
             if trace_out is not None:
                 _write_trace(run, trace_out)
@@ -316,7 +375,7 @@ def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention
     from .app import run_dashboard
 
     code = run_dashboard(scenario, engine, overrides=overrides, paused=paused, speed=speed, max_steps=steps,
-                         variant=variant, plugins=plugins, recording=recording)
+                         variant=variant, plugins=plugins, recording=recording, breakpoints=stops)
     # The terminal is restored and the dashboard writes nothing: skip the interpreter's teardown of
     # torch and textual, half a second between q and the prompt on this project's CPU.
     sys.stdout.flush()

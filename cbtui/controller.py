@@ -19,6 +19,8 @@ from typing import Protocol
 
 from engine.records import RunHeader, StepRecord
 
+from .breakpoints import Breakpoints
+
 MAX_SPEED = float("inf")  # steps per second: as fast as the engine goes
 
 
@@ -36,7 +38,7 @@ class SteppableEngine(Protocol):
 class EngineStatus:
     """What the thread reports besides records: finished, failed, or (re)started."""
 
-    kind: str  # "started", "finished" or "failed"
+    kind: str  # "started", "finished", "failed" or "breakpoint" (paused on the step just sent)
     message: str = ""
 
 
@@ -52,8 +54,10 @@ class EngineController:
     def __init__(self, engine: SteppableEngine, on_record: Callable[[StepRecord], None],
                  on_status: Callable[[EngineStatus], None],
                  rebuild: Callable[[], SteppableEngine] | None = None,
-                 paused: bool = False, speed: float = 4.0, max_steps: int | None = None):
+                 paused: bool = False, speed: float = 4.0, max_steps: int | None = None,
+                 breakpoints: Breakpoints | None = None):
         self._engine = engine
+        self.breakpoints = breakpoints if breakpoints is not None else Breakpoints()
         self._on_record = on_record
         self._on_status = on_status
         self._rebuild = rebuild
@@ -178,6 +182,7 @@ class EngineController:
             return
         self._failed = False
         self._steps_taken = 0
+        self.breakpoints.restart()
         self._on_status(EngineStatus("started"))
         self._step()
 
@@ -194,6 +199,10 @@ class EngineController:
             return
         if record is not None:  # an overlapped engine hands its first record over one call late
             self._on_record(record)
+            hit = self.breakpoints.check(record)
+            if hit is not None:  # checked here, on this thread: the run stops on this very step
+                self._paused, self._pending_steps = True, 0
+                self._on_status(EngineStatus("breakpoint", hit))
         if not self._can_step() and not self._failed:
             self._on_status(EngineStatus("finished"))
 

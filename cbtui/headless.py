@@ -21,6 +21,7 @@ from engine.records.summary import RunTotals
 from engine.records.text import visible
 
 from .controller import SteppableEngine
+from .event_lines import event_lines
 
 
 def step_line(rec: StepRecord) -> str:
@@ -35,8 +36,10 @@ class HeadlessRun:
 
     def __init__(self, engine: SteppableEngine, header: RunHeader, as_json: bool = False,
                  max_steps: int | None = None, console: Console | None = None,
-                 observers: Iterable[Callable[[StepRecord], object]] = ()):
+                 observers: Iterable[Callable[[StepRecord], object]] = (), events: bool = False):
+        """`events`: the step's events (event_lines.py) under each step line."""
         self.engine, self.header, self.as_json, self.max_steps = engine, header, as_json, max_steps
+        self.events = events
         self.console = console or Console(highlight=False)
         self.observers = list(observers)
         self.totals = RunTotals()
@@ -54,6 +57,8 @@ class HeadlessRun:
             if about:
                 console.print(escape(visible(about, newlines=True)), style="dim")
         start = time.perf_counter()
+        previous = None
+        dropped = 0  # computed tokens preemptions threw away (to be recomputed)
         while self.engine.has_unfinished() and (self.max_steps is None or self.totals.steps < self.max_steps):
             rec = self.engine.step()
             if rec is None:  # an overlapped engine's first call: the record comes with the next one
@@ -68,9 +73,17 @@ class HeadlessRun:
                 console.print(escape(step_line(rec) + visible(notes)), soft_wrap=True)
                 for error in rec.errors:
                     console.print(escape(visible(error, newlines=True)), style="bold red", soft_wrap=True)
+                if self.events:
+                    for line in event_lines(rec, previous):
+                        console.print(escape(line), soft_wrap=True)
+                    dropped += sum(p.tokens_dropped for p in rec.preemptions)
+                    previous = rec  # kept only here: a plain run holds no record but the one in hand
             yield rec
         if not self.as_json:
             console.print(summary_line(self.totals, time.perf_counter() - start), soft_wrap=True)
+            if self.events:
+                console.print(f"preemptions: {self.totals.preemptions}, {dropped} computed tokens dropped "
+                              "(recomputed when readmitted)", soft_wrap=True)
 
     def run(self) -> RunTotals:
         """Runs to the end (or max_steps) with nothing else consuming the records."""

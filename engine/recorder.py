@@ -27,7 +27,7 @@ class Recorder:
                  weight_bytes: int, text: Callable[[list[int]], str] | None = None):
         self.config, self.scheduler, self.kv, self.weight_bytes = config, scheduler, kv, weight_bytes
         self.text = text  # a checkpoint tokenizer's decode: output tails as text in the records
-        self.finished_total = 0
+        self.finished_total = self.preemptions_total = 0
 
     def record(self, step: int, plan: SchedulePlan, items: list[ScheduledItem], finishing: list[Request],
                sampled: dict[int, int], pending: int) -> StepRecord:
@@ -37,6 +37,7 @@ class Recorder:
         start = time.perf_counter()
         finished = [r.id for r in finishing]
         self.finished_total += len(finished)
+        self.preemptions_total += len(plan.preempted)
         sched = self.scheduler
         live = [*sched.running, *sched.waiting, *finishing]
         live.sort(key=_by_id)
@@ -51,6 +52,8 @@ class Recorder:
             running=len(sched.running), waiting=len(sched.waiting), finished_total=self.finished_total,
             pending=pending, padding_slots=sched.padding_slots(), wall_time_s=0.0,
             memory=memory_view(self.kv.device, self.weight_bytes, self.kv.pool_bytes),
+            preemptions=list(plan.preemptions), preemptions_total=self.preemptions_total,
+            admission_blocked=plan.admission_blocked,
         )
         record.record_time_s = time.perf_counter() - start
         return record

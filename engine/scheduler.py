@@ -20,7 +20,15 @@ from dataclasses import dataclass, field
 from .config import EngineConfig
 from .plugins.base import SchedulerState
 from .policies import Reservation, admission_policy
-from .records import REASON_BUDGET, REASON_DECODE_CAP, REASON_NO_BLOCKS, REASON_PREEMPTED, REASON_RESERVED
+from .records import (
+    REASON_BUDGET,
+    REASON_DECODE_CAP,
+    REASON_NO_BLOCKS,
+    REASON_PREEMPTED,
+    REASON_RESERVED,
+    Preemption,
+    Shortfall,
+)
 from .request import Request, RequestState
 
 PREEMPTED = RequestState.PREEMPTED
@@ -55,6 +63,8 @@ class SchedulePlan:
     items: list[Scheduled] = field(default_factory=list)
     reasons: dict[int, str] = field(default_factory=dict)  # request id -> why not scheduled
     preempted: list[Request] = field(default_factory=list)
+    preemptions: list[Preemption] = field(default_factory=list)  # why each of `preempted` was
+    admission_blocked: Shortfall | None = None  # the head of the queue, short of KV blocks
     decode_demand: int = 0
 
     @property
@@ -174,6 +184,7 @@ class Scheduler:
                 plan.reasons[r.id] = self._budget_reason(plan)
             elif not self.kv.can_allocate(r.id, n):  # admission never preempts
                 plan.reasons[r.id] = REASON_NO_BLOCKS
+                plan.admission_blocked = Shortfall(r.id, *self.kv.shortfall(r.id, n))
                 blocked = True  # FCFS: nobody behind the head of the queue overtakes it
             else:
                 self.waiting.remove(r)
@@ -218,6 +229,8 @@ class Scheduler:
         while not self.kv.can_allocate(r.id, need):
             # Preemption by recompute: drop the victim's KV, keep its tokens, requeue it in front.
             victim = self.running.pop()
+            needed, free = self.kv.shortfall(r.id, need)
+            plan.preemptions.append(Preemption(victim.id, r.id, needed, free, victim.num_computed))
             self.freed_blocks[victim.id] = self.kv.free(victim.id)
             victim.num_computed = victim.kv_capacity = 0
             victim.state = PREEMPTED

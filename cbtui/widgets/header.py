@@ -23,6 +23,7 @@ class HeaderInfo:
     waiting: int = 0
     finished: int = 0
     pending: int = 0
+    preempted: int = 0  # preemptions in the run up to the step on screen
     tokens_per_second: float | None = None
     history: str = ""  # "history 3/40" while looking at a past step
     notes: tuple[str, ...] = ()  # plugin annotations and errors of the step on screen
@@ -60,8 +61,10 @@ class StepHeader(Static):
         line2 = Text.assemble(
             ("running ", "dim"), str(info.running), ("  waiting ", "dim"), str(info.waiting),
             ("  finished ", "dim"), str(info.finished), ("  pending ", "dim"), str(info.pending),
-            "  ", (rate, "bold"),
         )
+        if info.preempted:
+            line2.append_text(Text.assemble(("  preempted ", "dim"), (str(info.preempted), "bold red")))
+        line2.append_text(Text.assemble("  ", (rate, "bold")))
         for error in info.errors:
             line2.append("  " + visible(error), style="bold red")
         for note in info.notes:

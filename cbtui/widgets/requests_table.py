@@ -18,9 +18,16 @@ from ..colors import request_color
 TEXT_TAIL = 16
 # (key, label, width): fixed widths, so updating a cell never re-measures the whole table.
 COLUMNS = (("id", "id", 5), ("state", "state", 9), ("prompt", "prompt", 9), ("gen", "gen", 7),
-           ("ttft", "TTFT", 4), ("why", "why not scheduled", 18), ("text", "output tail", TEXT_TAIL))
-STATE_STYLE = {"decode": "green", "prefill": "yellow", "waiting": "magenta", "preempted": "bold red",
-               "finished": "dim", "pending": "dim"}
+           ("ttft", "TTFT", 4), ("pre", "pre", 3), ("why", "why not scheduled", 18), ("text", "output tail", TEXT_TAIL))
+PRIORITY_COLUMN = ("pri", "pri", 3)  # shown once any request has a priority
+STATE_STYLE = {"decode": "green", "prefill": "yellow", "recompute": "bold yellow", "waiting": "magenta",
+               "preempted": "bold red", "finished": "dim", "pending": "dim"}
+
+
+def state_name(view: RequestView) -> str:
+    """A preempted request feeding its sequence again is recomputing, not prefilling for the first time."""
+    return "recompute" if view.state == "prefill" and view.num_preemptions else view.state
+
 
 def output_tail(view: RequestView) -> str:
     """The tail as text: the checkpoint tokenizer's (output_text, with its newlines, escapes and any
@@ -37,16 +44,20 @@ def output_tail(view: RequestView) -> str:
     return "".join(reversed(shown))
 
 
-def row_cells(view: RequestView, no_color: bool) -> tuple[Text, ...]:
+def row_cells(view: RequestView, no_color: bool, priority: bool = False) -> tuple[Text, ...]:
     """A recording's state and reason are any strings: their control characters are shown (the
     output tail's too: `output_tail`)."""
     mark = "" if no_color else "■ "  # without colour the id itself is the mark
-    return (
-        Text.assemble((mark, request_color(view.id).hex), f"{view.id}"),
-        Text(visible(view.state), style=STATE_STYLE.get(view.state, "")),
+    state = state_name(view)
+    first = (Text.assemble((mark, request_color(view.id).hex), f"{view.id}"),)
+    if priority:
+        first += (Text(f"{view.priority}" if view.priority else "", justify="right"),)
+    return first + (
+        Text(visible(state), style=STATE_STYLE.get(state, "")),
         Text(f"{view.prefill_pos}/{view.prompt_len}", justify="right"),
         Text(f"{view.generated}/{view.max_new_tokens}", justify="right"),
         Text("–" if view.ttft_steps is None else f"{view.ttft_steps}", justify="right"),
+        Text(f"{view.num_preemptions}" if view.num_preemptions else "", style="bold red", justify="right"),
         Text(visible(view.reason or ""), style="red" if view.reason and view.reason != "not arrived yet" else "dim"),
         Text(output_tail(view), style="italic"),
     )
@@ -82,25 +93,37 @@ class RequestsTable(DataTable, inherit_bindings=False):
     def __init__(self, **kwargs):
         super().__init__(cursor_type="row", zebra_stripes=False, show_cursor=False, **kwargs)
         self._shown: dict[int, tuple] = {}
+        self._columns = COLUMNS
+        self._priority = False
 
     def on_mount(self) -> None:
-        for key, label, width in COLUMNS:
+        for key, label, width in self._columns:
             self.add_column(label, key=key, width=width)
+
+    def _show_priority(self) -> None:
+        """Once, when a request with a priority first appears: the columns are laid out again."""
+        self._priority = True
+        self._columns = (COLUMNS[0], PRIORITY_COLUMN, *COLUMNS[1:])
+        self.clear(columns=True)
+        self._shown = {}
+        self.on_mount()
 
     def show(self, views: Sequence[RequestView]) -> None:
         no_color = self.app.no_color
+        if not self._priority and any(v.priority for v in views):
+            self._show_priority()
         wanted = {v.id for v in views}
         for gone in set(self._shown) - wanted:  # a record holds the requests alive in its step
             self.remove_row(str(gone))
             del self._shown[gone]
         for view in views:
-            cells = row_cells(view, no_color)
+            cells = row_cells(view, no_color, self._priority)
             plain = tuple(str(c) for c in cells)
             old = self._shown.get(view.id)
             if old is None:
                 self.add_row(*cells, key=str(view.id))
             elif old != plain:
-                for (key, _, _), new, before in zip(COLUMNS, cells, old, strict=True):
+                for (key, _, _), new, before in zip(self._columns, cells, old, strict=True):
                     if str(new) != before:
                         self.update_cell(str(view.id), key, new)
             self._shown[view.id] = plain

@@ -104,6 +104,10 @@ class PagedKVCache(_CacheBase):
     def can_allocate(self, request_id: int, num_tokens: int) -> bool:
         return self.allocator.can_allocate(request_id, num_tokens)
 
+    def shortfall(self, request_id: int, num_tokens: int) -> tuple[int, int]:
+        """(blocks the request still needs to hold num_tokens, blocks free): what a preemption is for."""
+        return self.allocator.blocks_needed(request_id, num_tokens), self.allocator.num_free
+
     @property
     def max_table_width(self) -> int:
         return self._table.shape[1]
@@ -197,6 +201,9 @@ class DenseKVCache(_CacheBase):
 
     def can_allocate(self, request_id: int, num_tokens: int) -> bool:
         return True  # dense storage grows on demand; it never preempts
+
+    def shortfall(self, request_id: int, num_tokens: int) -> tuple[int, int]:
+        return 0, 0  # never short
 
     def allocate(self, request_id: int, num_tokens: int) -> None:
         pass

@@ -15,12 +15,14 @@ from .types import (
     IdKeyed,
     KVView,
     MemoryView,
+    Preemption,
     RequestView,
     RunHeader,
     ScheduledItem,
+    Shortfall,
     StepRecord,
 )
 
 __all__ = ["REASON_BUDGET", "REASON_DECODE_CAP", "REASON_NO_BLOCKS", "REASON_NOT_ARRIVED", "REASON_PREEMPTED",
-           "REASON_RESERVED", "REASON_STATIC_BATCH", "IdKeyed", "KVView", "MemoryView", "RequestView",
-           "RunHeader", "ScheduledItem", "StepRecord"]
+           "REASON_RESERVED", "REASON_STATIC_BATCH", "IdKeyed", "KVView", "MemoryView", "Preemption", "RequestView",
+           "RunHeader", "ScheduledItem", "Shortfall", "StepRecord"]

@@ -82,6 +82,29 @@ class RequestView:
 
 
 @dataclass(slots=True)
+class Preemption:
+    """One request preempted in a step, and why: `for_request` needed `blocks_needed` more KV blocks
+    while only `blocks_free` were free, so the newest running request (`request_id`) gave its blocks
+    back and dropped `tokens_dropped` computed tokens, which it recomputes when admitted again."""
+
+    request_id: int
+    for_request: int  # the request that needed the blocks (request_id itself when it preempted itself)
+    blocks_needed: int
+    blocks_free: int
+    tokens_dropped: int
+
+
+@dataclass(slots=True)
+class Shortfall:
+    """The head of the queue could not be admitted: it needed `blocks_needed` KV blocks for its first
+    chunk while `blocks_free` were free (and FCFS lets nobody behind it in)."""
+
+    request_id: int
+    blocks_needed: int
+    blocks_free: int
+
+
+@dataclass(slots=True)
 class KVView:
     layout: str  # "paged" or "dense"
     block_size: int
@@ -178,6 +201,9 @@ class StepRecord:
     decode_graph: list[int] | None = None
     record_time_s: float = 0.0  # of wall_time_s, the time spent building this record (what tracing costs)
     device_time_s: float | None = None  # the GPU's span of the forward pass (CUDA, not overlapped); else None
+    preemptions: list[Preemption] = field(default_factory=list)  # why each of `preempted` was (older recordings: [])
+    preemptions_total: int = 0  # preemptions in the run so far, this step's included
+    admission_blocked: Shortfall | None = None  # why admission stopped for lack of KV blocks; None if it did not
 
     @property
     def num_query_tokens(self) -> int:
@@ -207,4 +233,7 @@ class StepRecord:
         kv["freed_blocks"] = {k: tuple(v) for k, v in kv.get("freed_blocks", {}).items()}
         data["kv"] = KVView(**kv)
         data["memory"] = MemoryView(**data["memory"])
+        data["preemptions"] = [Preemption(**p) for p in data.get("preemptions", [])]
+        if data.get("admission_blocked") is not None:
+            data["admission_blocked"] = Shortfall(**data["admission_blocked"])
         return cls(**data)

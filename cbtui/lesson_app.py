@@ -1,0 +1,138 @@
+"""`cbtui lessons` and `cbtui lesson N`: each lesson is the dashboard on its scenario, run at full
+speed to the lesson's breakpoint and paused there, with the lesson's text above the panels.
+
+Keys beside the dashboard's: `]` next lesson, `[` previous, `l` the lessons menu, `t` folds the
+lesson's text to one line (`n` stays "one step"). A lesson's app ends with where to go next;
+`run_lessons` opens that one.
+"""
+
+from __future__ import annotations
+
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.widgets import Footer, OptionList, Static
+
+from scenarios import load_scenario
+
+from .app import DashboardApp, run_dashboard
+from .breakpoints import parse
+from .controller import MAX_SPEED
+from .lessons import LESSONS, Lesson, lesson_line
+from .widgets.lesson_panel import LessonPanel, lesson_text
+
+LESSON_SPEED = 2.0  # steps per second once the lesson's step is reached: slow enough to follow
+MENU = "menu"
+
+
+class LessonApp(DashboardApp):
+    BINDINGS = [
+        Binding("right_square_bracket", "lesson(1)", "Next lesson", key_display="]", show=False),
+        Binding("left_square_bracket", "lesson(-1)", "Previous lesson", key_display="[", show=False),
+        Binding("l", "lessons_menu", "Lessons", show=False),
+        Binding("t", "fold_lesson", "Fold the lesson text", show=False),
+    ]
+
+    def __init__(self, scenario, engine, lesson: Lesson, number: int, outcome: list, **kwargs):
+        """`outcome` gets where to go when this app ends: a lesson number, MENU, or nothing (quit)."""
+        super().__init__(scenario, engine, paused=False, speed=MAX_SPEED,
+                         breakpoints=[parse(lesson.break_on)], **kwargs)
+        self.lesson, self.number, self.outcome = lesson, number, outcome
+        self.folded = False
+
+    def _lesson_text(self):
+        lesson = self.lesson
+        return lesson_text(self.number, len(LESSONS), lesson.title, lesson.panel, lesson.watch, lesson.question,
+                           self.folded)
+
+    def on_mount(self) -> None:
+        self.mount(LessonPanel(self._lesson_text(), id="lesson"), after="#events")
+
+    def action_fold_lesson(self) -> None:
+        self.folded = not self.folded
+        self.query_one(LessonPanel).update(self._lesson_text())
+
+    def watch_paused(self) -> None:
+        super().watch_paused()
+        if self.paused and self.break_hit is not None and self.speed == MAX_SPEED:
+            self.speed = LESSON_SPEED  # the lesson's step is reached: from here on, at a pace to follow
+            self.controller.set_speed(LESSON_SPEED)
+
+    def action_restart(self) -> None:
+        """From the start, at full speed to the lesson's step again."""
+        self.speed = MAX_SPEED
+        self.controller.set_speed(MAX_SPEED)
+        super().action_restart()
+
+    def action_lesson(self, delta: int) -> None:
+        target = self.number + delta
+        self.outcome.append(target if 1 <= target <= len(LESSONS) else MENU)
+        self.action_quit()
+
+    def action_lessons_menu(self) -> None:
+        self.outcome.append(MENU)
+        self.action_quit()
+
+
+class LessonMenu(App[int | None]):
+    """Pick a lesson: enter opens it; q or escape quits."""
+
+    BINDINGS = [Binding("q,escape", "quit_menu", "Quit")]
+    CSS = "OptionList { height: 1fr; } #menu-help { padding: 0 1; background: $boost; }"
+
+    def __init__(self, highlight: int = 1):
+        super().__init__()
+        self._highlight = highlight
+
+    def compose(self) -> ComposeResult:
+        yield Static("cbtui lessons: ↑/↓ and enter open a lesson. In a lesson: ] next, [ previous, "
+                     "l this menu, t fold the text, ? help, q quit.", id="menu-help")
+        yield OptionList(*[lesson_line(i, lesson) for i, lesson in enumerate(LESSONS, 1)])
+        yield Footer(compact=True, show_command_palette=False)
+
+    def on_mount(self) -> None:
+        options = self.query_one(OptionList)
+        options.highlighted = self._highlight - 1
+        options.focus()
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        self.exit(event.option_index + 1)
+
+    def action_quit_menu(self) -> None:
+        self.exit(None)
+
+
+def _parts(lesson: Lesson):
+    """The lesson's scenario, a fresh engine for it, and how to build another (`r`)."""
+    scenario = load_scenario(lesson.scenario)
+
+    def rebuild():
+        return scenario.build_engine(lesson.variant, plugins=lesson.plugins)
+    return scenario, rebuild(), rebuild
+
+
+def open_lesson(number: int, outcome: list, **kwargs) -> LessonApp:
+    """The app of lesson `number` (1-based), on a fresh engine of its scenario."""
+    lesson = LESSONS[number - 1]
+    scenario, engine, rebuild = _parts(lesson)
+    return LessonApp(scenario, engine, lesson, number, outcome, rebuild=rebuild, **kwargs)
+
+
+def run_lessons(start: int | None) -> int:
+    """From the menu (start None) or lesson `start`, until the student quits. Returns the exit code."""
+    number: int | str | None = MENU if start is None else start
+    last = start or 1
+    while True:
+        if number == MENU:
+            number = LessonMenu(highlight=last).run()
+            if number is None:
+                return 0
+        assert isinstance(number, int)
+        lesson, outcome, last = LESSONS[number - 1], [], number
+        scenario, engine, rebuild = _parts(lesson)
+
+        def make(scenario, engine, _rebuild, lesson=lesson, number=number, outcome=outcome, rebuild=rebuild):
+            return LessonApp(scenario, engine, lesson, number, outcome, rebuild=rebuild)
+        code = run_dashboard(scenario, engine, app_factory=make)
+        if code or not outcome:
+            return code
+        number = outcome[-1]

@@ -1,0 +1,180 @@
+"""Every lesson opens its scenario, pauses at its step, and shows what it tells the student to watch;
+the lesson keys move between lessons; `cbtui lessons --list` and `cbtui lesson N` from the shell."""
+
+import asyncio
+import html
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+from dashboard_helpers import NO_GPU, wait_until
+
+from cbtui.breakpoints import parse
+from cbtui.lesson_app import LESSON_SPEED, MENU, LessonMenu, open_lesson
+from cbtui.lessons import LESSONS
+from engine.profiling.gpu_memory import FakeProbe
+from scenarios import load_scenario
+
+CHAR_WIDTH = 12.2  # Textual's SVG export: 0.61 of its 20-pixel font
+
+
+def screen_text(app) -> str:
+    """The screen as text, row by row (from the SVG screenshot: what a person would read)."""
+    svg = app.export_screenshot()
+    rows: dict[float, list[tuple[float, str]]] = {}
+    for m in re.finditer(r'<text class="[^"]*" x="([\d.]+)" y="([\d.]+)"[^>]*>(.*?)</text>', svg):
+        rows.setdefault(float(m[2]), []).append((float(m[1]), html.unescape(m[3]).replace("\xa0", " ")))
+    lines = []
+    for _, parts in sorted(rows.items()):
+        line = ""
+        for x, text in sorted(parts):
+            line = line.ljust(round(x / CHAR_WIDTH)) + text  # gaps between runs are spaces on screen
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def expected_step(number: int) -> int:
+    """Where the lesson's breakpoint fires in a plain run of its scenario (with its plugins)."""
+    lesson = LESSONS[number - 1]
+    engine = load_scenario(lesson.scenario).build_engine(lesson.variant, device="cpu", plugins=lesson.plugins)
+    bp, previous = parse(lesson.break_on), None
+    while engine.has_unfinished():
+        record = engine.step()
+        if bp.fires(record, previous):
+            return record.step
+        previous = record
+    raise AssertionError(f"lesson {number}'s breakpoint {lesson.break_on} never fires")
+
+
+def squeeze(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_there_are_12_to_15_lessons_each_on_a_builtin_scenario_with_a_valid_breakpoint():
+    assert 12 <= len(LESSONS) <= 15
+    for lesson in LESSONS:
+        load_scenario(lesson.scenario)
+        parse(lesson.break_on)
+        assert lesson.question.strip() and lesson.watch.strip() and lesson.panel.strip()
+
+
+@pytest.mark.parametrize("number", range(1, len(LESSONS) + 1))
+def test_each_lesson_pauses_at_its_step_with_what_to_watch_on_screen(number):
+    lesson = LESSONS[number - 1]
+    step = expected_step(number)
+
+    async def scenario():
+        outcome = []
+        app = open_lesson(number, outcome, probe=FakeProbe([NO_GPU]), memory_poll_s=3600.0)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await wait_until(pilot, lambda: app.break_hit is not None, timeout=30)
+            await pilot.pause(0.2)
+            assert app.paused and app.history.current().step == step
+            text = screen_text(app)
+            assert re.search(rf"Step {step} (paused|finished)", text)  # the last lesson pauses on the last step
+            assert f"paused: breakpoint {parse(lesson.break_on).spec} hit" in text
+            flat = squeeze(text)
+            assert f"Lesson {number}/{len(LESSONS)}: {lesson.title}" in flat
+            assert squeeze(lesson.question) in flat
+            assert lesson.look_for in flat, text
+            await pilot.press("q")
+        assert outcome == []
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("number, key, goes_to", [
+    (1, "right_square_bracket", 2), (2, "left_square_bracket", 1), (1, "left_square_bracket", MENU),
+    (len(LESSONS), "right_square_bracket", MENU), (5, "l", MENU),
+])
+def test_lesson_keys_say_where_to_go_next(number, key, goes_to):
+    async def scenario():
+        outcome = []
+        app = open_lesson(number, outcome, probe=FakeProbe([NO_GPU]), memory_poll_s=3600.0)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_until(pilot, lambda: app.history.current() is not None)
+            await pilot.press(key)
+            await pilot.pause(0.1)
+        assert outcome == [goes_to]
+    asyncio.run(scenario())
+
+
+def test_t_folds_the_lesson_text_and_n_still_steps():
+    async def scenario():
+        app = open_lesson(6, [], probe=FakeProbe([NO_GPU]), memory_poll_s=3600.0)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_until(pilot, lambda: app.break_hit is not None, timeout=30)
+            assert "Ask:" in screen_text(app)
+            await pilot.press("t")
+            await pilot.pause(0.1)
+            assert "Ask:" not in screen_text(app) and "Lesson 6/" in screen_text(app)
+            step = app.history.current().step
+            await pilot.press("n")
+            await wait_until(pilot, lambda: app.history.current().step == step + 1)
+            await pilot.press("q")
+    asyncio.run(scenario())
+
+
+def test_r_runs_the_lesson_to_its_step_again():
+    async def scenario():
+        app = open_lesson(8, [], probe=FakeProbe([NO_GPU]), memory_poll_s=3600.0)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_until(pilot, lambda: app.break_hit is not None, timeout=30)
+            step = app.history.current().step
+            await pilot.press("space")  # on at the lesson's pace, then start over
+            await wait_until(pilot, lambda: app.history.current().step > step, timeout=30)
+            started = time.monotonic()
+            await pilot.press("r")
+            # at full speed again: the run starts over and pauses on the lesson's step at once, not
+            # after step / LESSON_SPEED seconds (4)
+            await wait_until(pilot, lambda: app.paused and app.break_hit is not None
+                             and len(app.history) == step + 1, timeout=30)
+            assert time.monotonic() - started < (step - 1) / LESSON_SPEED
+            assert app.history.current().step == step and app.speed == LESSON_SPEED
+            await pilot.press("q")
+    asyncio.run(scenario())
+
+
+def test_the_menu_opens_the_lesson_picked():
+    async def scenario():
+        app = LessonMenu()
+        async with app.run_test(size=(80, 24)) as pilot:
+            assert "Requests join and leave the batch" in screen_text(app)
+            await pilot.press("down", "down", "enter")
+        return app.return_value
+    assert asyncio.run(scenario()) == 3
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "cbtui", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_lessons_list_prints_them_numbered_one_a_line():
+    done = cli("lessons", "--list")
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0 and len(lines) == len(LESSONS)
+    for number, (line, lesson) in enumerate(zip(lines, LESSONS, strict=True), 1):
+        assert line.split(". ", 1) == [f"{number:>2}", f"{lesson.title} ({lesson.scenario})"] and len(line) <= 80
+
+
+@pytest.mark.parametrize("number", ["0", str(len(LESSONS) + 1)])
+def test_a_lesson_that_does_not_exist_is_one_line_and_exit_2(number):
+    done = cli("lesson", number)
+    assert done.returncode == 2 and done.stderr == (
+        f"cbtui: error: lesson {number}: there are lessons 1 to {len(LESSONS)} (cbtui lessons --list)\n")
+
+
+@pytest.mark.parametrize("number", range(1, len(LESSONS) + 1))
+def test_each_lesson_text_fits_four_lines_at_80_columns(number):
+    """The lesson panel keeps at most 4 rows of an 80x24 terminal (78 columns inside its padding)."""
+    from rich.console import Console
+
+    from cbtui.widgets.lesson_panel import lesson_text
+
+    lesson = LESSONS[number - 1]
+    console = Console(width=78, legacy_windows=False)
+    group = lesson_text(number, len(LESSONS), lesson.title, lesson.panel, lesson.watch, lesson.question)
+    lines = console.render_lines(group, pad=False)
+    assert len(lines) <= 4, ["".join(s.text for s in line) for line in lines]
+    assert "".join(s.text for s in lines[0]).startswith(f"Lesson {number}/{len(LESSONS)}: {lesson.title}")

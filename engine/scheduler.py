@@ -129,15 +129,21 @@ class Scheduler:
         plan = self._schedule(state, reserve=True)
         if not plan.items and self.reservation is not None:
             # A reserved slice its holders cannot use now (they wait for KV blocks that the starved
-            # requests hold) would idle the engine for ever: this step runs without it.
-            plan = self._schedule(state, reserve=False)
+            # requests hold) would idle the engine for ever: this step runs without it. Preemptions
+            # the first try made have happened: the second keeps them.
+            plan = self._schedule(state, reserve=False, before=plan)
         return plan
 
-    def _schedule(self, state: SchedulerState, reserve: bool) -> SchedulePlan:
-        self.freed_blocks = {}
+    def _schedule(self, state: SchedulerState, reserve: bool, before: SchedulePlan | None = None) -> SchedulePlan:
         plan = SchedulePlan(budget=state.budget)
+        if before is None:
+            self.freed_blocks = {}
+        else:
+            plan.preempted, plan.preemptions = before.preempted, before.preemptions
         # Admission considers the queue as the step began: a request preempted in it waits a step.
-        candidates = self.admission.admissible(self.waiting, plan.reasons)
+        preempted_now = {r.id for r in plan.preempted}
+        candidates = [r for r in self.admission.admissible(self.waiting, plan.reasons) if r.id not in preempted_now]
+        plan.reasons.update((rid, REASON_PREEMPTED) for rid in preempted_now)
         self.reservation = self._reservation(state, candidates) if reserve else None
         decoding: list[Request] = []
         prefilling: list[Request] = []

@@ -216,3 +216,33 @@ def test_a_stuck_schedule_ends_the_run_with_why():
         eng.step()
     with pytest.raises(NoProgressError):
         eng.run_until_done()
+
+
+def test_a_lifted_reservation_keeps_the_preemption_its_first_try_made():
+    """The reserved try preempts a request (here the holder itself, the newest) and plans nothing, so
+    the step runs without the slice: the preemption has happened and the record must say so, and the
+    preempted request waits a step instead of being admitted again in the step it left."""
+    class ReserveFor(SchedulerPlugin):
+        name = "reserve_for"
+
+        def __init__(self, holder: int):
+            self.holder = holder
+
+        def before_step(self, state):
+            if state.step >= 1:
+                state.reserve(state.budget, [self.holder])
+
+    config = exact_config(kv_layout="paged", block_size=4, num_blocks=4, max_tokens_per_step=16,
+                          prefill_chunk_size=8, attention="sdpa")
+    eng = Engine(config, plugins=[ReserveFor(holder=1)])
+    a = eng.add_request(list(range(1, 7)), max_new_tokens=4)  # 2 blocks, room to decode
+    b = eng.add_request(list(range(10, 18)), max_new_tokens=4)  # 2 blocks, full after its prefill
+    assert b == 1
+    eng.step()  # both prefilled: the pool is full and b needs a new block for its next token
+    record = eng.step()
+    assert [p.request_id for p in record.preemptions] == [b]
+    assert [i.request_id for i in record.items] == [a]  # b is not admitted again in the same step
+    assert {v.id: v.reason for v in record.requests}[b] == "preempted"
+    outputs = eng.run_until_done()
+    assert outputs[a] == run_alone(list(range(1, 7)), 4)
+    assert outputs[b] == run_alone(list(range(10, 18)), 4)

@@ -24,6 +24,8 @@ from .records import RunHeader, ScheduledItem, StepRecord
 from .request import Request
 from .request_checks import check_request
 from .scheduler import SchedulePlan, Scheduler
+from .speculation.acceptance import Proposal
+from .speculation.speculator import make_speculator
 
 STALL_STEPS = 4  # steps in a row with nothing scheduled (and nothing still to arrive) that end a run
 
@@ -54,7 +56,9 @@ class Engine:
                              f"(0..{spec.vocab_size - 1})")
         self.plugins = PluginHost(list(plugins or []), config, spec.num_layers)
         self.runner = ModelRunner(config, self.plugins)
-        self.scheduler = Scheduler(config, self.runner.kv)
+        self.speculator = make_speculator(config, self.runner.kv, self.runner.device, self.runner.dtype,
+                                          self.runner.attention)
+        self.scheduler = Scheduler(config, self.runner.kv, self.speculator)
         self.recorder = Recorder(config, self.scheduler, self.runner.kv, self.runner.weight_bytes)
         self.requests = Requests()  # every request given, by id; finished ones compact
         self.pending: list[tuple[int, int, Request]] = []  # heap of (arrival step, id, request) not arrived yet
@@ -73,7 +77,15 @@ class Engine:
                          max_tokens_per_step=c.max_tokens_per_step, prefill_chunk_size=c.prefill_chunk_size,
                          block_size=c.block_size, num_blocks=r.num_blocks, decode_path=r.decode_path(),
                          plugins=[p.name for p in self.plugins.plugins], title=title,
+                         speculative=self._speculative_label(),
                          description=description, question=question, variant=variant)
+
+    def _speculative_label(self) -> str:
+        c = self.config
+        if c.speculative is None:
+            return ""
+        draft = f" {c.draft_model}" if c.speculative == "draft" else ""
+        return f"{c.speculative}{draft} k={c.num_speculative_tokens}"
 
     # -- requests -------------------------------------------------------------------------
     def add_request(self, prompt: list[int] | str, max_new_tokens: int = 16, arrival_step: int = 0,
@@ -113,15 +125,29 @@ class Engine:
             # Nothing to launch behind the step in flight: hand its record over first; this step
             # is scheduled again on the next call.
             return self._resolve_in_flight()
-        items, tokens, samples = self._batch(plan)
+        proposals = self.speculator.propose(plan.drafts) if plan.drafts and self.speculator else {}
+        items, tokens, samples = self._batch(plan, proposals)
         sampling = [s.request for s, flag in zip(plan.items, samples, strict=True) if flag]
-        tokens_out = self.runner.run(items, tokens, samples, sampling) if plan.items else []
+        kept: dict[Request, list[int]] = {}
+        if proposals:
+            chosen, accepted = self.runner.run_speculative(items, tokens, samples, sampling,
+                                                           [proposals.get(r) for r in sampling])
+            kept = dict(zip(sampling, accepted, strict=True))
+            tokens_out: list[int] | DeviceTokens = chosen
+        else:
+            tokens_out = self.runner.run(items, tokens, samples, sampling) if plan.items else []
         on_host = isinstance(tokens_out, list)
         chosen = tokens_out if isinstance(tokens_out, list) else [PENDING_TOKEN] * len(sampling)
-        done = self.scheduler.postprocess(step, plan, samples, chosen, now=time.perf_counter() if on_host else None)
+        done = self.scheduler.postprocess(step, plan, samples, chosen, now=time.perf_counter() if on_host else None,
+                                          kept=kept)
         for r in done.finishing:
             self.runner.free(r.id)
+            if self.speculator is not None:
+                self.speculator.free(r.id)
             self.plugins.on_request_completion(r)
+        if proposals:
+            assert self.speculator is not None
+            self._settle(items, proposals, kept)
         sampled = dict(zip((r.id for r in sampling), chosen, strict=True)) if on_host else {}
         record = self.recorder.record(step, plan, items, done.finishing, sampled, len(self.pending))
         self.plugins.after_step(state, record)
@@ -156,15 +182,33 @@ class Engine:
             req.arrival_time = now
             self.scheduler.add_arrived(req)
 
+    def _settle(self, items: list[ScheduledItem], proposals: dict[Request, Proposal],
+                kept: dict[Request, list[int]]) -> None:
+        """After a speculative step: the record's accepted counts, the requests' totals, and the
+        rejected drafts' KV rolled back (emptied blocks show as freed in the record)."""
+        assert self.speculator is not None
+        accepted = {r.id: len(good) for r, good in kept.items() if r in proposals}
+        for item in items:
+            if item.drafts:
+                item.accepted = accepted[item.request_id]
+        for rid, blocks in self.speculator.settle(proposals, kept).items():
+            self.scheduler.freed_blocks[rid] = blocks
+
     @staticmethod
-    def _batch(plan: SchedulePlan) -> tuple[list[ScheduledItem], list[list[int]], list[bool]]:
+    def _batch(plan: SchedulePlan, proposals: dict[Request, Proposal]
+               ) -> tuple[list[ScheduledItem], list[list[int]], list[bool]]:
         """Each item's record entry, the tokens it feeds, and whether it samples afterwards."""
         items, tokens, samples = [], [], []
         for s in plan.items:
             r, n, first = s.request, s.num_tokens, s.request.num_computed
             if s.kind == "decode":  # feeds its last generated token, then samples (the hot case)
-                items.append(ScheduledItem(r.id, "decode", first, 1, first + 1))
-                tokens.append(r.output[-1:])
+                if n == 1:
+                    items.append(ScheduledItem(r.id, "decode", first, 1, first + 1))
+                    tokens.append(r.output[-1:])
+                else:  # speculating: its last token, then the drafts it verifies
+                    drafts = proposals[r][0]
+                    items.append(ScheduledItem(r.id, "decode", first, n, first + n, drafts=n - 1))
+                    tokens.append(r.output[-1:] + drafts)
                 samples.append(True)
                 continue
             items.append(ScheduledItem(r.id, s.kind, first, n, first + n))

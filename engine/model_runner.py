@@ -26,6 +26,7 @@ from .plugins.host import PluginHost
 from .records import ScheduledItem
 from .request import Request
 from .sampling import greedy_batch, sample
+from .speculation.acceptance import Proposal, verify
 
 
 def resolve_device(name: str) -> torch.device:
@@ -142,6 +143,13 @@ class ModelRunner:
             self.generators[request.id] = torch.Generator().manual_seed(seed)
 
     # -- one step -------------------------------------------------------------------------
+    def run_speculative(self, items: list[ScheduledItem], tokens: list[list[int]], samples: list[bool],
+                        sampling: list[Request], proposals: list[Proposal | None]) -> tuple[list[int], list[list[int]]]:
+        """A step with speculating decodes (proposals[i] not None for sampling[i]): each request's
+        next token and the drafts it keeps (speculation/acceptance.py)."""
+        logits = self._forward(items, tokens, samples)
+        return verify(logits, sampling, proposals, self.generators, self.config.eos_token_id)
+
     def run(self, items: list[ScheduledItem], tokens: list[list[int]], samples: list[bool],
             sampling: list[Request]) -> list[int] | DeviceTokens:
         """Runs the step's packed batch and samples a token for each request in `sampling` (the

@@ -61,6 +61,8 @@ class ScheduledItem:
     first_pos: int
     num_tokens: int
     key_len: int
+    drafts: int = 0  # speculating decode: of num_tokens, the proposed tokens it verifies (1 + drafts rows)
+    accepted: int = 0  # of the drafts, how many the target accepted (the first `accepted` draft rows)
 
 
 @dataclass(slots=True)
@@ -77,6 +79,8 @@ class RequestView:
     reason: str | None  # why it was not scheduled this step; None when it was
     num_preemptions: int
     output_tail: list[int]  # last generated ids; engine.tokenizer.decode turns them into text
+    drafts_proposed: int = 0  # speculative decoding, over the request's life so far
+    drafts_accepted: int = 0
 
 
 @dataclass(slots=True)
@@ -125,11 +129,12 @@ class RunHeader:
     description: str = ""
     question: str = ""
     variant: str | None = None
+    speculative: str = ""  # e.g. "ngram k=4"; "" without speculation
     kind: str = "header"  # tells a header line from a StepRecord line in a recording
 
     def label(self) -> str:
         """Model, device, attention backend, KV layout and the decode fast path, for the header."""
-        parts = [self.model, self.device, self.attention, self.kv_layout, *self.decode_path]
+        parts = [self.model, self.device, self.attention, self.kv_layout, *self.decode_path, self.speculative]
         return " · ".join(p for p in parts if p)  # a recording without a header knows only some
 
     def to_dict(self) -> dict:
@@ -177,6 +182,16 @@ class StepRecord:
     @property
     def num_key_tokens(self) -> int:
         return sum(item.key_len for item in self.items)
+
+    @property
+    def draft_tokens(self) -> int:
+        """Speculation: the proposed tokens this step verified (part of decode_tokens)."""
+        return sum(item.drafts for item in self.items)
+
+    @property
+    def accepted_tokens(self) -> int:
+        """Speculation: of draft_tokens, those the target accepted."""
+        return sum(item.accepted for item in self.items)
 
     def to_dict(self) -> dict:
         kv = self.kv

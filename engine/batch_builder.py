@@ -144,7 +144,8 @@ def build_batch(items: list[ScheduledItem], tokens: list[list[int]], samples: li
 def _verified_rows(q_lens: list[int], samples: list[bool], drafts: list[int]) -> list[int]:
     """The rows whose logits are kept: each sampling item's last, and a speculating decode's
     1 + drafts last (its last token's row, then one per draft)."""
-    rows, end = [], 0
+    rows: list[int] = []
+    end = 0
     for q_len, flag, n in zip(q_lens, samples, drafts, strict=True):
         end += q_len
         if flag:

@@ -54,6 +54,11 @@ class Engine:
         if config.eos_token_id is not None and config.eos_token_id >= spec.vocab_size:
             raise ValueError(f"eos_token_id={config.eos_token_id} is outside the vocabulary of model {spec.name!r} "
                              f"(0..{spec.vocab_size - 1})")
+        draft = PRESETS[config.draft_model]
+        if config.speculative == "draft" and draft.vocab_size != spec.vocab_size:
+            raise ValueError(f"draft_model={config.draft_model!r} has a vocabulary of {draft.vocab_size} tokens, model "
+                             f"{spec.name!r} one of {spec.vocab_size}; a draft must share the target's vocabulary "
+                             f"(for 'tiny': 'micro' or 'tiny')")
         self.plugins = PluginHost(list(plugins or []), config, spec.num_layers)
         self.runner = ModelRunner(config, self.plugins)
         self.speculator = make_speculator(config, self.runner.kv, self.runner.device, self.runner.dtype,
@@ -132,7 +137,7 @@ class Engine:
         if proposals:
             chosen, accepted = self.runner.run_speculative(items, tokens, samples, sampling,
                                                            [proposals.get(r) for r in sampling])
-            kept = dict(zip(sampling, accepted, strict=True))
+            kept = {r: good for r, good in zip(sampling, accepted, strict=True) if r in proposals}
             tokens_out: list[int] | DeviceTokens = chosen
         else:
             tokens_out = self.runner.run(items, tokens, samples, sampling) if plan.items else []
@@ -187,7 +192,7 @@ class Engine:
         """After a speculative step: the record's accepted counts, the requests' totals, and the
         rejected drafts' KV rolled back (emptied blocks show as freed in the record)."""
         assert self.speculator is not None
-        accepted = {r.id: len(good) for r, good in kept.items() if r in proposals}
+        accepted = {r.id: len(good) for r, good in kept.items()}
         for item in items:
             if item.drafts:
                 item.accepted = accepted[item.request_id]

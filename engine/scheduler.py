@@ -7,7 +7,8 @@ A step spends a token budget in three passes, as in the textbook:
   3. admission of waiting requests, preempted ones first; FCFS: when the KV blocks run out, nobody
      overtakes the head of the queue.
 With speculative decoding, what the decodes leave of the budget goes to their drafts before any
-prefill chunk (speculation/budget.py has the rule). When a running request needs a KV block and none is free, the newest running request is preempted
+prefill chunk (speculation/budget.py has the rule).
+When a running request needs a KV block and none is free, the newest running request is preempted
 by recompute (`_make_room`): its blocks are freed, it goes back to the front of the queue and keeps
 its tokens. Every request left out of the step gets a reason. Policies (policies.py) say who may be
 admitted (FCFS, a static batch) and who may use a reserved slice of the budget.

@@ -29,11 +29,7 @@ DRAFT_SEED_SALT = 0x5EED  # a sampled request's draft draws differ from its targ
 
 class DraftModelProposer:
     def __init__(self, config: EngineConfig, device: torch.device, dtype: torch.dtype, attention_fn):
-        spec, target = PRESETS[config.draft_model], PRESETS[config.model]
-        if spec.vocab_size != target.vocab_size:
-            raise ValueError(f"draft_model={config.draft_model!r} has a vocabulary of {spec.vocab_size} tokens, "
-                             f"model {config.model!r} one of {target.vocab_size}; a draft must share the "
-                             f"target's vocabulary (for 'tiny': 'micro' or 'tiny')")
+        spec = PRESETS[config.draft_model]  # of the target's vocabulary (Engine checks)
         self.config, self.device = config, device
         # The same seed: a draft of the target's own preset is the target itself (every draft stands).
         self.model = build_model(config.draft_model, config.seed, device, dtype, keep_draws=False)

@@ -9,6 +9,7 @@ gets k drafts, not one period's worth.
 from __future__ import annotations
 
 from ..request import Request
+from .acceptance import Proposal
 
 MAX_NGRAM = 3  # longest suffix looked up
 MIN_NGRAM = 1  # shortest (one token: weak, but cheap and often right in a loop)
@@ -49,7 +50,7 @@ class NgramProposer:
         self._offered[request.id] = drafts
         return len(drafts)
 
-    def propose(self, wanted: list[tuple[Request, int]]) -> list[tuple[list[int], None]]:
+    def propose(self, wanted: list[tuple[Request, int]]) -> list[Proposal]:
         """The offered drafts, cut to what each decode was given; no draft probabilities (a lookup
         is a point mass)."""
         offered, self._offered = self._offered, {}

@@ -1,0 +1,111 @@
+"""Speculative decoding's pieces: prompt lookup, the rejection rule (statistically), the records."""
+
+import torch
+from helpers import exact_config, run_batched
+
+from engine import Engine, EngineConfig
+from engine.speculation.acceptance import greedy_accept, rejection_sample
+from engine.speculation.ngram import propose_ngram
+
+# Chi-square critical values at p = 0.001 (a seeded test: fixed draws, far from flaky either way).
+CHI2_CRITICAL_0001 = {5: 20.52}
+
+
+def chi_square(counts: torch.Tensor, probs: torch.Tensor) -> float:
+    expected = probs.double() * counts.sum()
+    return float(((counts.double() - expected) ** 2 / expected).sum())
+
+
+def test_ngram_proposes_what_followed_the_latest_match():
+    assert propose_ngram([1, 2, 3, 9, 1, 2, 3, 7, 5, 1, 2, 3], 2) == [7, 5]  # latest occurrence of 1 2 3
+    assert propose_ngram([4, 5, 6], 3) == []  # nothing repeats
+    assert propose_ngram([8, 1, 2, 8, 1], 3, max_n=2) == [2, 8, 1]
+
+
+def test_ngram_copies_a_short_loop_past_its_end():
+    """A period shorter than k still gives k drafts: the copy runs into the drafts already made."""
+    assert propose_ngram([5, 1, 2, 1, 2, 1, 2], 5) == [1, 2, 1, 2, 1]
+    assert propose_ngram([3, 3, 3], 4) == [3, 3, 3, 3]
+
+
+def test_greedy_acceptance_is_the_longest_matching_prefix():
+    assert greedy_accept([4, 5, 6, 7], [4, 5, 9]) == 2
+    assert greedy_accept([4, 5, 6, 7], [1, 5, 6]) == 0
+    assert greedy_accept([4, 5, 6, 7], [4, 5, 6]) == 3
+
+
+def _distributions(seed: int, rows: int, vocab: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.softmax(2 * torch.randn((rows, vocab), generator=gen, dtype=torch.float64), dim=-1)
+
+
+def test_rejection_sampling_gives_the_target_distribution():
+    """Drafts drawn from a draft distribution q, verified against the target p: the first token
+    emitted follows p_0, and, when the first draft stood, the second follows p_1 (chi-square,
+    vocabulary of 6, 6,000 seeded trials)."""
+    vocab, trials = 6, 6000
+    p, q = _distributions(1, 3, vocab), _distributions(2, 2, vocab)
+    gen = torch.Generator().manual_seed(3)
+    first, second = torch.zeros(vocab), torch.zeros(vocab)
+    drafts_all = torch.stack([torch.multinomial(q[i], trials, replacement=True, generator=gen) for i in range(2)], 1)
+    for drafts in drafts_all.tolist():
+        accepted, token = rejection_sample(p, drafts, q, gen)
+        emitted = drafts[:accepted] + [token]
+        first[emitted[0]] += 1
+        if accepted >= 1:
+            second[emitted[1]] += 1
+    assert chi_square(first, p[0]) < CHI2_CRITICAL_0001[vocab - 1]
+    assert second.sum() > 1000 and chi_square(second, p[1]) < CHI2_CRITICAL_0001[vocab - 1]
+    # The test can fail: the first token against the draft's own distribution is far off.
+    assert chi_square(first, q[0]) > 10 * CHI2_CRITICAL_0001[vocab - 1]
+
+
+def test_rejection_sampling_of_a_lookup_proposal_gives_the_target_distribution():
+    """A lookup's drafts are fixed tokens (a point mass): the emitted token still follows p_0."""
+    vocab, trials = 6, 6000
+    p = _distributions(4, 3, vocab)
+    gen = torch.Generator().manual_seed(5)
+    counts = torch.zeros(vocab)
+    for _ in range(trials):
+        accepted, token = rejection_sample(p, [2, 4], None, gen)
+        counts[([2, 4][:accepted] + [token])[0]] += 1
+    assert chi_square(counts, p[0]) < CHI2_CRITICAL_0001[vocab - 1]
+
+
+def test_a_sampled_request_with_a_draft_equal_to_the_target_accepts_every_draft():
+    """Sampling (temperature 0.8): a draft model identical to the target proposes from p itself, so
+    the rule min(1, p/q) keeps every draft."""
+    config = exact_config(speculative="draft", draft_model="tiny", num_speculative_tokens=3)
+    _, records, eng = run_batched(config, [{"prompt": [1, 2, 3], "max_new_tokens": 13, "temperature": 0.8,
+                                            "seed": 7}])
+    assert len(eng.requests[0].output) == 13
+    assert sum(r.draft_tokens for r in records) == sum(r.accepted_tokens for r in records) > 0
+
+
+def test_records_count_drafts_per_item_request_and_step():
+    workload = [{"prompt": [7, 8, 9] * 6, "max_new_tokens": 40}]
+    _, records, eng = run_batched(exact_config(speculative="ngram", num_speculative_tokens=3), workload)
+    speculating = [i for r in records for i in r.items if i.drafts]
+    assert speculating and all(i.kind == "decode" and i.num_tokens == 1 + i.drafts for i in speculating)
+    proposed = sum(i.drafts for i in speculating)
+    accepted = sum(i.accepted for i in speculating)
+    assert proposed == sum(r.draft_tokens for r in records)
+    last = records[-1].requests[0]
+    assert (last.drafts_proposed, last.drafts_accepted) == (proposed, accepted)
+    # Round trip through JSON keeps the counts.
+    from engine.records import StepRecord
+    again = [StepRecord.from_dict(r.to_dict()) for r in records]
+    assert sum(r.accepted_tokens for r in again) == accepted
+
+
+def test_bad_speculative_settings_say_what_to_change():
+    import pytest
+    with pytest.raises(ValueError, match="speculative='eagle'"):
+        EngineConfig(speculative="eagle")
+    with pytest.raises(ValueError, match="num_speculative_tokens=0"):
+        EngineConfig(speculative="ngram", num_speculative_tokens=0)
+    with pytest.raises(ValueError, match="overlap_steps"):
+        EngineConfig(speculative="ngram", overlap_steps=True)
+    with pytest.raises(ValueError, match="vocabulary"):
+        Engine(EngineConfig(model="small", device="cpu", speculative="draft", draft_model="micro",
+                            num_blocks=4))

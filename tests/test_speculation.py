@@ -109,3 +109,28 @@ def test_bad_speculative_settings_say_what_to_change():
     with pytest.raises(ValueError, match="vocabulary"):
         Engine(EngineConfig(model="small", device="cpu", speculative="draft", draft_model="micro",
                             num_blocks=4))
+
+
+def test_metrics_count_every_emitted_token_and_the_acceptance():
+    from engine.records.metrics import MetricsCollector
+    from engine.records.summary import summarize
+
+    workload = [{"prompt": [7, 8, 9] * 6, "max_new_tokens": 40}, {"prompt": [1, 2] * 5, "max_new_tokens": 30}]
+    outputs, records, _ = run_batched(exact_config(speculative="ngram", num_speculative_tokens=4), workload)
+    metrics = MetricsCollector()
+    for rec in records:
+        metrics.observe(rec)
+    summary = metrics.summary()
+    assert summary["throughput"]["output_tokens"] == sum(map(len, outputs)) == 70
+    spec = summary["speculation"]
+    proposed, accepted = sum(r.draft_tokens for r in records), sum(r.accepted_tokens for r in records)
+    assert (spec["drafts_proposed"], spec["drafts_accepted"]) == (proposed, accepted) and accepted > 0
+    assert spec["acceptance_rate"] == accepted / proposed
+    assert spec["tokens_per_step_per_request"] > 1
+    per_request = metrics.requests()
+    assert sum(r.drafts_accepted for r in per_request) == accepted
+    assert all(len(r.itl_steps) == len(out) - 1 for r, out in zip(per_request, outputs, strict=True))
+    # Rejected drafts were fed to the model, but they are not recompute (nothing was preempted).
+    run = summarize(records)
+    assert run.recomputed == 0 and (run.drafts_proposed, run.drafts_accepted) == (proposed, accepted)
+    assert run.steps < 70

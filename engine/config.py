@@ -13,7 +13,7 @@ POLICIES = ("fcfs", "static")
 DECODE_GRAPHS = ("auto", "on", "off")
 DECODE_ATTENTION = ("auto", "triton", "gather")
 DTYPES = ("auto", "float32", "float64", "bfloat16")
-SPECULATIVE = (None, "ngram", "draft")
+SPECULATIVE = ("off", "ngram", "draft")  # "off" is None, for files and command lines that cannot write None
 MAX_SPECULATIVE_TOKENS = 16
 MAX_SEED = 2**32 - 1
 
@@ -93,8 +93,11 @@ class EngineConfig:
             raise ValueError("overlap_steps=True needs eos_token_id=None: the next step is scheduled before this "
                              "step's tokens are read, so requests must end at max_new_tokens")
 
-        if self.speculative not in SPECULATIVE:
-            raise ValueError(f"speculative={self.speculative!r} is not allowed; choose one of: None, 'ngram', 'draft'")
+        if self.speculative == "off":
+            self.speculative = None
+        if self.speculative is not None and self.speculative not in SPECULATIVE:
+            raise ValueError(f"speculative={self.speculative!r} is not allowed; choose one of: None (or 'off'), "
+                             f"'ngram', 'draft'")
         _check_int("num_speculative_tokens", self.num_speculative_tokens, 1, high=MAX_SPECULATIVE_TOKENS)
         _check_choice("draft_model", self.draft_model, DRAFT_MODELS)
         if self.speculative and self.overlap_steps:

@@ -134,3 +134,33 @@ def test_metrics_count_every_emitted_token_and_the_acceptance():
     run = summarize(records)
     assert run.recomputed == 0 and (run.drafts_proposed, run.drafts_accepted) == (proposed, accepted)
     assert run.steps < 70
+
+
+def _cli(*args):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "cbtui", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_cli_speculative_flag_runs_and_bad_values_are_one_line():
+    done = _cli("scenario", "mixed_load", "--headless", "--steps", "12", "--speculative", "ngram")
+    assert done.returncode == 0 and "speculative=ngram k=4" in done.stdout
+    bad = _cli("scenario", "mixed_load", "--headless", "--speculative", "eagle")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert "--speculative" in bad.stderr and "ngram" in bad.stderr
+
+
+def test_scenario_files_take_the_speculative_keys(tmp_path):
+    from scenarios import load_scenario
+    from scenarios.errors import ScenarioError
+    good = tmp_path / "s.toml"
+    good.write_text('title = "t"\ndescription = "d"\nquestion = "q?"\n[engine]\nspeculative = "draft"\n'
+                    'num_speculative_tokens = 2\ndraft_model = "tiny"\n[[requests]]\nprompt = "ab"\n'
+                    '[compare.off]\nspeculative = "off"\n')
+    scenario = load_scenario(str(good))
+    assert scenario.engine_config().speculative == "draft" and scenario.engine_config("off").speculative is None
+    bad = tmp_path / "b.toml"
+    bad.write_text(good.read_text().replace('speculative = "draft"', 'speculative = "ngarm"'))
+    import pytest
+    with pytest.raises(ScenarioError, match="did you mean 'ngram'"):
+        load_scenario(str(bad))

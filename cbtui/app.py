@@ -35,6 +35,7 @@ from engine.records.metrics import MetricsCollector
 from .controller import MAX_SPEED, EngineController, EngineStatus, SteppableEngine
 from .frozen_heap import frozen_heap
 from .history import History
+from .speculation_text import speculation_note
 from .widgets.budget import BudgetBar
 from .widgets.error_panel import ErrorPanel
 from .widgets.header import HeaderInfo, StepHeader
@@ -286,7 +287,8 @@ class DashboardApp(App[None]):
             return HeaderInfo(step=None, **common)
         return HeaderInfo(step=record.step, running=record.running, waiting=record.waiting,
                           finished=record.finished_total, pending=record.pending,
-                          notes=tuple(record.annotations) + graph_note(record), errors=tuple(record.errors),
+                          notes=(*record.annotations, *graph_note(record), *speculation_note(record, self.selected)),
+                          errors=tuple(record.errors),
                           **common)
 
     def _poll_memory(self) -> None:

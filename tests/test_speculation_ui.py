@@ -6,9 +6,12 @@ from __future__ import annotations
 import asyncio
 
 from dashboard_helpers import SteadyEngine, header_text, shown_step, wait_until
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from textual.color import Color
 
 from cbtui.app import DashboardApp
+from cbtui.mask_raster import rejected_draft_rows
 from cbtui.speculation_text import drafts_cell, speculation_note
 from cbtui.widgets.budget import BudgetBar
 from cbtui.widgets.mask import REJECTED, REJECTED_GLYPH, SHADES, mask_strips
@@ -82,3 +85,16 @@ def test_dashboard_shows_speculating_decodes():
             assert any(c.startswith("drafts ") for c in cells)
             assert "drafts accepted" in header_text(app)
     asyncio.run(drive())
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 12), st.integers(0, 40), st.integers(0, 40)), min_size=1, max_size=4),
+       st.booleans())
+def test_any_draft_counts_a_recording_holds_are_drawn_without_raising(shapes, no_color):
+    """A recording from outside may say anything about drafts (more than the item's rows, more
+    accepted than proposed): the mask still draws, with at most the item's own rows marked."""
+    items = [ScheduledItem(i, "decode", 3, n + 1, 4 + n, drafts=d, accepted=a) for i, (n, d, a) in enumerate(shapes)]
+    strips, _ = mask_strips(items, width=20, height=6, background=BACKGROUND, no_color=no_color)
+    assert len(strips) == 6 and all(s.cell_length == 20 for s in strips)
+    flags = rejected_draft_rows(items)
+    assert len(flags) == sum(i.num_tokens for i in items)

@@ -34,7 +34,7 @@ def demand_line(record: StepRecord) -> Text:
     limit = budget if cap is None else min(cap, budget)
     limit_name = "budget" if cap is None or budget < cap else "cap"
     text = Text.assemble(("decode demand ", "dim"), str(demand))
-    ran = record.decode_tokens - record.draft_tokens  # decodes (requests), not their drafts
+    ran = record.decode_tokens - min(record.draft_tokens, record.decode_tokens)  # decodes (requests), not drafts
     if demand > limit:
         text.append(f" > {limit_name} {limit}: {demand - limit} wait", style="bold red")
     elif ran < demand:  # within the limit, yet not all ran: evicted for KV blocks, or a reserved slice
@@ -64,7 +64,7 @@ class BudgetBar(Static):
             return Text("no step yet", style="dim")
         width = max(self.size.width, 1)
         d, p, u = split_cells(width, rec.decode_tokens, rec.prefill_tokens, rec.budget)
-        drafts = rec.draft_tokens
+        drafts = min(rec.draft_tokens, rec.decode_tokens)  # a recording from outside may say anything
         own, draft_cells, _ = split_cells(d, rec.decode_tokens - drafts, drafts, rec.decode_tokens)
         bar = Text.assemble((DECODE_GLYPH * own, DECODE_COLOR.hex), (DRAFT_GLYPH * (d - own), DECODE_COLOR.hex),
                             (PREFILL_GLYPH * p, PREFILL_COLOR.hex),

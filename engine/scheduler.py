@@ -161,7 +161,7 @@ class Scheduler:
                 if reservation:
                     reservation.took(r, 1)
         if self.speculator is not None:
-            allot_drafts(plan, self.speculator.wanted, self.kv, reservation)
+            allot_drafts(plan, self.speculator.wanted, self.kv, reservation, state.speculative_tokens)
 
         # 2) Prefill chunks for admitted requests, oldest first.
         chunk = self.config.prefill_chunk_size

@@ -164,3 +164,42 @@ def test_scenario_files_take_the_speculative_keys(tmp_path):
     import pytest
     with pytest.raises(ScenarioError, match="did you mean 'ngram'"):
         load_scenario(str(bad))
+
+
+def test_adaptive_k_cuts_the_drafts_of_a_request_whose_drafts_are_rejected():
+    """A 'micro' draft model is almost never right: with adaptive_speculation each request drops to
+    k = 1 once it has had 8 drafts verified, so far fewer drafts are spent; the tokens are the same."""
+    from engine.plugins.builtin.adaptive_speculation import AdaptiveSpeculationPlugin
+
+    workload = [{"prompt": list(range(5 * i, 5 * i + 6)), "max_new_tokens": 30} for i in range(3)]
+    config = exact_config(speculative="draft", draft_model="micro", num_speculative_tokens=4)
+    fixed_out, fixed, _ = run_batched(config, workload)
+    eng = Engine(config, plugins=[AdaptiveSpeculationPlugin(warmup=8)])
+    for spec in workload:
+        eng.add_request(**spec)
+    adaptive = []
+    while eng.has_unfinished():
+        adaptive.append(eng.step())
+    assert [eng.requests[i].output for i in range(3)] == fixed_out
+    late = [i for r in adaptive[-10:] for i in r.items if i.drafts]
+    assert late and all(i.drafts == 1 for i in late)
+    assert sum(r.draft_tokens for r in adaptive) < sum(r.draft_tokens for r in fixed) / 2
+    assert "adaptive k 1..1 of 4" in adaptive[-2].annotations
+
+
+def test_a_plugin_setting_a_bad_k_is_undone_and_disabled():
+    from engine.plugins.base import SchedulerPlugin
+
+    class BadK(SchedulerPlugin):
+        name = "bad_k"
+
+        def before_step(self, state):
+            state.speculative_tokens[0] = -1
+
+    eng = Engine(exact_config(speculative="ngram"), plugins=[BadK()])
+    eng.add_request([1, 2, 1, 2, 1, 2], max_new_tokens=6)
+    record = eng.step()
+    assert any("speculative_tokens" in e for e in record.errors)
+    eng.run_until_done()
+    assert eng.requests[0].output == run_batched(exact_config(), [{"prompt": [1, 2, 1, 2, 1, 2],
+                                                                   "max_new_tokens": 6}])[0][0]

@@ -22,14 +22,15 @@ if TYPE_CHECKING:
 
 
 def allot_drafts(plan: SchedulePlan, wanted: Callable[[Request, int], int], kv,
-                 reservation: Reservation | None) -> None:
+                 reservation: Reservation | None, ks: dict[int, int] | None = None) -> None:
     """Gives plan.decodes their drafts from what is left of plan's budget (plan.drafts), growing
-    their KV allocations to hold them. `wanted(r, left)` says how many drafts r could use, at most
-    `left`."""
+    their KV allocations to hold them. `wanted(r, most)` says how many drafts r could use, at most
+    `most`; `ks` caps some requests' drafts for this step (a plugin's adaptive k)."""
     left = plan.left
     if left <= 0 or not plan.decodes:
         return
-    want = [wanted(r, left) for r in plan.decodes]
+    ks = ks or {}
+    want = [wanted(r, min(left, ks.get(r.id, left))) for r in plan.decodes]
     given = [0] * len(want)
     level = 1
     while left > 0 and any(w >= level for w in want):

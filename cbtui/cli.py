@@ -228,8 +228,8 @@ def scenarios_cmd() -> None:
               help="Speculative decoding: ngram (prompt lookup), draft (a smaller model) or off.")
 @click.option("--variant", default=None, help="Run one of the scenario's [compare] variants instead.")
 @click.option("--plugin", "plugins", multiple=True, metavar="SPEC",
-              help="Add a plugin: a built-in name (priority, adaptive_batch, kv_int8, adaptive_speculation), an entry point "
-                   "of group cbtui.plugins, or module:Class. Repeatable.")
+              help="Add a plugin: a built-in name (priority, adaptive_batch, kv_int8, adaptive_speculation), an "
+                   "entry point of group cbtui.plugins, or module:Class. Repeatable.")
 @click.option("--trust-plugins", is_flag=True,
               help="Let the scenario file's [[plugins]] name module:Class, which imports and runs that "
                    "module's code. Only for files you trust.")

@@ -98,3 +98,23 @@ def test_any_draft_counts_a_recording_holds_are_drawn_without_raising(shapes, no
     assert len(strips) == 6 and all(s.cell_length == 20 for s in strips)
     flags = rejected_draft_rows(items)
     assert len(flags) == sum(i.num_tokens for i in items)
+
+
+def test_metrics_screen_says_the_acceptance():
+    from rich.console import Console
+
+    from cbtui.metrics_view import render_metrics
+    from engine.profiling.memory_profiler import MemoryProfiler
+    from engine.profiling.sources import FunctionSource
+    from engine.records.metrics import MetricsCollector
+    from scenarios.compare import iter_records
+
+    collector = MetricsCollector()
+    for record in iter_records(load_scenario("speculative"), device="cpu"):
+        collector.observe(record)
+    spec = collector.summary()["speculation"]
+    console = Console(width=120, record=True)
+    profiler = MemoryProfiler(sources=[FunctionSource("fake", lambda: {"fake": 1 << 20})])
+    console.print(render_metrics(collector, profiler, []))
+    text = console.export_text()
+    assert f"speculation: {spec['drafts_accepted']} of {spec['drafts_proposed']} drafts accepted" in text

@@ -60,4 +60,4 @@ class NgramProposer:
         pass  # no state of its own
 
     def free(self, request_id: int) -> None:
-        pass
+        self._offered.pop(request_id, None)  # offered, never given a draft: kept no longer than the request

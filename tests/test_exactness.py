@@ -122,6 +122,7 @@ def speculative_st(draw):
         attention=draw(st.sampled_from(BACKENDS)),
         speculative=speculative, num_speculative_tokens=draw(st.integers(1, 8)),
         draft_model=draw(st.sampled_from(["micro", "tiny"])),
+        policy=draw(st.sampled_from(["fcfs", "fcfs", "static"])), static_batch_size=draw(st.integers(1, 4)),
     )
     return config, workload
 
@@ -189,3 +190,22 @@ def test_rejected_drafts_leave_no_kv_behind(case):
         if config.kv_layout == "paged":
             held = sum(len(t) for t in kv.allocator.tables.values())
             assert held + kv.allocator.num_free == kv.allocator.num_blocks
+
+
+def test_speculation_with_a_reserved_budget_slice_stays_exact():
+    """The priority plugin keeps a slice of the budget for urgent requests: drafts respect it too."""
+    from engine.plugins.builtin.priority import PriorityPlugin
+
+    workload = [{"prompt": [2 + i, 7] * 6, "max_new_tokens": 16, "priority": i % 2, "arrival_step": i}
+                for i in range(5)]
+    config = exact_config(speculative="ngram", num_speculative_tokens=4, max_tokens_per_step=12, block_size=4)
+    eng = Engine(config, plugins=[PriorityPlugin(reserve_tokens=6)])
+    for spec in workload:
+        eng.add_request(**spec)
+    records = []
+    while eng.has_unfinished():
+        records.append(eng.step())
+    assert sum(r.accepted_tokens for r in records) > 0
+    assert all(r.num_query_tokens <= 12 for r in records)
+    for i, spec in enumerate(workload):
+        assert eng.requests[i].output == run_alone(spec["prompt"], spec["max_new_tokens"])

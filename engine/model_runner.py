@@ -27,6 +27,7 @@ from .records import ScheduledItem
 from .request import Request
 from .sampling import greedy_batch, sample
 from .speculation.acceptance import Proposal, verify
+from .speculation.rows import as_decode_rows
 
 
 def resolve_device(name: str) -> torch.device:
@@ -147,6 +148,8 @@ class ModelRunner:
                         sampling: list[Request], proposals: list[Proposal | None]) -> tuple[list[int], list[list[int]]]:
         """A step with speculating decodes (proposals[i] not None for sampling[i]): each request's
         next token and the drafts it keeps (speculation/acceptance.py)."""
+        if isinstance(self.kv, PagedKVCache):  # as one-token decodes: the decode attention and graphs run them
+            items, tokens, samples = as_decode_rows(items, tokens, samples)
         logits = self._forward(items, tokens, samples)
         return verify(logits, sampling, proposals, self.generators, self.config.eos_token_id)
 

@@ -203,3 +203,18 @@ def test_a_plugin_setting_a_bad_k_is_undone_and_disabled():
     eng.run_until_done()
     assert eng.requests[0].output == run_batched(exact_config(), [{"prompt": [1, 2, 1, 2, 1, 2],
                                                                    "max_new_tokens": 6}])[0][0]
+
+
+def test_a_speculative_step_runs_as_decodes_on_the_fast_path():
+    """Paged: a speculating decode's rows run as one-token decodes, so a step of decodes and drafts
+    is a decode-only step: the decode graphs' padded path runs it ('on' runs it uncaptured on the
+    CPU), with the same tokens."""
+    from helpers import run_alone
+
+    workload = [{"prompt": [4, 9, 4, 9, 4, 9, 4], "max_new_tokens": 20},
+                {"prompt": [1, 2, 3] * 3, "max_new_tokens": 20}]
+    config = exact_config(speculative="ngram", decode_graphs="on", attention="sdpa", block_size=4)
+    outputs, records, _ = run_batched(config, workload)
+    graphed = [r for r in records if r.draft_tokens and r.decode_graph is not None]
+    assert graphed and graphed[0].decode_graph[0] >= graphed[0].num_query_tokens  # one row per query token
+    assert outputs == [run_alone(w["prompt"], 20) for w in workload]

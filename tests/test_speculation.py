@@ -2,6 +2,8 @@
 
 import torch
 from helpers import exact_config, run_batched
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine import Engine, EngineConfig
 from engine.speculation.acceptance import greedy_accept, rejection_sample
@@ -218,3 +220,19 @@ def test_a_speculative_step_runs_as_decodes_on_the_fast_path():
     graphed = [r for r in records if r.draft_tokens and r.decode_graph is not None]
     assert graphed and graphed[0].decode_graph[0] >= graphed[0].num_query_tokens  # one row per query token
     assert outputs == [run_alone(w["prompt"], 20) for w in workload]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 3), min_size=1, max_size=60), st.lists(st.integers(1, 6), min_size=1, max_size=8))
+def test_the_ngram_index_proposes_what_the_plain_scan_does_as_the_sequence_grows(tokens, ks):
+    """The engine's incremental index against the rule stated as a scan, at every length, with the
+    sequence growing by a few tokens at a time (as a request's output does)."""
+    from engine.speculation.ngram import NgramIndex
+
+    index = NgramIndex()
+    length, step = 1, 0
+    while length <= len(tokens):
+        k = ks[step % len(ks)]
+        assert index.propose(tokens[:length], k) == propose_ngram(tokens[:length], k)
+        length += 1 + step % 3
+        step += 1

@@ -9,5 +9,6 @@ rejected ones are rolled back (speculator.py). The pieces:
   draft_model.py  a smaller model of the same vocabulary, with its own KV cache, proposes greedily
   budget.py       what the decodes leave of the token budget is spread over their drafts
   acceptance.py   greedy (longest matching prefix + the target's next token) and rejection sampling
+  rows.py         paged: the 1 + k rows run as one-token decodes (the decode fast path and graphs)
   speculator.py   ties them to the engine: per step proposals, counts, rollback
 """

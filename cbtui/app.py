@@ -38,6 +38,7 @@ from .breakpoints import Breakpoint, Breakpoints
 from .controller import MAX_SPEED, EngineController, EngineStatus, SteppableEngine
 from .frozen_heap import frozen_heap
 from .history import History, PastSteps
+from .speculation_text import speculation_note
 from .widgets.breakpoint_screen import BreakpointScreen
 from .widgets.budget import BudgetBar
 from .widgets.error_panel import ErrorPanel
@@ -324,7 +325,8 @@ class DashboardApp(App[None]):
         return HeaderInfo(step=record.step, running=record.running, waiting=record.waiting,
                           finished=record.finished_total, pending=record.pending,
                           preempted=record.preemptions_total,
-                          notes=tuple(record.annotations) + graph_note(record), errors=tuple(record.errors),
+                          notes=(*record.annotations, *graph_note(record), *speculation_note(record, self.selected)),
+                          errors=tuple(record.errors),
                           **common)
 
     def _poll_memory(self) -> None:

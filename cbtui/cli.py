@@ -8,7 +8,7 @@ import sys
 import click
 import torch
 
-from engine.config import ATTENTION_BACKENDS, DEVICES, KV_LAYOUTS, MODELS
+from engine.config import ATTENTION_BACKENDS, DEVICES, KV_LAYOUTS, MODELS, SPECULATIVE
 from engine.plugins.base import PluginAbort
 from engine.records.text import visible
 from scenarios import ScenarioError, builtin_names, load_scenario
@@ -279,10 +279,12 @@ def scenarios_cmd() -> None:
                    f"(config.json, *.safetensors, tokenizer.json).")
 @click.option("--attention", type=click.Choice(ATTENTION_BACKENDS), default=None)
 @click.option("--kv-layout", type=click.Choice(KV_LAYOUTS), default=None)
+@click.option("--speculative", type=click.Choice(SPECULATIVE), default=None,
+              help="Speculative decoding: ngram (prompt lookup), draft (a smaller model) or off.")
 @click.option("--variant", default=None, help="Run one of the scenario's [compare] variants instead.")
 @click.option("--plugin", "plugins", multiple=True, metavar="SPEC",
-              help="Add a plugin: a built-in name (priority, adaptive_batch, kv_int8), an entry point "
-                   "of group cbtui.plugins, or module:Class. Repeatable.")
+              help="Add a plugin: a built-in name (priority, adaptive_batch, kv_int8, adaptive_speculation), an "
+                   "entry point of group cbtui.plugins, or module:Class. Repeatable.")
 @click.option("--without-plugin", "without", multiple=True, metavar="NAME",
               help="Run without one of the scenario's declared [[plugins]] (e.g. priority_sla without "
                    "priority). Repeatable.")
@@ -304,8 +306,8 @@ def scenarios_cmd() -> None:
 @click.option("--break-on", "break_on", multiple=True, metavar="SPEC",
               help="Dashboard: pause on the step where SPEC fires: preempt, preempt:N, finish, admit, "
                    "step:N, kv-free<K, wait>K, error. Repeatable; b in the app adds more.")
-def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention, kv_layout, variant, plugins,
-                 without, trust_plugins, metrics_out, trace_out, record_to, events, paused, speed, break_on):
+def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention, kv_layout, speculative, variant,
+                 plugins, without, trust_plugins, metrics_out, trace_out, record_to, events, paused, speed, break_on):
     """Run a scenario: a built-in NAME or a path to a .toml file."""
     if list_:
         _list_scenarios()
@@ -331,7 +333,7 @@ def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention
                               ("--trace-out", trace_out, check_trace_path)):
         if path is not None:
             _check_output(flag, path, headless or as_json, check)
-    overrides = dict(device=device, model=model, attention=attention, kv_layout=kv_layout)
+    overrides = dict(device=device, model=model, attention=attention, kv_layout=kv_layout, speculative=speculative)
     try:
         scenario = without_plugins(load_scenario(name, trust_plugins=trust_plugins), without)
         engine = scenario.build_engine(variant, plugins=plugins, **overrides)

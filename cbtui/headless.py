@@ -25,7 +25,9 @@ from .event_lines import event_lines
 
 
 def step_line(rec: StepRecord) -> str:
-    return (f"step {rec.step:>4} | decode {rec.decode_tokens:>4} prefill {rec.prefill_tokens:>4} "
+    drafts = rec.draft_tokens  # speculation: of the decode tokens, drafts verified (and accepted)
+    spec = f" (drafts {drafts:>3}, {rec.accepted_tokens:>3} ok)" if drafts else ""
+    return (f"step {rec.step:>4} | decode {rec.decode_tokens:>4}{spec} prefill {rec.prefill_tokens:>4} "
             f"unused {rec.unused_tokens:>4} | running {rec.running:>3} waiting {rec.waiting:>3} "
             f"finished {rec.finished_total:>3}")
 
@@ -50,7 +52,7 @@ class HeadlessRun:
             sys.stdout.write(json.dumps(header.to_dict()) + "\n")
         else:
             settings = (f"model={header.model} device={header.device} attention={header.attention} "
-                        f"kv={header.kv_layout}")
+                        f"kv={header.kv_layout}" + (f" speculative={header.speculative}" if header.speculative else ""))
             console.print(f"[bold]{escape(visible(header.title))}[/bold]  {escape(visible(settings))}")
             about = "\n".join(t for t in (header.description, header.question and f"Question: {header.question}")
                               if t)

@@ -170,3 +170,25 @@ def _majority_owner(meta: _Items, lo, hi, r0, r1, c0, c1) -> np.ndarray:
     last_part = meta.in_rect(hi, r0, r1, c0, c1)
     owner = np.where(last_part > best, hi, owner)
     return owner
+
+
+def rejected_draft_rows(items: Sequence[ScheduledItem]) -> np.ndarray:
+    """Per query row of the step: True on a speculating decode's rejected drafts (its last
+    drafts - accepted rows; the rows before them are its own token and the accepted drafts)."""
+    flags = np.zeros(sum(i.num_tokens for i in items), dtype=bool)
+    end = 0
+    for item in items:
+        end += item.num_tokens
+        rejected = min(max(item.drafts - item.accepted, 0), item.num_tokens)  # a recording may hold anything
+        if rejected:
+            flags[end - rejected:end] = True
+    return flags
+
+
+def row_share(flags: np.ndarray, pixel_rows: int) -> np.ndarray:
+    """The share of each pixel row's query rows that are flagged (rows banded as rasterize bands them)."""
+    if pixel_rows <= 0 or not len(flags):
+        return np.zeros(max(pixel_rows, 0))
+    lo, hi = _bands(len(flags), pixel_rows)
+    total = np.concatenate([[0], np.cumsum(flags)])
+    return (total[hi] - total[lo]) / (hi - lo)

@@ -122,6 +122,11 @@ def render_metrics(collector: MetricsCollector, profiler: MemoryProfile, annotat
         head.append(f"throughput now {throughput[-1]:.0f} tok/s ")
         head.append(sparkline(throughput, 32), style="green")
     lines: list[RenderableType] = [head]
+    spec = collector.summary()["speculation"]
+    if spec["drafts_proposed"]:
+        lines.append(Text(f"speculation: {spec['drafts_accepted']} of {spec['drafts_proposed']} drafts accepted "
+                          f"({spec['acceptance_rate']:.0%}), {spec['mean_accepted_length']:.2f} per speculating "
+                          f"decode, {spec['tokens_per_step_per_request']:.2f} tokens per decode per step"))
     if annotations:
         lines.append(Text("plugins: " + visible("; ".join(annotations)), style="magenta"))
     grid = Table.grid(padding=(0, 4))

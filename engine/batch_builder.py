@@ -17,6 +17,7 @@ import torch
 from .records import ScheduledItem
 
 _num_tokens, _key_len, _first_pos = attrgetter("num_tokens"), attrgetter("key_len"), attrgetter("first_pos")
+_drafts = attrgetter("drafts")
 
 
 @dataclass
@@ -104,7 +105,8 @@ def long_tensor(values: list[int], device: torch.device) -> torch.Tensor:
 
 def build_batch(items: list[ScheduledItem], tokens: list[list[int]], samples: list[bool],
                 device: torch.device) -> RaggedBatch:
-    """tokens[s] are the token ids item s feeds; samples[s] says whether it samples after.
+    """tokens[s] are the token ids item s feeds; samples[s] says whether it samples after (its
+    last row; every row of a speculating decode, whose drafts are verified).
 
     Only the token ids and per-item lengths cross from the host; per-token and per-key
     indices are expanded on the device, so host work is O(items + tokens), not O(keys).
@@ -125,14 +127,30 @@ def build_batch(items: list[ScheduledItem], tokens: list[list[int]], samples: li
     cu_q = torch.cat([zero, q_len_t.cumsum(0)])
     cu_k = torch.cat([zero, k_len_t.cumsum(0)])
     seq_ids, offset_in_item = _ranges(q_len_t, cu_q, sum(q_lens))
-    sample_items = long_tensor([s for s, flag in enumerate(samples) if flag], device)
+    drafts = list(map(_drafts, items))
+    if any(drafts):
+        sample_rows = long_tensor(_verified_rows(q_lens, samples, drafts), device)
+    else:
+        sample_rows = cu_q[long_tensor([s for s, flag in enumerate(samples) if flag], device) + 1] - 1
     return RaggedBatch(
         token_ids=long_tensor(token_ids, device),
         positions=first_t[seq_ids] + offset_in_item, seq_ids=seq_ids, cu_seqlens_q=cu_q,
         key_lens=k_len_t, cu_seqlens_k=cu_k,
-        sample_rows=cu_q[sample_items + 1] - 1, items=list(items),
+        sample_rows=sample_rows, items=list(items),
         q_lens=q_lens, k_lens=k_lens, first_positions=firsts,
     )
+
+
+def _verified_rows(q_lens: list[int], samples: list[bool], drafts: list[int]) -> list[int]:
+    """The rows whose logits are kept: each sampling item's last, and a speculating decode's
+    1 + drafts last (its last token's row, then one per draft)."""
+    rows: list[int] = []
+    end = 0
+    for q_len, flag, n in zip(q_lens, samples, drafts, strict=True):
+        end += q_len
+        if flag:
+            rows.extend(range(end - 1 - n, end))
+    return rows
 
 
 def _decode_batch(items, token_ids: list[int], q_lens: list[int], k_lens: list[int], firsts: list[int],

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 MODELS = ("tiny", "small")  # the random presets; `model` may also be a checkpoint directory (checkpoint.py)
+DRAFT_MODELS = ("micro", "tiny", "small")  # presets a draft may be; it must share the target's vocabulary
 DEVICES = ("auto", "cpu", "cuda")
 KV_LAYOUTS = ("paged", "dense")
 ATTENTION_BACKENDS = ("auto", "reference", "sdpa", "flex")
@@ -12,6 +13,8 @@ POLICIES = ("fcfs", "static")
 DECODE_GRAPHS = ("auto", "on", "off")
 DECODE_ATTENTION = ("auto", "triton", "gather")
 DTYPES = ("auto", "float32", "float64", "bfloat16")
+SPECULATIVE = ("off", "ngram", "draft")  # "off" is None, for files and command lines that cannot write None
+MAX_SPECULATIVE_TOKENS = 16
 MAX_SEED = 2**32 - 1
 
 
@@ -58,6 +61,12 @@ class EngineConfig:
     # Schedule and launch step N+1 while the device still runs step N (overlap.py): step() then
     # returns each record one call later. Greedy requests that end at max_new_tokens, no plugins.
     overlap_steps: bool = False
+    # Speculative decoding (engine/speculation/): a decode also verifies up to k proposed tokens.
+    # "ngram": prompt lookup in the request's own tokens; "draft": a smaller model of the same
+    # vocabulary (draft_model, a preset, built with this seed: the target's own preset is the target).
+    speculative: str | None = None
+    num_speculative_tokens: int = 4
+    draft_model: str = "micro"
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
@@ -91,6 +100,17 @@ class EngineConfig:
         if self.overlap_steps and self.eos_token_id is not None:
             raise ValueError("overlap_steps=True needs eos_token_id=None: the next step is scheduled before this "
                              "step's tokens are read, so requests must end at max_new_tokens")
+
+        if self.speculative == "off":
+            self.speculative = None
+        if self.speculative is not None and self.speculative not in SPECULATIVE:
+            raise ValueError(f"speculative={self.speculative!r} is not allowed; choose one of: None (or 'off'), "
+                             f"'ngram', 'draft'")
+        _check_int("num_speculative_tokens", self.num_speculative_tokens, 1, high=MAX_SPECULATIVE_TOKENS)
+        _check_choice("draft_model", self.draft_model, DRAFT_MODELS)
+        if self.speculative and self.overlap_steps:
+            raise ValueError("speculative decoding needs each step's tokens on the host to propose the next "
+                             "drafts; drop overlap_steps or speculative")
 
     @classmethod
     def field_names(cls) -> list[str]:

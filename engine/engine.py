@@ -14,6 +14,7 @@ import time
 from .checkpoint import eos_token_ids, is_preset, model_spec
 from .config import EngineConfig
 from .finished import Requests
+from .model import PRESETS
 from .model_runner import ModelRunner
 from .overlap import PENDING_TOKEN, DeviceTokens, InFlightStep
 from .plugins.base import Plugin
@@ -23,6 +24,8 @@ from .records import RunHeader, ScheduledItem, StepRecord
 from .request import Request
 from .request_checks import check_request
 from .scheduler import SchedulePlan, Scheduler
+from .speculation.acceptance import Proposal
+from .speculation.speculator import make_speculator
 from .tokenizer import ByteTokenizer, tokenizer_for
 
 STALL_STEPS = 4  # steps in a row with nothing scheduled (and nothing still to arrive) that end a run
@@ -53,10 +56,17 @@ class Engine:
             raise ValueError(f"eos_token_id={config.eos_token_id} is outside the vocabulary of model {spec.name!r} "
                              f"(0..{spec.vocab_size - 1})")
         stop_ids = self._stop_ids(config, spec.vocab_size)
+        draft = PRESETS[config.draft_model]
+        if config.speculative == "draft" and draft.vocab_size != spec.vocab_size:
+            raise ValueError(f"draft_model={config.draft_model!r} has a vocabulary of {draft.vocab_size} tokens, model "
+                             f"{spec.name!r} one of {spec.vocab_size}; a draft must share the target's vocabulary "
+                             f"(for 'tiny': 'micro' or 'tiny')")
         self.tokenizer = tokenizer_for(config.model)  # bytes for a preset, the checkpoint's tokenizer.json
         self.plugins = PluginHost(list(plugins or []), config, spec.num_layers)
         self.runner = ModelRunner(config, self.plugins)
-        self.scheduler = Scheduler(config, self.runner.kv, stop_ids)
+        self.speculator = make_speculator(config, self.runner.kv, self.runner.device, self.runner.dtype,
+                                          self.runner.attention)
+        self.scheduler = Scheduler(config, self.runner.kv, stop_ids, self.speculator)
         # Output tails are ids; a real tokenizer's text goes into the records too (widgets cannot decode it).
         text = None if isinstance(self.tokenizer, ByteTokenizer) else self.tokenizer.decode
         self.recorder = Recorder(config, self.scheduler, self.runner.kv, self.runner.weight_bytes, text)
@@ -92,7 +102,15 @@ class Engine:
                          max_tokens_per_step=c.max_tokens_per_step, prefill_chunk_size=c.prefill_chunk_size,
                          block_size=c.block_size, num_blocks=r.num_blocks, decode_path=r.decode_path(),
                          plugins=[p.name for p in self.plugins.plugins], title=title,
+                         speculative=self._speculative_label(),
                          description=description, question=question, variant=variant)
+
+    def _speculative_label(self) -> str:
+        c = self.config
+        if c.speculative is None:
+            return ""
+        draft = f" {c.draft_model}" if c.speculative == "draft" else ""
+        return f"{c.speculative}{draft} k={c.num_speculative_tokens}"
 
     # -- requests -------------------------------------------------------------------------
     def add_request(self, prompt: list[int] | str, max_new_tokens: int = 16, arrival_step: int = 0,
@@ -132,15 +150,30 @@ class Engine:
             # Nothing to launch behind the step in flight: hand its record over first; this step
             # is scheduled again on the next call.
             return self._resolve_in_flight()
-        items, tokens, samples = self._batch(plan)
+        proposals = self.speculator.propose(plan.drafts) if plan.drafts and self.speculator else {}
+        items, tokens, samples = self._batch(plan, proposals)
         sampling = [s.request for s, flag in zip(plan.items, samples, strict=True) if flag]
-        tokens_out = self.runner.run(items, tokens, samples, sampling) if plan.items else []
+        kept: dict[Request, list[int]] = {}
+        if proposals:
+            chosen, accepted = self.runner.run_speculative(items, tokens, samples, sampling,
+                                                           [proposals.get(r) for r in sampling],
+                                                           self.scheduler.stop_ids)
+            kept = {r: good for r, good in zip(sampling, accepted, strict=True) if r in proposals}
+            tokens_out: list[int] | DeviceTokens = chosen
+        else:
+            tokens_out = self.runner.run(items, tokens, samples, sampling) if plan.items else []
         on_host = isinstance(tokens_out, list)
         chosen = tokens_out if isinstance(tokens_out, list) else [PENDING_TOKEN] * len(sampling)
-        done = self.scheduler.postprocess(step, plan, samples, chosen, now=time.perf_counter() if on_host else None)
+        done = self.scheduler.postprocess(step, plan, samples, chosen, now=time.perf_counter() if on_host else None,
+                                          kept=kept)
         for r in done.finishing:
             self.runner.free(r.id)
+            if self.speculator is not None:
+                self.speculator.free(r.id)
             self.plugins.on_request_completion(r)
+        if proposals:
+            assert self.speculator is not None
+            self._settle(items, proposals, kept)
         sampled = dict(zip((r.id for r in sampling), chosen, strict=True)) if on_host else {}
         record = self.recorder.record(step, plan, items, done.finishing, sampled, len(self.pending))
         self.plugins.after_step(state, record)
@@ -175,15 +208,33 @@ class Engine:
             req.arrival_time = now
             self.scheduler.add_arrived(req)
 
+    def _settle(self, items: list[ScheduledItem], proposals: dict[Request, Proposal],
+                kept: dict[Request, list[int]]) -> None:
+        """After a speculative step: the record's accepted counts, the requests' totals, and the
+        rejected drafts' KV rolled back (emptied blocks show as freed in the record)."""
+        assert self.speculator is not None
+        accepted = {r.id: len(good) for r, good in kept.items()}
+        for item in items:
+            if item.drafts:
+                item.accepted = accepted[item.request_id]
+        for rid, blocks in self.speculator.settle(proposals, kept).items():
+            self.scheduler.freed_blocks[rid] = blocks
+
     @staticmethod
-    def _batch(plan: SchedulePlan) -> tuple[list[ScheduledItem], list[list[int]], list[bool]]:
+    def _batch(plan: SchedulePlan, proposals: dict[Request, Proposal]
+               ) -> tuple[list[ScheduledItem], list[list[int]], list[bool]]:
         """Each item's record entry, the tokens it feeds, and whether it samples afterwards."""
         items, tokens, samples = [], [], []
         for s in plan.items:
             r, n, first = s.request, s.num_tokens, s.request.num_computed
             if s.kind == "decode":  # feeds its last generated token, then samples (the hot case)
-                items.append(ScheduledItem(r.id, "decode", first, 1, first + 1))
-                tokens.append(r.output[-1:])
+                if n == 1:
+                    items.append(ScheduledItem(r.id, "decode", first, 1, first + 1))
+                    tokens.append(r.output[-1:])
+                else:  # speculating: its last token, then the drafts it verifies
+                    drafts = proposals[r][0]
+                    items.append(ScheduledItem(r.id, "decode", first, n, first + n, drafts=n - 1))
+                    tokens.append(r.output[-1:] + drafts)
                 samples.append(True)
                 continue
             items.append(ScheduledItem(r.id, s.kind, first, n, first + n))

@@ -43,6 +43,9 @@ PRESETS = {
     # Byte-level vocabulary, so scenarios can use text prompts; fast on a 2-core CPU.
     "tiny": ModelSpec("tiny", vocab_size=256, hidden_size=64, num_layers=2, num_heads=4,
                       num_kv_heads=2, intermediate_size=128, max_context=4096),
+    # The byte vocabulary at a quarter of tiny's compute: a draft model for speculative decoding.
+    "micro": ModelSpec("micro", vocab_size=256, hidden_size=32, num_layers=1, num_heads=2,
+                       num_kv_heads=1, intermediate_size=64, max_context=4096),
     # Qwen2.5-0.5B widths (vocabulary cut to 32000).
     "small": ModelSpec("small", vocab_size=32000, hidden_size=896, num_layers=24, num_heads=14,
                        num_kv_heads=2, intermediate_size=4864, max_context=4096,

@@ -27,6 +27,8 @@ from .plugins.host import PluginHost
 from .records import ScheduledItem
 from .request import Request
 from .sampling import greedy_batch, sample
+from .speculation.acceptance import Proposal, verify
+from .speculation.rows import as_decode_rows
 
 
 def resolve_device(name: str) -> torch.device:
@@ -149,6 +151,16 @@ class ModelRunner:
             self.generators[request.id] = torch.Generator().manual_seed(seed)
 
     # -- one step -------------------------------------------------------------------------
+    def run_speculative(self, items: list[ScheduledItem], tokens: list[list[int]], samples: list[bool],
+                        sampling: list[Request], proposals: list[Proposal | None],
+                        stop_ids: frozenset[int] = frozenset()) -> tuple[list[int], list[list[int]]]:
+        """A step with speculating decodes (proposals[i] not None for sampling[i]): each request's
+        next token and the drafts it keeps (speculation/acceptance.py), cut at a stop id."""
+        if isinstance(self.kv, PagedKVCache):  # as one-token decodes: the decode attention and graphs run them
+            items, tokens, samples = as_decode_rows(items, tokens, samples)
+        logits = self._forward(items, tokens, samples)
+        return verify(logits, sampling, proposals, self.generators, stop_ids)
+
     def run(self, items: list[ScheduledItem], tokens: list[list[int]], samples: list[bool],
             sampling: list[Request]) -> list[int] | DeviceTokens:
         """Runs the step's packed batch and samples a token for each request in `sampling` (the

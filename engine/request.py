@@ -46,6 +46,8 @@ class Request:
     first_token_time: float | None = None
     arrival_time: float | None = None
     finish_time: float | None = None
+    drafts_proposed: int = 0  # speculative decoding: drafts verified for this request, in all
+    drafts_accepted: int = 0  # and how many of them the target accepted
 
     @property
     def num_tokens(self) -> int:

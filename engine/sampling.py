@@ -9,12 +9,18 @@ def sample(logits: torch.Tensor, temperature: float, top_k: int, generator: torc
     """logits: [vocab] for one request. Greedy when temperature is 0."""
     if temperature <= 0:
         return int(torch.argmax(logits).item())
+    probs = probabilities(logits, temperature, top_k)
+    return int(torch.multinomial(probs, 1, generator=generator).item())
+
+
+def probabilities(logits: torch.Tensor, temperature: float, top_k: int) -> torch.Tensor:
+    """The distribution `sample` draws from (on the CPU, float32): logits [..., vocab] scaled by the
+    temperature, cut to the top k when top_k > 0."""
     scaled = logits.float().cpu() / temperature
     if top_k > 0:
-        kth = torch.topk(scaled, min(top_k, scaled.shape[-1])).values[-1]
+        kth = torch.topk(scaled, min(top_k, scaled.shape[-1]), dim=-1).values[..., -1:]
         scaled = scaled.masked_fill(scaled < kth, float("-inf"))
-    probs = torch.softmax(scaled, dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator).item())
+    return torch.softmax(scaled, dim=-1)
 
 
 def greedy_batch(logits: torch.Tensor) -> list[int]:

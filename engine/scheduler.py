@@ -6,6 +6,8 @@ A step spends a token budget in three passes, as in the textbook:
   2. prefill chunks for admitted requests still prefilling, oldest first;
   3. admission of waiting requests, preempted ones first; FCFS: when the KV blocks run out, nobody
      overtakes the head of the queue.
+With speculative decoding, what the decodes leave of the budget goes to their drafts before any
+prefill chunk (speculation/budget.py has the rule).
 When a running request needs a KV block and none is free, the newest running request is preempted
 by recompute (`_make_room`): its blocks are freed, it goes back to the front of the queue and keeps
 its tokens. Every request left out of the step gets a reason. Policies (policies.py) say who may be
@@ -30,6 +32,7 @@ from .records import (
     Shortfall,
 )
 from .request import Request, RequestState
+from .speculation.budget import allot_drafts
 
 PREEMPTED = RequestState.PREEMPTED
 
@@ -53,8 +56,9 @@ class StepOutcome:
 
 @dataclass
 class SchedulePlan:
-    """One step's batch and why the other requests wait. Every decode is one token; `items` (built
-    last) packs the decodes first, then the prefill chunks, which is the order the batch runs in."""
+    """One step's batch and why the other requests wait. A decode is one token plus its drafts, if
+    speculating (`drafts`); `items` (built last) packs the decodes first, then the prefill chunks,
+    which is the order the batch runs in."""
 
     budget: int
     decodes: list[Request] = field(default_factory=list)
@@ -66,27 +70,31 @@ class SchedulePlan:
     preemptions: list[Preemption] = field(default_factory=list)  # why each of `preempted` was
     admission_blocked: Shortfall | None = None  # the head of the queue, short of KV blocks
     decode_demand: int = 0
+    drafts: dict[Request, int] = field(default_factory=dict)  # speculating decode -> drafts it verifies
+    draft_tokens: int = 0
 
     @property
     def used(self) -> int:
-        return len(self.decodes) + self.prefill_tokens
+        return len(self.decodes) + self.draft_tokens + self.prefill_tokens
 
     @property
     def decode_used(self) -> int:
-        return len(self.decodes)
+        return len(self.decodes) + self.draft_tokens
 
     @property
     def left(self) -> int:
         return self.budget - self.used
 
     def tokens(self, kind: str) -> int:
-        return len(self.decodes) if kind == "decode" else self.prefill_tokens
+        return len(self.decodes) + self.draft_tokens if kind == "decode" else self.prefill_tokens
 
     def remove(self, request: Request) -> int:
         """Takes back a request's decode or prefill chunk, if it has one; returns the tokens freed."""
         if request in self.decodes:
             self.decodes.remove(request)
-            return 1
+            drafts = self.drafts.pop(request, 0)
+            self.draft_tokens -= drafts
+            return 1 + drafts
         for i, s in enumerate(self.prefills):
             if s.request is request:
                 del self.prefills[i]
@@ -96,9 +104,10 @@ class SchedulePlan:
 
 
 class Scheduler:
-    def __init__(self, config: EngineConfig, kv_cache, stop_ids: frozenset[int] = frozenset()):
+    def __init__(self, config: EngineConfig, kv_cache, stop_ids: frozenset[int] = frozenset(), speculator=None):
         self.config = config
         self.stop_ids = stop_ids  # a sampled token among these ends its request (end of sequence)
+        self.speculator = speculator  # speculation/speculator.py, when decodes verify drafts
         self.kv = kv_cache
         self.waiting: deque[Request] = deque()  # arrived, holding no KV; preempted ones in front
         self.running: list[Request] = []  # admitted, in admission order (newest last)
@@ -168,6 +177,8 @@ class Scheduler:
                 decodes.append(r)
                 if reservation:
                     reservation.took(r, 1)
+        if self.speculator is not None:
+            allot_drafts(plan, self.speculator.wanted, self.kv, reservation, state.speculative_tokens)
 
         # 2) Prefill chunks for admitted requests, oldest first.
         chunk = self.config.prefill_chunk_size
@@ -198,7 +209,10 @@ class Scheduler:
                 r.state = RequestState.PREFILL
                 self._allocate(r, n)
                 self._add_prefill(plan, r, n)
-        plan.items = [Scheduled(r, "decode", 1) for r in decodes] + plan.prefills  # the packed batch's order
+        if plan.drafts:  # plain decodes first: the decode attention reads the batch's leading one-token items
+            decodes.sort(key=plan.drafts.__contains__)
+        drafts = plan.drafts
+        plan.items = [Scheduled(r, "decode", 1 + drafts.get(r, 0)) for r in decodes] + plan.prefills
         return plan
 
     def _reservation(self, state: SchedulerState, candidates: list[Request]) -> Reservation | None:
@@ -254,10 +268,11 @@ class Scheduler:
 
     # -- after the step ---------------------------------------------------------------------------
     def postprocess(self, step: int, plan: SchedulePlan, samples: list[bool], chosen: list[int],
-                    now: float | None) -> StepOutcome:
+                    now: float | None, kept: dict[Request, list[int]] | None = None) -> StepOutcome:
         """Moves the step's requests on: tokens computed, `chosen` appended to the outputs of those
         that sample (placeholders when overlapped: `now` is None and the times come with the
-        tokens), finished requests' KV freed."""
+        tokens), finished requests' KV freed. `kept`: a speculating decode's accepted drafts, which
+        go before its chosen token; its rejected drafts do not count as computed."""
         out = StepOutcome()
         stop = self.stop_ids
         tokens = iter(chosen)
@@ -266,6 +281,10 @@ class Scheduler:
             r.num_computed += s.num_tokens
             r.last_scheduled_step = step
             if flag:
+                if kept and r in kept:
+                    good = kept[r]
+                    r.num_computed -= s.num_tokens - 1 - len(good)
+                    r.output.extend(good)
                 out.positions.append(len(r.output))
                 r.output.append(next(tokens))
                 if r.first_token_step is None:

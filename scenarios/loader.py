@@ -33,7 +33,17 @@ else:  # Python 3.10
 
 from engine import Engine, EngineConfig
 from engine.checkpoint import CheckpointError, is_preset, model_spec
-from engine.config import ATTENTION_BACKENDS, DEVICES, DTYPES, KV_LAYOUTS, MODELS, POLICIES
+from engine.config import (
+    ATTENTION_BACKENDS,
+    DEVICES,
+    DRAFT_MODELS,
+    DTYPES,
+    KV_LAYOUTS,
+    MAX_SPECULATIVE_TOKENS,
+    MODELS,
+    POLICIES,
+    SPECULATIVE,
+)
 from engine.plugins.base import check_plugin_config, is_module_spec, load_plugin
 from engine.records import RunHeader
 
@@ -47,7 +57,7 @@ TOP_KEYS = ("title", "summary", "description", "question", "seed", "engine", "re
 PLUGIN_KEYS = ("name", "options")
 ENGINE_KEYS = tuple(EngineConfig.field_names())
 ENGINE_CHOICES = {"device": DEVICES, "kv_layout": KV_LAYOUTS, "attention": ATTENTION_BACKENDS,
-                  "policy": POLICIES, "dtype": DTYPES}
+                  "policy": POLICIES, "dtype": DTYPES, "speculative": SPECULATIVE, "draft_model": DRAFT_MODELS}
 MAX_BATCH_TOKENS = 1 << 20  # upper bound for token counts per step (budget, chunk, decode cap)
 MAX_POOL_TOKENS = 1 << 20  # num_blocks * block_size: keeps a typo from allocating gigabytes
 MAX_VARIANTS = 8
@@ -217,7 +227,8 @@ def _check_engine(check: Checker, settings: dict) -> EngineConfig:
     spec = _check_model(check, settings)
     ranges = {"max_tokens_per_step": MAX_BATCH_TOKENS, "prefill_chunk_size": MAX_BATCH_TOKENS,
               "max_decode_per_step": MAX_BATCH_TOKENS, "block_size": spec.max_context,
-              "num_blocks": MAX_POOL_TOKENS, "static_batch_size": MAX_REQUESTS}
+              "num_blocks": MAX_POOL_TOKENS, "static_batch_size": MAX_REQUESTS,
+              "num_speculative_tokens": MAX_SPECULATIVE_TOKENS}
     for key, high in ranges.items():
         if key in settings:
             check.check_int(settings[key], key, 1, high)

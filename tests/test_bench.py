@@ -596,3 +596,24 @@ def test_scale_takes_a_fraction(monkeypatch, text, scale):
     assert seen["scale"] == scale
     for bad in ("0", "3/2", "x", "1/0"):
         assert CliRunner().invoke(main, ["bench", "--scale", bad]).exit_code == 2
+
+
+def test_speculative_row_beside_ours_reports_acceptance_with_ours_tokens():
+    """The repetitive workload gets an ngram speculative row by default: the same tokens as ours
+    continuous, fewer steps, and its acceptance in the row and the note."""
+    from cbtui.bench.run import run_systems, speculative_rows
+
+    assert speculative_rows("repetitive", None) == [("ours continuous, speculative ngram",
+                                                     {"speculative": "ngram", "num_speculative_tokens": 4})]
+    assert speculative_rows("anchor", None) == [] and speculative_rows("repetitive", "off") == []
+    workload = make_workload("repetitive", scale=4 / 256, model="tiny", output_range=(24, 24))
+    for p in workload.prompts:  # each repeats a pattern of 2 to 8 tokens
+        assert any(all(p[i] == p[i - n] for i in range(n, len(p))) for n in range(2, 9))
+    report = run_systems(workload, device="cpu", hf=False, extra_rows=speculative_rows("repetitive", None))
+    rows = {s["system"]: s for s in report["systems"]}
+    spec, base = rows["ours continuous, speculative ngram"], rows["ours continuous"]
+    assert spec["same_outputs_as_ours"] == 1.0 and spec["steps"] < base["steps"]
+    accepted, proposed = spec["speculation"]["drafts_accepted"], spec["speculation"]["drafts_proposed"]
+    assert 0 < accepted <= proposed and spec["speculation"]["tokens_per_step_per_request"] > 1
+    assert f"{accepted} of {proposed} drafts accepted" in spec["note"]
+    assert spec["output_tokens"] == base["output_tokens"] == 4 * 24

@@ -5,7 +5,7 @@ from helpers import exact_config, run_alone, run_batched
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from engine import EngineConfig
+from engine import Engine, EngineConfig
 from engine.attention import available_backends
 
 BACKENDS = available_backends(torch.device("cpu"))
@@ -89,3 +89,123 @@ def test_default_float32_engine_runs_and_is_deterministic():
     a, _, _ = run_batched(cfg, [{"prompt": "abc", "max_new_tokens": 6}, {"prompt": "xyz!", "max_new_tokens": 4}])
     b, _, _ = run_batched(cfg, [{"prompt": "abc", "max_new_tokens": 6}, {"prompt": "xyz!", "max_new_tokens": 4}])
     assert a == b and [len(x) for x in a] == [6, 4]
+
+
+# -- speculative decoding ---------------------------------------------------------------------
+# Prompts that repeat a short pattern (what prompt lookup finds) or are random; drafts from a lookup,
+# from a smaller model ('micro': mostly rejected) or from the target's own preset ('tiny': every
+# draft stands), so acceptance, rejection and rollback all run.
+spec_request_st = st.fixed_dictionaries({
+    "prompt": st.one_of(st.lists(st.integers(0, 255), min_size=1, max_size=30),
+                        st.builds(lambda p, n: (p * n)[:40], st.lists(st.integers(0, 255), min_size=1, max_size=5),
+                                  st.integers(2, 8))),
+    "max_new_tokens": st.integers(1, 24),
+    "arrival_step": st.integers(0, 6),
+})
+
+
+@st.composite
+def speculative_st(draw):
+    workload = draw(st.lists(spec_request_st, min_size=1, max_size=5))
+    layout = draw(st.sampled_from(["paged", "dense"]))
+    block_size = draw(st.integers(1, 8))
+    num_blocks = None
+    if layout == "paged" and draw(st.booleans()):
+        largest = max(len(r["prompt"]) + r["max_new_tokens"] for r in workload)
+        num_blocks = -(-largest // block_size) + draw(st.integers(0, 3))
+    speculative = draw(st.sampled_from(["ngram", "ngram", "draft"]))
+    config = exact_config(
+        max_tokens_per_step=draw(st.integers(1, 48)),
+        prefill_chunk_size=draw(st.integers(1, 32)),
+        max_decode_per_step=draw(st.one_of(st.none(), st.integers(1, 4))),
+        kv_layout=layout, block_size=block_size, num_blocks=num_blocks,
+        attention=draw(st.sampled_from(BACKENDS)),
+        speculative=speculative, num_speculative_tokens=draw(st.integers(1, 8)),
+        draft_model=draw(st.sampled_from(["micro", "tiny"])),
+        policy=draw(st.sampled_from(["fcfs", "fcfs", "static"])), static_batch_size=draw(st.integers(1, 4)),
+    )
+    return config, workload
+
+
+SPEC_PREEMPTING = (exact_config(kv_layout="paged", block_size=2, num_blocks=16, max_tokens_per_step=24,
+                                prefill_chunk_size=8, attention="sdpa", speculative="ngram", num_speculative_tokens=5),
+                   [{"prompt": [3 + i, 9, 3 + i, 9, 3 + i, 9, 3 + i, 9], "max_new_tokens": 20} for i in range(5)]
+                   + [{"prompt": list(range(40, 60)), "max_new_tokens": 8}])
+
+
+@settings(max_examples=40, deadline=None)
+@given(speculative_st())
+@example(SPEC_PREEMPTING)
+def test_speculative_greedy_equals_alone(case):
+    config, workload = case
+    outputs, records, eng = run_batched(config, workload)
+    for spec, out in zip(workload, outputs, strict=True):
+        assert out == run_alone(spec["prompt"], spec["max_new_tokens"]), config
+    for rec in records:
+        assert rec.num_query_tokens <= config.max_tokens_per_step
+        assert all(0 <= i.accepted <= i.drafts and i.num_tokens == 1 + i.drafts for i in rec.items if i.drafts)
+
+
+def test_speculation_accepts_preempts_and_stays_exact():
+    """The pinned case is not vacuous: drafts are accepted and rejected, and requests are
+    preempted with speculation on."""
+    config, workload = SPEC_PREEMPTING
+    outputs, records, eng = run_batched(config, workload)
+    assert sum(len(r.preempted) for r in records) > 0
+    proposed, accepted = sum(r.draft_tokens for r in records), sum(r.accepted_tokens for r in records)
+    assert 0 < accepted < proposed
+    for spec, out in zip(workload, outputs, strict=True):
+        assert out == run_alone(spec["prompt"], spec["max_new_tokens"])
+
+
+def test_a_draft_model_equal_to_the_target_has_every_draft_accepted():
+    workload = [{"prompt": list(range(7 * i, 7 * i + 9)), "max_new_tokens": 15} for i in range(3)]
+    config = exact_config(speculative="draft", draft_model="tiny", num_speculative_tokens=4, block_size=4)
+    outputs, records, _ = run_batched(config, workload)
+    assert sum(r.draft_tokens for r in records) == sum(r.accepted_tokens for r in records) > 0
+    assert outputs == [run_alone(w["prompt"], 15) for w in workload]
+    plain = run_batched(exact_config(block_size=4), workload)[1]
+    assert len(records) < len(plain) / 2  # up to 5 tokens a step instead of 1
+
+
+@settings(max_examples=15, deadline=None)
+@given(speculative_st())
+def test_rejected_drafts_leave_no_kv_behind(case):
+    """After every step each running request holds exactly its computed tokens' KV: the blocks
+    and slots of rejected drafts were released (the draft model's cache too)."""
+    config, workload = case
+    eng = Engine(config)
+    for spec in workload:
+        eng.add_request(**spec)
+    while eng.has_unfinished():
+        eng.step()
+        kv = eng.runner.kv
+        for r in eng.scheduler.running:
+            assert kv.tokens.get(r.id, 0) == r.num_computed
+            if config.kv_layout == "paged":
+                assert len(kv.allocator.tables[r.id]) == kv.allocator.blocks_for(r.num_computed)
+            draft_kv = getattr(eng.speculator.proposer, "kv", None)
+            if draft_kv is not None:
+                assert draft_kv.tokens.get(r.id, 0) <= r.num_computed
+        if config.kv_layout == "paged":
+            held = sum(len(t) for t in kv.allocator.tables.values())
+            assert held + kv.allocator.num_free == kv.allocator.num_blocks
+
+
+def test_speculation_with_a_reserved_budget_slice_stays_exact():
+    """The priority plugin keeps a slice of the budget for urgent requests: drafts respect it too."""
+    from engine.plugins.builtin.priority import PriorityPlugin
+
+    workload = [{"prompt": [2 + i, 7] * 6, "max_new_tokens": 16, "priority": i % 2, "arrival_step": i}
+                for i in range(5)]
+    config = exact_config(speculative="ngram", num_speculative_tokens=4, max_tokens_per_step=12, block_size=4)
+    eng = Engine(config, plugins=[PriorityPlugin(reserve_tokens=6)])
+    for spec in workload:
+        eng.add_request(**spec)
+    records = []
+    while eng.has_unfinished():
+        records.append(eng.step())
+    assert sum(r.accepted_tokens for r in records) > 0
+    assert all(r.num_query_tokens <= 12 for r in records)
+    for i, spec in enumerate(workload):
+        assert eng.requests[i].output == run_alone(spec["prompt"], spec["max_new_tokens"])

@@ -19,7 +19,7 @@ from scenarios import builtin_names, load_scenario
 from scenarios.compare import run_records
 
 EXPECTED = {"mixed_load", "priority_sla", "decode_heavy", "long_prompt", "budget_sweep", "dense_vs_paged",
-            "kv_pressure", "static_vs_continuous", "burst_arrivals"}
+            "kv_pressure", "static_vs_continuous", "burst_arrivals", "speculative"}
 MAX_STEPS = 120  # "a few dozen steps": a scenario's point must not need a long watch
 # On the CPU, as in CI, even on a GPU machine: the token-for-token comparisons below are claims
 # about float32 greedy decoding, and bf16 GPU kernels may round differently across chunkings.
@@ -117,6 +117,22 @@ def test_mixed_load_finished_requests_free_blocks_for_newcomers():
                 owner[block] = rid
     assert handed_on >= 3
     assert summary("mixed_load").preemptions == 0  # freed by finishing, not by preemption
+
+
+# -- speculative -------------------------------------------------------------------------------
+
+def test_speculative_decodes_verify_drafts_and_take_fewer_steps_with_the_same_tokens():
+    recs = records("speculative")
+    assert any(i.drafts and 0 < i.accepted < i.drafts for r in recs for i in r.items), "partly accepted drafts"
+    assert any(r.draft_tokens and r.prefill_tokens for r in recs), "speculating decodes beside prefill chunks"
+    plain = final_views("speculative", "no_speculation")
+    for variant in (None, "draft", "draft_self"):
+        views = final_views("speculative", variant)
+        assert {i: v.output_tail for i, v in views.items()} == {i: v.output_tail for i, v in plain.items()}
+    assert summary("speculative").steps < summary("speculative", "no_speculation").steps
+    assert summary("speculative", "draft_self").steps < summary("speculative").steps
+    draft = summary("speculative", "draft")
+    assert draft.drafts_accepted < draft.drafts_proposed / 10  # a random 'micro' draft rarely agrees
 
 
 # -- decode_heavy -------------------------------------------------------------------------------
@@ -307,6 +323,11 @@ def _stated_facts(name: str) -> list[str]:
     if name == "burst_arrivals":
         return [f"TTFT up to {summary(name).ttft_max} steps",
                 f"(TTFT at most {summary(name, 'budget_96').ttft_max} step"]
+    if name == "speculative":
+        spec, plain = summary(name), summary(name, "no_speculation")
+        return [f"{spec.drafts_accepted} of {spec.drafts_proposed} drafts stand",
+                f"takes {spec.steps} steps instead of {plain.steps}",
+                f"(mean latency {spec.latency_mean:.0f} steps instead of {plain.latency_mean:.0f})"]
     if name == "long_prompt":
         long_ttft = " -> ".join(str(final_views(name, v)[0].ttft_steps) for v in (None, "chunk_32", "chunk_16"))
         shorts = [v.ttft_steps for i, v in final_views(name).items() if i != 0]
@@ -319,7 +340,7 @@ def _steps_in_a_row(n: int) -> str:
 
 
 @pytest.mark.parametrize("name", ["decode_heavy", "kv_pressure", "static_vs_continuous", "burst_arrivals",
-                                  "long_prompt"])
+                                  "long_prompt", "speculative"])
 def test_description_numbers_match_the_run(name):
     text = " ".join(load_scenario(name).description.split())
     for fact in _stated_facts(name):

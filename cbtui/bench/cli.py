@@ -39,8 +39,12 @@ class ScaleType(click.ParamType):
 
 
 @click.group("bench", invoke_without_command=True)
-@click.option("--workload", type=click.Choice(["anchor", "varied"]), default="anchor", show_default=True,
-              help="anchor: 512 requests, prompts 32..1024, 128 new tokens; varied: 256 requests, 16..256 new.")
+@click.option("--workload", type=click.Choice(["anchor", "varied", "repetitive"]), default="anchor", show_default=True,
+              help="anchor: 512 requests, prompts 32..1024, 128 new tokens; varied: 256 requests, 16..256 new; "
+                   "repetitive: 256 requests, prompts 32..256 repeating a short pattern, 128 new.")
+@click.option("--speculative", type=click.Choice(["ngram", "draft", "off"]), default=None,
+              help="Add a row of ours continuous with speculative decoding (k=4). Default: ngram on the "
+                   "repetitive workload, off otherwise.")
 @click.option("--scale", type=ScaleType(), default=None,
               help="Fraction of the requests (and of the static batch) to run, 0.25 or 1/4. Default: 1 on CUDA, "
                    "1/16 on the CPU.")
@@ -63,7 +67,7 @@ class ScaleType(click.ParamType):
               help="Also write the JSON report to this file, rewritten after every system: a run killed "
                    "outright still leaves the systems it measured.")
 @click.pass_context
-def bench(ctx: click.Context, workload, scale, device, model, attention, hf, ablations, repeat, as_json,
+def bench(ctx: click.Context, workload, speculative, scale, device, model, attention, hf, ablations, repeat, as_json,
           out_path) -> None:
     """Compare this engine (continuous and static) with Hugging Face on one seeded workload.
 
@@ -88,7 +92,7 @@ def bench(ctx: click.Context, workload, scale, device, model, attention, hf, abl
             save = (lambda report: _write_json(out_path, report)) if out_path else (lambda report: None)
             report = run_bench(workload, scale=scale, device=device, model=model, attention=attention, hf=hf,
                                ablations=ablations, progress=lambda msg: err.print(f"[dim]bench: {msg}[/dim]"),
-                               on_row=save, repeat=repeat)
+                               on_row=save, repeat=repeat, speculative=speculative)
             save(report)
         except ValueError as exc:
             click.echo(f"cbtui: error: {visible(str(exc))}", err=True)

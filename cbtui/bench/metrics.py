@@ -33,6 +33,7 @@ class RunResult:
     outputs: list[list[int]] = field(default_factory=list)  # in workload order
     record_share: float | None = None  # ours: share of step time spent building StepRecords
     step_time: dict = field(default_factory=dict)  # ours: {"decode-only": {"steps", "seconds"}, ...}
+    speculation: dict | None = None  # ours, speculating: drafts proposed, accepted, acceptance rate
 
     @property
     def output_tok_s(self) -> float | None:
@@ -57,6 +58,8 @@ class RunResult:
             out["record_share"] = self.record_share
         if self.step_time:
             out["step_time"] = self.step_time
+        if self.speculation is not None:
+            out["speculation"] = self.speculation
         if baseline is not None and baseline.available and baseline.output_tok_s:
             out["output_tok_s_vs_ours"] = self.output_tok_s / baseline.output_tok_s
             out["total_tok_s_vs_ours"] = self.total_tok_s / baseline.total_tok_s

@@ -18,13 +18,15 @@ from .workloads import Workload, warmup_workload
 
 def engine_config(workload: Workload, policy: str, device: str, dtype: str, attention: str,
                   max_tokens_per_step: int, decode_graphs: str = "auto", decode_attention: str = "auto",
-                  overlap_steps: bool = False) -> EngineConfig:
+                  overlap_steps: bool = False, speculative: str | None = None,
+                  num_speculative_tokens: int = 4) -> EngineConfig:
     longest = max(len(p) for p in workload.prompts)
     return EngineConfig(model=workload.model, device=device, dtype=dtype, attention=attention, policy=policy,
                         max_tokens_per_step=max_tokens_per_step,
                         prefill_chunk_size=min(max_tokens_per_step, longest),
                         static_batch_size=workload.static_batch_size, kv_layout="paged", block_size=16, seed=0,
                         decode_graphs=decode_graphs, decode_attention=decode_attention, overlap_steps=overlap_steps,
+                        speculative=speculative, num_speculative_tokens=num_speculative_tokens,
                         ignore_eos=True)  # every system generates exactly max_new_tokens
 
 
@@ -51,6 +53,9 @@ class StepTotals:
     last_token_s: dict[str, float] = field(default_factory=dict)
     tokens: dict[str, int] = field(default_factory=dict)
     timed_on_device: bool = False
+    drafts_proposed: int = 0  # speculation
+    drafts_accepted: int = 0
+    decodes: int = 0
 
     def observe(self, record: StepRecord) -> None:
         # Token times are when the record comes back: overlapped steps hand theirs over a step late.
@@ -65,10 +70,19 @@ class StepTotals:
             if record.device_time_s is not None:
                 kind[2] += record.device_time_s
                 self.timed_on_device = True
+        accepted = {}
+        if record.decode_tokens:
+            for item in record.items:
+                if item.kind == "decode":
+                    self.decodes += 1
+                    if item.drafts:  # a speculating decode emits its accepted drafts too
+                        self.drafts_proposed += item.drafts
+                        self.drafts_accepted += item.accepted
+                        accepted[str(item.request_id)] = item.accepted
         for rid in record.sampled:
             self.first_token_s.setdefault(rid, now)
             self.last_token_s[rid] = now
-            self.tokens[rid] = self.tokens.get(rid, 0) + 1
+            self.tokens[rid] = self.tokens.get(rid, 0) + 1 + accepted.get(rid, 0)
 
 
 def _drive(engine: Engine, totals: StepTotals | None = None) -> None:
@@ -81,12 +95,12 @@ def _drive(engine: Engine, totals: StepTotals | None = None) -> None:
 
 def run_ours(workload: Workload, policy: str = "fcfs", device: str = "auto", dtype: str = "auto",
              attention: str = "auto", max_tokens_per_step: int = 8192, decode_graphs: str = "auto",
-             decode_attention: str = "auto", overlap_steps: bool = False,
-             name: str | None = None) -> tuple[RunResult, Engine]:
+             decode_attention: str = "auto", overlap_steps: bool = False, speculative: str | None = None,
+             num_speculative_tokens: int = 4, name: str | None = None) -> tuple[RunResult, Engine]:
     """Warm up on a small workload (and capture the decode graphs the workload can use, as an
     engine does at start-up), then time the real one on the same engine."""
     config = engine_config(workload, policy, device, dtype, attention, max_tokens_per_step, decode_graphs,
-                           decode_attention, overlap_steps)
+                           decode_attention, overlap_steps, speculative, num_speculative_tokens)
     engine = Engine(config)
     runner = engine.runner
     _submit(engine, warmup_workload(workload.model))
@@ -143,6 +157,15 @@ def run_ours(workload: Workload, policy: str = "fcfs", device: str = "auto", dty
             result.note += f"; {kind} steps {steps} x {1000 * seconds / steps:.1f} ms"
             if timed:
                 result.note += f" (GPU forward span {1000 * device_s / steps:.1f} ms)"
+    if speculative:
+        proposed, accepted = totals.drafts_proposed, totals.drafts_accepted
+        result.speculation = {
+            "proposer": header.speculative, "drafts_proposed": proposed, "drafts_accepted": accepted,
+            "acceptance_rate": accepted / proposed if proposed else None,
+            "tokens_per_step_per_request": (totals.decodes + accepted) / totals.decodes if totals.decodes else None}
+        rate = f" ({100 * accepted / proposed:.0f}%)" if proposed else ""
+        result.note += (f"; speculative {header.speculative}: {accepted} of {proposed} drafts accepted{rate}, "
+                        f"{result.speculation['tokens_per_step_per_request'] or 0:.2f} tokens per decode")
     for rid in map(str, ids):
         result.ttft_s.append(totals.first_token_s[rid])
         if totals.tokens[rid] > 1:

@@ -13,7 +13,7 @@ from ..frozen_heap import frozen_heap
 from .machine import machine_info
 from .metrics import RunResult
 from .ours import free_memory, release, run_ours
-from .workloads import Workload, make_workload
+from .workloads import REPETITIVE, Workload, make_workload
 
 DEFAULT_CPU_SCALE = 1 / 16
 DEFAULT_CPU_REPEAT, DEFAULT_CUDA_REPEAT = 3, 1  # repetitions of every system
@@ -38,8 +38,11 @@ def pins_one_thread(device: torch.device, model: str) -> bool:
 
 def run_bench(workload_name: str, scale: float | None = None, device: str = "auto", model: str | None = None,
               attention: str = "auto", hf: bool = True, ablations: bool = True, progress=lambda msg: None,
-              on_row=lambda report: None, repeat: int | None = None) -> dict:
-    """Runs the systems on a named workload; returns the report dict (what --json prints)."""
+              on_row=lambda report: None, repeat: int | None = None, speculative: str | None = None) -> dict:
+    """Runs the systems on a named workload; returns the report dict (what --json prints).
+
+    speculative: 'ngram' or 'draft' adds a row of ours continuous with speculative decoding; None
+    adds the ngram row on a workload made for it (repetitive); 'off' none."""
     dev = resolve_device(device)
     scale = default_scale(dev) if scale is None else scale
     model = model or ("small" if dev.type == "cuda" else "tiny")
@@ -50,9 +53,17 @@ def run_bench(workload_name: str, scale: float | None = None, device: str = "aut
         torch.set_num_threads(1)
     try:
         return run_systems(workload, device, attention, hf, progress, ablations=ablations, on_row=on_row,
-                           repeat=repeat)
+                           repeat=repeat, extra_rows=speculative_rows(workload_name, speculative))
     finally:
         torch.set_num_threads(threads)
+
+
+def speculative_rows(workload_name: str, speculative: str | None) -> list[tuple[str, dict]]:
+    """The speculative row beside ours continuous, when asked for or on a workload made for it."""
+    proposer = speculative or ("ngram" if workload_name in REPETITIVE else "off")
+    if proposer == "off":
+        return []
+    return [(f"ours continuous, speculative {proposer}", dict(speculative=proposer, num_speculative_tokens=4))]
 
 
 def rotations(names: Sequence[str], repeat: int) -> list[list[str]]:
@@ -65,7 +76,7 @@ def rotations(names: Sequence[str], repeat: int) -> list[list[str]]:
 
 def run_systems(workload: Workload, device: str = "auto", attention: str = "auto", hf: bool = True,
                 progress=lambda msg: None, ablations: bool | Sequence[tuple[str, dict]] = True,
-                on_row=lambda report: None, repeat: int = 1) -> dict:
+                on_row=lambda report: None, repeat: int = 1, extra_rows: Sequence[tuple[str, dict]] = ()) -> dict:
     """Every system on one workload, `repeat` times, interleaved in rotating order (rotations()),
     on the same weights. A row's output tok/s is the median of its repetitions (min and max beside
     it); its ratio to ours continuous is paired: ours continuous over it within each repetition,
@@ -92,6 +103,7 @@ def run_systems(workload: Workload, device: str = "auto", attention: str = "auto
     attention_name = engine.header().attention
     if isinstance(ablations, bool):
         ablations = ablation_rows(engine.header().decode_path) if ablations and _measures_gpu_pieces(dev) else []
+    ablations = [*extra_rows, *ablations]  # ours with one setting changed: speculation first
 
     from .hf_systems import CB_NAME, STATIC_NAME, run_hf_generate_batch, run_hf_static
 

@@ -11,7 +11,11 @@ from engine.checkpoint import model_spec
 WORKLOADS = {
     "anchor": (512, (32, 1024), (128, 128)),
     "varied": (256, (32, 1024), (16, 256)),
+    # Prompts that repeat a short random pattern: where prompt lookup (speculative ngram) can help.
+    "repetitive": (256, (32, 256), (128, 128)),
 }
+REPETITIVE = {"repetitive"}
+PATTERN = (2, 8)  # pattern lengths of a repetitive prompt
 STATIC_BATCH = 64  # static batch size of the full-scale workloads (ours and Hugging Face's)
 
 
@@ -70,7 +74,11 @@ def make_workload(name: str, scale: float = 1.0, model: str = "small", seed: int
     prompts, outs = [], []
     for _ in range(n):
         length = rng.randint(p_lo, p_hi)
-        prompts.append([rng.randrange(vocab) for _ in range(length)])
+        if name in REPETITIVE:
+            pattern = [rng.randrange(vocab) for _ in range(rng.randint(*PATTERN))]
+            prompts.append((pattern * (length // len(pattern) + 1))[:length])
+        else:
+            prompts.append([rng.randrange(vocab) for _ in range(length)])
         outs.append(rng.randint(o_lo, o_hi))
     static = max(2, round(STATIC_BATCH * scale))
     return Workload(name, model, prompts, outs, scale, static, seed)

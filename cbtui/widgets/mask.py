@@ -4,7 +4,8 @@ Each character cell is two pixels stacked (the upper half block: foreground on t
 background below). A pixel stands for a band of query rows and a band of keys; its colour is
 the colour of the request that owns most of its allowed cells, and its brightness is the
 share of its cells that are allowed (coverage), so a shrunk mask still reads as the real one.
-With NO_COLOR each cell is one pixel drawn with a shade glyph instead.
+With NO_COLOR each cell is one pixel drawn with a shade glyph instead. A speculating decode's
+rejected drafts (rows past its accepted ones) are drawn in one colour of their own (NO_COLOR: ×).
 """
 
 from __future__ import annotations
@@ -22,13 +23,16 @@ from textual.widget import Widget
 from engine.records import ScheduledItem
 
 from ..colors import REQUEST_PALETTE
-from ..mask_raster import MaskRaster, rasterize
+from ..mask_raster import MaskRaster, rasterize, rejected_draft_rows, row_share
 
 BLACK = Color(0, 0, 0)  # the default background: a module constant, not a call in a default argument
 
 LEVELS = 4  # brightness steps for coverage
 SHADES = " ░▒▓█"  # NO_COLOR: glyph per coverage level
 DIM = 0.35  # brightness of requests other than the selected one
+REJECTED = 1 + len(REQUEST_PALETTE) * LEVELS * 2  # pixel code of a rejected draft row, past every request code
+REJECTED_COLOR = Color(150, 150, 150)  # grey: a row computed and thrown away
+REJECTED_GLYPH = "×"
 
 
 def pixel_codes(raster: MaskRaster, request_ids: Sequence[int], selected: int | None) -> np.ndarray:
@@ -64,8 +68,10 @@ class StyleBook:
 
     def color(self, code: int) -> Color:
         if code not in self._colors:
-            pixel = decode_pixel(code)
-            if pixel is None:
+            pixel = None if code == REJECTED else decode_pixel(code)
+            if code == REJECTED:
+                self._colors[code] = self.background.blend(REJECTED_COLOR, 0.6)
+            elif pixel is None:
                 self._colors[code] = self.background
             else:
                 slot, level, dimmed = pixel
@@ -105,18 +111,23 @@ def mask_strips(items: Sequence[ScheduledItem], width: int, height: int, selecte
     pixel_rows = height if no_color else height * 2
     raster = rasterize(items, pixel_rows, width, max_magnify=8)
     codes = pixel_codes(raster, [i.request_id for i in items], selected)
+    rejected = row_share(rejected_draft_rows(items), codes.shape[0]) >= 0.5 if items else None
     blank = Style(bgcolor=background.rich_color)
     strips: list[Strip] = []
     if no_color:
         level = np.where(codes > 0, (codes - 1) // 2 % LEVELS + 1, 0)
         for y in range(level.shape[0]):
             text = "".join(SHADES[v] for v in level[y])
+            if rejected is not None and rejected[y]:
+                text = "".join(REJECTED_GLYPH if v else " " for v in level[y])
             strips.append(Strip([Segment(text, blank)], len(text)).extend_cell_length(width, blank))
     else:
+        if rejected is not None and rejected.any():
+            codes = np.where(rejected[:, None] & (codes > 0), REJECTED, codes)
         rows = codes.shape[0]
         if rows % 2:
             codes = np.vstack([codes, np.zeros((1, codes.shape[1]), dtype=codes.dtype)])
-        n_codes = 1 + len(REQUEST_PALETTE) * LEVELS * 2
+        n_codes = REJECTED + 1
         pairs = codes[0::2] * n_codes + codes[1::2]
         for runs in _row_runs(pairs):
             segments = []

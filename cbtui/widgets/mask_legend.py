@@ -43,7 +43,8 @@ class MaskLegend(Static):
             style = "bold reverse" if item.request_id == selected else ""
             if not no_color:  # without colour the id itself is the mark
                 legend.append("■", style=request_color(item.request_id).hex)
-            legend.append(f"{item.request_id}{'d' if item.kind == 'decode' else 'p'} ", style=style)
+            drafts = f"+{item.accepted}/{item.drafts}" if item.drafts else ""  # speculating: accepted/drafts
+            legend.append(f"{item.request_id}{'d' if item.kind == 'decode' else 'p'}{drafts} ", style=style)
         if not items:
             legend.append("nothing scheduled this step", style="dim")
         text = Text("\n").join([head, scale, legend])

@@ -14,6 +14,7 @@ from engine.records import RequestView
 from engine.records.text import decode, visible
 
 from ..colors import request_color
+from ..speculation_text import drafts_cell
 
 TEXT_TAIL = 16
 # (key, label, width): fixed widths, so updating a cell never re-measures the whole table.
@@ -58,7 +59,9 @@ def row_cells(view: RequestView, no_color: bool, priority: bool = False) -> tupl
         Text(f"{view.generated}/{view.max_new_tokens}", justify="right"),
         Text("–" if view.ttft_steps is None else f"{view.ttft_steps}", justify="right"),
         Text(f"{view.num_preemptions}" if view.num_preemptions else "", style="bold red", justify="right"),
-        Text(visible(view.reason or ""), style="red" if view.reason and view.reason != "not arrived yet" else "dim"),
+        # A scheduled request has no reason: the column shows its accepted/proposed drafts instead.
+        Text(visible(view.reason or "") or drafts_cell(view),
+             style="red" if view.reason and view.reason != "not arrived yet" else "dim"),
         Text(output_tail(view), style="italic"),
     )
 

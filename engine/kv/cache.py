@@ -50,6 +50,16 @@ class PagedAllocator:
         self.free_blocks.extend(blocks)
         return blocks
 
+    def truncate(self, request_id: int, num_tokens: int) -> tuple[int, ...]:
+        """Shrinks the request's table to the blocks num_tokens fill; returns the blocks freed."""
+        table = self.tables.get(request_id, ())
+        keep = self.blocks_for(num_tokens)
+        if keep >= len(table):
+            return ()
+        self.tables[request_id], freed = table[:keep], table[keep:]
+        self.free_blocks.extend(freed)
+        return freed
+
     @property
     def num_free(self) -> int:
         return len(self.free_blocks)
@@ -137,6 +147,12 @@ class PagedKVCache(_CacheBase):
             self._free_rows.append(self._row.pop(request_id))
         return blocks
 
+    def rollback(self, request_id: int, num_tokens: int) -> tuple[int, ...]:
+        """Forgets the request's keys and values from position num_tokens on (rejected drafts): the
+        blocks left empty go back to the pool (returned); the last block's tail is written again."""
+        self.tokens[request_id] = min(self.tokens.get(request_id, 0), num_tokens)
+        return self.allocator.truncate(request_id, num_tokens)
+
     def _slots(self, tables: torch.Tensor, seq: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """Pool slot of each (item, position): its block from the table, then the offset in it.
 
@@ -215,6 +231,13 @@ class DenseKVCache(_CacheBase):
         self.store.pop(request_id, None)
         self.tokens.pop(request_id, None)
         return ()  # no blocks in a dense cache
+
+    def rollback(self, request_id: int, num_tokens: int) -> tuple[int, ...]:
+        """Cuts the request's keys and values to its first num_tokens positions (rejected drafts)."""
+        if request_id in self.store:
+            self.store[request_id] = [[k[:num_tokens], v[:num_tokens]] for k, v in self.store[request_id]]
+            self.tokens[request_id] = min(self.tokens.get(request_id, 0), num_tokens)
+        return ()
 
     def begin_step(self, request_ids: list[int], batch: RaggedBatch) -> None:
         self.step_request_ids, self.step_batch = request_ids, batch

@@ -119,6 +119,15 @@ class SchedulerState:
     reserved_tokens: int = 0
     reserved_for: set[int] = field(default_factory=set)  # request ids that may use the reserved slice
     annotations: list[str] = field(default_factory=list)
+    # Speculative decoding: request id -> the drafts it may verify this step (k; 0: none), for the
+    # requests a plugin names; the others take EngineConfig.num_speculative_tokens.
+    speculative_tokens: dict[int, int] = field(default_factory=dict)
+
+    def speculate(self, request_id: int, k: int) -> None:
+        """Sets the request's k for this step (at most the engine's num_speculative_tokens counts)."""
+        if type(k) is not int or k < 0:
+            raise ValueError(f"k={k!r} must be an integer >= 0")
+        self.speculative_tokens[int(request_id)] = k
 
     def reserve(self, tokens: int, request_ids) -> None:
         """Keeps `tokens` of this step's budget for the given requests only."""

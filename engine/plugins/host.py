@@ -119,7 +119,8 @@ class PluginHost:
         try:
             for plugin in plugins:
                 saved = (list(state.waiting), list(state.running), state.budget, state.decode_key,
-                         state.reserved_tokens, state.reserved_for, list(state.annotations))
+                         state.reserved_tokens, state.reserved_for, list(state.annotations),
+                         dict(state.speculative_tokens))
                 problem: str | BaseException | None
                 try:
                     plugin.before_step(state)
@@ -133,7 +134,7 @@ class PluginHost:
                 if problem is not None:  # undo whatever it did
                     state.waiting, state.running = deque(saved[0]), list(saved[1])
                     (state.budget, state.decode_key, state.reserved_tokens, state.reserved_for,
-                     state.annotations) = saved[2:]
+                     state.annotations, state.speculative_tokens) = saved[2:]
                     self.fail(plugin, "before_step", problem)
                     continue
                 if state.decode_key is not saved[3]:
@@ -191,6 +192,9 @@ class PluginHost:
             return f"a decode_key that is not a function ({type(state.decode_key).__name__})"
         if not isinstance(state.annotations, list) or not all(isinstance(a, str) for a in state.annotations):
             return "annotations that are not a list of strings (use state.annotate)"
+        ks = state.speculative_tokens
+        if type(ks) is not dict or not all(type(i) is int and type(k) is int and k >= 0 for i, k in ks.items()):
+            return "an invalid speculative_tokens (request id -> k >= 0; use state.speculate)"
         return None
 
     def after_step(self, state: SchedulerState, record) -> None:

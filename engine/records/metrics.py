@@ -44,6 +44,11 @@ class StepStats:
     reserved_bytes: int
     rss_bytes: int
     kv_blocks_used: int
+    # Speculative decoding: drafts verified and accepted, decodes run and those that speculated
+    draft_tokens: int = 0
+    accepted_tokens: int = 0
+    decodes: int = 0
+    speculating: int = 0
 
 
 @dataclass(slots=True)
@@ -66,6 +71,9 @@ class RequestMetrics:
     e2e_s: float | None
     itl_steps: list[int] = field(default_factory=list)  # gap before each token after the first
     itl_s: list[float] = field(default_factory=list)
+    drafts_proposed: int = 0  # speculative decoding
+    drafts_accepted: int = 0
+    acceptance_rate: float | None = None  # accepted / proposed; None when nothing was proposed
 
 
 @dataclass(slots=True)
@@ -81,6 +89,8 @@ class _Track:
     token_steps: list[int] = field(default_factory=list)
     token_ends: list[float] = field(default_factory=list)
     finished_step: int | None = None
+    drafts_proposed: int = 0
+    drafts_accepted: int = 0
 
 
 LATENCIES = ("ttft_steps", "ttft_s", "tpot_steps", "tpot_s", "itl_steps", "itl_s", "e2e_steps", "e2e_s")
@@ -117,24 +127,33 @@ class MetricsCollector:
                                                        view.num_preemptions, arrival)
             track.state, track.generated = view.state, view.generated
             track.num_preemptions = view.num_preemptions
+            track.drafts_proposed, track.drafts_accepted = view.drafts_proposed, view.drafts_accepted
+        # A speculating decode emits its accepted drafts and then its sampled token, all in this step.
+        accepted = {item.request_id: item.accepted for item in record.items if item.accepted}
         for key in record.sampled:  # the request id as a string (a JSON key), not the int id itself
-            track = self._tracks[int(key)]
-            track.token_steps.append(record.step)
-            track.token_ends.append(end)
+            rid = int(key)
+            track = self._tracks[rid]
+            emitted = 1 + accepted.get(rid, 0)
+            track.token_steps.extend([record.step] * emitted)
+            track.token_ends.extend([end] * emitted)
         for rid in record.finished:  # int ids
             self._tracks[rid].finished_step = record.step
         tokens = record.decode_tokens + record.prefill_tokens
         wall = record.wall_time_s
         mem = record.memory
+        output = len(record.sampled) + sum(accepted.values())
+        decodes = [item for item in record.items if item.kind == "decode"]
         stats = StepStats(
             step=record.step, budget=record.budget, decode_tokens=record.decode_tokens,
             prefill_tokens=record.prefill_tokens, unused_tokens=record.unused_tokens,
-            output_tokens=len(record.sampled), running=record.running, waiting=record.waiting,
+            output_tokens=output, running=record.running, waiting=record.waiting,
             finished=len(record.finished), preempted=len(record.preempted), start_s=start, wall_time_s=wall,
             tokens_per_s=tokens / wall if wall > 0 else 0.0,
-            output_tokens_per_s=len(record.sampled) / wall if wall > 0 else 0.0,
+            output_tokens_per_s=output / wall if wall > 0 else 0.0,
             memory_source=mem.source, allocated_bytes=mem.allocated_bytes, reserved_bytes=mem.reserved_bytes,
-            rss_bytes=mem.rss_bytes, kv_blocks_used=record.kv.blocks_used)
+            rss_bytes=mem.rss_bytes, kv_blocks_used=record.kv.blocks_used,
+            draft_tokens=sum(item.drafts for item in decodes), accepted_tokens=sum(accepted.values()),
+            decodes=len(decodes), speculating=sum(1 for item in decodes if item.drafts))
         self._steps.append(stats)
         return stats
 
@@ -201,7 +220,8 @@ class MetricsCollector:
             ttft_s=ttft_s, tpot_s=tpot_s,
             max_itl_s=max(itl_s) if itl_s else None,
             e2e_s=e2e_s,
-            itl_steps=itl_steps, itl_s=itl_s)
+            itl_steps=itl_steps, itl_s=itl_s, drafts_proposed=t.drafts_proposed, drafts_accepted=t.drafts_accepted,
+            acceptance_rate=t.drafts_accepted / t.drafts_proposed if t.drafts_proposed else None)
 
     def latencies(self, name: str, requests: list[RequestMetrics] | None = None) -> list[float]:
         """The values behind one latency distribution, e.g. for a histogram: one per request that has
@@ -239,6 +259,7 @@ class MetricsCollector:
             },
             **{name: describe(self.latencies(name, reqs)) for name in LATENCIES},
             "step_wall_s": describe([s.wall_time_s for s in steps]),
+            "speculation": speculation_summary(steps),
             "memory": {
                 "source": steps[-1].memory_source if steps else None,
                 "peak_allocated_bytes": max((s.allocated_bytes for s in steps), default=None),
@@ -252,3 +273,20 @@ class MetricsCollector:
         """Everything, as plain JSON-ready data."""
         return {"summary": self.summary(), "steps": [asdict(s) for s in self._steps],
                 "requests": [asdict(r) for r in self.requests()]}
+
+
+def speculation_summary(steps: list[StepStats]) -> dict:
+    """acceptance_rate: accepted / proposed drafts; mean_accepted_length: drafts accepted per
+    speculating decode; tokens_per_step_per_request: tokens a decode emits in a step (1 without
+    speculation; 1 + its accepted drafts with it)."""
+    proposed = sum(s.draft_tokens for s in steps)
+    accepted = sum(s.accepted_tokens for s in steps)
+    speculating = sum(s.speculating for s in steps)
+    decodes = sum(s.decodes for s in steps)
+    return {
+        "drafts_proposed": proposed,
+        "drafts_accepted": accepted,
+        "acceptance_rate": accepted / proposed if proposed else None,
+        "mean_accepted_length": accepted / speculating if speculating else None,
+        "tokens_per_step_per_request": (decodes + accepted) / decodes if decodes else None,
+    }

@@ -31,6 +31,8 @@ class RunSummary:
     peak_kv_slots: int  # token slots the KV cache holds at its peak (paged: whole blocks)
     kv_bytes_peak: int  # bytes reserved for K/V at the peak (paged: the whole pool, from the start)
     ms_per_step: float  # measured engine time; the only figure that is not deterministic
+    drafts_proposed: int = 0  # speculative decoding: drafts verified
+    drafts_accepted: int = 0
 
 
 def final_views(records: Iterable[StepRecord]) -> dict[int, RequestView]:
@@ -49,6 +51,7 @@ class RunTotals:
         self.steps = self.processed = self.busy_steps = self.busy_tokens = self.peak_batch = 0
         self.preemptions = self.padding_slot_steps = self.peak_kv_slots = self.kv_bytes_peak = 0
         self.wall_s = 0.0
+        self.drafts_proposed = self.drafts_accepted = 0
 
     def observe(self, rec: StepRecord) -> None:
         self.last = rec
@@ -58,6 +61,9 @@ class RunTotals:
         for rid in rec.finished:
             self.finish_step[rid] = rec.step
         self.processed += rec.decode_tokens + rec.prefill_tokens
+        if rec.decode_tokens:  # speculation: drafts, of decode_tokens, and the accepted ones
+            self.drafts_proposed += rec.draft_tokens
+            self.drafts_accepted += rec.accepted_tokens
         if rec.items:
             self.busy_steps += 1
             self.busy_tokens += rec.num_query_tokens
@@ -72,8 +78,10 @@ class RunTotals:
 
     def summary(self, label: str = "", settings: str = "") -> RunSummary:
         views = list(self.views.values())
-        # A request that ran to the end fed its prompt and every generated token but the last.
+        # A request that ran to the end fed its prompt and every generated token but the last;
+        # a rejected draft was fed too, but is not recompute.
         needed = sum(v.prompt_len + max(v.generated - 1, 0) for v in views)
+        rejected = self.drafts_proposed - self.drafts_accepted
         ttfts = [v.ttft_steps for v in views if v.ttft_steps is not None]
         latencies = [self.finish_step[v.id] - v.arrival_step for v in views if v.id in self.finish_step]
         last = self.last
@@ -82,7 +90,7 @@ class RunTotals:
             complete=bool(views) and all(v.state == "finished" for v in views) and last is not None
             and not last.pending,
             steps=self.steps, processed=self.processed, generated=sum(v.generated for v in views),
-            recomputed=self.processed - needed,
+            recomputed=self.processed - rejected - needed,
             mean_batch=self.busy_tokens / self.busy_steps if self.busy_steps else 0.0, peak_batch=self.peak_batch,
             ttft_min=min(ttfts, default=None), ttft_mean=sum(ttfts) / len(ttfts) if ttfts else None,
             ttft_max=max(ttfts, default=None),
@@ -90,6 +98,7 @@ class RunTotals:
             preemptions=self.preemptions, padding_slot_steps=self.padding_slot_steps,
             peak_kv_slots=self.peak_kv_slots, kv_bytes_peak=self.kv_bytes_peak,
             ms_per_step=1000 * self.wall_s / self.steps if self.steps else 0.0,
+            drafts_proposed=self.drafts_proposed, drafts_accepted=self.drafts_accepted,
         )
 
 
@@ -111,6 +120,10 @@ COLUMNS = (
 )
 
 
+# Shown only when some row speculated: accepted/proposed drafts.
+DRAFTS_COLUMN = ("drafts ok", lambda r: f"{r.drafts_accepted}/{r.drafts_proposed}" if r.drafts_proposed else "-")
+
+
 def _ttft(r: RunSummary) -> str:
     if r.ttft_mean is None:
         return "n/a"
@@ -120,8 +133,9 @@ def _ttft(r: RunSummary) -> str:
 def format_table(rows: list[RunSummary]) -> list[str]:
     """Plain aligned text lines; steps, TTFT and latency are in scheduler steps. Labels and settings
     come from a scenario file's [compare] names: their control characters are shown (and measured)."""
-    cells = [[name for name, _ in COLUMNS]] + [[visible(str(get(r))) for _, get in COLUMNS] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
+    columns = COLUMNS + ((DRAFTS_COLUMN,) if any(r.drafts_proposed for r in rows) else ())
+    cells = [[name for name, _ in columns]] + [[visible(str(get(r))) for _, get in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
              for row in cells]
     for r in rows:

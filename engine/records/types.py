@@ -61,6 +61,8 @@ class ScheduledItem:
     first_pos: int
     num_tokens: int
     key_len: int
+    drafts: int = 0  # speculating decode: of num_tokens, the proposed tokens it verifies (1 + drafts rows)
+    accepted: int = 0  # of the drafts, how many the target accepted (the first `accepted` draft rows)
 
 
 @dataclass(slots=True)
@@ -79,6 +81,8 @@ class RequestView:
     output_tail: list[int]  # last generated ids; engine.tokenizer.decode turns them into text
     # the tail as the model's own tokenizer decodes it (a loaded checkpoint); None: bytes, decode above
     output_text: str | None = None
+    drafts_proposed: int = 0  # speculative decoding, over the request's life so far
+    drafts_accepted: int = 0
 
 
 @dataclass(slots=True)
@@ -154,14 +158,15 @@ class RunHeader:
     question: str = ""
     variant: str | None = None
     checkpoint: str | None = None  # the checkpoint directory the weights came from; None: random weights
+    speculative: str = ""  # e.g. "ngram k=4"; "" without speculation
     kind: str = "header"  # tells a header line from a StepRecord line in a recording
 
     def label(self) -> str:
-        """Model, dtype, device, attention backend, KV layout and the decode fast path, for the header:
-        "random tiny · fp32 · cpu · sdpa · paged", "Qwen2.5-0.5B-Instruct · bf16 · cuda · ..."."""
+        """Model, dtype, device, attention backend, KV layout, the decode fast path and speculation, for the
+        header: "random tiny · fp32 · cpu · sdpa · paged", "Qwen2.5-0.5B-Instruct · bf16 · cuda · ..."."""
         model = self.model if self.checkpoint is not None or not self.model else f"random {self.model}"
         dtype = SHORT_DTYPES.get(self.dtype, self.dtype)
-        parts = [model, dtype, self.device, self.attention, self.kv_layout, *self.decode_path]
+        parts = [model, dtype, self.device, self.attention, self.kv_layout, *self.decode_path, self.speculative]
         return " · ".join(p for p in parts if p)  # a recording without a header knows only some
 
     def to_dict(self) -> dict:
@@ -212,6 +217,16 @@ class StepRecord:
     @property
     def num_key_tokens(self) -> int:
         return sum(item.key_len for item in self.items)
+
+    @property
+    def draft_tokens(self) -> int:
+        """Speculation: the proposed tokens this step verified (part of decode_tokens)."""
+        return sum(item.drafts for item in self.items)
+
+    @property
+    def accepted_tokens(self) -> int:
+        """Speculation: of draft_tokens, those the target accepted."""
+        return sum(item.accepted for item in self.items)
 
     def to_dict(self) -> dict:
         kv = self.kv

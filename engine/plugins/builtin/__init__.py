@@ -1,6 +1,7 @@
 """Plugins that ship with the engine, by the names scenarios and `--plugin` use."""
 
 from .adaptive_batch import AdaptiveBatchPlugin
+from .adaptive_speculation import AdaptiveSpeculationPlugin
 from .kv_int8 import KVInt8Plugin
 from .priority import PriorityPlugin
 
@@ -8,4 +9,5 @@ BUILTIN = {
     PriorityPlugin.name: PriorityPlugin,
     AdaptiveBatchPlugin.name: AdaptiveBatchPlugin,
     KVInt8Plugin.name: KVInt8Plugin,
+    AdaptiveSpeculationPlugin.name: AdaptiveSpeculationPlugin,
 }

@@ -236,3 +236,22 @@ def test_the_ngram_index_proposes_what_the_plain_scan_does_as_the_sequence_grows
         assert index.propose(tokens[:length], k) == propose_ngram(tokens[:length], k)
         length += 1 + step % 3
         step += 1
+
+
+def test_a_stop_token_among_the_accepted_drafts_ends_the_request_where_plain_decoding_does():
+    """Drafts accepted past an end-of-sequence token must not reach the output: the request stops at
+    the stop token, exactly as plain greedy decoding with the same stop id does. The target is its own
+    draft here, so every draft is accepted and runs over the stop token."""
+    prompt = [7, 8, 9, 7, 8, 9, 7, 8, 9]
+    plain = Engine(EngineConfig(model="tiny", device="cpu", dtype="float64"))
+    rid = plain.add_request(prompt, max_new_tokens=24)
+    free_run = plain.run_until_done()[rid]
+    for stop in {*free_run[2:12]}:  # tokens that appear a few steps in: drafts can run over them
+        outputs = []
+        for speculative in (None, "draft"):
+            eng = Engine(EngineConfig(model="tiny", device="cpu", dtype="float64", eos_token_id=stop,
+                                      speculative=speculative, num_speculative_tokens=4, draft_model="tiny"))
+            rid = eng.add_request(prompt, max_new_tokens=24)
+            outputs.append(eng.run_until_done()[rid])
+        assert outputs[1] == outputs[0], stop
+        assert outputs[0][-1] == stop and outputs[0].count(stop) == 1

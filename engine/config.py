@@ -57,6 +57,9 @@ class EngineConfig:
     # Schedule and launch step N+1 while the device still runs step N (overlap.py): step() then
     # returns each record one call later. Greedy requests that end at max_new_tokens, no plugins.
     overlap_steps: bool = False
+    # Requests share the KV blocks of a common prompt prefix (kv/prefix_cache.py). None: on for the
+    # paged layout, off for dense (which has no blocks to share).
+    prefix_caching: bool | None = None
 
     def __post_init__(self) -> None:
         _check_choice("model", self.model, MODELS)
@@ -80,9 +83,19 @@ class EngineConfig:
         _check_int("eos_token_id", self.eos_token_id, 0, optional=True)
         if not isinstance(self.overlap_steps, bool):
             raise ValueError(f"overlap_steps={self.overlap_steps!r} must be true or false")
+        if self.prefix_caching is not None and not isinstance(self.prefix_caching, bool):
+            raise ValueError(f"prefix_caching={self.prefix_caching!r} must be true, false or None (auto)")
+        if self.prefix_caching and self.kv_layout != "paged":
+            raise ValueError(f"prefix_caching=True needs kv_layout='paged' (got {self.kv_layout!r}): only blocks "
+                             f"can be shared; use prefix_caching=False or None")
         if self.overlap_steps and self.eos_token_id is not None:
             raise ValueError("overlap_steps=True needs eos_token_id=None: the next step is scheduled before this "
                              "step's tokens are read, so requests must end at max_new_tokens")
+
+    @property
+    def caches_prefixes(self) -> bool:
+        """Whether prefix caching is on, None resolved by the KV layout."""
+        return self.kv_layout == "paged" if self.prefix_caching is None else self.prefix_caching
 
     @classmethod
     def field_names(cls) -> list[str]:

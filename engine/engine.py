@@ -71,7 +71,8 @@ class Engine:
         return RunHeader(model=c.model, device=r.device.type, dtype=str(r.dtype).removeprefix("torch."),
                          attention=r.attention_name, kv_layout=c.kv_layout, policy=c.policy,
                          max_tokens_per_step=c.max_tokens_per_step, prefill_chunk_size=c.prefill_chunk_size,
-                         block_size=c.block_size, num_blocks=r.num_blocks, decode_path=r.decode_path(),
+                         block_size=c.block_size, num_blocks=r.num_blocks, prefix_caching=c.caches_prefixes,
+                         decode_path=r.decode_path(),
                          plugins=[p.name for p in self.plugins.plugins], title=title,
                          description=description, question=question, variant=variant)
 

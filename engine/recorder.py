@@ -13,7 +13,7 @@ from operator import attrgetter
 from .config import EngineConfig
 from .kv.cache import DenseKVCache, PagedKVCache
 from .profiling.memory import memory_view
-from .records import IdKeyed, KVView, ScheduledItem, StepRecord
+from .records import IdKeyed, KVView, PrefixView, ScheduledItem, StepRecord
 from .request import Request
 from .request_views import RequestViews
 from .scheduler import SchedulePlan, Scheduler
@@ -26,6 +26,7 @@ class Recorder:
                  weight_bytes: int):
         self.config, self.scheduler, self.kv, self.weight_bytes = config, scheduler, kv, weight_bytes
         self.finished_total = 0
+        self._cached: tuple[int, tuple[int, ...]] = (-1, ())  # (prefix cache version, its cached-free blocks)
 
     def record(self, step: int, plan: SchedulePlan, items: list[ScheduledItem], finishing: list[Request],
                sampled: dict[int, int], pending: int) -> StepRecord:
@@ -60,5 +61,17 @@ class Recorder:
             a = kv.allocator
             tables = IdKeyed(a.tables)  # immutable tuples: no copies
             return KVView("paged", a.block_size, a.num_blocks, a.num_blocks - a.num_free, a.num_free, tables, tokens,
-                          freed, kv.bytes_per_token, kv.pool_bytes, IdKeyed(self.scheduler.freed_blocks))
+                          freed, kv.bytes_per_token, kv.pool_bytes, IdKeyed(self.scheduler.freed_blocks),
+                          self._prefix_view(kv) if kv.prefix is not None else None)
         return KVView("dense", self.config.block_size, 0, 0, 0, {}, tokens, freed, kv.bytes_per_token, kv.pool_bytes)
+
+    def _prefix_view(self, kv: PagedKVCache) -> PrefixView:
+        prefix, allocator = kv.prefix, kv.allocator
+        assert prefix is not None
+        counts, hits = prefix.take_step()
+        if self._cached[0] != prefix.version:  # the cached-free list is the pool's size: copied when it changes
+            self._cached = (prefix.version, tuple(prefix.evictable))
+        new, allocator.new_blocks = allocator.new_blocks, 0
+        return PrefixView({str(b): n for b, n in allocator.shared.items()}, self._cached[1],
+                          {str(r): n for r, n in hits.items()}, counts.hit_blocks, counts.hit_tokens,
+                          counts.lookup_blocks, counts.lookup_tokens, new, counts.evicted)

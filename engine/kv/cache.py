@@ -13,17 +13,25 @@ from collections import deque
 import torch
 
 from ..batch_builder import RaggedBatch, long_tensor, to_device
+from .prefix_cache import NO_HIT, PrefixCache, PrefixHit
 
 
 class PagedAllocator:
-    """Hands out physical blocks from a fixed pool and keeps each request's block table."""
+    """Hands out physical blocks from a fixed pool and keeps each request's block table.
 
-    def __init__(self, num_blocks: int, block_size: int):
+    With prefix caching (prefix_cache.py) a block may sit in several tables: `ref_counts` says in
+    how many, and a block leaves the pool's use only when the last of them lets go."""
+
+    def __init__(self, num_blocks: int, block_size: int, prefix_caching: bool = False):
         self.num_blocks = num_blocks
         self.block_size = block_size
-        self.free_blocks: deque[int] = deque(range(num_blocks))
+        self.free_blocks: deque[int] = deque(range(num_blocks))  # holding nothing worth keeping
         # Tuples, replaced when they grow: a StepRecord can hold them without copying.
         self.tables: dict[int, tuple[int, ...]] = {}
+        self.ref_counts = [0] * num_blocks
+        self.shared: dict[int, int] = {}  # block -> reference count, for blocks in two tables or more
+        self.prefix = PrefixCache(block_size) if prefix_caching else None
+        self.new_blocks = 0  # handed out fresh since the last record (not shared, not revived)
 
     def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
@@ -32,27 +40,76 @@ class PagedAllocator:
         return max(0, self.blocks_for(num_tokens) - len(self.tables.get(request_id, ())))
 
     def can_allocate(self, request_id: int, num_tokens: int) -> bool:
-        return self.blocks_needed(request_id, num_tokens) <= len(self.free_blocks)
+        return self.blocks_needed(request_id, num_tokens) <= self.num_free
+
+    def can_admit(self, hit: PrefixHit, num_tokens: int) -> bool:
+        """Room for a new request that shares `hit` and grows to num_tokens: only blocks it really
+        takes count (new ones, and cached-free ones it revives; blocks others hold are free to share)."""
+        return self.blocks_for(num_tokens) - len(hit.blocks) + hit.revived <= self.num_free
+
+    def share(self, request_id: int, hit: PrefixHit) -> None:
+        """Starts the request's table with the hit's blocks (a new request holds none yet)."""
+        assert request_id not in self.tables, f"request {request_id} already holds blocks"
+        prefix, refs = self.prefix, self.ref_counts
+        assert prefix is not None
+        for block in hit.blocks:
+            if refs[block] == 0:
+                prefix.revive(block)
+            refs[block] += 1
+            if refs[block] > 1:
+                self.shared[block] = refs[block]
+        self.tables[request_id] = hit.blocks
 
     def allocate(self, request_id: int, num_tokens: int) -> list[int]:
         """Grows the request's table to hold num_tokens; returns the new blocks."""
         needed = self.blocks_needed(request_id, num_tokens)
         if needed == 0:
             return []
-        if needed > len(self.free_blocks):
-            raise MemoryError(f"request {request_id} needs {needed} blocks, {len(self.free_blocks)} free")
-        new = [self.free_blocks.popleft() for _ in range(needed)]
+        free = self.free_blocks
+        if needed > len(free):
+            if needed > self.num_free:
+                raise MemoryError(f"request {request_id} needs {needed} blocks, {self.num_free} free")
+            assert self.prefix is not None
+            new = [free.popleft() for _ in range(len(free))]
+            new += [self.prefix.evict() for _ in range(needed - len(new))]  # least recently used first
+        else:
+            new = [free.popleft() for _ in range(needed)]
+        refs = self.ref_counts
+        for block in new:
+            refs[block] = 1
+        self.new_blocks += needed
         self.tables[request_id] = self.tables.get(request_id, ()) + tuple(new)
         return new
 
     def free(self, request_id: int) -> tuple[int, ...]:
+        """Drops the request's references; returns its table. Blocks others still hold stay theirs;
+        named blocks nobody holds stay cached (evictable); the rest go back to the free list."""
         blocks = self.tables.pop(request_id, ())
-        self.free_blocks.extend(blocks)
+        prefix = self.prefix
+        if prefix is None:
+            self.free_blocks.extend(blocks)
+            for block in blocks:
+                self.ref_counts[block] = 0
+            return blocks
+        prefix.forget(request_id)
+        refs, shared = self.ref_counts, self.shared
+        for block in blocks:
+            refs[block] -= 1
+            held = refs[block]
+            if held == 0:
+                if not prefix.keep(block):
+                    self.free_blocks.append(block)
+            elif held == 1:
+                del shared[block]
+            else:
+                shared[block] = held
         return blocks
 
     @property
     def num_free(self) -> int:
-        return len(self.free_blocks)
+        """Blocks a request may take: free ones and cached-free ones (evicted on demand)."""
+        prefix = self.prefix
+        return len(self.free_blocks) + (len(prefix.evictable) if prefix is not None else 0)
 
 
 def kv_bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
@@ -76,14 +133,25 @@ class _CacheBase:
         """Marks this step's tokens as stored (called after the forward pass)."""
         self.tokens.update(zip(self.step_request_ids, self.step_batch.k_lens, strict=True))
 
+    def match_prefix(self, request) -> PrefixHit:
+        """Leading blocks of the request's tokens that are cached already (none without prefix caching)."""
+        return NO_HIT
+
+    def can_admit(self, request_id: int, hit: PrefixHit, num_tokens: int) -> bool:
+        return self.can_allocate(request_id, num_tokens)
+
+    def admit(self, request, hit: PrefixHit) -> None:
+        """A new request starts holding the hit's blocks, its tokens counted as stored."""
+
 
 class PagedKVCache(_CacheBase):
     layout = "paged"
 
     def __init__(self, num_layers, num_kv_heads, head_dim, dtype, device, num_blocks: int, block_size: int,
-                 max_context: int, spare_block: bool = False):
+                 max_context: int, spare_block: bool = False, prefix_caching: bool = False):
         super().__init__(num_layers, num_kv_heads, head_dim, dtype, device)
-        self.allocator = PagedAllocator(num_blocks, block_size)
+        self.allocator = PagedAllocator(num_blocks, block_size, prefix_caching)
+        self.prefix = self.allocator.prefix
         self.block_size = block_size
         # Host mirror of the block tables, one row per live request, updated as blocks are handed
         # out, so a step copies its rows in one go instead of rebuilding them from lists.
@@ -111,10 +179,33 @@ class PagedKVCache(_CacheBase):
     def capacity(self, request_id: int) -> int:
         return len(self.allocator.tables.get(request_id, ())) * self.block_size
 
+    def commit_step(self) -> None:
+        super().commit_step()
+        if self.prefix is not None:  # blocks that prefills filled get their names now their keys are in
+            self.prefix.name_computed(self.allocator.tables, self.tokens)
+
+    def match_prefix(self, request) -> PrefixHit:
+        return NO_HIT if self.prefix is None else self.prefix.match(request)
+
+    def can_admit(self, request_id: int, hit: PrefixHit, num_tokens: int) -> bool:
+        return self.allocator.can_admit(hit, num_tokens) if hit.blocks else self.can_allocate(request_id, num_tokens)
+
+    def admit(self, request, hit: PrefixHit) -> None:
+        if self.prefix is None:
+            return
+        self.prefix.admitted(request, hit)
+        if hit.blocks:
+            self.allocator.share(request.id, hit)
+            self._put_in_row(request.id, list(hit.blocks))
+            self.tokens[request.id] = hit.tokens
+
     def allocate(self, request_id: int, num_tokens: int) -> None:
         new = self.allocator.allocate(request_id, num_tokens)
-        if not new:
-            return
+        if new:
+            self._put_in_row(request_id, new)
+
+    def _put_in_row(self, request_id: int, new: list[int]) -> None:
+        """Mirrors blocks just added to the end of the request's table into its host row."""
         if request_id not in self._row:
             if not self._free_rows:
                 grown = self._table.shape[0]

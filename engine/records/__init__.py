@@ -20,7 +20,8 @@ from .types import (
     ScheduledItem,
     StepRecord,
 )
+from .prefix_view import PrefixView
 
 __all__ = ["REASON_BUDGET", "REASON_DECODE_CAP", "REASON_NO_BLOCKS", "REASON_NOT_ARRIVED", "REASON_PREEMPTED",
-           "REASON_RESERVED", "REASON_STATIC_BATCH", "IdKeyed", "KVView", "MemoryView", "RequestView",
+           "REASON_RESERVED", "REASON_STATIC_BATCH", "IdKeyed", "KVView", "MemoryView", "PrefixView", "RequestView",
            "RunHeader", "ScheduledItem", "StepRecord"]

@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from .prefix_view import PrefixView
+
 # Why a request was not scheduled in a step (the record says it for every one).
 REASON_NOT_ARRIVED = "not arrived yet"
 REASON_BUDGET = "token budget spent"
@@ -77,6 +79,7 @@ class RequestView:
     reason: str | None  # why it was not scheduled this step; None when it was
     num_preemptions: int
     output_tail: list[int]  # last generated ids; engine.tokenizer.decode turns them into text
+    cached_tokens: int = 0  # prompt tokens its latest admission took from the prefix cache (hit length)
 
 
 @dataclass(slots=True)
@@ -92,6 +95,7 @@ class KVView:
     bytes_per_token: int
     pool_bytes: int
     freed_blocks: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # request id -> blocks freed
+    prefix: PrefixView | None = None  # shared and cached-free blocks, hits (None: no prefix caching)
 
 
 @dataclass(slots=True)
@@ -119,6 +123,7 @@ class RunHeader:
     prefill_chunk_size: int
     block_size: int
     num_blocks: int  # paged pool size; 0 for dense
+    prefix_caching: bool = False
     decode_path: list[str] = field(default_factory=list)  # fast-path pieces that run: "triton decode", ...
     plugins: list[str] = field(default_factory=list)  # plugin names
     title: str = ""
@@ -196,6 +201,9 @@ class StepRecord:
         kv = dict(data["kv"])
         kv["block_tables"] = {k: tuple(v) for k, v in kv["block_tables"].items()}
         kv["freed_blocks"] = {k: tuple(v) for k, v in kv.get("freed_blocks", {}).items()}
+        if kv.get("prefix") is not None:
+            prefix = kv["prefix"]
+            kv["prefix"] = PrefixView(**{**prefix, "cached": tuple(prefix.get("cached", ()))})
         data["kv"] = KVView(**kv)
         data["memory"] = MemoryView(**data["memory"])
         return cls(**data)

@@ -224,6 +224,9 @@ def scenarios_cmd() -> None:
 @click.option("--model", type=click.Choice(MODELS), default=None)
 @click.option("--attention", type=click.Choice(ATTENTION_BACKENDS), default=None)
 @click.option("--kv-layout", type=click.Choice(KV_LAYOUTS), default=None)
+@click.option("--no-prefix-caching", is_flag=True,
+              help="Compute every prompt in full: no KV blocks shared between requests (prefix caching is on "
+                   "by default with the paged layout).")
 @click.option("--variant", default=None, help="Run one of the scenario's [compare] variants instead.")
 @click.option("--plugin", "plugins", multiple=True, metavar="SPEC",
               help="Add a plugin: a built-in name (priority, adaptive_batch, kv_int8), an entry point "
@@ -238,8 +241,8 @@ def scenarios_cmd() -> None:
 @click.option("--paused", is_flag=True, help="Dashboard: start paused.")
 @click.option("--speed", type=SPEED, default=None,
               help="Dashboard: steps per second (default 4).")
-def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention, kv_layout, variant, plugins,
-                 trust_plugins, metrics_out, trace_out, paused, speed):
+def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention, kv_layout, no_prefix_caching,
+                 variant, plugins, trust_plugins, metrics_out, trace_out, paused, speed):
     """Run a scenario: a built-in NAME or a path to a .toml file."""
     if list_:
         _list_scenarios()
@@ -253,7 +256,8 @@ def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention
                               ("--trace-out", trace_out, check_trace_path)):
         if path is not None:
             _check_output(flag, path, headless or as_json, check)
-    overrides = dict(device=device, model=model, attention=attention, kv_layout=kv_layout)
+    overrides = dict(device=device, model=model, attention=attention, kv_layout=kv_layout,
+                     prefix_caching=False if no_prefix_caching else None)
     try:
         scenario = load_scenario(name, trust_plugins=trust_plugins)
         engine = scenario.build_engine(variant, plugins=plugins, **overrides)

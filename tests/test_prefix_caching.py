@@ -4,6 +4,8 @@ books balance (reference counts, cached-free blocks, eviction) at every step."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections import Counter
 
 import pytest
@@ -19,9 +21,18 @@ from engine.kv.prefix_cache import PrefixCache, chain_hashes
 from engine.records import StepRecord
 from engine.records.metrics import MetricsCollector
 from engine.records.prefix_view import reuse_events
+from engine.records.recording import RecordingError, load_recording
 from engine.records.schema import check_record_json
+from engine.records.summary import format_table
+from scenarios.compare import compare
+from scenarios.errors import ScenarioError
+from scenarios.loader import loads
 
 BACKENDS = available_backends(torch.device("cpu"))
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "cbtui", *args], capture_output=True, text=True, timeout=300)
 
 
 def check_pool(alloc: PagedAllocator) -> None:
@@ -327,3 +338,74 @@ def test_prefix_records_round_trip_through_json_and_feed_the_hit_rate():
     assert cache["prefill_tokens_saved"] == hit > 0
     assert cache["token_hit_rate"] == pytest.approx(hit / looked_up)
     assert 0 < cache["block_hit_rate"] <= 1
+
+
+def test_a_recording_may_share_a_block_only_as_its_prefix_view_says(tmp_path):
+    eng = Engine(exact_config(block_size=4))
+    eng.add_request(SYSTEM[:12], max_new_tokens=3)
+    eng.add_request(SYSTEM[:12], max_new_tokens=3, arrival_step=1)
+    records = [eng.step().to_dict() for _ in range(3)]
+    shared = records[1]["kv"]["prefix"]["shared"]
+    assert shared
+    path = tmp_path / "run.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert len(load_recording(path).records) == 3
+    block = next(iter(shared))
+    shared[block] = 3
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(RecordingError, match=f"step 1: KV block {block} is marked shared by 3 requests but 2 hold it"):
+        load_recording(path)
+    del shared[block]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(RecordingError, match=f"KV block {block} is held by requests 0 and 1 at once"):
+        load_recording(path)
+
+
+# -- scenarios, the compare table, the command line -----------------------------------------------
+
+SMALL_SHARED = """
+title = "small shared prefix"
+seed = 4
+[engine]
+block_size = 4
+num_blocks = 40
+prefix_caching = true
+[[generators]]
+count = 4
+prefix_len = 20
+prompt_len = [1, 6]
+max_new_tokens = 3
+arrival = "uniform"
+arrival_span = 6
+[compare.no_cache]
+prefix_caching = false
+"""
+
+
+def test_a_generator_prefix_is_shared_by_its_requests_only():
+    s = loads(SMALL_SHARED + "[[generators]]\ncount = 2\nprefix_len = 20\n", "small.toml")
+    first, second = s.requests[:4], s.requests[4:]
+    assert len({tuple(r["prompt"][:20]) for r in first}) == 1 and len({tuple(r["prompt"][:20]) for r in second}) == 1
+    assert first[0]["prompt"][:20] != second[0]["prompt"][:20]
+    with pytest.raises(ScenarioError, match=r"\[\[generators\]\] #1 prompt_len: prompt \(4100 tokens\)"):
+        loads(SMALL_SHARED.replace("prefix_len = 20", "prefix_len = 4094"), "small.toml")
+
+
+def test_compare_shows_prefill_computed_cached_and_equal_outputs():
+    rows = compare(loads(SMALL_SHARED, "small.toml"))
+    cached, plain = rows
+    assert cached.cached > 0 and plain.cached == 0 and cached.outputs == plain.outputs
+    assert cached.prefill + cached.cached == plain.prefill  # nothing preempted: every prompt token once
+    header = format_table(rows)[0].split()
+    assert {"prefill", "cached", "outputs"} <= set(header)
+
+
+def test_cli_turns_prefix_caching_off_and_narrates_reuse(tmp_path):
+    path = tmp_path / "small.toml"
+    path.write_text(SMALL_SHARED)
+    on = cli("scenario", str(path), "--headless")
+    off = cli("scenario", str(path), "--headless", "--no-prefix-caching")
+    assert on.returncode == 0 and off.returncode == 0, on.stderr + off.stderr
+    assert "reused 5 blocks (20 tokens)" in on.stdout and "reused" not in off.stdout.split("comparison")[0]
+    bad = cli("scenario", str(path), "--headless", "--kv-layout", "dense")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "prefix_caching=True needs kv_layout" in bad.stderr

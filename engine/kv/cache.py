@@ -137,9 +137,6 @@ class _CacheBase:
         """Leading blocks of the request's tokens that are cached already (none without prefix caching)."""
         return NO_HIT
 
-    def can_admit(self, request_id: int, hit: PrefixHit, num_tokens: int) -> bool:
-        return self.can_allocate(request_id, num_tokens)
-
     def admit(self, request, hit: PrefixHit) -> None:
         """A new request starts holding the hit's blocks, its tokens counted as stored."""
 
@@ -288,6 +285,9 @@ class DenseKVCache(_CacheBase):
 
     def can_allocate(self, request_id: int, num_tokens: int) -> bool:
         return True  # dense storage grows on demand; it never preempts
+
+    def can_admit(self, request_id: int, hit: PrefixHit, num_tokens: int) -> bool:
+        return True
 
     def allocate(self, request_id: int, num_tokens: int) -> None:
         pass

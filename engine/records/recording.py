@@ -76,8 +76,8 @@ def _check_consistent(record: StepRecord) -> None:
 class StoryCheck:
     """What the records of one run say together, checked as they come one by one: steps go
     forward, a request finishes once and is not scheduled after, no two requests hold the same KV
-    block in a step unless the prefix cache shares it (with as many holders as it says), a request's generated count never goes down. Keeps a few numbers per request,
-    never the records."""
+    block in a step unless the prefix cache shares it (with as many holders as it says), a request's
+    generated count never goes down. Keeps a few numbers per request, never the records."""
 
     def __init__(self) -> None:
         self._last_step: int | None = None

@@ -409,3 +409,25 @@ def test_cli_turns_prefix_caching_off_and_narrates_reuse(tmp_path):
     assert "reused 5 blocks (20 tokens)" in on.stdout and "reused" not in off.stdout.split("comparison")[0]
     bad = cli("scenario", str(path), "--headless", "--kv-layout", "dense")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "prefix_caching=True needs kv_layout" in bad.stderr
+
+
+# -- cbtui bench ----------------------------------------------------------------------------------
+
+def test_bench_shared_prefix_workload_runs_ours_with_and_without_prefix_caching():
+    from cbtui.bench.run import run_systems
+    from cbtui.bench.workloads import make_workload
+
+    workload = make_workload("shared_prefix", scale=4 / 256, model="tiny", prompt_range=(2, 6), output_range=(2, 3))
+    assert workload.shared_prefixes == (768, 256)
+    heads = {tuple(p[:256]) for p in workload.prompts}
+    assert len(heads) < workload.num_requests  # requests share a system prompt
+    report = run_systems(workload, device="cpu", hf=False)
+    rows = {s["system"]: s for s in report["systems"]}
+    plain = rows["ours continuous, no prefix caching"]
+    assert plain["available"] and plain["same_outputs_as_ours"] == 1.0 and "no prefix caching" in plain["note"]
+    assert "prompt tokens" in rows["ours continuous"]["note"] and "from the cache" in rows["ours continuous"]["note"]
+    assert report["workload"]["shared_prefixes"] == [768, 256]
+    # The other workloads keep their rows: no prefix row without shared prefixes.
+    other = run_systems(make_workload("varied", scale=2 / 256, model="tiny", prompt_range=(5, 8), output_range=(2, 3)),
+                        device="cpu", hf=False)
+    assert "ours continuous, no prefix caching" not in {s["system"] for s in other["systems"]}

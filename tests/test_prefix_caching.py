@@ -24,6 +24,7 @@ from engine.records.prefix_view import reuse_events
 from engine.records.recording import RecordingError, load_recording
 from engine.records.schema import check_record_json
 from engine.records.summary import format_table
+from scenarios import load_scenario
 from scenarios.compare import compare
 from scenarios.errors import ScenarioError
 from scenarios.loader import loads
@@ -431,3 +432,69 @@ def test_bench_shared_prefix_workload_runs_ours_with_and_without_prefix_caching(
     other = run_systems(make_workload("varied", scale=2 / 256, model="tiny", prompt_range=(5, 8), output_range=(2, 3)),
                         device="cpu", hf=False)
     assert "ours continuous, no prefix caching" not in {s["system"] for s in other["systems"]}
+
+
+# -- the dashboard --------------------------------------------------------------------------------
+
+def first_hit_step() -> int:
+    engine = load_scenario("shared_prefix").build_engine(device="cpu")
+    return next(r.step for r in iter(engine.step, None) if r.kv.prefix.hits and r.kv.prefix.shared)
+
+
+def test_kv_grid_draws_shared_and_cached_free_blocks_with_glyphs_of_their_own():
+    from cbtui.widgets.kv_grid import CACHED_GLYPH, COUNT_GLYPHS, block_cells, paged_text
+
+    config, workload = CROWDED
+    _, records, _, _ = run_checked(config, workload)
+    rec = next(r for r in records if r.kv.prefix.shared and r.kv.prefix.cached)
+    cells = block_cells(rec.kv)
+    assert {b: cells[b].shared for b in range(len(cells)) if cells[b].shared} == \
+        {int(b): n for b, n in rec.kv.prefix.shared.items()}
+    assert {b for b, c in enumerate(cells) if c.cached} == set(rec.kv.prefix.cached) - {
+        b for blocks in rec.kv.freed_blocks.values() for b in blocks}  # freed in this step: a cross first
+    for no_color in (False, True):
+        text = paged_text(rec.kv, 40, 8, None, no_color).plain
+        counts = {COUNT_GLYPHS[n - 1] for n in rec.kv.prefix.shared.values()}
+        assert counts <= set(text) and CACHED_GLYPH in text
+        assert f"shared {len(rec.kv.prefix.shared)}" in text and f"cached-free {len(rec.kv.prefix.cached)}" in text
+    # The selected request's shared blocks are drawn in its colour.
+    holder = max(int(r) for r, t in rec.kv.block_tables.items() if set(map(str, t)) & set(rec.kv.prefix.shared))
+    block = next(b for b in rec.kv.block_tables[str(holder)] if str(b) in rec.kv.prefix.shared)
+    assert block_cells(rec.kv, selected=holder)[block].owner == holder
+
+
+def test_requests_table_shows_the_hit_length():
+    from cbtui.widgets.requests_table import COLUMNS, row_cells
+
+    config, workload = CROWDED
+    _, records, _, _ = run_checked(config, workload)
+    view = next(v for r in records for v in r.requests if v.cached_tokens)
+    hit = [key for key, _, _ in COLUMNS].index("hit")
+    assert str(row_cells(view, no_color=True)[hit]) == str(view.cached_tokens)
+    fresh = next(v for v in records[0].requests)
+    assert str(row_cells(fresh, no_color=True)[hit]) == "–"
+
+
+def test_dashboard_mask_legend_marks_a_request_starting_from_cached_keys():
+    import asyncio
+
+    from dashboard_helpers import SteadyEngine, make_app, shown_step, wait_until
+
+    from cbtui.widgets.mask_legend import HIT_MARK, MaskLegend
+
+    target = first_hit_step()
+
+    async def scenario():
+        app = make_app(paused=True, engine=SteadyEngine(load_scenario("shared_prefix").build_engine(device="cpu")))
+        async with app.run_test(size=(160, 48)) as pilot:
+            await wait_until(pilot, lambda: shown_step(app) == 0)
+            for step in range(1, target + 1):
+                await pilot.press("n")
+                await wait_until(pilot, lambda step=step: shown_step(app) == step)
+            record = app.history.current()
+            rid, tokens = next(iter(record.kv.prefix.hits.items()))
+            # The panels follow the record within a frame or two.
+            await wait_until(pilot, lambda: f"{rid}p{HIT_MARK}{tokens}" in str(app.query_one(MaskLegend).render()))
+            item = next(i for i in record.items if str(i.request_id) == rid)
+            assert item.first_pos == tokens  # its rows start at the first key it did not take from the cache
+    asyncio.run(scenario())

@@ -17,7 +17,8 @@ from ..colors import request_color
 
 TEXT_TAIL = 16
 # (key, label, width): fixed widths, so updating a cell never re-measures the whole table.
-COLUMNS = (("id", "id", 5), ("state", "state", 9), ("prompt", "prompt", 9), ("gen", "gen", 7),
+# hit: prompt tokens the latest admission took from the prefix cache (prefix caching).
+COLUMNS = (("id", "id", 5), ("state", "state", 9), ("prompt", "prompt", 9), ("hit", "hit", 4), ("gen", "gen", 7),
            ("ttft", "TTFT", 4), ("why", "why not scheduled", 18), ("text", "output tail", TEXT_TAIL))
 STATE_STYLE = {"decode": "green", "prefill": "yellow", "waiting": "magenta", "preempted": "bold red",
                "finished": "dim", "pending": "dim"}
@@ -30,6 +31,8 @@ def row_cells(view: RequestView, no_color: bool) -> tuple[Text, ...]:
         Text.assemble((mark, request_color(view.id).hex), f"{view.id}"),
         Text(visible(view.state), style=STATE_STYLE.get(view.state, "")),
         Text(f"{view.prefill_pos}/{view.prompt_len}", justify="right"),
+        Text(f"{view.cached_tokens}" if view.cached_tokens else "–", justify="right",
+             style="cyan" if view.cached_tokens else "dim"),
         Text(f"{view.generated}/{view.max_new_tokens}", justify="right"),
         Text("–" if view.ttft_steps is None else f"{view.ttft_steps}", justify="right"),
         Text(visible(view.reason or ""), style="red" if view.reason and view.reason != "not arrived yet" else "dim"),

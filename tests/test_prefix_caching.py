@@ -498,3 +498,27 @@ def test_dashboard_mask_legend_marks_a_request_starting_from_cached_keys():
             item = next(i for i in record.items if str(i.request_id) == rid)
             assert item.first_pos == tokens  # its rows start at the first key it did not take from the cache
     asyncio.run(scenario())
+
+
+def test_metrics_screen_says_the_hit_rate_and_the_prefill_saved():
+    from rich.console import Console
+
+    from cbtui.metrics_view import render_metrics
+    from engine.profiling.memory_profiler import MemoryProfiler
+    from engine.profiling.sources import FunctionSource
+
+    engine = load_scenario("shared_prefix").build_engine(device="cpu")
+    collector = MetricsCollector()
+    profiler = MemoryProfiler(sources=[FunctionSource("fake", lambda: {"fake": 1 << 20})])
+    for record in iter(engine.step, None):
+        collector.observe(record)
+        profiler.observe(record)
+        if not engine.has_unfinished():
+            break
+    cache = collector.summary()["prefix_cache"]
+    console = Console(width=100, record=True, color_system=None)
+    console.print(render_metrics(collector, profiler, [], width=100))
+    text = " ".join(console.export_text().split())
+    assert (f"prefix cache: {cache['token_hit_rate']:.0%} of admitted tokens hit, {cache['block_hit_rate']:.0%} of "
+            f"full blocks; {cache['prefill_tokens_saved']} prefill tokens saved") in text
+    assert cache["prefill_tokens_saved"] == 2816  # as the scenario's description says

@@ -14,6 +14,7 @@ from .config import EngineConfig
 from .kv.cache import DenseKVCache, PagedKVCache
 from .profiling.memory import memory_view
 from .records import IdKeyed, KVView, PrefixView, ScheduledItem, StepRecord
+from .records.prefix_view import BlockSet
 from .request import Request
 from .request_views import RequestViews
 from .scheduler import SchedulePlan, Scheduler
@@ -26,7 +27,7 @@ class Recorder:
                  weight_bytes: int):
         self.config, self.scheduler, self.kv, self.weight_bytes = config, scheduler, kv, weight_bytes
         self.finished_total = 0
-        self._cached: tuple[int, tuple[int, ...]] = (-1, ())  # (prefix cache version, its cached-free blocks)
+        self._cached: tuple[int, BlockSet] = (-1, BlockSet(b""))  # (prefix cache version, its cached-free blocks)
 
     def record(self, step: int, plan: SchedulePlan, items: list[ScheduledItem], finishing: list[Request],
                sampled: dict[int, int], pending: int) -> StepRecord:
@@ -69,8 +70,8 @@ class Recorder:
         prefix, allocator = kv.prefix, kv.allocator
         assert prefix is not None
         counts, hits = prefix.take_step()
-        if self._cached[0] != prefix.version:  # the cached-free list is the pool's size: copied when it changes
-            self._cached = (prefix.version, tuple(prefix.evictable))
+        if self._cached[0] != prefix.version:  # copied when it changes (a map of the pool: bytes)
+            self._cached = (prefix.version, BlockSet(bytes(prefix.cached_map)))
         new, allocator.new_blocks = allocator.new_blocks, 0
         return PrefixView({str(b): n for b, n in allocator.shared.items()}, self._cached[1],
                           {str(r): n for r, n in hits.items()}, counts.hit_blocks, counts.hit_tokens,

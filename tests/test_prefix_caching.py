@@ -51,6 +51,7 @@ def check_pool(alloc: PagedAllocator) -> None:
     if prefix is not None:
         assert {prefix.block_of[name] for name in prefix.name_of.values()} == set(prefix.name_of)
         assert len(prefix.block_of) == len(prefix.name_of) and cached <= set(prefix.name_of)
+        assert {b for b, flag in enumerate(prefix.cached_map) if flag} == cached  # what records copy
 
 
 def guard_eviction(monkeypatch, alloc: PagedAllocator) -> list[int]:

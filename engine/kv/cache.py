@@ -30,7 +30,7 @@ class PagedAllocator:
         self.tables: dict[int, tuple[int, ...]] = {}
         self.ref_counts = [0] * num_blocks
         self.shared: dict[int, int] = {}  # block -> reference count, for blocks in two tables or more
-        self.prefix = PrefixCache(block_size) if prefix_caching else None
+        self.prefix = PrefixCache(block_size, num_blocks) if prefix_caching else None
         self.new_blocks = 0  # handed out fresh since the last record (not shared, not revived)
 
     def blocks_for(self, num_tokens: int) -> int:

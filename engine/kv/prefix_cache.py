@@ -81,8 +81,9 @@ class PrefixCache:
     """Names of full blocks, and the cached-free blocks. The allocator owns the blocks and their
     reference counts; this only remembers what each named block holds."""
 
-    def __init__(self, block_size: int):
+    def __init__(self, block_size: int, num_blocks: int):
         self.block_size = block_size
+        self.cached_map = bytearray(num_blocks)  # 1 for a cached-free block: what a record copies
         self.block_of: dict[bytes, int] = {}  # name -> block holding it
         self.name_of: dict[int, bytes] = {}  # block -> its name
         self.evictable: OrderedDict[int, None] = OrderedDict()  # named, nobody holds them; oldest first
@@ -132,6 +133,7 @@ class PrefixCache:
 
     def revive(self, block: int) -> None:
         self.evictable.pop(block, None)
+        self.cached_map[block] = 0
         self.version += 1
 
     # -- after a step ---------------------------------------------------------------------------
@@ -166,6 +168,7 @@ class PrefixCache:
         """A block nobody holds any more: kept as cached-free if it is named (True), else not."""
         if block in self.name_of:
             self.evictable[block] = None  # most recently used last
+            self.cached_map[block] = 1
             self.version += 1
             return True
         return False
@@ -173,6 +176,7 @@ class PrefixCache:
     def evict(self) -> int:
         """The least recently used cached-free block, its name forgotten, for reuse."""
         block, _ = self.evictable.popitem(last=False)
+        self.cached_map[block] = 0
         del self.block_of[self.name_of.pop(block)]
         self.counts.evicted += 1
         self.version += 1

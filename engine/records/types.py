@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from .prefix_view import PrefixView
+from .prefix_view import BlockSet, PrefixView
 
 # Why a request was not scheduled in a step (the record says it for every one).
 REASON_NOT_ARRIVED = "not arrived yet"
@@ -185,8 +185,9 @@ class StepRecord:
 
     def to_dict(self) -> dict:
         kv = self.kv
+        prefix = kv.prefix and replace(kv.prefix, cached=list(kv.prefix.cached))
         data = asdict(replace(self, requests=[], sampled={},
-                              kv=replace(kv, block_tables={}, tokens={}, freed_blocks={})))
+                              kv=replace(kv, block_tables={}, tokens={}, freed_blocks={}, prefix=prefix)))
         data["requests"] = [asdict(view) for view in self.requests]
         data["sampled"] = dict(self.sampled)
         data["kv"].update(block_tables={k: list(v) for k, v in kv.block_tables.items()}, tokens=dict(kv.tokens),
@@ -203,7 +204,7 @@ class StepRecord:
         kv["freed_blocks"] = {k: tuple(v) for k, v in kv.get("freed_blocks", {}).items()}
         if kv.get("prefix") is not None:
             prefix = kv["prefix"]
-            kv["prefix"] = PrefixView(**{**prefix, "cached": tuple(prefix.get("cached", ()))})
+            kv["prefix"] = PrefixView(**{**prefix, "cached": BlockSet.of(prefix.get("cached", ()), kv["num_blocks"])})
         data["kv"] = KVView(**kv)
         data["memory"] = MemoryView(**data["memory"])
         return cls(**data)

@@ -523,3 +523,20 @@ def test_metrics_screen_says_the_hit_rate_and_the_prefill_saved():
     assert (f"prefix cache: {cache['token_hit_rate']:.0%} of admitted tokens hit, {cache['block_hit_rate']:.0%} of "
             f"full blocks; {cache['prefill_tokens_saved']} prefill tokens saved") in text
     assert cache["prefill_tokens_saved"] == 2816  # as the scenario's description says
+
+
+def test_overlapped_steps_share_prefixes_and_stay_exact():
+    """Overlapped, a step is scheduled before the previous one's tokens are read back: admission
+    names only tokens it knows (a placeholder ends the chain), and the outputs stay exact."""
+    config, workload = CROWDED
+    eng = Engine(exact_config(**{**config.__dict__, "overlap_steps": True, "dtype": "float64"}))
+    ids = [eng.add_request(**spec) for spec in workload]
+    records = []
+    while eng.has_unfinished():
+        record = eng.step()
+        if record is not None:
+            records.append(record)
+        check_pool(eng.runner.kv.allocator)
+    assert sum(r.kv.prefix.hit_blocks for r in records) >= 9 * 6
+    for rid, spec in zip(ids, workload, strict=True):
+        assert eng.requests[rid].output == run_alone(spec["prompt"], spec["max_new_tokens"])

@@ -300,8 +300,9 @@ class DashboardApp(App[None]):
         canvas.show(items, self.selected)
         # The legend reads the raster's scale, which depends on the canvas size: before the first
         # layout there is none, and the legend is drawn again when the canvas is sized (below).
+        hits = record.kv.prefix.hits if record is not None and record.kv.prefix is not None else None
         self.query_one(MaskLegend).show(items, zoom_on, canvas.current_raster(), not self.no_color,
-                                        self.selected, self.no_color)
+                                        self.selected, self.no_color, hits)
 
     @on(MaskCanvas.Rescaled)
     def _redraw_mask_legend(self) -> None:

@@ -281,6 +281,9 @@ def scenarios_cmd() -> None:
 @click.option("--kv-layout", type=click.Choice(KV_LAYOUTS), default=None)
 @click.option("--speculative", type=click.Choice(SPECULATIVE), default=None,
               help="Speculative decoding: ngram (prompt lookup), draft (a smaller model) or off.")
+@click.option("--no-prefix-caching", is_flag=True,
+              help="Compute every prompt in full: no KV blocks shared between requests (prefix caching is on "
+                   "by default with the paged layout).")
 @click.option("--variant", default=None, help="Run one of the scenario's [compare] variants instead.")
 @click.option("--plugin", "plugins", multiple=True, metavar="SPEC",
               help="Add a plugin: a built-in name (priority, adaptive_batch, kv_int8, adaptive_speculation), an "
@@ -306,8 +309,9 @@ def scenarios_cmd() -> None:
 @click.option("--break-on", "break_on", multiple=True, metavar="SPEC",
               help="Dashboard: pause on the step where SPEC fires: preempt, preempt:N, finish, admit, "
                    "step:N, kv-free<K, wait>K, error. Repeatable; b in the app adds more.")
-def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention, kv_layout, speculative, variant,
-                 plugins, without, trust_plugins, metrics_out, trace_out, record_to, events, paused, speed, break_on):
+def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention, kv_layout, speculative,
+                 no_prefix_caching, variant, plugins, without, trust_plugins, metrics_out, trace_out, record_to, events,
+                 paused, speed, break_on):
     """Run a scenario: a built-in NAME or a path to a .toml file."""
     if list_:
         _list_scenarios()
@@ -333,7 +337,8 @@ def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention
                               ("--trace-out", trace_out, check_trace_path)):
         if path is not None:
             _check_output(flag, path, headless or as_json, check)
-    overrides = dict(device=device, model=model, attention=attention, kv_layout=kv_layout, speculative=speculative)
+    overrides = dict(device=device, model=model, attention=attention, kv_layout=kv_layout, speculative=speculative,
+                     prefix_caching=False if no_prefix_caching else None)
     try:
         scenario = without_plugins(load_scenario(name, trust_plugins=trust_plugins), without)
         engine = scenario.build_engine(variant, plugins=plugins, **overrides)

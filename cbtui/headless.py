@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from engine.records import RunHeader, StepRecord
+from engine.records.prefix_view import reuse_events
 from engine.records.summary import RunTotals
 from engine.records.text import visible
 
@@ -73,6 +74,8 @@ class HeadlessRun:
             else:
                 notes = f"  [{'; '.join(rec.annotations)}]" if rec.annotations else ""
                 console.print(escape(step_line(rec) + visible(notes)), soft_wrap=True)
+                for event in reuse_events(rec.kv.prefix, rec.kv.block_size):
+                    console.print(f"           {event}", style="dim", soft_wrap=True)
                 for error in rec.errors:
                     console.print(escape(visible(error, newlines=True)), style="bold red", soft_wrap=True)
                 if self.events:

@@ -110,7 +110,8 @@ def render_metrics(collector: MetricsCollector, profiler: MemoryProfile, annotat
                    detector: object = None, width: int = 80) -> Group:
     """Everything the metrics screen shows, as one rich renderable, laid out for `width` columns."""
     bar = max(6, min(30, width // 2 - 28))
-    totals = collector.summary()["throughput"]
+    summary = collector.summary()
+    totals = summary["throughput"]
     throughput = [tps for _, tps in collector.throughput_series()]
     head = Text()
     head.append(f"{len(collector.steps)} steps  ", style="bold")
@@ -127,6 +128,12 @@ def render_metrics(collector: MetricsCollector, profiler: MemoryProfile, annotat
         lines.append(Text(f"speculation: {spec['drafts_accepted']} of {spec['drafts_proposed']} drafts accepted "
                           f"({spec['acceptance_rate']:.0%}), {spec['mean_accepted_length']:.2f} per speculating "
                           f"decode, {spec['tokens_per_step_per_request']:.2f} tokens per decode per step"))
+    cache = summary["prefix_cache"]
+    if cache is not None and cache["token_hit_rate"] is not None:
+        blocks = "" if cache["block_hit_rate"] is None else f", {cache['block_hit_rate']:.0%} of full blocks"
+        lines.append(Text(f"prefix cache: {cache['token_hit_rate']:.0%} of admitted tokens hit{blocks}; "
+                          f"{cache['prefill_tokens_saved']} prefill tokens saved, {cache['evicted_blocks']} blocks "
+                          f"evicted", style="cyan"))
     if annotations:
         lines.append(Text("plugins: " + visible("; ".join(annotations)), style="magenta"))
     grid = Table.grid(padding=(0, 4))

@@ -67,6 +67,9 @@ class EngineConfig:
     speculative: str | None = None
     num_speculative_tokens: int = 4
     draft_model: str = "micro"
+    # Requests share the KV blocks of a common prompt prefix (kv/prefix_cache.py). None: on for the
+    # paged layout, off for dense (which has no blocks to share).
+    prefix_caching: bool | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
@@ -97,6 +100,11 @@ class EngineConfig:
             raise ValueError(f"ignore_eos={self.ignore_eos!r} must be true or false")
         if not isinstance(self.overlap_steps, bool):
             raise ValueError(f"overlap_steps={self.overlap_steps!r} must be true or false")
+        if self.prefix_caching is not None and not isinstance(self.prefix_caching, bool):
+            raise ValueError(f"prefix_caching={self.prefix_caching!r} must be true, false or None (auto)")
+        if self.prefix_caching and self.kv_layout != "paged":
+            raise ValueError(f"prefix_caching=True needs kv_layout='paged' (got {self.kv_layout!r}): only blocks "
+                             f"can be shared; use prefix_caching=False or None")
         if self.overlap_steps and self.eos_token_id is not None:
             raise ValueError("overlap_steps=True needs eos_token_id=None: the next step is scheduled before this "
                              "step's tokens are read, so requests must end at max_new_tokens")
@@ -111,6 +119,11 @@ class EngineConfig:
         if self.speculative and self.overlap_steps:
             raise ValueError("speculative decoding needs each step's tokens on the host to propose the next "
                              "drafts; drop overlap_steps or speculative")
+
+    @property
+    def caches_prefixes(self) -> bool:
+        """Whether prefix caching is on, None resolved by the KV layout."""
+        return self.kv_layout == "paged" if self.prefix_caching is None else self.prefix_caching
 
     @classmethod
     def field_names(cls) -> list[str]:

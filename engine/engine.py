@@ -20,7 +20,7 @@ from .overlap import PENDING_TOKEN, DeviceTokens, InFlightStep
 from .plugins.base import Plugin
 from .plugins.host import PluginHost
 from .recorder import Recorder
-from .records import RunHeader, ScheduledItem, StepRecord
+from .records import IdKeyed, RunHeader, ScheduledItem, StepRecord
 from .request import Request
 from .request_checks import check_request
 from .scheduler import SchedulePlan, Scheduler
@@ -100,7 +100,8 @@ class Engine:
                          dtype=str(r.dtype).removeprefix("torch."),
                          attention=r.attention_name, kv_layout=c.kv_layout, policy=c.policy,
                          max_tokens_per_step=c.max_tokens_per_step, prefill_chunk_size=c.prefill_chunk_size,
-                         block_size=c.block_size, num_blocks=r.num_blocks, decode_path=r.decode_path(),
+                         block_size=c.block_size, num_blocks=r.num_blocks, prefix_caching=c.caches_prefixes,
+                         decode_path=r.decode_path(),
                          plugins=[p.name for p in self.plugins.plugins], title=title,
                          speculative=self._speculative_label(),
                          description=description, question=question, variant=variant)
@@ -176,6 +177,8 @@ class Engine:
             self._settle(items, proposals, kept)
         sampled = dict(zip((r.id for r in sampling), chosen, strict=True)) if on_host else {}
         record = self.recorder.record(step, plan, items, done.finishing, sampled, len(self.pending))
+        if kept:
+            record.kept_drafts = IdKeyed({r.id: good for r, good in kept.items() if good})
         self.plugins.after_step(state, record)
         record.annotations = state.annotations + self.plugins.descriptions()
         record.errors = self.plugins.take_errors()

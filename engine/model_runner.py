@@ -107,7 +107,7 @@ class ModelRunner:
             check_pool_fits(self.num_blocks, config.block_size, bytes_per_token, self.device)
             self.kv = PagedKVCache(s.num_layers, s.num_kv_heads, s.head_dim, self.dtype, self.device,
                                    self.num_blocks, config.block_size, s.max_context,
-                                   spare_block=self._graphs_configured())
+                                   spare_block=self._graphs_configured(), prefix_caching=config.caches_prefixes)
         else:
             self.num_blocks = 0
             self.kv = DenseKVCache(s.num_layers, s.num_kv_heads, s.head_dim, self.dtype, self.device)

@@ -14,7 +14,8 @@ from operator import attrgetter
 from .config import EngineConfig
 from .kv.cache import DenseKVCache, PagedKVCache
 from .profiling.memory import memory_view
-from .records import IdKeyed, KVView, ScheduledItem, StepRecord
+from .records import IdKeyed, KVView, PrefixView, ScheduledItem, StepRecord
+from .records.prefix_view import BlockSet
 from .request import Request
 from .request_views import RequestViews
 from .scheduler import SchedulePlan, Scheduler
@@ -28,6 +29,7 @@ class Recorder:
         self.config, self.scheduler, self.kv, self.weight_bytes = config, scheduler, kv, weight_bytes
         self.text = text  # a checkpoint tokenizer's decode: output tails as text in the records
         self.finished_total = self.preemptions_total = 0
+        self._cached: tuple[int, BlockSet] = (-1, BlockSet(b""))  # (prefix cache version, its cached-free blocks)
 
     def record(self, step: int, plan: SchedulePlan, items: list[ScheduledItem], finishing: list[Request],
                sampled: dict[int, int], pending: int) -> StepRecord:
@@ -65,5 +67,17 @@ class Recorder:
             a = kv.allocator
             tables = IdKeyed(a.tables)  # immutable tuples: no copies
             return KVView("paged", a.block_size, a.num_blocks, a.num_blocks - a.num_free, a.num_free, tables, tokens,
-                          freed, kv.bytes_per_token, kv.pool_bytes, IdKeyed(self.scheduler.freed_blocks))
+                          freed, kv.bytes_per_token, kv.pool_bytes, IdKeyed(self.scheduler.freed_blocks),
+                          self._prefix_view(kv) if kv.prefix is not None else None)
         return KVView("dense", self.config.block_size, 0, 0, 0, {}, tokens, freed, kv.bytes_per_token, kv.pool_bytes)
+
+    def _prefix_view(self, kv: PagedKVCache) -> PrefixView:
+        prefix, allocator = kv.prefix, kv.allocator
+        assert prefix is not None
+        counts, hits = prefix.take_step()
+        if self._cached[0] != prefix.version:  # copied when it changes (a map of the pool: bytes)
+            self._cached = (prefix.version, BlockSet(bytes(prefix.cached_map)))
+        new, allocator.new_blocks = allocator.new_blocks, 0
+        return PrefixView({str(b): n for b, n in allocator.shared.items()}, self._cached[1],
+                          {str(r): n for r, n in hits.items()}, counts.hit_blocks, counts.hit_tokens,
+                          counts.lookup_blocks, counts.lookup_tokens, new, counts.evicted)

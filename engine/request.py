@@ -43,6 +43,7 @@ class Request:
     first_token_step: int | None = None
     finished_step: int | None = None
     num_preemptions: int = 0
+    cached_tokens: int = 0  # tokens of its latest admission shared from the prefix cache (not computed)
     first_token_time: float | None = None
     arrival_time: float | None = None
     finish_time: float | None = None

@@ -20,7 +20,8 @@ from .request import Request, RequestState
 TAIL = 24  # generated tokens kept in each view's output tail
 # Captured per request every step. The first-token step is not: it is set with the first output
 # token and never changes, so it is known exactly from the captured output length.
-_CHANGING = attrgetter("state", "num_computed", "num_preemptions", "drafts_proposed", "drafts_accepted")
+_CHANGING = attrgetter("state", "num_computed", "num_preemptions", "drafts_proposed", "drafts_accepted",
+                       "cached_tokens")
 
 
 class RequestViews(Sequence):
@@ -44,14 +45,15 @@ class RequestViews(Sequence):
             assert self._captured is not None
             views = []
             finished, text = RequestState.FINISHED, self._text
-            for r, (state, computed, preemptions, proposed, accepted), output, n in zip(*self._captured, strict=True):
+            for r, (state, computed, preemptions, proposed, accepted, cached), output, n in zip(*self._captured,
+                                                                                                 strict=True):
                 reason = None if state is finished or r.id in self._scheduled else self._reasons.get(r.id)
                 prompt_len = len(r.prompt)
                 ttft = r.first_token_step - r.arrival_step if n else None
                 tail = output[max(0, n - TAIL):n]
                 views.append(RequestView(r.id, state.value, prompt_len, min(computed, prompt_len), n,
                                          r.max_new_tokens, r.arrival_step, r.priority, ttft, reason, preemptions,
-                                         tail, None if text is None else text(tail), proposed, accepted))
+                                         tail, None if text is None else text(tail), proposed, accepted, cached))
             self._views = views
             self._captured = None
         return self._views

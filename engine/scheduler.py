@@ -20,6 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from .config import EngineConfig
+from .kv.prefix_cache import NO_HIT
 from .plugins.base import SchedulerState
 from .policies import Reservation, admission_policy
 from .records import (
@@ -193,21 +194,26 @@ class Scheduler:
 
         # 3) Admission, preempted requests first (they wait at the front of the queue).
         blocked = False
+        # A prefix cache hit is shared, not computed: it takes no budget and only the blocks it revives.
         for r in candidates:
-            n = min(chunk, r.remaining, self._room(plan, r))
+            room = self._room(plan, r)
+            hit = self.kv.match_prefix(r) if room and not blocked else NO_HIT
+            n = min(chunk, r.remaining - hit.tokens, room)
             if blocked:
                 plan.reasons[r.id] = REASON_NO_BLOCKS
             elif n == 0:
                 plan.reasons[r.id] = self._budget_reason(plan)
-            elif not self.kv.can_allocate(r.id, n):  # admission never preempts
+            elif not self.kv.can_admit(r.id, hit, hit.tokens + n):  # admission never preempts
                 plan.reasons[r.id] = REASON_NO_BLOCKS
-                plan.admission_blocked = Shortfall(r.id, *self.kv.shortfall(r.id, n))
+                plan.admission_blocked = Shortfall(r.id, *self.kv.shortfall(r.id, hit.tokens + n, hit))
                 blocked = True  # FCFS: nobody behind the head of the queue overtakes it
             else:
                 self.waiting.remove(r)
                 self.running.append(r)
                 r.state = RequestState.PREFILL
-                self._allocate(r, n)
+                self.kv.admit(r, hit)
+                r.num_computed = r.cached_tokens = hit.tokens
+                self._allocate(r, hit.tokens + n)
                 self._add_prefill(plan, r, n)
         if plan.drafts:  # plain decodes first: the decode attention reads the batch's leading one-token items
             decodes.sort(key=plan.drafts.__contains__)

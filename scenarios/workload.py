@@ -26,8 +26,8 @@ PRINTABLE = (32, 127)  # generated prompts are printable ASCII, so byte-level te
 REQUEST_KEYS = ("prompt", "chat", "prompt_tokens", "prompt_len", "max_new_tokens", "arrival_step", "priority",
                 "temperature", "top_k", "seed", "deadline_step")
 ARRIVALS = ("all_at_once", "uniform", "poisson")
-GENERATOR_KEYS = ("count", "prompt_len", "max_new_tokens", "arrival", "arrival_start", "arrival_span",
-                  "rate", "burst_size", "priority", "temperature", "top_k")
+GENERATOR_KEYS = ("count", "prefix_len", "prompt_len", "max_new_tokens", "arrival", "arrival_start",
+                  "arrival_span", "rate", "burst_size", "priority", "temperature", "top_k")
 # Keys that only make sense with one arrival process.
 ARRIVAL_ONLY = {"arrival_span": "uniform", "rate": "poisson", "burst_size": "poisson"}
 DIST_FORMS = "an integer (fixed), [low, high] (uniform), or a table {fixed = N}, {uniform = [low, high]}, " \
@@ -200,10 +200,12 @@ def generate(check: Checker, gen: dict, rng: random.Random, model: ModelSpec, bl
         check.fail("count", f"is required: how many requests this generator makes (1 to {MAX_REQUESTS})")
     count = check.integer(gen, "count", 1, 1, MAX_REQUESTS)
     ctx = model.max_context - 1
+    # A prefix every request of the generator shares (a system prompt), drawn once, before prompt_len.
+    prefix_len = check.integer(gen, "prefix_len", 0, 0, ctx - 1)
     prompt_len = parse_dist(check, gen, "prompt_len", [8, 32], 1, ctx)
     max_new = parse_dist(check, gen, "max_new_tokens", [4, 16], 1, ctx)
     # Check the largest request the distributions can produce, so failures name the generator.
-    _fits_context(check, "prompt_len", prompt_len.high, max_new.high, model, block_need)
+    _fits_context(check, "prompt_len", prefix_len + prompt_len.high, max_new.high, model, block_need)
     priority = parse_dist(check, gen, "priority", 0, -MAX_PRIORITY, MAX_PRIORITY)
     extra = {}
     if "temperature" in gen:
@@ -211,10 +213,11 @@ def generate(check: Checker, gen: dict, rng: random.Random, model: ModelSpec, bl
     if "top_k" in gen:
         extra["top_k"] = check.integer(gen, "top_k", 0, 0, model.vocab_size)
     arrivals = _arrival_steps(check, gen, count, rng)
+    prefix = [rng.randrange(*PRINTABLE) for _ in range(prefix_len)]
     out = []
     for arrival in arrivals:
         n = prompt_len.sample(rng)
-        out.append(dict(prompt=[rng.randrange(*PRINTABLE) for _ in range(n)],
+        out.append(dict(prompt=prefix + [rng.randrange(*PRINTABLE) for _ in range(n)],
                         max_new_tokens=max_new.sample(rng), arrival_step=arrival,
                         priority=priority.sample(rng), **extra))
     return out

@@ -1,4 +1,7 @@
-"""Paged allocator and caches: no shared blocks, everything returns, flatten equals dense."""
+"""Paged allocator and caches: blocks shared only through the prefix cache, everything returns, flatten
+equals dense."""
+
+from collections import Counter
 
 import torch
 from helpers import exact_config, run_batched
@@ -22,17 +25,21 @@ def test_allocator_hands_out_distinct_blocks_and_takes_them_back():
 
 @settings(max_examples=25)
 @given(st.lists(st.tuples(st.integers(1, 30), st.integers(1, 8), st.integers(0, 6)), min_size=1, max_size=8),
-       st.integers(1, 6))
-def test_blocks_never_shared_and_all_returned(reqs, block_size):
+       st.integers(1, 6), st.booleans())
+def test_blocks_shared_only_by_the_prefix_cache_and_all_returned(reqs, block_size, caching):
+    """The prompts are all ones, so every full prompt block has a twin: with prefix caching the
+    record says which blocks are shared and by how many, without it no block has two owners."""
     largest = max(p + n for p, n, _ in reqs)
     config = EngineConfig(model="tiny", device="cpu", kv_layout="paged", block_size=block_size,
-                          num_blocks=-(-largest // block_size) + 2, max_tokens_per_step=16, attention="sdpa")
+                          num_blocks=-(-largest // block_size) + 2, max_tokens_per_step=16, attention="sdpa",
+                          prefix_caching=caching)
     workload = [{"prompt": [1] * p, "max_new_tokens": n, "arrival_step": a} for p, n, a in reqs]
     _, records, eng = run_batched(config, workload)
     for rec in records:
-        owned = [b for table in rec.kv.block_tables.values() for b in table]
-        assert len(owned) == len(set(owned)), f"a block has two owners at step {rec.step}"
-        assert rec.kv.blocks_used == len(owned)
+        holders = Counter(b for table in rec.kv.block_tables.values() for b in table)
+        shared = {str(b): n for b, n in holders.items() if n > 1}
+        assert shared == (rec.kv.prefix.shared if caching else {}), f"step {rec.step}"
+        assert rec.kv.blocks_used == len(holders)
         assert rec.kv.blocks_used + rec.kv.blocks_free == rec.kv.num_blocks
         for rid, table in rec.kv.block_tables.items():
             held = rec.kv.tokens.get(rid, 0)

@@ -316,6 +316,12 @@ def _stated_facts(name: str) -> list[str]:
         tight, roomy = summary(name), summary(name, "roomy")
         return [f"{tight.preemptions} preemptions", f"{tight.recomputed} recomputed tokens",
                 f"{tight.steps} steps instead of the {roomy.steps}"]
+    if name == "shared_prefix":
+        cached, plain = summary(name), summary(name, "no_cache")
+        assert cached.outputs == plain.outputs and cached.cached > 0 and plain.cached == 0
+        return [f"computes {cached.prefill} prefill tokens and takes {cached.cached} from the cache",
+                f"`no_cache` variant computes {plain.prefill}", f"{plain.preemptions} preemptions",
+                f"{plain.steps} steps instead of {cached.steps}"]
     if name == "static_vs_continuous":
         static, cont = summary(name), summary(name, "continuous")
         return [f"static run takes {static.steps} steps", f"wastes {static.padding_slot_steps} padding",
@@ -340,7 +346,7 @@ def _steps_in_a_row(n: int) -> str:
 
 
 @pytest.mark.parametrize("name", ["decode_heavy", "kv_pressure", "static_vs_continuous", "burst_arrivals",
-                                  "long_prompt", "speculative"])
+                                  "long_prompt", "speculative", "shared_prefix"])
 def test_description_numbers_match_the_run(name):
     text = " ".join(load_scenario(name).description.split())
     for fact in _stated_facts(name):

@@ -39,9 +39,12 @@ class ScaleType(click.ParamType):
 
 
 @click.group("bench", invoke_without_command=True)
-@click.option("--workload", type=click.Choice(["anchor", "varied", "repetitive"]), default="anchor", show_default=True,
+@click.option("--workload", type=click.Choice(["anchor", "varied", "repetitive", "shared_prefix"]), default="anchor",
+              show_default=True,
               help="anchor: 512 requests, prompts 32..1024, 128 new tokens; varied: 256 requests, 16..256 new; "
-                   "repetitive: 256 requests, prompts 32..256 repeating a short pattern, 128 new.")
+                   "repetitive: 256 requests, prompts 32..256 repeating a short pattern, 128 new; "
+                   "shared_prefix: 256 requests behind a 768- or a 256-token system prompt (3:1), 16..256 tokens "
+                   "of their own, 16..128 new, also run without prefix caching.")
 @click.option("--speculative", type=click.Choice(["ngram", "draft", "off"]), default=None,
               help="Add a row of ours continuous with speculative decoding (k=4). Default: ngram on the "
                    "repetitive workload, off otherwise.")
@@ -58,7 +61,8 @@ class ScaleType(click.ParamType):
               help="Include Hugging Face transformers (when it is installed).")
 @click.option("--ablations/--no-ablations", default=True, show_default=True,
               help="On CUDA, also run ours with overlapped steps, without decode graphs, and with the gather "
-                   "decode (each piece's worth).")
+                   "decode (each piece's worth); on the shared_prefix workload, on any device, without prefix "
+                   "caching.")
 @click.option("--repeat", type=click.IntRange(min=1), default=None,
               help="Runs of every system, interleaved in rotating order (A B C D, B C D A, ...); the table shows "
                    "the median, min and max, ratios paired per repetition. Default: 3 on the CPU, 1 on CUDA.")

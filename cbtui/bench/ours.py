@@ -19,7 +19,7 @@ from .workloads import Workload, warmup_workload
 def engine_config(workload: Workload, policy: str, device: str, dtype: str, attention: str,
                   max_tokens_per_step: int, decode_graphs: str = "auto", decode_attention: str = "auto",
                   overlap_steps: bool = False, speculative: str | None = None,
-                  num_speculative_tokens: int = 4) -> EngineConfig:
+                  num_speculative_tokens: int = 4, prefix_caching: bool | None = None) -> EngineConfig:
     longest = max(len(p) for p in workload.prompts)
     return EngineConfig(model=workload.model, device=device, dtype=dtype, attention=attention, policy=policy,
                         max_tokens_per_step=max_tokens_per_step,
@@ -27,6 +27,7 @@ def engine_config(workload: Workload, policy: str, device: str, dtype: str, atte
                         static_batch_size=workload.static_batch_size, kv_layout="paged", block_size=16, seed=0,
                         decode_graphs=decode_graphs, decode_attention=decode_attention, overlap_steps=overlap_steps,
                         speculative=speculative, num_speculative_tokens=num_speculative_tokens,
+                        prefix_caching=prefix_caching,
                         ignore_eos=True)  # every system generates exactly max_new_tokens
 
 
@@ -56,6 +57,7 @@ class StepTotals:
     drafts_proposed: int = 0  # speculation
     drafts_accepted: int = 0
     decodes: int = 0
+    cached_tokens: int = 0  # prompt tokens the prefix cache handed out instead of their prefill
 
     def observe(self, record: StepRecord) -> None:
         # Token times are when the record comes back: overlapped steps hand theirs over a step late.
@@ -79,6 +81,8 @@ class StepTotals:
                         self.drafts_proposed += item.drafts
                         self.drafts_accepted += item.accepted
                         accepted[str(item.request_id)] = item.accepted
+        if record.kv.prefix is not None:
+            self.cached_tokens += record.kv.prefix.hit_tokens
         for rid in record.sampled:
             self.first_token_s.setdefault(rid, now)
             self.last_token_s[rid] = now
@@ -96,11 +100,12 @@ def _drive(engine: Engine, totals: StepTotals | None = None) -> None:
 def run_ours(workload: Workload, policy: str = "fcfs", device: str = "auto", dtype: str = "auto",
              attention: str = "auto", max_tokens_per_step: int = 8192, decode_graphs: str = "auto",
              decode_attention: str = "auto", overlap_steps: bool = False, speculative: str | None = None,
-             num_speculative_tokens: int = 4, name: str | None = None) -> tuple[RunResult, Engine]:
+             num_speculative_tokens: int = 4, prefix_caching: bool | None = None,
+             name: str | None = None) -> tuple[RunResult, Engine]:
     """Warm up on a small workload (and capture the decode graphs the workload can use, as an
     engine does at start-up), then time the real one on the same engine."""
     config = engine_config(workload, policy, device, dtype, attention, max_tokens_per_step, decode_graphs,
-                           decode_attention, overlap_steps, speculative, num_speculative_tokens)
+                           decode_attention, overlap_steps, speculative, num_speculative_tokens, prefix_caching)
     engine = Engine(config)
     runner = engine.runner
     _submit(engine, warmup_workload(workload.model))
@@ -137,6 +142,11 @@ def run_ours(workload: Workload, policy: str = "fcfs", device: str = "auto", dty
             f"tokens/step, {header.num_blocks} KV blocks of {config.block_size}")
     if policy == "static":
         note += f", batch {config.static_batch_size}"
+    if not config.caches_prefixes:
+        note += ", no prefix caching"
+    elif workload.shared_prefixes:
+        note += (f", prefix caching: {totals.cached_tokens} of {workload.prompt_tokens} prompt tokens "
+                 f"({100 * totals.cached_tokens / workload.prompt_tokens:.0f}%) from the cache")
     if overlap_steps:
         # Times are stamped when a step's tokens are read back, after the next step is launched.
         note += (", overlapped steps (each scheduled while the previous one runs; TTFT and TPOT stamped at "

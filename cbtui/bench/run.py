@@ -102,7 +102,9 @@ def run_systems(workload: Workload, device: str = "auto", attention: str = "auto
     progress(_line(ours))
     attention_name = engine.header().attention
     if isinstance(ablations, bool):
-        ablations = ablation_rows(engine.header().decode_path) if ablations and _measures_gpu_pieces(dev) else []
+        rows = ablation_rows(engine.header().decode_path) if ablations and _measures_gpu_pieces(dev) else []
+        # What prefix caching is worth, on any device, when the prompts share prefixes.
+        ablations = (PREFIX_ROWS if workload.shared_prefixes else []) + rows
     ablations = [*extra_rows, *ablations]  # ours with one setting changed: speculation first
 
     from .hf_systems import CB_NAME, STATIC_NAME, run_hf_generate_batch, run_hf_static
@@ -259,6 +261,9 @@ def _failed(name: str, exc: Exception) -> RunResult:
 def _measures_gpu_pieces(dev: torch.device) -> bool:
     """Ablation rows measure pieces of the CUDA fast path: a CPU run has none to measure."""
     return dev.type == "cuda"
+
+
+PREFIX_ROWS: list[tuple[str, dict]] = [("ours continuous, no prefix caching", dict(prefix_caching=False))]
 
 
 def ablation_rows(decode_path: list[str]) -> list[tuple[str, dict]]:

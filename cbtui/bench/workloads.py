@@ -13,9 +13,12 @@ WORKLOADS = {
     "varied": (256, (32, 1024), (16, 256)),
     # Prompts that repeat a short random pattern: where prompt lookup (speculative ngram) can help.
     "repetitive": (256, (32, 256), (128, 128)),
+    "shared_prefix": (256, (16, 256), (16, 128)),  # prompt lengths after the shared prefix
 }
 REPETITIVE = {"repetitive"}
 PATTERN = (2, 8)  # pattern lengths of a repetitive prompt
+# name -> (prefix length, share of the requests behind it): system prompts that requests share.
+SHARED_PREFIXES = {"shared_prefix": ((768, 0.75), (256, 0.25))}
 STATIC_BATCH = 64  # static batch size of the full-scale workloads (ours and Hugging Face's)
 
 
@@ -28,6 +31,7 @@ class Workload:
     scale: float
     static_batch_size: int
     seed: int
+    shared_prefixes: tuple[int, ...] = ()  # lengths of the prefixes the prompts share (empty: none)
 
     @property
     def num_requests(self) -> int:
@@ -46,7 +50,8 @@ class Workload:
                 "prompt_tokens": self.prompt_tokens, "output_tokens": self.output_tokens,
                 "prompt_len": [min(map(len, self.prompts)), max(map(len, self.prompts))],
                 "new_tokens": [min(self.max_new_tokens), max(self.max_new_tokens)],
-                "static_batch_size": self.static_batch_size, "seed": self.seed}
+                "static_batch_size": self.static_batch_size, "seed": self.seed,
+                "shared_prefixes": list(self.shared_prefixes)}
 
 
 def make_workload(name: str, scale: float = 1.0, model: str = "small", seed: int = 0,
@@ -71,17 +76,20 @@ def make_workload(name: str, scale: float = 1.0, model: str = "small", seed: int
     n = max(2, round(count * scale))
     vocab = spec.vocab_size
     rng = random.Random(f"{name}:{seed}")
+    shared = SHARED_PREFIXES.get(name, ())
+    prefixes = [[rng.randrange(vocab) for _ in range(length)] for length, _ in shared]
     prompts, outs = [], []
     for _ in range(n):
+        head = rng.choices(prefixes, weights=[share for _, share in shared])[0] if prefixes else []
         length = rng.randint(p_lo, p_hi)
         if name in REPETITIVE:
             pattern = [rng.randrange(vocab) for _ in range(rng.randint(*PATTERN))]
             prompts.append((pattern * (length // len(pattern) + 1))[:length])
         else:
-            prompts.append([rng.randrange(vocab) for _ in range(length)])
+            prompts.append(head + [rng.randrange(vocab) for _ in range(length)])
         outs.append(rng.randint(o_lo, o_hi))
     static = max(2, round(STATIC_BATCH * scale))
-    return Workload(name, model, prompts, outs, scale, static, seed)
+    return Workload(name, model, prompts, outs, scale, static, seed, tuple(length for length, _ in shared))
 
 
 def warmup_workload(model: str, seed: int = 1) -> Workload:

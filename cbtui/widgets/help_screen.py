@@ -31,7 +31,9 @@ READING = (
     "Mask: rows are this step's query tokens, columns are keys (each request's cached history "
     "plus its new tokens). A cell is lit where that query may attend to that key: same request, "
     "key position <= query position. Legend: 3d = request 3 decoding one token, 3p = a prefill "
-    "chunk. KV: one cell per block, ▁..█ = fill of a request's last block, · free, × freed now."
+    "chunk, 3p↺96 = a prefill that starts after 96 prompt tokens taken from the prefix cache. KV: one "
+    "cell per block, ▁..█ = fill of a request's last block, · free, × freed now, ② a block two "
+    "requests share (prefix caching), ○ cached-free (nobody holds it; a later prompt may reuse it)."
 )
 
 

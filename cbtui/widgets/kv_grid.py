@@ -2,7 +2,10 @@
 
 A request's last block shows how full it is; free blocks are dim dots; blocks that a finished
 or preempted request gave back in this step (the record's `freed_blocks`) are marked with a cross
-in its colour.
+in its colour. With prefix caching, a block several requests share shows its reference count as a
+circled digit (② .. ⑳, a diamond beyond), bold, in the colour of its oldest holder (or of the
+selected one); a cached-free block (nobody holds it, its keys kept for a later hit) is a ring. Glyphs, not colours
+alone, tell them apart, so they read the same under 16 colours and NO_COLOR.
 """
 
 from __future__ import annotations
@@ -20,26 +23,45 @@ from ..colors import request_color, request_glyph
 
 FILL_GLYPHS = "▁▂▃▄▅▆▇█"  # the last block's fill, eighths
 FREE_GLYPH, FREED_GLYPH = "·", "×"
+SHARED_GLYPH, CACHED_GLYPH = "◆", "○"
+COUNT_GLYPHS = "①②③④⑤⑥⑦⑧⑨⑩⑪⑫⑬⑭⑮⑯⑰⑱⑲⑳"  # a shared block's reference count (not a request's glyph)
+CACHED_STYLE = Style(color="cyan", dim=True)
 
 
 class BlockCell(NamedTuple):
     owner: int | None  # request id, None when free
     fill: float  # share of the block's slots holding tokens (1.0 for every block but the last)
     freed_by: int | None = None  # request that gave this block back in this step
+    shared: int = 0  # requests holding it, when more than one (prefix caching)
+    cached: bool = False  # nobody holds it, but its keys stay for a later prefix hit
 
 
 FREE_CELL = BlockCell(None, 0.0)
+CACHED_CELL = BlockCell(None, 0.0, cached=True)
 
 
-def block_cells(kv: KVView) -> list[BlockCell]:
+def block_cells(kv: KVView, selected: int | None = None) -> list[BlockCell]:
     cells = [FREE_CELL] * kv.num_blocks
+    prefix = kv.prefix
+    if prefix is not None:
+        for block in prefix.cached:
+            cells[block] = CACHED_CELL
     for rid, table in kv.block_tables.items():
         held = kv.tokens.get(rid, 0)
         owner = int(rid)
         full = BlockCell(owner, 1.0)
         for n, block in enumerate(table):
+            if cells[block].owner is not None:  # shared: only full blocks are, so it is full
+                first = cells[block].owner
+                cells[block] = BlockCell(owner if owner == selected else first, 1.0, shared=cells[block].shared)
+                continue
             in_block = min(kv.block_size, max(held - n * kv.block_size, 0))
             cells[block] = full if in_block == kv.block_size else BlockCell(owner, in_block / kv.block_size)
+    if prefix is not None:
+        for key, count in prefix.shared.items():
+            block = int(key)
+            if cells[block].owner is not None:
+                cells[block] = cells[block]._replace(shared=count)
     for rid, blocks in kv.freed_blocks.items():
         for block in blocks:
             if cells[block].owner is None:  # not handed straight to another request
@@ -49,20 +71,25 @@ def block_cells(kv: KVView) -> list[BlockCell]:
 
 def _cell_glyph(cell: BlockCell, no_color: bool) -> str:
     if cell.owner is None:
-        return FREED_GLYPH if cell.freed_by is not None else FREE_GLYPH
+        if cell.freed_by is not None:
+            return FREED_GLYPH
+        return CACHED_GLYPH if cell.cached else FREE_GLYPH
+    if cell.shared:
+        return COUNT_GLYPHS[cell.shared - 1] if cell.shared <= len(COUNT_GLYPHS) else SHARED_GLYPH
     if no_color:
         return request_glyph(cell.owner)
     return FILL_GLYPHS[max(0, min(len(FILL_GLYPHS) - 1, round(cell.fill * len(FILL_GLYPHS)) - 1))]
 
 
 @lru_cache(maxsize=256)
-def _style(owner: int | None, freed_by: int | None, selected: int | None) -> Style:
+def _style(owner: int | None, freed_by: int | None, selected: int | None, cached: bool = False,
+           shared: bool = False) -> Style:
     if owner is None:
         if freed_by is not None:
             return Style(color=request_color(freed_by).hex, bold=True)
-        return Style(dim=True)
+        return CACHED_STYLE if cached else Style(dim=True)
     dim = selected is not None and owner != selected
-    return Style(color=request_color(owner).hex, dim=dim, bold=owner == selected)
+    return Style(color=request_color(owner).hex, dim=dim, bold=owner == selected or shared)
 
 
 def _merge(cells: list[BlockCell], group: int) -> list[BlockCell]:
@@ -73,16 +100,16 @@ def _merge(cells: list[BlockCell], group: int) -> list[BlockCell]:
         owners = [c.owner for c in chunk if c.owner is not None]
         if owners:
             top = max(set(owners), key=owners.count)
-            merged.append(BlockCell(top, len(owners) / len(chunk)))
+            merged.append(BlockCell(top, len(owners) / len(chunk), shared=max(c.shared for c in chunk)))
         else:
             freed = next((c.freed_by for c in chunk if c.freed_by is not None), None)
-            merged.append(BlockCell(None, 0.0, freed))
+            merged.append(BlockCell(None, 0.0, freed, cached=any(c.cached for c in chunk)))
     return merged
 
 
 def paged_text(kv: KVView, width: int, rows: int, selected: int | None,
                no_color: bool) -> Text:
-    cells = block_cells(kv)
+    cells = block_cells(kv, selected)
     capacity = max(width * rows, 1)
     group = -(-len(cells) // capacity) if cells else 1
     if group > 1:
@@ -100,7 +127,7 @@ def paged_text(kv: KVView, width: int, rows: int, selected: int | None,
         run_text: list[str] = []
         run_style = None
         for cell in cells[row_start:row_start + per_row]:
-            style = _style(cell.owner, cell.freed_by, selected)
+            style = _style(cell.owner, cell.freed_by, selected, cell.cached, bool(cell.shared))
             if style is not run_style and run_text:
                 text.append("".join(run_text), run_style)
                 run_text = []
@@ -114,7 +141,14 @@ def paged_text(kv: KVView, width: int, rows: int, selected: int | None,
         summary.append(f"  1 cell = {group} blocks", style="dim")
     if kv.freed:
         summary.append(f"  {FREED_GLYPH} freed: {', '.join(map(str, kv.freed))}", style="bold")
-    return Text("\n").join([summary, text])
+    lines = [summary, text]
+    if kv.prefix is not None:  # a line of its own: the summary is as wide as a narrow panel already
+        prefix = Text.assemble(("②", "bold"), (f" shared {len(kv.prefix.shared)}", "dim"),
+                               (f"  {CACHED_GLYPH}", CACHED_STYLE), (f" cached-free {len(kv.prefix.cached)}", "dim"))
+        if kv.prefix.hit_blocks:
+            prefix.append(f"  hit {kv.prefix.hit_blocks}", style="cyan")
+        lines.insert(1, prefix)
+    return Text("\n").join(lines)
 
 
 def dense_text(kv: KVView, width: int, rows: int, selected: int | None) -> Text:
@@ -155,5 +189,6 @@ class KVGrid(Static):
             return Text("no step yet", style="dim")
         width, height = max(self.size.width, 1), max(self.size.height, 2)
         if kv.layout == "paged":
-            return paged_text(kv, width, height - 1, self._selected, self.app.no_color)
+            rows = height - 1 - (kv.prefix is not None)  # the summary line, and the prefix cache's
+            return paged_text(kv, width, max(rows, 1), self._selected, self.app.no_color)
         return dense_text(kv, width, height, self._selected)

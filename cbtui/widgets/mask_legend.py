@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from rich.text import Text
 from textual.widgets import Static
@@ -12,6 +12,8 @@ from engine.records import ScheduledItem
 from ..colors import request_color
 from ..formatting import short_number
 from ..mask_raster import MaskRaster
+
+HIT_MARK = "↺"  # a prefill that starts after keys taken from the prefix cache
 
 
 def scale_text(raster: MaskRaster | None, half_blocks: bool) -> str:
@@ -31,7 +33,10 @@ class MaskLegend(Static):
     """
 
     def show(self, items: Sequence[ScheduledItem], zoomed_on: int | None, raster: MaskRaster | None,
-             half_blocks: bool, selected: int | None, no_color: bool) -> None:
+             half_blocks: bool, selected: int | None, no_color: bool, hits: Mapping[str, int] | None = None) -> None:
+        """`hits`: request id -> prompt tokens taken from the prefix cache in this step; such a
+        request's rows start at its cached keys, and its entry says how many ("9p↺96")."""
+        hits = hits or {}
         queries = sum(i.num_tokens for i in items)
         keys = sum(i.key_len for i in items)
         head = Text.assemble(f"{queries} queries", ("↓ × ", "dim"), f"{keys} keys", ("→", "dim"))
@@ -44,7 +49,9 @@ class MaskLegend(Static):
             if not no_color:  # without colour the id itself is the mark
                 legend.append("■", style=request_color(item.request_id).hex)
             drafts = f"+{item.accepted}/{item.drafts}" if item.drafts else ""  # speculating: accepted/drafts
-            legend.append(f"{item.request_id}{'d' if item.kind == 'decode' else 'p'}{drafts} ", style=style)
+            hit = hits.get(str(item.request_id)) if item.kind == "prefill" else None
+            legend.append(f"{item.request_id}{'d' if item.kind == 'decode' else 'p'}{drafts}", style=style)
+            legend.append(f"{HIT_MARK}{hit} " if hit else " ", style="cyan" if hit else "")
         if not items:
             legend.append("nothing scheduled this step", style="dim")
         text = Text("\n").join([head, scale, legend])

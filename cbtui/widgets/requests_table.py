@@ -18,7 +18,8 @@ from ..speculation_text import drafts_cell
 
 TEXT_TAIL = 16
 # (key, label, width): fixed widths, so updating a cell never re-measures the whole table.
-COLUMNS = (("id", "id", 5), ("state", "state", 9), ("prompt", "prompt", 9), ("gen", "gen", 7),
+# hit: prompt tokens the latest admission took from the prefix cache (prefix caching).
+COLUMNS = (("id", "id", 5), ("state", "state", 9), ("prompt", "prompt", 9), ("hit", "hit", 4), ("gen", "gen", 7),
            ("ttft", "TTFT", 4), ("pre", "pre", 3), ("why", "why not scheduled", 18), ("text", "output tail", TEXT_TAIL))
 PRIORITY_COLUMN = ("pri", "pri", 3)  # shown once any request has a priority
 STATE_STYLE = {"decode": "green", "prefill": "yellow", "recompute": "bold yellow", "waiting": "magenta",
@@ -56,6 +57,8 @@ def row_cells(view: RequestView, no_color: bool, priority: bool = False) -> tupl
     return first + (
         Text(visible(state), style=STATE_STYLE.get(state, "")),
         Text(f"{view.prefill_pos}/{view.prompt_len}", justify="right"),
+        Text(f"{view.cached_tokens}" if view.cached_tokens else "–", justify="right",
+             style="cyan" if view.cached_tokens else "dim"),
         Text(f"{view.generated}/{view.max_new_tokens}", justify="right"),
         Text("–" if view.ttft_steps is None else f"{view.ttft_steps}", justify="right"),
         Text(f"{view.num_preemptions}" if view.num_preemptions else "", style="bold red", justify="right"),

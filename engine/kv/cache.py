@@ -13,17 +13,25 @@ from collections import deque
 import torch
 
 from ..batch_builder import RaggedBatch, long_tensor, to_device
+from .prefix_cache import NO_HIT, PrefixCache, PrefixHit
 
 
 class PagedAllocator:
-    """Hands out physical blocks from a fixed pool and keeps each request's block table."""
+    """Hands out physical blocks from a fixed pool and keeps each request's block table.
 
-    def __init__(self, num_blocks: int, block_size: int):
+    With prefix caching (prefix_cache.py) a block may sit in several tables: `ref_counts` says in
+    how many, and a block leaves the pool's use only when the last of them lets go."""
+
+    def __init__(self, num_blocks: int, block_size: int, prefix_caching: bool = False):
         self.num_blocks = num_blocks
         self.block_size = block_size
-        self.free_blocks: deque[int] = deque(range(num_blocks))
+        self.free_blocks: deque[int] = deque(range(num_blocks))  # holding nothing worth keeping
         # Tuples, replaced when they grow: a StepRecord can hold them without copying.
         self.tables: dict[int, tuple[int, ...]] = {}
+        self.ref_counts = [0] * num_blocks
+        self.shared: dict[int, int] = {}  # block -> reference count, for blocks in two tables or more
+        self.prefix = PrefixCache(block_size, num_blocks) if prefix_caching else None
+        self.new_blocks = 0  # handed out fresh since the last record (not shared, not revived)
 
     def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
@@ -32,23 +40,75 @@ class PagedAllocator:
         return max(0, self.blocks_for(num_tokens) - len(self.tables.get(request_id, ())))
 
     def can_allocate(self, request_id: int, num_tokens: int) -> bool:
-        return self.blocks_needed(request_id, num_tokens) <= len(self.free_blocks)
+        return self.blocks_needed(request_id, num_tokens) <= self.num_free
+
+    def can_admit(self, hit: PrefixHit, num_tokens: int) -> bool:
+        """Room for a new request that shares `hit` and grows to num_tokens: only blocks it really
+        takes count (new ones, and cached-free ones it revives; blocks others hold are free to share)."""
+        return self.blocks_for(num_tokens) - len(hit.blocks) + hit.revived <= self.num_free
+
+    def share(self, request_id: int, hit: PrefixHit) -> None:
+        """Starts the request's table with the hit's blocks (a new request holds none yet)."""
+        assert request_id not in self.tables, f"request {request_id} already holds blocks"
+        prefix, refs = self.prefix, self.ref_counts
+        assert prefix is not None
+        for block in hit.blocks:
+            if refs[block] == 0:
+                prefix.revive(block)
+            refs[block] += 1
+            if refs[block] > 1:
+                self.shared[block] = refs[block]
+        self.tables[request_id] = hit.blocks
 
     def allocate(self, request_id: int, num_tokens: int) -> list[int]:
         """Grows the request's table to hold num_tokens; returns the new blocks."""
         needed = self.blocks_needed(request_id, num_tokens)
         if needed == 0:
             return []
-        if needed > len(self.free_blocks):
-            raise MemoryError(f"request {request_id} needs {needed} blocks, {len(self.free_blocks)} free")
-        new = [self.free_blocks.popleft() for _ in range(needed)]
+        free = self.free_blocks
+        if needed > len(free):
+            if needed > self.num_free:
+                raise MemoryError(f"request {request_id} needs {needed} blocks, {self.num_free} free")
+            assert self.prefix is not None
+            new = [free.popleft() for _ in range(len(free))]
+            new += [self.prefix.evict() for _ in range(needed - len(new))]  # least recently used first
+        else:
+            new = [free.popleft() for _ in range(needed)]
+        refs = self.ref_counts
+        for block in new:
+            refs[block] = 1
+        self.new_blocks += needed
         self.tables[request_id] = self.tables.get(request_id, ()) + tuple(new)
         return new
 
     def free(self, request_id: int) -> tuple[int, ...]:
+        """Drops the request's references; returns its table. Blocks others still hold stay theirs;
+        named blocks nobody holds stay cached (evictable); the rest go back to the free list."""
         blocks = self.tables.pop(request_id, ())
-        self.free_blocks.extend(blocks)
+        if self.prefix is not None:
+            self.prefix.forget(request_id)
+        self._release(blocks)
         return blocks
+
+    def _release(self, blocks: tuple[int, ...]) -> None:
+        """One reference fewer to each block (a table let go of them)."""
+        prefix, refs = self.prefix, self.ref_counts
+        if prefix is None:
+            self.free_blocks.extend(blocks)
+            for block in blocks:
+                refs[block] = 0
+            return
+        shared = self.shared
+        for block in blocks:
+            refs[block] -= 1
+            held = refs[block]
+            if held == 0:
+                if not prefix.keep(block):
+                    self.free_blocks.append(block)
+            elif held == 1:
+                del shared[block]
+            else:
+                shared[block] = held
 
     def truncate(self, request_id: int, num_tokens: int) -> tuple[int, ...]:
         """Shrinks the request's table to the blocks num_tokens fill; returns the blocks freed."""
@@ -57,12 +117,14 @@ class PagedAllocator:
         if keep >= len(table):
             return ()
         self.tables[request_id], freed = table[:keep], table[keep:]
-        self.free_blocks.extend(freed)
+        self._release(freed)  # blocks of rejected drafts: never named, held by this request alone
         return freed
 
     @property
     def num_free(self) -> int:
-        return len(self.free_blocks)
+        """Blocks a request may take: free ones and cached-free ones (evicted on demand)."""
+        prefix = self.prefix
+        return len(self.free_blocks) + (len(prefix.evictable) if prefix is not None else 0)
 
 
 def kv_bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
@@ -86,14 +148,22 @@ class _CacheBase:
         """Marks this step's tokens as stored (called after the forward pass)."""
         self.tokens.update(zip(self.step_request_ids, self.step_batch.k_lens, strict=True))
 
+    def match_prefix(self, request) -> PrefixHit:
+        """Leading blocks of the request's tokens that are cached already (none without prefix caching)."""
+        return NO_HIT
+
+    def admit(self, request, hit: PrefixHit) -> None:
+        """A new request starts holding the hit's blocks, its tokens counted as stored."""
+
 
 class PagedKVCache(_CacheBase):
     layout = "paged"
 
     def __init__(self, num_layers, num_kv_heads, head_dim, dtype, device, num_blocks: int, block_size: int,
-                 max_context: int, spare_block: bool = False):
+                 max_context: int, spare_block: bool = False, prefix_caching: bool = False):
         super().__init__(num_layers, num_kv_heads, head_dim, dtype, device)
-        self.allocator = PagedAllocator(num_blocks, block_size)
+        self.allocator = PagedAllocator(num_blocks, block_size, prefix_caching)
+        self.prefix = self.allocator.prefix
         self.block_size = block_size
         # Host mirror of the block tables, one row per live request, updated as blocks are handed
         # out, so a step copies its rows in one go instead of rebuilding them from lists.
@@ -114,9 +184,13 @@ class PagedKVCache(_CacheBase):
     def can_allocate(self, request_id: int, num_tokens: int) -> bool:
         return self.allocator.can_allocate(request_id, num_tokens)
 
-    def shortfall(self, request_id: int, num_tokens: int) -> tuple[int, int]:
-        """(blocks the request still needs to hold num_tokens, blocks free): what a preemption is for."""
-        return self.allocator.blocks_needed(request_id, num_tokens), self.allocator.num_free
+    def shortfall(self, request_id: int, num_tokens: int, hit: PrefixHit = NO_HIT) -> tuple[int, int]:
+        """(blocks the request still needs to hold num_tokens, blocks free): what a preemption is for.
+        With a prefix hit, the shared blocks cost nothing but the cached-free ones it revives do."""
+        allocator = self.allocator
+        if hit.blocks:
+            return allocator.blocks_for(num_tokens) - len(hit.blocks) + hit.revived, allocator.num_free
+        return allocator.blocks_needed(request_id, num_tokens), allocator.num_free
 
     @property
     def max_table_width(self) -> int:
@@ -125,10 +199,33 @@ class PagedKVCache(_CacheBase):
     def capacity(self, request_id: int) -> int:
         return len(self.allocator.tables.get(request_id, ())) * self.block_size
 
+    def commit_step(self) -> None:
+        super().commit_step()
+        if self.prefix is not None:  # blocks that prefills filled get their names now their keys are in
+            self.prefix.name_computed(self.allocator.tables, self.tokens)
+
+    def match_prefix(self, request) -> PrefixHit:
+        return NO_HIT if self.prefix is None else self.prefix.match(request)
+
+    def can_admit(self, request_id: int, hit: PrefixHit, num_tokens: int) -> bool:
+        return self.allocator.can_admit(hit, num_tokens) if hit.blocks else self.can_allocate(request_id, num_tokens)
+
+    def admit(self, request, hit: PrefixHit) -> None:
+        if self.prefix is None:
+            return
+        self.prefix.admitted(request, hit)
+        if hit.blocks:
+            self.allocator.share(request.id, hit)
+            self._put_in_row(request.id, list(hit.blocks))
+            self.tokens[request.id] = hit.tokens
+
     def allocate(self, request_id: int, num_tokens: int) -> None:
         new = self.allocator.allocate(request_id, num_tokens)
-        if not new:
-            return
+        if new:
+            self._put_in_row(request_id, new)
+
+    def _put_in_row(self, request_id: int, new: list[int]) -> None:
+        """Mirrors blocks just added to the end of the request's table into its host row."""
         if request_id not in self._row:
             if not self._free_rows:
                 grown = self._table.shape[0]
@@ -218,8 +315,11 @@ class DenseKVCache(_CacheBase):
     def can_allocate(self, request_id: int, num_tokens: int) -> bool:
         return True  # dense storage grows on demand; it never preempts
 
-    def shortfall(self, request_id: int, num_tokens: int) -> tuple[int, int]:
+    def shortfall(self, request_id: int, num_tokens: int, hit: PrefixHit = NO_HIT) -> tuple[int, int]:
         return 0, 0  # never short
+
+    def can_admit(self, request_id: int, hit: PrefixHit, num_tokens: int) -> bool:
+        return True
 
     def allocate(self, request_id: int, num_tokens: int) -> None:
         pass

@@ -4,6 +4,7 @@ Plain data only: nothing in this package imports torch, so a replay or an export
 engine (an import-linter contract keeps it so).
 """
 
+from .prefix_view import PrefixView
 from .types import (
     REASON_BUDGET,
     REASON_DECODE_CAP,
@@ -24,5 +25,5 @@ from .types import (
 )
 
 __all__ = ["REASON_BUDGET", "REASON_DECODE_CAP", "REASON_NO_BLOCKS", "REASON_NOT_ARRIVED", "REASON_PREEMPTED",
-           "REASON_RESERVED", "REASON_STATIC_BATCH", "IdKeyed", "KVView", "MemoryView", "Preemption", "RequestView",
-           "RunHeader", "ScheduledItem", "Shortfall", "StepRecord"]
+           "REASON_RESERVED", "REASON_STATIC_BATCH", "IdKeyed", "KVView", "MemoryView", "Preemption", "PrefixView",
+           "RequestView", "RunHeader", "ScheduledItem", "Shortfall", "StepRecord"]

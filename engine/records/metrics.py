@@ -16,6 +16,7 @@ Time has two units:
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from itertools import pairwise
 
@@ -93,6 +94,7 @@ class _Track:
     drafts_accepted: int = 0
 
 
+PREFIX_COUNTS = ("hit_blocks", "hit_tokens", "lookup_blocks", "lookup_tokens", "new_blocks", "evicted_blocks")
 LATENCIES = ("ttft_steps", "ttft_s", "tpot_steps", "tpot_s", "itl_steps", "itl_s", "e2e_steps", "e2e_s")
 
 
@@ -102,6 +104,7 @@ class MetricsCollector:
         self._step_start: dict[int, float] = {}
         self._tracks: dict[int, _Track] = {}
         self._clock = 0.0
+        self._prefix: Counter[str] | None = None  # prefix cache traffic summed over steps; None: no prefix caching
 
     # -- input ----------------------------------------------------------------------------
     def observe(self, record: StepRecord) -> StepStats:
@@ -155,6 +158,11 @@ class MetricsCollector:
             draft_tokens=sum(item.drafts for item in decodes), accepted_tokens=sum(accepted.values()),
             decodes=len(decodes), speculating=sum(1 for item in decodes if item.drafts))
         self._steps.append(stats)
+        prefix = record.kv.prefix
+        if prefix is not None:
+            sums = self._prefix = self._prefix if self._prefix is not None else Counter()
+            for name in PREFIX_COUNTS:
+                sums[name] += getattr(prefix, name)
         return stats
 
     def _check(self, record: StepRecord) -> None:
@@ -260,6 +268,7 @@ class MetricsCollector:
             **{name: describe(self.latencies(name, reqs)) for name in LATENCIES},
             "step_wall_s": describe([s.wall_time_s for s in steps]),
             "speculation": speculation_summary(steps),
+            "prefix_cache": self._prefix_summary(),
             "memory": {
                 "source": steps[-1].memory_source if steps else None,
                 "peak_allocated_bytes": max((s.allocated_bytes for s in steps), default=None),
@@ -267,6 +276,19 @@ class MetricsCollector:
                 "peak_rss_bytes": max((s.rss_bytes for s in steps), default=None),
                 "peak_kv_blocks_used": max((s.kv_blocks_used for s in steps), default=None),
             },
+        }
+
+    def _prefix_summary(self) -> dict | None:
+        """Hit rates of the admissions' lookups, in tokens and in full blocks; the prefill tokens the
+        hits saved. None for a run without prefix caching."""
+        sums = self._prefix
+        if sums is None:
+            return None
+        return {
+            **{name: sums[name] for name in PREFIX_COUNTS},
+            "token_hit_rate": sums["hit_tokens"] / sums["lookup_tokens"] if sums["lookup_tokens"] else None,
+            "block_hit_rate": sums["hit_blocks"] / sums["lookup_blocks"] if sums["lookup_blocks"] else None,
+            "prefill_tokens_saved": sums["hit_tokens"],
         }
 
     def to_dict(self) -> dict:

@@ -64,6 +64,12 @@ def _check_consistent(record: StepRecord) -> None:
         for rid, blocks in getattr(kv, name).items():
             if any(b >= kv.num_blocks for b in blocks):
                 raise ValueError(f"kv.{name}[{rid}]: a block number is not below num_blocks={kv.num_blocks}")
+    prefix = kv.prefix
+    if prefix is not None:
+        if any(int(b) >= kv.num_blocks for b in prefix.shared) or any(b >= kv.num_blocks for b in prefix.cached):
+            raise ValueError(f"kv.prefix: a shared or cached block number is not below num_blocks={kv.num_blocks}")
+        if any(n < 2 for n in prefix.shared.values()):
+            raise ValueError("kv.prefix.shared: a shared block is held by 2 requests or more")
     if record.memory.source not in ("cuda", "rss"):
         raise ValueError(f"memory.source={shown(record.memory.source)} must be 'cuda' or 'rss'")
 
@@ -71,8 +77,8 @@ def _check_consistent(record: StepRecord) -> None:
 class StoryCheck:
     """What the records of one run say together, checked as they come one by one: steps go
     forward, a request finishes once and is not scheduled after, no two requests hold the same KV
-    block in a step, a request's generated count never goes down. Keeps a few numbers per request,
-    never the records."""
+    block in a step unless the prefix cache shares it (with as many holders as it says), a request's
+    generated count never goes down. Keeps a few numbers per request, never the records."""
 
     def __init__(self) -> None:
         self._last_step: int | None = None
@@ -90,6 +96,8 @@ class StoryCheck:
             if done is not None:
                 raise ValueError(f"step {step} schedules request {item.request_id}, which finished at step {done}")
         owners: dict[int, int] = {}
+        holders: dict[int, int] = {}  # shared blocks: how many tables hold them
+        shared = record.kv.prefix.shared if record.kv.prefix is not None else {}
         for key, blocks in record.kv.block_tables.items():
             rid = int(key)
             for block in blocks:
@@ -98,8 +106,14 @@ class StoryCheck:
                     owners[block] = rid
                 elif owner == rid:
                     raise ValueError(f"step {step}: request {rid} holds KV block {block} twice")
-                else:
+                elif str(block) not in shared:
                     raise ValueError(f"step {step}: KV block {block} is held by requests {owner} and {rid} at once")
+                else:
+                    holders[block] = holders.get(block, 1) + 1
+        for key, count in shared.items():
+            if holders.get(int(key), 1) != count:
+                raise ValueError(f"step {step}: KV block {key} is marked shared by {count} requests but "
+                                 f"{holders.get(int(key), 1)} hold it")
         generated = self._generated
         for view in record.requests:
             before = generated.get(view.id)
@@ -383,7 +397,8 @@ def header_from_records(records: list[StepRecord]) -> RunHeader:
     first = records[0]
     return RunHeader(model="", device="cuda" if first.memory.source == "cuda" else "cpu", dtype="", attention="",
                      kv_layout=first.kv.layout, policy=first.policy, max_tokens_per_step=first.budget,
-                     prefill_chunk_size=0, block_size=first.kv.block_size, num_blocks=first.kv.num_blocks)
+                     prefill_chunk_size=0, block_size=first.kv.block_size, num_blocks=first.kv.num_blocks,
+                     prefix_caching=first.kv.prefix is not None)
 
 
 class RecordedRun:

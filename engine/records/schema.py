@@ -103,6 +103,11 @@ def _checker(hint: Any, name: str = "") -> Check:
         return lambda value: None if value is None else check_inner(value)
     if hint is int:
         return _int(signed=name in SIGNED)
+    if hint is bool:
+        def check_bool(value: Any) -> None:
+            if type(value) is not bool:
+                raise _Bad(" must be true or false")
+        return check_bool
     if hint is str:
         def check_str(value: Any) -> None:
             if type(value) is not str:

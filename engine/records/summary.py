@@ -4,6 +4,7 @@ what a recorded run summarises to the same way."""
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -19,6 +20,9 @@ class RunSummary:
     steps: int
     processed: int  # tokens fed through the model (prefill + decode, recompute included)
     generated: int
+    prefill: int  # prefill tokens fed through the model (recompute included)
+    cached: int  # prompt tokens taken from the prefix cache instead of computed
+    outputs: str  # a checksum of every generated token in request order: equal outputs, equal checksums
     recomputed: int  # tokens fed again after preemption
     mean_batch: float  # tokens per step with work
     peak_batch: int
@@ -48,6 +52,8 @@ class RunTotals:
         self.views: dict[int, RequestView] = {}  # each request's last view
         self.finish_step: dict[int, int] = {}
         self.last: StepRecord | None = None
+        self.prefill = self.cached = 0
+        self.checksums: dict[int, int] = {}  # request id -> crc32 of its tokens so far
         self.steps = self.processed = self.busy_steps = self.busy_tokens = self.peak_batch = 0
         self.preemptions = self.padding_slot_steps = self.peak_kv_slots = self.kv_bytes_peak = 0
         self.wall_s = 0.0
@@ -64,6 +70,16 @@ class RunTotals:
         if rec.decode_tokens:  # speculation: drafts, of decode_tokens, and the accepted ones
             self.drafts_proposed += rec.draft_tokens
             self.drafts_accepted += rec.accepted_tokens
+        self.prefill += rec.prefill_tokens
+        if rec.kv.prefix is not None:
+            self.cached += rec.kv.prefix.hit_tokens
+        sums, kept = self.checksums, rec.kept_drafts
+        for key, token in rec.sampled.items():
+            rid = int(key)
+            total = sums.get(rid, 0)
+            for draft in kept.get(key, ()):  # accepted drafts come out before the sampled token
+                total = zlib.crc32(draft.to_bytes(8, "little", signed=True), total)
+            sums[rid] = zlib.crc32(token.to_bytes(8, "little", signed=True), total)
         if rec.items:
             self.busy_steps += 1
             self.busy_tokens += rec.num_query_tokens
@@ -78,10 +94,14 @@ class RunTotals:
 
     def summary(self, label: str = "", settings: str = "") -> RunSummary:
         views = list(self.views.values())
-        # A request that ran to the end fed its prompt and every generated token but the last;
-        # a rejected draft was fed too, but is not recompute.
-        needed = sum(v.prompt_len + max(v.generated - 1, 0) for v in views)
+        # A request that ran to the end fed its prompt and every generated token but the last, less
+        # what the prefix cache handed it; a rejected draft was fed too, but is not recompute.
+        needed = sum(v.prompt_len + max(v.generated - 1, 0) for v in views) - self.cached
         rejected = self.drafts_proposed - self.drafts_accepted
+        outputs = 0
+        for rid in sorted(self.checksums):
+            outputs = zlib.crc32(self.checksums[rid].to_bytes(4, "little"), zlib.crc32(rid.to_bytes(8, "little"),
+                                                                                      outputs))
         ttfts = [v.ttft_steps for v in views if v.ttft_steps is not None]
         latencies = [self.finish_step[v.id] - v.arrival_step for v in views if v.id in self.finish_step]
         last = self.last
@@ -90,6 +110,7 @@ class RunTotals:
             complete=bool(views) and all(v.state == "finished" for v in views) and last is not None
             and not last.pending,
             steps=self.steps, processed=self.processed, generated=sum(v.generated for v in views),
+            prefill=self.prefill, cached=self.cached, outputs=f"{outputs:08x}",
             recomputed=self.processed - rejected - needed,
             mean_batch=self.busy_tokens / self.busy_steps if self.busy_steps else 0.0, peak_batch=self.peak_batch,
             ttft_min=min(ttfts, default=None), ttft_mean=sum(ttfts) / len(ttfts) if ttfts else None,
@@ -114,9 +135,11 @@ COLUMNS = (
     ("tok/step", lambda r: f"{r.mean_batch:.1f}"), ("peak", lambda r: r.peak_batch),
     ("TTFT min/mean/max", lambda r: _ttft(r)),
     ("latency", lambda r: "n/a" if r.latency_mean is None else f"{r.latency_mean:.1f}"),
+    ("prefill", lambda r: r.prefill), ("cached", lambda r: r.cached),
     ("preempt", lambda r: r.preemptions), ("recompute", lambda r: r.recomputed),
     ("padding", lambda r: r.padding_slot_steps), ("KV slots", lambda r: r.peak_kv_slots),
-    ("KV KiB", lambda r: f"{r.kv_bytes_peak / 1024:.0f}"), ("ms/step", lambda r: f"{r.ms_per_step:.2f}"),
+    ("KV KiB", lambda r: f"{r.kv_bytes_peak / 1024:.0f}"), ("outputs", lambda r: r.outputs),
+    ("ms/step", lambda r: f"{r.ms_per_step:.2f}"),
 )
 
 

@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from .prefix_view import BlockSet, PrefixView
+
 # Why a request was not scheduled in a step (the record says it for every one).
 REASON_NOT_ARRIVED = "not arrived yet"
 REASON_BUDGET = "token budget spent"
@@ -83,6 +85,7 @@ class RequestView:
     output_text: str | None = None
     drafts_proposed: int = 0  # speculative decoding, over the request's life so far
     drafts_accepted: int = 0
+    cached_tokens: int = 0  # prompt tokens its latest admission took from the prefix cache (hit length)
 
 
 @dataclass(slots=True)
@@ -121,6 +124,7 @@ class KVView:
     bytes_per_token: int
     pool_bytes: int
     freed_blocks: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # request id -> blocks freed
+    prefix: PrefixView | None = None  # shared and cached-free blocks, hits (None: no prefix caching)
 
 
 @dataclass(slots=True)
@@ -151,6 +155,7 @@ class RunHeader:
     prefill_chunk_size: int
     block_size: int
     num_blocks: int  # paged pool size; 0 for dense
+    prefix_caching: bool = False
     decode_path: list[str] = field(default_factory=list)  # fast-path pieces that run: "triton decode", ...
     plugins: list[str] = field(default_factory=list)  # plugin names
     title: str = ""
@@ -209,6 +214,8 @@ class StepRecord:
     preemptions: list[Preemption] = field(default_factory=list)  # why each of `preempted` was (older recordings: [])
     preemptions_total: int = 0  # preemptions in the run so far, this step's included
     admission_blocked: Shortfall | None = None  # why admission stopped for lack of KV blocks; None if it did not
+    # speculation: request id -> the drafts it accepted this step, emitted before its `sampled` token
+    kept_drafts: Mapping[str, list[int]] = field(default_factory=dict)
 
     @property
     def num_query_tokens(self) -> int:
@@ -230,10 +237,12 @@ class StepRecord:
 
     def to_dict(self) -> dict:
         kv = self.kv
-        data = asdict(replace(self, requests=[], sampled={},
-                              kv=replace(kv, block_tables={}, tokens={}, freed_blocks={})))
+        prefix = kv.prefix and replace(kv.prefix, cached=list(kv.prefix.cached))
+        data = asdict(replace(self, requests=[], sampled={}, kept_drafts={},
+                              kv=replace(kv, block_tables={}, tokens={}, freed_blocks={}, prefix=prefix)))
         data["requests"] = [asdict(view) for view in self.requests]
         data["sampled"] = dict(self.sampled)
+        data["kept_drafts"] = {k: list(v) for k, v in self.kept_drafts.items()}
         data["kv"].update(block_tables={k: list(v) for k, v in kv.block_tables.items()}, tokens=dict(kv.tokens),
                           freed_blocks={k: list(v) for k, v in kv.freed_blocks.items()})
         return data
@@ -246,6 +255,9 @@ class StepRecord:
         kv = dict(data["kv"])
         kv["block_tables"] = {k: tuple(v) for k, v in kv["block_tables"].items()}
         kv["freed_blocks"] = {k: tuple(v) for k, v in kv.get("freed_blocks", {}).items()}
+        if kv.get("prefix") is not None:
+            prefix = kv["prefix"]
+            kv["prefix"] = PrefixView(**{**prefix, "cached": BlockSet.of(prefix.get("cached", ()), kv["num_blocks"])})
         data["kv"] = KVView(**kv)
         data["memory"] = MemoryView(**data["memory"])
         data["preemptions"] = [Preemption(**p) for p in data.get("preemptions", [])]

@@ -255,3 +255,21 @@ def test_a_stop_token_among_the_accepted_drafts_ends_the_request_where_plain_dec
             outputs.append(eng.run_until_done()[rid])
         assert outputs[1] == outputs[0], stop
         assert outputs[0][-1] == stop and outputs[0].count(stop) == 1
+
+
+def test_the_outputs_checksum_counts_accepted_drafts():
+    """The compare table's outputs column must say 'same tokens' for a run with speculation and one
+    without: the drafts a request accepted are part of what it emitted."""
+    from engine.records.summary import RunTotals
+
+    sums = []
+    for speculative in (None, "draft"):
+        eng = Engine(EngineConfig(model="tiny", device="cpu", speculative=speculative, draft_model="tiny"))
+        for i in range(3):
+            eng.add_request([3 + i, 4, 5, 6] * 3, max_new_tokens=12)
+        totals = RunTotals()
+        while eng.has_unfinished():
+            totals.observe(eng.step())
+        sums.append((totals.summary().outputs, totals.summary().steps))
+    assert sums[0][0] == sums[1][0]
+    assert sums[1][1] < sums[0][1]  # every draft accepted: fewer steps, same tokens

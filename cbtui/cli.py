@@ -320,3 +320,36 @@ def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+@main.command("compare")
+@click.argument("name")
+@click.option("--variants", default=None, metavar="A,B",
+              help="The two runs: base (the scenario as written), a [compare] variant's name, or "
+                   "without:PLUGIN (the scenario without a plugin it declares). Default: base and the first variant.")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Stop after this many steps.")
+@click.option("--device", type=click.Choice(DEVICES), default=None)
+@click.option("--model", type=click.Choice(MODELS), default=None)
+@click.option("--paused", is_flag=True, help="Start paused.")
+@click.option("--speed", type=SPEED, default=None, help="Steps per second (default 4).")
+def compare_cmd(name, variants, steps, device, model, paused, speed):
+    """Two runs of a scenario side by side, in lockstep (static vs continuous, two chunk sizes, ...)."""
+    from scenarios.variant_pair import variant_pair
+
+    from .compare_app import run_compare
+
+    overrides = dict(device=device, model=model)
+    try:
+        scenario = load_scenario(name)
+        pair = variant_pair(scenario, variants)
+        for v in pair:  # every setting checked before the screen opens
+            v.scenario.engine_config(v.compare_key, **overrides)
+    except (ScenarioError, ValueError) as exc:
+        fail(str(exc))
+    try:
+        code = run_compare(scenario, pair, overrides, paused=paused, speed=speed, max_steps=steps)
+    except (ScenarioError, ValueError) as exc:
+        fail(str(exc))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

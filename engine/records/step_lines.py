@@ -70,8 +70,8 @@ class StepLines:
 class RecordingWriter:
     """Writes a run as `--json` does (the run header, then one StepRecord a line), each line flushed
     as it is written, so the file is a good recording at every moment and `lines` can read any
-    step back. `start` begins the file anew (a restarted run: with the header it had). An OSError (a full disk) stops the
-    writing and is kept in `error`; the run goes on."""
+    step back. `start` begins the file anew (a restarted run: with the header it had). An OSError
+    (a full disk) stops the writing and is kept in `error`; the run goes on."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)

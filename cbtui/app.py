@@ -485,7 +485,8 @@ def leave_a_core_for_the_ui(engine: SteppableEngine) -> None:
 def run_dashboard(scenario, engine: SteppableEngine, overrides: dict | None = None, paused: bool = False,
                   speed: float | None = None, max_steps: int | None = None, variant: str | None = None,
                   plugins: tuple[str, ...] = (), rebuild=None, recorded: bool = False,
-                  pages: PastSteps | None = None, recording: RecordingWriter | None = None) -> int:
+                  pages: PastSteps | None = None, recording: RecordingWriter | None = None,
+                  app_class=DashboardApp) -> int:  # app_class: a subclass (cbtui serve's presenter)
     """Opens the dashboard on `engine`; `r` rebuilds it from the scenario with the same variant,
     plugins and overrides (or calls `rebuild`: a replay starts over). Returns the exit code: 0 after
     a quit, 128 + N after signal N."""
@@ -494,7 +495,7 @@ def run_dashboard(scenario, engine: SteppableEngine, overrides: dict | None = No
     if rebuild is None:
         def rebuild():
             return scenario.build_engine(variant, plugins=plugins, **overrides)
-    app = DashboardApp(scenario, engine, rebuild=rebuild, paused=paused, speed=speed, max_steps=max_steps,
+    app = app_class(scenario, engine, rebuild=rebuild, paused=paused, speed=speed, max_steps=max_steps,
                        recorded=recorded, pages=pages, recording=recording)
 
     signalled: list[int] = []

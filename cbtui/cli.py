@@ -353,3 +353,55 @@ def compare_cmd(name, variants, steps, device, model, paused, speed):
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+@main.command("serve")
+@click.argument("name")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address the web server listens on; 0.0.0.0 lets other machines in (then give --public-url).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--public-url", default=None, metavar="URL",
+              help="The address browsers use to reach this machine (default http://HOST:PORT).")
+@click.option("--session", "session_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="Folder for the shared run (default: a new temporary one, removed at the end); "
+                   "terminals watch it with `cbtui watch DIR`.")
+@click.option("--variant", default=None, help="Run one of the scenario's [compare] variants instead.")
+@click.option("--device", type=click.Choice(DEVICES), default=None)
+@click.option("--model", type=click.Choice(MODELS), default=None)
+@click.option("--paused", is_flag=True, help="Start paused.")
+@click.option("--speed", type=SPEED, default=None, help="Steps per second (default 4).")
+def serve_cmd(name, host, port, public_url, session_dir, variant, device, model, paused, speed):
+    """Show one run to a class: you present (this terminal controls it), they watch read-only, in a
+    browser (http://HOST:PORT) or a terminal (cbtui watch DIR). One engine, however many watch."""
+    from .serve import ServeError, serve
+
+    overrides = dict(device=device, model=model)
+    try:
+        scenario = load_scenario(name)
+        engine = scenario.build_engine(variant, **overrides)
+    except (ScenarioError, ValueError) as exc:
+        fail(str(exc))
+    header = scenario.header(engine, variant)
+    if header.device == "cpu" and header.model == "tiny":
+        torch.set_num_threads(1)  # as `scenario` does
+    run_options = dict(overrides=overrides, variant=variant, paused=paused, speed=speed)
+    try:
+        code = serve(scenario, engine, header, host=host, port=port, public_url=public_url,
+                     session_dir=session_dir, run_options=run_options)
+    except ServeError as exc:
+        fail(str(exc))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+@main.command("watch")
+@click.argument("directory", type=click.Path())
+def watch_cmd(directory):
+    """Watch a run someone presents with `cbtui serve` (read-only): DIR is its session folder."""
+    from .watch import run_watch
+
+    code = run_watch(directory)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -399,9 +399,8 @@ def serve_cmd(name, host, port, public_url, session_dir, variant, device, model,
 @click.argument("directory", type=click.Path())
 def watch_cmd(directory):
     """Watch a run someone presents with `cbtui serve` (read-only): DIR is its session folder."""
-    from .watch import run_watch
-
-    code = run_watch(directory)
+    # The viewer proper never loads torch (~50 MB); this command line already has (~300 MB), so it
+    # hands over to a fresh interpreter: many students watching from one machine over SSH add up.
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(code)
+    os.execv(sys.executable, [sys.executable, "-m", "cbtui.watch", directory])

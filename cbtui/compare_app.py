@@ -36,6 +36,7 @@ from .app import (
     MAX_FPS,
     MIN_HEIGHT,
     MIN_WIDTH,
+    RATE_WINDOW,
     SPEEDS,
     leave_a_core_for_the_ui,
     speed_label,
@@ -43,7 +44,7 @@ from .app import (
 from .controller import EngineController, EngineStatus
 from .frozen_heap import frozen_heap
 from .history import History
-from .lockstep import Lockstep, PairStep
+from .lockstep import Lockstep, PairStep, RunFailed
 from .widgets.budget import BudgetBar
 from .widgets.error_panel import ErrorPanel
 from .widgets.header import HeaderInfo, StepHeader
@@ -56,6 +57,7 @@ from .widgets.run_difference import RunDifference, RunFigures
 
 SIDE_BY_SIDE_WIDTH = 140  # two panes of 70 columns and more; below it one pane at a time
 HISTORY_LIMIT = 1000
+RUN_FAILED = f"{RunFailed.__module__}.{RunFailed.__qualname__}: "
 COMPARE_KEYS = ("Both runs move together: space runs or pauses both, n steps both, ← → walk both histories "
                 "to the same step; tab shows the other run when they do not fit side by side. The panel "
                 "at the bottom compares them at the step on screen: the second run minus the first.")
@@ -118,7 +120,11 @@ class RunPane(Vertical):
         record = self.history.current()
         title = f"{self.letter} {self.variant_name}" + (f" · {self.settings}" if self.settings else "")
         state = "finished" if self.done and run_state != "failed" else run_state
-        common = dict(scenario=title, engine=self.engine_label, run_state=state, speed=speed, history=history_note)
+        recent = self.history.recent(RATE_WINDOW)
+        seconds = sum(r.wall_time_s for r in recent)
+        rate = sum(r.decode_tokens + r.prefill_tokens for r in recent) / seconds if seconds > 0 else None
+        common = dict(scenario=title, engine=self.engine_label, run_state=state, speed=speed, history=history_note,
+                      tokens_per_second=rate)
         if record is None:
             info = HeaderInfo(step=None, **common)
         else:
@@ -192,8 +198,9 @@ class CompareApp(App[None]):
         self._draw_timer = None
         self.set_reactive(CompareApp.paused, paused)
         self.set_reactive(CompareApp.speed, DEFAULT_SPEED if speed is None else float(speed))
-        lockstep_rebuild = None if rebuild is None else (lambda: Lockstep(rebuild()))
-        self.controller = EngineController(Lockstep(engines), self._to_inbox, self._to_inbox,
+        names = [f"{letter} {v.name}" for letter, v in zip("AB", variants, strict=True)]
+        lockstep_rebuild = None if rebuild is None else (lambda: Lockstep(rebuild(), names))
+        self.controller = EngineController(Lockstep(engines, names), self._to_inbox, self._to_inbox,
                                            rebuild=lockstep_rebuild, paused=paused, speed=self.speed,
                                            max_steps=max_steps)
 
@@ -257,7 +264,8 @@ class CompareApp(App[None]):
             elif event.kind == "finished":
                 self.engine_state = "finished"
             elif event.kind == "failed":
-                self.engine_state, self.error = "failed", event.message
+                # The controller names the exception's type: RunFailed's message names the run and the real one.
+                self.engine_state, self.error = "failed", event.message.removeprefix(RUN_FAILED)
         if status_changed:
             self._draw()
         else:

@@ -24,13 +24,27 @@ class PairStep:
     done: tuple[bool, ...]
 
 
+class RunFailed(RuntimeError):
+    """One of the runs raised: the message names it."""
+
+
 class Lockstep:
-    def __init__(self, engines: Sequence[SteppableEngine]):
+    def __init__(self, engines: Sequence[SteppableEngine], names: Sequence[str] = ()):
         self.engines = tuple(engines)
+        self.names = tuple(names) or tuple(f"run {i + 1}" for i in range(len(self.engines)))
 
     def step(self) -> PairStep:
-        records = tuple(e.step() if e.has_unfinished() else None for e in self.engines)
+        records = tuple(self._step(e, name) for e, name in zip(self.engines, self.names, strict=True))
         return PairStep(records, tuple(not e.has_unfinished() for e in self.engines))
+
+    @staticmethod
+    def _step(engine: SteppableEngine, name: str) -> StepRecord | None:
+        if not engine.has_unfinished():
+            return None
+        try:
+            return engine.step()
+        except Exception as exc:  # the controller shows it; which run it was is what the reader needs
+            raise RunFailed(f"{name}: {type(exc).__name__}: {exc}") from exc
 
     def has_unfinished(self) -> bool:
         return any(e.has_unfinished() for e in self.engines)

@@ -7,9 +7,10 @@ import subprocess
 import sys
 
 import pytest
-from dashboard_helpers import SteadyEngine, wait_until
+from dashboard_helpers import FailingEngine, SteadyEngine, wait_until
 
 from cbtui.compare_app import CompareApp
+from cbtui.widgets.error_panel import ErrorPanel
 from cbtui.widgets.run_difference import RunDifference, RunFigures
 from engine.records.summary import RunTotals
 from scenarios import ScenarioError, load_scenario
@@ -114,6 +115,25 @@ def test_difference_matches_each_variants_headless_totals_at_160x48(name, names)
             assert app.newest_step() == longer.steps - 1
             await pilot.press("q")
     run(scenario())
+
+
+def test_a_run_that_fails_is_named_and_both_histories_stay():
+    scenario = load_scenario("static_vs_continuous")
+    pair = variant_pair(scenario)
+    engines = [SteadyEngine(pair[0].build_engine(device="cpu")), FailingEngine(pair[1].build_engine(device="cpu"), 2)]
+
+    async def scenario_():
+        app = CompareApp(scenario, pair, engines, paused=True)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_until(pilot, lambda: app.panes[1].history.newest_step() == 0)
+            await pilot.press("n", "n")
+            await wait_until(pilot, lambda: app.engine_state == "failed")
+            assert app.error.startswith("B continuous: RuntimeError: boom at step 2")
+            assert app.query_one(ErrorPanel).display
+            await pilot.press("left")
+            assert [p.history.current().step for p in app.panes] == [0, 0]
+            await pilot.press("q")
+    run(scenario_())
 
 
 def test_static_vs_continuous_difference_shows_padding_and_fewer_steps():

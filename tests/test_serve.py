@@ -198,9 +198,10 @@ def test_cli_serve_port_in_use_is_one_line_and_exit_2(tmp_path):
     assert proc.stderr.strip().count("\n") == 0 and "give another --port" in proc.stderr
 
 
-def test_cli_watch_without_a_session_is_one_line_and_exit_2(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "cbtui.watch", str(tmp_path / "nowhere")], capture_output=True,
-                          text=True, timeout=60)
+@pytest.mark.parametrize("command", [["cbtui.watch"], ["cbtui", "watch"]])
+def test_cli_watch_without_a_session_is_one_line_and_exit_2(tmp_path, command):
+    proc = subprocess.run([sys.executable, "-m", *command, str(tmp_path / "nowhere")], capture_output=True,
+                          text=True, timeout=120)
     assert proc.returncode == 2 and "no such folder" in proc.stderr and proc.stderr.count("\n") == 1
 
 

@@ -58,9 +58,21 @@ from .widgets.run_difference import RunDifference, RunFigures
 SIDE_BY_SIDE_WIDTH = 140  # two panes of 70 columns and more; below it one pane at a time
 HISTORY_LIMIT = 1000
 RUN_FAILED = f"{RunFailed.__module__}.{RunFailed.__qualname__}: "
-COMPARE_KEYS = ("Both runs move together: space runs or pauses both, n steps both, ← → walk both histories "
-                "to the same step; tab shows the other run when they do not fit side by side. The panel "
-                "at the bottom compares them at the step on screen: the second run minus the first.")
+COMPARE_KEYS = (
+    ("space", "pause / resume both runs (from a past step: back to live)"),
+    ("n", "one step of both runs (while paused)"),
+    ("← / →", "while paused: both runs to the previous / next step; → at the newest step runs one"),
+    ("tab", "the other run, when the two do not fit side by side (below 140 columns)"),
+    ("+ / -", "faster / slower"),
+    ("↑ / ↓", "select a request: highlighted in both runs (the same workload)"),
+    ("r", "restart both runs"),
+    ("?", "this help"),
+    ("q", "quit"),
+)
+ABOUT_COMPARE = ("Two runs of this scenario in lockstep, one step each per step. The panel at the bottom "
+                 "compares them at the step on screen: each run's steps so far, finished requests, mean "
+                 "time to first token (in steps), padding (static batching) and preemptions, and the second "
+                 "minus the first; at the end they equal what each run's headless summary says.")
 
 
 class PairReady(Message):
@@ -403,7 +415,7 @@ class CompareApp(App[None]):
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
             s = self.scenario
-            self.push_screen(HelpScreen(s.title, f"{s.description}\n\n{COMPARE_KEYS}", s.question))
+            self.push_screen(HelpScreen(s.title, f"{s.description}\n\n{ABOUT_COMPARE}", s.question, COMPARE_KEYS))
 
     def action_quit(self) -> None:
         self.controller.stop(timeout=1.0)

@@ -20,8 +20,14 @@ from .app import DashboardApp
 from .controller import MAX_SPEED
 from .follow import Following
 from .session import ENDED, PresenterState, Session
+from .widgets.help_screen import HelpScreen
 
 FOLLOW_S = 0.1  # how often the presenter's state is read
+WATCH_KEYS = (
+    ("m", "metrics of the run so far: TTFT / inter-token latency, throughput, memory"),
+    ("?", "this help"),
+    ("q", "leave (the run goes on for everyone else)"),
+)
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,11 @@ class WatchApp(DashboardApp, inherit_bindings=False):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         return True
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            s = self.scenario
+            self.push_screen(HelpScreen(s.title, s.description, s.question, WATCH_KEYS))
 
 
 def open_session(directory: str) -> tuple[Session, Following]:

@@ -1,13 +1,17 @@
-"""Pieces for the `cbtui serve` tests: a browser-like client of the textual-serve server (HTTP for
-the page, then its websocket, as the page's script does), and the processes of a server's group."""
+"""Pieces for the `cbtui serve` and `compare` tests: a browser-like client of the textual-serve server
+(HTTP for the page, then its websocket, as the page's script does), the processes of a server's group,
+and a help screen as text."""
 
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import re
 import socket
 from pathlib import Path
+
+from rich.console import Console
 
 ANSI = re.compile(rb"\x1b\[[0-9;?<>=]*[ -/]*[@-~]|\x1b[()][0-9A-Za-z]|\x1b[=>]|\x1b\][^\x07\x1b]*(\x07|\x1b\\)")
 
@@ -90,3 +94,11 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def help_text(app) -> str:
+    """The help screen as text: its paragraphs and its table of keys."""
+    console = Console(width=120, record=True, file=io.StringIO())
+    for widget in app.screen.query("Static"):
+        console.print(widget.content)
+    return console.export_text()

@@ -8,9 +8,11 @@ import sys
 
 import pytest
 from dashboard_helpers import FailingEngine, SteadyEngine, wait_until
+from serve_helpers import help_text
 
 from cbtui.compare_app import CompareApp
 from cbtui.widgets.error_panel import ErrorPanel
+from cbtui.widgets.help_screen import HelpScreen
 from cbtui.widgets.run_difference import RunDifference, RunFigures
 from engine.records.summary import RunTotals
 from scenarios import ScenarioError, load_scenario
@@ -134,6 +136,20 @@ def test_a_run_that_fails_is_named_and_both_histories_stay():
             assert [p.history.current().step for p in app.panes] == [0, 0]
             await pilot.press("q")
     run(scenario_())
+
+
+def test_help_lists_the_keys_compare_has():
+    async def scenario():
+        app = make_compare()
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("question_mark")
+            assert isinstance(app.screen, HelpScreen)
+            text = help_text(app)
+            assert "the other run" in text and "both runs" in text and "padding" in text
+            assert "zoom" not in text and "metrics" not in text.lower()
+            await pilot.press("escape")
+            await pilot.press("q")
+    run(scenario())
 
 
 def test_static_vs_continuous_difference_shows_padding_and_fewer_steps():

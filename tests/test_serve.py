@@ -12,7 +12,7 @@ from functools import partial
 
 import pytest
 from dashboard_helpers import DATA, NO_GPU, FakeProbe, SteadyEngine, header_text, wait_until
-from serve_helpers import BrowserClient, alive, free_port, group_processes, maps_torch
+from serve_helpers import BrowserClient, alive, free_port, group_processes, help_text, maps_torch
 
 from cbtui.follow import FollowedRun, Following
 from cbtui.serve import Audience, PresenterApp, ServeError, SessionRecording, check_host_port, start_server, stop_server
@@ -166,6 +166,10 @@ def test_terminal_viewer_follows_steps_history_selection_restart_and_end(tmp_pat
             session.recording_path.write_text("".join(lines[:2]))  # r: the file begins anew, run 2
             session.publish(PresenterState(run=2, state="running", speed=8.0))
             await wait_until(pilot, lambda: "Step 0 running @ 8/s" in header_text(viewer))
+            await pilot.press("question_mark")
+            text = help_text(viewer)
+            assert "leave (the run goes on" in text and "pause / resume" not in text
+            await pilot.press("escape")
             session.publish(PresenterState(run=2, state=ENDED))
             await wait_until(pilot, lambda: "ended" in header_text(viewer))
             await pilot.press("q")
@@ -260,7 +264,7 @@ def test_two_browsers_watch_one_engine_through_the_web_server(tmp_path):
     run(scenario())
 
 
-def test_presenter_app_class_goes_through_run_dashboard(tmp_path, monkeypatch):
+def test_presenter_app_class_goes_through_run_dashboard():
     """cbtui serve hands run_dashboard its app class; the plain dashboard is the default."""
     import cbtui.app as app_module
 
@@ -270,7 +274,13 @@ def test_presenter_app_class_goes_through_run_dashboard(tmp_path, monkeypatch):
         def run(self, *args, **kwargs):
             made.append(type(self))
 
+    import torch
+
     scenario = load_scenario("mixed_load")
     engine = scenario.build_engine(device="cpu")
-    app_module.run_dashboard(scenario, engine, app_class=partial(Probe))
+    threads = torch.get_num_threads()  # run_dashboard leaves a core to the UI: not for the tests after this one
+    try:
+        app_module.run_dashboard(scenario, engine, app_class=partial(Probe))
+    finally:
+        torch.set_num_threads(threads)
     assert made == [Probe]

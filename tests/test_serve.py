@@ -23,8 +23,12 @@ from scenarios import load_scenario
 
 RECORDED = DATA / "mixed_load.jsonl"  # a header, then steps 0.., as the presenter writes them
 
-aiohttp = pytest.importorskip("aiohttp", reason="the serve extra (textual-serve brings aiohttp)")
-pytest.importorskip("textual_serve", reason="the serve extra: pip install -e '.[serve]'")
+
+
+def needs_web_server():
+    """The browser tests need the serve extra (textual-serve, which brings aiohttp); the rest do not."""
+    pytest.importorskip("textual_serve", reason="the serve extra: pip install -e '.[serve]'")
+    return pytest.importorskip("aiohttp", reason="the serve extra (textual-serve brings aiohttp)")
 
 
 def run(coro, timeout: float = 180.0):
@@ -46,6 +50,13 @@ def presenter(tmp_path, audience: Audience | None = None):
     app = PresenterApp(scenario, engine, session=session, audience=audience, rebuild=build, paused=True,
                        probe=FakeProbe([NO_GPU]), memory_poll_s=3600.0, recording=recording)
     return app, session, recording
+
+
+def test_a_viewer_loads_no_torch():
+    """What makes a browser tab cheap: the viewer's imports never reach torch (so no engine either)."""
+    code = "import sys, cbtui.watch; print(sorted(m for m in ('torch', 'engine.engine') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
 # -- the session folder -----------------------------------------------------------------------------
@@ -189,6 +200,7 @@ def test_check_host_port_refuses_a_port_in_use_in_one_line():
 
 
 def test_cli_serve_port_in_use_is_one_line_and_exit_2(tmp_path):
+    needs_web_server()
     import socket
 
     with socket.socket() as taken:
@@ -214,6 +226,7 @@ def test_two_browsers_watch_one_engine_through_the_web_server(tmp_path):
     """Two browser-like clients (page, then websocket) on loopback: each gets a viewer process, the
     presenter's header counts them, both follow its steps; no viewer loads torch (no engine); when
     they leave, their processes end, and stopping the server leaves no process behind."""
+    aiohttp = needs_web_server()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
 

@@ -519,7 +519,8 @@ def run_dashboard(scenario, engine: SteppableEngine, overrides: dict | None = No
                   speed: float | None = None, max_steps: int | None = None, variant: str | None = None,
                   plugins: tuple[str, ...] = (), rebuild=None, recorded: bool = False,
                   pages: PastSteps | None = None, recording: RecordingWriter | None = None,
-                  breakpoints: Iterable[Breakpoint] = (), app_factory=None) -> int:
+                  breakpoints: Iterable[Breakpoint] = (), app_factory=None,
+                  app_class=DashboardApp) -> int:  # app_class: a subclass (cbtui serve's presenter)
     """Opens the dashboard on `engine`; `r` rebuilds it from the scenario with the same variant,
     plugins and overrides (or calls `rebuild`: a replay starts over). Returns the exit code: 0 after
     a quit, 128 + N after signal N."""
@@ -531,8 +532,8 @@ def run_dashboard(scenario, engine: SteppableEngine, overrides: dict | None = No
     if app_factory is not None:  # a dashboard of another kind (a lesson): app_factory(scenario, engine, rebuild)
         app = app_factory(scenario, engine, rebuild)
     else:
-        app = DashboardApp(scenario, engine, rebuild=rebuild, paused=paused, speed=speed, max_steps=max_steps,
-                           recorded=recorded, pages=pages, recording=recording, breakpoints=breakpoints)
+        app = app_class(scenario, engine, rebuild=rebuild, paused=paused, speed=speed, max_steps=max_steps,
+                        recorded=recorded, pages=pages, recording=recording, breakpoints=breakpoints)
 
     signalled: list[int] = []
 

@@ -388,3 +388,87 @@ def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+@main.command("compare")
+@click.argument("name")
+@click.option("--variants", default=None, metavar="A,B",
+              help="The two runs: base (the scenario as written), a [compare] variant's name, or "
+                   "without:PLUGIN (the scenario without a plugin it declares). Default: base and the first variant.")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Stop after this many steps.")
+@click.option("--device", type=click.Choice(DEVICES), default=None)
+@click.option("--model", type=click.Choice(MODELS), default=None)
+@click.option("--paused", is_flag=True, help="Start paused.")
+@click.option("--speed", type=SPEED, default=None, help="Steps per second (default 4).")
+def compare_cmd(name, variants, steps, device, model, paused, speed):
+    """Two runs of a scenario side by side, in lockstep (static vs continuous, two chunk sizes, ...)."""
+    from scenarios.variant_pair import variant_pair
+
+    from .compare_app import run_compare
+
+    overrides = dict(device=device, model=model)
+    try:
+        scenario = load_scenario(name)
+        pair = variant_pair(scenario, variants)
+        for v in pair:  # every setting checked before the screen opens
+            v.scenario.engine_config(v.compare_key, **overrides)
+    except (ScenarioError, ValueError) as exc:
+        fail(str(exc))
+    try:
+        code = run_compare(scenario, pair, overrides, paused=paused, speed=speed, max_steps=steps)
+    except (ScenarioError, ValueError) as exc:
+        fail(str(exc))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+@main.command("serve")
+@click.argument("name")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address the web server listens on; 0.0.0.0 lets other machines in (then give --public-url).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--public-url", default=None, metavar="URL",
+              help="The address browsers use to reach this machine (default http://HOST:PORT).")
+@click.option("--session", "session_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="Folder for the shared run (default: a new temporary one, removed at the end); "
+                   "terminals watch it with `cbtui watch DIR`.")
+@click.option("--variant", default=None, help="Run one of the scenario's [compare] variants instead.")
+@click.option("--device", type=click.Choice(DEVICES), default=None)
+@click.option("--model", type=click.Choice(MODELS), default=None)
+@click.option("--paused", is_flag=True, help="Start paused.")
+@click.option("--speed", type=SPEED, default=None, help="Steps per second (default 4).")
+def serve_cmd(name, host, port, public_url, session_dir, variant, device, model, paused, speed):
+    """Show one run to a class: you present (this terminal controls it), they watch read-only, in a
+    browser (http://HOST:PORT) or a terminal (cbtui watch DIR). One engine, however many watch."""
+    from .serve import ServeError, serve
+
+    overrides = dict(device=device, model=model)
+    try:
+        scenario = load_scenario(name)
+        engine = scenario.build_engine(variant, **overrides)
+    except (ScenarioError, ValueError) as exc:
+        fail(str(exc))
+    header = scenario.header(engine, variant)
+    if header.device == "cpu" and header.model == "tiny":
+        torch.set_num_threads(1)  # as `scenario` does
+    run_options = dict(overrides=overrides, variant=variant, paused=paused, speed=speed)
+    try:
+        code = serve(scenario, engine, header, host=host, port=port, public_url=public_url,
+                     session_dir=session_dir, run_options=run_options)
+    except ServeError as exc:
+        fail(str(exc))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+@main.command("watch")
+@click.argument("directory", type=click.Path())
+def watch_cmd(directory):
+    """Watch a run someone presents with `cbtui serve` (read-only): DIR is its session folder."""
+    # The viewer proper never loads torch (~50 MB); this command line already has (~300 MB), so it
+    # hands over to a fresh interpreter: many students watching from one machine over SSH add up.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "cbtui.watch", directory])

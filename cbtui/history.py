@@ -135,6 +135,17 @@ class History:
     def go_live(self) -> None:
         self._viewing = None
 
+    def view(self, step: int | None) -> None:
+        """Shows `step` (or the nearest step there is), or follows the newest (None, or a step past it).
+        Two runs shown side by side walk their histories to the same step number this way."""
+        self._viewing = None if step is None or not self._steps or step >= self._steps[-1] else step
+
+    def newest_step(self) -> int | None:
+        return self._steps[-1] if self._steps else None
+
+    def oldest_step(self) -> int | None:
+        return self._oldest()
+
     def current(self) -> StepRecord | None:
         step = self._shown_step()
         if step is None:

@@ -48,9 +48,11 @@ class HelpScreen(ModalScreen[None]):
     }
     """
 
-    def __init__(self, title: str, description: str, question: str):
-        """From a scenario file or a recording: shown with their control characters made visible."""
+    def __init__(self, title: str, description: str, question: str, keys: tuple[tuple[str, str], ...] = KEYS):
+        """From a scenario file or a recording: shown with their control characters made visible.
+        `keys`: the app's own, where it has other keys than the dashboard (compare, a viewer)."""
         super().__init__()
+        self._keys = keys
         self._title = visible(title)
         self._description = visible(description, newlines=True)
         self._question = visible(question, newlines=True)
@@ -59,7 +61,7 @@ class HelpScreen(ModalScreen[None]):
         keys = Table.grid(padding=(0, 2))
         keys.add_column(style="bold")
         keys.add_column()
-        for key, what in KEYS:
+        for key, what in self._keys:
             keys.add_row(key, what)
         with VerticalScroll() as scroll:
             scroll.border_title = "Help (esc to close)"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import resource
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # imported where used: a replay or a viewer reads memory figures without loading torch
+    import torch
 
 from ..records import MemoryView
 
@@ -31,6 +33,8 @@ def cuda_allocator_bytes(device: torch.device) -> tuple[int, int]:
 
     torch.cuda.memory_allocated() and memory_reserved() each flatten and sort all ~120 allocator
     statistics in Python to return one of them; this runs every step, inside the StepRecord."""
+    import torch
+
     stats = torch.cuda.memory_stats_as_nested_dict(device)
     if not stats:  # CUDA not initialised yet: nothing allocated
         return 0, 0

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # only a type here: a replay or a viewer profiles recorded memory without torch
+    import torch
 
 from ..records import StepRecord
 from .leak_detector import LeakVerdict, MemoryLeakDetector

@@ -8,8 +8,10 @@ library, no driver) raises SourceUnavailable with the reason, from `open_sources
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # imported where used: a replay or a viewer reads memory figures without loading torch
+    import torch
 
 from .memory import cuda_allocator_bytes, process_rss_bytes
 from .nvml import Nvml, NvmlError
@@ -44,6 +46,8 @@ class TorchCudaSource(MemorySource):
     name = "cuda"
 
     def __init__(self, device: int | str | torch.device = 0):
+        import torch
+
         if not torch.cuda.is_available():
             raise SourceUnavailable("torch sees no CUDA GPU")
         self.device = torch.device(device if not isinstance(device, int) else f"cuda:{device}")
@@ -101,6 +105,8 @@ class NvmlSource(MemorySource):
 
 
 def _current_cuda_device() -> int:
+    import torch
+
     try:
         return torch.cuda.current_device()
     except Exception:  # no CUDA in this torch: the sources below say so instead of raising here
@@ -108,6 +114,8 @@ def _current_cuda_device() -> int:
 
 
 def _cuda_uuid(index: int) -> str | None:
+    import torch
+
     try:
         return str(torch.cuda.get_device_properties(index).uuid)
     except Exception:  # older torch, or a driver that does not say
@@ -132,6 +140,8 @@ def open_sources(device: torch.device | str = "cpu", nvml: Nvml | None = None
     RSS always; on a CUDA device also torch's allocator and NVML (for the same GPU, found by UUID),
     read through `nvml` when given (a session shared with the dashboard's probe: NVML opens once).
     """
+    import torch
+
     device = torch.device(device)
     sources: list[MemorySource] = [RssSource()]
     unavailable: dict[str, str] = {}

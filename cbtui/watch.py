@@ -1,0 +1,144 @@
+"""A viewer of a shared run (`cbtui watch DIR`, and every browser tab of `cbtui serve`): the
+dashboard, read-only, following the presenter's recording as it is written and showing what the
+presenter's screen shows (the step in view, the selected request, paused or running). It runs no
+engine; its keys change nothing but its own help and metrics screens.
+
+Run as `python -m cbtui.watch DIR` by the web server for each browser tab.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+from textual.binding import Binding
+
+from engine.records.recording import RecordingError
+
+from .app import DashboardApp
+from .controller import MAX_SPEED
+from .follow import Following
+from .session import ENDED, PresenterState, Session
+from .widgets.help_screen import HelpScreen
+
+FOLLOW_S = 0.1  # how often the presenter's state is read
+WATCH_KEYS = (
+    ("m", "metrics of the run so far: TTFT / inter-token latency, throughput, memory"),
+    ("?", "this help"),
+    ("q", "leave (the run goes on for everyone else)"),
+)
+
+
+@dataclass(frozen=True)
+class WatchedRun:
+    """What the dashboard shows as the scenario (title, help text, question), from the run header."""
+
+    title: str
+    description: str
+    question: str
+
+
+def watched_run(following: Following) -> WatchedRun:
+    header = following.current.header()
+    about = ("You are watching a run someone else presents: this screen follows theirs (the step, the "
+             "selected request) and its keys change nothing there. m shows the metrics, q leaves.")
+    return WatchedRun(f"Watching: {header.title or 'a shared run'}",
+                      "\n\n".join(t for t in (header.description, about) if t), header.question)
+
+
+class WatchApp(DashboardApp, inherit_bindings=False):
+    ENABLE_COMMAND_PALETTE = False
+    BINDINGS = [
+        Binding("m", "metrics", "Metrics"),
+        Binding("question_mark", "help", "Help", key_display="?"),
+        Binding("q", "quit", "Quit"),
+        Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
+    ]
+
+    def __init__(self, session: Session, following: Following, **kwargs):
+        kwargs.setdefault("memory_poll_s", 3600.0)  # a recorded run: no live reading to poll
+        super().__init__(watched_run(following), following.current, rebuild=following.restart, paused=False,
+                         speed=MAX_SPEED, recorded=True, pages=following, **kwargs)
+        self.session = session
+        self.following = following
+        self.presenter = session.read_state() or PresenterState()
+        self._registration = None
+        self._restarting = None  # the run a restart was asked for (the controller takes it up soon after)
+
+    def on_mount(self) -> None:  # (DashboardApp.on_mount runs too: Textual calls each class's handler)
+        self._registration = self.session.register_viewer()
+        self.set_interval(FOLLOW_S, self.follow_presenter)
+
+    def on_unmount(self) -> None:
+        self.session.unregister_viewer(self._registration)
+        self._registration = None
+
+    def follow_presenter(self) -> None:
+        state = self.session.read_state() or self.presenter
+        current = self.following.current
+        if current is not self._restarting and (state.run != self.presenter.run or current.restarted()):
+            self._restarting = current
+            self.action_restart()  # the presenter pressed r: the recording began anew
+        if state.selected != self.selected:
+            self.selected = state.selected  # the presenter's choice wins over this viewer's arrows
+        speed = MAX_SPEED if state.speed is None else state.speed
+        if speed != self.speed:
+            self.speed = speed  # shown in the header; this viewer's reader keeps reading at once
+        changed = state != self.presenter
+        self.presenter = state
+        self.history.view(state.viewing)
+        if changed:
+            self._draw()
+            if state.state == ENDED:
+                self.notify("The presenter has ended the session; this screen keeps the run so far (q leaves).",
+                            timeout=30)
+
+    def run_state(self) -> str:
+        """The presenter's, not this viewer's (whose reader is always running)."""
+        if self.engine_state == "failed":
+            return "failed"
+        return self.presenter.state
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        return True
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            s = self.scenario
+            self.push_screen(HelpScreen(s.title, s.description, s.question, WATCH_KEYS))
+
+
+def open_session(directory: str) -> tuple[Session, Following]:
+    """The session at `directory` (a `cbtui serve` folder, or its run.jsonl); RecordingError says why not."""
+    path = os.path.abspath(directory)
+    if os.path.isfile(path):
+        path = os.path.dirname(path)
+    session = Session(path)
+    if not os.path.isdir(path):
+        raise RecordingError(f"{directory}: no such folder; give the folder `cbtui serve` said to watch")
+    return session, Following(session.recording_path)
+
+
+def run_watch(directory: str) -> int:
+    """Opens a viewer on the session; returns the exit code."""
+    try:
+        session, following = open_session(directory)
+    except RecordingError as exc:
+        from engine.records.text import visible
+
+        print(f"cbtui: error: {visible(str(exc))}", file=sys.stderr)
+        return 2
+    app = WatchApp(session, following)
+    app.run()
+    session.unregister_viewer(app._registration)  # a viewer killed mid-run leaves it: the presenter clears it
+    return app.return_code or 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        print("usage: python -m cbtui.watch DIR", file=sys.stderr)
+        sys.exit(2)
+    code = run_watch(sys.argv[1])
+    sys.stdout.flush()
+    os._exit(code)  # skip the interpreter's slow teardown of textual

@@ -1,0 +1,299 @@
+"""`cbtui serve` / `cbtui watch`: one engine (the presenter's), any number of read-only viewers that
+follow its recording, in a browser (textual-serve) or a terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from functools import partial
+
+import pytest
+from dashboard_helpers import DATA, NO_GPU, FakeProbe, SteadyEngine, header_text, wait_until
+from serve_helpers import BrowserClient, alive, free_port, group_processes, help_text, maps_torch
+
+from cbtui.follow import FollowedRun, Following
+from cbtui.serve import Audience, PresenterApp, ServeError, SessionRecording, check_host_port, start_server, stop_server
+from cbtui.session import ENDED, PresenterState, Session
+from cbtui.watch import WatchApp
+from engine.records.recording import RecordingError
+from scenarios import load_scenario
+
+RECORDED = DATA / "mixed_load.jsonl"  # a header, then steps 0.., as the presenter writes them
+
+
+
+def needs_web_server():
+    """The browser tests need the serve extra (textual-serve, which brings aiohttp); the rest do not."""
+    pytest.importorskip("textual_serve", reason="the serve extra: pip install -e '.[serve]'")
+    return pytest.importorskip("aiohttp", reason="the serve extra (textual-serve brings aiohttp)")
+
+
+def run(coro, timeout: float = 180.0):
+    return asyncio.run(asyncio.wait_for(coro, timeout))  # bounded: a hung server fails the test
+
+
+def presenter(tmp_path, audience: Audience | None = None):
+    scenario = load_scenario("mixed_load")
+    session = Session(tmp_path / "class")
+    session.create()
+    recording = SessionRecording(session)
+
+    def build():
+        return SteadyEngine(scenario.build_engine(device="cpu"))
+
+    engine = build()
+    recording.start(scenario.header(engine))
+    audience = audience or Audience(url="http://127.0.0.1:0", watch_command=f"cbtui watch {session.dir}")
+    app = PresenterApp(scenario, engine, session=session, audience=audience, rebuild=build, paused=True,
+                       probe=FakeProbe([NO_GPU]), memory_poll_s=3600.0, recording=recording)
+    return app, session, recording
+
+
+def test_a_viewer_loads_no_torch():
+    """What makes a browser tab cheap: the viewer's imports never reach torch (so no engine either)."""
+    code = "import sys, cbtui.watch; print(sorted(m for m in ('torch', 'engine.engine') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+# -- the session folder -----------------------------------------------------------------------------
+def test_presenter_state_round_trips_and_refuses_strangers(tmp_path):
+    session = Session(tmp_path)
+    session.create()
+    state = PresenterState(run=3, state="paused", viewing=7, selected=2, speed=4.0, url="http://x:1")
+    session.publish(state)
+    assert session.read_state() == state
+    (tmp_path / "presenter.json").write_text(json.dumps({"run": "3"}))
+    assert session.read_state() is None
+    (tmp_path / "presenter.json").write_text("{not json")
+    assert session.read_state() is None
+
+
+def test_viewers_are_counted_while_alive_and_a_killed_ones_file_is_cleared(tmp_path):
+    session = Session(tmp_path)
+    session.create()
+    mine = session.register_viewer()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    (session.viewers_dir / f"{gone.pid}-dead").touch()
+    assert session.count_viewers() == 1
+    assert not (session.viewers_dir / f"{gone.pid}-dead").exists()
+    session.unregister_viewer(mine)
+    assert session.count_viewers() == 0
+
+
+# -- following a recording as it is written ---------------------------------------------------------
+def test_followed_run_hands_out_whole_lines_only_and_sees_a_restart(tmp_path):
+    lines = RECORDED.read_text(encoding="utf-8").splitlines(keepends=True)
+    path = tmp_path / "run.jsonl"
+    path.write_text(lines[0])  # the header alone
+    run_ = FollowedRun(path, wait_s=1.0)
+    assert run_.header().title
+    assert run_.step() is None  # nothing yet
+    half = len(lines[1]) // 2
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(lines[1][:half])
+        f.flush()
+        assert run_.step() is None, "half a line is not a record"
+        f.write(lines[1][half:] + lines[2])
+    first, second = run_.step(), run_.step()
+    assert (first.step, second.step) == (0, 1)
+    assert run_.lines.read(0).step == 0  # history reads back from the file
+    assert not run_.restarted()
+    path.write_text(lines[0])  # the presenter pressed r: the file begins anew
+    assert run_.restarted()
+    run_.close()
+
+
+def test_following_a_missing_or_foreign_file_says_why(tmp_path):
+    with pytest.raises(RecordingError, match="no run to follow"):
+        FollowedRun(tmp_path / "none.jsonl", wait_s=0.2)
+    (tmp_path / "x.jsonl").write_text('{"kind": "step"}\n')
+    with pytest.raises(RecordingError, match="not a run header"):
+        FollowedRun(tmp_path / "x.jsonl", wait_s=0.2)
+
+
+# -- a viewer shows what the presenter shows --------------------------------------------------------
+def test_presenter_publishes_its_state_run_and_end(tmp_path):
+    async def scenario():
+        app, session, recording = presenter(tmp_path)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_until(pilot, lambda: app.history.current() is not None)
+            for _ in range(3):
+                await pilot.press("n")
+            await wait_until(pilot, lambda: app.history.current().step == 3)
+            await wait_until(pilot, lambda: session.read_state().run == recording.run)
+            state = session.read_state()
+            assert state.state == "paused" and state.viewing is None and state.speed == 4.0
+            assert "0 watching · Mixed load" in header_text(app)
+            await pilot.press("left")
+            await wait_until(pilot, lambda: session.read_state().viewing == 2)
+            await pilot.press("down")  # select a request
+            await wait_until(pilot, lambda: session.read_state().selected == app.selected is not None)
+            run_before = recording.run
+            await pilot.press("r")
+            await wait_until(pilot, lambda: session.read_state().run == run_before + 1)
+            viewer = session.register_viewer()
+            await wait_until(pilot, lambda: "1 watching" in header_text(app), timeout=5)
+            session.unregister_viewer(viewer)
+            await pilot.press("q")
+        assert session.read_state().state == ENDED
+    run(scenario())
+
+
+def write_session(directory, lines, state: PresenterState) -> Session:
+    session = Session(directory)
+    session.create()
+    session.recording_path.write_text("".join(lines))
+    session.publish(state)
+    return session
+
+
+def test_terminal_viewer_follows_steps_history_selection_restart_and_end(tmp_path):
+    lines = RECORDED.read_text(encoding="utf-8").splitlines(keepends=True)
+    session = write_session(tmp_path, lines[:3], PresenterState(run=1, state="paused", speed=4.0))
+
+    async def scenario():
+        viewer = WatchApp(session, Following(session.recording_path, wait_s=5))
+        async with viewer.run_test(size=(100, 30)) as pilot:
+            await wait_until(pilot, lambda: viewer.history.newest_step() == 1)
+            assert "Step 1 paused" in header_text(viewer)
+            assert "Watching: " in header_text(viewer) and session.count_viewers() == 1
+            with open(session.recording_path, "a", encoding="utf-8") as f:  # the presenter steps on
+                f.writelines(lines[3:6])
+            await wait_until(pilot, lambda: "Step 4" in header_text(viewer))
+            session.publish(PresenterState(run=1, state="paused", viewing=2, selected=1, speed=4.0))
+            await wait_until(pilot, lambda: "Step 2" in header_text(viewer))
+            assert "viewing history" in header_text(viewer)
+            assert viewer.selected == 1
+            await pilot.press("left", "space", "n")  # read-only: these keys do nothing here
+            await pilot.pause(0.3)
+            assert viewer.history.current().step == 2 and session.recording_path.stat().st_size > 0
+            session.publish(PresenterState(run=1, state="running", speed=None))
+            await wait_until(pilot, lambda: "Step 4 running @ max" in header_text(viewer))
+            session.recording_path.write_text("".join(lines[:2]))  # r: the file begins anew, run 2
+            session.publish(PresenterState(run=2, state="running", speed=8.0))
+            await wait_until(pilot, lambda: "Step 0 running @ 8/s" in header_text(viewer))
+            await pilot.press("question_mark")
+            text = help_text(viewer)
+            assert "leave (the run goes on" in text and "pause / resume" not in text
+            await pilot.press("escape")
+            session.publish(PresenterState(run=2, state=ENDED))
+            await wait_until(pilot, lambda: "ended" in header_text(viewer))
+            await pilot.press("q")
+        assert session.count_viewers() == 0
+    run(scenario())
+
+
+def test_check_host_port_refuses_a_port_in_use_in_one_line():
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ServeError, match=f"cannot listen on 127.0.0.1:{port}.*give another --port"):
+            check_host_port("127.0.0.1", port)
+
+
+def test_cli_serve_port_in_use_is_one_line_and_exit_2(tmp_path):
+    needs_web_server()
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "cbtui", "serve", "mixed_load", "--port", str(port),
+                               "--session", str(tmp_path / "s")], capture_output=True, text=True, timeout=120,
+                              stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "give another --port" in proc.stderr
+
+
+@pytest.mark.parametrize("command", [["cbtui.watch"], ["cbtui", "watch"]])
+def test_cli_watch_without_a_session_is_one_line_and_exit_2(tmp_path, command):
+    proc = subprocess.run([sys.executable, "-m", *command, str(tmp_path / "nowhere")], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "no such folder" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+# -- browsers: a real client on loopback ------------------------------------------------------------
+def test_two_browsers_watch_one_engine_through_the_web_server(tmp_path):
+    """Two browser-like clients (page, then websocket) on loopback: each gets a viewer process, the
+    presenter's header counts them, both follow its steps; no viewer loads torch (no engine); when
+    they leave, their processes end, and stopping the server leaves no process behind."""
+    aiohttp = needs_web_server()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+
+    async def scenario():
+        audience = Audience(url=url, watch_command="cbtui watch DIR")
+        app, session, recording = presenter(tmp_path, audience)
+        server = start_server(session, "127.0.0.1", port, url, "Mixed load")
+        try:
+            async with app.run_test(size=(100, 30)) as pilot, aiohttp.ClientSession() as http:
+                await wait_until(pilot, lambda: app.history.current() is not None)
+                browsers = [BrowserClient(http, url), BrowserClient(http, url)]
+                html = await browsers[0].open()
+                assert f"ws://127.0.0.1:{port}/ws" in html
+                await browsers[1].open()
+                for browser in browsers:
+                    await browser.wait_for("Watching: Mixed load", timeout=90)
+                    await browser.wait_for("Step 0")
+                await wait_until(pilot, lambda: "2 watching" in header_text(app), timeout=10)
+                assert session.count_viewers() == 2
+
+                viewers = {pid: cmd for pid, cmd in group_processes(server.pid).items()
+                           if "cbtui.watch" in cmd and "/bin/sh" not in cmd}
+                assert len(viewers) == 2, viewers
+                assert not any(maps_torch(pid) for pid in viewers), "a viewer loaded torch: an engine's library"
+
+                marks = [len(b.raw) for b in browsers]
+                for _ in range(2):
+                    await pilot.press("n")
+                await wait_until(pilot, lambda: app.history.current().step == 2)
+                for browser, mark in zip(browsers, marks, strict=True):
+                    await browser.wait_for("Step 2", since=mark, timeout=30)
+                marks = [len(b.raw) for b in browsers]
+                await pilot.press("left")  # the presenter looks back: so do the viewers
+                for browser, mark in zip(browsers, marks, strict=True):
+                    await browser.wait_for("viewing history", since=mark, timeout=30)
+
+                for browser in browsers:
+                    await browser.close()
+                deadline = time.monotonic() + 30
+                while any(alive(pid) for pid in viewers) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.1)
+                assert not any(alive(pid) for pid in viewers), "a closed tab's viewer kept running"
+                await wait_until(pilot, lambda: "0 watching" in header_text(app), timeout=10)
+                await pilot.press("q")
+        finally:
+            stop_server(server)
+        assert not group_processes(server.pid), "stopping the server left processes behind"
+    run(scenario())
+
+
+def test_presenter_app_class_goes_through_run_dashboard():
+    """cbtui serve hands run_dashboard its app class; the plain dashboard is the default."""
+    import cbtui.app as app_module
+
+    made = []
+
+    class Probe(app_module.DashboardApp):
+        def run(self, *args, **kwargs):
+            made.append(type(self))
+
+    import torch
+
+    scenario = load_scenario("mixed_load")
+    engine = scenario.build_engine(device="cpu")
+    threads = torch.get_num_threads()  # run_dashboard leaves a core to the UI: not for the tests after this one
+    try:
+        app_module.run_dashboard(scenario, engine, app_class=partial(Probe))
+    finally:
+        torch.set_num_threads(threads)
+    assert made == [Probe]

@@ -16,7 +16,7 @@ from engine import Engine, EngineConfig
     ("max_decode_per_step", 0, ">= 1"),
     ("static_batch_size", 0, ">= 1"),
     ("max_tokens_per_step", "8", "integer"),
-    ("model", "huge", "tiny, small"),
+    ("model", "huge", "tiny, micro, small"),
     ("attention", "magic", "reference"),
     ("kv_layout", "ring", "paged, dense"),
     ("policy", "lifo", "fcfs, static"),

@@ -12,6 +12,7 @@ POLICIES = ("fcfs", "static")
 DECODE_GRAPHS = ("auto", "on", "off")
 DECODE_ATTENTION = ("auto", "triton", "gather")
 DTYPES = ("auto", "float32", "float64", "bfloat16")
+SHARD_BY = ("heads", "sequence")
 MAX_SEED = 2**32 - 1
 
 
@@ -57,6 +58,13 @@ class EngineConfig:
     # Schedule and launch step N+1 while the device still runs step N (overlap.py): step() then
     # returns each record one call later. Greedy requests that end at max_new_tokens, no plugins.
     overlap_steps: bool = False
+    # KV sharded over processes on torch.distributed (engine/distributed): one process per shard,
+    # rank 0 (this process) drives. heads: tensor parallel, each shard holds its share of the heads
+    # (and of the MLP) for every block; sequence: a request's blocks spread over the shards, each
+    # shard's partial attention merged by log-sum-exp.
+    shards: int = 1
+    shard_by: str = "heads"
+    shard_timeout_s: float = 60.0  # a collective that waits longer than this ends the run (a hung worker)
 
     def __post_init__(self) -> None:
         _check_choice("model", self.model, MODELS)
@@ -78,11 +86,29 @@ class EngineConfig:
         _check_int("static_batch_size", self.static_batch_size, 1)
         _check_int("seed", self.seed, 0, high=MAX_SEED)
         _check_int("eos_token_id", self.eos_token_id, 0, optional=True)
+        _check_int("shards", self.shards, 1, high=64)
+        _check_choice("shard_by", self.shard_by, SHARD_BY)
+        if (isinstance(self.shard_timeout_s, bool) or not isinstance(self.shard_timeout_s, (int, float))
+                or not 0.5 <= self.shard_timeout_s <= 3600):
+            raise ValueError(f"shard_timeout_s={self.shard_timeout_s!r} must be a number of seconds in 0.5..3600")
+        if self.shards > 1:
+            self._check_shardable()
         if not isinstance(self.overlap_steps, bool):
             raise ValueError(f"overlap_steps={self.overlap_steps!r} must be true or false")
         if self.overlap_steps and self.eos_token_id is not None:
             raise ValueError("overlap_steps=True needs eos_token_id=None: the next step is scheduled before this "
                              "step's tokens are read, so requests must end at max_new_tokens")
+
+    def _check_shardable(self) -> None:
+        """Settings a sharded run cannot honour, refused in one line each."""
+        if self.kv_layout != "paged":
+            raise ValueError(f"shards={self.shards} needs kv_layout='paged' (blocks are what the shards hold); "
+                             f"use kv_layout='paged' or shards=1")
+        if self.overlap_steps:
+            raise ValueError(f"shards={self.shards} cannot overlap steps; use overlap_steps=False or shards=1")
+        if self.decode_graphs == "on":
+            raise ValueError(f"shards={self.shards} runs decodes eagerly (a collective per layer); use "
+                             f"decode_graphs='auto' or 'off'")
 
     @classmethod
     def field_names(cls) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import time
+from typing import TYPE_CHECKING
 
 from . import tokenizer
 from .config import EngineConfig
@@ -24,6 +25,9 @@ from .records import RunHeader, ScheduledItem, StepRecord
 from .request import Request
 from .request_checks import check_request
 from .scheduler import SchedulePlan, Scheduler
+
+if TYPE_CHECKING:
+    from .distributed.driver import ShardedRunner
 
 STALL_STEPS = 4  # steps in a row with nothing scheduled (and nothing still to arrive) that end a run
 
@@ -53,7 +57,14 @@ class Engine:
             raise ValueError(f"eos_token_id={config.eos_token_id} is outside the vocabulary of model {spec.name!r} "
                              f"(0..{spec.vocab_size - 1})")
         self.plugins = PluginHost(list(plugins or []), config, spec.num_layers)
-        self.runner = ModelRunner(config, self.plugins)
+        self.sharded: ShardedRunner | None = None  # KV sharded over worker processes (engine/distributed)
+        if config.shards > 1:
+            from .distributed.driver import ShardedRunner
+
+            self.runner: ModelRunner = ShardedRunner(config, self.plugins)
+            self.sharded = self.runner
+        else:
+            self.runner = ModelRunner(config, self.plugins)
         self.scheduler = Scheduler(config, self.runner.kv)
         self.recorder = Recorder(config, self.scheduler, self.runner.kv, self.runner.weight_bytes)
         self.requests = Requests()  # every request given, by id; finished ones compact
@@ -62,6 +73,17 @@ class Engine:
         self._next_id = 0
         self._in_flight: InFlightStep | None = None  # overlap: the launched step not yet read back
         self._idle_steps = 0  # consecutive steps in which nothing could run
+
+    def close(self) -> None:
+        """Stops the engine's worker processes, if it has any (sharded); idempotent. Garbage collection
+        and the process's exit do it too."""
+        self.runner.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def header(self, title: str = "", description: str = "", question: str = "",
                variant: str | None = None) -> RunHeader:
@@ -73,7 +95,8 @@ class Engine:
                          max_tokens_per_step=c.max_tokens_per_step, prefill_chunk_size=c.prefill_chunk_size,
                          block_size=c.block_size, num_blocks=r.num_blocks, decode_path=r.decode_path(),
                          plugins=[p.name for p in self.plugins.plugins], title=title,
-                         description=description, question=question, variant=variant)
+                         description=description, question=question, variant=variant,
+                         shards=c.shards, shard_by=c.shard_by if c.shards > 1 else "")
 
     # -- requests -------------------------------------------------------------------------
     def add_request(self, prompt: list[int] | str, max_new_tokens: int = 16, arrival_step: int = 0,
@@ -124,6 +147,8 @@ class Engine:
             self.plugins.on_request_completion(r)
         sampled = dict(zip((r.id for r in sampling), chosen, strict=True)) if on_host else {}
         record = self.recorder.record(step, plan, items, done.finishing, sampled, len(self.pending))
+        if self.sharded is not None:
+            self.sharded.describe(record)  # per-shard pools and memory, the step's communication
         self.plugins.after_step(state, record)
         record.annotations = state.annotations + self.plugins.descriptions()
         record.errors = self.plugins.take_errors()

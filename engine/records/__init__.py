@@ -12,15 +12,17 @@ from .types import (
     REASON_PREEMPTED,
     REASON_RESERVED,
     REASON_STATIC_BATCH,
+    CommView,
     IdKeyed,
     KVView,
     MemoryView,
     RequestView,
     RunHeader,
     ScheduledItem,
+    ShardView,
     StepRecord,
 )
 
 __all__ = ["REASON_BUDGET", "REASON_DECODE_CAP", "REASON_NO_BLOCKS", "REASON_NOT_ARRIVED", "REASON_PREEMPTED",
-           "REASON_RESERVED", "REASON_STATIC_BATCH", "IdKeyed", "KVView", "MemoryView", "RequestView",
-           "RunHeader", "ScheduledItem", "StepRecord"]
+           "REASON_RESERVED", "REASON_STATIC_BATCH", "CommView", "IdKeyed", "KVView", "MemoryView", "RequestView",
+           "RunHeader", "ScheduledItem", "ShardView", "StepRecord"]

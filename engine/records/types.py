@@ -105,6 +105,30 @@ class MemoryView:
 
 
 @dataclass(slots=True)
+class ShardView:
+    """One shard (one process, one device) of a sharded engine in a step: its KV pool and memory."""
+
+    rank: int
+    device: str  # "cpu", "cuda:1", ...
+    num_blocks: int  # this shard's pool
+    blocks_used: int
+    blocks_free: int
+    pool_bytes: int  # what this shard's pool takes (heads: its heads of every block)
+    memory_bytes: int  # the process's RSS on the CPU; the device's used memory (NVML) on a GPU
+    # request id -> the blocks this shard holds for it, numbered in this shard's pool, in sequence order
+    block_tables: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class CommView:
+    """The step's traffic between shards: plan broadcast, all-reduces (heads), all-gathers (sequence)."""
+
+    bytes: int  # payload bytes broadcast, all-reduced or gathered, as rank 0 sees them
+    seconds: float  # rank 0's time inside collectives (waiting for the slowest shard included)
+    collectives: int
+
+
+@dataclass(slots=True)
 class RunHeader:
     """What a run is, said once at the start of a stream of StepRecords: the engine's settings as it
     resolved them, and the scenario it runs, so a replay shows the same header and help as the run."""
@@ -125,11 +149,14 @@ class RunHeader:
     description: str = ""
     question: str = ""
     variant: str | None = None
+    shards: int = 1
+    shard_by: str = ""  # "heads" or "sequence" when shards > 1
     kind: str = "header"  # tells a header line from a StepRecord line in a recording
 
     def label(self) -> str:
         """Model, device, attention backend, KV layout and the decode fast path, for the header."""
-        parts = [self.model, self.device, self.attention, self.kv_layout, *self.decode_path]
+        parts = [self.model, self.device, self.attention, self.kv_layout, *self.decode_path,
+                 f"{self.shards} shards by {self.shard_by}" if self.shards > 1 else ""]
         return " · ".join(p for p in parts if p)  # a recording without a header knows only some
 
     def to_dict(self) -> dict:
@@ -169,6 +196,8 @@ class StepRecord:
     decode_graph: list[int] | None = None
     record_time_s: float = 0.0  # of wall_time_s, the time spent building this record (what tracing costs)
     device_time_s: float | None = None  # the GPU's span of the forward pass (CUDA, not overlapped); else None
+    shards: list[ShardView] = field(default_factory=list)  # sharded engines: one per shard; else empty
+    comm: CommView | None = None  # sharded engines: the step's communication
 
     @property
     def num_query_tokens(self) -> int:
@@ -181,11 +210,14 @@ class StepRecord:
     def to_dict(self) -> dict:
         kv = self.kv
         data = asdict(replace(self, requests=[], sampled={},
-                              kv=replace(kv, block_tables={}, tokens={}, freed_blocks={})))
+                              kv=replace(kv, block_tables={}, tokens={}, freed_blocks={}),
+                              shards=[replace(s, block_tables={}) for s in self.shards]))
         data["requests"] = [asdict(view) for view in self.requests]
         data["sampled"] = dict(self.sampled)
         data["kv"].update(block_tables={k: list(v) for k, v in kv.block_tables.items()}, tokens=dict(kv.tokens),
                           freed_blocks={k: list(v) for k, v in kv.freed_blocks.items()})
+        for out, shard in zip(data["shards"], self.shards, strict=True):
+            out["block_tables"] = {k: list(v) for k, v in shard.block_tables.items()}
         return data
 
     @classmethod
@@ -198,4 +230,8 @@ class StepRecord:
         kv["freed_blocks"] = {k: tuple(v) for k, v in kv.get("freed_blocks", {}).items()}
         data["kv"] = KVView(**kv)
         data["memory"] = MemoryView(**data["memory"])
+        data["shards"] = [ShardView(**{**s, "block_tables": {k: tuple(v) for k, v in s["block_tables"].items()}})
+                          for s in data.get("shards", [])]
+        if data.get("comm") is not None:
+            data["comm"] = CommView(**data["comm"])
         return cls(**data)

@@ -1,0 +1,95 @@
+"""A worker rank's life: join the group, build its shard, run every step rank 0 sends, until stopped.
+
+Started by the driver (`python -m engine.distributed.worker`, the config in the environment) or by
+torchrun (through Engine, launcher.py). A failure is said in one line on stderr (the driver quotes
+it) and the exit code is 1.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import sys
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from ..config import EngineConfig
+from ..model import PRESETS
+from ..plugins.host import PluginHost
+from .comm import Comm, ShardFailure
+from .launcher import CONFIG_ENV, PROGRESS_KEY, READY_KEY, backend_for
+from .shard_runner import ShardRunner, StepPlan
+
+
+def serve(config: EngineConfig, store: dist.Store | None = None) -> None:
+    """The loop, once the process group is up: a plan in, the same forward pass, until a stop plan."""
+    rank = dist.get_rank()
+
+    def lost(exc: BaseException) -> str:
+        return f"rank {rank}: lost the other shards ({type(exc).__name__})"
+
+    runner = ShardRunner(config, PluginHost([], config, PRESETS[config.model].num_layers),
+                         Comm(rank, dist.get_world_size(), _device(config), lost))
+    while True:
+        plan = runner.comm.receive_plan()
+        assert isinstance(plan, StepPlan)
+        if plan.stop:
+            break
+        runner.run_plan(plan)
+        runner.comm.take()
+        if store is not None:
+            store.set(PROGRESS_KEY.format(rank), str(plan.step))
+
+
+def _device(config: EngineConfig) -> torch.device:
+    if config.device == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    local = int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count()
+    torch.cuda.set_device(local)
+    return torch.device("cuda", local)
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this process when its parent dies, however it dies (no orphan workers)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(os.environ.get("CBTUI_SHARD_PARENT", os.getppid())):
+        os._exit(1)  # the parent was gone before we asked
+
+
+def main() -> int:
+    _die_with_parent()
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    try:
+        config = EngineConfig(**json.loads(os.environ[CONFIG_ENV]))
+        timeout = timedelta(seconds=config.shard_timeout_s)
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, False,
+                              timeout=timeout)
+        store.set(READY_KEY.format(rank), "1")
+        device = _device(config)
+        dist.init_process_group(backend_for(device, world), store=store, rank=rank, world_size=world,
+                                timeout=timeout)
+        if device.type == "cpu" and config.model == "tiny":
+            torch.set_num_threads(1)  # as the driver does: the tiny model's ops are too small for threads
+        serve(config, store)
+    except ShardFailure as exc:
+        print(exc, file=sys.stderr, flush=True)
+        return 1
+    except Exception as exc:  # one line for the driver to quote
+        print(f"rank {rank}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+              file=sys.stderr, flush=True)
+        return 1
+    with_group = dist.is_initialized()
+    if with_group:
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,6 +8,7 @@ Rank 0 samples. close() (or garbage collection, or the process exiting) stops th
 
 from __future__ import annotations
 
+import functools
 import os
 import weakref
 
@@ -17,6 +18,7 @@ from ..config import EngineConfig
 from ..model import PRESETS
 from ..plugins.host import PluginHost
 from ..profiling.memory import process_rss_bytes
+from ..profiling.nvml import Nvml
 from ..records import CommView, IdKeyed, ScheduledItem, ShardView, StepRecord
 from ..request import Request
 from .comm import Comm, ShardFailure
@@ -64,10 +66,10 @@ class ShardedRunner(ShardRunner):
             group.kill()
             raise
         self._finalizer.detach()
-        self._finalizer = weakref.finalize(self, _stop, group, comm)
+        self._finalizer = weakref.finalize(self, functools.partial(_stop, group, comm))
         self._sent: dict[int, tuple[int, ...]] = {}  # the tables the workers hold
         self.step_comm: tuple[int, float, int] = (0, 0.0, 0)  # the last step's (bytes, seconds, collectives)
-        self._nvml = None
+        self._nvml: Nvml | None = None
 
     def run(self, items: list[ScheduledItem], tokens: list[list[int]], samples: list[bool],
             sampling: list[Request]):
@@ -113,6 +115,7 @@ class ShardedRunner(ShardRunner):
 
     def _shard_view(self, rank: int) -> ShardView:
         kv, device = self.kv, self._device_of(rank)
+        assert isinstance(kv, MirroredPagedKV)
         alloc = kv.allocator
         if isinstance(alloc, RoundRobinAllocator):
             per = alloc.blocks_per_shard
@@ -135,8 +138,6 @@ class ShardedRunner(ShardRunner):
         the GPU's used memory (NVML) on CUDA; 0 where neither can be read (torchrun on other nodes)."""
         if device.startswith("cuda"):
             if self._nvml is None:
-                from ..profiling.nvml import Nvml
-
                 self._nvml = Nvml()
             try:
                 return self._nvml.used(int(device.split(":")[1]))

@@ -13,12 +13,12 @@ same full hidden state. The embedding, final norm and lm_head stay whole on ever
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
-from ..model import DecoderModel, ModelSpec
+from ..model import DecoderLayer, DecoderModel, ModelSpec
 from .comm import Comm
 
 
@@ -33,22 +33,32 @@ def check_divisible(spec: ModelSpec, shards: int) -> None:
                              f"which {shards} shards cannot divide; use shards in {fits} or shard_by='sequence'")
 
 
-class RowParallelLinear(nn.Module):
+@dataclass(frozen=True)
+class ShardSpec(ModelSpec):
+    """A layer's view of the model on one shard: its head and MLP counts, the full head size."""
+
+    shard_head_dim: int = 0
+
+    @property
+    def head_dim(self) -> int:
+        return self.shard_head_dim
+
+
+class RowParallelLinear(nn.Linear):
     """A linear layer fed this shard's slice of its input: the partial products are summed over the
     shards (all-reduce), and the bias, if any, is added once (on rank 0)."""
 
     def __init__(self, full: nn.Linear, start: int, stop: int, comm: Comm):
-        super().__init__()
-        self.linear = nn.Linear(stop - start, full.out_features, bias=full.bias is not None and comm.rank == 0,
-                                device=full.weight.device, dtype=full.weight.dtype)
+        super().__init__(stop - start, full.out_features, bias=full.bias is not None and comm.rank == 0,
+                         device=full.weight.device, dtype=full.weight.dtype)
         with torch.no_grad():
-            self.linear.weight.copy_(full.weight[:, start:stop])
-            if self.linear.bias is not None and full.bias is not None:
-                self.linear.bias.copy_(full.bias)
+            self.weight.copy_(full.weight[:, start:stop])
+            if self.bias is not None and full.bias is not None:
+                self.bias.copy_(full.bias)
         self.comm = comm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.comm.all_reduce(self.linear(x))
+        return self.comm.all_reduce(super().forward(x))
 
 
 def _rows(full: nn.Linear, spans: list[tuple[int, int]]) -> nn.Linear:
@@ -69,10 +79,11 @@ def shard_by_heads(model: DecoderModel, comm: Comm) -> DecoderModel:
     check_divisible(spec, n)
     d, h, kvh, inter = spec.head_dim, spec.num_heads // n, spec.num_kv_heads // n, spec.intermediate_size // n
     q0, k0, v0 = 0, spec.num_heads * d, (spec.num_heads + spec.num_kv_heads) * d
-    # The layers read head counts from their spec; head_dim is pinned (the spec derives it from them).
-    local = SimpleNamespace(**{**{f: getattr(spec, f) for f in spec.__dataclass_fields__},
-                               "num_heads": h, "num_kv_heads": kvh, "intermediate_size": inter, "head_dim": d})
+    # The layers read head counts from their spec; head_dim is pinned (ModelSpec derives it from them).
+    local = ShardSpec(**{**asdict(spec), "num_heads": h, "num_kv_heads": kvh, "intermediate_size": inter},
+                      shard_head_dim=d)
     for layer in model.layers:
+        assert isinstance(layer, DecoderLayer)
         layer.qkv_proj = _rows(layer.qkv_proj, [(q0 + r * h * d, q0 + (r + 1) * h * d),
                                                 (k0 + r * kvh * d, k0 + (r + 1) * kvh * d),
                                                 (v0 + r * kvh * d, v0 + (r + 1) * kvh * d)])

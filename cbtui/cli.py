@@ -8,7 +8,7 @@ import sys
 import click
 import torch
 
-from engine.config import ATTENTION_BACKENDS, DEVICES, KV_LAYOUTS, MODELS
+from engine.config import ATTENTION_BACKENDS, DEVICES, KV_LAYOUTS, MODELS, SHARD_BY
 from engine.plugins.base import PluginAbort
 from engine.records.text import visible
 from scenarios import ScenarioError, builtin_names, load_scenario
@@ -238,6 +238,10 @@ def scenarios_cmd() -> None:
 @click.option("--model", type=click.Choice(MODELS), default=None)
 @click.option("--attention", type=click.Choice(ATTENTION_BACKENDS), default=None)
 @click.option("--kv-layout", type=click.Choice(KV_LAYOUTS), default=None)
+@click.option("--shards", type=click.IntRange(1, 8), default=None,
+              help="Shard the KV cache over this many processes (engine/distributed; 1: one device).")
+@click.option("--shard-by", type=click.Choice(SHARD_BY), default=None,
+              help="heads: tensor parallel; sequence: a request's blocks spread over the shards.")
 @click.option("--variant", default=None, help="Run one of the scenario's [compare] variants instead.")
 @click.option("--plugin", "plugins", multiple=True, metavar="SPEC",
               help="Add a plugin: a built-in name (priority, adaptive_batch, kv_int8), an entry point "
@@ -255,8 +259,8 @@ def scenarios_cmd() -> None:
 @click.option("--paused", is_flag=True, help="Dashboard: start paused.")
 @click.option("--speed", type=SPEED, default=None,
               help="Dashboard: steps per second (default 4).")
-def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention, kv_layout, variant, plugins,
-                 trust_plugins, metrics_out, trace_out, record_to, paused, speed):
+def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention, kv_layout, shards, shard_by,
+                 variant, plugins, trust_plugins, metrics_out, trace_out, record_to, paused, speed):
     """Run a scenario: a built-in NAME or a path to a .toml file."""
     if list_:
         _list_scenarios()
@@ -270,7 +274,8 @@ def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention
                               ("--trace-out", trace_out, check_trace_path)):
         if path is not None:
             _check_output(flag, path, headless or as_json, check)
-    overrides = dict(device=device, model=model, attention=attention, kv_layout=kv_layout)
+    overrides = dict(device=device, model=model, attention=attention, kv_layout=kv_layout, shards=shards,
+                     shard_by=shard_by)
     try:
         scenario = load_scenario(name, trust_plugins=trust_plugins)
         engine = scenario.build_engine(variant, plugins=plugins, **overrides)
@@ -281,6 +286,7 @@ def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention
     if header.device == "cpu" and header.model == "tiny":
         torch.set_num_threads(1)  # the tiny model's ops are too small for threads to pay off
     if headless or as_json:
+        from engine.distributed import ShardFailure
         from engine.engine import NoProgressError
         from engine.records.metrics import MetricsCollector
 
@@ -299,8 +305,11 @@ def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention
             else:
                 run.run()
             if scenario.variants and not as_json and not variant:
-                _print_comparison(scenario, run.totals, engine.has_unfinished(), overrides)
-        except NoProgressError as exc:
+                cut_short = engine.has_unfinished()
+                engine.close()  # a sharded run's workers stop before a variant starts its own
+                _print_comparison(scenario, run.totals, cut_short, overrides)
+        except (NoProgressError, ShardFailure) as exc:
+            engine.close()
             fail(str(exc))
         if recording is not None:
             recording.close()

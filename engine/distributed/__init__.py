@@ -16,6 +16,6 @@ to the workers (launcher.py starts them, or torchrun does; worker.py is their lo
 the run with a ShardFailure naming the rank (comm.py).
 """
 
-from .comm import ShardFailure
+from .errors import ShardFailure
 
 __all__ = ["ShardFailure"]

@@ -15,9 +15,7 @@ from collections.abc import Callable
 import torch
 import torch.distributed as dist
 
-
-class ShardFailure(RuntimeError):
-    """A shard's process died, crashed or stopped answering: one line, naming the rank."""
+from .errors import ShardFailure
 
 
 class Comm:

@@ -21,7 +21,8 @@ from ..profiling.memory import process_rss_bytes
 from ..profiling.nvml import Nvml
 from ..records import CommView, IdKeyed, ScheduledItem, ShardView, StepRecord
 from ..request import Request
-from .comm import Comm, ShardFailure
+from .comm import Comm
+from .errors import ShardFailure
 from .launcher import WorkerGroup
 from .mirror import MirroredPagedKV
 from .sequence_kv import RoundRobinAllocator

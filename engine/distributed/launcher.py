@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 
 from ..config import EngineConfig
-from .comm import ShardFailure
+from .errors import ShardFailure
 
 CONFIG_ENV = "CBTUI_SHARD_CONFIG"  # set for self-launched workers: the engine's config as JSON
 PROGRESS_KEY = "cbtui/progress/{}"  # the last step a worker finished, in the store

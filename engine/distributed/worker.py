@@ -20,7 +20,8 @@ import torch.distributed as dist
 from ..config import EngineConfig
 from ..model import PRESETS
 from ..plugins.host import PluginHost
-from .comm import Comm, ShardFailure
+from .comm import Comm
+from .errors import ShardFailure
 from .launcher import CONFIG_ENV, PROGRESS_KEY, READY_KEY, backend_for
 from .shard_runner import ShardRunner, StepPlan
 

@@ -123,11 +123,11 @@ class ShardedRunner(ShardRunner):
             free = len(alloc.shard_free[rank])
             low, high = rank * per, (rank + 1) * per
             tables = {rid: tuple(b - low for b in t if low <= b < high) for rid, t in alloc.tables.items()}
-            return ShardView(rank, device, per, per - free, free, kv.pool_bytes, self._memory(rank, device),
+            return ShardView(rank, device, per, per - free, free, kv.pool_bytes, self._memory(rank, device), low,
                              IdKeyed(tables))
         used = alloc.num_blocks - alloc.num_free  # heads: the same tables on every shard
         return ShardView(rank, device, alloc.num_blocks, used, alloc.num_free, kv.pool_bytes,
-                         self._memory(rank, device), IdKeyed(alloc.tables))
+                         self._memory(rank, device), 0, IdKeyed(alloc.tables))
 
     def _device_of(self, rank: int) -> str:
         if self.device.type != "cuda":

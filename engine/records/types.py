@@ -115,6 +115,9 @@ class ShardView:
     blocks_free: int
     pool_bytes: int  # what this shard's pool takes (heads: its heads of every block)
     memory_bytes: int  # the process's RSS on the CPU; the device's used memory (NVML) on a GPU
+    # Where this shard's blocks are in the step's KV view: blocks first_block .. first_block + num_blocks - 1
+    # (sequence: the shards' pools side by side); heads: 0, every shard holding every block of the view.
+    first_block: int = 0
     # request id -> the blocks this shard holds for it, numbered in this shard's pool, in sequence order
     block_tables: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 
@@ -155,8 +158,8 @@ class RunHeader:
 
     def label(self) -> str:
         """Model, device, attention backend, KV layout and the decode fast path, for the header."""
-        parts = [self.model, self.device, self.attention, self.kv_layout, *self.decode_path,
-                 f"{self.shards} shards by {self.shard_by}" if self.shards > 1 else ""]
+        shards = f"{self.shards} shards by {self.shard_by}" if self.shards > 1 else ""  # early: the header is narrow
+        parts = [self.model, shards, self.device, self.attention, self.kv_layout, *self.decode_path]
         return " · ".join(p for p in parts if p)  # a recording without a header knows only some
 
     def to_dict(self) -> dict:

@@ -9,6 +9,7 @@ is bounded (shard_timeout_s, and an alarm around each test).
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -21,6 +22,8 @@ import torch
 from helpers import exact_config, run_alone
 
 from engine import Engine
+from engine.records import StepRecord
+from engine.records.schema import check_record_json
 from engine.distributed import ShardFailure
 from engine.distributed.sequence_kv import RoundRobinAllocator
 from engine.distributed.split_attention import merge_partials, partial_attention
@@ -80,6 +83,7 @@ def test_two_shards_greedy_equals_one_device_alone(shard_by):
                 preempted += len(record.preempted)
                 assert record.comm is not None and (record.comm.bytes > 0) == bool(record.items)
                 assert len(record.shards) == 2
+                check_shard_views(record, shard_by)
             for spec in workload:
                 assert eng.requests[spec["request_id"]].output == run_alone(spec["prompt"], spec["max_new_tokens"]), \
                     (shard_by, spec)
@@ -88,6 +92,21 @@ def test_two_shards_greedy_equals_one_device_alone(shard_by):
     while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not alive(pid), "the worker outlived engine.close()"
+
+
+def check_shard_views(record: StepRecord, shard_by: str) -> None:
+    """The shards' pools add up to the step's KV view, and the record survives JSON."""
+    kv, shards = record.kv, record.shards
+    if shard_by == "heads":  # every shard holds its heads of every block: the same tables
+        assert all(dict(s.block_tables) == dict(kv.block_tables) and s.blocks_used == kv.blocks_used for s in shards)
+    else:  # each block on exactly one shard, in its own pool
+        assert sum(s.blocks_used for s in shards) == kv.blocks_used
+        for rid, table in kv.block_tables.items():
+            assert sorted(s.first_block + b for s in shards for b in s.block_tables.get(rid, ())) == sorted(table)
+    assert kv.pool_bytes == sum(s.pool_bytes for s in shards)
+    data = json.loads(json.dumps(record.to_dict()))
+    check_record_json(data)
+    assert StepRecord.from_dict(data).to_dict() == data
 
 
 def test_sequence_shards_hold_alternate_blocks_and_admission_asks_every_shard():
@@ -206,3 +225,58 @@ def test_no_worker_outlives_its_engine(ending, tmp_path):
     assert not alive(pid), f"worker {pid} outlived its engine ({ending})"
     proc.kill()
     proc.wait(timeout=10)
+
+
+LONG_RUN = """
+title = "long"
+description = "a long sharded run to kill a worker in"
+question = "Does a dead worker end the run?"
+[engine]
+model = "tiny"
+device = "cpu"
+shards = 2
+shard_by = "heads"
+shard_timeout_s = 20
+[[requests]]
+prompt_len = 8
+max_new_tokens = 4000
+"""
+
+
+def test_a_killed_worker_ends_a_headless_run_with_exit_code_2_and_one_line(tmp_path):
+    path = tmp_path / "long.toml"
+    path.write_text(LONG_RUN)
+    proc = subprocess.Popen([sys.executable, "-m", "cbtui", "scenario", str(path), "--headless"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    try:
+        worker, deadline = None, time.monotonic() + 60
+        while worker is None and time.monotonic() < deadline and proc.poll() is None:
+            worker = next((pid for pid in _children(proc.pid) if b"engine.distributed.worker" in _cmdline(pid)), None)
+            time.sleep(0.1)
+        assert worker is not None, "no worker process appeared"
+        time.sleep(2.0)  # mid-run: the model is built and steps are running
+        os.kill(worker, signal.SIGKILL)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    lines = err.strip().splitlines()
+    assert proc.returncode == 2, err
+    assert len(lines) == 1 and "rank 1" in lines[0] and "SIGKILL" in lines[0], err
+    assert not alive(worker)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""

@@ -280,3 +280,23 @@ def _cmdline(pid: int) -> bytes:
             return f.read()
     except OSError:
         return b""
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("shard_by", ["heads", "sequence"])
+def test_two_shards_on_cuda_equal_one_device(shard_by):
+    """2 shards on the GPU(s) there are (NCCL with one GPU each, else gloo through the host), float64:
+    the same greedy tokens as one device."""
+    rng = random.Random(7)
+    workload = random_workload(rng, 6, 0)
+    outputs = []
+    for shards in (1, 2):
+        config = exact_config(device="cuda", attention="sdpa", decode_graphs="off", block_size=4, num_blocks=12,
+                              max_tokens_per_step=24, prefill_chunk_size=8, shards=shards, shard_by=shard_by,
+                              shard_timeout_s=TIMEOUT_S)
+        with Engine(config) as eng:
+            for spec in workload:
+                eng.add_request(**spec)
+            eng.run_until_done()
+            outputs.append([eng.requests[spec["request_id"]].output for spec in workload])
+    assert outputs[0] == outputs[1]

@@ -23,7 +23,7 @@ from ..records import CommView, IdKeyed, ScheduledItem, ShardView, StepRecord
 from ..request import Request
 from .comm import Comm
 from .errors import ShardFailure
-from .launcher import WorkerGroup
+from .launcher import BUILT_KEY, WorkerGroup
 from .mirror import MirroredPagedKV
 from .sequence_kv import RoundRobinAllocator
 from .shard_runner import ShardRunner, StepPlan
@@ -63,6 +63,7 @@ class ShardedRunner(ShardRunner):
             raise SystemExit(0)
         try:
             super().__init__(config, plugins, comm)
+            group.wait_for(BUILT_KEY)  # every shard built: from here on each step has the collective timeout
         except BaseException:
             group.kill()
             raise

@@ -34,8 +34,12 @@ from .errors import ShardFailure
 
 CONFIG_ENV = "CBTUI_SHARD_CONFIG"  # set for self-launched workers: the engine's config as JSON
 PROGRESS_KEY = "cbtui/progress/{}"  # the last step a worker finished, in the store
-READY_KEY = "cbtui/ready/{}"
+READY_KEY = "cbtui/ready/{}"  # a worker reached the store (it is about to join the group)
+BUILT_KEY = "cbtui/built/{}"  # a worker has built its shard (its steps can start)
 STOP_WAIT_S = 5.0  # a worker asked to stop that has not exited by then is killed
+# Starting is not a step: importing torch and building a shard took 3-10 s on this project's busy 2-core
+# machine, far past a tight collective timeout. Starting has its own bound, with liveness checks.
+START_TIMEOUT_S = 180.0
 
 
 def backend_for(device: torch.device, shards: int) -> str:
@@ -77,10 +81,11 @@ class WorkerGroup:
             self.rank = dist.get_rank()
             return
         self.rank = 0
-        self.store = dist.TCPStore("127.0.0.1", 0, self.world, True, timeout=self.timeout, wait_for_workers=False)
+        self.store = dist.TCPStore("127.0.0.1", 0, self.world, True, timeout=timedelta(seconds=START_TIMEOUT_S),
+                                   wait_for_workers=False)
         try:
             self._spawn(self.store.port)
-            self._wait_ready()
+            self.wait_for(READY_KEY)
             dist.init_process_group(backend, store=self.store, rank=0, world_size=self.world, timeout=self.timeout)
         except BaseException:
             self.kill()
@@ -100,15 +105,17 @@ class WorkerGroup:
                 self.procs.append(subprocess.Popen([sys.executable, "-m", "engine.distributed.worker"], env=env,
                                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err))
 
-    def _wait_ready(self) -> None:
-        """Until every worker has reached the store, or one has died (its last words), or the timeout."""
-        assert self.store is not None
-        deadline = time.monotonic() + self.timeout.total_seconds()
-        keys = [READY_KEY.format(r) for r in range(1, self.world)]
+    def wait_for(self, key: str) -> None:
+        """Until every worker has set `key` in the store, or one has died (its last words), or
+        START_TIMEOUT_S. Nothing to wait for under torchrun (no store of ours): the first step waits."""
+        if self.store is None:
+            return
+        deadline = time.monotonic() + START_TIMEOUT_S
+        keys = [key.format(r) for r in range(1, self.world)]
         while not self.store.check(keys):
             self.check()
             if time.monotonic() > deadline:
-                raise ShardFailure(f"shard workers did not start within {self.config.shard_timeout_s:g} s")
+                raise ShardFailure(self.fail(f"shard workers did not start within {START_TIMEOUT_S:g} s"))
             time.sleep(0.02)
 
     @property

@@ -22,7 +22,7 @@ from ..model import PRESETS
 from ..plugins.host import PluginHost
 from .comm import Comm
 from .errors import ShardFailure
-from .launcher import CONFIG_ENV, PROGRESS_KEY, READY_KEY, backend_for
+from .launcher import BUILT_KEY, CONFIG_ENV, PROGRESS_KEY, READY_KEY, START_TIMEOUT_S, backend_for
 from .shard_runner import ShardRunner, StepPlan
 
 
@@ -35,6 +35,8 @@ def serve(config: EngineConfig, store: dist.Store | None = None) -> None:
 
     runner = ShardRunner(config, PluginHost([], config, PRESETS[config.model].num_layers),
                          Comm(rank, dist.get_world_size(), _device(config), lost))
+    if store is not None:
+        store.set(BUILT_KEY.format(rank), "1")
     while True:
         plan = runner.comm.receive_plan()
         assert isinstance(plan, StepPlan)
@@ -71,7 +73,7 @@ def main() -> int:
         config = EngineConfig(**json.loads(os.environ[CONFIG_ENV]))
         timeout = timedelta(seconds=config.shard_timeout_s)
         store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, False,
-                              timeout=timeout)
+                              timeout=timedelta(seconds=START_TIMEOUT_S))
         store.set(READY_KEY.format(rank), "1")
         device = _device(config)
         dist.init_process_group(backend_for(device, world), store=store, rank=rank, world_size=world,

@@ -22,11 +22,11 @@ import torch
 from helpers import exact_config, run_alone
 
 from engine import Engine
-from engine.records import StepRecord
-from engine.records.schema import check_record_json
 from engine.distributed import ShardFailure
 from engine.distributed.sequence_kv import RoundRobinAllocator
 from engine.distributed.split_attention import merge_partials, partial_attention
+from engine.records import StepRecord
+from engine.records.schema import check_record_json
 
 TIMEOUT_S = 20.0  # collectives; a test's alarm is a few times this
 

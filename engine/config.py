@@ -41,7 +41,7 @@ class EngineConfig:
     max_decode_per_step: int | None = None
     kv_layout: str = "paged"
     block_size: int = 16
-    num_blocks: int | None = None  # None: sized from the model and device
+    num_blocks: int | None = None  # None: sized from the model and device; sharded: each shard's pool
     attention: str = "auto"
     policy: str = "fcfs"
     static_batch_size: int = 8

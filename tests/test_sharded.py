@@ -111,14 +111,16 @@ def check_shard_views(record: StepRecord, shard_by: str) -> None:
 
 def test_sequence_shards_hold_alternate_blocks_and_admission_asks_every_shard():
     alloc = RoundRobinAllocator(shards=2, blocks_per_shard=3, block_size=4)
-    alloc.allocate(7, 12)  # blocks 0, 1, 2 of the request: shards 0, 1, 0
-    assert [alloc.shard_of(b) for b in alloc.tables[7]] == [0, 1, 0]
+    alloc.allocate(8, 12)  # blocks 0, 1, 2 of request 8: shards 0, 1, 0
+    assert [alloc.shard_of(b) for b in alloc.tables[8]] == [0, 1, 0]
     assert [len(f) for f in alloc.shard_free] == [1, 2]
-    # 2 more blocks would be one per shard: fits. 3 more would need 2 on shard 1... and 1 on shard 0: fits
-    assert alloc.can_allocate(7, 20)
+    assert alloc.can_allocate(8, 20)  # one more block, on shard 1
     # 4 more blocks: two on each shard, but shard 0 has one left: refused although 3 are free in all
-    assert alloc.num_free == 3 and not alloc.can_allocate(7, 28)
-    alloc.free(7)
+    assert alloc.num_free == 3 and not alloc.can_allocate(8, 28)
+    alloc.allocate(9, 4)  # the next request starts one shard further on
+    assert [alloc.shard_of(b) for b in alloc.tables[9]] == [1]
+    alloc.free(8)
+    alloc.free(9)
     assert [len(f) for f in alloc.shard_free] == [3, 3]
 
 

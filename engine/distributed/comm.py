@@ -35,7 +35,7 @@ class Comm:
         self.bytes, self.seconds, self.calls = 0, 0.0, 0
         return out
 
-    def _run(self, what: str, nbytes: int, fn: Callable[[], None]) -> None:
+    def _run(self, nbytes: int, fn: Callable[[], None]) -> None:
         start = time.perf_counter()
         try:
             fn()
@@ -51,30 +51,30 @@ class Comm:
         """Sums t over the shards, in place (row-parallel layers)."""
         if self.via_host:
             host = t.cpu()
-            self._run("all_reduce", host.nbytes, lambda: dist.all_reduce(host))
+            self._run(host.nbytes, lambda: dist.all_reduce(host))
             t.copy_(host)
         else:
-            self._run("all_reduce", t.nbytes, lambda: dist.all_reduce(t))
+            self._run(t.nbytes, lambda: dist.all_reduce(t))
         return t
 
     def all_gather(self, t: torch.Tensor) -> torch.Tensor:
         """Every shard's t, stacked: [world, *t.shape] (partial attention outputs)."""
         src = t.cpu() if self.via_host else t.contiguous()
         parts = [torch.empty_like(src) for _ in range(self.world)]
-        self._run("all_gather", src.nbytes * self.world, lambda: dist.all_gather(parts, src))
+        self._run(src.nbytes * self.world, lambda: dist.all_gather(parts, src))
         return torch.stack(parts).to(t.device)
 
     def send_plan(self, plan: object) -> None:
         """Rank 0: the step's plan (plain Python data) to every worker: its length, then its bytes."""
         payload = torch.frombuffer(bytearray(pickle.dumps(plan, protocol=pickle.HIGHEST_PROTOCOL)), dtype=torch.uint8)
         size = torch.tensor([payload.numel()], dtype=torch.long)
-        self._run("broadcast", size.nbytes, lambda: dist.broadcast(size, src=0))
-        self._run("broadcast", payload.nbytes, lambda: dist.broadcast(payload, src=0))
+        self._run(size.nbytes, lambda: dist.broadcast(size, src=0))
+        self._run(payload.nbytes, lambda: dist.broadcast(payload, src=0))
 
     def receive_plan(self) -> object:
         """A worker: the next plan rank 0 sends."""
         size = torch.zeros(1, dtype=torch.long)
-        self._run("broadcast", size.nbytes, lambda: dist.broadcast(size, src=0))
+        self._run(size.nbytes, lambda: dist.broadcast(size, src=0))
         payload = torch.empty(int(size.item()), dtype=torch.uint8)
-        self._run("broadcast", payload.nbytes, lambda: dist.broadcast(payload, src=0))
+        self._run(payload.nbytes, lambda: dist.broadcast(payload, src=0))
         return pickle.loads(payload.numpy().tobytes())  # from rank 0 of our own process group, no one else

@@ -1,8 +1,9 @@
 """Sequence sharding: a request's KV blocks dealt round-robin over the shards, each with its pool.
 
-Block j of a request (positions j*B .. j*B+B-1) lives on shard j % N, in a block from that shard's
-own free list. Block ids in the tables are global, shard * blocks_per_shard + local block, so one
-table says where every position is, which shard holds it and where in that shard's pool; the
+Block j of request r (positions j*B .. j*B+B-1) lives on shard (r + j) % N, in a block from that
+shard's own free list: round-robin, each request starting one shard further on, so that first
+blocks (every request has one) do not all land on shard 0. Block ids in the tables are global,
+shard * blocks_per_shard + local block, so one table says where every position is, which shard holds it and where in that shard's pool; the
 driver's scheduler sees one allocator (admission and preemption ask every shard for its blocks),
 and the records draw one pool per shard from the same tables.
 """
@@ -21,7 +22,7 @@ from .split_attention import merge_partials, partial_attention
 
 
 class RoundRobinAllocator(PagedAllocator):
-    """N free lists of blocks_per_shard blocks; a request's block j comes from shard j % N."""
+    """N free lists of blocks_per_shard blocks; request r's block j comes from shard (r + j) % N."""
 
     def __init__(self, shards: int, blocks_per_shard: int, block_size: int):
         super().__init__(shards * blocks_per_shard, block_size)
@@ -37,7 +38,7 @@ class RoundRobinAllocator(PagedAllocator):
         have = len(self.tables.get(request_id, ()))
         counts = [0] * self.shards
         for j in range(have, have + self.blocks_needed(request_id, num_tokens)):
-            counts[j % self.shards] += 1
+            counts[(request_id + j) % self.shards] += 1
         return counts
 
     def can_allocate(self, request_id: int, num_tokens: int) -> bool:
@@ -50,7 +51,7 @@ class RoundRobinAllocator(PagedAllocator):
                                                          self.shard_free, strict=True)) if n > len(free)]
             raise MemoryError(f"request {request_id} needs more blocks than shard {short[0]} has free")
         have = len(self.tables.get(request_id, ()))
-        new = [self.shard_free[j % self.shards].popleft()
+        new = [self.shard_free[(request_id + j) % self.shards].popleft()
                for j in range(have, have + self.blocks_needed(request_id, num_tokens))]
         if new:
             self.tables[request_id] = self.tables.get(request_id, ()) + tuple(new)
@@ -107,7 +108,12 @@ class SequenceShardCache(MirroredPagedKV):
 
 
 class SplitKVAttention:
-    """A layer's attention on one shard: its partial over its own keys, all-gathered, merged by lse."""
+    """A layer's attention on one shard: its partial over its own keys, all-gathered, merged by lse.
+
+    Every shard runs the whole model on the step's tokens (the queries go to every shard; only the
+    KV is split), so every shard merges the gathered partials the same way: rank 0's merge feeds the
+    tokens it samples, the others' feed their next layer. One all-gather per layer instead of a
+    gather to rank 0 and a broadcast back."""
 
     def __init__(self, comm: Comm):
         self.comm = comm

@@ -3,9 +3,10 @@
 Block j of request r (positions j*B .. j*B+B-1) lives on shard (r + j) % N, in a block from that
 shard's own free list: round-robin, each request starting one shard further on, so that first
 blocks (every request has one) do not all land on shard 0. Block ids in the tables are global,
-shard * blocks_per_shard + local block, so one table says where every position is, which shard holds it and where in that shard's pool; the
-driver's scheduler sees one allocator (admission and preemption ask every shard for its blocks),
-and the records draw one pool per shard from the same tables.
+shard * blocks_per_shard + local block, so one table says where every position is, which shard
+holds it and where in that shard's pool; the driver's scheduler sees one allocator (admission and
+preemption ask every shard for its blocks), and the records draw one pool per shard from the same
+tables.
 """
 
 from __future__ import annotations

@@ -302,3 +302,17 @@ def test_two_shards_on_cuda_equal_one_device(shard_by):
             eng.run_until_done()
             outputs.append([eng.requests[spec["request_id"]].output for spec in workload])
     assert outputs[0] == outputs[1]
+
+
+def test_an_engine_built_in_a_thread_that_ends_keeps_its_workers():
+    """The workers watch their parent process, not the thread that started them."""
+    import threading
+
+    built: list[Engine] = []
+    thread = threading.Thread(target=lambda: built.append(sharded("heads", num_blocks=16)))
+    thread.start()
+    thread.join(timeout=100)
+    with built[0] as eng:
+        time.sleep(1.0)  # time for a thread-bound death signal to land, were there one
+        rid = eng.add_request([5, 6, 7], max_new_tokens=3)
+        assert eng.run_until_done()[rid] == run_alone([5, 6, 7], 3)

@@ -5,7 +5,7 @@ Two ways in, one code path after the rendezvous:
   the OS picks, so nothing races for it), starts ranks 1..N-1 as `python -m engine.distributed.worker`
   with the rendezvous and the config in their environment, and owns them: they stop when the
   engine is closed or garbage-collected and when this process exits (weakref.finalize runs at
-  exit too); a worker also dies with its parent (PR_SET_PDEATHSIG), so none is orphaned.
+  exit too); a worker also ends when its parent dies (worker.py watches), so none is orphaned.
 - torchrun (`torchrun --nproc-per-node 2 -m cbtui ...`, any number of nodes): every rank runs the
   same command; RANK/WORLD_SIZE/MASTER_ADDR come from the environment; rank 0 goes on as the
   driver and the other ranks serve until it stops them.

@@ -7,11 +7,11 @@ it) and the exit code is 1.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
-import signal
 import sys
+import threading
+import time
 from datetime import timedelta
 
 import torch
@@ -24,6 +24,8 @@ from .comm import Comm
 from .errors import ShardFailure
 from .launcher import BUILT_KEY, CONFIG_ENV, PROGRESS_KEY, READY_KEY, START_TIMEOUT_S, backend_for
 from .shard_runner import ShardRunner, StepPlan
+
+PARENT_POLL_S = 0.25
 
 
 def serve(config: EngineConfig, store: dist.Store | None = None) -> None:
@@ -57,13 +59,18 @@ def _device(config: EngineConfig) -> torch.device:
 
 
 def _die_with_parent() -> None:
-    """Linux: SIGKILL this process when its parent dies, however it dies (no orphan workers)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != int(os.environ.get("CBTUI_SHARD_PARENT", os.getppid())):
-        os._exit(1)  # the parent was gone before we asked
+    """Ends this process soon after its parent dies, however it dies (no orphan workers): a thread
+    that watches for being re-parented. Not PR_SET_PDEATHSIG, which fires when the parent *thread*
+    ends: an engine built in a short-lived thread would lose its workers with it. (A collective
+    also fails at once when the driver's sockets close; this covers a worker between steps.)"""
+    parent = int(os.environ.get("CBTUI_SHARD_PARENT", os.getppid()))
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def main() -> int:

@@ -105,10 +105,10 @@ def sharded_text(kv: KVView, shards: list[ShardView], width: int, rows: int, sel
         mine = cells[shard.first_block:shard.first_block + shard.num_blocks]
         grid, group = _grid(mine, width, per_shard, selected, no_color)
         title = Text.assemble((f"shard {shard.rank} ", "bold"), (f"{shard.device} ", "dim"),
-                              f"{shard.blocks_used}/{shard.num_blocks}", (" used  ", "dim"),
-                              human_bytes(shard.pool_bytes), (" KV", "dim"))
-        if group > 1:
-            title.append(f"  1 cell = {group}", style="dim")
+                              f"{shard.blocks_used}/{shard.num_blocks}", (" used ", "dim"),
+                              human_bytes(shard.pool_bytes))
+        if group > 1:  # the panel is narrow: blocks per cell in a few characters
+            title.append(f" {group}/cell", style="dim")
         parts += [title, grid]
     if kv.freed:
         parts.append(Text(f"{FREED_GLYPH} freed: {', '.join(map(str, kv.freed))}", style="bold"))

@@ -277,8 +277,8 @@ class DashboardApp(App[None]):
         if panel.border_title != budget:
             panel.border_title = budget
         self._draw_mask(record)
-        self.query_one(KVGrid).show(record.kv if record else None, self.selected)
-        self.query_one(MemoryPanel).show_step(record.memory if record else None)
+        self.query_one(KVGrid).show(record.kv if record else None, self.selected, record.shards if record else None)
+        self.query_one(MemoryPanel).show_step(record.memory if record else None, record.shards if record else None)
         if record is not None:
             self.query_one(RequestsTable).show(record.requests)
 

@@ -8,7 +8,7 @@ import sys
 import click
 import torch
 
-from engine.config import ATTENTION_BACKENDS, DEVICES, KV_LAYOUTS, MODELS, SPECULATIVE
+from engine.config import ATTENTION_BACKENDS, DEVICES, KV_LAYOUTS, MODELS, SHARD_BY, SPECULATIVE
 from engine.plugins.base import PluginAbort
 from engine.records.text import visible
 from scenarios import ScenarioError, builtin_names, load_scenario
@@ -284,6 +284,10 @@ def scenarios_cmd() -> None:
 @click.option("--no-prefix-caching", is_flag=True,
               help="Compute every prompt in full: no KV blocks shared between requests (prefix caching is on "
                    "by default with the paged layout).")
+@click.option("--shards", type=click.IntRange(1, 8), default=None,
+              help="Shard the KV cache over this many processes (engine/distributed; 1: one device).")
+@click.option("--shard-by", type=click.Choice(SHARD_BY), default=None,
+              help="heads: tensor parallel; sequence: a request's blocks spread over the shards.")
 @click.option("--variant", default=None, help="Run one of the scenario's [compare] variants instead.")
 @click.option("--plugin", "plugins", multiple=True, metavar="SPEC",
               help="Add a plugin: a built-in name (priority, adaptive_batch, kv_int8, adaptive_speculation), an "
@@ -310,8 +314,8 @@ def scenarios_cmd() -> None:
               help="Dashboard: pause on the step where SPEC fires: preempt, preempt:N, finish, admit, "
                    "step:N, kv-free<K, wait>K, error. Repeatable; b in the app adds more.")
 def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention, kv_layout, speculative,
-                 no_prefix_caching, variant, plugins, without, trust_plugins, metrics_out, trace_out, record_to, events,
-                 paused, speed, break_on):
+                 no_prefix_caching, shards, shard_by, variant, plugins, without, trust_plugins, metrics_out, trace_out,
+                 record_to, events, paused, speed, break_on):
     """Run a scenario: a built-in NAME or a path to a .toml file."""
     if list_:
         _list_scenarios()
@@ -338,7 +342,7 @@ def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention
         if path is not None:
             _check_output(flag, path, headless or as_json, check)
     overrides = dict(device=device, model=model, attention=attention, kv_layout=kv_layout, speculative=speculative,
-                     prefix_caching=False if no_prefix_caching else None)
+                     prefix_caching=False if no_prefix_caching else None, shards=shards, shard_by=shard_by)
     try:
         scenario = without_plugins(load_scenario(name, trust_plugins=trust_plugins), without)
         engine = scenario.build_engine(variant, plugins=plugins, **overrides)
@@ -349,6 +353,7 @@ def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention
     if header.device == "cpu" and header.model == "tiny":
         torch.set_num_threads(1)  # the tiny model's ops are too small for threads to pay off
     if headless or as_json:
+        from engine.distributed import ShardFailure
         from engine.engine import NoProgressError
         from engine.records.metrics import MetricsCollector
 
@@ -367,8 +372,11 @@ def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention
             else:
                 run.run()
             if scenario.variants and not as_json and not variant:
-                _print_comparison(scenario, run.totals, engine.has_unfinished(), overrides)
-        except NoProgressError as exc:
+                cut_short = engine.has_unfinished()
+                engine.close()  # a sharded run's workers stop before a variant starts its own
+                _print_comparison(scenario, run.totals, cut_short, overrides)
+        except (NoProgressError, ShardFailure) as exc:
+            engine.close()
             fail(str(exc))
         if recording is not None:
             recording.close()

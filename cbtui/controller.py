@@ -175,6 +175,9 @@ class EngineController:
         if self._rebuild is None:
             return
         self._pending_steps = 0
+        close = getattr(self._engine, "close", None)
+        if close is not None:
+            close()  # a sharded engine's workers stop before the new engine starts its own
         try:
             self._engine = self._rebuild()
         except Exception as exc:  # a scenario that cannot be rebuilt: report it, keep running

@@ -28,9 +28,14 @@ from .event_lines import event_lines
 def step_line(rec: StepRecord) -> str:
     drafts = rec.draft_tokens  # speculation: of the decode tokens, drafts verified (and accepted)
     spec = f" (drafts {drafts:>3}, {rec.accepted_tokens:>3} ok)" if drafts else ""
-    return (f"step {rec.step:>4} | decode {rec.decode_tokens:>4}{spec} prefill {rec.prefill_tokens:>4} "
+    line = (f"step {rec.step:>4} | decode {rec.decode_tokens:>4}{spec} prefill {rec.prefill_tokens:>4} "
             f"unused {rec.unused_tokens:>4} | running {rec.running:>3} waiting {rec.waiting:>3} "
             f"finished {rec.finished_total:>3}")
+    if rec.shards:  # sharded: each shard's blocks in use, and what the shards sent each other
+        used = " ".join(f"{s.blocks_used}/{s.num_blocks}" for s in rec.shards)
+        sent = rec.comm.bytes if rec.comm is not None else 0
+        line += f" | shard KV {used} | comm {sent / 1024:.1f} KiB"
+    return line
 
 
 class HeadlessRun:

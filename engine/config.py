@@ -15,6 +15,7 @@ DECODE_ATTENTION = ("auto", "triton", "gather")
 DTYPES = ("auto", "float32", "float64", "bfloat16")
 SPECULATIVE = ("off", "ngram", "draft")  # "off" is None, for files and command lines that cannot write None
 MAX_SPECULATIVE_TOKENS = 16
+SHARD_BY = ("heads", "sequence")
 MAX_SEED = 2**32 - 1
 
 
@@ -43,7 +44,7 @@ class EngineConfig:
     max_decode_per_step: int | None = None
     kv_layout: str = "paged"
     block_size: int = 16
-    num_blocks: int | None = None  # None: sized from the model and device
+    num_blocks: int | None = None  # None: sized from the model and device; sharded: each shard's pool
     attention: str = "auto"
     policy: str = "fcfs"
     static_batch_size: int = 8
@@ -70,6 +71,13 @@ class EngineConfig:
     # Requests share the KV blocks of a common prompt prefix (kv/prefix_cache.py). None: on for the
     # paged layout, off for dense (which has no blocks to share).
     prefix_caching: bool | None = None
+    # KV sharded over processes on torch.distributed (engine/distributed): one process per shard,
+    # rank 0 (this process) drives. heads: tensor parallel, each shard holds its share of the heads
+    # (and of the MLP) for every block; sequence: a request's blocks spread over the shards, each
+    # shard's partial attention merged by log-sum-exp.
+    shards: int = 1
+    shard_by: str = "heads"
+    shard_timeout_s: float = 60.0  # a collective that waits longer than this ends the run (a hung worker)
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
@@ -98,6 +106,13 @@ class EngineConfig:
         _check_int("eos_token_id", self.eos_token_id, 0, optional=True)
         if not isinstance(self.ignore_eos, bool):
             raise ValueError(f"ignore_eos={self.ignore_eos!r} must be true or false")
+        _check_int("shards", self.shards, 1, high=64)
+        _check_choice("shard_by", self.shard_by, SHARD_BY)
+        if (isinstance(self.shard_timeout_s, bool) or not isinstance(self.shard_timeout_s, (int, float))
+                or not 0.5 <= self.shard_timeout_s <= 3600):
+            raise ValueError(f"shard_timeout_s={self.shard_timeout_s!r} must be a number of seconds in 0.5..3600")
+        if self.shards > 1:
+            self._check_shardable()
         if not isinstance(self.overlap_steps, bool):
             raise ValueError(f"overlap_steps={self.overlap_steps!r} must be true or false")
         if self.prefix_caching is not None and not isinstance(self.prefix_caching, bool):
@@ -122,8 +137,30 @@ class EngineConfig:
 
     @property
     def caches_prefixes(self) -> bool:
-        """Whether prefix caching is on, None resolved by the KV layout."""
-        return self.kv_layout == "paged" if self.prefix_caching is None else self.prefix_caching
+        """Whether prefix caching is on, None resolved by the KV layout (and off for a sharded run)."""
+        if self.prefix_caching is None:
+            return self.kv_layout == "paged" and self.shards == 1
+        return self.prefix_caching
+
+    def _check_shardable(self) -> None:
+        """Settings a sharded run cannot honour, refused in one line each."""
+        if self.kv_layout != "paged":
+            raise ValueError(f"shards={self.shards} needs kv_layout='paged' (blocks are what the shards hold); "
+                             f"use kv_layout='paged' or shards=1")
+        if self.overlap_steps:
+            raise ValueError(f"shards={self.shards} cannot overlap steps; use overlap_steps=False or shards=1")
+        if self.decode_graphs == "on":
+            raise ValueError(f"shards={self.shards} runs decodes eagerly (a collective per layer); use "
+                             f"decode_graphs='auto' or 'off'")
+        # Not built yet for shards: the pools would have to share named blocks, the draft model its shards.
+        if self.prefix_caching:
+            raise ValueError(f"shards={self.shards} does not share prefix blocks yet; use prefix_caching=False or "
+                             f"shards=1")
+        if self.speculative not in (None, "off"):
+            raise ValueError(f"shards={self.shards} does not verify drafts yet; use speculative=None or shards=1")
+        if self.model not in DRAFT_MODELS:  # every random preset
+            raise ValueError(f"shards={self.shards} runs the random presets ({', '.join(MODELS)}); a checkpoint "
+                             f"({self.model}) runs with shards=1")
 
     @classmethod
     def field_names(cls) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import time
+from typing import TYPE_CHECKING
 
 from .checkpoint import eos_token_ids, is_preset, model_spec
 from .config import EngineConfig
@@ -27,6 +28,9 @@ from .scheduler import SchedulePlan, Scheduler
 from .speculation.acceptance import Proposal
 from .speculation.speculator import make_speculator
 from .tokenizer import ByteTokenizer, tokenizer_for
+
+if TYPE_CHECKING:
+    from .distributed.driver import ShardedRunner
 
 STALL_STEPS = 4  # steps in a row with nothing scheduled (and nothing still to arrive) that end a run
 
@@ -63,7 +67,14 @@ class Engine:
                              f"(for 'tiny': 'micro' or 'tiny')")
         self.tokenizer = tokenizer_for(config.model)  # bytes for a preset, the checkpoint's tokenizer.json
         self.plugins = PluginHost(list(plugins or []), config, spec.num_layers)
-        self.runner = ModelRunner(config, self.plugins)
+        self.sharded: ShardedRunner | None = None  # KV sharded over worker processes (engine/distributed)
+        if config.shards > 1:
+            from .distributed.driver import ShardedRunner
+
+            self.runner: ModelRunner = ShardedRunner(config, self.plugins)
+            self.sharded = self.runner
+        else:
+            self.runner = ModelRunner(config, self.plugins)
         self.speculator = make_speculator(config, self.runner.kv, self.runner.device, self.runner.dtype,
                                           self.runner.attention)
         self.scheduler = Scheduler(config, self.runner.kv, stop_ids, self.speculator)
@@ -90,6 +101,17 @@ class Engine:
                              f"{config.model!r} ends sequences at token {min(ids)}; set ignore_eos=True")
         return ids
 
+    def close(self) -> None:
+        """Stops the engine's worker processes, if it has any (sharded); idempotent. Garbage collection
+        and the process's exit do it too."""
+        self.runner.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def header(self, title: str = "", description: str = "", question: str = "",
                variant: str | None = None) -> RunHeader:
         """The run's settings as resolved (device, dtype, backend, fast path), plus what the caller says
@@ -104,7 +126,8 @@ class Engine:
                          decode_path=r.decode_path(),
                          plugins=[p.name for p in self.plugins.plugins], title=title,
                          speculative=self._speculative_label(),
-                         description=description, question=question, variant=variant)
+                         description=description, question=question, variant=variant,
+                         shards=c.shards, shard_by=c.shard_by if c.shards > 1 else "")
 
     def _speculative_label(self) -> str:
         c = self.config
@@ -179,6 +202,8 @@ class Engine:
         record = self.recorder.record(step, plan, items, done.finishing, sampled, len(self.pending))
         if kept:
             record.kept_drafts = IdKeyed({r.id: good for r, good in kept.items() if good})
+        if self.sharded is not None:
+            self.sharded.describe(record)  # per-shard pools and memory, the step's communication
         self.plugins.after_step(state, record)
         record.annotations = state.annotations + self.plugins.descriptions()
         record.errors = self.plugins.take_errors()

@@ -97,17 +97,14 @@ class ModelRunner:
         self.attention = get_backend(self.attention_name)
         self.spec = s = model_spec(config.model)
         self.decode_attention = choose_decode_attention(config.decode_attention, self.device, self.dtype, s.head_dim)
-        self.model = (build_model(config.model, config.seed, self.device, self.dtype) if is_preset(config.model)
-                      else load_checkpoint(config.model, self.device, self.dtype))
+        self.model = self._build_model()
         self.weight_bytes = self.model.weight_bytes()
         self.kv: PagedKVCache | DenseKVCache
         if config.kv_layout == "paged":
             bytes_per_token = kv_bytes_per_token(s.num_layers, s.num_kv_heads, s.head_dim, self.dtype)
             self.num_blocks = config.num_blocks or default_num_blocks(config, self.device, bytes_per_token)
             check_pool_fits(self.num_blocks, config.block_size, bytes_per_token, self.device)
-            self.kv = PagedKVCache(s.num_layers, s.num_kv_heads, s.head_dim, self.dtype, self.device,
-                                   self.num_blocks, config.block_size, s.max_context,
-                                   spare_block=self._graphs_configured(), prefix_caching=config.caches_prefixes)
+            self.kv = self._paged_cache(self.num_blocks)
         else:
             self.num_blocks = 0
             self.kv = DenseKVCache(s.num_layers, s.num_kv_heads, s.head_dim, self.dtype, self.device)
@@ -118,6 +115,21 @@ class ModelRunner:
         self.device_timer = DeviceTimer() if self.device.type == "cuda" and not config.overlap_steps else None
         self.generators: dict[int, torch.Generator] = {}  # request id -> its sampler (temperature > 0)
         self._previous: DeviceTokens | None = None  # overlap: the last step's tokens, still on the device
+
+    # Override points for one shard's runner (engine/distributed): its share of the model, its pool.
+    def _build_model(self):
+        c = self.config
+        return (build_model(c.model, c.seed, self.device, self.dtype) if is_preset(c.model)
+                else load_checkpoint(c.model, self.device, self.dtype))
+
+    def _paged_cache(self, num_blocks: int) -> PagedKVCache:
+        s = self.spec
+        return PagedKVCache(s.num_layers, s.num_kv_heads, s.head_dim, self.dtype, self.device, num_blocks,
+                            self.config.block_size, s.max_context, spare_block=self._graphs_configured(),
+                            prefix_caching=self.config.caches_prefixes)
+
+    def close(self) -> None:
+        """Nothing to stop on one device (a sharded runner stops its worker processes)."""
 
     def _layer_attention(self, per_layer: list) -> list:
         """Decodes read the paged pool directly when nothing stands between the model and the pool:

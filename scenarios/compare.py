@@ -22,11 +22,14 @@ def iter_records(scenario: Scenario, variant: str | None = None, max_steps: int 
     """Runs the scenario (or one variant) to the end, handing out each StepRecord as it comes."""
     engine = scenario.build_engine(variant, **overrides)
     steps = 0
-    while engine.has_unfinished() and steps < max_steps:
-        record = engine.step()
-        if record is not None:  # None only from an overlapped engine, which a scenario never builds
-            steps += 1
-            yield record
+    try:
+        while engine.has_unfinished() and steps < max_steps:
+            record = engine.step()
+            if record is not None:  # None only from an overlapped engine, which a scenario never builds
+                steps += 1
+                yield record
+    finally:
+        engine.close()  # a sharded variant's workers stop here, before the next variant starts its own
 
 
 def run_records(scenario: Scenario, variant: str | None = None, max_steps: int = MAX_COMPARE_STEPS,

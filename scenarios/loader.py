@@ -42,6 +42,7 @@ from engine.config import (
     MAX_SPECULATIVE_TOKENS,
     MODELS,
     POLICIES,
+    SHARD_BY,
     SPECULATIVE,
 )
 from engine.plugins.base import check_plugin_config, is_module_spec, load_plugin
@@ -57,10 +58,12 @@ TOP_KEYS = ("title", "summary", "description", "question", "seed", "engine", "re
 PLUGIN_KEYS = ("name", "options")
 ENGINE_KEYS = tuple(EngineConfig.field_names())
 ENGINE_CHOICES = {"device": DEVICES, "kv_layout": KV_LAYOUTS, "attention": ATTENTION_BACKENDS,
-                  "policy": POLICIES, "dtype": DTYPES, "speculative": SPECULATIVE, "draft_model": DRAFT_MODELS}
+                  "policy": POLICIES, "dtype": DTYPES, "speculative": SPECULATIVE, "draft_model": DRAFT_MODELS,
+                  "shard_by": SHARD_BY}
 MAX_BATCH_TOKENS = 1 << 20  # upper bound for token counts per step (budget, chunk, decode cap)
 MAX_POOL_TOKENS = 1 << 20  # num_blocks * block_size: keeps a typo from allocating gigabytes
 MAX_VARIANTS = 8
+MAX_SHARDS = 8  # worker processes a scenario may start
 SUMMARY_WIDTH = 72
 
 
@@ -228,7 +231,7 @@ def _check_engine(check: Checker, settings: dict) -> EngineConfig:
     ranges = {"max_tokens_per_step": MAX_BATCH_TOKENS, "prefill_chunk_size": MAX_BATCH_TOKENS,
               "max_decode_per_step": MAX_BATCH_TOKENS, "block_size": spec.max_context,
               "num_blocks": MAX_POOL_TOKENS, "static_batch_size": MAX_REQUESTS,
-              "num_speculative_tokens": MAX_SPECULATIVE_TOKENS}
+              "num_speculative_tokens": MAX_SPECULATIVE_TOKENS, "shards": MAX_SHARDS}
     for key, high in ranges.items():
         if key in settings:
             check.check_int(settings[key], key, 1, high)
@@ -274,6 +277,8 @@ def _block_need(config: EngineConfig):
         if config.kv_layout != "paged" or config.num_blocks is None:
             return None  # dense grows on demand; the default pool holds eight full contexts
         blocks = -(-total // config.block_size)
+        if config.shards > 1 and config.shard_by == "sequence":  # its blocks are dealt over the shards
+            blocks = -(-blocks // config.shards)
         if blocks > config.num_blocks:
             return (f"a request of {total} tokens needs {blocks} KV blocks of {config.block_size}, but "
                     f"num_blocks = {config.num_blocks}; raise num_blocks or shorten the request")

@@ -23,6 +23,9 @@ from engine import Engine, EngineConfig
     ("dtype", "int8", "float32"),
     ("device", "tpu", "cpu"),
     ("seed", 2**62, "0..4294967295"),
+    ("shards", 0, "1..64"),
+    ("shard_by", "layers", "heads, sequence"),
+    ("shard_timeout_s", 0, "0.5..3600"),
 ])
 def test_config_rejects(field, value, words):
     with pytest.raises(ValueError) as err:
@@ -112,3 +115,10 @@ def test_cli_bad_override_is_one_line_exit_2():
     res = cli("scenario", "mixed_load", "--headless", "--attention", "warp")
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and "'warp' is not one of" in res.stderr
+
+
+def test_cli_shards_that_cannot_divide_the_heads_are_one_line_exit_2():
+    res = cli("scenario", "sharded_kv", "--headless", "--shards", "4", "--shard-by", "heads")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "shards=4 with shard_by='heads'" in lines[0] and "2 KV heads" in lines[0], res.stderr

@@ -12,3 +12,23 @@ def test_freed_blocks_are_marked_even_on_the_first_record():
     assert [c.freed_by for c in cells[:2]] == [done, done] and cells[0].owner is None
     assert cells[2].owner == live and cells[3].owner == live and 0 < cells[3].fill < 1  # 5 of 8 slots
     assert all(c.owner is None and c.freed_by is None for c in cells[4:])
+
+
+def test_a_sharded_record_draws_one_pool_per_shard_a_request_in_its_colour_on_each():
+    from rich.style import Style
+
+    from cbtui.colors import request_color
+    from cbtui.widgets.kv_grid import sharded_text
+    from engine.records import KVView, ShardView
+
+    # by sequence: request 3's blocks alternate between shard 0 (blocks 0-3) and shard 1 (4-7)
+    kv = KVView("paged", 4, 8, 4, 4, {"3": (0, 4, 1, 5)}, {"3": 14}, [], 64, 512)
+    shards = [ShardView(r, "cpu", 4, 2, 2, 256, 1 << 20, 4 * r, {"3": (0, 1)}) for r in range(2)]
+    text = sharded_text(kv, shards, width=12, rows=6, selected=None, no_color=False)
+    lines = text.plain.split("\n")
+    assert lines[0].startswith("shard 0 cpu 2/4 used") and lines[2].startswith("shard 1 cpu 2/4 used")
+    colour = Style(color=request_color(3).hex)
+    owned = [text.plain[s.start:s.end] for s in text.spans if Style.parse(str(s.style)).color == colour.color]
+    assert len(owned) == 2  # one run of its blocks in each shard's grid
+    assert lines[1].split() == ["██", "██", "··", "··"]  # logical blocks 0 and 2 (full)
+    assert lines[3].split() == ["██", "▄▄", "··", "··"]  # logical blocks 1 (full) and 3 (2 of 4 tokens)

@@ -54,6 +54,10 @@ def comparable(rec) -> dict:
     data = rec.to_dict()
     for measured in ("wall_time_s", "record_time_s", "device_time_s", "memory"):
         data.pop(measured)
+    for shard in data["shards"]:  # sharded runs: each shard's process memory, time in collectives
+        shard.pop("memory_bytes")
+    if data["comm"] is not None:
+        data["comm"].pop("seconds")
     return data
 
 

@@ -160,7 +160,7 @@ def test_terminal_viewer_follows_steps_history_selection_restart_and_end(tmp_pat
         viewer = WatchApp(session, Following(session.recording_path, wait_s=5))
         async with viewer.run_test(size=(100, 30)) as pilot:
             await wait_until(pilot, lambda: viewer.history.newest_step() == 1)
-            assert "Step 1 paused" in header_text(viewer)
+            await wait_until(pilot, lambda: "Step 1 paused" in header_text(viewer))
             assert "Watching: " in header_text(viewer) and session.count_viewers() == 1
             with open(session.recording_path, "a", encoding="utf-8") as f:  # the presenter steps on
                 f.writelines(lines[3:6])

@@ -4,8 +4,11 @@ A request's last block shows how full it is; free blocks are dim dots; blocks th
 or preempted request gave back in this step (the record's `freed_blocks`) are marked with a cross
 in its colour. With prefix caching, a block several requests share shows its reference count as a
 circled digit (② .. ⑳, a diamond beyond), bold, in the colour of its oldest holder (or of the
-selected one); a cached-free block (nobody holds it, its keys kept for a later hit) is a ring. Glyphs, not colours
-alone, tell them apart, so they read the same under 16 colours and NO_COLOR.
+selected one); a cached-free block (nobody holds it, its keys kept for a later hit) is a ring.
+Glyphs, not colours alone, tell them apart, so they read the same under 16 colours and NO_COLOR.
+A sharded engine shows one pool per shard (the record's `shards`), a request in the same colour on
+every shard: by heads the pools look alike (each holds its heads of every block); by sequence a
+request's blocks alternate between them.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ from rich.style import Style
 from rich.text import Text
 from textual.widgets import Static
 
-from engine.records import KVView
+from engine.records import KVView, ShardView
 
 from ..colors import request_color, request_glyph
+from ..formatting import human_bytes
 
 FILL_GLYPHS = "▁▂▃▄▅▆▇█"  # the last block's fill, eighths
 FREE_GLYPH, FREED_GLYPH = "·", "×"
@@ -109,7 +113,46 @@ def _merge(cells: list[BlockCell], group: int) -> list[BlockCell]:
 
 def paged_text(kv: KVView, width: int, rows: int, selected: int | None,
                no_color: bool) -> Text:
-    cells = block_cells(kv, selected)
+    text, group = _grid(block_cells(kv, selected), width, rows, selected, no_color)
+    summary = Text.assemble(("used ", "dim"), f"{kv.blocks_used}/{kv.num_blocks}", ("  free ", "dim"),
+                            str(kv.blocks_free), ("  block ", "dim"), f"{kv.block_size} tok")
+    if group > 1:
+        summary.append(f"  1 cell = {group} blocks", style="dim")
+    if kv.freed:
+        summary.append(f"  {FREED_GLYPH} freed: {', '.join(map(str, kv.freed))}", style="bold")
+    lines = [summary, text]
+    if kv.prefix is not None:  # a line of its own: the summary is as wide as a narrow panel already
+        prefix = Text.assemble(("②", "bold"), (f" shared {len(kv.prefix.shared)}", "dim"),
+                               (f"  {CACHED_GLYPH}", CACHED_STYLE), (f" cached-free {len(kv.prefix.cached)}", "dim"))
+        if kv.prefix.hit_blocks:
+            prefix.append(f"  hit {kv.prefix.hit_blocks}", style="cyan")
+        lines.insert(1, prefix)
+    return Text("\n").join(lines)
+
+
+def sharded_text(kv: KVView, shards: list[ShardView], width: int, rows: int, selected: int | None,
+                 no_color: bool) -> Text:
+    """One pool per shard, each under a line naming it: its device, blocks used and bytes."""
+    cells = block_cells(kv)
+    per_shard = max((rows - len(shards)) // len(shards), 1)
+    parts = []
+    for shard in shards:
+        mine = cells[shard.first_block:shard.first_block + shard.num_blocks]
+        grid, group = _grid(mine, width, per_shard, selected, no_color)
+        title = Text.assemble((f"shard {shard.rank} ", "bold"), (f"{shard.device} ", "dim"),
+                              f"{shard.blocks_used}/{shard.num_blocks}", (" used ", "dim"),
+                              human_bytes(shard.pool_bytes))
+        if group > 1:  # the panel is narrow: blocks per cell in a few characters
+            title.append(f" {group}/cell", style="dim")
+        parts += [title, grid]
+    if kv.freed:
+        parts.append(Text(f"{FREED_GLYPH} freed: {', '.join(map(str, kv.freed))}", style="bold"))
+    return Text("\n").join(parts)
+
+
+def _grid(cells: list[BlockCell], width: int, rows: int, selected: int | None,
+          no_color: bool) -> tuple[Text, int]:
+    """The cells drawn in `rows` lines of `width`; returns the text and how many blocks a cell shows."""
     capacity = max(width * rows, 1)
     group = -(-len(cells) // capacity) if cells else 1
     if group > 1:
@@ -135,20 +178,7 @@ def paged_text(kv: KVView, width: int, rows: int, selected: int | None,
             run_text.append(_cell_glyph(cell, no_color) * max(cell_width - 1, 1) + gap)
         if run_text:
             text.append("".join(run_text), run_style)
-    summary = Text.assemble(("used ", "dim"), f"{kv.blocks_used}/{kv.num_blocks}", ("  free ", "dim"),
-                            str(kv.blocks_free), ("  block ", "dim"), f"{kv.block_size} tok")
-    if group > 1:
-        summary.append(f"  1 cell = {group} blocks", style="dim")
-    if kv.freed:
-        summary.append(f"  {FREED_GLYPH} freed: {', '.join(map(str, kv.freed))}", style="bold")
-    lines = [summary, text]
-    if kv.prefix is not None:  # a line of its own: the summary is as wide as a narrow panel already
-        prefix = Text.assemble(("②", "bold"), (f" shared {len(kv.prefix.shared)}", "dim"),
-                               (f"  {CACHED_GLYPH}", CACHED_STYLE), (f" cached-free {len(kv.prefix.cached)}", "dim"))
-        if kv.prefix.hit_blocks:
-            prefix.append(f"  hit {kv.prefix.hit_blocks}", style="cyan")
-        lines.insert(1, prefix)
-    return Text("\n").join(lines)
+    return text, group
 
 
 def dense_text(kv: KVView, width: int, rows: int, selected: int | None) -> Text:
@@ -178,9 +208,10 @@ class KVGrid(Static):
         super().__init__(**kwargs)
         self._kv: KVView | None = None
         self._selected: int | None = None
+        self._shards: list[ShardView] = []
 
-    def show(self, kv: KVView | None, selected: int | None) -> None:
-        self._kv, self._selected = kv, selected
+    def show(self, kv: KVView | None, selected: int | None, shards: list[ShardView] | None = None) -> None:
+        self._kv, self._selected, self._shards = kv, selected, shards or []
         self.refresh()
 
     def render(self) -> Text:
@@ -188,6 +219,8 @@ class KVGrid(Static):
         if kv is None:
             return Text("no step yet", style="dim")
         width, height = max(self.size.width, 1), max(self.size.height, 2)
+        if kv.layout == "paged" and self._shards:
+            return sharded_text(kv, self._shards, width, height, self._selected, self.app.no_color)
         if kv.layout == "paged":
             rows = height - 1 - (kv.prefix is not None)  # the summary line, and the prefix cache's
             return paged_text(kv, width, max(rows, 1), self._selected, self.app.no_color)

@@ -10,7 +10,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Sparkline, Static
 
-from engine.records import MemoryView
+from engine.records import MemoryView, ShardView
 from engine.records.memory_reading import MemoryReading
 
 from ..formatting import human_bytes
@@ -40,9 +40,14 @@ def reading_text(reading: MemoryReading | None, width: int) -> Text:
     return text
 
 
-def step_memory_text(memory: MemoryView | None) -> Text:
+def step_memory_text(memory: MemoryView | None, shards: list[ShardView] | None = None) -> Text:
     if memory is None:
         return Text("")
+    if shards:  # one line per shard's process (RSS) or device (NVML), with its KV pool
+        kind = "RSS" if memory.source == "rss" else "used"
+        return Text("\n").join(Text.assemble((f"shard {s.rank} ", "bold"), (f"{s.device} {kind} ", "dim"),
+                                             human_bytes(s.memory_bytes), ("  KV ", "dim"), human_bytes(s.pool_bytes))
+                               for s in shards)
     text = Text.assemble(("KV pool ", "dim"), human_bytes(memory.kv_pool_bytes),
                          ("  weights ", "dim"), human_bytes(memory.weight_bytes))
     if memory.source == "cuda":
@@ -75,8 +80,8 @@ class MemoryPanel(Vertical):
         self._show(self.query_one("#memory-live", Static), reading_text(reading, self.size.width or 40))
         self.query_one("#memory-trend", Sparkline).data = list(self._history)
 
-    def show_step(self, memory: MemoryView | None) -> None:
-        self._show(self.query_one("#memory-step", Static), step_memory_text(memory))
+    def show_step(self, memory: MemoryView | None, shards: list[ShardView] | None = None) -> None:
+        self._show(self.query_one("#memory-step", Static), step_memory_text(memory, shards))
 
     def on_resize(self) -> None:
         if self._reading is not None:

@@ -13,6 +13,7 @@ from .types import (
     REASON_PREEMPTED,
     REASON_RESERVED,
     REASON_STATIC_BATCH,
+    CommView,
     IdKeyed,
     KVView,
     MemoryView,
@@ -20,10 +21,11 @@ from .types import (
     RequestView,
     RunHeader,
     ScheduledItem,
+    ShardView,
     Shortfall,
     StepRecord,
 )
 
 __all__ = ["REASON_BUDGET", "REASON_DECODE_CAP", "REASON_NO_BLOCKS", "REASON_NOT_ARRIVED", "REASON_PREEMPTED",
-           "REASON_RESERVED", "REASON_STATIC_BATCH", "IdKeyed", "KVView", "MemoryView", "Preemption", "PrefixView",
-           "RequestView", "RunHeader", "ScheduledItem", "Shortfall", "StepRecord"]
+           "REASON_RESERVED", "REASON_STATIC_BATCH", "CommView", "IdKeyed", "KVView", "MemoryView", "Preemption",
+           "PrefixView", "RequestView", "RunHeader", "ScheduledItem", "ShardView", "Shortfall", "StepRecord"]

@@ -37,6 +37,10 @@ class RunSummary:
     ms_per_step: float  # measured engine time; the only figure that is not deterministic
     drafts_proposed: int = 0  # speculative decoding: drafts verified
     drafts_accepted: int = 0
+    shards: int = 1  # processes the KV was sharded over
+    shard_kv_bytes: int = 0  # the largest one shard's KV pool took (sharded runs)
+    comm_bytes: int = 0  # bytes the shards exchanged over the run (plans, all-reduces, all-gathers)
+    comm_s: float = 0.0  # rank 0's time inside collectives over the run (not deterministic)
 
 
 def final_views(records: Iterable[StepRecord]) -> dict[int, RequestView]:
@@ -58,6 +62,9 @@ class RunTotals:
         self.preemptions = self.padding_slot_steps = self.peak_kv_slots = self.kv_bytes_peak = 0
         self.wall_s = 0.0
         self.drafts_proposed = self.drafts_accepted = 0
+        self.shards = 1
+        self.shard_kv_bytes = self.comm_bytes = 0
+        self.comm_s = 0.0
 
     def observe(self, rec: StepRecord) -> None:
         self.last = rec
@@ -91,6 +98,12 @@ class RunTotals:
         self.peak_kv_slots = max(self.peak_kv_slots, slots)
         self.kv_bytes_peak = max(self.kv_bytes_peak, kv.pool_bytes)
         self.wall_s += rec.wall_time_s
+        if rec.shards:
+            self.shards = len(rec.shards)
+            self.shard_kv_bytes = max(self.shard_kv_bytes, *(s.pool_bytes for s in rec.shards))
+        if rec.comm is not None:
+            self.comm_bytes += rec.comm.bytes
+            self.comm_s += rec.comm.seconds
 
     def summary(self, label: str = "", settings: str = "") -> RunSummary:
         views = list(self.views.values())
@@ -120,6 +133,8 @@ class RunTotals:
             peak_kv_slots=self.peak_kv_slots, kv_bytes_peak=self.kv_bytes_peak,
             ms_per_step=1000 * self.wall_s / self.steps if self.steps else 0.0,
             drafts_proposed=self.drafts_proposed, drafts_accepted=self.drafts_accepted,
+            shards=self.shards, shard_kv_bytes=self.shard_kv_bytes or self.kv_bytes_peak, comm_bytes=self.comm_bytes,
+            comm_s=self.comm_s,
         )
 
 
@@ -145,6 +160,11 @@ COLUMNS = (
 
 # Shown only when some row speculated: accepted/proposed drafts.
 DRAFTS_COLUMN = ("drafts ok", lambda r: f"{r.drafts_accepted}/{r.drafts_proposed}" if r.drafts_proposed else "-")
+# Shown when some row ran sharded: what one device held, and what the shards sent each other.
+SHARD_COLUMNS = (
+    ("shards", lambda r: r.shards), ("KV KiB/shard", lambda r: f"{r.shard_kv_bytes / 1024:.0f}"),
+    ("comm KiB", lambda r: f"{r.comm_bytes / 1024:.0f}"), ("comm ms", lambda r: f"{1000 * r.comm_s:.0f}"),
+)
 
 
 def _ttft(r: RunSummary) -> str:
@@ -156,7 +176,8 @@ def _ttft(r: RunSummary) -> str:
 def format_table(rows: list[RunSummary]) -> list[str]:
     """Plain aligned text lines; steps, TTFT and latency are in scheduler steps. Labels and settings
     come from a scenario file's [compare] names: their control characters are shown (and measured)."""
-    columns = COLUMNS + ((DRAFTS_COLUMN,) if any(r.drafts_proposed for r in rows) else ())
+    columns = (COLUMNS + ((DRAFTS_COLUMN,) if any(r.drafts_proposed for r in rows) else ())
+               + (SHARD_COLUMNS if any(r.shards > 1 for r in rows) else ()))
     cells = [[name for name, _ in columns]] + [[visible(str(get(r))) for _, get in columns] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))

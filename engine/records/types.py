@@ -141,6 +141,33 @@ SHORT_DTYPES = {"float32": "fp32", "float64": "fp64", "bfloat16": "bf16", "float
 
 
 @dataclass(slots=True)
+class ShardView:
+    """One shard (one process, one device) of a sharded engine in a step: its KV pool and memory."""
+
+    rank: int
+    device: str  # "cpu", "cuda:1", ...
+    num_blocks: int  # this shard's pool
+    blocks_used: int
+    blocks_free: int
+    pool_bytes: int  # what this shard's pool takes (heads: its heads of every block)
+    memory_bytes: int  # the process's RSS on the CPU; the device's used memory (NVML) on a GPU
+    # Where this shard's blocks are in the step's KV view: blocks first_block .. first_block + num_blocks - 1
+    # (sequence: the shards' pools side by side); heads: 0, every shard holding every block of the view.
+    first_block: int = 0
+    # request id -> the blocks this shard holds for it, numbered in this shard's pool, in sequence order
+    block_tables: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class CommView:
+    """The step's traffic between shards: plan broadcast, all-reduces (heads), all-gathers (sequence)."""
+
+    bytes: int  # payload bytes broadcast, all-reduced or gathered, as rank 0 sees them
+    seconds: float  # rank 0's time inside collectives (waiting for the slowest shard included)
+    collectives: int
+
+
+@dataclass(slots=True)
 class RunHeader:
     """What a run is, said once at the start of a stream of StepRecords: the engine's settings as it
     resolved them, and the scenario it runs, so a replay shows the same header and help as the run."""
@@ -164,14 +191,18 @@ class RunHeader:
     variant: str | None = None
     checkpoint: str | None = None  # the checkpoint directory the weights came from; None: random weights
     speculative: str = ""  # e.g. "ngram k=4"; "" without speculation
+    shards: int = 1
+    shard_by: str = ""  # "heads" or "sequence" when shards > 1
     kind: str = "header"  # tells a header line from a StepRecord line in a recording
 
     def label(self) -> str:
-        """Model, dtype, device, attention backend, KV layout, the decode fast path and speculation, for the
-        header: "random tiny · fp32 · cpu · sdpa · paged", "Qwen2.5-0.5B-Instruct · bf16 · cuda · ..."."""
+        """Model, shards, dtype, device, attention backend, KV layout, the decode fast path and speculation,
+        for the header: "random tiny · fp32 · cpu · sdpa · paged", "Qwen2.5-0.5B-Instruct · bf16 · cuda · ..."."""
         model = self.model if self.checkpoint is not None or not self.model else f"random {self.model}"
+        shards = f"{self.shards} shards by {self.shard_by}" if self.shards > 1 else ""  # early: the header is narrow
         dtype = SHORT_DTYPES.get(self.dtype, self.dtype)
-        parts = [model, dtype, self.device, self.attention, self.kv_layout, *self.decode_path, self.speculative]
+        parts = [model, shards, dtype, self.device, self.attention, self.kv_layout, *self.decode_path,
+                 self.speculative]
         return " · ".join(p for p in parts if p)  # a recording without a header knows only some
 
     def to_dict(self) -> dict:
@@ -216,6 +247,8 @@ class StepRecord:
     admission_blocked: Shortfall | None = None  # why admission stopped for lack of KV blocks; None if it did not
     # speculation: request id -> the drafts it accepted this step, emitted before its `sampled` token
     kept_drafts: Mapping[str, list[int]] = field(default_factory=dict)
+    shards: list[ShardView] = field(default_factory=list)  # sharded engines: one per shard; else empty
+    comm: CommView | None = None  # sharded engines: the step's communication
 
     @property
     def num_query_tokens(self) -> int:
@@ -239,12 +272,15 @@ class StepRecord:
         kv = self.kv
         prefix = kv.prefix and replace(kv.prefix, cached=list(kv.prefix.cached))
         data = asdict(replace(self, requests=[], sampled={}, kept_drafts={},
-                              kv=replace(kv, block_tables={}, tokens={}, freed_blocks={}, prefix=prefix)))
+                              kv=replace(kv, block_tables={}, tokens={}, freed_blocks={}, prefix=prefix),
+                              shards=[replace(s, block_tables={}) for s in self.shards]))
         data["requests"] = [asdict(view) for view in self.requests]
         data["sampled"] = dict(self.sampled)
         data["kept_drafts"] = {k: list(v) for k, v in self.kept_drafts.items()}
         data["kv"].update(block_tables={k: list(v) for k, v in kv.block_tables.items()}, tokens=dict(kv.tokens),
                           freed_blocks={k: list(v) for k, v in kv.freed_blocks.items()})
+        for out, shard in zip(data["shards"], self.shards, strict=True):
+            out["block_tables"] = {k: list(v) for k, v in shard.block_tables.items()}
         return data
 
     @classmethod
@@ -263,4 +299,8 @@ class StepRecord:
         data["preemptions"] = [Preemption(**p) for p in data.get("preemptions", [])]
         if data.get("admission_blocked") is not None:
             data["admission_blocked"] = Shortfall(**data["admission_blocked"])
+        data["shards"] = [ShardView(**{**s, "block_tables": {k: tuple(v) for k, v in s["block_tables"].items()}})
+                          for s in data.get("shards", [])]
+        if data.get("comm") is not None:
+            data["comm"] = CommView(**data["comm"])
         return cls(**data)

@@ -1,0 +1,157 @@
+"""Rank 0's runner: shard 0 of the model, plus the workers it sends every step's plan to.
+
+To the Engine it is a ModelRunner like any other (run, free, kv, ...): before running its own
+share of a step it broadcasts the plan (the batch, the tables that changed, the requests whose
+blocks were freed), and then every rank runs the same forward pass, meeting in its collectives.
+Rank 0 samples. close() (or garbage collection, or the process exiting) stops the workers.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import weakref
+
+import torch
+
+from ..config import EngineConfig
+from ..model import PRESETS
+from ..plugins.host import PluginHost
+from ..profiling.memory import process_rss_bytes
+from ..profiling.nvml import Nvml
+from ..records import CommView, IdKeyed, ScheduledItem, ShardView, StepRecord
+from ..request import Request
+from .comm import Comm
+from .errors import ShardFailure
+from .launcher import BUILT_KEY, WorkerGroup
+from .mirror import MirroredPagedKV
+from .sequence_kv import RoundRobinAllocator
+from .shard_runner import ShardRunner, StepPlan
+from .tensor_parallel import check_divisible
+from .worker import serve
+
+
+def _stop(group: WorkerGroup, comm: Comm | None) -> None:
+    """Stops the workers: politely (a stop plan) when the group is sound, by force otherwise."""
+    if group.failed or (not group.procs and comm is None):
+        group.kill()
+        return
+    try:
+        if comm is not None:
+            comm.send_plan(StepPlan(step=group.step, items=[], tokens=[], samples=[], stop=True))
+    except ShardFailure:
+        pass
+    group.stopped()
+
+
+class ShardedRunner(ShardRunner):
+    def __init__(self, config: EngineConfig, plugins: PluginHost):
+        if plugins.plugins:
+            raise ValueError(f"shards={config.shards} cannot run plugins yet (a plugin would see one shard's "
+                             f"cache); drop the plugins or use shards=1")
+        if config.shard_by == "heads":
+            check_divisible(PRESETS[config.model], config.shards)
+        from ..model_runner import resolve_device
+
+        self.group = group = WorkerGroup(config, resolve_device(config.device))
+        self._finalizer = weakref.finalize(self, group.kill)  # garbage collected, or the process exits
+        comm = Comm(group.rank, config.shards, resolve_device(config.device), group.diagnose)
+        if group.rank != 0:  # torchrun started this process as a worker: serve, then leave
+            self._finalizer.detach()
+            serve(config)
+            group.kill()
+            raise SystemExit(0)
+        try:
+            super().__init__(config, plugins, comm)
+            group.wait_for(BUILT_KEY)  # every shard built: from here on each step has the collective timeout
+        except BaseException:
+            group.kill()
+            raise
+        self._finalizer.detach()
+        self._finalizer = weakref.finalize(self, functools.partial(_stop, group, comm))
+        self._sent: dict[int, tuple[int, ...]] = {}  # the tables the workers hold
+        self.step_comm: tuple[int, float, int] = (0, 0.0, 0)  # the last step's (bytes, seconds, collectives)
+        self._nvml: Nvml | None = None
+
+    def run(self, items: list[ScheduledItem], tokens: list[list[int]], samples: list[bool],
+            sampling: list[Request]):
+        self.group.check()  # a dead worker fails here, before anything is sent
+        self.group.step += 1
+        kv = self.kv
+        assert isinstance(kv, MirroredPagedKV)
+        forget = kv.take_released()
+        for rid in forget:
+            self._sent.pop(rid, None)
+        tables = kv.allocator.tables
+        changed = {}
+        for item in items:
+            table = tables[item.request_id]
+            if self._sent.get(item.request_id) is not table:  # tuples are replaced when they grow
+                changed[item.request_id] = self._sent[item.request_id] = table
+        self.comm.send_plan(StepPlan(self.group.step, [(i.request_id, i.kind, i.first_pos, i.num_tokens, i.key_len)
+                                                       for i in items], tokens, samples, changed, forget))
+        out = super().run(items, tokens, samples, sampling)
+        self.step_comm = self.comm.take()
+        return out
+
+    def close(self) -> None:
+        self._finalizer()
+
+    @property
+    def worker_pids(self) -> list[int]:
+        return self.group.pids
+
+    @property
+    def closed(self) -> bool:
+        return not self._finalizer.alive
+
+
+    # -- records ----------------------------------------------------------------------------------
+    def describe(self, record: StepRecord) -> None:
+        """Adds the shards' pools and memory and the step's communication to the step's record."""
+        bytes_, seconds, calls = self.step_comm
+        self.step_comm = (0, 0.0, 0)
+        record.comm = CommView(bytes_, seconds, calls)
+        record.shards = [self._shard_view(rank) for rank in range(self.config.shards)]
+        record.kv.pool_bytes = sum(s.pool_bytes for s in record.shards)  # every shard's pool together
+
+    def _shard_view(self, rank: int) -> ShardView:
+        kv, device = self.kv, self._device_of(rank)
+        assert isinstance(kv, MirroredPagedKV)
+        alloc = kv.allocator
+        if isinstance(alloc, RoundRobinAllocator):
+            per = alloc.blocks_per_shard
+            free = len(alloc.shard_free[rank])
+            low, high = rank * per, (rank + 1) * per
+            tables = {rid: tuple(b - low for b in t if low <= b < high) for rid, t in alloc.tables.items()}
+            return ShardView(rank, device, per, per - free, free, kv.pool_bytes, self._memory(rank, device), low,
+                             IdKeyed(tables))
+        used = alloc.num_blocks - alloc.num_free  # heads: the same tables on every shard
+        return ShardView(rank, device, alloc.num_blocks, used, alloc.num_free, kv.pool_bytes,
+                         self._memory(rank, device), 0, IdKeyed(alloc.tables))
+
+    def _device_of(self, rank: int) -> str:
+        if self.device.type != "cuda":
+            return "cpu"
+        return f"cuda:{rank % max(1, torch.cuda.device_count())}"
+
+    def _memory(self, rank: int, device: str) -> int:
+        """RSS of the shard's process on the CPU (read from /proc: the workers are our children);
+        the GPU's used memory (NVML) on CUDA; 0 where neither can be read (torchrun on other nodes)."""
+        if device.startswith("cuda"):
+            if self._nvml is None:
+                self._nvml = Nvml()
+            try:
+                return self._nvml.used(int(device.split(":")[1]))
+            except Exception:  # NvmlError, or no NVML at all: not this figure, then
+                return 0
+        if rank == 0:
+            return process_rss_bytes()
+        pids = self.group.pids
+        if rank - 1 >= len(pids):
+            return 0
+        try:
+            with open(f"/proc/{pids[rank - 1]}/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            return 0

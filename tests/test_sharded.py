@@ -21,7 +21,7 @@ import pytest
 import torch
 from helpers import exact_config, run_alone
 
-from engine import Engine
+from engine import Engine, EngineConfig
 from engine.distributed import ShardFailure
 from engine.distributed.sequence_kv import RoundRobinAllocator
 from engine.distributed.split_attention import merge_partials, partial_attention
@@ -316,3 +316,20 @@ def test_an_engine_built_in_a_thread_that_ends_keeps_its_workers():
         time.sleep(1.0)  # time for a thread-bound death signal to land, were there one
         rid = eng.add_request([5, 6, 7], max_new_tokens=3)
         assert eng.run_until_done()[rid] == run_alone([5, 6, 7], 3)
+
+
+@pytest.mark.parametrize("setting, words", [
+    (dict(prefix_caching=True), "prefix blocks"),
+    (dict(speculative="ngram"), "drafts"),
+    (dict(model="CHECKPOINT"), "random presets"),
+])
+def test_what_shards_do_not_run_yet_is_refused_in_one_line(setting, words, tmp_path):
+    if setting.get("model") == "CHECKPOINT":
+        setting = dict(model=str(tmp_path))  # a directory: the shard check speaks, not the loader
+    with pytest.raises(ValueError) as err:
+        EngineConfig(shards=2, **setting)
+    assert words in str(err.value) and "shards=1" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_sharded_run_leaves_prefix_caching_off_by_default():
+    assert not EngineConfig(shards=2).caches_prefixes and EngineConfig(shards=1).caches_prefixes

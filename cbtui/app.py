@@ -16,11 +16,12 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from textual import on
+from textual import events, on
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.css.query import NoMatches
+from textual.geometry import Size
 from textual.message import Message
 from textual.reactive import reactive
 from textual.screen import Screen
@@ -169,14 +170,16 @@ class DashboardApp(App[None]):
         self.controller.start()
         self._draw()
 
-    def on_resize(self) -> None:
-        self._fit_layout()
+    def on_resize(self, event: events.Resize) -> None:
+        # This handler runs before App's own, which is the one that updates self.size: read the event.
+        self._fit_layout(event.size)
 
-    def _fit_layout(self) -> None:
-        width, height = self.size
-        self.screen.set_class(width < MIN_WIDTH or height < MIN_HEIGHT, "-too-small")
-        self.screen.set_class(height < COMPACT_HEIGHT, "-compact")
-        self.screen.set_class(width < 100, "-narrow")
+    def _fit_layout(self, size: Size | None = None) -> None:
+        width, height = size or self.size
+        dashboard = self.screen_stack[0]  # not a help or metrics screen shown over it
+        dashboard.set_class(width < MIN_WIDTH or height < MIN_HEIGHT, "-too-small")
+        dashboard.set_class(height < COMPACT_HEIGHT, "-compact")
+        dashboard.set_class(width < 100, "-narrow")
 
     # -- from the engine thread --------------------------------------------------------------
     def _post_record(self, record: StepRecord) -> None:

@@ -252,3 +252,24 @@ def test_the_mask_legend_gets_the_scale_of_the_canvas_once_it_is_sized():
             assert scales[0] != scales[1], scales  # a smaller panel packs more tokens in a cell
             await pilot.press("q")
     run(scenario())
+
+
+@pytest.mark.parametrize("start,end", [((50, 15), (80, 24)), ((120, 40), (80, 24)), ((80, 24), (200, 50))],
+                         ids=["small-to-80x24", "wide-to-80x24", "80x24-to-200x50"])
+def test_one_resize_is_enough_for_the_layout(start, end):
+    """The layout follows the new size at once, not one resize later (a shared tmux resizes often)."""
+    async def scenario():
+        app = make_app(paused=True)
+        async with app.run_test(size=start) as pilot:
+            await wait_until(pilot, lambda: shown_step(app) == 0)
+            await pilot.resize_terminal(*end)
+            await pilot.pause(0.1)
+            width, height = end
+            assert app.screen.has_class("-too-small") == (width < 60 or height < 20)
+            assert app.query_one("#too-small").display == (width < 60 or height < 20)
+            assert app.screen.has_class("-compact") == (height < 36)
+            assert app.screen.has_class("-narrow") == (width < 100)
+            # the right column is laid out for the new width: the budget title is not cut
+            side = app.query_one("#side")
+            assert side.region.right <= width
+    run(scenario())

@@ -16,9 +16,28 @@ from engine.records.text import decode, visible
 from ..colors import request_color
 
 TEXT_TAIL = 16
-# (key, label, width): fixed widths, so updating a cell never re-measures the whole table.
-COLUMNS = (("id", "id", 5), ("state", "state", 9), ("prompt", "prompt", 9), ("gen", "gen", 7),
-           ("ttft", "TTFT", 4), ("why", "why not scheduled", 18), ("text", "output tail", TEXT_TAIL))
+# (key, label, width): fixed widths, so updating a cell never re-measures the whole table. The reason
+# and the output tail share what the other columns leave (column_widths), the reason first.
+COLUMNS = (("id", "id", 4), ("state", "state", 9), ("prompt", "prompt", 7), ("gen", "gen", 7),
+           ("ttft", "TTFT", 4), ("why", "why not scheduled", 0), ("text", "output tail", 0))
+WHY_WIDTH = 28  # the longest reason the scheduler gives ("budget reserved for priority")
+MIN_TAIL = 6  # narrower than this, the output tail says nothing: its room goes to the reason
+CELL_PADDING = 1  # each side of every column
+# Rows that matter first: what ran or was thrown out this step, then who waits; finished last.
+STATE_ORDER = {"preempted": 0, "prefill": 1, "decode": 1, "waiting": 2, "pending": 3, "finished": 4}
+
+
+def column_widths(width: int, longest_reason: int = WHY_WIDTH) -> dict[str, int]:
+    """Widths that fill `width` cells exactly (no sideways scrolling): fixed columns as given, the
+    reason up to its longest, the output tail the rest (none when too narrow to read)."""
+    widths = {key: w for key, _, w in COLUMNS if w}
+    left = width - sum(widths.values()) - 2 * CELL_PADDING * len(COLUMNS)
+    why = max(min(max(longest_reason, len("why not scheduled")), left - 2 * CELL_PADDING), 4)
+    tail = min(left - why - 2 * CELL_PADDING, TEXT_TAIL)
+    if tail < MIN_TAIL:
+        why, tail = why + max(tail, 0), 0
+    widths["why"], widths["text"] = why, tail
+    return widths
 STATE_STYLE = {"decode": "green", "prefill": "yellow", "waiting": "magenta", "preempted": "bold red",
                "finished": "dim", "pending": "dim"}
 
@@ -49,7 +68,7 @@ class RequestsTable(DataTable, inherit_bindings=False):
     """
 
     DEFAULT_CSS = """
-    RequestsTable { height: 1fr; }
+    RequestsTable { height: 1fr; overflow-x: hidden; scrollbar-size-vertical: 1; }
     """
 
     # Left and right belong to the app (history while paused), so the table keeps only
@@ -65,14 +84,34 @@ class RequestsTable(DataTable, inherit_bindings=False):
     ]
 
     def __init__(self, **kwargs):
-        super().__init__(cursor_type="row", zebra_stripes=False, show_cursor=False, **kwargs)
+        super().__init__(cursor_type="row", zebra_stripes=False, show_cursor=False, cell_padding=CELL_PADDING,
+                         **kwargs)
         self._shown: dict[int, tuple] = {}
+        self._views: Sequence[RequestView] = ()
+        self._widths: dict[str, int] | None = None
+        self._selected: int | None = None  # the request the cursor is on, followed as rows move
 
-    def on_mount(self) -> None:
-        for key, label, width in COLUMNS:
-            self.add_column(label, key=key, width=width)
+    def on_resize(self) -> None:
+        self._fit_columns()
+
+    def _fit_columns(self) -> None:
+        """Columns sized to the table's width (less the vertical scrollbar): rebuilt when it changes."""
+        width = self.size.width - self.styles.scrollbar_size_vertical
+        longest = max((len(v.reason or "") for v in self._views), default=0)
+        widths = column_widths(width, max(longest, WHY_WIDTH))
+        if widths == self._widths or width <= 0:
+            return
+        self._widths = widths
+        self.clear(columns=True)
+        for key, label, _ in COLUMNS:
+            self.add_column(label, key=key, width=widths[key])
+        self._shown = {}
+        self.show(self._views)
 
     def show(self, views: Sequence[RequestView]) -> None:
+        self._views = views
+        if self._widths is None:  # not laid out yet: the first resize adds the columns and the rows
+            return
         no_color = self.app.no_color
         wanted = {v.id for v in views}
         for gone in set(self._shown) - wanted:  # a record holds the requests alive in its step
@@ -89,13 +128,33 @@ class RequestsTable(DataTable, inherit_bindings=False):
                     if str(new) != before:
                         self.update_cell(str(view.id), key, new)
             self._shown[view.id] = plain
+        self._order(views)
+
+    def _order(self, views: Sequence[RequestView]) -> None:
+        """Rows that matter on top (a small terminal shows four or five), and the cursor stays on its
+        request (not its row number) as rows move, scrolled into view."""
+        rank = {str(v.id): (STATE_ORDER.get(v.state, len(STATE_ORDER)), v.id) for v in views}
+        order = sorted(rank, key=rank.__getitem__)
+        if [row.value for row in self.ordered_row_keys()] != order:
+            by_id_cell = {self._shown[int(key)][0]: rank[key] for key in order}
+            self.sort("id", key=lambda cell: by_id_cell[str(cell)])
+        if self.show_cursor and self._selected is not None and str(self._selected) in rank:
+            row = order.index(str(self._selected))
+            if self.cursor_row != row:
+                self.move_cursor(row=row, animate=False)
+        elif not self.show_cursor:
+            self.scroll_home(animate=False)
+
+    def ordered_row_keys(self):
+        return [self.coordinate_to_cell_key((i, 0)).row_key for i in range(self.row_count)]
 
     def _start_selecting(self) -> bool:
         """The first up / down shows the cursor where it is instead of moving it."""
         if self.show_cursor:
             return False
         self.show_cursor = True
-        self.post_message(RequestSelected(self.selected_request()))
+        self._selected = self.selected_request()
+        self.post_message(RequestSelected(self._selected))
         return True
 
     def action_cursor_up(self) -> None:
@@ -108,12 +167,14 @@ class RequestsTable(DataTable, inherit_bindings=False):
 
     def action_clear_selection(self) -> None:
         self.show_cursor = False
+        self._selected = None
         self.post_message(RequestSelected(None))
 
     @on(DataTable.RowHighlighted)
     def _highlighted(self, event: DataTable.RowHighlighted) -> None:
         if self.show_cursor and event.row_key.value is not None:
-            self.post_message(RequestSelected(int(event.row_key.value)))
+            self._selected = int(event.row_key.value)
+            self.post_message(RequestSelected(self._selected))
 
     def selected_request(self) -> int | None:
         if not self.row_count:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -36,6 +37,7 @@ from engine.records.metrics import MetricsCollector
 from .controller import MAX_SPEED, EngineController, EngineStatus, SteppableEngine
 from .frozen_heap import frozen_heap
 from .history import History
+from .run_outputs import TraceSpool, write_outputs
 from .widgets.budget import BudgetBar
 from .widgets.error_panel import ErrorPanel
 from .widgets.header import HeaderInfo, StepHeader
@@ -106,10 +108,12 @@ class DashboardApp(App[None]):
                  speed: float | None = None, max_steps: int | None = None,
                  probe: MemoryProbe | None = None, history_limit: int = 1000,
                  memory_poll_s: float = MEMORY_POLL_S, memory_sources: list | None = None,
-                 recorded: bool = False):
+                 recorded: bool = False, trace_spool: TraceSpool | None = None):
         """`recorded`: `engine` replays a recording (recording.py): memory comes from the records
-        alone, since this process is not the one that ran them."""
+        alone, since this process is not the one that ran them. `trace_spool` (--trace-out) keeps
+        every record of the run for the trace written at the end."""
         super().__init__()
+        self._trace_spool = trace_spool
         # Metrics and the memory profile follow every record, whatever step is on screen.
         self._recorded = recorded
         self._memory_sources = [] if recorded else memory_sources
@@ -207,6 +211,8 @@ class DashboardApp(App[None]):
             elif event.kind == "started":
                 self.history.clear()
                 self._reset_metrics()
+                if self._trace_spool is not None:
+                    self._trace_spool.restart()
                 self.error = None
                 self.engine_state = "running"
             elif event.kind == "finished":
@@ -335,7 +341,7 @@ class DashboardApp(App[None]):
         enabled = {
             "toggle_pause": not stopped or not self.history.live,
             "step_once": self.paused and not stopped,
-            "history_back": self.paused and self.history.can_go_back() or (stopped and self.history.can_go_back()),
+            "history_back": self.history.can_go_back(),  # while running it pauses first
             "history_forward": (self.paused or stopped) and (not self.history.live or not stopped),
             "faster": self.speed < SPEEDS[-1],
             "slower": self.speed > SPEEDS[0],
@@ -362,6 +368,8 @@ class DashboardApp(App[None]):
         self._draw()
 
     def action_history_back(self) -> None:
+        if self._can_step():
+            self._pause_first()  # going back while the engine runs would show a step it has already left
         self.history.back()
         self._draw()
         self._refresh_bindings_if_changed()
@@ -398,6 +406,8 @@ class DashboardApp(App[None]):
         try:
             self.metrics.observe(record)
             (self.memory_profile.observe_recorded if self._recorded else self.memory_profile.observe)(record)
+            if self._trace_spool is not None:
+                self._trace_spool.observe(record)
         except ValueError as exc:  # a record the collector refuses must not take the UI down
             self.error = f"metrics: {exc}"
 
@@ -454,7 +464,6 @@ class DashboardApp(App[None]):
         self.action_step_once()
 
     def _palette_back(self) -> None:
-        self._pause_first()
         self.action_history_back()
 
     def _palette_forward(self) -> None:
@@ -473,17 +482,20 @@ def leave_a_core_for_the_ui(engine: SteppableEngine) -> None:
 
 def run_dashboard(scenario, engine: SteppableEngine, overrides: dict | None = None, paused: bool = False,
                   speed: float | None = None, max_steps: int | None = None, variant: str | None = None,
-                  plugins: tuple[str, ...] = (), rebuild=None, recorded: bool = False) -> int:
+                  plugins: tuple[str, ...] = (), rebuild=None, recorded: bool = False,
+                  metrics_out: str | None = None, trace_out: str | None = None) -> int:
     """Opens the dashboard on `engine`; `r` rebuilds it from the scenario with the same variant,
     plugins and overrides (or calls `rebuild`: a replay starts over). Returns the exit code: 0 after
-    a quit, 128 + N after signal N."""
+    a quit, 128 + N after signal N, 2 when --metrics-out / --trace-out could not be written (after
+    the quit, with a line on stderr saying why)."""
     overrides = dict(overrides or {})
     leave_a_core_for_the_ui(engine)
     if rebuild is None:
         def rebuild():
             return scenario.build_engine(variant, plugins=plugins, **overrides)
+    spool = TraceSpool(trace_out) if trace_out is not None else None
     app = DashboardApp(scenario, engine, rebuild=rebuild, paused=paused, speed=speed, max_steps=max_steps,
-                       recorded=recorded)
+                       recorded=recorded, trace_spool=spool)
 
     signalled: list[int] = []
 
@@ -508,6 +520,24 @@ def run_dashboard(scenario, engine: SteppableEngine, overrides: dict | None = No
         app.controller.stop(timeout=1.0)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    written = _write_outputs(app, metrics_out, spool)
     if signalled:
         return 128 + signalled[0]
-    return app.return_code or 0  # 1 when the app ended on an unhandled error (Textual printed it)
+    return app.return_code or written  # 1 when the app ended on an unhandled error (Textual printed it)
+
+
+def _write_outputs(app: DashboardApp, metrics_out: str | None, spool: TraceSpool | None) -> int:
+    """--metrics-out / --trace-out once the terminal is restored: 0, or 2 after saying why not."""
+    from engine.records.output_files import OutputFileError
+    from engine.records.text import visible
+
+    try:
+        for line in write_outputs(app.metrics, metrics_out, spool):
+            print(visible(line), file=sys.stderr)
+    except OutputFileError as exc:
+        print(f"cbtui: error: {visible(str(exc))}", file=sys.stderr)
+        return 2
+    finally:
+        if spool is not None:
+            spool.close()
+    return 0

@@ -9,6 +9,7 @@ rich markup escaped; JSON escapes control characters itself.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -23,10 +24,29 @@ from engine.records.text import visible
 from .controller import SteppableEngine
 
 
+def stdout_closed() -> None:
+    """Whoever read stdout stopped (`cbtui scenario X --json | head -1`): end quietly, with 0, as
+    Python's docs advise: stdout goes to devnull, so the interpreter's last flush cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(0)
+
+
+class PipeConsole(Console):
+    """Rich ends a closed pipe with exit 1; a reader that has seen enough is not an error."""
+
+    def on_broken_pipe(self) -> None:
+        stdout_closed()
+
+
+LINE_WIDTH = 80  # a step line fits a standard terminal; longer plugin notes go on lines of their own
+
+
 def step_line(rec: StepRecord) -> str:
+    """76 columns up to 9,999 steps and tokens per step, 999 requests in each state."""
     return (f"step {rec.step:>4} | decode {rec.decode_tokens:>4} prefill {rec.prefill_tokens:>4} "
-            f"unused {rec.unused_tokens:>4} | running {rec.running:>3} waiting {rec.waiting:>3} "
-            f"finished {rec.finished_total:>3}")
+            f"unused {rec.unused_tokens:>4} | run {rec.running:>3} wait {rec.waiting:>3} "
+            f"done {rec.finished_total:>3}")
 
 
 class HeadlessRun:
@@ -37,7 +57,7 @@ class HeadlessRun:
                  max_steps: int | None = None, console: Console | None = None,
                  observers: Iterable[Callable[[StepRecord], object]] = ()):
         self.engine, self.header, self.as_json, self.max_steps = engine, header, as_json, max_steps
-        self.console = console or Console(highlight=False)
+        self.console = console or PipeConsole(highlight=False)
         self.observers = list(observers)
         self.totals = RunTotals()
 
@@ -64,8 +84,13 @@ class HeadlessRun:
             if self.as_json:
                 sys.stdout.write(json.dumps(rec.to_dict()) + "\n")
             else:
-                notes = f"  [{'; '.join(rec.annotations)}]" if rec.annotations else ""
-                console.print(escape(step_line(rec) + visible(notes)), soft_wrap=True)
+                line = step_line(rec)
+                notes = f"[{'; '.join(rec.annotations)}]" if rec.annotations else ""
+                if notes and len(line) + 2 + len(visible(notes)) > LINE_WIDTH:
+                    line += "\n" + " " * 5  # under the step number, not past the 80th column
+                elif notes:
+                    line += "  "
+                console.print(escape(line + visible(notes)), soft_wrap=True)
                 for error in rec.errors:
                     console.print(escape(visible(error, newlines=True)), style="bold red", soft_wrap=True)
             yield rec

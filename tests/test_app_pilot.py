@@ -79,9 +79,8 @@ def test_keys_that_do_nothing_are_greyed_out():
         app = make_app(paused=False)
         async with app.run_test(size=(100, 30)) as pilot:
             await wait_until(pilot, lambda: shown_step(app) is not None)
-            # Running: stepping and history need a pause first.
+            # Running: stepping needs a pause first (← pauses by itself).
             assert app.check_action("step_once", ()) is None
-            assert app.check_action("history_back", ()) is None
             assert app.check_action("toggle_pause", ()) is True
             assert app.check_action("zoom", ()) is None  # nothing selected
             await pilot.press("space")
@@ -272,4 +271,20 @@ def test_one_resize_is_enough_for_the_layout(start, end):
             # the right column is laid out for the new width: the budget title is not cut
             side = app.query_one("#side")
             assert side.region.right <= width
+    run(scenario())
+
+
+def test_left_while_running_pauses_and_shows_the_step_before():
+    """The palette says "pauses first": ← does so too, instead of nothing."""
+    async def scenario():
+        app = make_app(paused=False, speed=20.0)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_until(pilot, lambda: (shown_step(app) or 0) >= 3)
+            await pilot.press("left")
+            assert app.paused and not app.history.live
+            shown = shown_step(app)
+            await pilot.pause(0.3)  # a step already under way when the pause came may still arrive
+            assert not app.history.live and shown_step(app) == shown, "paused: the view stays where ← put it"
+            assert 1 <= app.history.position()[1] - app.history.position()[0] <= 2
+            assert "paused" in header_text(app) and f"Step {shown}" in header_text(app)
     run(scenario())

@@ -112,3 +112,11 @@ def test_cli_bad_override_is_one_line_exit_2():
     res = cli("scenario", "mixed_load", "--headless", "--attention", "warp")
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and "'warp' is not one of" in res.stderr
+
+
+def test_cli_unknown_plugin_names_the_option_not_the_scenario_file():
+    res = subprocess.run([sys.executable, "-m", "cbtui", "scenario", "mixed_load", "--headless", "--plugin", "nosuch"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr.startswith("cbtui: error: --plugin nosuch: unknown plugin 'nosuch'") and res.stderr.count("\n") == 1
+    assert ".toml" not in res.stderr

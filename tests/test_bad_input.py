@@ -118,5 +118,6 @@ def test_cli_unknown_plugin_names_the_option_not_the_scenario_file():
     res = subprocess.run([sys.executable, "-m", "cbtui", "scenario", "mixed_load", "--headless", "--plugin", "nosuch"],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and res.stdout == ""
-    assert res.stderr.startswith("cbtui: error: --plugin nosuch: unknown plugin 'nosuch'") and res.stderr.count("\n") == 1
+    assert res.stderr.startswith("cbtui: error: --plugin nosuch: unknown plugin 'nosuch'")
+    assert res.stderr.count("\n") == 1
     assert ".toml" not in res.stderr

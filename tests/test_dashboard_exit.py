@@ -122,6 +122,7 @@ def test_the_dashboard_writes_metrics_and_trace_when_it_quits(tmp_path):
     said = b"".join(tail)
     assert b"metrics written to" in said and b"trace written to" in said
     assert len(json.loads(metrics.read_text())["steps"]) == 3  # steps 0, 1 and 2
-    slices = [e for e in json.loads(trace.read_text())["traceEvents"] if e["ph"] == "X" and e["name"].startswith("step ")]
+    events = json.loads(trace.read_text())["traceEvents"]
+    slices = [e for e in events if e["ph"] == "X" and e["name"].startswith("step ")]
     assert [e["name"] for e in slices] == ["step 0", "step 1", "step 2"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "t.json"], "the record spool is removed"

@@ -34,6 +34,7 @@ from engine.profiling.nvml import Nvml
 from engine.records import StepRecord
 from engine.records.metrics import MetricsCollector
 
+from .colors import color_mode
 from .controller import MAX_SPEED, EngineController, EngineStatus, SteppableEngine
 from .frozen_heap import frozen_heap
 from .history import History
@@ -69,6 +70,12 @@ STATEFUL_ACTIONS = ("toggle_pause", "step_once", "history_back", "history_forwar
 
 class InboxReady(Message):
     """The engine thread put something in the inbox (sent once until the inbox is drained)."""
+
+
+def run_label(policy: str, variant: str | None, plugins) -> str:
+    """What runs, for the header: two runs of one scenario (static vs --variant continuous) differ here."""
+    parts = [f"policy {policy}"] + ([f"variant {variant}"] if variant else []) + [f"+{p}" for p in plugins]
+    return " · ".join(parts)
 
 
 def graph_note(record) -> tuple[str, ...]:
@@ -108,7 +115,7 @@ class DashboardApp(App[None]):
                  speed: float | None = None, max_steps: int | None = None,
                  probe: MemoryProbe | None = None, history_limit: int = 1000,
                  memory_poll_s: float = MEMORY_POLL_S, memory_sources: list | None = None,
-                 recorded: bool = False, trace_spool: TraceSpool | None = None):
+                 recorded: bool = False, trace_spool: TraceSpool | None = None, variant: str | None = None):
         """`recorded`: `engine` replays a recording (recording.py): memory comes from the records
         alone, since this process is not the one that ran them. `trace_spool` (--trace-out) keeps
         every record of the run for the trace written at the end."""
@@ -124,6 +131,7 @@ class DashboardApp(App[None]):
         self._memory_poll_s = memory_poll_s
         self.scenario = scenario
         self._engine_label = ("recorded · " if recorded else "") + header.label()
+        self._run_label = run_label(header.policy, variant or header.variant, header.plugins)
         self._probe = probe
         self.history = History(history_limit)
         self.engine_state = "starting"  # running / paused / finished / failed, as the engine reports
@@ -257,7 +265,8 @@ class DashboardApp(App[None]):
             panel.border_title = budget
         self._draw_mask(record)
         self.query_one(KVGrid).show(record.kv if record else None, self.selected)
-        self.query_one(MemoryPanel).show_step(record.memory if record else None)
+        past_step = record.step if record is not None and (self._recorded or not self.history.live) else None
+        self.query_one(MemoryPanel).show_step(record.memory if record else None, past_step, self._recorded)
         if record is not None:
             self.query_one(RequestsTable).show(record.requests)
 
@@ -271,8 +280,7 @@ class DashboardApp(App[None]):
         canvas.show(items, self.selected)
         # The legend reads the raster's scale, which depends on the canvas size: before the first
         # layout there is none, and the legend is drawn again when the canvas is sized (below).
-        self.query_one(MaskLegend).show(items, zoom_on, canvas.current_raster(), not self.no_color,
-                                        self.selected, self.no_color)
+        self.query_one(MaskLegend).show(items, zoom_on, canvas.current_raster(), self.selected, color_mode(self))
 
     @on(MaskCanvas.Rescaled)
     def _redraw_mask_legend(self) -> None:
@@ -280,17 +288,15 @@ class DashboardApp(App[None]):
             self._draw_mask(self.history.current())
 
     def _header_info(self, record: StepRecord | None) -> HeaderInfo:
-        history = ""
-        if not self.history.live:
-            index, kept = self.history.position()
-            history = f"viewing history {index}/{kept} (→ newer, space live)"
+        latest = None if self.history.live else self.history.newest()
+        newest = latest.step if latest is not None else None
         rate = None
         recent = self.history.recent(RATE_WINDOW)
         seconds = sum(r.wall_time_s for r in recent)
         if seconds > 0:
             rate = sum(r.decode_tokens + r.prefill_tokens for r in recent) / seconds
         common = dict(scenario=self.scenario.title, engine=self._engine_label, run_state=self.run_state(),
-                      speed=speed_label(self.speed), tokens_per_second=rate, history=history)
+                      speed=speed_label(self.speed), tokens_per_second=rate, newest=newest, run=self._run_label)
         if record is None:
             return HeaderInfo(step=None, **common)
         return HeaderInfo(step=record.step, running=record.running, waiting=record.waiting,
@@ -495,7 +501,7 @@ def run_dashboard(scenario, engine: SteppableEngine, overrides: dict | None = No
             return scenario.build_engine(variant, plugins=plugins, **overrides)
     spool = TraceSpool(trace_out) if trace_out is not None else None
     app = DashboardApp(scenario, engine, rebuild=rebuild, paused=paused, speed=speed, max_steps=max_steps,
-                       recorded=recorded, trace_spool=spool)
+                       recorded=recorded, trace_spool=spool, variant=variant)
 
     signalled: list[int] = []
 

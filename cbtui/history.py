@@ -70,6 +70,10 @@ class History:
         start = max(0, index - count + 1)
         return [self._records[i] for i in range(start, index + 1)]
 
+    def newest(self) -> StepRecord | None:
+        """The newest record kept, whatever is on screen."""
+        return self._records[-1] if self._records else None
+
     def position(self) -> tuple[int, int]:
         """(1-based index of the record on screen, records kept)."""
         index = self._index()

@@ -75,9 +75,134 @@ def test_the_reason_column_has_room_for_the_longest_reason_at_80_columns():
         async with app.run_test(size=(80, 24)) as pilot:
             await wait_until(pilot, lambda: shown_step(app) == 0)
             table = app.query_one(RequestsTable)
+            await wait_until(pilot, lambda: table.row_count > 0)  # step 0 drawn: nothing redraws it while paused
+            await pilot.pause(0.1)
             view = RequestView(3, "waiting", 40, 0, 0, 20, 0, 0, None, REASON_RESERVED, 0, [])
             table.show([view])
             await pilot.pause()
             assert any(REASON_RESERVED in line for line in rendered_lines(table))
             assert not table.show_horizontal_scrollbar
+    run(scenario())
+
+
+def test_the_header_names_the_variant_and_policy_that_run():
+    """static_vs_continuous and its --variant continuous used to look the same."""
+    from dashboard_helpers import SteadyEngine, header_text
+
+    from scenarios import load_scenario
+
+    async def header_of(variant):
+        scenario = load_scenario("static_vs_continuous")
+        engine = SteadyEngine(scenario.build_engine(variant, device="cpu"))
+        app = make_app(paused=True, scenario_name="static_vs_continuous", engine=engine, variant=variant)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_until(pilot, lambda: "Step 0" in header_text(app))
+            return header_text(app).split("\n")[0][:78]  # what fits at 80 columns
+
+    static, continuous = run(header_of(None)), run(header_of("continuous"))
+    assert "policy static" in static and "variant" not in static
+    assert "policy fcfs · variant continuous" in continuous
+
+
+def test_history_numbering_is_in_steps_and_the_memory_panel_shows_the_viewed_step():
+    """Records carry the process RSS of their step (512 MiB here); this moment's reading (3 GiB) is not
+    what a past step had."""
+    from dashboard_helpers import FIXED_RSS, header_text
+
+    from engine.profiling.gpu_memory import FakeProbe, MemoryReading
+
+    now = MemoryReading(rss_bytes=3 << 30, note="no GPU: test", source="rss")
+
+    async def scenario():
+        app = make_app(paused=True, probe=FakeProbe([now]))
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_until(pilot, lambda: shown_step(app) == 0)
+            await step(pilot, app, 4)
+            memory = app.query_one("#memory-live")
+            assert "3.0 GiB" in str(memory.render())
+            await pilot.press("left", "left")
+            await pilot.pause()
+            assert header_text(app).startswith("Step 2 of 4 paused")
+            shown = str(memory.render())
+            assert "at step 2" in shown and f"{FIXED_RSS >> 20}.0 MiB" in shown and "3.0 GiB" not in shown
+            await pilot.press("space")  # live again: this moment's reading
+            await pilot.pause()
+            assert "3.0 GiB" in str(memory.render())
+    run(scenario())
+
+
+def test_under_no_color_the_kv_grid_and_mask_name_requests_by_glyph_and_say_so(monkeypatch):
+    from cbtui.widgets.kv_grid import KVGrid
+    from cbtui.widgets.mask import MaskCanvas
+
+    monkeypatch.setenv("NO_COLOR", "1")
+
+    async def scenario():
+        app = make_app(paused=True, scenario_name="kv_pressure")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_until(pilot, lambda: shown_step(app) == 0)
+            await step(pilot, app, 8)
+            assert app.no_color
+            kv = "\n".join(rendered_lines(app.query_one(KVGrid)))
+            assert "glyph = request id" in kv
+            owners = {int(r) for r in app.history.current().kv.block_tables}
+            assert all(str(r) in kv.split("glyph")[-1] or str(r) in kv for r in owners)
+            mask = "".join(rendered_lines(app.query_one(MaskCanvas)))
+            drawn = {i.request_id for i in app.history.current().items}
+            assert {str(r) for r in drawn} <= set(mask), "each scheduled request's glyph is in the mask"
+    run(scenario())
+
+
+def test_with_sixteen_colours_the_panels_use_glyphs_too(monkeypatch):
+    """TERM=xterm: a dozen hues at most, so the KV grid names requests by glyph, with its key."""
+    import textual.constants
+
+    from cbtui.widgets.kv_grid import KVGrid
+
+    monkeypatch.setattr(textual.constants, "COLOR_SYSTEM", "standard")
+
+    async def scenario():
+        app = make_app(paused=True, scenario_name="kv_pressure")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_until(pilot, lambda: shown_step(app) == 0)
+            await step(pilot, app, 2)
+            assert app.console.color_system == "standard"
+            assert "glyph = request id" in "\n".join(rendered_lines(app.query_one(KVGrid)))
+    run(scenario())
+
+
+def test_kv_summary_wraps_its_figures_instead_of_cutting_them():
+    """'× f…' (freed: 4) and '1…' (1 cell = 2 blocks) at 80x24: each figure goes whole on a line."""
+    from cbtui.colors import FULL
+    from cbtui.widgets.kv_grid import paged_text
+    from engine.records import KVView
+
+    tables = {str(r): tuple(range(r * 8, r * 8 + 8)) for r in range(11)}
+    kv = KVView("paged", 8, 96, 88, 8, tables, {r: 64 for r in tables}, [4, 11], 64, {"11": (90, 91)})
+    lines = paged_text(kv, width=38, rows=3, selected=None, mode=FULL).plain.split("\n")
+    assert all(len(line) <= 38 for line in lines)
+    summary = "\n".join(lines[:2])
+    assert "used 88/96  free 8  block 8 tok" in summary
+    assert "1 cell = 2 blocks" in summary and "× freed: 4, 11" in summary
+
+
+def test_static_batch_padding_and_zoom_are_shown_whole_at_80x24():
+    from cbtui.widgets.budget import BudgetBar
+    from cbtui.widgets.mask_legend import MaskLegend
+
+    async def scenario():
+        app = make_app(paused=True, scenario_name="static_vs_continuous")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_until(pilot, lambda: shown_step(app) == 0)
+            while not app.history.current().padding_slots:
+                await step(pilot, app)
+            await pilot.pause(0.1)
+            budget = rendered_lines(app.query_one(BudgetBar))
+            assert f"padding {app.history.current().padding_slots} slots" in "\n".join(budget)
+            assert not any("…" in line for line in budget), budget
+            await pilot.press("down", "z")
+            await pilot.pause(0.1)
+            legend = rendered_lines(app.query_one(MaskLegend))
+            assert f"zoom: request {app.selected}" in legend[0] or f"zoom: {app.selected}" in legend[0]
+            assert not any("…" in line for line in legend), legend
     run(scenario())

@@ -16,7 +16,7 @@ from textual.widgets import Static
 
 from engine.records import KVView
 
-from ..colors import request_color, request_glyph
+from ..colors import FULL, NONE, color_mode, glyph_key, needs_glyphs, request_color, request_glyph
 
 FILL_GLYPHS = "▁▂▃▄▅▆▇█"  # the last block's fill, eighths
 FREE_GLYPH, FREED_GLYPH = "·", "×"
@@ -47,22 +47,23 @@ def block_cells(kv: KVView) -> list[BlockCell]:
     return cells
 
 
-def _cell_glyph(cell: BlockCell, no_color: bool) -> str:
+def _cell_glyph(cell: BlockCell, glyphs: bool) -> str:
     if cell.owner is None:
         return FREED_GLYPH if cell.freed_by is not None else FREE_GLYPH
-    if no_color:
+    if glyphs:
         return request_glyph(cell.owner)
     return FILL_GLYPHS[max(0, min(len(FILL_GLYPHS) - 1, round(cell.fill * len(FILL_GLYPHS)) - 1))]
 
 
 @lru_cache(maxsize=256)
-def _style(owner: int | None, freed_by: int | None, selected: int | None) -> Style:
+def _style(owner: int | None, freed_by: int | None, selected: int | None, mode: str) -> Style:
+    color = None if mode == NONE else request_color(owner if owner is not None else freed_by or 0, mode).hex
     if owner is None:
         if freed_by is not None:
-            return Style(color=request_color(freed_by).hex, bold=True)
+            return Style(color=color, bold=True)
         return Style(dim=True)
     dim = selected is not None and owner != selected
-    return Style(color=request_color(owner).hex, dim=dim, bold=owner == selected)
+    return Style(color=color, dim=dim, bold=owner == selected, underline=owner == selected and mode == NONE)
 
 
 def _merge(cells: list[BlockCell], group: int) -> list[BlockCell]:
@@ -80,11 +81,41 @@ def _merge(cells: list[BlockCell], group: int) -> list[BlockCell]:
     return merged
 
 
-def paged_text(kv: KVView, width: int, rows: int, selected: int | None,
-               no_color: bool) -> Text:
+def summary_lines(kv: KVView, width: int, group: int, glyph_ids: list[int] | None) -> list[Text]:
+    """The pool's figures, then what the grid's marks mean, packed into lines of `width`: a part that
+    does not fit goes to the next line, never cut (`glyph_ids`: the requests drawn as glyphs)."""
+    parts = [Text.assemble(("used ", "dim"), f"{kv.blocks_used}/{kv.num_blocks}", ("  free ", "dim"),
+                           str(kv.blocks_free), ("  block ", "dim"), f"{kv.block_size} tok")]
+    if group > 1:
+        parts.append(Text(f"1 cell = {group} blocks", style="dim"))
+    if kv.freed:
+        parts.append(Text(f"{FREED_GLYPH} freed: {', '.join(map(str, kv.freed))}", style="bold"))
+    if glyph_ids is not None:
+        parts.append(Text(glyph_key(glyph_ids), style="dim"))
+    lines = [parts[0]]
+    for part in parts[1:]:
+        if lines[-1].cell_len + 2 + part.cell_len <= width:
+            lines[-1] = Text.assemble(lines[-1], "  ", part)
+        else:
+            lines.append(part)
+    return lines
+
+
+def paged_text(kv: KVView, width: int, rows: int, selected: int | None, mode: str) -> Text:
     cells = block_cells(kv)
-    capacity = max(width * rows, 1)
-    group = -(-len(cells) // capacity) if cells else 1
+    owners = sorted({c.owner for c in cells if c.owner is not None})
+    glyphs = needs_glyphs(owners, mode)
+    # The summary's extra lines come out of the grid's; fewer rows may merge blocks into cells, which
+    # the summary then says (a line longer, at most).
+    summary, group = [], 0
+    for _ in range(3):
+        grid_rows = max(rows - max(len(summary) - 1, 0), 1)
+        fits = -(-len(cells) // max(width * grid_rows, 1)) if cells else 1
+        if fits == group:
+            break
+        group = fits
+        summary = summary_lines(kv, width, group, owners if glyphs else None)
+    rows = grid_rows
     if group > 1:
         cells = _merge(cells, group)
     # Wider cells with a gap when there is room, so single blocks (pages) can be counted.
@@ -100,24 +131,18 @@ def paged_text(kv: KVView, width: int, rows: int, selected: int | None,
         run_text: list[str] = []
         run_style = None
         for cell in cells[row_start:row_start + per_row]:
-            style = _style(cell.owner, cell.freed_by, selected)
+            style = _style(cell.owner, cell.freed_by, selected, mode)
             if style is not run_style and run_text:
                 text.append("".join(run_text), run_style)
                 run_text = []
             run_style = style
-            run_text.append(_cell_glyph(cell, no_color) * max(cell_width - 1, 1) + gap)
+            run_text.append(_cell_glyph(cell, glyphs) * max(cell_width - 1, 1) + gap)
         if run_text:
             text.append("".join(run_text), run_style)
-    summary = Text.assemble(("used ", "dim"), f"{kv.blocks_used}/{kv.num_blocks}", ("  free ", "dim"),
-                            str(kv.blocks_free), ("  block ", "dim"), f"{kv.block_size} tok")
-    if group > 1:
-        summary.append(f"  1 cell = {group} blocks", style="dim")
-    if kv.freed:
-        summary.append(f"  {FREED_GLYPH} freed: {', '.join(map(str, kv.freed))}", style="bold")
-    return Text("\n").join([summary, text])
+    return Text("\n").join([*summary, text])
 
 
-def dense_text(kv: KVView, width: int, rows: int, selected: int | None) -> Text:
+def dense_text(kv: KVView, width: int, rows: int, selected: int | None, mode: str = FULL) -> Text:
     held = sorted(((int(r), n) for r, n in kv.tokens.items()), key=lambda x: x[0])
     longest = max((n for _, n in held), default=1) or 1
     label_width = 12
@@ -127,7 +152,8 @@ def dense_text(kv: KVView, width: int, rows: int, selected: int | None) -> Text:
     for rid, n in shown:
         cells = max(1, round(bar_width * n / longest))
         dim = selected is not None and rid != selected
-        lines.append(Text.assemble(f"r{rid:<3} {n:>5} ", ("█" * cells, Style(color=request_color(rid).hex, dim=dim))))
+        color = None if mode == NONE else request_color(rid, mode).hex
+        lines.append(Text.assemble(f"r{rid:<3} {n:>5} ", ("█" * cells, Style(color=color, dim=dim))))
     if len(shown) < len(held):
         lines.append(Text(f"+{len(held) - len(shown)} more requests", style="dim"))
     if kv.freed:
@@ -154,6 +180,7 @@ class KVGrid(Static):
         if kv is None:
             return Text("no step yet", style="dim")
         width, height = max(self.size.width, 1), max(self.size.height, 2)
+        mode = color_mode(self.app)
         if kv.layout == "paged":
-            return paged_text(kv, width, height - 1, self._selected, self.app.no_color)
-        return dense_text(kv, width, height, self._selected)
+            return paged_text(kv, width, height - 1, self._selected, mode)
+        return dense_text(kv, width, height, self._selected, mode)

@@ -13,6 +13,7 @@ from textual.widgets import Sparkline, Static
 from engine.records import MemoryView
 from engine.records.memory_reading import MemoryReading
 
+from ..colors import NOTE
 from ..formatting import human_bytes
 
 HISTORY = 120  # readings kept for the sparkline (one minute at two a second)
@@ -40,6 +41,14 @@ def reading_text(reading: MemoryReading | None, width: int) -> Text:
     return text
 
 
+def past_reading_text(step: int, memory: MemoryView, recorded: bool) -> Text:
+    """A past step (history, or any step of a replay): its own figures, not this moment's."""
+    text = Text.assemble((f"at step {step}", f"bold {NOTE}"), (" (recorded)" if recorded else " (history)", "dim"),
+                         "\n", ("process RSS ", "bold"), human_bytes(memory.rss_bytes))
+    text.no_wrap, text.overflow = True, "ellipsis"
+    return text
+
+
 def step_memory_text(memory: MemoryView | None) -> Text:
     if memory is None:
         return Text("")
@@ -63,6 +72,7 @@ class MemoryPanel(Vertical):
         super().__init__(**kwargs)
         self._history: deque[float] = deque(maxlen=HISTORY)
         self._reading: MemoryReading | None = None
+        self._past: tuple[int, MemoryView, bool] | None = None  # (step, memory, recorded) when one is shown
 
     def compose(self) -> ComposeResult:
         yield Static(reading_text(None, 40), id="memory-live")
@@ -71,16 +81,29 @@ class MemoryPanel(Vertical):
 
     def show_reading(self, reading: MemoryReading) -> None:
         self._reading = reading
-        self._history.append(float(reading.gpus[0].used_bytes if reading.gpus else reading.rss_bytes))
-        self._show(self.query_one("#memory-live", Static), reading_text(reading, self.size.width or 40))
+        if reading.source != "recorded":  # a replay has no live figures to draw a trend of
+            self._history.append(float(reading.gpus[0].used_bytes if reading.gpus else reading.rss_bytes))
+        self._show_reading()
         self.query_one("#memory-trend", Sparkline).data = list(self._history)
 
-    def show_step(self, memory: MemoryView | None) -> None:
+    def show_step(self, memory: MemoryView | None, past_step: int | None = None, recorded: bool = False) -> None:
+        """`past_step`: the step on screen is not this moment's (history, a replay): the reading shown
+        is the one its record carries."""
+        self._past = (past_step, memory, recorded) if past_step is not None and memory is not None else None
         self._show(self.query_one("#memory-step", Static), step_memory_text(memory))
+        self._show_reading()
 
     def on_resize(self) -> None:
-        if self._reading is not None:
-            self._show(self.query_one("#memory-live", Static), reading_text(self._reading, self.size.width))
+        self._show_reading()
+
+    def _show_reading(self) -> None:
+        if self._past is not None:
+            text = past_reading_text(*self._past)
+        elif self._reading is not None:
+            text = reading_text(self._reading, self.size.width or 40)
+        else:
+            return
+        self._show(self.query_one("#memory-live", Static), text)
 
     @staticmethod
     def _show(static: Static, text: Text) -> None:

@@ -13,12 +13,12 @@ from textual.widgets import DataTable
 from engine.records import RequestView
 from engine.records.text import decode, visible
 
-from ..colors import request_color
+from ..colors import BAD, FULL, GOOD, NONE, NOTE, WARN, color_mode, request_color, request_glyph
 
 TEXT_TAIL = 16
 # (key, label, width): fixed widths, so updating a cell never re-measures the whole table. The reason
 # and the output tail share what the other columns leave (column_widths), the reason first.
-COLUMNS = (("id", "id", 4), ("state", "state", 9), ("prompt", "prompt", 7), ("gen", "gen", 7),
+COLUMNS = (("id", "id", 5), ("state", "state", 9), ("prompt", "prompt", 7), ("gen", "gen", 7),
            ("ttft", "TTFT", 4), ("why", "why not scheduled", 0), ("text", "output tail", 0))
 WHY_WIDTH = 28  # the longest reason the scheduler gives ("budget reserved for priority")
 MIN_TAIL = 6  # narrower than this, the output tail says nothing: its room goes to the reason
@@ -38,20 +38,31 @@ def column_widths(width: int, longest_reason: int = WHY_WIDTH) -> dict[str, int]
         why, tail = why + max(tail, 0), 0
     widths["why"], widths["text"] = why, tail
     return widths
-STATE_STYLE = {"decode": "green", "prefill": "yellow", "waiting": "magenta", "preempted": "bold red",
+STATE_STYLE = {"decode": GOOD, "prefill": WARN, "waiting": NOTE, "preempted": f"bold {BAD}",
                "finished": "dim", "pending": "dim"}
 
-def row_cells(view: RequestView, no_color: bool) -> tuple[Text, ...]:
+def id_cell(request_id: int, mode: str) -> Text:
+    """The request's mark as the other panels draw it: its colour square, or (16 colours, NO_COLOR) its
+    glyph, which is the id itself up to 9 and a letter after ("A=10")."""
+    if mode == FULL:
+        return Text.assemble(("■ ", request_color(request_id).hex), str(request_id))
+    glyph = request_glyph(request_id)
+    color = "" if mode == NONE else request_color(request_id, mode).hex
+    if glyph == str(request_id):
+        return Text(glyph, style=color)
+    return Text.assemble((glyph, f"bold {color}"), f"={request_id}")
+
+
+def row_cells(view: RequestView, mode: str) -> tuple[Text, ...]:
     """A recording's state and reason are any strings: their control characters are shown (the
     output tail's are dots already, from `decode`)."""
-    mark = "" if no_color else "■ "  # without colour the id itself is the mark
     return (
-        Text.assemble((mark, request_color(view.id).hex), f"{view.id}"),
+        id_cell(view.id, mode),
         Text(visible(view.state), style=STATE_STYLE.get(view.state, "")),
         Text(f"{view.prefill_pos}/{view.prompt_len}", justify="right"),
         Text(f"{view.generated}/{view.max_new_tokens}", justify="right"),
         Text("–" if view.ttft_steps is None else f"{view.ttft_steps}", justify="right"),
-        Text(visible(view.reason or ""), style="red" if view.reason and view.reason != "not arrived yet" else "dim"),
+        Text(visible(view.reason or ""), style=BAD if view.reason and view.reason != "not arrived yet" else "dim"),
         Text(decode(view.output_tail)[-TEXT_TAIL:], style="italic"),
     )
 
@@ -112,13 +123,13 @@ class RequestsTable(DataTable, inherit_bindings=False):
         self._views = views
         if self._widths is None:  # not laid out yet: the first resize adds the columns and the rows
             return
-        no_color = self.app.no_color
+        mode = color_mode(self.app)
         wanted = {v.id for v in views}
         for gone in set(self._shown) - wanted:  # a record holds the requests alive in its step
             self.remove_row(str(gone))
             del self._shown[gone]
         for view in views:
-            cells = row_cells(view, no_color)
+            cells = row_cells(view, mode)
             plain = tuple(str(c) for c in cells)
             old = self._shown.get(view.id)
             if old is None:

@@ -265,8 +265,8 @@ class DashboardApp(App[None]):
             panel.border_title = budget
         self._draw_mask(record)
         self.query_one(KVGrid).show(record.kv if record else None, self.selected)
-        past_step = record.step if record is not None and (self._recorded or not self.history.live) else None
-        self.query_one(MemoryPanel).show_step(record.memory if record else None, past_step, self._recorded)
+        past_step = record.step if record is not None and not self.history.live else None
+        self.query_one(MemoryPanel).show_step(record.memory if record else None, past_step)
         if record is not None:
             self.query_one(RequestsTable).show(record.requests)
 

@@ -27,7 +27,7 @@ def test_history_counts_in_step_numbers_only():
     info = HeaderInfo(scenario="Mixed load", engine="tiny", step=6, run_state="paused", speed="4/s", newest=31)
     line1, line2 = StepHeader.text_for(info, width=78).plain.split("\n")
     assert line1.startswith("Step 6 of 31 paused")
-    assert "/" not in line2.replace("tok/s", "") and "history" in line2
+    assert "/" not in line2.replace("tok/s", "") and "history: → newer" in line2 and len(line2) <= 78
 
 
 def test_the_header_says_what_runs_before_the_title():

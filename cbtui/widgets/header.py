@@ -33,7 +33,7 @@ class HeaderInfo:
 
 RUN_STATE_STYLE = {"running": f"bold {GOOD}", "paused": f"bold {WARN}", "finished": f"bold {CALM}",
                    "failed": f"bold {BAD}", "starting": "dim"}
-HISTORY_HINT = "history: → newer, space live"
+HISTORY_HINTS = ("history: → newer, space live", "history: → newer", "history")
 
 
 class StepHeader(Static):
@@ -81,9 +81,9 @@ class StepHeader(Static):
             ("  finished ", "dim"), str(info.finished), ("  pending ", "dim"), str(info.pending),
             "  ", (rate, "bold"),
         )
-        if info.newest is not None:
-            line2.append("  ")
-            line2.append(HISTORY_HINT, style=f"bold {NOTE}")
+        if info.newest is not None:  # the longest wording that fits
+            hints = [h for h in HISTORY_HINTS if width is None or line2.cell_len + 2 + len(h) <= width]
+            line2.append("  " + (hints or HISTORY_HINTS[-1:])[0], style=f"bold {NOTE}")
         extra = Text()
         for error in info.errors:
             extra.append("  " + visible(error), style=f"bold {BAD}")

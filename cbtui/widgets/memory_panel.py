@@ -41,9 +41,9 @@ def reading_text(reading: MemoryReading | None, width: int) -> Text:
     return text
 
 
-def past_reading_text(step: int, memory: MemoryView, recorded: bool) -> Text:
-    """A past step (history, or any step of a replay): its own figures, not this moment's."""
-    text = Text.assemble((f"at step {step}", f"bold {NOTE}"), (" (recorded)" if recorded else " (history)", "dim"),
+def past_reading_text(step: int, memory: MemoryView) -> Text:
+    """A past step (history): its own figures, as its record carries them, not this moment's."""
+    text = Text.assemble((f"at step {step}", f"bold {NOTE}"), (" (history)", "dim"),
                          "\n", ("process RSS ", "bold"), human_bytes(memory.rss_bytes))
     text.no_wrap, text.overflow = True, "ellipsis"
     return text
@@ -72,7 +72,7 @@ class MemoryPanel(Vertical):
         super().__init__(**kwargs)
         self._history: deque[float] = deque(maxlen=HISTORY)
         self._reading: MemoryReading | None = None
-        self._past: tuple[int, MemoryView, bool] | None = None  # (step, memory, recorded) when one is shown
+        self._past: tuple[int, MemoryView] | None = None  # (step, its memory) while history is on screen
 
     def compose(self) -> ComposeResult:
         yield Static(reading_text(None, 40), id="memory-live")
@@ -86,10 +86,10 @@ class MemoryPanel(Vertical):
         self._show_reading()
         self.query_one("#memory-trend", Sparkline).data = list(self._history)
 
-    def show_step(self, memory: MemoryView | None, past_step: int | None = None, recorded: bool = False) -> None:
-        """`past_step`: the step on screen is not this moment's (history, a replay): the reading shown
-        is the one its record carries."""
-        self._past = (past_step, memory, recorded) if past_step is not None and memory is not None else None
+    def show_step(self, memory: MemoryView | None, past_step: int | None = None) -> None:
+        """`past_step`: the step on screen is not this moment's (history): the reading shown is the one
+        its record carries."""
+        self._past = (past_step, memory) if past_step is not None and memory is not None else None
         self._show(self.query_one("#memory-step", Static), step_memory_text(memory))
         self._show_reading()
 

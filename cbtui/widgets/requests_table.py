@@ -38,8 +38,11 @@ def column_widths(width: int, longest_reason: int = WHY_WIDTH) -> dict[str, int]
         why, tail = why + max(tail, 0), 0
     widths["why"], widths["text"] = why, tail
     return widths
+
+
 STATE_STYLE = {"decode": GOOD, "prefill": WARN, "waiting": NOTE, "preempted": f"bold {BAD}",
                "finished": "dim", "pending": "dim"}
+
 
 def id_cell(request_id: int, mode: str) -> Text:
     """The request's mark as the other panels draw it: its colour square, or (16 colours, NO_COLOR) its
@@ -101,6 +104,7 @@ class RequestsTable(DataTable, inherit_bindings=False):
         self._views: Sequence[RequestView] = ()
         self._widths: dict[str, int] | None = None
         self._selected: int | None = None  # the request the cursor is on, followed as rows move
+        self._sorted_as: list[str] | None = None  # row keys in table order, as last sorted
 
     def on_resize(self) -> None:
         self._fit_columns()
@@ -116,7 +120,7 @@ class RequestsTable(DataTable, inherit_bindings=False):
         self.clear(columns=True)
         for key, label, _ in COLUMNS:
             self.add_column(label, key=key, width=widths[key])
-        self._shown = {}
+        self._shown, self._sorted_as = {}, None
         self.show(self._views)
 
     def show(self, views: Sequence[RequestView]) -> None:
@@ -128,12 +132,14 @@ class RequestsTable(DataTable, inherit_bindings=False):
         for gone in set(self._shown) - wanted:  # a record holds the requests alive in its step
             self.remove_row(str(gone))
             del self._shown[gone]
+            self._sorted_as = None
         for view in views:
             cells = row_cells(view, mode)
             plain = tuple(str(c) for c in cells)
             old = self._shown.get(view.id)
             if old is None:
                 self.add_row(*cells, key=str(view.id))
+                self._sorted_as = None
             elif old != plain:
                 for (key, _, _), new, before in zip(COLUMNS, cells, old, strict=True):
                     if str(new) != before:
@@ -146,18 +152,16 @@ class RequestsTable(DataTable, inherit_bindings=False):
         request (not its row number) as rows move, scrolled into view."""
         rank = {str(v.id): (STATE_ORDER.get(v.state, len(STATE_ORDER)), v.id) for v in views}
         order = sorted(rank, key=rank.__getitem__)
-        if [row.value for row in self.ordered_row_keys()] != order:
+        if self._sorted_as != order:
             by_id_cell = {self._shown[int(key)][0]: rank[key] for key in order}
             self.sort("id", key=lambda cell: by_id_cell[str(cell)])
+            self._sorted_as = order
         if self.show_cursor and self._selected is not None and str(self._selected) in rank:
             row = order.index(str(self._selected))
             if self.cursor_row != row:
                 self.move_cursor(row=row, animate=False)
         elif not self.show_cursor:
             self.scroll_home(animate=False)
-
-    def ordered_row_keys(self):
-        return [self.coordinate_to_cell_key((i, 0)).row_key for i in range(self.row_count)]
 
     def _start_selecting(self) -> bool:
         """The first up / down shows the cursor where it is instead of moving it."""

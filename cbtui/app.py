@@ -33,6 +33,8 @@ from engine.profiling.memory_profiler import MemoryProfiler
 from engine.profiling.nvml import Nvml
 from engine.records import StepRecord
 from engine.records.metrics import MetricsCollector
+from engine.records.output_files import OutputFileError
+from engine.records.text import visible
 
 from .colors import color_mode
 from .controller import MAX_SPEED, EngineController, EngineStatus, SteppableEngine
@@ -412,10 +414,13 @@ class DashboardApp(App[None]):
         try:
             self.metrics.observe(record)
             (self.memory_profile.observe_recorded if self._recorded else self.memory_profile.observe)(record)
-            if self._trace_spool is not None:
-                self._trace_spool.observe(record)
         except ValueError as exc:  # a record the collector refuses must not take the UI down
             self.error = f"metrics: {exc}"
+        if self._trace_spool is not None:
+            try:
+                self._trace_spool.observe(record)
+            except OSError as exc:  # a full disk: say so, keep running; the trace write at the end fails too
+                self.error = f"--trace-out: {exc.strerror or exc}"
 
     def _metrics_now(self):
         recent = self.history.recent(1)
@@ -499,7 +504,11 @@ def run_dashboard(scenario, engine: SteppableEngine, overrides: dict | None = No
     if rebuild is None:
         def rebuild():
             return scenario.build_engine(variant, plugins=plugins, **overrides)
-    spool = TraceSpool(trace_out) if trace_out is not None else None
+    try:
+        spool = TraceSpool(trace_out) if trace_out is not None else None
+    except OutputFileError as exc:
+        print(f"cbtui: error: {visible(str(exc))}", file=sys.stderr)
+        return 2
     app = DashboardApp(scenario, engine, rebuild=rebuild, paused=paused, speed=speed, max_steps=max_steps,
                        recorded=recorded, trace_spool=spool, variant=variant)
 
@@ -534,9 +543,6 @@ def run_dashboard(scenario, engine: SteppableEngine, overrides: dict | None = No
 
 def _write_outputs(app: DashboardApp, metrics_out: str | None, spool: TraceSpool | None) -> int:
     """--metrics-out / --trace-out once the terminal is restored: 0, or 2 after saying why not."""
-    from engine.records.output_files import OutputFileError
-    from engine.records.text import visible
-
     try:
         for line in write_outputs(app.metrics, metrics_out, spool):
             print(visible(line), file=sys.stderr)

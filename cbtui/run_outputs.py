@@ -17,6 +17,7 @@ from pathlib import Path
 from engine.records import StepRecord
 from engine.records.metrics import MetricsCollector
 from engine.records.metrics_export import export_metrics
+from engine.records.output_files import OutputFileError
 from engine.records.trace_export import check_trace_path, write_trace
 
 
@@ -26,7 +27,10 @@ class TraceSpool:
     def __init__(self, trace_path: str | os.PathLike):
         self.trace_path = check_trace_path(trace_path)
         self.path = self.trace_path.with_name(f".{self.trace_path.name}.{os.getpid()}.records.jsonl")
-        self._file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - open for the whole run, closed in close()
+        try:
+            self._file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - open for the whole run, closed in close()
+        except OSError as exc:
+            raise OutputFileError(f"{self.trace_path}: cannot write beside it ({exc.strerror or exc})") from None
 
     def observe(self, record: StepRecord) -> None:
         self._file.write(json.dumps(record.to_dict()) + "\n")

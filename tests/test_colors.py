@@ -114,3 +114,37 @@ def test_the_mask_legend_and_the_table_name_requests_as_the_panels_draw_them(mod
     else:
         assert entries == ["0d", "4d", "C=12d"]
         assert id_cell(12, mode).plain == "C=12" and id_cell(4, mode).plain == "4"
+
+
+def colors_in_sixteen(text: Text) -> set[int]:
+    """The 16-colour numbers a Textual app sends for `text`'s foregrounds: Textual first turns named
+    colours into its dark ANSI theme's truecolor (Monokai), then rich downgrades every colour."""
+    from rich.style import Style
+    from textual._ansi_theme import MONOKAI
+
+    numbers = set()
+    for style in [text.style, *(span.style for span in text.spans)]:
+        color = Style.parse(style).color if isinstance(style, str) else style.color
+        if color is None:
+            continue
+        if color.triplet is None:
+            color = RichColor.from_triplet(color.get_truecolor(MONOKAI, foreground=True))
+        numbers.add(color.downgrade(ColorSystem.STANDARD).number)
+    return numbers
+
+
+def test_paused_prefill_and_no_gpu_are_not_red_with_sixteen_colours():
+    """They all came out bright red: named colours (yellow) went through the theme to a red-leaning
+    truecolor first."""
+    from cbtui.widgets.header import HeaderInfo, StepHeader
+    from cbtui.widgets.memory_panel import reading_text
+    from cbtui.widgets.requests_table import STATE_STYLE
+    from engine.records.memory_reading import MemoryReading
+
+    red = {1, 9}
+    note = reading_text(MemoryReading(rss_bytes=1 << 20, note="no GPU: NVML not found", source="rss"), 40)
+    header = StepHeader.text_for(HeaderInfo(scenario="s", engine="e", step=1, run_state="paused", speed="4/s"))
+    paused = header[header.plain.index("paused"):header.plain.index("paused") + 6]
+    prefill = Text("prefill", style=STATE_STYLE["prefill"])
+    for text in (note, paused, prefill):
+        assert colors_in_sixteen(text) and not colors_in_sixteen(text) & red, text.plain

@@ -13,7 +13,7 @@ from textual.widgets import Sparkline, Static
 from engine.records import MemoryView
 from engine.records.memory_reading import MemoryReading
 
-from ..colors import NOTE
+from ..colors import BAD, GOOD, NOTE, WARN
 from ..formatting import human_bytes
 
 HISTORY = 120  # readings kept for the sparkline (one minute at two a second)
@@ -31,9 +31,9 @@ def reading_text(reading: MemoryReading | None, width: int) -> Text:
             lines.append(Text.assemble(
                 (f"GPU{gpu.index} ", "bold"), (f"{gpu.name[:14]:<14} ", "dim"),
                 f"{human_bytes(gpu.used_bytes)}/{human_bytes(gpu.total_bytes)} ",
-                ("█" * filled, "green" if share < 0.9 else "red"), ("░" * (bar_width - filled), "dim")))
+                ("█" * filled, GOOD if share < 0.9 else BAD), ("░" * (bar_width - filled), "dim")))
     else:
-        lines.append(Text(reading.note or "no GPU figures", style="yellow"))  # says why: no suffix below
+        lines.append(Text(reading.note or "no GPU figures", style=WARN))  # says why: no suffix below
         if reading.source != "recorded":
             lines.append(Text.assemble(("process RSS ", "bold"), human_bytes(reading.rss_bytes)))
     text = Text("\n").join(lines)

@@ -11,16 +11,18 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from textual import on
+from textual import events, on
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.css.query import NoMatches
+from textual.geometry import Size
 from textual.message import Message
 from textual.reactive import reactive
 from textual.screen import Screen
@@ -31,13 +33,16 @@ from engine.profiling.memory_profiler import MemoryProfiler
 from engine.profiling.nvml import Nvml
 from engine.records import StepRecord
 from engine.records.metrics import MetricsCollector
+from engine.records.output_files import OutputFileError
 from engine.records.step_lines import RecordingWriter
 from engine.records.text import visible
 
 from .breakpoints import Breakpoint, Breakpoints
+from .colors import color_mode
 from .controller import MAX_SPEED, EngineController, EngineStatus, SteppableEngine
 from .frozen_heap import frozen_heap
 from .history import History, PastSteps
+from .run_outputs import TraceSpool, write_outputs
 from .speculation_text import speculation_note
 from .widgets.breakpoint_screen import BreakpointScreen
 from .widgets.budget import BudgetBar
@@ -72,6 +77,12 @@ STATEFUL_ACTIONS = ("toggle_pause", "step_once", "history_back", "history_forwar
 
 class InboxReady(Message):
     """The engine thread put something in the inbox (sent once until the inbox is drained)."""
+
+
+def run_label(policy: str, variant: str | None, plugins) -> str:
+    """What runs, for the header: two runs of one scenario (static vs --variant continuous) differ here."""
+    parts = [f"policy {policy}"] + ([f"variant {variant}"] if variant else []) + [f"+{p}" for p in plugins]
+    return " · ".join(parts)
 
 
 def graph_note(record) -> tuple[str, ...]:
@@ -113,12 +124,15 @@ class DashboardApp(App[None]):
                  probe: MemoryProbe | None = None, history_limit: int = 1000,
                  memory_poll_s: float = MEMORY_POLL_S, memory_sources: list | None = None,
                  recorded: bool = False, pages: PastSteps | None = None,
-                 recording: RecordingWriter | None = None, breakpoints: Iterable[Breakpoint] = ()):
+                 recording: RecordingWriter | None = None, breakpoints: Iterable[Breakpoint] = (),
+                 trace_spool: TraceSpool | None = None, variant: str | None = None):
         """`recorded`: `engine` replays a recording (recording.py): memory comes from the records
         alone, since this process is not the one that ran them. `pages`: the file a replay reads,
         for history older than `history_limit` steps. `recording`: writes the run as it goes (and
-        serves as `pages`)."""
+        serves as `pages`). `trace_spool` (--trace-out) keeps every record of the run for the trace
+        written at the end."""
         super().__init__()
+        self._trace_spool = trace_spool
         # Metrics and the memory profile follow every record, whatever step is on screen.
         self._recorded = recorded
         self._memory_sources = [] if recorded else memory_sources
@@ -129,6 +143,7 @@ class DashboardApp(App[None]):
         self._memory_poll_s = memory_poll_s
         self.scenario = scenario
         self._engine_label = ("recorded · " if recorded else "") + header.label()
+        self._run_label = run_label(header.policy, variant or header.variant, header.plugins)
         self._probe = probe
         self._recording = recording
         self._recording_error_shown = False
@@ -185,14 +200,16 @@ class DashboardApp(App[None]):
         self.controller.start()
         self._draw()
 
-    def on_resize(self) -> None:
-        self._fit_layout()
+    def on_resize(self, event: events.Resize) -> None:
+        # This handler runs before App's own, which is the one that updates self.size: read the event.
+        self._fit_layout(event.size)
 
-    def _fit_layout(self) -> None:
-        width, height = self.size
-        self.screen.set_class(width < MIN_WIDTH or height < MIN_HEIGHT, "-too-small")
-        self.screen.set_class(height < COMPACT_HEIGHT, "-compact")
-        self.screen.set_class(width < 100, "-narrow")
+    def _fit_layout(self, size: Size | None = None) -> None:
+        width, height = size or self.size
+        dashboard = self.screen_stack[0]  # not a help or metrics screen shown over it
+        dashboard.set_class(width < MIN_WIDTH or height < MIN_HEIGHT, "-too-small")
+        dashboard.set_class(height < COMPACT_HEIGHT, "-compact")
+        dashboard.set_class(width < 100, "-narrow")
 
     # -- from the engine thread --------------------------------------------------------------
     def _post_record(self, record: StepRecord) -> None:
@@ -230,6 +247,8 @@ class DashboardApp(App[None]):
                 self.history.clear()
                 self.break_hit = None
                 self._reset_metrics()
+                if self._trace_spool is not None:
+                    self._trace_spool.restart()
                 self.error = None
                 self.engine_state = "running"
             elif event.kind == "finished":
@@ -278,7 +297,9 @@ class DashboardApp(App[None]):
             panel.border_title = budget
         self._draw_mask(record)
         self.query_one(KVGrid).show(record.kv if record else None, self.selected, record.shards if record else None)
-        self.query_one(MemoryPanel).show_step(record.memory if record else None, record.shards if record else None)
+        past_step = record.step if record is not None and not self.history.live else None
+        self.query_one(MemoryPanel).show_step(record.memory if record else None, past_step,
+                                              record.shards if record else None)
         if record is not None:
             self.query_one(RequestsTable).show(record.requests)
 
@@ -301,8 +322,8 @@ class DashboardApp(App[None]):
         # The legend reads the raster's scale, which depends on the canvas size: before the first
         # layout there is none, and the legend is drawn again when the canvas is sized (below).
         hits = record.kv.prefix.hits if record is not None and record.kv.prefix is not None else None
-        self.query_one(MaskLegend).show(items, zoom_on, canvas.current_raster(), not self.no_color,
-                                        self.selected, self.no_color, hits)
+        self.query_one(MaskLegend).show(items, zoom_on, canvas.current_raster(), self.selected, color_mode(self),
+                                        hits)
 
     @on(MaskCanvas.Rescaled)
     def _redraw_mask_legend(self) -> None:
@@ -310,17 +331,15 @@ class DashboardApp(App[None]):
             self._draw_mask(self.history.current())
 
     def _header_info(self, record: StepRecord | None) -> HeaderInfo:
-        history = ""
-        if not self.history.live:
-            index, kept = self.history.position()
-            history = f"viewing history {index}/{kept} (→ newer, space live)"
+        latest = None if self.history.live else self.history.newest()
+        newest = latest.step if latest is not None else None
         rate = None
         recent = self.history.recent(RATE_WINDOW)
         seconds = sum(r.wall_time_s for r in recent)
         if seconds > 0:
             rate = sum(r.decode_tokens + r.prefill_tokens for r in recent) / seconds
         common = dict(scenario=self.scenario.title, engine=self._engine_label, run_state=self.run_state(),
-                      speed=speed_label(self.speed), tokens_per_second=rate, history=history)
+                      speed=speed_label(self.speed), tokens_per_second=rate, newest=newest, run=self._run_label)
         if record is None:
             return HeaderInfo(step=None, **common)
         return HeaderInfo(step=record.step, running=record.running, waiting=record.waiting,
@@ -373,7 +392,7 @@ class DashboardApp(App[None]):
         enabled = {
             "toggle_pause": not stopped or not self.history.live,
             "step_once": self.paused and not stopped,
-            "history_back": self.paused and self.history.can_go_back() or (stopped and self.history.can_go_back()),
+            "history_back": self.history.can_go_back(),  # while running it pauses first
             "history_forward": (self.paused or stopped) and (not self.history.live or not stopped),
             "faster": self.speed < SPEEDS[-1],
             "slower": self.speed > SPEEDS[0],
@@ -400,6 +419,8 @@ class DashboardApp(App[None]):
         self._draw()
 
     def action_history_back(self) -> None:
+        if self._can_step():
+            self._pause_first()  # going back while the engine runs would show a step it has already left
         self.history.back()
         self._draw()
         self._refresh_bindings_if_changed()
@@ -438,6 +459,11 @@ class DashboardApp(App[None]):
             (self.memory_profile.observe_recorded if self._recorded else self.memory_profile.observe)(record)
         except ValueError as exc:  # a record the collector refuses must not take the UI down
             self.error = f"metrics: {exc}"
+        if self._trace_spool is not None:
+            try:
+                self._trace_spool.observe(record)
+            except OSError as exc:  # a full disk: say so, keep running; the trace write at the end fails too
+                self.error = f"--trace-out: {exc.strerror or exc}"
 
     def _metrics_now(self):
         recent = self.history.recent(1)
@@ -498,7 +524,6 @@ class DashboardApp(App[None]):
         self.action_step_once()
 
     def _palette_back(self) -> None:
-        self._pause_first()
         self.action_history_back()
 
     def _palette_forward(self) -> None:
@@ -520,20 +545,28 @@ def run_dashboard(scenario, engine: SteppableEngine, overrides: dict | None = No
                   plugins: tuple[str, ...] = (), rebuild=None, recorded: bool = False,
                   pages: PastSteps | None = None, recording: RecordingWriter | None = None,
                   breakpoints: Iterable[Breakpoint] = (), app_factory=None,
-                  app_class=DashboardApp) -> int:  # app_class: a subclass (cbtui serve's presenter)
+                  app_class=DashboardApp,  # a subclass (cbtui serve's presenter)
+                  metrics_out: str | None = None, trace_out: str | None = None) -> int:
     """Opens the dashboard on `engine`; `r` rebuilds it from the scenario with the same variant,
     plugins and overrides (or calls `rebuild`: a replay starts over). Returns the exit code: 0 after
-    a quit, 128 + N after signal N."""
+    a quit, 128 + N after signal N, 2 when --metrics-out / --trace-out could not be written (after
+    the quit, with a line on stderr saying why)."""
     overrides = dict(overrides or {})
     leave_a_core_for_the_ui(engine)
     if rebuild is None:
         def rebuild():
             return scenario.build_engine(variant, plugins=plugins, **overrides)
+    try:
+        spool = TraceSpool(trace_out) if trace_out is not None else None
+    except OutputFileError as exc:
+        print(f"cbtui: error: {visible(str(exc))}", file=sys.stderr)
+        return 2
     if app_factory is not None:  # a dashboard of another kind (a lesson): app_factory(scenario, engine, rebuild)
         app = app_factory(scenario, engine, rebuild)
     else:
         app = app_class(scenario, engine, rebuild=rebuild, paused=paused, speed=speed, max_steps=max_steps,
-                        recorded=recorded, pages=pages, recording=recording, breakpoints=breakpoints)
+                        recorded=recorded, pages=pages, recording=recording, breakpoints=breakpoints,
+                        trace_spool=spool, variant=variant)
 
     signalled: list[int] = []
 
@@ -560,6 +593,21 @@ def run_dashboard(scenario, engine: SteppableEngine, overrides: dict | None = No
             recording.close()  # (a step still in flight after the wait may write one more line: the OS closes it)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    written = _write_outputs(app, metrics_out, spool)
     if signalled:
         return 128 + signalled[0]
-    return app.return_code or 0  # 1 when the app ended on an unhandled error (Textual printed it)
+    return app.return_code or written  # 1 when the app ended on an unhandled error (Textual printed it)
+
+
+def _write_outputs(app: DashboardApp, metrics_out: str | None, spool: TraceSpool | None) -> int:
+    """--metrics-out / --trace-out once the terminal is restored: 0, or 2 after saying why not."""
+    try:
+        for line in write_outputs(app.metrics, metrics_out, spool):
+            print(visible(line), file=sys.stderr)
+    except OutputFileError as exc:
+        print(f"cbtui: error: {visible(str(exc))}", file=sys.stderr)
+        return 2
+    finally:
+        if spool is not None:
+            spool.close()
+    return 0

@@ -69,6 +69,14 @@ class OneLineErrors(click.Group):
             plugin_abort(exc)
         sys.exit(rc if isinstance(rc, int) else 0)
 
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:  # here, before click's main turns it into a silent exit 1
+            from .headless import stdout_closed
+
+            stdout_closed()
+
 
 @click.group(cls=OneLineErrors)
 @click.version_option(package_name="cbtui")
@@ -101,16 +109,14 @@ def _print_comparison(scenario, totals, cut_short: bool, overrides: dict) -> Non
     except ScenarioError as exc:
         fail(str(exc))
     click.echo("comparison (steps, TTFT and latency in scheduler steps):")
-    for line in format_table(rows):  # variant names from the file have their controls shown there
+    for line in format_table(rows, width=80):  # variant names from the file: their controls are shown there
         click.echo(line)
 
 
-def _check_output(flag: str, path: str, headless: bool, check) -> None:
+def _check_output(path: str, check) -> None:
     """Before the run: a bad --metrics-out / --trace-out path fails now, not after minutes of stepping."""
     from engine.records.output_files import OutputFileError
 
-    if not headless:
-        fail(f"{flag} needs --headless or --json")
     try:
         check(path)
     except OutputFileError as exc:
@@ -299,9 +305,10 @@ def scenarios_cmd() -> None:
               help="Let the scenario file's [[plugins]] name module:Class, which imports and runs that "
                    "module's code. Only for files you trust.")
 @click.option("--metrics-out", type=click.Path(dir_okay=False), default=None,
-              help="Headless: write metrics (TTFT, ITL, throughput, per step) to FILE.json or FILE.csv.")
+              help="Write metrics (TTFT, ITL, throughput, per step) to FILE.json or FILE.csv (dashboard: on quit).")
 @click.option("--trace-out", type=click.Path(dir_okay=False), default=None,
-              help="Headless: write a Perfetto / Chrome trace (FILE.json): a slice per step, a row per request.")
+              help="Write a Perfetto / Chrome trace (FILE.json): a slice per step, a row per request "
+                   "(dashboard: on quit).")
 @click.option("--record", "record_to", type=click.Path(dir_okay=False), default=None, metavar="FILE",
               help="Write the run to FILE as it goes, as --json would (replay it with `cbtui replay FILE`); "
                    "the dashboard's history then reaches back to the first step. r starts the file anew.")
@@ -337,10 +344,9 @@ def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention
     except ValueError as exc:
         fail(str(exc))
 
-    for flag, path, check in (("--metrics-out", metrics_out, check_export_path),
-                              ("--trace-out", trace_out, check_trace_path)):
+    for path, check in ((metrics_out, check_export_path), (trace_out, check_trace_path)):
         if path is not None:
-            _check_output(flag, path, headless or as_json, check)
+            _check_output(path, check)
     overrides = dict(device=device, model=model, attention=attention, kv_layout=kv_layout, speculative=speculative,
                      prefix_caching=False if no_prefix_caching else None, shards=shards, shard_by=shard_by)
     try:
@@ -390,7 +396,8 @@ def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention
     from .app import run_dashboard
 
     code = run_dashboard(scenario, engine, overrides=overrides, paused=paused, speed=speed, max_steps=steps,
-                         variant=variant, plugins=plugins, recording=recording, breakpoints=stops)
+                         variant=variant, plugins=plugins, recording=recording, breakpoints=stops,
+                         metrics_out=metrics_out, trace_out=trace_out)
     # The terminal is restored and the dashboard writes nothing: skip the interpreter's teardown of
     # torch and textual, half a second between q and the prompt on this project's CPU.
     sys.stdout.flush()

@@ -41,6 +41,7 @@ from .app import (
     leave_a_core_for_the_ui,
     speed_label,
 )
+from .colors import color_mode
 from .controller import EngineController, EngineStatus
 from .frozen_heap import frozen_heap
 from .history import History
@@ -128,14 +129,15 @@ class RunPane(Vertical):
             panel.border_title = "Requests"
             yield RequestsTable()
 
-    def draw(self, run_state: str, speed: str, selected: int | None, history_note: str) -> None:
+    def draw(self, run_state: str, speed: str, selected: int | None, newest: int | None) -> None:
+        """`newest`: the newest step, while the panes show an older one (the header says so)."""
         record = self.history.current()
         title = f"{self.letter} {self.variant_name}" + (f" · {self.settings}" if self.settings else "")
         state = "finished" if self.done and run_state != "failed" else run_state
         recent = self.history.recent(RATE_WINDOW)
         seconds = sum(r.wall_time_s for r in recent)
         rate = sum(r.decode_tokens + r.prefill_tokens for r in recent) / seconds if seconds > 0 else None
-        common = dict(scenario=title, engine=self.engine_label, run_state=state, speed=speed, history=history_note,
+        common = dict(scenario=title, engine=self.engine_label, run_state=state, speed=speed, newest=newest,
                       tokens_per_second=rate)
         if record is None:
             info = HeaderInfo(step=None, **common)
@@ -158,8 +160,7 @@ class RunPane(Vertical):
         items = list(record.items) if record else []
         canvas = self.query_one(MaskCanvas)
         canvas.show(items, selected)
-        no_color = self.app.no_color
-        self.query_one(MaskLegend).show(items, None, canvas.current_raster(), not no_color, selected, no_color)
+        self.query_one(MaskLegend).show(items, None, canvas.current_raster(), selected, color_mode(self.app))
 
     @on(MaskCanvas.Rescaled)
     def _redraw_legend(self) -> None:
@@ -313,12 +314,10 @@ class CompareApp(App[None]):
 
     def _draw_panels(self) -> None:
         self.query_one(ErrorPanel).show_error(self.error)
-        note = ""
-        if self.viewing is not None:
-            note = f"viewing step {self.viewing} of {self.newest_step()} (→ newer, space live)"
+        newest = self.newest_step() if self.viewing is not None else None
         for pane in self.panes:
             pane.history.view(self.viewing)
-            pane.draw(self.run_state(), speed_label(self.speed), self.selected, note)
+            pane.draw(self.run_state(), speed_label(self.speed), self.selected, newest)
         a, b = self.panes
         self.query_one(RunDifference).show((a.variant_name, b.variant_name), (a.figures(), b.figures()),
                                            self.requests)

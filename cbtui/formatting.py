@@ -23,3 +23,12 @@ def human_rate(per_second: float) -> str:
 def short_number(value: float) -> str:
     """A figure in at most four characters: '0.33', '6.4', '12', '120', '1.2k', '55k' (never '1.2e+02')."""
     return f"{value:.2g}" if abs(value) < 10 else human_rate(value)
+
+
+def first_that_fits(width: int, *forms):
+    """The first of `forms` (rich Texts, longest wording first) that fits `width` cells; else the last.
+    Panels word a figure shorter rather than cut it."""
+    for form in forms:
+        if form.cell_len <= width:
+            return form
+    return forms[-1]

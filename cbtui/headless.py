@@ -9,6 +9,7 @@ rich markup escaped; JSON escapes control characters itself.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -25,17 +26,38 @@ from .controller import SteppableEngine
 from .event_lines import event_lines
 
 
+def stdout_closed() -> None:
+    """Whoever read stdout stopped (`cbtui scenario X --json | head -1`): end quietly, with 0, as
+    Python's docs advise: stdout goes to devnull, so the interpreter's last flush cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(0)
+
+
+class PipeConsole(Console):
+    """Rich ends a closed pipe with exit 1; a reader that has seen enough is not an error."""
+
+    def on_broken_pipe(self) -> None:
+        stdout_closed()
+
+
+LINE_WIDTH = 80  # a step line fits a standard terminal; longer plugin notes go on lines of their own
+
+
 def step_line(rec: StepRecord) -> str:
-    drafts = rec.draft_tokens  # speculation: of the decode tokens, drafts verified (and accepted)
-    spec = f" (drafts {drafts:>3}, {rec.accepted_tokens:>3} ok)" if drafts else ""
-    line = (f"step {rec.step:>4} | decode {rec.decode_tokens:>4}{spec} prefill {rec.prefill_tokens:>4} "
-            f"unused {rec.unused_tokens:>4} | running {rec.running:>3} waiting {rec.waiting:>3} "
-            f"finished {rec.finished_total:>3}")
+    """76 columns up to 9,999 steps and tokens per step, 999 requests in each state; speculation and
+    shards add a line of their own under it (indented as the figures are)."""
+    line = (f"step {rec.step:>4} | decode {rec.decode_tokens:>4} prefill {rec.prefill_tokens:>4} "
+            f"unused {rec.unused_tokens:>4} | run {rec.running:>3} wait {rec.waiting:>3} "
+            f"done {rec.finished_total:>3}")
+    more = []
+    if rec.draft_tokens:  # speculation: of the decode tokens, drafts verified (and accepted)
+        more.append(f"drafts {rec.draft_tokens}, {rec.accepted_tokens} accepted")
     if rec.shards:  # sharded: each shard's blocks in use, and what the shards sent each other
         used = " ".join(f"{s.blocks_used}/{s.num_blocks}" for s in rec.shards)
         sent = rec.comm.bytes if rec.comm is not None else 0
-        line += f" | shard KV {used} | comm {sent / 1024:.1f} KiB"
-    return line
+        more.append(f"shard KV {used}, comm {sent / 1024:.1f} KiB")
+    return line + "".join(f"\n{' ' * 12}{part}" for part in more)
 
 
 class HeadlessRun:
@@ -48,7 +70,7 @@ class HeadlessRun:
         """`events`: the step's events (event_lines.py) under each step line."""
         self.engine, self.header, self.as_json, self.max_steps = engine, header, as_json, max_steps
         self.events = events
-        self.console = console or Console(highlight=False)
+        self.console = console or PipeConsole(highlight=False)
         self.observers = list(observers)
         self.totals = RunTotals()
 
@@ -77,10 +99,16 @@ class HeadlessRun:
             if self.as_json:
                 sys.stdout.write(json.dumps(rec.to_dict()) + "\n")
             else:
-                notes = f"  [{'; '.join(rec.annotations)}]" if rec.annotations else ""
-                console.print(escape(step_line(rec) + visible(notes)), soft_wrap=True)
+                line = step_line(rec)
+                notes = f"[{'; '.join(rec.annotations)}]" if rec.annotations else ""
+                last = line.rsplit("\n", 1)[-1]
+                if notes and len(last) + 2 + len(visible(notes)) > LINE_WIDTH:
+                    line += "\n" + " " * 5  # under the step number, not past the 80th column
+                elif notes:
+                    line += "  "
+                console.print(escape(line + visible(notes)), soft_wrap=True)
                 for event in reuse_events(rec.kv.prefix, rec.kv.block_size):
-                    console.print(f"           {event}", style="dim", soft_wrap=True)
+                    console.print(f"{' ' * 12}{event}", style="dim", soft_wrap=True)
                 for error in rec.errors:
                     console.print(escape(visible(error, newlines=True)), style="bold red", soft_wrap=True)
                 if self.events:

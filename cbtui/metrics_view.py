@@ -19,6 +19,7 @@ from engine.records.metrics import MetricsCollector
 from engine.records.stats import describe, histogram
 from engine.records.text import visible
 
+from .colors import BAD, CALM, GOOD, NOTE
 from .formatting import short_number
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -73,7 +74,7 @@ def distribution(title: str, values: list[float], unit: str, bins: int = 6, widt
     most = max(count for _, _, count in rows)
     for low, high, count in rows:
         bar = BAR * max(1 if count else 0, round(count / most * width))
-        table.add_row(f"{short_number(low)}–{short_number(high)}{unit}", Text(bar, style="cyan"), str(count))
+        table.add_row(f"{short_number(low)}–{short_number(high)}{unit}", Text(bar, style=CALM), str(count))
     d = describe(values)
     figures = " ".join(f"{key} {short_number(value)}{unit}" for key in ("p50", "p90", "max")
                        if (value := d[key]) is not None)  # (never None: there are values)
@@ -96,7 +97,7 @@ def memory_table(profiler: MemoryProfile, detector: object = None) -> Group:
     for metric, stats in profiler.summary().items():
         series = [v for _, v in profiler.series(metric)]
         verdict = verdicts[metric]
-        leak = Text("LEAK? " + verdict.reason, style="bold red") if verdict else Text("ok", style="green")
+        leak = Text("LEAK? " + verdict.reason, style=f"bold {BAD}") if verdict else Text("ok", style=GOOD)
         table.add_row(metric, _mib(stats["last"]), _mib(stats["min"]), _mib(stats["max"]),
                       _mib(stats["growth"]), sparkline(series, 16), leak)
     if not table.rows:
@@ -121,7 +122,7 @@ def render_metrics(collector: MetricsCollector, profiler: MemoryProfile, annotat
     head.append(f"engine time {collector.engine_time_s:.2f} s  ")
     if throughput:
         head.append(f"throughput now {throughput[-1]:.0f} tok/s ")
-        head.append(sparkline(throughput, 32), style="green")
+        head.append(sparkline(throughput, 32), style=GOOD)
     lines: list[RenderableType] = [head]
     spec = collector.summary()["speculation"]
     if spec["drafts_proposed"]:
@@ -135,7 +136,7 @@ def render_metrics(collector: MetricsCollector, profiler: MemoryProfile, annotat
                           f"{cache['prefill_tokens_saved']} prefill tokens saved, {cache['evicted_blocks']} blocks "
                           f"evicted", style="cyan"))
     if annotations:
-        lines.append(Text("plugins: " + visible("; ".join(annotations)), style="magenta"))
+        lines.append(Text("plugins: " + visible("; ".join(annotations)), style=NOTE))
     grid = Table.grid(padding=(0, 4))
     grid.add_column()
     grid.add_column()

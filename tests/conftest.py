@@ -20,3 +20,9 @@ torch.set_num_threads(1)
 # decode kernel's logic is tested here too. It must be set before any kernel is defined.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# Apps under test draw for a full-colour terminal whatever TERM the tests run under (TERM=xterm would
+# make every panel use its 16-colour glyphs): tests of other colour modes set this themselves.
+import textual.constants  # noqa: E402 - after the settings above, which do not depend on it
+
+textual.constants.COLOR_SYSTEM = "truecolor"

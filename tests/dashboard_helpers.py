@@ -52,8 +52,9 @@ def build_engine(name: str = "mixed_load"):
     return SteadyEngine(load_scenario(name).build_engine(device="cpu"))
 
 
-def make_app(paused: bool = True, probe=None, engine=None, **kwargs) -> DashboardApp:
-    scenario = load_scenario("mixed_load")
+def make_app(paused: bool = True, probe=None, engine=None, scenario_name: str = "mixed_load",
+             **kwargs) -> DashboardApp:
+    scenario = load_scenario(scenario_name)
     engine = engine or SteadyEngine(scenario.build_engine(device="cpu"))
     kwargs.setdefault("memory_poll_s", 3600.0)  # one reading at start: screens do not drift with time
     return DashboardApp(scenario, engine, rebuild=lambda: SteadyEngine(scenario.build_engine(device="cpu")),
@@ -91,3 +92,8 @@ def header_text(app) -> str:
 def shown_step(app) -> int | None:
     record = app.history.current()
     return None if record is None else record.step
+
+
+def rendered_lines(widget) -> list[str]:
+    """The widget's text as drawn on screen, line by line (what a person sees, cut where it is cut)."""
+    return ["".join(segment.text for segment in widget.render_line(y)) for y in range(widget.size.height)]

@@ -79,9 +79,8 @@ def test_keys_that_do_nothing_are_greyed_out():
         app = make_app(paused=False)
         async with app.run_test(size=(100, 30)) as pilot:
             await wait_until(pilot, lambda: shown_step(app) is not None)
-            # Running: stepping and history need a pause first.
+            # Running: stepping needs a pause first (← pauses by itself).
             assert app.check_action("step_once", ()) is None
-            assert app.check_action("history_back", ()) is None
             assert app.check_action("toggle_pause", ()) is True
             assert app.check_action("zoom", ()) is None  # nothing selected
             await pilot.press("space")
@@ -251,4 +250,41 @@ def test_the_mask_legend_gets_the_scale_of_the_canvas_once_it_is_sized():
                 scales.append(legend_scale(app))
             assert scales[0] != scales[1], scales  # a smaller panel packs more tokens in a cell
             await pilot.press("q")
+    run(scenario())
+
+
+@pytest.mark.parametrize("start,end", [((50, 15), (80, 24)), ((120, 40), (80, 24)), ((80, 24), (200, 50))],
+                         ids=["small-to-80x24", "wide-to-80x24", "80x24-to-200x50"])
+def test_one_resize_is_enough_for_the_layout(start, end):
+    """The layout follows the new size at once, not one resize later (a shared tmux resizes often)."""
+    async def scenario():
+        app = make_app(paused=True)
+        async with app.run_test(size=start) as pilot:
+            await wait_until(pilot, lambda: shown_step(app) == 0)
+            await pilot.resize_terminal(*end)
+            await pilot.pause(0.1)
+            width, height = end
+            assert app.screen.has_class("-too-small") == (width < 60 or height < 20)
+            assert app.query_one("#too-small").display == (width < 60 or height < 20)
+            assert app.screen.has_class("-compact") == (height < 36)
+            assert app.screen.has_class("-narrow") == (width < 100)
+            # the right column is laid out for the new width: the budget title is not cut
+            side = app.query_one("#side")
+            assert side.region.right <= width
+    run(scenario())
+
+
+def test_left_while_running_pauses_and_shows_the_step_before():
+    """The palette says "pauses first": ← does so too, instead of nothing."""
+    async def scenario():
+        app = make_app(paused=False, speed=20.0)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_until(pilot, lambda: (shown_step(app) or 0) >= 3)
+            await pilot.press("left")
+            assert app.paused and not app.history.live
+            shown = shown_step(app)
+            await pilot.pause(0.3)  # a step already under way when the pause came may still arrive
+            assert not app.history.live and shown_step(app) == shown, "paused: the view stays where ← put it"
+            assert 1 <= app.history.position()[1] - app.history.position()[0] <= 2
+            assert "paused" in header_text(app) and f"Step {shown}" in header_text(app)
     run(scenario())

@@ -122,3 +122,12 @@ def test_cli_shards_that_cannot_divide_the_heads_are_one_line_exit_2():
     assert res.returncode == 2 and "Traceback" not in res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "shards=4 with shard_by='heads'" in lines[0] and "2 KV heads" in lines[0], res.stderr
+
+
+def test_cli_unknown_plugin_names_the_option_not_the_scenario_file():
+    res = subprocess.run([sys.executable, "-m", "cbtui", "scenario", "mixed_load", "--headless", "--plugin", "nosuch"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr.startswith("cbtui: error: --plugin nosuch: unknown plugin 'nosuch'")
+    assert res.stderr.count("\n") == 1
+    assert ".toml" not in res.stderr

@@ -104,3 +104,25 @@ def test_the_dashboard_runs_with_the_start_up_heap_frozen(monkeypatch):
     assert app_module.run_dashboard(scenario, scenario.build_engine(device="cpu")) == 0
     assert len(seen) == 1 and seen[0] > before + 10_000  # torch and textual alone are far more
     assert gc.get_freeze_count() == before
+
+
+def test_the_dashboard_writes_metrics_and_trace_when_it_quits(tmp_path):
+    """--metrics-out / --trace-out are not only for headless runs: the dashboard writes them on q."""
+    import json
+
+    metrics, trace = tmp_path / "m.json", tmp_path / "t.json"
+    proc, leader = _open_dashboard("--metrics-out", str(metrics), "--trace-out", str(trace))
+    assert b"Step 0" in _read_until(leader, b"Step 0", timeout=60)
+    for step in (b"Step 1", b"Step 2"):
+        os.write(leader, b"n")
+        assert step in _read_until(leader, step, timeout=30)
+    os.write(leader, b"q")
+    tail: list[bytes] = []
+    assert _exit_code(proc, leader, tail) == 0
+    said = b"".join(tail)
+    assert b"metrics written to" in said and b"trace written to" in said
+    assert len(json.loads(metrics.read_text())["steps"]) == 3  # steps 0, 1 and 2
+    events = json.loads(trace.read_text())["traceEvents"]
+    slices = [e for e in events if e["ph"] == "X" and e["name"].startswith("step ")]
+    assert [e["name"] for e in slices] == ["step 0", "step 1", "step 2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "t.json"], "the record spool is removed"

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from engine import StepRecord
 from engine.records import RunHeader
 from scenarios import load_scenario
@@ -18,7 +20,7 @@ def test_headless_lines_and_summary():
     assert res.returncode == 0, res.stderr
     lines = [line for line in res.stdout.splitlines() if line.startswith("step ")]
     assert len(lines) == 6 and lines[0].startswith("step    0 |")
-    assert "decode" in lines[0] and "prefill" in lines[0] and "waiting" in lines[0]
+    assert "decode" in lines[0] and "prefill" in lines[0] and "wait" in lines[0]
     assert "summary: 6 steps" in res.stdout and "mean TTFT" in res.stdout
 
 
@@ -67,3 +69,28 @@ def test_a_headless_run_keeps_no_records():
     alive = [records_alive() - before for _in_hand in run]
     assert max(alive) <= 3  # the one in hand and the totals' last, never the run's history
     assert run.totals.steps == len(alive) and run.totals.summary().complete
+
+
+@pytest.mark.parametrize("mode", ["--json", "--headless"])
+def test_a_reader_that_stops_early_ends_the_run_quietly(mode):
+    """`cbtui scenario X --json | head -1`: a closed stdout pipe ends the run with 0 and says nothing."""
+    proc = subprocess.Popen([sys.executable, "-m", "cbtui", "scenario", "mixed_load", mode],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline()
+    proc.stdout.close()  # as head does after its line
+    assert proc.wait(timeout=120) == 0
+    assert proc.stderr.read() == b""
+
+
+def test_headless_output_fits_80_columns():
+    """Step lines, the summary and the comparison table of a [compare] scenario, at 80 columns."""
+    res = cli("scenario", "static_vs_continuous", "--headless")
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    steps = [line for line in lines if line.startswith("step ")]
+    assert steps and all(len(line) <= 80 for line in steps), max(steps, key=len)
+    table = lines[lines.index("comparison (steps, TTFT and latency in scheduler steps):") + 1:]
+    assert all(len(line) <= 80 for line in table), max(table, key=len)
+    for column in ("steps", "TTFT min/mean/max", "padding", "ms/step"):  # every column, in one of the parts
+        assert sum(column in line for line in table) == 1, column
+    assert sum(line.startswith("run ") for line in table) >= 2, "the table goes on below, the run named again"

@@ -1,5 +1,6 @@
 """The KV grid marks freed blocks from the record alone (no previous record needed)."""
 
+from cbtui.colors import FULL
 from cbtui.widgets.kv_grid import block_cells
 from engine import Engine, EngineConfig
 
@@ -24,7 +25,7 @@ def test_a_sharded_record_draws_one_pool_per_shard_a_request_in_its_colour_on_ea
     # by sequence: request 3's blocks alternate between shard 0 (blocks 0-3) and shard 1 (4-7)
     kv = KVView("paged", 4, 8, 4, 4, {"3": (0, 4, 1, 5)}, {"3": 14}, [], 64, 512)
     shards = [ShardView(r, "cpu", 4, 2, 2, 256, 1 << 20, 4 * r, {"3": (0, 1)}) for r in range(2)]
-    text = sharded_text(kv, shards, width=12, rows=6, selected=None, no_color=False)
+    text = sharded_text(kv, shards, width=12, rows=6, selected=None, mode=FULL)
     lines = text.plain.split("\n")
     assert lines[0].startswith("shard 0 cpu 2/4 used") and lines[2].startswith("shard 1 cpu 2/4 used")
     colour = Style(color=request_color(3).hex)

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from textual.color import Color
 
-from cbtui.colors import REQUEST_PALETTE, palette_slot
+from cbtui.colors import NONE, REQUEST_PALETTE, SIXTEEN, palette_slot, request_glyph
 from cbtui.formatting import short_number
 from cbtui.mask_raster import _bands, rasterize
-from cbtui.widgets.mask import SHADES, decode_pixel, mask_strips, pixel_codes
+from cbtui.widgets.mask import decode_pixel, mask_strips, pixel_codes
 from cbtui.widgets.mask_legend import scale_text
 from engine.batch_builder import build_batch, mask_from_items, ragged_causal_mask
 from engine.records import ScheduledItem
@@ -126,14 +127,20 @@ def test_coverage_sets_brightness_and_selection_dims_the_others():
         assert dimmed == (rid != 7)
 
 
-def test_no_color_uses_shade_glyphs_one_pixel_per_cell():
+@pytest.mark.parametrize("mode", [NONE, SIXTEEN])
+def test_without_enough_colours_each_cell_shows_its_requests_glyph(mode):
+    """NO_COLOR and 16 colours: the mask used to shade every request alike; now each allowed cell is
+    its owner's glyph, one pixel per cell, and every other cell is blank."""
     mask = engine_mask(KNOWN)
-    strips, raster = mask_strips(KNOWN, width=17, height=8, background=BACKGROUND, no_color=True)
+    owner_of_row = np.concatenate([[i.request_id] * i.num_tokens for i in KNOWN])
+    strips, raster = mask_strips(KNOWN, width=17, height=8, background=BACKGROUND, mode=mode)
     lines = ["".join(seg.text for seg in strip) for strip in strips]
     for q in range(8):
         for k in range(17):
-            assert (lines[q][k] == SHADES[-1]) == bool(mask[q, k])
-            assert (lines[q][k] == " ") == (not mask[q, k])
+            want = request_glyph(int(owner_of_row[q])) if mask[q, k] else " "
+            assert lines[q][k] == want, (q, k)
+    colors = {seg.style.color for strip in strips for seg in strip if seg.text.strip()}
+    assert colors == {None} if mode == NONE else len(colors) == len(KNOWN)
 
 
 def test_empty_step_draws_blank_lines():
@@ -152,7 +159,7 @@ def test_scale_line_says_tokens_per_cell_without_a_k_that_reads_as_thousands():
     _, raster = mask_strips(decodes, width=38, height=10, background=BACKGROUND)
     assert raster.cols_per_pixel == (5 * 57 + 7 + 1) / 38 and raster.rows_per_pixel == 0.5
     assert scale_text(raster, half_blocks=True) == "cell ≈ 1 × 7.7, shade = % visible"
-    assert scale_text(raster, half_blocks=False) == "cell ≈ 0.5 × 7.7, shade = % visible"
+    assert scale_text(raster, half_blocks=False) == "cell ≈ 0.5 × 7.7, dim = few visible"  # glyphs
     # 600,000 queries on 10 rows of 2 pixels, 600,000 keys on 38 columns
     _, raster = mask_strips([item(0, 0, 600_000)], width=38, height=10, background=BACKGROUND)
     assert scale_text(raster, half_blocks=True) == "cell ≈ 60k × 16k, shade = % visible"

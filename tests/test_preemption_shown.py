@@ -11,7 +11,8 @@ from dashboard_helpers import NO_GPU, SteadyEngine, header_text, wait_until
 
 from cbtui.app import DashboardApp
 from cbtui.breakpoints import parse
-from cbtui.widgets.requests_table import COLUMNS, row_cells
+from cbtui.colors import NONE
+from cbtui.widgets.requests_table import row_cells, table_columns, wanted_columns
 from engine.profiling.gpu_memory import FakeProbe
 from engine.records import RequestView
 from scenarios import load_scenario
@@ -28,12 +29,15 @@ def view(**changes) -> RequestView:
 
 
 def test_a_recompute_is_not_shown_as_a_first_prefill_and_preemptions_are_counted():
-    first = [str(c) for c in row_cells(view(), no_color=True)]
-    again = [str(c) for c in row_cells(view(num_preemptions=2), no_color=True)]
-    assert first[1] == "prefill" and again[1] == "recompute"
-    pre = [key for key, _, _ in COLUMNS].index("pre")
-    assert first[pre] == "" and again[pre] == "2"
-    assert [str(c) for c in row_cells(view(priority=5), True, priority=True)][1] == "5"
+    columns = table_columns({"pri", "pre"})
+    keys = [key for key, _, _ in columns]
+    first = [str(c) for c in row_cells(view(), NONE, columns)]
+    again = [str(c) for c in row_cells(view(num_preemptions=2), NONE, columns)]
+    assert first[keys.index("state")] == "prefill" and again[keys.index("state")] == "recompute"
+    assert first[keys.index("pre")] == "" and again[keys.index("pre")] == "2"
+    assert str(row_cells(view(priority=5), NONE, columns)[keys.index("pri")]) == "5"
+    assert wanted_columns([view(priority=5), view(num_preemptions=1)]) == {"pri", "pre"}
+    assert wanted_columns([view()]) == set()  # a run that needs none keeps the room for the reason
 
 
 def make(name: str, breakpoints, **kwargs) -> DashboardApp:

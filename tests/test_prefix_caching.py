@@ -14,6 +14,7 @@ from helpers import exact_config, run_alone
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cbtui.colors import FULL, NONE
 from engine import Engine, EngineConfig
 from engine.attention import available_backends
 from engine.kv.cache import PagedAllocator, PagedKVCache
@@ -453,8 +454,8 @@ def test_kv_grid_draws_shared_and_cached_free_blocks_with_glyphs_of_their_own():
         {int(b): n for b, n in rec.kv.prefix.shared.items()}
     assert {b for b, c in enumerate(cells) if c.cached} == set(rec.kv.prefix.cached) - {
         b for blocks in rec.kv.freed_blocks.values() for b in blocks}  # freed in this step: a cross first
-    for no_color in (False, True):
-        text = paged_text(rec.kv, 40, 8, None, no_color).plain
+    for mode in (FULL, NONE):
+        text = paged_text(rec.kv, 40, 8, None, mode).plain
         counts = {COUNT_GLYPHS[n - 1] for n in rec.kv.prefix.shared.values()}
         assert counts <= set(text) and CACHED_GLYPH in text
         assert f"shared {len(rec.kv.prefix.shared)}" in text and f"cached-free {len(rec.kv.prefix.cached)}" in text
@@ -465,15 +466,17 @@ def test_kv_grid_draws_shared_and_cached_free_blocks_with_glyphs_of_their_own():
 
 
 def test_requests_table_shows_the_hit_length():
-    from cbtui.widgets.requests_table import COLUMNS, row_cells
+    from cbtui.widgets.requests_table import row_cells, table_columns, wanted_columns
 
     config, workload = CROWDED
     _, records, _, _ = run_checked(config, workload)
     view = next(v for r in records for v in r.requests if v.cached_tokens)
-    hit = [key for key, _, _ in COLUMNS].index("hit")
-    assert str(row_cells(view, no_color=True)[hit]) == str(view.cached_tokens)
+    assert "hit" in wanted_columns([view])  # the column appears once a request had a hit
+    columns = table_columns({"hit"})
+    hit = [key for key, _, _ in columns].index("hit")
+    assert str(row_cells(view, NONE, columns)[hit]) == str(view.cached_tokens)
     fresh = next(v for v in records[0].requests)
-    assert str(row_cells(fresh, no_color=True)[hit]) == "–"
+    assert str(row_cells(fresh, NONE, columns)[hit]) == ""
 
 
 def test_dashboard_mask_legend_marks_a_request_starting_from_cached_keys():

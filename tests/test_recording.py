@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from textual.color import Color
 
 from cbtui.app import DashboardApp
+from cbtui.colors import FULL, NONE, SIXTEEN
 from cbtui.widgets.budget import demand_line, split_cells
 from cbtui.widgets.kv_grid import dense_text, paged_text
 from cbtui.widgets.mask import mask_strips
@@ -185,11 +186,13 @@ def test_a_record_either_fails_its_check_or_every_panel_draws_it(lines, data):
         return
     split_cells(38, parsed.decode_tokens, parsed.prefill_tokens, parsed.budget)
     demand_line(parsed)
-    mask_strips(parsed.items, width=38, height=10, background=Color(0, 0, 0), selected=0)
-    (paged_text(parsed.kv, 38, 4, 0, False) if parsed.kv.layout == "paged" else dense_text(parsed.kv, 38, 4, 0))
+    for mode in (FULL, SIXTEEN, NONE):  # colour, and the glyphs drawn where colour fails
+        mask_strips(parsed.items, width=38, height=10, background=Color(0, 0, 0), selected=0, mode=mode)
+        (paged_text(parsed.kv, 38, 4, 0, mode) if parsed.kv.layout == "paged" else
+         dense_text(parsed.kv, 38, 4, 0, mode))
+        for view in parsed.requests:
+            row_cells(view, mode)
     step_memory_text(parsed.memory)
-    for view in parsed.requests:
-        row_cells(view, no_color=False)
 
 
 def test_the_dashboard_replays_a_recording_with_its_own_memory_figures(tmp_path, lines):

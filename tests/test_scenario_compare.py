@@ -87,7 +87,7 @@ def test_headless_prints_question_and_comparison():
     assert result.exit_code == 0, result.output
     out = result.output
     assert "Question: How does prefill chunk size affect latency?" in out
-    table = out[out.index("comparison (steps"):].splitlines()[1:]
+    table = out[out.index("comparison (steps"):].split("\n\n")[0].splitlines()[1:]  # its first part (80 columns)
     assert [line.split()[0] for line in table] == ["run", "(scenario)", "chunk_32", "chunk_16"]
     summary_steps = int(out.split("summary: ")[1].split()[0])
     assert table[1].split()[2] == str(summary_steps)  # the scenario row is the run just shown

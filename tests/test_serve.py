@@ -167,7 +167,7 @@ def test_terminal_viewer_follows_steps_history_selection_restart_and_end(tmp_pat
             await wait_until(pilot, lambda: "Step 4" in header_text(viewer))
             session.publish(PresenterState(run=1, state="paused", viewing=2, selected=1, speed=4.0))
             await wait_until(pilot, lambda: "Step 2" in header_text(viewer))
-            assert "viewing history" in header_text(viewer)
+            assert "Step 2 of 4" in header_text(viewer) and "history" in header_text(viewer)
             assert viewer.selected == 1
             await pilot.press("left", "space", "n")  # read-only: these keys do nothing here
             await pilot.pause(0.3)
@@ -237,7 +237,7 @@ def test_two_browsers_watch_one_engine_through_the_web_server(tmp_path):
         try:
             async with app.run_test(size=(100, 30)) as pilot, aiohttp.ClientSession() as http:
                 await wait_until(pilot, lambda: app.history.current() is not None)
-                browsers = [BrowserClient(http, url), BrowserClient(http, url)]
+                browsers = [BrowserClient(http, url, width=140), BrowserClient(http, url, width=140)]  # the title whole
                 html = await browsers[0].open()
                 assert f"ws://127.0.0.1:{port}/ws" in html
                 await browsers[1].open()
@@ -261,7 +261,7 @@ def test_two_browsers_watch_one_engine_through_the_web_server(tmp_path):
                 marks = [len(b.raw) for b in browsers]
                 await pilot.press("left")  # the presenter looks back: so do the viewers
                 for browser, mark in zip(browsers, marks, strict=True):
-                    await browser.wait_for("viewing history", since=mark, timeout=30)
+                    await browser.wait_for("Step 1 of 2", since=mark, timeout=30)
 
                 for browser in browsers:
                     await browser.close()

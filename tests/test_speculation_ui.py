@@ -11,10 +11,11 @@ from hypothesis import strategies as st
 from textual.color import Color
 
 from cbtui.app import DashboardApp
+from cbtui.colors import FULL, NONE, SIXTEEN
 from cbtui.mask_raster import rejected_draft_rows
 from cbtui.speculation_text import drafts_cell, speculation_note
 from cbtui.widgets.budget import BudgetBar
-from cbtui.widgets.mask import REJECTED, REJECTED_GLYPH, SHADES, mask_strips
+from cbtui.widgets.mask import REJECTED, REJECTED_GLYPH, mask_strips
 from cbtui.widgets.mask_legend import MaskLegend
 from cbtui.widgets.requests_table import RequestsTable
 from engine.records import RequestView, ScheduledItem
@@ -26,11 +27,11 @@ ITEMS = [ScheduledItem(0, "decode", 5, 1, 6), ScheduledItem(1, "decode", 3, 5, 8
 
 
 def test_rejected_draft_rows_are_drawn_apart_without_colour():
-    strips, _ = mask_strips(ITEMS, width=14, height=6, background=BACKGROUND, no_color=True)
+    strips, _ = mask_strips(ITEMS, width=14, height=6, background=BACKGROUND, mode=NONE)
     lines = ["".join(seg.text for seg in strip) for strip in strips]
     # rows: 0 = request 0's decode, 1 = request 1's own token, 2 = its accepted draft, 3-5 rejected
-    for row in (0, 1, 2):
-        assert REJECTED_GLYPH not in lines[row] and SHADES[-1] in lines[row]
+    for row, owner in ((0, "0"), (1, "1"), (2, "1")):
+        assert REJECTED_GLYPH not in lines[row] and owner in lines[row]
     for row in (3, 4, 5):
         assert set(lines[row].strip()) == {REJECTED_GLYPH}
         assert lines[row].count(REJECTED_GLYPH) == 3 + row  # its causal row: history 3, then drafts
@@ -89,12 +90,12 @@ def test_dashboard_shows_speculating_decodes():
 
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 12), st.integers(0, 40), st.integers(0, 40)), min_size=1, max_size=4),
-       st.booleans())
-def test_any_draft_counts_a_recording_holds_are_drawn_without_raising(shapes, no_color):
+       st.sampled_from([FULL, SIXTEEN, NONE]))
+def test_any_draft_counts_a_recording_holds_are_drawn_without_raising(shapes, mode):
     """A recording from outside may say anything about drafts (more than the item's rows, more
     accepted than proposed): the mask still draws, with at most the item's own rows marked."""
     items = [ScheduledItem(i, "decode", 3, n + 1, 4 + n, drafts=d, accepted=a) for i, (n, d, a) in enumerate(shapes)]
-    strips, _ = mask_strips(items, width=20, height=6, background=BACKGROUND, no_color=no_color)
+    strips, _ = mask_strips(items, width=20, height=6, background=BACKGROUND, mode=mode)
     assert len(strips) == 6 and all(s.cell_length == 20 for s in strips)
     flags = rejected_draft_rows(items)
     assert len(flags) == sum(i.num_tokens for i in items)

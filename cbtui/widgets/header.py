@@ -9,6 +9,7 @@ from textual.widgets import Static
 
 from engine.records.text import visible
 
+from ..colors import BAD, CALM, GOOD, NOTE, WARN
 from ..formatting import human_rate
 
 
@@ -25,37 +26,55 @@ class HeaderInfo:
     pending: int = 0
     preempted: int = 0  # preemptions in the run up to the step on screen
     tokens_per_second: float | None = None
-    history: str = ""  # "history 3/40" while looking at a past step
+    newest: int | None = None  # the newest step, while an older one is on screen (history)
     notes: tuple[str, ...] = ()  # plugin annotations and errors of the step on screen
     errors: tuple[str, ...] = ()
+    run: str = ""  # what runs: the scheduling policy, the [compare] variant, plugins
 
 
-RUN_STATE_STYLE = {"running": "bold green", "paused": "bold yellow", "finished": "bold cyan",
-                   "failed": "bold red", "starting": "dim"}
+RUN_STATE_STYLE = {"running": f"bold {GOOD}", "paused": f"bold {WARN}", "finished": f"bold {CALM}",
+                   "failed": f"bold {BAD}", "starting": "dim"}
+HISTORY_HINTS = ("history: → newer, space live", "history: → newer", "history")
 
 
 class StepHeader(Static):
-    """Two lines; `Step <n>` appears exactly so scripts and tests can find it."""
+    """Two lines, and a third for plugin notes and errors that do not fit beside the counts; `Step <n>`
+    appears exactly so scripts and tests can find it."""
 
     DEFAULT_CSS = """
     StepHeader { height: 2; padding: 0 1; }
     """
 
     def show(self, info: HeaderInfo) -> None:
-        if info != getattr(self, "_info", None):
-            self._info = info
-            self.update(self.text_for(info), layout=False)  # fixed height: no layout pass
+        width = self.size.width - 2  # less the padding; 0 before the first layout
+        if (info, width) != getattr(self, "_shown", None):
+            self._shown = (info, width)
+            text = self.text_for(info, width if width > 0 else None)
+            lines = text.plain.count("\n") + 1
+            if self.styles.height is None or self.styles.height.value != lines:
+                self.styles.height = lines  # a layout pass only when notes come or go
+            self.update(text, layout=False)
+
+    def on_resize(self) -> None:
+        info = getattr(self, "_shown", (None,))[0]
+        if info is not None:
+            self.show(info)
 
     @staticmethod
-    def text_for(info: HeaderInfo) -> Text:
+    def text_for(info: HeaderInfo, width: int | None = None) -> Text:
         """The scenario title, the engine label, notes and errors come from files (a scenario, a
-        recording) or plugins: their control characters are shown, never sent to the terminal."""
+        recording) or plugins: their control characters are shown, never sent to the terminal.
+        With `width`, notes and errors that would be cut beside the counts get a line of their own."""
         step = "Step –" if info.step is None else f"Step {info.step}"
-        # Step and run state first: on a narrow terminal the scenario name is what gets cut.
+        if info.newest is not None:
+            step += f" of {info.newest}"  # step numbers both: one way of counting
+        # Step, run state and what runs first: on a narrow terminal the scenario title is what gets cut
+        # (the help screen, ?, shows it whole).
         line1 = Text.assemble(
             (step, "bold reverse"), " ", (f"{info.run_state}", RUN_STATE_STYLE.get(info.run_state, "")),
-            (f" @ {info.speed}" if info.run_state == "running" else "", "dim"), "  ",
-            (visible(info.scenario), "bold"), "  ", (visible(info.engine), "dim"),
+            (f" @ {info.speed}" if info.run_state == "running" else "", "dim"),
+            ("  " + visible(info.run) if info.run else "", "bold"),
+            "  ", (visible(info.engine), "dim"), "  ", (visible(info.scenario), "bold"),
         )
         rate = "– tok/s" if info.tokens_per_second is None else f"{human_rate(info.tokens_per_second)} tok/s"
         line2 = Text.assemble(
@@ -63,15 +82,21 @@ class StepHeader(Static):
             ("  finished ", "dim"), str(info.finished), ("  pending ", "dim"), str(info.pending),
         )
         if info.preempted:
-            line2.append_text(Text.assemble(("  preempted ", "dim"), (str(info.preempted), "bold red")))
+            line2.append_text(Text.assemble(("  preempted ", "dim"), (str(info.preempted), f"bold {BAD}")))
         line2.append_text(Text.assemble("  ", (rate, "bold")))
+        if info.newest is not None:  # the longest wording that fits
+            hints = [h for h in HISTORY_HINTS if width is None or line2.cell_len + 2 + len(h) <= width]
+            line2.append("  " + (hints or HISTORY_HINTS[-1:])[0], style=f"bold {NOTE}")
+        extra = Text()
         for error in info.errors:
-            line2.append("  " + visible(error), style="bold red")
+            extra.append("  " + visible(error), style=f"bold {BAD}")
         for note in info.notes:
-            line2.append("  " + visible(note), style="magenta")
-        if info.history:
-            line2.append("  ")
-            line2.append(info.history, style="bold magenta")
-        line1.no_wrap = line2.no_wrap = True
-        line1.overflow = line2.overflow = "ellipsis"
-        return Text("\n").join([line1, line2])
+            extra.append("  " + visible(note), style=NOTE)
+        lines = [line1, line2]
+        if extra and width is not None and line2.cell_len + extra.cell_len > width:
+            lines.append(extra[2:])
+        else:
+            line2.append_text(extra)
+        for line in lines:
+            line.no_wrap, line.overflow = True, "ellipsis"
+        return Text("\n").join(lines)

@@ -22,7 +22,7 @@ from textual.widgets import Static
 
 from engine.records import KVView, ShardView
 
-from ..colors import request_color, request_glyph
+from ..colors import FULL, NONE, color_mode, glyph_key, needs_glyphs, request_color, request_glyph
 from ..formatting import human_bytes
 
 FILL_GLYPHS = "▁▂▃▄▅▆▇█"  # the last block's fill, eighths
@@ -73,27 +73,29 @@ def block_cells(kv: KVView, selected: int | None = None) -> list[BlockCell]:
     return cells
 
 
-def _cell_glyph(cell: BlockCell, no_color: bool) -> str:
+def _cell_glyph(cell: BlockCell, glyphs: bool) -> str:
     if cell.owner is None:
         if cell.freed_by is not None:
             return FREED_GLYPH
         return CACHED_GLYPH if cell.cached else FREE_GLYPH
     if cell.shared:
         return COUNT_GLYPHS[cell.shared - 1] if cell.shared <= len(COUNT_GLYPHS) else SHARED_GLYPH
-    if no_color:
+    if glyphs:
         return request_glyph(cell.owner)
     return FILL_GLYPHS[max(0, min(len(FILL_GLYPHS) - 1, round(cell.fill * len(FILL_GLYPHS)) - 1))]
 
 
 @lru_cache(maxsize=256)
-def _style(owner: int | None, freed_by: int | None, selected: int | None, cached: bool = False,
+def _style(owner: int | None, freed_by: int | None, selected: int | None, mode: str, cached: bool = False,
            shared: bool = False) -> Style:
+    color = None if mode == NONE else request_color(owner if owner is not None else freed_by or 0, mode).hex
     if owner is None:
         if freed_by is not None:
-            return Style(color=request_color(freed_by).hex, bold=True)
+            return Style(color=color, bold=True)
         return CACHED_STYLE if cached else Style(dim=True)
     dim = selected is not None and owner != selected
-    return Style(color=request_color(owner).hex, dim=dim, bold=owner == selected or shared)
+    return Style(color=color, dim=dim, bold=owner == selected or shared,
+                 underline=owner == selected and mode == NONE)
 
 
 def _merge(cells: list[BlockCell], group: int) -> list[BlockCell]:
@@ -111,34 +113,71 @@ def _merge(cells: list[BlockCell], group: int) -> list[BlockCell]:
     return merged
 
 
-def paged_text(kv: KVView, width: int, rows: int, selected: int | None,
-               no_color: bool) -> Text:
-    text, group = _grid(block_cells(kv, selected), width, rows, selected, no_color)
-    summary = Text.assemble(("used ", "dim"), f"{kv.blocks_used}/{kv.num_blocks}", ("  free ", "dim"),
-                            str(kv.blocks_free), ("  block ", "dim"), f"{kv.block_size} tok")
+def summary_lines(kv: KVView, width: int, group: int, glyph_ids: list[int] | None) -> list[Text]:
+    """The pool's figures, then what the grid's marks mean, packed into lines of `width`: a part that
+    does not fit goes to the next line, never cut (`glyph_ids`: the requests drawn as glyphs)."""
+    parts = [Text.assemble(("used ", "dim"), f"{kv.blocks_used}/{kv.num_blocks}", ("  free ", "dim"),
+                           str(kv.blocks_free), ("  block ", "dim"), f"{kv.block_size} tok")]
     if group > 1:
-        summary.append(f"  1 cell = {group} blocks", style="dim")
+        parts.append(Text(f"1 cell = {group} blocks", style="dim"))
     if kv.freed:
-        summary.append(f"  {FREED_GLYPH} freed: {', '.join(map(str, kv.freed))}", style="bold")
-    lines = [summary, text]
-    if kv.prefix is not None:  # a line of its own: the summary is as wide as a narrow panel already
-        prefix = Text.assemble(("②", "bold"), (f" shared {len(kv.prefix.shared)}", "dim"),
-                               (f"  {CACHED_GLYPH}", CACHED_STYLE), (f" cached-free {len(kv.prefix.cached)}", "dim"))
-        if kv.prefix.hit_blocks:
-            prefix.append(f"  hit {kv.prefix.hit_blocks}", style="cyan")
-        lines.insert(1, prefix)
-    return Text("\n").join(lines)
+        parts.append(Text(f"{FREED_GLYPH} freed: {', '.join(map(str, kv.freed))}", style="bold"))
+    if glyph_ids is not None:
+        parts.append(Text(glyph_key(glyph_ids), style="dim"))
+    lines = [parts[0]]
+    for part in parts[1:]:
+        if lines[-1].cell_len + 2 + part.cell_len <= width:
+            lines[-1] = Text.assemble(lines[-1], "  ", part)
+        else:
+            lines.append(part)
+    return lines
+
+
+def prefix_line(kv: KVView) -> Text | None:
+    """With prefix caching: how many blocks are shared and cached-free (the glyphs the grid draws)."""
+    if kv.prefix is None:
+        return None
+    line = Text.assemble(("②", "bold"), (f" shared {len(kv.prefix.shared)}", "dim"),
+                         (f"  {CACHED_GLYPH}", CACHED_STYLE), (f" cached-free {len(kv.prefix.cached)}", "dim"))
+    if kv.prefix.hit_blocks:
+        line.append(f"  hit {kv.prefix.hit_blocks}", style="cyan")
+    return line
+
+
+def paged_text(kv: KVView, width: int, rows: int, selected: int | None, mode: str) -> Text:
+    cells = block_cells(kv, selected)
+    owners = sorted({c.owner for c in cells if c.owner is not None})
+    glyphs = needs_glyphs(owners, mode)
+    prefix = prefix_line(kv)
+    if prefix is not None:
+        rows -= 1
+    # The summary's extra lines come out of the grid's; fewer rows may merge blocks into cells, which
+    # the summary then says (a line longer, at most).
+    summary: list[Text] = []
+    group, grid_rows = 0, max(rows, 1)
+    for _ in range(3):
+        grid_rows = max(rows - max(len(summary) - 1, 0), 1)
+        fits = -(-len(cells) // max(width * grid_rows, 1)) if cells else 1
+        if fits == group:
+            break
+        group = fits
+        summary = summary_lines(kv, width, group, owners if glyphs else None)
+    text, _ = _grid(cells, width, grid_rows, selected, mode, glyphs)
+    if prefix is not None:
+        summary.append(prefix)
+    return Text("\n").join([*summary, text])
 
 
 def sharded_text(kv: KVView, shards: list[ShardView], width: int, rows: int, selected: int | None,
-                 no_color: bool) -> Text:
+                 mode: str) -> Text:
     """One pool per shard, each under a line naming it: its device, blocks used and bytes."""
     cells = block_cells(kv)
+    glyphs = needs_glyphs(sorted({c.owner for c in cells if c.owner is not None}), mode)
     per_shard = max((rows - len(shards)) // len(shards), 1)
     parts = []
     for shard in shards:
         mine = cells[shard.first_block:shard.first_block + shard.num_blocks]
-        grid, group = _grid(mine, width, per_shard, selected, no_color)
+        grid, group = _grid(mine, width, per_shard, selected, mode, glyphs)
         title = Text.assemble((f"shard {shard.rank} ", "bold"), (f"{shard.device} ", "dim"),
                               f"{shard.blocks_used}/{shard.num_blocks}", (" used ", "dim"),
                               human_bytes(shard.pool_bytes))
@@ -150,8 +189,8 @@ def sharded_text(kv: KVView, shards: list[ShardView], width: int, rows: int, sel
     return Text("\n").join(parts)
 
 
-def _grid(cells: list[BlockCell], width: int, rows: int, selected: int | None,
-          no_color: bool) -> tuple[Text, int]:
+def _grid(cells: list[BlockCell], width: int, rows: int, selected: int | None, mode: str,
+          glyphs: bool) -> tuple[Text, int]:
     """The cells drawn in `rows` lines of `width`; returns the text and how many blocks a cell shows."""
     capacity = max(width * rows, 1)
     group = -(-len(cells) // capacity) if cells else 1
@@ -170,18 +209,18 @@ def _grid(cells: list[BlockCell], width: int, rows: int, selected: int | None,
         run_text: list[str] = []
         run_style = None
         for cell in cells[row_start:row_start + per_row]:
-            style = _style(cell.owner, cell.freed_by, selected, cell.cached, bool(cell.shared))
+            style = _style(cell.owner, cell.freed_by, selected, mode, cell.cached, bool(cell.shared))
             if style is not run_style and run_text:
                 text.append("".join(run_text), run_style)
                 run_text = []
             run_style = style
-            run_text.append(_cell_glyph(cell, no_color) * max(cell_width - 1, 1) + gap)
+            run_text.append(_cell_glyph(cell, glyphs) * max(cell_width - 1, 1) + gap)
         if run_text:
             text.append("".join(run_text), run_style)
     return text, group
 
 
-def dense_text(kv: KVView, width: int, rows: int, selected: int | None) -> Text:
+def dense_text(kv: KVView, width: int, rows: int, selected: int | None, mode: str = FULL) -> Text:
     held = sorted(((int(r), n) for r, n in kv.tokens.items()), key=lambda x: x[0])
     longest = max((n for _, n in held), default=1) or 1
     label_width = 12
@@ -191,7 +230,8 @@ def dense_text(kv: KVView, width: int, rows: int, selected: int | None) -> Text:
     for rid, n in shown:
         cells = max(1, round(bar_width * n / longest))
         dim = selected is not None and rid != selected
-        lines.append(Text.assemble(f"r{rid:<3} {n:>5} ", ("█" * cells, Style(color=request_color(rid).hex, dim=dim))))
+        color = None if mode == NONE else request_color(rid, mode).hex
+        lines.append(Text.assemble(f"r{rid:<3} {n:>5} ", ("█" * cells, Style(color=color, dim=dim))))
     if len(shown) < len(held):
         lines.append(Text(f"+{len(held) - len(shown)} more requests", style="dim"))
     if kv.freed:
@@ -219,9 +259,9 @@ class KVGrid(Static):
         if kv is None:
             return Text("no step yet", style="dim")
         width, height = max(self.size.width, 1), max(self.size.height, 2)
+        mode = color_mode(self.app)
         if kv.layout == "paged" and self._shards:
-            return sharded_text(kv, self._shards, width, height, self._selected, self.app.no_color)
+            return sharded_text(kv, self._shards, width, height, self._selected, mode)
         if kv.layout == "paged":
-            rows = height - 1 - (kv.prefix is not None)  # the summary line, and the prefix cache's
-            return paged_text(kv, width, max(rows, 1), self._selected, self.app.no_color)
-        return dense_text(kv, width, height, self._selected)
+            return paged_text(kv, width, height - 1, self._selected, mode)
+        return dense_text(kv, width, height, self._selected, mode)

@@ -4,8 +4,11 @@ Each character cell is two pixels stacked (the upper half block: foreground on t
 background below). A pixel stands for a band of query rows and a band of keys; its colour is
 the colour of the request that owns most of its allowed cells, and its brightness is the
 share of its cells that are allowed (coverage), so a shrunk mask still reads as the real one.
-With NO_COLOR each cell is one pixel drawn with a shade glyph instead. A speculating decode's
-rejected drafts (rows past its accepted ones) are drawn in one colour of their own (NO_COLOR: ×).
+Where colour cannot tell the requests apart (NO_COLOR, 16 colours, two requests sharing a palette
+colour) each cell is one pixel drawn with its owner's glyph (colors.request_glyph), dim where few of
+its cells are allowed, so the ragged shape and whose rows are whose both survive. A speculating
+decode's rejected drafts (rows past its accepted ones) are drawn in one colour of their own (in
+glyphs: ×).
 """
 
 from __future__ import annotations
@@ -22,13 +25,12 @@ from textual.widget import Widget
 
 from engine.records import ScheduledItem
 
-from ..colors import REQUEST_PALETTE
+from ..colors import FULL, NONE, REQUEST_PALETTE, color_mode, needs_glyphs, request_color, request_glyph
 from ..mask_raster import MaskRaster, rasterize, rejected_draft_rows, row_share
 
 BLACK = Color(0, 0, 0)  # the default background: a module constant, not a call in a default argument
 
 LEVELS = 4  # brightness steps for coverage
-SHADES = " ░▒▓█"  # NO_COLOR: glyph per coverage level
 DIM = 0.35  # brightness of requests other than the selected one
 REJECTED = 1 + len(REQUEST_PALETTE) * LEVELS * 2  # pixel code of a rejected draft row, past every request code
 REJECTED_COLOR = Color(150, 150, 150)  # grey: a row computed and thrown away
@@ -103,28 +105,57 @@ def _row_runs(grid: np.ndarray) -> list[list[tuple[int, int]]]:
     return out
 
 
+def glyph_style(owner: int, level: int, selected: int | None, mode: str, background: Color) -> Style:
+    """A glyph pixel: the owner's colour where there is one; dim when few cells are allowed or another
+    request is selected; bold (underlined without colour) for the selected one."""
+    dim = level <= LEVELS // 2 or (selected is not None and owner != selected)
+    color = None if mode == NONE else request_color(owner, mode).rich_color
+    return Style(color=color, bgcolor=background.rich_color, dim=dim, bold=owner == selected,
+                 underline=owner == selected and mode == NONE)
+
+
+def glyph_strips(raster: MaskRaster, request_ids: Sequence[int], width: int, selected: int | None,
+                 mode: str, background: Color, rejected: np.ndarray | None = None) -> list[Strip]:
+    """One pixel per cell, each its owner's glyph (× on the rows of rejected drafts: `rejected`)."""
+    blank = Style(bgcolor=background.rich_color)
+    if raster.count.size == 0:
+        return []
+    ids = np.asarray(request_ids, dtype=np.int64)
+    owner_ids = np.where(raster.owner >= 0, ids[np.maximum(raster.owner, 0)], -1)
+    level = np.clip(np.ceil(raster.count * LEVELS / raster.area), 0, LEVELS).astype(np.int64)
+    strips = []
+    for y in range(owner_ids.shape[0]):
+        segments = []
+        for owner, lv in zip(owner_ids[y].tolist(), level[y].tolist(), strict=True):
+            if owner < 0:
+                segments.append(Segment(" ", blank))
+            elif rejected is not None and rejected[y]:
+                segments.append(Segment(REJECTED_GLYPH, glyph_style(owner, 1, selected, mode, background)))
+            else:
+                segments.append(Segment(request_glyph(owner), glyph_style(owner, lv, selected, mode, background)))
+        strips.append(Strip(Segment.simplify(segments)).extend_cell_length(width, blank))
+    return strips
+
+
 def mask_strips(items: Sequence[ScheduledItem], width: int, height: int, selected: int | None = None,
-                background: Color = BLACK, no_color: bool = False,
+                background: Color = BLACK, mode: str = FULL,
                 book: StyleBook | None = None) -> tuple[list[Strip], MaskRaster]:
     """Every line of one frame of the mask panel, plus the raster they were drawn from."""
     book = book or StyleBook(background)
-    pixel_rows = height if no_color else height * 2
+    request_ids = [i.request_id for i in items]
+    glyphs = needs_glyphs(request_ids, mode)
+    pixel_rows = height if glyphs else height * 2
     raster = rasterize(items, pixel_rows, width, max_magnify=8)
-    codes = pixel_codes(raster, [i.request_id for i in items], selected)
-    rejected = row_share(rejected_draft_rows(items), codes.shape[0]) >= 0.5 if items else None
+    rejected = row_share(rejected_draft_rows(items), raster.count.shape[0]) >= 0.5 if items else None
     blank = Style(bgcolor=background.rich_color)
     strips: list[Strip] = []
-    if no_color:
-        level = np.where(codes > 0, (codes - 1) // 2 % LEVELS + 1, 0)
-        for y in range(level.shape[0]):
-            text = "".join(SHADES[v] for v in level[y])
-            if rejected is not None and rejected[y]:
-                text = "".join(REJECTED_GLYPH if v else " " for v in level[y])
-            strips.append(Strip([Segment(text, blank)], len(text)).extend_cell_length(width, blank))
+    if glyphs:
+        strips = glyph_strips(raster, request_ids, width, selected, mode, background, rejected)
     else:
+        codes = pixel_codes(raster, request_ids, selected)
         if rejected is not None and rejected.any():
             codes = np.where(rejected[:, None] & (codes > 0), REJECTED, codes)
-        rows = codes.shape[0]
+        rows = codes.shape[0]  # two pixels per cell: upper half block, foreground over background
         if rows % 2:
             codes = np.vstack([codes, np.zeros((1, codes.shape[1]), dtype=codes.dtype)])
         n_codes = REJECTED + 1
@@ -185,12 +216,13 @@ class MaskCanvas(Widget):
     def _frame(self) -> list[Strip]:
         width, height = self.size
         _, background = self.background_colors
-        key = (self._items, self._selected, width, height, background, self.app.no_color)
+        mode = color_mode(self.app)
+        key = (self._items, self._selected, width, height, background, mode)
         if key != self._frame_key:
             if self._book is None or self._book.background != background:
                 self._book = StyleBook(background)
             self._strips, self.raster = mask_strips(self._items, width, height, self._selected, background,
-                                                    self.app.no_color, self._book)
+                                                    mode, self._book)
             self._frame_key = key
         return self._strips
 

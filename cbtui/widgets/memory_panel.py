@@ -13,6 +13,7 @@ from textual.widgets import Sparkline, Static
 from engine.records import MemoryView, ShardView
 from engine.records.memory_reading import MemoryReading
 
+from ..colors import BAD, GOOD, NOTE, WARN
 from ..formatting import human_bytes
 
 HISTORY = 120  # readings kept for the sparkline (one minute at two a second)
@@ -30,12 +31,20 @@ def reading_text(reading: MemoryReading | None, width: int) -> Text:
             lines.append(Text.assemble(
                 (f"GPU{gpu.index} ", "bold"), (f"{gpu.name[:14]:<14} ", "dim"),
                 f"{human_bytes(gpu.used_bytes)}/{human_bytes(gpu.total_bytes)} ",
-                ("█" * filled, "green" if share < 0.9 else "red"), ("░" * (bar_width - filled), "dim")))
+                ("█" * filled, GOOD if share < 0.9 else BAD), ("░" * (bar_width - filled), "dim")))
     else:
-        lines.append(Text(reading.note or "no GPU figures", style="yellow"))  # says why: no suffix below
+        lines.append(Text(reading.note or "no GPU figures", style=WARN))  # says why: no suffix below
         if reading.source != "recorded":
             lines.append(Text.assemble(("process RSS ", "bold"), human_bytes(reading.rss_bytes)))
     text = Text("\n").join(lines)
+    text.no_wrap, text.overflow = True, "ellipsis"
+    return text
+
+
+def past_reading_text(step: int, memory: MemoryView) -> Text:
+    """A past step (history): its own figures, as its record carries them, not this moment's."""
+    text = Text.assemble((f"at step {step}", f"bold {NOTE}"), (" (history)", "dim"),
+                         "\n", ("process RSS ", "bold"), human_bytes(memory.rss_bytes))
     text.no_wrap, text.overflow = True, "ellipsis"
     return text
 
@@ -68,6 +77,7 @@ class MemoryPanel(Vertical):
         super().__init__(**kwargs)
         self._history: deque[float] = deque(maxlen=HISTORY)
         self._reading: MemoryReading | None = None
+        self._past: tuple[int, MemoryView] | None = None  # (step, its memory) while history is on screen
 
     def compose(self) -> ComposeResult:
         yield Static(reading_text(None, 40), id="memory-live")
@@ -76,16 +86,30 @@ class MemoryPanel(Vertical):
 
     def show_reading(self, reading: MemoryReading) -> None:
         self._reading = reading
-        self._history.append(float(reading.gpus[0].used_bytes if reading.gpus else reading.rss_bytes))
-        self._show(self.query_one("#memory-live", Static), reading_text(reading, self.size.width or 40))
+        if reading.source != "recorded":  # a replay has no live figures to draw a trend of
+            self._history.append(float(reading.gpus[0].used_bytes if reading.gpus else reading.rss_bytes))
+        self._show_reading()
         self.query_one("#memory-trend", Sparkline).data = list(self._history)
 
-    def show_step(self, memory: MemoryView | None, shards: list[ShardView] | None = None) -> None:
+    def show_step(self, memory: MemoryView | None, past_step: int | None = None,
+                  shards: list[ShardView] | None = None) -> None:
+        """`past_step`: the step on screen is not this moment's (history): the reading shown is the one
+        its record carries. `shards`: a sharded run's processes or devices, a line each."""
+        self._past = (past_step, memory) if past_step is not None and memory is not None else None
         self._show(self.query_one("#memory-step", Static), step_memory_text(memory, shards))
+        self._show_reading()
 
     def on_resize(self) -> None:
-        if self._reading is not None:
-            self._show(self.query_one("#memory-live", Static), reading_text(self._reading, self.size.width))
+        self._show_reading()
+
+    def _show_reading(self) -> None:
+        if self._past is not None:
+            text = past_reading_text(*self._past)
+        elif self._reading is not None:
+            text = reading_text(self._reading, self.size.width or 40)
+        else:
+            return
+        self._show(self.query_one("#memory-live", Static), text)
 
     @staticmethod
     def _show(static: Static, text: Text) -> None:

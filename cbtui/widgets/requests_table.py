@@ -13,17 +13,64 @@ from textual.widgets import DataTable
 from engine.records import RequestView
 from engine.records.text import decode, visible
 
-from ..colors import request_color
+from ..colors import BAD, FULL, GOOD, NONE, NOTE, WARN, color_mode, request_color, request_glyph
 from ..speculation_text import drafts_cell
 
 TEXT_TAIL = 16
-# (key, label, width): fixed widths, so updating a cell never re-measures the whole table.
-# hit: prompt tokens the latest admission took from the prefix cache (prefix caching).
-COLUMNS = (("id", "id", 5), ("state", "state", 9), ("prompt", "prompt", 9), ("hit", "hit", 4), ("gen", "gen", 7),
-           ("ttft", "TTFT", 4), ("pre", "pre", 3), ("why", "why not scheduled", 18), ("text", "output tail", TEXT_TAIL))
-PRIORITY_COLUMN = ("pri", "pri", 3)  # shown once any request has a priority
-STATE_STYLE = {"decode": "green", "prefill": "yellow", "recompute": "bold yellow", "waiting": "magenta",
-               "preempted": "bold red", "finished": "dim", "pending": "dim"}
+# (key, label, width): fixed widths, so updating a cell never re-measures the whole table. The reason
+# and the output tail share what the other columns leave (column_widths), the reason first.
+COLUMNS = (("id", "id", 5), ("state", "state", 9), ("prompt", "prompt", 7), ("gen", "gen", 7),
+           ("ttft", "TTFT", 4), ("why", "why not scheduled", 0), ("text", "output tail", 0))
+# Shown once a run needs them (a request with a priority, a prefix cache hit, a preemption), each
+# after the column named: a small terminal keeps its room for the reason until then.
+OPTIONAL = {"pri": (("pri", "pri", 3), "id"), "hit": (("hit", "hit", 4), "prompt"),
+            "pre": (("pre", "pre", 3), "ttft")}
+WHY_WIDTH = 28  # the longest reason the scheduler gives ("budget reserved for priority")
+MIN_TAIL = 6  # narrower than this, the output tail says nothing: its room goes to the reason
+CELL_PADDING = 1  # each side of every column
+# Rows that matter first: what ran or was thrown out this step, then who waits; finished last.
+STATE_ORDER = {"preempted": 0, "prefill": 1, "recompute": 1, "decode": 1, "waiting": 2, "pending": 3,
+               "finished": 4}
+
+
+def table_columns(extra: frozenset[str] | set[str] = frozenset()) -> tuple[tuple[str, str, int], ...]:
+    """COLUMNS with the optional ones in `extra` in their places."""
+    columns = []
+    for column in COLUMNS:
+        columns.append(column)
+        columns += [spec for key, (spec, after) in OPTIONAL.items() if key in extra and after == column[0]]
+    return tuple(columns)
+
+
+def wanted_columns(views: Sequence[RequestView]) -> set[str]:
+    """The optional columns these requests need."""
+    extra = set()
+    for view in views:
+        if view.priority:
+            extra.add("pri")
+        if view.cached_tokens:
+            extra.add("hit")
+        if view.num_preemptions:
+            extra.add("pre")
+    return extra
+
+
+def column_widths(width: int, longest_reason: int = WHY_WIDTH,
+                  columns: tuple[tuple[str, str, int], ...] = COLUMNS) -> dict[str, int]:
+    """Widths that fill `width` cells exactly (no sideways scrolling): fixed columns as given, the
+    reason up to its longest, the output tail the rest (none when too narrow to read)."""
+    widths = {key: w for key, _, w in columns if w}
+    left = width - sum(widths.values()) - 2 * CELL_PADDING * len(columns)
+    why = max(min(max(longest_reason, len("why not scheduled")), left - 2 * CELL_PADDING), 4)
+    tail = min(left - why - 2 * CELL_PADDING, TEXT_TAIL)
+    if tail < MIN_TAIL:
+        why, tail = why + max(tail, 0), 0
+    widths["why"], widths["text"] = why, tail
+    return widths
+
+
+STATE_STYLE = {"decode": GOOD, "prefill": WARN, "recompute": f"bold {WARN}", "waiting": NOTE,
+               "preempted": f"bold {BAD}", "finished": "dim", "pending": "dim"}
 
 
 def state_name(view: RequestView) -> str:
@@ -46,27 +93,40 @@ def output_tail(view: RequestView) -> str:
     return "".join(reversed(shown))
 
 
-def row_cells(view: RequestView, no_color: bool, priority: bool = False) -> tuple[Text, ...]:
-    """A recording's state and reason are any strings: their control characters are shown (the
-    output tail's too: `output_tail`)."""
-    mark = "" if no_color else "■ "  # without colour the id itself is the mark
+def id_cell(request_id: int, mode: str) -> Text:
+    """The request's mark as the other panels draw it: its colour square, or (16 colours, NO_COLOR) its
+    glyph, which is the id itself up to 9 and a letter after ("A=10")."""
+    if mode == FULL:
+        return Text.assemble(("■ ", request_color(request_id).hex), str(request_id))
+    glyph = request_glyph(request_id)
+    color = "" if mode == NONE else request_color(request_id, mode).hex
+    if glyph == str(request_id):
+        return Text(glyph, style=color)
+    return Text.assemble((glyph, f"bold {color}"), f"={request_id}")
+
+
+def row_cells(view: RequestView, mode: str,
+              columns: tuple[tuple[str, str, int], ...] = COLUMNS) -> tuple[Text, ...]:
+    """The cells of `columns` for one request. A recording's state and reason are any strings: their
+    control characters are shown (the output tail's too: `output_tail`)."""
     state = state_name(view)
-    first = (Text.assemble((mark, request_color(view.id).hex), f"{view.id}"),)
-    if priority:
-        first += (Text(f"{view.priority}" if view.priority else "", justify="right"),)
-    return first + (
-        Text(visible(state), style=STATE_STYLE.get(state, "")),
-        Text(f"{view.prefill_pos}/{view.prompt_len}", justify="right"),
-        Text(f"{view.cached_tokens}" if view.cached_tokens else "–", justify="right",
-             style="cyan" if view.cached_tokens else "dim"),
-        Text(f"{view.generated}/{view.max_new_tokens}", justify="right"),
-        Text("–" if view.ttft_steps is None else f"{view.ttft_steps}", justify="right"),
-        Text(f"{view.num_preemptions}" if view.num_preemptions else "", style="bold red", justify="right"),
+    cells = {
+        "id": lambda: id_cell(view.id, mode),
+        "pri": lambda: Text(f"{view.priority}" if view.priority else "", justify="right"),
+        "state": lambda: Text(visible(state), style=STATE_STYLE.get(state, "")),
+        "prompt": lambda: Text(f"{view.prefill_pos}/{view.prompt_len}", justify="right"),
+        "hit": lambda: Text(f"{view.cached_tokens}" if view.cached_tokens else "", justify="right", style="cyan"),
+        "gen": lambda: Text(f"{view.generated}/{view.max_new_tokens}", justify="right"),
+        "ttft": lambda: Text("–" if view.ttft_steps is None else f"{view.ttft_steps}", justify="right"),
+        "pre": lambda: Text(f"{view.num_preemptions}" if view.num_preemptions else "", style=f"bold {BAD}",
+                            justify="right"),
         # A scheduled request has no reason: the column shows its accepted/proposed drafts instead.
-        Text(visible(view.reason or "") or drafts_cell(view),
-             style="red" if view.reason and view.reason != "not arrived yet" else "dim"),
-        Text(output_tail(view), style="italic"),
-    )
+        "why": lambda: Text(visible(view.reason or "") or drafts_cell(view),
+                            style=BAD if view.reason and view.reason != "not arrived yet" else "dim"),
+        "text": lambda: Text(output_tail(view), style="italic"),
+    }
+    return tuple(cells[key]() for key, _, _ in columns)
+
 
 class RequestSelected(Message):
     def __init__(self, request_id: int | None):
@@ -81,7 +141,7 @@ class RequestsTable(DataTable, inherit_bindings=False):
     """
 
     DEFAULT_CSS = """
-    RequestsTable { height: 1fr; }
+    RequestsTable { height: 1fr; overflow-x: hidden; scrollbar-size-vertical: 1; }
     """
 
     # Left and right belong to the app (history while paused), so the table keeps only
@@ -97,49 +157,86 @@ class RequestsTable(DataTable, inherit_bindings=False):
     ]
 
     def __init__(self, **kwargs):
-        super().__init__(cursor_type="row", zebra_stripes=False, show_cursor=False, **kwargs)
+        super().__init__(cursor_type="row", zebra_stripes=False, show_cursor=False, cell_padding=CELL_PADDING,
+                         **kwargs)
         self._shown: dict[int, tuple] = {}
+        self._views: Sequence[RequestView] = ()
+        self._widths: dict[str, int] | None = None
+        self._selected: int | None = None  # the request the cursor is on, followed as rows move
+        self._sorted_as: list[str] | None = None  # row keys in table order, as last sorted
+        self._extra: set[str] = set()  # optional columns shown (OPTIONAL)
         self._columns = COLUMNS
-        self._priority = False
 
-    def on_mount(self) -> None:
-        for key, label, width in self._columns:
-            self.add_column(label, key=key, width=width)
+    def on_resize(self) -> None:
+        self._fit_columns()
 
-    def _show_priority(self) -> None:
-        """Once, when a request with a priority first appears: the columns are laid out again."""
-        self._priority = True
-        self._columns = (COLUMNS[0], PRIORITY_COLUMN, *COLUMNS[1:])
+    def _fit_columns(self) -> None:
+        """Columns sized to the table's width (less the vertical scrollbar): rebuilt when it changes."""
+        width = self.size.width - self.styles.scrollbar_size_vertical
+        longest = max((len(v.reason or "") for v in self._views), default=0)
+        columns = table_columns(self._extra)
+        widths = column_widths(width, max(longest, WHY_WIDTH), columns)
+        if (widths == self._widths and columns == self._columns) or width <= 0:
+            return
+        self._widths, self._columns = widths, columns
         self.clear(columns=True)
-        self._shown = {}
-        self.on_mount()
+        for key, label, _ in columns:
+            self.add_column(label, key=key, width=widths[key])
+        self._shown, self._sorted_as = {}, None
+        self.show(self._views)
 
     def show(self, views: Sequence[RequestView]) -> None:
-        no_color = self.app.no_color
-        if not self._priority and any(v.priority for v in views):
-            self._show_priority()
+        self._views = views
+        extra = wanted_columns(views) - self._extra
+        if extra:  # once shown, a column stays: the table does not jump back and forth
+            self._extra |= extra
+            self._fit_columns()
+            return  # _fit_columns showed the rows
+        if self._widths is None:  # not laid out yet: the first resize adds the columns and the rows
+            return
+        mode = color_mode(self.app)
         wanted = {v.id for v in views}
         for gone in set(self._shown) - wanted:  # a record holds the requests alive in its step
             self.remove_row(str(gone))
             del self._shown[gone]
+            self._sorted_as = None
         for view in views:
-            cells = row_cells(view, no_color, self._priority)
+            cells = row_cells(view, mode, self._columns)
             plain = tuple(str(c) for c in cells)
             old = self._shown.get(view.id)
             if old is None:
                 self.add_row(*cells, key=str(view.id))
+                self._sorted_as = None
             elif old != plain:
                 for (key, _, _), new, before in zip(self._columns, cells, old, strict=True):
                     if str(new) != before:
                         self.update_cell(str(view.id), key, new)
             self._shown[view.id] = plain
+        self._order(views)
+
+    def _order(self, views: Sequence[RequestView]) -> None:
+        """Rows that matter on top (a small terminal shows four or five), and the cursor stays on its
+        request (not its row number) as rows move, scrolled into view."""
+        rank = {str(v.id): (STATE_ORDER.get(state_name(v), len(STATE_ORDER)), v.id) for v in views}
+        order = sorted(rank, key=rank.__getitem__)
+        if self._sorted_as != order:
+            by_id_cell = {self._shown[int(key)][0]: rank[key] for key in order}
+            self.sort("id", key=lambda cell: by_id_cell[str(cell)])
+            self._sorted_as = order
+        if self.show_cursor and self._selected is not None and str(self._selected) in rank:
+            row = order.index(str(self._selected))
+            if self.cursor_row != row:
+                self.move_cursor(row=row, animate=False)
+        elif not self.show_cursor:
+            self.scroll_home(animate=False)
 
     def _start_selecting(self) -> bool:
         """The first up / down shows the cursor where it is instead of moving it."""
         if self.show_cursor:
             return False
         self.show_cursor = True
-        self.post_message(RequestSelected(self.selected_request()))
+        self._selected = self.selected_request()
+        self.post_message(RequestSelected(self._selected))
         return True
 
     def action_cursor_up(self) -> None:
@@ -152,12 +249,14 @@ class RequestsTable(DataTable, inherit_bindings=False):
 
     def action_clear_selection(self) -> None:
         self.show_cursor = False
+        self._selected = None
         self.post_message(RequestSelected(None))
 
     @on(DataTable.RowHighlighted)
     def _highlighted(self, event: DataTable.RowHighlighted) -> None:
         if self.show_cursor and event.row_key.value is not None:
-            self.post_message(RequestSelected(int(event.row_key.value)))
+            self._selected = int(event.row_key.value)
+            self.post_message(RequestSelected(self._selected))
 
     def selected_request(self) -> int | None:
         if not self.row_count:

@@ -173,15 +173,27 @@ def _ttft(r: RunSummary) -> str:
     return f"{r.ttft_min}/{r.ttft_mean:.1f}/{r.ttft_max}"
 
 
-def format_table(rows: list[RunSummary]) -> list[str]:
+def format_table(rows: list[RunSummary], width: int | None = None) -> list[str]:
     """Plain aligned text lines; steps, TTFT and latency are in scheduler steps. Labels and settings
-    come from a scenario file's [compare] names: their control characters are shown (and measured)."""
+    come from a scenario file's [compare] names: their control characters are shown (and measured).
+    With `width`, columns that do not fit go to a further table below (each starting with the run's
+    name, a blank line between), so a terminal of that width never wraps a row mid-way."""
     columns = (COLUMNS + ((DRAFTS_COLUMN,) if any(r.drafts_proposed for r in rows) else ())
                + (SHARD_COLUMNS if any(r.shards > 1 for r in rows) else ()))
     cells = [[name for name, _ in columns]] + [[visible(str(get(r))) for _, get in columns] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
-             for row in cells]
+    groups: list[list[int]] = [[0]]
+    for i in range(1, len(columns)):
+        used = sum(widths[j] + 2 for j in groups[-1]) - 2
+        if width is not None and len(groups[-1]) > 1 and used + 2 + widths[i] > width:
+            groups.append([0])
+        groups[-1].append(i)
+    lines = []
+    for n, group in enumerate(groups):
+        if n:
+            lines.append("")
+        lines += ["  ".join(row[i].ljust(widths[i]) if i < 2 else row[i].rjust(widths[i]) for i in group).rstrip()
+                  for row in cells]
     for r in rows:
         if not r.complete:
             lines.append(f"note: {visible(r.label)} stopped after {r.steps} steps with requests unfinished")

@@ -155,27 +155,49 @@ def _write_metrics(collector, path: str) -> None:
     click.echo(f"metrics written to {visible(' and '.join(str(p) for p in written))}", err=True)
 
 
-def _report_int8_divergence(scenario, engine, last_record, variant, plugins, overrides) -> None:
-    """With the kv_int8 plugin, run the same workload uncompressed and say how many tokens differ."""
+def _plugin_base(spec: str) -> str:
+    """The plugin a --plugin SPEC names, without its options (NAME:key=value,...)."""
+    return spec.split(":", 1)[0] if spec.split(":", 1)[0] in _builtin_names() else spec
+
+
+def _builtin_names() -> set[str]:
+    from engine.plugins.base import builtin_plugins
+
+    return set(builtin_plugins())
+
+
+def _report_int8_divergence(scenario, engine, totals, variant, plugins, overrides) -> None:
+    """With the kv_int8 plugin, run the same workload uncompressed and say how many tokens differ,
+    and what the compression bought: bytes for a fixed block count, blocks (and so fewer
+    preemptions) for a fixed memory budget (kv_memory_bytes)."""
     from dataclasses import replace
 
     from engine.plugins.builtin import KVInt8Plugin
     from engine.plugins.builtin.kv_int8 import token_divergence
 
+    last_record = totals.last
     if last_record is None or engine.has_unfinished() or KVInt8Plugin.name not in engine.header().plugins:
         return
     plain = replace(scenario, plugins=[p for p in scenario.plugins if p["name"] != KVInt8Plugin.name])
-    reference = plain.build_engine(variant, plugins=tuple(p for p in plugins if p != KVInt8Plugin.name),
+    reference = plain.build_engine(variant, plugins=tuple(p for p in plugins if _plugin_base(p) != KVInt8Plugin.name),
                                    **overrides)
-    last = None
+    last, preempted = None, 0
     while reference.has_unfinished():
-        last = reference.step() or last
+        record = reference.step()
+        if record is not None:
+            last, preempted = record, preempted + len(record.preempted)
     expected = reference.outputs()
     total = sum(len(tokens) for tokens in expected.values())
     differ = token_divergence(expected, engine.outputs())
     full, small = last.kv.pool_bytes, last_record.kv.pool_bytes
+    budget = engine.config.kv_memory_bytes
+    if budget is None:
+        click.echo(f"kv_int8: {differ} of {total} generated tokens differ from the uncompressed run; "
+                   f"KV pool {full} -> {small} bytes ({full / small:.2f}x smaller)")
+        return
     click.echo(f"kv_int8: {differ} of {total} generated tokens differ from the uncompressed run; "
-               f"KV pool {full} -> {small} bytes ({full / small:.2f}x smaller)")
+               f"same KV memory (kv_memory_bytes={budget}): {last.kv.num_blocks} -> {last_record.kv.num_blocks} "
+               f"blocks, {preempted} -> {totals.preemptions} preemptions")
 
 
 @main.command("replay")
@@ -309,7 +331,7 @@ def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention
         if collector is not None:
             _write_metrics(collector, metrics_out)
         if not as_json:
-            _report_int8_divergence(scenario, engine, run.totals.last, variant, plugins, overrides)
+            _report_int8_divergence(scenario, engine, run.totals, variant, plugins, overrides)
         return
     from .app import run_dashboard
 

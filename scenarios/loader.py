@@ -49,6 +49,7 @@ ENGINE_CHOICES = {"model": MODELS, "device": DEVICES, "kv_layout": KV_LAYOUTS, "
                   "policy": POLICIES, "dtype": DTYPES}
 MAX_BATCH_TOKENS = 1 << 20  # upper bound for token counts per step (budget, chunk, decode cap)
 MAX_POOL_TOKENS = 1 << 20  # num_blocks * block_size: keeps a typo from allocating gigabytes
+MAX_KV_MEMORY = 1 << 32  # kv_memory_bytes: 4 GiB, for the same reason
 MAX_VARIANTS = 8
 SUMMARY_WIDTH = 72
 
@@ -199,7 +200,7 @@ def _check_engine(check: Checker, settings: dict) -> EngineConfig:
     spec = PRESETS[settings.get("model", EngineConfig.model)]
     ranges = {"max_tokens_per_step": MAX_BATCH_TOKENS, "prefill_chunk_size": MAX_BATCH_TOKENS,
               "max_decode_per_step": MAX_BATCH_TOKENS, "block_size": spec.max_context,
-              "num_blocks": MAX_POOL_TOKENS, "static_batch_size": MAX_REQUESTS}
+              "num_blocks": MAX_POOL_TOKENS, "static_batch_size": MAX_REQUESTS, "kv_memory_bytes": MAX_KV_MEMORY}
     for key, high in ranges.items():
         if key in settings:
             check.check_int(settings[key], key, 1, high)
@@ -221,7 +222,9 @@ def _block_need(config: EngineConfig):
     """A function: total tokens of one request -> a problem string if it can never fit the pool."""
     def need(total: int) -> str | None:
         if config.kv_layout != "paged" or config.num_blocks is None:
-            return None  # dense grows on demand; the default pool holds eight full contexts
+            # Dense grows on demand; the default pool holds eight full contexts; a kv_memory_bytes
+            # pool's block count depends on the dtype (the engine checks each request against it).
+            return None
         blocks = -(-total // config.block_size)
         if blocks > config.num_blocks:
             return (f"a request of {total} tokens needs {blocks} KV blocks of {config.block_size}, but "

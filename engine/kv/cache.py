@@ -81,10 +81,12 @@ class PagedKVCache(_CacheBase):
     layout = "paged"
 
     def __init__(self, num_layers, num_kv_heads, head_dim, dtype, device, num_blocks: int, block_size: int,
-                 max_context: int, spare_block: bool = False):
+                 max_context: int, spare_block: bool = False, memory_budget: int | None = None):
         super().__init__(num_layers, num_kv_heads, head_dim, dtype, device)
         self.allocator = PagedAllocator(num_blocks, block_size)
         self.block_size = block_size
+        self.memory_budget = memory_budget  # kv_memory_bytes: the pool was sized from it, not from a count
+        self.spare_block = spare_block
         # Host mirror of the block tables, one row per live request, updated as blocks are handed
         # out, so a step copies its rows in one go instead of rebuilding them from lists.
         self._table = torch.zeros((64, self.allocator.blocks_for(max_context)), dtype=torch.long)
@@ -100,6 +102,15 @@ class PagedKVCache(_CacheBase):
     @property
     def pool_bytes(self) -> int:
         return self.k_pool.nbytes + self.v_pool.nbytes  # what the pools really take (int8 or float)
+
+    def replace_pools(self, k_pool, v_pool, num_blocks: int) -> None:
+        """New storage with room for `num_blocks` blocks (plus the spare one, if any), before anything
+        is stored: a compressed pool fits more blocks in the same memory budget."""
+        if self.allocator.tables:
+            raise RuntimeError("the KV pool can only be replaced before any request holds blocks")
+        self.allocator = PagedAllocator(num_blocks, self.block_size)
+        self.scratch_slot = num_blocks * self.block_size if self.spare_block else None
+        self.k_pool, self.v_pool = k_pool, v_pool
 
     def can_allocate(self, request_id: int, num_tokens: int) -> bool:
         return self.allocator.can_allocate(request_id, num_tokens)

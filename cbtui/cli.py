@@ -155,17 +155,6 @@ def _write_metrics(collector, path: str) -> None:
     click.echo(f"metrics written to {visible(' and '.join(str(p) for p in written))}", err=True)
 
 
-def _plugin_base(spec: str) -> str:
-    """The plugin a --plugin SPEC names, without its options (NAME:key=value,...)."""
-    return spec.split(":", 1)[0] if spec.split(":", 1)[0] in _builtin_names() else spec
-
-
-def _builtin_names() -> set[str]:
-    from engine.plugins.base import builtin_plugins
-
-    return set(builtin_plugins())
-
-
 def _report_int8_divergence(scenario, engine, totals, variant, plugins, overrides) -> None:
     """With the kv_int8 plugin, run the same workload uncompressed and say how many tokens differ,
     and what the compression bought: bytes for a fixed block count, blocks (and so fewer
@@ -174,12 +163,13 @@ def _report_int8_divergence(scenario, engine, totals, variant, plugins, override
 
     from engine.plugins.builtin import KVInt8Plugin
     from engine.plugins.builtin.kv_int8 import token_divergence
+    from engine.plugins.spec import parse_plugin_spec
 
     last_record = totals.last
     if last_record is None or engine.has_unfinished() or KVInt8Plugin.name not in engine.header().plugins:
         return
     plain = replace(scenario, plugins=[p for p in scenario.plugins if p["name"] != KVInt8Plugin.name])
-    reference = plain.build_engine(variant, plugins=tuple(p for p in plugins if _plugin_base(p) != KVInt8Plugin.name),
+    reference = plain.build_engine(variant, plugins=tuple(p for p in plugins if parse_plugin_spec(p)[0] != KVInt8Plugin.name),
                                    **overrides)
     last, preempted = None, 0
     while reference.has_unfinished():
@@ -244,6 +234,22 @@ def trace_cmd(recording, out):
     click.echo(f"trace written to {written} (open it at ui.perfetto.dev)", err=True)
 
 
+@main.command("plugins")
+def plugins_cmd() -> None:
+    """List the built-in plugins and their options (--plugin NAME:key=value,...)."""
+    import inspect
+
+    from engine.plugins.base import builtin_plugins
+
+    for name, cls in sorted(builtin_plugins().items()):
+        doc = (sys.modules[cls.__module__].__doc__ or cls.__doc__ or "").strip().splitlines()
+        options = [f"{p.name}={p.default!r}" for p in inspect.signature(cls).parameters.values()
+                   if p.default is not inspect.Parameter.empty and not p.name.endswith("_fn")]
+        click.echo(f"{name:<16} {doc[0] if doc else ''}")
+        if options:
+            click.echo(f"{'':<16} options: {', '.join(options)}")
+
+
 @main.command("scenarios")
 def scenarios_cmd() -> None:
     """List the built-in scenarios."""
@@ -262,8 +268,9 @@ def scenarios_cmd() -> None:
 @click.option("--kv-layout", type=click.Choice(KV_LAYOUTS), default=None)
 @click.option("--variant", default=None, help="Run one of the scenario's [compare] variants instead.")
 @click.option("--plugin", "plugins", multiple=True, metavar="SPEC",
-              help="Add a plugin: a built-in name (priority, adaptive_batch, kv_int8), an entry point "
-                   "of group cbtui.plugins, or module:Class. Repeatable.")
+              help="Add a plugin: a built-in name (see `cbtui plugins`), an entry point of group "
+                   "cbtui.plugins, or module:Class; options after a colon: NAME:key=value,... "
+                   "(e.g. adaptive_batch:target_ms=5). Repeatable.")
 @click.option("--trust-plugins", is_flag=True,
               help="Let the scenario file's [[plugins]] name module:Class, which imports and runs that "
                    "module's code. Only for files you trust.")

@@ -34,6 +34,7 @@ from engine import Engine, EngineConfig
 from engine.config import ATTENTION_BACKENDS, DEVICES, DTYPES, KV_LAYOUTS, MODELS, POLICIES
 from engine.model import PRESETS
 from engine.plugins.base import check_plugin_config, is_module_spec, load_plugin
+from engine.plugins.spec import parse_plugin_spec
 from engine.records import RunHeader
 
 from .errors import ScenarioError
@@ -84,11 +85,11 @@ class Scenario:
                 made.append(load_plugin(spec["name"], spec["options"]))
             except ValueError as exc:
                 raise ScenarioError(f"{self.path}: [[plugins]] {exc}") from None
-        for name in extra:
+        for spec in extra:
             try:
-                made.append(load_plugin(name))
+                made.append(load_plugin(*parse_plugin_spec(spec)))
             except ValueError as exc:
-                raise ScenarioError(f"--plugin {name}: {exc}") from None
+                raise ScenarioError(f"--plugin {spec}: {exc}") from None
         return made
 
     def engine_config(self, variant: str | None = None, **overrides) -> EngineConfig:

@@ -110,7 +110,8 @@ def render_metrics(collector: MetricsCollector, profiler: MemoryProfile, annotat
                    detector: object = None, width: int = 80) -> Group:
     """Everything the metrics screen shows, as one rich renderable, laid out for `width` columns."""
     bar = max(6, min(30, width // 2 - 28))
-    totals = collector.summary()["throughput"]
+    summary = collector.summary()
+    totals = summary["throughput"]
     throughput = [tps for _, tps in collector.throughput_series()]
     head = Text()
     head.append(f"{len(collector.steps)} steps  ", style="bold")
@@ -122,6 +123,11 @@ def render_metrics(collector: MetricsCollector, profiler: MemoryProfile, annotat
         head.append(f"throughput now {throughput[-1]:.0f} tok/s ")
         head.append(sparkline(throughput, 32), style="green")
     lines: list[RenderableType] = [head]
+    sla = summary["sla"]
+    if sla["with_deadline"]:  # a line of its own: the head fills 80 columns
+        lines.append(Text(f"SLA: {sla['met']} of {sla['with_deadline']} deadlines met, {sla['missed']} missed "
+                          f"(a request meets its deadline_step when its last token is sampled by then)",
+                          style="red" if sla["missed"] else "green"))
     if annotations:
         lines.append(Text("plugins: " + visible("; ".join(annotations)), style="magenta"))
     grid = Table.grid(padding=(0, 4))

@@ -48,7 +48,7 @@ class RequestViews(Sequence):
                 ttft = r.first_token_step - r.arrival_step if n else None
                 views.append(RequestView(r.id, state.value, prompt_len, min(computed, prompt_len), n,
                                          r.max_new_tokens, r.arrival_step, r.priority, ttft, reason, preemptions,
-                                         output[max(0, n - TAIL):n]))
+                                         output[max(0, n - TAIL):n], r.deadline_step))
             self._views = views
             self._captured = None
         return self._views

@@ -9,7 +9,9 @@ File format (every key but the workload is optional; see the built-in files for 
     [[requests]]                            explicit requests (see workload.REQUEST_KEYS)
     [[generators]]                          seeded request generators (see workload.GENERATOR_KEYS)
     [compare.NAME]                          engine overrides for a variant that headless runs
-                                            compare against the scenario as written
+                                            compare against the scenario as written; its key
+                                            `plugins` (a list of NAME or NAME:key=value specs,
+                                            [] for none) replaces [[plugins]] in that variant
     [[plugins]]                             name (a built-in plugin or an installed cbtui.plugins
                                             entry point; module:Class only with trust_plugins,
                                             i.e. `cbtui scenario --trust-plugins`) and options
@@ -38,7 +40,7 @@ from engine.plugins.spec import parse_plugin_spec
 from engine.records import RunHeader
 
 from .errors import ScenarioError
-from .schema import Checker, toml_key
+from .schema import Checker, show, toml_key, toml_type
 from .workload import MAX_REQUESTS, MAX_SEED, generate, parse_request
 
 BUILTIN_DIR = Path(__file__).parent
@@ -72,13 +74,14 @@ class Scenario:
     seed: int = 0  # the workload seed
     variants: dict[str, dict] = field(default_factory=dict)  # [compare] name -> engine overrides
     plugins: list[dict] = field(default_factory=list)  # [[plugins]]: {"name": spec, "options": {...}}
+    variant_plugins: dict[str, list[dict]] = field(default_factory=dict)  # [compare.NAME] plugins, if given
     trust_plugins: bool = False  # whether the file's [[plugins]] may name module:Class (code to import)
 
-    def make_plugins(self, extra: tuple[str, ...] = ()) -> list:
-        """Fresh plugin instances (they keep state) for the file's [[plugins]] plus `extra` specs
-        (the command line's, which may name module:Class: the user typed them)."""
+    def make_plugins(self, extra: tuple[str, ...] = (), variant: str | None = None) -> list:
+        """Fresh plugin instances (they keep state) for the file's [[plugins]] (or the variant's own
+        list) plus `extra` specs (the command line's, which may name module:Class: the user typed them)."""
         made = []
-        for i, spec in enumerate(self.plugins):
+        for i, spec in enumerate(self.variant_plugins.get(variant, self.plugins) if variant else self.plugins):
             if not self.trust_plugins:
                 _refuse_module_spec(self.path, i, spec["name"])
             try:
@@ -121,7 +124,7 @@ class Scenario:
     def build_engine(self, variant: str | None = None, plugins: tuple[str, ...] = (), **overrides) -> Engine:
         """The engine with the workload queued; `plugins` adds plugin specs (the CLI's --plugin)."""
         config = self.engine_config(variant, **overrides)
-        made = self.make_plugins(plugins)
+        made = self.make_plugins(plugins, variant)
         try:
             engine = Engine(config, plugins=made)
         except ValueError as exc:  # e.g. device='cuda' without a GPU, flex attention on the CPU
@@ -266,7 +269,8 @@ def from_dict(data: dict, path: Path, trust_plugins: bool = False) -> Scenario:
     if not requests:
         check.fail("requests", "the workload is empty; add at least one [[requests]] or [[generators]] entry")
 
-    variants = {}
+    variants: dict[str, dict] = {}
+    variant_plugins: dict[str, list[dict]] = {}
     compare = check.table(data.get("compare", {}), "compare")
     if len(compare) > MAX_VARIANTS:
         check.fail("compare", f"has {len(compare)} variants; at most {MAX_VARIANTS} are allowed")
@@ -275,6 +279,9 @@ def from_dict(data: dict, path: Path, trust_plugins: bool = False) -> Scenario:
         check.table(overrides, f"compare.{toml_key(name)}")
         if not overrides:
             check.fail(f"compare.{toml_key(name)}", "is empty; list the engine settings this variant changes")
+        overrides = dict(overrides)
+        if "plugins" in overrides:
+            variant_plugins[name] = _variant_plugins(vcheck, overrides.pop("plugins"), path, trust_plugins)
         variant_config = _check_engine(vcheck, {**engine, **overrides})
         for i, spec in enumerate(requests):  # a smaller pool in a variant must still fit each request
             total = len(spec["prompt"]) + spec["max_new_tokens"]
@@ -301,7 +308,25 @@ def from_dict(data: dict, path: Path, trust_plugins: bool = False) -> Scenario:
 
     return Scenario(name=path.stem, path=path, title=title, description=description, question=question,
                     engine=engine, requests=requests, summary=summary, seed=seed, variants=variants,
-                    plugins=plugins, trust_plugins=trust_plugins)
+                    plugins=plugins, trust_plugins=trust_plugins, variant_plugins=variant_plugins)
+
+
+def _variant_plugins(check: Checker, value, path: Path, trust_plugins: bool) -> list[dict]:
+    """A variant's `plugins = [...]`: specs as on the command line (NAME or NAME:key=value,...)."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        check.fail("plugins", f"must be an array of plugin specs such as [\"priority:reserve_tokens=8\"] "
+                              f"([] for none), got {toml_type(value)} {show(value)}")
+    out = []
+    for i, spec in enumerate(value):
+        try:
+            name, options = parse_plugin_spec(spec)
+            if not trust_plugins:
+                _refuse_module_spec(path, i, name)
+            load_plugin(name, options)
+        except ValueError as exc:
+            check.fail("plugins", str(exc))
+        out.append({"name": name, "options": options})
+    return out
 
 
 def _first_line(text: str) -> str:

@@ -64,6 +64,8 @@ class RequestMetrics:
     tpot_s: float | None
     max_itl_s: float | None
     e2e_s: float | None
+    deadline_step: int | None = None  # the step its last token was due by
+    sla_met: bool | None = None  # True: finished by its deadline; False: missed it; None: no deadline, or not yet due
     itl_steps: list[int] = field(default_factory=list)  # gap before each token after the first
     itl_s: list[float] = field(default_factory=list)
 
@@ -81,6 +83,17 @@ class _Track:
     token_steps: list[int] = field(default_factory=list)
     token_ends: list[float] = field(default_factory=list)
     finished_step: int | None = None
+    deadline_step: int | None = None
+
+
+def sla_met(deadline_step: int | None, finished_step: int | None, now: int | None) -> bool | None:
+    """Whether a request met its deadline (its last token sampled at or before deadline_step): True or
+    False once that is known (finished, or still running past the deadline at step `now`), else None."""
+    if deadline_step is None:
+        return None
+    if finished_step is not None:
+        return finished_step <= deadline_step
+    return False if now is not None and now > deadline_step else None
 
 
 LATENCIES = ("ttft_steps", "ttft_s", "tpot_steps", "tpot_s", "itl_steps", "itl_s", "e2e_steps", "e2e_s")
@@ -116,6 +129,7 @@ class MetricsCollector:
                 track = self._tracks[view.id] = _Track(view.id, view.state, view.prompt_len, view.generated,
                                                        view.num_preemptions, arrival)
             track.state, track.generated = view.state, view.generated
+            track.deadline_step = view.deadline_step
             track.num_preemptions = view.num_preemptions
         for key in record.sampled:  # the request id as a string (a JSON key), not the int id itself
             track = self._tracks[int(key)]
@@ -200,7 +214,8 @@ class MetricsCollector:
             e2e_steps=finished - t.arrival_step if finished is not None else None,
             ttft_s=ttft_s, tpot_s=tpot_s,
             max_itl_s=max(itl_s) if itl_s else None,
-            e2e_s=e2e_s,
+            e2e_s=e2e_s, deadline_step=t.deadline_step,
+            sla_met=sla_met(t.deadline_step, finished, self._steps[-1].step if self._steps else None),
             itl_steps=itl_steps, itl_s=itl_s)
 
     def latencies(self, name: str, requests: list[RequestMetrics] | None = None) -> list[float]:
@@ -223,6 +238,8 @@ class MetricsCollector:
         processed = sum(s.decode_tokens + s.prefill_tokens for s in steps)
         budget = sum(s.budget for s in steps)
         finished = [r for r in reqs if r.finished_step is not None]
+        met = sum(r.sla_met is True for r in reqs)
+        missed = sum(r.sla_met is False for r in reqs)
         return {
             "steps": len(steps),
             "engine_time_s": time_s,
@@ -237,6 +254,9 @@ class MetricsCollector:
                 "finished_requests_per_s": len(finished) / time_s if time_s > 0 else None,
                 "budget_utilisation": processed / budget if budget > 0 else None,
             },
+            # SLA attainment: of the requests with a deadline that is known to be met or missed.
+            "sla": {"with_deadline": sum(r.deadline_step is not None for r in reqs), "met": met, "missed": missed,
+                    "attainment": met / (met + missed) if met + missed else None},
             **{name: describe(self.latencies(name, reqs)) for name in LATENCIES},
             "step_wall_s": describe([s.wall_time_s for s in steps]),
             "memory": {

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from .metrics import sla_met
 from .text import visible
 from .types import RequestView, StepRecord
 
@@ -31,6 +32,8 @@ class RunSummary:
     peak_kv_slots: int  # token slots the KV cache holds at its peak (paged: whole blocks)
     kv_bytes_peak: int  # bytes reserved for K/V at the peak (paged: the whole pool, from the start)
     ms_per_step: float  # measured engine time; the only figure that is not deterministic
+    sla_deadlines: int = 0  # requests with a deadline_step
+    sla_met: int = 0  # of them, finished by their deadline (the rest missed it or are not yet due)
 
 
 def final_views(records: Iterable[StepRecord]) -> dict[int, RequestView]:
@@ -90,6 +93,9 @@ class RunTotals:
             preemptions=self.preemptions, padding_slot_steps=self.padding_slot_steps,
             peak_kv_slots=self.peak_kv_slots, kv_bytes_peak=self.kv_bytes_peak,
             ms_per_step=1000 * self.wall_s / self.steps if self.steps else 0.0,
+            sla_deadlines=sum(v.deadline_step is not None for v in views),
+            sla_met=sum(sla_met(v.deadline_step, self.finish_step.get(v.id), last.step if last else None) is True
+                        for v in views),
         )
 
 
@@ -117,11 +123,15 @@ def _ttft(r: RunSummary) -> str:
     return f"{r.ttft_min}/{r.ttft_mean:.1f}/{r.ttft_max}"
 
 
+SLA_COLUMN = ("SLA met", lambda r: f"{r.sla_met}/{r.sla_deadlines}")  # only when some request has a deadline
+
+
 def format_table(rows: list[RunSummary]) -> list[str]:
     """Plain aligned text lines; steps, TTFT and latency are in scheduler steps. Labels and settings
     come from a scenario file's [compare] names: their control characters are shown (and measured)."""
-    cells = [[name for name, _ in COLUMNS]] + [[visible(str(get(r))) for _, get in COLUMNS] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
+    columns = COLUMNS + ((SLA_COLUMN,) if any(r.sla_deadlines for r in rows) else ())
+    cells = [[name for name, _ in columns]] + [[visible(str(get(r))) for _, get in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
              for row in cells]
     for r in rows:

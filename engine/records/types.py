@@ -77,6 +77,7 @@ class RequestView:
     reason: str | None  # why it was not scheduled this step; None when it was
     num_preemptions: int
     output_tail: list[int]  # last generated ids; engine.tokenizer.decode turns them into text
+    deadline_step: int | None = None  # its SLA: the step its last token is due by (None: no deadline)
 
 
 @dataclass(slots=True)

@@ -273,7 +273,7 @@ class DashboardApp(App[None]):
             items = [i for i in items if i.request_id == self.selected]
             zoom_on = self.selected
         canvas = self.query_one(MaskCanvas)
-        canvas.show(items, self.selected)
+        canvas.show(items, self.selected, record.attention_window if record else None)
         # The legend reads the raster's scale, which depends on the canvas size: before the first
         # layout there is none, and the legend is drawn again when the canvas is sized (below).
         self.query_one(MaskLegend).show(items, zoom_on, canvas.current_raster(), not self.no_color,

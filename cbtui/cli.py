@@ -155,10 +155,11 @@ def _write_metrics(collector, path: str) -> None:
     click.echo(f"metrics written to {visible(' and '.join(str(p) for p in written))}", err=True)
 
 
-def _report_int8_divergence(scenario, engine, totals, variant, plugins, overrides) -> None:
-    """With the kv_int8 plugin, run the same workload uncompressed and say how many tokens differ,
-    and what the compression bought: bytes for a fixed block count, blocks (and so fewer
-    preemptions) for a fixed memory budget (kv_memory_bytes)."""
+def _report_divergence(scenario, engine, totals, variant, plugins, overrides) -> None:
+    """With plugins that may change outputs (kv_int8, sliding_window, ...: `changes_outputs`), run the
+    same workload without them and say how many generated tokens differ (0: exact on this workload).
+    For kv_int8, also what the compression bought: bytes for a fixed block count, blocks (and so
+    fewer preemptions) for a fixed memory budget (kv_memory_bytes)."""
     from dataclasses import replace
 
     from engine.plugins.builtin import KVInt8Plugin
@@ -166,10 +167,16 @@ def _report_int8_divergence(scenario, engine, totals, variant, plugins, override
     from engine.plugins.spec import parse_plugin_spec
 
     last_record = totals.last
-    if last_record is None or engine.has_unfinished() or KVInt8Plugin.name not in engine.header().plugins:
+    lossy = [p.name for p in engine.plugins.plugins if getattr(p, "changes_outputs", False)]
+    if last_record is None or engine.has_unfinished() or not lossy:
         return
-    plain = replace(scenario, plugins=[p for p in scenario.plugins if p["name"] != KVInt8Plugin.name])
-    reference = plain.build_engine(variant, plugins=tuple(p for p in plugins if parse_plugin_spec(p)[0] != KVInt8Plugin.name),
+
+    def kept(specs: list[dict]) -> list[dict]:
+        return [p for p in specs if p["name"] not in lossy]
+
+    plain = replace(scenario, plugins=kept(scenario.plugins),
+                    variant_plugins={k: kept(v) for k, v in scenario.variant_plugins.items()})
+    reference = plain.build_engine(variant, plugins=tuple(p for p in plugins if parse_plugin_spec(p)[0] not in lossy),
                                    **overrides)
     last, preempted = None, 0
     while reference.has_unfinished():
@@ -179,6 +186,11 @@ def _report_int8_divergence(scenario, engine, totals, variant, plugins, override
     expected = reference.outputs()
     total = sum(len(tokens) for tokens in expected.values())
     differ = token_divergence(expected, engine.outputs())
+    if lossy != [KVInt8Plugin.name]:
+        verdict = "exact on this workload" if differ == 0 else "lossy"
+        click.echo(f"{' + '.join(lossy)}: {differ} of {total} generated tokens differ from the run without it "
+                   f"({verdict})")
+        return
     full, small = last.kv.pool_bytes, last_record.kv.pool_bytes
     budget = engine.config.kv_memory_bytes
     if budget is None:
@@ -338,7 +350,7 @@ def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention
         if collector is not None:
             _write_metrics(collector, metrics_out)
         if not as_json:
-            _report_int8_divergence(scenario, engine, run.totals, variant, plugins, overrides)
+            _report_divergence(scenario, engine, run.totals, variant, plugins, overrides)
         return
     from .app import run_dashboard
 

@@ -9,11 +9,13 @@ from ..batch_builder import RaggedBatch, ragged_causal_mask
 EPS = 1e-12
 
 
-def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: RaggedBatch) -> torch.Tensor:
+def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: RaggedBatch,
+                        mask: torch.Tensor | None = None) -> torch.Tensor:
+    """`mask` [T, K]: a narrower mask than the ragged causal one (an attention plugin's)."""
     group = q.shape[1] // k.shape[1]
     k = k.repeat_interleave(group, dim=1)
     v = v.repeat_interleave(group, dim=1)
-    mask = ragged_causal_mask(batch)  # [T, K]
+    mask = ragged_causal_mask(batch) if mask is None else mask  # [T, K]
     scores = torch.einsum("thd,khd->htk", q, k) * q.shape[-1] ** -0.5
     # A large negative fill (not -inf) keeps fully masked rows finite; subtracting the row max
     # before exp avoids overflow; the eps clamp guards the division.

@@ -170,6 +170,9 @@ class StepRecord:
     decode_graph: list[int] | None = None
     record_time_s: float = 0.0  # of wall_time_s, the time spent building this record (what tracing costs)
     device_time_s: float | None = None  # the GPU's span of the forward pass (CUDA, not overlapped); else None
+    # [sinks, window] when an attention plugin narrows the mask to a sliding window (sliding_window):
+    # a query at position p sees keys p - window + 1 .. p and positions 0 .. sinks - 1; None: full causal
+    attention_window: list[int] | None = None
 
     @property
     def num_query_tokens(self) -> int:

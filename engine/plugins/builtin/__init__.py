@@ -3,9 +3,11 @@
 from .adaptive_batch import AdaptiveBatchPlugin
 from .kv_int8 import KVInt8Plugin
 from .priority import PriorityPlugin
+from .sliding_window import SlidingWindowPlugin
 
 BUILTIN = {
     PriorityPlugin.name: PriorityPlugin,
     AdaptiveBatchPlugin.name: AdaptiveBatchPlugin,
     KVInt8Plugin.name: KVInt8Plugin,
+    SlidingWindowPlugin.name: SlidingWindowPlugin,
 }

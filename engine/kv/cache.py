@@ -24,6 +24,9 @@ class PagedAllocator:
         self.free_blocks: deque[int] = deque(range(num_blocks))
         # Tuples, replaced when they grow: a StepRecord can hold them without copying.
         self.tables: dict[int, tuple[int, ...]] = {}
+        # Table entries whose block was given back early (evict): request id -> indices. Such an
+        # entry keeps a stand-in (a live block of the same request) so the table keeps its shape.
+        self.evicted: dict[int, set[int]] = {}
 
     def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
@@ -47,8 +50,24 @@ class PagedAllocator:
 
     def free(self, request_id: int) -> tuple[int, ...]:
         blocks = self.tables.pop(request_id, ())
+        gone = self.evicted.pop(request_id, None)
+        if gone:  # stand-ins are not the request's to give back twice
+            blocks = tuple(b for i, b in enumerate(blocks) if i not in gone)
         self.free_blocks.extend(blocks)
         return blocks
+
+    def evict(self, request_id: int, index: int) -> int:
+        """Gives back the block at `index` of the request's table before the request ends (its keys
+        will never be read again); returns it. The entry then points at the request's newest block."""
+        table = self.tables[request_id]
+        gone = self.evicted.setdefault(request_id, set())
+        if index in gone or index >= len(table) - 1:
+            raise ValueError(f"request {request_id}: block {index} of {len(table)} cannot be evicted")
+        block, stand_in = table[index], table[-1]
+        self.tables[request_id] = table[:index] + (stand_in,) + table[index + 1:]
+        gone.add(index)
+        self.free_blocks.append(block)
+        return block
 
     @property
     def num_free(self) -> int:
@@ -86,6 +105,7 @@ class PagedKVCache(_CacheBase):
         self.allocator = PagedAllocator(num_blocks, block_size)
         self.block_size = block_size
         self.memory_budget = memory_budget  # kv_memory_bytes: the pool was sized from it, not from a count
+        self.evicted_now: dict[int, list[int]] = {}  # this step's evictions: request id -> blocks
         self.spare_block = spare_block
         # Host mirror of the block tables, one row per live request, updated as blocks are handed
         # out, so a step copies its rows in one go instead of rebuilding them from lists.
@@ -136,6 +156,14 @@ class PagedKVCache(_CacheBase):
         table = self.allocator.tables[request_id]
         self._table_np[self._row[request_id], len(table) - len(new):len(table)] = new
 
+    def evict(self, request_id: int, index: int) -> int:
+        """A block of a live request given back early (a cache plugin's eviction policy): the block
+        at `index` of its table, whose keys no query will read again. Returns the block."""
+        block = self.allocator.evict(request_id, index)
+        self._table_np[self._row[request_id], index] = self.allocator.tables[request_id][index]
+        self.evicted_now.setdefault(request_id, []).append(block)
+        return block
+
     def free(self, request_id: int) -> tuple[int, ...]:
         """Returns the blocks the request gave back."""
         blocks = self.allocator.free(request_id)
@@ -161,6 +189,7 @@ class PagedKVCache(_CacheBase):
 
     def begin_step(self, request_ids: list[int], batch: RaggedBatch) -> None:
         self.step_request_ids, self.step_batch = request_ids, batch
+        self.evicted_now = {}
         tables_by_id, row_of = self.allocator.tables, self._row
         width = max(map(len, map(tables_by_id.__getitem__, request_ids)))
         rows = long_tensor(list(map(row_of.__getitem__, request_ids)), torch.device("cpu"))

@@ -64,6 +64,9 @@ def _check_consistent(record: StepRecord) -> None:
         for rid, blocks in getattr(kv, name).items():
             if any(b >= kv.num_blocks for b in blocks):
                 raise ValueError(f"kv.{name}[{rid}]: a block number is not below num_blocks={kv.num_blocks}")
+    for rid, indices in kv.evicted.items():
+        if rid not in kv.block_tables or any(i >= len(kv.block_tables[rid]) for i in indices):
+            raise ValueError(f"kv.evicted[{rid}]: an index is not in the request's block table")
     if record.memory.source not in ("cuda", "rss"):
         raise ValueError(f"memory.source={shown(record.memory.source)} must be 'cuda' or 'rss'")
 
@@ -92,7 +95,10 @@ class StoryCheck:
         owners: dict[int, int] = {}
         for key, blocks in record.kv.block_tables.items():
             rid = int(key)
-            for block in blocks:
+            gone = record.kv.evicted.get(key, ())  # evicted entries hold a stand-in: one of its own blocks
+            for index, block in enumerate(blocks):
+                if index in gone:
+                    continue
                 owner = owners.get(block)
                 if owner is None:
                     owners[block] = rid

@@ -93,6 +93,9 @@ class KVView:
     bytes_per_token: int
     pool_bytes: int
     freed_blocks: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # request id -> blocks freed
+    # request id -> indices of its table whose block was given back early (a cache plugin evicted
+    # them; the entry holds a stand-in); only requests with evictions
+    evicted: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -185,11 +188,12 @@ class StepRecord:
     def to_dict(self) -> dict:
         kv = self.kv
         data = asdict(replace(self, requests=[], sampled={},
-                              kv=replace(kv, block_tables={}, tokens={}, freed_blocks={})))
+                              kv=replace(kv, block_tables={}, tokens={}, freed_blocks={}, evicted={})))
         data["requests"] = [asdict(view) for view in self.requests]
         data["sampled"] = dict(self.sampled)
         data["kv"].update(block_tables={k: list(v) for k, v in kv.block_tables.items()}, tokens=dict(kv.tokens),
-                          freed_blocks={k: list(v) for k, v in kv.freed_blocks.items()})
+                          freed_blocks={k: list(v) for k, v in kv.freed_blocks.items()},
+                          evicted={k: list(v) for k, v in kv.evicted.items()})
         return data
 
     @classmethod
@@ -200,6 +204,7 @@ class StepRecord:
         kv = dict(data["kv"])
         kv["block_tables"] = {k: tuple(v) for k, v in kv["block_tables"].items()}
         kv["freed_blocks"] = {k: tuple(v) for k, v in kv.get("freed_blocks", {}).items()}
+        kv["evicted"] = {k: tuple(v) for k, v in kv.get("evicted", {}).items()}
         data["kv"] = KVView(**kv)
         data["memory"] = MemoryView(**data["memory"])
         return cls(**data)

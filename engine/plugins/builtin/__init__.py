@@ -2,6 +2,7 @@
 
 from .adaptive_batch import AdaptiveBatchPlugin
 from .kv_int8 import KVInt8Plugin
+from .kv_window_evict import KVWindowEvictPlugin
 from .priority import PriorityPlugin
 from .sliding_window import SlidingWindowPlugin
 
@@ -10,4 +11,5 @@ BUILTIN = {
     AdaptiveBatchPlugin.name: AdaptiveBatchPlugin,
     KVInt8Plugin.name: KVInt8Plugin,
     SlidingWindowPlugin.name: SlidingWindowPlugin,
+    KVWindowEvictPlugin.name: KVWindowEvictPlugin,
 }

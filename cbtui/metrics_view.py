@@ -87,12 +87,13 @@ def _mib(value: float) -> str:
     return f"{value / 2**20:.1f} MiB"
 
 
-def memory_table(profiler: MemoryProfile, detector: object = None) -> Group:
+def memory_table(profiler: MemoryProfile, detector: object = None,
+                 verdicts: Mapping[str, LeakReport] | None = None) -> Group:
     """The memory profile; `detector` (a MemoryLeakDetector) is the profiler's default when None."""
     table = Table(title="Memory profile (per step)", title_justify="left", box=None, padding=(0, 1))
     for column in ("source", "now", "min", "max", "growth", "trend", "leaks"):
         table.add_column(column, no_wrap=column != "leaks", min_width=6)
-    verdicts = profiler.check_leaks(detector)
+    verdicts = profiler.check_leaks(detector) if verdicts is None else verdicts
     for metric, stats in profiler.summary().items():
         series = [v for _, v in profiler.series(metric)]
         verdict = verdicts[metric]
@@ -123,6 +124,11 @@ def render_metrics(collector: MetricsCollector, profiler: MemoryProfile, annotat
         head.append(f"throughput now {throughput[-1]:.0f} tok/s ")
         head.append(sparkline(throughput, 32), style="green")
     lines: list[RenderableType] = [head]
+    verdicts = profiler.check_leaks(detector)
+    for metric, verdict in verdicts.items():  # at the top: the table is below the fold at 80x24
+        if verdict:
+            lines.append(Text(visible(f"LEAK? {metric} {verdict.reason}: something keeps what it should let go "
+                                      f"(the profile below)"), style="bold red"))
     sla = summary["sla"]
     if sla["with_deadline"]:  # a line of its own: the head fills 80 columns
         lines.append(Text(f"SLA: {sla['met']} of {sla['with_deadline']} deadlines met, {sla['missed']} missed "
@@ -139,5 +145,5 @@ def render_metrics(collector: MetricsCollector, profiler: MemoryProfile, annotat
     ms = {name: [1000 * v for v in collector.latencies(name)] for name in ("ttft_s", "itl_s")}
     grid.add_row(distribution("TTFT, engine ms", ms["ttft_s"], "ms", width=bar),
                  distribution("Inter-token latency, engine ms", ms["itl_s"], "ms", width=bar))
-    lines += [grid, memory_table(profiler, detector)]
+    lines += [grid, memory_table(profiler, detector, verdicts)]
     return Group(*lines)

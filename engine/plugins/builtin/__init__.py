@@ -3,6 +3,7 @@
 from .adaptive_batch import AdaptiveBatchPlugin
 from .kv_int8 import KVInt8Plugin
 from .kv_window_evict import KVWindowEvictPlugin
+from .leaky import LeakyPlugin
 from .priority import PriorityPlugin
 from .sliding_window import SlidingWindowPlugin
 
@@ -12,4 +13,5 @@ BUILTIN = {
     KVInt8Plugin.name: KVInt8Plugin,
     SlidingWindowPlugin.name: SlidingWindowPlugin,
     KVWindowEvictPlugin.name: KVWindowEvictPlugin,
+    LeakyPlugin.name: LeakyPlugin,
 }

@@ -26,8 +26,8 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
+from engine.profiling.detailed_memory_profiler import DetailedMemoryProfiler
 from engine.profiling.gpu_memory import MemoryProbe, RecordedProbe, open_probe
-from engine.profiling.memory_profiler import MemoryProfiler
 from engine.profiling.nvml import Nvml
 from engine.records import StepRecord
 from engine.records.metrics import MetricsCollector
@@ -37,6 +37,8 @@ from engine.records.text import visible
 from .controller import MAX_SPEED, EngineController, EngineStatus, SteppableEngine
 from .frozen_heap import frozen_heap
 from .history import History, PastSteps
+from .metrics_view import KV_POOL, RECORDS_CONTEXT, WEIGHTS
+from .profiled_steps import ProfiledSteps
 from .widgets.budget import BudgetBar
 from .widgets.error_panel import ErrorPanel
 from .widgets.header import HeaderInfo, StepHeader
@@ -136,8 +138,17 @@ class DashboardApp(App[None]):
         self._draw_timer = None
         self.set_reactive(DashboardApp.paused, paused)
         self.set_reactive(DashboardApp.speed, DEFAULT_SPEED if speed is None else float(speed))
+        if not recorded:  # a live engine: its steps run in a memory context (memory by context, key m)
+            engine = ProfiledSteps(engine, lambda: self.memory_profile)
+            if rebuild is not None:
+                rebuild = self._profiled(rebuild)
         self.controller = EngineController(engine, self._post_record, self._post_status, rebuild=rebuild,
                                            paused=paused, speed=self.speed, max_steps=max_steps)
+
+    def _profiled(self, rebuild):
+        def profiled_rebuild():
+            return ProfiledSteps(rebuild(), lambda: self.memory_profile)
+        return profiled_rebuild
 
     # -- layout ------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -210,8 +221,13 @@ class DashboardApp(App[None]):
         status_changed = any(isinstance(e, EngineStatus) for e in events)
         for event in events:
             if isinstance(event, StepRecord):
-                self.history.append(event)
-                self._observe(event)
+                if self._recorded:
+                    self.history.append(event)
+                    self._observe(event)
+                    continue
+                with self.memory_profile.context(RECORDS_CONTEXT):  # what the dashboard's own keeping costs
+                    self.history.append(event)
+                    self._observe(event)
             elif event.kind == "started":
                 self.history.clear()
                 self._reset_metrics()
@@ -403,12 +419,15 @@ class DashboardApp(App[None]):
 
     def _reset_metrics(self) -> None:
         self.metrics = MetricsCollector()
-        self.memory_profile = MemoryProfiler(sources=self._memory_sources, device=self._device, nvml=self._nvml)
+        self.memory_profile = DetailedMemoryProfiler(sources=self._memory_sources, device=self._device,
+                                                     nvml=self._nvml)
 
     def _observe(self, record: StepRecord) -> None:
         try:
             self.metrics.observe(record)
             (self.memory_profile.observe_recorded if self._recorded else self.memory_profile.observe)(record)
+            self.memory_profile.hold(WEIGHTS, record.memory.weight_bytes)
+            self.memory_profile.hold(KV_POOL, record.memory.kv_pool_bytes)
         except ValueError as exc:  # a record the collector refuses must not take the UI down
             self.error = f"metrics: {exc}"
 

@@ -23,6 +23,12 @@ from .formatting import short_number
 
 SPARK = "▁▂▃▄▅▆▇█"
 BAR = "█"
+# Memory by context (engine.profiling's DetailedMemoryProfiler): what the engine says it holds, and
+# the contexts the dashboard measures: every engine step (engine thread), every record it keeps.
+WEIGHTS, KV_POOL = "weights", "KV pool"
+STEP_CONTEXT, RECORDS_CONTEXT = "engine steps", "records"
+CONTEXT_ROWS = {STEP_CONTEXT: "engine steps (activations, caches, leaks)",
+                RECORDS_CONTEXT: "records (dashboard history, metrics)"}
 
 
 class LeakReport(Protocol):
@@ -107,6 +113,42 @@ def memory_table(profiler: MemoryProfile, detector: object = None,
     return Group(table, *unavailable)
 
 
+def context_table(profiler: object) -> Table | None:
+    """Memory by context: what the weights and the KV pool hold, then, per measured context, how
+    many times it ran, how much memory it left behind in all (and at most in one run), and the
+    highest reading seen inside. None for a profiler without contexts (the plain MemoryProfiler)."""
+    summary = getattr(profiler, "context_summary", None)
+    if summary is None:
+        return None
+    contexts = summary()
+    held: Mapping[str, int] = getattr(profiler, "held", {})
+    table = Table(title="Memory by context (DetailedMemoryProfiler)", title_justify="left", box=None,
+                  padding=(0, 1))
+    for column in ("part", "runs", "holds / grew", "most in one", "peak"):
+        table.add_column(column, no_wrap=True, justify="left" if column == "part" else "right")
+    for name in (WEIGHTS, KV_POOL):
+        if name in held:
+            table.add_row(name, "", _mib(held[name]), "", "")
+    measured = [m for c in contexts.values() for m in c["total"]]
+    metric = next((m for m in ("cuda.allocated", "rss", *measured) if m in measured), None)
+    for name, label in CONTEXT_ROWS.items():
+        entry = contexts.get(name)
+        if entry is None or metric is None:
+            continue
+        table.add_row(label, str(entry["count"]), _signed_mib(entry["total"].get(metric, 0)),
+                      _signed_mib(entry["max"].get(metric, 0)), _mib(entry["peak"].get(metric, 0)))
+    if not table.rows:
+        return None
+    table.caption = (f"{metric or 'no live memory'} per context: 'grew' is what its runs left behind; "
+                     f"weights and KV pool are what the engine reports holding")
+    table.caption_justify = "left"
+    return table
+
+
+def _signed_mib(value: float) -> str:
+    return f"{'+' if value >= 0 else '-'}{abs(value) / 2**20:.1f} MiB"
+
+
 def render_metrics(collector: MetricsCollector, profiler: MemoryProfile, annotations: list[str],
                    detector: object = None, width: int = 80) -> Group:
     """Everything the metrics screen shows, as one rich renderable, laid out for `width` columns."""
@@ -146,4 +188,7 @@ def render_metrics(collector: MetricsCollector, profiler: MemoryProfile, annotat
     grid.add_row(distribution("TTFT, engine ms", ms["ttft_s"], "ms", width=bar),
                  distribution("Inter-token latency, engine ms", ms["itl_s"], "ms", width=bar))
     lines += [grid, memory_table(profiler, detector, verdicts)]
+    by_context = context_table(profiler)
+    if by_context is not None:
+        lines.append(by_context)
     return Group(*lines)

@@ -211,6 +211,15 @@ def test_metrics_screen_follows_the_run_and_closes():
             console.print(app.screen.query_one("#metrics-body").content)
             body = console.export_text()
             assert "6 steps" in body and "TTFT, steps" in body and "fake" in body
+            # Memory by context: what the engine holds, and the contexts the app measures (the first
+            # step runs before the screen's first draw, inside its context all the same).
+            rows = {line[:43].strip(): line[43:].split() for line in body.splitlines()}
+            memory = app.history.current().memory
+            assert "Memory by context (DetailedMemoryProfiler)" in body
+            assert rows["weights"] == [f"{memory.weight_bytes / 2**20:.1f}", "MiB"]
+            assert rows["KV pool"] == [f"{memory.kv_pool_bytes / 2**20:.1f}", "MiB"]
+            assert rows["engine steps (activations, caches, leaks)"][0] == "6"
+            assert rows["records (dashboard history, metrics)"][0] == "6"
             await pilot.press("escape")
             assert not isinstance(app.screen, MetricsScreen)
             await pilot.press("r")  # a restart starts the metrics afresh

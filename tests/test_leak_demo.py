@@ -1,49 +1,44 @@
-"""memory_leak: the leaky plugin makes the metrics screen's leak detector fire; without it, it does not."""
+"""memory_leak: the leaky plugin makes the metrics screen's leak detector fire, and memory by context
+puts the growth in the engine steps; without the plugin neither happens."""
 
-from rich.console import Console
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
-from cbtui.metrics_view import memory_table, render_metrics
-from engine.records.metrics import MetricsCollector
-from engine.plugins.builtin import LeakyPlugin
-from engine.profiling.memory_profiler import MemoryProfiler
-from engine.profiling.sources import RssSource
-from scenarios import load_scenario
-
-
-def profile(variant):
-    """The run, read by a profiler the way the dashboard's metrics screen reads it (one sample a step)."""
-    engine = load_scenario("memory_leak").build_engine(variant)
-    profiler = MemoryProfiler(sources=[RssSource()])
-    while engine.has_unfinished():
-        profiler.observe(engine.step())
-    return engine, profiler
+import pytest
 
 
-def screen_text(profiler) -> str:
-    console = Console(width=100, record=True)
-    console.print(memory_table(profiler))
-    return " ".join(console.export_text().split())
+@pytest.fixture(scope="module")
+def probe():
+    root = Path(__file__).parent.parent  # this checkout's code, not whatever the venv's install points at
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    res = subprocess.run([sys.executable, str(Path(__file__).with_name("leak_probe.py"))], capture_output=True,
+                         text=True, timeout=600, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return json.loads(res.stdout)
 
 
-def first_lines(profiler, rows=4) -> str:
-    """What the metrics screen shows first at 80 columns (the memory table is further down)."""
-    console = Console(width=76, record=True)
-    console.print(render_metrics(MetricsCollector(), profiler, []))
-    return " ".join(" ".join(console.export_text().splitlines()[:rows]).split())
+def test_the_leak_detector_fires_with_the_leaky_plugin_and_not_without(probe):
+    leaky, fixed = probe["leaky"], probe["fixed"]
+    assert leaky["kept"] > 16 * 2**20
+    assert leaky["leaking"] and "in every part of the window" in leaky["reason"]
+    top = " ".join(leaky["top"].split())
+    assert f"LEAK? rss {leaky['reason']}" in top  # the first lines of the screen at 80 columns say why
+    assert not fixed["leaking"] and "LEAK" not in fixed["screen"]
+    assert leaky["outputs"] == fixed["outputs"]  # the leak changes memory, not tokens
 
 
-def test_the_leak_detector_fires_with_the_leaky_plugin_and_not_without():
-    engine, profiler = profile(None)
-    plugin = engine.plugins.plugins[0]
-    assert isinstance(plugin, LeakyPlugin) and plugin.bytes_kept > 16 * 2**20
-    verdict = profiler.check_leaks()["rss"]
-    assert verdict and "in every part of the window" in verdict.reason
-    assert "LEAK? grew" in screen_text(profiler)
-    assert f"LEAK? rss {verdict.reason}" in first_lines(profiler)
-    leaky_outputs = engine.outputs()
-
-    engine, profiler = profile("fixed")
-    assert engine.plugins.plugins == []
-    assert not profiler.check_leaks()["rss"] and "LEAK?" not in screen_text(profiler)
-    assert "LEAK?" not in first_lines(profiler, rows=100)
-    assert engine.outputs() == leaky_outputs  # the leak changes memory, not tokens
+def test_memory_by_context_puts_the_growth_in_the_engine_steps(probe):
+    leaky, fixed = probe["leaky"], probe["fixed"]
+    # What the steps left behind, but for the largest single step (the first steps of a fresh process
+    # allocate once for good: a jump, not a leak; the leak is many small climbs).
+    steady = {name: run["step_growth"] - run["step_most"] for name, run in probe.items()}
+    assert steady["leaky"] > 16 * 2**20 and steady["fixed"] < 4 * 2**20
+    for run in (leaky, fixed):
+        table = run["by_context"]
+        assert "Memory by context (DetailedMemoryProfiler)" in table
+        for row in ("weights", "KV pool", "engine steps (activations, caches, leaks)",
+                    "records (dashboard history, metrics)"):
+            assert row in table

@@ -115,6 +115,8 @@ class ModelRunner:
         else:
             self.num_blocks = 0
             self.kv = DenseKVCache(s.num_layers, s.num_kv_heads, s.head_dim, self.dtype, self.device)
+        if isinstance(self.kv, PagedKVCache):  # the reference backend reads history as the seed says: flattened
+            self.kv.read_by_flatten = self.attention_name == "reference"
         self.model_cache = plugins.wrap_cache(self.kv)  # the cache as the model sees it
         if isinstance(self.kv, PagedKVCache):  # a compressing plugin may have fitted more blocks in the budget
             self.num_blocks = self.kv.allocator.num_blocks

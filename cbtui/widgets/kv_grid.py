@@ -15,6 +15,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from engine.records import KVView
+from engine.records.kv_history import flat_history
 
 from ..colors import request_color, request_glyph
 
@@ -82,6 +83,9 @@ def _merge(cells: list[BlockCell], group: int) -> list[BlockCell]:
 
 def paged_text(kv: KVView, width: int, rows: int, selected: int | None,
                no_color: bool) -> Text:
+    # The selected request's blocks as PagedAllocator.flatten reads them, on a line of its own.
+    history = flat_history(kv, selected) if selected is not None and rows > 2 else None
+    rows -= history is not None
     cells = block_cells(kv)
     capacity = max(width * rows, 1)
     group = -(-len(cells) // capacity) if cells else 1
@@ -114,7 +118,11 @@ def paged_text(kv: KVView, width: int, rows: int, selected: int | None,
         summary.append(f"  1 cell = {group} blocks", style="dim")
     if kv.freed:
         summary.append(f"  {FREED_GLYPH} freed: {', '.join(map(str, kv.freed))}", style="bold")
-    return Text("\n").join([summary, text])
+    lines = [summary, text]
+    if history is not None and selected is not None:
+        lines.insert(1, Text(history.describe(max_blocks=max(3, (width - 30) // 3)),
+                             style=Style(color=request_color(selected).hex)))
+    return Text("\n").join(lines)
 
 
 def dense_text(kv: KVView, width: int, rows: int, selected: int | None) -> Text:

@@ -73,6 +73,17 @@ class PagedAllocator:
     def num_free(self) -> int:
         return len(self.free_blocks)
 
+    def flatten(self, pool, request_id: int, num_tokens: int):
+        """A request's history as one contiguous tensor: its blocks of `pool` ([blocks * block_size,
+        ...], one layer's keys or values) concatenated in table order, the unused tail of the last
+        block trimmed to `num_tokens`. The seed's view of paged KV for attention; the reference
+        backend reads keys this way (the fast paths gather slots, or read the pool in a kernel)."""
+        table = self.tables.get(request_id, ())
+        offsets = torch.arange(self.block_size, device=pool.device)
+        blocks = torch.tensor(table, dtype=torch.long, device=offsets.device)
+        slots = (blocks[:, None] * self.block_size + offsets[None, :]).reshape(-1)[:num_tokens]
+        return pool[slots]
+
 
 def kv_bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
     """Keys and values of one token across all layers."""
@@ -106,6 +117,9 @@ class PagedKVCache(_CacheBase):
         self.block_size = block_size
         self.memory_budget = memory_budget  # kv_memory_bytes: the pool was sized from it, not from a count
         self.evicted_now: dict[int, list[int]] = {}  # this step's evictions: request id -> blocks
+        # The teaching path: read each request's keys as PagedAllocator.flatten gives them (set for
+        # the reference backend) rather than by one gather of pool slots. Same keys either way.
+        self.read_by_flatten = False
         self.spare_block = spare_block
         # Host mirror of the block tables, one row per live request, updated as blocks are handed
         # out, so a step copies its rows in one go instead of rebuilding them from lists.
@@ -206,6 +220,8 @@ class PagedKVCache(_CacheBase):
 
     def read(self, layer: int, first_item: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Packed keys/values of the step's items from `first_item` on (all of them by default)."""
+        if self.read_by_flatten and first_item == 0:
+            return self._read_flattened(layer)
         slots = self._read_slots.get(first_item)
         if slots is None:
             batch, k0 = self.step_batch, sum(self.step_batch.k_lens[:first_item])
@@ -213,13 +229,19 @@ class PagedKVCache(_CacheBase):
             self._read_slots[first_item] = slots
         return self.k_pool[layer].index_select(0, slots), self.v_pool[layer].index_select(0, slots)
 
-    def flatten(self, layer: int, request_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """A request's cached K/V: its blocks gathered in order, the unused tail trimmed."""
-        n = self.tokens.get(request_id, 0)
-        blocks = torch.tensor(self.allocator.tables.get(request_id, []), dtype=torch.long, device=self.device)
-        offsets = torch.arange(self.block_size, device=self.device)
-        slots = (blocks[:, None] * self.block_size + offsets[None, :]).reshape(-1)[:n]
-        return self.k_pool[layer][slots], self.v_pool[layer][slots]
+    def flatten(self, layer: int, request_id: int, num_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A request's cached K/V (PagedAllocator.flatten): its blocks in order, the unused tail trimmed;
+        `num_tokens` defaults to the tokens committed so far."""
+        n = self.tokens.get(request_id, 0) if num_tokens is None else num_tokens
+        flatten = self.allocator.flatten
+        return flatten(self.k_pool[layer], request_id, n), flatten(self.v_pool[layer], request_id, n)
+
+    def _read_flattened(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step's keys/values, item after item, each request's history flattened (this step's
+        keys included: they are stored before attention reads)."""
+        parts = [self.flatten(layer, rid, n) for rid, n in zip(self.step_request_ids, self.step_batch.k_lens,
+                                                                strict=True)]
+        return torch.cat([k for k, _ in parts]), torch.cat([v for _, v in parts])
 
 
 class DenseKVCache(_CacheBase):

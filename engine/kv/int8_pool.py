@@ -45,6 +45,10 @@ class Int8LayerPool:
     def __init__(self, pool: Int8BlockPool, layer: int):
         self.pool, self.layer = pool, layer
 
+    @property
+    def device(self) -> torch.device:
+        return self.pool.q.device
+
     def __getitem__(self, slots: torch.Tensor) -> torch.Tensor:
         p, bs = self.pool, self.pool.block_size
         blocks, offsets = slots // bs, slots % bs

@@ -262,6 +262,25 @@ def plugins_cmd() -> None:
             click.echo(f"{'':<16} options: {', '.join(options)}")
 
 
+@main.command("stability")
+def stability_cmd() -> None:
+    """Softmax in attention: where the textbook form overflows in float16 / bfloat16, and the guards
+    of the reference backend's stable_softmax (max subtraction, large negative fill, eps) do not."""
+    from engine.attention.stability import CASES, stability_table
+
+    rows = stability_table()
+    cells = [("case", "dtype", "naive: exp(s) / sum exp(s)", "stable (reference backend)")]
+    cells += [(r.case, r.dtype, r.naive.verdict(), r.stable.verdict()) for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(4)]
+    for row in cells:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    click.echo("")
+    for case in CASES:
+        click.echo(f"{case.name}: {case.what}")
+    click.echo("errors are against float64; the engine runs bfloat16 on CUDA, where the naive form breaks "
+               "once a score passes 88.7 and on any fully masked row")
+
+
 @main.command("scenarios")
 def scenarios_cmd() -> None:
     """List the built-in scenarios."""

@@ -10,6 +10,7 @@ from engine import Engine, EngineConfig
 from engine.kv.int8_pool import Int8BlockPool
 from engine.plugins.builtin import KVInt8Plugin
 from engine.plugins.builtin.kv_int8 import token_divergence
+from scenarios import load_scenario
 
 BUDGET = 81920  # 20 float32 blocks of 8 tokens for the tiny model (512 bytes of K/V per token)
 
@@ -81,3 +82,5 @@ def test_kv_pressure_with_kv_int8_preempts_less_with_divergence_reported():
     assert (blocks_full, blocks_int8) == (20, 77)
     assert preempt_full == 5 and preempt_int8 < preempt_full
     assert 0 < differ < total // 4
+    text = " ".join(load_scenario("kv_pressure").description.split())
+    assert f"fits {blocks_int8} blocks" in text and f"lossy: {differ} of {total}" in text

@@ -78,6 +78,11 @@ def test_the_budget_grows_with_the_queue_and_shrinks_when_it_empties():
     low = series.index(8, first_peak)  # the prompts are in: down to the decodes
     second_peak = series.index(128, low)  # the second burst: up again
     assert low < 20 and 50 <= second_peak and 8 in series[second_peak:]
+    second_low = series.index(8, second_peak)
+    text = " ".join(load_scenario("adaptive_batch").description.split())  # the steps it names are the run's
+    for fact in (f"up to 128 by step {first_peak}", f"at step {low} \"budget 128 -> 8",
+                 f"(steps {series.index(16, low)} to {second_peak})", f"down again at step {second_low}"):
+        assert fact in text, fact
     notes = [a for _, annotations in steps for a in annotations]
     assert any("(adaptive: budget used up, 7 waiting for it)" in a for a in notes)
     assert any("(adaptive: no queue, 120 of 128 unused)" in a for a in notes)

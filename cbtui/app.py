@@ -123,6 +123,7 @@ class DashboardApp(App[None]):
         self._device = header.device
         self._nvml = Nvml()  # the panel's probe and the profile's source share it: NVML opens once, on first use
         self._reset_metrics()
+        self._started = False  # the engine thread has said "started" once (later ones are restarts)
         self._memory_poll_s = memory_poll_s
         self.scenario = scenario
         self._engine_label = ("recorded · " if recorded else "") + header.label()
@@ -230,7 +231,9 @@ class DashboardApp(App[None]):
                     self._observe(event)
             elif event.kind == "started":
                 self.history.clear()
-                self._reset_metrics()
+                if self._started:  # a restart; the first run's metrics are fresh from __init__, and its
+                    self._reset_metrics()  # first step may already be in the profiler's step context
+                self._started = True
                 self.error = None
                 self.engine_state = "running"
             elif event.kind == "finished":

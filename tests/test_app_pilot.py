@@ -212,7 +212,7 @@ def test_metrics_screen_follows_the_run_and_closes():
             body = console.export_text()
             assert "6 steps" in body and "TTFT, steps" in body and "fake" in body
             # Memory by context: what the engine holds, and the contexts the app measures (the first
-            # step runs before the screen's first draw, inside its context all the same).
+            # step may end before the app hears "started": it still counts).
             rows = {line[:43].strip(): line[43:].split() for line in body.splitlines()}
             memory = app.history.current().memory
             assert "Memory by context (DetailedMemoryProfiler)" in body

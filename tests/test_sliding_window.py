@@ -103,3 +103,18 @@ def test_the_scenario_draws_a_band_and_reports_its_divergence():
     differ, total = int(line.split()[1]), int(line.split()[3])
     assert total == sum(r["max_new_tokens"] for r in scenario.requests) and 0 < differ <= total
     assert line.endswith("differ from the run without it (lossy)")
+
+
+@pytest.mark.parametrize("window", [[4], [4, 0], [1, 2, 3]])
+def test_a_recording_with_a_bad_attention_window_is_refused(window):
+    import json
+
+    from engine.records.recording import parse_record
+
+    record = run_records(load_scenario("sliding_window"), max_steps=1)[0]
+    data = record.to_dict()
+    assert data["attention_window"] == [4, 24]
+    parse_record(json.dumps(data))  # as recorded: fine
+    data["attention_window"] = window
+    with pytest.raises(ValueError, match="attention_window"):
+        parse_record(json.dumps(data))

@@ -67,6 +67,9 @@ def _check_consistent(record: StepRecord) -> None:
     for rid, indices in kv.evicted.items():
         if rid not in kv.block_tables or any(i >= len(kv.block_tables[rid]) for i in indices):
             raise ValueError(f"kv.evicted[{rid}]: an index is not in the request's block table")
+    window = record.attention_window
+    if window is not None and (len(window) != 2 or window[1] < 1):
+        raise ValueError(f"attention_window={shown(window)} must be [sinks, window] with window >= 1")
     if record.memory.source not in ("cuda", "rss"):
         raise ValueError(f"memory.source={shown(record.memory.source)} must be 'cuda' or 'rss'")
 

@@ -27,8 +27,7 @@ BAR = "█"
 # the contexts the dashboard measures: every engine step (engine thread), every record it keeps.
 WEIGHTS, KV_POOL = "weights", "KV pool"
 STEP_CONTEXT, RECORDS_CONTEXT = "engine steps", "records"
-CONTEXT_ROWS = {STEP_CONTEXT: "engine steps (activations, caches, leaks)",
-                RECORDS_CONTEXT: "records (dashboard history, metrics)"}
+CONTEXT_ROWS = {STEP_CONTEXT: "engine steps", RECORDS_CONTEXT: "records"}
 
 
 class LeakReport(Protocol):
@@ -124,7 +123,7 @@ def context_table(profiler: object) -> Table | None:
     held: Mapping[str, int] = getattr(profiler, "held", {})
     table = Table(title="Memory by context (DetailedMemoryProfiler)", title_justify="left", box=None,
                   padding=(0, 1))
-    for column in ("part", "runs", "holds / grew", "most in one", "peak"):
+    for column in ("part", "runs", "holds/grew", "most in 1", "peak"):
         table.add_column(column, no_wrap=True, justify="left" if column == "part" else "right")
     for name in (WEIGHTS, KV_POOL):
         if name in held:
@@ -139,8 +138,9 @@ def context_table(profiler: object) -> Table | None:
                       _signed_mib(entry["max"].get(metric, 0)), _mib(entry["peak"].get(metric, 0)))
     if not table.rows:
         return None
-    table.caption = (f"{metric or 'no live memory'} per context: 'grew' is what its runs left behind; "
-                     f"weights and KV pool are what the engine reports holding")
+    table.caption = (f"{metric or 'no live memory'}: weights and KV pool are what the engine holds; 'grew' is "
+                     f"what all runs of a context left behind (engine steps: activations, caches, leaks; "
+                     f"records: the dashboard's history and metrics)")
     table.caption_justify = "left"
     return table
 

@@ -39,6 +39,5 @@ def test_memory_by_context_puts_the_growth_in_the_engine_steps(probe):
     for run in (leaky, fixed):
         table = run["by_context"]
         assert "Memory by context (DetailedMemoryProfiler)" in table
-        for row in ("weights", "KV pool", "engine steps (activations, caches, leaks)",
-                    "records (dashboard history, metrics)"):
-            assert row in table
+        names = [line.split("  ")[0].strip() for line in table.splitlines()]
+        assert {"weights", "KV pool", "engine steps", "records"} <= set(names)

@@ -155,6 +155,14 @@ def _write_metrics(collector, path: str) -> None:
     click.echo(f"metrics written to {visible(' and '.join(str(p) for p in written))}", err=True)
 
 
+def _changes_outputs(plugin) -> bool:
+    """A plugin's own word that it may change outputs (a hostile attribute reads as no)."""
+    try:
+        return getattr(plugin, "changes_outputs", False) is True
+    except Exception:  # a property that raises: plugin code, not ours
+        return False
+
+
 def _report_divergence(scenario, engine, totals, variant, plugins, overrides) -> None:
     """With plugins that may change outputs (kv_int8, sliding_window, ...: `changes_outputs`), run the
     same workload without them and say how many generated tokens differ (0: exact on this workload).
@@ -167,7 +175,7 @@ def _report_divergence(scenario, engine, totals, variant, plugins, overrides) ->
     from engine.plugins.spec import parse_plugin_spec
 
     last_record = totals.last
-    lossy = [p.name for p in engine.plugins.plugins if getattr(p, "changes_outputs", False)]
+    lossy = [engine.plugins.names[id(p)] for p in engine.plugins.plugins if _changes_outputs(p)]
     if last_record is None or engine.has_unfinished() or not lossy:
         return
 

@@ -73,3 +73,13 @@ def test_the_kv_panel_shows_the_selected_request_flattened():
     console = Console(width=60, record=True, color_system=None)
     console.print(paged_text(kv, 60, 6, selected=None, no_color=False))
     assert "flattened" not in console.export_text()
+
+
+def test_the_grid_does_not_draw_an_evicted_entry_s_stand_in():
+    from cbtui.widgets.kv_grid import block_cells
+
+    # Request 3's entry 0 was evicted; its stand-in, block 5, has since gone to request 4 (a rolled
+    # back draft block, say). The grid draws block 5 as request 4's, and the evicted block as free.
+    kv = kv_view({4: (5,), 3: (5, 2, 9)}, {4: 3, 3: 10}, evicted={3: (0,)})
+    cells = block_cells(kv)
+    assert cells[5].owner == 4 and cells[5].fill == 0.75 and cells[9].owner == 3 and cells[9].fill == 0.5

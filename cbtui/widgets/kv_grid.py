@@ -38,7 +38,10 @@ def block_cells(kv: KVView) -> list[BlockCell]:
         held = kv.tokens.get(rid, 0)
         owner = int(rid)
         full = BlockCell(owner, 1.0)
+        gone = kv.evicted.get(rid, ())  # entries whose block was evicted hold a stand-in: not a block of theirs
         for n, block in enumerate(table):
+            if n in gone:
+                continue
             in_block = min(kv.block_size, max(held - n * kv.block_size, 0))
             cells[block] = full if in_block == kv.block_size else BlockCell(owner, in_block / kv.block_size)
     for rid, blocks in kv.freed_blocks.items():

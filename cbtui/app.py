@@ -28,8 +28,8 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
+from engine.profiling.detailed_memory_profiler import DetailedMemoryProfiler
 from engine.profiling.gpu_memory import MemoryProbe, RecordedProbe, open_probe
-from engine.profiling.memory_profiler import MemoryProfiler
 from engine.profiling.nvml import Nvml
 from engine.records import StepRecord
 from engine.records.metrics import MetricsCollector
@@ -42,6 +42,8 @@ from .colors import color_mode
 from .controller import MAX_SPEED, EngineController, EngineStatus, SteppableEngine
 from .frozen_heap import frozen_heap
 from .history import History, PastSteps
+from .metrics_view import KV_POOL, RECORDS_CONTEXT, WEIGHTS
+from .profiled_steps import ProfiledSteps
 from .run_outputs import TraceSpool, write_outputs
 from .speculation_text import speculation_note
 from .widgets.breakpoint_screen import BreakpointScreen
@@ -140,6 +142,7 @@ class DashboardApp(App[None]):
         self._device = header.device
         self._nvml = Nvml()  # the panel's probe and the profile's source share it: NVML opens once, on first use
         self._reset_metrics()
+        self._started = False  # the engine thread has said "started" once (later ones are restarts)
         self._memory_poll_s = memory_poll_s
         self.scenario = scenario
         self._engine_label = ("recorded · " if recorded else "") + header.label()
@@ -158,9 +161,18 @@ class DashboardApp(App[None]):
         self._draw_timer = None
         self.set_reactive(DashboardApp.paused, paused)
         self.set_reactive(DashboardApp.speed, DEFAULT_SPEED if speed is None else float(speed))
+        if not recorded:  # a live engine: its steps run in a memory context (memory by context, key m)
+            engine = ProfiledSteps(engine, lambda: self.memory_profile)
+            if rebuild is not None:
+                rebuild = self._profiled(rebuild)
         self.controller = EngineController(engine, self._post_record, self._post_status, rebuild=rebuild,
                                            paused=paused, speed=self.speed, max_steps=max_steps,
                                            breakpoints=Breakpoints(breakpoints))
+
+    def _profiled(self, rebuild):
+        def profiled_rebuild():
+            return ProfiledSteps(rebuild(), lambda: self.memory_profile)
+        return profiled_rebuild
 
     # -- layout ------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -236,9 +248,14 @@ class DashboardApp(App[None]):
         status_changed = any(isinstance(e, EngineStatus) for e in events)
         for event in events:
             if isinstance(event, StepRecord):
-                self.history.append(event)
                 self._newest_step = event.step
-                self._observe(event)
+                if self._recorded:
+                    self.history.append(event)
+                    self._observe(event)
+                    continue
+                with self.memory_profile.context(RECORDS_CONTEXT):  # what the dashboard's own keeping costs
+                    self.history.append(event)
+                    self._observe(event)
             elif event.kind == "breakpoint":  # the engine thread paused itself on the newest step
                 self.break_hit = None if self._newest_step is None else (self._newest_step, event.message)
                 self.history.go_live()
@@ -246,7 +263,9 @@ class DashboardApp(App[None]):
             elif event.kind == "started":
                 self.history.clear()
                 self.break_hit = None
-                self._reset_metrics()
+                if self._started:  # a restart; the first run's metrics are fresh from __init__, and its
+                    self._reset_metrics()  # first step may already be in the profiler's step context
+                self._started = True
                 if self._trace_spool is not None:
                     self._trace_spool.restart()
                 self.error = None
@@ -318,7 +337,7 @@ class DashboardApp(App[None]):
             items = [i for i in items if i.request_id == self.selected]
             zoom_on = self.selected
         canvas = self.query_one(MaskCanvas)
-        canvas.show(items, self.selected)
+        canvas.show(items, self.selected, record.attention_window if record else None)
         # The legend reads the raster's scale, which depends on the canvas size: before the first
         # layout there is none, and the legend is drawn again when the canvas is sized (below).
         hits = record.kv.prefix.hits if record is not None and record.kv.prefix is not None else None
@@ -451,12 +470,15 @@ class DashboardApp(App[None]):
 
     def _reset_metrics(self) -> None:
         self.metrics = MetricsCollector()
-        self.memory_profile = MemoryProfiler(sources=self._memory_sources, device=self._device, nvml=self._nvml)
+        self.memory_profile = DetailedMemoryProfiler(sources=self._memory_sources, device=self._device,
+                                                     nvml=self._nvml)
 
     def _observe(self, record: StepRecord) -> None:
         try:
             self.metrics.observe(record)
             (self.memory_profile.observe_recorded if self._recorded else self.memory_profile.observe)(record)
+            self.memory_profile.hold(WEIGHTS, record.memory.weight_bytes)
+            self.memory_profile.hold(KV_POOL, record.memory.kv_pool_bytes)
         except ValueError as exc:  # a record the collector refuses must not take the UI down
             self.error = f"metrics: {exc}"
         if self._trace_spool is not None:

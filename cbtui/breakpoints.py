@@ -14,10 +14,20 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from engine.records import StepRecord
-from engine.records.events import ADMITTED, FINISHED, FIRST_TOKEN, PLUGIN_ERROR, PREEMPTED, RECOMPUTE, step_events
+from engine.records.events import (
+    ADMITTED,
+    DRAFTS,
+    FINISHED,
+    FIRST_TOKEN,
+    PLUGIN_ERROR,
+    PREEMPTED,
+    RECOMPUTE,
+    REUSED,
+    step_events,
+)
 
 FORMS = ("preempt, preempt:N (request N), finish, finish:N, admit, admit:N, recompute, recompute:N, first, "
-         "first:N (first token), step:N, "
+         "first:N (first token), reuse, reuse:N (a prefix cache hit), drafts, drafts:N (speculation), step:N, "
          "kv-free<K (free KV blocks fall below K), wait>K (a request queued more than K steps), error (a plugin's)")
 
 
@@ -28,7 +38,8 @@ class BreakpointError(ValueError):
 @dataclass(frozen=True)
 class Breakpoint:
     spec: str  # as the user wrote it, normalised ("preempt:3")
-    kind: str  # "preempt", "finish", "admit", "recompute", "first", "step", "kv-free", "wait", "error"
+    kind: str  # "preempt", "finish", "admit", "recompute", "first", "reuse", "drafts", "step", "kv-free", "wait",
+    # "error"
     value: int | None = None  # the request, step or threshold; None: any
 
     def fires(self, record: StepRecord, previous: StepRecord | None = None) -> str | None:
@@ -76,15 +87,17 @@ _CONDITIONS: dict[str, Callable[[Breakpoint, StepRecord, StepRecord | None], str
     "admit": _on_events(ADMITTED, RECOMPUTE),  # a recompute is an admission too
     "recompute": _on_events(RECOMPUTE),  # admitted again after a preemption
     "first": _on_events(FIRST_TOKEN),
+    "reuse": _on_events(REUSED),  # prefix caching: an admission shared cached blocks
+    "drafts": _on_events(DRAFTS),  # speculative decoding: a decode verified drafts
     "error": _on_events(PLUGIN_ERROR),
     "step": _at_step,
     "kv-free": _kv_free_below,
     "wait": _waits_over,
 }
-_OPTIONAL_REQUEST = ("preempt", "finish", "admit", "recompute", "first")  # alone: any request; with :N, request N
+_OPTIONAL_REQUEST = ("preempt", "finish", "admit", "recompute", "first", "reuse", "drafts")  # alone: any; :N, request N
 _SPEC = re.compile(r"^(?:(?P<kind>[a-z-]+)(?::(?P<arg>\d+))?|kv-free<(?P<free>\d+)|wait>(?P<wait>\d+))$")
 _ALIASES = {"preemption": "preempt", "preempted": "preempt", "finished": "finish", "admission": "admit",
-            "admitted": "admit", "errors": "error", "first-token": "first"}
+            "admitted": "admit", "errors": "error", "first-token": "first", "hit": "reuse", "draft": "drafts"}
 
 
 def parse(spec: str) -> Breakpoint:

@@ -107,8 +107,9 @@ class HeadlessRun:
                 elif notes:
                     line += "  "
                 console.print(escape(line + visible(notes)), soft_wrap=True)
-                for event in reuse_events(rec.kv.prefix, rec.kv.block_size):
-                    console.print(f"{' ' * 12}{event}", style="dim", soft_wrap=True)
+                if not self.events:  # with --events the event lines say it
+                    for event in reuse_events(rec.kv.prefix, rec.kv.block_size):
+                        console.print(f"{' ' * 12}{event}", style="dim", soft_wrap=True)
                 for error in rec.errors:
                     console.print(escape(visible(error, newlines=True)), style="bold red", soft_wrap=True)
                 if self.events:

@@ -2,8 +2,7 @@
 one a built-in scenario opened paused at the step that shows the point (a breakpoint), with what to
 watch, the panel that shows it, and a question for the student.
 
-Lessons are data: add one to LESSONS (speculative decoding and prefix caching will come after
-'Recompute after preemption', with their scenarios). `look_for` is text that is on screen at the
+Lessons are data: add one to LESSONS. `look_for` is text that is on screen at the
 lesson's step: tests/test_lessons.py opens every lesson and checks it there.
 """
 
@@ -89,6 +88,27 @@ LESSONS: tuple[Lesson, ...] = (
         "again.",
         "What did preemption cost? Compare the steps with --variant roomy.",
         "What factors affect scalability of a continuous batching system?", "recompute"),
+    Lesson(
+        "Speculative decoding: more than one token a step", "speculative", "drafts:3",
+        "Ragged mask, event line",
+        "request 3 decodes 1 + 4 rows: its token and 4 n-gram drafts; drafts the target disagrees with "
+        "(grey, ×) are rolled back.",
+        "Why are outputs the same as plain decoding? Steps: --headless.",
+        "How to support variable decode batch sizes?", "drafts accepted"),
+    Lesson(
+        "Prefix caching: a shared prompt computed once", "shared_prefix", "reuse",
+        "KV cache, event line",
+        "request 1 starts after the system prompt's blocks: computed once, shared (② = 2 holders, ○ "
+        "cached-free).",
+        "How many prefill tokens did caching save? --headless: prefill, cached.",
+        "How would you implement a custom cache optimization plugin?", "from the prefix cache"),
+    Lesson(
+        "KV sharded across devices", "sharded_kv", "step:6",
+        "KV cache, Memory",
+        "two processes hold the KV, a pool each: a request's blocks alternate; partial attentions merge "
+        "by log-sum-exp.",
+        "What does --variant heads change in the pools and the bytes sent?",
+        "How would you shard KV across devices?", "shard 1"),
     Lesson(
         "Static vs continuous batching", "static_vs_continuous", "step:5",
         "Token budget, event line",

@@ -6,6 +6,10 @@ position is `f` may see its own item's key `b` iff b <= f + a; every other cell 
 That is the rule of `engine.batch_builder.ragged_causal_mask`, and it is block diagonal, so
 the number of allowed cells in any rectangle has a closed form: no T x K tensor is built,
 and the cost depends on the size of the pixel grid, not on the size of the batch.
+
+A record whose attention used a sliding window with sinks (`attention_window` = [sinks, window])
+narrows the rule: key b is also allowed only if b < sinks or b > position - window. The keys it cuts
+from each row form a clipped ramp, which has a closed form too (`_cut_prefix`).
 """
 
 from __future__ import annotations
@@ -54,34 +58,52 @@ def pixel_count(total: int, available: int, max_magnify: int) -> int:
     return total * max(1, min(max_magnify, available // total))
 
 
-def _allowed_prefix(first: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _allowed_prefix(first: np.ndarray, a: np.ndarray, b: np.ndarray,
+                    window: tuple[int, int] | None = None) -> np.ndarray:
     """Allowed cells among an item's first `a` query rows and first `b` keys.
 
     Row x sees min(b, first + x + 1) of those keys; the first t = clip(b - first, 0, a) rows
-    see first + x + 1 each and the rest see all b.
+    see first + x + 1 each and the rest see all b. A window then cuts some of them.
     """
     t = np.minimum(np.maximum(b - first, 0), a)
-    return t * first + t * (t + 1) // 2 + (a - t) * b
+    causal = t * first + t * (t + 1) // 2 + (a - t) * b
+    return causal if window is None else causal - _cut_prefix(first, a, b, *window)
+
+
+def _ramp(n: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """sum of clip(y, 0, top) for y = 0 .. n - 1 (0 when n <= 0)."""
+    n = np.maximum(n, 0)
+    low = np.minimum(n, top + 1)
+    return low * (low - 1) // 2 + (n - low) * top
+
+
+def _cut_prefix(first, a, b, sinks: int, window: int) -> np.ndarray:
+    """Keys a window cuts among an item's first `a` rows and first `b` keys: row x (position p =
+    first + x) loses keys sinks .. p - window that are below b, clip(p - window + 1 - sinks, 0, b - sinks)."""
+    top = np.maximum(b - sinks, 0)
+    c = first - window + 1 - sinks
+    return _ramp(c + a, top) - _ramp(c, top)
 
 
 class _Items:
     """Item metadata as arrays, with the offsets of each item along both axes."""
 
-    def __init__(self, items: Sequence[ScheduledItem]):
+    def __init__(self, items: Sequence[ScheduledItem], window: tuple[int, int] | None = None):
+        self.window = window
         table = np.array([(i.first_pos, i.num_tokens, i.key_len) for i in items], dtype=np.int64).reshape(-1, 3)
         self.first, self.n, self.keys = table[:, 0], table[:, 1], table[:, 2]
         self.q_end = np.cumsum(self.n)
         self.k_end = np.cumsum(self.keys)
         self.q_off = self.q_end - self.n
         self.k_off = self.k_end - self.keys
-        self.total = _allowed_prefix(self.first, self.n, self.keys)  # allowed cells per item
+        self.total = _allowed_prefix(self.first, self.n, self.keys, window)  # allowed cells per item
         self.before = np.concatenate([[0], np.cumsum(self.total)])  # allowed cells of items < i
 
     def inside(self, k: np.ndarray, r: np.ndarray, c: np.ndarray) -> np.ndarray:
         """Allowed cells of item k among rows < r and keys < c (absolute offsets)."""
         a = np.minimum(np.maximum(r - self.q_off[k], 0), self.n[k])
         b = np.minimum(np.maximum(c - self.k_off[k], 0), self.keys[k])
-        return _allowed_prefix(self.first[k], a, b)
+        return _allowed_prefix(self.first[k], a, b, self.window)
 
     def prefix(self, r: np.ndarray, c: np.ndarray) -> np.ndarray:
         """Allowed cells in rows < r and keys < c of the whole batch.
@@ -120,9 +142,11 @@ def _range_argmax(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndar
     return out
 
 
-def rasterize(items: Sequence[ScheduledItem], rows: int, cols: int, max_magnify: int = 4) -> MaskRaster:
-    """The mask of `items` on at most rows x cols pixels (never cropped: shrunk to fit)."""
-    meta = _Items(items)
+def rasterize(items: Sequence[ScheduledItem], rows: int, cols: int, max_magnify: int = 4,
+              window: Sequence[int] | None = None) -> MaskRaster:
+    """The mask of `items` on at most rows x cols pixels (never cropped: shrunk to fit); `window`
+    is a record's attention_window ([sinks, window]) when its attention used one."""
+    meta = _Items(items, (int(window[0]), int(window[1])) if window is not None else None)
     total_q = int(meta.q_end[-1]) if len(items) else 0
     total_k = int(meta.k_end[-1]) if len(items) else 0
     prow = pixel_count(total_q, rows, max_magnify)

@@ -24,6 +24,11 @@ from .formatting import short_number
 
 SPARK = "▁▂▃▄▅▆▇█"
 BAR = "█"
+# Memory by context (engine.profiling's DetailedMemoryProfiler): what the engine says it holds, and
+# the contexts the dashboard measures: every engine step (engine thread), every record it keeps.
+WEIGHTS, KV_POOL = "weights", "KV pool"
+STEP_CONTEXT, RECORDS_CONTEXT = "engine steps", "records"
+CONTEXT_ROWS = {STEP_CONTEXT: "engine steps", RECORDS_CONTEXT: "records"}
 
 
 class LeakReport(Protocol):
@@ -88,12 +93,13 @@ def _mib(value: float) -> str:
     return f"{value / 2**20:.1f} MiB"
 
 
-def memory_table(profiler: MemoryProfile, detector: object = None) -> Group:
+def memory_table(profiler: MemoryProfile, detector: object = None,
+                 verdicts: Mapping[str, LeakReport] | None = None) -> Group:
     """The memory profile; `detector` (a MemoryLeakDetector) is the profiler's default when None."""
     table = Table(title="Memory profile (per step)", title_justify="left", box=None, padding=(0, 1))
     for column in ("source", "now", "min", "max", "growth", "trend", "leaks"):
         table.add_column(column, no_wrap=column != "leaks", min_width=6)
-    verdicts = profiler.check_leaks(detector)
+    verdicts = profiler.check_leaks(detector) if verdicts is None else verdicts
     for metric, stats in profiler.summary().items():
         series = [v for _, v in profiler.series(metric)]
         verdict = verdicts[metric]
@@ -105,6 +111,43 @@ def memory_table(profiler: MemoryProfile, detector: object = None) -> Group:
     unavailable = [Text(visible(f"{name}: unavailable ({reason})"), style="dim")
                    for name, reason in profiler.unavailable.items()]
     return Group(table, *unavailable)
+
+
+def context_table(profiler: object) -> Table | None:
+    """Memory by context: what the weights and the KV pool hold, then, per measured context, how
+    many times it ran, how much memory it left behind in all (and at most in one run), and the
+    highest reading seen inside. None for a profiler without contexts (the plain MemoryProfiler)."""
+    summary = getattr(profiler, "context_summary", None)
+    if summary is None:
+        return None
+    contexts = summary()
+    held: Mapping[str, int] = getattr(profiler, "held", {})
+    table = Table(title="Memory by context (DetailedMemoryProfiler)", title_justify="left", box=None,
+                  padding=(0, 1))
+    for column in ("part", "runs", "holds/grew", "most in 1", "peak"):
+        table.add_column(column, no_wrap=True, justify="left" if column == "part" else "right")
+    for name in (WEIGHTS, KV_POOL):
+        if name in held:
+            table.add_row(name, "", _mib(held[name]), "", "")
+    measured = [m for c in contexts.values() for m in c["total"]]
+    metric = next((m for m in ("cuda.allocated", "rss", *measured) if m in measured), None)
+    for name, label in CONTEXT_ROWS.items():
+        entry = contexts.get(name)
+        if entry is None or metric is None:
+            continue
+        table.add_row(label, str(entry["count"]), _signed_mib(entry["total"].get(metric, 0)),
+                      _signed_mib(entry["max"].get(metric, 0)), _mib(entry["peak"].get(metric, 0)))
+    if not table.rows:
+        return None
+    table.caption = (f"{metric or 'no live memory'}: weights and KV pool are what the engine holds; 'grew' is "
+                     f"what all runs of a context left behind (engine steps: activations, caches, leaks; "
+                     f"records: the dashboard's history and metrics)")
+    table.caption_justify = "left"
+    return table
+
+
+def _signed_mib(value: float) -> str:
+    return f"{'+' if value >= 0 else '-'}{abs(value) / 2**20:.1f} MiB"
 
 
 def render_metrics(collector: MetricsCollector, profiler: MemoryProfile, annotations: list[str],
@@ -135,6 +178,16 @@ def render_metrics(collector: MetricsCollector, profiler: MemoryProfile, annotat
         lines.append(Text(f"prefix cache: {cache['token_hit_rate']:.0%} of admitted tokens hit{blocks}; "
                           f"{cache['prefill_tokens_saved']} prefill tokens saved, {cache['evicted_blocks']} blocks "
                           f"evicted", style="cyan"))
+    verdicts = profiler.check_leaks(detector)
+    for metric, verdict in verdicts.items():  # at the top: the table is below the fold at 80x24
+        if verdict:
+            lines.append(Text(visible(f"LEAK? {metric} {verdict.reason}: something keeps what it should let go "
+                                      f"(the profile below)"), style="bold red"))
+    sla = summary["sla"]
+    if sla["with_deadline"]:  # a line of its own: the head fills 80 columns
+        lines.append(Text(f"SLA: {sla['met']} of {sla['with_deadline']} deadlines met, {sla['missed']} missed "
+                          f"(a request meets its deadline_step when its last token is sampled by then)",
+                          style="red" if sla["missed"] else "green"))
     if annotations:
         lines.append(Text("plugins: " + visible("; ".join(annotations)), style=NOTE))
     grid = Table.grid(padding=(0, 4))
@@ -146,5 +199,8 @@ def render_metrics(collector: MetricsCollector, profiler: MemoryProfile, annotat
     ms = {name: [1000 * v for v in collector.latencies(name)] for name in ("ttft_s", "itl_s")}
     grid.add_row(distribution("TTFT, engine ms", ms["ttft_s"], "ms", width=bar),
                  distribution("Inter-token latency, engine ms", ms["itl_s"], "ms", width=bar))
-    lines += [grid, memory_table(profiler, detector)]
+    lines += [grid, memory_table(profiler, detector, verdicts)]
+    by_context = context_table(profiler)
+    if by_context is not None:
+        lines.append(by_context)
     return Group(*lines)

@@ -175,13 +175,22 @@ def ragged_causal_mask(batch: RaggedBatch) -> torch.Tensor:
     return same_seq & causal
 
 
-def mask_from_items(items: list[ScheduledItem]) -> list[list[bool]]:
-    """The same mask computed from record metadata alone, in pure Python (small batches only)."""
+def window_mask(batch: RaggedBatch, sinks: int, window: int) -> torch.Tensor:
+    """The ragged causal mask narrowed to a sliding window with attention sinks (StreamingLLM): a
+    query at position p sees keys p - window + 1 .. p and the first `sinks` positions."""
+    kp, qp = batch.key_positions[None, :], batch.positions[:, None]
+    return ragged_causal_mask(batch) & ((kp < sinks) | (kp > qp - window))
+
+
+def mask_from_items(items: list[ScheduledItem], window: tuple[int, int] | None = None) -> list[list[bool]]:
+    """The same mask computed from record metadata alone, in pure Python (small batches only);
+    `window` = (sinks, window) narrows it as window_mask does."""
+    sinks, size = window if window is not None else (0, 1 << 62)
     rows: list[list[bool]] = []
     for s, item in enumerate(items):
         for p in range(item.first_pos, item.first_pos + item.num_tokens):
             row: list[bool] = []
             for s2, other in enumerate(items):
-                row.extend((s2 == s and kp <= p) for kp in range(other.key_len))
+                row.extend((s2 == s and kp <= p and (kp < sinks or kp > p - size)) for kp in range(other.key_len))
             rows.append(row)
     return rows

@@ -45,6 +45,10 @@ class EngineConfig:
     kv_layout: str = "paged"
     block_size: int = 16
     num_blocks: int | None = None  # None: sized from the model and device; sharded: each shard's pool
+    # A memory budget for the paged KV pool instead of a block count: the pool gets as many blocks
+    # as fit in these bytes, so a compressed pool (the kv_int8 plugin) gets more blocks for the same
+    # memory. Not with num_blocks.
+    kv_memory_bytes: int | None = None
     attention: str = "auto"
     policy: str = "fcfs"
     static_batch_size: int = 8
@@ -101,6 +105,13 @@ class EngineConfig:
         _check_int("max_decode_per_step", self.max_decode_per_step, 1, optional=True)
         _check_int("block_size", self.block_size, 1)
         _check_int("num_blocks", self.num_blocks, 1, optional=True)
+        _check_int("kv_memory_bytes", self.kv_memory_bytes, 1, optional=True)
+        if self.kv_memory_bytes is not None and self.num_blocks is not None:
+            raise ValueError(f"kv_memory_bytes={self.kv_memory_bytes} and num_blocks={self.num_blocks} both size the "
+                             f"KV pool; give one of them")
+        if self.kv_memory_bytes is not None and self.kv_layout != "paged":
+            raise ValueError(f"kv_memory_bytes={self.kv_memory_bytes} sizes the paged pool; the dense layout grows "
+                             f"on demand: set kv_layout='paged' or drop kv_memory_bytes")
         _check_int("static_batch_size", self.static_batch_size, 1)
         _check_int("seed", self.seed, 0, high=MAX_SEED)
         _check_int("eos_token_id", self.eos_token_id, 0, optional=True)

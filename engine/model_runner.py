@@ -61,6 +61,17 @@ def default_num_blocks(config: EngineConfig, device: torch.device, bytes_per_tok
     return min(per_seq * 8, max(per_seq, CPU_POOL_BYTES // (bytes_per_token * config.block_size)))
 
 
+def blocks_in_budget(config: EngineConfig, bytes_per_token: int) -> int:
+    """Float blocks that fit in kv_memory_bytes (a compressed pool re-sizes itself on attach)."""
+    assert config.kv_memory_bytes is not None
+    blocks = config.kv_memory_bytes // (config.block_size * bytes_per_token)
+    if blocks < 1:
+        raise ValueError(f"kv_memory_bytes={config.kv_memory_bytes} holds no KV block: one block of "
+                         f"{config.block_size} tokens takes {config.block_size * bytes_per_token} bytes; "
+                         f"raise kv_memory_bytes")
+    return blocks
+
+
 def free_memory_bytes(device: torch.device) -> int:
     """Memory a new allocation can take: free GPU memory on CUDA, available RAM on the CPU."""
     if device.type == "cuda":
@@ -103,12 +114,18 @@ class ModelRunner:
         if config.kv_layout == "paged":
             bytes_per_token = kv_bytes_per_token(s.num_layers, s.num_kv_heads, s.head_dim, self.dtype)
             self.num_blocks = config.num_blocks or default_num_blocks(config, self.device, bytes_per_token)
+            if config.kv_memory_bytes is not None:
+                self.num_blocks = blocks_in_budget(config, bytes_per_token)
             check_pool_fits(self.num_blocks, config.block_size, bytes_per_token, self.device)
             self.kv = self._paged_cache(self.num_blocks)
         else:
             self.num_blocks = 0
             self.kv = DenseKVCache(s.num_layers, s.num_kv_heads, s.head_dim, self.dtype, self.device)
+        if isinstance(self.kv, PagedKVCache):  # the reference backend reads history as the seed says: flattened
+            self.kv.read_by_flatten = self.attention_name == "reference"
         self.model_cache = plugins.wrap_cache(self.kv)  # the cache as the model sees it
+        if isinstance(self.kv, PagedKVCache):  # a compressing plugin may have fitted more blocks in the budget
+            self.num_blocks = self.kv.allocator.num_blocks
         self.layer_attention = self._layer_attention(plugins.attention_per_layer(self.attention))
         self.decode_graphs = self._decode_graphs()
         # CUDA events time one step at a time: not with a step still in flight.
@@ -126,7 +143,7 @@ class ModelRunner:
         s = self.spec
         return PagedKVCache(s.num_layers, s.num_kv_heads, s.head_dim, self.dtype, self.device, num_blocks,
                             self.config.block_size, s.max_context, spare_block=self._graphs_configured(),
-                            prefix_caching=self.config.caches_prefixes)
+                            prefix_caching=self.config.caches_prefixes, memory_budget=self.config.kv_memory_bytes)
 
     def close(self) -> None:
         """Nothing to stop on one device (a sharded runner stops its worker processes)."""

@@ -66,9 +66,15 @@ class Recorder:
         if isinstance(kv, PagedKVCache):
             a = kv.allocator
             tables = IdKeyed(a.tables)  # immutable tuples: no copies
+            freed_blocks = self.scheduler.freed_blocks
+            if kv.evicted_now:  # blocks a cache plugin gave back early count as freed this step too
+                freed_blocks = dict(freed_blocks)
+                for rid, blocks in kv.evicted_now.items():
+                    freed_blocks[rid] = freed_blocks.get(rid, ()) + tuple(blocks)
+            evicted = IdKeyed({rid: tuple(sorted(s)) for rid, s in a.evicted.items()}) if a.evicted else {}
             return KVView("paged", a.block_size, a.num_blocks, a.num_blocks - a.num_free, a.num_free, tables, tokens,
-                          freed, kv.bytes_per_token, kv.pool_bytes, IdKeyed(self.scheduler.freed_blocks),
-                          self._prefix_view(kv) if kv.prefix is not None else None)
+                          freed, kv.bytes_per_token, kv.pool_bytes, IdKeyed(freed_blocks),
+                          self._prefix_view(kv) if kv.prefix is not None else None, evicted)
         return KVView("dense", self.config.block_size, 0, 0, 0, {}, tokens, freed, kv.bytes_per_token, kv.pool_bytes)
 
     def _prefix_view(self, kv: PagedKVCache) -> PrefixView:

@@ -52,6 +52,10 @@ def check_request(config: EngineConfig, spec: ModelSpec, kv: object, used_ids: C
     if isinstance(kv, PagedKVCache):
         need = kv.allocator.blocks_for(total)
         if need > kv.allocator.num_blocks:
+            if config.kv_memory_bytes is not None:
+                raise ValueError(f"kv_memory_bytes={config.kv_memory_bytes} holds {kv.allocator.num_blocks} blocks "
+                                 f"of {kv.block_size} tokens, too few: one request of {total} tokens needs {need}; "
+                                 f"raise kv_memory_bytes")
             raise ValueError(f"num_blocks={kv.allocator.num_blocks} is too small: one request of {total} tokens "
                              f"needs {need} blocks of {kv.block_size}; raise num_blocks to at least {need}")
     if seed is not None and (not _is_int(seed) or not 0 <= seed < 2**63):

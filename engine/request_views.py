@@ -53,7 +53,8 @@ class RequestViews(Sequence):
                 tail = output[max(0, n - TAIL):n]
                 views.append(RequestView(r.id, state.value, prompt_len, min(computed, prompt_len), n,
                                          r.max_new_tokens, r.arrival_step, r.priority, ttft, reason, preemptions,
-                                         tail, None if text is None else text(tail), proposed, accepted, cached))
+                                         tail, None if text is None else text(tail), proposed, accepted, cached,
+                                         r.deadline_step))
             self._views = views
             self._captured = None
         return self._views

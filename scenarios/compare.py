@@ -42,7 +42,11 @@ def settings_label(scenario: Scenario, variant: str | None, **overrides) -> str:
     """The values, in this run, of every engine setting some variant changes."""
     keys = [k for v in scenario.variants.values() for k in v]
     config = scenario.engine_config(variant, **overrides)
-    return " ".join(f"{k}={getattr(config, k)}" for k in dict.fromkeys(keys))
+    label = " ".join(f"{k}={getattr(config, k)}" for k in dict.fromkeys(keys))
+    if scenario.variant_plugins:  # some variant runs other plugins: say which each row runs
+        plugins = scenario.variant_plugins.get(variant, scenario.plugins) if variant else scenario.plugins
+        label = f"{label} plugins={','.join(p['name'] for p in plugins) or 'none'}".strip()
+    return label
 
 
 def compare(scenario: Scenario, base: RunTotals | list[StepRecord] | None = None,

@@ -10,7 +10,9 @@ File format (every key but the workload is optional; see the built-in files for 
     [[requests]]                            explicit requests (see workload.REQUEST_KEYS)
     [[generators]]                          seeded request generators (see workload.GENERATOR_KEYS)
     [compare.NAME]                          engine overrides for a variant that headless runs
-                                            compare against the scenario as written
+                                            compare against the scenario as written; its key
+                                            `plugins` (a list of NAME or NAME:key=value specs,
+                                            [] for none) replaces [[plugins]] in that variant
     [[plugins]]                             name (a built-in plugin or an installed cbtui.plugins
                                             entry point; module:Class only with trust_plugins,
                                             i.e. `cbtui scenario --trust-plugins`) and options
@@ -46,10 +48,11 @@ from engine.config import (
     SPECULATIVE,
 )
 from engine.plugins.base import check_plugin_config, is_module_spec, load_plugin
+from engine.plugins.spec import parse_plugin_spec
 from engine.records import RunHeader
 
 from .errors import ScenarioError
-from .schema import Checker, show, toml_key
+from .schema import Checker, show, toml_key, toml_type
 from .workload import MAX_REQUESTS, MAX_SEED, generate, parse_request, prompt_size
 
 BUILTIN_DIR = Path(__file__).parent
@@ -62,6 +65,7 @@ ENGINE_CHOICES = {"device": DEVICES, "kv_layout": KV_LAYOUTS, "attention": ATTEN
                   "shard_by": SHARD_BY}
 MAX_BATCH_TOKENS = 1 << 20  # upper bound for token counts per step (budget, chunk, decode cap)
 MAX_POOL_TOKENS = 1 << 20  # num_blocks * block_size: keeps a typo from allocating gigabytes
+MAX_KV_MEMORY = 1 << 32  # kv_memory_bytes: 4 GiB, for the same reason
 MAX_VARIANTS = 8
 MAX_SHARDS = 8  # worker processes a scenario may start
 SUMMARY_WIDTH = 72
@@ -84,24 +88,25 @@ class Scenario:
     seed: int = 0  # the workload seed
     variants: dict[str, dict] = field(default_factory=dict)  # [compare] name -> engine overrides
     plugins: list[dict] = field(default_factory=list)  # [[plugins]]: {"name": spec, "options": {...}}
+    variant_plugins: dict[str, list[dict]] = field(default_factory=dict)  # [compare.NAME] plugins, if given
     trust_plugins: bool = False  # whether the file's [[plugins]] may name module:Class (code to import)
 
-    def make_plugins(self, extra: tuple[str, ...] = ()) -> list:
-        """Fresh plugin instances (they keep state) for the file's [[plugins]] plus `extra` specs
-        (the command line's, which may name module:Class: the user typed them)."""
+    def make_plugins(self, extra: tuple[str, ...] = (), variant: str | None = None) -> list:
+        """Fresh plugin instances (they keep state) for the file's [[plugins]] (or the variant's own
+        list) plus `extra` specs (the command line's, which may name module:Class: the user typed them)."""
         made = []
-        for i, spec in enumerate(self.plugins):
+        for i, spec in enumerate(self.variant_plugins.get(variant, self.plugins) if variant else self.plugins):
             if not self.trust_plugins:
                 _refuse_module_spec(self.path, i, spec["name"])
             try:
                 made.append(load_plugin(spec["name"], spec["options"]))
             except ValueError as exc:
                 raise ScenarioError(f"{self.path}: [[plugins]] {exc}") from None
-        for name in extra:
+        for typed in extra:
             try:
-                made.append(load_plugin(name))
+                made.append(load_plugin(*parse_plugin_spec(typed)))
             except ValueError as exc:
-                raise ScenarioError(f"--plugin {name}: {exc}") from None
+                raise ScenarioError(f"--plugin {typed}: {exc}") from None
         return made
 
     def engine_config(self, variant: str | None = None, **overrides) -> EngineConfig:
@@ -135,7 +140,7 @@ class Scenario:
     def build_engine(self, variant: str | None = None, plugins: tuple[str, ...] = (), **overrides) -> Engine:
         """The engine with the workload queued; `plugins` adds plugin specs (the CLI's --plugin)."""
         config = self.engine_config(variant, **overrides)
-        made = self.make_plugins(plugins)
+        made = self.make_plugins(plugins, variant)
         try:
             engine = Engine(config, plugins=made)
         except CheckpointError as exc:  # names the checkpoint's file (and tensor) itself
@@ -231,7 +236,8 @@ def _check_engine(check: Checker, settings: dict) -> EngineConfig:
     ranges = {"max_tokens_per_step": MAX_BATCH_TOKENS, "prefill_chunk_size": MAX_BATCH_TOKENS,
               "max_decode_per_step": MAX_BATCH_TOKENS, "block_size": spec.max_context,
               "num_blocks": MAX_POOL_TOKENS, "static_batch_size": MAX_REQUESTS,
-              "num_speculative_tokens": MAX_SPECULATIVE_TOKENS, "shards": MAX_SHARDS}
+              "num_speculative_tokens": MAX_SPECULATIVE_TOKENS, "shards": MAX_SHARDS,
+              "kv_memory_bytes": MAX_KV_MEMORY}
     for key, high in ranges.items():
         if key in settings:
             check.check_int(settings[key], key, 1, high)
@@ -275,7 +281,9 @@ def _block_need(config: EngineConfig):
     """A function: total tokens of one request -> a problem string if it can never fit the pool."""
     def need(total: int) -> str | None:
         if config.kv_layout != "paged" or config.num_blocks is None:
-            return None  # dense grows on demand; the default pool holds eight full contexts
+            # Dense grows on demand; the default pool holds eight full contexts; a kv_memory_bytes
+            # pool's block count depends on the dtype (the engine checks each request against it).
+            return None
         blocks = -(-total // config.block_size)
         if config.shards > 1 and config.shard_by == "sequence":  # its blocks are dealt over the shards
             blocks = -(-blocks // config.shards)
@@ -318,7 +326,8 @@ def from_dict(data: dict, path: Path, trust_plugins: bool = False) -> Scenario:
     if not requests:
         check.fail("requests", "the workload is empty; add at least one [[requests]] or [[generators]] entry")
 
-    variants = {}
+    variants: dict[str, dict] = {}
+    variant_plugins: dict[str, list[dict]] = {}
     compare = check.table(data.get("compare", {}), "compare")
     if len(compare) > MAX_VARIANTS:
         check.fail("compare", f"has {len(compare)} variants; at most {MAX_VARIANTS} are allowed")
@@ -327,6 +336,9 @@ def from_dict(data: dict, path: Path, trust_plugins: bool = False) -> Scenario:
         check.table(overrides, f"compare.{toml_key(name)}")
         if not overrides:
             check.fail(f"compare.{toml_key(name)}", "is empty; list the engine settings this variant changes")
+        overrides = dict(overrides)
+        if "plugins" in overrides:
+            variant_plugins[name] = _variant_plugins(vcheck, overrides.pop("plugins"), path, trust_plugins)
         merged = {**engine, **overrides}
         variant_config = _check_engine(vcheck, merged)  # resolves a checkpoint path in merged["model"]
         for i, spec in enumerate(requests):  # a smaller pool in a variant must still fit each request
@@ -354,7 +366,25 @@ def from_dict(data: dict, path: Path, trust_plugins: bool = False) -> Scenario:
 
     return Scenario(name=path.stem, path=path, title=title, description=description, question=question,
                     engine=engine, requests=requests, summary=summary, seed=seed, variants=variants,
-                    plugins=plugins, trust_plugins=trust_plugins)
+                    plugins=plugins, trust_plugins=trust_plugins, variant_plugins=variant_plugins)
+
+
+def _variant_plugins(check: Checker, value, path: Path, trust_plugins: bool) -> list[dict]:
+    """A variant's `plugins = [...]`: specs as on the command line (NAME or NAME:key=value,...)."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        check.fail("plugins", f"must be an array of plugin specs such as [\"priority:reserve_tokens=8\"] "
+                              f"([] for none), got {toml_type(value)} {show(value)}")
+    out = []
+    for i, spec in enumerate(value):
+        try:
+            name, options = parse_plugin_spec(spec)
+            if not trust_plugins:
+                _refuse_module_spec(path, i, name)
+            load_plugin(name, options)
+        except ValueError as exc:
+            check.fail("plugins", str(exc))
+        out.append({"name": name, "options": options})
+    return out
 
 
 def _first_line(text: str) -> str:

@@ -27,7 +27,7 @@ REQUEST_KEYS = ("prompt", "chat", "prompt_tokens", "prompt_len", "max_new_tokens
                 "temperature", "top_k", "seed", "deadline_step")
 ARRIVALS = ("all_at_once", "uniform", "poisson")
 GENERATOR_KEYS = ("count", "prefix_len", "prompt_len", "max_new_tokens", "arrival", "arrival_start",
-                  "arrival_span", "rate", "burst_size", "priority", "temperature", "top_k")
+                  "arrival_span", "rate", "burst_size", "priority", "temperature", "top_k", "deadline_after")
 # Keys that only make sense with one arrival process.
 ARRIVAL_ONLY = {"arrival_span": "uniform", "rate": "poisson", "burst_size": "poisson"}
 DIST_FORMS = "an integer (fixed), [low, high] (uniform), or a table {fixed = N}, {uniform = [low, high]}, " \
@@ -212,6 +212,8 @@ def generate(check: Checker, gen: dict, rng: random.Random, model: ModelSpec, bl
         extra["temperature"] = _temperature(check, gen)
     if "top_k" in gen:
         extra["top_k"] = check.integer(gen, "top_k", 0, 0, model.vocab_size)
+    # An SLA relative to arrival: each request's deadline_step is its arrival step + deadline_after.
+    deadline_after = check.integer(gen, "deadline_after", None, 0, MAX_STEP) if "deadline_after" in gen else None
     arrivals = _arrival_steps(check, gen, count, rng)
     prefix = [rng.randrange(*PRINTABLE) for _ in range(prefix_len)]
     out = []
@@ -220,4 +222,6 @@ def generate(check: Checker, gen: dict, rng: random.Random, model: ModelSpec, bl
         out.append(dict(prompt=prefix + [rng.randrange(*PRINTABLE) for _ in range(n)],
                         max_new_tokens=max_new.sample(rng), arrival_step=arrival,
                         priority=priority.sample(rng), **extra))
+        if deadline_after is not None:
+            out[-1]["deadline_step"] = arrival + deadline_after
     return out

@@ -210,6 +210,14 @@ def test_metrics_screen_follows_the_run_and_closes():
             console.print(app.screen.query_one("#metrics-body").content)
             body = console.export_text()
             assert "6 steps" in body and "TTFT, steps" in body and "fake" in body
+            # Memory by context: what the engine holds, and the contexts the app measures (the first
+            # step may end before the app hears "started": it still counts).
+            rows = {line[:14].strip(): line[14:].split() for line in body.splitlines()}
+            memory = app.history.current().memory
+            assert "Memory by context (DetailedMemoryProfiler)" in body
+            assert rows["weights"] == [f"{memory.weight_bytes / 2**20:.1f}", "MiB"]
+            assert rows["KV pool"] == [f"{memory.kv_pool_bytes / 2**20:.1f}", "MiB"]
+            assert rows["engine steps"][0] == "6" and rows["records"][0] == "6"
             await pilot.press("escape")
             assert not isinstance(app.screen, MetricsScreen)
             await pilot.press("r")  # a restart starts the metrics afresh

@@ -176,3 +176,14 @@ def test_a_replay_pauses_at_a_step_breakpoint_set_with_the_b_key():
             assert "paused: breakpoint step:5 hit: step 5 reached" in event_line_text(app)
             await pilot.press("q")
     asyncio.run(scenario())
+
+
+def test_reuse_and_drafts_breakpoints_fire_on_prefix_hits_and_speculation():
+    records = run_records("shared_prefix")
+    hit_steps = [r.step for r in records if r.kv.prefix is not None and r.kv.prefix.hits]
+    assert firing_steps(parse("reuse"), records) == hit_steps
+    some = next(int(k) for r in records if r.kv.prefix is not None for k in r.kv.prefix.hits)
+    assert firing_steps(parse(f"reuse:{some}"), records) == [
+        r.step for r in records if r.kv.prefix is not None and str(some) in r.kv.prefix.hits]
+    records = run_records("speculative", steps=12)
+    assert firing_steps(parse("drafts"), records) == [r.step for r in records if any(i.drafts for i in r.items)]

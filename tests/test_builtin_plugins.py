@@ -24,7 +24,7 @@ def test_adaptive_budget_converges_to_the_latency_target():
     eng = busy_engine([plugin])
     records = [eng.step() for _ in range(30)]
     assert records[0].budget == 16 and abs(records[-1].budget - 180) <= 4
-    assert any("budget 16 -> 32 (adaptive)" in a for a in records[1].annotations)
+    assert any("budget 16 -> 32 (adaptive: budget used up" in a for a in records[1].annotations)
     # Too slow a start comes down too.
     slow = AdaptiveBatchPlugin(target_ms=20, latency_fn=lambda rec: 0.002 + 0.0001 * rec.budget)
     eng = busy_engine([slow], budget=1000)

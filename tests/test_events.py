@@ -169,3 +169,31 @@ def test_the_event_line_puts_the_event_that_paused_the_run_first():
     assert text.count(recompute.text) == 1
     other = str(event_text(record, records[22], "step:23 hit: step 23 reached"))
     assert other.startswith("paused: breakpoint step:23 hit: step 23 reached · step 23: " + events[0])
+
+
+def test_prefix_hits_are_told_as_reuse_and_the_admission_is_still_an_admission():
+    """With prefix caching an admitted request's first chunk starts after its cached keys: it is an
+    admission all the same, and the reuse is told with its blocks and tokens."""
+    from engine.records.events import REUSED
+
+    records, _ = run_records("shared_prefix")
+    hits = [(r, key, tokens) for r in records if r.kv.prefix is not None for key, tokens in r.kv.prefix.hits.items()]
+    assert hits
+    for record, key, tokens in hits:
+        events = step_events(record)
+        reuse = [e for e in events if e.kind == REUSED and e.request_id == int(key)]
+        assert [e.text for e in reuse] == [
+            f"request {key} reused {tokens // record.kv.block_size} blocks ({tokens} tokens) from the prefix cache"]
+        assert any(e.kind in (ADMITTED, RECOMPUTE) and e.request_id == int(key) for e in events)
+
+
+def test_speculating_decodes_say_how_many_drafts_were_accepted():
+    from engine.records.events import DRAFTS
+
+    records, _ = run_records("speculative", steps=20)
+    speculating = [(r, i) for r in records for i in r.items if i.drafts]
+    assert speculating
+    for record, item in speculating:
+        texts = [e.text for e in step_events(record) if e.kind == DRAFTS and e.request_id == item.request_id]
+        draft_word = "draft" if item.drafts == 1 else "drafts"
+        assert texts == [f"request {item.request_id}: {item.accepted} of {item.drafts} {draft_word} accepted"]

@@ -35,6 +35,7 @@ def rendered(growth_per_step: int, width: int = 100) -> str:
 def test_metrics_screen_shows_distributions_throughput_plugins_and_memory():
     text = rendered(growth_per_step=0)
     assert "54 steps" in text and "output tokens" in text and "throughput now" in text
+    assert "SLA: 4 of 4 deadlines met, 0 missed" in " ".join(text.split())
     requests = len(load_scenario("priority_sla").requests)
     assert "TTFT, steps" in text and f"n={requests} " in text  # every request's first token counted
     assert "Inter-token latency, steps" in text

@@ -21,6 +21,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from engine.records import KVView, ShardView
+from engine.records.kv_history import flat_history
 
 from ..colors import FULL, NONE, color_mode, glyph_key, needs_glyphs, request_color, request_glyph
 from ..formatting import human_bytes
@@ -54,7 +55,10 @@ def block_cells(kv: KVView, selected: int | None = None) -> list[BlockCell]:
         held = kv.tokens.get(rid, 0)
         owner = int(rid)
         full = BlockCell(owner, 1.0)
+        gone = kv.evicted.get(rid, ())  # entries whose block was evicted hold a stand-in: not a block of theirs
         for n, block in enumerate(table):
+            if n in gone:
+                continue
             if cells[block].owner is not None:  # shared: only full blocks are, so it is full
                 first = cells[block].owner
                 cells[block] = BlockCell(owner if owner == selected else first, 1.0, shared=cells[block].shared)
@@ -151,6 +155,10 @@ def paged_text(kv: KVView, width: int, rows: int, selected: int | None, mode: st
     prefix = prefix_line(kv)
     if prefix is not None:
         rows -= 1
+    # The selected request's blocks as PagedAllocator.flatten reads them, on a line of its own.
+    history = flat_history(kv, selected) if selected is not None and rows > 2 else None
+    if history is not None:
+        rows -= 1
     # The summary's extra lines come out of the grid's; fewer rows may merge blocks into cells, which
     # the summary then says (a line longer, at most).
     summary: list[Text] = []
@@ -165,6 +173,9 @@ def paged_text(kv: KVView, width: int, rows: int, selected: int | None, mode: st
     text, _ = _grid(cells, width, grid_rows, selected, mode, glyphs)
     if prefix is not None:
         summary.append(prefix)
+    if history is not None and selected is not None:
+        color = None if mode == NONE else request_color(selected, mode).hex
+        summary.append(Text(history.describe(max_blocks=max(3, (width - 30) // 3)), style=Style(color=color)))
     return Text("\n").join([*summary, text])
 
 

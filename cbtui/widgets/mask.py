@@ -138,14 +138,15 @@ def glyph_strips(raster: MaskRaster, request_ids: Sequence[int], width: int, sel
 
 
 def mask_strips(items: Sequence[ScheduledItem], width: int, height: int, selected: int | None = None,
-                background: Color = BLACK, mode: str = FULL,
-                book: StyleBook | None = None) -> tuple[list[Strip], MaskRaster]:
-    """Every line of one frame of the mask panel, plus the raster they were drawn from."""
+                background: Color = BLACK, mode: str = FULL, book: StyleBook | None = None,
+                window: Sequence[int] | None = None) -> tuple[list[Strip], MaskRaster]:
+    """Every line of one frame of the mask panel, plus the raster they were drawn from; `window` is the
+    record's attention_window (a sliding window narrows the mask to a band)."""
     book = book or StyleBook(background)
     request_ids = [i.request_id for i in items]
     glyphs = needs_glyphs(request_ids, mode)
     pixel_rows = height if glyphs else height * 2
-    raster = rasterize(items, pixel_rows, width, max_magnify=8)
+    raster = rasterize(items, pixel_rows, width, max_magnify=8, window=window)
     rejected = row_share(rejected_draft_rows(items), raster.count.shape[0]) >= 0.5 if items else None
     blank = Style(bgcolor=background.rich_color)
     strips: list[Strip] = []
@@ -191,15 +192,17 @@ class MaskCanvas(Widget):
         super().__init__(**kwargs)
         self._items: tuple[ScheduledItem, ...] = ()
         self._selected: int | None = None
+        self._window: tuple[int, ...] | None = None
         self._frame_key: tuple | None = None
         self._strips: list[Strip] = []
         self._book: StyleBook | None = None
         self.raster: MaskRaster | None = None
 
-    def show(self, items: Sequence[ScheduledItem], selected: int | None) -> None:
-        items = tuple(items)
-        if items != self._items or selected != self._selected:
-            self._items, self._selected = items, selected
+    def show(self, items: Sequence[ScheduledItem], selected: int | None,
+             window: Sequence[int] | None = None) -> None:
+        items, window = tuple(items), tuple(window) if window is not None else None
+        if items != self._items or selected != self._selected or window != self._window:
+            self._items, self._selected, self._window = items, selected, window
             self.refresh()
 
     def on_resize(self) -> None:
@@ -217,12 +220,12 @@ class MaskCanvas(Widget):
         width, height = self.size
         _, background = self.background_colors
         mode = color_mode(self.app)
-        key = (self._items, self._selected, width, height, background, mode)
+        key = (self._items, self._selected, self._window, width, height, background, mode)
         if key != self._frame_key:
             if self._book is None or self._book.background != background:
                 self._book = StyleBook(background)
             self._strips, self.raster = mask_strips(self._items, width, height, self._selected, background,
-                                                    mode, self._book)
+                                                    mode, self._book, self._window)
             self._frame_key = key
         return self._strips
 

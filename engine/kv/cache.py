@@ -32,6 +32,9 @@ class PagedAllocator:
         self.shared: dict[int, int] = {}  # block -> reference count, for blocks in two tables or more
         self.prefix = PrefixCache(block_size, num_blocks) if prefix_caching else None
         self.new_blocks = 0  # handed out fresh since the last record (not shared, not revived)
+        # Table entries whose block was given back early (evict): request id -> indices. Such an
+        # entry keeps a stand-in (a live block of the same request) so the table keeps its shape.
+        self.evicted: dict[int, set[int]] = {}
 
     def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
@@ -87,6 +90,9 @@ class PagedAllocator:
         blocks = self.tables.pop(request_id, ())
         if self.prefix is not None:
             self.prefix.forget(request_id)
+        gone = self.evicted.pop(request_id, None)
+        if gone:  # stand-ins are not the request's to give back twice
+            blocks = tuple(b for i, b in enumerate(blocks) if i not in gone)
         self._release(blocks)
         return blocks
 
@@ -120,11 +126,35 @@ class PagedAllocator:
         self._release(freed)  # blocks of rejected drafts: never named, held by this request alone
         return freed
 
+    def evict(self, request_id: int, index: int) -> int:
+        """Gives back the block at `index` of the request's table before the request ends (its keys
+        will never be read again); returns it. The entry then points at the request's newest block."""
+        table = self.tables[request_id]
+        gone = self.evicted.setdefault(request_id, set())
+        if index in gone or index >= len(table) - 1:
+            raise ValueError(f"request {request_id}: block {index} of {len(table)} cannot be evicted")
+        block, stand_in = table[index], table[-1]
+        self.tables[request_id] = table[:index] + (stand_in,) + table[index + 1:]
+        gone.add(index)
+        self._release((block,))
+        return block
+
     @property
     def num_free(self) -> int:
         """Blocks a request may take: free ones and cached-free ones (evicted on demand)."""
         prefix = self.prefix
         return len(self.free_blocks) + (len(prefix.evictable) if prefix is not None else 0)
+
+    def flatten(self, pool, request_id: int, num_tokens: int):
+        """A request's history as one contiguous tensor: its blocks of `pool` ([blocks * block_size,
+        ...], one layer's keys or values) concatenated in table order, the unused tail of the last
+        block trimmed to `num_tokens`. The seed's view of paged KV for attention; the reference
+        backend reads keys this way (the fast paths gather slots, or read the pool in a kernel)."""
+        table = self.tables.get(request_id, ())
+        offsets = torch.arange(self.block_size, device=pool.device)
+        blocks = torch.tensor(table, dtype=torch.long, device=offsets.device)
+        slots = (blocks[:, None] * self.block_size + offsets[None, :]).reshape(-1)[:num_tokens]
+        return pool[slots]
 
 
 def kv_bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
@@ -160,11 +190,18 @@ class PagedKVCache(_CacheBase):
     layout = "paged"
 
     def __init__(self, num_layers, num_kv_heads, head_dim, dtype, device, num_blocks: int, block_size: int,
-                 max_context: int, spare_block: bool = False, prefix_caching: bool = False):
+                 max_context: int, spare_block: bool = False, prefix_caching: bool = False,
+                 memory_budget: int | None = None):
         super().__init__(num_layers, num_kv_heads, head_dim, dtype, device)
         self.allocator = PagedAllocator(num_blocks, block_size, prefix_caching)
         self.prefix = self.allocator.prefix
         self.block_size = block_size
+        self.memory_budget = memory_budget  # kv_memory_bytes: the pool was sized from it, not from a count
+        self.evicted_now: dict[int, list[int]] = {}  # this step's evictions: request id -> blocks
+        # The teaching path: read each request's keys as PagedAllocator.flatten gives them (set for
+        # the reference backend) rather than by one gather of pool slots. Same keys either way.
+        self.read_by_flatten = False
+        self.spare_block = spare_block
         # Host mirror of the block tables, one row per live request, updated as blocks are handed
         # out, so a step copies its rows in one go instead of rebuilding them from lists.
         self._table = torch.zeros((64, self.allocator.blocks_for(max_context)), dtype=torch.long)
@@ -180,6 +217,16 @@ class PagedKVCache(_CacheBase):
     @property
     def pool_bytes(self) -> int:
         return self.k_pool.nbytes + self.v_pool.nbytes  # what the pools really take (int8 or float)
+
+    def replace_pools(self, k_pool, v_pool, num_blocks: int) -> None:
+        """New storage with room for `num_blocks` blocks (plus the spare one, if any), before anything
+        is stored: a compressed pool fits more blocks in the same memory budget."""
+        if self.allocator.tables:
+            raise RuntimeError("the KV pool can only be replaced before any request holds blocks")
+        self.allocator = PagedAllocator(num_blocks, self.block_size, self.prefix is not None)
+        self.prefix = self.allocator.prefix
+        self.scratch_slot = num_blocks * self.block_size if self.spare_block else None
+        self.k_pool, self.v_pool = k_pool, v_pool
 
     def can_allocate(self, request_id: int, num_tokens: int) -> bool:
         return self.allocator.can_allocate(request_id, num_tokens)
@@ -236,6 +283,14 @@ class PagedKVCache(_CacheBase):
         table = self.allocator.tables[request_id]
         self._table_np[self._row[request_id], len(table) - len(new):len(table)] = new
 
+    def evict(self, request_id: int, index: int) -> int:
+        """A block of a live request given back early (a cache plugin's eviction policy): the block
+        at `index` of its table, whose keys no query will read again. Returns the block."""
+        block = self.allocator.evict(request_id, index)
+        self._table_np[self._row[request_id], index] = self.allocator.tables[request_id][index]
+        self.evicted_now.setdefault(request_id, []).append(block)
+        return block
+
     def free(self, request_id: int) -> tuple[int, ...]:
         """Returns the blocks the request gave back."""
         blocks = self.allocator.free(request_id)
@@ -267,6 +322,7 @@ class PagedKVCache(_CacheBase):
 
     def begin_step(self, request_ids: list[int], batch: RaggedBatch) -> None:
         self.step_request_ids, self.step_batch = request_ids, batch
+        self.evicted_now = {}
         tables_by_id, row_of = self.allocator.tables, self._row
         width = max(map(len, map(tables_by_id.__getitem__, request_ids)))
         rows = long_tensor(list(map(row_of.__getitem__, request_ids)), torch.device("cpu"))
@@ -283,6 +339,8 @@ class PagedKVCache(_CacheBase):
 
     def read(self, layer: int, first_item: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Packed keys/values of the step's items from `first_item` on (all of them by default)."""
+        if self.read_by_flatten and first_item == 0:
+            return self._read_flattened(layer)
         slots = self._read_slots.get(first_item)
         if slots is None:
             batch, k0 = self.step_batch, sum(self.step_batch.k_lens[:first_item])
@@ -290,13 +348,19 @@ class PagedKVCache(_CacheBase):
             self._read_slots[first_item] = slots
         return self.k_pool[layer].index_select(0, slots), self.v_pool[layer].index_select(0, slots)
 
-    def flatten(self, layer: int, request_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """A request's cached K/V: its blocks gathered in order, the unused tail trimmed."""
-        n = self.tokens.get(request_id, 0)
-        blocks = torch.tensor(self.allocator.tables.get(request_id, []), dtype=torch.long, device=self.device)
-        offsets = torch.arange(self.block_size, device=self.device)
-        slots = (blocks[:, None] * self.block_size + offsets[None, :]).reshape(-1)[:n]
-        return self.k_pool[layer][slots], self.v_pool[layer][slots]
+    def flatten(self, layer: int, request_id: int, num_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A request's cached K/V (PagedAllocator.flatten): its blocks in order, the unused tail trimmed;
+        `num_tokens` defaults to the tokens committed so far."""
+        n = self.tokens.get(request_id, 0) if num_tokens is None else num_tokens
+        flatten = self.allocator.flatten
+        return flatten(self.k_pool[layer], request_id, n), flatten(self.v_pool[layer], request_id, n)
+
+    def _read_flattened(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step's keys/values, item after item, each request's history flattened (this step's
+        keys included: they are stored before attention reads)."""
+        parts = [self.flatten(layer, rid, n) for rid, n in zip(self.step_request_ids, self.step_batch.k_lens,
+                                                                strict=True)]
+        return torch.cat([k for k, _ in parts]), torch.cat([v for _, v in parts])
 
 
 class DenseKVCache(_CacheBase):

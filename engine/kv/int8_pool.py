@@ -32,6 +32,11 @@ class Int8BlockPool:
     def nbytes(self) -> int:
         return self.q.nbytes + self.scale.nbytes
 
+    @staticmethod
+    def bytes_per_block(num_layers: int, block_size: int, num_kv_heads: int, head_dim: int) -> int:
+        """What one block adds to `nbytes`: an int8 per element and a float32 scale per KV head."""
+        return num_layers * (block_size * num_kv_heads * head_dim + 4 * num_kv_heads)
+
     def __getitem__(self, layer: int) -> Int8LayerPool:
         return Int8LayerPool(self, layer)
 
@@ -39,6 +44,10 @@ class Int8BlockPool:
 class Int8LayerPool:
     def __init__(self, pool: Int8BlockPool, layer: int):
         self.pool, self.layer = pool, layer
+
+    @property
+    def device(self) -> torch.device:
+        return self.pool.q.device
 
     def __getitem__(self, slots: torch.Tensor) -> torch.Tensor:
         p, bs = self.pool, self.pool.block_size

@@ -11,10 +11,18 @@ A context records memory at entry and exit, and the peak of every reading taken 
 samples included). Entering the same context name many times (say, for every prefill-heavy step) and
 summing its deltas shows which kind of work memory grows in: a context whose total keeps climbing
 while others net to zero is where to look for a leak.
+
+Alongside the measured contexts, `hold(name, bytes)` notes memory a part says it holds (the engine's
+weights and KV pool, from each StepRecord's MemoryView), so a table can show memory by part: what is
+held for good, and where growth happens (the dashboard's metrics screen: engine steps, records).
+
+Contexts may run on one thread while another samples or reads the summary (the dashboard: steps on
+the engine thread, records on the UI thread); a lock keeps the shared state consistent.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -64,11 +72,19 @@ class DetailedMemoryProfiler(MemoryProfiler):
         self.contexts: deque[ContextDelta] = deque(maxlen=max_snapshots)  # the latest, for inspection
         self._totals: dict[str, dict] = {}  # per context name, over every run (not only those kept)
         self._open: list[_Frame] = []
+        self.held: dict[str, int] = {}  # part name -> bytes it says it holds (hold)
+        self._lock = threading.RLock()
+
+    def hold(self, name: str, nbytes: int) -> None:
+        """Notes that `name` holds `nbytes` now (e.g. "weights", "KV pool")."""
+        with self._lock:
+            self.held[name] = int(nbytes)
 
     def sample(self, step: int | None = None) -> MemorySample:
         s = super().sample(step)
-        for frame in self._open:
-            frame.see(s.values)
+        with self._lock:
+            for frame in self._open:
+                frame.see(s.values)
         return s
 
     def snapshot(self, name: str, step: int | None = None, **info) -> Snapshot:
@@ -77,12 +93,13 @@ class DetailedMemoryProfiler(MemoryProfiler):
 
     def _snapshot(self, name, step, info, keep: bool) -> Snapshot:
         values = self.read()
-        snap = Snapshot(name, step if step is not None else self.last_step, values,
-                        tuple(f.name for f in self._open), info)
-        for frame in self._open:
-            frame.see(values)
-        if keep:
-            self.snapshots.append(snap)
+        with self._lock:
+            snap = Snapshot(name, step if step is not None else self.last_step, values,
+                            tuple(f.name for f in self._open), info)
+            for frame in self._open:
+                frame.see(values)
+            if keep:
+                self.snapshots.append(snap)
         return snap
 
     def latest_snapshot(self, name: str | None = None) -> Snapshot:
@@ -101,18 +118,20 @@ class DetailedMemoryProfiler(MemoryProfiler):
     def context(self, name: str, step: int | None = None, **info):
         """Measures the memory a block of work leaves behind (delta) and needs on the way (peak)."""
         frame = _Frame(name, self._snapshot(name, step, info, keep=False))
-        self._open.append(frame)
+        with self._lock:
+            self._open.append(frame)
         failed = True
         try:
             yield frame.start
             failed = False
         finally:
             end = self._snapshot(name, None, info, keep=False)
-            self._open.remove(frame)
-            delta = ContextDelta(name, frame.start, end, diff(frame.start.values, end.values), dict(frame.peak),
-                                 failed)
-            self.contexts.append(delta)
-            self._add_to_totals(delta)
+            with self._lock:
+                self._open.remove(frame)
+                delta = ContextDelta(name, frame.start, end, diff(frame.start.values, end.values),
+                                     dict(frame.peak), failed)
+                self.contexts.append(delta)
+                self._add_to_totals(delta)
 
     def _add_to_totals(self, c: ContextDelta) -> None:
         entry = self._totals.setdefault(c.name, {"count": 0, "total": {}, "max": {}, "peak": {}})
@@ -127,8 +146,9 @@ class DetailedMemoryProfiler(MemoryProfiler):
         """Per context name, over every time it ran: count, and per metric the total, mean and largest
         delta and the highest peak."""
         out = {}
-        for name, entry in self._totals.items():
-            out[name] = {"count": entry["count"], "total": dict(entry["total"]), "max": dict(entry["max"]),
-                         "peak": dict(entry["peak"]),
-                         "mean": {k: v / entry["count"] for k, v in entry["total"].items()}}
+        with self._lock:
+            for name, entry in self._totals.items():
+                out[name] = {"count": entry["count"], "total": dict(entry["total"]), "max": dict(entry["max"]),
+                             "peak": dict(entry["peak"]),
+                             "mean": {k: v / entry["count"] for k, v in entry["total"].items()}}
         return out

@@ -32,6 +32,8 @@ WAITING = "waiting"  # requests left out of the step, counted by reason
 PADDING = "padding"  # a static batch's slots held by finished members
 PLUGIN_ERROR = "plugin error"
 NOTE = "note"  # a plugin's note on the step ("8 tokens reserved for 1 high-priority")
+REUSED = "reused"  # an admission took KV blocks of a cached prefix (prefix caching)
+DRAFTS = "drafts"  # a speculating decode verified drafts (speculative decoding)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,10 +69,12 @@ def preempted(record: StepRecord, previous: StepRecord | None) -> Iterable[Event
 
 
 def admitted(record: StepRecord, previous: StepRecord | None) -> Iterable[Event]:
-    """A prefill chunk from position 0 is an admission; for a request preempted before, a recompute."""
+    """A prefill chunk from position 0 (or from the end of a prefix cache hit) is an admission; for a
+    request preempted before, a recompute."""
     views = _views_by_id(record)
+    hits = record.kv.prefix.hits if record.kv.prefix is not None else {}
     for item in record.items:
-        if item.kind != "prefill" or item.first_pos != 0:
+        if item.kind != "prefill" or item.first_pos != hits.get(str(item.request_id), 0):
             continue
         view = views.get(item.request_id)
         if view is not None and view.num_preemptions:
@@ -134,6 +138,25 @@ def _shortfall(record: StepRecord) -> str:
     return f" (request {b.request_id} needs {_plural(b.blocks_needed, 'block')}, {b.blocks_free} free)"
 
 
+def reused(record: StepRecord, previous: StepRecord | None) -> Iterable[Event]:
+    """Admissions that shared the KV blocks of a cached prefix instead of computing them."""
+    prefix = record.kv.prefix
+    if prefix is None:
+        return
+    for key, tokens in sorted(prefix.hits.items(), key=lambda kv: int(kv[0])):
+        blocks = tokens // record.kv.block_size
+        text = f"request {key} reused {_plural(blocks, 'block')} ({tokens} tokens) from the prefix cache"
+        yield Event(record.step, REUSED, text, int(key))
+
+
+def drafts(record: StepRecord, previous: StepRecord | None) -> Iterable[Event]:
+    """Each speculating decode: how many of its drafts the target accepted."""
+    for item in record.items:
+        if item.drafts:
+            text = f"request {item.request_id}: {item.accepted} of {_plural(item.drafts, 'draft')} accepted"
+            yield Event(record.step, DRAFTS, text, item.request_id)
+
+
 def plugin_errors(record: StepRecord, previous: StepRecord | None) -> Iterable[Event]:
     for error in record.errors:
         yield Event(record.step, PLUGIN_ERROR, error)
@@ -144,8 +167,8 @@ def plugin_notes(record: StepRecord, previous: StepRecord | None) -> Iterable[Ev
         yield Event(record.step, NOTE, note)
 
 
-EVENT_KINDS: tuple[EventKind, ...] = (preempted, admitted, first_token, finished, padding, waiting, plugin_errors,
-                                      plugin_notes)
+EVENT_KINDS: tuple[EventKind, ...] = (preempted, admitted, reused, first_token, drafts, finished, padding, waiting,
+                                      plugin_errors, plugin_notes)
 
 
 def step_events(record: StepRecord, previous: StepRecord | None = None) -> list[Event]:

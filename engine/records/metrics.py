@@ -70,6 +70,8 @@ class RequestMetrics:
     tpot_s: float | None
     max_itl_s: float | None
     e2e_s: float | None
+    deadline_step: int | None = None  # the step its last token was due by
+    sla_met: bool | None = None  # True: finished by its deadline; False: missed it; None: no deadline, or not yet due
     itl_steps: list[int] = field(default_factory=list)  # gap before each token after the first
     itl_s: list[float] = field(default_factory=list)
     drafts_proposed: int = 0  # speculative decoding
@@ -92,6 +94,17 @@ class _Track:
     finished_step: int | None = None
     drafts_proposed: int = 0
     drafts_accepted: int = 0
+    deadline_step: int | None = None
+
+
+def sla_met(deadline_step: int | None, finished_step: int | None, now: int | None) -> bool | None:
+    """Whether a request met its deadline (its last token sampled at or before deadline_step): True or
+    False once that is known (finished, or still running past the deadline at step `now`), else None."""
+    if deadline_step is None:
+        return None
+    if finished_step is not None:
+        return finished_step <= deadline_step
+    return False if now is not None and now > deadline_step else None
 
 
 PREFIX_COUNTS = ("hit_blocks", "hit_tokens", "lookup_blocks", "lookup_tokens", "new_blocks", "evicted_blocks")
@@ -129,6 +142,7 @@ class MetricsCollector:
                 track = self._tracks[view.id] = _Track(view.id, view.state, view.prompt_len, view.generated,
                                                        view.num_preemptions, arrival)
             track.state, track.generated = view.state, view.generated
+            track.deadline_step = view.deadline_step
             track.num_preemptions = view.num_preemptions
             track.drafts_proposed, track.drafts_accepted = view.drafts_proposed, view.drafts_accepted
         # A speculating decode emits its accepted drafts and then its sampled token, all in this step.
@@ -227,7 +241,8 @@ class MetricsCollector:
             e2e_steps=finished - t.arrival_step if finished is not None else None,
             ttft_s=ttft_s, tpot_s=tpot_s,
             max_itl_s=max(itl_s) if itl_s else None,
-            e2e_s=e2e_s,
+            e2e_s=e2e_s, deadline_step=t.deadline_step,
+            sla_met=sla_met(t.deadline_step, finished, self._steps[-1].step if self._steps else None),
             itl_steps=itl_steps, itl_s=itl_s, drafts_proposed=t.drafts_proposed, drafts_accepted=t.drafts_accepted,
             acceptance_rate=t.drafts_accepted / t.drafts_proposed if t.drafts_proposed else None)
 
@@ -251,6 +266,8 @@ class MetricsCollector:
         processed = sum(s.decode_tokens + s.prefill_tokens for s in steps)
         budget = sum(s.budget for s in steps)
         finished = [r for r in reqs if r.finished_step is not None]
+        met = sum(r.sla_met is True for r in reqs)
+        missed = sum(r.sla_met is False for r in reqs)
         return {
             "steps": len(steps),
             "engine_time_s": time_s,
@@ -265,6 +282,9 @@ class MetricsCollector:
                 "finished_requests_per_s": len(finished) / time_s if time_s > 0 else None,
                 "budget_utilisation": processed / budget if budget > 0 else None,
             },
+            # SLA attainment: of the requests with a deadline that is known to be met or missed.
+            "sla": {"with_deadline": sum(r.deadline_step is not None for r in reqs), "met": met, "missed": missed,
+                    "attainment": met / (met + missed) if met + missed else None},
             **{name: describe(self.latencies(name, reqs)) for name in LATENCIES},
             "step_wall_s": describe([s.wall_time_s for s in steps]),
             "speculation": speculation_summary(steps),

@@ -70,6 +70,12 @@ def _check_consistent(record: StepRecord) -> None:
             raise ValueError(f"kv.prefix: a shared or cached block number is not below num_blocks={kv.num_blocks}")
         if any(n < 2 for n in prefix.shared.values()):
             raise ValueError("kv.prefix.shared: a shared block is held by 2 requests or more")
+    for rid, indices in kv.evicted.items():
+        if rid not in kv.block_tables or any(i >= len(kv.block_tables[rid]) for i in indices):
+            raise ValueError(f"kv.evicted[{rid}]: an index is not in the request's block table")
+    window = record.attention_window
+    if window is not None and (len(window) != 2 or window[1] < 1):
+        raise ValueError(f"attention_window={shown(window)} must be [sinks, window] with window >= 1")
     if record.memory.source not in ("cuda", "rss"):
         raise ValueError(f"memory.source={shown(record.memory.source)} must be 'cuda' or 'rss'")
 
@@ -100,7 +106,10 @@ class StoryCheck:
         shared = record.kv.prefix.shared if record.kv.prefix is not None else {}
         for key, blocks in record.kv.block_tables.items():
             rid = int(key)
-            for block in blocks:
+            gone = record.kv.evicted.get(key, ())  # evicted entries hold a stand-in: one of its own blocks
+            for index, block in enumerate(blocks):
+                if index in gone:
+                    continue
                 owner = owners.get(block)
                 if owner is None:
                     owners[block] = rid

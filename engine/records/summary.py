@@ -8,6 +8,7 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from .metrics import sla_met
 from .text import visible
 from .types import RequestView, StepRecord
 
@@ -41,6 +42,8 @@ class RunSummary:
     shard_kv_bytes: int = 0  # the largest one shard's KV pool took (sharded runs)
     comm_bytes: int = 0  # bytes the shards exchanged over the run (plans, all-reduces, all-gathers)
     comm_s: float = 0.0  # rank 0's time inside collectives over the run (not deterministic)
+    sla_deadlines: int = 0  # requests with a deadline_step
+    sla_met: int = 0  # of them, finished by their deadline (the rest missed it or are not yet due)
 
 
 def final_views(records: Iterable[StepRecord]) -> dict[int, RequestView]:
@@ -135,6 +138,9 @@ class RunTotals:
             drafts_proposed=self.drafts_proposed, drafts_accepted=self.drafts_accepted,
             shards=self.shards, shard_kv_bytes=self.shard_kv_bytes or self.kv_bytes_peak, comm_bytes=self.comm_bytes,
             comm_s=self.comm_s,
+            sla_deadlines=sum(v.deadline_step is not None for v in views),
+            sla_met=sum(sla_met(v.deadline_step, self.finish_step.get(v.id), last.step if last else None) is True
+                        for v in views),
         )
 
 
@@ -173,12 +179,16 @@ def _ttft(r: RunSummary) -> str:
     return f"{r.ttft_min}/{r.ttft_mean:.1f}/{r.ttft_max}"
 
 
+SLA_COLUMN = ("SLA met", lambda r: f"{r.sla_met}/{r.sla_deadlines}")  # only when some request has a deadline
+
+
 def format_table(rows: list[RunSummary], width: int | None = None) -> list[str]:
     """Plain aligned text lines; steps, TTFT and latency are in scheduler steps. Labels and settings
     come from a scenario file's [compare] names: their control characters are shown (and measured).
     With `width`, columns that do not fit go to a further table below (each starting with the run's
     name, a blank line between), so a terminal of that width never wraps a row mid-way."""
-    columns = (COLUMNS + ((DRAFTS_COLUMN,) if any(r.drafts_proposed for r in rows) else ())
+    columns = (COLUMNS + ((SLA_COLUMN,) if any(r.sla_deadlines for r in rows) else ())
+               + ((DRAFTS_COLUMN,) if any(r.drafts_proposed for r in rows) else ())
                + (SHARD_COLUMNS if any(r.shards > 1 for r in rows) else ()))
     cells = [[name for name, _ in columns]] + [[visible(str(get(r))) for _, get in columns] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]

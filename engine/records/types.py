@@ -86,6 +86,7 @@ class RequestView:
     drafts_proposed: int = 0  # speculative decoding, over the request's life so far
     drafts_accepted: int = 0
     cached_tokens: int = 0  # prompt tokens its latest admission took from the prefix cache (hit length)
+    deadline_step: int | None = None  # its SLA: the step its last token is due by (None: no deadline)
 
 
 @dataclass(slots=True)
@@ -125,6 +126,9 @@ class KVView:
     pool_bytes: int
     freed_blocks: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # request id -> blocks freed
     prefix: PrefixView | None = None  # shared and cached-free blocks, hits (None: no prefix caching)
+    # request id -> indices of its table whose block was given back early (a cache plugin evicted
+    # them; the entry holds a stand-in); only requests with evictions
+    evicted: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -249,6 +253,9 @@ class StepRecord:
     kept_drafts: Mapping[str, list[int]] = field(default_factory=dict)
     shards: list[ShardView] = field(default_factory=list)  # sharded engines: one per shard; else empty
     comm: CommView | None = None  # sharded engines: the step's communication
+    # [sinks, window] when an attention plugin narrows the mask to a sliding window (sliding_window):
+    # a query at position p sees keys p - window + 1 .. p and positions 0 .. sinks - 1; None: full causal
+    attention_window: list[int] | None = None
 
     @property
     def num_query_tokens(self) -> int:
@@ -272,13 +279,14 @@ class StepRecord:
         kv = self.kv
         prefix = kv.prefix and replace(kv.prefix, cached=list(kv.prefix.cached))
         data = asdict(replace(self, requests=[], sampled={}, kept_drafts={},
-                              kv=replace(kv, block_tables={}, tokens={}, freed_blocks={}, prefix=prefix),
+                              kv=replace(kv, block_tables={}, tokens={}, freed_blocks={}, prefix=prefix, evicted={}),
                               shards=[replace(s, block_tables={}) for s in self.shards]))
         data["requests"] = [asdict(view) for view in self.requests]
         data["sampled"] = dict(self.sampled)
         data["kept_drafts"] = {k: list(v) for k, v in self.kept_drafts.items()}
         data["kv"].update(block_tables={k: list(v) for k, v in kv.block_tables.items()}, tokens=dict(kv.tokens),
-                          freed_blocks={k: list(v) for k, v in kv.freed_blocks.items()})
+                          freed_blocks={k: list(v) for k, v in kv.freed_blocks.items()},
+                          evicted={k: list(v) for k, v in kv.evicted.items()})
         for out, shard in zip(data["shards"], self.shards, strict=True):
             out["block_tables"] = {k: list(v) for k, v in shard.block_tables.items()}
         return data
@@ -294,6 +302,7 @@ class StepRecord:
         if kv.get("prefix") is not None:
             prefix = kv["prefix"]
             kv["prefix"] = PrefixView(**{**prefix, "cached": BlockSet.of(prefix.get("cached", ()), kv["num_blocks"])})
+        kv["evicted"] = {k: tuple(v) for k, v in kv.get("evicted", {}).items()}
         data["kv"] = KVView(**kv)
         data["memory"] = MemoryView(**data["memory"])
         data["preemptions"] = [Preemption(**p) for p in data.get("preemptions", [])]

@@ -6,7 +6,7 @@ import asyncio
 
 from dashboard_helpers import make_app, rendered_lines, shown_step, wait_until
 
-from cbtui.widgets.requests_table import RequestsTable, column_widths
+from cbtui.widgets.requests_table import RequestsTable, column_widths, state_name
 from engine.records import RequestView
 from engine.records.types import REASON_RESERVED
 
@@ -39,7 +39,7 @@ def test_requests_table_shows_preempted_and_running_requests_before_finished_one
                 matter = sorted((v for v in views if v.state != "finished"),
                                 key=lambda v: (v.state != "preempted", v.state not in ("decode", "prefill"), v.id))
                 for view in matter[:visible_rows]:
-                    assert f" {view.id} " in drawn and view.state in drawn, (view, drawn)
+                    assert f" {view.id} " in drawn and state_name(view) in drawn, (view, drawn)
                 preemptions += sum(v.state == "preempted" for v in views)
                 assert not table.show_horizontal_scrollbar
                 assert table.virtual_size.width <= table.size.width

@@ -174,6 +174,8 @@ class Engine:
             # Nothing to launch behind the step in flight: hand its record over first; this step
             # is scheduled again on the next call.
             return self._resolve_in_flight()
+        if self.speculator is not None and plan.preempted:
+            self.speculator.preempted(plan.preempted)
         proposals = self.speculator.propose(plan.drafts) if plan.drafts and self.speculator else {}
         items, tokens, samples = self._batch(plan, proposals)
         sampling = [s.request for s, flag in zip(plan.items, samples, strict=True) if flag]

@@ -206,3 +206,13 @@ def test_static_batch_padding_and_zoom_are_shown_whole_at_80x24():
             assert f"zoom: request {app.selected}" in legend[0] or f"zoom: {app.selected}" in legend[0]
             assert not any("…" in line for line in legend), legend
     run(scenario())
+
+
+def test_at_80_columns_the_output_tail_has_room_until_a_long_reason_needs_it():
+    """The reason column starts as wide as its label: most reasons fit ("no free KV blocks"), and the
+    output tail (decoded text with a checkpoint) keeps 13 columns; "budget reserved for priority"
+    takes them."""
+    from cbtui.widgets.requests_table import WHY_MIN, WHY_WIDTH
+
+    assert column_widths(79, WHY_MIN)["text"] >= 12
+    assert column_widths(79, WHY_WIDTH)["text"] == 0 and column_widths(79, WHY_WIDTH)["why"] >= WHY_WIDTH

@@ -159,11 +159,13 @@ def test_static_vs_continuous_difference_shows_padding_and_fewer_steps():
 
 def test_without_plugin_variant_drops_the_plugin():
     scenario = load_scenario("priority_sla")
-    base, without = variant_pair(scenario)  # no [compare] table: the run without its plugin
+    base, without = variant_pair(scenario, "base,without:priority")
     assert without.name == "without:priority"
     assert "priority" in base.build_engine(device="cpu").header().plugins
     assert without.build_engine(device="cpu").header().plugins == []
     assert "no priority plugin" in without.settings()
+    # Its default pair is its own [compare] variant (no_priority: the same run without the plugin)
+    assert [v.name for v in variant_pair(scenario)] == ["base", "no_priority"]
 
 
 @pytest.mark.parametrize("names, words", [

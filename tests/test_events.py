@@ -197,3 +197,17 @@ def test_speculating_decodes_say_how_many_drafts_were_accepted():
         texts = [e.text for e in step_events(record) if e.kind == DRAFTS and e.request_id == item.request_id]
         draft_word = "draft" if item.drafts == 1 else "drafts"
         assert texts == [f"request {item.request_id}: {item.accepted} of {item.drafts} {draft_word} accepted"]
+
+
+def test_an_event_line_too_long_for_its_rows_ends_in_an_ellipsis():
+    from rich.console import Console
+    from rich.text import Text
+
+    from cbtui.widgets.event_line import fit_lines
+
+    console = Console(width=40)
+    story = Text(" · ".join(f"request {i} preempted (needs 3 blocks, 1 free)" for i in range(4)))
+    fitted = fit_lines(story, 40, 2, console).plain.split("\n")
+    assert len(fitted) == 2 and fitted[-1].endswith("…") and all(len(line) <= 40 for line in fitted)
+    short = Text("step 3: request 1 finished")
+    assert fit_lines(short, 40, 2, console) is short

@@ -33,3 +33,33 @@ def test_a_sharded_record_draws_one_pool_per_shard_a_request_in_its_colour_on_ea
     assert len(owned) == 2  # one run of its blocks in each shard's grid
     assert lines[1].split() == ["██", "██", "··", "··"]  # logical blocks 0 and 2 (full)
     assert lines[3].split() == ["██", "▄▄", "··", "··"]  # logical blocks 1 (full) and 3 (2 of 4 tokens)
+
+
+def test_a_short_panel_still_shows_every_shard_a_line_each():
+    """At 80x24 the KV panel has about three rows: each shard keeps a line, its name then its grid."""
+    from cbtui.widgets.kv_grid import sharded_text
+    from engine.records import KVView, ShardView
+
+    kv = KVView("paged", 4, 8, 4, 4, {"3": (0, 4, 1, 5)}, {"3": 14}, [], 64, 512)
+    shards = [ShardView(r, "cpu", 4, 2, 2, 256, 1 << 20, 4 * r, {"3": (0, 1)}) for r in range(2)]
+    lines = sharded_text(kv, shards, width=20, rows=3, selected=None, mode=FULL).plain.split("\n")
+    assert [line[:3] for line in lines] == ["s0 ", "s1 "] and all(len(line) <= 20 for line in lines)
+
+
+def test_the_summary_leaves_the_grid_a_row_in_a_short_panel():
+    """At 80x24 the KV panel has three rows: however much the summary has to say (cells merged, blocks
+    freed, prefix counts), the grid keeps its row; the prefix counts shorten to their glyphs."""
+    from cbtui.widgets.kv_grid import FREE_GLYPH, paged_text
+    from engine.records import KVView, PrefixView
+    from engine.records.prefix_view import BlockSet
+
+    tables = {str(r): tuple(range(3 * r, 3 * r + 3)) for r in range(8)}
+    prefix = PrefixView(shared={}, cached=BlockSet.of([40, 41], 96), hits={}, hit_blocks=0, hit_tokens=0,
+                        lookup_blocks=0, lookup_tokens=0, new_blocks=0, evicted_blocks=0)
+    kv = KVView("paged", 8, 96, 24, 72, tables, {r: 24 for r in tables}, [9], 64, 4096,
+                freed_blocks={"9": (30, 31, 32, 33)}, prefix=prefix)
+    lines = paged_text(kv, 38, 2, None, FULL).plain.split("\n")
+    assert len(lines) == 3 and FREE_GLYPH in lines[-1]  # two summary lines, then the grid
+    assert "②0 ○2" in lines[1]
+    roomy = paged_text(kv, 38, 8, None, FULL).plain
+    assert "shared 0" in roomy and "cached-free 2" in roomy

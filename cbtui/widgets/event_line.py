@@ -53,9 +53,31 @@ class EventLine(Static):
     Screen.-compact EventLine { height: 2; }
     """
 
+    _text = Text()
+
     def show(self, record: StepRecord | None, previous: StepRecord | None = None,
              paused_by: str | None = None) -> None:
         key = (None if record is None else record.step, id(record), paused_by)
         if key != getattr(self, "_key", None):
             self._key = key
-            self.update(event_text(record, previous, paused_by))
+            self._text = event_text(record, previous, paused_by)
+            self.refresh()
+
+    def render(self) -> Text:
+        width, height = self.content_size
+        return fit_lines(self._text, width, height, self.app.console)
+
+
+def fit_lines(text: Text, width: int, height: int, console) -> Text:
+    """The text wrapped to `width`; when it needs more than `height` lines, the last one shown ends in
+    '…', so a story cut short says so (? and the headless --events show it whole)."""
+    if width <= 0 or height <= 0:
+        return text
+    lines = text.wrap(console, width)
+    if len(lines) <= height:
+        return text
+    kept = list(lines)[:height]
+    kept[-1].truncate(width - 1)
+    kept[-1].rstrip()
+    kept[-1].append("…", style="dim")
+    return Text("\n").join(kept)

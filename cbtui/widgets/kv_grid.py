@@ -117,9 +117,12 @@ def _merge(cells: list[BlockCell], group: int) -> list[BlockCell]:
     return merged
 
 
-def summary_lines(kv: KVView, width: int, group: int, glyph_ids: list[int] | None) -> list[Text]:
+def summary_lines(kv: KVView, width: int, group: int, glyph_ids: list[int] | None,
+                  max_lines: int = 99) -> list[Text]:
     """The pool's figures, then what the grid's marks mean, packed into lines of `width`: a part that
-    does not fit goes to the next line, never cut (`glyph_ids`: the requests drawn as glyphs)."""
+    does not fit goes to the next line, never cut (`glyph_ids`: the requests drawn as glyphs). Past
+    `max_lines` (the grid keeps a row), the prefix counts shorten and what still does not fit is left
+    out."""
     parts = [Text.assemble(("used ", "dim"), f"{kv.blocks_used}/{kv.num_blocks}", ("  free ", "dim"),
                            str(kv.blocks_free), ("  block ", "dim"), f"{kv.block_size} tok")]
     if group > 1:
@@ -128,19 +131,30 @@ def summary_lines(kv: KVView, width: int, group: int, glyph_ids: list[int] | Non
         parts.append(Text(f"{FREED_GLYPH} freed: {', '.join(map(str, kv.freed))}", style="bold"))
     if glyph_ids is not None:
         parts.append(Text(glyph_key(glyph_ids), style="dim"))
+    prefix = prefix_part(kv)
+    if prefix is not None:
+        parts.append(prefix)
     lines = [parts[0]]
     for part in parts[1:]:
+        short = prefix_part(kv, short=True) if part is prefix else None
         if lines[-1].cell_len + 2 + part.cell_len <= width:
             lines[-1] = Text.assemble(lines[-1], "  ", part)
-        else:
+        elif len(lines) < max_lines:
             lines.append(part)
+        elif short is not None and lines[-1].cell_len + 2 + short.cell_len <= width:
+            lines[-1] = Text.assemble(lines[-1], "  ", short)
     return lines
 
 
-def prefix_line(kv: KVView) -> Text | None:
-    """With prefix caching: how many blocks are shared and cached-free (the glyphs the grid draws)."""
-    if kv.prefix is None:
+def prefix_part(kv: KVView, short: bool = False) -> Text | None:
+    """With prefix caching, once there is any: how many blocks are shared and cached-free (the glyphs
+    the grid draws), and this step's hits; `short`: the counts after the glyphs alone ("②3 ○12")."""
+    prefix = kv.prefix
+    if prefix is None or not (prefix.shared or prefix.cached or prefix.hit_blocks):
         return None
+    if short:
+        return Text.assemble(("②", "bold"), f"{len(prefix.shared)} ", (CACHED_GLYPH, CACHED_STYLE),
+                             f"{len(prefix.cached)}")
     line = Text.assemble(("②", "bold"), (f" shared {len(kv.prefix.shared)}", "dim"),
                          (f"  {CACHED_GLYPH}", CACHED_STYLE), (f" cached-free {len(kv.prefix.cached)}", "dim"))
     if kv.prefix.hit_blocks:
@@ -152,9 +166,6 @@ def paged_text(kv: KVView, width: int, rows: int, selected: int | None, mode: st
     cells = block_cells(kv, selected)
     owners = sorted({c.owner for c in cells if c.owner is not None})
     glyphs = needs_glyphs(owners, mode)
-    prefix = prefix_line(kv)
-    if prefix is not None:
-        rows -= 1
     # The selected request's blocks as PagedAllocator.flatten reads them, on a line of its own.
     history = flat_history(kv, selected) if selected is not None and rows > 2 else None
     if history is not None:
@@ -169,10 +180,8 @@ def paged_text(kv: KVView, width: int, rows: int, selected: int | None, mode: st
         if fits == group:
             break
         group = fits
-        summary = summary_lines(kv, width, group, owners if glyphs else None)
+        summary = summary_lines(kv, width, group, owners if glyphs else None, max_lines=max(rows, 1))
     text, _ = _grid(cells, width, grid_rows, selected, mode, glyphs)
-    if prefix is not None:
-        summary.append(prefix)
     if history is not None and selected is not None:
         color = None if mode == NONE else request_color(selected, mode).hex
         summary.append(Text(history.describe(max_blocks=max(3, (width - 30) // 3)), style=Style(color=color)))
@@ -181,9 +190,18 @@ def paged_text(kv: KVView, width: int, rows: int, selected: int | None, mode: st
 
 def sharded_text(kv: KVView, shards: list[ShardView], width: int, rows: int, selected: int | None,
                  mode: str) -> Text:
-    """One pool per shard, each under a line naming it: its device, blocks used and bytes."""
+    """One pool per shard, each under a line naming it: its device, blocks used and bytes. Too few
+    rows for that (80x24): one line a shard, its grid after its name ("s1 ███▄··")."""
     cells = block_cells(kv)
     glyphs = needs_glyphs(sorted({c.owner for c in cells if c.owner is not None}), mode)
+    if rows < 2 * len(shards):
+        lines = []
+        for shard in shards[:rows]:
+            mine = cells[shard.first_block:shard.first_block + shard.num_blocks]
+            label = Text(f"s{shard.rank} ", style="bold")
+            grid, _ = _grid(mine, max(width - label.cell_len, 1), 1, selected, mode, glyphs)
+            lines.append(Text.assemble(label, grid))
+        return Text("\n").join(lines)
     per_shard = max((rows - len(shards)) // len(shards), 1)
     parts = []
     for shard in shards:

@@ -26,6 +26,7 @@ COLUMNS = (("id", "id", 5), ("state", "state", 9), ("prompt", "prompt", 7), ("ge
 OPTIONAL = {"pri": (("pri", "pri", 3), "id"), "hit": (("hit", "hit", 4), "prompt"),
             "pre": (("pre", "pre", 3), "ttft")}
 WHY_WIDTH = 28  # the longest reason the scheduler gives ("budget reserved for priority")
+WHY_MIN = len("why not scheduled")  # most reasons fit the label's width ("no free KV blocks")
 MIN_TAIL = 6  # narrower than this, the output tail says nothing: its room goes to the reason
 CELL_PADDING = 1  # each side of every column
 # Rows that matter first: what ran or was thrown out this step, then who waits; finished last.
@@ -166,6 +167,9 @@ class RequestsTable(DataTable, inherit_bindings=False):
         self._sorted_as: list[str] | None = None  # row keys in table order, as last sorted
         self._extra: set[str] = set()  # optional columns shown (OPTIONAL)
         self._columns = COLUMNS
+        # The reason column is as wide as the longest reason seen (it only grows, so columns do not
+        # jump back and forth): until a long one comes, the output tail keeps its room at 80 columns.
+        self._why = WHY_MIN
 
     def on_resize(self) -> None:
         self._fit_columns()
@@ -173,9 +177,8 @@ class RequestsTable(DataTable, inherit_bindings=False):
     def _fit_columns(self) -> None:
         """Columns sized to the table's width (less the vertical scrollbar): rebuilt when it changes."""
         width = self.size.width - self.styles.scrollbar_size_vertical
-        longest = max((len(v.reason or "") for v in self._views), default=0)
         columns = table_columns(self._extra)
-        widths = column_widths(width, max(longest, WHY_WIDTH), columns)
+        widths = column_widths(width, self._why, columns)
         if (widths == self._widths and columns == self._columns) or width <= 0:
             return
         self._widths, self._columns = widths, columns
@@ -188,8 +191,10 @@ class RequestsTable(DataTable, inherit_bindings=False):
     def show(self, views: Sequence[RequestView]) -> None:
         self._views = views
         extra = wanted_columns(views) - self._extra
-        if extra:  # once shown, a column stays: the table does not jump back and forth
+        why = min(max((len(v.reason or "") for v in views), default=0), WHY_WIDTH)
+        if extra or why > self._why:  # once shown, a column stays, and the reason's only grows
             self._extra |= extra
+            self._why = max(self._why, why)
             self._fit_columns()
             return  # _fit_columns showed the rows
         if self._widths is None:  # not laid out yet: the first resize adds the columns and the rows

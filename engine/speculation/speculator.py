@@ -58,6 +58,12 @@ class Speculator:
             self.proposer.rollback(r)
         return freed
 
+    def preempted(self, requests) -> None:
+        """Preempted requests computed nothing now: the draft model's cache of them goes too (it is
+        fed again from the start, as the target recomputes)."""
+        for r in requests:
+            self.proposer.rollback(r)
+
     def free(self, request_id: int) -> None:
         self.proposer.free(request_id)
 

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -60,7 +60,7 @@ class Audience:
 
 
 class PresentedScenario:
-    """The scenario as the presenter's dashboard shows it: its title starts with who is watching."""
+    """The scenario as the presenter's dashboard shows it: its help says where the class watches."""
 
     def __init__(self, scenario, audience: Audience):
         self._scenario = scenario
@@ -68,7 +68,7 @@ class PresentedScenario:
 
     @property
     def title(self) -> str:
-        return f"{self._audience.watching} watching · {self._scenario.title}"
+        return self._scenario.title
 
     @property
     def description(self) -> str:
@@ -113,6 +113,11 @@ class PresenterApp(DashboardApp):
                 self.session.publish(state)
             except OSError as exc:  # the folder went away: the class sees nothing new, the run goes on
                 self.notify(f"cannot write {self.session.dir}: {exc.strerror or exc}", severity="error")
+
+    def _header_info(self, record):
+        """How many watch, first on the header's line (a long title is what an 80-column line cuts)."""
+        info = super()._header_info(record)
+        return replace(info, run=f"{self.audience.watching} watching  {info.run}".rstrip())
 
     def count_viewers(self) -> None:
         watching = self.session.count_viewers()

@@ -128,7 +128,7 @@ def test_presenter_publishes_its_state_run_and_end(tmp_path):
             await wait_until(pilot, lambda: session.read_state().run == recording.run)
             state = session.read_state()
             assert state.state == "paused" and state.viewing is None and state.speed == 4.0
-            assert "0 watching · Mixed load" in header_text(app)
+            assert "0 watching  policy fcfs" in header_text(app) and "Mixed load" in header_text(app)
             await pilot.press("left")
             await wait_until(pilot, lambda: session.read_state().viewing == 2)
             await pilot.press("down")  # select a request

@@ -590,6 +590,20 @@ def run_dashboard(scenario, engine: SteppableEngine, overrides: dict | None = No
                         recorded=recorded, pages=pages, recording=recording, breakpoints=breakpoints,
                         trace_spool=spool, variant=variant)
 
+    def close_recording() -> None:
+        if recording is not None and not app.controller.thread.is_alive():
+            recording.close()  # (a step still in flight after the wait may write one more line: the OS closes it)
+
+    signalled = run_until_quit(app, after=close_recording)
+    written = _write_outputs(app, metrics_out, spool)
+    if signalled:
+        return 128 + signalled
+    return app.return_code or written  # 1 when the app ended on an unhandled error (Textual printed it)
+
+
+def run_until_quit(app, after=None) -> int | None:
+    """Runs a Textual app that owns an engine thread (`app.controller`) until it quits; returns the
+    signal that ended it, if one did. `after` runs once the engine thread is stopped."""
     signalled: list[int] = []
 
     def hang_up(signum, frame) -> None:
@@ -611,14 +625,11 @@ def run_dashboard(scenario, engine: SteppableEngine, overrides: dict | None = No
             app.run()
     finally:
         app.controller.stop(timeout=1.0)
-        if recording is not None and not app.controller.thread.is_alive():
-            recording.close()  # (a step still in flight after the wait may write one more line: the OS closes it)
+        if after is not None:
+            after()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    written = _write_outputs(app, metrics_out, spool)
-    if signalled:
-        return 128 + signalled[0]
-    return app.return_code or written  # 1 when the app ended on an unhandled error (Textual printed it)
+    return signalled[0] if signalled else None
 
 
 def _write_outputs(app: DashboardApp, metrics_out: str | None, spool: TraceSpool | None) -> int:

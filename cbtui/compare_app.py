@@ -10,8 +10,6 @@ narrower ones show one pane at a time (tab switches) with the difference always 
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import threading
 import time
 from collections import OrderedDict
@@ -32,18 +30,17 @@ from engine.records.summary import RunTotals
 
 from .app import (
     DEFAULT_SPEED,
-    EXIT_GRACE_S,
     MAX_FPS,
     MIN_HEIGHT,
     MIN_WIDTH,
     RATE_WINDOW,
     SPEEDS,
     leave_a_core_for_the_ui,
+    run_until_quit,
     speed_label,
 )
 from .colors import color_mode
 from .controller import EngineController, EngineStatus
-from .frozen_heap import frozen_heap
 from .history import History
 from .lockstep import Lockstep, PairStep, RunFailed
 from .widgets.budget import BudgetBar
@@ -440,25 +437,7 @@ def run_compare(scenario, variants, overrides: dict, paused: bool = False, speed
     else:
         leave_a_core_for_the_ui(engines[0])
     app = CompareApp(scenario, variants, engines, rebuild=build, paused=paused, speed=speed, max_steps=max_steps)
-    signalled: list[int] = []
-
-    def hang_up(signum, frame) -> None:  # as the dashboard does: quit as on q, end soon whatever happens
-        signalled.append(signum)
-        app.controller.stop(timeout=0.5)
-        watchdog = threading.Timer(EXIT_GRACE_S, os._exit, args=(128 + signum,))
-        watchdog.daemon = True
-        watchdog.start()
-        app.exit()
-
-    stops = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1)
-    previous = {sig: signal.signal(sig, hang_up) for sig in stops}
-    try:
-        with frozen_heap():
-            app.run()
-    finally:
-        app.controller.stop(timeout=1.0)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    signalled = run_until_quit(app)  # as the dashboard runs: signals quit as q does
     if signalled:
-        return 128 + signalled[0]
+        return 128 + signalled
     return app.return_code or 0

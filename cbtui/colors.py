@@ -64,11 +64,15 @@ def request_glyph(request_id: int) -> str:
 
 
 def needs_glyphs(request_ids: Iterable[int], mode: str) -> bool:
-    """Whether colour alone cannot tell these requests apart in this mode."""
+    """Whether colour alone cannot tell these requests apart in this mode. With full colour, glyphs
+    are drawn only where they can: when the glyphs themselves repeat (more than 62 requests on screen)
+    colour with its shading tells more."""
     if mode != FULL:
         return True
     ids = set(request_ids)
-    return len({palette_slot(i) for i in ids}) < len(ids)
+    if len({palette_slot(i) for i in ids}) == len(ids):
+        return False
+    return len({request_glyph(i) for i in ids}) == len(ids)
 
 
 def glyph_key(request_ids: Iterable[int]) -> str:

@@ -187,3 +187,26 @@ def test_the_demand_line_never_says_all_ran_when_a_decode_was_preempted():
     assert "all ran" not in line
     assert line == f"decode demand {record.decode_demand}: {missing} preempted, {record.decode_tokens} ran"
     assert len(line) <= 38  # the panel's width at 80x24
+
+
+def test_full_colour_draws_glyphs_only_where_they_tell_requests_apart():
+    """Two requests 12 apart share a palette colour: glyphs name them. More requests than glyphs
+    (62): the glyphs repeat too, and colour with its shading is kept."""
+    from cbtui.colors import FULL, NONE, needs_glyphs
+
+    assert not needs_glyphs(range(12), FULL)
+    assert needs_glyphs([0, 12], FULL)
+    assert not needs_glyphs(range(100), FULL)
+    assert needs_glyphs(range(100), NONE)  # without colour, glyphs are all there is
+
+
+def test_glyph_frames_draw_a_run_at_a_time_with_each_owner_glyph():
+    from cbtui.colors import NONE
+
+    items = [item(r, 4 * r, 4) for r in range(3)]
+    strips, _ = mask_strips(items, width=12, height=12, background=BACKGROUND, mode=NONE)
+    lines = ["".join(seg.text for seg in strip) for strip in strips]
+    drawn = [line.strip() for line in lines if line.strip()]
+    assert drawn and all(set(line) <= {"0", "1", "2"} for line in drawn)
+    assert {"0", "1", "2"} <= set("".join(drawn))
+    assert all(len(strip.cell_length * " ") == 12 for strip in strips)

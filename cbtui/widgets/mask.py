@@ -116,24 +116,34 @@ def glyph_style(owner: int, level: int, selected: int | None, mode: str, backgro
 
 def glyph_strips(raster: MaskRaster, request_ids: Sequence[int], width: int, selected: int | None,
                  mode: str, background: Color, rejected: np.ndarray | None = None) -> list[Strip]:
-    """One pixel per cell, each its owner's glyph (× on the rows of rejected drafts: `rejected`)."""
+    """One pixel per cell, each its owner's glyph (× on the rows of rejected drafts: `rejected`).
+    Pixels are coded (owner, dim) and drawn a run at a time, as the colour path does."""
     blank = Style(bgcolor=background.rich_color)
     if raster.count.size == 0:
         return []
     ids = np.asarray(request_ids, dtype=np.int64)
-    owner_ids = np.where(raster.owner >= 0, ids[np.maximum(raster.owner, 0)], -1)
-    level = np.clip(np.ceil(raster.count * LEVELS / raster.area), 0, LEVELS).astype(np.int64)
+    owner_ids = ids[np.maximum(raster.owner, 0)]
+    faint = np.ceil(raster.count * LEVELS / raster.area) <= LEVELS // 2
+    codes = np.where(raster.owner >= 0, owner_ids * 2 + faint, -1)  # -1: no cell
+    if rejected is not None and rejected.any():  # a rejected draft's pixel: -3 - code (always below -1)
+        codes = np.where(rejected[:, None] & (codes >= 0), -3 - codes, codes)
+    styles: dict[int, Style] = {}
     strips = []
-    for y in range(owner_ids.shape[0]):
+    for runs in _row_runs(codes):
         segments = []
-        for owner, lv in zip(owner_ids[y].tolist(), level[y].tolist(), strict=True):
-            if owner < 0:
-                segments.append(Segment(" ", blank))
-            elif rejected is not None and rejected[y]:
-                segments.append(Segment(REJECTED_GLYPH, glyph_style(owner, 1, selected, mode, background)))
-            else:
-                segments.append(Segment(request_glyph(owner), glyph_style(owner, lv, selected, mode, background)))
-        strips.append(Strip(Segment.simplify(segments)).extend_cell_length(width, blank))
+        for length, value in runs:
+            if value == -1:
+                segments.append(Segment(" " * length, blank))
+                continue
+            code = value if value >= 0 else -3 - value
+            owner, dim = divmod(code, 2)
+            style = styles.get(value)
+            if style is None:
+                style = styles[value] = glyph_style(owner, 1 if dim or value < 0 else LEVELS, selected, mode,
+                                                    background)
+            glyph = request_glyph(owner) if value >= 0 else REJECTED_GLYPH
+            segments.append(Segment(glyph * length, style))
+        strips.append(Strip(segments, codes.shape[1]).extend_cell_length(width, blank))
     return strips
 
 

@@ -356,18 +356,22 @@ def test_planted_leak_on_cuda_is_seen_by_allocator_and_nvml():
 
 
 def test_rss_reading_follows_growth_and_forks():
+    import mmap
     import os
 
     from engine.profiling.memory import process_rss_bytes
 
     before = process_rss_bytes()
-    block = bytearray(64 * 1024 * 1024)
-    block[::4096] = b"x" * len(block[::4096])  # touch every page
+    # Fresh pages from the kernel (an anonymous map): a bytearray may be served from memory the
+    # allocator already holds, resident, after a long test session, and RSS would not move.
+    block = mmap.mmap(-1, 64 * 1024 * 1024)
+    for offset in range(0, len(block), mmap.PAGESIZE):  # touch every page
+        block[offset] = 1
     assert process_rss_bytes() >= before + 48 * 1024 * 1024
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child frees the block: its own reading must drop, not the parent's
-        del block
+        block.close()
         os.write(write, str(process_rss_bytes()).encode())
         os._exit(0)
     os.waitpid(pid, 0)

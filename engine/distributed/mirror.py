@@ -6,8 +6,6 @@ tables it is sent, so its pool is laid out exactly as the driver's decisions say
 
 from __future__ import annotations
 
-import torch
-
 from ..kv.cache import PagedKVCache
 
 
@@ -29,15 +27,9 @@ class MirroredPagedKV(PagedKVCache):
 
     def adopt(self, request_id: int, table: tuple[int, ...]) -> None:
         """The request's table as the driver has it now (grown, or new after a preemption)."""
-        if request_id not in self._row:
-            if not self._free_rows:
-                grown = self._table.shape[0]
-                self._table = torch.cat([self._table, torch.zeros_like(self._table)])
-                self._table_np = self._table.numpy()
-                self._free_rows = list(range(2 * grown - 1, grown - 1, -1))
-            self._row[request_id] = self._free_rows.pop()
+        row = self._row_of(request_id)
         self.allocator.tables[request_id] = table
-        self._table_np[self._row[request_id], :len(table)] = table
+        self._table_np[row, :len(table)] = table
 
     def forget(self, request_id: int) -> None:
         """The driver freed the request's blocks (finished or preempted)."""

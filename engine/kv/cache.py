@@ -271,8 +271,8 @@ class PagedKVCache(_CacheBase):
         if new:
             self._put_in_row(request_id, new)
 
-    def _put_in_row(self, request_id: int, new: list[int]) -> None:
-        """Mirrors blocks just added to the end of the request's table into its host row."""
+    def _row_of(self, request_id: int) -> int:
+        """The request's row of the host table mirror, given one (the mirror doubles when full)."""
         if request_id not in self._row:
             if not self._free_rows:
                 grown = self._table.shape[0]
@@ -280,8 +280,13 @@ class PagedKVCache(_CacheBase):
                 self._table_np = self._table.numpy()
                 self._free_rows = list(range(2 * grown - 1, grown - 1, -1))
             self._row[request_id] = self._free_rows.pop()
+        return self._row[request_id]
+
+    def _put_in_row(self, request_id: int, new: list[int]) -> None:
+        """Mirrors blocks just added to the end of the request's table into its host row."""
+        row = self._row_of(request_id)
         table = self.allocator.tables[request_id]
-        self._table_np[self._row[request_id], len(table) - len(new):len(table)] = new
+        self._table_np[row, len(table) - len(new):len(table)] = new
 
     def evict(self, request_id: int, index: int) -> int:
         """A block of a live request given back early (a cache plugin's eviction policy): the block

@@ -350,8 +350,7 @@ class DashboardApp(App[None]):
             self._draw_mask(self.history.current())
 
     def _header_info(self, record: StepRecord | None) -> HeaderInfo:
-        latest = None if self.history.live else self.history.newest()
-        newest = latest.step if latest is not None else None
+        newest = None if self.history.live else self.history.newest_step()
         rate = None
         recent = self.history.recent(RATE_WINDOW)
         seconds = sum(r.wall_time_s for r in recent)

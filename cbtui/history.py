@@ -200,10 +200,6 @@ class History:
         records.reverse()
         return records
 
-    def newest(self) -> StepRecord | None:
-        """The newest record kept, whatever is on screen."""
-        return self._hot[-1] if self._hot else None
-
     def position(self) -> tuple[int, int]:
         """(1-based index of the step on screen, steps that can be shown), counting from the oldest."""
         step, oldest = self._shown_step(), self._oldest()

@@ -157,7 +157,8 @@ def mask_strips(items: Sequence[ScheduledItem], width: int, height: int, selecte
     glyphs = needs_glyphs(request_ids, mode)
     pixel_rows = height if glyphs else height * 2
     raster = rasterize(items, pixel_rows, width, max_magnify=8, window=window)
-    rejected = row_share(rejected_draft_rows(items), raster.count.shape[0]) >= 0.5 if items else None
+    speculating = any(i.drafts for i in items)  # else no row is a rejected draft: skip the per-row pass
+    rejected = row_share(rejected_draft_rows(items), raster.count.shape[0]) >= 0.5 if speculating else None
     blank = Style(bgcolor=background.rich_color)
     strips: list[Strip] = []
     if glyphs:

@@ -357,6 +357,9 @@ def scenarios_cmd() -> None:
 @click.option("--no-prefix-caching", is_flag=True,
               help="Compute every prompt in full: no KV blocks shared between requests (prefix caching is on "
                    "by default with the paged layout).")
+@click.option("--contiguous-up-to", "contiguous_up_to", type=click.IntRange(min=0), default=None, metavar="TOKENS",
+              help="Requests whose prompt plus max_new_tokens is at most TOKENS get one contiguous run of KV "
+                   "blocks reserved for their whole length; longer ones are paged on demand (0: all paged).")
 @click.option("--shards", type=click.IntRange(1, 8), default=None,
               help="Shard the KV cache over this many processes (engine/distributed; 1: one device).")
 @click.option("--shard-by", type=click.Choice(SHARD_BY), default=None,
@@ -389,7 +392,8 @@ def scenarios_cmd() -> None:
               help="Dashboard: pause on the step where SPEC fires: preempt, preempt:N, finish, admit, "
                    "step:N, kv-free<K, wait>K, error. Repeatable; b in the app adds more.")
 def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention, kv_layout, speculative,
-                 no_prefix_caching, shards, shard_by, variant, plugins, without, trust_plugins, metrics_out, trace_out,
+                 no_prefix_caching, contiguous_up_to, shards, shard_by, variant, plugins, without, trust_plugins,
+                 metrics_out, trace_out,
                  record_to, events, paused, speed, break_on):
     """Run a scenario: a built-in NAME or a path to a .toml file."""
     if list_:
@@ -416,7 +420,8 @@ def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention
         if path is not None:
             _check_output(path, check)
     overrides = dict(device=device, model=model, attention=attention, kv_layout=kv_layout, speculative=speculative,
-                     prefix_caching=False if no_prefix_caching else None, shards=shards, shard_by=shard_by)
+                     prefix_caching=False if no_prefix_caching else None, contiguous_up_to=contiguous_up_to,
+                     shards=shards, shard_by=shard_by)
     try:
         scenario = without_plugins(load_scenario(name, trust_plugins=trust_plugins), without)
         engine = scenario.build_engine(variant, plugins=plugins, **overrides)

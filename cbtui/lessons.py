@@ -124,6 +124,13 @@ LESSONS: tuple[Lesson, ...] = (
         "What should the budget do in a burst, and when the queue is empty?",
         "How would you implement adaptive batch sizing?", "(adaptive)", plugins=("adaptive_batch",)),
     Lesson(
+        "Cache layout by request length", "layout_by_length", "preempt",
+        "KV cache, event line",
+        "short requests hold a run reserved for their whole length (□ unwritten); long ones are paged: "
+        "only they are preempted.",
+        "With --variant paged or contiguous: who is preempted, who waits?",
+        "How would you optimize for different workload patterns?", "reserved; runs"),
+    Lesson(
         "Priority and SLAs as a plugin", "priority_sla", "first:14",
         "Requests (pri, why not scheduled)",
         "urgent request 14 (pri 5) sampled a step after arriving; low-priority rows wait: 'budget "

@@ -49,6 +49,10 @@ class EngineConfig:
     # as fit in these bytes, so a compressed pool (the kv_int8 plugin) gets more blocks for the same
     # memory. Not with num_blocks.
     kv_memory_bytes: int | None = None
+    # Requests whose prompt plus max_new_tokens is at most this many tokens get one contiguous run of
+    # blocks reserved for their whole length at admission; longer ones are paged on demand
+    # (kv/contiguous_runs.py). 0: every request is paged on demand.
+    contiguous_up_to: int = 0
     attention: str = "auto"
     policy: str = "fcfs"
     static_batch_size: int = 8
@@ -112,6 +116,9 @@ class EngineConfig:
         if self.kv_memory_bytes is not None and self.kv_layout != "paged":
             raise ValueError(f"kv_memory_bytes={self.kv_memory_bytes} sizes the paged pool; the dense layout grows "
                              f"on demand: set kv_layout='paged' or drop kv_memory_bytes")
+        _check_int("contiguous_up_to", self.contiguous_up_to, 0)
+        if self.contiguous_up_to:
+            self._check_contiguous()
         _check_int("static_batch_size", self.static_batch_size, 1)
         _check_int("seed", self.seed, 0, high=MAX_SEED)
         _check_int("eos_token_id", self.eos_token_id, 0, optional=True)
@@ -148,10 +155,28 @@ class EngineConfig:
 
     @property
     def caches_prefixes(self) -> bool:
-        """Whether prefix caching is on, None resolved by the KV layout (and off for a sharded run)."""
+        """Whether prefix caching is on, None resolved by the KV layout (and off for a sharded run or
+        contiguous runs)."""
         if self.prefix_caching is None:
-            return self.kv_layout == "paged" and self.shards == 1
+            return self.kv_layout == "paged" and self.shards == 1 and not self.contiguous_up_to
         return self.prefix_caching
+
+    def _check_contiguous(self) -> None:
+        """Settings contiguous runs cannot honour, refused in one line each."""
+        n = self.contiguous_up_to
+        if self.kv_layout != "paged":
+            raise ValueError(f"contiguous_up_to={n} reserves runs of blocks in the paged pool; set "
+                             f"kv_layout='paged' or contiguous_up_to=0")
+        # A run is its request's alone: a shared prefix block would sit in two runs, and rejected
+        # drafts would give back the reserved tail. Not built.
+        if self.prefix_caching:
+            raise ValueError(f"contiguous_up_to={n} does not share prefix blocks; use prefix_caching=False "
+                             f"(or None) or contiguous_up_to=0")
+        if self.speculative not in (None, "off"):
+            raise ValueError(f"contiguous_up_to={n} does not verify drafts; use speculative=None or "
+                             f"contiguous_up_to=0")
+        if self.shards > 1:
+            raise ValueError(f"contiguous_up_to={n} runs on one device; use shards=1 or contiguous_up_to=0")
 
     def _check_shardable(self) -> None:
         """Settings a sharded run cannot honour, refused in one line each."""

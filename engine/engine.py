@@ -127,7 +127,8 @@ class Engine:
                          plugins=[p.name for p in self.plugins.plugins], title=title,
                          speculative=self._speculative_label(),
                          description=description, question=question, variant=variant,
-                         shards=c.shards, shard_by=c.shard_by if c.shards > 1 else "")
+                         shards=c.shards, shard_by=c.shard_by if c.shards > 1 else "",
+                         contiguous_up_to=c.contiguous_up_to)
 
     def _speculative_label(self) -> str:
         c = self.config

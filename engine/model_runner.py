@@ -143,7 +143,8 @@ class ModelRunner:
         s = self.spec
         return PagedKVCache(s.num_layers, s.num_kv_heads, s.head_dim, self.dtype, self.device, num_blocks,
                             self.config.block_size, s.max_context, spare_block=self._graphs_configured(),
-                            prefix_caching=self.config.caches_prefixes, memory_budget=self.config.kv_memory_bytes)
+                            prefix_caching=self.config.caches_prefixes, memory_budget=self.config.kv_memory_bytes,
+                            contiguous_up_to=self.config.contiguous_up_to)
 
     def close(self) -> None:
         """Nothing to stop on one device (a sharded runner stops its worker processes)."""

@@ -74,7 +74,8 @@ class Recorder:
             evicted = IdKeyed({rid: tuple(sorted(s)) for rid, s in a.evicted.items()}) if a.evicted else {}
             return KVView("paged", a.block_size, a.num_blocks, a.num_blocks - a.num_free, a.num_free, tables, tokens,
                           freed, kv.bytes_per_token, kv.pool_bytes, IdKeyed(freed_blocks),
-                          self._prefix_view(kv) if kv.prefix is not None else None, evicted)
+                          self._prefix_view(kv) if kv.prefix is not None else None, evicted,
+                          kv.contiguous_up_to, sorted(a.runs) if a.runs else [])
         return KVView("dense", self.config.block_size, 0, 0, 0, {}, tokens, freed, kv.bytes_per_token, kv.pool_bytes)
 
     def _prefix_view(self, kv: PagedKVCache) -> PrefixView:

@@ -10,8 +10,10 @@ With speculative decoding, what the decodes leave of the budget goes to their dr
 prefill chunk (speculation/budget.py has the rule).
 When a running request needs a KV block and none is free, the newest running request is preempted
 by recompute (`_make_room`): its blocks are freed, it goes back to the front of the queue and keeps
-its tokens. Every request left out of the step gets a reason. Policies (policies.py) say who may be
-admitted (FCFS, a static batch) and who may use a reserved slice of the budget.
+its tokens. A request holding a contiguous run reserved for its whole length
+(kv/contiguous_runs.py) never needs a block, and is passed over as a victim. Every request left
+out of the step gets a reason. Policies (policies.py) say who may be admitted (FCFS, a static
+batch) and who may use a reserved slice of the budget.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from .records import (
     REASON_BUDGET,
     REASON_DECODE_CAP,
     REASON_NO_BLOCKS,
+    REASON_NO_RUN,
     REASON_PREEMPTED,
     REASON_RESERVED,
     Preemption,
@@ -193,20 +196,21 @@ class Scheduler:
                 self._add_prefill(plan, r, n)
 
         # 3) Admission, preempted requests first (they wait at the front of the queue).
-        blocked = False
+        blocked: str | None = None  # why the head of the queue could not be admitted
         # A prefix cache hit is shared, not computed: it takes no budget and only the blocks it revives.
         for r in candidates:
             room = self._room(plan, r)
             hit = self.kv.match_prefix(r) if room and not blocked else NO_HIT
             n = min(chunk, r.remaining - hit.tokens, room)
-            if blocked:
-                plan.reasons[r.id] = REASON_NO_BLOCKS
+            if blocked:  # behind the head, for the head's reason
+                plan.reasons[r.id] = blocked
             elif n == 0:
                 plan.reasons[r.id] = self._budget_reason(plan)
-            elif not self.kv.can_admit(r.id, hit, hit.tokens + n):  # admission never preempts
-                plan.reasons[r.id] = REASON_NO_BLOCKS
-                plan.admission_blocked = Shortfall(r.id, *self.kv.shortfall(r.id, hit.tokens + n, hit))
-                blocked = True  # FCFS: nobody behind the head of the queue overtakes it
+            elif not self.kv.can_admit(r, hit, hit.tokens + n):  # admission never preempts
+                needed, free, longest_run = self.kv.admission_shortfall(r, hit.tokens + n, hit)
+                # FCFS: nobody behind the head of the queue overtakes it
+                blocked = plan.reasons[r.id] = REASON_NO_BLOCKS if longest_run is None else REASON_NO_RUN
+                plan.admission_blocked = Shortfall(r.id, needed, free, longest_run)
             else:
                 self.waiting.remove(r)
                 self.running.append(r)
@@ -254,7 +258,7 @@ class Scheduler:
             return True
         while not self.kv.can_allocate(r.id, need):
             # Preemption by recompute: drop the victim's KV, keep its tokens, requeue it in front.
-            victim = self.running.pop()
+            victim = self._victim(r)
             needed, free = self.kv.shortfall(r.id, need)
             plan.preemptions.append(Preemption(victim.id, r.id, needed, free, victim.num_computed))
             self.freed_blocks[victim.id] = self.kv.free(victim.id)
@@ -271,6 +275,15 @@ class Scheduler:
                 return False
         self._allocate(r, need)
         return True
+
+    def _victim(self, r: Request) -> Request:
+        """The newest running request that may be preempted (r itself, at worst), taken off running."""
+        running = self.running
+        if self.kv.preemptible(running[-1].id) or running[-1] is r:
+            return running.pop()
+        victim = next(v for v in reversed(running) if v is r or self.kv.preemptible(v.id))
+        running.remove(victim)
+        return victim
 
     # -- after the step ---------------------------------------------------------------------------
     def postprocess(self, step: int, plan: SchedulePlan, samples: list[bool], chosen: list[int],

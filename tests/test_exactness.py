@@ -27,7 +27,10 @@ def scenario_st(draw):
         # A pool just big enough for the largest request: forces preemption under load.
         largest = max(len(r["prompt"]) + r["max_new_tokens"] for r in workload)
         num_blocks = -(-largest // block_size) + draw(st.integers(0, 3))
+    # Contiguous runs for some requests (those up to this length), pages for the rest.
+    contiguous_up_to = draw(st.sampled_from([0, 0, 8, 24, 64])) if layout == "paged" else 0
     config = exact_config(
+        contiguous_up_to=contiguous_up_to,
         max_tokens_per_step=draw(st.integers(1, 64)),
         prefill_chunk_size=draw(st.integers(1, 32)),
         max_decode_per_step=draw(st.one_of(st.none(), st.integers(1, 4))),

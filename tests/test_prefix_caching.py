@@ -256,7 +256,7 @@ def test_pool_books_balance_under_random_admissions_growth_and_frees(data):
                 base = data.draw(st.sampled_from(bases))
                 r = FakeRequest(step, base[:data.draw(st.integers(0, 12))] + [100 + step])
                 hit = kv.match_prefix(r)
-                if not kv.can_admit(r.id, hit, r.num_tokens):
+                if not kv.can_admit(r, hit, r.num_tokens):
                     continue
                 kv.admit(r, hit)
                 kv.allocate(r.id, r.num_tokens)

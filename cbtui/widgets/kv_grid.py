@@ -6,6 +6,8 @@ in its colour. With prefix caching, a block several requests share shows its ref
 circled digit (② .. ⑳, a diamond beyond), bold, in the colour of its oldest holder (or of the
 selected one); a cached-free block (nobody holds it, its keys kept for a later hit) is a ring.
 Glyphs, not colours alone, tell them apart, so they read the same under 16 colours and NO_COLOR.
+With contiguous runs (contiguous_up_to), a short request's blocks are one run reserved for its whole
+length at admission: the blocks it has not written yet are squares in its colour.
 A sharded engine shows one pool per shard (the record's `shards`), a request in the same colour on
 every shard: by heads the pools look alike (each holds its heads of every block); by sequence a
 request's blocks alternate between them.
@@ -29,6 +31,7 @@ from ..formatting import human_bytes
 FILL_GLYPHS = "▁▂▃▄▅▆▇█"  # the last block's fill, eighths
 FREE_GLYPH, FREED_GLYPH = "·", "×"
 SHARED_GLYPH, CACHED_GLYPH = "◆", "○"
+RESERVED_GLYPH = "□"  # a block of a contiguous run, reserved but holding no token yet
 COUNT_GLYPHS = "①②③④⑤⑥⑦⑧⑨⑩⑪⑫⑬⑭⑮⑯⑰⑱⑲⑳"  # a shared block's reference count (not a request's glyph)
 CACHED_STYLE = Style(color="cyan", dim=True)
 
@@ -39,6 +42,7 @@ class BlockCell(NamedTuple):
     freed_by: int | None = None  # request that gave this block back in this step
     shared: int = 0  # requests holding it, when more than one (prefix caching)
     cached: bool = False  # nobody holds it, but its keys stay for a later prefix hit
+    reserved: bool = False  # in its owner's contiguous run, no token written yet
 
 
 FREE_CELL = BlockCell(None, 0.0)
@@ -51,10 +55,12 @@ def block_cells(kv: KVView, selected: int | None = None) -> list[BlockCell]:
     if prefix is not None:
         for block in prefix.cached:
             cells[block] = CACHED_CELL
+    runs = set(kv.runs)
     for rid, table in kv.block_tables.items():
         held = kv.tokens.get(rid, 0)
         owner = int(rid)
         full = BlockCell(owner, 1.0)
+        reserved = BlockCell(owner, 0.0, reserved=True) if owner in runs else None
         gone = kv.evicted.get(rid, ())  # entries whose block was evicted hold a stand-in: not a block of theirs
         for n, block in enumerate(table):
             if n in gone:
@@ -64,7 +70,10 @@ def block_cells(kv: KVView, selected: int | None = None) -> list[BlockCell]:
                 cells[block] = BlockCell(owner if owner == selected else first, 1.0, shared=cells[block].shared)
                 continue
             in_block = min(kv.block_size, max(held - n * kv.block_size, 0))
-            cells[block] = full if in_block == kv.block_size else BlockCell(owner, in_block / kv.block_size)
+            if in_block == 0 and reserved is not None:
+                cells[block] = reserved
+            else:
+                cells[block] = full if in_block == kv.block_size else BlockCell(owner, in_block / kv.block_size)
     if prefix is not None:
         for key, count in prefix.shared.items():
             block = int(key)
@@ -82,6 +91,8 @@ def _cell_glyph(cell: BlockCell, glyphs: bool) -> str:
         if cell.freed_by is not None:
             return FREED_GLYPH
         return CACHED_GLYPH if cell.cached else FREE_GLYPH
+    if cell.reserved:
+        return RESERVED_GLYPH
     if cell.shared:
         return COUNT_GLYPHS[cell.shared - 1] if cell.shared <= len(COUNT_GLYPHS) else SHARED_GLYPH
     if glyphs:
@@ -121,22 +132,26 @@ def summary_lines(kv: KVView, width: int, group: int, glyph_ids: list[int] | Non
                   max_lines: int = 99) -> list[Text]:
     """The pool's figures, then what the grid's marks mean, packed into lines of `width`: a part that
     does not fit goes to the next line, never cut (`glyph_ids`: the requests drawn as glyphs). Past
-    `max_lines` (the grid keeps a row), the prefix counts shorten and what still does not fit is left
-    out."""
-    parts = [Text.assemble(("used ", "dim"), f"{kv.blocks_used}/{kv.num_blocks}", ("  free ", "dim"),
-                           str(kv.blocks_free), ("  block ", "dim"), f"{kv.block_size} tok")]
+    `max_lines` (the grid keeps a row), the prefix counts and the runs shorten and what still does not
+    fit is left out."""
+    parts: list[tuple[Text, Text | None]] = [  # (the part, a shorter form for when lines run out)
+        (Text.assemble(("used ", "dim"), f"{kv.blocks_used}/{kv.num_blocks}", ("  free ", "dim"),
+                       str(kv.blocks_free), ("  block ", "dim"), f"{kv.block_size} tok"), None)]
     if group > 1:
-        parts.append(Text(f"1 cell = {group} blocks", style="dim"))
+        parts.append((Text(f"1 cell = {group} blocks", style="dim"), None))
     if kv.freed:
-        parts.append(Text(f"{FREED_GLYPH} freed: {', '.join(map(str, kv.freed))}", style="bold"))
+        parts.append((Text(f"{FREED_GLYPH} freed: {', '.join(map(str, kv.freed))}", style="bold"), None))
+    if kv.contiguous_up_to:
+        parts.append((Text.assemble(RESERVED_GLYPH, (f" reserved; runs for ≤{kv.contiguous_up_to} tok: ", "dim"),
+                                    str(len(kv.runs))),
+                      Text.assemble(RESERVED_GLYPH, (" runs ", "dim"), str(len(kv.runs)))))
     if glyph_ids is not None:
-        parts.append(Text(glyph_key(glyph_ids), style="dim"))
+        parts.append((Text(glyph_key(glyph_ids), style="dim"), None))
     prefix = prefix_part(kv)
     if prefix is not None:
-        parts.append(prefix)
-    lines = [parts[0]]
-    for part in parts[1:]:
-        short = prefix_part(kv, short=True) if part is prefix else None
+        parts.append((prefix, prefix_part(kv, short=True)))
+    lines = [parts[0][0]]
+    for part, short in parts[1:]:
         if lines[-1].cell_len + 2 + part.cell_len <= width:
             lines[-1] = Text.assemble(lines[-1], "  ", part)
         elif len(lines) < max_lines:

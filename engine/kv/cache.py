@@ -13,6 +13,7 @@ from collections import deque
 import torch
 
 from ..batch_builder import RaggedBatch, long_tensor, to_device
+from .contiguous_runs import first_run, longest_run, wants_run
 from .prefix_cache import NO_HIT, PrefixCache, PrefixHit
 
 
@@ -35,6 +36,9 @@ class PagedAllocator:
         # Table entries whose block was given back early (evict): request id -> indices. Such an
         # entry keeps a stand-in (a live block of the same request) so the table keeps its shape.
         self.evicted: dict[int, set[int]] = {}
+        # Requests whose table is one run of consecutive blocks, reserved at admission for their
+        # whole length (contiguous_runs.py says which): they never grow, so they are never short.
+        self.runs: set[int] = set()
 
     def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
@@ -84,10 +88,36 @@ class PagedAllocator:
         self.tables[request_id] = self.tables.get(request_id, ()) + tuple(new)
         return new
 
+    def reserve_run(self, request_id: int, num_tokens: int) -> tuple[int, ...]:
+        """Gives a new request the lowest run of consecutive free blocks that holds num_tokens, its
+        whole table from now on; returns it (MemoryError when no run is that long)."""
+        assert request_id not in self.tables, f"request {request_id} already holds blocks"
+        needed = self.blocks_for(num_tokens)
+        start = first_run(sorted(self.free_blocks), needed)
+        if start is None:
+            raise MemoryError(f"request {request_id} needs {needed} blocks in a row; the longest free run is "
+                              f"{self.longest_run()}")
+        run = tuple(range(start, start + needed))
+        self.free_blocks = deque(b for b in self.free_blocks if not start <= b < start + needed)
+        for block in run:
+            self.ref_counts[block] = 1
+        self.new_blocks += needed
+        self.tables[request_id] = run
+        self.runs.add(request_id)
+        return run
+
+    def has_run(self, num_tokens: int) -> bool:
+        return first_run(sorted(self.free_blocks), self.blocks_for(num_tokens)) is not None
+
+    def longest_run(self) -> int:
+        """The most consecutive free blocks: less than the free count when the pool is fragmented."""
+        return longest_run(sorted(self.free_blocks))
+
     def free(self, request_id: int) -> tuple[int, ...]:
         """Drops the request's references; returns its table. Blocks others still hold stay theirs;
         named blocks nobody holds stay cached (evictable); the rest go back to the free list."""
         blocks = self.tables.pop(request_id, ())
+        self.runs.discard(request_id)
         if self.prefix is not None:
             self.prefix.forget(request_id)
         gone = self.evicted.pop(request_id, None)
@@ -185,15 +215,20 @@ class _CacheBase:
     def admit(self, request, hit: PrefixHit) -> None:
         """A new request starts holding the hit's blocks, its tokens counted as stored."""
 
+    def preemptible(self, request_id: int) -> bool:
+        """Whether the request may be preempted to make room for another (a reserved run may not)."""
+        return True
+
 
 class PagedKVCache(_CacheBase):
     layout = "paged"
 
     def __init__(self, num_layers, num_kv_heads, head_dim, dtype, device, num_blocks: int, block_size: int,
                  max_context: int, spare_block: bool = False, prefix_caching: bool = False,
-                 memory_budget: int | None = None):
+                 memory_budget: int | None = None, contiguous_up_to: int = 0):
         super().__init__(num_layers, num_kv_heads, head_dim, dtype, device)
         self.allocator = PagedAllocator(num_blocks, block_size, prefix_caching)
+        self.contiguous_up_to = contiguous_up_to  # requests this long or shorter get a run (contiguous_runs.py)
         self.prefix = self.allocator.prefix
         self.block_size = block_size
         self.memory_budget = memory_budget  # kv_memory_bytes: the pool was sized from it, not from a count
@@ -254,10 +289,31 @@ class PagedKVCache(_CacheBase):
     def match_prefix(self, request) -> PrefixHit:
         return NO_HIT if self.prefix is None else self.prefix.match(request)
 
-    def can_admit(self, request_id: int, hit: PrefixHit, num_tokens: int) -> bool:
-        return self.allocator.can_admit(hit, num_tokens) if hit.blocks else self.can_allocate(request_id, num_tokens)
+    def wants_run(self, request) -> bool:
+        """Whether the request is short enough for a contiguous run reserved at admission."""
+        return wants_run(len(request.prompt), request.max_new_tokens, self.contiguous_up_to)
+
+    def can_admit(self, request, hit: PrefixHit, num_tokens: int) -> bool:
+        if self.contiguous_up_to and self.wants_run(request):
+            return self.allocator.has_run(len(request.prompt) + request.max_new_tokens)
+        return self.allocator.can_admit(hit, num_tokens) if hit.blocks else self.can_allocate(request.id, num_tokens)
+
+    def admission_shortfall(self, request, num_tokens: int, hit: PrefixHit = NO_HIT) -> tuple[int, int, int | None]:
+        """(blocks needed, blocks free, longest free run or None): why the request cannot be admitted.
+        A request that wants a run needs its whole length in a row; the others, their first chunk."""
+        if self.contiguous_up_to and self.wants_run(request):
+            needed = self.allocator.blocks_for(len(request.prompt) + request.max_new_tokens)
+            return needed, self.allocator.num_free, self.allocator.longest_run()
+        return (*self.shortfall(request.id, num_tokens, hit), None)
+
+    def preemptible(self, request_id: int) -> bool:
+        return request_id not in self.allocator.runs  # a reserved run is kept to the end: that is its promise
 
     def admit(self, request, hit: PrefixHit) -> None:
+        if self.contiguous_up_to and self.wants_run(request):
+            run = self.allocator.reserve_run(request.id, len(request.prompt) + request.max_new_tokens)
+            self._put_in_row(request.id, list(run))
+            return
         if self.prefix is None:
             return
         self.prefix.admitted(request, hit)
@@ -387,8 +443,12 @@ class DenseKVCache(_CacheBase):
     def shortfall(self, request_id: int, num_tokens: int, hit: PrefixHit = NO_HIT) -> tuple[int, int]:
         return 0, 0  # never short
 
-    def can_admit(self, request_id: int, hit: PrefixHit, num_tokens: int) -> bool:
+    def can_admit(self, request, hit: PrefixHit, num_tokens: int) -> bool:
         return True
+
+    def admission_shortfall(self, request, num_tokens: int, hit: PrefixHit = NO_HIT) -> tuple[int, int, int | None]:
+        return 0, 0, None  # never short
+
 
     def allocate(self, request_id: int, num_tokens: int) -> None:
         pass

@@ -16,6 +16,7 @@ from .types import (
     REASON_BUDGET,
     REASON_DECODE_CAP,
     REASON_NO_BLOCKS,
+    REASON_NO_RUN,
     REASON_RESERVED,
     REASON_STATIC_BATCH,
     RequestView,
@@ -85,7 +86,19 @@ def admitted(record: StepRecord, previous: StepRecord | None) -> Iterable[Event]
             yield Event(record.step, RECOMPUTE, text, view.id)
         else:
             prompt = f" (prompt {view.prompt_len} tokens, first chunk {item.num_tokens})" if view else ""
-            yield Event(record.step, ADMITTED, f"request {item.request_id} admitted{prompt}", item.request_id)
+            run = _run(record, item.request_id)
+            yield Event(record.step, ADMITTED, f"request {item.request_id} admitted{prompt}{run}", item.request_id)
+
+
+def _run(record: StepRecord, request_id: int) -> str:
+    """For a request given a contiguous run: which blocks it reserved."""
+    kv = record.kv
+    if request_id not in kv.runs:
+        return ""
+    table = kv.block_tables.get(str(request_id), ())
+    if not table:
+        return ""
+    return f", run of blocks {table[0]}–{table[-1]} reserved ({len(table) * kv.block_size} tokens)"
 
 
 def first_token(record: StepRecord, previous: StepRecord | None) -> Iterable[Event]:
@@ -119,6 +132,7 @@ _WAIT_REASONS = {
     REASON_BUDGET: "token budget spent: {n} waiting",
     REASON_RESERVED: "budget reserved for priority: {n} waiting",
     REASON_NO_BLOCKS: "no free KV blocks{short}: {n} waiting",
+    REASON_NO_RUN: "no contiguous run free{short}: {n} waiting",
     REASON_STATIC_BATCH: "static batch full: {n} waiting",
 }
 
@@ -135,6 +149,9 @@ def _shortfall(record: StepRecord) -> str:
     b = record.admission_blocked
     if b is None:  # an older recording
         return ""
+    if b.longest_run is not None:  # a contiguous run: enough free blocks may not be enough in a row
+        return (f" (request {b.request_id} needs {_plural(b.blocks_needed, 'block')} in a row; {b.blocks_free} free, "
+                f"longest run {b.longest_run})")
     return f" (request {b.request_id} needs {_plural(b.blocks_needed, 'block')}, {b.blocks_free} free)"
 
 

@@ -16,6 +16,7 @@ class FlatHistory:
     evicted: tuple[int, ...]  # indices into `blocks` a cache plugin gave back (their keys are gone)
     tokens: int  # the flattened length: tokens held
     block_size: int
+    run: bool = False  # the blocks are one contiguous run reserved at admission (contiguous_up_to)
 
     @property
     def trimmed(self) -> int:
@@ -25,6 +26,9 @@ class FlatHistory:
     def describe(self, max_blocks: int = 8) -> str:
         """e.g. 'r3 flattened 7 2 9 4 → 53 tok, 11 trimmed': the blocks in order (× for an evicted
         one), the length of the flattened view, the tail slots cut off the last block."""
+        if self.run and self.blocks:  # consecutive: flatten is one slice of the pool
+            return (f"r{self.request_id} one run {self.blocks[0]}–{self.blocks[-1]} → {self.tokens} tok, "
+                    f"{self.trimmed} reserved unwritten")
         names = ["×" if i in self.evicted else str(b) for i, b in enumerate(self.blocks)]
         if len(names) > max_blocks:
             keep = max(max_blocks - 1, 2)
@@ -40,4 +44,5 @@ def flat_history(kv: KVView, request_id: int) -> FlatHistory | None:
         return None
     blocks = tuple(kv.block_tables[key])
     tokens = min(kv.tokens.get(key, 0), len(blocks) * kv.block_size)
-    return FlatHistory(request_id, blocks, tuple(kv.evicted.get(key, ())), tokens, kv.block_size)
+    return FlatHistory(request_id, blocks, tuple(kv.evicted.get(key, ())), tokens, kv.block_size,
+                       request_id in kv.runs)

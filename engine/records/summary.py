@@ -44,6 +44,12 @@ class RunSummary:
     comm_s: float = 0.0  # rank 0's time inside collectives over the run (not deterministic)
     sla_deadlines: int = 0  # requests with a deadline_step
     sla_met: int = 0  # of them, finished by their deadline (the rest missed it or are not yet due)
+    # Contiguous runs (contiguous_up_to): requests that held one; KV slots held but holding no token,
+    # summed over steps (a run's unwritten tail, a block's unused end); steps the head of the queue
+    # waited for a run although that many blocks were free (fragmentation)
+    runs: int = 0
+    held_empty: int = 0
+    run_waits: int = 0
 
 
 def final_views(records: Iterable[StepRecord]) -> dict[int, RequestView]:
@@ -68,6 +74,8 @@ class RunTotals:
         self.shards = 1
         self.shard_kv_bytes = self.comm_bytes = 0
         self.comm_s = 0.0
+        self.run_ids: set[int] = set()
+        self.held_empty = self.run_waits = 0
 
     def observe(self, rec: StepRecord) -> None:
         self.last = rec
@@ -100,6 +108,13 @@ class RunTotals:
         slots = kv.blocks_used * kv.block_size if kv.layout == "paged" else sum(kv.tokens.values())
         self.peak_kv_slots = max(self.peak_kv_slots, slots)
         self.kv_bytes_peak = max(self.kv_bytes_peak, kv.pool_bytes)
+        if kv.layout == "paged":
+            self.held_empty += slots - sum(kv.tokens.values())
+        if kv.runs:
+            self.run_ids.update(kv.runs)
+        blocked = rec.admission_blocked
+        if blocked is not None and blocked.longest_run is not None and blocked.blocks_free >= blocked.blocks_needed:
+            self.run_waits += 1
         self.wall_s += rec.wall_time_s
         if rec.shards:
             self.shards = len(rec.shards)
@@ -141,6 +156,7 @@ class RunTotals:
             sla_deadlines=sum(v.deadline_step is not None for v in views),
             sla_met=sum(sla_met(v.deadline_step, self.finish_step.get(v.id), last.step if last else None) is True
                         for v in views),
+            runs=len(self.run_ids), held_empty=self.held_empty, run_waits=self.run_waits,
         )
 
 
@@ -180,6 +196,11 @@ def _ttft(r: RunSummary) -> str:
 
 
 SLA_COLUMN = ("SLA met", lambda r: f"{r.sla_met}/{r.sla_deadlines}")  # only when some request has a deadline
+# Shown when some row gave requests contiguous runs: how many, the slots they held empty, the waits
+# that fragmentation caused.
+RUN_COLUMNS = (
+    ("runs", lambda r: r.runs), ("held empty", lambda r: r.held_empty), ("run waits", lambda r: r.run_waits),
+)
 
 
 def format_table(rows: list[RunSummary], width: int | None = None) -> list[str]:
@@ -189,7 +210,8 @@ def format_table(rows: list[RunSummary], width: int | None = None) -> list[str]:
     name, a blank line between), so a terminal of that width never wraps a row mid-way."""
     columns = (COLUMNS + ((SLA_COLUMN,) if any(r.sla_deadlines for r in rows) else ())
                + ((DRAFTS_COLUMN,) if any(r.drafts_proposed for r in rows) else ())
-               + (SHARD_COLUMNS if any(r.shards > 1 for r in rows) else ()))
+               + (SHARD_COLUMNS if any(r.shards > 1 for r in rows) else ())
+               + (RUN_COLUMNS if any(r.runs for r in rows) else ()))
     cells = [[name for name, _ in columns]] + [[visible(str(get(r))) for _, get in columns] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     groups: list[list[int]] = [[0]]

@@ -18,6 +18,7 @@ REASON_BUDGET = "token budget spent"
 REASON_RESERVED = "budget reserved for priority"
 REASON_DECODE_CAP = "decode cap"
 REASON_NO_BLOCKS = "no free KV blocks"
+REASON_NO_RUN = "no contiguous run free"  # enough free blocks maybe, but not that many in a row
 REASON_PREEMPTED = "preempted"
 REASON_STATIC_BATCH = "static batch full"
 
@@ -105,11 +106,14 @@ class Preemption:
 @dataclass(slots=True)
 class Shortfall:
     """The head of the queue could not be admitted: it needed `blocks_needed` KV blocks for its first
-    chunk while `blocks_free` were free (and FCFS lets nobody behind it in)."""
+    chunk while `blocks_free` were free (and FCFS lets nobody behind it in). A request that wants a
+    contiguous run needs blocks for its whole length in a row: `longest_run` is the most free
+    blocks in a row there were (None for a paged admission)."""
 
     request_id: int
     blocks_needed: int
     blocks_free: int
+    longest_run: int | None = None
 
 
 @dataclass(slots=True)
@@ -129,6 +133,10 @@ class KVView:
     # request id -> indices of its table whose block was given back early (a cache plugin evicted
     # them; the entry holds a stand-in); only requests with evictions
     evicted: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    # Requests this long or shorter hold one contiguous run reserved for their whole length
+    # (0: none do), and the requests that hold one now
+    contiguous_up_to: int = 0
+    runs: list[int] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -197,6 +205,7 @@ class RunHeader:
     speculative: str = ""  # e.g. "ngram k=4"; "" without speculation
     shards: int = 1
     shard_by: str = ""  # "heads" or "sequence" when shards > 1
+    contiguous_up_to: int = 0  # requests this long or shorter get a contiguous run (0: all paged)
     kind: str = "header"  # tells a header line from a StepRecord line in a recording
 
     def label(self) -> str:
@@ -205,7 +214,8 @@ class RunHeader:
         model = self.model if self.checkpoint is not None or not self.model else f"random {self.model}"
         shards = f"{self.shards} shards by {self.shard_by}" if self.shards > 1 else ""  # early: the header is narrow
         dtype = SHORT_DTYPES.get(self.dtype, self.dtype)
-        parts = [model, shards, dtype, self.device, self.attention, self.kv_layout, *self.decode_path,
+        layout = f"{self.kv_layout} + runs ≤{self.contiguous_up_to}" if self.contiguous_up_to else self.kv_layout
+        parts = [model, shards, dtype, self.device, self.attention, layout, *self.decode_path,
                  self.speculative]
         return " · ".join(p for p in parts if p)  # a recording without a header knows only some
 

@@ -117,6 +117,13 @@ LESSONS: tuple[Lesson, ...] = (
         "How many slot-steps are wasted? Compare with --variant continuous.",
         "How do you measure the efficiency of continuous batching?", "padding"),
     Lesson(
+        "Throughput vs latency", "budget_sweep", "step:4",
+        "Token budget, header",
+        "32 tokens a step: a bigger budget, fewer and fuller steps, each slower. The ms need a GPU; on "
+        "a CPU, noise.",
+        "--headless: how do steps and latency change from budget_16 to 128?",
+        "Throughput vs. latency trade-offs?", "32 tokens per step"),
+    Lesson(
         "Bursts and an adaptive budget", "burst_arrivals", "step:13",
         "header notes, budget title",
         "the adaptive_batch plugin sets each step's budget from the measured step time "

@@ -136,12 +136,16 @@ def test_the_compare_table_counts_runs_held_empty_slots_and_run_waits():
     assert "held empty" not in "\n".join(format_table([paged]))  # only when some row has runs
 
 
-def test_runs_stay_exact_under_pressure_against_each_request_alone():
+@pytest.mark.parametrize("settings", [{}, {"overlap_steps": True}, {"decode_graphs": "on"},
+                                      {"policy": "static", "static_batch_size": 3}, {"max_decode_per_step": 2},
+                                      {"attention": "reference"}])
+def test_runs_stay_exact_under_pressure_against_each_request_alone(settings):
     workload = [{"prompt": list(range(3 + i, 9 + i)), "max_new_tokens": 5, "arrival_step": i} for i in range(6)]
     workload += [{"prompt": list(range(40 + i, 70 + i)), "max_new_tokens": 20} for i in range(2)]
-    config = exact_config(kv_layout="paged", block_size=4, num_blocks=24, max_tokens_per_step=32,
-                          prefill_chunk_size=8, attention="sdpa", contiguous_up_to=12)
+    config = exact_config(**{**dict(kv_layout="paged", block_size=4, num_blocks=24, max_tokens_per_step=32,
+                                    prefill_chunk_size=8, attention="sdpa", contiguous_up_to=12), **settings})
     outputs, records, _ = run_batched(config, workload)
+    records = [r for r in records if r is not None]  # overlapped: the first call returns no record
     assert any(r.kv.runs for r in records) and any(r.preempted for r in records)
     for spec, out in zip(workload, outputs, strict=True):
         assert out == run_alone(spec["prompt"], spec["max_new_tokens"])

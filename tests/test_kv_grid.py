@@ -63,3 +63,20 @@ def test_the_summary_leaves_the_grid_a_row_in_a_short_panel():
     assert "②0 ○2" in lines[1]
     roomy = paged_text(kv, 38, 8, None, FULL).plain
     assert "shared 0" in roomy and "cached-free 2" in roomy
+
+
+def test_a_small_panel_shortens_the_key_rather_than_drop_it():
+    """80x24 (38 columns, 2 rows), no colour, a pool merged into cells and a block freed: the cell
+    size, the freed request and the glyph key all stay, in their short forms."""
+    from cbtui.colors import NONE
+    from cbtui.widgets.kv_grid import paged_text
+    from scenarios import load_scenario
+
+    engine = load_scenario("mixed_load").build_engine(None, num_blocks=400)
+    record = next(r for r in iter(engine.step, None) if r.kv.freed)
+    lines = paged_text(record.kv, width=38, rows=2, selected=None, mode=NONE).plain.splitlines()
+    assert len(lines) == 3 and all(len(line) <= 38 for line in lines[:2])
+    assert "/cell" in lines[1] and "× freed:" in lines[1] and "glyph=id" in lines[1]
+    # With room to spare, the long forms.
+    roomy = paged_text(record.kv, width=60, rows=4, selected=None, mode=NONE).plain
+    assert "1 cell = " in roomy and "glyph = request id" in roomy

@@ -138,7 +138,7 @@ def summary_lines(kv: KVView, width: int, group: int, glyph_ids: list[int] | Non
         (Text.assemble(("used ", "dim"), f"{kv.blocks_used}/{kv.num_blocks}", ("  free ", "dim"),
                        str(kv.blocks_free), ("  block ", "dim"), f"{kv.block_size} tok"), None)]
     if group > 1:
-        parts.append((Text(f"1 cell = {group} blocks", style="dim"), None))
+        parts.append((Text(f"1 cell = {group} blocks", style="dim"), Text(f"{group}/cell", style="dim")))
     if kv.freed:
         parts.append((Text(f"{FREED_GLYPH} freed: {', '.join(map(str, kv.freed))}", style="bold"), None))
     if kv.contiguous_up_to:
@@ -146,19 +146,36 @@ def summary_lines(kv: KVView, width: int, group: int, glyph_ids: list[int] | Non
                                     str(len(kv.runs))),
                       Text.assemble(RESERVED_GLYPH, (" runs ", "dim"), str(len(kv.runs)))))
     if glyph_ids is not None:
-        parts.append((Text(glyph_key(glyph_ids), style="dim"), None))
+        key = glyph_key(glyph_ids)
+        parts.append((Text(key, style="dim"), Text(key.replace("glyph = request id", "glyph=id"), style="dim")))
     prefix = prefix_part(kv)
     if prefix is not None:
         parts.append((prefix, prefix_part(kv, short=True)))
-    lines = [parts[0][0]]
+    lines, dropped = _pack(parts, width, max_lines, shorten=False)
+    if dropped:  # short forms throughout may make room for what was left out (the glyph key, say)
+        shorter, dropped_short = _pack(parts, width, max_lines, shorten=True)
+        if dropped_short < dropped:
+            return shorter
+    return lines
+
+
+def _pack(parts: list[tuple[Text, Text | None]], width: int, max_lines: int, shorten: bool) -> tuple[list[Text], int]:
+    """The parts packed into lines of `width`, at most `max_lines`: (lines, how many parts were left out).
+    A part that does not fit goes on a new line while there are lines left, then in its short form
+    (always, with `shorten`) if that fits."""
+    lines, dropped = [parts[0][0]], 0
     for part, short in parts[1:]:
+        if shorten and short is not None:
+            part = short
         if lines[-1].cell_len + 2 + part.cell_len <= width:
             lines[-1] = Text.assemble(lines[-1], "  ", part)
         elif len(lines) < max_lines:
             lines.append(part)
         elif short is not None and lines[-1].cell_len + 2 + short.cell_len <= width:
             lines[-1] = Text.assemble(lines[-1], "  ", short)
-    return lines
+        else:
+            dropped += 1
+    return lines, dropped
 
 
 def prefix_part(kv: KVView, short: bool = False) -> Text | None:

@@ -449,7 +449,6 @@ class DenseKVCache(_CacheBase):
     def admission_shortfall(self, request, num_tokens: int, hit: PrefixHit = NO_HIT) -> tuple[int, int, int | None]:
         return 0, 0, None  # never short
 
-
     def allocate(self, request_id: int, num_tokens: int) -> None:
         pass
 

@@ -123,10 +123,16 @@ class EngineFedApp(App[None]):
         if wait <= 0:
             self._draw()
         elif self._draw_timer is None:
-            self._draw_timer = self.set_timer(wait, self._draw)
+            self._draw_timer = self.set_timer(wait, self._frame_due)
+
+    def _frame_due(self) -> None:
+        self._draw_timer = None
+        self._draw()
 
     def _draw(self) -> None:
-        self._draw_timer = None
+        if self._draw_timer is not None:  # this frame shows what the pending one would: two would break the pace
+            self._draw_timer.stop()
+            self._draw_timer = None
         self._last_draw = time.monotonic()
         with contextlib.suppress(NoMatches):  # a frame due while the app is closing: the panels are gone
             self._draw_panels()

@@ -4,6 +4,7 @@ the inbox, the frame pacing and the run state (cbtui/engine_fed_app.py)."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 from dashboard_helpers import wait_until
@@ -14,7 +15,7 @@ from textual.widgets import Static
 from cbtui.app import DashboardApp
 from cbtui.compare_app import CompareApp
 from cbtui.controller import EngineStatus
-from cbtui.engine_fed_app import EngineFedApp, InboxReady
+from cbtui.engine_fed_app import MAX_FPS, EngineFedApp, InboxReady
 
 
 class CountingApp(EngineFedApp):
@@ -66,6 +67,48 @@ def test_one_message_per_batch_and_every_step_taken_in_order():
             await wait_until(pilot, lambda: len(app.taken) == 100)
             assert app.messages == 1
             assert app.taken == list(range(100))
+    run(scenario())
+
+
+def test_frames_are_paced_and_the_last_one_shows_the_newest_step():
+    """A fast engine thread: at most MAX_FPS frames a second, and a frame after the last step."""
+    async def scenario():
+        app = CountingApp()
+        async with app.run_test() as pilot:
+            await pilot.pause()
+            start_frames = len(app.frames)
+
+            def engine_thread():
+                for i in range(300):
+                    app._to_inbox(i)
+                    time.sleep(0.002)
+
+            started = time.monotonic()
+            thread = threading.Thread(target=engine_thread)
+            thread.start()
+            await wait_until(pilot, lambda: not thread.is_alive() and app.frames and app.frames[-1] == 300)
+            elapsed = time.monotonic() - started
+            frames = len(app.frames) - start_frames
+            assert app.messages > 2 * (elapsed * MAX_FPS + 2)  # drained often: pacing, not batching, held frames
+            assert frames <= elapsed * MAX_FPS + 2, (frames, elapsed)
+    run(scenario())
+
+
+def test_a_frame_drawn_before_a_pending_one_is_due_takes_its_place():
+    """A step inside the frame slot sets a timer; if the app was busy past the slot, the next step
+    draws at once, and the timer must not draw the same step again a moment later."""
+    async def scenario():
+        app = CountingApp()
+        async with app.run_test() as pilot:
+            await pilot.pause()
+            app._last_draw = time.monotonic()  # a frame just now: the next step waits for its slot
+            app._schedule_draw()
+            assert app._draw_timer is not None
+            app._last_draw -= 1.0  # the app was busy past the slot: the next step draws at once
+            app._schedule_draw()
+            frames = len(app.frames)
+            await pilot.pause(3 / MAX_FPS)  # well past the pending frame's time
+            assert len(app.frames) == frames
     run(scenario())
 
 

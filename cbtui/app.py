@@ -1,9 +1,8 @@
 """The dashboard: a Textual app that shows each scheduler step of an engine running beside it.
 
-The app only consumes StepRecords. `EngineController` owns the engine on its own thread; its
-callbacks put records and status changes in an inbox and post one `InboxReady` message, so a
-fast engine never floods the message queue. The app drains the inbox, keeps a bounded
-history, and redraws at most `MAX_FPS` times a second whatever the engine's pace.
+The app only consumes StepRecords. `EngineController` owns the engine on its own thread and feeds
+the app through an inbox (engine_fed_app.py: drained a batch at a time, frames paced to `MAX_FPS`);
+the app keeps a bounded history of the records and draws the step on screen.
 """
 
 from __future__ import annotations
@@ -13,17 +12,15 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Iterable
 from pathlib import Path
 
 from textual import events, on
-from textual.app import App, ComposeResult, SystemCommand
+from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.css.query import NoMatches
 from textual.geometry import Size
-from textual.message import Message
 from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import Footer, Static
@@ -39,7 +36,8 @@ from engine.records.text import visible
 
 from .breakpoints import Breakpoint, Breakpoints
 from .colors import color_mode
-from .controller import MAX_SPEED, EngineController, EngineStatus, SteppableEngine
+from .controller import EngineController, EngineStatus, SteppableEngine
+from .engine_fed_app import SPEEDS, EngineFedApp, speed_label
 from .frozen_heap import frozen_heap
 from .history import History, PastSteps
 from .metrics_view import KV_POOL, RECORDS_CONTEXT, WEIGHTS
@@ -59,26 +57,11 @@ from .widgets.memory_panel import MemoryPanel
 from .widgets.metrics_screen import MetricsScreen
 from .widgets.requests_table import RequestSelected, RequestsTable
 
-SPEEDS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, MAX_SPEED)  # steps per second for + and -
-DEFAULT_SPEED = 4.0
 EXIT_GRACE_S = 1.0  # after a hangup, the longest the process may take to end
-MAX_FPS = 15  # enough to follow; leaves the CPU (and the GIL) to the engine and to keys
 MEMORY_POLL_S = 0.5
 RATE_WINDOW = 16  # steps averaged for tokens per second
 MIN_WIDTH, MIN_HEIGHT = 60, 20  # below this the panels cannot say anything useful
 COMPACT_HEIGHT = 36  # below this the layout trades panel height for the requests table
-
-
-def speed_label(speed: float) -> str:
-    return "max" if speed == MAX_SPEED else f"{speed:g}/s"
-
-
-# Actions whose availability changes with the run; the footer greys them when they do nothing.
-STATEFUL_ACTIONS = ("toggle_pause", "step_once", "history_back", "history_forward", "faster", "slower", "zoom")
-
-
-class InboxReady(Message):
-    """The engine thread put something in the inbox (sent once until the inbox is drained)."""
 
 
 def run_label(policy: str, variant: str | None, plugins) -> str:
@@ -95,7 +78,7 @@ def graph_note(record) -> tuple[str, ...]:
     return (f"decode graph: {len(record.items)} of {rows} rows, {keys} keys each",)
 
 
-class DashboardApp(App[None]):
+class DashboardApp(EngineFedApp):
     CSS_PATH = Path(__file__).with_name("app.tcss")
     TITLE = "cbtui"
 
@@ -116,8 +99,8 @@ class DashboardApp(App[None]):
         Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
     ]
 
-    paused: reactive[bool] = reactive(False, init=False)
-    speed: reactive[float] = reactive(DEFAULT_SPEED, init=False)
+    STATEFUL_ACTIONS = ("toggle_pause", "step_once", "history_back", "history_forward", "faster", "slower", "zoom")
+
     selected: reactive[int | None] = reactive(None, init=False)
     zoomed: reactive[bool] = reactive(False, init=False)
 
@@ -133,7 +116,7 @@ class DashboardApp(App[None]):
         for history older than `history_limit` steps. `recording`: writes the run as it goes (and
         serves as `pages`). `trace_spool` (--trace-out) keeps every record of the run for the trace
         written at the end."""
-        super().__init__()
+        super().__init__(paused, speed)
         self._trace_spool = trace_spool
         # Metrics and the memory profile follow every record, whatever step is on screen.
         self._recorded = recorded
@@ -151,16 +134,8 @@ class DashboardApp(App[None]):
         self._recording = recording
         self._recording_error_shown = False
         self.history = History(history_limit, pages if recording is None else recording.lines)
-        self.engine_state = "starting"  # running / paused / finished / failed, as the engine reports
-        self.error: str | None = None
         self.break_hit: tuple[int, str] | None = None  # (step, why) of the breakpoint that paused the run
         self._newest_step: int | None = None
-        self._inbox: list[StepRecord | EngineStatus] = []
-        self._inbox_lock = threading.Lock()
-        self._last_draw = 0.0
-        self._draw_timer = None
-        self.set_reactive(DashboardApp.paused, paused)
-        self.set_reactive(DashboardApp.speed, DEFAULT_SPEED if speed is None else float(speed))
         if not recorded:  # a live engine: its steps run in a memory context (memory by context, key m)
             engine = ProfiledSteps(engine, lambda: self.memory_profile)
             if rebuild is not None:
@@ -234,76 +209,37 @@ class DashboardApp(App[None]):
             self._recording.start()  # a restart writes the file anew
         self._to_inbox(status)
 
-    def _to_inbox(self, event: StepRecord | EngineStatus) -> None:
-        with self._inbox_lock:
-            self._inbox.append(event)
-            first = len(self._inbox) == 1
-        if first:
-            self.post_message(InboxReady())
+    def _take_step(self, record: StepRecord) -> None:
+        self._newest_step = record.step
+        if self._recorded:
+            self.history.append(record)
+            self._observe(record)
+            return
+        with self.memory_profile.context(RECORDS_CONTEXT):  # what the dashboard's own keeping costs
+            self.history.append(record)
+            self._observe(record)
 
-    @on(InboxReady)
-    def _drain_inbox(self) -> None:
-        with self._inbox_lock:
-            events, self._inbox = self._inbox, []
-        status_changed = any(isinstance(e, EngineStatus) for e in events)
-        for event in events:
-            if isinstance(event, StepRecord):
-                self._newest_step = event.step
-                if self._recorded:
-                    self.history.append(event)
-                    self._observe(event)
-                    continue
-                with self.memory_profile.context(RECORDS_CONTEXT):  # what the dashboard's own keeping costs
-                    self.history.append(event)
-                    self._observe(event)
-            elif event.kind == "breakpoint":  # the engine thread paused itself on the newest step
-                self.break_hit = None if self._newest_step is None else (self._newest_step, event.message)
-                self.history.go_live()
-                self.paused = True
-            elif event.kind == "started":
-                self.history.clear()
-                self.break_hit = None
-                if self._started:  # a restart; the first run's metrics are fresh from __init__, and its
-                    self._reset_metrics()  # first step may already be in the profiler's step context
-                self._started = True
-                if self._trace_spool is not None:
-                    self._trace_spool.restart()
-                self.error = None
-                self.engine_state = "running"
-            elif event.kind == "finished":
-                self.engine_state = "finished"
-            elif event.kind == "failed":
-                self.engine_state = "failed"
-                self.error = event.message
+    def _take_status(self, status: EngineStatus) -> None:
+        if status.kind == "breakpoint":  # the engine thread paused itself on the newest step
+            self.break_hit = None if self._newest_step is None else (self._newest_step, status.message)
+            self.history.go_live()
+            self.paused = True
+        elif status.kind == "started":
+            self.history.clear()
+            self.break_hit = None
+            if self._started:  # a restart; the first run's metrics are fresh from __init__, and its
+                self._reset_metrics()  # first step may already be in the profiler's step context
+            self._started = True
+            if self._trace_spool is not None:
+                self._trace_spool.restart()
+        super()._take_status(status)
+
+    def _after_drain(self) -> None:
         if self._recording is not None and self._recording.error and not self._recording_error_shown:
             self._recording_error_shown = True
             self.notify(visible(self._recording.error), severity="error", timeout=30, markup=False)
-        if status_changed:  # rare and important (failed, finished, restarted): draw at once
-            self._draw()
-        else:
-            self._schedule_draw()
-        self._refresh_bindings_if_changed()
-
-    def _schedule_draw(self) -> None:
-        """Draw now, or at the next frame slot if the last frame was too recent."""
-        wait = self._last_draw + 1 / MAX_FPS - time.monotonic()
-        if wait <= 0:
-            self._draw()
-        elif self._draw_timer is None:
-            self._draw_timer = self.set_timer(wait, self._draw)
 
     # -- drawing -----------------------------------------------------------------------------
-    def run_state(self) -> str:
-        if self.engine_state in ("failed", "finished", "starting"):
-            return self.engine_state
-        return "paused" if self.paused else "running"
-
-    def _draw(self) -> None:
-        self._draw_timer = None
-        self._last_draw = time.monotonic()
-        with contextlib.suppress(NoMatches):  # a frame due while the app is closing: the panels are gone
-            self._draw_panels()
-
     def _draw_panels(self) -> None:
         record = self.history.current()
         self.query_one(StepHeader).show(self._header_info(record))
@@ -371,28 +307,11 @@ class DashboardApp(App[None]):
         self.query_one(MemoryPanel).show_reading(self._probe.read())
 
     # -- reactivity ----------------------------------------------------------------------------
-    def watch_paused(self) -> None:
-        self._after_change()
-
-    def watch_speed(self) -> None:
-        self._after_change()
-
     def watch_selected(self) -> None:
         self._after_change()
 
     def watch_zoomed(self) -> None:
         self._after_change()
-
-    def _after_change(self) -> None:
-        self._refresh_bindings_if_changed()
-        self._draw()
-
-    def _refresh_bindings_if_changed(self) -> None:
-        """The footer rebuilds itself on refresh_bindings; do it only when a key's state changed."""
-        state = tuple(self.check_action(action, ()) for action in STATEFUL_ACTIONS)
-        if state != getattr(self, "_binding_state", None):
-            self._binding_state = state
-            self.refresh_bindings()
 
     @on(RequestSelected)
     def _select_request(self, event: RequestSelected) -> None:
@@ -401,14 +320,11 @@ class DashboardApp(App[None]):
             self.zoomed = False
 
     # -- actions --------------------------------------------------------------------------------
-    def _can_step(self) -> bool:
-        return self.engine_state in ("running", "starting")
-
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """None greys a key out in the footer: it exists, but does nothing right now."""
         stopped = not self._can_step()
         enabled = {
-            "toggle_pause": not stopped or not self.history.live,
+            "toggle_pause": not stopped or self._showing_past(),
             "step_once": self.paused and not stopped,
             "history_back": self.history.can_go_back(),  # while running it pauses first
             "history_forward": (self.paused or stopped) and (not self.history.live or not stopped),
@@ -422,19 +338,11 @@ class DashboardApp(App[None]):
         record = self.history.current()
         return record is not None and any(i.request_id == self.selected for i in record.items)
 
-    def action_toggle_pause(self) -> None:
-        if not self.history.live:
-            self.history.go_live()
-            self.paused = False
-        else:
-            self.paused = not self.paused
-        (self.controller.pause if self.paused else self.controller.resume)()
-        self._draw()
+    def _showing_past(self) -> bool:
+        return not self.history.live
 
-    def action_step_once(self) -> None:
+    def _go_live(self) -> None:
         self.history.go_live()
-        self.controller.step_once()
-        self._draw()
 
     def action_history_back(self) -> None:
         if self._can_step():
@@ -448,14 +356,6 @@ class DashboardApp(App[None]):
             self.controller.step_once()  # at the newest step: → runs the next one
         self._draw()
         self._refresh_bindings_if_changed()
-
-    def action_faster(self) -> None:
-        self.speed = next((s for s in SPEEDS if s > self.speed), SPEEDS[-1])
-        self.controller.set_speed(self.speed)
-
-    def action_slower(self) -> None:
-        self.speed = next((s for s in reversed(SPEEDS) if s < self.speed), SPEEDS[0])
-        self.controller.set_speed(self.speed)
 
     def action_zoom(self) -> None:
         self.zoomed = not self.zoomed

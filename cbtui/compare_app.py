@@ -10,37 +10,25 @@ narrower ones show one pane at a time (tab switches) with the difference always 
 from __future__ import annotations
 
 import contextlib
-import threading
-import time
 from collections import OrderedDict
 from pathlib import Path
 
 from textual import on
-from textual.app import App, ComposeResult
+from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.css.query import NoMatches
 from textual.events import Resize
-from textual.message import Message
 from textual.reactive import reactive
 from textual.widgets import Footer, Static
 
 from engine.records import StepRecord
 from engine.records.summary import RunTotals
 
-from .app import (
-    DEFAULT_SPEED,
-    MAX_FPS,
-    MIN_HEIGHT,
-    MIN_WIDTH,
-    RATE_WINDOW,
-    SPEEDS,
-    leave_a_core_for_the_ui,
-    run_until_quit,
-    speed_label,
-)
+from .app import MIN_HEIGHT, MIN_WIDTH, RATE_WINDOW, leave_a_core_for_the_ui, run_until_quit
 from .colors import color_mode
 from .controller import EngineController, EngineStatus
+from .engine_fed_app import SPEEDS, EngineFedApp, speed_label
 from .history import History
 from .lockstep import Lockstep, PairStep, RunFailed
 from .widgets.budget import BudgetBar
@@ -71,10 +59,6 @@ ABOUT_COMPARE = ("Two runs of this scenario in lockstep, one step each per step.
                  "compares them at the step on screen: each run's steps so far, finished requests, mean "
                  "time to first token (in steps), padding (static batching) and preemptions, and the second "
                  "minus the first; at the end they equal what each run's headless summary says.")
-
-
-class PairReady(Message):
-    """The engine thread put something in the inbox (sent once until the inbox is drained)."""
 
 
 class RunPane(Vertical):
@@ -165,7 +149,7 @@ class RunPane(Vertical):
             self._draw_mask(self.history.current(), getattr(self.app, "selected", None))
 
 
-class CompareApp(App[None]):
+class CompareApp(EngineFedApp):
     CSS_PATH = Path(__file__).with_name("compare_app.tcss")
     TITLE = "cbtui compare"
     ENABLE_COMMAND_PALETTE = False
@@ -184,8 +168,9 @@ class CompareApp(App[None]):
         Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
     ]
 
-    paused: reactive[bool] = reactive(False, init=False)
-    speed: reactive[float] = reactive(DEFAULT_SPEED, init=False)
+    STATEFUL_ACTIONS = ("toggle_pause", "step_once", "history_back", "history_forward", "other_run", "faster",
+                        "slower")
+
     selected: reactive[int | None] = reactive(None, init=False)
     shown: reactive[int] = reactive(0, init=False)  # the pane in view when they do not fit side by side
 
@@ -193,21 +178,13 @@ class CompareApp(App[None]):
                  speed: float | None = None, max_steps: int | None = None):
         """`variants`: the two scenarios.variant_pair.Variant; `engines`: their engines (a Lockstep is
         made of them); `rebuild`: the two fresh engines, for r."""
-        super().__init__()
+        super().__init__(paused, speed)
         self.scenario = scenario
         self.requests = len(scenario.requests)
         labels = [e.header().label() for e in engines]
         self.panes = tuple(RunPane(letter, v.name, v.settings(), label, self.requests, id=f"pane-{letter.lower()}")
                            for letter, v, label in zip("AB", variants, labels, strict=True))
-        self.engine_state = "starting"
-        self.error: str | None = None
         self.viewing: int | None = None  # the step both panes show; None follows the newest
-        self._inbox: list[PairStep | EngineStatus] = []
-        self._inbox_lock = threading.Lock()
-        self._last_draw = 0.0
-        self._draw_timer = None
-        self.set_reactive(CompareApp.paused, paused)
-        self.set_reactive(CompareApp.speed, DEFAULT_SPEED if speed is None else float(speed))
         names = [f"{letter} {v.name}" for letter, v in zip("AB", variants, strict=True)]
         lockstep_rebuild = None if rebuild is None else (lambda: Lockstep(rebuild(), names))
         self.controller = EngineController(Lockstep(engines, names), self._to_inbox, self._to_inbox,
@@ -246,55 +223,24 @@ class CompareApp(App[None]):
         for i, pane in enumerate(self.panes):
             pane.set_class(i != self.shown, "-hidden")
 
-    # -- from the engine thread --------------------------------------------------------------
-    def _to_inbox(self, event: PairStep | EngineStatus) -> None:
-        with self._inbox_lock:
-            self._inbox.append(event)
-            first = len(self._inbox) == 1
-        if first:
-            self.post_message(PairReady())
+    # -- from the engine thread, through the inbox ---------------------------------------------
+    def _take_step(self, step: PairStep) -> None:
+        for pane, record, done in zip(self.panes, step.records, step.done, strict=True):
+            if record is not None:
+                pane.observe(record)
+            pane.done = done
 
-    @on(PairReady)
-    def _drain_inbox(self) -> None:
-        with self._inbox_lock:
-            events, self._inbox = self._inbox, []
-        status_changed = False
-        for event in events:
-            if isinstance(event, PairStep):
-                for pane, record, done in zip(self.panes, event.records, event.done, strict=True):
-                    if record is not None:
-                        pane.observe(record)
-                    pane.done = done
-                continue
-            status_changed = True
-            if event.kind == "started":
-                for pane in self.panes:
-                    pane.reset()
-                self.viewing, self.error, self.engine_state = None, None, "running"
-            elif event.kind == "finished":
-                self.engine_state = "finished"
-            elif event.kind == "failed":
-                # The controller names the exception's type: RunFailed's message names the run and the real one.
-                self.engine_state, self.error = "failed", event.message.removeprefix(RUN_FAILED)
-        if status_changed:
-            self._draw()
-        else:
-            self._schedule_draw()
-        self.refresh_bindings()
-
-    def _schedule_draw(self) -> None:
-        wait = self._last_draw + 1 / MAX_FPS - time.monotonic()
-        if wait <= 0:
-            self._draw()
-        elif self._draw_timer is None:
-            self._draw_timer = self.set_timer(wait, self._draw)
+    def _take_status(self, status: EngineStatus) -> None:
+        super()._take_status(status)
+        if status.kind == "started":
+            for pane in self.panes:
+                pane.reset()
+            self.viewing = None
+        elif status.kind == "failed":
+            # The controller names the exception's type: RunFailed's message names the run and the real one.
+            self.error = status.message.removeprefix(RUN_FAILED)
 
     # -- drawing -------------------------------------------------------------------------------
-    def run_state(self) -> str:
-        if self.engine_state in ("failed", "finished", "starting"):
-            return self.engine_state
-        return "paused" if self.paused else "running"
-
     def newest_step(self) -> int | None:
         steps = [s for s in (p.history.newest_step() for p in self.panes) if s is not None]
         return max(steps, default=None)
@@ -302,12 +248,6 @@ class CompareApp(App[None]):
     def oldest_step(self) -> int | None:
         steps = [s for s in (p.history.oldest_step() for p in self.panes) if s is not None]
         return min(steps, default=None)
-
-    def _draw(self) -> None:
-        self._draw_timer = None
-        self._last_draw = time.monotonic()
-        with contextlib.suppress(NoMatches):  # a frame due while the app is closing
-            self._draw_panels()
 
     def _draw_panels(self) -> None:
         self.query_one(ErrorPanel).show_error(self.error)
@@ -318,14 +258,6 @@ class CompareApp(App[None]):
         a, b = self.panes
         self.query_one(RunDifference).show((a.variant_name, b.variant_name), (a.figures(), b.figures()),
                                            self.requests)
-
-    def watch_paused(self) -> None:
-        self.refresh_bindings()
-        self._draw()
-
-    def watch_speed(self) -> None:
-        self.refresh_bindings()
-        self._draw()
 
     def watch_selected(self) -> None:
         self._draw()
@@ -339,13 +271,10 @@ class CompareApp(App[None]):
         self.selected = event.request_id  # the same workload runs in both: highlighted in both
 
     # -- actions --------------------------------------------------------------------------------
-    def _can_step(self) -> bool:
-        return self.engine_state in ("running", "starting")
-
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         stopped = not self._can_step()
         enabled = {
-            "toggle_pause": not stopped or self.viewing is not None,
+            "toggle_pause": not stopped or self._showing_past(),
             "step_once": self.paused and not stopped,
             "history_back": (self.paused or stopped) and self._can_go_back(),
             "history_forward": (self.paused or stopped) and (self.viewing is not None or not stopped),
@@ -360,19 +289,11 @@ class CompareApp(App[None]):
         oldest = self.oldest_step()
         return step is not None and oldest is not None and step > oldest
 
-    def action_toggle_pause(self) -> None:
-        if self.viewing is not None:
-            self.viewing = None
-            self.paused = False
-        else:
-            self.paused = not self.paused
-        (self.controller.pause if self.paused else self.controller.resume)()
-        self._draw()
+    def _showing_past(self) -> bool:
+        return self.viewing is not None
 
-    def action_step_once(self) -> None:
+    def _go_live(self) -> None:
         self.viewing = None
-        self.controller.step_once()
-        self._draw()
 
     def action_history_back(self) -> None:
         step = self.newest_step() if self.viewing is None else self.viewing
@@ -380,7 +301,7 @@ class CompareApp(App[None]):
         if step is not None and oldest is not None and step > oldest:
             self.viewing = step - 1
         self._draw()
-        self.refresh_bindings()
+        self._refresh_bindings_if_changed()
 
     def action_history_forward(self) -> None:
         newest = self.newest_step()
@@ -390,18 +311,10 @@ class CompareApp(App[None]):
         else:
             self.viewing = None if newest is None or self.viewing + 1 >= newest else self.viewing + 1
         self._draw()
-        self.refresh_bindings()
+        self._refresh_bindings_if_changed()
 
     def action_other_run(self) -> None:
         self.shown = 1 - self.shown
-
-    def action_faster(self) -> None:
-        self.speed = next((s for s in SPEEDS if s > self.speed), SPEEDS[-1])
-        self.controller.set_speed(self.speed)
-
-    def action_slower(self) -> None:
-        self.speed = next((s for s in reversed(SPEEDS) if s < self.speed), SPEEDS[0])
-        self.controller.set_speed(self.speed)
 
     def action_restart(self) -> None:
         self.engine_state, self.error, self.viewing = "starting", None, None

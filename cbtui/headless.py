@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from engine.records import RunHeader, StepRecord
-from engine.records.prefix_view import reuse_events
+from engine.records.events import reused
 from engine.records.summary import RunTotals
 from engine.records.text import visible
 
@@ -108,8 +108,8 @@ class HeadlessRun:
                     line += "  "
                 console.print(escape(line + visible(notes)), soft_wrap=True)
                 if not self.events:  # with --events the event lines say it
-                    for event in reuse_events(rec.kv.prefix, rec.kv.block_size):
-                        console.print(f"{' ' * 12}{event}", style="dim", soft_wrap=True)
+                    for event in reused(rec, None):
+                        console.print(f"{' ' * 12}{escape(event.text)}", style="dim", soft_wrap=True)
                 for error in rec.errors:
                     console.print(escape(visible(error, newlines=True)), style="bold red", soft_wrap=True)
                 if self.events:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 from engine.records import StepRecord
 from engine.records.summary import RunSummary, RunTotals, summarize
+from engine.setting_scope import takes_effect
 
 from .loader import Scenario
 
@@ -39,10 +40,11 @@ def run_records(scenario: Scenario, variant: str | None = None, max_steps: int =
 
 
 def settings_label(scenario: Scenario, variant: str | None, **overrides) -> str:
-    """The values, in this run, of every engine setting some variant changes."""
+    """The values, in this run, of every engine setting some variant changes and this run's other
+    settings give effect to (no shard_by in a one-shard run: it changes nothing there)."""
     keys = [k for v in scenario.variants.values() for k in v]
     config = scenario.engine_config(variant, **overrides)
-    label = " ".join(f"{k}={getattr(config, k)}" for k in dict.fromkeys(keys))
+    label = " ".join(f"{k}={getattr(config, k)}" for k in dict.fromkeys(keys) if takes_effect(config, k))
     if scenario.variant_plugins:  # some variant runs other plugins: say which each row runs
         plugins = scenario.variant_plugins.get(variant, scenario.plugins) if variant else scenario.plugins
         label = f"{label} plugins={','.join(p['name'] for p in plugins) or 'none'}".strip()

@@ -3,6 +3,7 @@ books balance (reference counts, cached-free blocks, eviction) at every step."""
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -13,15 +14,17 @@ import torch
 from helpers import exact_config, run_alone
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rich.console import Console
 
 from cbtui.colors import FULL, NONE
+from cbtui.headless import HeadlessRun
 from engine import Engine, EngineConfig
 from engine.attention import available_backends
 from engine.kv.cache import PagedAllocator, PagedKVCache
 from engine.kv.prefix_cache import PrefixCache, chain_hashes
 from engine.records import StepRecord
+from engine.records.events import reused
 from engine.records.metrics import MetricsCollector
-from engine.records.prefix_view import reuse_events
 from engine.records.recording import RecordingError, load_recording
 from engine.records.schema import check_record_json
 from engine.records.summary import format_table
@@ -157,7 +160,18 @@ def test_a_hit_is_shared_and_skipped_by_prefill():
     assert rec.kv.prefix.hits == {str(b): 20} and rec.kv.prefix.hit_blocks == 5
     view = next(v for v in rec.requests if v.id == b)
     assert view.cached_tokens == 20 and view.prefill_pos == 21
-    assert reuse_events(rec.kv.prefix, 4) == [f"request {b} reused 5 blocks (20 tokens)"]
+    assert [e.text for e in reused(rec, None)] == [f"request {b} reused 5 blocks (20 tokens) from the prefix cache"]
+
+
+def test_one_reused_block_is_told_in_the_singular_in_the_events_and_the_headless_lines():
+    eng = Engine(exact_config(block_size=4))
+    eng.add_request(SYSTEM[:8], max_new_tokens=3)
+    b = eng.add_request(SYSTEM[:4] + [7], max_new_tokens=2, arrival_step=1)  # one full block in common
+    out = io.StringIO()
+    records = list(HeadlessRun(eng, eng.header(), console=Console(file=out, width=80)))
+    told = f"request {b} reused 1 block (4 tokens) from the prefix cache"
+    assert [e.text for r in records for e in reused(r, None)] == [told]
+    assert [line.strip() for line in out.getvalue().splitlines() if "reused" in line] == [told]
 
 
 def test_a_whole_prompt_in_the_cache_still_computes_its_last_token():

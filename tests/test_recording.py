@@ -100,6 +100,8 @@ def test_a_bad_line_is_named_with_its_field(tmp_path, lines):
         (lambda d: d["kv"]["block_tables"].update({"0": [1, "a"]}), "kv.block_tables[0] must be a list of integers"),
         (lambda d: d["kv"]["block_tables"].update({"0": [10**6]}),
          "kv.block_tables[0]: a block number is not below num_blocks=20"),
+        (lambda d: d["kv"]["prefix"].update(cached=[20]),
+         "kv.prefix.cached: a block number is not below num_blocks=20"),
         (lambda d: d["items"][0].update(key_len=999), "items[0]: key_len must be first_pos + num_tokens"),
         (lambda d: d["kv"].update(num_blocks=10**9), "kv.num_blocks=1000000000 is more than"),
         (lambda d: d["memory"].update(source="tpu"), "memory.source='tpu' must be 'cuda' or 'rss'"),

@@ -6,9 +6,12 @@ import pytest
 from click.testing import CliRunner
 
 from cbtui.cli import main
+from engine import EngineConfig
 from engine.records.summary import format_table, summarize
+from engine.setting_scope import SCOPES, takes_effect
 from scenarios import builtin_names, load_scenario, loads
 from scenarios.compare import compare, run_records, settings_label
+from scenarios.variant_pair import variant
 
 SMALL = """title = "Small"
 [engine]
@@ -67,6 +70,37 @@ def test_cli_overrides_apply_to_variants_but_variant_keys_win():
     assert settings_label(s, "wide", max_tokens_per_step=4) == "max_tokens_per_step=32 prefill_chunk_size=32"
     assert settings_label(s, None, max_tokens_per_step=4) == "max_tokens_per_step=4 prefill_chunk_size=8"
     assert s.engine_config("wide", kv_layout="dense").kv_layout == "dense"
+
+
+
+def test_a_setting_that_changes_nothing_in_a_run_is_not_in_its_label():
+    """sharded_kv sets shard_by=sequence for every run, but one_device runs one shard: shard_by changes
+    nothing there, so neither its table row nor its compare pane lists it. Likewise draft_model
+    where no draft model proposes."""
+    sharded = load_scenario("sharded_kv")
+    assert settings_label(sharded, "one_device") == "shards=1 num_blocks=48"
+    assert settings_label(sharded, "heads") == "shards=2 num_blocks=48 shard_by=heads"
+    assert settings_label(sharded, None) == "shards=2 num_blocks=24 shard_by=sequence"
+    assert variant(sharded, "one_device").settings() == "shards=1 num_blocks=48"
+    speculative = load_scenario("speculative")
+    assert settings_label(speculative, None) == "speculative=ngram"
+    assert settings_label(speculative, "no_speculation") == "speculative=None"
+    assert settings_label(speculative, "draft") == "speculative=draft draft_model=micro"
+
+
+def test_every_scoped_setting_is_an_engine_setting_and_leaves_its_scope():
+    """A renamed EngineConfig field would leave its scope rule silently unused."""
+    assert set(SCOPES) <= set(EngineConfig.field_names())
+    outside = {"shard_by": dict(shards=1), "shard_timeout_s": dict(shards=1), "num_speculative_tokens": {},
+               "draft_model": dict(speculative="ngram"), "static_batch_size": dict(policy="fcfs"),
+               "block_size": dict(kv_layout="dense"), "num_blocks": dict(kv_layout="dense"),
+               "kv_memory_bytes": dict(kv_layout="dense"), "prefix_caching": dict(kv_layout="dense")}
+    assert set(outside) == set(SCOPES)
+    for name, settings in outside.items():
+        assert not takes_effect(EngineConfig(**settings), name), name
+    assert takes_effect(EngineConfig(shards=2, shard_by="sequence"), "shard_by")
+    assert takes_effect(EngineConfig(speculative="draft"), "draft_model")
+    assert takes_effect(EngineConfig(), "max_tokens_per_step")  # a setting with no scope always takes effect
 
 
 # -- the command line ---------------------------------------------------------------------------

@@ -162,7 +162,8 @@ def reused(record: StepRecord, previous: StepRecord | None) -> Iterable[Event]:
         return
     for key, tokens in sorted(prefix.hits.items(), key=lambda kv: int(kv[0])):
         blocks = tokens // record.kv.block_size
-        text = f"request {key} reused {_plural(blocks, 'block')} ({tokens} tokens) from the prefix cache"
+        text = (f"request {key} reused {_plural(blocks, 'block')} ({_plural(tokens, 'token')}) "
+                "from the prefix cache")
         yield Event(record.step, REUSED, text, int(key))
 
 

@@ -66,11 +66,3 @@ class PrefixView:
     lookup_tokens: int  # tokens the step's admissions had to compute without the cache
     new_blocks: int  # blocks handed out fresh in this step
     evicted_blocks: int  # cached-free blocks taken back for new keys in this step
-
-
-def reuse_events(prefix: PrefixView | None, block_size: int) -> list[str]:
-    """One line per request that reused cached blocks in the step, for a narration or a log."""
-    if prefix is None:
-        return []
-    return [f"request {rid} reused {tokens // block_size} blocks ({tokens} tokens)"
-            for rid, tokens in sorted(prefix.hits.items(), key=lambda kv: int(kv[0]))]

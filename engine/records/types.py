@@ -310,8 +310,11 @@ class StepRecord:
         kv["block_tables"] = {k: tuple(v) for k, v in kv["block_tables"].items()}
         kv["freed_blocks"] = {k: tuple(v) for k, v in kv.get("freed_blocks", {}).items()}
         if kv.get("prefix") is not None:
-            prefix = kv["prefix"]
-            kv["prefix"] = PrefixView(**{**prefix, "cached": BlockSet.of(prefix.get("cached", ()), kv["num_blocks"])})
+            prefix, num_blocks = kv["prefix"], kv["num_blocks"]
+            cached = prefix.get("cached", ())
+            if any(not 0 <= b < num_blocks for b in cached):  # the pool's map has no byte for it
+                raise ValueError(f"kv.prefix.cached: a block number is not below num_blocks={num_blocks}")
+            kv["prefix"] = PrefixView(**{**prefix, "cached": BlockSet.of(cached, num_blocks)})
         kv["evicted"] = {k: tuple(v) for k, v in kv.get("evicted", {}).items()}
         data["kv"] = KVView(**kv)
         data["memory"] = MemoryView(**data["memory"])

@@ -191,19 +191,24 @@ def _median_run(results: list[RunResult]) -> RunResult:
 def combine(name: str, runs: dict[str, list[RunResult | None]], repeat: int, running: str | None = None) -> dict:
     """One row of the report from a system's repetitions: the median repetition's figures (TTFT,
     TPOT, steps), output tok/s as the median, min and max of all, and ratios paired with ours
-    continuous in the same repetition."""
+    continuous in the same repetition. Only the repetitions that ran count; the note says how many
+    failed, and why the first did."""
     done = [r for r in runs[name] if r is not None]
     if not done:
         return RunResult(name, available=False, note=INTERRUPTED if name == running else NOT_RUN).summary()
-    if not done[0].available:
+    measured = [r for r in done if r.available]  # a repetition can fail after one that ran (out of memory)
+    if not measured:
         return done[0].summary()
-    tok_s = [r.output_tok_s for r in done]
-    row = _median_run(done).summary()
+    tok_s = [r.output_tok_s for r in measured]
+    row = _median_run(measured).summary()
     row.update(output_tok_s=statistics.median(tok_s), output_tok_s_min=min(tok_s), output_tok_s_max=max(tok_s),
-               output_tok_s_runs=tok_s, total_tok_s=statistics.median([r.total_tok_s for r in done]),
-               repetitions=len(done))
+               output_tok_s_runs=tok_s, total_tok_s=statistics.median([r.total_tok_s for r in measured]),
+               repetitions=len(measured))
     if len(done) < repeat:
         row["note"] += f"; {len(done)} of {repeat} repetitions (the bench was interrupted)"
+    if len(measured) < len(done):
+        failed = next(r for r in done if not r.available)
+        row["note"] += f"; {len(done) - len(measured)} of {len(done)} repetitions failed ({failed.note})"
     if name != BASE:
         pairs = [(base, r) for base, r in zip(runs[BASE], runs[name], strict=True)
                  if base is not None and r is not None and base.available and r.available]

@@ -349,7 +349,7 @@ class CompareApp(App[None]):
             "step_once": self.paused and not stopped,
             "history_back": (self.paused or stopped) and self._can_go_back(),
             "history_forward": (self.paused or stopped) and (self.viewing is not None or not stopped),
-            "other_run": not self.side_by_side() if self.is_mounted else True,
+            "other_run": not self.side_by_side() if self.screen_stack else True,
             "faster": self.speed < SPEEDS[-1],
             "slower": self.speed > SPEEDS[0],
         }.get(action, True)

@@ -26,6 +26,7 @@ from textual.geometry import Size
 from textual.message import Message
 from textual.reactive import reactive
 from textual.screen import Screen
+from textual.timer import Timer
 from textual.widgets import Footer, Static
 
 from engine.profiling.detailed_memory_profiler import DetailedMemoryProfiler
@@ -158,7 +159,7 @@ class DashboardApp(App[None]):
         self._inbox: list[StepRecord | EngineStatus] = []
         self._inbox_lock = threading.Lock()
         self._last_draw = 0.0
-        self._draw_timer = None
+        self._draw_timer: Timer | None = None
         self.set_reactive(DashboardApp.paused, paused)
         self.set_reactive(DashboardApp.speed, DEFAULT_SPEED if speed is None else float(speed))
         if not recorded:  # a live engine: its steps run in a memory context (memory by context, key m)
@@ -368,6 +369,7 @@ class DashboardApp(App[None]):
                           **common)
 
     def _poll_memory(self) -> None:
+        assert self._probe is not None  # on_mount opens it before the first poll
         self.query_one(MemoryPanel).show_reading(self._probe.read())
 
     # -- reactivity ----------------------------------------------------------------------------
@@ -505,7 +507,7 @@ class DashboardApp(App[None]):
             s = self.scenario
             self.push_screen(HelpScreen(s.title, s.description, s.question))
 
-    def action_quit(self) -> None:
+    def action_quit(self) -> None:  # type: ignore[override]  # App's is async; sync: LessonApp calls it
         self.controller.stop(timeout=1.0)
         self.exit()
 

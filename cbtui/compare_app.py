@@ -14,6 +14,7 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 from textual import on
 from textual.app import App, ComposeResult
@@ -23,6 +24,7 @@ from textual.css.query import NoMatches
 from textual.events import Resize
 from textual.message import Message
 from textual.reactive import reactive
+from textual.timer import Timer
 from textual.widgets import Footer, Static
 
 from engine.records import StepRecord
@@ -134,8 +136,8 @@ class RunPane(Vertical):
         recent = self.history.recent(RATE_WINDOW)
         seconds = sum(r.wall_time_s for r in recent)
         rate = sum(r.decode_tokens + r.prefill_tokens for r in recent) / seconds if seconds > 0 else None
-        common = dict(scenario=title, engine=self.engine_label, run_state=state, speed=speed, newest=newest,
-                      tokens_per_second=rate)
+        common: dict[str, Any] = dict(scenario=title, engine=self.engine_label, run_state=state, speed=speed,
+                                      newest=newest, tokens_per_second=rate)
         if record is None:
             info = HeaderInfo(step=None, **common)
         else:
@@ -205,7 +207,7 @@ class CompareApp(App[None]):
         self._inbox: list[PairStep | EngineStatus] = []
         self._inbox_lock = threading.Lock()
         self._last_draw = 0.0
-        self._draw_timer = None
+        self._draw_timer: Timer | None = None
         self.set_reactive(CompareApp.paused, paused)
         self.set_reactive(CompareApp.speed, DEFAULT_SPEED if speed is None else float(speed))
         names = [f"{letter} {v.name}" for letter, v in zip("AB", variants, strict=True)]
@@ -413,7 +415,7 @@ class CompareApp(App[None]):
             s = self.scenario
             self.push_screen(HelpScreen(s.title, f"{s.description}\n\n{ABOUT_COMPARE}", s.question, COMPARE_KEYS))
 
-    def action_quit(self) -> None:
+    def action_quit(self) -> None:  # type: ignore[override]  # App's is async; Textual runs a sync one too
         self.controller.stop(timeout=1.0)
         self.exit()
 

@@ -304,6 +304,7 @@ class DashboardApp(EngineFedApp):
                           **common)
 
     def _poll_memory(self) -> None:
+        assert self._probe is not None  # on_mount opens it before the first poll
         self.query_one(MemoryPanel).show_reading(self._probe.read())
 
     # -- reactivity ----------------------------------------------------------------------------
@@ -405,7 +406,7 @@ class DashboardApp(EngineFedApp):
             s = self.scenario
             self.push_screen(HelpScreen(s.title, s.description, s.question))
 
-    def action_quit(self) -> None:
+    def action_quit(self) -> None:  # type: ignore[override]  # App's is async; sync: LessonApp calls it
         self.controller.stop(timeout=1.0)
         self.exit()
 

@@ -153,8 +153,12 @@ class Breakpoints:
         """A new run (r, or a replay started over): no previous step."""
         self._previous = None
 
-    def check(self, record: StepRecord) -> str | None:
-        """'preempt hit: request 3 preempted (...)' for the first breakpoint that fires, else None."""
+    def check(self, record: object) -> str | None:
+        """'preempt hit: request 3 preempted (...)' for the first breakpoint that fires, else None.
+        Only a StepRecord fires one: what else a controller hands over (cbtui compare's pair of
+        records) is passed by, and is not the previous step of the next."""
+        if not isinstance(record, StepRecord):
+            return None
         with self._lock:
             items = list(self._items)
         previous, self._previous = self._previous, record

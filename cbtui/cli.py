@@ -10,6 +10,7 @@ import torch
 
 from engine.config import ATTENTION_BACKENDS, DEVICES, KV_LAYOUTS, MODELS, SHARD_BY, SPECULATIVE
 from engine.plugins.base import PluginAbort
+from engine.records import StepRecord
 from engine.records.text import visible
 from scenarios import ScenarioError, builtin_names, load_scenario
 
@@ -192,7 +193,8 @@ def _report_divergence(scenario, engine, totals, variant, plugins, overrides) ->
                     variant_plugins={k: kept(v) for k, v in scenario.variant_plugins.items()})
     reference = plain.build_engine(variant, plugins=tuple(p for p in plugins if parse_plugin_spec(p)[0] not in lossy),
                                    **overrides)
-    last, preempted = None, 0
+    last: StepRecord | None = None
+    preempted = 0
     while reference.has_unfinished():
         record = reference.step()
         if record is not None:
@@ -205,6 +207,7 @@ def _report_divergence(scenario, engine, totals, variant, plugins, overrides) ->
         click.echo(f"{' + '.join(lossy)}: {differ} of {total} generated tokens differ from the run without it "
                    f"({verdict})")
         return
+    assert last is not None  # the workload of a run that made records: the reference made some too
     full, small = last.kv.pool_bytes, last_record.kv.pool_bytes
     budget = engine.config.kv_memory_bytes
     if budget is None:

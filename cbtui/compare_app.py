@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 from textual import on
 from textual.app import ComposeResult
@@ -118,8 +119,8 @@ class RunPane(Vertical):
         recent = self.history.recent(RATE_WINDOW)
         seconds = sum(r.wall_time_s for r in recent)
         rate = sum(r.decode_tokens + r.prefill_tokens for r in recent) / seconds if seconds > 0 else None
-        common = dict(scenario=title, engine=self.engine_label, run_state=state, speed=speed, newest=newest,
-                      tokens_per_second=rate)
+        common: dict[str, Any] = dict(scenario=title, engine=self.engine_label, run_state=state, speed=speed,
+                                      newest=newest, tokens_per_second=rate)
         if record is None:
             info = HeaderInfo(step=None, **common)
         else:
@@ -278,7 +279,7 @@ class CompareApp(EngineFedApp):
             "step_once": self.paused and not stopped,
             "history_back": (self.paused or stopped) and self._can_go_back(),
             "history_forward": (self.paused or stopped) and (self.viewing is not None or not stopped),
-            "other_run": not self.side_by_side() if self.is_mounted else True,
+            "other_run": not self.side_by_side() if self.screen_stack else True,
             "faster": self.speed < SPEEDS[-1],
             "slower": self.speed > SPEEDS[0],
         }.get(action, True)
@@ -326,7 +327,7 @@ class CompareApp(EngineFedApp):
             s = self.scenario
             self.push_screen(HelpScreen(s.title, f"{s.description}\n\n{ABOUT_COMPARE}", s.question, COMPARE_KEYS))
 
-    def action_quit(self) -> None:
+    def action_quit(self) -> None:  # type: ignore[override]  # App's is async; Textual runs a sync one too
         self.controller.stop(timeout=1.0)
         self.exit()
 

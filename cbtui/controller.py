@@ -15,7 +15,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from engine.records import RunHeader, StepRecord
 
@@ -24,14 +24,22 @@ from .breakpoints import Breakpoints
 MAX_SPEED = float("inf")  # steps per second: as fast as the engine goes
 
 
-class SteppableEngine(Protocol):
-    """An Engine, or a recorded run (engine.records.recording.RecordedRun): records, and the run's header."""
+Step = TypeVar("Step")  # what one step hands over: a StepRecord, or cbtui compare's PairStep
+Step_co = TypeVar("Step_co", covariant=True)
 
-    def step(self) -> StepRecord | None: ...
+
+class Steppable(Protocol[Step_co]):
+    """What the controller drives: a step at a time (None: nothing to hand over yet), and the run's header."""
+
+    def step(self) -> Step_co | None: ...
 
     def has_unfinished(self) -> bool: ...
 
     def header(self) -> RunHeader: ...
+
+
+class SteppableEngine(Steppable[StepRecord], Protocol):
+    """An Engine, or a recorded run (engine.records.recording.RecordedRun): records, and the run's header."""
 
 
 @dataclass(frozen=True)
@@ -48,12 +56,12 @@ class _Command:
     value: float | None = None
 
 
-class EngineController:
+class EngineController(Generic[Step]):
     """Runs `engine.step()` on a background thread at a given speed, under commands."""
 
-    def __init__(self, engine: SteppableEngine, on_record: Callable[[StepRecord], None],
+    def __init__(self, engine: Steppable[Step], on_record: Callable[[Step], None],
                  on_status: Callable[[EngineStatus], None],
-                 rebuild: Callable[[], SteppableEngine] | None = None,
+                 rebuild: Callable[[], Steppable[Step]] | None = None,
                  paused: bool = False, speed: float = 4.0, max_steps: int | None = None,
                  breakpoints: Breakpoints | None = None):
         self._engine = engine

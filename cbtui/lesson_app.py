@@ -32,7 +32,7 @@ class LessonApp(DashboardApp):
         Binding("t", "fold_lesson", "Fold the lesson text", show=False),
     ]
 
-    def __init__(self, scenario, engine, lesson: Lesson, number: int, outcome: list, **kwargs):
+    def __init__(self, scenario, engine, lesson: Lesson, number: int, outcome: list[int | str], **kwargs):
         """`outcome` gets where to go when this app ends: a lesson number, MENU, or nothing (quit)."""
         super().__init__(scenario, engine, paused=False, speed=MAX_SPEED,
                          breakpoints=[parse(lesson.break_on)], **kwargs)
@@ -110,7 +110,7 @@ def _parts(lesson: Lesson):
     return scenario, rebuild(), rebuild
 
 
-def open_lesson(number: int, outcome: list, **kwargs) -> LessonApp:
+def open_lesson(number: int, outcome: list[int | str], **kwargs) -> LessonApp:
     """The app of lesson `number` (1-based), on a fresh engine of its scenario."""
     lesson = LESSONS[number - 1]
     scenario, engine, rebuild = _parts(lesson)
@@ -127,7 +127,8 @@ def run_lessons(start: int | None) -> int:
             if number is None:
                 return 0
         assert isinstance(number, int)
-        lesson, outcome, last = LESSONS[number - 1], [], number
+        outcome: list[int | str] = []  # where the lesson's app says to go next (a number, or MENU)
+        lesson, last = LESSONS[number - 1], number
         scenario, engine, rebuild = _parts(lesson)
 
         def make(scenario, engine, _rebuild, lesson=lesson, number=number, outcome=outcome, rebuild=rebuild):

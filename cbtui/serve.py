@@ -197,7 +197,7 @@ def serve(scenario, engine, header, *, host: str, port: int, public_url: str | N
     from .app import run_dashboard
 
     temporary = session_dir is None
-    directory = Path(tempfile.mkdtemp(prefix="cbtui-serve-") if temporary else session_dir)
+    directory = Path(tempfile.mkdtemp(prefix="cbtui-serve-") if session_dir is None else session_dir)
     session = Session(directory)
     try:
         session.create()

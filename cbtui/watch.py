@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from textual.binding import Binding
 
@@ -18,7 +19,7 @@ from engine.records.recording import RecordingError
 
 from .app import DashboardApp
 from .controller import MAX_SPEED
-from .follow import Following
+from .follow import FollowedRun, Following
 from .session import ENDED, PresenterState, Session
 from .widgets.help_screen import HelpScreen
 
@@ -63,8 +64,9 @@ class WatchApp(DashboardApp, inherit_bindings=False):
         self.session = session
         self.following = following
         self.presenter = session.read_state() or PresenterState()
-        self._registration = None
-        self._restarting = None  # the run a restart was asked for (the controller takes it up soon after)
+        self._registration: Path | None = None
+        # The run a restart was asked for (the controller takes it up soon after).
+        self._restarting: FollowedRun | None = None
 
     def on_mount(self) -> None:  # (DashboardApp.on_mount runs too: Textual calls each class's handler)
         self._registration = self.session.register_viewer()

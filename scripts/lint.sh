@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The rules the tools enforce (settings in pyproject.toml): ruff (style, bugs, imports, upgrades),
-# mypy (engine, engine/records and scenarios) and import-linter (the layer contracts: the engine
-# has no UI, engine.records has no torch, widgets read records only). Fails on any finding.
+# mypy (engine with engine/records, scenarios, and cbtui: the UI, the CLI and the bench; not
+# tests/ or scripts/) and import-linter (the layer contracts: the engine has no UI,
+# engine.records has no torch, widgets read records only). Fails on any finding.
 # The code base is not reformatted: `ruff format` is not part of this.
 #
 #   bash scripts/lint.sh             # with ruff, mypy and lint-imports on PATH (pip install -e ".[lint]")

@@ -550,6 +550,25 @@ def test_a_row_cut_short_keeps_its_finished_repetitions_and_says_so():
     assert combine("y", runs, 3)["note"] == NOT_RUN
 
 
+def test_a_row_whose_later_repetition_fails_keeps_the_measured_ones_and_says_why():
+    """A system measured in one repetition that fails in another (out of memory, say): its row has
+    the figures of the repetitions that ran and says how many failed and why; the report is still
+    made (the failed run has no tok/s to take a median of)."""
+    from cbtui.bench.run import BASE, combine
+
+    oom = RunResult("x", available=False, note="failed: RuntimeError: out of memory")
+    runs = {BASE: [_fake_run(BASE, 100), _fake_run(BASE, 300), _fake_run(BASE, 200)],
+            "x": [_fake_run("x", 50), oom, _fake_run("x", 40)]}
+    row = combine("x", runs, 3)
+    assert row["available"] and row["repetitions"] == 2
+    assert row["output_tok_s_runs"] == [50, 40] and row["output_tok_s"] == 45
+    assert row["ours_over_this_runs"] == [2.0, 5.0]  # paired only where both ran
+    assert "1 of 3 repetitions failed (failed: RuntimeError: out of memory)" in row["note"]
+    runs[BASE][2] = RunResult(BASE, available=False, note="failed: RuntimeError: out of memory")
+    base = combine(BASE, runs, 3)
+    assert base["repetitions"] == 2 and base["output_tok_s"] == 200 and "1 of 3 repetitions failed" in base["note"]
+
+
 def test_repeated_systems_run_in_rotating_order_and_update_the_report(monkeypatch):
     import cbtui.bench.run as run
 

@@ -138,6 +138,14 @@ def test_a_run_that_fails_is_named_and_both_histories_stay():
     run(scenario_())
 
 
+def test_key_states_can_be_asked_before_the_app_has_a_screen():
+    """check_action guards the one state that reads the screen (tab: only when one run is shown at a
+    time): before the app runs it answers True instead of raising ScreenStackError. (The guard read
+    App.is_mounted, a method, so always true.)"""
+    app = make_compare()
+    assert app.check_action("other_run", ()) is True
+
+
 def test_help_lists_the_keys_compare_has():
     async def scenario():
         app = make_compare()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import torch
 
@@ -162,7 +163,7 @@ def _run_hf_manager(hf, workload: Workload, settings: dict) -> RunResult:
         start = time.perf_counter()
         ids = [manager.add_request(p, max_new_tokens=n, record_timestamps=True)
                for p, n in zip(workload.prompts, workload.max_new_tokens, strict=True)]
-        results = {}
+        results: dict[str, Any] = {}  # request id -> its GenerationOutput
         while len(results) < len(ids):
             out = manager.get_result(timeout=1)
             if out is not None and out.is_finished():
@@ -176,9 +177,10 @@ def _cb_result(workload: Workload, outs: list, start: float, end: float, setting
     result = RunResult(CB_NAME, note=", ".join(f"{k} {v}" for k, v in settings.items()),
                        prompt_tokens=workload.prompt_tokens)
     # created_time is stamped by add_request, after the manager's warm-up: that is the start.
-    created = [getattr(o, "created_time", None) for o in outs]
+    created = [c for o in outs if (c := getattr(o, "created_time", None)) is not None]
     ends = [getattr(o, "lifespan", (-1, -1))[1] for o in outs]
-    if all(c is not None and start <= c <= end for c in created) and all(start <= e <= end for e in ends):
+    stamped = len(created) == len(outs) and all(start <= c <= end for c in created)
+    if stamped and all(start <= e <= end for e in ends):
         begin, finish = min(created), max(ends)
     else:  # no usable request timestamps in this release: the whole call, warm-up included
         begin, finish = start, end

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from engine import Engine, EngineConfig
+from engine.records import StepRecord
 
 
 class NullModel(torch.nn.Module):
@@ -27,6 +28,12 @@ class NullModel(torch.nn.Module):
 
     def weight_bytes(self) -> int:
         return 0
+
+
+def _step(engine: Engine) -> StepRecord:
+    record = engine.step()
+    assert record is not None  # overlap_steps is off: every step hands over its own record
+    return record
 
 
 def run_host_bench(num_requests: int, steps: int, prompt_len: int = 32, policy: str = "fcfs",
@@ -46,16 +53,16 @@ def run_host_bench(num_requests: int, steps: int, prompt_len: int = 32, policy: 
     for i in range(num_requests):
         engine.add_request([(i + j) % 256 for j in range(prompt_len)], max_new_tokens=steps + 4)
     decoding = num_requests if policy == "fcfs" else min(num_requests, static_batch_size)
-    rec = engine.step()
+    rec = _step(engine)
     while sum(v.state == "decode" for v in rec.requests) < decoding:
-        rec = engine.step()  # prefill first: the timed steps are pure decode
+        rec = _step(engine)  # prefill first: the timed steps are pure decode
     times, cpu_times = [], []
     for _ in range(steps):
         start, cpu_start = time.perf_counter(), time.thread_time()
-        rec = engine.step()
+        timed = engine.step()
         times.append(time.perf_counter() - start)
         cpu_times.append(time.thread_time() - cpu_start)  # robust to other processes on the box
-        assert rec.decode_tokens == decoding and rec.prefill_tokens == 0
+        assert timed is not None and timed.decode_tokens == decoding and timed.prefill_tokens == 0
     result = {
         "machine": f"{platform.machine()} {platform.processor() or platform.platform()}",
         "policy": policy, "requests": num_requests, "decoding_requests": decoding, "steps": steps,

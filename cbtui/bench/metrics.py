@@ -44,7 +44,8 @@ class RunResult:
         total = self.prompt_tokens + self.output_tokens
         return total / self.wall_s if self.available and self.wall_s > 0 else None
 
-    def summary(self, baseline: RunResult | None = None) -> dict:
+    def summary(self) -> dict:
+        """The figures of this run alone (bench.run.combine adds those paired with ours continuous)."""
         def ms(xs: list[float]) -> dict[str, float | None]:
             return {f"p{q}": None if (p := percentile(xs, q)) is None else 1000 * p for q in PERCENTILES}
 
@@ -60,9 +61,4 @@ class RunResult:
             out["step_time"] = self.step_time
         if self.speculation is not None:
             out["speculation"] = self.speculation
-        if baseline is not None and baseline.available and baseline.output_tok_s:
-            out["output_tok_s_vs_ours"] = self.output_tok_s / baseline.output_tok_s
-            out["total_tok_s_vs_ours"] = self.total_tok_s / baseline.total_tok_s
-            same = sum(a == b for a, b in zip(self.outputs, baseline.outputs, strict=False))
-            out["same_outputs_as_ours"] = same / len(baseline.outputs) if baseline.outputs else None
         return out

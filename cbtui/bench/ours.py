@@ -156,10 +156,11 @@ def run_ours(workload: Workload, policy: str = "fcfs", device: str = "auto", dty
         note += f" ({graph_note})" if graph_note else ""
     elif header.device == "cuda":
         note += "; decode graphs off"
+    record_share = totals.record_s / max(totals.step_s, 1e-9)
     result = RunResult(name, note=note, wall_s=wall, prompt_tokens=workload.prompt_tokens,
                        output_tokens=sum(len(outputs[i]) for i in ids), steps=totals.steps,
-                       outputs=[outputs[i] for i in ids], record_share=totals.record_s / max(totals.step_s, 1e-9))
-    result.note += f"; StepRecords {100 * result.record_share:.1f}% of step time"
+                       outputs=[outputs[i] for i in ids], record_share=record_share)
+    result.note += f"; StepRecords {100 * record_share:.1f}% of step time"
     for kind, (seconds, steps, device_s) in totals.by_kind.items():
         timed = totals.timed_on_device
         result.step_time[kind] = {"steps": steps, "seconds": seconds, "device_seconds": device_s if timed else None}

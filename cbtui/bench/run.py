@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
 
 import torch
 
@@ -132,7 +134,7 @@ def run_systems(workload: Workload, device: str = "auto", attention: str = "auto
         release(engine)
         del engine
 
-        def hf_row(name, fn):
+        def hf_row(name: str, fn: Callable[[Any, Workload], RunResult]) -> RunResult:
             if hf_model is None:
                 return RunResult(name, available=False, note=hf_note)
             try:
@@ -140,7 +142,7 @@ def run_systems(workload: Workload, device: str = "auto", attention: str = "auto
             except Exception as exc:  # a transformers release that differs: say so, keep the rest
                 return _failed(name, exc)
 
-        def ours_row(name, policy="fcfs", **setting):
+        def ours_row(name: str, policy: str = "fcfs", **setting: Any) -> RunResult:
             try:
                 result, engine = run_ours(workload, policy, device, dtype, attention, budget, name=name, **setting)
             except Exception as exc:  # a piece that fails on this machine: say so, keep the rows measured
@@ -151,12 +153,12 @@ def run_systems(workload: Workload, device: str = "auto", attention: str = "auto
             free_memory(dev)  # out of the except block: its traceback no longer holds the engine
             return result
 
-        systems = {CB_NAME: lambda: hf_row(CB_NAME, run_hf_generate_batch),
-                   "ours static": lambda: ours_row("ours static", "static"),
-                   STATIC_NAME: lambda: hf_row(STATIC_NAME, run_hf_static),
-                   BASE: lambda: ours_row(BASE)}
-        systems.update({name: (lambda name=name, setting=setting: ours_row(name, **setting))
-                        for name, setting in ablations})
+        systems: dict[str, Callable[[], RunResult]] = {
+            CB_NAME: lambda: hf_row(CB_NAME, run_hf_generate_batch),
+            "ours static": lambda: ours_row("ours static", "static"),
+            STATIC_NAME: lambda: hf_row(STATIC_NAME, run_hf_static),
+            BASE: lambda: ours_row(BASE)}
+        systems.update({name: partial(ours_row, name, **setting) for name, setting in ablations})
         for i, (rep, name) in enumerate(todo):
             first = runs[name][0]
             if first is not None and not first.available:
@@ -165,10 +167,10 @@ def run_systems(workload: Workload, device: str = "auto", attention: str = "auto
                 running = name
                 progress(name + _of(rep, repeat))
                 with frozen_heap():
-                    runs[name][rep] = systems[name]()
+                    result = runs[name][rep] = systems[name]()
                 running = None
                 on_row(report_so_far(True))
-                progress(_line(runs[name][rep], runs[BASE][rep]))
+                progress(_line(result, runs[BASE][rep]))
             if i == last_hf:
                 hf_model = None  # done with the Hugging Face copy: free it before the rest
                 free_memory(dev)
@@ -182,6 +184,13 @@ def _of(rep: int, repeat: int) -> str:
     return f" (repetition {rep + 1} of {repeat})" if repeat > 1 else ""
 
 
+def _tok_s(result: RunResult) -> tuple[float, float]:
+    """Output and total tok/s of a run that ran (available: the bench timed it, so its wall time is > 0)."""
+    output, total = result.output_tok_s, result.total_tok_s
+    assert output is not None and total is not None, f"{result.system}: available but not timed"
+    return output, total
+
+
 def _median_run(results: list[RunResult]) -> RunResult:
     """The repetition whose output tok/s is the median (the lower of the middle two for an even count)."""
     ordered = sorted(results, key=lambda r: r.output_tok_s or 0.0)
@@ -191,27 +200,33 @@ def _median_run(results: list[RunResult]) -> RunResult:
 def combine(name: str, runs: dict[str, list[RunResult | None]], repeat: int, running: str | None = None) -> dict:
     """One row of the report from a system's repetitions: the median repetition's figures (TTFT,
     TPOT, steps), output tok/s as the median, min and max of all, and ratios paired with ours
-    continuous in the same repetition."""
+    continuous in the same repetition. Only the repetitions that ran count; the note says how many
+    failed, and why the first did."""
     done = [r for r in runs[name] if r is not None]
     if not done:
         return RunResult(name, available=False, note=INTERRUPTED if name == running else NOT_RUN).summary()
-    if not done[0].available:
+    measured = [r for r in done if r.available]  # a repetition can fail after one that ran (out of memory)
+    if not measured:
         return done[0].summary()
-    tok_s = [r.output_tok_s for r in done]
-    row = _median_run(done).summary()
+    tok_s = [_tok_s(r)[0] for r in measured]
+    row = _median_run(measured).summary()
     row.update(output_tok_s=statistics.median(tok_s), output_tok_s_min=min(tok_s), output_tok_s_max=max(tok_s),
-               output_tok_s_runs=tok_s, total_tok_s=statistics.median([r.total_tok_s for r in done]),
-               repetitions=len(done))
+               output_tok_s_runs=tok_s, total_tok_s=statistics.median([_tok_s(r)[1] for r in measured]),
+               repetitions=len(measured))
     if len(done) < repeat:
         row["note"] += f"; {len(done)} of {repeat} repetitions (the bench was interrupted)"
+    if len(measured) < len(done):
+        failed = next(r for r in done if not r.available)
+        row["note"] += f"; {len(done) - len(measured)} of {len(done)} repetitions failed ({failed.note})"
     if name != BASE:
         pairs = [(base, r) for base, r in zip(runs[BASE], runs[name], strict=True)
                  if base is not None and r is not None and base.available and r.available]
         if pairs:
-            row["ours_over_this_runs"] = [base.output_tok_s / r.output_tok_s for base, r in pairs]
+            rates = [(_tok_s(base), _tok_s(r)) for base, r in pairs]  # (ours, this): (output, total) tok/s
+            row["ours_over_this_runs"] = [ours[0] / this[0] for ours, this in rates]
             row["ours_over_this"] = statistics.median(row["ours_over_this_runs"])
-            row["output_tok_s_vs_ours"] = statistics.median([r.output_tok_s / base.output_tok_s for base, r in pairs])
-            row["total_tok_s_vs_ours"] = statistics.median([r.total_tok_s / base.total_tok_s for base, r in pairs])
+            row["output_tok_s_vs_ours"] = statistics.median([this[0] / ours[0] for ours, this in rates])
+            row["total_tok_s_vs_ours"] = statistics.median([this[1] / ours[1] for ours, this in rates])
             same = [sum(a == b for a, b in zip(r.outputs, base.outputs, strict=False)) / len(base.outputs)
                     for base, r in pairs if base.outputs]
             row["same_outputs_as_ours"] = min(same) if same else None  # the worst repetition
@@ -287,8 +302,9 @@ def _report(dev, workload, dtype, attention_name, budget, rows: list[dict]) -> d
 def _line(result: RunResult, base: RunResult | None = None) -> str:
     if not result.available:
         return f"{result.system}: unavailable ({result.note})"
-    paired = base is not None and base is not result and base.available and base.output_tok_s
-    ratio = f", ours {base.output_tok_s / result.output_tok_s:.2f}x it" if paired else ""
+    tok_s = _tok_s(result)[0]
+    ours = _tok_s(base)[0] if base is not None and base is not result and base.available else 0.0
+    ratio = f", ours {ours / tok_s:.2f}x it" if ours else ""
     steps = "-" if result.steps is None else result.steps
-    return (f"{result.system}: {result.output_tok_s:,.0f} output tok/s, {steps} steps, "
+    return (f"{result.system}: {tok_s:,.0f} output tok/s, {steps} steps, "
             f"{result.wall_s:.2f} s{ratio}")

@@ -187,10 +187,10 @@ def prefix_part(kv: KVView, short: bool = False) -> Text | None:
     if short:
         return Text.assemble(("②", "bold"), f"{len(prefix.shared)} ", (CACHED_GLYPH, CACHED_STYLE),
                              f"{len(prefix.cached)}")
-    line = Text.assemble(("②", "bold"), (f" shared {len(kv.prefix.shared)}", "dim"),
-                         (f"  {CACHED_GLYPH}", CACHED_STYLE), (f" cached-free {len(kv.prefix.cached)}", "dim"))
-    if kv.prefix.hit_blocks:
-        line.append(f"  hit {kv.prefix.hit_blocks}", style="cyan")
+    line = Text.assemble(("②", "bold"), (f" shared {len(prefix.shared)}", "dim"),
+                         (f"  {CACHED_GLYPH}", CACHED_STYLE), (f" cached-free {len(prefix.cached)}", "dim"))
+    if prefix.hit_blocks:
+        line.append(f"  hit {prefix.hit_blocks}", style="cyan")
     return line
 
 

@@ -75,6 +75,7 @@ class MaskLegend(Static):
     DEFAULT_CSS = """
     MaskLegend { height: 3; }
     """
+    _text: Text | None = None  # what is drawn; None: draw the next one whatever it is
 
     def show(self, items: Sequence[ScheduledItem], zoomed_on: int | None, raster: MaskRaster | None,
              selected: int | None, mode: str, hits: Mapping[str, int] | None = None) -> None:
@@ -94,7 +95,7 @@ class MaskLegend(Static):
         else:
             legend = Text("nothing scheduled this step", style="dim")
         text = Text("\n").join([head, scale, legend])
-        if text != getattr(self, "_text", None):
+        if text != self._text:
             self._text = text
             self.update(text, layout=False)
 

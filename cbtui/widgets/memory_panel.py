@@ -78,6 +78,7 @@ class MemoryPanel(Vertical):
         self._history: deque[float] = deque(maxlen=HISTORY)
         self._reading: MemoryReading | None = None
         self._past: tuple[int, MemoryView] | None = None  # (step, its memory) while history is on screen
+        self._shown: dict[str, Text] = {}  # Static id -> the text it shows
 
     def compose(self) -> ComposeResult:
         yield Static(reading_text(None, 40), id="memory-live")
@@ -96,7 +97,7 @@ class MemoryPanel(Vertical):
         """`past_step`: the step on screen is not this moment's (history): the reading shown is the one
         its record carries. `shards`: a sharded run's processes or devices, a line each."""
         self._past = (past_step, memory) if past_step is not None and memory is not None else None
-        self._show(self.query_one("#memory-step", Static), step_memory_text(memory, shards))
+        self._show("memory-step", step_memory_text(memory, shards))
         self._show_reading()
 
     def on_resize(self) -> None:
@@ -109,14 +110,14 @@ class MemoryPanel(Vertical):
             text = reading_text(self._reading, self.size.width or 40)
         else:
             return
-        self._show(self.query_one("#memory-live", Static), text)
+        self._show("memory-live", text)
 
-    @staticmethod
-    def _show(static: Static, text: Text) -> None:
+    def _show(self, static_id: str, text: Text) -> None:
         """Updates only on change; a layout pass only when the number of lines changes."""
-        if text == getattr(static, "_shown_text", None):
+        static = self.query_one(f"#{static_id}", Static)
+        if text == self._shown.get(static_id):
             return
-        static._shown_text = text
+        self._shown[static_id] = text
         lines = max(len(text.plain.split("\n")), 1)
         if static.styles.height is None or static.styles.height.value != lines:
             static.styles.height = lines

@@ -166,7 +166,7 @@ class RequestsTable(DataTable, inherit_bindings=False):
         self._selected: int | None = None  # the request the cursor is on, followed as rows move
         self._sorted_as: list[str] | None = None  # row keys in table order, as last sorted
         self._extra: set[str] = set()  # optional columns shown (OPTIONAL)
-        self._columns = COLUMNS
+        self._columns: tuple[tuple[str, str, int], ...] = COLUMNS  # (key, label, width) as laid out
         # The reason column is as wide as the longest reason seen (it only grows, so columns do not
         # jump back and forth): until a long one comes, the output tail keeps its room at 80 columns.
         self._why = WHY_MIN

@@ -28,7 +28,8 @@ from engine.records.events import (
 
 FORMS = ("preempt, preempt:N (request N), finish, finish:N, admit, admit:N, recompute, recompute:N, first, "
          "first:N (first token), reuse, reuse:N (a prefix cache hit), drafts, drafts:N (speculation), step:N, "
-         "kv-free<K (free KV blocks fall below K), wait>K (a request queued more than K steps), error (a plugin's)")
+         "kv-free<K (free KV blocks fall below K), wait>K (a request queued more than K steps), fragmented (a "
+         "contiguous run waits with enough blocks free, not in a row), error (a plugin's)")
 
 
 class BreakpointError(ValueError):
@@ -39,7 +40,7 @@ class BreakpointError(ValueError):
 class Breakpoint:
     spec: str  # as the user wrote it, normalised ("preempt:3")
     kind: str  # "preempt", "finish", "admit", "recompute", "first", "reuse", "drafts", "step", "kv-free", "wait",
-    # "error"
+    # "fragmented", "error"
     value: int | None = None  # the request, step or threshold; None: any
 
     def fires(self, record: StepRecord, previous: StepRecord | None = None) -> str | None:
@@ -81,6 +82,20 @@ def _waits_over(bp: Breakpoint, record: StepRecord, previous: StepRecord | None)
     return None
 
 
+def _fragmented(bp: Breakpoint, record: StepRecord, previous: StepRecord | None) -> str | None:
+    """The head of the queue waits for a contiguous run while enough blocks are free, only not in a row
+    (contiguous_up_to): fires when that starts, not on every step it lasts."""
+    def waits(rec: StepRecord | None):
+        b = rec.admission_blocked if rec is not None else None
+        return b if b is not None and b.longest_run is not None and b.blocks_free >= b.blocks_needed else None
+
+    b = waits(record)
+    if b is None or waits(previous) is not None:
+        return None
+    return (f"request {b.request_id} waits for {b.blocks_needed} blocks in a row: {b.blocks_free} free, longest run "
+            f"{b.longest_run} (a fragmented pool)")
+
+
 _CONDITIONS: dict[str, Callable[[Breakpoint, StepRecord, StepRecord | None], str | None]] = {
     "preempt": _on_events(PREEMPTED),
     "finish": _on_events(FINISHED),
@@ -93,11 +108,13 @@ _CONDITIONS: dict[str, Callable[[Breakpoint, StepRecord, StepRecord | None], str
     "step": _at_step,
     "kv-free": _kv_free_below,
     "wait": _waits_over,
+    "fragmented": _fragmented,
 }
 _OPTIONAL_REQUEST = ("preempt", "finish", "admit", "recompute", "first", "reuse", "drafts")  # alone: any; :N, request N
 _SPEC = re.compile(r"^(?:(?P<kind>[a-z-]+)(?::(?P<arg>\d+))?|kv-free<(?P<free>\d+)|wait>(?P<wait>\d+))$")
 _ALIASES = {"preemption": "preempt", "preempted": "preempt", "finished": "finish", "admission": "admit",
-            "admitted": "admit", "errors": "error", "first-token": "first", "hit": "reuse", "draft": "drafts"}
+            "admitted": "admit", "errors": "error", "first-token": "first", "hit": "reuse", "draft": "drafts",
+            "fragmentation": "fragmented", "no-run": "fragmented"}
 
 
 def parse(spec: str) -> Breakpoint:
@@ -114,7 +131,7 @@ def parse(spec: str) -> Breakpoint:
     arg = None if match["arg"] is None else int(match["arg"])
     if kind == "step" and arg is not None:
         return Breakpoint(f"step:{arg}", kind, arg)
-    if kind in _OPTIONAL_REQUEST or (kind == "error" and arg is None):
+    if kind in _OPTIONAL_REQUEST or (kind in ("error", "fragmented") and arg is None):
         return Breakpoint(kind if arg is None else f"{kind}:{arg}", kind, arg)
     raise BreakpointError(f"breakpoint {spec!r} is not one of: {FORMS}")
 

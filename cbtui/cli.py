@@ -226,7 +226,7 @@ def _report_divergence(scenario, engine, totals, variant, plugins, overrides) ->
               help="Steps per second (default 4).")
 @click.option("--break-on", "break_on", multiple=True, metavar="SPEC",
               help="Dashboard: pause on the step where SPEC fires: preempt, preempt:N, finish, admit, "
-                   "step:N, kv-free<K, wait>K, error. Repeatable; b in the app adds more.")
+                   "step:N, kv-free<K, wait>K, fragmented, error. Repeatable; b in the app adds more.")
 def replay_cmd(path, paused, speed, break_on):
     """Replay a recorded run in the dashboard, without its engine.
 
@@ -393,7 +393,7 @@ def scenarios_cmd() -> None:
               help="Dashboard: steps per second (default 4).")
 @click.option("--break-on", "break_on", multiple=True, metavar="SPEC",
               help="Dashboard: pause on the step where SPEC fires: preempt, preempt:N, finish, admit, "
-                   "step:N, kv-free<K, wait>K, error. Repeatable; b in the app adds more.")
+                   "step:N, kv-free<K, wait>K, fragmented, error. Repeatable; b in the app adds more.")
 def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention, kv_layout, speculative,
                  no_prefix_caching, contiguous_up_to, shards, shard_by, variant, plugins, without, trust_plugins,
                  metrics_out, trace_out,

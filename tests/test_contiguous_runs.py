@@ -214,3 +214,23 @@ def test_the_cli_option_gives_short_requests_runs():
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert any(line.get("kv", {}).get("runs") for line in lines)
+
+
+def test_a_fragmented_breakpoint_pauses_where_a_run_waits_with_blocks_free():
+    from cbtui.breakpoints import Breakpoints, parse
+
+    bp = parse("fragmented")
+    assert parse("no-run") == bp and bp.spec == "fragmented"
+    records, _ = scenario_run("contiguous")
+    fired = [(r.step, text) for previous, r in zip([None, *records], records, strict=False)
+             if (text := bp.fires(r, previous)) is not None]
+    first = next(r for r in records if r.admission_blocked is not None and r.admission_blocked.longest_run is not None
+                 and r.admission_blocked.blocks_free >= r.admission_blocked.blocks_needed)
+    assert fired and fired[0][0] == first.step
+    b = first.admission_blocked
+    assert fired[0][1] == (f"request {b.request_id} waits for {b.blocks_needed} blocks in a row: {b.blocks_free} free, "
+                           f"longest run {b.longest_run} (a fragmented pool)")
+    assert len(fired) < sum(1 for r in records if bp.fires(r, None))  # once when it starts, not every step
+    paged, _ = scenario_run("paged")
+    assert not any(bp.fires(r, None) for r in paged)
+    assert Breakpoints([bp]).add(parse("fragmented")) is False

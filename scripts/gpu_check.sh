@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# GPU check: `cbtui bench --workload anchor`, then the CUDA tests, a short table last.
+# GPU check: `cbtui bench --workload anchor`, then the CUDA tests, recorded budget_sweep runs, a
+# short table last.
 # The bench's extra rows on CUDA (overlapped steps, no graphs, gather decode) measure the fast-path
 # pieces.
 # Within 8 minutes on an H100/H200, as issue #6 asks (END=480 s; two minutes spare in the
@@ -84,6 +85,24 @@ else
 fi
 stamp "CUDA tests exit code $test_rc"
 
+# Recorded GPU runs of budget_sweep (the small preset, each budget), where the latency cost of a
+# bigger budget shows: the throughput-vs-latency lesson's figures, replayable anywhere with
+# `cbtui replay FILE`. Under $OUTDIR/recorded/; a later session copies them into the repository.
+record_rc=skipped
+if [ $((END - SECONDS)) -ge 40 ]; then
+  stamp "recording budget_sweep on CUDA (small preset), $((END - SECONDS)) s left"
+  mkdir -p "$OUTDIR/recorded"
+  record_rc=0
+  for variant in base budget_16 budget_64 budget_128; do
+    [ $((END - SECONDS)) -ge 15 ] || { record_rc=124; break; }
+    args=(); [ "$variant" = base ] || args=(--variant "$variant")
+    timeout -k 5 $((END - SECONDS < 60 ? END - SECONDS : 60)) "$PY" -m cbtui scenario budget_sweep --model small \
+      --device cuda --headless "${args[@]}" --record "$OUTDIR/recorded/budget_sweep_small_cuda_$variant.jsonl" \
+      | tail -1 || record_rc=$?
+  done
+fi
+stamp "recordings: $record_rc"
+
 # Where a step's time goes, when the goal was missed and time is left: the whole check has to end
 # within the device's 10-minute limit for one command. Tables in $OUTDIR/profile.log.
 PROFILE_BY=${PROFILE_BY:-420}  # seconds into the check after which the profile is skipped
@@ -97,7 +116,7 @@ if bench_report && ! goal_met && [ "$SECONDS" -lt "$PROFILE_BY" ]; then
 fi
 
 echo
-echo "== cbtui gpu_check summary: CUDA tests rc=$test_rc, bench rc=$bench_rc, profile $profile_rc =="
+echo "== cbtui gpu_check summary: CUDA tests rc=$test_rc, bench rc=$bench_rc, recordings $record_rc, profile $profile_rc =="
 grep -E "passed|failed|error" "$OUTDIR/pytest_cuda.log" | tail -1 || echo "CUDA tests: no summary line (cut by the time limit?)"
 if bench_report; then  # complete, or cut short by the time limit (its legend then says so)
   "$PY" -m cbtui.bench.report "$OUTDIR/bench_anchor.json"

@@ -80,3 +80,24 @@ def test_widget_contract_names_every_engine_module_but_records():
     modules = {f"engine.{p.stem if p.is_file() else p.name}" for p in (ROOT / "engine").iterdir()
                if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").is_file()}
     assert set(contract["forbidden_modules"]) == modules - {"engine.records"}
+
+
+def test_the_gpu_checks_recording_runs_without_textual(tmp_path):
+    """scripts/gpu_check.sh records budget_sweep headless on the GPU machine, which has no textual:
+    the same command (on the CPU, three steps) writes a header and a record a step without it."""
+    script = (ROOT / "scripts" / "gpu_check.sh").read_text()
+    assert "scenario budget_sweep --model small" in script and "--headless" in script and "--record" in script
+    out = tmp_path / "run.jsonl"
+    code = ("import importlib, importlib.abc, sys\n"
+            "class NoTextual(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] == 'textual':\n"
+            "            raise ImportError('textual is not installed here')\n"
+            "sys.meta_path.insert(0, NoTextual())\n"
+            "from cbtui.cli import main\n"
+            f"main(['scenario', 'budget_sweep', '--device', 'cpu', '--headless', '--variant', 'budget_16', '--steps', "
+            f"'3', '--record', {str(out)!r}])\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = out.read_text().splitlines()
+    assert len(lines) == 4 and '"variant": "budget_16"' in lines[0]

@@ -80,3 +80,11 @@ def test_a_small_panel_shortens_the_key_rather_than_drop_it():
     # With room to spare, the long forms.
     roomy = paged_text(record.kv, width=60, rows=4, selected=None, mode=NONE).plain
     assert "1 cell = " in roomy and "glyph = request id" in roomy
+
+
+def test_the_help_screen_explains_every_mark_the_kv_grid_draws():
+    from cbtui.widgets.help_screen import READING
+    from cbtui.widgets.kv_grid import CACHED_GLYPH, COUNT_GLYPHS, FREE_GLYPH, FREED_GLYPH, RESERVED_GLYPH
+
+    for glyph in (FREE_GLYPH, FREED_GLYPH, CACHED_GLYPH, RESERVED_GLYPH, COUNT_GLYPHS[1]):
+        assert f"{glyph} " in READING, glyph

@@ -33,7 +33,8 @@ READING = (
     "key position <= query position. Legend: 3d = request 3 decoding one token, 3p = a prefill "
     "chunk, 3p↺96 = a prefill that starts after 96 prompt tokens taken from the prefix cache. KV: one "
     "cell per block, ▁..█ = fill of a request's last block, · free, × freed now, ② a block two "
-    "requests share (prefix caching), ○ cached-free (nobody holds it; a later prompt may reuse it)."
+    "requests share (prefix caching), ○ cached-free (nobody holds it; a later prompt may reuse it), "
+    "□ reserved in a short request's contiguous run but not written yet (contiguous_up_to)."
 )
 
 

@@ -234,3 +234,16 @@ def test_a_fragmented_breakpoint_pauses_where_a_run_waits_with_blocks_free():
     paged, _ = scenario_run("paged")
     assert not any(bp.fires(r, None) for r in paged)
     assert Breakpoints([bp]).add(parse("fragmented")) is False
+
+
+def test_held_empty_is_never_negative_where_blocks_are_shared_or_evicted():
+    """With prefix caching a shared block's tokens belong to every holder, and an evicted block's
+    tokens stay counted: slots minus tokens would go negative, so such steps are not summed."""
+    from engine.records.summary import summarize
+
+    for name in ("shared_prefix", "kv_eviction"):
+        engine = load_scenario(name).build_engine()
+        records = []
+        while engine.has_unfinished():
+            records.append(engine.step())
+        assert summarize(records).held_empty >= 0, name

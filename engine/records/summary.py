@@ -108,7 +108,7 @@ class RunTotals:
         slots = kv.blocks_used * kv.block_size if kv.layout == "paged" else sum(kv.tokens.values())
         self.peak_kv_slots = max(self.peak_kv_slots, slots)
         self.kv_bytes_peak = max(self.kv_bytes_peak, kv.pool_bytes)
-        if kv.layout == "paged":
+        if kv.layout == "paged" and kv.prefix is None and not kv.evicted:  # else a block's tokens count twice
             self.held_empty += slots - sum(kv.tokens.values())
         if kv.runs:
             self.run_ids.update(kv.runs)

@@ -47,6 +47,9 @@ class IdKeyed(Mapping):
     def __len__(self) -> int:
         return len(self._data)
 
+    def values(self):  # the values need no keys: not a lookup per key (RunTotals sums the tokens each step)
+        return self._data.values()
+
     def __repr__(self) -> str:
         return repr(dict(self))
 

@@ -217,7 +217,7 @@ class RunHeader:
         model = self.model if self.checkpoint is not None or not self.model else f"random {self.model}"
         shards = f"{self.shards} shards by {self.shard_by}" if self.shards > 1 else ""  # early: the header is narrow
         dtype = SHORT_DTYPES.get(self.dtype, self.dtype)
-        layout = f"{self.kv_layout}+runs≤{self.contiguous_up_to}" if self.contiguous_up_to else self.kv_layout  # 80 columns
+        layout = f"{self.kv_layout}+runs≤{self.contiguous_up_to}" if self.contiguous_up_to else self.kv_layout
         parts = [model, shards, dtype, self.device, self.attention, layout, *self.decode_path,
                  self.speculative]
         return " · ".join(p for p in parts if p)  # a recording without a header knows only some

@@ -30,6 +30,15 @@ def test_readme_test_command_is_what_ci_runs():
     assert test_cmd.strip() in [line.strip() for line in ci]
 
 
+# Python source that makes importing textual fail, as on the GPU machine (no textual there).
+NO_TEXTUAL = ("import importlib, importlib.abc, sys\n"
+              "class NoTextual(importlib.abc.MetaPathFinder):\n"
+              "    def find_spec(self, name, path=None, target=None):\n"
+              "        if name.split('.')[0] == 'textual':\n"
+              "            raise ImportError('textual is not installed here')\n"
+              "sys.meta_path.insert(0, NoTextual())\n")
+
+
 def test_what_the_gpu_check_runs_needs_no_textual():
     """The GPU machine has no textual and reaches no package index: the bench, the CUDA tests and
     everything they import (their lazy imports inside test functions too) must work without it."""
@@ -44,14 +53,7 @@ def test_what_the_gpu_check_runs_needs_no_textual():
                 modules.update(alias.name for alias in node.names)
     ours = sorted(m for m in modules if m.split(".")[0] in ("cbtui", "engine", "scenarios", "helpers", "scripts"))
     assert "cbtui.bench.ours" in ours  # the lazy import inside a test function was found
-    code = ("import importlib, importlib.abc, sys\n"
-            "class NoTextual(importlib.abc.MetaPathFinder):\n"
-            "    def find_spec(self, name, path=None, target=None):\n"
-            "        if name.split('.')[0] == 'textual':\n"
-            "            raise ImportError('textual is not installed here')\n"
-            "sys.meta_path.insert(0, NoTextual())\n"
-            f"for m in {ours!r}:\n"
-            "    importlib.import_module(m)\n")
+    code = NO_TEXTUAL + f"for m in {ours!r}:\n    importlib.import_module(m)\n"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                           env={**__import__("os").environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"})
     assert done.returncode == 0, done.stderr[-2000:]
@@ -88,13 +90,7 @@ def test_the_gpu_checks_recording_runs_without_textual(tmp_path):
     script = (ROOT / "scripts" / "gpu_check.sh").read_text()
     assert "scenario budget_sweep --model small" in script and "--headless" in script and "--record" in script
     out = tmp_path / "run.jsonl"
-    code = ("import importlib, importlib.abc, sys\n"
-            "class NoTextual(importlib.abc.MetaPathFinder):\n"
-            "    def find_spec(self, name, path=None, target=None):\n"
-            "        if name.split('.')[0] == 'textual':\n"
-            "            raise ImportError('textual is not installed here')\n"
-            "sys.meta_path.insert(0, NoTextual())\n"
-            "from cbtui.cli import main\n"
+    code = (NO_TEXTUAL + "from cbtui.cli import main\n"
             f"main(['scenario', 'budget_sweep', '--device', 'cpu', '--headless', '--variant', 'budget_16', '--steps', "
             f"'3', '--record', {str(out)!r}])\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)

@@ -15,7 +15,7 @@ from helpers import exact_config, run_alone, run_batched
 from cbtui.colors import FULL
 from cbtui.widgets.kv_grid import RESERVED_GLYPH, block_cells, paged_text
 from engine.kv.cache import PagedAllocator
-from engine.kv.contiguous_runs import first_run, longest_run, wants_run
+from engine.kv.contiguous_runs import first_run, longest_run, run_tokens
 from engine.records import REASON_NO_RUN, StepRecord
 from engine.records.events import step_events
 from engine.records.kv_history import flat_history
@@ -53,7 +53,7 @@ def test_runs_are_found_lowest_first_and_measured():
     assert first_run([], 1) is None
     assert longest_run([0, 1, 3, 4, 5, 9]) == 3
     assert longest_run([]) == 0
-    assert wants_run(10, 14, 24) and not wants_run(10, 15, 24) and not wants_run(1, 1, 0)
+    assert run_tokens(10, 14, 24) == 24 and run_tokens(10, 15, 24) == 0 and run_tokens(1, 1, 0) == 0
 
 
 def test_a_reserved_run_is_consecutive_and_goes_back_whole():

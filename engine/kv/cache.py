@@ -13,7 +13,7 @@ from collections import deque
 import torch
 
 from ..batch_builder import RaggedBatch, long_tensor, to_device
-from .contiguous_runs import first_run, longest_run, wants_run
+from .contiguous_runs import first_run, longest_run, run_tokens
 from .prefix_cache import NO_HIT, PrefixCache, PrefixHit
 
 
@@ -289,30 +289,28 @@ class PagedKVCache(_CacheBase):
     def match_prefix(self, request) -> PrefixHit:
         return NO_HIT if self.prefix is None else self.prefix.match(request)
 
-    def wants_run(self, request) -> bool:
-        """Whether the request is short enough for a contiguous run reserved at admission."""
-        return wants_run(len(request.prompt), request.max_new_tokens, self.contiguous_up_to)
+    def run_tokens(self, request) -> int:
+        """Tokens the request reserves in one contiguous run at admission; 0: paged on demand."""
+        return self.contiguous_up_to and run_tokens(len(request.prompt), request.max_new_tokens, self.contiguous_up_to)
 
     def can_admit(self, request, hit: PrefixHit, num_tokens: int) -> bool:
-        if self.contiguous_up_to and self.wants_run(request):
-            return self.allocator.has_run(len(request.prompt) + request.max_new_tokens)
+        if run := self.run_tokens(request):
+            return self.allocator.has_run(run)
         return self.allocator.can_admit(hit, num_tokens) if hit.blocks else self.can_allocate(request.id, num_tokens)
 
     def admission_shortfall(self, request, num_tokens: int, hit: PrefixHit = NO_HIT) -> tuple[int, int, int | None]:
         """(blocks needed, blocks free, longest free run or None): why the request cannot be admitted.
         A request that wants a run needs its whole length in a row; the others, their first chunk."""
-        if self.contiguous_up_to and self.wants_run(request):
-            needed = self.allocator.blocks_for(len(request.prompt) + request.max_new_tokens)
-            return needed, self.allocator.num_free, self.allocator.longest_run()
+        if run := self.run_tokens(request):
+            return self.allocator.blocks_for(run), self.allocator.num_free, self.allocator.longest_run()
         return (*self.shortfall(request.id, num_tokens, hit), None)
 
     def preemptible(self, request_id: int) -> bool:
         return request_id not in self.allocator.runs  # a reserved run is kept to the end: that is its promise
 
     def admit(self, request, hit: PrefixHit) -> None:
-        if self.contiguous_up_to and self.wants_run(request):
-            run = self.allocator.reserve_run(request.id, len(request.prompt) + request.max_new_tokens)
-            self._put_in_row(request.id, list(run))
+        if run := self.run_tokens(request):
+            self._put_in_row(request.id, list(self.allocator.reserve_run(request.id, run)))
             return
         if self.prefix is None:
             return

@@ -16,9 +16,11 @@ are); what changes is who waits, who is preempted, and how much of the pool is h
 from __future__ import annotations
 
 
-def wants_run(prompt_len: int, max_new_tokens: int, up_to: int) -> bool:
-    """Whether a request of this length gets a contiguous run (up_to 0: nobody does)."""
-    return prompt_len + max_new_tokens <= up_to
+def run_tokens(prompt_len: int, max_new_tokens: int, up_to: int) -> int:
+    """The tokens a request of this length reserves in one run at admission: its whole length, or 0
+    when it is paged on demand (up_to 0: every request is)."""
+    total = prompt_len + max_new_tokens
+    return total if total <= up_to else 0
 
 
 def first_run(free: list[int], length: int) -> int | None:

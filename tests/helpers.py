@@ -1,10 +1,16 @@
-"""Shared helpers for engine tests: run workloads batched and alone."""
+"""Shared helpers for engine tests: run workloads batched (with plugins) and alone, and one prompt's logits."""
 
 from __future__ import annotations
 
 import os
 
+import torch
+
 from engine import Engine, EngineConfig
+from engine.attention.layer_attention import PackedAttention
+from engine.batch_builder import build_batch
+from engine.kv.cache import DenseKVCache
+from engine.records import ScheduledItem
 
 _ALONE_CACHE: dict[tuple, list[int]] = {}
 
@@ -27,15 +33,32 @@ def run_alone(prompt: list[int], max_new_tokens: int) -> list[int]:
     return _ALONE_CACHE[key]
 
 
-def run_batched(config: EngineConfig, workload: list[dict]):
-    """Runs every request of the workload together; returns (outputs by index, records)."""
-    eng = Engine(config)
+def run_batched(config: EngineConfig, workload: list[dict], plugins: list | None = None):
+    """Runs every request of the workload together; returns (outputs by index, records, engine)."""
+    eng = Engine(config, plugins=plugins)
     ids = [eng.add_request(**spec) for spec in workload]
     records = []
     while eng.has_unfinished():
         records.append(eng.step())
         assert len(records) < 10_000, "engine did not finish"
     return [eng.requests[i].output for i in ids], records, eng
+
+
+def run_plugins(plugins: list, workload: list[dict], **config) -> tuple[list[list[int]], list]:
+    """The workload batched under exact_config(**config) with these plugins: (outputs, records)."""
+    outputs, records, _ = run_batched(exact_config(**config), workload, plugins)
+    return outputs, records
+
+
+def our_logits(engine: Engine, tokens: list[int]) -> torch.Tensor:
+    """Logits at every position of one prompt, from a single packed prefill."""
+    n = len(tokens)
+    batch = build_batch([ScheduledItem(0, "prefill", 0, n, n)], [tokens], [True], engine.runner.device)
+    s = engine.runner.spec
+    kv = DenseKVCache(s.num_layers, s.num_kv_heads, s.head_dim, engine.runner.dtype, engine.runner.device)
+    kv.begin_step([0], batch)
+    per_layer = [PackedAttention(engine.runner.attention)] * s.num_layers
+    return engine.runner.model(batch.token_ids, batch.positions, torch.arange(n), kv, per_layer, batch)
 
 
 def fuzz_examples(default: int) -> int:

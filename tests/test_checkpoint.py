@@ -16,13 +16,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import our_logits
 
 from engine import Engine, EngineConfig
-from engine.attention.layer_attention import PackedAttention
-from engine.batch_builder import build_batch
 from engine.checkpoint import CheckpointError, checkpoint_spec
-from engine.kv.cache import DenseKVCache
-from engine.records import ScheduledItem
 
 transformers = pytest.importorskip("transformers")
 safetensors_torch = pytest.importorskip("safetensors.torch")
@@ -50,17 +47,6 @@ def checkpoints(tmp_path_factory):
         path = tmp_path_factory.mktemp(arch)
         out[arch] = path, make(path, arch, seed=1, max_shard_size="100KB" if arch == "mistral" else None)
     return out
-
-
-def our_logits(engine: Engine, tokens: list[int]) -> torch.Tensor:
-    """Logits at every position of one prompt, from a single packed prefill."""
-    n = len(tokens)
-    batch = build_batch([ScheduledItem(0, "prefill", 0, n, n)], [tokens], [True], engine.runner.device)
-    s = engine.runner.spec
-    kv = DenseKVCache(s.num_layers, s.num_kv_heads, s.head_dim, engine.runner.dtype, engine.runner.device)
-    kv.begin_step([0], batch)
-    per_layer = [PackedAttention(engine.runner.attention)] * s.num_layers
-    return engine.runner.model(batch.token_ids, batch.positions, torch.arange(n), kv, per_layer, batch)
 
 
 def fp32(path, **kw) -> Engine:

@@ -17,16 +17,22 @@ request_st = st.fixed_dictionaries({
 })
 
 
-@st.composite
-def scenario_st(draw):
-    workload = draw(st.lists(request_st, min_size=1, max_size=6))
+def draw_kv_pool(draw, workload: list[dict]) -> tuple[str, int, int | None]:
+    """(layout, block_size, num_blocks): dense, or a paged pool that is roomy (None) or just big
+    enough for the largest request, which forces preemption under load."""
     layout = draw(st.sampled_from(["paged", "dense"]))
     block_size = draw(st.integers(1, 8))
     num_blocks = None
     if layout == "paged" and draw(st.booleans()):
-        # A pool just big enough for the largest request: forces preemption under load.
         largest = max(len(r["prompt"]) + r["max_new_tokens"] for r in workload)
         num_blocks = -(-largest // block_size) + draw(st.integers(0, 3))
+    return layout, block_size, num_blocks
+
+
+@st.composite
+def scenario_st(draw):
+    workload = draw(st.lists(request_st, min_size=1, max_size=6))
+    layout, block_size, num_blocks = draw_kv_pool(draw, workload)
     # Contiguous runs for some requests (those up to this length), pages for the rest.
     contiguous_up_to = draw(st.sampled_from([0, 0, 8, 24, 64])) if layout == "paged" else 0
     config = exact_config(
@@ -110,12 +116,7 @@ spec_request_st = st.fixed_dictionaries({
 @st.composite
 def speculative_st(draw):
     workload = draw(st.lists(spec_request_st, min_size=1, max_size=5))
-    layout = draw(st.sampled_from(["paged", "dense"]))
-    block_size = draw(st.integers(1, 8))
-    num_blocks = None
-    if layout == "paged" and draw(st.booleans()):
-        largest = max(len(r["prompt"]) + r["max_new_tokens"] for r in workload)
-        num_blocks = -(-largest // block_size) + draw(st.integers(0, 3))
+    layout, block_size, num_blocks = draw_kv_pool(draw, workload)
     speculative = draw(st.sampled_from(["ngram", "ngram", "draft"]))
     config = exact_config(
         max_tokens_per_step=draw(st.integers(1, 48)),

@@ -10,13 +10,10 @@ import random
 
 import pytest
 import torch
+from helpers import our_logits
 
 from engine import Engine, EngineConfig
-from engine.attention.layer_attention import PackedAttention
-from engine.batch_builder import build_batch
 from engine.hf_weights import hf_pieces, to_hf_llama
-from engine.kv.cache import DenseKVCache
-from engine.records import ScheduledItem
 
 transformers = pytest.importorskip("transformers")
 
@@ -27,17 +24,6 @@ REL_TOL = 1e-4
 def pair():
     engine = Engine(EngineConfig(model="tiny", device="cpu", dtype="float32", attention="sdpa", seed=3))
     return engine, to_hf_llama(engine.runner.model)
-
-
-def our_logits(engine: Engine, tokens: list[int]) -> torch.Tensor:
-    """Logits at every position of one prompt, from a single packed prefill."""
-    n = len(tokens)
-    batch = build_batch([ScheduledItem(0, "prefill", 0, n, n)], [tokens], [True], engine.runner.device)
-    s = engine.runner.spec
-    kv = DenseKVCache(s.num_layers, s.num_kv_heads, s.head_dim, engine.runner.dtype, engine.runner.device)
-    kv.begin_step([0], batch)
-    per_layer = [PackedAttention(engine.runner.attention)] * s.num_layers
-    return engine.runner.model(batch.token_ids, batch.positions, torch.arange(n), kv, per_layer, batch)
 
 
 def test_every_parameter_is_copied(pair):

@@ -4,7 +4,7 @@ Same tokens as sliding_window, bounded blocks per request, fewer preemptions; re
 import json
 
 import pytest
-from helpers import exact_config
+from helpers import exact_config, run_plugins
 
 from engine import Engine
 from engine.kv.cache import PagedAllocator
@@ -27,24 +27,15 @@ def test_an_evicted_block_goes_back_once():
     assert sorted(allocator.free_blocks) == list(range(8)) and not allocator.evicted
 
 
-def run(plugins, workload, **config):
-    engine = Engine(exact_config(**config), plugins=plugins)
-    ids = [engine.add_request(**spec) for spec in workload]
-    records = []
-    while engine.has_unfinished():
-        records.append(engine.step())
-    return [engine.requests[i].output for i in ids], records
-
-
 WORKLOAD = [{"prompt": [(5 * i + j) % 250 + 1 for j in range(10 + 3 * i)], "max_new_tokens": 60,
              "arrival_step": i} for i in range(3)]
 SETTINGS = dict(max_tokens_per_step=16, prefill_chunk_size=8, block_size=4, kv_layout="paged", prefix_caching=False)
 
 
 def test_same_tokens_as_the_window_with_bounded_blocks_and_valid_records():
-    windowed, _ = run([SlidingWindowPlugin(window=8, sinks=2)], WORKLOAD, num_blocks=64, **SETTINGS)
+    windowed, _ = run_plugins([SlidingWindowPlugin(window=8, sinks=2)], WORKLOAD, num_blocks=64, **SETTINGS)
     plugin = KVWindowEvictPlugin(window=8, sinks=2)
-    evicting, records = run([plugin], WORKLOAD, num_blocks=64, **SETTINGS)
+    evicting, records = run_plugins([plugin], WORKLOAD, num_blocks=64, **SETTINGS)
     assert evicting == windowed and plugin.evicted_blocks > 0
     story = StoryCheck()
     bound = -(-(2 + 8) // 4) + 2  # sinks + window, in blocks, plus the partial ones at both ends
@@ -62,10 +53,10 @@ def test_isolated_under_preemption_and_chunking():
     # A pool too small for six at once, even with eviction: preemption and recompute; each output
     # still equals that request run alone with the same plugin.
     workload = [{**spec, "arrival_step": 0} for spec in WORKLOAD * 2]
-    batched, records = run([KVWindowEvictPlugin(window=8, sinks=2)], workload, num_blocks=20, **SETTINGS)
+    batched, records = run_plugins([KVWindowEvictPlugin(window=8, sinks=2)], workload, num_blocks=20, **SETTINGS)
     assert any(r.preempted for r in records)
     for spec, out in zip(workload, batched, strict=True):
-        alone, _ = run([KVWindowEvictPlugin(window=8, sinks=2)], [{**spec, "arrival_step": 0}], num_blocks=64,
+        alone, _ = run_plugins([KVWindowEvictPlugin(window=8, sinks=2)], [{**spec, "arrival_step": 0}], num_blocks=64,
                        **{**SETTINGS, "max_tokens_per_step": 4096, "prefill_chunk_size": 4096})
         assert out == alone[0]
 

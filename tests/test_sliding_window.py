@@ -8,10 +8,9 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import exact_config
+from helpers import run_plugins
 
 from cbtui.mask_raster import rasterize
-from engine import Engine
 from engine.batch_builder import build_batch, mask_from_items, window_mask
 from engine.plugins.builtin import SlidingWindowPlugin
 from engine.records import ScheduledItem
@@ -47,15 +46,6 @@ def test_the_engine_mask_is_the_metadata_mask():
     assert window_mask(batch, 2, 8).tolist() == mask_from_items(items, (2, 8))
 
 
-def run(plugins, workload, **config):
-    engine = Engine(exact_config(**config), plugins=plugins)
-    ids = [engine.add_request(**spec) for spec in workload]
-    records = []
-    while engine.has_unfinished():
-        records.append(engine.step())
-    return [engine.requests[i].output for i in ids], records
-
-
 WORKLOAD = [{"prompt": [(7 * i + j) % 250 + 1 for j in range(20 + 6 * i)], "max_new_tokens": 10,
              "arrival_step": i} for i in range(4)]
 BATCHED = dict(max_tokens_per_step=24, prefill_chunk_size=8, block_size=4, num_blocks=64)
@@ -63,8 +53,8 @@ BATCHED = dict(max_tokens_per_step=24, prefill_chunk_size=8, block_size=4, num_b
 
 def test_exact_while_sequences_fit_in_sinks_plus_window():
     longest = max(len(r["prompt"]) + r["max_new_tokens"] for r in WORKLOAD)
-    full, _ = run([], WORKLOAD, **BATCHED)
-    windowed, records = run([SlidingWindowPlugin(window=longest - 4, sinks=4)], WORKLOAD, **BATCHED)
+    full, _ = run_plugins([], WORKLOAD, **BATCHED)
+    windowed, records = run_plugins([SlidingWindowPlugin(window=longest - 4, sinks=4)], WORKLOAD, **BATCHED)
     assert windowed == full
     assert records[-1].attention_window == [4, longest - 4]
 
@@ -72,11 +62,11 @@ def test_exact_while_sequences_fit_in_sinks_plus_window():
 def test_lossy_past_the_window_but_still_isolated_under_continuous_batching():
     # A narrow window changes outputs, yet each request's output under continuous batching (chunks,
     # preemption) equals that request run alone with the same window: requests stay isolated.
-    batched, _ = run([SlidingWindowPlugin(window=6, sinks=2)], WORKLOAD, **{**BATCHED, "num_blocks": 14})
-    full, _ = run([], WORKLOAD, **BATCHED)
+    batched, _ = run_plugins([SlidingWindowPlugin(window=6, sinks=2)], WORKLOAD, **{**BATCHED, "num_blocks": 14})
+    full, _ = run_plugins([], WORKLOAD, **BATCHED)
     assert batched != full
     for spec, out in zip(WORKLOAD, batched, strict=True):
-        alone, _ = run([SlidingWindowPlugin(window=6, sinks=2)], [{**spec, "arrival_step": 0}],
+        alone, _ = run_plugins([SlidingWindowPlugin(window=6, sinks=2)], [{**spec, "arrival_step": 0}],
                        max_tokens_per_step=4096, prefill_chunk_size=4096, kv_layout="dense")
         assert out == alone[0]
 

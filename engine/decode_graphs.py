@@ -154,7 +154,7 @@ class DecodeGraphs:
     def capture_up_to(self, num_items: int, key_len: int) -> int:
         """Builds every bucket a run of up to num_items decodes of up to key_len keys can use,
         largest first (so smaller graphs reuse the larger ones' memory); returns how many."""
-        blocks = min(self.kv.allocator.blocks_for(key_len), self.max_blocks)
+        blocks = min(self.kv.blocks_for(key_len), self.max_blocks)
         top = next(b for b in self.buckets if b >= min(num_items, self.buckets[-1]))
         widths = sorted({self.table_width(b) for b in range(1, blocks + 1)}, reverse=True)
         built = 0

@@ -1,7 +1,8 @@
-"""ModelRunner: the model, its KV cache, the attention adapters, decode graphs and sampling.
+"""ModelRunner: the model, its KV store, the attention adapters, decode graphs and sampling.
 
-The engine decides what runs (the scheduler's plan); the runner runs it: it packs the step's
-items into one ragged batch, runs the forward pass, and samples the rows that end a sequence.
+The scheduler decides what runs (its plan); the runner runs it: it takes the plan's KV changes
+into its store, packs the step's items into one ragged batch, runs the forward pass, verifies
+drafts, samples the rows that end a sequence, and says what happened in one StepOutput.
 Everything device-specific (dtype, CUDA graphs, the Triton decode kernel, timing on the GPU,
 overlapped sampling) lives here, so `Engine` reads as the textbook loop.
 """
@@ -16,19 +17,23 @@ from .attention import get_backend, resolve_backend
 from .attention.decode_kernel import choose_decode_attention
 from .attention.layer_attention import PackedAttention, PoolAttention
 from .batch_builder import build_batch
-from .checkpoint import is_preset, load_checkpoint, model_spec
+from .checkpoint import eos_token_ids, is_preset, load_checkpoint, model_spec
 from .config import EngineConfig
 from .decode_graphs import DecodeGraphs
 from .device_timer import DeviceTimer
-from .kv.cache import DenseKVCache, PagedKVCache, kv_bytes_per_token
-from .model import build_model
-from .overlap import DeviceTokens, feed_pending_tokens
+from .kv.dense_store import DenseKVStore
+from .kv.paged_store import PagedKVStore, kv_bytes_per_token
+from .model import PRESETS, build_model
+from .overlap import PENDING_TOKEN, DeviceTokens, feed_pending_tokens
 from .plugins.host import PluginHost
 from .records import ScheduledItem
 from .request import Request
 from .sampling import greedy_batch, sample
-from .speculation.acceptance import Proposal, verify
+from .schedule_plan import SchedulePlan
+from .speculation.acceptance import verify
 from .speculation.rows import as_decode_rows
+from .speculation.speculator import make_speculator
+from .step_output import StepOutput
 
 
 def resolve_device(name: str) -> torch.device:
@@ -45,6 +50,29 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     dtype = getattr(torch, name)
     assert isinstance(dtype, torch.dtype)
     return dtype
+
+
+def stop_ids(config: EngineConfig, vocab_size: int) -> frozenset[int]:
+    """The ids that end a request: eos_token_id if set, else the checkpoint's; none with ignore_eos.
+    Also refuses, in one line, model settings the vocabulary rules out."""
+    name = model_spec(config.model).name
+    if config.eos_token_id is not None and config.eos_token_id >= vocab_size:
+        raise ValueError(f"eos_token_id={config.eos_token_id} is outside the vocabulary of model {name!r} "
+                         f"(0..{vocab_size - 1})")
+    draft = PRESETS[config.draft_model]
+    if config.speculative == "draft" and draft.vocab_size != vocab_size:
+        raise ValueError(f"draft_model={config.draft_model!r} has a vocabulary of {draft.vocab_size} tokens, model "
+                         f"{name!r} one of {vocab_size}; a draft must share the target's vocabulary "
+                         f"(for 'tiny': 'micro' or 'tiny')")
+    if config.ignore_eos:
+        return frozenset()
+    if config.eos_token_id is not None:
+        return frozenset([config.eos_token_id])
+    ids = frozenset(i for i in eos_token_ids(config.model) if i < vocab_size)
+    if ids and config.overlap_steps:
+        raise ValueError(f"overlap_steps=True needs requests that end at max_new_tokens, but model "
+                         f"{config.model!r} ends sequences at token {min(ids)}; set ignore_eos=True")
+    return ids
 
 
 CPU_POOL_BYTES = 1 << 30  # a default CPU pool stops here, or at one full-context sequence if that is more
@@ -107,29 +135,29 @@ class ModelRunner:
         self.attention_name = resolve_backend(config.attention, self.device)
         self.attention = get_backend(self.attention_name)
         self.spec = s = model_spec(config.model)
+        self.stop_ids = stop_ids(config, s.vocab_size)
         self.decode_attention = choose_decode_attention(config.decode_attention, self.device, self.dtype, s.head_dim)
         self.model = self._build_model()
         self.weight_bytes = self.model.weight_bytes()
-        self.kv: PagedKVCache | DenseKVCache
+        self.kv: PagedKVStore | DenseKVStore
         if config.kv_layout == "paged":
             bytes_per_token = kv_bytes_per_token(s.num_layers, s.num_kv_heads, s.head_dim, self.dtype)
-            self.num_blocks = config.num_blocks or default_num_blocks(config, self.device, bytes_per_token)
+            num_blocks = config.num_blocks or default_num_blocks(config, self.device, bytes_per_token)
             if config.kv_memory_bytes is not None:
-                self.num_blocks = blocks_in_budget(config, bytes_per_token)
-            check_pool_fits(self.num_blocks, config.block_size, bytes_per_token, self.device)
-            self.kv = self._paged_cache(self.num_blocks)
+                num_blocks = blocks_in_budget(config, bytes_per_token)
+            check_pool_fits(num_blocks, config.block_size, bytes_per_token, self.device)
+            self.kv = self._paged_store(num_blocks)
+            self.kv.read_by_flatten = self.attention_name == "reference"  # the teaching path, as the seed says
         else:
-            self.num_blocks = 0
-            self.kv = DenseKVCache(s.num_layers, s.num_kv_heads, s.head_dim, self.dtype, self.device)
-        if isinstance(self.kv, PagedKVCache):  # the reference backend reads history as the seed says: flattened
-            self.kv.read_by_flatten = self.attention_name == "reference"
-        self.model_cache = plugins.wrap_cache(self.kv)  # the cache as the model sees it
-        if isinstance(self.kv, PagedKVCache):  # a compressing plugin may have fitted more blocks in the budget
-            self.num_blocks = self.kv.allocator.num_blocks
+            self.kv = DenseKVStore(s.num_layers, s.num_kv_heads, s.head_dim, self.dtype, self.device)
+        self.model_cache = plugins.wrap_cache(self.kv)  # the store as the model sees it
+        # The pool's size, decided here once: a compressing plugin may have fitted more blocks in the budget.
+        self.num_blocks = self.kv.num_blocks if isinstance(self.kv, PagedKVStore) else 0
         self.layer_attention = self._layer_attention(plugins.attention_per_layer(self.attention))
         self.decode_graphs = self._decode_graphs()
         # CUDA events time one step at a time: not with a step still in flight.
         self.device_timer = DeviceTimer() if self.device.type == "cuda" and not config.overlap_steps else None
+        self.speculator = make_speculator(config, self.device, self.dtype, self.attention)
         self.generators: dict[int, torch.Generator] = {}  # request id -> its sampler (temperature > 0)
         self._previous: DeviceTokens | None = None  # overlap: the last step's tokens, still on the device
 
@@ -139,12 +167,11 @@ class ModelRunner:
         return (build_model(c.model, c.seed, self.device, self.dtype) if is_preset(c.model)
                 else load_checkpoint(c.model, self.device, self.dtype))
 
-    def _paged_cache(self, num_blocks: int) -> PagedKVCache:
+    def _paged_store(self, num_blocks: int) -> PagedKVStore:
         s = self.spec
-        return PagedKVCache(s.num_layers, s.num_kv_heads, s.head_dim, self.dtype, self.device, num_blocks,
+        return PagedKVStore(s.num_layers, s.num_kv_heads, s.head_dim, self.dtype, self.device, num_blocks,
                             self.config.block_size, s.max_context, spare_block=self._graphs_configured(),
-                            prefix_caching=self.config.caches_prefixes, memory_budget=self.config.kv_memory_bytes,
-                            contiguous_up_to=self.config.contiguous_up_to)
+                            memory_budget=self.config.kv_memory_bytes)
 
     def close(self) -> None:
         """Nothing to stop on one device (a sharded runner stops its worker processes)."""
@@ -153,7 +180,7 @@ class ModelRunner:
         """Decodes read the paged pool directly when nothing stands between the model and the pool:
         a built-in fast backend, no attention plugin on the layer, no cache plugin (kv_int8's pool
         must dequantise). Everything else reads packed keys; outputs are the same either way."""
-        direct = (self.model_cache is self.kv and isinstance(self.kv, PagedKVCache)
+        direct = (self.model_cache is self.kv and isinstance(self.kv, PagedKVStore)
                   and isinstance(self.kv.k_pool, torch.Tensor) and self.attention_name in ("sdpa", "flex"))
         return [PoolAttention(fn, self.decode_attention) if direct and fn is self.attention else PackedAttention(fn)
                 for fn in per_layer]
@@ -181,30 +208,66 @@ class ModelRunner:
             self.generators[request.id] = torch.Generator().manual_seed(seed)
 
     # -- one step -------------------------------------------------------------------------
-    def run_speculative(self, items: list[ScheduledItem], tokens: list[list[int]], samples: list[bool],
-                        sampling: list[Request], proposals: list[Proposal | None],
-                        stop_ids: frozenset[int] = frozenset()) -> tuple[list[int], list[list[int]]]:
-        """A step with speculating decodes (proposals[i] not None for sampling[i]): each request's
-        next token and the drafts it keeps (speculation/acceptance.py), cut at a stop id."""
-        if isinstance(self.kv, PagedKVCache):  # as one-token decodes: the decode attention and graphs run them
-            items, tokens, samples = as_decode_rows(items, tokens, samples)
-        logits = self._forward(items, tokens, samples)
-        return verify(logits, sampling, proposals, self.generators, stop_ids)
+    def run(self, plan: SchedulePlan) -> StepOutput:
+        """Runs the plan: its KV changes into the store, then the packed batch, then a token for
+        each request in `plan.sampling` (and the drafts that stood, if any were proposed)."""
+        self.kv.apply(plan.released, plan.tables)
+        self._forget(plan)
+        if not plan.items:
+            return StepOutput()
+        out = self._run_speculative(plan) if plan.drafts else self._run_plain(plan)
+        out.device_time_s = self.device_timer.take_seconds() if self.device_timer is not None else None
+        graphs = self.decode_graphs
+        out.graph_bucket = list(graphs.last) if graphs is not None and graphs.last else None
+        return out
 
-    def run(self, items: list[ScheduledItem], tokens: list[list[int]], samples: list[bool],
-            sampling: list[Request]) -> list[int] | DeviceTokens:
-        """Runs the step's packed batch and samples a token for each request in `sampling` (the
-        items flagged in `samples`, in order). Overlapped: the tokens stay on the device
-        (DeviceTokens), on their way to the host, and the next step's decodes read them there."""
-        logits = self._forward(items, tokens, samples)
+    def _forget(self, plan: SchedulePlan) -> None:
+        """Per-request state of requests that finished (their samplers, their drafts' state), and
+        the draft model's cache of requests preempted (they recompute from the start)."""
+        speculator = self.speculator
+        for rid in plan.finished:
+            self.generators.pop(rid, None)
+            if speculator is not None:
+                speculator.free(rid)
+        if speculator is not None:
+            for r in plan.preempted:
+                speculator.keep(r.id, 0)
+
+    def _run_plain(self, plan: SchedulePlan) -> StepOutput:
+        """Overlapped: the tokens stay on the device (DeviceTokens), on their way to the host, and
+        the next step's decodes read them there; `sampled` holds placeholders until then."""
+        logits = self._forward(plan.batch, plan.tokens, plan.samples)
+        sampling = plan.sampling
         if self.config.overlap_steps:
             self._previous = DeviceTokens.sample(logits, [r.id for r in sampling])
-            return self._previous
+            return StepOutput([PENDING_TOKEN] * len(sampling), on_device=self._previous)
         # No explicit device sync: reading the sampled tokens back is the step's one host sync,
         # and by then every kernel of the step (queued before it on the stream) has run.
         if not self.generators or all(r.temperature <= 0 for r in sampling):
-            return greedy_batch(logits)
-        return [sample(logits[i], r.temperature, r.top_k, self.generators.get(r.id)) for i, r in enumerate(sampling)]
+            return StepOutput(greedy_batch(logits))
+        return StepOutput([sample(logits[i], r.temperature, r.top_k, self.generators.get(r.id))
+                           for i, r in enumerate(sampling)])
+
+    def _run_speculative(self, plan: SchedulePlan) -> StepOutput:
+        """A step with speculating decodes: their drafts proposed and fed after their last token,
+        verified against the target's logits (speculation/acceptance.py), cut at a stop id."""
+        assert self.speculator is not None
+        proposals = self.speculator.propose(plan.drafts)
+        tokens = [fed + proposals[s.request][0] if item.drafts else fed
+                  for item, s, fed in zip(plan.batch, plan.items, plan.tokens, strict=True)]
+        items, samples = plan.batch, plan.samples
+        if isinstance(self.kv, PagedKVStore):  # as one-token decodes: the decode attention and graphs run them
+            items, tokens, samples = as_decode_rows(items, tokens, samples)
+        logits = self._forward(items, tokens, samples)
+        sampling = plan.sampling
+        chosen, accepted = verify(logits, sampling, [proposals.get(r) for r in sampling], self.generators,
+                                  self.stop_ids)
+        kept = {r: good for r, good in zip(sampling, accepted, strict=True) if r in proposals}
+        for r, good in kept.items():  # what stood: the request's token and its good drafts
+            self.speculator.keep(r.id, r.num_computed + 1 + len(good))  # the draft model's cache
+            if isinstance(self.kv, DenseKVStore):  # paged: the scheduler gives back the emptied blocks
+                self.kv.rollback(r.id, r.num_computed + 1 + len(good))
+        return StepOutput(chosen, kept)
 
     def _forward(self, items: list[ScheduledItem], tokens: list[list[int]], samples: list[bool]) -> torch.Tensor:
         batch = build_batch(items, tokens, samples, self.device)
@@ -220,16 +283,4 @@ class ModelRunner:
                                 self.layer_attention, batch)
         if self.device_timer is not None:
             self.device_timer.stop()
-        self.kv.commit_step()
         return logits
-
-    def take_device_seconds(self) -> float | None:
-        """The GPU's span of the forward passes since the last call (None when not timed)."""
-        return self.device_timer.take_seconds() if self.device_timer is not None else None
-
-    def last_graph_bucket(self) -> list[int] | None:
-        graphs = self.decode_graphs
-        return list(graphs.last) if graphs is not None and graphs.last else None
-
-    def free(self, request_id: int) -> None:
-        self.generators.pop(request_id, None)

@@ -8,20 +8,25 @@ previous step's sampled tensor on the device, and the tokens reach the host one 
 pinned buffer, while the GPU works on.
 
 Until then a request's output holds PENDING_TOKEN where the token will go, and the step's record
-is kept back: step() returns each record one call later, complete. Greedy only, no plugins, no EOS
-(EngineConfig and Engine check). Meant for throughput runs; the dashboard steps synchronously.
+is kept back: OverlappedSteps wraps the engine's synchronous step (as vLLM v1's batch queue does)
+and returns each record one call later, complete. Greedy only, no plugins, no EOS (EngineConfig
+and Engine check). Meant for throughput runs; the dashboard steps synchronously.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from .batch_builder import long_tensor
-from .records import IdKeyed, StepRecord
+from .records import StepRecord
 from .request import Request
+
+if TYPE_CHECKING:
+    from .engine import Engine
 
 PENDING_TOKEN = -1  # in Request.output until the step that sampled it is resolved
 
@@ -63,24 +68,54 @@ class InFlightStep:
     """A launched step whose sampled tokens are still on their way to the host."""
 
     record: StepRecord
-    tokens: DeviceTokens
-    requests: list[Request]  # the requests that sample, in the order of the sampled rows
-    positions: list[int]  # where each one's token goes in its output
+    tokens: DeviceTokens | None  # None: the step sampled nothing
+    positions: list[int]  # where each sampled token goes in its request's output
     first_token: list[Request] = field(default_factory=list)  # sampled their first token here
     finishing: list[Request] = field(default_factory=list)  # sampled their last token here
 
-    def resolve(self) -> StepRecord:
-        """Writes the tokens where the placeholders are and returns the completed record."""
-        tokens = self.tokens.to_host()
-        now = time.perf_counter()
-        for r, at, token in zip(self.requests, self.positions, tokens, strict=True):
-            r.output[at] = token
-        for r in self.first_token:
-            r.first_token_time = now
-        for r in self.finishing:
-            r.finish_time = now
-        self.record.sampled = IdKeyed({r.id: t for r, t in zip(self.requests, tokens, strict=True)})
-        return self.record
+
+class OverlappedSteps:
+    """Runs the engine's steps one ahead: each call launches a step and hands back the previous
+    one, its tokens written where the placeholders were, its record complete."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.in_flight: InFlightStep | None = None
+
+    def step(self) -> StepRecord | None:
+        engine = self.engine
+        if not (engine.pending or engine.scheduler.waiting or engine.scheduler.running):
+            return self.resolve()  # nothing to launch behind the step in flight
+        record, events, out = engine.run_step()
+        if out.on_device is None and self.in_flight is None:  # sampled nothing, nothing before it: done
+            return record
+        launched = InFlightStep(record, out.on_device, events.positions, events.first_token, events.finishing)
+        previous = self.resolve()  # the previous step's record, while this one runs
+        self.in_flight = launched
+        return previous
+
+    def resolve(self) -> StepRecord | None:
+        """The step in flight, completed: its tokens in the outputs and the record, its finished
+        requests compacted."""
+        in_flight, self.in_flight = self.in_flight, None
+        if in_flight is None:
+            return None
+        record, engine = in_flight.record, self.engine
+        if in_flight.tokens is not None:
+            tokens = in_flight.tokens.to_host()
+            now = time.perf_counter()
+            by_id = engine.requests.live
+            requests = [by_id[rid] for rid in in_flight.tokens.request_ids]
+            for r, at, token in zip(requests, in_flight.positions, tokens, strict=True):
+                r.output[at] = token
+            for r in in_flight.first_token:
+                r.first_token_time = now
+            for r in in_flight.finishing:
+                r.finish_time = now
+            engine.recorder.sampled(record, in_flight.tokens.request_ids, tokens)
+        for r in in_flight.finishing:  # their last tokens are in now
+            engine.requests.finish(r)
+        return record
 
 
 def feed_pending_tokens(token_ids: torch.Tensor, tokens: list[list[int]], request_ids: list[int],

@@ -7,7 +7,7 @@ from collections.abc import Container
 from typing import Any
 
 from .config import EngineConfig
-from .kv.cache import PagedKVCache
+from .kv.block_manager import BlockManager
 from .model import ModelSpec
 
 MAX_REQUEST_ID = 2**53
@@ -17,8 +17,8 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def check_request(config: EngineConfig, spec: ModelSpec, kv: object, used_ids: Container[int], tokens: Any,
-                  max_new_tokens: Any, arrival_step: Any, priority: Any, request_id: Any, temperature: Any,
+def check_request(config: EngineConfig, spec: ModelSpec, blocks: BlockManager | None, used_ids: Container[int],
+                  tokens: Any, max_new_tokens: Any, arrival_step: Any, priority: Any, request_id: Any, temperature: Any,
                   top_k: Any, seed: Any, deadline_step: Any) -> None:
     """Arguments are Any: they come from callers and files we do not trust."""
     if not isinstance(tokens, (list, tuple)):
@@ -49,15 +49,15 @@ def check_request(config: EngineConfig, spec: ModelSpec, kv: object, used_ids: C
         raise ValueError(f"prompt ({len(tokens)} tokens) + max_new_tokens ({max_new_tokens}) = {total} "
                          f"exceeds the context of model {spec.name!r} ({spec.max_context}); shorten the prompt "
                          f"or lower max_new_tokens")
-    if isinstance(kv, PagedKVCache):
-        need = kv.allocator.blocks_for(total)
-        if need > kv.allocator.num_blocks:
+    if blocks is not None:
+        need = blocks.blocks_for(total)
+        if need > blocks.num_blocks:
             if config.kv_memory_bytes is not None:
-                raise ValueError(f"kv_memory_bytes={config.kv_memory_bytes} holds {kv.allocator.num_blocks} blocks "
-                                 f"of {kv.block_size} tokens, too few: one request of {total} tokens needs {need}; "
-                                 f"raise kv_memory_bytes")
-            raise ValueError(f"num_blocks={kv.allocator.num_blocks} is too small: one request of {total} tokens "
-                             f"needs {need} blocks of {kv.block_size}; raise num_blocks to at least {need}")
+                raise ValueError(f"kv_memory_bytes={config.kv_memory_bytes} holds {blocks.num_blocks} blocks "
+                                 f"of {blocks.block_size} tokens, too few: one request of {total} tokens needs "
+                                 f"{need}; raise kv_memory_bytes")
+            raise ValueError(f"num_blocks={blocks.num_blocks} is too small: one request of {total} tokens "
+                             f"needs {need} blocks of {blocks.block_size}; raise num_blocks to at least {need}")
     if seed is not None and (not _is_int(seed) or not 0 <= seed < 2**63):
         raise ValueError(f"seed={seed!r} is out of range; it must be an integer in 0..2**63-1")
     if request_id is not None:

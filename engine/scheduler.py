@@ -7,21 +7,28 @@ A step spends a token budget in three passes, as in the textbook:
   3. admission of waiting requests, preempted ones first; FCFS: when the KV blocks run out, nobody
      overtakes the head of the queue.
 With speculative decoding, what the decodes leave of the budget goes to their drafts before any
-prefill chunk (speculation/budget.py has the rule).
+prefill chunk (`_allot_drafts` has the rule).
 When a running request needs a KV block and none is free, the newest running request is preempted
 by recompute (`_make_room`): its blocks are freed, it goes back to the front of the queue and keeps
 its tokens. A request holding a contiguous run reserved for its whole length
 (kv/contiguous_runs.py) never needs a block, and is passed over as a victim. Every request left
 out of the step gets a reason. Policies (policies.py) say who may be admitted (FCFS, a static
 batch) and who may use a reserved slice of the budget.
+
+The scheduler owns the block manager (kv/block_manager.py; None for the dense layout, which has no
+blocks and never runs short): every KV decision is made here, and the plan carries the changes
+to the runner's store. After the runner has run the plan, `update` moves the requests on: tokens
+computed and appended, finished requests freed, rejected drafts' blocks rolled back.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .config import EngineConfig
+from .kv.block_manager import BlockManager
 from .kv.prefix_cache import NO_HIT
 from .plugins.base import SchedulerState
 from .policies import Reservation, admission_policy
@@ -33,100 +40,38 @@ from .records import (
     REASON_PREEMPTED,
     REASON_RESERVED,
     Preemption,
+    ScheduledItem,
     Shortfall,
 )
 from .request import Request, RequestState
-from .speculation.budget import allot_drafts
+from .schedule_plan import Scheduled, SchedulePlan, StepEvents
+
+if TYPE_CHECKING:
+    from .plugins.host import PluginHost
 
 PREEMPTED = RequestState.PREEMPTED
 
 
-@dataclass(slots=True)
-class Scheduled:
-    request: Request
-    kind: str  # "decode" or "prefill"
-    num_tokens: int
-
-
-@dataclass
-class StepOutcome:
-    """What postprocess did: where each sampled token went in its request's output, and the requests
-    that sampled their first token and their last (finished) in this step."""
-
-    positions: list[int] = field(default_factory=list)
-    first_token: list[Request] = field(default_factory=list)
-    finishing: list[Request] = field(default_factory=list)
-
-
-@dataclass
-class SchedulePlan:
-    """One step's batch and why the other requests wait. A decode is one token plus its drafts, if
-    speculating (`drafts`); `items` (built last) packs the decodes first, then the prefill chunks,
-    which is the order the batch runs in."""
-
-    budget: int
-    decodes: list[Request] = field(default_factory=list)
-    prefills: list[Scheduled] = field(default_factory=list)
-    prefill_tokens: int = 0
-    items: list[Scheduled] = field(default_factory=list)
-    reasons: dict[int, str] = field(default_factory=dict)  # request id -> why not scheduled
-    preempted: list[Request] = field(default_factory=list)
-    preemptions: list[Preemption] = field(default_factory=list)  # why each of `preempted` was
-    admission_blocked: Shortfall | None = None  # the head of the queue, short of KV blocks
-    decode_demand: int = 0
-    drafts: dict[Request, int] = field(default_factory=dict)  # speculating decode -> drafts it verifies
-    draft_tokens: int = 0
-
-    @property
-    def used(self) -> int:
-        return len(self.decodes) + self.draft_tokens + self.prefill_tokens
-
-    @property
-    def decode_used(self) -> int:
-        return len(self.decodes) + self.draft_tokens
-
-    @property
-    def left(self) -> int:
-        return self.budget - self.used
-
-    def tokens(self, kind: str) -> int:
-        return len(self.decodes) + self.draft_tokens if kind == "decode" else self.prefill_tokens
-
-    def remove(self, request: Request) -> int:
-        """Takes back a request's decode or prefill chunk, if it has one; returns the tokens freed."""
-        if request in self.decodes:
-            self.decodes.remove(request)
-            drafts = self.drafts.pop(request, 0)
-            self.draft_tokens -= drafts
-            return 1 + drafts
-        for i, s in enumerate(self.prefills):
-            if s.request is request:
-                del self.prefills[i]
-                self.prefill_tokens -= s.num_tokens
-                return s.num_tokens
-        return 0
-
-
 class Scheduler:
-    def __init__(self, config: EngineConfig, kv_cache, stop_ids: frozenset[int] = frozenset(), speculator=None):
+    def __init__(self, config: EngineConfig, blocks: BlockManager | None, plugins: PluginHost | None = None,
+                 stop_ids: frozenset[int] = frozenset(), drafts_wanted: Callable[[Request, int], int] | None = None):
         self.config = config
+        self.blocks = blocks  # None: the dense layout, which grows on demand and is never short
+        self.plugins = plugins  # the engine's PluginHost (scheduler hooks, cache plugins' evictions), if any
         self.stop_ids = stop_ids  # a sampled token among these ends its request (end of sequence)
-        self.speculator = speculator  # speculation/speculator.py, when decodes verify drafts
-        self.kv = kv_cache
+        self.drafts_wanted = drafts_wanted  # speculation: drafts a decode could verify (speculator.wanted)
         self.waiting: deque[Request] = deque()  # arrived, holding no KV; preempted ones in front
         self.running: list[Request] = []  # admitted, in admission order (newest last)
         self.admission = admission_policy(config)
         self.reservation: Reservation | None = None  # this step's budget slice, when a plugin keeps one
+        self.kv_tokens: dict[int, int] = {}  # request id -> tokens whose keys and values are stored
         self.freed_blocks: dict[int, tuple[int, ...]] = {}  # this step's: request id -> blocks
+        self._released: list[int] = []  # requests that let go of their KV since the last plan
+        self._finished: list[int] = []  # requests that finished since the last plan
 
     def add_arrived(self, request: Request) -> None:
         request.state = RequestState.WAITING
         self.waiting.append(request)
-
-    def finish(self, request: Request) -> None:
-        self.running.remove(request)
-        self.freed_blocks[request.id] = self.kv.free(request.id)
-        request.kv_capacity = 0
 
     def padding_slots(self) -> int:
         return self.admission.padding_slots()
@@ -137,21 +82,33 @@ class Scheduler:
                               running=self.running)
 
     # -- one step ------------------------------------------------------------------------
-    def schedule(self, state: SchedulerState | None = None) -> SchedulePlan:
-        state = state or self.state(-1)
+    def schedule(self, step: int = -1, state: SchedulerState | None = None) -> SchedulePlan:
+        """Plans the step: scheduler plugins see the queues first (`state`), then the budget is spent.
+        The plan carries the batch and the KV changes since the last plan."""
+        if state is None:
+            state = self.state(step)
+            if self.plugins is not None:
+                self.plugins.before_step(state)
+        if self.blocks is not None:
+            self.blocks.begin_step()
+        self.freed_blocks = {}
         plan = self._schedule(state, reserve=True)
         if not plan.items and self.reservation is not None:
             # A reserved slice its holders cannot use now (they wait for KV blocks that the starved
             # requests hold) would idle the engine for ever: this step runs without it. Preemptions
             # the first try made have happened: the second keeps them.
             plan = self._schedule(state, reserve=False, before=plan)
+        plan.step, plan.state = step, state
+        self._build_batch(plan)
+        plan.released, self._released = self._released, []
+        plan.finished, self._finished = self._finished, []
+        if self.blocks is not None:
+            plan.tables = self.blocks.take_changes()
         return plan
 
     def _schedule(self, state: SchedulerState, reserve: bool, before: SchedulePlan | None = None) -> SchedulePlan:
         plan = SchedulePlan(budget=state.budget)
-        if before is None:
-            self.freed_blocks = {}
-        else:
+        if before is not None:
             plan.preempted, plan.preemptions = before.preempted, before.preemptions
         # Admission considers the queue as the step began: a request preempted in it waits a step.
         preempted_now = {r.id for r in plan.preempted}
@@ -181,8 +138,8 @@ class Scheduler:
                 decodes.append(r)
                 if reservation:
                     reservation.took(r, 1)
-        if self.speculator is not None:
-            allot_drafts(plan, self.speculator.wanted, self.kv, reservation, state.speculative_tokens)
+        if self.drafts_wanted is not None:
+            self._allot_drafts(plan, state.speculative_tokens)
 
         # 2) Prefill chunks for admitted requests, oldest first.
         chunk = self.config.prefill_chunk_size
@@ -197,17 +154,18 @@ class Scheduler:
 
         # 3) Admission, preempted requests first (they wait at the front of the queue).
         blocked: str | None = None  # why the head of the queue could not be admitted
+        blocks = self.blocks
         # A prefix cache hit is shared, not computed: it takes no budget and only the blocks it revives.
         for r in candidates:
             room = self._room(plan, r)
-            hit = self.kv.match_prefix(r) if room and not blocked else NO_HIT
+            hit = blocks.match_prefix(r) if room and not blocked and blocks is not None else NO_HIT
             n = min(chunk, r.remaining - hit.tokens, room)
             if blocked:  # behind the head, for the head's reason
                 plan.reasons[r.id] = blocked
             elif n == 0:
                 plan.reasons[r.id] = self._budget_reason(plan)
-            elif not self.kv.can_admit(r, hit, hit.tokens + n):  # admission never preempts
-                needed, free, longest_run = self.kv.admission_shortfall(r, hit.tokens + n, hit)
+            elif blocks is not None and not blocks.can_admit(r, hit, hit.tokens + n):  # admission never preempts
+                needed, free, longest_run = blocks.admission_shortfall(r, hit.tokens + n, hit)
                 # FCFS: nobody behind the head of the queue overtakes it
                 blocked = plan.reasons[r.id] = REASON_NO_BLOCKS if longest_run is None else REASON_NO_RUN
                 plan.admission_blocked = Shortfall(r.id, needed, free, longest_run)
@@ -215,7 +173,10 @@ class Scheduler:
                 self.waiting.remove(r)
                 self.running.append(r)
                 r.state = RequestState.PREFILL
-                self.kv.admit(r, hit)
+                if blocks is not None:
+                    blocks.admit(r, hit)
+                if hit.blocks:
+                    self.kv_tokens[r.id] = hit.tokens
                 r.num_computed = r.cached_tokens = hit.tokens
                 self._allocate(r, hit.tokens + n)
                 self._add_prefill(plan, r, n)
@@ -248,21 +209,26 @@ class Scheduler:
         return REASON_BUDGET if plan.left == 0 else REASON_RESERVED  # budget left, but not for this one
 
     def _allocate(self, r: Request, num_tokens: int) -> None:
-        self.kv.allocate(r.id, num_tokens)
-        r.kv_capacity = self.kv.capacity(r.id)
+        if self.blocks is None:  # dense: grows on demand, never short
+            r.kv_capacity = 1 << 62
+            return
+        self.blocks.allocate(r.id, num_tokens)
+        r.kv_capacity = self.blocks.capacity(r.id)
 
     def _make_room(self, plan: SchedulePlan, r: Request, need: int) -> bool:
         """Makes r's KV hold `need` tokens, preempting the newest running requests while the pool
         is short. Returns False when r itself was the newest, and preempted."""
-        if need <= r.kv_capacity:  # the last block still has room: most decodes
+        if need <= r.kv_capacity:  # the last block still has room: most decodes (and every dense step)
             return True
-        while not self.kv.can_allocate(r.id, need):
+        blocks = self.blocks
+        assert blocks is not None
+        while not blocks.can_allocate(r.id, need):
             # Preemption by recompute: drop the victim's KV, keep its tokens, requeue it in front.
             victim = self._victim(r)
-            needed, free = self.kv.shortfall(r.id, need)
+            needed, free = blocks.shortfall(r.id, need)
             plan.preemptions.append(Preemption(victim.id, r.id, needed, free, victim.num_computed))
-            self.freed_blocks[victim.id] = self.kv.free(victim.id)
-            victim.num_computed = victim.kv_capacity = 0
+            self._release(victim)
+            victim.num_computed = 0
             victim.state = PREEMPTED
             victim.num_preemptions += 1
             self.waiting.appendleft(victim)
@@ -278,24 +244,102 @@ class Scheduler:
 
     def _victim(self, r: Request) -> Request:
         """The newest running request that may be preempted (r itself, at worst), taken off running."""
-        running = self.running
-        if self.kv.preemptible(running[-1].id) or running[-1] is r:
+        running, blocks = self.running, self.blocks
+        assert blocks is not None
+        if blocks.preemptible(running[-1].id) or running[-1] is r:
             return running.pop()
-        victim = next(v for v in reversed(running) if v is r or self.kv.preemptible(v.id))
+        victim = next(v for v in reversed(running) if v is r or blocks.preemptible(v.id))
         running.remove(victim)
         return victim
 
+    def _allot_drafts(self, plan: SchedulePlan, ks: dict[int, int]) -> None:
+        """Speculation's share of the budget. A speculating decode costs 1 + k tokens. Every decode's
+        own token comes first (the decode cap counts requests, not tokens); what the decodes leave
+        is then spread over their drafts one level at a time (every decode's first draft, then every
+        decode's second, ...), before any prefill chunk. So when the budget is tight k shrinks,
+        evenly, and no decode is left out for another's drafts; a decode's first drafts, the likeliest
+        to be accepted, are the last to go. Drafts never preempt: a draft that needs a KV block takes
+        a free one or is not proposed. `ks` caps some requests' drafts (a plugin's adaptive k)."""
+        left, reservation, blocks = plan.left, self.reservation, self.blocks
+        if left <= 0 or not plan.decodes:
+            return
+        assert self.drafts_wanted is not None
+        want = [self.drafts_wanted(r, min(left, ks.get(r.id, left))) for r in plan.decodes]
+        given = [0] * len(want)
+        level = 1
+        while left > 0 and any(w >= level for w in want):
+            for i, r in enumerate(plan.decodes):
+                if left == 0:
+                    break
+                if want[i] < level:
+                    continue
+                need = r.num_computed + 2 + given[i]  # its own token, the drafts it has, one more
+                if reservation and not reservation.room(r, 1):
+                    want[i] = given[i]
+                    continue
+                if need > r.kv_capacity:
+                    assert blocks is not None  # dense capacity has no end
+                    if not blocks.can_allocate(r.id, need):
+                        want[i] = given[i]  # no free block for it: its drafts stop here
+                        continue
+                    self._allocate(r, need)
+                given[i] += 1
+                left -= 1
+                if reservation:
+                    reservation.took(r, 1)
+            level += 1
+        for r, n in zip(plan.decodes, given, strict=True):
+            if n:
+                plan.drafts[r] = n
+                plan.draft_tokens += n
+
+    def _build_batch(self, plan: SchedulePlan) -> None:
+        """Each item's record entry, the tokens it feeds, and whether it samples afterwards."""
+        batch, tokens, samples, sampling = plan.batch, plan.tokens, plan.samples, plan.sampling
+        for s in plan.items:
+            r, n, first = s.request, s.num_tokens, s.request.num_computed
+            if s.kind == "decode":  # feeds its last generated token (then its drafts), and samples
+                batch.append(ScheduledItem(r.id, "decode", first, n, first + n, drafts=n - 1))
+                tokens.append(r.output[-1:])
+                samples.append(True)
+                sampling.append(r)
+                continue
+            batch.append(ScheduledItem(r.id, s.kind, first, n, first + n))
+            tokens.append(r.token_slice(first, n))
+            flag = first + n == len(r.prompt) + len(r.output)
+            samples.append(flag)
+            if flag:
+                sampling.append(r)
+
     # -- after the step ---------------------------------------------------------------------------
-    def postprocess(self, step: int, plan: SchedulePlan, samples: list[bool], chosen: list[int],
-                    now: float | None, kept: dict[Request, list[int]] | None = None) -> StepOutcome:
-        """Moves the step's requests on: tokens computed, `chosen` appended to the outputs of those
-        that sample (placeholders when overlapped: `now` is None and the times come with the
-        tokens), finished requests' KV freed. `kept`: a speculating decode's accepted drafts, which
-        go before its chosen token; its rejected drafts do not count as computed."""
-        out = StepOutcome()
-        stop = self.stop_ids
-        tokens = iter(chosen)
-        for s, flag in zip(plan.items, samples, strict=True):
+    def update(self, plan: SchedulePlan, sampled: list[int], kept: dict[Request, list[int]],
+               now: float | None) -> StepEvents:
+        """Moves the step's requests on once the runner has run the plan: the keys stored, `sampled`
+        appended to the outputs of those that sample (placeholders when overlapped: `now` is None
+        and the times come with the tokens), finished requests' KV freed, rejected drafts' blocks
+        rolled back. `kept`: a speculating decode's accepted drafts, which go before its token."""
+        blocks, held = self.blocks, self.kv_tokens
+        for item in plan.batch:
+            held[item.request_id] = item.key_len
+        plugins = self.plugins
+        if blocks is not None:
+            if plugins is not None:
+                plugins.release_blocks(blocks, plan.batch)  # cache plugins may give dead blocks back early
+            blocks.stored(held)
+        events = self._advance(plan, sampled, kept, now)
+        if plugins is not None:
+            for r in events.finishing:
+                plugins.on_request_completion(r)
+        if kept:
+            self._settle(plan, kept)
+        return events
+
+    def _advance(self, plan: SchedulePlan, sampled: list[int], kept: dict[Request, list[int]],
+                 now: float | None) -> StepEvents:
+        out = StepEvents()
+        stop, step = self.stop_ids, plan.step
+        tokens = iter(sampled)
+        for s, flag in zip(plan.items, plan.samples, strict=True):
             r = s.request
             r.num_computed += s.num_tokens
             r.last_scheduled_step = step
@@ -311,9 +355,39 @@ class Scheduler:
                     out.first_token.append(r)
                 if len(r.output) >= r.max_new_tokens or (stop and r.output[-1] in stop):
                     r.state, r.finished_step, r.finish_time = RequestState.FINISHED, step, now
-                    self.finish(r)
+                    self.running.remove(r)
+                    self._release(r)
+                    self._finished.append(r.id)
                     out.finishing.append(r)
                     continue
             if s.kind != "decode":  # a decode that did not finish stays a decode
                 r.state = r.phase()
         return out
+
+    def _settle(self, plan: SchedulePlan, kept: dict[Request, list[int]]) -> None:
+        """After a speculative step: the record's accepted counts, the requests' totals, and the
+        rejected drafts' blocks given back (emptied blocks show as freed in the record)."""
+        blocks = self.blocks
+        for item, s in zip(plan.batch, plan.items, strict=True):
+            r = s.request
+            if not item.drafts:
+                continue
+            good = kept[r]
+            item.accepted = len(good)
+            r.drafts_proposed += item.drafts
+            r.drafts_accepted += len(good)
+            if r.is_finished:  # its KV is already freed
+                continue
+            self.kv_tokens[r.id] = min(self.kv_tokens.get(r.id, 0), r.num_computed)
+            if blocks is not None:
+                freed = blocks.rollback(r.id, r.num_computed)
+                r.kv_capacity = blocks.capacity(r.id)
+                if freed:
+                    self.freed_blocks[r.id] = freed
+
+    def _release(self, r: Request) -> None:
+        """The request lets go of its KV (finished, or preempted to recompute later)."""
+        self.freed_blocks[r.id] = self.blocks.free(r.id) if self.blocks is not None else ()
+        self.kv_tokens.pop(r.id, None)
+        self._released.append(r.id)
+        r.kv_capacity = 0

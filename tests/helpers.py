@@ -9,7 +9,7 @@ import torch
 from engine import Engine, EngineConfig
 from engine.attention.layer_attention import PackedAttention
 from engine.batch_builder import build_batch
-from engine.kv.cache import DenseKVCache
+from engine.kv.dense_store import DenseKVStore
 from engine.records import ScheduledItem
 
 _ALONE_CACHE: dict[tuple, list[int]] = {}
@@ -55,7 +55,7 @@ def our_logits(engine: Engine, tokens: list[int]) -> torch.Tensor:
     n = len(tokens)
     batch = build_batch([ScheduledItem(0, "prefill", 0, n, n)], [tokens], [True], engine.runner.device)
     s = engine.runner.spec
-    kv = DenseKVCache(s.num_layers, s.num_kv_heads, s.head_dim, engine.runner.dtype, engine.runner.device)
+    kv = DenseKVStore(s.num_layers, s.num_kv_heads, s.head_dim, engine.runner.dtype, engine.runner.device)
     kv.begin_step([0], batch)
     per_layer = [PackedAttention(engine.runner.attention)] * s.num_layers
     return engine.runner.model(batch.token_ids, batch.positions, torch.arange(n), kv, per_layer, batch)

@@ -234,7 +234,7 @@ def test_scenario_file_names_a_checkpoint_relative_to_itself_and_chat_prompts(ch
 
 def test_default_kv_pool_of_a_long_context_checkpoint_stays_small(tmp_path):
     """A 32k context would make eight full sequences gigabytes on the CPU: the default pool stops at 1 GiB."""
-    from engine.kv.cache import kv_bytes_per_token
+    from engine.kv.paged_store import kv_bytes_per_token
     from engine.model_runner import CPU_POOL_BYTES, default_num_blocks
 
     path = tmp_path / "long"

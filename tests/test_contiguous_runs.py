@@ -14,7 +14,7 @@ from helpers import exact_config, run_alone, run_batched
 
 from cbtui.colors import FULL
 from cbtui.widgets.kv_grid import RESERVED_GLYPH, block_cells, paged_text
-from engine.kv.cache import PagedAllocator
+from engine.kv.block_manager import BlockManager
 from engine.kv.contiguous_runs import first_run, longest_run, run_tokens
 from engine.records import REASON_NO_RUN, StepRecord
 from engine.records.events import step_events
@@ -57,7 +57,7 @@ def test_runs_are_found_lowest_first_and_measured():
 
 
 def test_a_reserved_run_is_consecutive_and_goes_back_whole():
-    alloc = PagedAllocator(num_blocks=10, block_size=4)
+    alloc = BlockManager(num_blocks=10, block_size=4)
     alloc.allocate(1, 8)  # blocks 0, 1 (paged)
     run = alloc.reserve_run(2, 13)  # 4 blocks in a row
     assert run == (2, 3, 4, 5) and alloc.tables[2] == run and alloc.runs == {2}
@@ -68,7 +68,7 @@ def test_a_reserved_run_is_consecutive_and_goes_back_whole():
 
 
 def test_a_fragmented_pool_has_the_blocks_but_not_the_run():
-    alloc = PagedAllocator(num_blocks=8, block_size=4)
+    alloc = BlockManager(num_blocks=8, block_size=4)
     for rid in range(8):
         alloc.allocate(rid, 4)
     for rid in (1, 3, 5, 7):  # every other block free: 4 free, none adjacent

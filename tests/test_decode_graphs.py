@@ -110,7 +110,7 @@ def test_bad_decode_graph_settings(bad, words):
 def test_spare_block_only_with_graphs_and_never_handed_out():
     eng = graph_engine(num_blocks=6)
     assert eng.runner.kv.k_pool.shape[1] == 7 * eng.runner.kv.block_size
-    assert eng.runner.kv.scratch_slot // eng.runner.kv.block_size not in eng.runner.kv.allocator.free_blocks
+    assert eng.runner.kv.scratch_slot // eng.runner.kv.block_size not in eng.scheduler.blocks.free_blocks
     plain = Engine(exact_config(attention="sdpa", block_size=8, num_blocks=6))  # auto on the CPU: no graphs
     assert plain.runner.kv.k_pool.shape[1] == 6 * 8 and plain.runner.kv.scratch_slot is None
 

@@ -183,17 +183,19 @@ def test_rejected_drafts_leave_no_kv_behind(case):
         eng.add_request(**spec)
     while eng.has_unfinished():
         eng.step()
-        kv = eng.runner.kv
+        blocks, store = eng.scheduler.blocks, eng.runner.kv
         for r in eng.scheduler.running:
-            assert kv.tokens.get(r.id, 0) == r.num_computed
-            if config.kv_layout == "paged":
-                assert len(kv.allocator.tables[r.id]) == kv.allocator.blocks_for(r.num_computed)
+            assert eng.scheduler.kv_tokens.get(r.id, 0) == r.num_computed
+            if blocks is not None:
+                assert len(blocks.tables[r.id]) == blocks.blocks_for(r.num_computed)
+            else:
+                assert store.held(r.id) == r.num_computed
             draft_kv = getattr(eng.speculator.proposer, "kv", None)
             if draft_kv is not None:
-                assert draft_kv.tokens.get(r.id, 0) <= r.num_computed
-        if config.kv_layout == "paged":  # each block held (once, however many tables share it) or free
-            held = set().union(*kv.allocator.tables.values())
-            assert len(held) + kv.allocator.num_free == kv.allocator.num_blocks
+                assert draft_kv.held(r.id) <= r.num_computed
+        if blocks is not None:  # each block held (once, however many tables share it) or free
+            held = set().union(*blocks.tables.values())
+            assert len(held) + blocks.num_free == blocks.num_blocks
 
 
 def test_speculation_with_a_reserved_budget_slice_stays_exact():

@@ -1,5 +1,6 @@
-"""PagedAllocator.flatten (the seed's name): blocks in table order, tail trimmed; the reference backend
-reads histories through it; the KV panel shows the selected request's flattened history."""
+"""Flatten (the seed's PagedAllocator.flatten; here the paged store's): blocks in table order, tail
+trimmed; the reference backend reads histories through it; the KV panel shows the selected request's
+flattened history."""
 
 import torch
 from helpers import exact_config
@@ -8,20 +9,24 @@ from rich.console import Console
 from cbtui.colors import FULL
 from cbtui.widgets.kv_grid import paged_text
 from engine import Engine
-from engine.kv.cache import PagedAllocator
+from engine.kv.block_manager import BlockManager
+from engine.kv.paged_store import PagedKVStore
 from engine.records.kv_history import flat_history
 from engine.records.types import KVView
 
 
 def test_flatten_concatenates_blocks_in_table_order_and_trims_the_tail():
-    allocator = PagedAllocator(num_blocks=6, block_size=4)
+    allocator = BlockManager(num_blocks=6, block_size=4)
     allocator.allocate(0, 4)  # block 0 goes to someone else first
     allocator.allocate(1, 6)  # blocks 1, 2
     allocator.free(0)
     allocator.allocate(1, 11)  # then 3 (the free list hands out 3 before the freed 0)
     assert allocator.tables[1] == (1, 2, 3)
-    pool = torch.arange(6 * 4 * 2, dtype=torch.float32).reshape(24, 2)  # slot s holds [2s, 2s + 1]
-    flat = allocator.flatten(pool, 1, 11)
+    store = PagedKVStore(1, 1, 2, torch.float32, torch.device("cpu"), num_blocks=6, block_size=4, max_context=24)
+    store.apply([0], allocator.take_changes())  # the store learns the tables from the plan's changes
+    store.k_pool[0] = torch.arange(6 * 4 * 2, dtype=torch.float32).reshape(24, 1, 2)  # slot s holds [2s, 2s + 1]
+    flat, _ = store.flatten(0, 1, 11)
+    flat = flat[:, 0]
     slots = [4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]  # blocks 1, 2 whole, 3 cut after 3 of its 4 slots
     assert flat.tolist() == [[2 * s, 2 * s + 1] for s in slots]
 
@@ -31,13 +36,13 @@ def test_the_reference_backend_reads_by_flatten_and_the_fast_one_does_not():
         engine = Engine(exact_config(attention=attention, block_size=4, num_blocks=32, max_tokens_per_step=16,
                                      prefill_chunk_size=8))
         calls = []
-        original = engine.runner.kv.allocator.flatten
+        original = engine.runner.kv.flatten
 
-        def counting(pool, rid, n):
+        def counting(layer, rid, n):
             calls.append((rid, n))
-            return original(pool, rid, n)
+            return original(layer, rid, n)
 
-        engine.runner.kv.allocator.flatten = counting
+        engine.runner.kv.flatten = counting
         for i in range(3):
             engine.add_request([i + 1] * (9 + 4 * i), max_new_tokens=5)
         return engine.run_until_done(), calls

@@ -1,5 +1,5 @@
-"""Paged allocator and caches: blocks shared only through the prefix cache, everything returns, flatten
-equals dense."""
+"""The block manager and the stores: blocks shared only through the prefix cache, everything returns,
+flatten equals dense."""
 
 from collections import Counter
 
@@ -9,11 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine import Engine, EngineConfig
-from engine.kv.cache import PagedAllocator
+from engine.kv.block_manager import BlockManager
 
 
-def test_allocator_hands_out_distinct_blocks_and_takes_them_back():
-    alloc = PagedAllocator(num_blocks=10, block_size=4)
+def test_block_manager_hands_out_distinct_blocks_and_takes_them_back():
+    alloc = BlockManager(num_blocks=10, block_size=4)
     assert alloc.allocate(1, 9) == [0, 1, 2]  # 9 tokens need 3 blocks
     assert alloc.allocate(1, 12) == []  # still fits in 3
     assert alloc.allocate(2, 5) == [3, 4]
@@ -44,7 +44,7 @@ def test_blocks_shared_only_by_the_prefix_cache_and_all_returned(reqs, block_siz
         for rid, table in rec.kv.block_tables.items():
             held = rec.kv.tokens.get(rid, 0)
             assert len(table) >= -(-held // block_size)
-    assert eng.runner.kv.allocator.num_free == eng.runner.num_blocks and not eng.runner.kv.allocator.tables
+    assert eng.scheduler.blocks.num_free == eng.runner.num_blocks and not eng.scheduler.blocks.tables
     assert records[-1].kv.blocks_used == 0
 
 
@@ -59,12 +59,14 @@ def test_flatten_equals_dense_cache():
             eng.step()
         engines[layout] = eng
     paged, dense = engines["paged"], engines["dense"]
-    assert paged.runner.kv.tokens == dense.runner.kv.tokens and paged.runner.kv.tokens
-    for rid in paged.runner.kv.tokens:
+    held = paged.scheduler.kv_tokens
+    assert held == dense.scheduler.kv_tokens and held
+    assert held == {rid: dense.runner.kv.held(rid) for rid in held}
+    for rid in held:
         for layer in range(paged.runner.spec.num_layers):
-            pk, pv = paged.runner.kv.flatten(layer, rid)
+            pk, pv = paged.runner.kv.flatten(layer, rid, held[rid])
             dk, dv = dense.runner.kv.flatten(layer, rid)
-            assert pk.shape[0] == paged.runner.kv.tokens[rid]
+            assert pk.shape[0] == held[rid]
             # Not bit-equal: paged decodes read the pool directly, dense ones read packed keys, and
             # the padded width changes the float64 summation order (ulps). A misplaced slot is O(1).
             assert torch.allclose(pk, dk, rtol=1e-12, atol=1e-12) and torch.allclose(pv, dv, rtol=1e-12, atol=1e-12)

@@ -23,12 +23,13 @@ def budget_engine(plugins, budget=BUDGET, **settings):
 
 def test_a_memory_budget_gives_the_blocks_that_fit_and_int8_fits_more():
     plain = budget_engine([])
-    assert plain.runner.kv.allocator.num_blocks == 20 and plain.runner.kv.pool_bytes == BUDGET
+    assert plain.scheduler.blocks.num_blocks == 20 and plain.runner.kv.pool_bytes == BUDGET
     plugin = KVInt8Plugin()
     small = budget_engine([plugin])
     kv = small.runner.kv
     per_block = 2 * Int8BlockPool.bytes_per_block(2, 8, 2, 16)
-    assert kv.allocator.num_blocks == BUDGET // per_block == 77 and len(kv.allocator.free_blocks) == 77
+    assert small.scheduler.blocks.num_blocks == BUDGET // per_block == 77 and kv.num_blocks == 77
+    assert len(small.scheduler.blocks.free_blocks) == 77
     assert kv.pool_bytes <= BUDGET < kv.pool_bytes + per_block  # the same memory, used up
     assert small.header().num_blocks == 77 and (plugin.blocks_full, plugin.blocks_int8) == (20, 77)
     small.add_request([5] * 30, max_new_tokens=4)

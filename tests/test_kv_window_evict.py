@@ -7,7 +7,7 @@ import pytest
 from helpers import exact_config, run_plugins
 
 from engine import Engine
-from engine.kv.cache import PagedAllocator
+from engine.kv.block_manager import BlockManager
 from engine.plugins.builtin import KVWindowEvictPlugin, SlidingWindowPlugin
 from engine.records.recording import StoryCheck, parse_record
 from scenarios import load_scenario
@@ -15,7 +15,7 @@ from scenarios.compare import run_records
 
 
 def test_an_evicted_block_goes_back_once():
-    allocator = PagedAllocator(8, 4)
+    allocator = BlockManager(8, 4)
     allocator.allocate(1, 16)  # blocks 0, 1, 2, 3
     assert allocator.evict(1, 1) == 1 and allocator.tables[1] == (0, 3, 2, 3)
     assert allocator.num_free == 5

@@ -204,12 +204,12 @@ def test_a_stuck_schedule_ends_the_run_with_why():
     """The safety net behind every runner: steps that schedule nothing, with nothing left to arrive,
     end the run after a few steps with the waiting requests' reasons (never an endless loop)."""
     from engine.engine import STALL_STEPS, NoProgressError
-    from engine.scheduler import SchedulePlan
+    from engine.schedule_plan import SchedulePlan
 
     eng = Engine(EngineConfig(model="tiny", device="cpu"))
     eng.add_request([1, 2], max_new_tokens=2)
     eng.step()  # admitted: it is running
-    eng.scheduler.schedule = lambda state=None: SchedulePlan(budget=state.budget)  # a scheduler that plans nothing
+    eng.scheduler.schedule = lambda step: SchedulePlan(budget=8, step=step)  # a scheduler that plans nothing
     records = [eng.step() for _ in range(STALL_STEPS - 1)]
     assert all(r.errors and r.errors[0].startswith("no progress") for r in records)
     with pytest.raises(NoProgressError, match=rf"no progress for {STALL_STEPS} steps .*1 requests cannot be"):

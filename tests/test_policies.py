@@ -1,9 +1,7 @@
 """The scheduler's policies and its preemption, on a Scheduler driven directly (no model)."""
 
-import torch
-
 from engine import EngineConfig
-from engine.kv.cache import PagedKVCache
+from engine.kv.block_manager import BlockManager
 from engine.plugins import SchedulerState
 from engine.policies import Fcfs, Reservation, StaticBatch
 from engine.records import REASON_BUDGET, REASON_NO_BLOCKS, REASON_PREEMPTED, REASON_RESERVED, REASON_STATIC_BATCH
@@ -14,9 +12,7 @@ from engine.scheduler import Scheduler
 def make_scheduler(num_blocks: int = 64, block_size: int = 4, **config) -> Scheduler:
     config = EngineConfig(model="tiny", device="cpu", kv_layout="paged", block_size=block_size,
                           num_blocks=num_blocks, **config)
-    kv = PagedKVCache(1, 1, 4, torch.float32, torch.device("cpu"), num_blocks=num_blocks, block_size=block_size,
-                      max_context=256)
-    return Scheduler(config, kv)
+    return Scheduler(config, BlockManager(num_blocks, block_size))
 
 
 def arrive(sched: Scheduler, *prompt_lens: int) -> list[Request]:
@@ -73,7 +69,7 @@ def test_scheduler_keeps_the_reserved_slice_from_the_others():
     low1, low2, vip = arrive(sched, 8, 8, 8)
     state = sched.state(0)
     state.reserve(4, [vip.id])
-    plan = sched.schedule(state)
+    plan = sched.schedule(state=state)
     assert [(s.request, s.num_tokens) for s in plan.items] == [(low1, 6), (vip, 4)]
     assert plan.reasons == {low2.id: REASON_RESERVED}
     # Without the reservation the same queue is plain FCFS: the holder waits for budget.
@@ -88,14 +84,14 @@ def test_preemption_takes_the_newest_running_request_and_requeues_it_in_front():
     sched = make_scheduler(num_blocks=3, block_size=4, max_tokens_per_step=12, prefill_chunk_size=4)
     old, mid, new = arrive(sched, 8, 3, 3)
     run_plan(sched.schedule())  # a block each: the pool is full; mid and new decode next
-    assert sched.running == [old, mid, new] and sched.kv.allocator.num_free == 0
-    new_blocks = sched.kv.allocator.tables[new.id]
+    assert sched.running == [old, mid, new] and sched.blocks.num_free == 0
+    new_blocks = sched.blocks.tables[new.id]
     # Both decodes fit their blocks; then old's second chunk needs a block, and the newest request
     # gives its up, with the decode it was given a moment before.
     plan = sched.schedule()
     assert [(s.request, s.kind) for s in plan.items] == [(mid, "decode"), (old, "prefill")]
     assert plan.preempted == [new] and plan.reasons == {new.id: REASON_PREEMPTED}
-    assert plan.tokens("decode") == 1 and plan.tokens("prefill") == 4
+    assert plan.tokens_of("decode") == 1 and plan.tokens_of("prefill") == 4
     assert sched.running == [old, mid] and list(sched.waiting) == [new]
     assert new.state is RequestState.PREEMPTED and new.num_preemptions == 1
     assert new.num_computed == 0 and new.output == [0]  # recompute: the KV goes, the tokens stay

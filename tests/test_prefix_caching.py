@@ -20,7 +20,7 @@ from cbtui.colors import FULL, NONE
 from cbtui.headless import HeadlessRun
 from engine import Engine, EngineConfig
 from engine.attention import available_backends
-from engine.kv.cache import PagedAllocator, PagedKVCache
+from engine.kv.block_manager import BlockManager
 from engine.kv.prefix_cache import PrefixCache, chain_hashes
 from engine.records import StepRecord
 from engine.records.events import reused
@@ -40,7 +40,7 @@ def cli(*args):
     return subprocess.run([sys.executable, "-m", "cbtui", *args], capture_output=True, text=True, timeout=300)
 
 
-def check_pool(alloc: PagedAllocator) -> None:
+def check_pool(alloc: BlockManager) -> None:
     """Every block is exactly one of: held (its reference count = the tables holding it), cached-free
     (named, held by nobody) or free; names and blocks map one to one."""
     holders = Counter(b for table in alloc.tables.values() for b in table)
@@ -58,7 +58,7 @@ def check_pool(alloc: PagedAllocator) -> None:
         assert {b for b, flag in enumerate(prefix.cached_map) if flag} == cached  # what records copy
 
 
-def guard_eviction(monkeypatch, alloc: PagedAllocator) -> list[int]:
+def guard_eviction(monkeypatch, alloc: BlockManager) -> list[int]:
     """Makes every eviction check that nobody holds the block it takes; returns the evicted blocks."""
     evicted: list[int] = []
     original = PrefixCache.evict
@@ -75,7 +75,7 @@ def guard_eviction(monkeypatch, alloc: PagedAllocator) -> list[int]:
 def run_checked(config: EngineConfig, workload: list[dict], monkeypatch=None):
     """Runs the workload batched, checking the pool after every step; (outputs, records, engine, evicted)."""
     eng = Engine(config)
-    alloc = eng.runner.kv.allocator
+    alloc = eng.scheduler.blocks
     evicted = guard_eviction(monkeypatch, alloc) if monkeypatch is not None else []
     ids = [eng.add_request(**spec) for spec in workload]
     records = []
@@ -207,7 +207,7 @@ def test_eviction_takes_the_least_recently_used_cached_block_first():
     eng.step()
     new = eng.add_request([3] * 8 + [4], max_new_tokens=1)
     eng.step()
-    prefix = eng.runner.kv.prefix
+    prefix = eng.scheduler.blocks.prefix
     old_blocks, new_blocks = list(prefix.evictable)[:2], list(prefix.evictable)[2:]
     assert len(new_blocks) == 2 and old != new
     big = eng.add_request([5] * 20, max_new_tokens=2)  # 5 blocks: the 2 free, the 2 oldest cached, 1 more
@@ -255,11 +255,11 @@ def test_preempted_request_reuses_its_own_cached_blocks():
 @settings(max_examples=200, deadline=None)
 @given(st.data())
 def test_pool_books_balance_under_random_admissions_growth_and_frees(data):
-    """The allocator alone (no model): random admissions behind shared prefixes, growth and frees."""
+    """The block manager alone (no model): random admissions behind shared prefixes, growth and frees."""
     block_size = data.draw(st.integers(1, 4))
     num_blocks = data.draw(st.integers(4, 16))
-    kv = PagedKVCache(1, 1, 1, torch.float32, torch.device("cpu"), num_blocks, block_size, 64, prefix_caching=True)
-    alloc = kv.allocator
+    kv = alloc = BlockManager(num_blocks, block_size, prefix_caching=True)
+    held: dict[int, int] = {}
     with pytest.MonkeyPatch.context() as monkeypatch:
         guard_eviction(monkeypatch, alloc)
         live: dict[int, FakeRequest] = {}
@@ -274,8 +274,8 @@ def test_pool_books_balance_under_random_admissions_growth_and_frees(data):
                     continue
                 kv.admit(r, hit)
                 kv.allocate(r.id, r.num_tokens)
-                kv.tokens[r.id] = r.num_tokens  # as if computed
-                kv.prefix.name_computed(alloc.tables, kv.tokens)
+                held[r.id] = r.num_tokens  # as if computed
+                kv.stored(held)
                 live[r.id] = r
             elif live and action == "grow":
                 r = live[data.draw(st.sampled_from(sorted(live)))]
@@ -283,7 +283,9 @@ def test_pool_books_balance_under_random_admissions_growth_and_frees(data):
                     r.tokens += [7] * block_size
                     kv.allocate(r.id, r.num_tokens)
             elif live:
-                kv.free(live.pop(data.draw(st.sampled_from(sorted(live)))).id)
+                rid = live.pop(data.draw(st.sampled_from(sorted(live)))).id
+                kv.free(rid)
+                held.pop(rid)
             check_pool(alloc)
         for rid in list(live):
             kv.free(rid)
@@ -318,7 +320,7 @@ def test_config_default_is_on_for_paged_and_off_for_dense():
         EngineConfig(kv_layout="dense", prefix_caching=True)
     with pytest.raises(ValueError, match="must be true, false or None"):
         EngineConfig(prefix_caching=1)
-    assert Engine(exact_config(prefix_caching=False)).runner.kv.prefix is None
+    assert Engine(exact_config(prefix_caching=False)).scheduler.blocks.prefix is None
 
 
 def test_without_prefix_caching_nothing_is_shared_and_records_say_none():
@@ -553,7 +555,7 @@ def test_overlapped_steps_share_prefixes_and_stay_exact():
         record = eng.step()
         if record is not None:
             records.append(record)
-        check_pool(eng.runner.kv.allocator)
+        check_pool(eng.scheduler.blocks)
     assert sum(r.kv.prefix.hit_blocks for r in records) >= 9 * 6
     for rid, spec in zip(ids, workload, strict=True):
         assert eng.requests[rid].output == run_alone(spec["prompt"], spec["max_new_tokens"])

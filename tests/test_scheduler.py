@@ -105,7 +105,7 @@ def test_a_tight_budget_shrinks_drafts_before_leaving_a_decode_out():
         eng.step()  # all four prefill in one step
         state = eng.scheduler.state(1)
         state.budget = budget  # as a scheduler plugin may set it
-        plan = eng.scheduler.schedule(state)
+        plan = eng.scheduler.schedule(state=state)
         assert len(plan.decodes) == decodes
         assert sorted((plan.drafts.get(r, 0) for r in plan.decodes), reverse=True) == (drafts or [0] * decodes)
         assert plan.used <= budget
@@ -174,15 +174,13 @@ def test_a_decode_evicted_by_a_later_decode_gives_its_slot_back():
     block and evicts the newest request, whose decode was already chosen this step (it was served
     less recently, so it sorts first). The plan must drop that decode: one decode runs, one is
     preempted, and the budget counts one token."""
-    import torch
-
-    from engine.kv.cache import PagedKVCache
+    from engine.kv.block_manager import BlockManager
     from engine.request import RequestState
     from engine.scheduler import Scheduler
 
     config = EngineConfig(model="tiny", device="cpu", kv_layout="paged", block_size=4, num_blocks=2,
                           max_tokens_per_step=16)
-    kv = PagedKVCache(1, 1, 4, torch.float32, torch.device("cpu"), num_blocks=2, block_size=4, max_context=64)
+    kv = BlockManager(num_blocks=2, block_size=4)
     sched = Scheduler(config, kv)
     old = Request(id=0, prompt=[1, 2, 3], max_new_tokens=5, output=[7, 8])  # 4 cached: its block is full
     new = Request(id=1, prompt=[1, 2], max_new_tokens=5, output=[7])  # 2 cached: room in its block
@@ -197,4 +195,4 @@ def test_a_decode_evicted_by_a_later_decode_gives_its_slot_back():
     plan = sched.schedule()
     assert [(s.request.id, s.kind) for s in plan.items] == [(0, "decode")]
     assert plan.preempted == [new] and new.state is RequestState.PREEMPTED
-    assert plan.used == plan.decode_used == plan.tokens("decode") == 1
+    assert plan.used == plan.tokens_of("decode") == 1

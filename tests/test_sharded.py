@@ -23,7 +23,7 @@ from helpers import exact_config, run_alone
 
 from engine import Engine, EngineConfig
 from engine.distributed import ShardFailure
-from engine.distributed.sequence_kv import RoundRobinAllocator
+from engine.distributed.round_robin_blocks import RoundRobinBlocks
 from engine.distributed.split_attention import merge_partials, partial_attention
 from engine.records import StepRecord
 from engine.records.schema import check_record_json
@@ -110,7 +110,7 @@ def check_shard_views(record: StepRecord, shard_by: str) -> None:
 
 
 def test_sequence_shards_hold_alternate_blocks_and_admission_asks_every_shard():
-    alloc = RoundRobinAllocator(shards=2, blocks_per_shard=3, block_size=4)
+    alloc = RoundRobinBlocks(shards=2, blocks_per_shard=3, block_size=4)
     alloc.allocate(8, 12)  # blocks 0, 1, 2 of request 8: shards 0, 1, 0
     assert [alloc.shard_of(b) for b in alloc.tables[8]] == [0, 1, 0]
     assert [len(f) for f in alloc.shard_free] == [1, 2]

@@ -37,7 +37,7 @@ class PoolAttention:
         if n:
             k_pool, v_pool = cache.k_pool[layer], cache.v_pool[layer]
             if "decode_tables" not in batch.scratch:  # once per step: the decodes' table rows, as wide as the longest
-                width = cache.allocator.blocks_for(max(batch.k_lens[:n]))
+                width = cache.blocks_for(max(batch.k_lens[:n]))
                 tables = batch.scratch["decode_tables"] = cache.step_tables[:n, :width]
                 key_bytes = 2 * k_pool[0].numel() * k_pool.element_size()  # one position's keys and values
                 batch.scratch["decode_groups"] = self.decode.plan(tables, batch.k_lens[:n], cache.block_size, key_bytes)

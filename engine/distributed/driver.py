@@ -19,13 +19,12 @@ from ..model import PRESETS
 from ..plugins.host import PluginHost
 from ..profiling.memory import process_rss_bytes
 from ..profiling.nvml import Nvml
-from ..records import CommView, IdKeyed, ScheduledItem, ShardView, StepRecord
-from ..request import Request
+from ..records import CommView
+from ..schedule_plan import SchedulePlan
+from ..step_output import StepOutput
 from .comm import Comm
 from .errors import ShardFailure
 from .launcher import BUILT_KEY, WorkerGroup
-from .mirror import MirroredPagedKV
-from .sequence_kv import RoundRobinAllocator
 from .shard_runner import ShardRunner, StepPlan
 from .tensor_parallel import check_divisible
 from .worker import serve
@@ -69,29 +68,28 @@ class ShardedRunner(ShardRunner):
             raise
         self._finalizer.detach()
         self._finalizer = weakref.finalize(self, functools.partial(_stop, group, comm))
-        self._sent: dict[int, tuple[int, ...]] = {}  # the tables the workers hold
-        self.step_comm: tuple[int, float, int] = (0, 0.0, 0)  # the last step's (bytes, seconds, collectives)
         self._nvml: Nvml | None = None
+        self._tables: dict[int, tuple[int, ...]] = {}  # KV changes not sent to the workers yet
+        self._released: list[int] = []
 
-    def run(self, items: list[ScheduledItem], tokens: list[list[int]], samples: list[bool],
-            sampling: list[Request]):
-        self.group.check()  # a dead worker fails here, before anything is sent
-        self.group.step += 1
-        kv = self.kv
-        assert isinstance(kv, MirroredPagedKV)
-        forget = kv.take_released()
-        for rid in forget:
-            self._sent.pop(rid, None)
-        tables = kv.allocator.tables
-        changed = {}
-        for item in items:
-            table = tables[item.request_id]
-            if self._sent.get(item.request_id) is not table:  # tuples are replaced when they grow
-                changed[item.request_id] = self._sent[item.request_id] = table
-        self.comm.send_plan(StepPlan(self.group.step, [(i.request_id, i.kind, i.first_pos, i.num_tokens, i.key_len)
-                                                       for i in items], tokens, samples, changed, forget))
-        out = super().run(items, tokens, samples, sampling)
-        self.step_comm = self.comm.take()
+    def run(self, plan: SchedulePlan) -> StepOutput:
+        """Sends the workers the plan's batch and KV changes, then runs shard 0's share of the step;
+        the output says the step's communication and every shard's memory."""
+        for rid in plan.released:  # KV changes wait for a step that runs (an empty one is not sent)
+            self._tables.pop(rid, None)
+        self._released += plan.released
+        self._tables.update(plan.tables)
+        if plan.items:
+            self.group.check()  # a dead worker fails here, before anything is sent
+            self.group.step += 1
+            items = [(i.request_id, i.kind, i.first_pos, i.num_tokens, i.key_len) for i in plan.batch]
+            self.comm.send_plan(StepPlan(self.group.step, items, plan.tokens, plan.samples, self._tables,
+                                         self._released))
+            self._tables, self._released = {}, []
+        out = super().run(plan)
+        out.comm = CommView(*self.comm.take())
+        out.shard_memory = [(device, self._memory(rank, device))
+                            for rank, device in enumerate(map(self._device_of, range(self.config.shards)))]
         return out
 
     def close(self) -> None:
@@ -106,30 +104,7 @@ class ShardedRunner(ShardRunner):
         return not self._finalizer.alive
 
 
-    # -- records ----------------------------------------------------------------------------------
-    def describe(self, record: StepRecord) -> None:
-        """Adds the shards' pools and memory and the step's communication to the step's record."""
-        bytes_, seconds, calls = self.step_comm
-        self.step_comm = (0, 0.0, 0)
-        record.comm = CommView(bytes_, seconds, calls)
-        record.shards = [self._shard_view(rank) for rank in range(self.config.shards)]
-        record.kv.pool_bytes = sum(s.pool_bytes for s in record.shards)  # every shard's pool together
-
-    def _shard_view(self, rank: int) -> ShardView:
-        kv, device = self.kv, self._device_of(rank)
-        assert isinstance(kv, MirroredPagedKV)
-        alloc = kv.allocator
-        if isinstance(alloc, RoundRobinAllocator):
-            per = alloc.blocks_per_shard
-            free = len(alloc.shard_free[rank])
-            low, high = rank * per, (rank + 1) * per
-            tables = {rid: tuple(b - low for b in t if low <= b < high) for rid, t in alloc.tables.items()}
-            return ShardView(rank, device, per, per - free, free, kv.pool_bytes, self._memory(rank, device), low,
-                             IdKeyed(tables))
-        used = alloc.num_blocks - alloc.num_free  # heads: the same tables on every shard
-        return ShardView(rank, device, alloc.num_blocks, used, alloc.num_free, kv.pool_bytes,
-                         self._memory(rank, device), 0, IdKeyed(alloc.tables))
-
+    # -- what the records show of the shards --------------------------------------------------------
     def _device_of(self, rank: int) -> str:
         if self.device.type != "cuda":
             return "cpu"

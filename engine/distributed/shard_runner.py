@@ -13,13 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..config import EngineConfig
-from ..kv.cache import PagedKVCache
+from ..kv.paged_store import PagedKVStore
 from ..model_runner import ModelRunner
 from ..plugins.host import PluginHost
 from ..records import ScheduledItem
 from .comm import Comm
-from .mirror import MirroredPagedKV
-from .sequence_kv import SequenceShardCache, SplitKVAttention
+from .sequence_kv import SequenceShardStore, SplitKVAttention
 from .tensor_parallel import shard_by_heads
 
 
@@ -31,7 +30,7 @@ class StepPlan:
     items: list[tuple[int, str, int, int, int]]  # ScheduledItem fields
     tokens: list[list[int]]
     samples: list[bool]
-    tables: dict[int, tuple[int, ...]] = field(default_factory=dict)  # new or grown since last sent
+    tables: dict[int, tuple[int, ...]] = field(default_factory=dict)  # new or changed since the last plan
     forget: list[int] = field(default_factory=list)  # requests whose blocks were freed
     stop: bool = False  # the engine is closing: leave the loop
 
@@ -48,24 +47,19 @@ class ShardRunner(ModelRunner):
         model = super()._build_model()
         return shard_by_heads(model, self.comm) if self.config.shard_by == "heads" else model
 
-    def _paged_cache(self, num_blocks: int) -> PagedKVCache:
+    def _paged_store(self, num_blocks: int) -> PagedKVStore:
         s, c = self.spec, self.config
         if c.shard_by == "heads":
-            return MirroredPagedKV(s.num_layers, s.num_kv_heads // c.shards, s.head_dim, self.dtype, self.device,
-                                   num_blocks, c.block_size, s.max_context)
-        return SequenceShardCache(s.num_layers, s.num_kv_heads, s.head_dim, self.dtype, self.device, num_blocks,
+            return PagedKVStore(s.num_layers, s.num_kv_heads // c.shards, s.head_dim, self.dtype, self.device,
+                                num_blocks, c.block_size, s.max_context)
+        return SequenceShardStore(s.num_layers, s.num_kv_heads, s.head_dim, self.dtype, self.device, num_blocks,
                                   c.block_size, s.max_context, self.comm.rank, c.shards)
 
     def _graphs_configured(self) -> bool:
         return False  # a collective per layer: eager steps
 
     def run_plan(self, plan: StepPlan) -> None:
-        """A worker's step: adopt the driver's tables, run the same forward pass (logits unused)."""
-        kv = self.kv
-        assert isinstance(kv, MirroredPagedKV)
-        for rid in plan.forget:
-            kv.forget(rid)
-        for rid, table in plan.tables.items():
-            kv.adopt(rid, table)
+        """A worker's step: the driver's table changes, then the same forward pass (logits unused)."""
+        self.kv.apply(plan.forget, plan.tables)
         items = [ScheduledItem(*item) for item in plan.items]
         self._forward(items, plan.tokens, plan.samples)

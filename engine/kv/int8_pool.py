@@ -1,6 +1,6 @@
 """A paged KV pool stored as int8 with one scale per block and KV head.
 
-It stands in for the float pool tensors of PagedKVCache (`pool[layer].index_copy_(0, slots, x)`
+It stands in for the float pool tensors of PagedKVStore (`pool[layer].index_copy_(0, slots, x)`
 to write, `pool[layer].index_select(0, slots)` or `pool[layer][slots]` to read), so the cache code
 does not change: writes quantise, reads dequantise to the engine's dtype.
 

@@ -68,7 +68,7 @@ NO_HIT = PrefixHit()
 
 @dataclass(slots=True)
 class StepCounts:
-    """This step's cache traffic, for the record (reset when read)."""
+    """This step's cache traffic, for the record (begin_step starts it afresh)."""
 
     hit_blocks: int = 0
     hit_tokens: int = 0
@@ -182,7 +182,6 @@ class PrefixCache:
         self.version += 1
         return block
 
-    def take_step(self) -> tuple[StepCounts, dict[int, int]]:
-        counts, hits = self.counts, self.hits
+    def begin_step(self) -> None:
+        """A new step's traffic starts at zero (the last one's is in its record)."""
         self.counts, self.hits = StepCounts(), {}
-        return counts, hits

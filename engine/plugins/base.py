@@ -156,6 +156,11 @@ class AttentionPlugin(Plugin):
         replacement with the same signature (q, k, v, batch) -> [T, heads, head_dim]."""
         return attention
 
+    def attention_window(self) -> list[int] | None:
+        """[sinks, window] when the plugin narrows the mask to a sliding window (each step's record
+        says it, so the mask panel draws the band); None: full causal attention."""
+        return None
+
 
 class CachePlugin(Plugin):
     def attach(self, cache) -> None:
@@ -167,6 +172,10 @@ class CachePlugin(Plugin):
 
     def after_append(self, cache, layer: int, batch) -> None:
         """Called once this step's keys/values are stored in `cache` for `layer`."""
+
+    def release_blocks(self, blocks, items) -> None:
+        """Called after each step's forward pass with the scheduler's block manager and the step's
+        ScheduledItems: give back blocks no query will read again (`blocks.evict(request, index)`)."""
 
 
 def builtin_plugins() -> dict[str, type]:

@@ -74,9 +74,17 @@ class PluginHost:
         self.disabled.add(id(plugin))  # should anything swallow the abort, the plugin stays off
         return PluginAbort(self.names[id(plugin)], hook, exc)
 
-    def take_errors(self) -> list[str]:
+    def notes(self, state: SchedulerState | None) -> tuple[list[str], list[str], list[int] | None]:
+        """What plugins add to a step's record, their one channel into it: notes for the header
+        (the scheduler state's and each plugin's description), the errors since the last record
+        (taken), and the sliding window an attention plugin narrows the mask to."""
+        annotations = (state.annotations if state is not None else []) + self.descriptions()
+        window = None
+        for plugin in self.active(AttentionPlugin):
+            with self.guard(plugin, "attention_window"):
+                window = plugin.attention_window() or window
         errors, self.errors = self.errors, []
-        return errors
+        return annotations, errors, window
 
     @contextmanager
     def guard(self, plugin: Plugin, hook: str) -> Iterator[Guarded]:
@@ -216,6 +224,11 @@ class PluginHost:
         for plugin in self.active(SchedulerPlugin):
             with self.guard(plugin, "on_request_completion"):
                 plugin.on_request_completion(ReadOnlyRequest(request))
+
+    def release_blocks(self, blocks, items) -> None:
+        for plugin in self.active(CachePlugin):
+            with self.guard(plugin, "release_blocks"):
+                plugin.release_blocks(blocks, items)
 
     # -- attention hooks ----------------------------------------------------------------------
     def attention_per_layer(self, base) -> list:

@@ -7,8 +7,9 @@ rejected ones are rolled back (speculator.py). The pieces:
 
   ngram.py        prompt lookup: propose what followed the last n tokens earlier in the sequence
   draft_model.py  a smaller model of the same vocabulary, with its own KV cache, proposes greedily
-  budget.py       what the decodes leave of the token budget is spread over their drafts
   acceptance.py   greedy (longest matching prefix + the target's next token) and rejection sampling
   rows.py         paged: the 1 + k rows run as one-token decodes (the decode fast path and graphs)
-  speculator.py   ties them to the engine: per step proposals, counts, rollback
+  speculator.py   what the scheduler asks (drafts wanted) and the runner (proposals, draft rollback)
+The budget's share for drafts is the scheduler's (`Scheduler._allot_drafts`), and so is giving back
+the blocks of rejected drafts (`Scheduler.update`).
 """

@@ -17,7 +17,7 @@ import torch
 from ..attention.layer_attention import PackedAttention
 from ..batch_builder import build_batch
 from ..config import EngineConfig
-from ..kv.cache import DenseKVCache
+from ..kv.dense_store import DenseKVStore
 from ..model import PRESETS, build_model
 from ..records import ScheduledItem
 from ..request import Request
@@ -33,7 +33,7 @@ class DraftModelProposer:
         self.config, self.device = config, device
         # The same seed: a draft of the target's own preset is the target itself (every draft stands).
         self.model = build_model(config.draft_model, config.seed, device, dtype, keep_draws=False)
-        self.kv = DenseKVCache(spec.num_layers, spec.num_kv_heads, spec.head_dim, dtype, device)
+        self.kv = DenseKVStore(spec.num_layers, spec.num_kv_heads, spec.head_dim, dtype, device)
         self.attention = [PackedAttention(attention_fn) for _ in range(spec.num_layers)]
         self.generators: dict[int, torch.Generator] = {}
 
@@ -46,7 +46,7 @@ class DraftModelProposer:
         # Round 0 feeds what the draft has not seen; each later round the draft's last guess.
         feeds = []
         for r, _ in wanted:
-            held = self.kv.tokens.get(r.id, 0)
+            held = self.kv.held(r.id)
             feeds.append(r.token_slice(held, r.num_tokens - held))
         active = list(wanted)
         while active:
@@ -64,13 +64,11 @@ class DraftModelProposer:
     def _forward(self, requests: list[Request], feeds: list[list[int]]) -> torch.Tensor:
         items = []
         for r, fed in zip(requests, feeds, strict=True):
-            first = self.kv.tokens.get(r.id, 0)
+            first = self.kv.held(r.id)
             items.append(ScheduledItem(r.id, "prefill", first, len(fed), first + len(fed)))
         batch = build_batch(items, feeds, [True] * len(items), self.device)
         self.kv.begin_step([r.id for r in requests], batch)
-        logits = self.model(batch.token_ids, batch.positions, batch.sample_rows, self.kv, self.attention, batch)
-        self.kv.commit_step()
-        return logits
+        return self.model(batch.token_ids, batch.positions, batch.sample_rows, self.kv, self.attention, batch)
 
     def _choose(self, r: Request, logits: torch.Tensor, dists: list[torch.Tensor]) -> int:
         if r.temperature <= 0:
@@ -85,10 +83,9 @@ class DraftModelProposer:
             self.generators[r.id] = torch.Generator().manual_seed((seed ^ DRAFT_SEED_SALT) % 2**63)
         return self.generators[r.id]
 
-    def rollback(self, request: Request) -> None:
-        """Keeps the draft's keys and values for the tokens the target kept: the draft fed its own
-        guesses, and those past the first rejected one are not the request's tokens."""
-        self.kv.rollback(request.id, request.num_computed)
+    def rollback(self, request_id: int, num_tokens: int) -> None:
+        """Keeps the draft's keys and values for the tokens the target kept."""
+        self.kv.rollback(request_id, num_tokens)
 
     def free(self, request_id: int) -> None:
         self.kv.free(request_id)

@@ -94,8 +94,8 @@ class NgramProposer:
         offered, self._offered = self._offered, {}
         return [(offered[r.id][:n], None) for r, n in wanted]
 
-    def rollback(self, request: Request) -> None:
-        pass  # no state of its own
+    def rollback(self, request_id: int, num_tokens: int) -> None:
+        pass  # no cache of its own: its index only ever holds the request's own tokens
 
     def free(self, request_id: int) -> None:
         self._offered.pop(request_id, None)  # offered, never given a draft: kept no longer than the request

@@ -1,11 +1,10 @@
-"""The engine's side of speculation: asks the proposer, counts, and rolls back what was rejected.
+"""Speculation's two questions, asked by the scheduler and the runner.
 
-Per step: the scheduler asks `wanted` while it spends the budget (budget.py), the engine asks
-`propose` for the decodes that were given drafts, the runner verifies them (acceptance.py), and
-`settle` moves the counts onto the requests and rolls the KV cache back to the accepted tokens:
-the rejected drafts' slots are released (paged: whole blocks left empty go back to the pool; the
-tail of the last block is simply written again later; dense: the tensors are cut), and the draft
-model's own cache is cut the same way.
+Per step: the scheduler asks `wanted` while it spends the budget (how many drafts could this decode
+verify?), the runner asks `propose` for the decodes that were given drafts, verifies them
+(acceptance.py), and cuts the draft model's own cache back to the tokens that stood (`kept`).
+The target's blocks of rejected drafts are given back by the scheduler's update, like any other
+KV change.
 """
 
 from __future__ import annotations
@@ -23,14 +22,14 @@ from .ngram import NgramProposer
 class Proposer(Protocol):
     def offer(self, request: Request, k: int) -> int: ...
     def propose(self, wanted: list[tuple[Request, int]]) -> list[Proposal]: ...
-    def rollback(self, request: Request) -> None: ...
+    def rollback(self, request_id: int, num_tokens: int) -> None: ...
     def free(self, request_id: int) -> None: ...
 
 
 class Speculator:
-    def __init__(self, config: EngineConfig, proposer: Proposer, kv):
+    def __init__(self, config: EngineConfig, proposer: Proposer):
         self.k = config.num_speculative_tokens
-        self.proposer, self.kv = proposer, kv
+        self.proposer = proposer
 
     def wanted(self, request: Request, left: int) -> int:
         """Drafts the request could verify now: at most k, at most what is left of the budget, and
@@ -42,37 +41,20 @@ class Speculator:
         wanted = list(drafts.items())
         return dict(zip(drafts, self.proposer.propose(wanted), strict=True))
 
-    def settle(self, proposals: dict[Request, Proposal], kept: dict[Request, list[int]]) -> dict[int, tuple[int, ...]]:
-        """Counts each speculating request's drafts and rolls its caches back to its accepted tokens;
-        returns the KV blocks that emptied, by request id."""
-        freed: dict[int, tuple[int, ...]] = {}
-        for r, (drafts, _) in proposals.items():
-            r.drafts_proposed += len(drafts)
-            r.drafts_accepted += len(kept[r])
-            if r.is_finished:  # its caches are already freed
-                continue
-            blocks = self.kv.rollback(r.id, r.num_computed)
-            r.kv_capacity = self.kv.capacity(r.id)
-            if blocks:
-                freed[r.id] = blocks
-            self.proposer.rollback(r)
-        return freed
-
-    def preempted(self, requests) -> None:
-        """Preempted requests computed nothing now: the draft model's cache of them goes too (it is
-        fed again from the start, as the target recomputes)."""
-        for r in requests:
-            self.proposer.rollback(r)
+    def keep(self, request_id: int, num_tokens: int) -> None:
+        """The request keeps its first num_tokens (the drafts that stood; 0 when preempted): the
+        draft model fed its own guesses, and those past the first rejected one are not its tokens."""
+        self.proposer.rollback(request_id, num_tokens)
 
     def free(self, request_id: int) -> None:
+        """The request finished."""
         self.proposer.free(request_id)
 
 
-def make_speculator(config: EngineConfig, kv, device: torch.device, dtype: torch.dtype,
-                    attention_fn) -> Speculator | None:
+def make_speculator(config: EngineConfig, device: torch.device, dtype: torch.dtype, attention_fn) -> Speculator | None:
     if config.speculative is None:
         return None
     if config.speculative == "ngram":
-        return Speculator(config, NgramProposer(), kv)
+        return Speculator(config, NgramProposer())
     from .draft_model import DraftModelProposer  # builds a second model: only when asked for
-    return Speculator(config, DraftModelProposer(config, device, dtype, attention_fn), kv)
+    return Speculator(config, DraftModelProposer(config, device, dtype, attention_fn))

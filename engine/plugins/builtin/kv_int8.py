@@ -1,6 +1,6 @@
 """KV compression: the paged KV pool stored as int8, one scale per block and KV head.
 
-On attach the plugin swaps the cache's float pools for Int8BlockPool, so the memory is really
+On attach the plugin swaps the store's float pools for Int8BlockPool, so the memory is really
 saved: 1 byte per element plus a float32 scale per block and head. When the pool is sized by a
 memory budget (`kv_memory_bytes`), the saving buys blocks: the int8 pool gets as many as fit in the
 same bytes (3.9x as many for float32), so fewer requests are preempted. Keys and values are
@@ -30,7 +30,7 @@ class KVInt8Plugin(CachePlugin):
     def attach(self, cache) -> None:
         self.bytes_full = cache.k_pool.nbytes + cache.v_pool.nbytes
         num_layers, _, heads, dim = cache.k_pool.shape
-        self.blocks_full = blocks = cache.allocator.num_blocks
+        self.blocks_full = blocks = cache.num_blocks
         if cache.memory_budget is not None:  # same memory, more (smaller) blocks
             blocks = cache.memory_budget // (2 * Int8BlockPool.bytes_per_block(num_layers, cache.block_size,
                                                                                 heads, dim))

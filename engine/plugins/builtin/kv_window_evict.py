@@ -2,9 +2,9 @@
 
 With sliding-window attention (sliding_window.py) a query at position p never reads keys older
 than p - window + 1, except the first `sinks` positions. Their blocks are then dead weight: this
-plugin gives them back to the pool as soon as no query can read them, in `after_append` of the last
-layer (every layer has stored this step's keys; this step's attention reads the block tables taken
-when the step began, so nothing it reads is reused before the step ends). A long generation then
+plugin gives them back to the pool as soon as no query can read them, in `release_blocks` after the
+step's forward pass (every layer has stored this step's keys and read what it needed; the runner's
+store learns the new tables with the next step's plan). A long generation then
 holds about (sinks + window) / block_size + 2 blocks however long it runs, instead of one more
 block every block_size tokens: the pool holds more requests and preempts less.
 
@@ -36,20 +36,19 @@ class KVWindowEvictPlugin(SlidingWindowPlugin, CachePlugin):
         if config.speculative not in (None, "off"):
             raise ValueError("plugin kv_window_evict cannot run with speculative decoding; drop speculative")
 
-    def after_append(self, cache, layer: int, batch) -> None:
-        if layer != cache.num_layers - 1:
-            return  # the other layers still have to store this step's keys in the same blocks
-        size = cache.block_size
+    def release_blocks(self, blocks, items) -> None:
+        size = blocks.block_size
         first_free = -(-self.sinks // size)  # blocks before it hold a sink position
-        evicted = cache.allocator.evicted
-        for rid, item in zip(cache.step_request_ids, batch.items, strict=True):
+        evicted = blocks.evicted
+        for item in items:
+            rid = item.request_id
             # Positions below first_pos - window + 1 are out of reach of this step's queries and of
             # every later one (positions only grow); so is every block that ends before that.
             dead = (item.first_pos - self.window + 1) // size
             gone = evicted.get(rid, ())
             for index in range(first_free, dead):
                 if index not in gone:
-                    cache.evict(rid, index)
+                    blocks.evict(rid, index)
                     self.evicted_blocks += 1
 
     def describe(self) -> str:

@@ -38,8 +38,8 @@ class SlidingWindowPlugin(AttentionPlugin, SchedulerPlugin):
             return reference_attention(q, k, v, batch, mask=window_mask(batch, self.sinks, self.window))
         return windowed
 
-    def after_step(self, state, record) -> None:
-        record.attention_window = [self.sinks, self.window]
+    def attention_window(self) -> list[int] | None:
+        return [self.sinks, self.window]
 
     def describe(self) -> str:
         return (f"sliding window: {self.sinks} sink + last {self.window} keys per query "

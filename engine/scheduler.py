@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .config import EngineConfig
 from .kv.block_manager import BlockManager
@@ -46,14 +46,19 @@ from .records import (
 from .request import Request, RequestState
 from .schedule_plan import Scheduled, SchedulePlan, StepEvents
 
-if TYPE_CHECKING:
-    from .plugins.host import PluginHost
-
 PREEMPTED = RequestState.PREEMPTED
 
 
+class SchedulerHooks(Protocol):
+    """What the scheduler calls of the engine's plugins (plugins/host.py's PluginHost)."""
+
+    def before_step(self, state: SchedulerState) -> None: ...
+    def release_blocks(self, blocks: BlockManager, items: list[ScheduledItem]) -> None: ...
+    def on_request_completion(self, request: Request) -> None: ...
+
+
 class Scheduler:
-    def __init__(self, config: EngineConfig, blocks: BlockManager | None, plugins: PluginHost | None = None,
+    def __init__(self, config: EngineConfig, blocks: BlockManager | None, plugins: SchedulerHooks | None = None,
                  stop_ids: frozenset[int] = frozenset(), drafts_wanted: Callable[[Request, int], int] | None = None):
         self.config = config
         self.blocks = blocks  # None: the dense layout, which grows on demand and is never short

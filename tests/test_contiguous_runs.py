@@ -14,7 +14,6 @@ from helpers import exact_config, run_alone, run_batched
 
 from cbtui.colors import FULL
 from cbtui.widgets.kv_grid import RESERVED_GLYPH, block_cells, paged_text
-from engine.kv.block_manager import BlockManager
 from engine.kv.contiguous_runs import first_run, longest_run, run_tokens
 from engine.records import REASON_NO_RUN, StepRecord
 from engine.records.events import step_events
@@ -56,27 +55,8 @@ def test_runs_are_found_lowest_first_and_measured():
     assert run_tokens(10, 14, 24) == 24 and run_tokens(10, 15, 24) == 0 and run_tokens(1, 1, 0) == 0
 
 
-def test_a_reserved_run_is_consecutive_and_goes_back_whole():
-    alloc = BlockManager(num_blocks=10, block_size=4)
-    alloc.allocate(1, 8)  # blocks 0, 1 (paged)
-    run = alloc.reserve_run(2, 13)  # 4 blocks in a row
-    assert run == (2, 3, 4, 5) and alloc.tables[2] == run and alloc.runs == {2}
-    assert alloc.num_free == 4 and sorted(alloc.free_blocks) == [6, 7, 8, 9]
-    assert alloc.blocks_needed(2, 13) == 0  # the whole length is reserved: it never asks again
-    assert alloc.free(2) == run
-    assert alloc.runs == set() and alloc.num_free == 8
 
 
-def test_a_fragmented_pool_has_the_blocks_but_not_the_run():
-    alloc = BlockManager(num_blocks=8, block_size=4)
-    for rid in range(8):
-        alloc.allocate(rid, 4)
-    for rid in (1, 3, 5, 7):  # every other block free: 4 free, none adjacent
-        alloc.free(rid)
-    assert alloc.num_free == 4 and alloc.longest_run() == 1
-    assert not alloc.has_run(8) and alloc.has_run(4)
-    with pytest.raises(MemoryError, match="in a row; the longest free run is 1"):
-        alloc.reserve_run(9, 8)
 
 
 # -- the engine ------------------------------------------------------------------------------------

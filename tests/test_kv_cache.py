@@ -9,18 +9,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine import Engine, EngineConfig
-from engine.kv.block_manager import BlockManager
-
-
-def test_block_manager_hands_out_distinct_blocks_and_takes_them_back():
-    alloc = BlockManager(num_blocks=10, block_size=4)
-    assert alloc.allocate(1, 9) == [0, 1, 2]  # 9 tokens need 3 blocks
-    assert alloc.allocate(1, 12) == []  # still fits in 3
-    assert alloc.allocate(2, 5) == [3, 4]
-    assert not alloc.can_allocate(3, 4 * 6)
-    alloc.free(1)
-    assert alloc.num_free == 8 and alloc.can_allocate(3, 4 * 6)
-    assert set(alloc.allocate(3, 4 * 6)).isdisjoint(alloc.tables[2])
 
 
 @settings(max_examples=25)

@@ -7,25 +7,10 @@ import pytest
 from helpers import exact_config, run_plugins
 
 from engine import Engine
-from engine.kv.block_manager import BlockManager
 from engine.plugins.builtin import KVWindowEvictPlugin, SlidingWindowPlugin
 from engine.records.recording import StoryCheck, parse_record
 from scenarios import load_scenario
 from scenarios.compare import run_records
-
-
-def test_an_evicted_block_goes_back_once():
-    allocator = BlockManager(8, 4)
-    allocator.allocate(1, 16)  # blocks 0, 1, 2, 3
-    assert allocator.evict(1, 1) == 1 and allocator.tables[1] == (0, 3, 2, 3)
-    assert allocator.num_free == 5
-    with pytest.raises(ValueError, match="cannot be evicted"):
-        allocator.evict(1, 1)  # already gone
-    with pytest.raises(ValueError, match="cannot be evicted"):
-        allocator.evict(1, 3)  # the newest block is the stand-in
-    assert sorted(allocator.free(1)) == [0, 2, 3] and allocator.num_free == 8
-    assert sorted(allocator.free_blocks) == list(range(8)) and not allocator.evicted
-
 
 WORKLOAD = [{"prompt": [(5 * i + j) % 250 + 1 for j in range(10 + 3 * i)], "max_new_tokens": 60,
              "arrival_step": i} for i in range(3)]

@@ -7,7 +7,6 @@ import io
 import json
 import subprocess
 import sys
-from collections import Counter
 
 import pytest
 import torch
@@ -15,13 +14,12 @@ from helpers import exact_config, run_alone
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
+from test_block_manager import check_pool, guard_eviction
 
 from cbtui.colors import FULL, NONE
 from cbtui.headless import HeadlessRun
 from engine import Engine, EngineConfig
 from engine.attention import available_backends
-from engine.kv.block_manager import BlockManager
-from engine.kv.prefix_cache import PrefixCache, chain_hashes
 from engine.records import StepRecord
 from engine.records.events import reused
 from engine.records.metrics import MetricsCollector
@@ -40,36 +38,8 @@ def cli(*args):
     return subprocess.run([sys.executable, "-m", "cbtui", *args], capture_output=True, text=True, timeout=300)
 
 
-def check_pool(alloc: BlockManager) -> None:
-    """Every block is exactly one of: held (its reference count = the tables holding it), cached-free
-    (named, held by nobody) or free; names and blocks map one to one."""
-    holders = Counter(b for table in alloc.tables.values() for b in table)
-    assert [alloc.ref_counts[b] for b in range(alloc.num_blocks)] == [holders[b] for b in range(alloc.num_blocks)]
-    assert alloc.shared == {b: n for b, n in holders.items() if n > 1}
-    free = set(alloc.free_blocks)
-    assert len(free) == len(alloc.free_blocks), "a block is on the free list twice"
-    prefix = alloc.prefix
-    cached = set(prefix.evictable) if prefix is not None else set()
-    assert not free & cached and not (free | cached) & set(holders), "a block is both free and referenced"
-    assert len(free) + len(cached) + len(holders) == alloc.num_blocks, "a block went missing"
-    if prefix is not None:
-        assert {prefix.block_of[name] for name in prefix.name_of.values()} == set(prefix.name_of)
-        assert len(prefix.block_of) == len(prefix.name_of) and cached <= set(prefix.name_of)
-        assert {b for b, flag in enumerate(prefix.cached_map) if flag} == cached  # what records copy
 
 
-def guard_eviction(monkeypatch, alloc: BlockManager) -> list[int]:
-    """Makes every eviction check that nobody holds the block it takes; returns the evicted blocks."""
-    evicted: list[int] = []
-    original = PrefixCache.evict
-
-    def evict(self):
-        block = original(self)
-        assert alloc.ref_counts[block] == 0, f"evicted block {block}, held by {alloc.ref_counts[block]}"
-        evicted.append(block)
-        return block
-    monkeypatch.setattr(PrefixCache, "evict", evict)
-    return evicted
 
 
 def run_checked(config: EngineConfig, workload: list[dict], monkeypatch=None):
@@ -252,65 +222,10 @@ def test_preempted_request_reuses_its_own_cached_blocks():
         assert out == run_alone(spec["prompt"], spec["max_new_tokens"])
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.data())
-def test_pool_books_balance_under_random_admissions_growth_and_frees(data):
-    """The block manager alone (no model): random admissions behind shared prefixes, growth and frees."""
-    block_size = data.draw(st.integers(1, 4))
-    num_blocks = data.draw(st.integers(4, 16))
-    kv = alloc = BlockManager(num_blocks, block_size, prefix_caching=True)
-    held: dict[int, int] = {}
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        guard_eviction(monkeypatch, alloc)
-        live: dict[int, FakeRequest] = {}
-        bases = [[b] * 12 for b in range(3)]
-        for step in range(data.draw(st.integers(1, 30))):
-            action = data.draw(st.sampled_from(["admit", "admit", "grow", "free"]))
-            if action == "admit":
-                base = data.draw(st.sampled_from(bases))
-                r = FakeRequest(step, base[:data.draw(st.integers(0, 12))] + [100 + step])
-                hit = kv.match_prefix(r)
-                if not kv.can_admit(r, hit, r.num_tokens):
-                    continue
-                kv.admit(r, hit)
-                kv.allocate(r.id, r.num_tokens)
-                held[r.id] = r.num_tokens  # as if computed
-                kv.stored(held)
-                live[r.id] = r
-            elif live and action == "grow":
-                r = live[data.draw(st.sampled_from(sorted(live)))]
-                if kv.can_allocate(r.id, r.num_tokens + block_size):
-                    r.tokens += [7] * block_size
-                    kv.allocate(r.id, r.num_tokens)
-            elif live:
-                rid = live.pop(data.draw(st.sampled_from(sorted(live)))).id
-                kv.free(rid)
-                held.pop(rid)
-            check_pool(alloc)
-        for rid in list(live):
-            kv.free(rid)
-        check_pool(alloc)
-        assert alloc.num_free == num_blocks and not any(alloc.ref_counts)
 
 
-class FakeRequest:
-    def __init__(self, rid: int, tokens: list[int]):
-        self.id, self.tokens = rid, tokens
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self.tokens)
-
-    def token_slice(self, start: int, count: int) -> list[int]:
-        return self.tokens[start:start + count]
 
 
-def test_chain_hashes_name_a_block_by_everything_before_it():
-    a = chain_hashes([1, 2, 3, 4, 5, 6], 2)
-    b = chain_hashes([9, 2, 3, 4, 5, 6], 2)
-    assert len(a) == 3 and a[0] != b[0] and a[1] != b[1]  # same tokens, another prefix: another name
-    assert chain_hashes([1, 2, 3, 4, 5], 2) == a[:2]  # a partial block has no name
-    assert chain_hashes([1, 2, -1, 4], 2) == a[:1]  # nor has a block with a token not read back yet
 
 
 def test_config_default_is_on_for_paged_and_off_for_dense():

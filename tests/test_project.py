@@ -97,3 +97,15 @@ def test_the_gpu_checks_recording_runs_without_textual(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     lines = out.read_text().splitlines()
     assert len(lines) == 4 and '"variant": "budget_16"' in lines[0]
+
+
+def test_the_scheduler_tests_run_where_torch_cannot_be_imported():
+    """The scheduler and its block manager are plain Python: their tests pass in a process where
+    `import torch` fails (and without conftest.py, which sets torch's threads)."""
+    files = ["tests/test_scheduler.py", "tests/test_block_manager.py", "tests/test_policies.py"]
+    code = ("import sys; sys.modules['torch'] = None\n"  # `import torch` raises ImportError
+            "import pytest\n"
+            f"sys.exit(pytest.main(['-q', '--noconftest', '-p', 'no:cacheprovider', *{files!r}]))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert re.search(r"\b\d+ passed", done.stdout) and "failed" not in done.stdout

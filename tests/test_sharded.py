@@ -23,7 +23,6 @@ from helpers import exact_config, run_alone
 
 from engine import Engine, EngineConfig
 from engine.distributed import ShardFailure
-from engine.distributed.round_robin_blocks import RoundRobinBlocks
 from engine.distributed.split_attention import merge_partials, partial_attention
 from engine.records import StepRecord
 from engine.records.schema import check_record_json
@@ -109,19 +108,6 @@ def check_shard_views(record: StepRecord, shard_by: str) -> None:
     assert StepRecord.from_dict(data).to_dict() == data
 
 
-def test_sequence_shards_hold_alternate_blocks_and_admission_asks_every_shard():
-    alloc = RoundRobinBlocks(shards=2, blocks_per_shard=3, block_size=4)
-    alloc.allocate(8, 12)  # blocks 0, 1, 2 of request 8: shards 0, 1, 0
-    assert [alloc.shard_of(b) for b in alloc.tables[8]] == [0, 1, 0]
-    assert [len(f) for f in alloc.shard_free] == [1, 2]
-    assert alloc.can_allocate(8, 20)  # one more block, on shard 1
-    # 4 more blocks: two on each shard, but shard 0 has one left: refused although 3 are free in all
-    assert alloc.num_free == 3 and not alloc.can_allocate(8, 28)
-    alloc.allocate(9, 4)  # the next request starts one shard further on
-    assert [alloc.shard_of(b) for b in alloc.tables[9]] == [1]
-    alloc.free(8)
-    alloc.free(9)
-    assert [len(f) for f in alloc.shard_free] == [3, 3]
 
 
 def test_split_attention_merged_by_lse_equals_full_attention():

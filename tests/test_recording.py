@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from textual.color import Color
 
-from cbtui.app import DashboardApp
-from cbtui.colors import FULL, NONE, SIXTEEN
+from cbtui.apps.dashboard import DashboardApp
+from cbtui.render.colors import FULL, NONE, SIXTEEN
 from cbtui.widgets.budget import demand_line, split_cells
 from cbtui.widgets.kv_grid import dense_text, paged_text
 from cbtui.widgets.mask import mask_strips

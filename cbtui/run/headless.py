@@ -22,8 +22,8 @@ from engine.records.events import reused
 from engine.records.summary import RunTotals
 from engine.records.text import visible
 
+from ..render.event_lines import event_lines
 from .controller import SteppableEngine
-from .event_lines import event_lines
 
 
 def stdout_closed() -> None:

@@ -1,5 +1,5 @@
 """The part of an app fed by an EngineController that the dashboard and `cbtui compare` share:
-the inbox, the frame pacing and the run state (cbtui/engine_fed_app.py)."""
+the inbox, the frame pacing and the run state (cbtui/apps/engine_fed.py)."""
 
 from __future__ import annotations
 

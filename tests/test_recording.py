@@ -28,7 +28,7 @@ from scenarios import load_scenario
 
 
 def recorded_lines(name: str = "kv_pressure") -> list[str]:
-    """A whole run's records as `--json` prints them (headless.py: json.dumps(record.to_dict()))."""
+    """A whole run's records as `--json` prints them (cbtui/run/headless.py: json.dumps(record.to_dict()))."""
     engine = load_scenario(name).build_engine(device="cpu")
     lines = []
     while engine.has_unfinished():

@@ -1,7 +1,7 @@
 """The dashboard: a Textual app that shows each scheduler step of an engine running beside it.
 
 The app only consumes StepRecords. `EngineController` owns the engine on its own thread and feeds
-the app through an inbox (engine_fed_app.py: drained a batch at a time, frames paced to `MAX_FPS`);
+the app through an inbox (engine_fed.py: drained a batch at a time, frames paced to `MAX_FPS`);
 the app keeps a bounded history of the records and draws the step on screen.
 """
 

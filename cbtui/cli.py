@@ -74,7 +74,7 @@ class OneLineErrors(click.Group):
         try:
             return super().invoke(ctx)
         except BrokenPipeError:  # here, before click's main turns it into a silent exit 1
-            from .headless import stdout_closed
+            from .run.headless import stdout_closed
 
             stdout_closed()
 
@@ -235,14 +235,14 @@ def replay_cmd(path, paused, speed, break_on):
     """
     from engine.records.recording import RecordingError, open_recording
 
-    from .run_options import breakpoints
+    from .run.options import breakpoints
 
     try:
         stops = breakpoints(break_on)
         recording = open_recording(path)  # the header and the first record: the rest as the replay goes
     except (RecordingError, ValueError) as exc:
         fail(str(exc))
-    from .app import run_dashboard
+    from .apps.dashboard import run_dashboard
 
     code = run_dashboard(recording, recording.run(), paused=paused, speed=speed, rebuild=recording.run,
                          recorded=True, pages=recording, breakpoints=stops)
@@ -273,7 +273,7 @@ def trace_cmd(recording, out):
 @click.option("--list", "list_", is_flag=True, help="Print the lessons, one a line, numbered, and exit.")
 def lessons_cmd(list_):
     """A guided path through continuous batching: pick a lesson from a menu."""
-    from .lessons import LESSONS, lesson_line
+    from .classroom.lessons import LESSONS, lesson_line
 
     if list_:
         for number, lesson in enumerate(LESSONS, 1):
@@ -286,7 +286,7 @@ def lessons_cmd(list_):
 @click.argument("number", type=int)
 def lesson_cmd(number):
     """Open lesson NUMBER (see `cbtui lessons --list`): its scenario, paused where the lesson is."""
-    from .lessons import LESSONS
+    from .classroom.lessons import LESSONS
 
     if not 1 <= number <= len(LESSONS):
         fail(f"lesson {number}: there are lessons 1 to {len(LESSONS)} (cbtui lessons --list)")
@@ -294,7 +294,7 @@ def lesson_cmd(number):
 
 
 def _run_lessons(start: int | None) -> None:
-    from .lesson_app import run_lessons
+    from .classroom.lesson_app import run_lessons
 
     code = run_lessons(start)
     sys.stdout.flush()
@@ -407,7 +407,7 @@ def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention
     from engine.records.metrics_export import check_export_path
     from engine.records.trace_export import check_trace_path
 
-    from .run_options import breakpoints, without_plugins
+    from .run.options import breakpoints, without_plugins
 
     if events and as_json:
         fail("--events prints lines for people; --json prints records: choose one")
@@ -439,7 +439,7 @@ def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention
         from engine.engine import NoProgressError
         from engine.records.metrics import MetricsCollector
 
-        from .headless import HeadlessRun
+        from .run.headless import HeadlessRun
 
         # Records stream through whatever needs them (the printer, a trace file, metrics, the run's
         # totals) and are not kept: a long run's memory stays flat.
@@ -469,7 +469,7 @@ def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention
         if not as_json:
             _report_divergence(scenario, engine, run.totals, variant, plugins, overrides)
         return
-    from .app import run_dashboard
+    from .apps.dashboard import run_dashboard
 
     code = run_dashboard(scenario, engine, overrides=overrides, paused=paused, speed=speed, max_steps=steps,
                          variant=variant, plugins=plugins, recording=recording, breakpoints=stops,
@@ -495,7 +495,7 @@ def compare_cmd(name, variants, steps, device, model, paused, speed):
     """Two runs of a scenario side by side, in lockstep (static vs continuous, two chunk sizes, ...)."""
     from scenarios.variant_pair import variant_pair
 
-    from .compare_app import run_compare
+    from .apps.compare import run_compare
 
     overrides = dict(device=device, model=model)
     try:
@@ -532,7 +532,7 @@ def compare_cmd(name, variants, steps, device, model, paused, speed):
 def serve_cmd(name, host, port, public_url, session_dir, variant, device, model, paused, speed):
     """Show one run to a class: you present (this terminal controls it), they watch read-only, in a
     browser (http://HOST:PORT) or a terminal (cbtui watch DIR). One engine, however many watch."""
-    from .serve import ServeError, serve
+    from .classroom.serve import ServeError, serve
 
     overrides = dict(device=device, model=model)
     try:
@@ -562,4 +562,4 @@ def watch_cmd(directory):
     # hands over to a fresh interpreter: many students watching from one machine over SSH add up.
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, "-m", "cbtui.watch", directory])
+    os.execv(sys.executable, [sys.executable, "-m", "cbtui.classroom.watch", directory])

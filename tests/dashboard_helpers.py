@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from cbtui.app import DashboardApp
+from cbtui.apps.dashboard import DashboardApp
 from engine.profiling.gpu_memory import FakeProbe, MemoryReading
 from engine.records.recording import RecordedRun, load_recording
 from scenarios import load_scenario

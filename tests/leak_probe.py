@@ -9,8 +9,8 @@ import sys
 
 from rich.console import Console
 
-from cbtui.metrics_view import STEP_CONTEXT, context_table, render_metrics
-from cbtui.profiled_steps import ProfiledSteps
+from cbtui.apps.profiled_steps import ProfiledSteps
+from cbtui.render.metrics_view import STEP_CONTEXT, context_table, render_metrics
 from engine.profiling.detailed_memory_profiler import DetailedMemoryProfiler
 from engine.profiling.sources import RssSource
 from engine.records.metrics import MetricsCollector

@@ -173,7 +173,7 @@ def test_with_sixteen_colours_the_panels_use_glyphs_too(monkeypatch):
 
 def test_kv_summary_wraps_its_figures_instead_of_cutting_them():
     """'× f…' (freed: 4) and '1…' (1 cell = 2 blocks) at 80x24: each figure goes whole on a line."""
-    from cbtui.colors import FULL
+    from cbtui.render.colors import FULL
     from cbtui.widgets.kv_grid import paged_text
     from engine.records import KVView
 

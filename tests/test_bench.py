@@ -255,7 +255,7 @@ def test_every_system_is_timed_with_the_start_up_heap_frozen(monkeypatch):
     from contextlib import contextmanager
 
     from cbtui.bench import run as bench_run
-    from cbtui.frozen_heap import frozen_heap
+    from cbtui.run.frozen_heap import frozen_heap
 
     frozen_inside = []
 

@@ -8,8 +8,8 @@ import sys
 import pytest
 from dashboard_helpers import NO_GPU, SteadyEngine, make_replay_app, wait_until
 
-from cbtui.app import DashboardApp
-from cbtui.breakpoints import Breakpoint, BreakpointError, Breakpoints, parse
+from cbtui.apps.dashboard import DashboardApp
+from cbtui.run.breakpoints import Breakpoint, BreakpointError, Breakpoints, parse
 from engine.profiling.gpu_memory import FakeProbe
 from scenarios import load_scenario
 

@@ -13,7 +13,7 @@ from rich.color import ColorSystem
 from rich.console import Console
 from rich.text import Text
 
-from cbtui.colors import (
+from cbtui.render.colors import (
     BAD,
     CALM,
     DECODE_COLOR,

@@ -10,7 +10,7 @@ import pytest
 from dashboard_helpers import FailingEngine, SteadyEngine, wait_until
 from serve_helpers import help_text
 
-from cbtui.compare_app import CompareApp
+from cbtui.apps.compare import CompareApp
 from cbtui.widgets.error_panel import ErrorPanel
 from cbtui.widgets.help_screen import HelpScreen
 from cbtui.widgets.run_difference import RunDifference, RunFigures

@@ -12,7 +12,7 @@ from functools import cache
 import pytest
 from helpers import exact_config, run_alone, run_batched
 
-from cbtui.colors import FULL
+from cbtui.render.colors import FULL
 from cbtui.widgets.kv_grid import RESERVED_GLYPH, block_cells, paged_text
 from engine.kv.contiguous_runs import first_run, longest_run, run_tokens
 from engine.records import REASON_NO_RUN, StepRecord
@@ -197,7 +197,7 @@ def test_the_cli_option_gives_short_requests_runs():
 
 
 def test_a_fragmented_breakpoint_pauses_where_a_run_waits_with_blocks_free():
-    from cbtui.breakpoints import Breakpoints, parse
+    from cbtui.run.breakpoints import Breakpoints, parse
 
     bp = parse("fragmented")
     assert parse("no-run") == bp and bp.spec == "fragmented"

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from cbtui.controller import MAX_SPEED, EngineController
+from cbtui.run.controller import MAX_SPEED, EngineController
 from engine.records import StepRecord
 
 

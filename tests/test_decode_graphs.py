@@ -46,7 +46,7 @@ def test_padding_rows_write_only_the_spare_block():
     rec = eng.step()
     assert rec.prefill_tokens == 0 and len(rec.items) == 3 and eng.runner.decode_graphs.replays == 1
     assert rec.decode_graph == [4, 256]  # the bucket: 4 rows, one 256-token width unit
-    from cbtui.app import graph_note
+    from cbtui.apps.dashboard import graph_note
     assert graph_note(rec) == ("decode graph: 3 of 4 rows, 256 keys each",)
     changed = (eng.runner.kv.k_pool != before).any(dim=-1).any(dim=-1).any(dim=0).nonzero().flatten().tolist()
     bs = eng.runner.kv.block_size

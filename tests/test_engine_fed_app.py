@@ -1,5 +1,5 @@
 """The part of an app fed by an EngineController that the dashboard and `cbtui compare` share:
-the inbox, the frame pacing and the run state (cbtui/engine_fed_app.py)."""
+the inbox, the frame pacing and the run state (cbtui/apps/engine_fed.py)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from textual import on
 from textual.app import ComposeResult
 from textual.widgets import Static
 
-from cbtui.app import DashboardApp
-from cbtui.compare_app import CompareApp
-from cbtui.controller import EngineStatus
-from cbtui.engine_fed_app import MAX_FPS, EngineFedApp, InboxReady
+from cbtui.apps.compare import CompareApp
+from cbtui.apps.dashboard import DashboardApp
+from cbtui.apps.engine_fed import MAX_FPS, EngineFedApp, InboxReady
+from cbtui.run.controller import EngineStatus
 
 
 class CountingApp(EngineFedApp):

@@ -23,10 +23,10 @@ from click.testing import CliRunner
 from dashboard_helpers import DATA, NO_GPU, SteadyEngine, header_text, wait_until
 from rich.console import Console
 
-from cbtui.app import DashboardApp
+from cbtui.apps.dashboard import DashboardApp
 from cbtui.cli import main
-from cbtui.headless import HeadlessRun
-from cbtui.metrics_view import render_metrics
+from cbtui.render.metrics_view import render_metrics
+from cbtui.run.headless import HeadlessRun
 from cbtui.widgets.error_panel import ErrorPanel
 from cbtui.widgets.help_screen import HelpScreen
 from cbtui.widgets.requests_table import RequestsTable

@@ -138,7 +138,7 @@ def test_new_fields_survive_json_and_old_recordings_without_them_load(kv_pressur
 
 
 def test_plugin_notes_are_events_and_event_lines_tell_a_repeat_once():
-    from cbtui.event_lines import event_lines
+    from cbtui.render.event_lines import event_lines
 
     records, _ = run_records("priority_sla", steps=12)
     noted = [r for r in records if r.annotations]

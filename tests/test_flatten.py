@@ -6,7 +6,7 @@ import torch
 from helpers import exact_config
 from rich.console import Console
 
-from cbtui.colors import FULL
+from cbtui.render.colors import FULL
 from cbtui.widgets.kv_grid import paged_text
 from engine import Engine
 from engine.kv.block_manager import BlockManager

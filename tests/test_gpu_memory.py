@@ -198,7 +198,7 @@ def test_dashboard_opens_nvml_once(nvml):
 
     from dashboard_helpers import SteadyEngine, shown_step, wait_until
 
-    from cbtui.app import DashboardApp
+    from cbtui.apps.dashboard import DashboardApp
     from scenarios import load_scenario
 
     class OnCuda(SteadyEngine):

@@ -55,7 +55,7 @@ def test_a_headless_run_keeps_no_records():
 
     from rich.console import Console
 
-    from cbtui.headless import HeadlessRun
+    from cbtui.run.headless import HeadlessRun
     from engine.records import StepRecord as Record
 
     scenario = load_scenario("mixed_load")

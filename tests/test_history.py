@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cbtui.history import History
+from cbtui.run.history import History
 from engine.records import StepRecord
 
 

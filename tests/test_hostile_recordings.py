@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from dashboard_helpers import DATA, header_text, shown_step, wait_until
 
-from cbtui.app import DashboardApp
+from cbtui.apps.dashboard import DashboardApp
 from engine.records import recording as recording_module
 from engine.records.recording import RecordingError, load_recording, open_recording
 

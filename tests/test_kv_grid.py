@@ -1,6 +1,6 @@
 """The KV grid marks freed blocks from the record alone (no previous record needed)."""
 
-from cbtui.colors import FULL
+from cbtui.render.colors import FULL
 from cbtui.widgets.kv_grid import block_cells
 from engine import Engine, EngineConfig
 
@@ -18,7 +18,7 @@ def test_freed_blocks_are_marked_even_on_the_first_record():
 def test_a_sharded_record_draws_one_pool_per_shard_a_request_in_its_colour_on_each():
     from rich.style import Style
 
-    from cbtui.colors import request_color
+    from cbtui.render.colors import request_color
     from cbtui.widgets.kv_grid import sharded_text
     from engine.records import KVView, ShardView
 
@@ -68,7 +68,7 @@ def test_the_summary_leaves_the_grid_a_row_in_a_short_panel():
 def test_a_small_panel_shortens_the_key_rather_than_drop_it():
     """80x24 (38 columns, 2 rows), no colour, a pool merged into cells and a block freed: the cell
     size, the freed request and the glyph key all stay, in their short forms."""
-    from cbtui.colors import NONE
+    from cbtui.render.colors import NONE
     from cbtui.widgets.kv_grid import paged_text
     from scenarios import load_scenario
 

@@ -11,9 +11,9 @@ import time
 import pytest
 from dashboard_helpers import NO_GPU, wait_until
 
-from cbtui.breakpoints import parse
-from cbtui.lesson_app import LESSON_SPEED, MENU, LessonMenu, open_lesson
-from cbtui.lessons import LESSONS
+from cbtui.classroom.lesson_app import LESSON_SPEED, MENU, LessonMenu, open_lesson
+from cbtui.classroom.lessons import LESSONS
+from cbtui.run.breakpoints import parse
 from engine.profiling.gpu_memory import FakeProbe
 from scenarios import load_scenario
 

@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from textual.color import Color
 
-from cbtui.colors import NONE, REQUEST_PALETTE, SIXTEEN, palette_slot, request_glyph
-from cbtui.formatting import short_number
-from cbtui.mask_raster import _bands, rasterize
+from cbtui.render.colors import NONE, REQUEST_PALETTE, SIXTEEN, palette_slot, request_glyph
+from cbtui.render.formatting import short_number
+from cbtui.render.mask_raster import _bands, rasterize
 from cbtui.widgets.mask import decode_pixel, mask_strips, pixel_codes
 from cbtui.widgets.mask_legend import scale_text
 from engine.batch_builder import build_batch, mask_from_items, ragged_causal_mask
@@ -192,7 +192,7 @@ def test_the_demand_line_never_says_all_ran_when_a_decode_was_preempted():
 def test_full_colour_draws_glyphs_only_where_they_tell_requests_apart():
     """Two requests 12 apart share a palette colour: glyphs name them. More requests than glyphs
     (62): the glyphs repeat too, and colour with its shading is kept."""
-    from cbtui.colors import FULL, NONE, needs_glyphs
+    from cbtui.render.colors import FULL, NONE, needs_glyphs
 
     assert not needs_glyphs(range(12), FULL)
     assert needs_glyphs([0, 12], FULL)
@@ -201,7 +201,7 @@ def test_full_colour_draws_glyphs_only_where_they_tell_requests_apart():
 
 
 def test_glyph_frames_draw_a_run_at_a_time_with_each_owner_glyph():
-    from cbtui.colors import NONE
+    from cbtui.render.colors import NONE
 
     items = [item(r, 4 * r, 4) for r in range(3)]
     strips, _ = mask_strips(items, width=12, height=12, background=BACKGROUND, mode=NONE)

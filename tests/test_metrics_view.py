@@ -4,7 +4,7 @@ import re
 
 from rich.console import Console
 
-from cbtui.metrics_view import distribution, render_metrics, sparkline
+from cbtui.render.metrics_view import distribution, render_metrics, sparkline
 from engine.profiling.leak_detector import MemoryLeakDetector
 from engine.profiling.memory_profiler import MemoryProfiler
 from engine.profiling.sources import FunctionSource

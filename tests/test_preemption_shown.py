@@ -9,9 +9,9 @@ import sys
 import pytest
 from dashboard_helpers import NO_GPU, SteadyEngine, header_text, wait_until
 
-from cbtui.app import DashboardApp
-from cbtui.breakpoints import parse
-from cbtui.colors import NONE
+from cbtui.apps.dashboard import DashboardApp
+from cbtui.render.colors import NONE
+from cbtui.run.breakpoints import parse
 from cbtui.widgets.requests_table import row_cells, table_columns, wanted_columns
 from engine.profiling.gpu_memory import FakeProbe
 from engine.records import RequestView

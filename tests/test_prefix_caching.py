@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from rich.console import Console
 from test_block_manager import check_pool, guard_eviction
 
-from cbtui.colors import FULL, NONE
-from cbtui.headless import HeadlessRun
+from cbtui.render.colors import FULL, NONE
+from cbtui.run.headless import HeadlessRun
 from engine import Engine, EngineConfig
 from engine.attention import available_backends
 from engine.records import StepRecord
@@ -438,7 +438,7 @@ def test_dashboard_mask_legend_marks_a_request_starting_from_cached_keys():
 def test_metrics_screen_says_the_hit_rate_and_the_prefill_saved():
     from rich.console import Console
 
-    from cbtui.metrics_view import render_metrics
+    from cbtui.render.metrics_view import render_metrics
     from engine.profiling.memory_profiler import MemoryProfiler
     from engine.profiling.sources import FunctionSource
 

@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from textual.color import Color
 
-from cbtui.app import DashboardApp
-from cbtui.colors import FULL, NONE, SIXTEEN
+from cbtui.apps.dashboard import DashboardApp
+from cbtui.render.colors import FULL, NONE, SIXTEEN
 from cbtui.widgets.budget import demand_line, split_cells
 from cbtui.widgets.kv_grid import dense_text, paged_text
 from cbtui.widgets.mask import mask_strips
@@ -28,7 +28,7 @@ from scenarios import load_scenario
 
 
 def recorded_lines(name: str = "kv_pressure") -> list[str]:
-    """A whole run's records as `--json` prints them (headless.py: json.dumps(record.to_dict()))."""
+    """A whole run's records as `--json` prints them (cbtui/run/headless.py: json.dumps(record.to_dict()))."""
     engine = load_scenario(name).build_engine(device="cpu")
     lines = []
     while engine.has_unfinished():

@@ -12,7 +12,7 @@ from functools import cache
 import pytest
 from rich.console import Console
 
-from cbtui.headless import HeadlessRun
+from cbtui.run.headless import HeadlessRun
 from engine.records.summary import final_views as summary_final_views
 from engine.records.summary import summarize
 from scenarios import builtin_names, load_scenario

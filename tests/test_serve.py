@@ -14,10 +14,18 @@ import pytest
 from dashboard_helpers import DATA, NO_GPU, FakeProbe, SteadyEngine, header_text, wait_until
 from serve_helpers import BrowserClient, alive, free_port, group_processes, help_text, maps_torch
 
-from cbtui.follow import FollowedRun, Following
-from cbtui.serve import Audience, PresenterApp, ServeError, SessionRecording, check_host_port, start_server, stop_server
-from cbtui.session import ENDED, PresenterState, Session
-from cbtui.watch import WatchApp
+from cbtui.classroom.follow import FollowedRun, Following
+from cbtui.classroom.serve import (
+    Audience,
+    PresenterApp,
+    ServeError,
+    SessionRecording,
+    check_host_port,
+    start_server,
+    stop_server,
+)
+from cbtui.classroom.session import ENDED, PresenterState, Session
+from cbtui.classroom.watch import WatchApp
 from engine.records.recording import RecordingError
 from scenarios import load_scenario
 
@@ -54,7 +62,7 @@ def presenter(tmp_path, audience: Audience | None = None):
 
 def test_a_viewer_loads_no_torch():
     """What makes a browser tab cheap: the viewer's imports never reach torch (so no engine either)."""
-    code = "import sys, cbtui.watch; print(sorted(m for m in ('torch', 'engine.engine') if m in sys.modules))"
+    code = "import sys, cbtui.classroom.watch; print(sorted(m for m in ('torch', 'engine.engine') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
 
@@ -214,7 +222,7 @@ def test_cli_serve_port_in_use_is_one_line_and_exit_2(tmp_path):
     assert proc.stderr.strip().count("\n") == 0 and "give another --port" in proc.stderr
 
 
-@pytest.mark.parametrize("command", [["cbtui.watch"], ["cbtui", "watch"]])
+@pytest.mark.parametrize("command", [["cbtui.classroom.watch"], ["cbtui", "watch"]])
 def test_cli_watch_without_a_session_is_one_line_and_exit_2(tmp_path, command):
     proc = subprocess.run([sys.executable, "-m", *command, str(tmp_path / "nowhere")], capture_output=True,
                           text=True, timeout=120)
@@ -248,7 +256,7 @@ def test_two_browsers_watch_one_engine_through_the_web_server(tmp_path):
                 assert session.count_viewers() == 2
 
                 viewers = {pid: cmd for pid, cmd in group_processes(server.pid).items()
-                           if "cbtui.watch" in cmd and "/bin/sh" not in cmd}
+                           if "cbtui.classroom.watch" in cmd and "/bin/sh" not in cmd}
                 assert len(viewers) == 2, viewers
                 assert not any(maps_torch(pid) for pid in viewers), "a viewer loaded torch: an engine's library"
 
@@ -279,7 +287,7 @@ def test_two_browsers_watch_one_engine_through_the_web_server(tmp_path):
 
 def test_presenter_app_class_goes_through_run_dashboard():
     """cbtui serve hands run_dashboard its app class; the plain dashboard is the default."""
-    import cbtui.app as app_module
+    import cbtui.apps.dashboard as app_module
 
     made = []
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import run_plugins
 
-from cbtui.mask_raster import rasterize
+from cbtui.render.mask_raster import rasterize
 from engine.batch_builder import build_batch, mask_from_items, window_mask
 from engine.plugins.builtin import SlidingWindowPlugin
 from engine.records import ScheduledItem

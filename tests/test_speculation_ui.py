@@ -10,10 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from textual.color import Color
 
-from cbtui.app import DashboardApp
-from cbtui.colors import FULL, NONE, SIXTEEN
-from cbtui.mask_raster import rejected_draft_rows
-from cbtui.speculation_text import drafts_cell, speculation_note
+from cbtui.apps.dashboard import DashboardApp
+from cbtui.render.colors import FULL, NONE, SIXTEEN
+from cbtui.render.mask_raster import rejected_draft_rows
+from cbtui.render.speculation_text import drafts_cell, speculation_note
 from cbtui.widgets.budget import BudgetBar
 from cbtui.widgets.mask import REJECTED, REJECTED_GLYPH, mask_strips
 from cbtui.widgets.mask_legend import MaskLegend
@@ -104,7 +104,7 @@ def test_any_draft_counts_a_recording_holds_are_drawn_without_raising(shapes, mo
 def test_metrics_screen_says_the_acceptance():
     from rich.console import Console
 
-    from cbtui.metrics_view import render_metrics
+    from cbtui.render.metrics_view import render_metrics
     from engine.profiling.memory_profiler import MemoryProfiler
     from engine.profiling.sources import FunctionSource
     from engine.records.metrics import MetricsCollector

@@ -11,7 +11,7 @@ import torch
 
 from engine.model_runner import resolve_device
 
-from ..frozen_heap import frozen_heap
+from ..run.frozen_heap import frozen_heap
 from .machine import machine_info
 from .metrics import RunResult
 from .ours import free_memory, release, run_ours

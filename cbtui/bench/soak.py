@@ -29,7 +29,7 @@ import torch
 from engine import Engine, EngineConfig
 from engine.records import StepRecord
 
-from ..frozen_heap import frozen_heap
+from ..run.frozen_heap import frozen_heap
 from .host import NullModel
 
 PROMPT_LEN = (4, 16)  # inclusive ranges, seeded

@@ -23,9 +23,9 @@ from textual.color import Color
 from engine.records import ScheduledItem
 from scenarios.loader import Scenario
 
-from ..app import DashboardApp, leave_a_core_for_the_ui
-from ..controller import MAX_SPEED
-from ..frozen_heap import frozen_heap
+from ..apps.dashboard import DashboardApp, leave_a_core_for_the_ui
+from ..run.controller import MAX_SPEED
+from ..run.frozen_heap import frozen_heap
 from ..widgets.mask import StyleBook, mask_strips
 
 FRAME_GOAL_MS = 10.0

@@ -10,7 +10,7 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Static
 
-from ..breakpoints import FORMS, BreakpointError, Breakpoints, parse
+from ..run.breakpoints import FORMS, BreakpointError, Breakpoints, parse
 
 
 class BreakpointScreen(ModalScreen[None]):

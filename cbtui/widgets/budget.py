@@ -8,8 +8,8 @@ from textual.widgets import Static
 
 from engine.records import StepRecord
 
-from ..colors import BAD, DECODE_COLOR, GOOD, PREFILL_COLOR, UNUSED_COLOR, WARN
-from ..formatting import first_that_fits
+from ..render.colors import BAD, DECODE_COLOR, GOOD, PREFILL_COLOR, UNUSED_COLOR, WARN
+from ..render.formatting import first_that_fits
 
 # Distinct glyphs as well as colours, so the split reads without colour too.
 DECODE_GLYPH, PREFILL_GLYPH, UNUSED_GLYPH = "█", "▓", "░"

@@ -9,8 +9,8 @@ from textual.widgets import Static
 
 from engine.records.text import visible
 
-from ..colors import BAD, CALM, GOOD, NOTE, WARN
-from ..formatting import human_rate
+from ..render.colors import BAD, CALM, GOOD, NOTE, WARN
+from ..render.formatting import human_rate
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,8 @@ from textual.widgets import Static
 from engine.records import KVView, ShardView
 from engine.records.kv_history import flat_history
 
-from ..colors import FULL, NONE, color_mode, glyph_key, needs_glyphs, request_color, request_glyph
-from ..formatting import human_bytes
+from ..render.colors import FULL, NONE, color_mode, glyph_key, needs_glyphs, request_color, request_glyph
+from ..render.formatting import human_bytes
 
 FILL_GLYPHS = "▁▂▃▄▅▆▇█"  # the last block's fill, eighths
 FREE_GLYPH, FREED_GLYPH = "·", "×"

@@ -25,8 +25,8 @@ from textual.widget import Widget
 
 from engine.records import ScheduledItem
 
-from ..colors import FULL, NONE, REQUEST_PALETTE, color_mode, needs_glyphs, request_color, request_glyph
-from ..mask_raster import MaskRaster, rasterize, rejected_draft_rows, row_share
+from ..render.colors import FULL, NONE, REQUEST_PALETTE, color_mode, needs_glyphs, request_color, request_glyph
+from ..render.mask_raster import MaskRaster, rasterize, rejected_draft_rows, row_share
 
 BLACK = Color(0, 0, 0)  # the default background: a module constant, not a call in a default argument
 

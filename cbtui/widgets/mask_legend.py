@@ -9,9 +9,9 @@ from textual.widgets import Static
 
 from engine.records import ScheduledItem
 
-from ..colors import NONE, NOTE, needs_glyphs, request_color, request_glyph
-from ..formatting import first_that_fits, short_number
-from ..mask_raster import MaskRaster
+from ..render.colors import NONE, NOTE, needs_glyphs, request_color, request_glyph
+from ..render.formatting import first_that_fits, short_number
+from ..render.mask_raster import MaskRaster
 
 HIT_MARK = "↺"  # a prefill that starts after keys taken from the prefix cache
 

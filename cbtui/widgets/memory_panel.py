@@ -13,8 +13,8 @@ from textual.widgets import Sparkline, Static
 from engine.records import MemoryView, ShardView
 from engine.records.memory_reading import MemoryReading
 
-from ..colors import BAD, GOOD, NOTE, WARN
-from ..formatting import human_bytes
+from ..render.colors import BAD, GOOD, NOTE, WARN
+from ..render.formatting import human_bytes
 
 HISTORY = 120  # readings kept for the sparkline (one minute at two a second)
 

@@ -8,7 +8,7 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-from ..metrics_view import render_metrics
+from ..render.metrics_view import render_metrics
 
 REFRESH_S = 0.5
 

@@ -13,8 +13,8 @@ from textual.widgets import DataTable
 from engine.records import RequestView
 from engine.records.text import decode, visible
 
-from ..colors import BAD, FULL, GOOD, NONE, NOTE, WARN, color_mode, request_color, request_glyph
-from ..speculation_text import drafts_cell
+from ..render.colors import BAD, FULL, GOOD, NONE, NOTE, WARN, color_mode, request_color, request_glyph
+from ..render.speculation_text import drafts_cell
 
 TEXT_TAIL = 16
 # (key, label, width): fixed widths, so updating a cell never re-measures the whole table. The reason

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 class Lesson:
     title: str
     scenario: str  # a built-in scenario
-    break_on: str  # a breakpoint spec (cbtui/breakpoints.py): where the lesson pauses
+    break_on: str  # a breakpoint spec (cbtui/run/breakpoints.py): where the lesson pauses
     panel: str  # which panel shows it
     watch: str  # what to watch there
     question: str  # for the student

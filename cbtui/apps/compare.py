@@ -26,21 +26,21 @@ from textual.widgets import Footer, Static
 from engine.records import StepRecord
 from engine.records.summary import RunTotals
 
-from .app import MIN_HEIGHT, MIN_WIDTH, RATE_WINDOW, leave_a_core_for_the_ui, run_until_quit
-from .colors import color_mode
-from .controller import EngineController, EngineStatus
-from .engine_fed_app import SPEEDS, EngineFedApp, speed_label
-from .history import History
-from .lockstep import Lockstep, PairStep, RunFailed
-from .widgets.budget import BudgetBar
-from .widgets.error_panel import ErrorPanel
-from .widgets.header import HeaderInfo, StepHeader
-from .widgets.help_screen import HelpScreen
-from .widgets.kv_grid import KVGrid
-from .widgets.mask import MaskCanvas
-from .widgets.mask_legend import MaskLegend
-from .widgets.requests_table import RequestSelected, RequestsTable
-from .widgets.run_difference import RunDifference, RunFigures
+from ..render.colors import color_mode
+from ..run.controller import EngineController, EngineStatus
+from ..run.history import History
+from ..run.lockstep import Lockstep, PairStep, RunFailed
+from ..widgets.budget import BudgetBar
+from ..widgets.error_panel import ErrorPanel
+from ..widgets.header import HeaderInfo, StepHeader
+from ..widgets.help_screen import HelpScreen
+from ..widgets.kv_grid import KVGrid
+from ..widgets.mask import MaskCanvas
+from ..widgets.mask_legend import MaskLegend
+from ..widgets.requests_table import RequestSelected, RequestsTable
+from ..widgets.run_difference import RunDifference, RunFigures
+from .dashboard import MIN_HEIGHT, MIN_WIDTH, RATE_WINDOW, leave_a_core_for_the_ui, run_until_quit
+from .engine_fed import SPEEDS, EngineFedApp, speed_label
 
 SIDE_BY_SIDE_WIDTH = 140  # two panes of 70 columns and more; below it one pane at a time
 HISTORY_LIMIT = 1000
@@ -151,7 +151,7 @@ class RunPane(Vertical):
 
 
 class CompareApp(EngineFedApp):
-    CSS_PATH = Path(__file__).with_name("compare_app.tcss")
+    CSS_PATH = Path(__file__).with_name("compare.tcss")
     TITLE = "cbtui compare"
     ENABLE_COMMAND_PALETTE = False
 

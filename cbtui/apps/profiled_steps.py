@@ -12,7 +12,7 @@ from collections.abc import Callable
 from engine.profiling.detailed_memory_profiler import DetailedMemoryProfiler
 from engine.records import RunHeader, StepRecord
 
-from .metrics_view import STEP_CONTEXT
+from ..render.metrics_view import STEP_CONTEXT
 
 
 class ProfiledSteps:

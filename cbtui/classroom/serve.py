@@ -22,8 +22,8 @@ from pathlib import Path
 
 from engine.records.step_lines import RecordingWriter
 
-from .app import DashboardApp
-from .controller import MAX_SPEED
+from ..apps.dashboard import DashboardApp
+from ..run.controller import MAX_SPEED
 from .session import ENDED, PresenterState, Session
 
 PUBLISH_S = 0.1  # how often the presenter's state is written when it changed
@@ -161,7 +161,7 @@ def start_server(session: Session, host: str, port: int, public_url: str, title:
     log_path = session.dir / "server.log"
     with open(log_path, "wb") as log:
         server = subprocess.Popen(
-            [sys.executable, "-m", "cbtui.serve_web", str(session.dir), host, str(port), public_url, title],
+            [sys.executable, "-m", "cbtui.classroom.serve_web", str(session.dir), host, str(port), public_url, title],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     connect_to = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
     deadline = time.monotonic() + SERVER_START_S
@@ -194,7 +194,7 @@ def url_for(host: str, port: int) -> str:
 def serve(scenario, engine, header, *, host: str, port: int, public_url: str | None, session_dir: str | None,
           run_options: dict) -> int:
     """Runs the presenter's dashboard with the web server beside it; returns the exit code."""
-    from .app import run_dashboard
+    from ..apps.dashboard import run_dashboard
 
     temporary = session_dir is None
     directory = Path(tempfile.mkdtemp(prefix="cbtui-serve-") if session_dir is None else session_dir)

@@ -21,7 +21,7 @@ from textual.message import Message
 from textual.reactive import reactive
 from textual.timer import Timer
 
-from .controller import MAX_SPEED, EngineController, EngineStatus
+from ..run.controller import MAX_SPEED, EngineController, EngineStatus
 
 SPEEDS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, MAX_SPEED)  # steps per second for + and -
 DEFAULT_SPEED = 4.0

@@ -22,8 +22,8 @@ from engine.records.events import reused
 from engine.records.summary import RunTotals
 from engine.records.text import visible
 
+from ..render.event_lines import event_lines
 from .controller import SteppableEngine
-from .event_lines import event_lines
 
 
 def stdout_closed() -> None:
@@ -67,7 +67,7 @@ class HeadlessRun:
     def __init__(self, engine: SteppableEngine, header: RunHeader, as_json: bool = False,
                  max_steps: int | None = None, console: Console | None = None,
                  observers: Iterable[Callable[[StepRecord], object]] = (), events: bool = False):
-        """`events`: the step's events (event_lines.py) under each step line."""
+        """`events`: the step's events (cbtui/render/event_lines.py) under each step line."""
         self.engine, self.header, self.as_json, self.max_steps = engine, header, as_json, max_steps
         self.events = events
         self.console = console or PipeConsole(highlight=False)

@@ -14,11 +14,11 @@ from textual.widgets import Footer, OptionList, Static
 
 from scenarios import load_scenario
 
-from .app import DashboardApp, run_dashboard
-from .breakpoints import parse
-from .controller import MAX_SPEED
+from ..apps.dashboard import DashboardApp, run_dashboard
+from ..run.breakpoints import parse
+from ..run.controller import MAX_SPEED
+from ..widgets.lesson_panel import LessonPanel, lesson_text
 from .lessons import LESSONS, Lesson, lesson_line
-from .widgets.lesson_panel import LessonPanel, lesson_text
 
 LESSON_SPEED = 2.0  # steps per second once the lesson's step is reached: slow enough to follow
 MENU = "menu"

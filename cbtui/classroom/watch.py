@@ -3,7 +3,7 @@ dashboard, read-only, following the presenter's recording as it is written and s
 presenter's screen shows (the step in view, the selected request, paused or running). It runs no
 engine; its keys change nothing but its own help and metrics screens.
 
-Run as `python -m cbtui.watch DIR` by the web server for each browser tab.
+Run as `python -m cbtui.classroom.watch DIR` by the web server for each browser tab.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from textual.binding import Binding
 
 from engine.records.recording import RecordingError
 
-from .app import DashboardApp
-from .controller import MAX_SPEED
+from ..apps.dashboard import DashboardApp
+from ..run.controller import MAX_SPEED
+from ..widgets.help_screen import HelpScreen
 from .follow import FollowedRun, Following
 from .session import ENDED, PresenterState, Session
-from .widgets.help_screen import HelpScreen
 
 FOLLOW_S = 0.1  # how often the presenter's state is read
 WATCH_KEYS = (
@@ -139,7 +139,7 @@ def run_watch(directory: str) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        print("usage: python -m cbtui.watch DIR", file=sys.stderr)
+        print("usage: python -m cbtui.classroom.watch DIR", file=sys.stderr)
         sys.exit(2)
     code = run_watch(sys.argv[1])
     sys.stdout.flush()

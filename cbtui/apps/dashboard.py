@@ -1,7 +1,7 @@
 """The dashboard: a Textual app that shows each scheduler step of an engine running beside it.
 
 The app only consumes StepRecords. `EngineController` owns the engine on its own thread and feeds
-the app through an inbox (engine_fed_app.py: drained a batch at a time, frames paced to `MAX_FPS`);
+the app through an inbox (engine_fed.py: drained a batch at a time, frames paced to `MAX_FPS`);
 the app keeps a bounded history of the records and draws the step on screen.
 """
 
@@ -34,28 +34,28 @@ from engine.records.output_files import OutputFileError
 from engine.records.step_lines import RecordingWriter
 from engine.records.text import visible
 
-from .breakpoints import Breakpoint, Breakpoints
-from .colors import color_mode
-from .controller import EngineController, EngineStatus, SteppableEngine
-from .engine_fed_app import SPEEDS, EngineFedApp, speed_label
-from .frozen_heap import frozen_heap
-from .history import History, PastSteps
-from .metrics_view import KV_POOL, RECORDS_CONTEXT, WEIGHTS
+from ..render.colors import color_mode
+from ..render.metrics_view import KV_POOL, RECORDS_CONTEXT, WEIGHTS
+from ..render.speculation_text import speculation_note
+from ..run.breakpoints import Breakpoint, Breakpoints
+from ..run.controller import EngineController, EngineStatus, SteppableEngine
+from ..run.frozen_heap import frozen_heap
+from ..run.history import History, PastSteps
+from ..run.outputs import TraceSpool, write_outputs
+from ..widgets.breakpoint_screen import BreakpointScreen
+from ..widgets.budget import BudgetBar
+from ..widgets.error_panel import ErrorPanel
+from ..widgets.event_line import EventLine
+from ..widgets.header import HeaderInfo, StepHeader
+from ..widgets.help_screen import HelpScreen
+from ..widgets.kv_grid import KVGrid
+from ..widgets.mask import MaskCanvas
+from ..widgets.mask_legend import MaskLegend
+from ..widgets.memory_panel import MemoryPanel
+from ..widgets.metrics_screen import MetricsScreen
+from ..widgets.requests_table import RequestSelected, RequestsTable
+from .engine_fed import SPEEDS, EngineFedApp, speed_label
 from .profiled_steps import ProfiledSteps
-from .run_outputs import TraceSpool, write_outputs
-from .speculation_text import speculation_note
-from .widgets.breakpoint_screen import BreakpointScreen
-from .widgets.budget import BudgetBar
-from .widgets.error_panel import ErrorPanel
-from .widgets.event_line import EventLine
-from .widgets.header import HeaderInfo, StepHeader
-from .widgets.help_screen import HelpScreen
-from .widgets.kv_grid import KVGrid
-from .widgets.mask import MaskCanvas
-from .widgets.mask_legend import MaskLegend
-from .widgets.memory_panel import MemoryPanel
-from .widgets.metrics_screen import MetricsScreen
-from .widgets.requests_table import RequestSelected, RequestsTable
 
 EXIT_GRACE_S = 1.0  # after a hangup, the longest the process may take to end
 MEMORY_POLL_S = 0.5
@@ -79,7 +79,7 @@ def graph_note(record) -> tuple[str, ...]:
 
 
 class DashboardApp(EngineFedApp):
-    CSS_PATH = Path(__file__).with_name("app.tcss")
+    CSS_PATH = Path(__file__).with_name("dashboard.tcss")
     TITLE = "cbtui"
 
     BINDINGS = [

@@ -31,7 +31,7 @@ from .recorder import Recorder
 from .records import RunHeader, StepRecord
 from .request import Request
 from .request_checks import check_request
-from .schedule_plan import StepEvents
+from .schedule_plan import SchedulePlan, StepEvents
 from .scheduler import Scheduler
 from .step_output import StepOutput
 from .tokenizer import ByteTokenizer, tokenizer_for
@@ -175,25 +175,30 @@ class Engine:
         once its tokens are read back; None when there is none yet (the first call)."""
         if self.overlapped is not None:
             return self.overlapped.step()
-        record, events, _ = self.run_step()
+        plan, out, events, start = self.launch_step()
+        record = self.record_step(plan, out, events, start)
         for r in events.finishing:
             self.requests.finish(r)
         return record
 
-    def run_step(self) -> tuple[StepRecord, StepEvents, StepOutput]:
-        """schedule -> run -> update -> record. Tokens still on the device (overlapped) are
-        placeholders in the outputs until OverlappedSteps resolves them."""
+    def launch_step(self) -> tuple[SchedulePlan, StepOutput, StepEvents, float]:
+        """schedule -> run -> update. Tokens still on the device (overlapped) are placeholders in
+        the outputs until OverlappedSteps resolves them."""
         start = time.perf_counter()
         self._admit_arrivals(start)
         plan = self.scheduler.schedule(self.step_index)
         out = self.runner.run(plan)
         events = self.scheduler.update(plan, out.sampled, out.kept, None if out.on_device else time.perf_counter())
+        return plan, out, events, start
+
+    def record_step(self, plan: SchedulePlan, out: StepOutput, events: StepEvents, start: float) -> StepRecord:
+        """The step's record, with what the plugins add to it."""
         record = self.recorder.build(plan, out, events, len(self.pending))
         self.plugins.after_step(plan.state, record)
         annotations, errors, window = self.plugins.notes(plan.state)
         self.recorder.finish(record, (annotations, errors + self._progress(record), window), start)
         self.step_index += 1
-        return record, events, out
+        return record
 
     def _admit_arrivals(self, now: float) -> None:
         while self.pending and self.pending[0][0] <= self.step_index:

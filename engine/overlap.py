@@ -86,12 +86,12 @@ class OverlappedSteps:
         engine = self.engine
         if not (engine.pending or engine.scheduler.waiting or engine.scheduler.running):
             return self.resolve()  # nothing to launch behind the step in flight
-        record, events, out = engine.run_step()
-        if out.on_device is None and self.in_flight is None:  # sampled nothing, nothing before it: done
+        plan, out, events, start = engine.launch_step()
+        previous = self.resolve()  # the previous step's tokens and record, while this one runs
+        record = engine.record_step(plan, out, events, start)  # what it captures has the previous tokens
+        if out.on_device is None and previous is None:  # sampled nothing, nothing before it: done
             return record
-        launched = InFlightStep(record, out.on_device, events.positions, events.first_token, events.finishing)
-        previous = self.resolve()  # the previous step's record, while this one runs
-        self.in_flight = launched
+        self.in_flight = InFlightStep(record, out.on_device, events.positions, events.first_token, events.finishing)
         return previous
 
     def resolve(self) -> StepRecord | None:

@@ -89,8 +89,12 @@ class Recorder:
 
     @staticmethod
     def sampled(record: StepRecord, request_ids: list[int], tokens: list[int]) -> None:
-        """An overlapped step's tokens, once they reached the host."""
-        record.sampled = IdKeyed(dict(zip(request_ids, tokens, strict=True)))
+        """An overlapped step's tokens, once they reached the host: in the record, and in the output
+        tails in place of their placeholders."""
+        sampled = dict(zip(request_ids, tokens, strict=True))
+        record.sampled = IdKeyed(sampled)
+        assert isinstance(record.requests, RequestViews)
+        record.requests.fill_pending(sampled)
 
     def _kv_view(self, freed: list[int]) -> KVView:
         held = self.scheduler.kv_tokens

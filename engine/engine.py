@@ -62,8 +62,9 @@ class Engine:
         if config.overlap_steps and plugins:
             raise ValueError("overlap_steps=True cannot run plugins (they see every step as it ends); "
                              "drop the plugins or overlap_steps")
+        num_layers = self._num_layers(config)  # a checkpoint's config.json is read first, before any weight
         self.tokenizer = tokenizer_for(config.model)  # bytes for a preset, the checkpoint's tokenizer.json
-        self.plugins = PluginHost(list(plugins or []), config, self._num_layers(config))
+        self.plugins = PluginHost(list(plugins or []), config, num_layers)
         self.runner = self._runner(config)
         self.scheduler = Scheduler(config, self._block_manager(config, self.runner), self.plugins,
                                    self.runner.stop_ids, self.speculator.wanted if self.speculator else None)
@@ -84,7 +85,7 @@ class Engine:
     def _num_layers(config: EngineConfig) -> int:
         from .checkpoint import model_spec
 
-        return model_spec(config.model).num_layers  # a checkpoint's config.json is read here, before any weight
+        return model_spec(config.model).num_layers
 
     def _runner(self, config: EngineConfig) -> ModelRunner:
         if config.shards > 1:  # KV sharded over worker processes (engine/distributed)

@@ -94,7 +94,7 @@ def test_the_dashboard_runs_with_the_start_up_heap_frozen(monkeypatch):
     a key pressed meanwhile waited: run_dashboard runs the app with them frozen, and thaws after."""
     import gc
 
-    from cbtui import app as app_module
+    from cbtui.apps import dashboard as app_module
     from scenarios import load_scenario
 
     seen = []

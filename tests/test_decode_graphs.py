@@ -7,10 +7,10 @@ from __future__ import annotations
 import random
 
 import pytest
+from helpers import exact_config, run_alone
 
 from engine import Engine, EngineConfig
 from engine.decode_graphs import DecodeGraphs
-from tests.helpers import exact_config, run_alone
 
 
 def graph_engine(**kw) -> Engine:

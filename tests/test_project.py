@@ -30,6 +30,24 @@ def test_readme_test_command_is_what_ci_runs():
     assert test_cmd.strip() in [line.strip() for line in ci]
 
 
+def test_tests_import_their_helpers_one_way():
+    """tests/ is on the path (pyproject's pythonpath), so helpers are imported as `helpers`: one imported
+    as `tests.helpers` too would be a second copy of the module, with its own globals and classes."""
+    import ast
+
+    found = []
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            found += [f"{path.name}: {name}" for name in names if name.split(".")[0] == "tests"]
+    assert found == []
+
+
 # Python source that makes importing textual fail, as on the GPU machine (no textual there).
 NO_TEXTUAL = ("import importlib, importlib.abc, sys\n"
               "class NoTextual(importlib.abc.MetaPathFinder):\n"
@@ -78,7 +96,7 @@ def test_widget_contract_names_every_engine_module_but_records():
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
-    contract = next(c for c in config["contracts"] if c["source_modules"] == ["cbtui.widgets"])
+    contract = next(c for c in config["contracts"] if c.get("source_modules") == ["cbtui.widgets"])
     modules = {f"engine.{p.stem if p.is_file() else p.name}" for p in (ROOT / "engine").iterdir()
                if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").is_file()}
     assert set(contract["forbidden_modules"]) == modules - {"engine.records"}

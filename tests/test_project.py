@@ -77,6 +77,7 @@ def test_what_the_gpu_check_runs_needs_no_textual():
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_metrics_pass_mypy():
     """engine.records.metrics type-checks under the project's mypy settings. Request ids are ints in
     the records but strings as JSON map keys (sampled, block tables): a loop that took a str key and
@@ -102,6 +103,7 @@ def test_widget_contract_names_every_engine_module_but_records():
     assert set(contract["forbidden_modules"]) == modules - {"engine.records"}
 
 
+@pytest.mark.slow
 def test_the_gpu_checks_recording_runs_without_textual(tmp_path):
     """scripts/gpu_check.sh records budget_sweep headless on the GPU machine, which has no textual:
     the same command (on the CPU, three steps) writes a header and a record a step without it."""

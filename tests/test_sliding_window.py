@@ -78,6 +78,7 @@ def test_bad_options_are_refused():
         SlidingWindowPlugin(sinks=-1)
 
 
+@pytest.mark.slow
 def test_the_scenario_draws_a_band_and_reports_its_divergence():
     scenario = load_scenario("sliding_window")
     record = next(r for r in run_records(scenario) if any(i.num_tokens == 48 for i in r.items))

@@ -23,7 +23,8 @@ from cbtui.widgets.mask import mask_strips
 from cbtui.widgets.memory_panel import step_memory_text
 from cbtui.widgets.requests_table import row_cells
 from engine.profiling.gpu_memory import RecordedProbe
-from engine.records.recording import RecordedRun, RecordingError, load_recording, parse_record
+from engine.records.record_line import parse_record
+from engine.records.recording import RecordedRun, RecordingError, load_recording
 from scenarios import load_scenario
 
 

@@ -2,7 +2,8 @@
 # The rules the tools enforce (settings in pyproject.toml): ruff (style, bugs, imports, upgrades),
 # mypy (engine with engine/records, scenarios, and cbtui: the UI, the CLI and the bench; not
 # tests/ or scripts/) and import-linter (the layer contracts: the engine has no UI,
-# engine.records has no torch, widgets read records only). Fails on any finding.
+# engine.records has no torch, widgets read records only, no import circles inside engine.plugins or
+# engine.records). Fails on any finding.
 # The code base is not reformatted: `ruff format` is not part of this.
 #
 #   bash scripts/lint.sh             # with ruff, mypy and lint-imports on PATH (pip install -e ".[lint]")

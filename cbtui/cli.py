@@ -307,7 +307,7 @@ def plugins_cmd() -> None:
     """List the built-in plugins and their options (--plugin NAME:key=value,...)."""
     import inspect
 
-    from engine.plugins.base import builtin_plugins
+    from engine.plugins.loader import builtin_plugins
 
     for name, cls in sorted(builtin_plugins().items()):
         doc = (sys.modules[cls.__module__].__doc__ or cls.__doc__ or "").strip().splitlines()

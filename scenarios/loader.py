@@ -47,7 +47,8 @@ from engine.config import (
     SHARD_BY,
     SPECULATIVE,
 )
-from engine.plugins.base import check_plugin_config, is_module_spec, load_plugin
+from engine.plugins.base import check_plugin_config
+from engine.plugins.loader import is_module_spec, load_plugin
 from engine.plugins.spec import parse_plugin_spec
 from engine.records import RunHeader
 

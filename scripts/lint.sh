@@ -3,7 +3,7 @@
 # mypy (engine with engine/records, scenarios, and cbtui: the UI, the CLI and the bench; not
 # tests/ or scripts/) and import-linter (the layer contracts: the engine has no UI,
 # engine.records has no torch, widgets read records only, cbtui's folders are layers, cbtui.run
-# has no Textual). Fails on any finding.
+# has no Textual, no import circles inside engine.plugins or engine.records). Fails on any finding.
 # The code base is not reformatted: `ruff format` is not part of this.
 #
 #   bash scripts/lint.sh             # with ruff, mypy and lint-imports on PATH (pip install -e ".[lint]")

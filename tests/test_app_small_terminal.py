@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from dashboard_helpers import make_app, rendered_lines, shown_step, wait_until
 
 from cbtui.widgets.requests_table import RequestsTable, column_widths, state_name
@@ -23,6 +24,7 @@ async def step(pilot, app, count: int = 1) -> None:
     await pilot.pause()
 
 
+@pytest.mark.slow
 def test_requests_table_shows_preempted_and_running_requests_before_finished_ones():
     """kv_pressure at 80x24: every preempted request, and the running ones, are in the rows drawn."""
     async def scenario():
@@ -47,6 +49,7 @@ def test_requests_table_shows_preempted_and_running_requests_before_finished_one
     run(scenario())
 
 
+@pytest.mark.slow
 def test_the_selected_request_stays_selected_and_on_screen_as_rows_move():
     async def scenario():
         app = make_app(paused=True, scenario_name="kv_pressure")

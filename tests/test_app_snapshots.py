@@ -27,6 +27,7 @@ async def _step_to(pilot, step: int) -> None:
     await pilot.pause()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
 def test_paused_step_screen(snap_compare, size):
     assert snap_compare(make_replay_app(paused=True), terminal_size=size,

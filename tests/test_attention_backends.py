@@ -1,5 +1,6 @@
 """The attention backends agree on random ragged batches; the mask follows the rule."""
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,6 +18,7 @@ def make_batch(shape):
     return build_batch(items, tokens, [True] * len(items), torch.device("cpu"))
 
 
+@pytest.mark.slow
 @settings(max_examples=40)
 @given(items_st, st.sampled_from([(4, 2), (4, 4), (6, 1)]))
 def test_backends_agree(shape, heads):

@@ -103,6 +103,7 @@ def cli(*args):
     return subprocess.run([sys.executable, "-m", "cbtui", *args], capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_cli_unknown_scenario_lists_known_ones():
     res = cli("scenario", "no_such_thing", "--headless")
     assert res.returncode == 2

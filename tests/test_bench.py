@@ -41,6 +41,7 @@ def test_percentiles():
     assert percentile(list(range(101)), 90) == 90
 
 
+@pytest.mark.slow
 def test_cli_varied_json_continuous_beats_static_in_steps():
     """The real `varied` workload (a 1/64 slice: 4 requests, static batches of 2) through the CLI."""
     result = CliRunner().invoke(main, ["bench", "--workload", "varied", "--scale", "0.016", "--device", "cpu",
@@ -81,6 +82,7 @@ def test_bench_group_keeps_subcommands():
     assert result.exit_code == 0 and "--workload" in result.output and "host" in result.output
 
 
+@pytest.mark.slow
 def test_hf_path_tiny_and_table():
     """Hugging Face rows at a tiny scale: static generate gives our tokens; generate_batch is
     reported unavailable on the CPU, with the reason, not silently dropped."""
@@ -248,6 +250,7 @@ def test_host_bench_times_pure_decode_steps(policy, decoding):
     assert 0 < result["host_ms_median"] <= result["host_ms_p90"]
 
 
+@pytest.mark.slow
 def test_every_system_is_timed_with_the_start_up_heap_frozen(monkeypatch):
     """Each system runs inside frozen_heap (the same for all, so the comparison stays fair), and
     the heap is thawed again afterwards."""
@@ -273,6 +276,7 @@ def test_every_system_is_timed_with_the_start_up_heap_frozen(monkeypatch):
     assert all(count > before for count in frozen_inside) and gc.get_freeze_count() == before
 
 
+@pytest.mark.slow
 def test_ours_says_when_compiled_flex_failed(monkeypatch):
     from cbtui.bench.ours import release, run_ours
     from engine.attention import flex
@@ -316,6 +320,7 @@ def test_overlapped_row_gives_ours_tokens():
     assert "up to one step late" in overlapped.note  # its times are stamped at read-back: said, not hidden
 
 
+@pytest.mark.slow
 def test_ablation_rows_run_after_the_systems_and_a_failing_one_is_reported():
     """Ablation rows given to the run (on CUDA, ablation_rows() picks them): each runs ours continuous
     with its setting, after the four systems; one that fails says why and the rest still run, with
@@ -334,6 +339,7 @@ def test_ablation_rows_run_after_the_systems_and_a_failing_one_is_reported():
     assert rows["ours continuous, overlapped"]["same_outputs_as_ours"] == 1.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop_at", ["HF generate_batch", "ours static", "the Hugging Face copy"])
 def test_an_interrupted_run_reports_what_it_measured(monkeypatch, stop_at):
     """Ctrl-C or a time limit after ours continuous: the report keeps the systems measured, names
@@ -379,6 +385,7 @@ def test_an_interrupted_run_reports_what_it_measured(monkeypatch, stop_at):
     assert "INTERRUPTED" in table.export_text()
 
 
+@pytest.mark.slow
 def test_an_uninterrupted_run_says_so():
     import cbtui.bench.run as run
 
@@ -388,6 +395,7 @@ def test_an_uninterrupted_run_says_so():
                                                   for s in report["systems"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [15, 2])  # SIGTERM (a time limit such as `timeout`), SIGINT (Ctrl-C)
 def test_bench_stopped_by_a_signal_prints_what_it_measured(signum):
     """The command as gpu_check.sh runs it: stopped while a later system runs, it still prints the
@@ -446,6 +454,7 @@ def test_json_report_stays_clean_when_a_library_prints(monkeypatch):
     assert "unexpected termination" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_failed_hugging_face_copy_is_reported_and_ours_go_on(monkeypatch):
     pytest.importorskip("transformers")
     import cbtui.bench.run as run
@@ -463,6 +472,7 @@ def test_a_failed_hugging_face_copy_is_reported_and_ours_go_on(monkeypatch):
     assert report["interrupted"] is False
 
 
+@pytest.mark.slow
 def test_each_system_updates_the_report_so_far():
     import cbtui.bench.run as run
 
@@ -476,6 +486,7 @@ def test_each_system_updates_the_report_so_far():
     assert snapshots[-1]["systems"] == final["systems"] and final["interrupted"] is False
 
 
+@pytest.mark.slow
 def test_bench_killed_outright_leaves_the_systems_it_measured(tmp_path):
     """SIGKILL (a time limit's last resort) gives the bench no chance to report: --out, rewritten
     after every system, still holds what was measured."""
@@ -501,6 +512,7 @@ def test_bench_killed_outright_leaves_the_systems_it_measured(tmp_path):
     assert not rows["ours static"]["available"]
 
 
+@pytest.mark.slow
 def test_out_file_holds_the_final_report(tmp_path):
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(main, ["bench", "--workload", "varied", "--scale", "0.016", "--device", "cpu",
@@ -569,6 +581,7 @@ def test_a_row_whose_later_repetition_fails_keeps_the_measured_ones_and_says_why
     assert base["repetitions"] == 2 and base["output_tok_s"] == 200 and "1 of 3 repetitions failed" in base["note"]
 
 
+@pytest.mark.slow
 def test_repeated_systems_run_in_rotating_order_and_update_the_report(monkeypatch):
     import cbtui.bench.run as run
 
@@ -617,6 +630,7 @@ def test_scale_takes_a_fraction(monkeypatch, text, scale):
         assert CliRunner().invoke(main, ["bench", "--scale", bad]).exit_code == 2
 
 
+@pytest.mark.slow
 def test_speculative_row_beside_ours_reports_acceptance_with_ours_tokens():
     """The repetitive workload gets an ngram speculative row by default: the same tokens as ours
     continuous, fewer steps, and its acceptance in the row and the note."""

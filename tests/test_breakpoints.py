@@ -110,6 +110,7 @@ def test_the_set_says_which_breakpoint_fired_and_forgets_the_previous_step_on_re
     assert not stops and all(stops.check(r) is None for r in kv_pressure)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, says", [
     (["scenario", "kv_pressure", "--break-on", "preempt:x"], "--break-on: breakpoint 'preempt:x' is not one of"),
     (["replay", "tests/data/mixed_load.jsonl", "--break-on", "wait"], "--break-on: breakpoint 'wait'"),
@@ -158,6 +159,7 @@ def test_a_live_run_pauses_at_the_first_preemption_of_kv_pressure(kv_pressure):
     asyncio.run(scenario())
 
 
+@pytest.mark.slow
 def test_a_replay_pauses_at_a_step_breakpoint_set_with_the_b_key():
     async def scenario():
         app = make_replay_app(paused=True)

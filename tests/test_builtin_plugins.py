@@ -109,6 +109,7 @@ def test_int8_needs_paged_layout_and_scenarios_load_plugins():
         loads(base + '[[plugins]]\nnmae = "priority"\n')
 
 
+@pytest.mark.slow
 def test_headless_run_with_kv_int8_reports_divergence_and_bytes():
     import re
     import subprocess

@@ -312,6 +312,7 @@ def cli(*args):
                           cwd=ROOT)
 
 
+@pytest.mark.slow
 def test_cli_bad_model_directories_exit_2_with_one_line(checkpoints, tmp_path):
     missing = cli("scenario", "mixed_load", "--headless", "--model", str(tmp_path / "nowhere"))
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1
@@ -324,6 +325,7 @@ def test_cli_bad_model_directories_exit_2_with_one_line(checkpoints, tmp_path):
     assert "architecture 'GPT2LMHeadModel' is not supported" in bench.stderr
 
 
+@pytest.mark.slow
 def test_cli_runs_a_scenario_on_a_checkpoint_and_its_recording_replays(checkpoints, tmp_path):
     from engine.records.recording import open_recording
 
@@ -341,6 +343,7 @@ def test_cli_runs_a_scenario_on_a_checkpoint_and_its_recording_replays(checkpoin
         r["output_text"] for r in records[-1]["requests"]]
 
 
+@pytest.mark.slow
 def test_bench_runs_a_checkpoint_and_transformers_gives_the_same_tokens(checkpoints):
     """The bench on a checkpoint: its HF rows are transformers' own load of the same directory
     (nothing copied from ours), and give our greedy tokens; prompts are shortened to the context."""

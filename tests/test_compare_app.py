@@ -55,6 +55,7 @@ def run(coro):
     return asyncio.run(coro)
 
 
+@pytest.mark.slow
 def test_one_key_steps_both_runs_and_history_walks_both_at_80x24():
     async def scenario():
         app = make_compare()
@@ -92,6 +93,7 @@ def test_one_key_steps_both_runs_and_history_walks_both_at_80x24():
     run(scenario())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, names", [("static_vs_continuous", None), ("kv_pressure", None)])
 def test_difference_matches_each_variants_headless_totals_at_160x48(name, names):
     expected = headless_figures(name, names)
@@ -185,6 +187,7 @@ def test_bad_variant_names_list_the_variants(names, words):
     assert words in str(err.value) and "base, chunk_32, chunk_16" in str(err.value)
 
 
+@pytest.mark.slow
 def test_cli_bad_variant_is_one_line_and_exit_2():
     proc = subprocess.run([sys.executable, "-m", "cbtui", "compare", "long_prompt", "--variants", "base,chunk_8"],
                           capture_output=True, text=True, timeout=120)

@@ -170,6 +170,7 @@ def test_admission_events_name_the_reserved_run():
     assert any(", run of blocks " in t and " reserved (" in t for t in texts)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["--contiguous-up-to", "-1"], "-1 is not in the range x>=0"),
     (["--contiguous-up-to", "16", "--kv-layout", "dense"], "contiguous_up_to=16 reserves runs of blocks in the paged"),

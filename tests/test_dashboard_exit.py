@@ -60,6 +60,7 @@ def _exit_code(proc: subprocess.Popen, leader: int, tail: list[bytes] | None = N
 LEAVE_APP_MODE = b"\x1b[?1049l"  # the terminal's normal screen back: what a restored terminal gets last
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how, expected", [("q", 0), (signal.SIGTERM, 128 + signal.SIGTERM),
                                            (signal.SIGHUP, 128 + signal.SIGHUP), (signal.SIGINT, 130),
                                            (signal.SIGQUIT, 128 + signal.SIGQUIT),
@@ -78,6 +79,7 @@ def test_dashboard_process_exit_code(how, expected):
         assert LEAVE_APP_MODE in b"".join(tail)
 
 
+@pytest.mark.slow
 def test_a_crash_in_the_dashboard_exits_non_zero():
     """A plugin that breaks the records it is handed crashes a panel: the process says so with a
     non-zero code (it ended with 0), and the terminal is restored."""
@@ -106,6 +108,7 @@ def test_the_dashboard_runs_with_the_start_up_heap_frozen(monkeypatch):
     assert gc.get_freeze_count() == before
 
 
+@pytest.mark.slow
 def test_the_dashboard_writes_metrics_and_trace_when_it_quits(tmp_path):
     """--metrics-out / --trace-out are not only for headless runs: the dashboard writes them on q."""
     import json

@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import pytest
 from helpers import exact_config, run_alone
 
 from engine import Engine, EngineConfig
@@ -34,6 +35,7 @@ options = { reserve_tokens = 16 }
 """
 
 
+@pytest.mark.slow
 def test_static_batch_with_an_urgent_request_outside_it_finishes(tmp_path):
     """The urgent request waits outside the static batch; the whole budget was reserved for it, so
     the batch got nothing: 'no progress' for ever, printed in an endless loop by --headless."""

@@ -7,10 +7,10 @@ from __future__ import annotations
 import random
 
 import pytest
+from helpers import exact_config, run_alone
 
 from engine import Engine, EngineConfig
 from engine.decode_graphs import DecodeGraphs
-from tests.helpers import exact_config, run_alone
 
 
 def graph_engine(**kw) -> Engine:
@@ -91,7 +91,7 @@ def test_steps_that_are_not_pure_decodes_run_eagerly():
 def test_engine_uses_graphs_only_where_they_apply():
     assert Engine(EngineConfig(model="tiny", device="cpu")).runner.decode_graphs is None  # auto: CUDA only
     assert Engine(EngineConfig(model="tiny", device="cpu", decode_graphs="on")).runner.decode_graphs is not None
-    from engine.plugins.base import load_plugin
+    from engine.plugins.loader import load_plugin
     with_plugin = Engine(EngineConfig(model="tiny", device="cpu", decode_graphs="on"),
                          plugins=[load_plugin("kv_int8")])
     assert with_plugin.runner.decode_graphs is None

@@ -64,6 +64,7 @@ def test_ids_and_tokens_a_recording_could_not_hold_are_refused():
         tiny(eos_token_id=256)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("speed", ["nan", "0", "-1", "fast"])
 def test_a_bad_speed_is_one_line(speed):
     import subprocess

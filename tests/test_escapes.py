@@ -123,6 +123,7 @@ def test_the_hostile_file_holds_what_the_tests_expect(hostile):
 
 # -- headless, --json, the scenario list, error lines ---------------------------------------------
 
+@pytest.mark.slow
 def test_headless_shows_the_controls(hostile):
     res = cli("scenario", str(hostile), "--headless", "--device", "cpu")
     assert res.returncode == 0, res.stderr
@@ -134,6 +135,7 @@ def test_headless_shows_the_controls(hostile):
     assert "v\\x1b]0;pwned\\x07" in out  # the [compare] variant's row
 
 
+@pytest.mark.slow
 def test_json_escapes_the_controls(hostile):
     res = cli("scenario", str(hostile), "--json", "--steps", "3", "--device", "cpu")
     assert res.returncode == 0, res.stderr
@@ -173,6 +175,7 @@ def test_scenario_list(hostile, tmp_path, monkeypatch):
     assert "broken" in out and "\\x9b2J" in out
 
 
+@pytest.mark.slow
 def test_error_line_quoting_a_key(tmp_path):
     """toml_key writes a key as JSON would, which leaves C1 controls and bidi overrides raw."""
     path = tmp_path / "bad.toml"
@@ -183,6 +186,7 @@ def test_error_line_quoting_a_key(tmp_path):
     assert err.startswith("cbtui: error: ") and "\\x9b2J\\u202e" in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [("scenario", "{path}", "--headless"), ("replay", "{path}"),
                                      ("trace", "{path}", "out.json")])
 def test_error_line_naming_a_hostile_file(tmp_path, command):

@@ -35,6 +35,7 @@ def random_batch(rng: random.Random, max_items: int, max_first: int, max_len: in
     return build_batch(items, toks, [True] * len(items), CPU)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("seed", range(6))
 def test_backends_match_reference(backend, seed):
@@ -84,6 +85,7 @@ def test_sdpa_never_expands_kv_heads(monkeypatch):
     sdpa_attention(q, k, k.clone(), batch)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_continuous_equals_alone(backend):
     """Greedy outputs under continuous batching (decodes batched, mixed steps, preemption) equal
@@ -170,6 +172,7 @@ def _prefill_batch(items: list[tuple[int, int]]):
     return build_batch(scheduled, [[0] * n for _, n in items], [True] * len(items), CPU)
 
 
+@pytest.mark.slow
 def test_compiled_flex_compiles_once_for_every_batch_shape(monkeypatch):
     """The compiled kernel sees padded sizes, so batches of one block, or with as many queries as
     keys, reuse the one graph instead of recompiling mid-run (seconds each on CUDA). Dynamo's

@@ -50,6 +50,7 @@ def grouped(q, k_pool, v_pool, tables, lens, bs, group_bytes=paged_decode.GROUP_
     return grouped_decode_attention(q, k_pool, v_pool, plan, bs), plan
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("bs", [1, 6, 16])
 @pytest.mark.parametrize("group_bytes", [1, 1 << 16, paged_decode.GROUP_BYTES, 1 << 40])

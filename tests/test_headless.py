@@ -24,6 +24,7 @@ def test_headless_lines_and_summary():
     assert "summary: 6 steps" in res.stdout and "mean TTFT" in res.stdout
 
 
+@pytest.mark.slow
 def test_json_is_a_header_then_one_record_per_line():
     res = cli("scenario", "mixed_load", "--json", "--steps", "4", "--kv-layout", "dense")
     assert res.returncode == 0, res.stderr
@@ -36,6 +37,7 @@ def test_json_is_a_header_then_one_record_per_line():
     assert recs[0].kv.layout == "dense"
 
 
+@pytest.mark.slow
 def test_full_run_finishes_every_request():
     res = cli("scenario", "mixed_load", "--json")
     assert res.returncode == 0, res.stderr
@@ -48,6 +50,7 @@ def test_full_run_finishes_every_request():
     assert sum(len(r["finished"]) for r in records) == last["finished_total"]
 
 
+@pytest.mark.slow
 def test_a_headless_run_keeps_no_records():
     """Records stream through the printer and the totals; a long run's memory stays flat."""
     import gc
@@ -71,6 +74,7 @@ def test_a_headless_run_keeps_no_records():
     assert run.totals.steps == len(alive) and run.totals.summary().complete
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["--json", "--headless"])
 def test_a_reader_that_stops_early_ends_the_run_quietly(mode):
     """`cbtui scenario X --json | head -1`: a closed stdout pipe ends the run with 0 and says nothing."""
@@ -82,6 +86,7 @@ def test_a_reader_that_stops_early_ends_the_run_quietly(mode):
     assert proc.stderr.read() == b""
 
 
+@pytest.mark.slow
 def test_headless_output_fits_80_columns():
     """Step lines, the summary and the comparison table of a [compare] scenario, at 80 columns."""
     res = cli("scenario", "static_vs_continuous", "--headless")

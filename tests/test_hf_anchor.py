@@ -83,6 +83,7 @@ def test_greedy_outputs_identical(pair):
         assert gen[0, len(prompt):].tolist() == outs[rid], f"request {rid} differs"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workload_name", ["anchor", "varied"])
 def test_hf_continuous_batching_row_gives_our_tokens(monkeypatch, workload_name):
     """The bench's generate_batch row end to end at tiny scale. transformers sizes its paged cache

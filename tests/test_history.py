@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from cbtui.run.history import History
 from engine.records import StepRecord
 
@@ -52,7 +54,6 @@ import json  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
-import pytest  # noqa: E402
 from dashboard_helpers import make_app, shown_step, wait_until  # noqa: E402
 
 from engine.records.recording import load_recording, open_recording  # noqa: E402
@@ -92,6 +93,7 @@ def test_steps_past_the_newest_few_are_kept_packed_and_come_back_equal():
     assert h.forward() and h.current().to_dict() == wanted[1]
 
 
+@pytest.mark.slow
 def test_a_long_history_holds_no_more_objects_for_the_collector_than_a_short_one():
     """Packed steps are bytes, which the garbage collector never walks: a window of 1,000 steps costs
     its full passes what the newest `hot` cost."""
@@ -187,6 +189,7 @@ def cli(*args, timeout: float = 120):
     return subprocess.run([sys.executable, "-m", "cbtui", *args], capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_record_flag_writes_what_json_prints(tmp_path):
     out = tmp_path / "r.jsonl"
     done = cli("scenario", "mixed_load", "--headless", "--steps", "6", "--record", str(out))
@@ -199,6 +202,7 @@ def test_record_flag_writes_what_json_prints(tmp_path):
     assert strip == [{k: v for k, v in json.loads(line).items() if k not in drop} for line in printed]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["dir", "missing"])
 def test_record_to_a_bad_path_is_one_line_and_exit_2(tmp_path, where):
     path = tmp_path if where == "dir" else tmp_path / "nowhere" / "r.jsonl"

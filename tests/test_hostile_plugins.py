@@ -186,6 +186,7 @@ def test_a_scenario_file_naming_a_module_is_refused_without_importing_it(lesson)
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_trust_plugins_or_the_command_line_lets_module_plugins_load(lesson):
     marker = lesson.parent / "marker"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(lesson.parent)]), MARKER=str(marker))
@@ -222,6 +223,7 @@ def test_exit_or_interrupt_in_any_hook_ends_the_run_naming_plugin_and_hook(hosti
     assert err.value.exit_code == code
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("plugin, code, words", [
     ("Exit_before_step", 2, "plugin hostile_before_step stopped the run: before_step raised SystemExit: 0"),
     ("Interrupt_after_step", 130, "plugin hostile_after_step stopped the run: after_step raised KeyboardInterrupt"),
@@ -395,6 +397,7 @@ def test_views_read_like_requests():
     assert seen and all(isinstance(prompt, tuple) and isinstance(out, tuple) for _, prompt, out, *_ in seen)
 
 
+@pytest.mark.slow
 def test_priority_reserving_the_whole_budget_ends_instead_of_looping(tmp_path):
     # The high-priority request cannot get KV blocks while the low one holds them, and the low one
     # gets no budget: before, the run stepped for ever, printing "no progress".

@@ -70,6 +70,7 @@ def sparse_tail(path: Path, good_lines: list[str], size: int = 1 << 30) -> Path:
 
 # -- item 6: no unbounded reads ---------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [["replay"], ["trace"]])
 def test_a_device_is_refused_at_once(tmp_path, command):
     """/dev/zero never ends: it is refused before a byte is read."""
@@ -96,6 +97,7 @@ def test_a_line_longer_than_the_limit_is_named(tmp_path, monkeypatch):
     assert str(raised.value) == f"{path}:4: the line is longer than 0 MiB; no StepRecord is that long; {HOW}"
 
 
+@pytest.mark.slow
 def test_a_gigabyte_of_zeros_after_good_records_costs_one_line_not_a_gigabyte(tmp_path):
     """A recording whose tail is 1 GiB of zeros (no newline): the reader stops at the line limit,
     in seconds and without reading the rest; before, the whole file went into memory."""
@@ -163,6 +165,7 @@ def test_a_bad_line_mid_replay_is_the_dashboards_one_line_error(tmp_path):
 
 # -- item 7: bad figures are one-line errors, and no file is destroyed ---------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("field", "value", "says"), [
     ("wall_time_s", "1e999", "wall_time_s must be a number from 0 to 2**53"),
     ("wall_time_s", "1" + "0" * 400, "wall_time_s must be a number from 0 to 2**53"),

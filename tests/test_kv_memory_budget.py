@@ -72,6 +72,7 @@ def test_a_budget_below_one_block_or_one_request_says_raise_it():
         engine.add_request([1] * 20, max_new_tokens=4)
 
 
+@pytest.mark.slow
 def test_kv_pressure_with_kv_int8_preempts_less_with_divergence_reported():
     res = subprocess.run([sys.executable, "-m", "cbtui", "scenario", "kv_pressure", "--headless", "--plugin",
                           "kv_int8"], capture_output=True, text=True, timeout=600)

@@ -8,7 +8,8 @@ from helpers import exact_config, run_plugins
 
 from engine import Engine
 from engine.plugins.builtin import KVWindowEvictPlugin, SlidingWindowPlugin
-from engine.records.recording import StoryCheck, parse_record
+from engine.records.record_line import parse_record
+from engine.records.recording import StoryCheck
 from scenarios import load_scenario
 from scenarios.compare import run_records
 

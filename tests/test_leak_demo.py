@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+# Both tests read one probe: a real memory_leak run in a fresh process (seconds).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def probe():

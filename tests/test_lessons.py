@@ -62,6 +62,7 @@ def test_every_mechanism_has_a_lesson_on_a_builtin_scenario_with_a_valid_breakpo
         assert lesson.question.strip() and lesson.watch.strip() and lesson.panel.strip()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("number", range(1, len(LESSONS) + 1))
 def test_each_lesson_pauses_at_its_step_with_what_to_watch_on_screen(number):
     lesson = LESSONS[number - 1]
@@ -86,6 +87,7 @@ def test_each_lesson_pauses_at_its_step_with_what_to_watch_on_screen(number):
     asyncio.run(scenario())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("number, key, goes_to", [
     (1, "right_square_bracket", 2), (2, "left_square_bracket", 1), (1, "left_square_bracket", MENU),
     (len(LESSONS), "right_square_bracket", MENU), (5, "l", MENU),
@@ -160,6 +162,7 @@ def test_lessons_list_prints_them_numbered_one_a_line():
         assert line.split(". ", 1) == [f"{number:>2}", f"{lesson.title} ({lesson.scenario})"] and len(line) <= 80
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("number", ["0", str(len(LESSONS) + 1)])
 def test_a_lesson_that_does_not_exist_is_one_line_and_exit_2(number):
     done = cli("lesson", number)

@@ -38,6 +38,7 @@ def test_queuing_many_requests_is_not_quadratic():
     assert time.perf_counter() - start < 10  # 21 s when each add re-sorted the queue
 
 
+@pytest.mark.slow
 def test_a_pool_larger_than_memory_is_refused_before_allocating():
     with pytest.raises(ValueError, match=r"num_blocks=1000000000: the KV pool would take .*; use num_blocks <= "):
         Engine(EngineConfig(model="tiny", device="cpu", num_blocks=10**9))
@@ -47,6 +48,7 @@ def test_a_pool_larger_than_memory_is_refused_before_allocating():
         Engine(EngineConfig(model="small", device="cpu", num_blocks=blocks))
 
 
+@pytest.mark.slow
 def test_the_cli_says_how_many_blocks_fit(tmp_path):
     path = tmp_path / "big.toml"
     pool = 65536 * 16 * 2 * 24 * 2 * 64 * 8  # the most a file may ask: small in float64, 48 GiB

@@ -319,6 +319,7 @@ def rss_runs():
     return json.loads(res.stdout)
 
 
+@pytest.mark.slow
 def test_planted_leak_in_a_real_run_is_flagged(rss_runs):
     leaky = rss_runs["leaky"]
     assert leaky["leaking"], leaky["reason"]

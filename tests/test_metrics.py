@@ -283,6 +283,7 @@ def cli(*args):
     return subprocess.run([sys.executable, "-m", "cbtui", *args], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_metrics_out_json(tmp_path):
     out = tmp_path / "m.json"
     res = cli("scenario", "decode_heavy", "--json", "--metrics-out", str(out))
@@ -297,6 +298,7 @@ def test_cli_metrics_out_json(tmp_path):
     assert sorted(r["id"] for r in data["requests"]) == sorted(final)
 
 
+@pytest.mark.slow
 def test_cli_metrics_out_bad_path_fails_before_running(tmp_path):
     res = cli("scenario", "decode_heavy", "--headless", "--metrics-out", str(tmp_path / "no" / "m.csv"))
     assert res.returncode == 2 and "step " not in res.stdout

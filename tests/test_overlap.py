@@ -41,6 +41,7 @@ def comparable(record) -> tuple:
               tuple(v.output_tail)) for v in record.requests])
 
 
+@pytest.mark.slow
 @settings(max_examples=40)
 @given(scenario_st())
 def test_overlapped_steps_give_the_synchronous_tokens_and_records(case):

@@ -38,12 +38,14 @@ def run_cli(*args):
                           timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_options_reach_the_plugin():
     res = run_cli("mixed_load", "--headless", "--steps", "3", "--plugin", "adaptive_batch:target_ms=7,max_budget=99")
     assert res.returncode == 0, res.stderr
     assert "adaptive budget" in res.stdout and "(target 7 ms/step)" in res.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec, message", [
     ("adaptive_batch:target_ms=0", "target_ms=0 must be a number > 0"),
     ("adaptive_batch:speed=3", "unexpected keyword argument 'speed'"),

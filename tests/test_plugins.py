@@ -169,7 +169,7 @@ def test_load_plugin_by_builtin_name_module_path_and_entry_point(monkeypatch):
         def load(self):
             return PriorityPlugin
 
-    monkeypatch.setattr("engine.plugins.base.entry_points", lambda group: [FakeEntryPoint()])
+    monkeypatch.setattr("engine.plugins.loader.entry_points", lambda group: [FakeEntryPoint()])
     assert isinstance(load_plugin("mine"), PriorityPlugin)
     for spec, words in [("nope", "unknown plugin 'nope'"), ("no.such.module:X", "cannot be loaded"),
                         ("torch:Tensor", "is not a SchedulerPlugin"), ("priority", "reserve_tokens")]:

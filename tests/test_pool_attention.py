@@ -62,7 +62,7 @@ class Passthrough(AttentionPlugin):
     ("sdpa", "paged", [Passthrough()], [PackedAttention, PoolAttention]),  # only the wrapped layer
 ])
 def test_engine_reads_the_pool_only_when_nothing_stands_in_between(attention, layout, plugins, want):
-    from engine.plugins.base import load_plugin
+    from engine.plugins.loader import load_plugin
 
     plugins = [load_plugin(p) if isinstance(p, str) else p for p in plugins]
     eng = Engine(EngineConfig(model="tiny", device="cpu", attention=attention, kv_layout=layout), plugins=plugins)

@@ -88,6 +88,7 @@ def test_a_priority_column_appears_once_a_request_has_a_priority():
     asyncio.run(scenario())
 
 
+@pytest.mark.slow
 def test_without_plugin_runs_priority_sla_as_its_help_says_and_events_fit_80_columns():
     scenario = load_scenario("priority_sla")
     urgent = [r.id for r in scenario.build_engine(device="cpu").requests.values() if r.priority == 5]
@@ -108,6 +109,7 @@ def test_without_plugin_runs_priority_sla_as_its_help_says_and_events_fit_80_col
     assert max(fast[i] for i in urgent) < min(slow)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, says", [
     (["scenario", "priority_sla", "--without-plugin", "nosuch"], "--without-plugin nosuch: scenario 'priority_sla' "
                                                                  "declares only priority"),

@@ -82,6 +82,7 @@ def shared_prefix_case(draw):
     return config, workload
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None)
 @given(shared_prefix_case())
 def test_prefix_caching_outputs_equal_each_request_alone(case):
@@ -334,6 +335,7 @@ def test_compare_shows_prefill_computed_cached_and_equal_outputs():
     assert {"prefill", "cached", "outputs"} <= set(header)
 
 
+@pytest.mark.slow
 def test_cli_turns_prefix_caching_off_and_narrates_reuse(tmp_path):
     path = tmp_path / "small.toml"
     path.write_text(SMALL_SHARED)
@@ -347,6 +349,7 @@ def test_cli_turns_prefix_caching_off_and_narrates_reuse(tmp_path):
 
 # -- cbtui bench ----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_bench_shared_prefix_workload_runs_ours_with_and_without_prefix_caching():
     from cbtui.bench.run import run_systems
     from cbtui.bench.workloads import make_workload

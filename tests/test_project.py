@@ -30,6 +30,24 @@ def test_readme_test_command_is_what_ci_runs():
     assert test_cmd.strip() in [line.strip() for line in ci]
 
 
+def test_tests_import_their_helpers_one_way():
+    """tests/ is on the path (pyproject's pythonpath), so helpers are imported as `helpers`: one imported
+    as `tests.helpers` too would be a second copy of the module, with its own globals and classes."""
+    import ast
+
+    found = []
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            found += [f"{path.name}: {name}" for name in names if name.split(".")[0] == "tests"]
+    assert found == []
+
+
 # Python source that makes importing textual fail, as on the GPU machine (no textual there).
 NO_TEXTUAL = ("import importlib, importlib.abc, sys\n"
               "class NoTextual(importlib.abc.MetaPathFinder):\n"
@@ -59,6 +77,7 @@ def test_what_the_gpu_check_runs_needs_no_textual():
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_metrics_pass_mypy():
     """engine.records.metrics type-checks under the project's mypy settings. Request ids are ints in
     the records but strings as JSON map keys (sampled, block tables): a loop that took a str key and
@@ -78,12 +97,13 @@ def test_widget_contract_names_every_engine_module_but_records():
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
-    contract = next(c for c in config["contracts"] if c["source_modules"] == ["cbtui.widgets"])
+    contract = next(c for c in config["contracts"] if c.get("source_modules") == ["cbtui.widgets"])
     modules = {f"engine.{p.stem if p.is_file() else p.name}" for p in (ROOT / "engine").iterdir()
                if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").is_file()}
     assert set(contract["forbidden_modules"]) == modules - {"engine.records"}
 
 
+@pytest.mark.slow
 def test_the_gpu_checks_recording_runs_without_textual(tmp_path):
     """scripts/gpu_check.sh records budget_sweep headless on the GPU machine, which has no textual:
     the same command (on the CPU, three steps) writes a header and a record a step without it."""

@@ -23,7 +23,8 @@ from cbtui.widgets.mask import mask_strips
 from cbtui.widgets.memory_panel import step_memory_text
 from cbtui.widgets.requests_table import row_cells
 from engine.profiling.gpu_memory import RecordedProbe
-from engine.records.recording import RecordedRun, RecordingError, load_recording, parse_record
+from engine.records.record_line import parse_record
+from engine.records.recording import RecordedRun, RecordingError, load_recording
 from scenarios import load_scenario
 
 
@@ -60,6 +61,7 @@ def test_a_recording_reads_back_every_record_exactly(tmp_path, lines):
     assert recording.title == "Replay: run.jsonl" and f"{len(lines)} StepRecords" in recording.description
 
 
+@pytest.mark.slow
 def test_the_cli_records_what_replay_reads(tmp_path):
     res = subprocess.run([sys.executable, "-m", "cbtui", "scenario", "mixed_load", "--json", "--steps", "5"],
                          capture_output=True, text=True, timeout=120)
@@ -83,6 +85,7 @@ def edited(line: str, edit) -> str:
     return json.dumps(data)
 
 
+@pytest.mark.slow
 def test_a_bad_line_is_named_with_its_field(tmp_path, lines):
     path = tmp_path / "run.jsonl"
     bad = edited(lines[3], lambda d: d["requests"][1].update(generated=-3))
@@ -168,6 +171,7 @@ def leaves(value, path=()):
     yield path
 
 
+@pytest.mark.slow
 @settings(max_examples=fuzz_examples(300), deadline=None)
 @given(data=st.data())
 def test_a_record_either_fails_its_check_or_every_panel_draws_it(lines, data):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
+import pytest
 from helpers import fuzz_examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -76,6 +77,7 @@ DOCUMENTS = st.fixed_dictionaries({}, optional={
            .map(lambda extra: {**extra, **doc}))
 
 
+@pytest.mark.slow
 @FUZZ
 @given(DOCUMENTS)
 def test_any_document_gives_a_scenario_or_a_scenario_error(doc):

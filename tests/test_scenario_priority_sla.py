@@ -127,6 +127,7 @@ def test_bad_variant_plugins_are_one_line_errors(variant, message):
     assert "[compare.v] plugins" in str(info.value) or "--trust-plugins" in str(info.value)
 
 
+@pytest.mark.slow
 def test_headless_comparison_shows_the_sla_column():
     res = subprocess.run([sys.executable, "-m", "cbtui", "scenario", "priority_sla", "--headless"],
                          capture_output=True, text=True, timeout=600)

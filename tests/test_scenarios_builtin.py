@@ -75,6 +75,7 @@ def test_scenario_has_its_texts(name):
     assert s.question.endswith("?")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", builtin_names())
 def test_scenario_and_variants_run_to_completion(name):
     s = load_scenario(name)
@@ -86,6 +87,7 @@ def test_scenario_and_variants_run_to_completion(name):
         assert len(views) == len(s.requests)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", builtin_names())
 def test_scenario_runs_are_identical(name):
     again = run_records(load_scenario(name), device=DEVICE)

@@ -207,6 +207,7 @@ def test_check_host_port_refuses_a_port_in_use_in_one_line():
             check_host_port("127.0.0.1", port)
 
 
+@pytest.mark.slow
 def test_cli_serve_port_in_use_is_one_line_and_exit_2(tmp_path):
     needs_web_server()
     import socket
@@ -222,6 +223,7 @@ def test_cli_serve_port_in_use_is_one_line_and_exit_2(tmp_path):
     assert proc.stderr.strip().count("\n") == 0 and "give another --port" in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [["cbtui.classroom.watch"], ["cbtui", "watch"]])
 def test_cli_watch_without_a_session_is_one_line_and_exit_2(tmp_path, command):
     proc = subprocess.run([sys.executable, "-m", *command, str(tmp_path / "nowhere")], capture_output=True,
@@ -230,6 +232,7 @@ def test_cli_watch_without_a_session_is_one_line_and_exit_2(tmp_path, command):
 
 
 # -- browsers: a real client on loopback ------------------------------------------------------------
+@pytest.mark.slow
 def test_two_browsers_watch_one_engine_through_the_web_server(tmp_path):
     """Two browser-like clients (page, then websocket) on loopback: each gets a viewer process, the
     presenter's header counts them, both follow its steps; no viewer loads torch (no engine); when

@@ -64,6 +64,7 @@ def random_workload(rng: random.Random, n: int, first_id: int) -> list[dict]:
              "request_id": first_id + i} for i in range(n)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shard_by", ["heads", "sequence"])
 def test_two_shards_greedy_equals_one_device_alone(shard_by):
     """Three seeded random workloads, one after another, on one sharded engine (one worker start)."""
@@ -165,6 +166,7 @@ def test_a_killed_worker_ends_the_run_in_one_line_naming_its_rank():
     eng.close()
 
 
+@pytest.mark.slow
 def test_a_hung_worker_ends_the_run_within_the_timeout_naming_its_rank():
     eng = sharded("heads", shard_timeout_s=3.0, num_blocks=32)
     eng.add_request(list(range(30)), max_new_tokens=30)
@@ -196,6 +198,7 @@ print(eng.sharded.worker_pids[0], flush=True)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ending", ["pass", "del eng; import gc; gc.collect(); import time; time.sleep(30)",
                                     "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"],
                          ids=["exit", "garbage-collected", "driver-killed"])
@@ -231,6 +234,7 @@ max_new_tokens = 4000
 """
 
 
+@pytest.mark.slow
 def test_a_killed_worker_ends_a_headless_run_with_exit_code_2_and_one_line(tmp_path):
     path = tmp_path / "long.toml"
     path.write_text(LONG_RUN)
@@ -290,6 +294,7 @@ def test_two_shards_on_cuda_equal_one_device(shard_by):
     assert outputs[0] == outputs[1]
 
 
+@pytest.mark.slow
 def test_an_engine_built_in_a_thread_that_ends_keeps_its_workers():
     """The workers watch their parent process, not the thread that started them."""
     import threading

@@ -78,6 +78,7 @@ def test_bad_options_are_refused():
         SlidingWindowPlugin(sinks=-1)
 
 
+@pytest.mark.slow
 def test_the_scenario_draws_a_band_and_reports_its_divergence():
     scenario = load_scenario("sliding_window")
     record = next(r for r in run_records(scenario) if any(i.num_tokens == 48 for i in r.items))
@@ -99,7 +100,7 @@ def test_the_scenario_draws_a_band_and_reports_its_divergence():
 def test_a_recording_with_a_bad_attention_window_is_refused(window):
     import json
 
-    from engine.records.recording import parse_record
+    from engine.records.record_line import parse_record
 
     record = run_records(load_scenario("sliding_window"), max_steps=1)[0]
     data = record.to_dict()

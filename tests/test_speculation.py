@@ -1,5 +1,6 @@
 """Speculative decoding's pieces: prompt lookup, the rejection rule (statistically), the records."""
 
+import pytest
 import torch
 from helpers import exact_config, run_batched
 from hypothesis import given, settings
@@ -144,6 +145,7 @@ def _cli(*args):
     return subprocess.run([sys.executable, "-m", "cbtui", *args], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_speculative_flag_runs_and_bad_values_are_one_line():
     done = _cli("scenario", "mixed_load", "--headless", "--steps", "12", "--speculative", "ngram")
     assert done.returncode == 0 and "speculative=ngram k=4" in done.stdout

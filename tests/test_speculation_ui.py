@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from dashboard_helpers import SteadyEngine, header_text, shown_step, wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -66,6 +67,7 @@ def test_event_line_and_table_cell_say_how_many_drafts_stood():
     assert drafts_cell(view) == "drafts 5/9 ok"
 
 
+@pytest.mark.slow
 def test_dashboard_shows_speculating_decodes():
     scenario = load_scenario("speculative")
 

@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from engine.attention.reference import stable_softmax
@@ -32,6 +33,7 @@ def test_a_fully_masked_row_is_zeros_even_in_float16():
     assert torch.isnan(naive_softmax(scores, mask)[1]).all()
 
 
+@pytest.mark.slow
 def test_the_command_prints_the_table():
     res = subprocess.run([sys.executable, "-m", "cbtui", "stability"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr

@@ -97,6 +97,7 @@ def test_the_file_is_plain_json_and_bad_paths_fail_first(records, tmp_path):
         check_trace_path(tmp_path / "missing" / "run.json")
 
 
+@pytest.mark.slow
 def test_cli_trace_from_a_recording_and_its_bad_input(tmp_path):
     def cli(*args):
         return subprocess.run([sys.executable, "-m", "cbtui", *args], capture_output=True, text=True, timeout=120)

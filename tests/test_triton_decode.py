@@ -68,6 +68,7 @@ def _with_kernel(engine: Engine, decode) -> Engine:
     return engine
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("graphs", ["off", "on"])
 def test_engine_with_the_kernel_gives_the_gather_tokens(graphs):
     rng = random.Random(2)
@@ -184,6 +185,7 @@ def _nvidia_tools_missing() -> str | None:
     return f"this triton wheel has no {' or '.join(missing)} (needed to compile for a GPU)" if missing else None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_nvidia_tools_missing() is not None, reason=str(_nvidia_tools_missing()))
 def test_kernel_compiles_for_a100_and_h100_without_spills():
     """The interpreter checks the kernel's arithmetic, not whether it compiles: tl.dot's minimum

@@ -1,4 +1,5 @@
-"""Plugins: the hook API (base), the host that guards every call (host), and the built-ins."""
+"""Plugins: the hook API (base), where a plugin comes from (loader), the host that guards every call
+(host), and the built-ins."""
 
 from .base import (
     AttentionPlugin,
@@ -8,8 +9,8 @@ from .base import (
     ReadOnlyRequest,
     SchedulerPlugin,
     SchedulerState,
-    load_plugin,
 )
+from .loader import load_plugin
 
 __all__ = ["AttentionPlugin", "CachePlugin", "Plugin", "PluginAbort", "ReadOnlyRequest", "SchedulerPlugin",
            "SchedulerState", "load_plugin"]

@@ -8,7 +8,7 @@ A recording is data from outside, so it is read defensively:
 - lines are split on '\\n' alone (a raw U+2028 inside a JSON string is text, not a line break);
 - the file is read as the replay reaches it: the dashboard's first frame waits for the header
   and the first record, never for the whole file;
-- every line is checked against the record types (schema.py) and for what the panels rely on,
+- every line is checked against the record types and for what the panels rely on (record_line.py),
   and the records together for the story one run tells (steps in order, a request finishes once,
   no KV block held by two requests, generated counts never go down).
 A bad line is one error naming the file, the line and what is wrong, never a traceback: before
@@ -17,67 +17,23 @@ the dashboard starts when it is the first record, as the step's error when it co
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
-from .schema import check_header_json, check_record_json, shown
+from .record_line import NotJSON, parse_header, parse_record
 from .step_lines import StepLines
 from .types import RunHeader, StepRecord
 
-# Far beyond any real run, and small enough that a panel drawing them stays quick and exact.
-MAX_KEYS = 1 << 24  # keys of one request (the mask's columns)
-MAX_BLOCKS = 1 << 22  # KV blocks in the pool (the KV grid's cells)
 MAX_LINE_BYTES = 64 << 20  # one record; a step of thousands of requests is a few MB
 HOW_TO_RECORD = "record one with: cbtui scenario NAME --json > FILE"
 
 
 class RecordingError(ValueError):
     """A recording that cannot be replayed; the message names the file, the line and what is wrong."""
-
-
-class _NotJSON(ValueError):
-    """The line is not JSON at all: on the last line, what a writer killed mid-line leaves."""
-
-
-def _check_consistent(record: StepRecord) -> None:
-    """What the panels rely on beyond types: the mask's rows, the KV grid's block numbers."""
-    if record.budget < 1:
-        raise ValueError(f"budget={record.budget} must be >= 1")
-    for i, item in enumerate(record.items):
-        if item.kind not in ("decode", "prefill"):
-            raise ValueError(f"items[{i}].kind={shown(item.kind)} must be 'decode' or 'prefill'")
-        if item.num_tokens < 1 or item.key_len != item.first_pos + item.num_tokens or item.key_len > MAX_KEYS:
-            raise ValueError(f"items[{i}]: key_len must be first_pos + num_tokens, with num_tokens >= 1 and "
-                             f"key_len <= {MAX_KEYS}")
-    kv = record.kv
-    if kv.num_blocks > MAX_BLOCKS:
-        raise ValueError(f"kv.num_blocks={kv.num_blocks} is more than {MAX_BLOCKS}")
-    if kv.layout not in ("paged", "dense") or kv.block_size < 1:
-        raise ValueError(f"kv: layout must be 'paged' or 'dense' and block_size >= 1 (got {shown(kv.layout)}, "
-                         f"{kv.block_size})")
-    for name in ("block_tables", "freed_blocks"):
-        for rid, blocks in getattr(kv, name).items():
-            if any(b >= kv.num_blocks for b in blocks):
-                raise ValueError(f"kv.{name}[{rid}]: a block number is not below num_blocks={kv.num_blocks}")
-    prefix = kv.prefix
-    if prefix is not None:
-        if any(int(b) >= kv.num_blocks for b in prefix.shared) or any(b >= kv.num_blocks for b in prefix.cached):
-            raise ValueError(f"kv.prefix: a shared or cached block number is not below num_blocks={kv.num_blocks}")
-        if any(n < 2 for n in prefix.shared.values()):
-            raise ValueError("kv.prefix.shared: a shared block is held by 2 requests or more")
-    for rid, indices in kv.evicted.items():
-        if rid not in kv.block_tables or any(i >= len(kv.block_tables[rid]) for i in indices):
-            raise ValueError(f"kv.evicted[{rid}]: an index is not in the request's block table")
-    window = record.attention_window
-    if window is not None and (len(window) != 2 or window[1] < 1):
-        raise ValueError(f"attention_window={shown(window)} must be [sinks, window] with window >= 1")
-    if record.memory.source not in ("cuda", "rss"):
-        raise ValueError(f"memory.source={shown(record.memory.source)} must be 'cuda' or 'rss'")
 
 
 class StoryCheck:
@@ -137,38 +93,6 @@ class StoryCheck:
                 raise ValueError(f"step {step}: request {rid} finishes again (it finished at step {finished[rid]})")
             finished[rid] = step
         self._last_step = step
-
-
-def _parse_json(line: str) -> Any:
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise _NotJSON(f"not JSON ({exc.msg} at column {exc.colno})") from None
-    except RecursionError:  # thousands of nested brackets: no record looks like that
-        raise ValueError("not a record: nested too deeply") from None
-    except ValueError:  # an integer of thousands of digits: Python will not convert it
-        raise ValueError("not a record: an integer of thousands of digits") from None
-
-
-def parse_header(line: str) -> RunHeader | None:
-    """The run header, when `line` is one (a JSON object with kind 'header'); None for anything else."""
-    try:
-        data = _parse_json(line)
-    except ValueError:
-        return None
-    if type(data) is not dict or data.get("kind") != "header":
-        return None
-    check_header_json(data)
-    return RunHeader.from_dict(data)
-
-
-def parse_record(line: str) -> StepRecord:
-    """One line of a recording as a StepRecord; ValueError says what is wrong with it."""
-    data = _parse_json(line)
-    check_record_json(data)
-    record = StepRecord.from_dict(data)
-    _check_consistent(record)
-    return record
 
 
 def _open_regular(path: Path) -> IO[bytes]:
@@ -271,7 +195,7 @@ class RecordReader:
         number, line, start = got
         try:
             record = parse_record(line)
-        except _NotJSON as exc:
+        except NotJSON as exc:
             if self.count and line.lstrip().startswith("{") and self._line() is None:
                 self.cut_short_line = number  # the last line, and not JSON: the writer stopped mid-line
                 self.done = True

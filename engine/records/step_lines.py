@@ -14,6 +14,7 @@ from array import array
 from bisect import bisect_left
 from pathlib import Path
 
+from .record_line import parse_record
 from .types import RunHeader, StepRecord
 
 
@@ -46,8 +47,6 @@ class StepLines:
             return self._steps[0] if self._steps else None
 
     def read(self, step: int) -> StepRecord | None:
-        from .recording import parse_record  # recording.py builds readers on this module
-
         with self._lock:
             index = bisect_left(self._steps, step)
             if index == len(self._steps) or self._steps[index] != step:

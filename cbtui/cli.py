@@ -209,7 +209,7 @@ def _report_divergence(scenario, engine, totals, variant, plugins, overrides) ->
         return
     assert last is not None  # the workload of a run that made records: the reference made some too
     full, small = last.kv.pool_bytes, last_record.kv.pool_bytes
-    budget = engine.config.kv_memory_bytes
+    budget = engine.config.cache.kv_memory_bytes
     if budget is None:
         click.echo(f"kv_int8: {differ} of {total} generated tokens differ from the uncompressed run; "
                    f"KV pool {full} -> {small} bytes ({full / small:.2f}x smaller)")

@@ -46,6 +46,7 @@ from engine.config import (
     POLICIES,
     SHARD_BY,
     SPECULATIVE,
+    default_of,
 )
 from engine.plugins.base import check_plugin_config, is_module_spec, load_plugin
 from engine.plugins.spec import parse_plugin_spec
@@ -249,8 +250,9 @@ def _check_engine(check: Checker, settings: dict) -> EngineConfig:
         config = EngineConfig(**settings)
     except ValueError as exc:  # anything EngineConfig checks that the lines above do not
         raise ScenarioError(f"{check.file}: {check.where}{exc}") from None
-    if config.num_blocks is not None and config.num_blocks * config.block_size > MAX_POOL_TOKENS:
-        check.fail("num_blocks", f"num_blocks * block_size = {config.num_blocks * config.block_size} tokens; "
+    cache = config.cache
+    if cache.num_blocks is not None and cache.num_blocks * cache.block_size > MAX_POOL_TOKENS:
+        check.fail("num_blocks", f"num_blocks * block_size = {cache.num_blocks * cache.block_size} tokens; "
                                  f"a scenario's pool may hold at most {MAX_POOL_TOKENS}")
     return config
 
@@ -258,7 +260,7 @@ def _check_engine(check: Checker, settings: dict) -> EngineConfig:
 def _check_model(check: Checker, settings: dict):
     """A preset name, or a checkpoint directory (a relative path is relative to the scenario file):
     the model's spec, read from its config.json; settings["model"] becomes the directory's path."""
-    model = settings.get("model", EngineConfig.model)
+    model = settings.get("model", default_of("model"))
     if not isinstance(model, str):
         check.choice(settings, "model", None, MODELS)
     if not is_preset(model):
@@ -279,17 +281,19 @@ def _check_model(check: Checker, settings: dict):
 
 def _block_need(config: EngineConfig):
     """A function: total tokens of one request -> a problem string if it can never fit the pool."""
+    cache, parallel = config.cache, config.parallel
+
     def need(total: int) -> str | None:
-        if config.kv_layout != "paged" or config.num_blocks is None:
+        if cache.kv_layout != "paged" or cache.num_blocks is None:
             # Dense grows on demand; the default pool holds eight full contexts; a kv_memory_bytes
             # pool's block count depends on the dtype (the engine checks each request against it).
             return None
-        blocks = -(-total // config.block_size)
-        if config.shards > 1 and config.shard_by == "sequence":  # its blocks are dealt over the shards
-            blocks = -(-blocks // config.shards)
-        if blocks > config.num_blocks:
-            return (f"a request of {total} tokens needs {blocks} KV blocks of {config.block_size}, but "
-                    f"num_blocks = {config.num_blocks}; raise num_blocks or shorten the request")
+        blocks = -(-total // cache.block_size)
+        if parallel is not None and parallel.shard_by == "sequence":  # its blocks are dealt over the shards
+            blocks = -(-blocks // parallel.shards)
+        if blocks > cache.num_blocks:
+            return (f"a request of {total} tokens needs {blocks} KV blocks of {cache.block_size}, but "
+                    f"num_blocks = {cache.num_blocks}; raise num_blocks or shorten the request")
         return None
     return need
 
@@ -307,7 +311,7 @@ def from_dict(data: dict, path: Path, trust_plugins: bool = False) -> Scenario:
 
     engine = dict(check.table(data.get("engine", {}), "engine"))
     config = _check_engine(check.at("[engine] "), engine)
-    model, need = model_spec(config.model), _block_need(config)
+    model, need = model_spec(config.llm.name), _block_need(config)
 
     requests: list[dict] = []
     explicit = check.tables(data.get("requests", []), "requests")

@@ -146,7 +146,7 @@ def test_speculative_greedy_equals_alone(case):
     for spec, out in zip(workload, outputs, strict=True):
         assert out == run_alone(spec["prompt"], spec["max_new_tokens"]), config
     for rec in records:
-        assert rec.num_query_tokens <= config.max_tokens_per_step
+        assert rec.num_query_tokens <= config.scheduler.max_tokens_per_step
         assert all(0 <= i.accepted <= i.drafts and i.num_tokens == 1 + i.drafts for i in rec.items if i.drafts)
 
 
@@ -186,12 +186,12 @@ def test_rejected_drafts_leave_no_kv_behind(case):
         kv = eng.runner.kv
         for r in eng.scheduler.running:
             assert kv.tokens.get(r.id, 0) == r.num_computed
-            if config.kv_layout == "paged":
+            if config.cache.kv_layout == "paged":
                 assert len(kv.allocator.tables[r.id]) == kv.allocator.blocks_for(r.num_computed)
             draft_kv = getattr(eng.speculator.proposer, "kv", None)
             if draft_kv is not None:
                 assert draft_kv.tokens.get(r.id, 0) <= r.num_computed
-        if config.kv_layout == "paged":  # each block held (once, however many tables share it) or free
+        if config.cache.kv_layout == "paged":  # each block held (once, however many tables share it) or free
             held = set().union(*kv.allocator.tables.values())
             assert len(held) + kv.allocator.num_free == kv.allocator.num_blocks
 

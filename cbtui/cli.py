@@ -8,13 +8,13 @@ import sys
 import click
 import torch
 
-from engine.config import ATTENTION_BACKENDS, DEVICES, KV_LAYOUTS, MODELS, SHARD_BY, SPECULATIVE
 from engine.plugins.base import PluginAbort
 from engine.records import StepRecord
 from engine.records.text import visible
 from scenarios import ScenarioError, builtin_names, load_scenario
 
 from .bench.cli import bench
+from .engine_options import engine_option, engine_options
 
 
 class Speed(click.ParamType):
@@ -209,7 +209,7 @@ def _report_divergence(scenario, engine, totals, variant, plugins, overrides) ->
         return
     assert last is not None  # the workload of a run that made records: the reference made some too
     full, small = last.kv.pool_bytes, last_record.kv.pool_bytes
-    budget = engine.config.kv_memory_bytes
+    budget = engine.config.cache.kv_memory_bytes
     if budget is None:
         click.echo(f"kv_int8: {differ} of {total} generated tokens differ from the uncompressed run; "
                    f"KV pool {full} -> {small} bytes ({full / small:.2f}x smaller)")
@@ -349,24 +349,8 @@ def scenarios_cmd() -> None:
 @click.option("--headless", is_flag=True, help="Run without the dashboard; one line per step.")
 @click.option("--json", "as_json", is_flag=True, help="Headless: print one StepRecord (JSON) per line.")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Stop after this many steps.")
-@click.option("--device", type=click.Choice(DEVICES), default=None)
-@click.option("--model", default=None, metavar="PRESET|DIR",
-              help=f"A random preset ({', '.join(MODELS)}) or a local Hugging Face checkpoint directory "
-                   f"(config.json, *.safetensors, tokenizer.json).")
-@click.option("--attention", type=click.Choice(ATTENTION_BACKENDS), default=None)
-@click.option("--kv-layout", type=click.Choice(KV_LAYOUTS), default=None)
-@click.option("--speculative", type=click.Choice(SPECULATIVE), default=None,
-              help="Speculative decoding: ngram (prompt lookup), draft (a smaller model) or off.")
-@click.option("--no-prefix-caching", is_flag=True,
-              help="Compute every prompt in full: no KV blocks shared between requests (prefix caching is on "
-                   "by default with the paged layout).")
-@click.option("--contiguous-up-to", "contiguous_up_to", type=click.IntRange(min=0), default=None, metavar="TOKENS",
-              help="Requests whose prompt plus max_new_tokens is at most TOKENS get one contiguous run of KV "
-                   "blocks reserved for their whole length; longer ones are paged on demand (0: all paged).")
-@click.option("--shards", type=click.IntRange(1, 8), default=None,
-              help="Shard the KV cache over this many processes (engine/distributed; 1: one device).")
-@click.option("--shard-by", type=click.Choice(SHARD_BY), default=None,
-              help="heads: tensor parallel; sequence: a request's blocks spread over the shards.")
+@engine_options("device", "model", "attention", "kv_layout", "speculative", "prefix_caching", "contiguous_up_to",
+                "shards", "shard_by")
 @click.option("--variant", default=None, help="Run one of the scenario's [compare] variants instead.")
 @click.option("--plugin", "plugins", multiple=True, metavar="SPEC",
               help="Add a plugin: a built-in name (see `cbtui plugins`), an entry point of group "
@@ -394,11 +378,10 @@ def scenarios_cmd() -> None:
 @click.option("--break-on", "break_on", multiple=True, metavar="SPEC",
               help="Dashboard: pause on the step where SPEC fires: preempt, preempt:N, finish, admit, "
                    "step:N, kv-free<K, wait>K, fragmented, error. Repeatable; b in the app adds more.")
-def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention, kv_layout, speculative,
-                 no_prefix_caching, contiguous_up_to, shards, shard_by, variant, plugins, without, trust_plugins,
-                 metrics_out, trace_out,
-                 record_to, events, paused, speed, break_on):
+def scenario_cmd(name, list_, headless, as_json, steps, variant, plugins, without, trust_plugins, metrics_out,
+                 trace_out, record_to, events, paused, speed, break_on, **overrides):
     """Run a scenario: a built-in NAME or a path to a .toml file."""
+    # overrides: the engine settings engine_options offers, None where the command line gives none
     if list_:
         _list_scenarios()
         return
@@ -422,9 +405,6 @@ def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention
     for path, check in ((metrics_out, check_export_path), (trace_out, check_trace_path)):
         if path is not None:
             _check_output(path, check)
-    overrides = dict(device=device, model=model, attention=attention, kv_layout=kv_layout, speculative=speculative,
-                     prefix_caching=False if no_prefix_caching else None, contiguous_up_to=contiguous_up_to,
-                     shards=shards, shard_by=shard_by)
     try:
         scenario = without_plugins(load_scenario(name, trust_plugins=trust_plugins), without)
         engine = scenario.build_engine(variant, plugins=plugins, **overrides)
@@ -487,8 +467,8 @@ def scenario_cmd(name, list_, headless, as_json, steps, device, model, attention
               help="The two runs: base (the scenario as written), a [compare] variant's name, or "
                    "without:PLUGIN (the scenario without a plugin it declares). Default: base and the first variant.")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Stop after this many steps.")
-@click.option("--device", type=click.Choice(DEVICES), default=None)
-@click.option("--model", type=click.Choice(MODELS), default=None)
+@engine_option("device")
+@engine_option("model", presets_only=True)
 @click.option("--paused", is_flag=True, help="Start paused.")
 @click.option("--speed", type=SPEED, default=None, help="Steps per second (default 4).")
 def compare_cmd(name, variants, steps, device, model, paused, speed):
@@ -525,8 +505,8 @@ def compare_cmd(name, variants, steps, device, model, paused, speed):
               help="Folder for the shared run (default: a new temporary one, removed at the end); "
                    "terminals watch it with `cbtui watch DIR`.")
 @click.option("--variant", default=None, help="Run one of the scenario's [compare] variants instead.")
-@click.option("--device", type=click.Choice(DEVICES), default=None)
-@click.option("--model", type=click.Choice(MODELS), default=None)
+@engine_option("device")
+@engine_option("model", presets_only=True)
 @click.option("--paused", is_flag=True, help="Start paused.")
 @click.option("--speed", type=SPEED, default=None, help="Steps per second (default 4).")
 def serve_cmd(name, host, port, public_url, session_dir, variant, device, model, paused, speed):

@@ -4,30 +4,39 @@ Some settings only matter under another one: `shard_by` with more than one shard
 with a draft model proposing, `static_batch_size` under the static policy. Outside its scope a
 setting changes nothing in the run, so whatever tells runs apart by their settings (the compare
 table's settings column, a compare pane's header) leaves it out.
+
+The scopes follow from the config's nesting: a field of an optional section (speculation,
+parallel) takes effect only when there is that section (its switch, `speculative` or `shards`,
+always does: it says whether there is one); a field whose metadata has `only_if` only while that
+other field of its section has that value (block_size with the paged layout, ...).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from .config import EngineConfig
+from .config import FLAT, EngineConfig
+from .config.engine_config import SWITCHES, Place
 
-# A setting -> whether it takes effect under a config; a setting not named here always does.
+
+def _scope(place: Place) -> Callable[[EngineConfig], bool] | None:
+    optional = place.section in SWITCHES and not place.setting.off
+    only_if = place.setting.only_if
+    if not optional and only_if is None:
+        return None
+
+    def scope(config: EngineConfig) -> bool:
+        section = getattr(config, place.section)
+        return section is not None and (only_if is None or getattr(section, only_if[0]) == only_if[1])
+    return scope
+
+
+# A flat setting -> whether it takes effect under a config; a setting not named here always does.
 SCOPES: dict[str, Callable[[EngineConfig], bool]] = {
-    "shard_by": lambda c: c.shards > 1,
-    "shard_timeout_s": lambda c: c.shards > 1,
-    "num_speculative_tokens": lambda c: c.speculative is not None,
-    "draft_model": lambda c: c.speculative == "draft",
-    "static_batch_size": lambda c: c.policy == "static",
-    # The dense layout keeps no blocks: it grows each request's keys on demand.
-    "block_size": lambda c: c.kv_layout == "paged",
-    "num_blocks": lambda c: c.kv_layout == "paged",
-    "kv_memory_bytes": lambda c: c.kv_layout == "paged",
-    "prefix_caching": lambda c: c.kv_layout == "paged",
-}
+    name: scope for name, place in FLAT.items() if (scope := _scope(place)) is not None}
 
 
 def takes_effect(config: EngineConfig, name: str) -> bool:
-    """Whether setting `name` changes anything in a run under `config`."""
+    """Whether setting `name` (a flat name) changes anything in a run under `config`."""
     scope = SCOPES.get(name)
     return scope is None or scope(config)

@@ -44,7 +44,7 @@ def settings_label(scenario: Scenario, variant: str | None, **overrides) -> str:
     settings give effect to (no shard_by in a one-shard run: it changes nothing there)."""
     keys = [k for v in scenario.variants.values() for k in v]
     config = scenario.engine_config(variant, **overrides)
-    label = " ".join(f"{k}={getattr(config, k)}" for k in dict.fromkeys(keys) if takes_effect(config, k))
+    label = " ".join(f"{k}={config.value(k)}" for k in dict.fromkeys(keys) if takes_effect(config, k))
     if scenario.variant_plugins:  # some variant runs other plugins: say which each row runs
         plugins = scenario.variant_plugins.get(variant, scenario.plugins) if variant else scenario.plugins
         label = f"{label} plugins={','.join(p['name'] for p in plugins) or 'none'}".strip()

@@ -5,11 +5,16 @@ File format (every key but the workload is optional; see the built-in files for 
     title, summary, description, question   strings: what it is, one line for listings,
                                             what to look for, the seed question it shows
     seed                                    integer: seeds the workload, so runs are identical
-    [engine]                                any EngineConfig field; model is a preset or a local
+    [engine]                                any EngineConfig setting by its flat name (see
+                                            EngineConfig.field_names()); model is a preset or a local
                                             Hugging Face checkpoint directory (relative to the file)
+    [engine.SECTION]                        or a section's fields by their own names: [engine.cache]
+                                            kv_layout = "dense" (sections: llm, scheduler, cache,
+                                            runner, speculation, parallel)
     [[requests]]                            explicit requests (see workload.REQUEST_KEYS)
     [[generators]]                          seeded request generators (see workload.GENERATOR_KEYS)
-    [compare.NAME]                          engine overrides for a variant that headless runs
+    [compare.NAME]                          engine overrides (flat, or [compare.NAME.SECTION])
+                                            for a variant that headless runs
                                             compare against the scenario as written; its key
                                             `plugins` (a list of NAME or NAME:key=value specs,
                                             [] for none) replaces [[plugins]] in that variant
@@ -35,18 +40,7 @@ else:  # Python 3.10
 
 from engine import Engine, EngineConfig
 from engine.checkpoint import CheckpointError, is_preset, model_spec
-from engine.config import (
-    ATTENTION_BACKENDS,
-    DEVICES,
-    DRAFT_MODELS,
-    DTYPES,
-    KV_LAYOUTS,
-    MAX_SPECULATIVE_TOKENS,
-    MODELS,
-    POLICIES,
-    SHARD_BY,
-    SPECULATIVE,
-)
+from engine.config import MAX_POOL_TOKENS, MODELS, SECTIONS, default_of, section_fields, setting_for
 from engine.plugins.base import check_plugin_config
 from engine.plugins.loader import is_module_spec, load_plugin
 from engine.plugins.spec import parse_plugin_spec
@@ -60,15 +54,12 @@ BUILTIN_DIR = Path(__file__).parent
 TOP_KEYS = ("title", "summary", "description", "question", "seed", "engine", "requests", "generators",
             "compare", "plugins")
 PLUGIN_KEYS = ("name", "options")
+# [engine] keys: every EngineConfig flat name, or a section's name for a sub-table ([engine.cache]).
+# What each accepts (choices, ranges, and the stricter `limit` a file may ask for) is the setting's
+# metadata in engine/config; the loader reads it, and adds only what depends on the model.
 ENGINE_KEYS = tuple(EngineConfig.field_names())
-ENGINE_CHOICES = {"device": DEVICES, "kv_layout": KV_LAYOUTS, "attention": ATTENTION_BACKENDS,
-                  "policy": POLICIES, "dtype": DTYPES, "speculative": SPECULATIVE, "draft_model": DRAFT_MODELS,
-                  "shard_by": SHARD_BY}
-MAX_BATCH_TOKENS = 1 << 20  # upper bound for token counts per step (budget, chunk, decode cap)
-MAX_POOL_TOKENS = 1 << 20  # num_blocks * block_size: keeps a typo from allocating gigabytes
-MAX_KV_MEMORY = 1 << 32  # kv_memory_bytes: 4 GiB, for the same reason
+MODEL_BOUNDS = {"block_size": lambda spec: spec.max_context, "eos_token_id": lambda spec: spec.vocab_size - 1}
 MAX_VARIANTS = 8
-MAX_SHARDS = 8  # worker processes a scenario may start
 SUMMARY_WIDTH = 72
 
 
@@ -134,8 +125,9 @@ class Scenario:
         key = message.split("=", 1)[0]
         if variant is not None and key in self.variants.get(variant, {}):
             return f"{self.path}: [compare] {variant}: {message}"
-        if overrides.get(key) is not None:
-            return f"--{key.replace('_', '-')} {overrides[key]}: {message}"
+        if overrides.get(key) is not None:  # the flag as cbtui/engine_options names it
+            flag = setting_for(key).flag or f"--{key.replace('_', '-')}"
+            return f"{flag}: {message}" if isinstance(overrides[key], bool) else f"{flag} {overrides[key]}: {message}"
         return f"{self.path}: [engine] {message}"
 
     def build_engine(self, variant: str | None = None, plugins: tuple[str, ...] = (), **overrides) -> Engine:
@@ -224,34 +216,54 @@ def _resolve(name: str) -> Path:
                         f"(or give a path to a .toml file)")
 
 
+def _flat_engine(check: Checker, table: dict, name: str) -> dict:
+    """An [engine] table (or a [compare.NAME] one, `name` naming it) as flat keys: a sub-table such as
+    [engine.cache] gives its section's fields by their flat names. Each setting may be given once."""
+    flat, nested = {}, {}
+    for key, value in table.items():
+        if key in SECTIONS:
+            sub = check.table(value, key)
+            names = section_fields(key)
+            check.at(f"[{name}.{key}] ").keys(sub, names)
+            nested.update({names[own]: (key, own, v) for own, v in sub.items()})
+        else:
+            flat[key] = value
+    check.keys(flat, ENGINE_KEYS + tuple(SECTIONS))
+    for key, (section, own, value) in nested.items():
+        if key in flat:
+            check.fail(key, f"is given twice, here and as {own} in [{name}.{section}]; keep one")
+        flat[key] = value
+    return flat
+
+
 def _check_engine(check: Checker, settings: dict) -> EngineConfig:
-    """Unknown keys, choices and integer ranges (with bounds that keep a run sane), then EngineConfig."""
-    check.keys(settings, ENGINE_KEYS)
+    """Flat keys checked by their settings' metadata (choices, types, ranges, with the stricter limits
+    a file may ask for, and the model's own bounds), then EngineConfig."""
     if settings.get("overlap_steps"):
         check.fail("overlap_steps", "a scenario shows every step as it runs; overlapped steps (records one step "
                                     "late) are for throughput runs such as cbtui bench: remove the key")
-    for key, allowed in ENGINE_CHOICES.items():  # checked here too, for the 'did you mean'
-        if key in settings:
-            check.choice(settings, key, None, allowed)
+    for key in settings:  # checked here too, for the 'did you mean'
+        s = setting_for(key)
+        if s.choices and not s.open_choice:
+            check.choice(settings, key, None, s.choices)
     spec = _check_model(check, settings)
-    ranges = {"max_tokens_per_step": MAX_BATCH_TOKENS, "prefill_chunk_size": MAX_BATCH_TOKENS,
-              "max_decode_per_step": MAX_BATCH_TOKENS, "block_size": spec.max_context,
-              "num_blocks": MAX_POOL_TOKENS, "static_batch_size": MAX_REQUESTS,
-              "num_speculative_tokens": MAX_SPECULATIVE_TOKENS, "shards": MAX_SHARDS,
-              "kv_memory_bytes": MAX_KV_MEMORY}
-    for key, high in ranges.items():
-        if key in settings:
-            check.check_int(settings[key], key, 1, high)
-    if "seed" in settings:
-        check.check_int(settings["seed"], "seed", 0, MAX_SEED)
-    if "eos_token_id" in settings:
-        check.check_int(settings["eos_token_id"], "eos_token_id", 0, spec.vocab_size - 1)
+    for key in settings:
+        s = setting_for(key)
+        if key in MODEL_BOUNDS:
+            check.check_int(settings[key], key, int(s.low or 0), MODEL_BOUNDS[key](spec))
+        elif s.type is int and (s.limit or s.high) is not None:
+            check.check_int(settings[key], key, int(s.low or 0), int(s.limit or s.high or 0))
+        elif s.type is float:
+            check.number(settings, key, 0.0, s.low or 0.0, s.high if s.high is not None else float("inf"))
+        elif s.type is bool:
+            check.boolean(settings, key, False)
     try:
         config = EngineConfig(**settings)
     except ValueError as exc:  # anything EngineConfig checks that the lines above do not
         raise ScenarioError(f"{check.file}: {check.where}{exc}") from None
-    if config.num_blocks is not None and config.num_blocks * config.block_size > MAX_POOL_TOKENS:
-        check.fail("num_blocks", f"num_blocks * block_size = {config.num_blocks * config.block_size} tokens; "
+    cache = config.cache
+    if cache.num_blocks is not None and cache.num_blocks * cache.block_size > MAX_POOL_TOKENS:
+        check.fail("num_blocks", f"num_blocks * block_size = {cache.num_blocks * cache.block_size} tokens; "
                                  f"a scenario's pool may hold at most {MAX_POOL_TOKENS}")
     return config
 
@@ -259,7 +271,7 @@ def _check_engine(check: Checker, settings: dict) -> EngineConfig:
 def _check_model(check: Checker, settings: dict):
     """A preset name, or a checkpoint directory (a relative path is relative to the scenario file):
     the model's spec, read from its config.json; settings["model"] becomes the directory's path."""
-    model = settings.get("model", EngineConfig.model)
+    model = settings.get("model", default_of("model"))
     if not isinstance(model, str):
         check.choice(settings, "model", None, MODELS)
     if not is_preset(model):
@@ -280,17 +292,19 @@ def _check_model(check: Checker, settings: dict):
 
 def _block_need(config: EngineConfig):
     """A function: total tokens of one request -> a problem string if it can never fit the pool."""
+    cache, parallel = config.cache, config.parallel
+
     def need(total: int) -> str | None:
-        if config.kv_layout != "paged" or config.num_blocks is None:
+        if cache.kv_layout != "paged" or cache.num_blocks is None:
             # Dense grows on demand; the default pool holds eight full contexts; a kv_memory_bytes
             # pool's block count depends on the dtype (the engine checks each request against it).
             return None
-        blocks = -(-total // config.block_size)
-        if config.shards > 1 and config.shard_by == "sequence":  # its blocks are dealt over the shards
-            blocks = -(-blocks // config.shards)
-        if blocks > config.num_blocks:
-            return (f"a request of {total} tokens needs {blocks} KV blocks of {config.block_size}, but "
-                    f"num_blocks = {config.num_blocks}; raise num_blocks or shorten the request")
+        blocks = -(-total // cache.block_size)
+        if parallel is not None and parallel.shard_by == "sequence":  # its blocks are dealt over the shards
+            blocks = -(-blocks // parallel.shards)
+        if blocks > cache.num_blocks:
+            return (f"a request of {total} tokens needs {blocks} KV blocks of {cache.block_size}, but "
+                    f"num_blocks = {cache.num_blocks}; raise num_blocks or shorten the request")
         return None
     return need
 
@@ -306,9 +320,9 @@ def from_dict(data: dict, path: Path, trust_plugins: bool = False) -> Scenario:
     summary = check.string(data, "summary", _first_line(description), max_len=200)
     seed = check.integer(data, "seed", 0, 0, MAX_SEED)
 
-    engine = dict(check.table(data.get("engine", {}), "engine"))
+    engine = _flat_engine(check.at("[engine] "), check.table(data.get("engine", {}), "engine"), "engine")
     config = _check_engine(check.at("[engine] "), engine)
-    model, need = model_spec(config.model), _block_need(config)
+    model, need = model_spec(config.llm.name), _block_need(config)
 
     requests: list[dict] = []
     explicit = check.tables(data.get("requests", []), "requests")
@@ -340,6 +354,7 @@ def from_dict(data: dict, path: Path, trust_plugins: bool = False) -> Scenario:
         overrides = dict(overrides)
         if "plugins" in overrides:
             variant_plugins[name] = _variant_plugins(vcheck, overrides.pop("plugins"), path, trust_plugins)
+        overrides = _flat_engine(vcheck, overrides, f"compare.{toml_key(name)}")
         merged = {**engine, **overrides}
         variant_config = _check_engine(vcheck, merged)  # resolves a checkpoint path in merged["model"]
         for i, spec in enumerate(requests):  # a smaller pool in a variant must still fit each request

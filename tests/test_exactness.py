@@ -146,7 +146,7 @@ def test_speculative_greedy_equals_alone(case):
     for spec, out in zip(workload, outputs, strict=True):
         assert out == run_alone(spec["prompt"], spec["max_new_tokens"]), config
     for rec in records:
-        assert rec.num_query_tokens <= config.max_tokens_per_step
+        assert rec.num_query_tokens <= config.scheduler.max_tokens_per_step
         assert all(0 <= i.accepted <= i.drafts and i.num_tokens == 1 + i.drafts for i in rec.items if i.drafts)
 
 

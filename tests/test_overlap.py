@@ -46,7 +46,7 @@ def comparable(record) -> tuple:
 @given(scenario_st())
 def test_overlapped_steps_give_the_synchronous_tokens_and_records(case):
     config, workload = case
-    if config.kv_layout != "paged":
+    if config.cache.kv_layout != "paged":
         config = replace(config, kv_layout="paged")
     sync_out, sync_records, _ = run_all(config, workload)
     over_out, over_records, eng = run_all(replace(config, overlap_steps=True), workload)

@@ -95,7 +95,7 @@ def test_prefix_caching_outputs_equal_each_request_alone(case):
         for item in rec.items:
             hit = rec.kv.prefix.hits.get(str(item.request_id))
             if hit:
-                assert item.first_pos == hit and item.first_pos % config.block_size == 0
+                assert item.first_pos == hit and item.first_pos % config.cache.block_size == 0
 
 
 SYSTEM = [(13 * i + 5) % 256 for i in range(40)]

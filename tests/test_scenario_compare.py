@@ -69,7 +69,7 @@ def test_cli_overrides_apply_to_variants_but_variant_keys_win():
     s = loads(SMALL, "small.toml")
     assert settings_label(s, "wide", max_tokens_per_step=4) == "max_tokens_per_step=32 prefill_chunk_size=32"
     assert settings_label(s, None, max_tokens_per_step=4) == "max_tokens_per_step=4 prefill_chunk_size=8"
-    assert s.engine_config("wide", kv_layout="dense").kv_layout == "dense"
+    assert s.engine_config("wide", kv_layout="dense").cache.kv_layout == "dense"
 
 
 

@@ -197,9 +197,9 @@ def test_long_prompt_smaller_chunks_give_short_requests_lower_ttft():
 
 def test_budget_sweep_bigger_budget_fewer_fuller_steps():
     s = load_scenario("budget_sweep")
-    runs = sorted([None, *s.variants], key=lambda v: s.engine_config(v).max_tokens_per_step)
+    runs = sorted([None, *s.variants], key=lambda v: s.engine_config(v).scheduler.max_tokens_per_step)
     rows = [summary("budget_sweep", v) for v in runs]
-    budgets = [s.engine_config(v).max_tokens_per_step for v in runs]
+    budgets = [s.engine_config(v).scheduler.max_tokens_per_step for v in runs]
     assert budgets == [16, 32, 64, 128]
     steps = [r.steps for r in rows]
     assert steps == sorted(steps, reverse=True) and len(set(steps)) == 4

@@ -20,22 +20,22 @@ def check_invariants(config: EngineConfig, workload: list[dict]) -> None:
     arrival = {i: w["arrival_step"] for i, w in enumerate(workload)}
     for rec in records:
         used = rec.decode_tokens + rec.prefill_tokens
-        assert used <= rec.budget == config.max_tokens_per_step
+        assert used <= rec.budget == config.scheduler.max_tokens_per_step
         assert rec.unused_tokens == rec.budget - used
         assert used == rec.num_query_tokens
         kinds = [item.kind for item in rec.items]
         assert kinds == sorted(kinds, key=lambda k: k != "decode"), "decodes come first in the batch"
         decodes = [item for item in rec.items if item.kind == "decode"]
-        if config.max_decode_per_step is not None:  # the cap counts requests; drafts are not decodes
-            assert len(decodes) <= config.max_decode_per_step
-        k = config.num_speculative_tokens if config.speculative else 0
+        if config.scheduler.max_decode_per_step is not None:  # the cap counts requests; drafts are not decodes
+            assert len(decodes) <= config.scheduler.max_decode_per_step
+        k = config.speculation.num_speculative_tokens if config.speculation else 0
         for item in rec.items:
             assert arrival[item.request_id] <= rec.step, "scheduled before arrival"
             assert item.key_len == item.first_pos + item.num_tokens
             if item.kind == "decode":  # its own token, then the drafts it verifies
                 assert item.num_tokens == 1 + item.drafts and 0 <= item.accepted <= item.drafts <= k
             else:
-                assert item.num_tokens <= config.prefill_chunk_size and item.drafts == 0
+                assert item.num_tokens <= config.scheduler.prefill_chunk_size and item.drafts == 0
         assert rec.decode_tokens == len(decodes) + rec.draft_tokens
         check_draft_budget(config, rec, decodes)
         # Decodes first: a decode left out for budget means no prefill took budget in this step.
@@ -46,7 +46,7 @@ def check_invariants(config: EngineConfig, workload: list[dict]) -> None:
             assert rec.draft_tokens == 0, "drafts shrink to none before a decode is left out"
         # Without preemption, the decodes are exactly what demand, cap and budget allow.
         if not rec.preempted:
-            cap = config.max_decode_per_step or rec.budget
+            cap = config.scheduler.max_decode_per_step or rec.budget
             assert len(decodes) == min(rec.decode_demand, cap, rec.budget)
         scheduled = {item.request_id for item in rec.items}
         for view in rec.requests:
@@ -65,14 +65,14 @@ def check_draft_budget(config: EngineConfig, rec, decodes) -> None:
     """The speculative budget rule, for a draft model (it always has k guesses): drafts come from
     what the decodes leave, before any prefill chunk, spread one level at a time. Not checked with a
     tight pool, where a draft that would need a block no one has is not proposed."""
-    if config.speculative != "draft" or config.num_blocks is not None:
+    if config.speculation is None or config.speculation.method != "draft" or config.cache.num_blocks is not None:
         return
     views = {v.id: v for v in rec.requests}
     want = {}
     for item in decodes:  # drafts it could use: k, and one fewer than the tokens it still may generate
         v = views[item.request_id]
         before = v.generated - item.accepted - 1
-        want[item.request_id] = min(config.num_speculative_tokens, v.max_new_tokens - before - 1)
+        want[item.request_id] = min(config.speculation.num_speculative_tokens, v.max_new_tokens - before - 1)
     short = [i for i in decodes if i.drafts < want[i.request_id]]
     if short:  # the budget ran out on drafts: none for prefills, and levels at most one apart
         assert rec.prefill_tokens == 0 and rec.unused_tokens == 0

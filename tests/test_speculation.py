@@ -162,7 +162,9 @@ def test_scenario_files_take_the_speculative_keys(tmp_path):
                     'num_speculative_tokens = 2\ndraft_model = "tiny"\n[[requests]]\nprompt = "ab"\n'
                     '[compare.off]\nspeculative = "off"\n')
     scenario = load_scenario(str(good))
-    assert scenario.engine_config().speculative == "draft" and scenario.engine_config("off").speculative is None
+    speculation = scenario.engine_config().speculation
+    assert speculation is not None and speculation.method == "draft"
+    assert scenario.engine_config("off").speculation is None
     bad = tmp_path / "b.toml"
     bad.write_text(good.read_text().replace('speculative = "draft"', 'speculative = "ngarm"'))
     import pytest

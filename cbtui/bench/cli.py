@@ -15,8 +15,10 @@ import sys
 
 import click
 
-from engine.config import ATTENTION_BACKENDS, DEVICES, MODELS, POLICIES
+from engine.config import MODELS
 from engine.records.text import visible
+
+from ..engine_options import engine_option
 
 
 class ScaleType(click.ParamType):
@@ -45,18 +47,16 @@ class ScaleType(click.ParamType):
                    "repetitive: 256 requests, prompts 32..256 repeating a short pattern, 128 new; "
                    "shared_prefix: 256 requests behind a 768- or a 256-token system prompt (3:1), 16..256 tokens "
                    "of their own, 16..128 new, also run without prefix caching.")
-@click.option("--speculative", type=click.Choice(["ngram", "draft", "off"]), default=None,
-              help="Add a row of ours continuous with speculative decoding (k=4). Default: ngram on the "
-                   "repetitive workload, off otherwise.")
+@engine_option("speculative", help="Add a row of ours continuous with speculative decoding (k=4). Default: ngram "
+                                   "on the repetitive workload, off otherwise.")
 @click.option("--scale", type=ScaleType(), default=None,
               help="Fraction of the requests (and of the static batch) to run, 0.25 or 1/4. Default: 1 on CUDA, "
                    "1/16 on the CPU.")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-@click.option("--model", default=None, metavar="PRESET|DIR",
-              help=f"Engine preset ({', '.join(MODELS)}) or a local Hugging Face checkpoint directory (transformers "
-                   f"loads the same one for its rows). Default: small on CUDA (bf16), tiny on the CPU (fp32).")
-@click.option("--attention", type=click.Choice(ATTENTION_BACKENDS), default="auto",
-              show_default=True, help="Our engine's attention backend.")
+@engine_option("device", default="auto", show_default=True)
+@engine_option("model", help=f"Engine preset ({', '.join(MODELS)}) or a local Hugging Face checkpoint directory "
+                             f"(transformers loads the same one for its rows). Default: small on CUDA (bf16), tiny on "
+                             f"the CPU (fp32).")
+@engine_option("attention", default="auto", show_default=True, help="Our engine's attention backend.")
 @click.option("--hf/--no-hf", default=True, show_default=True,
               help="Include Hugging Face transformers (when it is installed).")
 @click.option("--ablations/--no-ablations", default=True, show_default=True,
@@ -150,8 +150,8 @@ def _exit_now(code: int) -> None:
 @click.option("--requests", "num_requests", type=click.IntRange(min=1), default=512, show_default=True,
               help="Running (decoding) requests.")
 @click.option("--steps", type=click.IntRange(min=1), default=50, show_default=True)
-@click.option("--policy", type=click.Choice(POLICIES), default="fcfs", show_default=True,
-              help="static: a batch of 64 decodes while the other requests wait.")
+@engine_option("policy", default="fcfs", show_default=True,
+               help="static: a batch of 64 decodes while the other requests wait.")
 def bench_host(num_requests: int, steps: int, policy: str) -> None:
     """Host-side overhead per step (schedule + batch build + record), model time excluded."""
     from .host import run_host_bench
@@ -213,7 +213,7 @@ def bench_soak(num_requests: int, alive: int, model: str, checkpoints: int, as_j
               help="Mask frames timed per batch shape and panel size.")
 @click.option("--presses", type=click.IntRange(min=1), default=20, show_default=True,
               help="Key presses timed with the engine at full speed.")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@engine_option("device", default="auto", show_default=True)
 def bench_ui(repeat: int, presses: int, device: str) -> None:
     """Dashboard: mask panel frame time for a huge step, and key latency under load."""
     from .ui import run_ui_bench

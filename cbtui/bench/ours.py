@@ -138,10 +138,10 @@ def run_ours(workload: Workload, policy: str = "fcfs", device: str = "auto", dty
     failed = compile_failures(runner.device, runner.dtype) if attention == "flex" else []
     if failed:
         attention += f" (compiled kernel failed, prefill rows fell back: {failed[0]})"
-    note = (f"{attention} attention, {decode} decode attention, budget {config.max_tokens_per_step} "
-            f"tokens/step, {header.num_blocks} KV blocks of {config.block_size}")
+    note = (f"{attention} attention, {decode} decode attention, budget {config.scheduler.max_tokens_per_step} "
+            f"tokens/step, {header.num_blocks} KV blocks of {config.cache.block_size}")
     if policy == "static":
-        note += f", batch {config.static_batch_size}"
+        note += f", batch {config.scheduler.static_batch_size}"
     if not config.caches_prefixes:
         note += ", no prefix caching"
     elif workload.shared_prefixes:

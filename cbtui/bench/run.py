@@ -246,7 +246,7 @@ def _hf_copy(engine, hf: bool):
     from engine.hf_weights import to_hf_llama
 
     try:
-        if not is_preset(engine.config.model):  # a checkpoint: transformers loads the same files
+        if not is_preset(engine.config.llm.name):  # a checkpoint: transformers loads the same files
             return _hf_from_checkpoint(engine), ""
         return to_hf_llama(engine.runner.model, attn_implementation="sdpa"), ""
     except Exception as exc:  # a transformers release that differs: its rows say why, ours go on
@@ -258,7 +258,7 @@ def _hf_from_checkpoint(engine):
     from transformers import AutoModelForCausalLM
 
     runner = engine.runner
-    hf = AutoModelForCausalLM.from_pretrained(engine.config.model, local_files_only=True, dtype=runner.dtype,
+    hf = AutoModelForCausalLM.from_pretrained(engine.config.llm.name, local_files_only=True, dtype=runner.dtype,
                                               attn_implementation="sdpa").to(runner.device).eval()
     hf.generation_config.eos_token_id = None  # as ours: exactly max_new_tokens
     hf.generation_config.pad_token_id = 0

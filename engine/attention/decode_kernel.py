@@ -82,7 +82,7 @@ class GatherDecode:
 
 
 def choose_decode_attention(mode: str, device: torch.device, dtype: torch.dtype, head_dim: int):
-    """The decode attention for EngineConfig.decode_attention; ValueError when 'triton' cannot run."""
+    """The decode attention for EngineConfig.runner.decode_attention; ValueError when 'triton' cannot run."""
     problem = triton_problem(device, dtype, head_dim)
     if mode == "triton" and problem:
         raise ValueError(f"decode_attention='triton' cannot run: {problem}; use 'auto' or 'gather'")

@@ -115,7 +115,7 @@ class SchedulerState:
     reserved_for: set[int] = field(default_factory=set)  # request ids that may use the reserved slice
     annotations: list[str] = field(default_factory=list)
     # Speculative decoding: request id -> the drafts it may verify this step (k; 0: none), for the
-    # requests a plugin names; the others take EngineConfig.num_speculative_tokens.
+    # requests a plugin names; the others take the config's speculation.num_speculative_tokens.
     speculative_tokens: dict[int, int] = field(default_factory=dict)
 
     def speculate(self, request_id: int, k: int) -> None:

@@ -21,10 +21,10 @@ class AdaptiveSpeculationPlugin(SchedulerPlugin):
         self.last: dict[int, int] = {}  # request id -> its k in the last step
 
     def check_config(self, config) -> None:
-        if config.speculative is None:
+        if config.speculation is None:
             raise ValueError("plugin adaptive_speculation adapts speculative decoding; set speculative = "
                              "\"ngram\" or \"draft\"")
-        self.k_max = config.num_speculative_tokens
+        self.k_max = config.speculation.num_speculative_tokens
 
     def before_step(self, state: SchedulerState) -> None:
         self.last = {}

@@ -24,7 +24,7 @@ class KVInt8Plugin(CachePlugin):
         self.blocks_full = self.blocks_int8 = 0  # pool sizes before and after (more with a memory budget)
 
     def check_config(self, config) -> None:
-        if config.kv_layout != "paged":
+        if config.cache.kv_layout != "paged":
             raise ValueError("plugin kv_int8 quantises paged blocks; set kv_layout = \"paged\"")
 
     def attach(self, cache) -> None:

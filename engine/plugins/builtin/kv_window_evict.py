@@ -27,13 +27,13 @@ class KVWindowEvictPlugin(SlidingWindowPlugin, CachePlugin):
         self.evicted_blocks = 0
 
     def check_config(self, config) -> None:
-        if config.kv_layout != "paged":
+        if config.cache.kv_layout != "paged":
             raise ValueError("plugin kv_window_evict gives paged blocks back; set kv_layout = \"paged\"")
         # A given-back entry points at a stand-in block: a prefix name or a rolled-back draft tail
         # could then reach a block that holds other keys. Not combined until the tables say so.
         if config.caches_prefixes:
             raise ValueError("plugin kv_window_evict cannot run with prefix caching; set prefix_caching = false")
-        if config.speculative not in (None, "off"):
+        if config.speculation is not None:
             raise ValueError("plugin kv_window_evict cannot run with speculative decoding; drop speculative")
 
     def release_blocks(self, blocks, items) -> None:

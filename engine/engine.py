@@ -59,14 +59,14 @@ class Engine:
             raise ValueError(f"Engine takes an EngineConfig, not {type(config).__name__}; "
                              f"e.g. Engine(EngineConfig(model={config!r}))")
         self.config = config = config or EngineConfig()
-        if config.overlap_steps and plugins:
+        if config.runner.overlap_steps and plugins:
             raise ValueError("overlap_steps=True cannot run plugins (they see every step as it ends); "
                              "drop the plugins or overlap_steps")
         num_layers = self._num_layers(config)  # a checkpoint's config.json is read first, before any weight
-        self.tokenizer = tokenizer_for(config.model)  # bytes for a preset, the checkpoint's tokenizer.json
+        self.tokenizer = tokenizer_for(config.llm.name)  # bytes for a preset, the checkpoint's tokenizer.json
         self.plugins = PluginHost(list(plugins or []), config, num_layers)
         self.runner = self._runner(config)
-        self.scheduler = Scheduler(config, self._block_manager(config, self.runner), self.plugins,
+        self.scheduler = Scheduler(config.scheduler, self._block_manager(config, self.runner), self.plugins,
                                    self.runner.stop_ids, self.speculator.wanted if self.speculator else None)
         # Output tails are ids; a real tokenizer's text goes into the records too (widgets cannot decode it).
         text = None if isinstance(self.tokenizer, ByteTokenizer) else self.tokenizer.decode
@@ -79,16 +79,16 @@ class Engine:
         self._next_id = 0
         self._idle_steps = 0  # consecutive steps in which nothing could run
         # Overlapped steps wrap the synchronous step: each record comes one call later.
-        self.overlapped = OverlappedSteps(self) if config.overlap_steps else None
+        self.overlapped = OverlappedSteps(self) if config.runner.overlap_steps else None
 
     @staticmethod
     def _num_layers(config: EngineConfig) -> int:
         from .checkpoint import model_spec
 
-        return model_spec(config.model).num_layers
+        return model_spec(config.llm.name).num_layers
 
     def _runner(self, config: EngineConfig) -> ModelRunner:
-        if config.shards > 1:  # KV sharded over worker processes (engine/distributed)
+        if config.parallel is not None:  # KV sharded over worker processes (engine/distributed)
             from .distributed.driver import ShardedRunner
 
             return ShardedRunner(config, self.plugins)
@@ -97,13 +97,14 @@ class Engine:
     @staticmethod
     def _block_manager(config: EngineConfig, runner: ModelRunner) -> BlockManager | None:
         """The scheduler's block manager, sized as the runner's store (None: dense, no blocks)."""
-        if config.kv_layout != "paged":
+        if config.cache.kv_layout != "paged":
             return None
-        if config.shards > 1 and config.shard_by == "sequence":
+        if config.parallel is not None and config.parallel.shard_by == "sequence":
             from .distributed.round_robin_blocks import RoundRobinBlocks
 
-            return RoundRobinBlocks(config.shards, runner.num_blocks, config.block_size)
-        return BlockManager(runner.num_blocks, config.block_size, config.caches_prefixes, config.contiguous_up_to)
+            return RoundRobinBlocks(config.parallel.shards, runner.num_blocks, config.cache.block_size)
+        cache = config.cache
+        return BlockManager(runner.num_blocks, cache.block_size, config.caches_prefixes, cache.contiguous_up_to)
 
     @property
     def speculator(self):
@@ -131,19 +132,21 @@ class Engine:
         """The run's settings as resolved (device, dtype, backend, fast path), plus what the caller says
         of the scenario (title, description, question, variant)."""
         r, c = self.runner, self.config
-        name = c.model if is_preset(c.model) else self.runner.spec.name  # a checkpoint: its directory's name
+        name = c.llm.name if is_preset(c.llm.name) else self.runner.spec.name  # a checkpoint: its directory's name
         speculative = ""
-        if c.speculative is not None:
-            draft = f" {c.draft_model}" if c.speculative == "draft" else ""
-            speculative = f"{c.speculative}{draft} k={c.num_speculative_tokens}"
-        return RunHeader(model=name, checkpoint=None if is_preset(c.model) else c.model, device=r.device.type,
+        if (s := c.speculation) is not None:
+            draft = f" {s.draft_model}" if s.method == "draft" else ""
+            speculative = f"{s.method}{draft} k={s.num_speculative_tokens}"
+        sched, cache, parallel = c.scheduler, c.cache, c.parallel
+        return RunHeader(model=name, checkpoint=None if is_preset(c.llm.name) else c.llm.name, device=r.device.type,
                          dtype=str(r.dtype).removeprefix("torch."), attention=r.attention_name,
-                         kv_layout=c.kv_layout, policy=c.policy, max_tokens_per_step=c.max_tokens_per_step,
-                         prefill_chunk_size=c.prefill_chunk_size, block_size=c.block_size, num_blocks=r.num_blocks,
-                         prefix_caching=c.caches_prefixes, decode_path=r.decode_path(),
+                         kv_layout=cache.kv_layout, policy=sched.policy, max_tokens_per_step=sched.max_tokens_per_step,
+                         prefill_chunk_size=sched.prefill_chunk_size, block_size=cache.block_size,
+                         num_blocks=r.num_blocks, prefix_caching=c.caches_prefixes, decode_path=r.decode_path(),
                          plugins=[p.name for p in self.plugins.plugins], title=title, speculative=speculative,
-                         description=description, question=question, variant=variant, shards=c.shards,
-                         shard_by=c.shard_by if c.shards > 1 else "", contiguous_up_to=c.contiguous_up_to)
+                         description=description, question=question, variant=variant,
+                         shards=parallel.shards if parallel else 1, shard_by=parallel.shard_by if parallel else "",
+                         contiguous_up_to=cache.contiguous_up_to)
 
     # -- requests -------------------------------------------------------------------------
     def add_request(self, prompt: list[int] | str, max_new_tokens: int = 16, arrival_step: int = 0,

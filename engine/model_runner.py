@@ -55,23 +55,24 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 def stop_ids(config: EngineConfig, vocab_size: int) -> frozenset[int]:
     """The ids that end a request: eos_token_id if set, else the checkpoint's; none with ignore_eos.
     Also refuses, in one line, model settings the vocabulary rules out."""
-    name = model_spec(config.model).name
-    if config.eos_token_id is not None and config.eos_token_id >= vocab_size:
-        raise ValueError(f"eos_token_id={config.eos_token_id} is outside the vocabulary of model {name!r} "
+    name = model_spec(config.llm.name).name
+    if config.llm.eos_token_id is not None and config.llm.eos_token_id >= vocab_size:
+        raise ValueError(f"eos_token_id={config.llm.eos_token_id} is outside the vocabulary of model {name!r} "
                          f"(0..{vocab_size - 1})")
-    draft = PRESETS[config.draft_model]
-    if config.speculative == "draft" and draft.vocab_size != vocab_size:
-        raise ValueError(f"draft_model={config.draft_model!r} has a vocabulary of {draft.vocab_size} tokens, model "
+    speculation = config.speculation
+    draft = PRESETS[speculation.draft_model] if speculation is not None and speculation.method == "draft" else None
+    if draft is not None and draft.vocab_size != vocab_size:
+        raise ValueError(f"draft_model={draft.name!r} has a vocabulary of {draft.vocab_size} tokens, model "
                          f"{name!r} one of {vocab_size}; a draft must share the target's vocabulary "
                          f"(for 'tiny': 'micro' or 'tiny')")
-    if config.ignore_eos:
+    if config.llm.ignore_eos:
         return frozenset()
-    if config.eos_token_id is not None:
-        return frozenset([config.eos_token_id])
-    ids = frozenset(i for i in eos_token_ids(config.model) if i < vocab_size)
-    if ids and config.overlap_steps:
+    if config.llm.eos_token_id is not None:
+        return frozenset([config.llm.eos_token_id])
+    ids = frozenset(i for i in eos_token_ids(config.llm.name) if i < vocab_size)
+    if ids and config.runner.overlap_steps:
         raise ValueError(f"overlap_steps=True needs requests that end at max_new_tokens, but model "
-                         f"{config.model!r} ends sequences at token {min(ids)}; set ignore_eos=True")
+                         f"{config.llm.name!r} ends sequences at token {min(ids)}; set ignore_eos=True")
     return ids
 
 
@@ -79,23 +80,23 @@ CPU_POOL_BYTES = 1 << 30  # a default CPU pool stops here, or at one full-contex
 
 
 def default_num_blocks(config: EngineConfig, device: torch.device, bytes_per_token: int) -> int:
-    spec = model_spec(config.model)
-    per_seq = -(-spec.max_context // config.block_size)
+    spec = model_spec(config.llm.name)
+    per_seq = -(-spec.max_context // config.cache.block_size)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return max(per_seq, min(int(free * 0.4) // (bytes_per_token * config.block_size), 1 << 16))
+        return max(per_seq, min(int(free * 0.4) // (bytes_per_token * config.cache.block_size), 1 << 16))
     # Room for eight full-context sequences on the CPU (the presets: 16 MiB for tiny, 768 MiB for small);
     # a checkpoint's long context (32k for Qwen2.5) would take gigabytes, so the pool stops at 1 GiB.
-    return min(per_seq * 8, max(per_seq, CPU_POOL_BYTES // (bytes_per_token * config.block_size)))
+    return min(per_seq * 8, max(per_seq, CPU_POOL_BYTES // (bytes_per_token * config.cache.block_size)))
 
 
 def blocks_in_budget(config: EngineConfig, bytes_per_token: int) -> int:
     """Float blocks that fit in kv_memory_bytes (a compressed pool re-sizes itself on attach)."""
-    assert config.kv_memory_bytes is not None
-    blocks = config.kv_memory_bytes // (config.block_size * bytes_per_token)
+    assert config.cache.kv_memory_bytes is not None
+    blocks = config.cache.kv_memory_bytes // (config.cache.block_size * bytes_per_token)
     if blocks < 1:
-        raise ValueError(f"kv_memory_bytes={config.kv_memory_bytes} holds no KV block: one block of "
-                         f"{config.block_size} tokens takes {config.block_size * bytes_per_token} bytes; "
+        raise ValueError(f"kv_memory_bytes={config.cache.kv_memory_bytes} holds no KV block: one block of "
+                         f"{config.cache.block_size} tokens takes {config.cache.block_size * bytes_per_token} bytes; "
                          f"raise kv_memory_bytes")
     return blocks
 
@@ -130,22 +131,23 @@ def check_pool_fits(num_blocks: int, block_size: int, bytes_per_token: int, devi
 class ModelRunner:
     def __init__(self, config: EngineConfig, plugins: PluginHost):
         self.config = config
-        self.device = resolve_device(config.device)
-        self.dtype = resolve_dtype(config.dtype, self.device)
-        self.attention_name = resolve_backend(config.attention, self.device)
+        self.device = resolve_device(config.llm.device)
+        self.dtype = resolve_dtype(config.llm.dtype, self.device)
+        self.attention_name = resolve_backend(config.runner.attention, self.device)
         self.attention = get_backend(self.attention_name)
-        self.spec = s = model_spec(config.model)
+        self.spec = s = model_spec(config.llm.name)
         self.stop_ids = stop_ids(config, s.vocab_size)
-        self.decode_attention = choose_decode_attention(config.decode_attention, self.device, self.dtype, s.head_dim)
+        self.decode_attention = choose_decode_attention(config.runner.decode_attention, self.device, self.dtype,
+                                                        s.head_dim)
         self.model = self._build_model()
         self.weight_bytes = self.model.weight_bytes()
         self.kv: PagedKVStore | DenseKVStore
-        if config.kv_layout == "paged":
+        if config.cache.kv_layout == "paged":
             bytes_per_token = kv_bytes_per_token(s.num_layers, s.num_kv_heads, s.head_dim, self.dtype)
-            num_blocks = config.num_blocks or default_num_blocks(config, self.device, bytes_per_token)
-            if config.kv_memory_bytes is not None:
+            num_blocks = config.cache.num_blocks or default_num_blocks(config, self.device, bytes_per_token)
+            if config.cache.kv_memory_bytes is not None:
                 num_blocks = blocks_in_budget(config, bytes_per_token)
-            check_pool_fits(num_blocks, config.block_size, bytes_per_token, self.device)
+            check_pool_fits(num_blocks, config.cache.block_size, bytes_per_token, self.device)
             self.kv = self._paged_store(num_blocks)
             self.kv.read_by_flatten = self.attention_name == "reference"  # the teaching path, as the seed says
         else:
@@ -156,7 +158,7 @@ class ModelRunner:
         self.layer_attention = self._layer_attention(plugins.attention_per_layer(self.attention))
         self.decode_graphs = self._decode_graphs()
         # CUDA events time one step at a time: not with a step still in flight.
-        self.device_timer = DeviceTimer() if self.device.type == "cuda" and not config.overlap_steps else None
+        self.device_timer = DeviceTimer() if self.device.type == "cuda" and not config.runner.overlap_steps else None
         self.speculator = make_speculator(config, self.device, self.dtype, self.attention)
         self.generators: dict[int, torch.Generator] = {}  # request id -> its sampler (temperature > 0)
         self._previous: DeviceTokens | None = None  # overlap: the last step's tokens, still on the device
@@ -164,14 +166,14 @@ class ModelRunner:
     # Override points for one shard's runner (engine/distributed): its share of the model, its pool.
     def _build_model(self):
         c = self.config
-        return (build_model(c.model, c.seed, self.device, self.dtype) if is_preset(c.model)
-                else load_checkpoint(c.model, self.device, self.dtype))
+        return (build_model(c.llm.name, c.llm.seed, self.device, self.dtype) if is_preset(c.llm.name)
+                else load_checkpoint(c.llm.name, self.device, self.dtype))
 
     def _paged_store(self, num_blocks: int) -> PagedKVStore:
         s = self.spec
         return PagedKVStore(s.num_layers, s.num_kv_heads, s.head_dim, self.dtype, self.device, num_blocks,
-                            self.config.block_size, s.max_context, spare_block=self._graphs_configured(),
-                            memory_budget=self.config.kv_memory_bytes)
+                            self.config.cache.block_size, s.max_context, spare_block=self._graphs_configured(),
+                            memory_budget=self.config.cache.kv_memory_bytes)
 
     def close(self) -> None:
         """Nothing to stop on one device (a sharded runner stops its worker processes)."""
@@ -186,9 +188,9 @@ class ModelRunner:
                 for fn in per_layer]
 
     def _graphs_configured(self) -> bool:
-        mode = self.config.decode_graphs
+        mode = self.config.runner.decode_graphs
         return ((mode == "on" or (mode == "auto" and self.device.type == "cuda"))
-                and self.config.kv_layout == "paged" and self.attention_name in ("sdpa", "flex"))
+                and self.config.cache.kv_layout == "paged" and self.attention_name in ("sdpa", "flex"))
 
     def _decode_graphs(self) -> DecodeGraphs | None:
         if not self._graphs_configured():
@@ -204,7 +206,7 @@ class ModelRunner:
 
     def add_sampler(self, request: Request) -> None:
         if request.temperature > 0:
-            seed = request.seed if request.seed is not None else (self.config.seed * 1_000_003 + request.id) % 2**63
+            seed = request.seed if request.seed is not None else (self.config.llm.seed * 1_000_003 + request.id) % 2**63
             self.generators[request.id] = torch.Generator().manual_seed(seed)
 
     # -- one step -------------------------------------------------------------------------
@@ -238,7 +240,7 @@ class ModelRunner:
         the next step's decodes read them there; `sampled` holds placeholders until then."""
         logits = self._forward(plan.batch, plan.tokens, plan.samples)
         sampling = plan.sampling
-        if self.config.overlap_steps:
+        if self.config.runner.overlap_steps:
             self._previous = DeviceTokens.sample(logits, [r.id for r in sampling])
             return StepOutput([PENDING_TOKEN] * len(sampling), on_device=self._previous)
         # No explicit device sync: reading the sampled tokens back is the step's one host sync,

@@ -1,6 +1,6 @@
 """Scheduling policies: the small decisions the scheduler asks about, kept apart from its mechanism.
 
-Admission (one per engine, from `config.policy`): which waiting requests may be admitted.
+Admission (one per engine, from the scheduler section's `policy`): which waiting requests may be admitted.
   Fcfs         any of them, in queue order (the default).
   StaticBatch  only the members of one fixed batch, until every member has finished.
 Budget (one per step, when a plugin reserved tokens in the SchedulerState):
@@ -10,9 +10,10 @@ The decode order is a key in the SchedulerState (least recently served first unl
 
 from __future__ import annotations
 
-from .plugins.base import SchedulerState
+from .config.scheduler import SchedulerConfig
 from .records import REASON_STATIC_BATCH
 from .request import Request
+from .scheduler_state import SchedulerState
 
 
 class Fcfs:
@@ -54,7 +55,7 @@ class StaticBatch(Fcfs):
         return self.size - live if live else 0
 
 
-def admission_policy(config) -> Fcfs:
+def admission_policy(config: SchedulerConfig) -> Fcfs:
     return StaticBatch(config.static_batch_size) if config.policy == "static" else Fcfs()
 
 

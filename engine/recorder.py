@@ -58,16 +58,16 @@ class Recorder:
         decode_tokens, prefill_tokens = plan.tokens_of("decode"), plan.tokens_of("prefill")
         kv = self._kv_view([r.id for r in plan.preempted] + finished)
         memory = memory_view(self.device, self.weight_bytes, kv.pool_bytes)  # this process's pool
-        shards = shard_views(self.blocks, self.config.shards, self.pool_bytes, out.shard_memory) \
+        shards = shard_views(self.blocks, self.pool_bytes, out.shard_memory) \
             if out.shard_memory and self.blocks is not None else []
         if shards:
             kv.pool_bytes = sum(s.pool_bytes for s in shards)  # every shard's pool together
         sampled = {} if out.on_device is not None else dict(zip((r.id for r in plan.sampling), out.sampled,
                                                                  strict=True))
         record = StepRecord(
-            step=plan.step, policy=self.config.policy, budget=plan.budget, decode_tokens=decode_tokens,
+            step=plan.step, policy=self.config.scheduler.policy, budget=plan.budget, decode_tokens=decode_tokens,
             prefill_tokens=prefill_tokens, unused_tokens=plan.budget - decode_tokens - prefill_tokens,
-            decode_demand=plan.decode_demand, decode_cap=self.config.max_decode_per_step, items=plan.batch,
+            decode_demand=plan.decode_demand, decode_cap=self.config.scheduler.max_decode_per_step, items=plan.batch,
             requests=views, kv=kv, preempted=[r.id for r in plan.preempted], finished=finished,
             sampled=IdKeyed(sampled), running=len(sched.running), waiting=len(sched.waiting),
             finished_total=self.finished_total, pending=pending, padding_slots=sched.padding_slots(),
@@ -101,7 +101,7 @@ class Recorder:
         tokens = IdKeyed(held)
         blocks = self.blocks
         if blocks is None:
-            return KVView("dense", self.config.block_size, 0, 0, 0, {}, tokens, freed, self.bytes_per_token,
+            return KVView("dense", self.config.cache.block_size, 0, 0, 0, {}, tokens, freed, self.bytes_per_token,
                           sum(held.values()) * self.bytes_per_token)
         freed_blocks: dict[int, tuple[int, ...]] = self.scheduler.freed_blocks
         if blocks.evicted_now:  # blocks a cache plugin gave back early count as freed this step too

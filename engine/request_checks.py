@@ -41,7 +41,7 @@ def check_request(config: EngineConfig, spec: ModelSpec, blocks: BlockManager | 
             or not (temperature == 0 or 1e-3 <= temperature <= 1e3)):
         # Not nan, and not so close to 0 that logits / temperature overflows.
         raise ValueError(f"temperature={temperature!r} is out of range; use 0 (greedy) or a number in 0.001..1000")
-    if temperature > 0 and config.overlap_steps:
+    if temperature > 0 and config.runner.overlap_steps:
         raise ValueError(f"temperature={temperature!r}: overlap_steps=True samples greedily on the device; "
                          f"use temperature 0 or overlap_steps=False")
     total = len(tokens) + max_new_tokens
@@ -52,8 +52,8 @@ def check_request(config: EngineConfig, spec: ModelSpec, blocks: BlockManager | 
     if blocks is not None:
         need = blocks.blocks_for(total)
         if need > blocks.num_blocks:
-            if config.kv_memory_bytes is not None:
-                raise ValueError(f"kv_memory_bytes={config.kv_memory_bytes} holds {blocks.num_blocks} blocks "
+            if config.cache.kv_memory_bytes is not None:
+                raise ValueError(f"kv_memory_bytes={config.cache.kv_memory_bytes} holds {blocks.num_blocks} blocks "
                                  f"of {blocks.block_size} tokens, too few: one request of {total} tokens needs "
                                  f"{need}; raise kv_memory_bytes")
             raise ValueError(f"num_blocks={blocks.num_blocks} is too small: one request of {total} tokens "

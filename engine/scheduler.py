@@ -27,10 +27,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
-from .config import EngineConfig
+from .config.scheduler import SchedulerConfig
 from .kv.block_manager import BlockManager
 from .kv.prefix_cache import NO_HIT
-from .plugins.base import SchedulerState
 from .policies import Reservation, admission_policy
 from .records import (
     REASON_BUDGET,
@@ -45,6 +44,7 @@ from .records import (
 )
 from .request import Request, RequestState
 from .schedule_plan import Scheduled, SchedulePlan, StepEvents
+from .scheduler_state import SchedulerState
 
 PREEMPTED = RequestState.PREEMPTED
 
@@ -58,7 +58,7 @@ class SchedulerHooks(Protocol):
 
 
 class Scheduler:
-    def __init__(self, config: EngineConfig, blocks: BlockManager | None, plugins: SchedulerHooks | None = None,
+    def __init__(self, config: SchedulerConfig, blocks: BlockManager | None, plugins: SchedulerHooks | None = None,
                  stop_ids: frozenset[int] = frozenset(), drafts_wanted: Callable[[Request, int], int] | None = None):
         self.config = config
         self.blocks = blocks  # None: the dense layout, which grows on demand and is never short

@@ -112,16 +112,18 @@ def test_a_switched_off_section_is_none_and_its_fields_still_have_to_be_valid():
         EngineConfig(num_speculative_tokens=0)
 
 
-def test_flat_reads_resolve_through_the_sections_for_the_engine_core():
-    """The transition: files the engine rewrite has not reached still read config.max_tokens_per_step."""
+def test_a_setting_is_read_from_its_section_and_by_its_flat_name_through_value():
+    """Every reader takes its section (config.scheduler.max_tokens_per_step); a flat name is for
+    files, the command line and tables (value, to_flat), not an attribute."""
     config = EngineConfig(max_tokens_per_step=96, kv_layout="dense")
-    assert config.max_tokens_per_step == config.scheduler.max_tokens_per_step == 96
-    assert config.model == config.llm.name == "tiny" and config.kv_layout == "dense"
-    assert config.speculative is None and config.num_speculative_tokens == 4 and config.draft_model == "micro"
-    assert config.shards == 1 and config.shard_by == "heads"
+    assert config.scheduler.max_tokens_per_step == config.value("max_tokens_per_step") == 96
+    assert config.llm.name == config.value("model") == "tiny" and config.cache.kv_layout == "dense"
+    assert config.speculation is None and config.value("num_speculative_tokens") == 4
+    assert config.parallel is None and config.value("shards") == 1 and config.value("shard_by") == "heads"
     assert config.to_flat()["max_tokens_per_step"] == 96 and list(config.to_flat()) == EngineConfig.field_names()
-    with pytest.raises(AttributeError):
-        config.max_token_per_step  # noqa: B018  # an unknown name is no setting
+    for name in ("max_tokens_per_step", "model", "shards"):
+        with pytest.raises(AttributeError):
+            getattr(config, name)
 
 
 def test_every_flat_name_belongs_to_exactly_one_section_field():

@@ -2,17 +2,17 @@
 
 from engine import EngineConfig
 from engine.kv.block_manager import BlockManager
-from engine.plugins import SchedulerState
 from engine.policies import Fcfs, Reservation, StaticBatch
 from engine.records import REASON_BUDGET, REASON_NO_BLOCKS, REASON_PREEMPTED, REASON_RESERVED, REASON_STATIC_BATCH
 from engine.request import Request, RequestState
 from engine.scheduler import Scheduler
+from engine.scheduler_state import SchedulerState
 
 
 def make_scheduler(num_blocks: int = 64, block_size: int = 4, **config) -> Scheduler:
     config = EngineConfig(model="tiny", device="cpu", kv_layout="paged", block_size=block_size,
                           num_blocks=num_blocks, **config)
-    return Scheduler(config, BlockManager(num_blocks, block_size))
+    return Scheduler(config.scheduler, BlockManager(num_blocks, block_size))
 
 
 def arrive(sched: Scheduler, *prompt_lens: int) -> list[Request]:

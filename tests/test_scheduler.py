@@ -27,7 +27,7 @@ def scheduler(num_blocks: int | None = 64, block_size: int = 4, prefix_caching: 
     config = EngineConfig(model="tiny", device="cpu", block_size=block_size,
                           kv_layout="paged" if num_blocks else "dense", **config)
     blocks = BlockManager(num_blocks, block_size, prefix_caching, contiguous_up_to) if num_blocks else None
-    return Scheduler(config, blocks, drafts_wanted=drafts_wanted)
+    return Scheduler(config.scheduler, blocks, drafts_wanted=drafts_wanted)
 
 
 def arrive(sched: Scheduler, *prompt_lens: int, max_new_tokens: int = 4) -> list[Request]:

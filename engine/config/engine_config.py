@@ -25,8 +25,8 @@ from .scheduler import SchedulerConfig
 from .speculative import SpeculativeConfig
 
 # Section name -> its class, in the order flat names are listed. `llm` and `speculation` are not
-# named `model` and `speculative`: those are flat names (which model; which method), read as such
-# by the engine core until it reads sections (see __getattr__).
+# named `model` and `speculative`: those are flat names (which model; which method) that scenario
+# files and the command line keep using.
 SECTIONS: dict[str, type[Section]] = {
     "llm": ModelConfig, "scheduler": SchedulerConfig, "cache": CacheConfig, "runner": RunnerConfig,
     "speculation": SpeculativeConfig,  # None: nothing proposes
@@ -168,14 +168,3 @@ class EngineConfig:
     def caches_prefixes(self) -> bool:
         """Whether prefix caching is on (None resolved: see combinations.caches_prefixes)."""
         return combinations.caches_prefixes(self)
-
-    # Transition (issue #27): the engine core (engine.py, scheduler.py, model_runner.py, recorder.py,
-    # overlap.py, request_checks.py, policies.py, kv/, speculation/, distributed/) still reads flat
-    # names (config.max_tokens_per_step, config.speculative). This resolves such a name through FLAT
-    # to its section's field, or its default where the section is None. Remove it once those files
-    # read sections (config.scheduler.max_tokens_per_step); new code reads sections or value().
-    def __getattr__(self, name: str) -> Any:
-        place = FLAT.get(name)
-        if place is None or place.section not in self.__dict__:
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        return self.value(name)

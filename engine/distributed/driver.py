@@ -45,16 +45,18 @@ def _stop(group: WorkerGroup, comm: Comm | None) -> None:
 
 class ShardedRunner(ShardRunner):
     def __init__(self, config: EngineConfig, plugins: PluginHost):
+        parallel = config.parallel
+        assert parallel is not None, "a sharded runner runs under a parallel section"
         if plugins.plugins:
-            raise ValueError(f"shards={config.shards} cannot run plugins yet (a plugin would see one shard's "
+            raise ValueError(f"shards={parallel.shards} cannot run plugins yet (a plugin would see one shard's "
                              f"cache); drop the plugins or use shards=1")
-        if config.shard_by == "heads":
-            check_divisible(PRESETS[config.model], config.shards)
+        if parallel.shard_by == "heads":
+            check_divisible(PRESETS[config.llm.name], parallel.shards)
         from ..model_runner import resolve_device
 
-        self.group = group = WorkerGroup(config, resolve_device(config.device))
+        self.group = group = WorkerGroup(config, resolve_device(config.llm.device))
         self._finalizer = weakref.finalize(self, group.kill)  # garbage collected, or the process exits
-        comm = Comm(group.rank, config.shards, resolve_device(config.device), group.diagnose)
+        comm = Comm(group.rank, parallel.shards, resolve_device(config.llm.device), group.diagnose)
         if group.rank != 0:  # torchrun started this process as a worker: serve, then leave
             self._finalizer.detach()
             serve(config)
@@ -89,7 +91,7 @@ class ShardedRunner(ShardRunner):
         out = super().run(plan)
         out.comm = CommView(*self.comm.take())
         out.shard_memory = [(device, self._memory(rank, device))
-                            for rank, device in enumerate(map(self._device_of, range(self.config.shards)))]
+                            for rank, device in enumerate(map(self._device_of, range(self.parallel.shards)))]
         return out
 
     def close(self) -> None:

@@ -62,8 +62,9 @@ class WorkerGroup:
     """The driver's handle on its workers: start, liveness, diagnosis, stop."""
 
     def __init__(self, config: EngineConfig, device: torch.device):
-        self.config, self.world = config, config.shards
-        self.timeout = timedelta(seconds=config.shard_timeout_s)
+        assert config.parallel is not None, "workers start under a parallel section"
+        self.config, self.world, self.timeout_s = config, config.parallel.shards, config.parallel.shard_timeout_s
+        self.timeout = timedelta(seconds=self.timeout_s)
         self.procs: list[subprocess.Popen] = []
         self.logs: list[Path] = []
         self.store: dist.Store | None = None
@@ -156,7 +157,7 @@ class WorkerGroup:
         if self.procs and self.store is not None:  # all alive: the one(s) behind are hung
             behind = self._behind()
             return self.fail(f"shard worker rank {', '.join(map(str, behind))} did not answer within "
-                             f"{self.config.shard_timeout_s:g} s at step {self.step} (hung); stopped")
+                             f"{self.timeout_s:g} s at step {self.step} (hung); stopped")
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         return self.fail(f"shard collective failed at step {self.step} (rank {self.rank}): {first}")
 

@@ -37,23 +37,25 @@ class StepPlan:
 
 class ShardRunner(ModelRunner):
     def __init__(self, config: EngineConfig, plugins: PluginHost, comm: Comm):
-        self.comm = comm
+        assert config.parallel is not None, "a shard runs under a parallel section"
+        self.comm, self.parallel = comm, config.parallel
         super().__init__(config, plugins)
-        if config.shard_by == "sequence":
+        if self.parallel.shard_by == "sequence":
             self.attention_name = "split-kv"
             self.layer_attention = [SplitKVAttention(comm)] * self.spec.num_layers
 
     def _build_model(self):
         model = super()._build_model()
-        return shard_by_heads(model, self.comm) if self.config.shard_by == "heads" else model
+        return shard_by_heads(model, self.comm) if self.parallel.shard_by == "heads" else model
 
     def _paged_store(self, num_blocks: int) -> PagedKVStore:
         s, c = self.spec, self.config
-        if c.shard_by == "heads":
-            return PagedKVStore(s.num_layers, s.num_kv_heads // c.shards, s.head_dim, self.dtype, self.device,
-                                num_blocks, c.block_size, s.max_context)
+        shards = self.parallel.shards
+        if self.parallel.shard_by == "heads":
+            return PagedKVStore(s.num_layers, s.num_kv_heads // shards, s.head_dim, self.dtype, self.device,
+                                num_blocks, c.cache.block_size, s.max_context)
         return SequenceShardStore(s.num_layers, s.num_kv_heads, s.head_dim, self.dtype, self.device, num_blocks,
-                                  c.block_size, s.max_context, self.comm.rank, c.shards)
+                                  c.cache.block_size, s.max_context, self.comm.rank, shards)
 
     def _graphs_configured(self) -> bool:
         return False  # a collective per layer: eager steps

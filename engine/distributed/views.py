@@ -8,10 +8,10 @@ from ..records import IdKeyed, ShardView
 from .round_robin_blocks import RoundRobinBlocks
 
 
-def shard_views(blocks: BlockManager, shards: int, pool_bytes: int, memory: list[tuple[str, int]]) -> list[ShardView]:
+def shard_views(blocks: BlockManager, pool_bytes: int, memory: list[tuple[str, int]]) -> list[ShardView]:
     """One view per shard. pool_bytes: one shard's pool; memory: (device, bytes in use) per shard."""
     views = []
-    for rank, (device, used_bytes) in zip(range(shards), memory, strict=True):
+    for rank, (device, used_bytes) in enumerate(memory):
         if isinstance(blocks, RoundRobinBlocks):  # sequence: each shard its own blocks
             per = blocks.blocks_per_shard
             free = len(blocks.shard_free[rank])

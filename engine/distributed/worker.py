@@ -35,7 +35,7 @@ def serve(config: EngineConfig, store: dist.Store | None = None) -> None:
     def lost(exc: BaseException) -> str:
         return f"rank {rank}: lost the other shards ({type(exc).__name__})"
 
-    runner = ShardRunner(config, PluginHost([], config, PRESETS[config.model].num_layers),
+    runner = ShardRunner(config, PluginHost([], config, PRESETS[config.llm.name].num_layers),
                          Comm(rank, dist.get_world_size(), _device(config), lost))
     if store is not None:
         store.set(BUILT_KEY.format(rank), "1")
@@ -51,7 +51,7 @@ def serve(config: EngineConfig, store: dist.Store | None = None) -> None:
 
 
 def _device(config: EngineConfig) -> torch.device:
-    if config.device == "cpu" or not torch.cuda.is_available():
+    if config.llm.device == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     local = int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count()
     torch.cuda.set_device(local)
@@ -78,14 +78,15 @@ def main() -> int:
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     try:
         config = EngineConfig(**json.loads(os.environ[CONFIG_ENV]))
-        timeout = timedelta(seconds=config.shard_timeout_s)
+        assert config.parallel is not None, "a worker serves under a parallel section"
+        timeout = timedelta(seconds=config.parallel.shard_timeout_s)
         store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, False,
                               timeout=timedelta(seconds=START_TIMEOUT_S))
         store.set(READY_KEY.format(rank), "1")
         device = _device(config)
         dist.init_process_group(backend_for(device, world), store=store, rank=rank, world_size=world,
                                 timeout=timeout)
-        if device.type == "cpu" and config.model == "tiny":
+        if device.type == "cpu" and config.llm.name == "tiny":
             torch.set_num_threads(1)  # as the driver does: the tiny model's ops are too small for threads
         serve(config, store)
     except ShardFailure as exc:

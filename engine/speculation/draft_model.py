@@ -16,7 +16,6 @@ import torch
 
 from ..attention.layer_attention import PackedAttention
 from ..batch_builder import build_batch
-from ..config import EngineConfig
 from ..kv.dense_store import DenseKVStore
 from ..model import PRESETS, build_model
 from ..records import ScheduledItem
@@ -28,11 +27,12 @@ DRAFT_SEED_SALT = 0x5EED  # a sampled request's draft draws differ from its targ
 
 
 class DraftModelProposer:
-    def __init__(self, config: EngineConfig, device: torch.device, dtype: torch.dtype, attention_fn):
-        spec = PRESETS[config.draft_model]  # of the target's vocabulary (Engine checks)
-        self.config, self.device = config, device
+    def __init__(self, preset: str, seed: int, device: torch.device, dtype: torch.dtype, attention_fn):
+        """preset: the draft's; seed: the run's (a sampled request's draft draws derive from it)."""
+        spec = PRESETS[preset]  # of the target's vocabulary (model_runner.stop_ids checks)
+        self.seed, self.device = seed, device
         # The same seed: a draft of the target's own preset is the target itself (every draft stands).
-        self.model = build_model(config.draft_model, config.seed, device, dtype, keep_draws=False)
+        self.model = build_model(preset, seed, device, dtype, keep_draws=False)
         self.kv = DenseKVStore(spec.num_layers, spec.num_kv_heads, spec.head_dim, dtype, device)
         self.attention = [PackedAttention(attention_fn) for _ in range(spec.num_layers)]
         self.generators: dict[int, torch.Generator] = {}
@@ -79,7 +79,7 @@ class DraftModelProposer:
 
     def _generator(self, r: Request) -> torch.Generator:
         if r.id not in self.generators:
-            seed = r.seed if r.seed is not None else self.config.seed * 1_000_003 + r.id
+            seed = r.seed if r.seed is not None else self.seed * 1_000_003 + r.id
             self.generators[r.id] = torch.Generator().manual_seed((seed ^ DRAFT_SEED_SALT) % 2**63)
         return self.generators[r.id]
 

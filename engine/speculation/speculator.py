@@ -13,7 +13,7 @@ from typing import Protocol
 
 import torch
 
-from ..config import EngineConfig
+from ..config import EngineConfig, SpeculativeConfig
 from ..request import Request
 from .acceptance import Proposal
 from .ngram import NgramProposer
@@ -27,7 +27,7 @@ class Proposer(Protocol):
 
 
 class Speculator:
-    def __init__(self, config: EngineConfig, proposer: Proposer):
+    def __init__(self, config: SpeculativeConfig, proposer: Proposer):
         self.k = config.num_speculative_tokens
         self.proposer = proposer
 
@@ -52,9 +52,10 @@ class Speculator:
 
 
 def make_speculator(config: EngineConfig, device: torch.device, dtype: torch.dtype, attention_fn) -> Speculator | None:
-    if config.speculative is None:
+    if config.speculation is None:
         return None
-    if config.speculative == "ngram":
-        return Speculator(config, NgramProposer())
+    if config.speculation.method == "ngram":
+        return Speculator(config.speculation, NgramProposer())
     from .draft_model import DraftModelProposer  # builds a second model: only when asked for
-    return Speculator(config, DraftModelProposer(config, device, dtype, attention_fn))
+    return Speculator(config.speculation, DraftModelProposer(config.speculation.draft_model, config.llm.seed,
+                                                             device, dtype, attention_fn))

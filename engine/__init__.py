@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
     "Engine": "engine.engine", "EngineConfig": "engine.config", "StepRecord": "engine.records",
-    "Request": "engine.request", "RequestState": "engine.request", "SchedulerPlugin": "engine.plugins",
+    "Request": "engine.requests.request", "RequestState": "engine.requests.request",
+    "SchedulerPlugin": "engine.plugins",
     "AttentionPlugin": "engine.plugins", "CachePlugin": "engine.plugins", "SchedulerState": "engine.plugins",
     "load_plugin": "engine.plugins",
 }
@@ -26,8 +27,8 @@ if TYPE_CHECKING:  # the names for type checkers; `X as X` marks a re-export
     from .plugins import SchedulerState as SchedulerState
     from .plugins import load_plugin as load_plugin
     from .records import StepRecord as StepRecord
-    from .request import Request as Request
-    from .request import RequestState as RequestState
+    from .requests.request import Request as Request
+    from .requests.request import RequestState as RequestState
 
 
 def __getattr__(name: str) -> Any:

@@ -89,7 +89,7 @@ def _ranges(lengths: torch.Tensor, offsets: torch.Tensor, total: int) -> tuple[t
 def to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A host tensor on `device`. To a GPU through pinned memory, without blocking: a copy from
     pageable memory first waits for all the work queued before it, so the host could not prepare
-    the next step while the GPU runs this one (engine/overlap.py)."""
+    the next step while the GPU runs this one (engine/runner/overlap.py)."""
     if device.type == "cuda":
         return host.pin_memory().to(device, non_blocking=True)
     return host.to(device)

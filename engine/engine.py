@@ -18,23 +18,23 @@ import heapq
 import time
 from typing import TYPE_CHECKING
 
-from .checkpoint import is_preset
 from .config import EngineConfig
-from .finished import Requests
 from .kv.block_manager import BlockManager
 from .kv.paged_store import PagedKVStore
-from .model_runner import ModelRunner
-from .overlap import OverlappedSteps
+from .models.checkpoint import is_preset
+from .models.tokenizer import ByteTokenizer, tokenizer_for
+from .overlapped_steps import OverlappedSteps
 from .plugins.base import Plugin
 from .plugins.host import PluginHost
 from .recorder import Recorder
 from .records import RunHeader, StepRecord
-from .request import Request
-from .request_checks import check_request
-from .schedule_plan import SchedulePlan, StepEvents
-from .scheduler import Scheduler
-from .step_output import StepOutput
-from .tokenizer import ByteTokenizer, tokenizer_for
+from .requests.checks import check_request
+from .requests.finished import Requests
+from .requests.request import Request
+from .runner.model_runner import ModelRunner
+from .runner.output import StepOutput
+from .scheduler.plan import SchedulePlan, StepEvents
+from .scheduler.scheduler import Scheduler
 
 if TYPE_CHECKING:
     from .distributed.driver import ShardedRunner
@@ -83,7 +83,7 @@ class Engine:
 
     @staticmethod
     def _num_layers(config: EngineConfig) -> int:
-        from .checkpoint import model_spec
+        from .models.checkpoint import model_spec
 
         return model_spec(config.llm.name).num_layers
 
@@ -100,7 +100,7 @@ class Engine:
         if config.cache.kv_layout != "paged":
             return None
         if config.parallel is not None and config.parallel.shard_by == "sequence":
-            from .distributed.round_robin_blocks import RoundRobinBlocks
+            from .kv.round_robin_blocks import RoundRobinBlocks
 
             return RoundRobinBlocks(config.parallel.shards, runner.num_blocks, config.cache.block_size)
         cache = config.cache

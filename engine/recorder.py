@@ -4,7 +4,8 @@ The record is the only door out of the engine: the dashboard, the headless print
 exports and the bench read records, never engine internals. The recorder is the one writer of a
 record: it reads the plan, the runner's output, the scheduler's events and the block manager's
 step activity as they are, and changes none of them. Building one must stay cheap, so the
-per-request part is captured lazily (request_views.py) and the KV tables are shared immutable tuples.
+per-request part is captured as plain values and built lazily (requests/views.py), and the KV
+tables are shared immutable tuples.
 """
 
 from __future__ import annotations
@@ -16,16 +17,16 @@ from operator import attrgetter
 import torch
 
 from .config import EngineConfig
-from .distributed.views import shard_views
 from .kv.block_manager import BlockManager
+from .kv.round_robin_blocks import RoundRobinBlocks
 from .profiling.memory import memory_view
-from .records import IdKeyed, KVView, PrefixView, StepRecord
+from .records import IdKeyed, KVView, PrefixView, ShardView, StepRecord
 from .records.prefix_view import BlockSet
-from .request import Request
-from .request_views import RequestViews
-from .schedule_plan import SchedulePlan, StepEvents
-from .scheduler import Scheduler
-from .step_output import StepOutput
+from .requests.request import Request
+from .requests.views import RequestViews
+from .runner.output import StepOutput
+from .scheduler.plan import SchedulePlan, StepEvents
+from .scheduler.scheduler import Scheduler
 
 _by_id = attrgetter("id")
 
@@ -124,3 +125,22 @@ class Recorder:
         return PrefixView({str(b): n for b, n in blocks.shared.items()}, self._cached[1],
                           {str(r): n for r, n in prefix.hits.items()}, counts.hit_blocks, counts.hit_tokens,
                           counts.lookup_blocks, counts.lookup_tokens, blocks.new_blocks, counts.evicted)
+
+
+def shard_views(blocks: BlockManager, pool_bytes: int, memory: list[tuple[str, int]]) -> list[ShardView]:
+    """The shards of a step as its record shows them, from the block manager's tables: one view per
+    shard. pool_bytes: one shard's pool; memory: (device, bytes in use) per shard, as measured."""
+    views = []
+    for rank, (device, used_bytes) in enumerate(memory):
+        if isinstance(blocks, RoundRobinBlocks):  # sequence: each shard its own blocks
+            per = blocks.blocks_per_shard
+            free = len(blocks.shard_free[rank])
+            low, high = rank * per, (rank + 1) * per
+            tables = {rid: tuple(b - low for b in t if low <= b < high) for rid, t in blocks.tables.items()}
+            views.append(ShardView(rank, device, per, per - free, free, pool_bytes, used_bytes, low,
+                                   IdKeyed(tables)))
+        else:  # heads: the same tables on every shard
+            free = blocks.num_free
+            views.append(ShardView(rank, device, blocks.num_blocks, blocks.num_blocks - free, free, pool_bytes,
+                                   used_bytes, 0, IdKeyed(blocks.tables)))
+    return views

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from engine.config.scope import takes_effect
 from engine.records import StepRecord
 from engine.records.summary import RunSummary, RunTotals, summarize
-from engine.setting_scope import takes_effect
 
 from .loader import Scenario
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from engine.model import ModelSpec
+from engine.models.llama import ModelSpec
 
 from .schema import Checker, is_int, show, toml_type
 

@@ -29,7 +29,7 @@ from engine.attention.paged_decode import (
     paged_decode_attention,
     plan_decode_groups,
 )
-from engine.model import PRESETS
+from engine.models.llama import PRESETS
 
 BLOCK = 16
 

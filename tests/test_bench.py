@@ -362,7 +362,7 @@ def test_an_interrupted_run_reports_what_it_measured(monkeypatch, stop_at):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(run, "run_ours", run_ours)
-    monkeypatch.setattr("engine.hf_weights.to_hf_llama", to_hf_llama)
+    monkeypatch.setattr("engine.models.hf_weights.to_hf_llama", to_hf_llama)
     monkeypatch.setattr("cbtui.bench.hf_systems.run_hf_generate_batch", generate_batch)
     # the path taken with transformers installed
     monkeypatch.setattr("cbtui.bench.hf_systems.transformers_version", lambda: "5.4")
@@ -462,7 +462,7 @@ def test_a_failed_hugging_face_copy_is_reported_and_ours_go_on(monkeypatch):
     def broken(*args, **kwargs):
         raise TypeError("LlamaConfig got an unexpected keyword argument")
 
-    monkeypatch.setattr("engine.hf_weights.to_hf_llama", broken)
+    monkeypatch.setattr("engine.models.hf_weights.to_hf_llama", broken)
     workload = make_workload("varied", scale=2 / 256, model="tiny", prompt_range=(5, 8), output_range=(2, 3))
     report = run.run_systems(workload, device="cpu", hf=True)
     rows = {s["system"]: s for s in report["systems"]}

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.distributed.round_robin_blocks import RoundRobinBlocks
 from engine.kv.block_manager import BlockManager
 from engine.kv.prefix_cache import PrefixCache, chain_hashes
+from engine.kv.round_robin_blocks import RoundRobinBlocks
 
 
 class FakeRequest:

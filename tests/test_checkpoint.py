@@ -1,6 +1,6 @@
 """Local Hugging Face checkpoints (--model DIR): small random Llama, Qwen2 and Mistral models written
 by transformers' save_pretrained with a tokenizer trained on the spot (nothing downloaded), loaded by
-engine/checkpoint.py. Logits agree with transformers within 1e-4 in fp32, greedy outputs are identical
+engine/models/checkpoint.py. Logits agree with transformers within 1e-4 in fp32, greedy outputs are identical
 (under continuous batching too), requests stop at the checkpoint's EOS, and bad directories give one
 line naming the file and tensor."""
 
@@ -19,7 +19,7 @@ import torch
 from helpers import our_logits
 
 from engine import Engine, EngineConfig
-from engine.checkpoint import CheckpointError, checkpoint_spec
+from engine.models.checkpoint import CheckpointError, checkpoint_spec
 
 transformers = pytest.importorskip("transformers")
 safetensors_torch = pytest.importorskip("safetensors.torch")
@@ -235,7 +235,7 @@ def test_scenario_file_names_a_checkpoint_relative_to_itself_and_chat_prompts(ch
 def test_default_kv_pool_of_a_long_context_checkpoint_stays_small(tmp_path):
     """A 32k context would make eight full sequences gigabytes on the CPU: the default pool stops at 1 GiB."""
     from engine.kv.paged_store import kv_bytes_per_token
-    from engine.model_runner import CPU_POOL_BYTES, default_num_blocks
+    from engine.runner.model_runner import CPU_POOL_BYTES, default_num_blocks
 
     path = tmp_path / "long"
     path.mkdir()

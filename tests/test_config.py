@@ -26,7 +26,7 @@ from engine.config import (
     SpeculativeConfig,
     setting_for,
 )
-from engine.setting_scope import SCOPES, takes_effect
+from engine.config.scope import SCOPES, takes_effect
 from scenarios import ScenarioError, loads
 from scenarios.workload import MAX_REQUESTS
 

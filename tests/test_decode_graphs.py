@@ -10,7 +10,7 @@ import pytest
 from helpers import exact_config, run_alone
 
 from engine import Engine, EngineConfig
-from engine.decode_graphs import DecodeGraphs
+from engine.runner.decode_graphs import DecodeGraphs
 
 
 def graph_engine(**kw) -> Engine:

@@ -13,7 +13,7 @@ import torch
 from helpers import our_logits
 
 from engine import Engine, EngineConfig
-from engine.hf_weights import hf_pieces, to_hf_llama
+from engine.models.hf_weights import hf_pieces, to_hf_llama
 
 transformers = pytest.importorskip("transformers")
 

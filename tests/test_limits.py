@@ -7,7 +7,7 @@ import time
 import pytest
 
 from engine import Engine, EngineConfig
-from engine.model_runner import free_memory_bytes
+from engine.runner.model_runner import free_memory_bytes
 from scenarios import ScenarioError
 from scenarios.loader import loads
 from scenarios.workload import MAX_REQUESTS

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.model import PRESETS, DecoderModel, build_model
+from engine.models.llama import PRESETS, DecoderModel, build_model
 
 CPU = torch.device("cpu")
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from engine.model import DIRECT_BUILD_MAX_PARAMS, PRESETS, DecoderModel, build_model, parameter_count
+from engine.models.llama import DIRECT_BUILD_MAX_PARAMS, PRESETS, DecoderModel, build_model, parameter_count
 
 
 def built_the_old_way(name: str, seed: int) -> DecoderModel:
@@ -45,7 +45,7 @@ def test_parameter_count_matches_the_modules_and_only_tiny_is_built_directly():
 
 
 def test_building_tiny_does_not_import_dynamo():
-    code = ("import sys, torch\nfrom engine.model import build_model\n"
+    code = ("import sys, torch\nfrom engine.models.llama import build_model\n"
             "build_model('tiny', 0, torch.device('cpu'), torch.float32)\n"
             "print('torch._dynamo' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -1,6 +1,6 @@
-"""Overlapped steps (engine/overlap.py): the same tokens and the same records as synchronous
-steps, one call later, whatever the schedule (chunked prefill, decode caps, preemption, arrivals,
-static batches, decode graphs). On the CPU the device is synchronous, so what is checked here is
+"""Overlapped steps (engine/overlapped_steps.py, engine/runner/overlap.py): the same tokens and the
+same records as synchronous steps, one call later, whatever the schedule (chunked prefill, decode
+caps, preemption, arrivals, static batches, decode graphs). On the CPU the device is synchronous, so what is checked here is
 the bookkeeping: placeholders, decodes fed from the previous step's sampled tensor, resolution."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from test_exactness import scenario_st
 
 from engine import Engine, EngineConfig
-from engine.overlap import PENDING_TOKEN, feed_pending_tokens
+from engine.runner.overlap import PENDING_TOKEN, feed_pending_tokens
 
 
 def run_all(config: EngineConfig, workload: list[dict]):

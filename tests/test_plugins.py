@@ -204,7 +204,7 @@ def test_a_stuck_schedule_ends_the_run_with_why():
     """The safety net behind every runner: steps that schedule nothing, with nothing left to arrive,
     end the run after a few steps with the waiting requests' reasons (never an endless loop)."""
     from engine.engine import STALL_STEPS, NoProgressError
-    from engine.schedule_plan import SchedulePlan
+    from engine.scheduler.plan import SchedulePlan
 
     eng = Engine(EngineConfig(model="tiny", device="cpu"))
     eng.add_request([1, 2], max_new_tokens=2)

@@ -2,11 +2,11 @@
 
 from engine import EngineConfig
 from engine.kv.block_manager import BlockManager
-from engine.policies import Fcfs, Reservation, StaticBatch
 from engine.records import REASON_BUDGET, REASON_NO_BLOCKS, REASON_PREEMPTED, REASON_RESERVED, REASON_STATIC_BATCH
-from engine.request import Request, RequestState
-from engine.scheduler import Scheduler
-from engine.scheduler_state import SchedulerState
+from engine.requests.request import Request, RequestState
+from engine.scheduler.policies import Fcfs, Reservation, StaticBatch
+from engine.scheduler.scheduler import Scheduler
+from engine.scheduler.state import SchedulerState
 
 
 def make_scheduler(num_blocks: int = 64, block_size: int = 4, **config) -> Scheduler:

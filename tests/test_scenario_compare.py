@@ -7,8 +7,8 @@ from click.testing import CliRunner
 
 from cbtui.cli import main
 from engine import EngineConfig
+from engine.config.scope import SCOPES, takes_effect
 from engine.records.summary import format_table, summarize
-from engine.setting_scope import SCOPES, takes_effect
 from scenarios import builtin_names, load_scenario, loads
 from scenarios.compare import compare, run_records, settings_label
 from scenarios.variant_pair import variant

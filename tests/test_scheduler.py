@@ -17,8 +17,8 @@ from engine.records import (
     REASON_NO_RUN,
     REASON_PREEMPTED,
 )
-from engine.request import Request, RequestState
-from engine.scheduler import Scheduler
+from engine.requests.request import Request, RequestState
+from engine.scheduler.scheduler import Scheduler
 
 
 def scheduler(num_blocks: int | None = 64, block_size: int = 4, prefix_caching: bool = False,

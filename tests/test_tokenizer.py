@@ -1,4 +1,4 @@
-from engine.tokenizer import decode, encode
+from engine.models.tokenizer import decode, encode
 
 
 def test_round_trip_and_unprintables():

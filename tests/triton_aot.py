@@ -24,7 +24,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from engine.attention.paged_decode_triton import _paged_decode_kernel, launch_constants
-from engine.model import PRESETS
+from engine.models.llama import PRESETS
 
 TRITON_TYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 

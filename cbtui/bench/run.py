@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from engine.model_runner import resolve_device
+from engine.runner.model_runner import resolve_device
 
 from ..run.frozen_heap import frozen_heap
 from .machine import machine_info
@@ -242,8 +242,8 @@ def _hf_copy(engine, hf: bool):
 
     if transformers_version() is None:
         return None, "transformers is not installed (pip install 'cbtui[bench]')"
-    from engine.checkpoint import is_preset
-    from engine.hf_weights import to_hf_llama
+    from engine.models.checkpoint import is_preset
+    from engine.models.hf_weights import to_hf_llama
 
     try:
         if not is_preset(engine.config.llm.name):  # a checkpoint: transformers loads the same files

@@ -15,13 +15,13 @@ import weakref
 import torch
 
 from ..config import EngineConfig
-from ..model import PRESETS
+from ..models.llama import PRESETS
 from ..plugins.host import PluginHost
 from ..profiling.memory import process_rss_bytes
 from ..profiling.nvml import Nvml
 from ..records import CommView
-from ..schedule_plan import SchedulePlan
-from ..step_output import StepOutput
+from ..runner.output import StepOutput
+from ..scheduler.plan import SchedulePlan
 from .comm import Comm
 from .errors import ShardFailure
 from .launcher import BUILT_KEY, WorkerGroup
@@ -52,7 +52,7 @@ class ShardedRunner(ShardRunner):
                              f"cache); drop the plugins or use shards=1")
         if parallel.shard_by == "heads":
             check_divisible(PRESETS[config.llm.name], parallel.shards)
-        from ..model_runner import resolve_device
+        from ..runner.model_runner import resolve_device
 
         self.group = group = WorkerGroup(config, resolve_device(config.llm.device))
         self._finalizer = weakref.finalize(self, group.kill)  # garbage collected, or the process exits

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 from ..config import EngineConfig
 from ..kv.paged_store import PagedKVStore
-from ..model_runner import ModelRunner
 from ..plugins.host import PluginHost
 from ..records import ScheduledItem
+from ..runner.model_runner import ModelRunner
 from .comm import Comm
 from .sequence_kv import SequenceShardStore, SplitKVAttention
 from .tensor_parallel import shard_by_heads

@@ -1,6 +1,6 @@
 """Tensor parallelism by heads: one shard's slice of a full model, built in place.
 
-Each decoder layer keeps its code (engine/model.py); only its weights and its idea of the head
+Each decoder layer keeps its code (engine/models/llama.py); only its weights and its idea of the head
 counts change. Shard r of N keeps:
   - qkv_proj (column-parallel): its query heads r*h/N .. and the KV heads of their groups, so
     grouped-query attention stays inside the shard;
@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from ..model import DecoderLayer, DecoderModel, ModelSpec
+from ..models.llama import DecoderLayer, DecoderModel, ModelSpec
 from .comm import Comm
 
 

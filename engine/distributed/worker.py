@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from ..config import EngineConfig
-from ..model import PRESETS
+from ..models.llama import PRESETS
 from ..plugins.host import PluginHost
 from .comm import Comm
 from .errors import ShardFailure

@@ -30,7 +30,7 @@ from typing import Protocol
 
 
 class Sequence(Protocol):
-    """What the cache needs of a request (engine.request.Request has it)."""
+    """What the cache needs of a request (engine.requests.request.Request has it)."""
 
     id: int
 

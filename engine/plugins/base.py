@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
-from ..request import Request
-from ..scheduler_state import SchedulerState
+from ..requests.request import Request
+from ..scheduler.state import SchedulerState
 
 MAX_MESSAGE = 300  # characters of a plugin's error message kept in a record or an error line
 

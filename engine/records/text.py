@@ -2,7 +2,7 @@
 files, recordings, file names, plugin notes) with its control characters made visible (`visible`).
 
 Here, beside the records, so a widget that shows an output tail or a title needs nothing else from
-the engine; `engine.tokenizer` re-exports `decode`.
+the engine; `engine.models.tokenizer` re-exports `decode`.
 """
 
 from __future__ import annotations

@@ -84,7 +84,7 @@ class RequestView:
     ttft_steps: int | None  # steps from arrival to first generated token
     reason: str | None  # why it was not scheduled this step; None when it was
     num_preemptions: int
-    output_tail: list[int]  # last generated ids; engine.tokenizer.decode turns them into text
+    output_tail: list[int]  # last generated ids; engine.models.tokenizer.decode turns them into text
     # the tail as the model's own tokenizer decodes it (a loaded checkpoint); None: bytes, decode above
     output_text: str | None = None
     drafts_proposed: int = 0  # speculative decoding, over the request's life so far
@@ -241,7 +241,7 @@ class StepRecord:
     decode_demand: int  # requests ready to decode this step
     decode_cap: int | None  # max_decode_per_step (None: only the budget caps decodes)
     items: list[ScheduledItem]
-    requests: Sequence[RequestView]  # every request; the engine's are built on first read (request_views.py)
+    requests: Sequence[RequestView]  # every request; the engine's are built on first read (engine/requests/views.py)
     kv: KVView
     preempted: list[int]
     finished: list[int]

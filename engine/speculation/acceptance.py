@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ..request import Request
+from ..requests.request import Request
 from ..sampling import probabilities, sample
 
 Proposal = tuple[list[int], torch.Tensor | None]  # drafts, and the draft distributions [k, vocab] or None

@@ -17,9 +17,9 @@ import torch
 from ..attention.layer_attention import PackedAttention
 from ..batch_builder import build_batch
 from ..kv.dense_store import DenseKVStore
-from ..model import PRESETS, build_model
+from ..models.llama import PRESETS, build_model
 from ..records import ScheduledItem
-from ..request import Request
+from ..requests.request import Request
 from ..sampling import probabilities
 from .acceptance import Proposal
 

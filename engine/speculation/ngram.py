@@ -8,7 +8,7 @@ gets k drafts, not one period's worth.
 
 from __future__ import annotations
 
-from ..request import Request
+from ..requests.request import Request
 from .acceptance import Proposal
 
 MAX_NGRAM = 3  # longest suffix looked up

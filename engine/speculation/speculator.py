@@ -14,7 +14,7 @@ from typing import Protocol
 import torch
 
 from ..config import EngineConfig, SpeculativeConfig
-from ..request import Request
+from ..requests.request import Request
 from .acceptance import Proposal
 from .ngram import NgramProposer
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from ..kv.block_manager import BlockManager
+from .block_manager import BlockManager
 
 
 class RoundRobinBlocks(BlockManager):

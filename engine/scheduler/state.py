@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any
 
-from .request import Request
+from ..requests.request import Request
 
 
 @dataclass

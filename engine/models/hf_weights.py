@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from engine.model import DecoderModel, ModelSpec, fused_parts
+from engine.models.llama import DecoderModel, ModelSpec, fused_parts
 
-# ours (per layer) -> Hugging Face Llama (per layer); fused ones are cut by engine.model.fused_parts
+# ours (per layer) -> Hugging Face Llama (per layer); fused ones are cut by engine.models.llama.fused_parts
 LAYER_NAMES = {
     "input_norm.weight": "input_layernorm.weight",
     "post_norm.weight": "post_attention_layernorm.weight",

@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Container
 from typing import Any
 
-from .config import EngineConfig
-from .kv.block_manager import BlockManager
-from .model import ModelSpec
+from ..config import EngineConfig
+from ..kv.block_manager import BlockManager
+from ..models.llama import ModelSpec
 
 MAX_REQUEST_ID = 2**53
 

@@ -27,11 +27,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
-from .config.scheduler import SchedulerConfig
-from .kv.block_manager import BlockManager
-from .kv.prefix_cache import NO_HIT
-from .policies import Reservation, admission_policy
-from .records import (
+from ..config.scheduler import SchedulerConfig
+from ..kv.block_manager import BlockManager
+from ..kv.prefix_cache import NO_HIT
+from ..records import (
     REASON_BUDGET,
     REASON_DECODE_CAP,
     REASON_NO_BLOCKS,
@@ -42,9 +41,10 @@ from .records import (
     ScheduledItem,
     Shortfall,
 )
-from .request import Request, RequestState
-from .schedule_plan import Scheduled, SchedulePlan, StepEvents
-from .scheduler_state import SchedulerState
+from ..requests.request import Request, RequestState
+from .plan import Scheduled, SchedulePlan, StepEvents
+from .policies import Reservation, admission_policy
+from .state import SchedulerState
 
 PREEMPTED = RequestState.PREEMPTED
 

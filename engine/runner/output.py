@@ -1,7 +1,7 @@
 """StepOutput: everything the runner says about the step it ran, in one object.
 
 Plain values but one: the tokens of an overlapped step stay on the device until the next step
-(`on_device`, engine/overlap.py); `sampled` then holds placeholders.
+(`on_device`, runner/overlap.py); `sampled` then holds placeholders.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .records import CommView
-from .request import Request
+from ..records import CommView
+from ..requests.request import Request
 
 
 @dataclass

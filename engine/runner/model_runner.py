@@ -13,27 +13,27 @@ import os
 
 import torch
 
-from .attention import get_backend, resolve_backend
-from .attention.decode_kernel import choose_decode_attention
-from .attention.layer_attention import PackedAttention, PoolAttention
-from .batch_builder import build_batch
-from .checkpoint import eos_token_ids, is_preset, load_checkpoint, model_spec
-from .config import EngineConfig
+from ..attention import get_backend, resolve_backend
+from ..attention.decode_kernel import choose_decode_attention
+from ..attention.layer_attention import PackedAttention, PoolAttention
+from ..batch_builder import build_batch
+from ..config import EngineConfig
+from ..kv.dense_store import DenseKVStore
+from ..kv.paged_store import PagedKVStore, kv_bytes_per_token
+from ..models.checkpoint import eos_token_ids, is_preset, load_checkpoint, model_spec
+from ..models.llama import PRESETS, build_model
+from ..plugins.host import PluginHost
+from ..records import ScheduledItem
+from ..requests.request import Request
+from ..sampling import greedy_batch, sample
+from ..scheduler.plan import SchedulePlan
+from ..speculation.acceptance import verify
+from ..speculation.rows import as_decode_rows
+from ..speculation.speculator import make_speculator
 from .decode_graphs import DecodeGraphs
 from .device_timer import DeviceTimer
-from .kv.dense_store import DenseKVStore
-from .kv.paged_store import PagedKVStore, kv_bytes_per_token
-from .model import PRESETS, build_model
+from .output import StepOutput
 from .overlap import PENDING_TOKEN, DeviceTokens, feed_pending_tokens
-from .plugins.host import PluginHost
-from .records import ScheduledItem
-from .request import Request
-from .sampling import greedy_batch, sample
-from .schedule_plan import SchedulePlan
-from .speculation.acceptance import verify
-from .speculation.rows import as_decode_rows
-from .speculation.speculator import make_speculator
-from .step_output import StepOutput
 
 
 def resolve_device(name: str) -> torch.device:

@@ -7,26 +7,18 @@ requests end at max_new_tokens, not at an EOS token), its decodes read their inp
 previous step's sampled tensor on the device, and the tokens reach the host one step later, from a
 pinned buffer, while the GPU works on.
 
-Until then a request's output holds PENDING_TOKEN where the token will go, and the step's record
-is kept back: OverlappedSteps wraps the engine's synchronous step (as vLLM v1's batch queue does)
-and returns each record one call later, complete. Greedy only, no plugins, no EOS (EngineConfig
+Until then a request's output holds PENDING_TOKEN where the token will go; engine/overlapped_steps.py
+holds each step's record back until its tokens are in. Greedy only, no plugins, no EOS (EngineConfig
 and Engine check). Meant for throughput runs; the dashboard steps synchronously.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import torch
 
-from .batch_builder import long_tensor
-from .records import StepRecord
-from .request import Request
-
-if TYPE_CHECKING:
-    from .engine import Engine
+from ..batch_builder import long_tensor
 
 PENDING_TOKEN = -1  # in Request.output until the step that sampled it is resolved
 
@@ -61,61 +53,6 @@ class DeviceTokens:
         if self.copied is not None:
             self.copied.synchronize()
         return self.on_host.tolist()
-
-
-@dataclass
-class InFlightStep:
-    """A launched step whose sampled tokens are still on their way to the host."""
-
-    record: StepRecord
-    tokens: DeviceTokens | None  # None: the step sampled nothing
-    positions: list[int]  # where each sampled token goes in its request's output
-    first_token: list[Request] = field(default_factory=list)  # sampled their first token here
-    finishing: list[Request] = field(default_factory=list)  # sampled their last token here
-
-
-class OverlappedSteps:
-    """Runs the engine's steps one ahead: each call launches a step and hands back the previous
-    one, its tokens written where the placeholders were, its record complete."""
-
-    def __init__(self, engine: Engine):
-        self.engine = engine
-        self.in_flight: InFlightStep | None = None
-
-    def step(self) -> StepRecord | None:
-        engine = self.engine
-        if not (engine.pending or engine.scheduler.waiting or engine.scheduler.running):
-            return self.resolve()  # nothing to launch behind the step in flight
-        plan, out, events, start = engine.launch_step()
-        previous = self.resolve()  # the previous step's tokens and record, while this one runs
-        record = engine.record_step(plan, out, events, start)  # what it captures has the previous tokens
-        if out.on_device is None and previous is None:  # sampled nothing, nothing before it: done
-            return record
-        self.in_flight = InFlightStep(record, out.on_device, events.positions, events.first_token, events.finishing)
-        return previous
-
-    def resolve(self) -> StepRecord | None:
-        """The step in flight, completed: its tokens in the outputs and the record, its finished
-        requests compacted."""
-        in_flight, self.in_flight = self.in_flight, None
-        if in_flight is None:
-            return None
-        record, engine = in_flight.record, self.engine
-        if in_flight.tokens is not None:
-            tokens = in_flight.tokens.to_host()
-            now = time.perf_counter()
-            by_id = engine.requests.live
-            requests = [by_id[rid] for rid in in_flight.tokens.request_ids]
-            for r, at, token in zip(requests, in_flight.positions, tokens, strict=True):
-                r.output[at] = token
-            for r in in_flight.first_token:
-                r.first_token_time = now
-            for r in in_flight.finishing:
-                r.finish_time = now
-            engine.recorder.sampled(record, in_flight.tokens.request_ids, tokens)
-        for r in in_flight.finishing:  # their last tokens are in now
-            engine.requests.finish(r)
-        return record
 
 
 def feed_pending_tokens(token_ids: torch.Tensor, tokens: list[list[int]], request_ids: list[int],

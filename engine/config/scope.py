@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .config import FLAT, EngineConfig
-from .config.engine_config import SWITCHES, Place
+from . import FLAT, EngineConfig
+from .engine_config import SWITCHES, Place
 
 
 def _scope(place: Place) -> Callable[[EngineConfig], bool] | None:

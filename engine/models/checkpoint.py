@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .model import PRESETS, ROPE_TYPES, DecoderModel, ModelSpec
+from .llama import PRESETS, ROPE_TYPES, DecoderModel, ModelSpec
 
 CONFIG = "config.json"
 GENERATION_CONFIG = "generation_config.json"

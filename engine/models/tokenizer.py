@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
-from .records.text import decode
+from ..records.text import decode
 
 __all__ = ["ByteTokenizer", "CheckpointTokenizer", "Tokenizer", "decode", "encode", "tokenizer_for"]
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from operator import attrgetter, itemgetter
 
-from .records import RequestView
+from ..records import RequestView
 from .request import Request, RequestState
 
 TAIL = 24  # generated tokens kept in each view's output tail

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .records import Preemption, ScheduledItem, Shortfall
-from .request import Request
+from ..records import Preemption, ScheduledItem, Shortfall
+from ..requests.request import Request
 
 
 @dataclass(slots=True)

@@ -10,10 +10,10 @@ The decode order is a key in the SchedulerState (least recently served first unl
 
 from __future__ import annotations
 
-from .config.scheduler import SchedulerConfig
-from .records import REASON_STATIC_BATCH
-from .request import Request
-from .scheduler_state import SchedulerState
+from ..config.scheduler import SchedulerConfig
+from ..records import REASON_STATIC_BATCH
+from ..requests.request import Request
+from .state import SchedulerState
 
 
 class Fcfs:

@@ -1,7 +1,8 @@
 """Overlapped steps (engine/overlapped_steps.py, engine/runner/overlap.py): the same tokens and the
 same records as synchronous steps, one call later, whatever the schedule (chunked prefill, decode
-caps, preemption, arrivals, static batches, decode graphs). On the CPU the device is synchronous, so what is checked here is
-the bookkeeping: placeholders, decodes fed from the previous step's sampled tensor, resolution."""
+caps, preemption, arrivals, static batches, decode graphs). On the CPU the device is synchronous,
+so what is checked here is the bookkeeping: placeholders, decodes fed from the previous step's
+sampled tensor, resolution."""
 
 from __future__ import annotations
 

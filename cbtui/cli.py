@@ -226,7 +226,7 @@ def _report_divergence(scenario, engine, totals, variant, plugins, overrides) ->
               help="Steps per second (default 4).")
 @click.option("--break-on", "break_on", multiple=True, metavar="SPEC",
               help="Dashboard: pause on the step where SPEC fires: preempt, preempt:N, finish, admit, "
-                   "step:N, kv-free<K, wait>K, fragmented, error. Repeatable; b in the app adds more.")
+                   "step:N, kv-free<K, wait>K, fragmented, error, abort, change. Repeatable; b in the app adds more.")
 def replay_cmd(path, paused, speed, break_on):
     """Replay a recorded run in the dashboard, without its engine.
 
@@ -343,6 +343,28 @@ def scenarios_cmd() -> None:
     _list_scenarios()
 
 
+AT_HELP = ("Change a setting from step STEP on, as the run goes (KEY: max_tokens_per_step, prefill_chunk_size, "
+           "max_decode_per_step, policy, static_batch_size, num_speculative_tokens), e.g. "
+           "--at 20:max_tokens_per_step=96. Repeatable.")
+
+
+def _with_changes(scenario, at: tuple[str, ...]):
+    """The scenario with --at's changes after its own [[changes]] (one line, exit 2, for a bad one)."""
+    from dataclasses import replace
+
+    from engine.live_changes import changed_config, parse_change
+
+    changes = list(scenario.changes)
+    for text in at:
+        try:
+            step, name, value = parse_change(text)
+            changed_config(scenario.engine_config(), {name: value})
+        except ValueError as exc:
+            fail(f"--at {text}: {exc}" if not str(exc).startswith("--at") else str(exc))
+        changes.append((step, {name: value}))
+    return replace(scenario, changes=changes)
+
+
 @main.command("scenario")
 @click.argument("name", required=False)
 @click.option("--list", "list_", is_flag=True, help="List the built-in scenarios and exit.")
@@ -352,6 +374,7 @@ def scenarios_cmd() -> None:
 @engine_options("device", "model", "attention", "kv_layout", "speculative", "prefix_caching", "contiguous_up_to",
                 "shards", "shard_by")
 @click.option("--variant", default=None, help="Run one of the scenario's [compare] variants instead.")
+@click.option("--at", "at", multiple=True, metavar="STEP:KEY=VALUE", help=AT_HELP)
 @click.option("--plugin", "plugins", multiple=True, metavar="SPEC",
               help="Add a plugin: a built-in name (see `cbtui plugins`), an entry point of group "
                    "cbtui.plugins, or module:Class; options after a colon: NAME:key=value,... "
@@ -377,8 +400,8 @@ def scenarios_cmd() -> None:
               help="Dashboard: steps per second (default 4).")
 @click.option("--break-on", "break_on", multiple=True, metavar="SPEC",
               help="Dashboard: pause on the step where SPEC fires: preempt, preempt:N, finish, admit, "
-                   "step:N, kv-free<K, wait>K, fragmented, error. Repeatable; b in the app adds more.")
-def scenario_cmd(name, list_, headless, as_json, steps, variant, plugins, without, trust_plugins, metrics_out,
+                   "step:N, kv-free<K, wait>K, fragmented, error, abort, change. Repeatable; b in the app adds more.")
+def scenario_cmd(name, list_, headless, as_json, steps, variant, at, plugins, without, trust_plugins, metrics_out,
                  trace_out, record_to, events, paused, speed, break_on, **overrides):
     """Run a scenario: a built-in NAME or a path to a .toml file."""
     # overrides: the engine settings engine_options offers, None where the command line gives none
@@ -406,7 +429,7 @@ def scenario_cmd(name, list_, headless, as_json, steps, variant, plugins, withou
         if path is not None:
             _check_output(path, check)
     try:
-        scenario = without_plugins(load_scenario(name, trust_plugins=trust_plugins), without)
+        scenario = _with_changes(without_plugins(load_scenario(name, trust_plugins=trust_plugins), without), at)
         engine = scenario.build_engine(variant, plugins=plugins, **overrides)
     except (ScenarioError, ValueError) as exc:
         fail(str(exc))
@@ -469,18 +492,24 @@ def scenario_cmd(name, list_, headless, as_json, steps, variant, plugins, withou
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Stop after this many steps.")
 @engine_option("device")
 @engine_option("model", presets_only=True)
+@click.option("--at", "at", multiple=True, metavar="STEP:KEY=VALUE", help=AT_HELP + " Both runs.")
+@click.option("--fork", "fork", multiple=True, metavar="STEP:KEY=VALUE",
+              help="Compare the run with itself changed from step STEP on (e.g. --fork 20:max_tokens_per_step=96): "
+                   "both share every step before. Repeatable; not with --variants.")
 @click.option("--paused", is_flag=True, help="Start paused.")
 @click.option("--speed", type=SPEED, default=None, help="Steps per second (default 4).")
-def compare_cmd(name, variants, steps, device, model, paused, speed):
+def compare_cmd(name, variants, steps, device, model, at, fork, paused, speed):
     """Two runs of a scenario side by side, in lockstep (static vs continuous, two chunk sizes, ...)."""
-    from scenarios.variant_pair import variant_pair
+    from scenarios.variant_pair import fork_pair, variant_pair
 
     from .apps.compare import run_compare
 
     overrides = dict(device=device, model=model)
+    if fork and variants:
+        fail("--fork compares the run with itself changed; --variants names two runs: choose one")
     try:
-        scenario = load_scenario(name)
-        pair = variant_pair(scenario, variants)
+        scenario = _with_changes(load_scenario(name), at)
+        pair = fork_pair(scenario, _with_changes(scenario, fork), fork) if fork else variant_pair(scenario, variants)
         for v in pair:  # every setting checked before the screen opens
             v.scenario.engine_config(v.compare_key, **overrides)
     except (ScenarioError, ValueError) as exc:
@@ -507,16 +536,17 @@ def compare_cmd(name, variants, steps, device, model, paused, speed):
 @click.option("--variant", default=None, help="Run one of the scenario's [compare] variants instead.")
 @engine_option("device")
 @engine_option("model", presets_only=True)
+@click.option("--at", "at", multiple=True, metavar="STEP:KEY=VALUE", help=AT_HELP)
 @click.option("--paused", is_flag=True, help="Start paused.")
 @click.option("--speed", type=SPEED, default=None, help="Steps per second (default 4).")
-def serve_cmd(name, host, port, public_url, session_dir, variant, device, model, paused, speed):
+def serve_cmd(name, host, port, public_url, session_dir, variant, device, model, at, paused, speed):
     """Show one run to a class: you present (this terminal controls it), they watch read-only, in a
     browser (http://HOST:PORT) or a terminal (cbtui watch DIR). One engine, however many watch."""
     from .classroom.serve import ServeError, serve
 
     overrides = dict(device=device, model=model)
     try:
-        scenario = load_scenario(name)
+        scenario = _with_changes(load_scenario(name), at)
         engine = scenario.build_engine(variant, **overrides)
     except (ScenarioError, ValueError) as exc:
         fail(str(exc))

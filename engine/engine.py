@@ -16,21 +16,21 @@ from __future__ import annotations
 
 import heapq
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .config import EngineConfig
 from .kv.block_manager import BlockManager
 from .kv.paged_store import PagedKVStore
-from .models.checkpoint import is_preset
+from .live_changes import LiveChanges
 from .models.tokenizer import ByteTokenizer, tokenizer_for
 from .overlapped_steps import OverlappedSteps
 from .plugins.base import Plugin
 from .plugins.host import PluginHost
-from .recorder import Recorder
+from .recorder import Recorder, run_header
 from .records import RunHeader, StepRecord
 from .requests.checks import check_request
 from .requests.finished import Requests
-from .requests.request import Request
+from .requests.request import Request, RequestState
 from .runner.model_runner import ModelRunner
 from .runner.output import StepOutput
 from .scheduler.plan import SchedulePlan, StepEvents
@@ -78,6 +78,7 @@ class Engine:
         self.step_index = 0
         self._next_id = 0
         self._idle_steps = 0  # consecutive steps in which nothing could run
+        self.changes = LiveChanges()  # settings to change at a coming step (reconfigure)
         # Overlapped steps wrap the synchronous step: each record comes one call later.
         self.overlapped = OverlappedSteps(self) if config.runner.overlap_steps else None
 
@@ -131,22 +132,8 @@ class Engine:
                variant: str | None = None) -> RunHeader:
         """The run's settings as resolved (device, dtype, backend, fast path), plus what the caller says
         of the scenario (title, description, question, variant)."""
-        r, c = self.runner, self.config
-        name = c.llm.name if is_preset(c.llm.name) else self.runner.spec.name  # a checkpoint: its directory's name
-        speculative = ""
-        if (s := c.speculation) is not None:
-            draft = f" {s.draft_model}" if s.method == "draft" else ""
-            speculative = f"{s.method}{draft} k={s.num_speculative_tokens}"
-        sched, cache, parallel = c.scheduler, c.cache, c.parallel
-        return RunHeader(model=name, checkpoint=None if is_preset(c.llm.name) else c.llm.name, device=r.device.type,
-                         dtype=str(r.dtype).removeprefix("torch."), attention=r.attention_name,
-                         kv_layout=cache.kv_layout, policy=sched.policy, max_tokens_per_step=sched.max_tokens_per_step,
-                         prefill_chunk_size=sched.prefill_chunk_size, block_size=cache.block_size,
-                         num_blocks=r.num_blocks, prefix_caching=c.caches_prefixes, decode_path=r.decode_path(),
-                         plugins=[p.name for p in self.plugins.plugins], title=title, speculative=speculative,
-                         description=description, question=question, variant=variant,
-                         shards=parallel.shards if parallel else 1, shard_by=parallel.shard_by if parallel else "",
-                         contiguous_up_to=cache.contiguous_up_to)
+        return run_header(self.config, self.runner, [p.name for p in self.plugins.plugins], title=title,
+                          description=description, question=question, variant=variant)
 
     # -- requests -------------------------------------------------------------------------
     def add_request(self, prompt: list[int] | str, max_new_tokens: int = 16, arrival_step: int = 0,
@@ -167,6 +154,28 @@ class Engine:
         self.runner.add_sampler(req)
         return rid
 
+    def abort(self, request_id: int) -> None:
+        """Stops a request before the next step: its KV is freed then, its tokens so far kept, and
+        that step's record says so. ValueError (one line) for a request that is not alive."""
+        r = self.requests.live.get(request_id) if isinstance(request_id, int) else None
+        if r is None:
+            raise ValueError(f"request {request_id!r} cannot be aborted: it is not pending, waiting or running")
+        if self.overlapped is not None:
+            raise ValueError("abort needs synchronous steps: overlap_steps=True runs one step ahead")
+        if r.state is RequestState.PENDING:
+            self.pending = [entry for entry in self.pending if entry[2] is not r]
+            heapq.heapify(self.pending)
+        self.scheduler.abort(r)
+
+    def reconfigure(self, at_step: int | None = None, **changes: Any) -> None:
+        """Changes settings that may change mid-run (flat names: max_tokens_per_step=96), from step
+        `at_step` on (default: the next). ValueError (one line), and nothing changes, for a setting
+        that cannot, a value out of range, or a step in the past."""
+        if self.overlapped is not None:
+            raise ValueError("settings change between synchronous steps: overlap_steps=True runs one step ahead")
+        step = self.step_index if at_step is None else at_step
+        self.changes.schedule(self.config, step, self.step_index, changes)
+
     def has_unfinished(self) -> bool:
         in_flight = self.overlapped is not None and self.overlapped.in_flight is not None
         return bool(self.pending or self.scheduler.waiting or self.scheduler.running or in_flight)
@@ -181,7 +190,7 @@ class Engine:
             return self.overlapped.step()
         plan, out, events, start = self.launch_step()
         record = self.record_step(plan, out, events, start)
-        for r in events.finishing:
+        for r in [*events.finishing, *plan.aborted]:
             self.requests.finish(r)
         return record
 
@@ -189,8 +198,10 @@ class Engine:
         """schedule -> run -> update. Tokens still on the device (overlapped) are placeholders in
         the outputs until OverlappedSteps resolves them."""
         start = time.perf_counter()
+        changed = self._reconfigured()
         self._admit_arrivals(start)
         plan = self.scheduler.schedule(self.step_index)
+        plan.changes = changed
         out = self.runner.run(plan)
         events = self.scheduler.update(plan, out.sampled, out.kept, None if out.on_device else time.perf_counter())
         return plan, out, events, start
@@ -203,6 +214,16 @@ class Engine:
         self.recorder.finish(record, (annotations, errors + self._progress(record), window), start)
         self.step_index += 1
         return record
+
+    def _reconfigured(self) -> list[str]:
+        """Settings due at this step, given to the parts that read them; each change as told."""
+        config, told = self.changes.apply(self.config, self.step_index)
+        if config is not self.config:
+            self.config = config
+            self.scheduler.reconfigure(config.scheduler)
+            if self.speculator is not None and config.speculation is not None:
+                self.speculator.k = config.speculation.num_speculative_tokens
+        return told
 
     def _admit_arrivals(self, now: float) -> None:
         while self.pending and self.pending[0][0] <= self.step_index:

@@ -13,20 +13,25 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from operator import attrgetter
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .config import EngineConfig
 from .kv.block_manager import BlockManager
 from .kv.round_robin_blocks import RoundRobinBlocks
+from .models.checkpoint import is_preset
 from .profiling.memory import memory_view
-from .records import IdKeyed, KVView, PrefixView, ShardView, StepRecord
+from .records import IdKeyed, KVView, PrefixView, RunHeader, ShardView, StepRecord
 from .records.prefix_view import BlockSet
 from .requests.request import Request
 from .requests.views import RequestViews
 from .runner.output import StepOutput
 from .scheduler.plan import SchedulePlan, StepEvents
 from .scheduler.scheduler import Scheduler
+
+if TYPE_CHECKING:
+    from .runner.model_runner import ModelRunner
 
 _by_id = attrgetter("id")
 
@@ -53,11 +58,11 @@ class Recorder:
         self.finished_total += len(finished)
         self.preemptions_total += len(plan.preempted)
         sched = self.scheduler
-        live: list[Request] = [*sched.running, *sched.waiting, *finishing]
+        live: list[Request] = [*sched.running, *sched.waiting, *finishing, *plan.aborted]
         live.sort(key=_by_id)
         views = RequestViews(live, {i.request_id for i in plan.batch}, plan.reasons, self.text)
         decode_tokens, prefill_tokens = plan.tokens_of("decode"), plan.tokens_of("prefill")
-        kv = self._kv_view([r.id for r in plan.preempted] + finished)
+        kv = self._kv_view([r.id for r in plan.preempted] + finished + [r.id for r in plan.aborted])
         memory = memory_view(self.device, self.weight_bytes, kv.pool_bytes)  # this process's pool
         shards = shard_views(self.blocks, self.pool_bytes, out.shard_memory) \
             if out.shard_memory and self.blocks is not None else []
@@ -77,6 +82,7 @@ class Recorder:
             admission_blocked=plan.admission_blocked,
             kept_drafts=IdKeyed({r.id: good for r, good in out.kept.items() if good}) if out.kept else {},
             decode_graph=out.graph_bucket, device_time_s=out.device_time_s, shards=shards, comm=out.comm,
+            aborted=[r.id for r in plan.aborted], changes=plan.changes,
         )
         record.record_time_s = time.perf_counter() - start
         return record
@@ -144,3 +150,22 @@ def shard_views(blocks: BlockManager, pool_bytes: int, memory: list[tuple[str, i
             views.append(ShardView(rank, device, blocks.num_blocks, blocks.num_blocks - free, free, pool_bytes,
                                    used_bytes, 0, IdKeyed(blocks.tables)))
     return views
+
+
+def run_header(c: EngineConfig, r: ModelRunner, plugins: list[str], **scenario: Any) -> RunHeader:
+    """The run's settings as the runner resolved them (device, dtype, backend, fast path), plus what
+    the caller says of the scenario (title, description, question, variant)."""
+    name = c.llm.name if is_preset(c.llm.name) else r.spec.name  # a checkpoint: its directory's name
+    speculative = ""
+    if (s := c.speculation) is not None:
+        draft = f" {s.draft_model}" if s.method == "draft" else ""
+        speculative = f"{s.method}{draft} k={s.num_speculative_tokens}"
+    sched, cache, parallel = c.scheduler, c.cache, c.parallel
+    return RunHeader(model=name, checkpoint=None if is_preset(c.llm.name) else c.llm.name, device=r.device.type,
+                     dtype=str(r.dtype).removeprefix("torch."), attention=r.attention_name,
+                     kv_layout=cache.kv_layout, policy=sched.policy, max_tokens_per_step=sched.max_tokens_per_step,
+                     prefill_chunk_size=sched.prefill_chunk_size, block_size=cache.block_size,
+                     num_blocks=r.num_blocks, prefix_caching=c.caches_prefixes, decode_path=r.decode_path(),
+                     plugins=plugins, speculative=speculative,
+                     shards=parallel.shards if parallel else 1, shard_by=parallel.shard_by if parallel else "",
+                     contiguous_up_to=cache.contiguous_up_to, **scenario)

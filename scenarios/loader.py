@@ -40,6 +40,7 @@ else:  # Python 3.10
 
 from engine import Engine, EngineConfig
 from engine.config import MAX_POOL_TOKENS, MODELS, SECTIONS, default_of, section_fields, setting_for
+from engine.live_changes import changed_config
 from engine.models.checkpoint import CheckpointError, is_preset, model_spec
 from engine.plugins.base import check_plugin_config
 from engine.plugins.loader import is_module_spec, load_plugin
@@ -52,7 +53,7 @@ from .workload import MAX_REQUESTS, MAX_SEED, generate, parse_request, prompt_si
 
 BUILTIN_DIR = Path(__file__).parent
 TOP_KEYS = ("title", "summary", "description", "question", "seed", "engine", "requests", "generators",
-            "compare", "plugins")
+            "compare", "plugins", "changes")
 PLUGIN_KEYS = ("name", "options")
 # [engine] keys: every EngineConfig flat name, or a section's name for a sub-table ([engine.cache]).
 # What each accepts (choices, ranges, and the stricter `limit` a file may ask for) is the setting's
@@ -82,6 +83,8 @@ class Scenario:
     plugins: list[dict] = field(default_factory=list)  # [[plugins]]: {"name": spec, "options": {...}}
     variant_plugins: dict[str, list[dict]] = field(default_factory=dict)  # [compare.NAME] plugins, if given
     trust_plugins: bool = False  # whether the file's [[plugins]] may name module:Class (code to import)
+    # [[changes]] (and --at STEP:KEY=VALUE): live settings turned at a step, (step, {name: value})
+    changes: list[tuple[int, dict]] = field(default_factory=list)
 
     def make_plugins(self, extra: tuple[str, ...] = (), variant: str | None = None) -> list:
         """Fresh plugin instances (they keep state) for the file's [[plugins]] (or the variant's own
@@ -149,6 +152,12 @@ class Scenario:
                 engine.add_request(**self._encoded(engine, spec))
             except ValueError as exc:
                 raise ScenarioError(f"{self.path}: request {i}: {exc}") from None
+        for step, settings in self.changes:
+            try:
+                engine.reconfigure(at_step=step, **settings)
+            except ValueError as exc:
+                engine.close()
+                raise ScenarioError(f"{self.path}: the change at step {step}: {exc}") from None
         return engine
 
     def _encoded(self, engine: Engine, spec: dict) -> dict:
@@ -380,9 +389,24 @@ def from_dict(data: dict, path: Path, trust_plugins: bool = False) -> Scenario:
             pcheck.fail("name", str(exc))
         plugins.append({"name": name, "options": options})
 
+    changes = []
+    for i, spec in enumerate(check.tables(data.get("changes", []), "changes")):
+        ccheck = check.at(f"[[changes]] #{i + 1} ")
+        step = ccheck.integer(spec, "step", None, 0, 10**9)
+        if step is None:
+            ccheck.fail("step", "is missing; give the step the change takes effect at (step = 20)")
+        settings = {k: v for k, v in spec.items() if k != "step"}
+        if not settings:
+            ccheck.fail("step", "changes nothing; add a setting that may change mid-run (max_tokens_per_step = 96)")
+        try:
+            changed_config(config, settings)
+        except ValueError as exc:
+            ccheck.fail(next(iter(settings)), str(exc))
+        changes.append((step, settings))
+
     return Scenario(name=path.stem, path=path, title=title, description=description, question=question,
                     engine=engine, requests=requests, summary=summary, seed=seed, variants=variants,
-                    plugins=plugins, trust_plugins=trust_plugins, variant_plugins=variant_plugins)
+                    plugins=plugins, trust_plugins=trust_plugins, variant_plugins=variant_plugins, changes=changes)
 
 
 def _variant_plugins(check: Checker, value, path: Path, trust_plugins: bool) -> list[dict]:

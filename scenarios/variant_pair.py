@@ -61,6 +61,12 @@ def variant(scenario: Scenario, name: str) -> Variant:
                         f"{', '.join(variant_names(scenario))}")
 
 
+def fork_pair(scenario: Scenario, forked: Scenario, changes: tuple[str, ...]) -> tuple[Variant, Variant]:
+    """The run as written and the same run with `changes` (STEP:KEY=VALUE) made as it goes: both
+    are the same until the first change's step, and their records say so."""
+    return Variant(BASE, scenario, None), Variant(f"fork {' '.join(changes)}", forked, None)
+
+
 def variant_pair(scenario: Scenario, names: str | None = None) -> tuple[Variant, Variant]:
     """The two runs `names` ("a,b") asks for, or the default pair; ScenarioError says what is wrong."""
     if names is None:

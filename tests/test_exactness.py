@@ -64,6 +64,31 @@ def test_batched_greedy_equals_alone(case):
         assert out == run_alone(spec["prompt"], spec["max_new_tokens"]), config
 
 
+change_st = st.lists(st.tuples(
+    st.integers(0, 12),  # the step it takes effect
+    st.dictionaries(st.sampled_from(["max_tokens_per_step", "prefill_chunk_size", "max_decode_per_step", "policy",
+                                     "static_batch_size"]),
+                    st.integers(1, 48), min_size=1, max_size=3),
+), max_size=4)
+
+
+@settings(max_examples=40)
+@given(scenario_st(), change_st)
+def test_changing_settings_mid_run_keeps_greedy_outputs_exact(case, changes):
+    """The budget, the chunk, the decode cap and the policy turned at any step change when tokens are
+    computed, never which (issue #32)."""
+    config, workload = case
+    eng = Engine(config)
+    ids = [eng.add_request(**spec) for spec in workload]
+    for step, settings_ in changes:
+        if "policy" in settings_:
+            settings_ = {**settings_, "policy": "static" if settings_["policy"] % 2 else "fcfs"}
+        eng.reconfigure(at_step=step, **settings_)
+    outputs = eng.run_until_done()
+    for rid, spec in zip(ids, workload, strict=True):
+        assert outputs[rid] == run_alone(spec["prompt"], spec["max_new_tokens"]), (config, changes)
+
+
 def test_preemption_happens_and_outputs_stay_exact():
     config, workload = PREEMPTING
     outputs, records, eng = run_batched(config, workload)

@@ -164,6 +164,13 @@ LESSONS: tuple[Lesson, ...] = (
         "the last request finished: all 12 done, no step over budget, each output as if it ran alone.",
         "Which invariants would you assert after every step?",
         "How to validate scheduler correctness?", "request 11 finished"),
+    Lesson(
+        "Turn a knob while it runs", "live_budget", "change",
+        "event line, Token budget, Requests",
+        "at step 20 the budget doubled, 16 -> 32 ([[changes]] in the file, or --at): the queue drains, "
+        "TTFT falls.",
+        "With --at 20:max_tokens_per_step=16, what happens to TTFT?",
+        "How would you implement adaptive batch sizing?", "max_tokens_per_step 16 -> 32"),
 )
 
 

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 from engine.records import StepRecord
 from engine.records.events import (
+    ABORTED,
     ADMITTED,
+    CHANGED,
     DRAFTS,
     FINISHED,
     FIRST_TOKEN,
@@ -29,7 +31,8 @@ from engine.records.events import (
 FORMS = ("preempt, preempt:N (request N), finish, finish:N, admit, admit:N, recompute, recompute:N, first, "
          "first:N (first token), reuse, reuse:N (a prefix cache hit), drafts, drafts:N (speculation), step:N, "
          "kv-free<K (free KV blocks fall below K), wait>K (a request queued more than K steps), fragmented (a "
-         "contiguous run waits with enough blocks free, not in a row), error (a plugin's)")
+         "contiguous run waits with enough blocks free, not in a row), error (a plugin's), abort, abort:N (a "
+         "request stopped), change (a setting changed mid-run)")
 
 
 class BreakpointError(ValueError):
@@ -105,16 +108,20 @@ _CONDITIONS: dict[str, Callable[[Breakpoint, StepRecord, StepRecord | None], str
     "reuse": _on_events(REUSED),  # prefix caching: an admission shared cached blocks
     "drafts": _on_events(DRAFTS),  # speculative decoding: a decode verified drafts
     "error": _on_events(PLUGIN_ERROR),
+    "abort": _on_events(ABORTED),  # a request stopped (Engine.abort)
+    "change": _on_events(CHANGED),  # a setting changed mid-run (--at, reconfigure)
     "step": _at_step,
     "kv-free": _kv_free_below,
     "wait": _waits_over,
     "fragmented": _fragmented,
 }
-_OPTIONAL_REQUEST = ("preempt", "finish", "admit", "recompute", "first", "reuse", "drafts")  # alone: any; :N, request N
+# alone: any request; with :N, request N
+_OPTIONAL_REQUEST = ("preempt", "finish", "admit", "recompute", "first", "reuse", "drafts", "abort")
 _SPEC = re.compile(r"^(?:(?P<kind>[a-z-]+)(?::(?P<arg>\d+))?|kv-free<(?P<free>\d+)|wait>(?P<wait>\d+))$")
 _ALIASES = {"preemption": "preempt", "preempted": "preempt", "finished": "finish", "admission": "admit",
             "admitted": "admit", "errors": "error", "first-token": "first", "hit": "reuse", "draft": "drafts",
-            "fragmentation": "fragmented", "no-run": "fragmented"}
+            "fragmentation": "fragmented", "no-run": "fragmented", "aborted": "abort", "changed": "change",
+            "knob": "change"}
 
 
 def parse(spec: str) -> Breakpoint:
@@ -131,7 +138,7 @@ def parse(spec: str) -> Breakpoint:
     arg = None if match["arg"] is None else int(match["arg"])
     if kind == "step" and arg is not None:
         return Breakpoint(f"step:{arg}", kind, arg)
-    if kind in _OPTIONAL_REQUEST or (kind in ("error", "fragmented") and arg is None):
+    if kind in _OPTIONAL_REQUEST or (kind in ("error", "fragmented", "change") and arg is None):
         return Breakpoint(kind if arg is None else f"{kind}:{arg}", kind, arg)
     raise BreakpointError(f"breakpoint {spec!r} is not one of: {FORMS}")
 

@@ -31,7 +31,7 @@ MIN_TAIL = 6  # narrower than this, the output tail says nothing: its room goes 
 CELL_PADDING = 1  # each side of every column
 # Rows that matter first: what ran or was thrown out this step, then who waits; finished last.
 STATE_ORDER = {"preempted": 0, "prefill": 1, "recompute": 1, "decode": 1, "waiting": 2, "pending": 3,
-               "finished": 4}
+               "finished": 4, "aborted": 4}
 
 
 def table_columns(extra: frozenset[str] | set[str] = frozenset()) -> tuple[tuple[str, str, int], ...]:
@@ -71,7 +71,7 @@ def column_widths(width: int, longest_reason: int = WHY_WIDTH,
 
 
 STATE_STYLE = {"decode": GOOD, "prefill": WARN, "recompute": f"bold {WARN}", "waiting": NOTE,
-               "preempted": f"bold {BAD}", "finished": "dim", "pending": "dim"}
+               "preempted": f"bold {BAD}", "finished": "dim", "aborted": "dim", "pending": "dim"}
 
 
 def state_name(view: RequestView) -> str:

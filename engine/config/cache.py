@@ -15,6 +15,8 @@ PAGED = ("kv_layout", "paged")  # the dense layout keeps no blocks: it grows eac
 
 @dataclass(frozen=True)
 class CacheConfig(Section):
+    fixed_because = "the KV pool is laid out when the engine is built, and blocks in use hold their keys"
+
     kv_layout: str = setting("paged", type=str, choices=KV_LAYOUTS,
                              help="paged: fixed-size blocks from one pool; dense: one growing tensor per request.")
     block_size: int = setting(16, type=int, low=1, only_if=PAGED, help="Tokens per KV block.")

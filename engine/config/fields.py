@@ -35,6 +35,9 @@ class Setting:
     off: tuple = ()  # the switch of an optional section: these values mean "no such section"
     open_choice: str = ""  # besides `choices`, this kind of value (checked by its section): "a checkpoint directory"
     only_if: tuple[str, Any] | None = None  # takes effect only while this field of its section has this value
+    # May change between two steps of a run (Engine.reconfigure, --at STEP:KEY=VALUE): it changes when
+    # tokens are computed, never which. The others are fixed for the reason their section gives.
+    live: bool = False
 
 
 def setting(default: Any = MISSING, **metadata: Any) -> Any:
@@ -82,6 +85,8 @@ class Section:
     metadata when it is built; a subclass adds the rules between its own fields after that."""
 
     __dataclass_fields__: ClassVar[dict[str, Field]]  # every subclass is a dataclass (for the type checker)
+    # Why the section's settings that are not `live` cannot change while a run goes on.
+    fixed_because: ClassVar[str] = "it is fixed when the engine is built"
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -14,6 +14,8 @@ MAX_SEED = 2**32 - 1
 
 @dataclass(frozen=True)
 class ModelConfig(Section):
+    fixed_because = "the model is loaded when the engine is built"
+
     name: str = setting("tiny", type=str, flat="model", choices=MODELS, open_choice="a checkpoint directory",
                         metavar="PRESET|DIR",
                         help=f"A random preset ({', '.join(MODELS)}) or a local Hugging Face checkpoint directory "

@@ -14,6 +14,8 @@ MAX_SHARDS = 8  # worker processes a scenario file or the command line may start
 
 @dataclass(frozen=True)
 class ParallelConfig(Section):
+    fixed_because = "the shard processes start with the engine"
+
     shards: int = setting(type=int, low=1, high=64, limit=MAX_SHARDS, off=(1,),
                           help="Shard the KV cache over this many processes (engine/distributed; 1: one device).")
     shard_by: str = setting("heads", type=str, choices=SHARD_BY,

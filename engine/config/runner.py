@@ -20,6 +20,8 @@ DECODE_ATTENTION = ("auto", "triton", "gather")
 
 @dataclass(frozen=True)
 class RunnerConfig(Section):
+    fixed_because = "kernels, graphs and pipelining are set up when the engine is built"
+
     attention: str = setting("auto", type=str, choices=ATTENTION_BACKENDS,
                              help="The attention backend (reference: the explicit ragged mask, for teaching and "
                                   "tests).")

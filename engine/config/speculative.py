@@ -14,10 +14,12 @@ MAX_SPECULATIVE_TOKENS = 16
 
 @dataclass(frozen=True)
 class SpeculativeConfig(Section):
+    fixed_because = "the proposer (and a draft model) is built with the engine"
+
     # ngram: prompt lookup in the request's own tokens; draft: a smaller model of the same vocabulary.
     method: str | None = setting(type=str, flat="speculative", choices=SPECULATIVE, optional=True, off=(None, "off"),
                                  help="Speculative decoding: ngram (prompt lookup), draft (a smaller model) or off.")
-    num_speculative_tokens: int = setting(4, type=int, low=1, high=MAX_SPECULATIVE_TOKENS,
+    num_speculative_tokens: int = setting(4, type=int, low=1, high=MAX_SPECULATIVE_TOKENS, live=True,
                                           help="The most tokens proposed (and verified) per decode.")
     # Built with the model section's seed: the target's own preset is the target.
     draft_model: str = setting("micro", type=str, choices=DRAFT_MODELS, only_if=("method", "draft"),

@@ -29,6 +29,8 @@ ADMITTED = "admitted"
 RECOMPUTE = "recompute"  # a preempted request admitted again: it feeds its whole sequence anew
 FIRST_TOKEN = "first token"
 FINISHED = "finished"
+ABORTED = "aborted"
+CHANGED = "changed"
 WAITING = "waiting"  # requests left out of the step, counted by reason
 PADDING = "padding"  # a static batch's slots held by finished members
 PLUGIN_ERROR = "plugin error"
@@ -118,6 +120,21 @@ def finished(record: StepRecord, previous: StepRecord | None) -> Iterable[Event]
         yield Event(record.step, FINISHED, f"request {rid} finished{tokens}{freed}", rid)
 
 
+def aborted(record: StepRecord, previous: StepRecord | None) -> Iterable[Event]:
+    views = _views_by_id(record)
+    for rid in record.aborted:
+        view = views.get(rid)
+        tokens = f" after {_plural(view.generated, 'token')}" if view else ""
+        blocks = record.kv.freed_blocks.get(str(rid)) if record.kv.layout == "paged" else None
+        freed = f", {_plural(len(blocks), 'block')} freed" if blocks else ""
+        yield Event(record.step, ABORTED, f"request {rid} aborted{tokens}{freed}", rid)
+
+
+def changed(record: StepRecord, previous: StepRecord | None) -> Iterable[Event]:
+    for change in record.changes:
+        yield Event(record.step, CHANGED, f"{change} from step {record.step}")
+
+
 def padding(record: StepRecord, previous: StepRecord | None) -> Iterable[Event]:
     if record.padding_slots:
         text = (f"static batch: {_plural(record.padding_slots, 'slot')} held by finished requests (padding) "
@@ -185,8 +202,8 @@ def plugin_notes(record: StepRecord, previous: StepRecord | None) -> Iterable[Ev
         yield Event(record.step, NOTE, note)
 
 
-EVENT_KINDS: tuple[EventKind, ...] = (preempted, admitted, reused, first_token, drafts, finished, padding, waiting,
-                                      plugin_errors, plugin_notes)
+EVENT_KINDS: tuple[EventKind, ...] = (changed, aborted, preempted, admitted, reused, first_token, drafts, finished,
+                                      padding, waiting, plugin_errors, plugin_notes)
 
 
 def step_events(record: StepRecord, previous: StepRecord | None = None) -> list[Event]:

@@ -138,7 +138,7 @@ class RunTotals:
         last = self.last
         return RunSummary(
             label=label, settings=settings,
-            complete=bool(views) and all(v.state == "finished" for v in views) and last is not None
+            complete=bool(views) and all(v.state in ("finished", "aborted") for v in views) and last is not None
             and not last.pending,
             steps=self.steps, processed=self.processed, generated=sum(v.generated for v in views),
             prefill=self.prefill, cached=self.cached, outputs=f"{outputs:08x}",

@@ -266,6 +266,8 @@ class StepRecord:
     kept_drafts: Mapping[str, list[int]] = field(default_factory=dict)
     shards: list[ShardView] = field(default_factory=list)  # sharded engines: one per shard; else empty
     comm: CommView | None = None  # sharded engines: the step's communication
+    aborted: list[int] = field(default_factory=list)  # requests stopped in this step (Engine.abort), KV freed
+    changes: list[str] = field(default_factory=list)  # settings changed from this step on: "name before -> after"
     # [sinks, window] when an attention plugin narrows the mask to a sliding window (sliding_window):
     # a query at position p sees keys p - window + 1 .. p and positions 0 .. sinks - 1; None: full causal
     attention_window: list[int] | None = None

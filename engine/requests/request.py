@@ -13,6 +13,7 @@ class RequestState(str, Enum):
     DECODE = "decode"  # one new token per step
     PREEMPTED = "preempted"  # KV freed for lack of blocks; will recompute, keeps its tokens
     FINISHED = "finished"
+    ABORTED = "aborted"  # stopped before its end (Engine.abort): its KV freed, its tokens kept
 
 
 @dataclass(eq=False)  # a request is itself, not its field values: queue lookups compare by identity

@@ -45,11 +45,12 @@ class RequestViews(Sequence):
         if self._views is None:
             assert self._captured is not None
             views = []
-            finished, text = RequestState.FINISHED, self._text
+            finished, aborted, text = RequestState.FINISHED, RequestState.ABORTED, self._text
             for fields, prompt_len, n, tail in zip(*self._captured, strict=True):
                 (rid, state, computed, preemptions, proposed, accepted, cached, max_new, arrival, priority,
                  first_token_step, deadline) = fields
-                reason = None if state is finished or rid in self._scheduled else self._reasons.get(rid)
+                ended = state is finished or state is aborted
+                reason = None if ended or rid in self._scheduled else self._reasons.get(rid)
                 ttft = first_token_step - arrival if n else None
                 views.append(RequestView(rid, state.value, prompt_len, min(computed, prompt_len), n, max_new,
                                          arrival, priority, ttft, reason, preemptions, tail,

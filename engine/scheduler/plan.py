@@ -37,6 +37,8 @@ class SchedulePlan:
     items: list[Scheduled] = field(default_factory=list)
     reasons: dict[int, str] = field(default_factory=dict)  # request id -> why not scheduled
     preempted: list[Request] = field(default_factory=list)
+    aborted: list[Request] = field(default_factory=list)  # stopped before this step (Engine.abort)
+    changes: list[str] = field(default_factory=list)  # settings changed from this step on, as told
     preemptions: list[Preemption] = field(default_factory=list)  # why each of `preempted` was
     admission_blocked: Shortfall | None = None  # the head of the queue, short of KV blocks
     decode_demand: int = 0

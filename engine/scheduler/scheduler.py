@@ -73,10 +73,22 @@ class Scheduler:
         self.freed_blocks: dict[int, tuple[int, ...]] = {}  # this step's: request id -> blocks
         self._released: list[int] = []  # requests that let go of their KV since the last plan
         self._finished: list[int] = []  # requests that finished since the last plan
+        self._aborting: list[Request] = []  # to stop before the next step (Engine.abort)
 
     def add_arrived(self, request: Request) -> None:
         request.state = RequestState.WAITING
         self.waiting.append(request)
+
+    def abort(self, request: Request) -> None:
+        """Stops the request before the next step: it leaves its queue and its KV is freed then."""
+        if request not in self._aborting:
+            self._aborting.append(request)
+
+    def reconfigure(self, config: SchedulerConfig) -> None:
+        """New settings from the next step on (live_changes.py says which may change)."""
+        if (config.policy, config.static_batch_size) != (self.config.policy, self.config.static_batch_size):
+            self.admission = admission_policy(config)
+        self.config = config
 
     def padding_slots(self) -> int:
         return self.admission.padding_slots()
@@ -97,19 +109,33 @@ class Scheduler:
         if self.blocks is not None:
             self.blocks.begin_step()
         self.freed_blocks = {}
+        aborted = self._abort(step)
         plan = self._schedule(state, reserve=True)
         if not plan.items and self.reservation is not None:
             # A reserved slice its holders cannot use now (they wait for KV blocks that the starved
             # requests hold) would idle the engine for ever: this step runs without it. Preemptions
             # the first try made have happened: the second keeps them.
             plan = self._schedule(state, reserve=False, before=plan)
-        plan.step, plan.state = step, state
+        plan.step, plan.state, plan.aborted = step, state, aborted
         self._build_batch(plan)
         plan.released, self._released = self._released, []
         plan.finished, self._finished = self._finished, []
         if self.blocks is not None:
             plan.tables = self.blocks.take_changes()
         return plan
+
+    def _abort(self, step: int) -> list[Request]:
+        """The requests stopped before this step: out of their queue, their KV freed."""
+        aborted, self._aborting = self._aborting, []
+        for r in aborted:
+            if r in self.running:
+                self.running.remove(r)
+                self._release(r)
+            elif r in self.waiting:
+                self.waiting.remove(r)
+            r.state, r.finished_step = RequestState.ABORTED, step
+            self._finished.append(r.id)
+        return aborted
 
     def _schedule(self, state: SchedulerState, reserve: bool, before: SchedulePlan | None = None) -> SchedulePlan:
         plan = SchedulePlan(budget=state.budget)

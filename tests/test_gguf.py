@@ -6,6 +6,8 @@ start reads the converted cache only. Nothing is downloaded."""
 from __future__ import annotations
 
 import importlib.util
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,8 @@ from helpers import our_logits
 
 from engine import Engine, EngineConfig
 from engine.models import gguf_file, source
+from engine.models.checkpoint import CheckpointError
+from engine.models.packaged import PACKAGES, packaged_path
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")  # transformers' GGUF loading needs it
@@ -110,3 +114,39 @@ def test_second_start_reads_the_cache_only(checkpoint, tmp_path, cache, monkeypa
     assert source.model_spec(str(path)) == spec
     assert list((cache / "converted").iterdir())[0].name.startswith("m-")
     assert not [p for p in (cache / "converted").iterdir() if p.name.endswith(".partial")]
+
+
+def test_shapes_that_disagree_with_the_metadata_are_one_line(checkpoint, tmp_path):
+    liar = tmp_path / "liar"
+    shutil.copytree(checkpoint, liar)
+    config = json.loads((liar / "config.json").read_text())
+    (liar / "config.json").write_text(json.dumps({**config, "intermediate_size": 512}))
+    path = write_gguf(tmp_path / "liar.gguf", liar, T.F16)
+    with pytest.raises(CheckpointError, match="has shape .* but the metadata implies") as info:
+        source.resolve(str(path))
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+@pytest.mark.slow
+def test_real_smollm2_when_pulled(monkeypatch):
+    """The packaged SmolLM2-135M-Instruct, if `cbtui pull smollm2` put it in the default cache."""
+    monkeypatch.delenv("CBTUI_CACHE_DIR")
+    if not packaged_path("smollm2").is_file():
+        pytest.skip(f"smollm2 is not pulled ({packaged_path('smollm2')}); run `cbtui pull smollm2`")
+    path = packaged_path("smollm2")
+    engine = Engine(EngineConfig(model="smollm2", device="cpu", dtype="float32", attention="sdpa"))
+    tok = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    hf = _hf(path)
+    for text in ["What is the capital of France?", "Write a haiku about batching.", "2 + 2 = 4 and 12 * 12 = 144"]:
+        assert engine.tokenizer.encode(text) == tok(text)["input_ids"]
+        chat = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
+        ids = list(chat["input_ids"] if hasattr(chat, "keys") else chat)
+        assert engine.tokenizer.chat_prompt(text) == ids
+        greedy = hf.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                             max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)[0, len(ids):]
+        assert _greedy_model("smollm2", ids, 12) == greedy.tolist()
+    assert PACKAGES["smollm2"].size == path.stat().st_size
+
+
+def _greedy_model(model: str, ids: list[int], n: int) -> list[int]:
+    return _greedy(Path(model), ids, n)

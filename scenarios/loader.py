@@ -41,7 +41,8 @@ else:  # Python 3.10
 from engine import Engine, EngineConfig
 from engine.config import MAX_POOL_TOKENS, MODELS, SECTIONS, default_of, section_fields, setting_for
 from engine.live_changes import changed_config
-from engine.models.checkpoint import CheckpointError, is_preset, model_spec
+from engine.models.checkpoint import CheckpointError
+from engine.models.source import is_preset, model_spec
 from engine.plugins.base import check_plugin_config
 from engine.plugins.loader import is_module_spec, load_plugin
 from engine.plugins.spec import parse_plugin_spec

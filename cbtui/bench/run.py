@@ -242,8 +242,8 @@ def _hf_copy(engine, hf: bool):
 
     if transformers_version() is None:
         return None, "transformers is not installed (pip install 'cbtui[bench]')"
-    from engine.models.checkpoint import is_preset
     from engine.models.hf_weights import to_hf_llama
+    from engine.models.source import is_preset
 
     try:
         if not is_preset(engine.config.llm.name):  # a checkpoint: transformers loads the same files

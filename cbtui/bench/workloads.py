@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from engine.models.checkpoint import model_spec
+from engine.models.source import model_spec
 
 # name -> (requests, prompt length range, output length range); all ranges inclusive.
 WORKLOADS = {

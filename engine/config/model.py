@@ -36,7 +36,7 @@ class ModelConfig(Section):
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"model={self.name!r} must be a preset ({', '.join(MODELS)}) or a checkpoint directory")
         if self.name not in MODELS:
-            from ..models.checkpoint import checkpoint_dir
+            from ..models.source import check
 
-            checkpoint_dir(self.name)  # one line naming the path when there is no such directory
+            check(self.name)  # one line naming the path when there is no such file or directory
         super().__post_init__()

@@ -1,20 +1,24 @@
 """Tokenizers: text to token ids and back.
 
 The random presets use bytes (token id = byte value), so text prompts need no vocabulary file. A
-checkpoint directory brings its own tokenizer.json, read with the `tokenizers` library; its chat
-template, when a scenario asks for chat prompts, comes through `transformers` if it is installed.
+real model brings its own tokenizer.json, read with the `tokenizers` library; its chat template,
+when a scenario asks for chat prompts, is rendered by chat_template.py (no transformers needed).
+Which tokenizer a --model setting gets: source.tokenizer_for.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from ..records.text import decode
 
-__all__ = ["ByteTokenizer", "CheckpointTokenizer", "Tokenizer", "decode", "encode", "tokenizer_for"]
+__all__ = ["ByteTokenizer", "CheckpointTokenizer", "Tokenizer", "decode", "encode"]
 
 TOKENIZER_FILE = "tokenizer.json"
+CONFIG_FILE = "tokenizer_config.json"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
 
 
 def encode(text: str) -> list[int]:
@@ -61,28 +65,49 @@ class CheckpointTokenizer:
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=False)
 
-    def chat_prompt(self, text: str) -> list[int]:
-        """`text` as one user message through the checkpoint's chat template (needs transformers)."""
+    def chat_template(self) -> str | None:
+        """The directory's chat template: chat_template.jinja, else tokenizer_config.json's."""
         from .checkpoint import CheckpointError
 
+        jinja = self.directory / CHAT_TEMPLATE_FILE
+        if jinja.is_file():
+            return jinja.read_text(encoding="utf-8")
+        template = self._config().get("chat_template")
+        if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
+            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            template = named.get("default")
+        if template is not None and not isinstance(template, str):
+            raise CheckpointError(f"{self.directory / CONFIG_FILE}: chat_template must be a string")
+        return template or None
+
+    def _config(self) -> dict:
+        path = self.directory / CONFIG_FILE
+        if not path.is_file():
+            return {}
         try:
-            from transformers import AutoTokenizer
-        except ImportError:
-            raise CheckpointError(f"{self.directory}: chat prompts need the transformers package "
-                                  f"(pip install transformers); or write the prompt as plain text") from None
-        tok: Any = AutoTokenizer.from_pretrained(str(self.directory), local_files_only=True)
-        if not getattr(tok, "chat_template", None):
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def chat_prompt(self, text: str) -> list[int]:
+        """`text` as one user message through the model's chat template (rendered in jinja2's sandbox
+        as transformers' apply_chat_template renders it, then encoded without added special tokens)."""
+        from .chat_template import ChatTemplateError, render
+        from .checkpoint import CheckpointError
+
+        template = self.chat_template()
+        if template is None:
             raise CheckpointError(f"{self.directory}: the tokenizer has no chat template; write the prompt as "
                                   f"plain text (chat = false)")
-        ids: Any = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                      tokenize=True)
-        if isinstance(ids, dict) or hasattr(ids, "keys"):  # transformers 5 returns a BatchEncoding
-            ids = ids["input_ids"]
-        return [int(i) for i in ids]
-
-
-def tokenizer_for(model: str) -> ByteTokenizer | CheckpointTokenizer:
-    """Bytes for a preset; the directory's tokenizer.json for a checkpoint."""
-    from .checkpoint import checkpoint_dir, is_preset
-
-    return ByteTokenizer() if is_preset(model) else CheckpointTokenizer(checkpoint_dir(model))
+        config = self._config()
+        special = {}
+        for key in ("bos_token", "eos_token", "unk_token", "pad_token"):
+            value = config.get(key)
+            value = value.get("content") if isinstance(value, dict) else value
+            special[key] = value if isinstance(value, str) else None
+        try:
+            rendered = render(template, [{"role": "user", "content": text}], add_generation_prompt=True, **special)
+        except ChatTemplateError as exc:
+            raise CheckpointError(f"{self.directory}: {exc}") from None
+        return list(self._tok.encode(rendered, add_special_tokens=False).ids)

@@ -20,8 +20,8 @@ from ..batch_builder import build_batch
 from ..config import EngineConfig
 from ..kv.dense_store import DenseKVStore
 from ..kv.paged_store import PagedKVStore, kv_bytes_per_token
-from ..models.checkpoint import eos_token_ids, is_preset, load_checkpoint, model_spec
-from ..models.llama import PRESETS, build_model
+from ..models.llama import PRESETS
+from ..models.source import eos_token_ids, load_model, model_spec
 from ..plugins.host import PluginHost
 from ..records import ScheduledItem
 from ..requests.request import Request
@@ -166,8 +166,7 @@ class ModelRunner:
     # Override points for one shard's runner (engine/distributed): its share of the model, its pool.
     def _build_model(self):
         c = self.config
-        return (build_model(c.llm.name, c.llm.seed, self.device, self.dtype) if is_preset(c.llm.name)
-                else load_checkpoint(c.llm.name, self.device, self.dtype))
+        return load_model(c.llm.name, c.llm.seed, self.device, self.dtype)  # a preset's, or the real model's
 
     def _paged_store(self, num_blocks: int) -> PagedKVStore:
         s = self.spec

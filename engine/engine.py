@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import heapq
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .config import EngineConfig
 from .kv.block_manager import BlockManager
@@ -37,9 +37,6 @@ from .runner.output import StepOutput
 from .scheduler.plan import SchedulePlan, StepEvents
 from .scheduler.scheduler import Scheduler
 
-if TYPE_CHECKING:
-    from .distributed.driver import ShardedRunner
-
 STALL_STEPS = 4  # steps in a row with nothing scheduled (and nothing still to arrive) that end a run
 
 
@@ -54,6 +51,26 @@ def _why_stuck(record: StepRecord, steps: int) -> str:
             f"cannot be scheduled ({'; '.join(waits[:3])}{more})")
 
 
+def make_runner(config: EngineConfig, plugins: PluginHost) -> ModelRunner:
+    if config.parallel is not None:  # KV sharded over worker processes (engine/distributed)
+        from .distributed.driver import ShardedRunner
+
+        return ShardedRunner(config, plugins)
+    return ModelRunner(config, plugins)
+
+
+def make_block_manager(config: EngineConfig, num_blocks: int) -> BlockManager | None:
+    """The scheduler's block manager, sized as the runner's store (None: dense, no blocks)."""
+    cache, parallel = config.cache, config.parallel
+    if cache.kv_layout != "paged":
+        return None
+    if parallel is not None and parallel.shard_by == "sequence":
+        from .kv.round_robin_blocks import RoundRobinBlocks
+
+        return RoundRobinBlocks(parallel.shards, num_blocks, cache.block_size)
+    return BlockManager(num_blocks, cache.block_size, config.caches_prefixes, cache.contiguous_up_to)
+
+
 class Engine:
     def __init__(self, config: EngineConfig | None = None, plugins: list[Plugin] | None = None):
         if config is not None and not isinstance(config, EngineConfig):
@@ -63,11 +80,11 @@ class Engine:
         if config.runner.overlap_steps and plugins:
             raise ValueError("overlap_steps=True cannot run plugins (they see every step as it ends); "
                              "drop the plugins or overlap_steps")
-        num_layers = self._num_layers(config)  # a checkpoint's config.json is read first, before any weight
+        num_layers = model_spec(config.llm.name).num_layers  # a checkpoint's config.json is read before any weight
         self.tokenizer = tokenizer_for(config.llm.name)  # bytes for a preset, the real model's tokenizer.json
         self.plugins = PluginHost(list(plugins or []), config, num_layers)
-        self.runner = self._runner(config)
-        self.scheduler = Scheduler(config.scheduler, self._block_manager(config, self.runner), self.plugins,
+        self.runner = make_runner(config, self.plugins)
+        self.scheduler = Scheduler(config.scheduler, make_block_manager(config, self.runner.num_blocks), self.plugins,
                                    self.runner.stop_ids, self.speculator.wanted if self.speculator else None)
         # Output tails are ids; a real tokenizer's text goes into the records too (widgets cannot decode it).
         text = None if isinstance(self.tokenizer, ByteTokenizer) else self.tokenizer.decode
@@ -83,38 +100,9 @@ class Engine:
         # Overlapped steps wrap the synchronous step: each record comes one call later.
         self.overlapped = OverlappedSteps(self) if config.runner.overlap_steps else None
 
-    @staticmethod
-    def _num_layers(config: EngineConfig) -> int:
-        return model_spec(config.llm.name).num_layers
-
-    def _runner(self, config: EngineConfig) -> ModelRunner:
-        if config.parallel is not None:  # KV sharded over worker processes (engine/distributed)
-            from .distributed.driver import ShardedRunner
-
-            return ShardedRunner(config, self.plugins)
-        return ModelRunner(config, self.plugins)
-
-    @staticmethod
-    def _block_manager(config: EngineConfig, runner: ModelRunner) -> BlockManager | None:
-        """The scheduler's block manager, sized as the runner's store (None: dense, no blocks)."""
-        if config.cache.kv_layout != "paged":
-            return None
-        if config.parallel is not None and config.parallel.shard_by == "sequence":
-            from .kv.round_robin_blocks import RoundRobinBlocks
-
-            return RoundRobinBlocks(config.parallel.shards, runner.num_blocks, config.cache.block_size)
-        cache = config.cache
-        return BlockManager(runner.num_blocks, cache.block_size, config.caches_prefixes, cache.contiguous_up_to)
-
     @property
     def speculator(self):
         return self.runner.speculator
-
-    @property
-    def sharded(self) -> ShardedRunner | None:
-        from .distributed.driver import ShardedRunner
-
-        return self.runner if isinstance(self.runner, ShardedRunner) else None
 
     def close(self) -> None:
         """Stops the engine's worker processes, if it has any (sharded); idempotent. Garbage collection

@@ -72,7 +72,7 @@ def test_two_shards_greedy_equals_one_device_alone(shard_by):
     preempted = 0
     # The largest request (24 + 10 tokens) needs 9 blocks of 4: a pool just big enough for it.
     with sharded(shard_by, num_blocks=9 if shard_by == "heads" else 5) as eng:
-        pid = eng.sharded.worker_pids[0]
+        pid = eng.runner.worker_pids[0]
         for round_ in range(3):
             workload = random_workload(rng, 5, 100 * round_)
             for spec in workload:
@@ -154,7 +154,7 @@ def test_a_killed_worker_ends_the_run_in_one_line_naming_its_rank():
     eng.add_request(list(range(30)), max_new_tokens=30)
     for _ in range(3):
         eng.step()
-    pid = eng.sharded.worker_pids[0]
+    pid = eng.runner.worker_pids[0]
     os.kill(pid, signal.SIGKILL)
     failure, took = _step_until_failure(eng, 30)
     message = str(failure)
@@ -171,7 +171,7 @@ def test_a_hung_worker_ends_the_run_within_the_timeout_naming_its_rank():
     eng = sharded("heads", shard_timeout_s=3.0, num_blocks=32)
     eng.add_request(list(range(30)), max_new_tokens=30)
     eng.step()
-    pid = eng.sharded.worker_pids[0]
+    pid = eng.runner.worker_pids[0]
     os.kill(pid, signal.SIGSTOP)
     try:
         failure, took = _step_until_failure(eng, 60)
@@ -193,7 +193,7 @@ from engine import Engine, EngineConfig
 eng = Engine(EngineConfig(model="tiny", device="cpu", shards=2, shard_by=sys.argv[1], num_blocks=8, block_size=4))
 eng.add_request([1, 2, 3], max_new_tokens=2)
 eng.run_until_done()
-print(eng.sharded.worker_pids[0], flush=True)
+print(eng.runner.worker_pids[0], flush=True)
 {ending}
 """
 

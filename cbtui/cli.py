@@ -418,6 +418,7 @@ def scenario_cmd(name, list_, headless, as_json, steps, variant, plugins, withou
         from engine.distributed import ShardFailure
         from engine.engine import NoProgressError
         from engine.records.metrics import MetricsCollector
+        from engine.sampling import SamplingError
 
         from .run.headless import HeadlessRun
 
@@ -437,7 +438,7 @@ def scenario_cmd(name, list_, headless, as_json, steps, variant, plugins, withou
                 cut_short = engine.has_unfinished()
                 engine.close()  # a sharded run's workers stop before a variant starts its own
                 _print_comparison(scenario, run.totals, cut_short, overrides)
-        except (NoProgressError, ShardFailure) as exc:
+        except (NoProgressError, ShardFailure, SamplingError) as exc:
             engine.close()
             fail(str(exc))
         if recording is not None:

@@ -247,7 +247,7 @@ class ModelRunner:
         # and by then every kernel of the step (queued before it on the stream) has run.
         if not self.generators or all(r.temperature <= 0 for r in sampling):
             return StepOutput(greedy_batch(logits))
-        return StepOutput([sample(logits[i], r.temperature, r.top_k, self.generators.get(r.id))
+        return StepOutput([sample(logits[i], r.temperature, r.top_k, self.generators.get(r.id), r.id)
                            for i, r in enumerate(sampling)])
 
     def _run_speculative(self, plan: SchedulePlan) -> StepOutput:

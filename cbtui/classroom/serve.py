@@ -24,7 +24,7 @@ from engine.records.step_lines import RecordingWriter
 
 from ..apps.dashboard import DashboardApp
 from ..run.controller import MAX_SPEED
-from .session import ENDED, PresenterState, Session
+from .session import ENDED, RECORDING, SERVER_LOG, PresenterState, Session, SessionError
 
 PUBLISH_S = 0.1  # how often the presenter's state is written when it changed
 COUNT_S = 1.0  # how often the viewers are counted
@@ -42,7 +42,7 @@ class SessionRecording(RecordingWriter):
     it from the run number the presenter publishes after the file was emptied."""
 
     def __init__(self, session: Session):
-        super().__init__(session.recording_path)
+        super().__init__(session.recording_path, session.new_file(RECORDING))
         self.run = 0
 
     def start(self, header=None) -> None:
@@ -158,19 +158,24 @@ def start_server(session: Session, host: str, port: int, public_url: str, title:
     if importlib.util.find_spec("textual_serve") is None:
         raise ServeError(f"cbtui serve needs textual-serve for the browsers: {INSTALL}")
     check_host_port(host, port)
-    log_path = session.dir / "server.log"
-    with open(log_path, "wb") as log:
+    log_path = session.dir / SERVER_LOG
+    try:
+        log = session.new_file(SERVER_LOG)  # new, in the checked folder: never through a planted link
+    except OSError as exc:
+        raise ServeError(f"cannot write {log_path} ({exc.strerror or exc})") from None
+    with log:
         server = subprocess.Popen(
             [sys.executable, "-m", "cbtui.classroom.serve_web", str(session.dir), host, str(port), public_url, title],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    connect_to = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
-    deadline = time.monotonic() + SERVER_START_S
-    while not _listening(connect_to, port):
-        if server.poll() is not None or time.monotonic() > deadline:
-            stop_server(server)
-            tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
-            raise ServeError(f"the web server did not start ({tail[0].strip()}); see {log_path}")
-        time.sleep(0.1)
+        connect_to = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
+        deadline = time.monotonic() + SERVER_START_S
+        while not _listening(connect_to, port):
+            if server.poll() is not None or time.monotonic() > deadline:
+                stop_server(server)
+                log.seek(0)
+                tail = log.read(1 << 20).decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+                raise ServeError(f"the web server did not start ({tail[0].strip()}); see {log_path}")
+            time.sleep(0.1)
     return server
 
 
@@ -202,7 +207,10 @@ def serve(scenario, engine, header, *, host: str, port: int, public_url: str | N
     try:
         session.create()
         recording = SessionRecording(session)
+    except SessionError as exc:
+        raise ServeError(str(exc)) from None
     except OSError as exc:
+        session.close()
         raise ServeError(f"--session {directory}: cannot write there ({exc.strerror or exc})") from None
     url = public_url or url_for(host, port)
     audience = Audience(url=url, watch_command=f"cbtui watch {directory}")
@@ -220,6 +228,7 @@ def serve(scenario, engine, header, *, host: str, port: int, public_url: str | N
             session.publish(PresenterState(run=with_state.run, state=ENDED, url=url))
         if server is not None:
             stop_server(server)
+        session.close()
         if temporary:
             shutil.rmtree(directory, ignore_errors=True)
     return code

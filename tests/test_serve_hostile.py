@@ -5,6 +5,7 @@ leaving every file outside the folder as it was."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -367,3 +368,156 @@ def test_cbtui_watch_of_a_fifo_or_device_path_is_one_line_exit_2(tmp_path):
                               stdin=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=os.getcwd()))
         assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
 
+
+
+# -- the web server: bounded, and never outliving the presenter -----------------------------------
+def test_the_default_viewer_limit_follows_the_memory_available():
+    from cbtui.classroom.serve_web import MAX_DEFAULT_VIEWERS, VIEWER_BYTES, default_max_viewers
+
+    assert default_max_viewers(0) == 1
+    assert default_max_viewers(20 * 2 * VIEWER_BYTES) == 20
+    assert default_max_viewers(1 << 50) == MAX_DEFAULT_VIEWERS
+    assert 1 <= default_max_viewers() <= MAX_DEFAULT_VIEWERS
+
+
+def test_the_full_page_escapes_the_title():
+    from cbtui.classroom.serve_web import full_page
+
+    page = full_page("<script>alert(1)</script>", 50)
+    assert "<script>" not in page and "&lt;script&gt;" in page and "50 browsers" in page
+
+
+def serve_session(folder: Path) -> Session:
+    """A session folder holding a recording (what a presenter has written so far)."""
+    session = Session(folder)
+    session.create()
+    with session.new_file("run.jsonl") as f:
+        f.write(RECORDED.read_bytes())
+    session.publish(PresenterState(run=1, state="paused"))
+    return session
+
+
+def listening(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+PRESENTER = """
+import sys, tempfile, time
+sys.path.insert(0, "tests")
+from test_serve_hostile import serve_session
+from cbtui.classroom.serve import start_server
+port, base = int(sys.argv[1]), sys.argv[2]
+folder = tempfile.mkdtemp(prefix="cbtui-serve-", dir=base)
+server = start_server(serve_session(folder), "127.0.0.1", port, f"http://127.0.0.1:{port}", "Mixed load",
+                      temporary=True)
+print(server.pid, folder, flush=True)
+time.sleep(300)
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_presenter_ends_the_web_server_its_viewers_and_the_temporary_folder(tmp_path):
+    """The issue's case: two browsers watch, then the presenter is killed with SIGKILL: the server
+    (re-parented to init), its shells and viewers end, the port closes, the temporary folder goes."""
+    import asyncio
+    import signal
+
+    from serve_helpers import BrowserClient, free_port, group_processes
+
+    aiohttp = pytest.importorskip("aiohttp")
+    pytest.importorskip("textual_serve")
+    port = free_port()
+    presenter = subprocess.Popen([sys.executable, "-c", PRESENTER, str(port), str(tmp_path)], stdout=subprocess.PIPE,
+                                 text=True, stdin=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    server_pid = None
+    try:
+        line = presenter.stdout.readline().split()
+        assert line, "the presenter did not start its server"
+        server_pid, folder = int(line[0]), Path(line[1])
+
+        async def two_browsers():
+            async with aiohttp.ClientSession() as http:
+                browsers = [BrowserClient(http, f"http://127.0.0.1:{port}") for _ in range(2)]
+                for browser in browsers:
+                    await browser.open()
+                for browser in browsers:
+                    await browser.wait_for("Watching:", timeout=90)
+                viewers = [p for p, cmd in group_processes(server_pid).items() if "cbtui.classroom.watch" in cmd]
+                assert len(viewers) >= 2, group_processes(server_pid)
+                presenter.send_signal(signal.SIGKILL)
+                presenter.wait(10)
+                deadline = time.monotonic() + 15
+                while (group_processes(server_pid) or listening(port) or folder.exists()) and \
+                        time.monotonic() < deadline:
+                    await asyncio.sleep(0.1)
+                for browser in browsers:
+                    await browser.close()
+
+        asyncio.run(asyncio.wait_for(two_browsers(), 180))
+        assert not group_processes(server_pid), f"left behind: {group_processes(server_pid)}"
+        assert not listening(port) and not folder.exists()
+    finally:
+        if presenter.poll() is None:
+            presenter.kill()
+            presenter.wait()
+        if server_pid is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(server_pid, 9)
+
+
+@pytest.mark.slow
+def test_past_the_viewer_limit_a_browser_gets_a_polite_page_and_no_process(tmp_path):
+    import asyncio
+
+    from serve_helpers import BrowserClient, alive, free_port, group_processes
+
+    from cbtui.classroom.serve import start_server, stop_server
+
+    aiohttp = pytest.importorskip("aiohttp")
+    pytest.importorskip("textual_serve")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    session = serve_session(tmp_path / "class")
+    server = start_server(session, "127.0.0.1", port, url, "Mixed <b>load</b>", max_viewers=1)
+
+    def viewers() -> list[int]:
+        return [p for p, cmd in group_processes(server.pid).items()
+                if "cbtui.classroom.watch" in cmd and "/bin/sh" not in cmd]
+
+    async def scenario():
+        async with aiohttp.ClientSession() as http:
+            first = BrowserClient(http, url)
+            await first.open()
+            await first.wait_for("Watching:", timeout=90)
+            assert len(viewers()) == 1
+            for _ in range(3):  # the page, then a websocket straight away (a script skips the page)
+                async with http.get(url + "/") as page:
+                    assert page.status == 503 and page.headers["Retry-After"] == "30"
+                    text = await page.text()
+                    assert "1 browsers are watching" in text and "Mixed &lt;b&gt;load" in text
+                with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                    await http.ws_connect(url.replace("http", "ws") + "/ws")
+                assert refused.value.status == 503
+            await asyncio.sleep(1.0)
+            assert len(viewers()) == 1, "a refused browser started a viewer"
+            gone = viewers()
+            await first.close()
+            deadline = time.monotonic() + 30
+            while any(alive(p) for p in gone) and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.5)
+            async with http.get(url + "/") as page:  # a seat is free again
+                assert page.status == 200
+
+    try:
+        asyncio.run(asyncio.wait_for(scenario(), 180))
+    finally:
+        stop_server(server)
+        session.close()
+    assert not group_processes(server.pid)

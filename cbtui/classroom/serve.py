@@ -152,9 +152,14 @@ def _listening(host: str, port: int) -> bool:
         return False
 
 
-def start_server(session: Session, host: str, port: int, public_url: str, title: str) -> subprocess.Popen:
+def start_server(session: Session, host: str, port: int, public_url: str, title: str, *,
+                 max_viewers: int | None = None, temporary: bool = False) -> subprocess.Popen:
     """The web server, in its own process group (so its viewers can be ended with it), listening
-    once this returns; its output goes to server.log in the session folder."""
+    once this returns; its output goes to server.log in the session folder. It ends, with its
+    viewers, when this process does (even by kill -9), removing the session folder if `temporary`;
+    at most `max_viewers` browsers watch at once (None: as many as the machine's memory holds)."""
+    from .serve_web import default_max_viewers
+
     if importlib.util.find_spec("textual_serve") is None:
         raise ServeError(f"cbtui serve needs textual-serve for the browsers: {INSTALL}")
     check_host_port(host, port)
@@ -165,7 +170,8 @@ def start_server(session: Session, host: str, port: int, public_url: str, title:
         raise ServeError(f"cannot write {log_path} ({exc.strerror or exc})") from None
     with log:
         server = subprocess.Popen(
-            [sys.executable, "-m", "cbtui.classroom.serve_web", str(session.dir), host, str(port), public_url, title],
+            [sys.executable, "-m", "cbtui.classroom.serve_web", str(session.dir), host, str(port), public_url, title,
+             str(os.getpid()), str(max_viewers or default_max_viewers()), "1" if temporary else "0"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         connect_to = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
         deadline = time.monotonic() + SERVER_START_S
@@ -197,7 +203,7 @@ def url_for(host: str, port: int) -> str:
 
 
 def serve(scenario, engine, header, *, host: str, port: int, public_url: str | None, session_dir: str | None,
-          run_options: dict) -> int:
+          run_options: dict, max_viewers: int | None = None) -> int:
     """Runs the presenter's dashboard with the web server beside it; returns the exit code."""
     from ..apps.dashboard import run_dashboard
 
@@ -218,7 +224,7 @@ def serve(scenario, engine, header, *, host: str, port: int, public_url: str | N
     try:
         recording.start(header)
         session.publish(PresenterState(run=recording.run, url=url))
-        server = start_server(session, host, port, url, header.title)
+        server = start_server(session, host, port, url, header.title, max_viewers=max_viewers, temporary=temporary)
         print(f"cbtui serve: browsers watch at {url}; terminals: {audience.watch_command}", file=sys.stderr)
         code = run_dashboard(scenario, engine, recording=recording,
                              app_class=partial(PresenterApp, session=session, audience=audience), **run_options)

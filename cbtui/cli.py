@@ -462,6 +462,7 @@ def scenario_cmd(name, list_, headless, as_json, steps, variant, at, plugins, wi
         from engine.distributed import ShardFailure
         from engine.engine import NoProgressError
         from engine.records.metrics import MetricsCollector
+        from engine.sampling import SamplingError
 
         from .run.headless import HeadlessRun
 
@@ -481,7 +482,7 @@ def scenario_cmd(name, list_, headless, as_json, steps, variant, at, plugins, wi
                 cut_short = engine.has_unfinished()
                 engine.close()  # a sharded run's workers stop before a variant starts its own
                 _print_comparison(scenario, run.totals, cut_short, overrides)
-        except (NoProgressError, ShardFailure) as exc:
+        except (NoProgressError, ShardFailure, SamplingError) as exc:
             engine.close()
             fail(str(exc))
         if recording is not None:
@@ -554,13 +555,16 @@ def compare_cmd(name, variants, steps, device, model, at, fork, paused, speed):
 @click.option("--session", "session_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
               help="Folder for the shared run (default: a new temporary one, removed at the end); "
                    "terminals watch it with `cbtui watch DIR`.")
+@click.option("--max-viewers", type=click.IntRange(1, 10_000), default=None, metavar="N",
+              help="Browsers that may watch at once (each is a viewer process of ~55 MB); the next gets a page "
+                   "saying the class is full. Default: as many as half the available memory holds, at most 200.")
 @click.option("--variant", default=None, help="Run one of the scenario's [compare] variants instead.")
 @engine_option("device")
 @engine_option("model")
 @click.option("--at", "at", multiple=True, metavar="STEP:KEY=VALUE", help=AT_HELP)
 @click.option("--paused", is_flag=True, help="Start paused.")
 @click.option("--speed", type=SPEED, default=None, help="Steps per second (default 4).")
-def serve_cmd(name, host, port, public_url, session_dir, variant, device, model, at, paused, speed):
+def serve_cmd(name, host, port, public_url, session_dir, max_viewers, variant, device, model, at, paused, speed):
     """Show one run to a class: you present (this terminal controls it), they watch read-only, in a
     browser (http://HOST:PORT) or a terminal (cbtui watch DIR). One engine, however many watch."""
     from .classroom.serve import ServeError, serve
@@ -577,7 +581,7 @@ def serve_cmd(name, host, port, public_url, session_dir, variant, device, model,
     run_options = dict(overrides=overrides, variant=variant, paused=paused, speed=speed)
     try:
         code = serve(scenario, engine, header, host=host, port=port, public_url=public_url,
-                     session_dir=session_dir, run_options=run_options)
+                     session_dir=session_dir, run_options=run_options, max_viewers=max_viewers)
     except ServeError as exc:
         fail(str(exc))
     sys.stdout.flush()

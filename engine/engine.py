@@ -85,7 +85,8 @@ class Engine:
         self.plugins = PluginHost(list(plugins or []), config, num_layers)
         self.runner = make_runner(config, self.plugins)
         self.scheduler = Scheduler(config.scheduler, make_block_manager(config, self.runner.num_blocks), self.plugins,
-                                   self.runner.stop_ids, self.speculator.wanted if self.speculator else None)
+                                   self.runner.stop_ids, self.speculator.wanted if self.speculator else None,
+                                   dense_tokens=self.runner.dense_tokens)
         # Output tails are ids; a real tokenizer's text goes into the records too (widgets cannot decode it).
         text = None if isinstance(self.tokenizer, ByteTokenizer) else self.tokenizer.decode
         kv = self.runner.kv
@@ -129,7 +130,8 @@ class Engine:
         """Queues a request; returns its id. Raises ValueError naming what is wrong, and then changes nothing."""
         tokens = self.tokenizer.encode(prompt) if isinstance(prompt, str) else prompt
         check_request(self.config, self.runner.spec, self.scheduler.blocks, self.requests, tokens, max_new_tokens,
-                      arrival_step, priority, request_id, temperature, top_k, seed, deadline_step)
+                      arrival_step, priority, request_id, temperature, top_k, seed, deadline_step,
+                      dense_tokens=self.scheduler.dense_tokens)
         # A request added mid-run arrives no earlier than now: TTFT counts from when it exists.
         arrival_step = max(arrival_step, self.step_index)
         rid = self._next_id if request_id is None else request_id

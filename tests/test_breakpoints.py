@@ -189,3 +189,38 @@ def test_reuse_and_drafts_breakpoints_fire_on_prefix_hits_and_speculation():
         r.step for r in records if r.kv.prefix is not None and str(some) in r.kv.prefix.hits]
     records = run_records("speculative", steps=12)
     assert firing_steps(parse("drafts"), records) == [r.step for r in records if any(i.drafts for i in r.items)]
+
+
+HUGE = "9" * 5000  # past int()'s 4,300 digits
+
+
+@pytest.mark.parametrize("spec", [f"step:{HUGE}", f"preempt:{HUGE}", f"kv-free<{HUGE}", f"wait>{HUGE}",
+                                  f"finish:{'0' * 30}1{HUGE}", "x" * 5000], ids=lambda s: f"{s[:12]}..{len(s)}")
+def test_a_huge_number_or_spec_is_one_short_line(spec):
+    with pytest.raises(BreakpointError) as caught:
+        parse(spec)
+    message = str(caught.value)
+    assert "\n" not in message and len(message) < 1200 and HUGE not in message
+
+
+def test_leading_zeros_are_not_digits_too_many():
+    assert parse("step:" + "0" * 40 + "7") == Breakpoint("step:7", "step", 7)
+
+
+def test_the_b_screen_says_a_huge_step_is_refused_and_stays_open():
+    async def scenario():
+        from textual.widgets import Input
+
+        app = make_replay_app(paused=True)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_until(pilot, lambda: app.history.current() is not None)
+            await pilot.press("b")
+            await pilot.pause()
+            app.screen.query_one(Input).value = f"step:{HUGE}"
+            await pilot.press("enter")
+            await pilot.pause()
+            assert "at most 18" in str(app.screen.query_one("#bp-message").render())
+            assert app.controller.breakpoints.specs() == []
+            await pilot.press("escape", "q")
+        assert app.return_code in (0, None)
+    asyncio.run(asyncio.wait_for(scenario(), 120))

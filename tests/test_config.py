@@ -128,9 +128,9 @@ def test_a_setting_is_read_from_its_section_and_by_its_flat_name_through_value()
 
 def test_every_flat_name_belongs_to_exactly_one_section_field():
     names = EngineConfig.field_names()
-    assert len(names) == len(set(names)) == 27
+    assert len(names) == len(set(names)) == 28
     per_section = sum(len(dataclasses.fields(cls)) for cls in SECTIONS.values())
-    assert per_section == len(FLAT) == 27
+    assert per_section == len(FLAT) == 28
     assert not set(names) & set(SECTIONS), "a flat name must not hide a section"
 
 
@@ -176,7 +176,8 @@ def test_caches_prefixes_resolves_none_across_sections():
 
 def test_scopes_follow_the_sections_and_only_if():
     assert set(SCOPES) == {"num_speculative_tokens", "draft_model", "shard_by", "shard_timeout_s",
-                           "static_batch_size", "block_size", "num_blocks", "kv_memory_bytes", "prefix_caching"}
+                           "static_batch_size", "block_size", "num_blocks", "kv_memory_bytes", "prefix_caching",
+                           "dense_max_tokens"}
     assert takes_effect(EngineConfig(), "speculative") and takes_effect(EngineConfig(), "shards")  # the switches
     assert not takes_effect(EngineConfig(), "num_speculative_tokens")
     assert takes_effect(EngineConfig(speculative="ngram"), "num_speculative_tokens")

@@ -94,7 +94,8 @@ def test_every_scoped_setting_is_an_engine_setting_and_leaves_its_scope():
     outside = {"shard_by": dict(shards=1), "shard_timeout_s": dict(shards=1), "num_speculative_tokens": {},
                "draft_model": dict(speculative="ngram"), "static_batch_size": dict(policy="fcfs"),
                "block_size": dict(kv_layout="dense"), "num_blocks": dict(kv_layout="dense"),
-               "kv_memory_bytes": dict(kv_layout="dense"), "prefix_caching": dict(kv_layout="dense")}
+               "kv_memory_bytes": dict(kv_layout="dense"), "prefix_caching": dict(kv_layout="dense"),
+               "dense_max_tokens": dict(kv_layout="paged")}
     assert set(outside) == set(SCOPES)
     for name, settings in outside.items():
         assert not takes_effect(EngineConfig(**settings), name), name

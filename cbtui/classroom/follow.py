@@ -9,6 +9,7 @@ and reads past steps back for the dashboard's history.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import time
@@ -17,6 +18,8 @@ from pathlib import Path
 from engine.records import RunHeader, StepRecord
 from engine.records.recording import MAX_LINE_BYTES, RecordingError, parse_header, parse_record
 from engine.records.step_lines import StepLines
+
+from .session import NO_FOLLOW
 
 POLL_S = 0.05  # how long step() waits for a new line before it says there is none yet
 READ_BYTES = 1 << 16
@@ -29,12 +32,14 @@ class FollowedRun:
         self.path = Path(path)
         self.lines = StepLines(self.path)
         self._offset = 0  # bytes consumed: whole lines only
-        self._pending = b""  # read but not yet a whole line
+        self._pending = bytearray()  # read but not yet a whole line
+        self._scanned = 0  # of _pending, bytes known to hold no newline
         deadline = time.monotonic() + wait_s
         self._fd: int | None = None
         while True:
             try:
-                self._fd = os.open(self.path, os.O_RDONLY)
+                # Never through a link, never waiting on a FIFO: the folder may be a stranger's.
+                self._fd = os.open(self.path, os.O_RDONLY | NO_FOLLOW)
                 break
             except FileNotFoundError:
                 if time.monotonic() > deadline:
@@ -42,12 +47,17 @@ class FollowedRun:
                                          f"running `cbtui serve`?") from None
                 time.sleep(POLL_S)
             except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise RecordingError(f"{self.path}: a link, not a recording; `cbtui serve` writes no "
+                                         f"links") from None
                 raise RecordingError(f"{self.path}: cannot read the file ({exc.strerror or exc})") from None
         info = os.fstat(self._fd)
         if not stat.S_ISREG(info.st_mode):
             self.close()
-            raise RecordingError(f"{self.path}: not a regular file")
+            raise RecordingError(f"{self.path}: not a regular file (a FIFO, device or folder); `cbtui serve` "
+                                 f"writes a file")
         self._inode = info.st_ino
+        self.lines.use(os.dup(self._fd))  # past steps are read from this file, not whatever the path names later
         header = None
         while header is None:
             line = self._next_line()
@@ -97,16 +107,20 @@ class FollowedRun:
 
     def _next_line(self) -> tuple[str, int] | None:
         """The next whole line and where it starts; None when the writer has not finished one."""
-        while b"\n" not in self._pending:
-            if len(self._pending) > MAX_LINE_BYTES:
+        pending = self._pending
+        while (end := pending.find(b"\n", self._scanned)) < 0:  # each byte searched once: no quadratic re-scan
+            self._scanned = len(pending)
+            if len(pending) > MAX_LINE_BYTES:
                 raise RecordingError(f"{self.path}: a line is longer than {MAX_LINE_BYTES >> 20} MiB")
             if self._fd is None:
                 return None
-            chunk = os.pread(self._fd, READ_BYTES, self._offset + len(self._pending))
+            chunk = os.pread(self._fd, READ_BYTES, self._offset + len(pending))
             if not chunk:
                 return None
-            self._pending += chunk
-        raw, self._pending = self._pending.split(b"\n", 1)
+            pending += chunk
+        raw = bytes(pending[:end])
+        del pending[:end + 1]
+        self._scanned = 0
         start = self._offset
         self._offset += len(raw) + 1
         try:

@@ -24,7 +24,7 @@ from engine.records.step_lines import RecordingWriter
 
 from ..apps.dashboard import DashboardApp
 from ..run.controller import MAX_SPEED
-from .session import ENDED, PresenterState, Session
+from .session import ENDED, RECORDING, SERVER_LOG, PresenterState, Session, SessionError
 
 PUBLISH_S = 0.1  # how often the presenter's state is written when it changed
 COUNT_S = 1.0  # how often the viewers are counted
@@ -42,7 +42,7 @@ class SessionRecording(RecordingWriter):
     it from the run number the presenter publishes after the file was emptied."""
 
     def __init__(self, session: Session):
-        super().__init__(session.recording_path)
+        super().__init__(session.recording_path, session.new_file(RECORDING))
         self.run = 0
 
     def start(self, header=None) -> None:
@@ -152,25 +152,36 @@ def _listening(host: str, port: int) -> bool:
         return False
 
 
-def start_server(session: Session, host: str, port: int, public_url: str, title: str) -> subprocess.Popen:
+def start_server(session: Session, host: str, port: int, public_url: str, title: str, *,
+                 max_viewers: int | None = None, temporary: bool = False) -> subprocess.Popen:
     """The web server, in its own process group (so its viewers can be ended with it), listening
-    once this returns; its output goes to server.log in the session folder."""
+    once this returns; its output goes to server.log in the session folder. It ends, with its
+    viewers, when this process does (even by kill -9), removing the session folder if `temporary`;
+    at most `max_viewers` browsers watch at once (None: as many as the machine's memory holds)."""
+    from .serve_web import default_max_viewers
+
     if importlib.util.find_spec("textual_serve") is None:
         raise ServeError(f"cbtui serve needs textual-serve for the browsers: {INSTALL}")
     check_host_port(host, port)
-    log_path = session.dir / "server.log"
-    with open(log_path, "wb") as log:
+    log_path = session.dir / SERVER_LOG
+    try:
+        log = session.new_file(SERVER_LOG)  # new, in the checked folder: never through a planted link
+    except OSError as exc:
+        raise ServeError(f"cannot write {log_path} ({exc.strerror or exc})") from None
+    with log:
         server = subprocess.Popen(
-            [sys.executable, "-m", "cbtui.classroom.serve_web", str(session.dir), host, str(port), public_url, title],
+            [sys.executable, "-m", "cbtui.classroom.serve_web", str(session.dir), host, str(port), public_url, title,
+             str(os.getpid()), str(max_viewers or default_max_viewers()), "1" if temporary else "0"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    connect_to = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
-    deadline = time.monotonic() + SERVER_START_S
-    while not _listening(connect_to, port):
-        if server.poll() is not None or time.monotonic() > deadline:
-            stop_server(server)
-            tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
-            raise ServeError(f"the web server did not start ({tail[0].strip()}); see {log_path}")
-        time.sleep(0.1)
+        connect_to = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
+        deadline = time.monotonic() + SERVER_START_S
+        while not _listening(connect_to, port):
+            if server.poll() is not None or time.monotonic() > deadline:
+                stop_server(server)
+                log.seek(0)
+                tail = log.read(1 << 20).decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+                raise ServeError(f"the web server did not start ({tail[0].strip()}); see {log_path}")
+            time.sleep(0.1)
     return server
 
 
@@ -192,7 +203,7 @@ def url_for(host: str, port: int) -> str:
 
 
 def serve(scenario, engine, header, *, host: str, port: int, public_url: str | None, session_dir: str | None,
-          run_options: dict) -> int:
+          run_options: dict, max_viewers: int | None = None) -> int:
     """Runs the presenter's dashboard with the web server beside it; returns the exit code."""
     from ..apps.dashboard import run_dashboard
 
@@ -202,7 +213,10 @@ def serve(scenario, engine, header, *, host: str, port: int, public_url: str | N
     try:
         session.create()
         recording = SessionRecording(session)
+    except SessionError as exc:
+        raise ServeError(str(exc)) from None
     except OSError as exc:
+        session.close()
         raise ServeError(f"--session {directory}: cannot write there ({exc.strerror or exc})") from None
     url = public_url or url_for(host, port)
     audience = Audience(url=url, watch_command=f"cbtui watch {directory}")
@@ -210,7 +224,7 @@ def serve(scenario, engine, header, *, host: str, port: int, public_url: str | N
     try:
         recording.start(header)
         session.publish(PresenterState(run=recording.run, url=url))
-        server = start_server(session, host, port, url, header.title)
+        server = start_server(session, host, port, url, header.title, max_viewers=max_viewers, temporary=temporary)
         print(f"cbtui serve: browsers watch at {url}; terminals: {audience.watch_command}", file=sys.stderr)
         code = run_dashboard(scenario, engine, recording=recording,
                              app_class=partial(PresenterApp, session=session, audience=audience), **run_options)
@@ -220,6 +234,7 @@ def serve(scenario, engine, header, *, host: str, port: int, public_url: str | N
             session.publish(PresenterState(run=with_state.run, state=ENDED, url=url))
         if server is not None:
             stop_server(server)
+        session.close()
         if temporary:
             shutil.rmtree(directory, ignore_errors=True)
     return code

@@ -2,21 +2,113 @@
 its own read-only viewer process (`python -m cbtui.classroom.watch DIR`), which follows the presenter's
 recording; no tab starts an engine.
 
-    python -m cbtui.classroom.serve_web DIR HOST PORT PUBLIC_URL TITLE
+    python -m cbtui.classroom.serve_web DIR HOST PORT PUBLIC_URL TITLE PARENT MAX_VIEWERS TEMPORARY
+
+It lives no longer than the presenter (PARENT): when that process dies, however (kill -9 included),
+this one removes the temporary session folder (TEMPORARY is 1: the presenter made it) and ends its
+process group, itself and every viewer it started, as shard workers end with their driver. At most
+MAX_VIEWERS browsers watch at once (each viewer is a process of ~55 MB); the next one gets a page
+that says the class is full, with status 503, and no process.
 """
 
 from __future__ import annotations
 
+import html
+import os
 import shlex
+import shutil
+import signal
 import sys
+import threading
+import time
+from pathlib import Path
+
+PARENT_POLL_S = 0.25
+TEMPORARY_PREFIX = "cbtui-serve-"  # what serve.py's temporary folders are called: the only ones removed here
+VIEWER_BYTES = 64 << 20  # one browser's viewer process, with room (measured: ~55 MB)
+MAX_DEFAULT_VIEWERS = 200
+
+
+def default_max_viewers(available: int | None = None) -> int:
+    """As many viewers as half the memory available now holds (at least 1, at most 200)."""
+    if available is None:
+        available = available_memory()
+    return max(1, min(MAX_DEFAULT_VIEWERS, available // 2 // VIEWER_BYTES))
+
+
+def available_memory() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return VIEWER_BYTES * 2 * 8
+
+
+def full_page(title: str, watching: int) -> str:
+    """What the browser past the limit sees: polite, and no viewer process started for it."""
+    title = html.escape(title)
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}: the class is full</title>"
+            f"<meta http-equiv='refresh' content='30'></head><body style='font-family: sans-serif; margin: 3em'>"
+            f"<h1>{title}</h1><p>Sorry: {watching} browsers are watching this run already, as many as this "
+            f"machine serves at once. This page tries again every 30 seconds; a seat frees when someone "
+            f"closes their tab.</p><p>Or ask the presenter to watch from a terminal "
+            f"(<code>cbtui watch</code>) or for a larger <code>--max-viewers</code>.</p></body></html>")
+
+
+def die_with_parent(parent: int, directory: str, temporary: bool) -> None:
+    """Ends this server and its viewers (its process group) soon after `parent` dies, however it dies:
+    a thread that watches for being re-parented (as engine/distributed/worker.py does)."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        if temporary and Path(directory).name.startswith(TEMPORARY_PREFIX):
+            shutil.rmtree(directory, ignore_errors=True)
+        os.killpg(0, signal.SIGKILL)  # our own group: this server, its shells and viewers
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def make_server(command: str, host: str, port: int, title: str, public_url: str, max_viewers: int):
+    from aiohttp import web
+    from textual_serve.server import Server
+
+    class ClassServer(Server):
+        """textual-serve's server with a limit on the browsers that watch at once."""
+
+        watching = 0
+
+        def _full(self) -> web.Response:
+            return web.Response(status=503, text=full_page(title, self.watching), content_type="text/html",
+                                headers={"Retry-After": "30"})
+
+        async def handle_index(self, request: web.Request):
+            if self.watching >= max_viewers:
+                return self._full()
+            return await super().handle_index(request)
+
+        async def handle_websocket(self, request: web.Request):
+            if self.watching >= max_viewers:  # (one event loop: the check and the count are one step)
+                return self._full()
+            self.watching += 1
+            try:
+                return await super().handle_websocket(request)
+            finally:
+                self.watching -= 1
+
+    return ClassServer(command, host=host, port=port, title=f"cbtui: {title}", public_url=public_url)
 
 
 def main(argv: list[str]) -> None:
-    directory, host, port, public_url, title = argv
-    from textual_serve.server import Server
-
+    directory, host, port, public_url, title, parent, max_viewers, temporary = argv
+    die_with_parent(int(parent), directory, temporary == "1")
     command = f"{shlex.quote(sys.executable)} -m cbtui.classroom.watch {shlex.quote(directory)}"
-    Server(command, host=host, port=int(port), title=f"cbtui: {title}", public_url=public_url).serve()
+    make_server(command, host, int(port), title, public_url, int(max_viewers)).serve()
 
 
 if __name__ == "__main__":

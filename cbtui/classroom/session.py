@@ -4,9 +4,17 @@
     presenter.json  what the presenter's screen shows: run state, the step in view, the selected
                     request, and which run this is (r starts a new one)
     viewers/        one file per viewer (terminal or browser tab) while it watches
+    server.log      the web server's output
 
 Files, not sockets: a viewer is a read-only dashboard that follows the recording, so no viewer
 ever runs an engine, and one in an SSH session needs nothing but read access to the folder.
+
+The folder may be anyone's, so neither side trusts it (#30). The presenter writes only in a folder
+it owns that no one else can write (`create` refuses any other, in one line), works in it through
+one open descriptor (a renamed or swapped path changes nothing), never follows a link there, and
+makes each file new (a link, FIFO or device under a session file's name is refused, never opened).
+A viewer opens nothing but regular files, without following links and without blocking, reads at
+most MAX_STATE_BYTES of presenter.json, and takes from it only the values the presenter writes.
 """
 
 from __future__ import annotations
@@ -14,14 +22,59 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 RECORDING = "run.jsonl"
 STATE = "presenter.json"
 VIEWERS = "viewers"
+SERVER_LOG = "server.log"
 ENDED = "ended"  # the presenter's state once it has quit
+# What a presenter's state may say (engine_fed's run_state, and ENDED): any other is a stranger's.
+STATES = ("starting", "running", "paused", "finished", "failed", ENDED)
+MAX_STATE_BYTES = 16 << 10  # presenter.json is ~150 bytes; a viewer reads no more than this
+MAX_URL_CHARS = 2048
+# Opening a file in the session folder: never through a link, never waiting on a FIFO's writer.
+NO_FOLLOW = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+class SessionError(Exception):
+    """The folder cannot hold a session safely; the message says why and what to do (one line)."""
+
+
+def open_regular(path: str | Path, dir_fd: int | None = None) -> int:
+    """A read-only descriptor on `path` when it is a regular file (not a link, FIFO, device or
+    folder); OSError otherwise (ELOOP for a link). Never blocks."""
+    fd = os.open(path, os.O_RDONLY | NO_FOLLOW, dir_fd=dir_fd)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path}: not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_small(path: str | Path, limit: int) -> bytes | None:
+    """The whole of a regular file of at most `limit` bytes; None for anything else."""
+    try:
+        fd = open_regular(path)
+    except OSError:
+        return None
+    try:
+        data = os.read(fd, limit + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return data if len(data) <= limit else None
+
+
+def _printable(text: str, limit: int) -> bool:
+    return len(text) <= limit and text.isprintable()
 
 
 @dataclass(frozen=True)
@@ -35,17 +88,21 @@ class PresenterState:
 
     @classmethod
     def from_json(cls, text: str) -> PresenterState | None:
-        """None for anything that is not a state this module wrote (a file mid-replace, a stranger's)."""
+        """None for anything that is not a state this module wrote (a file mid-replace, a stranger's:
+        a state or url with escape sequences in it, JSON nested thousands deep, a huge number)."""
         try:
             data = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
         if not isinstance(data, dict):
             return None
         ints = ("run", "viewing", "selected")
         if any(data.get(k) is not None and type(data.get(k)) is not int for k in ints):
             return None
-        if any(not isinstance(data.get(k, ""), str) for k in ("state", "url")):
+        if data.get("state", "starting") not in STATES:
+            return None
+        url = data.get("url", "")
+        if not isinstance(url, str) or not _printable(url, MAX_URL_CHARS):
             return None
         speed = data.get("speed")
         if speed is not None and (type(speed) not in (int, float) or not speed > 0):
@@ -56,6 +113,8 @@ class PresenterState:
 class Session:
     def __init__(self, directory: str | Path):
         self.dir = Path(directory)
+        self._fd: int | None = None  # the presenter's: the folder, once create() has checked it
+        self._viewers_fd: int | None = None
 
     @property
     def recording_path(self) -> Path:
@@ -65,61 +124,153 @@ class Session:
     def viewers_dir(self) -> Path:
         return self.dir / VIEWERS
 
+    # -- the presenter's side -------------------------------------------------------------------
     def create(self) -> None:
-        """The folder and its viewers/ (for the presenter); stale viewer files from an earlier run go."""
-        self.viewers_dir.mkdir(parents=True, exist_ok=True)
-        for stale in self.viewers_dir.iterdir():
+        """The presenter's: makes the folder (or checks the one there), its viewers/, and clears
+        stale viewer files from an earlier run. SessionError when the folder is not safe to write in:
+        not a folder, someone else's, writable by others, or holding a link (or FIFO, device, folder)
+        under one of a session's names."""
+        where = f"--session {self.dir}"
+        try:
+            self.dir.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(self.dir, 0o755)
+            link = os.lstat(self.dir)
+            if stat.S_ISLNK(link.st_mode) and link.st_uid != os.geteuid():
+                raise SessionError(f"{where}: a link owned by someone else (uid {link.st_uid}); give your own folder")
+            fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except NotADirectoryError:
+            raise SessionError(f"{where}: not a folder; give a folder (it is made if missing)") from None
+        except OSError as exc:
+            raise SessionError(f"{where}: cannot use it ({exc.strerror or exc})") from None
+        try:
+            self._check_folder(fd, where)
+            for name in (RECORDING, STATE, SERVER_LOG):
+                self._check_entry(fd, name, where, want=stat.S_ISREG)
+            self._check_entry(fd, VIEWERS, where, want=stat.S_ISDIR)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(VIEWERS, 0o755, dir_fd=fd)
+            viewers = os.open(VIEWERS, os.O_RDONLY | os.O_DIRECTORY | NO_FOLLOW, dir_fd=fd)
+        except SessionError:
+            os.close(fd)
+            raise
+        except OSError as exc:
+            os.close(fd)
+            raise SessionError(f"{where}: cannot write there ({exc.strerror or exc})") from None
+        self.close()
+        self._fd, self._viewers_fd = fd, viewers
+        for stale in os.listdir(viewers):
             with contextlib.suppress(OSError):
-                stale.unlink()
+                os.unlink(stale, dir_fd=viewers)  # the entry itself (a link's target is untouched)
 
-    # -- the presenter's state ------------------------------------------------------------------
+    @staticmethod
+    def _check_folder(fd: int, where: str) -> None:
+        info = os.fstat(fd)
+        if info.st_uid != os.geteuid():
+            raise SessionError(f"{where}: the folder belongs to someone else (uid {info.st_uid}), who could "
+                               f"change its files under you; give a folder of your own")
+        if info.st_mode & 0o022:
+            raise SessionError(f"{where}: others can write in this folder (mode {stat.filemode(info.st_mode)}), "
+                               f"so they could plant links in it; `chmod go-w` it or give another folder")
+
+    @staticmethod
+    def _check_entry(fd: int, name: str, where: str, want) -> None:
+        try:
+            info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if not want(info.st_mode):
+            kind = "a link" if stat.S_ISLNK(info.st_mode) else "a FIFO" if stat.S_ISFIFO(info.st_mode) else \
+                "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+            expected = "a folder" if want is stat.S_ISDIR else "a file cbtui writes"
+            raise SessionError(f"{where}: {name} is {kind}, not {expected}; remove it or give another folder")
+
+    def _dir_fd(self) -> int:
+        if self._fd is None:
+            raise SessionError(f"{self.dir}: the session was not created (Session.create)")
+        return self._fd
+
+    def new_file(self, name: str) -> BinaryIO:
+        """A new, empty regular file `name` in the folder, open to read and write: what was there under
+        that name goes first (its entry only; a link's target or another hard link is untouched)."""
+        fd = self._dir_fd()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=fd)  # refuses a folder (IsADirectoryError)
+        made = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | NO_FOLLOW, 0o644, dir_fd=fd)
+        return os.fdopen(made, "w+b")
+
+    def close(self) -> None:
+        for fd in (self._fd, self._viewers_fd):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._fd = self._viewers_fd = None
+
     def publish(self, state: PresenterState) -> None:
         """Replaced at once (write aside, then rename), so a viewer never reads half a file."""
-        aside = self.dir / f".{STATE}.{os.getpid()}"
-        aside.write_text(json.dumps(asdict(state)), encoding="utf-8")
-        os.replace(aside, self.dir / STATE)
+        fd = self._dir_fd()
+        aside = f".{STATE}.{os.getpid()}"
+        with self.new_file(aside) as f:
+            f.write(json.dumps(asdict(state)).encode("utf-8"))
+        os.replace(aside, STATE, src_dir_fd=fd, dst_dir_fd=fd)  # replaces the entry, never through a link
 
+    # -- a viewer's side ------------------------------------------------------------------------
     def read_state(self) -> PresenterState | None:
+        data = read_small(self.dir / STATE, MAX_STATE_BYTES)
+        if data is None:
+            return None
         try:
-            return PresenterState.from_json((self.dir / STATE).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError):
+            return PresenterState.from_json(data.decode("utf-8"))
+        except UnicodeDecodeError:
             return None
 
     # -- who is watching ------------------------------------------------------------------------
     def register_viewer(self) -> Path | None:
         """A file in viewers/ named by this process while it watches (None: the folder is not
-        writable for this user; they watch uncounted)."""
-        path = self.viewers_dir / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        writable for this user, or viewers/ is not a folder; they watch uncounted)."""
+        name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
-            path.touch(exist_ok=False)
+            viewers = os.open(self.viewers_dir, os.O_RDONLY | os.O_DIRECTORY | NO_FOLLOW)
         except OSError:
             return None
-        return path
+        try:
+            os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NO_FOLLOW, 0o644, dir_fd=viewers))
+        except OSError:
+            return None
+        finally:
+            os.close(viewers)
+        return self.viewers_dir / name
 
     @staticmethod
     def unregister_viewer(path: Path | None) -> None:
         if path is not None:
             with contextlib.suppress(OSError):
-                path.unlink()
+                path.unlink()  # unlink never follows a link: at worst a stranger's entry goes
 
     def count_viewers(self) -> int:
-        """Viewers whose process is alive; a file left by one that was killed is removed."""
+        """Viewers whose process is alive; a file left by one that was killed is removed (the entry
+        in viewers/, never what a link there points to)."""
+        viewers = self._viewers_fd
+        if viewers is None:
+            return 0
         try:
-            entries = list(self.viewers_dir.iterdir())
+            entries = os.listdir(viewers)
         except OSError:
             return 0
         alive = 0
         for entry in entries:
-            pid = entry.name.split("-", 1)[0]
-            if pid.isdigit() and _alive(int(pid)):
+            pid = entry.split("-", 1)[0]
+            if pid.isdigit() and len(pid) < 10 and _alive(int(pid)):
                 alive += 1
             else:
                 with contextlib.suppress(OSError):
-                    entry.unlink()
+                    os.unlink(entry, dir_fd=viewers)
         return alive
 
 
 def _alive(pid: int) -> bool:
+    if pid <= 0:  # 0 and -1 would signal a group or everyone
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -118,6 +118,8 @@ def open_session(directory: str) -> tuple[Session, Following]:
         path = os.path.dirname(path)
     session = Session(path)
     if not os.path.isdir(path):
+        if os.path.lexists(path):
+            raise RecordingError(f"{directory}: not a folder; give the folder `cbtui serve` said to watch")
         raise RecordingError(f"{directory}: no such folder; give the folder `cbtui serve` said to watch")
     return session, Following(session.recording_path)
 

@@ -124,23 +124,41 @@ _ALIASES = {"preemption": "preempt", "preempted": "preempt", "finished": "finish
             "knob": "change"}
 
 
+MAX_DIGITS = 18  # a step, request or threshold: an int64, as the records hold them
+SHOWN_CHARS = 60  # of a bad spec, in its message
+
+
+def _shown(spec: str) -> str:
+    return repr(spec if len(spec) <= SHOWN_CHARS else spec[:SHOWN_CHARS] + "...")
+
+
+def _number(spec: str, digits: str) -> int:
+    """int(digits), refused in one line past MAX_DIGITS (int() itself refuses past 4,300)."""
+    if len(digits.lstrip("0")) > MAX_DIGITS:
+        raise BreakpointError(f"breakpoint {_shown(spec)}: its number has {len(digits)} digits; steps, requests "
+                              f"and thresholds have at most {MAX_DIGITS}")
+    return int(digits)
+
+
 def parse(spec: str) -> Breakpoint:
     """A Breakpoint from its spec; BreakpointError names the spec and the accepted forms."""
     text = spec.strip().lower().replace(" ", "")
     match = _SPEC.match(text)
     if match is None:
-        raise BreakpointError(f"breakpoint {spec!r} is not one of: {FORMS}")
+        raise BreakpointError(f"breakpoint {_shown(spec)} is not one of: {FORMS}")
     if match["free"] is not None:
-        return Breakpoint(f"kv-free<{int(match['free'])}", "kv-free", int(match["free"]))
+        free = _number(spec, match["free"])
+        return Breakpoint(f"kv-free<{free}", "kv-free", free)
     if match["wait"] is not None:
-        return Breakpoint(f"wait>{int(match['wait'])}", "wait", int(match["wait"]))
+        wait = _number(spec, match["wait"])
+        return Breakpoint(f"wait>{wait}", "wait", wait)
     kind = _ALIASES.get(match["kind"], match["kind"])
-    arg = None if match["arg"] is None else int(match["arg"])
+    arg = None if match["arg"] is None else _number(spec, match["arg"])
     if kind == "step" and arg is not None:
         return Breakpoint(f"step:{arg}", kind, arg)
     if kind in _OPTIONAL_REQUEST or (kind in ("error", "fragmented", "change") and arg is None):
         return Breakpoint(kind if arg is None else f"{kind}:{arg}", kind, arg)
-    raise BreakpointError(f"breakpoint {spec!r} is not one of: {FORMS}")
+    raise BreakpointError(f"breakpoint {_shown(spec)} is not one of: {FORMS}")
 
 
 class Breakpoints:

@@ -11,6 +11,8 @@ MAX_POOL_TOKENS = 1 << 20  # num_blocks (and num_blocks * block_size) a scenario
 MAX_KV_MEMORY = 1 << 32  # kv_memory_bytes a scenario file may ask for: 4 GiB
 
 PAGED = ("kv_layout", "paged")  # the dense layout keeps no blocks: it grows each request's keys on demand
+DENSE = ("kv_layout", "dense")
+MAX_DENSE_TOKENS = MAX_POOL_TOKENS << 4  # dense_max_tokens a scenario file may ask for
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,13 @@ class CacheConfig(Section):
     # a compressed pool (the kv_int8 plugin) gets more blocks for the same memory.
     kv_memory_bytes: int | None = setting(None, type=int, low=1, optional=True, limit=MAX_KV_MEMORY, only_if=PAGED,
                                           help="Size the paged pool by bytes instead of num_blocks.")
+    # kv/dense_store.py: each request's tensors grow on demand; this caps what all of them hold at once
+    dense_max_tokens: int | None = setting(None, type=int, low=1, optional=True, limit=MAX_DENSE_TOKENS,
+                                           only_if=DENSE, metavar="TOKENS",
+                                           help="Dense layout: the KV tokens all requests may hold at once (None: "
+                                                "sized from the model and device, as the paged pool is); a request is "
+                                                "admitted when its prompt plus max_new_tokens fit beside those "
+                                                "admitted, else it waits (no free KV memory).")
     # kv/contiguous_runs.py
     contiguous_up_to: int = setting(0, type=int, low=0, metavar="TOKENS",
                                     help="Requests whose prompt plus max_new_tokens is at most TOKENS get one "

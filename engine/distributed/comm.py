@@ -8,7 +8,6 @@ the rank, from `diagnose` (the launcher knows which worker exited, and with what
 
 from __future__ import annotations
 
-import pickle
 import time
 from collections.abc import Callable
 
@@ -16,6 +15,8 @@ import torch
 import torch.distributed as dist
 
 from .errors import ShardFailure
+
+MAX_PLAN_BYTES = 1 << 30  # a step of 400,000 tokens encodes to a few MB
 
 
 class Comm:
@@ -64,17 +65,21 @@ class Comm:
         self._run(src.nbytes * self.world, lambda: dist.all_gather(parts, src))
         return torch.stack(parts).to(t.device)
 
-    def send_plan(self, plan: object) -> None:
-        """Rank 0: the step's plan (plain Python data) to every worker: its length, then its bytes."""
-        payload = torch.frombuffer(bytearray(pickle.dumps(plan, protocol=pickle.HIGHEST_PROTOCOL)), dtype=torch.uint8)
+    def send_plan(self, plan: bytes) -> None:
+        """Rank 0: the step's plan, encoded (shard_runner.encode_plan: JSON, never a pickle), to every
+        worker: its length, then its bytes."""
+        payload = torch.frombuffer(bytearray(plan), dtype=torch.uint8)
         size = torch.tensor([payload.numel()], dtype=torch.long)
         self._run(size.nbytes, lambda: dist.broadcast(size, src=0))
         self._run(payload.nbytes, lambda: dist.broadcast(payload, src=0))
 
-    def receive_plan(self) -> object:
-        """A worker: the next plan rank 0 sends."""
+    def receive_plan(self) -> bytes:
+        """A worker: the next plan rank 0 sends, as bytes (decoded by shard_runner.decode_plan)."""
         size = torch.zeros(1, dtype=torch.long)
         self._run(size.nbytes, lambda: dist.broadcast(size, src=0))
-        payload = torch.empty(int(size.item()), dtype=torch.uint8)
+        n = int(size.item())
+        if not 0 < n <= MAX_PLAN_BYTES:
+            raise ShardFailure(f"rank {self.rank}: a step plan of {n} bytes (at most {MAX_PLAN_BYTES >> 20} MiB)")
+        payload = torch.empty(n, dtype=torch.uint8)
         self._run(payload.nbytes, lambda: dist.broadcast(payload, src=0))
-        return pickle.loads(payload.numpy().tobytes())  # from rank 0 of our own process group, no one else
+        return payload.numpy().tobytes()

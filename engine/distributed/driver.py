@@ -25,7 +25,7 @@ from ..scheduler.plan import SchedulePlan
 from .comm import Comm
 from .errors import ShardFailure
 from .launcher import BUILT_KEY, WorkerGroup
-from .shard_runner import ShardRunner, StepPlan
+from .shard_runner import ShardRunner, StepPlan, encode_plan
 from .tensor_parallel import check_divisible
 from .worker import serve
 
@@ -37,7 +37,7 @@ def _stop(group: WorkerGroup, comm: Comm | None) -> None:
         return
     try:
         if comm is not None:
-            comm.send_plan(StepPlan(step=group.step, items=[], tokens=[], samples=[], stop=True))
+            comm.send_plan(encode_plan(StepPlan(step=group.step, items=[], tokens=[], samples=[], stop=True)))
     except ShardFailure:
         pass
     group.stopped()
@@ -85,8 +85,8 @@ class ShardedRunner(ShardRunner):
             self.group.check()  # a dead worker fails here, before anything is sent
             self.group.step += 1
             items = [(i.request_id, i.kind, i.first_pos, i.num_tokens, i.key_len) for i in plan.batch]
-            self.comm.send_plan(StepPlan(self.group.step, items, plan.tokens, plan.samples, self._tables,
-                                         self._released))
+            self.comm.send_plan(encode_plan(StepPlan(self.group.step, items, plan.tokens, plan.samples, self._tables,
+                                                     self._released)))
             self._tables, self._released = {}, []
         out = super().run(plan)
         out.comm = CommView(*self.comm.take())

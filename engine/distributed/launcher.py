@@ -1,11 +1,12 @@
 """Starting, watching and stopping the worker processes of a sharded engine.
 
 Two ways in, one code path after the rendezvous:
-- self-launched (`Engine(EngineConfig(shards=2))`): rank 0 opens a TCPStore on 127.0.0.1 (a port
-  the OS picks, so nothing races for it), starts ranks 1..N-1 as `python -m engine.distributed.worker`
-  with the rendezvous and the config in their environment, and owns them: they stop when the
-  engine is closed or garbage-collected and when this process exits (weakref.finalize runs at
-  exit too); a worker also ends when its parent dies (worker.py watches), so none is orphaned.
+- self-launched (`Engine(EngineConfig(shards=2))`): rank 0 opens a TCPStore listening on 127.0.0.1
+  only (a port the OS picks, so nothing races for it), starts ranks 1..N-1 as
+  `python -m engine.distributed.worker` with the rendezvous and the config in their environment,
+  and owns them: they stop when the engine is closed or garbage-collected and when this process
+  exits (weakref.finalize runs at exit too); a worker also ends when its parent dies (worker.py
+  watches), so none is orphaned.
 - torchrun (`torchrun --nproc-per-node 2 -m cbtui ...`, any number of nodes): every rank runs the
   same command; RANK/WORLD_SIZE/MASTER_ADDR come from the environment; rank 0 goes on as the
   driver and the other ranks serve until it stops them.
@@ -19,6 +20,7 @@ import dataclasses
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -46,6 +48,19 @@ def backend_for(device: torch.device, shards: int) -> str:
     if device.type == "cuda" and torch.cuda.device_count() >= shards:
         return "nccl"
     return "gloo"
+
+
+def loopback_store(world: int) -> dist.TCPStore:
+    """Rank 0's rendezvous store, listening on 127.0.0.1 only, on a port the OS picks.
+    TCPStore("127.0.0.1", ...) alone listens on every interface, and anyone who reaches it can read
+    and write its keys (it has no authentication): it is handed a socket bound to loopback instead
+    (a duplicate, which the store owns and closes)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(128)
+        return dist.TCPStore("127.0.0.1", listener.getsockname()[1], world, True,
+                             timeout=timedelta(seconds=START_TIMEOUT_S), wait_for_workers=False,
+                             master_listen_fd=os.dup(listener.fileno()))
 
 
 def launched_by_torchrun() -> bool:
@@ -82,8 +97,7 @@ class WorkerGroup:
             self.rank = dist.get_rank()
             return
         self.rank = 0
-        self.store = dist.TCPStore("127.0.0.1", 0, self.world, True, timeout=timedelta(seconds=START_TIMEOUT_S),
-                                   wait_for_workers=False)
+        self.store = loopback_store(self.world)
         try:
             self._spawn(self.store.port)
             self.wait_for(READY_KEY)

@@ -10,6 +10,7 @@ runs the same forward pass with the same collectives in the same order. What a s
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from ..config import EngineConfig
@@ -33,6 +34,45 @@ class StepPlan:
     tables: dict[int, tuple[int, ...]] = field(default_factory=dict)  # new or changed since the last plan
     forget: list[int] = field(default_factory=list)  # requests whose blocks were freed
     stop: bool = False  # the engine is closing: leave the loop
+
+
+def encode_plan(plan: StepPlan) -> bytes:
+    """The plan as JSON: plain data a worker decodes without running anything (not a pickle)."""
+    return json.dumps({"step": plan.step, "items": plan.items, "tokens": plan.tokens, "samples": plan.samples,
+                       "tables": {str(rid): list(blocks) for rid, blocks in plan.tables.items()},
+                       "forget": plan.forget, "stop": plan.stop}, separators=(",", ":")).encode("utf-8")
+
+
+def decode_plan(data: bytes) -> StepPlan:
+    """The plan encode_plan wrote; ValueError (one line) for anything else."""
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError):
+        raise ValueError("a step plan that is not JSON") from None
+    if not isinstance(raw, dict) or set(raw) != PLAN_FIELDS:
+        raise ValueError("a step plan without its fields")
+    step, items, tokens, samples, tables, forget, stop = (raw[k] for k in (
+        "step", "items", "tokens", "samples", "tables", "forget", "stop"))
+    if (type(step) is not int or type(stop) is not bool or not _list_of(items, list) or not _list_of(tokens, list)
+            or not _list_of(samples, bool) or not isinstance(tables, dict) or not _list_of(forget, int)):
+        raise ValueError("a step plan whose fields are not what encode_plan writes")
+    if not len(items) == len(tokens) == len(samples) or any(
+            len(i) != 5 or type(i[1]) is not str or any(type(i[k]) is not int for k in (0, 2, 3, 4)) for i in items):
+        raise ValueError("a step plan whose batch items are not (request, kind, first, tokens, keys)")
+    try:
+        changed = {int(rid): tuple(blocks) for rid, blocks in tables.items() if _list_of(blocks, int)}
+    except ValueError:
+        changed = {}
+    if len(changed) != len(tables):
+        raise ValueError("a step plan whose block tables are not lists of block ids by request id")
+    return StepPlan(step, [tuple(i) for i in items], tokens, samples, changed, forget, stop)
+
+
+PLAN_FIELDS = {"step", "items", "tokens", "samples", "tables", "forget", "stop"}
+
+
+def _list_of(value: object, kind: type) -> bool:
+    return isinstance(value, list) and all(type(v) is kind for v in value)
 
 
 class ShardRunner(ModelRunner):

@@ -23,7 +23,7 @@ from ..plugins.host import PluginHost
 from .comm import Comm
 from .errors import ShardFailure
 from .launcher import BUILT_KEY, CONFIG_ENV, PROGRESS_KEY, READY_KEY, START_TIMEOUT_S, backend_for
-from .shard_runner import ShardRunner, StepPlan
+from .shard_runner import ShardRunner, decode_plan
 
 PARENT_POLL_S = 0.25
 
@@ -40,8 +40,7 @@ def serve(config: EngineConfig, store: dist.Store | None = None) -> None:
     if store is not None:
         store.set(BUILT_KEY.format(rank), "1")
     while True:
-        plan = runner.comm.receive_plan()
-        assert isinstance(plan, StepPlan)
+        plan = decode_plan(runner.comm.receive_plan())
         if plan.stop:
             break
         runner.run_plan(plan)

@@ -9,6 +9,7 @@ from .types import (
     REASON_BUDGET,
     REASON_DECODE_CAP,
     REASON_NO_BLOCKS,
+    REASON_NO_KV_MEMORY,
     REASON_NO_RUN,
     REASON_NOT_ARRIVED,
     REASON_PREEMPTED,
@@ -27,7 +28,8 @@ from .types import (
     StepRecord,
 )
 
-__all__ = ["REASON_BUDGET", "REASON_DECODE_CAP", "REASON_NO_BLOCKS", "REASON_NO_RUN", "REASON_NOT_ARRIVED",
-           "REASON_PREEMPTED", "REASON_RESERVED", "REASON_STATIC_BATCH", "CommView", "IdKeyed", "KVView",
+__all__ = ["REASON_BUDGET", "REASON_DECODE_CAP", "REASON_NO_BLOCKS", "REASON_NO_KV_MEMORY", "REASON_NO_RUN",
+           "REASON_NOT_ARRIVED", "REASON_PREEMPTED", "REASON_RESERVED", "REASON_STATIC_BATCH", "CommView", "IdKeyed",
+           "KVView",
            "MemoryView", "Preemption", "PrefixView", "RequestView", "RunHeader", "ScheduledItem", "ShardView",
            "Shortfall", "StepRecord"]

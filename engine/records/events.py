@@ -16,6 +16,7 @@ from .types import (
     REASON_BUDGET,
     REASON_DECODE_CAP,
     REASON_NO_BLOCKS,
+    REASON_NO_KV_MEMORY,
     REASON_NO_RUN,
     REASON_RESERVED,
     REASON_STATIC_BATCH,
@@ -150,6 +151,7 @@ _WAIT_REASONS = {
     REASON_RESERVED: "budget reserved for priority: {n} waiting",
     REASON_NO_BLOCKS: "no free KV blocks{short}: {n} waiting",
     REASON_NO_RUN: "no contiguous run free{short}: {n} waiting",
+    REASON_NO_KV_MEMORY: "no free KV memory (the dense layout's cap): {n} waiting",
     REASON_STATIC_BATCH: "static batch full: {n} waiting",
 }
 

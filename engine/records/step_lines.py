@@ -13,6 +13,7 @@ import threading
 from array import array
 from bisect import bisect_left
 from pathlib import Path
+from typing import BinaryIO
 
 from .record_line import parse_record
 from .types import RunHeader, StepRecord
@@ -46,6 +47,12 @@ class StepLines:
         with self._lock:
             return self._steps[0] if self._steps else None
 
+    def use(self, fd: int) -> None:
+        """Read through `fd` (this object closes it) instead of opening the path: the file as it was
+        opened, whatever the path names later."""
+        self.close()
+        self._fd = fd
+
     def read(self, step: int) -> StepRecord | None:
         with self._lock:
             index = bisect_left(self._steps, step)
@@ -70,13 +77,19 @@ class RecordingWriter:
     """Writes a run as `--json` does (the run header, then one StepRecord a line), each line flushed
     as it is written, so the file is a good recording at every moment and `lines` can read any
     step back. `start` begins the file anew (a restarted run: with the header it had). An OSError
-    (a full disk) stops the writing and is kept in `error`; the run goes on."""
+    (a full disk) stops the writing and is kept in `error`; the run goes on. `file`: the file to write, opened
+    by the caller to read and write (past steps are then read back through it, not by opening the
+    path again); None: the path is opened here."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, file: BinaryIO | None = None):
         self.path = Path(path)
         self.lines = StepLines(self.path)
         self.error: str | None = None
-        self._file = open(self.path, "wb")  # noqa: SIM115 - open for the run; close() closes it
+        if file is None:
+            file = open(self.path, "wb")  # noqa: SIM115 - open for the run; close() closes it
+        else:
+            self.lines.use(os.dup(file.fileno()))
+        self._file = file
         self._end = 0
         self._header: RunHeader | None = None
 

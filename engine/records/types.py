@@ -18,6 +18,7 @@ REASON_BUDGET = "token budget spent"
 REASON_RESERVED = "budget reserved for priority"
 REASON_DECODE_CAP = "decode cap"
 REASON_NO_BLOCKS = "no free KV blocks"
+REASON_NO_KV_MEMORY = "no free KV memory"  # the dense layout's cap (cache.dense_max_tokens) is held
 REASON_NO_RUN = "no contiguous run free"  # enough free blocks maybe, but not that many in a row
 REASON_PREEMPTED = "preempted"
 REASON_STATIC_BATCH = "static batch full"

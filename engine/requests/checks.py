@@ -19,7 +19,7 @@ def _is_int(value: Any) -> bool:
 
 def check_request(config: EngineConfig, spec: ModelSpec, blocks: BlockManager | None, used_ids: Container[int],
                   tokens: Any, max_new_tokens: Any, arrival_step: Any, priority: Any, request_id: Any, temperature: Any,
-                  top_k: Any, seed: Any, deadline_step: Any) -> None:
+                  top_k: Any, seed: Any, deadline_step: Any, dense_tokens: int | None = None) -> None:
     """Arguments are Any: they come from callers and files we do not trust."""
     if not isinstance(tokens, (list, tuple)):
         raise ValueError(f"prompt={tokens!r} must be a string or a list of token ids")
@@ -58,6 +58,10 @@ def check_request(config: EngineConfig, spec: ModelSpec, blocks: BlockManager | 
                                  f"{need}; raise kv_memory_bytes")
             raise ValueError(f"num_blocks={blocks.num_blocks} is too small: one request of {total} tokens "
                              f"needs {need} blocks of {blocks.block_size}; raise num_blocks to at least {need}")
+    if dense_tokens is not None and total > dense_tokens:
+        named = "dense_max_tokens" if config.cache.dense_max_tokens is not None else "the dense layout's cap"
+        raise ValueError(f"{named}={dense_tokens} is too small: one request of {total} tokens (prompt plus "
+                         f"max_new_tokens) would never be admitted; raise dense_max_tokens to at least {total}")
     if seed is not None and (not _is_int(seed) or not 0 <= seed < 2**63):
         raise ValueError(f"seed={seed!r} is out of range; it must be an integer in 0..2**63-1")
     if request_id is not None:

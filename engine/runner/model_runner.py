@@ -90,6 +90,22 @@ def default_num_blocks(config: EngineConfig, device: torch.device, bytes_per_tok
     return min(per_seq * 8, max(per_seq, CPU_POOL_BYTES // (bytes_per_token * config.cache.block_size)))
 
 
+def dense_tokens(config: EngineConfig, device: torch.device, bytes_per_token: int) -> int:
+    """The dense layout's cap on the KV tokens all requests hold at once: cache.dense_max_tokens, or
+    as many tokens as the default paged pool holds (eight full-context sequences on the CPU, up to 1
+    GiB; 40% of free GPU memory on CUDA). A cap larger than the memory free is refused, as a pool is."""
+    cap = config.cache.dense_max_tokens
+    if cap is None:
+        return default_num_blocks(config, device, bytes_per_token) * config.cache.block_size
+    need, free = cap * bytes_per_token, free_memory_bytes(device)
+    if need > int(free * 0.9):
+        where = "free on the GPU" if device.type == "cuda" else "available in RAM"
+        raise ValueError(f"dense_max_tokens={cap}: the dense KV cache could take {need / 2**30:.1f} GiB but only "
+                         f"{free / 2**30:.1f} GiB is {where}; use dense_max_tokens <= "
+                         f"{int(free * 0.9) // bytes_per_token}")
+    return cap
+
+
 def blocks_in_budget(config: EngineConfig, bytes_per_token: int) -> int:
     """Float blocks that fit in kv_memory_bytes (a compressed pool re-sizes itself on attach)."""
     assert config.cache.kv_memory_bytes is not None
@@ -142,6 +158,7 @@ class ModelRunner:
         self.model = self._build_model()
         self.weight_bytes = self.model.weight_bytes()
         self.kv: PagedKVStore | DenseKVStore
+        self.dense_tokens: int | None = None  # the dense layout's cap on held KV tokens (None: paged)
         if config.cache.kv_layout == "paged":
             bytes_per_token = kv_bytes_per_token(s.num_layers, s.num_kv_heads, s.head_dim, self.dtype)
             num_blocks = config.cache.num_blocks or default_num_blocks(config, self.device, bytes_per_token)
@@ -152,6 +169,7 @@ class ModelRunner:
             self.kv.read_by_flatten = self.attention_name == "reference"  # the teaching path, as the seed says
         else:
             self.kv = DenseKVStore(s.num_layers, s.num_kv_heads, s.head_dim, self.dtype, self.device)
+            self.dense_tokens = dense_tokens(config, self.device, self.kv.bytes_per_token)
         self.model_cache = plugins.wrap_cache(self.kv)  # the store as the model sees it
         # The pool's size, decided here once: a compressing plugin may have fitted more blocks in the budget.
         self.num_blocks = self.kv.num_blocks if isinstance(self.kv, PagedKVStore) else 0
@@ -246,7 +264,7 @@ class ModelRunner:
         # and by then every kernel of the step (queued before it on the stream) has run.
         if not self.generators or all(r.temperature <= 0 for r in sampling):
             return StepOutput(greedy_batch(logits))
-        return StepOutput([sample(logits[i], r.temperature, r.top_k, self.generators.get(r.id))
+        return StepOutput([sample(logits[i], r.temperature, r.top_k, self.generators.get(r.id), r.id)
                            for i, r in enumerate(sampling)])
 
     def _run_speculative(self, plan: SchedulePlan) -> StepOutput:

@@ -16,7 +16,8 @@ out of the step gets a reason. Policies (policies.py) say who may be admitted (F
 batch) and who may use a reserved slice of the budget.
 
 The scheduler owns the block manager (kv/block_manager.py; None for the dense layout, which has no
-blocks and never runs short): every KV decision is made here, and the plan carries the changes
+blocks: its one limit is a cap on the tokens all requests hold, `dense_tokens`, each request's
+whole length reserved at admission): every KV decision is made here, and the plan carries the changes
 to the runner's store. After the runner has run the plan, `update` moves the requests on: tokens
 computed and appended, finished requests freed, rejected drafts' blocks rolled back.
 """
@@ -34,6 +35,7 @@ from ..records import (
     REASON_BUDGET,
     REASON_DECODE_CAP,
     REASON_NO_BLOCKS,
+    REASON_NO_KV_MEMORY,
     REASON_NO_RUN,
     REASON_PREEMPTED,
     REASON_RESERVED,
@@ -59,7 +61,8 @@ class SchedulerHooks(Protocol):
 
 class Scheduler:
     def __init__(self, config: SchedulerConfig, blocks: BlockManager | None, plugins: SchedulerHooks | None = None,
-                 stop_ids: frozenset[int] = frozenset(), drafts_wanted: Callable[[Request, int], int] | None = None):
+                 stop_ids: frozenset[int] = frozenset(), drafts_wanted: Callable[[Request, int], int] | None = None,
+                 dense_tokens: int | None = None):
         self.config = config
         self.blocks = blocks  # None: the dense layout, which grows on demand and is never short
         self.plugins = plugins  # the engine's PluginHost (scheduler hooks, cache plugins' evictions), if any
@@ -74,6 +77,9 @@ class Scheduler:
         self._released: list[int] = []  # requests that let go of their KV since the last plan
         self._finished: list[int] = []  # requests that finished since the last plan
         self._aborting: list[Request] = []  # to stop before the next step (Engine.abort)
+        self.dense_tokens = dense_tokens  # the dense layout's cap (cache.dense_max_tokens); None: no cap
+        self.dense_reserved: dict[int, int] = {}  # dense: admitted request id -> the tokens it may come to hold
+        self.dense_held = 0  # their sum
 
     def add_arrived(self, request: Request) -> None:
         request.state = RequestState.WAITING
@@ -195,6 +201,8 @@ class Scheduler:
                 plan.reasons[r.id] = blocked
             elif n == 0:
                 plan.reasons[r.id] = self._budget_reason(plan)
+            elif blocks is None and not self._dense_fits(r):  # dense: FCFS behind the head, as for blocks
+                blocked = plan.reasons[r.id] = REASON_NO_KV_MEMORY
             elif blocks is not None and not blocks.can_admit(r, hit, hit.tokens + n):  # admission never preempts
                 needed, free, longest_run = blocks.admission_shortfall(r, hit.tokens + n, hit)
                 # FCFS: nobody behind the head of the queue overtakes it
@@ -206,6 +214,8 @@ class Scheduler:
                 r.state = RequestState.PREFILL
                 if blocks is not None:
                     blocks.admit(r, hit)
+                else:
+                    self._dense_admit(r)
                 if hit.blocks:
                     self.kv_tokens[r.id] = hit.tokens
                 r.num_computed = r.cached_tokens = hit.tokens
@@ -342,6 +352,26 @@ class Scheduler:
             if flag:
                 sampling.append(r)
 
+    # -- the dense layout's cap -------------------------------------------------------------------
+    # A dense request's tensors grow as it runs and nothing preempts it, so its whole length (prompt
+    # plus max_new_tokens) is reserved when it is admitted: the running ones never run short, and
+    # what they hold stays under the cap (drafts aside: a speculating decode may hold k more a step).
+    @staticmethod
+    def _dense_length(r: Request) -> int:
+        return len(r.prompt) + r.max_new_tokens
+
+    def _dense_fits(self, r: Request) -> bool:
+        cap = self.dense_tokens
+        return cap is None or self.dense_held + self._dense_length(r) <= cap
+
+    def _dense_admit(self, r: Request) -> None:
+        if self.dense_tokens is not None:
+            self.dense_reserved[r.id] = n = self._dense_length(r)
+            self.dense_held += n
+
+    def _dense_release(self, r: Request) -> None:
+        self.dense_held -= self.dense_reserved.pop(r.id, 0)
+
     # -- after the step ---------------------------------------------------------------------------
     def update(self, plan: SchedulePlan, sampled: list[int], kept: dict[Request, list[int]],
                now: float | None) -> StepEvents:
@@ -419,6 +449,7 @@ class Scheduler:
     def _release(self, r: Request) -> None:
         """The request lets go of its KV (finished, or preempted to recompute later)."""
         self.freed_blocks[r.id] = self.blocks.free(r.id) if self.blocks is not None else ()
+        self._dense_release(r)
         self.kv_tokens.pop(r.id, None)
         self._released.append(r.id)
         r.kv_capacity = 0

@@ -73,7 +73,7 @@ class DraftModelProposer:
     def _choose(self, r: Request, logits: torch.Tensor, dists: list[torch.Tensor]) -> int:
         if r.temperature <= 0:
             return int(torch.argmax(logits).item())
-        q = probabilities(logits, r.temperature, r.top_k)
+        q = probabilities(logits, r.temperature, r.top_k, r.id)
         dists.append(q)
         return int(torch.multinomial(q, 1, generator=self._generator(r)).item())
 

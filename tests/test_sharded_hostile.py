@@ -63,7 +63,7 @@ def test_a_sharded_engine_listens_on_loopback_only():
     try:
         engine.add_request("hello there", max_new_tokens=2)
         engine.run_until_done()
-        for pid in (os.getpid(), *engine.sharded.worker_pids):
+        for pid in (os.getpid(), *engine.runner.worker_pids):
             sockets = listening_sockets(pid)
             assert all(address == "127.0.0.1" for address, _ in sockets), (pid, sockets)
         assert listening_sockets(os.getpid()), "the driver's store should be listening"

@@ -74,13 +74,13 @@ temperature = 0.7
 POISON = textwrap.dedent("""
     import sys, torch
     import engine.runner.model_runner as mr
-    real, value = mr.build_model, float(sys.argv.pop(1))
+    real, value = mr.load_model, float(sys.argv.pop(1))
     def poisoned(*args, **kwargs):
         model = real(*args, **kwargs)
         with torch.no_grad():
             model.norm.weight[0] = value
         return model
-    mr.build_model = poisoned
+    mr.load_model = poisoned
     from cbtui.cli import main
     main()
 """)

@@ -450,7 +450,8 @@ def scenario_cmd(name, list_, headless, as_json, steps, variant, at, plugins, wi
         if path is not None:
             _check_output(path, check)
     try:
-        scenario = _with_changes(without_plugins(load_scenario(name, trust_plugins=trust_plugins), without), at)
+        loaded = load_scenario(name, trust_plugins=trust_plugins, model=overrides["model"])
+        scenario = _with_changes(without_plugins(loaded, without), at)
         engine = scenario.build_engine(variant, plugins=plugins, **overrides)
     except (ScenarioError, ValueError) as exc:
         fail(str(exc))
@@ -529,7 +530,7 @@ def compare_cmd(name, variants, steps, device, model, at, fork, paused, speed):
     if fork and variants:
         fail("--fork compares the run with itself changed; --variants names two runs: choose one")
     try:
-        scenario = _with_changes(load_scenario(name), at)
+        scenario = _with_changes(load_scenario(name, model=model), at)
         pair = fork_pair(scenario, _with_changes(scenario, fork), fork) if fork else variant_pair(scenario, variants)
         for v in pair:  # every setting checked before the screen opens
             v.scenario.engine_config(v.compare_key, **overrides)
@@ -567,7 +568,7 @@ def serve_cmd(name, host, port, public_url, session_dir, variant, device, model,
 
     overrides = dict(device=device, model=model)
     try:
-        scenario = _with_changes(load_scenario(name), at)
+        scenario = _with_changes(load_scenario(name, model=model), at)
         engine = scenario.build_engine(variant, **overrides)
     except (ScenarioError, ValueError) as exc:
         fail(str(exc))

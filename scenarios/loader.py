@@ -165,15 +165,15 @@ class Scenario:
 
     def _encoded(self, engine: Engine, spec: dict) -> dict:
         """A request's keywords for add_request: a text prompt is encoded by the engine's tokenizer
-        (bytes for a preset, the checkpoint's own), a chat prompt through its chat template."""
+        (bytes for a preset, the model's own), a chat prompt through the model's chat template. The
+        random presets have no chat template: their chat prompt is its text, as bytes, so a chat
+        scenario runs on them too (its outputs are noise either way)."""
         if not spec.get("chat"):
             return spec
         spec = {k: v for k, v in spec.items() if k != "chat"}
         chat_prompt = getattr(engine.tokenizer, "chat_prompt", None)
-        if chat_prompt is None:
-            raise ValueError("chat = true needs a checkpoint's tokenizer and chat template (--model DIR); the random "
-                             "presets have neither")
-        spec["prompt"] = chat_prompt(spec["prompt"])
+        if chat_prompt is not None:
+            spec["prompt"] = chat_prompt(spec["prompt"])
         return spec
 
     def header(self, engine: Engine, variant: str | None = None) -> RunHeader:

@@ -1,6 +1,7 @@
 """A scenario file meets the model that runs: with --model, token ids are checked against that model's
-vocabulary (not the file's preset's 256 bytes) and its text prompts go through its tokenizer. A small
-random checkpoint with a vocabulary of 384 stands in for a real model; nothing is downloaded."""
+vocabulary (not the file's preset's 256 bytes), its text prompts go through its tokenizer, and a chat
+prompt runs on the random presets too (as its plain text). A small random checkpoint with a vocabulary
+of 384 stands in for a real model; nothing is downloaded."""
 
 from __future__ import annotations
 
@@ -99,6 +100,12 @@ def test_a_bad_model_on_the_command_line_is_one_line_before_anything_runs(tmp_pa
     assert result.stderr.startswith(f"cbtui: error: {tmp_path / 'nowhere'}: no such directory")
 
 
+def test_a_chat_prompt_on_a_preset_is_its_text(tmp_path):
+    scenario = loads('[[requests]]\nprompt = "Hi there"\nchat = true\nmax_new_tokens = 2\n', tmp_path / "s.toml")
+    engine = scenario.build_engine(device="cpu")
+    assert engine.requests[0].prompt == list(b"Hi there")
+
+
 def test_a_file_may_name_a_packaged_model_or_a_hub_name(tmp_path, monkeypatch):
     """Not mistaken for a missing directory beside the file: each is resolved as --model resolves it."""
     import huggingface_hub.constants
@@ -111,3 +118,31 @@ def test_a_file_may_name_a_packaged_model_or_a_hub_name(tmp_path, monkeypatch):
         loads('[engine]\nmodel = "smollm2"\n[[requests]]\nprompt = "hi"\n', tmp_path / "s.toml")
     with pytest.raises(ScenarioError, match=r"\[engine\] model: someorg/somemodel: not in the Hugging Face cache"):
         loads('[engine]\nmodel = "someorg/somemodel"\n[[requests]]\nprompt = "hi"\n', tmp_path / "s.toml")
+
+
+def test_the_chat_scenario_runs_on_the_presets():
+    """Six chat prompts, for CI on the random presets: their text as bytes, the run as any other."""
+    scenario = load_scenario("chat")
+    assert len(scenario.requests) == 6 and all(r.get("chat") for r in scenario.requests)
+    engine = scenario.build_engine(device="cpu")
+    assert engine.requests[0].prompt == list(b"What is the capital of France?")
+
+
+@pytest.mark.slow
+def test_the_chat_scenario_gives_real_answers_on_smollm2(monkeypatch):
+    from engine.models.packaged import is_pulled, packaged_path
+
+    monkeypatch.delenv("CBTUI_CACHE_DIR", raising=False)  # the default cache, where `cbtui pull` puts it
+    if not is_pulled("smollm2"):
+        pytest.skip(f"smollm2 is not pulled ({packaged_path('smollm2')}); run `cbtui pull smollm2`")
+    scenario = load_scenario("chat", model="smollm2")
+    engine = scenario.build_engine(model="smollm2", device="cpu", dtype="float32")
+    records = []
+    while engine.has_unfinished():
+        records.append(engine.step())
+    answers = {rid: engine.tokenizer.decode(tokens) for rid, tokens in engine.outputs().items()}
+    assert "Paris" in answers[0] and answers[0].endswith("<|im_end|>"), answers[0]  # stopped at end of turn
+    assert len(engine.outputs()[0]) < scenario.requests[0]["max_new_tokens"]
+    assert "84" in answers[4] or "Hola" in answers[5] or "Buenos" in answers[5], answers
+    tails = {v.id: v.output_text for rec in records for v in rec.requests if v.output_text}
+    assert "Paris" in tails[0]  # what the Requests panel's output tail shows

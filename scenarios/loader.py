@@ -42,7 +42,8 @@ from engine import Engine, EngineConfig
 from engine.config import MAX_POOL_TOKENS, MODELS, SECTIONS, default_of, section_fields, setting_for
 from engine.live_changes import changed_config
 from engine.models.checkpoint import CheckpointError
-from engine.models.source import is_preset, model_spec
+from engine.models.packaged import is_packaged
+from engine.models.source import is_hub_name, is_preset, model_spec
 from engine.plugins.base import check_plugin_config
 from engine.plugins.loader import is_module_spec, load_plugin
 from engine.plugins.spec import parse_plugin_spec
@@ -152,7 +153,8 @@ class Scenario:
             try:
                 engine.add_request(**self._encoded(engine, spec))
             except ValueError as exc:
-                raise ScenarioError(f"{self.path}: request {i}: {exc}") from None
+                engine.close()
+                raise ScenarioError(f"{self.path}: request #{i + 1} of the workload: {exc}") from None
         for step, settings in self.changes:
             try:
                 engine.reconfigure(at_step=step, **settings)
@@ -163,15 +165,15 @@ class Scenario:
 
     def _encoded(self, engine: Engine, spec: dict) -> dict:
         """A request's keywords for add_request: a text prompt is encoded by the engine's tokenizer
-        (bytes for a preset, the checkpoint's own), a chat prompt through its chat template."""
+        (bytes for a preset, the model's own), a chat prompt through the model's chat template. The
+        random presets have no chat template: their chat prompt is its text, as bytes, so a chat
+        scenario runs on them too (its outputs are noise either way)."""
         if not spec.get("chat"):
             return spec
         spec = {k: v for k, v in spec.items() if k != "chat"}
         chat_prompt = getattr(engine.tokenizer, "chat_prompt", None)
-        if chat_prompt is None:
-            raise ValueError("chat = true needs a checkpoint's tokenizer and chat template (--model DIR); the random "
-                             "presets have neither")
-        spec["prompt"] = chat_prompt(spec["prompt"])
+        if chat_prompt is not None:
+            spec["prompt"] = chat_prompt(spec["prompt"])
         return spec
 
     def header(self, engine: Engine, variant: str | None = None) -> RunHeader:
@@ -187,9 +189,11 @@ def _refuse_module_spec(path: Path, index: int, name: str) -> None:
                             f"cbtui.plugins entry points; pass --trust-plugins if you trust this file")
 
 
-def load_scenario(name_or_path: str, trust_plugins: bool = False) -> Scenario:
+def load_scenario(name_or_path: str, trust_plugins: bool = False, model: str | None = None) -> Scenario:
     """A built-in name (see builtin_names) or a path to a TOML file. Its [[plugins]] may name
-    module:Class only with `trust_plugins` (the file would otherwise run code when validated)."""
+    module:Class only with `trust_plugins` (the file would otherwise run code when validated).
+    `model` (the command line's --model) is the model that will run: the workload is checked against
+    it (token ids against its vocabulary, lengths against its context), not the file's own."""
     path = _resolve(str(name_or_path))
     try:
         text = path.read_text(encoding="utf-8")
@@ -197,17 +201,19 @@ def load_scenario(name_or_path: str, trust_plugins: bool = False) -> Scenario:
         raise ScenarioError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
         raise ScenarioError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
-    return loads(text, path, trust_plugins)
+    return loads(text, path, trust_plugins, model)
 
 
-def loads(text: str, path: Path | str = "<string>", trust_plugins: bool = False) -> Scenario:
-    """Parses and validates scenario TOML text; `path` names the file in error messages."""
+def loads(text: str, path: Path | str = "<string>", trust_plugins: bool = False,
+          model: str | None = None) -> Scenario:
+    """Parses and validates scenario TOML text; `path` names the file in error messages; `model`
+    as in load_scenario."""
     path = Path(path)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{path}: invalid TOML: {exc}") from None
-    return from_dict(data, path, trust_plugins)
+    return from_dict(data, path, trust_plugins, model)
 
 
 def _resolve(name: str) -> Path:
@@ -246,9 +252,10 @@ def _flat_engine(check: Checker, table: dict, name: str) -> dict:
     return flat
 
 
-def _check_engine(check: Checker, settings: dict) -> EngineConfig:
+def _check_engine(check: Checker, settings: dict, model: str | None = None) -> EngineConfig:
     """Flat keys checked by their settings' metadata (choices, types, ranges, with the stricter limits
-    a file may ask for, and the model's own bounds), then EngineConfig."""
+    a file may ask for, and the model's own bounds), then EngineConfig. `model`: the command line's
+    --model, which runs instead of the file's (whose setting is then only normalised, not loaded)."""
     if settings.get("overlap_steps"):
         check.fail("overlap_steps", "a scenario shows every step as it runs; overlapped steps (records one step "
                                     "late) are for throughput runs such as cbtui bench: remove the key")
@@ -256,7 +263,8 @@ def _check_engine(check: Checker, settings: dict) -> EngineConfig:
         s = setting_for(key)
         if s.choices and not s.open_choice:
             check.choice(settings, key, None, s.choices)
-    spec = _check_model(check, settings)
+    file_model = _model_setting(check, settings)
+    spec = _model_spec(check, file_model) if model is None else _model_spec(None, model)
     for key in settings:
         s = setting_for(key)
         if key in MODEL_BOUNDS:
@@ -268,7 +276,9 @@ def _check_engine(check: Checker, settings: dict) -> EngineConfig:
         elif s.type is bool:
             check.boolean(settings, key, False)
     try:
-        config = EngineConfig(**settings)
+        config = EngineConfig(**settings) if model is None else EngineConfig(**{**settings, "model": model})
+    except CheckpointError as exc:  # names the model's path itself
+        raise ScenarioError(str(exc)) from None
     except ValueError as exc:  # anything EngineConfig checks that the lines above do not
         raise ScenarioError(f"{check.file}: {check.where}{exc}") from None
     cache = config.cache
@@ -278,25 +288,36 @@ def _check_engine(check: Checker, settings: dict) -> EngineConfig:
     return config
 
 
-def _check_model(check: Checker, settings: dict):
-    """A preset name, or a checkpoint directory (a relative path is relative to the scenario file):
-    the model's spec, read from its config.json; settings["model"] becomes the directory's path."""
+def _model_setting(check: Checker, settings: dict) -> str:
+    """The file's model: a preset, a packaged model (smollm2), a Hub name (ORG/NAME[@REV]), or a
+    checkpoint directory or GGUF file, relative to the scenario file (settings["model"] becomes its path)."""
     model = settings.get("model", default_of("model"))
     if not isinstance(model, str):
         check.choice(settings, "model", None, MODELS)
-    if not is_preset(model):
-        path = Path(model).expanduser()
-        if not path.is_absolute() and check.file != "<string>":
-            path = Path(check.file).parent / path
-        if not path.exists() and "/" not in model:  # a typo of a preset name: 'did you mean'
-            close = difflib.get_close_matches(model, MODELS, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            check.fail("model", f"{show(model)} is neither a preset{hint} nor a checkpoint directory next to the "
-                                f"scenario file; give a preset ({', '.join(MODELS)}) or the directory's path")
-        settings["model"] = model = str(path)
+    if is_preset(model) or is_packaged(model):
+        return model
+    path = Path(model).expanduser()
+    if not path.is_absolute() and check.file != "<string>":
+        path = Path(check.file).parent / path
+    if not path.exists() and is_hub_name(model):
+        return model
+    if not path.exists() and "/" not in model:  # a typo of a preset name: 'did you mean'
+        close = difflib.get_close_matches(model, MODELS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        check.fail("model", f"{show(model)} is neither a preset{hint} nor a checkpoint directory next to the "
+                            f"scenario file; give a preset ({', '.join(MODELS)}) or the directory's path")
+    settings["model"] = model = str(path)
+    return model
+
+
+def _model_spec(check: Checker | None, model: str):
+    """The model's spec (a real model's from its config.json); `check` None: the command line's --model,
+    whose errors name its path themselves."""
     try:
         return model_spec(model)
     except CheckpointError as exc:
+        if check is None:
+            raise ScenarioError(str(exc)) from None
         check.fail("model", str(exc))
 
 
@@ -319,9 +340,11 @@ def _block_need(config: EngineConfig):
     return need
 
 
-def from_dict(data: dict, path: Path, trust_plugins: bool = False) -> Scenario:
+def from_dict(data: dict, path: Path, trust_plugins: bool = False, model: str | None = None) -> Scenario:
     """Validates parsed TOML and builds the Scenario (workload generated, seeded). A [[plugins]]
-    name that is module:Class is refused, before anything is imported, unless `trust_plugins`."""
+    name that is module:Class is refused, before anything is imported, unless `trust_plugins`.
+    `model` (the command line's --model) runs instead of the file's [engine] model, so the workload
+    is checked against it; a [compare] variant that names its own model keeps it."""
     check = Checker(str(path))
     check.keys(data, TOP_KEYS)
     title = check.string(data, "title", path.stem, max_len=200)
@@ -331,8 +354,8 @@ def from_dict(data: dict, path: Path, trust_plugins: bool = False) -> Scenario:
     seed = check.integer(data, "seed", 0, 0, MAX_SEED)
 
     engine = _flat_engine(check.at("[engine] "), check.table(data.get("engine", {}), "engine"), "engine")
-    config = _check_engine(check.at("[engine] "), engine)
-    model, need = model_spec(config.llm.name), _block_need(config)
+    config = _check_engine(check.at("[engine] "), engine, model)
+    runs, need = model_spec(config.llm.name), _block_need(config)  # the model that runs: the file's or --model
 
     requests: list[dict] = []
     explicit = check.tables(data.get("requests", []), "requests")
@@ -341,10 +364,10 @@ def from_dict(data: dict, path: Path, trust_plugins: bool = False) -> Scenario:
                                f"{MAX_REQUESTS} requests")
     for i, spec in enumerate(explicit):
         rng = random.Random(f"{seed}:requests:{i}")
-        requests.append(parse_request(check.at(f"[[requests]] #{i + 1} "), spec, rng, model, need))
+        requests.append(parse_request(check.at(f"[[requests]] #{i + 1} "), spec, rng, runs, need))
     for i, gen in enumerate(check.tables(data.get("generators", []), "generators")):
         rng = random.Random(f"{seed}:generators:{i}")
-        requests.extend(generate(check.at(f"[[generators]] #{i + 1} "), gen, rng, model, need))
+        requests.extend(generate(check.at(f"[[generators]] #{i + 1} "), gen, rng, runs, need))
         if len(requests) > MAX_REQUESTS:
             check.fail("generators", f"the workload has more than {MAX_REQUESTS} requests ([[requests]] and "
                                      f"[[generators]] together); lower a count")
@@ -366,7 +389,8 @@ def from_dict(data: dict, path: Path, trust_plugins: bool = False) -> Scenario:
             variant_plugins[name] = _variant_plugins(vcheck, overrides.pop("plugins"), path, trust_plugins)
         overrides = _flat_engine(vcheck, overrides, f"compare.{toml_key(name)}")
         merged = {**engine, **overrides}
-        variant_config = _check_engine(vcheck, merged)  # resolves a checkpoint path in merged["model"]
+        # resolves a checkpoint path in merged["model"]; a variant's own model beats --model, as in engine_config
+        variant_config = _check_engine(vcheck, merged, None if "model" in overrides else model)
         for i, spec in enumerate(requests):  # a smaller pool in a variant must still fit each request
             total = prompt_size(spec["prompt"]) + spec["max_new_tokens"]
             problem = _block_need(variant_config)(total)

@@ -126,6 +126,10 @@ def parse_request(check: Checker, spec_table: dict, rng: random.Random, model: M
         if len(prompt) > max_len:
             check.fail("prompt_tokens", f"has {len(prompt)} tokens; model {model.name!r} allows at most {max_len}")
         for t in prompt:
+            if is_int(t) and t >= model.vocab_size:  # ids of another model's vocabulary: say which one runs
+                check.fail("prompt_tokens", f"must be an integer from 0 to {model.vocab_size - 1}, got {t}: model "
+                                            f"{model.name!r} has a vocabulary of {model.vocab_size} (--model picks "
+                                            f"the model whose ids these are)")
             check.check_int(t, "prompt_tokens", 0, model.vocab_size - 1)
         prompt = list(prompt)
     else:

@@ -219,3 +219,40 @@ def test_at_80_columns_the_output_tail_has_room_until_a_long_reason_needs_it():
 
     assert column_widths(79, WHY_MIN)["text"] >= 12
     assert column_widths(79, WHY_WIDTH)["text"] == 0 and column_widths(79, WHY_WIDTH)["why"] >= WHY_WIDTH
+
+
+def test_random_weights_say_how_to_run_a_real_model_at_80x24_and_a_recorded_real_model_is_named():
+    """A random preset's header says how to run a real model (whole: the longer wordings need room), in
+    the rows it had; a replay of a run on a real model names that model and says nothing of it."""
+    import json
+
+    from dashboard_helpers import DATA, NO_GPU, SteadyEngine
+
+    from cbtui.apps.dashboard import DashboardApp
+    from cbtui.widgets.header import StepHeader
+    from engine.profiling.gpu_memory import FakeProbe
+    from engine.records.recording import RecordedRun, load_recording
+
+    async def header_lines(app):
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_until(pilot, lambda: shown_step(app) == 0)
+            await step(pilot, app, 2)
+            return rendered_lines(app.query_one(StepHeader))
+
+    lines = run(header_lines(make_app(paused=True)))
+    assert len(lines) == 2 and lines[1].rstrip().endswith("tok/s  try --model smollm2"), lines  # no row taken
+
+    import tempfile
+    from pathlib import Path
+
+    header, *records = (DATA / "mixed_load.jsonl").read_text().splitlines()
+    real = {**json.loads(header), "model": "SmolLM2-135M-Instruct (Q4_1)", "checkpoint": "/cache/converted/smollm2"}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "real.jsonl"
+        path.write_text("\n".join([json.dumps(real), *records]) + "\n")
+        recording = load_recording(path)
+    app = DashboardApp(recording, SteadyEngine(RecordedRun(recording.records, recording.header)), paused=True,
+                       probe=FakeProbe([NO_GPU]), recorded=True, memory_poll_s=3600.0)
+    lines = run(header_lines(app))
+    assert "recorded · SmolLM2-135M-Instruct (Q4_1) · fp32" in lines[0] and len(lines) == 2, lines
+    assert "smollm2 runs" not in "".join(lines) and "try --model" not in "".join(lines)

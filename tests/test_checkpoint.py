@@ -226,8 +226,8 @@ def test_scenario_file_names_a_checkpoint_relative_to_itself_and_chat_prompts(ch
     expected = tok.apply_chat_template([{"role": "user", "content": "Hello, world!"}], add_generation_prompt=True,
                                        tokenize=True)
     assert chat == list(expected["input_ids"] if hasattr(expected, "keys") else expected) and chat != plain
-    with pytest.raises(ScenarioError, match="chat = true needs a checkpoint"):
-        loads(text.replace('model = "ckpt"', 'model = "tiny"'), tmp_path / "s.toml").build_engine()
+    on_a_preset = loads(text.replace('model = "ckpt"', 'model = "tiny"'), tmp_path / "s.toml").build_engine()
+    assert on_a_preset.requests[0].prompt == on_a_preset.requests[1].prompt == list(b"Hello, world!")  # no template
     with pytest.raises(ScenarioError, match=r"model: .*'tinny' is neither a preset \(did you mean 'tiny'\?\)"):
         loads(text.replace('model = "ckpt"', 'model = "tinny"'), tmp_path / "s.toml")
 

@@ -194,7 +194,7 @@ def test_the_cli_options_are_the_settings_metadata():
         assert params[name].opts == [flag_of(name)] and params[name].help == setting_for(name).help
     assert (params["shards"].type.min, params["shards"].type.max) == (1, setting_for("shards").limit)
     assert params["prefix_caching"].opts == ["--no-prefix-caching"]
-    assert params["contiguous_up_to"].type.min == 0 and params["model"].metavar == "PRESET|DIR"
+    assert params["contiguous_up_to"].type.min == 0 and params["model"].metavar == "MODEL"
     assert setting_for("static_batch_size").limit == MAX_REQUESTS  # a static batch no bigger than a workload
 
 

@@ -150,3 +150,17 @@ def test_real_smollm2_when_pulled(monkeypatch):
 
 def _greedy_model(model: str, ids: list[int], n: int) -> list[int]:
     return _greedy(Path(model), ids, n)
+
+
+def test_the_bench_gives_transformers_the_directory_a_gguf_file_became(checkpoint, tmp_path):
+    """cbtui bench --model FILE.gguf (or smollm2): its transformers rows load the converted directory,
+    not the setting (which transformers would take for a Hub name)."""
+    from cbtui.bench.run import _hf_from_checkpoint
+
+    path = write_gguf(tmp_path / "m.gguf", checkpoint, T.F32)
+    engine = _engine(path)
+    ids = engine.tokenizer.encode(TEXTS[0])
+    with torch.no_grad():
+        theirs = _hf_from_checkpoint(engine)(torch.tensor([ids])).logits[0]
+        ref = _hf(path)(torch.tensor([ids])).logits[0]
+    assert torch.allclose(theirs, ref, atol=1e-4 * max(1.0, ref.abs().max().item()))

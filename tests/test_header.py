@@ -35,3 +35,36 @@ def test_the_header_says_what_runs_before_the_title():
                       step=3, run_state="paused", speed="4/s", run="policy fcfs · variant continuous")
     line1 = StepHeader.text_for(info, width=78).plain.split("\n")[0]
     assert "policy fcfs · variant continuous" in line1[:78]
+
+
+def test_random_weights_say_their_outputs_are_noise_and_how_to_run_a_real_model():
+    """The longest wording that fits after everything else, never a row of its own (at 80x24 every row
+    is a panel's)."""
+    from cbtui.widgets.header import NOISE_HINTS
+
+    info = HeaderInfo(scenario="Mixed load", engine="random tiny · fp32 · cpu · sdpa · paged", step=5,
+                      run_state="paused", speed="4/s", running=6, pending=6, tokens_per_second=3500.0,
+                      random_weights=True)
+    assert NOISE_HINTS[0] == "random weights: outputs are noise; --model smollm2 runs a real model"
+    for width, hint in ((76, "try --model smollm2"), (100, "outputs are noise: try --model smollm2"),
+                        (160, NOISE_HINTS[0])):
+        lines = StepHeader.text_for(info, width=width).plain.split("\n")
+        assert len(lines) == 2 and lines[1].endswith("tok/s  " + hint) and len(lines[1]) <= width
+    crowded = HeaderInfo(**{**info.__dict__, "running": 16, "finished": 120, "preempted": 3})
+    assert StepHeader.text_for(crowded, width=76).plain.split("\n")[1].endswith("tok/s")  # no room: none
+    noted = HeaderInfo(**{**info.__dict__, "notes": ("8 tokens reserved for 2 high-priority",)})
+    lines = StepHeader.text_for(noted, width=76).plain.split("\n")  # a plugin's note first, on its own line
+    assert lines[2] == "8 tokens reserved for 2 high-priority  try --model smollm2"
+    real = HeaderInfo(**{**info.__dict__, "random_weights": False, "engine": "SmolLM2-135M-Instruct · fp32"})
+    assert "smollm2" not in StepHeader.text_for(real, width=160).plain
+
+
+def test_the_run_header_knows_random_weights_from_a_checkpoints():
+    from engine.records import RunHeader
+
+    common = dict(device="cpu", dtype="float32", attention="sdpa", kv_layout="paged", policy="fcfs",
+                  max_tokens_per_step=48, prefill_chunk_size=16, block_size=8, num_blocks=96)
+    assert RunHeader(model="tiny", **common).random_weights
+    real = RunHeader(model="SmolLM2-135M-Instruct (Q4_1)", checkpoint="/cache/converted/smollm2", **common)
+    assert not real.random_weights and real.label().startswith("SmolLM2-135M-Instruct (Q4_1) · fp32")
+    assert not RunHeader(model="", **common).random_weights  # a recording that names no model

@@ -184,3 +184,23 @@ def test_each_lesson_text_fits_four_lines_at_80_columns(number):
     lines = console.render_lines(group, pad=False)
     assert len(lines) <= 4, ["".join(s.text for s in line) for line in lines]
     assert "".join(s.text for s in lines[0]).startswith(f"Lesson {number}/{len(LESSONS)}: {lesson.title}")
+
+
+def test_lessons_run_on_the_model_given():
+    """--model: every lesson's scenario on that model (r rebuilds it there too); a preset here, for speed."""
+    from cbtui.classroom.lesson_app import _parts
+
+    scenario, engine, rebuild = _parts(LESSONS[0], "micro")
+    assert engine.header().model == "micro" and rebuild().header().model == "micro"
+    assert _parts(LESSONS[0])[1].header().model == "tiny"
+
+
+@pytest.mark.parametrize("args", [["lesson", "1"], ["lessons"]])
+def test_a_bad_model_for_the_lessons_is_one_line_and_exit_2_before_any_screen(args, tmp_path):
+    from click.testing import CliRunner
+
+    from cbtui.cli import main
+
+    result = CliRunner().invoke(main, [*args, "--model", str(tmp_path / "nowhere")])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"cbtui: error: {tmp_path / 'nowhere'}: no such directory")

@@ -130,6 +130,7 @@ class DashboardApp(EngineFedApp):
         self.scenario = scenario
         self._engine_label = ("recorded · " if recorded else "") + header.label()
         self._run_label = run_label(header.policy, variant or header.variant, header.plugins)
+        self._random_weights = header.random_weights
         self._probe = probe
         self._recording = recording
         self._recording_error_shown = False
@@ -293,7 +294,8 @@ class DashboardApp(EngineFedApp):
         if seconds > 0:
             rate = sum(r.decode_tokens + r.prefill_tokens for r in recent) / seconds
         common = dict(scenario=self.scenario.title, engine=self._engine_label, run_state=self.run_state(),
-                      speed=speed_label(self.speed), tokens_per_second=rate, newest=newest, run=self._run_label)
+                      speed=speed_label(self.speed), tokens_per_second=rate, newest=newest, run=self._run_label,
+                      random_weights=self._random_weights)
         if record is None:
             return HeaderInfo(step=None, **common)
         return HeaderInfo(step=record.step, running=record.running, waiting=record.waiting,

@@ -53,9 +53,9 @@ class ScaleType(click.ParamType):
               help="Fraction of the requests (and of the static batch) to run, 0.25 or 1/4. Default: 1 on CUDA, "
                    "1/16 on the CPU.")
 @engine_option("device", default="auto", show_default=True)
-@engine_option("model", help=f"Engine preset ({', '.join(MODELS)}) or a local Hugging Face checkpoint directory "
-                             f"(transformers loads the same one for its rows). Default: small on CUDA (bf16), tiny on "
-                             f"the CPU (fp32).")
+@engine_option("model", help=f"Engine preset ({', '.join(MODELS)}), smollm2, a .gguf file, a local Hugging Face "
+                             f"checkpoint directory or a Hub name (transformers loads the same weights for its rows). "
+                             f"Default: small on CUDA (bf16), tiny on the CPU (fp32).")
 @engine_option("attention", default="auto", show_default=True, help="Our engine's attention backend.")
 @click.option("--hf/--no-hf", default=True, show_default=True,
               help="Include Hugging Face transformers (when it is installed).")

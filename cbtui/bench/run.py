@@ -254,11 +254,16 @@ def _hf_copy(engine, hf: bool):
 
 
 def _hf_from_checkpoint(engine):
-    """transformers' own model of the checkpoint directory (nothing downloaded), on our device and dtype."""
+    """transformers' own model of the directory our engine loaded (nothing downloaded): a checkpoint
+    directory, a Hub snapshot, or what a GGUF file (smollm2 too) was converted into; on our device and dtype."""
     from transformers import AutoModelForCausalLM
 
+    from engine.models.source import resolve
+
     runner = engine.runner
-    hf = AutoModelForCausalLM.from_pretrained(engine.config.llm.name, local_files_only=True, dtype=runner.dtype,
+    directory = resolve(engine.config.llm.name).directory
+    assert directory is not None  # a preset's HF copy is made from our weights (to_hf_llama)
+    hf = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, dtype=runner.dtype,
                                               attn_implementation="sdpa").to(runner.device).eval()
     hf.generation_config.eos_token_id = None  # as ours: exactly max_new_tokens
     hf.generation_config.pad_token_id = 0

@@ -101,24 +101,26 @@ class LessonMenu(App[int | None]):
         self.exit(None)
 
 
-def _parts(lesson: Lesson):
-    """The lesson's scenario, a fresh engine for it, and how to build another (`r`)."""
-    scenario = load_scenario(lesson.scenario)
+def _parts(lesson: Lesson, model: str | None = None):
+    """The lesson's scenario, a fresh engine for it, and how to build another (`r`). `model` (--model)
+    runs instead of the scenario's preset."""
+    scenario = load_scenario(lesson.scenario, model=model)
 
     def rebuild():
-        return scenario.build_engine(lesson.variant, plugins=lesson.plugins)
+        return scenario.build_engine(lesson.variant, plugins=lesson.plugins, model=model)
     return scenario, rebuild(), rebuild
 
 
-def open_lesson(number: int, outcome: list[int | str], **kwargs) -> LessonApp:
+def open_lesson(number: int, outcome: list[int | str], model: str | None = None, **kwargs) -> LessonApp:
     """The app of lesson `number` (1-based), on a fresh engine of its scenario."""
     lesson = LESSONS[number - 1]
-    scenario, engine, rebuild = _parts(lesson)
+    scenario, engine, rebuild = _parts(lesson, model)
     return LessonApp(scenario, engine, lesson, number, outcome, rebuild=rebuild, **kwargs)
 
 
-def run_lessons(start: int | None) -> int:
-    """From the menu (start None) or lesson `start`, until the student quits. Returns the exit code."""
+def run_lessons(start: int | None, model: str | None = None) -> int:
+    """From the menu (start None) or lesson `start`, until the student quits (ScenarioError: a lesson's
+    scenario refuses `model`). Returns the exit code."""
     number: int | str | None = MENU if start is None else start
     last = start or 1
     while True:
@@ -129,7 +131,7 @@ def run_lessons(start: int | None) -> int:
         assert isinstance(number, int)
         outcome: list[int | str] = []  # where the lesson's app says to go next (a number, or MENU)
         lesson, last = LESSONS[number - 1], number
-        scenario, engine, rebuild = _parts(lesson)
+        scenario, engine, rebuild = _parts(lesson, model)
 
         def make(scenario, engine, _rebuild, lesson=lesson, number=number, outcome=outcome, rebuild=rebuild):
             return LessonApp(scenario, engine, lesson, number, outcome, rebuild=rebuild)

@@ -30,16 +30,20 @@ class HeaderInfo:
     notes: tuple[str, ...] = ()  # plugin annotations and errors of the step on screen
     errors: tuple[str, ...] = ()
     run: str = ""  # what runs: the scheduling policy, the [compare] variant, plugins
+    random_weights: bool = False  # a random preset runs (or ran, in a replay): the header says its text is noise
 
 
 RUN_STATE_STYLE = {"running": f"bold {GOOD}", "paused": f"bold {WARN}", "finished": f"bold {CALM}",
                    "failed": f"bold {BAD}", "starting": "dim"}
 HISTORY_HINTS = ("history: → newer, space live", "history: → newer", "history")
+# A random preset's outputs are noise: the longest of these that fits, after everything else on its line.
+NOISE_HINTS = ("random weights: outputs are noise; --model smollm2 runs a real model",
+               "outputs are noise: try --model smollm2", "try --model smollm2")
 
 
 class StepHeader(Static):
     """Two lines, and a third for plugin notes and errors that do not fit beside the counts; `Step <n>`
-    appears exactly so scripts and tests can find it."""
+    appears exactly so scripts and tests can find it. A random preset's header ends with NOISE_HINTS."""
 
     DEFAULT_CSS = """
     StepHeader { height: 2; padding: 0 1; }
@@ -97,6 +101,11 @@ class StepHeader(Static):
             lines.append(extra[2:])
         else:
             line2.append_text(extra)
+        if info.random_weights:  # last, and never a line of its own: at 80x24 every row is a panel's
+            last = lines[-1]
+            hints = [h for h in NOISE_HINTS if width is None or last.cell_len + 2 + len(h) <= width]
+            if hints:
+                last.append("  " + hints[0], style="dim")
         for line in lines:
             line.no_wrap, line.overflow = True, "ellipsis"
         return Text("\n").join(lines)

@@ -17,9 +17,11 @@ class ModelConfig(Section):
     fixed_because = "the model is loaded when the engine is built"
 
     name: str = setting("tiny", type=str, flat="model", choices=MODELS, open_choice="a checkpoint directory",
-                        metavar="PRESET|DIR",
-                        help=f"A random preset ({', '.join(MODELS)}) or a local Hugging Face checkpoint directory "
-                             f"(config.json, *.safetensors, tokenizer.json).")
+                        metavar="MODEL",
+                        help=f"A random preset ({', '.join(MODELS)}: outputs are noise), smollm2 (a real model, "
+                             f"pulled once with `cbtui pull smollm2`), a .gguf file, a local Hugging Face checkpoint "
+                             f"directory (config.json, *.safetensors, tokenizer.json) or a Hub name ORG/NAME[@REV] "
+                             f"(from the Hugging Face cache).")
     device: str = setting("auto", type=str, choices=DEVICES,
                           help="Where the model runs (auto: CUDA when there is a GPU).")
     dtype: str = setting("auto", type=str, choices=DTYPES,

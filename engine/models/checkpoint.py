@@ -44,8 +44,11 @@ def checkpoint_dir(model: str) -> Path:
     path = Path(os.path.expanduser(model))
     if not path.is_dir():
         what = "is not a directory" if path.exists() else "no such directory"
-        raise CheckpointError(f"{path}: {what}; --model takes a preset ({', '.join(PRESETS)}) or a local Hugging "
-                              f"Face checkpoint directory (config.json + *.safetensors)")
+        from .packaged import PACKAGES
+
+        raise CheckpointError(f"{path}: {what}; --model takes a preset ({', '.join(PRESETS)}), a packaged model "
+                              f"({', '.join(PACKAGES)}), a .gguf file, a local Hugging Face checkpoint directory "
+                              f"(config.json + *.safetensors) or a Hub name ORG/NAME[@REVISION]")
     return path
 
 

@@ -43,14 +43,15 @@ def is_preset(model: str) -> bool:
     return model in PRESETS
 
 
-def _is_hub_name(model: str) -> bool:
+def is_hub_name(model: str) -> bool:
+    """ORG/NAME or ORG/NAME@REVISION, and no such path here."""
     return (bool(HUB_NAME.match(model)) and not os.path.exists(os.path.expanduser(model))
             and not model.startswith((".", "~", "/")) and not model.lower().endswith(".gguf"))
 
 
 def check(model: str) -> None:
     """Cheap checks of a --model setting (no conversion, no Hub access): CheckpointError, one line."""
-    if is_preset(model) or _is_hub_name(model):
+    if is_preset(model) or is_hub_name(model):
         return
     if is_packaged(model):
         if not is_pulled(model):
@@ -77,7 +78,7 @@ def resolve(model: str) -> ResolvedModel:
     if is_gguf(model):
         path = Path(os.path.expanduser(model))
         return ResolvedModel(model, "gguf", path.stem, gguf_checkpoint(model))
-    if _is_hub_name(model):
+    if is_hub_name(model):
         from .hub import hub_checkpoint
 
         directory = hub_checkpoint(model)

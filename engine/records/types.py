@@ -212,10 +212,15 @@ class RunHeader:
     contiguous_up_to: int = 0  # requests this long or shorter get a contiguous run (0: all paged)
     kind: str = "header"  # tells a header line from a StepRecord line in a recording
 
+    @property
+    def random_weights(self) -> bool:
+        """A random preset ran: its outputs are noise (a recording without a header knows no model)."""
+        return self.checkpoint is None and bool(self.model)
+
     def label(self) -> str:
         """Model, shards, dtype, device, attention backend, KV layout, the decode fast path and speculation,
         for the header: "random tiny · fp32 · cpu · sdpa · paged", "Qwen2.5-0.5B-Instruct · bf16 · cuda · ..."."""
-        model = self.model if self.checkpoint is not None or not self.model else f"random {self.model}"
+        model = f"random {self.model}" if self.random_weights else self.model
         shards = f"{self.shards} shards by {self.shard_by}" if self.shards > 1 else ""  # early: the header is narrow
         dtype = SHORT_DTYPES.get(self.dtype, self.dtype)
         layout = f"{self.kv_layout}+runs≤{self.contiguous_up_to}" if self.contiguous_up_to else self.kv_layout

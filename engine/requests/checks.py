@@ -28,7 +28,7 @@ def check_request(config: EngineConfig, spec: ModelSpec, blocks: BlockManager | 
     bad = [t for t in tokens if not _is_int(t) or not 0 <= t < spec.vocab_size]
     if bad:
         raise ValueError(f"prompt token {bad[0]!r} is out of range; token ids must be integers in "
-                         f"0..{spec.vocab_size - 1} for model {spec.name!r}")
+                         f"0..{spec.vocab_size - 1} for model {spec.name!r} (a vocabulary of {spec.vocab_size})")
     for name, value, low in (("max_new_tokens", max_new_tokens, 1), ("arrival_step", arrival_step, 0),
                              ("top_k", top_k, 0)):
         if not _is_int(value) or value < low:

@@ -296,3 +296,25 @@ def test_left_while_running_pauses_and_shows_the_step_before():
             assert 1 <= app.history.position()[1] - app.history.position()[0] <= 2
             assert "paused" in header_text(app) and f"Step {shown}" in header_text(app)
     run(scenario())
+
+
+def test_ctrl_p_enter_enter_pressed_together_runs_one_command_and_keeps_the_dashboard():
+    """Sent as one burst (tmux send-keys C-p Enter Enter), both Enters reached the palette before it
+    closed: it dismissed itself twice, and the second popped the last screen (ScreenStackError)."""
+    from textual import events
+    from textual.command import CommandPalette
+
+    async def scenario():
+        app = make_replay_app(paused=True)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await wait_until(pilot, lambda: shown_step(app) == 0)
+            dashboard = app.screen
+            for key, char in (("ctrl+p", None), ("enter", "\r"), ("enter", "\r")):  # no wait between them
+                event = events.Key(key, char)
+                event.set_sender(app)
+                app._driver.send_message(event)
+            await pilot.pause(0.3)
+            assert app.is_running and app.return_code is None
+            assert dashboard in app.screen_stack and not CommandPalette.is_open(app)
+            assert not isinstance(app.screen, CommandPalette)
+    run(scenario())

@@ -22,6 +22,7 @@ from textual.reactive import reactive
 from textual.timer import Timer
 
 from ..run.controller import MAX_SPEED, EngineController, EngineStatus
+from ..widgets.command_palette import OnceCommandPalette
 
 SPEEDS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, MAX_SPEED)  # steps per second for + and -
 DEFAULT_SPEED = 4.0
@@ -64,6 +65,11 @@ class EngineFedApp(App[None]):
         self._binding_state: tuple[bool | None, ...] | None = None
         self.set_reactive(EngineFedApp.paused, paused)
         self.set_reactive(EngineFedApp.speed, DEFAULT_SPEED if speed is None else float(speed))
+
+    def action_command_palette(self) -> None:
+        """Textual's palette, closed once however fast the keys come (widgets/command_palette.py)."""
+        if self.use_command_palette and not OnceCommandPalette.is_open(self):
+            self.push_screen(OnceCommandPalette(id="--command-palette"))
 
     # -- from the engine thread --------------------------------------------------------------
     def _to_inbox(self, event: Any) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from textual import on
 from textual.app import App
+from textual.command import CommandPalette
 from textual.css.query import NoMatches
 from textual.message import Message
 from textual.reactive import reactive
@@ -68,7 +69,7 @@ class EngineFedApp(App[None]):
 
     def action_command_palette(self) -> None:
         """Textual's palette, closed once however fast the keys come (widgets/command_palette.py)."""
-        if self.use_command_palette and not OnceCommandPalette.is_open(self):
+        if self.use_command_palette and not isinstance(self.screen, CommandPalette):
             self.push_screen(OnceCommandPalette(id="--command-palette"))
 
     # -- from the engine thread --------------------------------------------------------------

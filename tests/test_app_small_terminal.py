@@ -216,3 +216,62 @@ def test_at_80_columns_the_output_tail_has_room_until_a_long_reason_needs_it():
 
     assert column_widths(79, WHY_MIN)["text"] >= 12
     assert column_widths(79, WHY_WIDTH)["text"] == 0 and column_widths(79, WHY_WIDTH)["why"] >= WHY_WIDTH
+
+
+def test_under_no_color_at_80x24_no_mask_row_holds_two_requests(monkeypatch):
+    """mixed_load (the committed recording) at 80x24 without colour: the mask is 8 glyph rows; each
+    row is one request's queries, the decodes one row each, and the legend names who is drawn."""
+    from dashboard_helpers import make_replay_app
+
+    from cbtui.render.colors import request_glyph
+    from cbtui.widgets.mask import MaskCanvas
+    from cbtui.widgets.mask_legend import MaskLegend
+
+    monkeypatch.setenv("NO_COLOR", "1")
+
+    async def scenario():
+        app = make_replay_app(paused=True)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_until(pilot, lambda: shown_step(app) == 0)
+            for _ in range(7):
+                await step(pilot, app)
+                items = app.history.current().items
+                lines = [line for line in rendered_lines(app.query_one(MaskCanvas)) if line.strip()]
+                assert all(len(set(line) - {" "}) == 1 for line in lines), lines
+                glyphs = {request_glyph(i.request_id) for i in items}
+                assert {line.strip()[0] for line in lines} == glyphs
+                for decode in (i for i in items if i.kind == "decode"):
+                    assert sum(line.strip()[0] == request_glyph(decode.request_id) for line in lines) == 1
+                legend = rendered_lines(app.query_one(MaskLegend))
+                queries = sum(i.num_tokens for i in items)
+                assert legend[0].startswith(f"{queries} quer")
+    run(scenario())
+
+
+def test_the_legend_counts_in_the_singular_and_says_who_is_not_drawn():
+    from textual.app import App
+
+    from cbtui.render.colors import NONE
+    from cbtui.render.mask_raster import rasterize
+    from cbtui.widgets.mask_legend import MaskLegend
+    from engine.records import ScheduledItem
+
+    class LegendApp(App[None]):
+        def compose(self):
+            yield MaskLegend()
+
+    async def scenario():
+        app = LegendApp()
+        async with app.run_test(size=(38, 3)) as pilot:
+            legend = app.query_one(MaskLegend)
+            one = [ScheduledItem(1, "decode", 0, 1, 1)]
+            legend.show(one, None, rasterize(one, 8, 38), None, NONE)
+            await pilot.pause()
+            assert rendered_lines(legend)[0].startswith("1 query↓ × 1 key→")
+            many = [ScheduledItem(r, "decode", 4, 1, 5) for r in range(12)]
+            legend.show(many, None, rasterize(many, 8, 38), None, NONE)
+            await pilot.pause()
+            lines = rendered_lines(legend)
+            assert lines[0] == "12 queries↓ × 60 keys→  +4 not shown"  # ('4 requests not shown' where it fits)
+            assert lines[2].split() == [f"{r}d" for r in range(8)]  # the entries name the requests drawn
+    run(scenario())

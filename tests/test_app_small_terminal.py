@@ -178,12 +178,13 @@ def test_kv_summary_wraps_its_figures_instead_of_cutting_them():
     from engine.records import KVView
 
     tables = {str(r): tuple(range(r * 8, r * 8 + 8)) for r in range(11)}
-    kv = KVView("paged", 8, 96, 88, 8, tables, {r: 64 for r in tables}, [4, 11], 64, {"11": (90, 91)})
+    kv = KVView("paged", 8, 96, 88, 8, tables, {r: 64 for r in tables}, [4, 11], 64, 4096,
+                freed_blocks={"4": (32, 33), "11": (90, 91)})
     lines = paged_text(kv, width=38, rows=3, selected=None, mode=FULL).plain.split("\n")
     assert all(len(line) <= 38 for line in lines)
-    summary = "\n".join(lines[:2])
+    summary = "\n".join(lines[:3])
     assert "used 88/96  free 8  block 8 tok" in summary
-    assert "1 cell = 2 blocks" in summary and "× freed: 4, 11" in summary
+    assert "1 cell = 3 blocks" in summary and "× requests 4, 11 freed 4 blocks" in summary
 
 
 def test_static_batch_padding_and_zoom_are_shown_whole_at_80x24():

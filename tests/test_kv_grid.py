@@ -76,7 +76,9 @@ def test_a_small_panel_shortens_the_key_rather_than_drop_it():
     record = next(r for r in iter(engine.step, None) if r.kv.freed)
     lines = paged_text(record.kv, width=38, rows=2, selected=None, mode=NONE).plain.splitlines()
     assert len(lines) == 3 and all(len(line) <= 38 for line in lines[:2])
-    assert "/cell" in lines[1] and "× freed:" in lines[1] and "glyph=id" in lines[1]
+    (rid,) = record.kv.freed
+    blocks = len(record.kv.freed_blocks[str(rid)])
+    assert "/cell" in lines[1] and f"× r{rid} freed {blocks}" in lines[1] and "glyph=id" in lines[1]
     # With room to spare, the long forms.
     roomy = paged_text(record.kv, width=60, rows=4, selected=None, mode=NONE).plain
     assert "1 cell = " in roomy and "glyph = request id" in roomy
@@ -88,3 +90,22 @@ def test_the_help_screen_explains_every_mark_the_kv_grid_draws():
 
     for glyph in (FREE_GLYPH, FREED_GLYPH, CACHED_GLYPH, RESERVED_GLYPH, COUNT_GLYPHS[1]):
         assert f"{glyph} " in READING, glyph
+
+
+def test_the_freed_line_says_whose_blocks_and_how_many():
+    """layout_by_length said 'used 30/32  free 2  × freed: 32': 32 is request 32, who freed 2 blocks;
+    mixed_load step 18's event line said '8 blocks freed' and the panel '× freed: 3'."""
+    from cbtui.widgets.kv_grid import dense_text, paged_text
+    from engine.records import KVView
+
+    tables = {"5": (0, 1, 2, 3)}
+    kv = KVView("paged", 8, 32, 30, 2, tables, {"5": 32}, [32], 64, 4096, freed_blocks={"32": (30, 31)})
+    roomy = paged_text(kv, 60, 6, None, FULL).plain
+    assert "× request 32 freed 2 blocks" in roomy and "freed: 32" not in roomy
+    both = KVView("paged", 8, 32, 19, 13, tables, {"5": 32}, [3, 4], 64, 4096,
+                  freed_blocks={"3": tuple(range(8, 16)), "4": (20, 21, 22)})
+    assert "× requests 3, 4 freed 11 blocks" in paged_text(both, 60, 6, None, FULL).plain
+    narrow = paged_text(both, 20, 3, None, FULL).plain
+    assert "× r3, r4 freed 11" in narrow
+    dense = KVView("dense", 0, 0, 0, 0, {}, {"5": 32}, [3], 64, 0)
+    assert "× K/V freed by request 3" in dense_text(dense, 60, 6, None)

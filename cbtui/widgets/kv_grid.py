@@ -26,7 +26,7 @@ from engine.records import KVView, ShardView
 from engine.records.kv_history import flat_history
 
 from ..render.colors import FULL, NONE, color_mode, glyph_key, needs_glyphs, request_color, request_glyph
-from ..render.formatting import human_bytes
+from ..render.formatting import first_that_fits, human_bytes
 
 FILL_GLYPHS = "▁▂▃▄▅▆▇█"  # the last block's fill, eighths
 FREE_GLYPH, FREED_GLYPH = "·", "×"
@@ -128,6 +128,26 @@ def _merge(cells: list[BlockCell], group: int) -> list[BlockCell]:
     return merged
 
 
+def freed_parts(kv: KVView) -> tuple[Text, Text] | None:
+    """Whose blocks were freed in this step and how many (the grid's ×), long and short: '× request 3
+    freed 8 blocks' / '× r3 freed 8'. (It said '× freed: 3', a request id that read as a count.)
+    None when nothing was freed."""
+    if not kv.freed:
+        return None
+    ids = list(kv.freed)
+    counts = [kv.freed_blocks.get(str(r)) for r in ids]
+    who = f"request {ids[0]}" if len(ids) == 1 else "requests " + ", ".join(map(str, ids))
+    short_who = ", ".join(f"r{r}" for r in ids)
+    if kv.layout != "paged" or any(c is None for c in counts):  # dense K/V (or a recording without blocks)
+        what = "blocks" if kv.layout == "paged" else "K/V"
+        return (Text(f"{FREED_GLYPH} {what} freed by {who}", style="bold"),
+                Text(f"{FREED_GLYPH} freed by {short_who}", style="bold"))
+    blocks = sum(len(c or ()) for c in counts)
+    unit = "block" if blocks == 1 else "blocks"
+    return (Text(f"{FREED_GLYPH} {who} freed {blocks} {unit}", style="bold"),
+            Text(f"{FREED_GLYPH} {short_who} freed {blocks}", style="bold"))
+
+
 def summary_lines(kv: KVView, width: int, group: int, glyph_ids: list[int] | None,
                   max_lines: int = 99) -> list[Text]:
     """The pool's figures, then what the grid's marks mean, packed into lines of `width`: a part that
@@ -139,8 +159,9 @@ def summary_lines(kv: KVView, width: int, group: int, glyph_ids: list[int] | Non
                        str(kv.blocks_free), ("  block ", "dim"), f"{kv.block_size} tok"), None)]
     if group > 1:
         parts.append((Text(f"1 cell = {group} blocks", style="dim"), Text(f"{group}/cell", style="dim")))
-    if kv.freed:
-        parts.append((Text(f"{FREED_GLYPH} freed: {', '.join(map(str, kv.freed))}", style="bold"), None))
+    freed = freed_parts(kv)
+    if freed is not None:
+        parts.append(freed)
     if kv.contiguous_up_to:
         parts.append((Text.assemble(RESERVED_GLYPH, (f" reserved; runs for ≤{kv.contiguous_up_to} tok: ", "dim"),
                                     str(len(kv.runs))),
@@ -170,7 +191,7 @@ def _pack(parts: list[tuple[Text, Text | None]], width: int, max_lines: int, sho
         if lines[-1].cell_len + 2 + part.cell_len <= width:
             lines[-1] = Text.assemble(lines[-1], "  ", part)
         elif len(lines) < max_lines:
-            lines.append(part)
+            lines.append(part if part.cell_len <= width or short is None else short)
         elif short is not None and lines[-1].cell_len + 2 + short.cell_len <= width:
             lines[-1] = Text.assemble(lines[-1], "  ", short)
         else:
@@ -245,8 +266,9 @@ def sharded_text(kv: KVView, shards: list[ShardView], width: int, rows: int, sel
         if group > 1:  # the panel is narrow: blocks per cell in a few characters
             title.append(f" {group}/cell", style="dim")
         parts += [title, grid]
-    if kv.freed:
-        parts.append(Text(f"{FREED_GLYPH} freed: {', '.join(map(str, kv.freed))}", style="bold"))
+    freed = freed_parts(kv)
+    if freed is not None:
+        parts.append(first_that_fits(width, *freed))
     return Text("\n").join(parts)
 
 
@@ -295,8 +317,9 @@ def dense_text(kv: KVView, width: int, rows: int, selected: int | None, mode: st
         lines.append(Text.assemble(f"r{rid:<3} {n:>5} ", ("█" * cells, Style(color=color, dim=dim))))
     if len(shown) < len(held):
         lines.append(Text(f"+{len(held) - len(shown)} more requests", style="dim"))
-    if kv.freed:
-        lines.append(Text(f"{FREED_GLYPH} freed: {', '.join(map(str, kv.freed))}", style="bold"))
+    freed = freed_parts(kv)
+    if freed is not None:
+        lines.append(first_that_fits(width, *freed))
     return Text("\n").join(lines)
 
 

@@ -144,7 +144,7 @@ def test_under_no_color_the_kv_grid_and_mask_name_requests_by_glyph_and_say_so(m
             await step(pilot, app, 8)
             assert app.no_color
             kv = "\n".join(rendered_lines(app.query_one(KVGrid)))
-            assert "glyph = request id" in kv
+            assert "glyph = request id" in kv or "glyph=id" in kv  # (short beside '× request 3 freed 5 blocks')
             owners = {int(r) for r in app.history.current().kv.block_tables}
             assert all(str(r) in kv.split("glyph")[-1] or str(r) in kv for r in owners)
             mask = "".join(rendered_lines(app.query_one(MaskCanvas)))
@@ -167,7 +167,8 @@ def test_with_sixteen_colours_the_panels_use_glyphs_too(monkeypatch):
             await wait_until(pilot, lambda: shown_step(app) == 0)
             await step(pilot, app, 2)
             assert app.console.color_system == "standard"
-            assert "glyph = request id" in "\n".join(rendered_lines(app.query_one(KVGrid)))
+            kv = "\n".join(rendered_lines(app.query_one(KVGrid)))
+            assert "glyph = request id" in kv or "glyph=id" in kv
     run(scenario())
 
 

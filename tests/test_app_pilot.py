@@ -209,7 +209,10 @@ def test_metrics_screen_follows_the_run_and_closes():
             console = Console(width=100, record=True, color_system=None)
             console.print(app.screen.query_one("#metrics-body").content)
             body = console.export_text()
-            assert "6 steps" in body and "TTFT, steps" in body and "fake" in body
+            assert "steps 0–5" in body and "TTFT, steps" in body and "fake" in body  # the header's numbers
+            # The header's tok/s (prefill + decode) is the figure the screen labels as such.
+            header_rate = re.search(r"(\S+) total tok/s", header_text(app)).group(1)
+            assert f"total {header_rate} tok/s (prefill + decode, the header's" in " ".join(body.split())
             # Memory by context: what the engine holds, and the contexts the app measures (the first
             # step may end before the app hears "started": it still counts).
             rows = {line[:14].strip(): line[14:].split() for line in body.splitlines()}

@@ -277,3 +277,26 @@ def test_the_legend_counts_in_the_singular_and_says_who_is_not_drawn():
             assert lines[0] == "12 queries↓ × 60 keys→  +4 not shown"  # ('4 requests not shown' where it fits)
             assert lines[2].split() == [f"{r}d" for r in range(8)]  # the entries name the requests drawn
     run(scenario())
+
+
+def test_the_step_time_is_on_screen_beside_the_budget():
+    """Lesson 14 asks how long a step takes: the budget panel's title says it, in ms, at 80x24 too."""
+    from dashboard_helpers import make_replay_app
+
+    from cbtui.apps.dashboard import budget_title
+
+    async def scenario(size, title):
+        app = make_replay_app(paused=True)  # SteadyEngine: every step takes 10 ms
+        async with app.run_test(size=size) as pilot:
+            await wait_until(pilot, lambda: shown_step(app) == 0)
+            await step(pilot, app)
+            assert app.query_one("#budget-panel").border_title == title
+    run(scenario((80, 24), "Budget: 48 tokens per step · 10 ms"))
+    run(scenario((160, 48), "Token budget: 48 tokens per step · this step 10 ms"))
+    from pathlib import Path
+
+    from engine.records.recording import load_recording
+    rec = load_recording(Path(__file__).with_name("data") / "mixed_load.jsonl").records[1]
+    rec.wall_time_s = 1.5
+    assert budget_title(rec, 10) == "Token budget: 48 tokens per step"  # too narrow for the time: the budget
+    assert budget_title(rec, 200).endswith("this step 1.5 s")

@@ -321,3 +321,22 @@ def test_ctrl_p_enter_enter_pressed_together_runs_one_command_and_keeps_the_dash
             assert dashboard in app.screen_stack and not CommandPalette.is_open(app)
             assert not isinstance(app.screen, CommandPalette)
     run(scenario())
+
+
+def test_a_restart_runs_at_the_pace_the_app_opened_with():
+    """At 64/s a restart ran all 55 steps of mixed_load in under a second: + carried over r."""
+    from cbtui.apps.engine_fed import DEFAULT_SPEED
+
+    async def scenario():
+        app = make_replay_app(paused=True)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_until(pilot, lambda: shown_step(app) == 0)
+            await pilot.press("plus", "plus", "plus", "plus")
+            assert app.speed == 64
+            await pilot.press("r")
+            await wait_until(pilot, lambda: shown_step(app) == 0)
+            assert app.speed == DEFAULT_SPEED == 4
+            await wait_until(pilot, lambda: app.controller._speed == DEFAULT_SPEED)
+            await pilot.press("space")
+            await wait_until(pilot, lambda: "running @ 4/s" in header_text(app))
+    run(scenario())

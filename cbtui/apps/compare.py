@@ -318,7 +318,7 @@ class CompareApp(EngineFedApp):
 
     def action_restart(self) -> None:
         self.engine_state, self.error, self.viewing = "starting", None, None
-        self.controller.restart()
+        self._restart_at_start_speed()
         self._draw()
 
     def action_help(self) -> None:

@@ -376,7 +376,7 @@ class DashboardApp(EngineFedApp):
         self.history.clear()
         self.engine_state = "starting"
         self.error = None
-        self.controller.restart()
+        self._restart_at_start_speed()
         self._draw()
 
     def _reset_metrics(self) -> None:

@@ -191,3 +191,10 @@ def test_cli_bad_variant_is_one_line_and_exit_2():
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
     assert "no variant 'chunk_8'" in proc.stderr and "variants: base, chunk_32, chunk_16" in proc.stderr
+
+
+def test_the_padding_column_says_its_unit():
+    """'padding 80' had no unit: it counts slot-steps (a slot idle for a step)."""
+    from cbtui.widgets.run_difference import TITLE
+
+    assert "padding slot-steps" in TITLE and len(TITLE) <= 76  # the panel's width at 80 columns

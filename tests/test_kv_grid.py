@@ -109,3 +109,43 @@ def test_the_freed_line_says_whose_blocks_and_how_many():
     assert "× r3, r4 freed 11" in narrow
     dense = KVView("dense", 0, 0, 0, 0, {}, {"5": 32}, [3], 64, 0)
     assert "× K/V freed by request 3" in dense_text(dense, 60, 6, None)
+
+
+def test_the_sharded_view_says_pool_and_what_the_shards_sent():
+    """'shard 0 cpu 3/16 used 96.0 KiB' read as 96 KiB used: it is the pool's size. Lesson 12 asks about
+    the bytes the shards send each other: the records carry them (comm), the panel now shows them."""
+    from cbtui.widgets.kv_grid import sharded_text
+    from cbtui.widgets.memory_panel import step_memory_text
+    from engine.records import CommView, KVView, MemoryView, ShardView
+
+    kv = KVView("paged", 4, 8, 4, 4, {"3": (0, 4, 1, 5)}, {"3": 14}, [], 64, 512)
+    shards = [ShardView(r, "cpu", 4, 2, 2, 98304, 1 << 20, 4 * r, {"3": (0, 1)}) for r in range(2)]
+    comm = CommView(bytes=52648, seconds=0.0095, collectives=4)
+    lines = sharded_text(kv, shards, width=60, rows=8, selected=None, mode=FULL, comm=comm).plain.split("\n")
+    assert lines[0] == "shard 0 cpu 2/4 used  pool 96.0 KiB"
+    assert "⇄ shards sent 51.4 KiB in 4 collectives, 9.5 ms" in lines
+    short = sharded_text(kv, shards, width=20, rows=3, selected=None, mode=FULL, comm=comm).plain.split("\n")
+    assert [line[:3] for line in short[:2]] == ["s0 ", "s1 "] and short[2] == "⇄ sent 51.4 KiB ×4"
+    memory = MemoryView("rss", 0, 0, 1 << 20, 1000, 2 * 98304)
+    assert "KV pool 96.0 KiB" in step_memory_text(memory, shards).plain
+
+
+def test_help_says_a_cell_may_be_several_blocks_and_what_the_dot_in_the_output_is():
+    """Help said 'KV: one cell per block' beside a panel saying '1 cell = 3 blocks'; the output tail's ·
+    was never explained."""
+    from cbtui.widgets.help_screen import READING
+
+    assert "one cell per block" not in READING and "1 cell = 3 blocks" in READING
+    assert "· stands for a byte that is not printable text" in READING
+    assert "total tok/s" in READING and "ms" in READING
+
+
+def test_no_gpu_is_a_note_not_a_warning():
+    from cbtui.render.colors import WARN
+    from cbtui.widgets.memory_panel import reading_text
+    from engine.records.memory_reading import MemoryReading
+
+    text = reading_text(MemoryReading(rss_bytes=1 << 20, note="no GPU: NVML Shared Library Not Found",
+                                      source="rss"), 40)
+    assert text.plain.startswith("no GPU: NVML Shared Library Not Found")
+    assert all(WARN not in str(span.style) for span in text.spans)

@@ -258,7 +258,8 @@ class DashboardApp(EngineFedApp):
         self.query_one(BudgetBar).show(record)
         self._title_budget(record)
         self._draw_mask(record)
-        self.query_one(KVGrid).show(record.kv if record else None, self.selected, record.shards if record else None)
+        self.query_one(KVGrid).show(record.kv if record else None, self.selected, record.shards if record else None,
+                                    record.comm if record else None)
         past_step = record.step if record is not None and not self.history.live else None
         self.query_one(MemoryPanel).show_step(record.memory if record else None, past_step,
                                               record.shards if record else None)

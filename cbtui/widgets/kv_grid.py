@@ -22,11 +22,11 @@ from rich.style import Style
 from rich.text import Text
 from textual.widgets import Static
 
-from engine.records import KVView, ShardView
+from engine.records import CommView, KVView, ShardView
 from engine.records.kv_history import flat_history
 
 from ..render.colors import FULL, NONE, color_mode, glyph_key, needs_glyphs, request_color, request_glyph
-from ..render.formatting import first_that_fits, human_bytes
+from ..render.formatting import duration, first_that_fits, human_bytes
 
 FILL_GLYPHS = "▁▂▃▄▅▆▇█"  # the last block's fill, eighths
 FREE_GLYPH, FREED_GLYPH = "·", "×"
@@ -241,31 +241,48 @@ def paged_text(kv: KVView, width: int, rows: int, selected: int | None, mode: st
     return Text("\n").join([*summary, text])
 
 
+def comm_parts(comm: CommView | None) -> tuple[Text, Text] | None:
+    """What the shards sent each other in this step (the record's comm), long and short."""
+    if comm is None:
+        return None
+    sent = human_bytes(comm.bytes)
+    return (Text.assemble(("⇄ shards sent ", "dim"), sent, (f" in {comm.collectives} collectives, ", "dim"),
+                          duration(comm.seconds)),
+            Text.assemble(("⇄ sent ", "dim"), sent, (f" ×{comm.collectives}", "dim")))
+
+
 def sharded_text(kv: KVView, shards: list[ShardView], width: int, rows: int, selected: int | None,
-                 mode: str) -> Text:
-    """One pool per shard, each under a line naming it: its device, blocks used and bytes. Too few
-    rows for that (80x24): one line a shard, its grid after its name ("s1 ███▄··")."""
+                 mode: str, comm: CommView | None = None) -> Text:
+    """One pool per shard, each under a line naming it: its device, blocks used and its pool's bytes,
+    then what the shards sent each other in this step (`comm`). Too few rows for that (80x24): one
+    line a shard, its grid after its name ("s1 ███▄··"), and the bytes sent on a row left over."""
     cells = block_cells(kv)
     glyphs = needs_glyphs(sorted({c.owner for c in cells if c.owner is not None}), mode)
-    if rows < 2 * len(shards):
+    sent = comm_parts(comm)
+    if rows < 2 * len(shards) + (sent is not None):
         lines = []
         for shard in shards[:rows]:
             mine = cells[shard.first_block:shard.first_block + shard.num_blocks]
             label = Text(f"s{shard.rank} ", style="bold")
             grid, _ = _grid(mine, max(width - label.cell_len, 1), 1, selected, mode, glyphs)
             lines.append(Text.assemble(label, grid))
+        if sent is not None and rows > len(lines):
+            lines.append(first_that_fits(width, *sent))
         return Text("\n").join(lines)
+    rows -= sent is not None
     per_shard = max((rows - len(shards)) // len(shards), 1)
     parts = []
     for shard in shards:
         mine = cells[shard.first_block:shard.first_block + shard.num_blocks]
         grid, group = _grid(mine, width, per_shard, selected, mode, glyphs)
         title = Text.assemble((f"shard {shard.rank} ", "bold"), (f"{shard.device} ", "dim"),
-                              f"{shard.blocks_used}/{shard.num_blocks}", (" used ", "dim"),
+                              f"{shard.blocks_used}/{shard.num_blocks}", (" used  pool ", "dim"),
                               human_bytes(shard.pool_bytes))
         if group > 1:  # the panel is narrow: blocks per cell in a few characters
             title.append(f" {group}/cell", style="dim")
         parts += [title, grid]
+    if sent is not None:
+        parts.append(first_that_fits(width, *sent))
     freed = freed_parts(kv)
     if freed is not None:
         parts.append(first_that_fits(width, *freed))
@@ -333,9 +350,11 @@ class KVGrid(Static):
         self._kv: KVView | None = None
         self._selected: int | None = None
         self._shards: list[ShardView] = []
+        self._comm: CommView | None = None
 
-    def show(self, kv: KVView | None, selected: int | None, shards: list[ShardView] | None = None) -> None:
-        self._kv, self._selected, self._shards = kv, selected, shards or []
+    def show(self, kv: KVView | None, selected: int | None, shards: list[ShardView] | None = None,
+             comm: CommView | None = None) -> None:
+        self._kv, self._selected, self._shards, self._comm = kv, selected, shards or [], comm
         self.refresh()
 
     def render(self) -> Text:
@@ -345,7 +364,7 @@ class KVGrid(Static):
         width, height = max(self.size.width, 1), max(self.size.height, 2)
         mode = color_mode(self.app)
         if kv.layout == "paged" and self._shards:
-            return sharded_text(kv, self._shards, width, height, self._selected, mode)
+            return sharded_text(kv, self._shards, width, height, self._selected, mode, self._comm)
         if kv.layout == "paged":
             return paged_text(kv, width, height - 1, self._selected, mode)
         return dense_text(kv, width, height, self._selected, mode)

@@ -285,13 +285,15 @@ def test_the_step_time_is_on_screen_beside_the_budget():
 
     from cbtui.apps.dashboard import budget_title
 
-    async def scenario(size, title):
-        app = make_replay_app(paused=True)  # SteadyEngine: every step takes 10 ms
+    async def scenario(size, title, wall_time_s=0.01):
+        app = make_replay_app(paused=True)  # SteadyEngine: every step takes 10 ms, unless told
+        app.controller._engine._wall = wall_time_s  # (the replay's SteadyEngine)
         async with app.run_test(size=size) as pilot:
             await wait_until(pilot, lambda: shown_step(app) == 0)
             await step(pilot, app)
             assert app.query_one("#budget-panel").border_title == title
     run(scenario((80, 24), "Budget: 48 tokens per step · 10 ms"))
+    run(scenario((80, 24), "Budget: 48 tokens per step · 0.42 ms", 0.00042))  # the longest a time gets
     run(scenario((160, 48), "Token budget: 48 tokens per step · this step 10 ms"))
     from pathlib import Path
 

@@ -290,7 +290,8 @@ class DashboardApp(EngineFedApp):
 
     def _title_budget(self, record: StepRecord | None) -> None:
         panel = self.query_one("#budget-panel")
-        budget = budget_title(record, panel.size.width - 4) if record else "Token budget"
+        # The border's room: the panel's width less its corners and a cell either side of the title.
+        budget = budget_title(record, panel.outer_size.width - 4) if record else "Token budget"
         if panel.border_title != budget:
             panel.border_title = budget
 

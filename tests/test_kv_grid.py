@@ -149,3 +149,17 @@ def test_no_gpu_is_a_note_not_a_warning():
                                       source="rss"), 40)
     assert text.plain.startswith("no GPU: NVML Shared Library Not Found")
     assert all(WARN not in str(span.style) for span in text.spans)
+
+
+def test_a_one_line_summary_keeps_the_cell_size_and_whose_blocks_were_freed():
+    """static_vs_continuous at 80x24 (a static batch's budget takes a fourth line): the KV summary has
+    one line; it kept 'used 8/96  free 88  block 8 tok  ②0 ○8' and dropped '1 cell = 3 blocks' and
+    the freed request, so a merged grid read as one block a cell."""
+    from cbtui.widgets.kv_grid import paged_text
+    from scenarios import load_scenario
+
+    engine = load_scenario("static_vs_continuous").build_engine(device="cpu")
+    record = [engine.step() for _ in range(13)][-1]
+    assert record.kv.freed == [6]
+    summary = paged_text(record.kv, 38, 1, None, FULL).plain.split("\n")[0]
+    assert summary == "8/96 used  3/cell  × r6 freed 2  ②0 ○8"

@@ -156,7 +156,8 @@ def summary_lines(kv: KVView, width: int, group: int, glyph_ids: list[int] | Non
     fit is left out."""
     parts: list[tuple[Text, Text | None]] = [  # (the part, a shorter form for when lines run out)
         (Text.assemble(("used ", "dim"), f"{kv.blocks_used}/{kv.num_blocks}", ("  free ", "dim"),
-                       str(kv.blocks_free), ("  block ", "dim"), f"{kv.block_size} tok"), None)]
+                       str(kv.blocks_free), ("  block ", "dim"), f"{kv.block_size} tok"),
+         Text.assemble(f"{kv.blocks_used}/{kv.num_blocks}", (" used", "dim")))]
     if group > 1:
         parts.append((Text(f"1 cell = {group} blocks", style="dim"), Text(f"{group}/cell", style="dim")))
     freed = freed_parts(kv)
@@ -173,18 +174,24 @@ def summary_lines(kv: KVView, width: int, group: int, glyph_ids: list[int] | Non
     if prefix is not None:
         parts.append((prefix, prefix_part(kv, short=True)))
     lines, dropped = _pack(parts, width, max_lines, shorten=False)
-    if dropped:  # short forms throughout may make room for what was left out (the glyph key, say)
-        shorter, dropped_short = _pack(parts, width, max_lines, shorten=True)
+    # Short forms throughout may make room for what was left out (the glyph key, say); the pool's
+    # figures last ('8/96 used'): in a panel of one line they leave room for whose blocks were freed.
+    for first_too in (False, True):
+        if not dropped:
+            break
+        shorter, dropped_short = _pack(parts, width, max_lines, shorten=True, shorten_first=first_too)
         if dropped_short < dropped:
-            return shorter
+            lines, dropped = shorter, dropped_short
     return lines
 
 
-def _pack(parts: list[tuple[Text, Text | None]], width: int, max_lines: int, shorten: bool) -> tuple[list[Text], int]:
+def _pack(parts: list[tuple[Text, Text | None]], width: int, max_lines: int, shorten: bool,
+          shorten_first: bool = False) -> tuple[list[Text], int]:
     """The parts packed into lines of `width`, at most `max_lines`: (lines, how many parts were left out).
     A part that does not fit goes on a new line while there are lines left, then in its short form
     (always, with `shorten`) if that fits."""
-    lines, dropped = [parts[0][0]], 0
+    first, first_short = parts[0]
+    lines, dropped = [first_short if shorten_first and first_short is not None else first], 0
     for part, short in parts[1:]:
         if shorten and short is not None:
             part = short

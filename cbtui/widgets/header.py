@@ -42,7 +42,7 @@ class StepHeader(Static):
     appears exactly so scripts and tests can find it."""
 
     DEFAULT_CSS = """
-    StepHeader { height: 2; padding: 0 1; }
+    StepHeader { height: 2; padding: 0 1; text-wrap: nowrap; text-overflow: ellipsis; }
     """
 
     def show(self, info: HeaderInfo) -> None:
@@ -120,4 +120,4 @@ class StepHeader(Static):
             line2.append_text(extra)
         for line in lines:
             line.no_wrap, line.overflow = True, "ellipsis"
-        return Text("\n").join(lines)
+        return Text("\n").join(lines)  # (cut, not wrapped, on screen too: StepHeader's CSS, in compare as well)

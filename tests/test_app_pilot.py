@@ -303,23 +303,41 @@ def test_left_while_running_pauses_and_shows_the_step_before():
 
 def test_ctrl_p_enter_enter_pressed_together_runs_one_command_and_keeps_the_dashboard():
     """Sent as one burst (tmux send-keys C-p Enter Enter), both Enters reached the palette before it
-    closed: it dismissed itself twice, and the second popped the last screen (ScreenStackError)."""
+    closed: it dismissed itself twice, and the second popped the last screen (ScreenStackError).
+    Whether the Enters find the palette's list ready depends on the machine's pace, so the burst is
+    sent twice: all three keys at once, then the two Enters at once into a palette known to be ready
+    (which is what made the crash certain)."""
     from textual import events
-    from textual.command import CommandPalette
+    from textual.command import CommandList, CommandPalette
+
+    from cbtui.widgets.breakpoint_screen import BreakpointScreen
+
+    def burst(app, *keys):
+        for key in keys:  # no wait between them: one read of the terminal
+            event = events.Key(key, "\r" if key == "enter" else None)
+            event.set_sender(app)
+            app._driver.send_message(event)
 
     async def scenario():
         app = make_replay_app(paused=True)
         async with app.run_test(size=(120, 40)) as pilot:
             await wait_until(pilot, lambda: shown_step(app) == 0)
             dashboard = app.screen
-            for key, char in (("ctrl+p", None), ("enter", "\r"), ("enter", "\r")):  # no wait between them
-                event = events.Key(key, char)
-                event.set_sender(app)
-                app._driver.send_message(event)
-            await pilot.pause(0.3)
+            burst(app, "ctrl+p", "enter", "enter")
+            await pilot.pause(0.5)
+            assert app.is_running and app.return_code is None and app.screen_stack[0] is dashboard
+            while app.screen is not dashboard:  # a command's screen, or the palette if its list came late
+                await pilot.press("escape")
+            await pilot.press("ctrl+p")
+            await wait_until(pilot, lambda: CommandPalette.is_open(app)
+                             and app.screen.query_one(CommandList).highlighted is not None)
+            burst(app, "enter", "enter")
+            await wait_until(pilot, lambda: not CommandPalette.is_open(app))
+            await pilot.pause(0.2)
             assert app.is_running and app.return_code is None
-            assert dashboard in app.screen_stack and not CommandPalette.is_open(app)
-            assert not isinstance(app.screen, CommandPalette)
+            # The first command in the list ran once: its screen over the dashboard, nothing else.
+            assert app.screen_stack[0] is dashboard and len(app.screen_stack) == 2
+            assert isinstance(app.screen, BreakpointScreen)
     run(scenario())
 
 

@@ -76,7 +76,8 @@ class Recorder:
             decode_demand=plan.decode_demand, decode_cap=self.config.scheduler.max_decode_per_step, items=plan.batch,
             requests=views, kv=kv, preempted=[r.id for r in plan.preempted], finished=finished,
             sampled=IdKeyed(sampled), running=len(sched.running), waiting=len(sched.waiting),
-            finished_total=self.finished_total, pending=pending, padding_slots=sched.padding_slots(),
+            finished_total=self.finished_total, pending=pending,
+            padding_slots=sched.admission.padding_slots(finishing),  # read after update: who finished in it ran
             wall_time_s=0.0, memory=memory,
             preemptions=list(plan.preemptions), preemptions_total=self.preemptions_total,
             admission_blocked=plan.admission_blocked,

@@ -209,7 +209,10 @@ def test_metrics_screen_follows_the_run_and_closes():
             console = Console(width=100, record=True, color_system=None)
             console.print(app.screen.query_one("#metrics-body").content)
             body = console.export_text()
-            assert "6 steps" in body and "TTFT, steps" in body and "fake" in body
+            assert "steps 0–5" in body and "TTFT, steps" in body and "fake" in body  # the header's numbers
+            # The header's tok/s (prefill + decode) is the figure the screen labels as such.
+            header_rate = re.search(r"(\S+) total tok/s", header_text(app)).group(1)
+            assert f"total {header_rate} tok/s (prefill + decode, the header's" in " ".join(body.split())
             # Memory by context: what the engine holds, and the contexts the app measures (the first
             # step may end before the app hears "started": it still counts).
             rows = {line[:14].strip(): line[14:].split() for line in body.splitlines()}
@@ -295,4 +298,63 @@ def test_left_while_running_pauses_and_shows_the_step_before():
             assert not app.history.live and shown_step(app) == shown, "paused: the view stays where ← put it"
             assert 1 <= app.history.position()[1] - app.history.position()[0] <= 2
             assert "paused" in header_text(app) and f"Step {shown}" in header_text(app)
+    run(scenario())
+
+
+def test_ctrl_p_enter_enter_pressed_together_runs_one_command_and_keeps_the_dashboard():
+    """Sent as one burst (tmux send-keys C-p Enter Enter), both Enters reached the palette before it
+    closed: it dismissed itself twice, and the second popped the last screen (ScreenStackError).
+    Whether the Enters find the palette's list ready depends on the machine's pace, so the burst is
+    sent twice: all three keys at once, then the two Enters at once into a palette known to be ready
+    (which is what made the crash certain)."""
+    from textual import events
+    from textual.command import CommandList, CommandPalette
+
+    from cbtui.widgets.breakpoint_screen import BreakpointScreen
+
+    def burst(app, *keys):
+        for key in keys:  # no wait between them: one read of the terminal
+            event = events.Key(key, "\r" if key == "enter" else None)
+            event.set_sender(app)
+            app._driver.send_message(event)
+
+    async def scenario():
+        app = make_replay_app(paused=True)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await wait_until(pilot, lambda: shown_step(app) == 0)
+            dashboard = app.screen
+            burst(app, "ctrl+p", "enter", "enter")
+            await pilot.pause(0.5)
+            assert app.is_running and app.return_code is None and app.screen_stack[0] is dashboard
+            while app.screen is not dashboard:  # a command's screen, or the palette if its list came late
+                await pilot.press("escape")
+            await pilot.press("ctrl+p")
+            await wait_until(pilot, lambda: CommandPalette.is_open(app)
+                             and app.screen.query_one(CommandList).highlighted is not None)
+            burst(app, "enter", "enter")
+            await wait_until(pilot, lambda: not CommandPalette.is_open(app))
+            await pilot.pause(0.2)
+            assert app.is_running and app.return_code is None
+            # The first command in the list ran once: its screen over the dashboard, nothing else.
+            assert app.screen_stack[0] is dashboard and len(app.screen_stack) == 2
+            assert isinstance(app.screen, BreakpointScreen)
+    run(scenario())
+
+
+def test_a_restart_runs_at_the_pace_the_app_opened_with():
+    """At 64/s a restart ran all 55 steps of mixed_load in under a second: + carried over r."""
+    from cbtui.apps.engine_fed import DEFAULT_SPEED
+
+    async def scenario():
+        app = make_replay_app(paused=True)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_until(pilot, lambda: shown_step(app) == 0)
+            await pilot.press("plus", "plus", "plus", "plus")
+            assert app.speed == 64
+            await pilot.press("r")
+            await wait_until(pilot, lambda: shown_step(app) == 0)
+            assert app.speed == DEFAULT_SPEED == 4
+            await wait_until(pilot, lambda: app.controller._speed == DEFAULT_SPEED)
+            await pilot.press("space")
+            await wait_until(pilot, lambda: "running @ 4/s" in header_text(app))
     run(scenario())

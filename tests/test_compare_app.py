@@ -194,3 +194,29 @@ def test_cli_bad_variant_is_one_line_and_exit_2():
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
     assert "no variant 'chunk_8'" in proc.stderr and "variants: base, chunk_32, chunk_16" in proc.stderr
+
+
+def test_the_padding_column_says_its_unit():
+    """'padding 80' had no unit: it counts slot-steps (a slot idle for a step)."""
+    from cbtui.widgets.run_difference import TITLE
+
+    assert "padding slot-steps" in TITLE and len(TITLE) <= 76  # the panel's width at 80 columns
+
+
+def test_at_160x48_each_pane_header_is_cut_not_wrapped_and_keeps_its_counts():
+    """Side by side, each pane is 80 columns: the first header line wrapped ('paged' alone on the
+    second line), which pushed the counts ('running 3  waiting 4 ...') out of the header."""
+    from dashboard_helpers import rendered_lines
+
+    from cbtui.widgets.header import StepHeader
+
+    async def scenario():
+        app = make_compare()
+        async with app.run_test(size=(160, 48)) as pilot:
+            await wait_until(pilot, lambda: all(p.history.current() is not None for p in app.panes))
+            await pilot.pause(0.2)
+            for pane in app.panes:
+                lines = rendered_lines(pane.query_one(StepHeader))
+                assert lines[0].strip().startswith("Step 0") and lines[1].strip().startswith("running ")
+            await pilot.press("q")
+    run(scenario())

@@ -107,7 +107,7 @@ def test_decode_cap_says_how_many_it_left_waiting():
 def test_a_static_batch_tells_its_padding():
     records, _ = run_records("static_vs_continuous", steps=12)
     padded = [r for r in records if r.padding_slots]
-    assert padded and padded[0].step == 3  # request 2 finished in step 3: from then on its slot idles
+    assert padded and padded[0].step == 4  # request 2 finished in step 3 (it ran in it): from step 4 its slot idles
     for record in records:
         told = [e.text for e in step_events(record) if e.kind == PADDING]
         assert told == ([f"static batch: {record.padding_slots} slot{'s' * (record.padding_slots > 1)} held by "

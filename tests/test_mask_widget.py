@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -78,15 +80,20 @@ items_strategy = st.lists(
 
 
 @settings(max_examples=60, deadline=None)
-@given(items=items_strategy, rows=st.integers(1, 24), cols=st.integers(1, 40))
-def test_every_pixel_counts_exactly_the_allowed_cells_it_covers(items, rows, cols):
+@given(items=items_strategy, rows=st.integers(1, 24), cols=st.integers(1, 40), aspect=st.sampled_from([1.0, 2.0]))
+def test_every_pixel_counts_exactly_the_allowed_cells_it_covers(items, rows, cols, aspect):
+    raster = rasterize(items, rows, cols, pixel_aspect=aspect)
+    assert raster.hidden == max(len(items) - rows, 0) and len(raster.shown) == len(items) - raster.hidden
+    items = [items[k] for k in raster.shown]  # more items than rows: the first ones are drawn
     mask = engine_mask(items)
-    raster = rasterize(items, rows, cols)
     prow, pcol = raster.count.shape
     assert prow <= rows and pcol <= cols  # fits the panel
-    r0, r1 = _bands(mask.shape[0], prow)
+    r0, r1 = raster.row_lo, raster.row_hi
     c0, c1 = _bands(mask.shape[1], pcol)
     owner_of_row = np.repeat(np.arange(len(items)), [i.num_tokens for i in items])
+    # No pixel row holds queries of two items, and every item drawn has a row of its own.
+    assert all(len(set(owner_of_row[r0[y]:r1[y]])) == 1 for y in range(prow))
+    assert set(owner_of_row[r0]) == set(range(len(items)))
     for y in range(prow):
         for x in range(pcol):
             cells = mask[r0[y]:r1[y], c0[x]:c1[x]]
@@ -101,6 +108,9 @@ def test_every_pixel_counts_exactly_the_allowed_cells_it_covers(items, rows, col
     assert r1[-1] == mask.shape[0] and c1[-1] == mask.shape[1]
     if prow <= mask.shape[0] and pcol <= mask.shape[1]:  # not magnified: bands tile the mask once
         assert raster.count.sum() == mask.sum()
+    # Rows are magnified no more than columns (a decode is a thin row, not a tall block).
+    if raster.rows_per_pixel < 1:
+        assert 1 / raster.rows_per_pixel <= max(1, 1 / raster.cols_per_pixel / aspect)
 
 
 def test_big_step_is_shrunk_to_the_panel_not_cropped():
@@ -154,19 +164,25 @@ def test_scale_line_says_tokens_per_cell_without_a_k_that_reads_as_thousands():
     _, raster = mask_strips([item(0, 8192, 8192)], width=100, height=40, background=BACKGROUND)
     assert scale_text(raster, half_blocks=True) == "cell ≈ 205 × 164, shade = % visible"
     # 7 decodes over 293 keys on 38 columns: 7.7 keys a cell (the header's 'k' is a thousand);
-    # each query magnified to 2 pixel rows, one cell
+    # columns shrink, so rows are not magnified either: a query a pixel row, two a half-block cell
     decodes = [item(r, 56, 1) for r in range(5)] + [item(5, 6, 1), item(6, 0, 1)]
     _, raster = mask_strips(decodes, width=38, height=10, background=BACKGROUND)
-    assert raster.cols_per_pixel == (5 * 57 + 7 + 1) / 38 and raster.rows_per_pixel == 0.5
-    assert scale_text(raster, half_blocks=True) == "cell ≈ 1 × 7.7, shade = % visible"
-    assert scale_text(raster, half_blocks=False) == "cell ≈ 0.5 × 7.7, dim = few visible"  # glyphs
+    assert raster.cols_per_pixel == (5 * 57 + 7 + 1) / 38 and raster.rows_per_pixel == 1
+    assert scale_text(raster, half_blocks=True) == "cell ≈ 2 × 7.7, shade = % visible"
+    assert scale_text(raster, half_blocks=False) == "cell ≈ 1 × 7.7, dim = few visible"  # glyphs
     # 600,000 queries on 10 rows of 2 pixels, 600,000 keys on 38 columns
     _, raster = mask_strips([item(0, 0, 600_000)], width=38, height=10, background=BACKGROUND)
     assert scale_text(raster, half_blocks=True) == "cell ≈ 60k × 16k, shade = % visible"
-    # the longest figures ('0.67', '1.2k') still fit the mask panel's 38 columns at 80x24
+    # the longest figures still fit the mask panel's 38 columns at 80x24
     _, raster = mask_strips([item(r, 14_999, 1) for r in range(3)], width=38, height=5, background=BACKGROUND)
-    assert scale_text(raster, half_blocks=True) == "cell ≈ 0.67 × 1.2k, shade = % visible"
-    assert len(scale_text(raster, half_blocks=True)) <= 38
+    assert scale_text(raster, half_blocks=True) == "cell ≈ 2 × 1.2k, shade = % visible"
+    # rows shared out by request: a decode's row is one query, a prefill's many; the line says so
+    _, raster = mask_strips([item(0, 500, 1), item(1, 0, 600)], width=38, height=10, background=BACKGROUND)
+    assert raster.row_span == (1, 32)
+    assert scale_text(raster, half_blocks=True) == "cell ≈ 2–64 × 29, shade = % visible"
+    _, raster = mask_strips([item(0, 90000, 1), item(1, 0, 90000)], width=38, height=10, background=BACKGROUND)
+    assert scale_text(raster, half_blocks=True) == "cell ≈ 2–9.5k × 4.7k, shade=%"  # shorter, not cut
+    assert all(len(scale_text(raster, True, width=w)) <= w for w in (38, 30, 28))
     _, raster = mask_strips([item(0, 0, 4)], width=38, height=10, background=BACKGROUND)
     assert scale_text(raster, half_blocks=True) == "every query × key shown"
     assert short_number(9.99) == "10" and short_number(12_345) == "12k" and short_number(0.25) == "0.25"
@@ -210,3 +226,80 @@ def test_glyph_frames_draw_a_run_at_a_time_with_each_owner_glyph():
     assert drawn and all(set(line) <= {"0", "1", "2"} for line in drawn)
     assert {"0", "1", "2"} <= set("".join(drawn))
     assert all(len(strip.cell_length * " ") == 12 for strip in strips)
+
+
+# mixed_load step 17: seven decodes and a prefill chunk of 16, 23 queries over 445 keys.
+STEP_17 = [ScheduledItem(0, "decode", 76, 1, 77), ScheduledItem(2, "decode", 127, 1, 128),
+           ScheduledItem(3, "decode", 62, 1, 63), ScheduledItem(5, "decode", 49, 1, 50),
+           ScheduledItem(6, "decode", 36, 1, 37), ScheduledItem(7, "decode", 38, 1, 39),
+           ScheduledItem(8, "decode", 34, 1, 35), ScheduledItem(9, "prefill", 0, 16, 16)]
+
+
+def recorded_items(step: int) -> list[ScheduledItem]:
+    from pathlib import Path
+
+    from engine.records.recording import load_recording
+
+    records = load_recording(Path(__file__).with_name("data") / "mixed_load.jsonl").records
+    return list(next(r for r in records if r.step == step).items)
+
+
+def glyph_lines(strips) -> list[str]:
+    return ["".join(seg.text for seg in strip) for strip in strips]
+
+
+@pytest.mark.parametrize("mode", [NONE, SIXTEEN])
+@pytest.mark.parametrize("items,height", [(STEP_17, 8), (recorded_items(7), 8), (recorded_items(6), 4)],
+                         ids=["mixed_load-17", "mixed_load-7", "lesson-3"])
+def test_no_text_row_holds_two_requests_queries(items, height, mode):
+    """NO_COLOR / 16 colours at 80x24 (the mask is 38 x 8): step 17 drew '000000022222222222' on one
+    row, so one query seemed to see two requests' keys; lesson 3 put three decodes in its top row."""
+    strips, raster = mask_strips(items, width=38, height=height, background=BACKGROUND, mode=mode)
+    lines = [line for line in glyph_lines(strips) if line.strip()]
+    assert all(len(set(line) - {" "}) == 1 for line in lines), lines
+    drawn = [items[k] for k in raster.shown]
+    order = [glyph for glyph, _ in itertools.groupby(line.strip()[0] for line in lines)]
+    assert order == [request_glyph(i.request_id) for i in drawn]  # each request's rows, in batch order
+    decodes = [i for i in drawn if i.kind == "decode"]
+    assert sum(line.strip()[0] in {request_glyph(i.request_id) for i in decodes} for line in lines) == len(decodes)
+
+
+def test_in_colour_each_half_block_row_is_one_request_and_a_decode_is_one_of_them():
+    """Lesson 3 (mixed_load step 6, 39 queries in 4 text rows): each request has pixel rows of its own,
+    a decode exactly one (the top or bottom half of a cell row), in its own colour."""
+    items = recorded_items(6)
+    strips, raster = mask_strips(items, width=38, height=4, background=BACKGROUND)
+    owner_of_query = np.repeat([i.request_id for i in items], [i.num_tokens for i in items])
+    owners = [set(owner_of_query[lo:hi]) for lo, hi in zip(raster.row_lo, raster.row_hi, strict=True)]
+    assert all(len(o) == 1 for o in owners) and len(owners) == 8
+    rows_of = {i.request_id: sum(o == {i.request_id} for o in owners) for i in items}
+    assert all(rows_of[i.request_id] == 1 for i in items if i.kind == "decode")
+    colors = cell_colors(strips, 38)
+    for y, row in enumerate(colors):  # every lit half of a cell row is its owner's colour
+        for top, bottom in row:
+            for half, color in ((0, top), (1, bottom)):
+                if color != BACKGROUND:
+                    rid = next(iter(owners[2 * y + half]))
+                    shades = {BACKGROUND.blend(REQUEST_PALETTE[palette_slot(rid)], level / 4) for level in range(1, 5)}
+                    assert color in shades, (y, half, rid)
+
+
+@pytest.mark.parametrize("mode,lines", [(NONE, 4), ("full", 2)])
+def test_a_decode_is_one_thin_row_not_a_tall_block(mode, lines):
+    """compare static_vs_continuous, 160x48, step 12: four decodes over 72 keys were four solid
+    squares ('cell ≈ 0.25 × 1.9': each query magnified to 4 text rows while keys shrank)."""
+    decodes = [item(r, 17, 1) for r in range(4)]  # 18 keys each: 72
+    strips, raster = mask_strips(decodes, width=38, height=16, background=BACKGROUND, mode=mode)
+    drawn = [line for line in glyph_lines(strips) if line.strip()] if mode == NONE else \
+        [s for s in strips if any(seg.text.strip() or seg.style.bgcolor != BACKGROUND.rich_color for seg in s)]
+    assert len(drawn) == lines
+    assert raster.rows_per_pixel == 1
+    per_cell = "1" if mode == NONE else "2"  # a glyph is one pixel row, a half-block cell two
+    assert scale_text(raster, half_blocks=mode != NONE).startswith(f"cell ≈ {per_cell} × 1.9")
+
+
+def test_more_requests_than_rows_draws_the_first_and_keeps_the_selected_one():
+    decodes = [item(r, 10, 1) for r in range(12)]
+    strips, raster = mask_strips(decodes, width=20, height=8, background=BACKGROUND, mode=NONE, selected=11)
+    assert raster.hidden == 4 and raster.shown == (0, 1, 2, 3, 4, 5, 6, 11)
+    assert [line.strip()[0] for line in glyph_lines(strips)] == list("012345") + ["6", request_glyph(11)]

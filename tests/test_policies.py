@@ -38,6 +38,7 @@ def test_static_batch_admits_only_its_members_until_all_have_finished():
     assert policy.admissible([a, b, c], reasons) == [a, b] and reasons == {c.id: REASON_STATIC_BATCH}
     a.state = RequestState.FINISHED
     assert policy.admissible([c], {}) == [] and policy.padding_slots() == 1  # b still runs: no new batch
+    assert policy.padding_slots(finishing=[a]) == 0  # a finished in this step: it ran in it, no slot idled
     b.state = RequestState.FINISHED
     assert policy.admissible([c], {}) == [c] and policy.padding_slots() == 1  # a batch of one, one slot idle
     assert Fcfs().admissible([a, b, c], reasons) == [a, b, c] and Fcfs().padding_slots() == 0

@@ -151,6 +151,25 @@ def test_static_policy_runs_one_batch_to_the_end_before_the_next():
     assert len(records) > fcfs_steps
 
 
+def test_static_padding_counts_the_slots_idle_in_the_step_itself():
+    """A member that finishes in a step ran in it: its slot turns to padding from the next step on, and
+    the step where the last member decodes alone has every other slot idle. (static_vs_continuous:
+    step 3 had 'decode 4' and 1 slot of padding, five slots in a batch of four; step 8, 'decode 1' and
+    no padding.)"""
+    from scenarios import load_scenario
+
+    engine = load_scenario("static_vs_continuous").build_engine(device="cpu")
+    size = engine.config.scheduler.static_batch_size
+    records = [engine.step() for _ in range(16)]
+    for rec in records:
+        ran = len({item.request_id for item in rec.items})
+        assert ran + rec.padding_slots <= size, f"step {rec.step}: {ran} ran, padding {rec.padding_slots}"
+        if rec.items and all(item.kind == "decode" for item in rec.items):  # the batch is all admitted
+            assert ran + rec.padding_slots == size, f"step {rec.step}: {ran} ran, padding {rec.padding_slots}"
+    padding = {rec.step: rec.padding_slots for rec in records}
+    assert (padding[3], padding[4], padding[7], padding[8], padding[9]) == (0, 1, 1, 3, 0)
+
+
 def test_idle_steps_until_arrival():
     eng = Engine(EngineConfig(model="tiny", device="cpu"))
     rid = eng.add_request([1, 2], max_new_tokens=1, arrival_step=3)

@@ -27,6 +27,7 @@ from engine.records import StepRecord
 from engine.records.summary import RunTotals
 
 from ..render.colors import color_mode
+from ..render.metrics_view import RATE_WINDOW, processed_rate
 from ..run.controller import EngineController, EngineStatus
 from ..run.history import History
 from ..run.lockstep import Lockstep, PairStep, RunFailed
@@ -39,7 +40,7 @@ from ..widgets.mask import MaskCanvas
 from ..widgets.mask_legend import MaskLegend
 from ..widgets.requests_table import RequestSelected, RequestsTable
 from ..widgets.run_difference import RunDifference, RunFigures
-from .dashboard import MIN_HEIGHT, MIN_WIDTH, RATE_WINDOW, leave_a_core_for_the_ui, run_until_quit
+from .dashboard import MIN_HEIGHT, MIN_WIDTH, leave_a_core_for_the_ui, run_until_quit
 from .engine_fed import SPEEDS, EngineFedApp, speed_label
 
 SIDE_BY_SIDE_WIDTH = 140  # two panes of 70 columns and more; below it one pane at a time
@@ -116,9 +117,7 @@ class RunPane(Vertical):
         record = self.history.current()
         title = f"{self.letter} {self.variant_name}" + (f" · {self.settings}" if self.settings else "")
         state = "finished" if self.done and run_state != "failed" else run_state
-        recent = self.history.recent(RATE_WINDOW)
-        seconds = sum(r.wall_time_s for r in recent)
-        rate = sum(r.decode_tokens + r.prefill_tokens for r in recent) / seconds if seconds > 0 else None
+        rate = processed_rate(self.history.recent(RATE_WINDOW))
         common: dict[str, Any] = dict(scenario=title, engine=self.engine_label, run_state=state, speed=speed,
                                       newest=newest, tokens_per_second=rate)
         if record is None:
@@ -319,7 +318,7 @@ class CompareApp(EngineFedApp):
 
     def action_restart(self) -> None:
         self.engine_state, self.error, self.viewing = "starting", None, None
-        self.controller.restart()
+        self._restart_at_start_speed()
         self._draw()
 
     def action_help(self) -> None:

@@ -35,7 +35,8 @@ from engine.records.step_lines import RecordingWriter
 from engine.records.text import visible
 
 from ..render.colors import color_mode
-from ..render.metrics_view import KV_POOL, RECORDS_CONTEXT, WEIGHTS
+from ..render.formatting import duration
+from ..render.metrics_view import KV_POOL, RATE_WINDOW, RECORDS_CONTEXT, WEIGHTS, processed_rate
 from ..render.speculation_text import speculation_note
 from ..run.breakpoints import Breakpoint, Breakpoints
 from ..run.controller import EngineController, EngineStatus, SteppableEngine
@@ -59,7 +60,6 @@ from .profiled_steps import ProfiledSteps
 
 EXIT_GRACE_S = 1.0  # after a hangup, the longest the process may take to end
 MEMORY_POLL_S = 0.5
-RATE_WINDOW = 16  # steps averaged for tokens per second
 MIN_WIDTH, MIN_HEIGHT = 60, 20  # below this the panels cannot say anything useful
 COMPACT_HEIGHT = 36  # below this the layout trades panel height for the requests table
 
@@ -68,6 +68,16 @@ def run_label(policy: str, variant: str | None, plugins) -> str:
     """What runs, for the header: two runs of one scenario (static vs --variant continuous) differ here."""
     parts = [f"policy {policy}"] + ([f"variant {variant}"] if variant else []) + [f"+{p}" for p in plugins]
     return " · ".join(parts)
+
+
+def budget_title(record: StepRecord, width: int) -> str:
+    """The budget panel's title: the step's token budget and how long the step took (engine wall time),
+    the longest wording that fits the panel's border."""
+    took = duration(record.wall_time_s)
+    per_step = f"{record.budget} tokens per step"
+    forms = (f"Token budget: {per_step} · this step {took}", f"Token budget: {per_step} · {took}",
+             f"Budget: {per_step} · {took}", f"Token budget: {per_step}")
+    return next((form for form in forms if len(form) <= width), forms[-1])
 
 
 def graph_note(record) -> tuple[str, ...]:
@@ -247,12 +257,10 @@ class DashboardApp(EngineFedApp):
         self.query_one(ErrorPanel).show_error(self.error)
         self._draw_events()
         self.query_one(BudgetBar).show(record)
-        budget = f"Token budget: {record.budget} tokens per step" if record else "Token budget"
-        panel = self.query_one("#budget-panel")
-        if panel.border_title != budget:
-            panel.border_title = budget
+        self._title_budget(record)
         self._draw_mask(record)
-        self.query_one(KVGrid).show(record.kv if record else None, self.selected, record.shards if record else None)
+        self.query_one(KVGrid).show(record.kv if record else None, self.selected, record.shards if record else None,
+                                    record.comm if record else None)
         past_step = record.step if record is not None and not self.history.live else None
         self.query_one(MemoryPanel).show_step(record.memory if record else None, past_step,
                                               record.shards if record else None)
@@ -281,18 +289,23 @@ class DashboardApp(EngineFedApp):
         self.query_one(MaskLegend).show(items, zoom_on, canvas.current_raster(), self.selected, color_mode(self),
                                         hits)
 
+    def _title_budget(self, record: StepRecord | None) -> None:
+        panel = self.query_one("#budget-panel")
+        # The border's room: the panel's width less its corners and a cell either side of the title.
+        budget = budget_title(record, panel.outer_size.width - 4) if record else "Token budget"
+        if panel.border_title != budget:
+            panel.border_title = budget
+
     @on(MaskCanvas.Rescaled)
     def _redraw_mask_legend(self) -> None:
+        """The layout changed (the first one included): the legend's scale and the budget title's room."""
         with contextlib.suppress(NoMatches):  # the canvas resized while the app is closing: the legend is gone
             self._draw_mask(self.history.current())
+            self._title_budget(self.history.current())
 
     def _header_info(self, record: StepRecord | None) -> HeaderInfo:
         newest = None if self.history.live else self.history.newest_step()
-        rate = None
-        recent = self.history.recent(RATE_WINDOW)
-        seconds = sum(r.wall_time_s for r in recent)
-        if seconds > 0:
-            rate = sum(r.decode_tokens + r.prefill_tokens for r in recent) / seconds
+        rate = processed_rate(self.history.recent(RATE_WINDOW))  # the metrics screen says the same figure
         common = dict(scenario=self.scenario.title, engine=self._engine_label, run_state=self.run_state(),
                       speed=speed_label(self.speed), tokens_per_second=rate, newest=newest, run=self._run_label,
                       random_weights=self._random_weights)
@@ -367,7 +380,7 @@ class DashboardApp(EngineFedApp):
         self.history.clear()
         self.engine_state = "starting"
         self.error = None
-        self.controller.restart()
+        self._restart_at_start_speed()
         self._draw()
 
     def _reset_metrics(self) -> None:

@@ -57,12 +57,6 @@ class LessonApp(DashboardApp):
             self.speed = LESSON_SPEED  # the lesson's step is reached: from here on, at a pace to follow
             self.controller.set_speed(LESSON_SPEED)
 
-    def action_restart(self) -> None:
-        """From the start, at full speed to the lesson's step again."""
-        self.speed = MAX_SPEED
-        self.controller.set_speed(MAX_SPEED)
-        super().action_restart()
-
     def action_lesson(self, delta: int) -> None:
         target = self.number + delta
         self.outcome.append(target if 1 <= target <= len(LESSONS) else MENU)

@@ -25,6 +25,13 @@ def short_number(value: float) -> str:
     return f"{value:.2g}" if abs(value) < 10 else human_rate(value)
 
 
+def duration(seconds: float) -> str:
+    """'0.42 ms', '3.1 ms', '12 ms', '1.2 s'."""
+    if seconds >= 1:
+        return f"{seconds:.1f} s"
+    return f"{short_number(seconds * 1000)} ms"
+
+
 def first_that_fits(width: int, *forms):
     """The first of `forms` (rich Texts, longest wording first) that fits `width` cells; else the last.
     Panels word a figure shorter rather than cut it."""

@@ -7,6 +7,12 @@ That is the rule of `engine.batch_builder.ragged_causal_mask`, and it is block d
 the number of allowed cells in any rectangle has a closed form: no T x K tensor is built,
 and the cost depends on the size of the pixel grid, not on the size of the batch.
 
+Pixel rows never mix two items: each item gets its own rows (at least one; a decode's single query
+one row), the rest shared out by query count, so a shrunk mask is not uniform along the rows and
+the raster says how many queries its rows stand for (`row_span`). Rows are never magnified more than
+columns are, so a one-query decode is a thin row, not a tall block. More items than rows: the first
+ones (and the one to keep in view) are drawn, and the raster says how many are not (`hidden`).
+
 A record whose attention used a sliding window with sinks (`attention_window` = [sinks, window])
 narrows the rule: key b is also allowed only if b < sinks or b > position - window. The keys it cuts
 from each row form a clipped ramp, which has a closed form too (`_cut_prefix`).
@@ -15,7 +21,7 @@ from each row form a clipped ramp, which has a closed form too (`_cut_prefix`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -28,9 +34,13 @@ class MaskRaster:
 
     count: np.ndarray  # [rows, cols] allowed (query, key) cells inside the pixel
     area: np.ndarray  # [rows, cols] (query, key) cells the pixel stands for
-    owner: np.ndarray  # [rows, cols] index of the item with most allowed cells; -1 if none
-    rows_per_pixel: float  # query tokens per pixel row (< 1 when magnified)
+    owner: np.ndarray  # [rows, cols] index (into `shown`) of the item with most allowed cells; -1 if none
+    rows_per_pixel: float  # query tokens per pixel row, the most of any row (< 1 when magnified)
     cols_per_pixel: float  # keys per pixel column
+    row_lo: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # [rows] first query
+    row_hi: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # [rows] past the last
+    shown: tuple[int, ...] = ()  # indices of the items drawn, in batch order
+    hidden: int = 0  # items not drawn: more of them than pixel rows
 
     @property
     def coverage(self) -> np.ndarray:
@@ -40,6 +50,19 @@ class MaskRaster:
     def downsampled(self) -> bool:
         return self.rows_per_pixel > 1 or self.cols_per_pixel > 1
 
+    @property
+    def row_span(self) -> tuple[float, float]:
+        """(fewest, most) query tokens a pixel row stands for: equal unless rows were shared out by item."""
+        if not len(self.row_lo):
+            return (self.rows_per_pixel, self.rows_per_pixel)
+        if self.rows_per_pixel < 1:  # magnified: every query has the same number of rows
+            return (self.rows_per_pixel, self.rows_per_pixel)
+        sizes = self.row_hi - self.row_lo
+        if sizes.max() - sizes.min() <= 1:  # bands of one even split (a query apart): their mean
+            mean = float(sizes.mean())
+            return (mean, mean)
+        return (float(sizes.min()), float(sizes.max()))
+
 
 def _bands(total: int, pixels: int) -> tuple[np.ndarray, np.ndarray]:
     """[lo, hi) source ranges for each pixel; bands tile the source when pixels <= total."""
@@ -47,6 +70,48 @@ def _bands(total: int, pixels: int) -> tuple[np.ndarray, np.ndarray]:
     lo = p * total // pixels
     hi = np.maximum(lo + 1, (p + 1) * total // pixels)
     return lo, hi
+
+
+def _share_rows(n: np.ndarray, pixels: int) -> np.ndarray:
+    """Pixel rows for items of n[i] queries (len(n) <= pixels < sum(n)): at least one each, at most
+    n[i], `pixels` in all, as near n[i] * pixels / sum(n) as that allows (largest remainders)."""
+    ideal = n * pixels / n.sum()
+    rows = np.clip(np.floor(ideal).astype(np.int64), 1, n)
+    while rows.sum() > pixels:  # the minimum of one row each took rows from the others
+        over = np.where(rows > 1, rows - ideal, -np.inf)
+        rows[int(np.argmax(over))] -= 1
+    while rows.sum() < pixels:
+        short = np.where(rows < n, ideal - rows, -np.inf)
+        rows[int(np.argmax(short))] += 1
+    return rows
+
+
+def row_bands(n: np.ndarray, pixels: int, max_magnify: int) -> tuple[np.ndarray, np.ndarray]:
+    """[lo, hi) query ranges of each pixel row for items of n[i] queries, none straddling two items.
+    Fewer queries than pixels: each query gets the same whole number of rows (up to max_magnify).
+    More: each item its share (_share_rows), banded inside the item. Needs len(n) <= pixels."""
+    total = int(n.sum())
+    if total <= pixels:
+        queries = np.arange(total, dtype=np.int64)
+        lo = np.repeat(queries, max(1, min(max_magnify, pixels // total)))
+        return lo, lo + 1
+    offsets = np.cumsum(n) - n
+    parts = [_bands(int(k), int(r)) for k, r in zip(n, _share_rows(n, pixels), strict=True)]
+    lo = np.concatenate([p[0] + off for p, off in zip(parts, offsets, strict=True)])
+    hi = np.concatenate([p[1] + off for p, off in zip(parts, offsets, strict=True)])
+    return lo, hi
+
+
+def items_in_view(items: Sequence[ScheduledItem], pixels: int, keep: int | None = None) -> list[int]:
+    """Indices of the items that get rows: all, or when there are more than `pixels`, the first ones,
+    with the item of request `keep` (the selected one) in place of the last if it would be left out."""
+    if len(items) <= pixels:
+        return list(range(len(items)))
+    shown = list(range(max(pixels, 0)))
+    kept = next((k for k, i in enumerate(items) if i.request_id == keep), None)
+    if kept is not None and kept >= pixels and shown:
+        shown[-1] = kept
+    return shown
 
 
 def pixel_count(total: int, available: int, max_magnify: int) -> int:
@@ -143,18 +208,26 @@ def _range_argmax(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndar
 
 
 def rasterize(items: Sequence[ScheduledItem], rows: int, cols: int, max_magnify: int = 4,
-              window: Sequence[int] | None = None) -> MaskRaster:
+              window: Sequence[int] | None = None, pixel_aspect: float = 1.0,
+              keep: int | None = None) -> MaskRaster:
     """The mask of `items` on at most rows x cols pixels (never cropped: shrunk to fit); `window`
-    is a record's attention_window ([sinks, window]) when its attention used one."""
+    is a record's attention_window ([sinks, window]) when its attention used one. `pixel_aspect`: a
+    pixel's height over its width (2 for a whole character cell), so rows are magnified at most as
+    much as columns look. `keep`: a request to keep in view when not every item gets a row."""
+    shown = items_in_view(items, rows, keep)
+    hidden = len(items) - len(shown)
+    items = [items[k] for k in shown]
     meta = _Items(items, (int(window[0]), int(window[1])) if window is not None else None)
     total_q = int(meta.q_end[-1]) if len(items) else 0
     total_k = int(meta.k_end[-1]) if len(items) else 0
-    prow = pixel_count(total_q, rows, max_magnify)
     pcol = pixel_count(total_k, cols, max_magnify)
-    if prow == 0 or pcol == 0:
-        empty = np.zeros((prow, pcol), dtype=np.int64)
-        return MaskRaster(empty, empty + 1, empty - 1, 1.0, 1.0)
-    r0, r1 = _bands(total_q, prow)
+    if total_q == 0 or pcol == 0 or rows <= 0:
+        empty = np.zeros((0, 0), dtype=np.int64)
+        return MaskRaster(empty, empty + 1, empty - 1, 1.0, 1.0, shown=tuple(shown), hidden=hidden)
+    col_magnify = pcol // total_k if pcol > total_k else 1
+    row_magnify = max(1, min(max_magnify, int(col_magnify / pixel_aspect)))
+    r0, r1 = row_bands(meta.n, rows, row_magnify)
+    prow = len(r0)
     c0, c1 = _bands(total_k, pcol)
     # Neighbouring pixels share band edges: evaluate the prefix count once per distinct edge.
     row_edges, row_at = np.unique(np.concatenate([r0, r1]), return_inverse=True)
@@ -174,7 +247,8 @@ def rasterize(items: Sequence[ScheduledItem], rows: int, cols: int, max_magnify:
     ys, xs = np.nonzero((hi > lo) & (count > 0))  # only pixels on item edges have a choice
     if ys.size:
         owner[ys, xs] = _majority_owner(meta, lo[ys, xs], hi[ys, xs], r0[ys], r1[ys], c0[xs], c1[xs])
-    return MaskRaster(count, area, owner, total_q / prow, total_k / pcol)
+    most = float((r1 - r0).max()) if prow < total_q else total_q / prow
+    return MaskRaster(count, area, owner, most, total_k / pcol, r0, r1, tuple(shown), hidden)
 
 
 def _majority_owner(meta: _Items, lo, hi, r0, r1, c0, c1) -> np.ndarray:
@@ -209,10 +283,9 @@ def rejected_draft_rows(items: Sequence[ScheduledItem]) -> np.ndarray:
     return flags
 
 
-def row_share(flags: np.ndarray, pixel_rows: int) -> np.ndarray:
-    """The share of each pixel row's query rows that are flagged (rows banded as rasterize bands them)."""
-    if pixel_rows <= 0 or not len(flags):
-        return np.zeros(max(pixel_rows, 0))
-    lo, hi = _bands(len(flags), pixel_rows)
+def row_share(flags: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """The share of each pixel row's query rows that are flagged (the raster's row bands [lo, hi))."""
+    if not len(lo) or not len(flags):
+        return np.zeros(len(lo))
     total = np.concatenate([[0], np.cumsum(flags)])
     return (total[hi] - total[lo]) / (hi - lo)

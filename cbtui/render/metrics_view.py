@@ -20,9 +20,10 @@ from engine.records.stats import describe, histogram
 from engine.records.text import visible
 
 from .colors import BAD, CALM, GOOD, NOTE
-from .formatting import short_number
+from .formatting import duration, human_rate, short_number
 
 SPARK = "▁▂▃▄▅▆▇█"
+RATE_WINDOW = 16  # steps averaged for the processed tokens per second the header shows
 BAR = "█"
 # Memory by context (engine.profiling's DetailedMemoryProfiler): what the engine says it holds, and
 # the contexts the dashboard measures: every engine step (engine thread), every record it keeps.
@@ -53,6 +54,32 @@ class MemoryProfile(Protocol):
     def check_leaks(self, detector: Any = None) -> Mapping[str, LeakReport]: ...
 
 
+class _StepTokens(Protocol):
+    """A step's tokens and time: a StepRecord, or the collector's StepStats."""
+
+    @property
+    def decode_tokens(self) -> int: ...
+    @property
+    def prefill_tokens(self) -> int: ...
+    @property
+    def wall_time_s(self) -> float: ...
+
+
+def processed_rate(steps: Sequence[_StepTokens]) -> float | None:
+    """Tokens processed (prefill + decode) per engine second over `steps`: the header's tok/s (over
+    the last RATE_WINDOW steps), not the output tokens per second the metrics screen charts."""
+    seconds = sum(s.wall_time_s for s in steps)
+    return sum(s.decode_tokens + s.prefill_tokens for s in steps) / seconds if seconds > 0 else None
+
+
+def step_range(steps: Sequence[Any]) -> str:
+    """The steps observed, in the header's numbering ('steps 0–18'), not a count that reads one more."""
+    if not steps:
+        return "no steps yet"
+    first, last = steps[0].step, steps[-1].step
+    return f"step {first}" if first == last else f"steps {first}–{last}"
+
+
 def sparkline(values: Sequence[float], width: int) -> str:
     """The last `width` values as one line of block characters, scaled to their own range."""
     values = values[-width:]
@@ -62,6 +89,18 @@ def sparkline(values: Sequence[float], width: int) -> str:
     if high == low:
         return SPARK[len(SPARK) // 2] * len(values)
     return "".join(SPARK[min(len(SPARK) - 1, int((v - low) / (high - low) * len(SPARK)))] for v in values)
+
+
+def whole_histogram(values: Sequence[float], bins: int) -> list[tuple[int, int, int]]:
+    """(first, last, count) for whole-number values (steps): at most `bins` bins of equal whole widths,
+    each naming the values it holds, both ends included ('0–2', '3'); never '0–1.2' or '1–1'."""
+    low, high = int(min(values)), int(max(values))
+    width = -(-(high - low + 1) // bins)
+    counts: dict[int, int] = {}
+    for v in values:
+        start = low + (int(v) - low) // width * width
+        counts[start] = counts.get(start, 0) + 1
+    return [(start, min(start + width - 1, high), counts.get(start, 0)) for start in range(low, high + 1, width)]
 
 
 def distribution(title: str, values: list[float], unit: str, bins: int = 6, width: int = 24) -> Table:
@@ -75,11 +114,13 @@ def distribution(title: str, values: list[float], unit: str, bins: int = 6, widt
     if not values:
         table.add_row("", Text("no data yet", style="dim"), "")
         return table
-    rows = histogram(values, bins)
+    whole = all(float(v).is_integer() for v in values)
+    rows = whole_histogram(values, bins) if whole else histogram(values, bins)
     most = max(count for _, _, count in rows)
     for low, high, count in rows:
         bar = BAR * max(1 if count else 0, round(count / most * width))
-        table.add_row(f"{short_number(low)}–{short_number(high)}{unit}", Text(bar, style=CALM), str(count))
+        label = f"{short_number(low)}" if whole and low == high else f"{short_number(low)}–{short_number(high)}"
+        table.add_row(f"{label}{unit}", Text(bar, style=CALM), str(count))
     d = describe(values)
     figures = " ".join(f"{key} {short_number(value)}{unit}" for key in ("p50", "p90", "max")
                        if (value := d[key]) is not None)  # (never None: there are values)
@@ -157,16 +198,25 @@ def render_metrics(collector: MetricsCollector, profiler: MemoryProfile, annotat
     summary = collector.summary()
     totals = summary["throughput"]
     throughput = [tps for _, tps in collector.throughput_series()]
+    steps = collector.steps
     head = Text()
-    head.append(f"{len(collector.steps)} steps  ", style="bold")
+    head.append(f"{step_range(steps)}  ", style="bold")
     head.append(f"{totals['output_tokens']} output tokens  ")
     if totals["budget_utilisation"] is not None:
         head.append(f"budget used {totals['budget_utilisation']:.0%}  ")
-    head.append(f"engine time {collector.engine_time_s:.2f} s  ")
-    if throughput:
-        head.append(f"throughput now {throughput[-1]:.0f} tok/s ")
-        head.append(sparkline(throughput, 32), style=GOOD)
+    head.append(f"engine time {collector.engine_time_s:.2f} s")
     lines: list[RenderableType] = [head]
+    if steps:  # lines of their own: the head fills 80 columns
+        wall = summary["step_wall_s"]
+        lines.append(Text(f"step time: last {duration(steps[-1].wall_time_s)}  p50 {duration(wall['p50'])}  "
+                          f"max {duration(wall['max'])}  (engine wall time)"))
+    if throughput:
+        lines.append(Text.assemble((f"output {throughput[-1]:.0f} tok/s", "bold"), " now ",
+                                   (sparkline(throughput, 32), GOOD)))
+        processed = processed_rate(steps[-RATE_WINDOW:])
+        if processed is not None:
+            lines.append(Text.assemble((f"total {human_rate(processed)} tok/s", "bold"),
+                                       f" (prefill + decode, the header's; last {RATE_WINDOW} steps)"))
     spec = collector.summary()["speculation"]
     if spec["drafts_proposed"]:
         lines.append(Text(f"speculation: {spec['drafts_accepted']} of {spec['drafts_proposed']} drafts accepted "

@@ -20,5 +20,6 @@ def speculation_note(record: StepRecord, selected: int | None = None) -> tuple[s
 
 
 def drafts_cell(view: RequestView) -> str:
-    """A scheduled request's drafts so far, accepted/proposed ('' when it never speculated)."""
-    return f"drafts {view.drafts_accepted}/{view.drafts_proposed} ok" if view.drafts_proposed else ""
+    """A request's drafts so far for the table's drafts column, accepted/proposed ('' when it never
+    speculated)."""
+    return f"{view.drafts_accepted}/{view.drafts_proposed}" if view.drafts_proposed else ""

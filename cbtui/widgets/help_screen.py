@@ -19,7 +19,7 @@ KEYS = (
     ("+ / -", "faster / slower (steps per second, up to max)"),
     ("↑ / ↓", "select a request: it is highlighted in the mask and KV panels"),
     ("z", "zoom the mask into the selected request's rows"),
-    ("r", "restart the scenario"),
+    ("r", "restart the scenario (at the pace it opened with)"),
     ("b", "breakpoints: pause on a preemption, a step, low KV ... (list, add, clear)"),
     ("m", "metrics: TTFT / inter-token latency, throughput, memory profile and leak check"),
     ("ctrl+p", "command palette (every action by name)"),
@@ -30,11 +30,17 @@ KEYS = (
 READING = (
     "Mask: rows are this step's query tokens, columns are keys (each request's cached history "
     "plus its new tokens). A cell is lit where that query may attend to that key: same request, "
-    "key position <= query position. Legend: 3d = request 3 decoding one token, 3p = a prefill "
-    "chunk, 3p↺96 = a prefill that starts after 96 prompt tokens taken from the prefix cache. KV: one "
-    "cell per block, ▁..█ = fill of a request's last block, · free, × freed now, ② a block two "
-    "requests share (prefix caching), ○ cached-free (nobody holds it; a later prompt may reuse it), "
-    "□ reserved in a short request's contiguous run but not written yet (contiguous_up_to)."
+    "key position <= query position. Each request has rows of its own (a decode one thin row); a cell "
+    "may stand for several queries and keys (the scale line under the mask: 'cell ≈ 2–8 × 6.6'). "
+    "Legend: 3d = request 3 decoding one token, 3p = a prefill chunk, 3p↺96 = a prefill that starts "
+    "after 96 prompt tokens taken from the prefix cache. KV: a cell is a block, or several when the "
+    "pool has more blocks than the panel has cells (the panel says '1 cell = 3 blocks' or '3/cell'); "
+    "▁..█ = fill of a request's last block, · free, × freed now (the panel says whose and how many), "
+    "② a block two requests share (prefix caching), ○ cached-free (nobody holds it; a later prompt may "
+    "reuse it), □ reserved in a short request's contiguous run but not written yet (contiguous_up_to). "
+    "Requests: output tail is the last tokens as text; · stands for a byte that is not printable text. "
+    "Header: total tok/s counts prefill and decode tokens per engine second over the last 16 steps "
+    "(output tokens per second are fewer); the budget panel's title gives the step's time in ms."
 )
 
 

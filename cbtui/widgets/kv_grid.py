@@ -22,11 +22,11 @@ from rich.style import Style
 from rich.text import Text
 from textual.widgets import Static
 
-from engine.records import KVView, ShardView
+from engine.records import CommView, KVView, ShardView
 from engine.records.kv_history import flat_history
 
 from ..render.colors import FULL, NONE, color_mode, glyph_key, needs_glyphs, request_color, request_glyph
-from ..render.formatting import human_bytes
+from ..render.formatting import duration, first_that_fits, human_bytes
 
 FILL_GLYPHS = "▁▂▃▄▅▆▇█"  # the last block's fill, eighths
 FREE_GLYPH, FREED_GLYPH = "·", "×"
@@ -128,6 +128,26 @@ def _merge(cells: list[BlockCell], group: int) -> list[BlockCell]:
     return merged
 
 
+def freed_parts(kv: KVView) -> tuple[Text, Text] | None:
+    """Whose blocks were freed in this step and how many (the grid's ×), long and short: '× request 3
+    freed 8 blocks' / '× r3 freed 8'. (It said '× freed: 3', a request id that read as a count.)
+    None when nothing was freed."""
+    if not kv.freed:
+        return None
+    ids = list(kv.freed)
+    counts = [kv.freed_blocks.get(str(r)) for r in ids]
+    who = f"request {ids[0]}" if len(ids) == 1 else "requests " + ", ".join(map(str, ids))
+    short_who = ", ".join(f"r{r}" for r in ids)
+    if kv.layout != "paged" or any(c is None for c in counts):  # dense K/V (or a recording without blocks)
+        what = "blocks" if kv.layout == "paged" else "K/V"
+        return (Text(f"{FREED_GLYPH} {what} freed by {who}", style="bold"),
+                Text(f"{FREED_GLYPH} freed by {short_who}", style="bold"))
+    blocks = sum(len(c or ()) for c in counts)
+    unit = "block" if blocks == 1 else "blocks"
+    return (Text(f"{FREED_GLYPH} {who} freed {blocks} {unit}", style="bold"),
+            Text(f"{FREED_GLYPH} {short_who} freed {blocks}", style="bold"))
+
+
 def summary_lines(kv: KVView, width: int, group: int, glyph_ids: list[int] | None,
                   max_lines: int = 99) -> list[Text]:
     """The pool's figures, then what the grid's marks mean, packed into lines of `width`: a part that
@@ -136,11 +156,13 @@ def summary_lines(kv: KVView, width: int, group: int, glyph_ids: list[int] | Non
     fit is left out."""
     parts: list[tuple[Text, Text | None]] = [  # (the part, a shorter form for when lines run out)
         (Text.assemble(("used ", "dim"), f"{kv.blocks_used}/{kv.num_blocks}", ("  free ", "dim"),
-                       str(kv.blocks_free), ("  block ", "dim"), f"{kv.block_size} tok"), None)]
+                       str(kv.blocks_free), ("  block ", "dim"), f"{kv.block_size} tok"),
+         Text.assemble(f"{kv.blocks_used}/{kv.num_blocks}", (" used", "dim")))]
     if group > 1:
         parts.append((Text(f"1 cell = {group} blocks", style="dim"), Text(f"{group}/cell", style="dim")))
-    if kv.freed:
-        parts.append((Text(f"{FREED_GLYPH} freed: {', '.join(map(str, kv.freed))}", style="bold"), None))
+    freed = freed_parts(kv)
+    if freed is not None:
+        parts.append(freed)
     if kv.contiguous_up_to:
         parts.append((Text.assemble(RESERVED_GLYPH, (f" reserved; runs for ≤{kv.contiguous_up_to} tok: ", "dim"),
                                     str(len(kv.runs))),
@@ -152,25 +174,31 @@ def summary_lines(kv: KVView, width: int, group: int, glyph_ids: list[int] | Non
     if prefix is not None:
         parts.append((prefix, prefix_part(kv, short=True)))
     lines, dropped = _pack(parts, width, max_lines, shorten=False)
-    if dropped:  # short forms throughout may make room for what was left out (the glyph key, say)
-        shorter, dropped_short = _pack(parts, width, max_lines, shorten=True)
+    # Short forms throughout may make room for what was left out (the glyph key, say); the pool's
+    # figures last ('8/96 used'): in a panel of one line they leave room for whose blocks were freed.
+    for first_too in (False, True):
+        if not dropped:
+            break
+        shorter, dropped_short = _pack(parts, width, max_lines, shorten=True, shorten_first=first_too)
         if dropped_short < dropped:
-            return shorter
+            lines, dropped = shorter, dropped_short
     return lines
 
 
-def _pack(parts: list[tuple[Text, Text | None]], width: int, max_lines: int, shorten: bool) -> tuple[list[Text], int]:
+def _pack(parts: list[tuple[Text, Text | None]], width: int, max_lines: int, shorten: bool,
+          shorten_first: bool = False) -> tuple[list[Text], int]:
     """The parts packed into lines of `width`, at most `max_lines`: (lines, how many parts were left out).
     A part that does not fit goes on a new line while there are lines left, then in its short form
     (always, with `shorten`) if that fits."""
-    lines, dropped = [parts[0][0]], 0
+    first, first_short = parts[0]
+    lines, dropped = [first_short if shorten_first and first_short is not None else first], 0
     for part, short in parts[1:]:
         if shorten and short is not None:
             part = short
         if lines[-1].cell_len + 2 + part.cell_len <= width:
             lines[-1] = Text.assemble(lines[-1], "  ", part)
         elif len(lines) < max_lines:
-            lines.append(part)
+            lines.append(part if part.cell_len <= width or short is None else short)
         elif short is not None and lines[-1].cell_len + 2 + short.cell_len <= width:
             lines[-1] = Text.assemble(lines[-1], "  ", short)
         else:
@@ -220,33 +248,51 @@ def paged_text(kv: KVView, width: int, rows: int, selected: int | None, mode: st
     return Text("\n").join([*summary, text])
 
 
+def comm_parts(comm: CommView | None) -> tuple[Text, Text] | None:
+    """What the shards sent each other in this step (the record's comm), long and short."""
+    if comm is None:
+        return None
+    sent = human_bytes(comm.bytes)
+    return (Text.assemble(("⇄ shards sent ", "dim"), sent, (f" in {comm.collectives} collectives, ", "dim"),
+                          duration(comm.seconds)),
+            Text.assemble(("⇄ sent ", "dim"), sent, (f" ×{comm.collectives}", "dim")))
+
+
 def sharded_text(kv: KVView, shards: list[ShardView], width: int, rows: int, selected: int | None,
-                 mode: str) -> Text:
-    """One pool per shard, each under a line naming it: its device, blocks used and bytes. Too few
-    rows for that (80x24): one line a shard, its grid after its name ("s1 ███▄··")."""
+                 mode: str, comm: CommView | None = None) -> Text:
+    """One pool per shard, each under a line naming it: its device, blocks used and its pool's bytes,
+    then what the shards sent each other in this step (`comm`). Too few rows for that (80x24): one
+    line a shard, its grid after its name ("s1 ███▄··"), and the bytes sent on a row left over."""
     cells = block_cells(kv)
     glyphs = needs_glyphs(sorted({c.owner for c in cells if c.owner is not None}), mode)
-    if rows < 2 * len(shards):
+    sent = comm_parts(comm)
+    if rows < 2 * len(shards) + (sent is not None):
         lines = []
         for shard in shards[:rows]:
             mine = cells[shard.first_block:shard.first_block + shard.num_blocks]
             label = Text(f"s{shard.rank} ", style="bold")
             grid, _ = _grid(mine, max(width - label.cell_len, 1), 1, selected, mode, glyphs)
             lines.append(Text.assemble(label, grid))
+        if sent is not None and rows > len(lines):
+            lines.append(first_that_fits(width, *sent))
         return Text("\n").join(lines)
+    rows -= sent is not None
     per_shard = max((rows - len(shards)) // len(shards), 1)
     parts = []
     for shard in shards:
         mine = cells[shard.first_block:shard.first_block + shard.num_blocks]
         grid, group = _grid(mine, width, per_shard, selected, mode, glyphs)
         title = Text.assemble((f"shard {shard.rank} ", "bold"), (f"{shard.device} ", "dim"),
-                              f"{shard.blocks_used}/{shard.num_blocks}", (" used ", "dim"),
+                              f"{shard.blocks_used}/{shard.num_blocks}", (" used  pool ", "dim"),
                               human_bytes(shard.pool_bytes))
         if group > 1:  # the panel is narrow: blocks per cell in a few characters
             title.append(f" {group}/cell", style="dim")
         parts += [title, grid]
-    if kv.freed:
-        parts.append(Text(f"{FREED_GLYPH} freed: {', '.join(map(str, kv.freed))}", style="bold"))
+    if sent is not None:
+        parts.append(first_that_fits(width, *sent))
+    freed = freed_parts(kv)
+    if freed is not None:
+        parts.append(first_that_fits(width, *freed))
     return Text("\n").join(parts)
 
 
@@ -295,8 +341,9 @@ def dense_text(kv: KVView, width: int, rows: int, selected: int | None, mode: st
         lines.append(Text.assemble(f"r{rid:<3} {n:>5} ", ("█" * cells, Style(color=color, dim=dim))))
     if len(shown) < len(held):
         lines.append(Text(f"+{len(held) - len(shown)} more requests", style="dim"))
-    if kv.freed:
-        lines.append(Text(f"{FREED_GLYPH} freed: {', '.join(map(str, kv.freed))}", style="bold"))
+    freed = freed_parts(kv)
+    if freed is not None:
+        lines.append(first_that_fits(width, *freed))
     return Text("\n").join(lines)
 
 
@@ -310,9 +357,11 @@ class KVGrid(Static):
         self._kv: KVView | None = None
         self._selected: int | None = None
         self._shards: list[ShardView] = []
+        self._comm: CommView | None = None
 
-    def show(self, kv: KVView | None, selected: int | None, shards: list[ShardView] | None = None) -> None:
-        self._kv, self._selected, self._shards = kv, selected, shards or []
+    def show(self, kv: KVView | None, selected: int | None, shards: list[ShardView] | None = None,
+             comm: CommView | None = None) -> None:
+        self._kv, self._selected, self._shards, self._comm = kv, selected, shards or [], comm
         self.refresh()
 
     def render(self) -> Text:
@@ -322,7 +371,7 @@ class KVGrid(Static):
         width, height = max(self.size.width, 1), max(self.size.height, 2)
         mode = color_mode(self.app)
         if kv.layout == "paged" and self._shards:
-            return sharded_text(kv, self._shards, width, height, self._selected, mode)
+            return sharded_text(kv, self._shards, width, height, self._selected, mode, self._comm)
         if kv.layout == "paged":
             return paged_text(kv, width, height - 1, self._selected, mode)
         return dense_text(kv, width, height, self._selected, mode)

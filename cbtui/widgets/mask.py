@@ -4,7 +4,9 @@ Each character cell is two pixels stacked (the upper half block: foreground on t
 background below). A pixel stands for a band of query rows and a band of keys; its colour is
 the colour of the request that owns most of its allowed cells, and its brightness is the
 share of its cells that are allowed (coverage), so a shrunk mask still reads as the real one.
-Where colour cannot tell the requests apart (NO_COLOR, 16 colours, two requests sharing a palette
+No cell row holds queries of two requests (mask_raster: each request gets rows of its own; a half
+block's two pixels may be two requests, each in its colour), and a decode's single query is one thin
+row. Where colour cannot tell the requests apart (NO_COLOR, 16 colours, two requests sharing a palette
 colour) each cell is one pixel drawn with its owner's glyph (colors.request_glyph), dim where few of
 its cells are allowed, so the ragged shape and whose rows are whose both survive. A speculating
 decode's rejected drafts (rows past its accepted ones) are drawn in one colour of their own (in
@@ -153,12 +155,15 @@ def mask_strips(items: Sequence[ScheduledItem], width: int, height: int, selecte
     """Every line of one frame of the mask panel, plus the raster they were drawn from; `window` is the
     record's attention_window (a sliding window narrows the mask to a band)."""
     book = book or StyleBook(background)
-    request_ids = [i.request_id for i in items]
-    glyphs = needs_glyphs(request_ids, mode)
+    glyphs = needs_glyphs([i.request_id for i in items], mode)
     pixel_rows = height if glyphs else height * 2
-    raster = rasterize(items, pixel_rows, width, max_magnify=8, window=window)
+    # A glyph is a whole cell, twice as tall as wide; a half block is about square.
+    raster = rasterize(items, pixel_rows, width, max_magnify=8, window=window, pixel_aspect=2.0 if glyphs else 1.0,
+                       keep=selected)
+    items = [items[k] for k in raster.shown]  # more requests than rows: those that got one
+    request_ids = [i.request_id for i in items]
     speculating = any(i.drafts for i in items)  # else no row is a rejected draft: skip the per-row pass
-    rejected = row_share(rejected_draft_rows(items), raster.count.shape[0]) >= 0.5 if speculating else None
+    rejected = row_share(rejected_draft_rows(items), raster.row_lo, raster.row_hi) >= 0.5 if speculating else None
     blank = Style(bgcolor=background.rich_color)
     strips: list[Strip] = []
     if glyphs:

@@ -16,17 +16,28 @@ from ..render.mask_raster import MaskRaster
 HIT_MARK = "↺"  # a prefill that starts after keys taken from the prefix cache
 
 
-def scale_text(raster: MaskRaster | None, half_blocks: bool) -> str:
-    """Under the 'queries × keys' line, so the two figures read in that order; fits 38 columns.
-    Half blocks (colour) shade a cell by the share it can see; glyphs are dim when they see little."""
+def scale_text(raster: MaskRaster | None, half_blocks: bool, width: int = 38) -> str:
+    """Under the 'queries × keys' line, so the two figures read in that order; fits `width` (the mask
+    panel's 38 columns at 80x24), shorter rather than cut. Half blocks (colour) shade a cell by the
+    share it can see; glyphs are dim when they see little. Rows shared out by request stand for
+    different numbers of queries: the line gives the range ('cell ≈ 1–5 × 12')."""
     if raster is None or raster.count.size == 0:
         return ""
-    rows_per_cell = raster.rows_per_pixel * (2 if half_blocks else 1)
-    if raster.downsampled:
-        # k is a thousand, as in the header (not "keys")
-        shade = "shade = % visible" if half_blocks else "dim = few visible"
-        return f"cell ≈ {short_number(rows_per_cell)} × {short_number(raster.cols_per_pixel)}, {shade}"
-    return "every query × key shown"
+    if not raster.downsampled:
+        return "every query × key shown"
+    per_cell = 2 if half_blocks else 1
+    fewest, most = (rows * per_cell for rows in raster.row_span)
+    rows = short_number(most) if short_number(fewest) == short_number(most) else \
+        f"{short_number(fewest)}–{short_number(most)}"
+    # k is a thousand, as in the header (not "keys")
+    cell = f"cell ≈ {rows} × {short_number(raster.cols_per_pixel)}"
+    shades = ("shade = % visible", "shade=%") if half_blocks else ("dim = few visible", "dim=few")
+    return first_that_fits(width, *(Text(f"{cell}, {shade}") for shade in shades), Text(cell)).plain
+
+
+def count_of(n: int, what: str, plural: str | None = None) -> str:
+    """'1 query', '23 queries', '1 key', '445 keys'."""
+    return f"{n} {what if n == 1 else plural or what + 's'}"
 
 
 def legend_entries(items: Sequence[ScheduledItem], selected: int | None, mode: str, glyphs: bool,
@@ -85,11 +96,18 @@ class MaskLegend(Static):
         glyphs = needs_glyphs([i.request_id for i in items], mode)
         queries = sum(i.num_tokens for i in items)
         keys = sum(i.key_len for i in items)
-        head = Text.assemble(f"{queries} queries", ("↓ × ", "dim"), f"{keys} keys", ("→", "dim"))
+        head = Text.assemble(count_of(queries, "query", "queries"), ("↓ × ", "dim"), count_of(keys, "key"),
+                             ("→", "dim"))
         if zoomed_on is not None:
             head = first_that_fits(width, *(Text.assemble(head, (f"  {zoom}", f"bold {NOTE}")) for zoom in
                                             (f"zoom: request {zoomed_on}", f"zoom: {zoomed_on}")))
-        scale = Text(scale_text(raster, not glyphs), style="dim")
+        hidden = raster.hidden if raster is not None else 0
+        if hidden:  # more requests than rows: the mask draws the first ones, the entries name those
+            head = first_that_fits(width, *(Text.assemble(head, (f"  {note}", f"bold {NOTE}")) for note in
+                                            (f"{count_of(hidden, 'request')} not shown", f"+{hidden} not shown",
+                                             f"+{hidden}")))
+            items = [items[k] for k in raster.shown] if raster is not None else items
+        scale = Text(scale_text(raster, not glyphs, width), style="dim")
         if items:
             legend = fit_entries(legend_entries(items, selected, mode, glyphs, hits), width)
         else:

@@ -13,7 +13,7 @@ from textual.widgets import Sparkline, Static
 from engine.records import MemoryView, ShardView
 from engine.records.memory_reading import MemoryReading
 
-from ..render.colors import BAD, GOOD, NOTE, WARN
+from ..render.colors import BAD, GOOD, NOTE
 from ..render.formatting import human_bytes
 
 HISTORY = 120  # readings kept for the sparkline (one minute at two a second)
@@ -33,7 +33,8 @@ def reading_text(reading: MemoryReading | None, width: int) -> Text:
                 f"{human_bytes(gpu.used_bytes)}/{human_bytes(gpu.total_bytes)} ",
                 ("█" * filled, GOOD if share < 0.9 else BAD), ("░" * (bar_width - filled), "dim")))
     else:
-        lines.append(Text(reading.note or "no GPU figures", style=WARN))  # says why: no suffix below
+        # Why there are no GPU figures (a CPU run has none): a note, not a warning; RSS follows.
+        lines.append(Text(reading.note or "no GPU figures", style="dim"))
         if reading.source != "recorded":
             lines.append(Text.assemble(("process RSS ", "bold"), human_bytes(reading.rss_bytes)))
     text = Text("\n").join(lines)
@@ -55,7 +56,8 @@ def step_memory_text(memory: MemoryView | None, shards: list[ShardView] | None =
     if shards:  # one line per shard's process (RSS) or device (NVML), with its KV pool
         kind = "RSS" if memory.source == "rss" else "used"
         return Text("\n").join(Text.assemble((f"shard {s.rank} ", "bold"), (f"{s.device} {kind} ", "dim"),
-                                             human_bytes(s.memory_bytes), ("  KV ", "dim"), human_bytes(s.pool_bytes))
+                                             human_bytes(s.memory_bytes), ("  KV pool ", "dim"),
+                                             human_bytes(s.pool_bytes))
                                for s in shards)
     text = Text.assemble(("KV pool ", "dim"), human_bytes(memory.kv_pool_bytes),
                          ("  weights ", "dim"), human_bytes(memory.weight_bytes))

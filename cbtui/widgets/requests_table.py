@@ -21,10 +21,11 @@ TEXT_TAIL = 16
 # and the output tail share what the other columns leave (column_widths), the reason first.
 COLUMNS = (("id", "id", 5), ("state", "state", 9), ("prompt", "prompt", 7), ("gen", "gen", 7),
            ("ttft", "TTFT", 4), ("why", "why not scheduled", 0), ("text", "output tail", 0))
-# Shown once a run needs them (a request with a priority, a prefix cache hit, a preemption), each
-# after the column named: a small terminal keeps its room for the reason until then.
+# Shown once a run needs them (a request with a priority, a prefix cache hit, a preemption, drafts
+# proposed by speculative decoding: accepted/proposed), each after the column named: a small terminal
+# keeps its room for the reason until then.
 OPTIONAL = {"pri": (("pri", "pri", 3), "id"), "hit": (("hit", "hit", 4), "prompt"),
-            "pre": (("pre", "pre", 3), "ttft")}
+            "drafts": (("drafts", "drafts", 6), "gen"), "pre": (("pre", "pre", 3), "ttft")}
 WHY_WIDTH = 28  # the longest reason the scheduler gives ("budget reserved for priority")
 WHY_MIN = len("why not scheduled")  # most reasons fit the label's width ("no free KV blocks")
 MIN_TAIL = 6  # narrower than this, the output tail says nothing: its room goes to the reason
@@ -53,6 +54,8 @@ def wanted_columns(views: Sequence[RequestView]) -> set[str]:
             extra.add("hit")
         if view.num_preemptions:
             extra.add("pre")
+        if view.drafts_proposed:
+            extra.add("drafts")
     return extra
 
 
@@ -121,8 +124,9 @@ def row_cells(view: RequestView, mode: str,
         "ttft": lambda: Text("–" if view.ttft_steps is None else f"{view.ttft_steps}", justify="right"),
         "pre": lambda: Text(f"{view.num_preemptions}" if view.num_preemptions else "", style=f"bold {BAD}",
                             justify="right"),
-        # A scheduled request has no reason: the column shows its accepted/proposed drafts instead.
-        "why": lambda: Text(visible(view.reason or "") or drafts_cell(view),
+        "drafts": lambda: Text(drafts_cell(view), justify="right"),
+        # Only a request that did not run has a reason; the column holds nothing else.
+        "why": lambda: Text(visible(view.reason or ""),
                             style=BAD if view.reason and view.reason != "not arrived yet" else "dim"),
         "text": lambda: Text(output_tail(view), style="italic"),
     }

@@ -43,7 +43,7 @@ def _signed(value: float, digits: int = 0) -> str:
 
 
 # (name, width): the columns, right-aligned under the panel's title, which names them.
-COLUMNS = (("steps", 7), ("finished", 10), ("mean TTFT", 11), ("padding", 9), ("preempted", 11))
+COLUMNS = (("steps", 7), ("finished", 10), ("mean TTFT", 11), ("padding slot-steps", 20), ("preempted", 11))
 TITLE = "Difference".ljust(NAME_WIDTH) + "".join(name.rjust(width) for name, width in COLUMNS)
 
 

@@ -10,6 +10,8 @@ The decode order is a key in the SchedulerState (least recently served first unl
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from ..config.scheduler import SchedulerConfig
 from ..records import REASON_STATIC_BATCH
 from ..requests.request import Request
@@ -24,7 +26,7 @@ class Fcfs:
         others get their reason in `reasons`."""
         return list(waiting)
 
-    def padding_slots(self) -> int:
+    def padding_slots(self, finishing: Collection[Request] = ()) -> int:
         return 0
 
 
@@ -49,10 +51,12 @@ class StaticBatch(Fcfs):
                 reasons[r.id] = REASON_STATIC_BATCH
         return chosen
 
-    def padding_slots(self) -> int:
-        """Slots of the batch held idle by finished (or missing) members; none once all are done."""
-        live = sum(not r.is_finished for r in self.batch)
-        return self.size - live if live else 0
+    def padding_slots(self, finishing: Collection[Request] = ()) -> int:
+        """Slots of the batch held idle in a step whose `finishing` requests finished in it: those of
+        members finished before it (or missing); none once all were done before it. A member that
+        finishes in the step ran in it, so its slot is idle from the next step on."""
+        busy = sum(not r.is_finished or r in finishing for r in self.batch)
+        return self.size - busy if busy else 0
 
 
 def admission_policy(config: SchedulerConfig) -> Fcfs:

@@ -263,8 +263,10 @@ def _hf_from_checkpoint(engine):
     runner = engine.runner
     directory = resolve(engine.config.llm.name).directory
     assert directory is not None  # a preset's HF copy is made from our weights (to_hf_llama)
+    # Never a checkpoint's own code, and never a prompt asking whether to run it (issue #30).
     hf = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, dtype=runner.dtype,
-                                              attn_implementation="sdpa").to(runner.device).eval()
+                                              attn_implementation="sdpa", trust_remote_code=False
+                                              ).to(runner.device).eval()
     hf.generation_config.eos_token_id = None  # as ours: exactly max_new_tokens
     hf.generation_config.pad_token_id = 0
     return hf

@@ -23,6 +23,8 @@ import threading
 import time
 from pathlib import Path
 
+from engine.profiling.memory import available_ram_bytes
+
 PARENT_POLL_S = 0.25
 TEMPORARY_PREFIX = "cbtui-serve-"  # what serve.py's temporary folders are called: the only ones removed here
 VIEWER_BYTES = 64 << 20  # one browser's viewer process, with room (measured: ~55 MB)
@@ -37,17 +39,8 @@ def default_max_viewers(available: int | None = None) -> int:
 
 
 def available_memory() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError):
-        return VIEWER_BYTES * 2 * 8
+    available = available_ram_bytes()
+    return available if available is not None else VIEWER_BYTES * 2 * 8
 
 
 def full_page(title: str, watching: int) -> str:

@@ -28,6 +28,21 @@ def process_rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def available_ram_bytes() -> int | None:
+    """RAM a new allocation can take now (MemAvailable, else the free pages); None if neither is readable."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def cuda_allocator_bytes(device: torch.device) -> tuple[int, int]:
     """(allocated, reserved) bytes of torch's CUDA caching allocator, from one C call.
 

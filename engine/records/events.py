@@ -111,24 +111,23 @@ def first_token(record: StepRecord, previous: StepRecord | None) -> Iterable[Eve
             yield Event(record.step, FIRST_TOKEN, text, view.id)
 
 
-def finished(record: StepRecord, previous: StepRecord | None) -> Iterable[Event]:
+def _ended(record: StepRecord, ids: list[int], kind: str) -> Iterable[Event]:
+    """Requests that left in this step (finished or aborted): their tokens and the blocks they freed."""
     views = _views_by_id(record)
-    for rid in record.finished:
+    for rid in ids:
         view = views.get(rid)
         tokens = f" after {_plural(view.generated, 'token')}" if view else ""
         blocks = record.kv.freed_blocks.get(str(rid)) if record.kv.layout == "paged" else None
         freed = f", {_plural(len(blocks), 'block')} freed" if blocks is not None else ""
-        yield Event(record.step, FINISHED, f"request {rid} finished{tokens}{freed}", rid)
+        yield Event(record.step, kind, f"request {rid} {kind}{tokens}{freed}", rid)
+
+
+def finished(record: StepRecord, previous: StepRecord | None) -> Iterable[Event]:
+    return _ended(record, record.finished, FINISHED)
 
 
 def aborted(record: StepRecord, previous: StepRecord | None) -> Iterable[Event]:
-    views = _views_by_id(record)
-    for rid in record.aborted:
-        view = views.get(rid)
-        tokens = f" after {_plural(view.generated, 'token')}" if view else ""
-        blocks = record.kv.freed_blocks.get(str(rid)) if record.kv.layout == "paged" else None
-        freed = f", {_plural(len(blocks), 'block')} freed" if blocks else ""
-        yield Event(record.step, ABORTED, f"request {rid} aborted{tokens}{freed}", rid)
+    return _ended(record, record.aborted, ABORTED)
 
 
 def changed(record: StepRecord, previous: StepRecord | None) -> Iterable[Event]:

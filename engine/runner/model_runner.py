@@ -9,8 +9,6 @@ overlapped sampling) lives here, so `Engine` reads as the textbook loop.
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from ..attention import get_backend, resolve_backend
@@ -23,6 +21,7 @@ from ..kv.paged_store import PagedKVStore, kv_bytes_per_token
 from ..models.llama import PRESETS
 from ..models.source import eos_token_ids, load_model, model_spec
 from ..plugins.host import PluginHost
+from ..profiling.memory import available_ram_bytes
 from ..records import ScheduledItem
 from ..requests.request import Request
 from ..sampling import greedy_batch, sample
@@ -121,14 +120,8 @@ def free_memory_bytes(device: torch.device) -> int:
     """Memory a new allocation can take: free GPU memory on CUDA, available RAM on the CPU."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    available = available_ram_bytes()
+    return available if available is not None else 1 << 62  # unreadable: the allocation itself will say
 
 
 def check_pool_fits(num_blocks: int, block_size: int, bytes_per_token: int, device: torch.device) -> None:

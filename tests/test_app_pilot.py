@@ -358,3 +358,27 @@ def test_a_restart_runs_at_the_pace_the_app_opened_with():
             await pilot.press("space")
             await wait_until(pilot, lambda: "running @ 4/s" in header_text(app))
     run(scenario())
+
+
+def test_x_aborts_the_selected_request_at_the_next_step_and_says_so():
+    """Issue #32: x stops the selected request before the next step; the record, the event line and
+    a note say so; with nothing selected, or a request already gone, x says why and the run goes on."""
+    async def scenario():
+        app = make_app(paused=True)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await wait_until(pilot, lambda: shown_step(app) == 0)
+            await pilot.press("x")  # nothing selected yet
+            await wait_until(pilot, lambda: any("select a request first" in n.message for n in app._notifications))
+            await pilot.press("down")  # the cursor on the first request: 0, running since step 0
+            assert app.selected == 0
+            await pilot.press("x", "n")
+            await wait_until(pilot, lambda: shown_step(app) == 1)
+            record = app.history.current()
+            assert record.aborted == [0] and 0 not in {i.request_id for i in record.items}
+            assert next(v for v in record.requests if v.id == 0).state == "aborted"
+            await wait_until(pilot, lambda: any("request 0 is aborted" in n.message for n in app._notifications))
+            await pilot.press("x", "n")  # gone now: refused in one line, and the run steps on
+            await wait_until(pilot, lambda: shown_step(app) == 2)
+            await wait_until(pilot, lambda: any("cannot be aborted" in n.message for n in app._notifications))
+            assert app.engine_state == "running" and not app.history.current().aborted
+    run(scenario())

@@ -104,6 +104,7 @@ class DashboardApp(EngineFedApp):
         Binding("r", "restart", "Restart"),
         Binding("m", "metrics", "Metrics"),
         Binding("b", "breakpoints", "Breakpoints", show=False),  # in the help; the footer fits 80 columns
+        Binding("x", "abort", "Abort", show=False),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("q", "quit", "Quit"),
         Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
@@ -407,6 +408,13 @@ class DashboardApp(EngineFedApp):
         latest = recent[-1] if recent else None
         notes = list(latest.annotations) + list(latest.errors) if latest else []
         return self.metrics, self.memory_profile, notes
+
+    def action_abort(self) -> None:
+        """Stops the selected request before the next step: its KV blocks are freed, its tokens kept."""
+        if self.selected is None:
+            self.notify("select a request first (click its row), then x aborts it", timeout=4)
+            return
+        self.controller.abort(self.selected)
 
     def action_metrics(self) -> None:
         if not isinstance(self.screen, MetricsScreen):

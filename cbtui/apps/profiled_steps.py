@@ -28,3 +28,7 @@ class ProfiledSteps:
 
     def header(self) -> RunHeader:
         return self.engine.header()
+
+    def __getattr__(self, name: str):
+        """Everything else is the engine's (abort, where the engine can; a replay cannot)."""
+        return getattr(self.engine, name)

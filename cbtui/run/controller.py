@@ -46,13 +46,14 @@ class SteppableEngine(Steppable[StepRecord], Protocol):
 class EngineStatus:
     """What the thread reports besides records: finished, failed, or (re)started."""
 
-    kind: str  # "started", "finished", "failed" or "breakpoint" (paused on the step just sent)
+    # "started", "finished", "failed", "breakpoint" (paused on the step just sent), "note" (a command's answer)
+    kind: str
     message: str = ""
 
 
 @dataclass(frozen=True)
 class _Command:
-    name: str  # "pause", "resume", "step", "speed", "restart"
+    name: str  # "pause", "resume", "step", "speed", "restart", "abort"
     value: float | None = None
 
 
@@ -107,6 +108,10 @@ class EngineController(Generic[Step]):
 
     def restart(self) -> None:
         self._send(_Command("restart"))
+
+    def abort(self, request_id: int) -> None:
+        """Stops the request before the next step (Engine.abort); a refusal comes back as a "note"."""
+        self._send(_Command("abort", request_id))
 
     def stop(self, timeout: float = 2.0) -> None:
         """Stops the thread; waits at most `timeout` for the step in flight (it is a daemon)."""
@@ -178,6 +183,20 @@ class EngineController(Generic[Step]):
             elif cmd.name == "restart":
                 self._restart()
                 reset_pace = True
+            elif cmd.name == "abort" and cmd.value is not None:
+                self._abort(int(cmd.value))
+
+    def _abort(self, request_id: int) -> None:
+        abort = getattr(self._engine, "abort", None)
+        if abort is None:
+            self._on_status(EngineStatus("note", "a recorded run cannot be changed: only a live engine aborts"))
+            return
+        try:
+            abort(request_id)
+        except ValueError as exc:  # finished already, or no such request: said, and the run goes on
+            self._on_status(EngineStatus("note", str(exc)))
+            return
+        self._on_status(EngineStatus("note", f"request {request_id} is aborted before the next step"))
 
     def _restart(self) -> None:
         if self._rebuild is None:

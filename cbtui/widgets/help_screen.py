@@ -20,6 +20,7 @@ KEYS = (
     ("↑ / ↓", "select a request: it is highlighted in the mask and KV panels"),
     ("z", "zoom the mask into the selected request's rows"),
     ("r", "restart the scenario (at the pace it opened with)"),
+    ("x", "abort the selected request before the next step (its KV blocks freed, its tokens kept)"),
     ("b", "breakpoints: pause on a preemption, a step, low KV ... (list, add, clear)"),
     ("m", "metrics: TTFT / inter-token latency, throughput, memory profile and leak check"),
     ("ctrl+p", "command palette (every action by name)"),

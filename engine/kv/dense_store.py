@@ -36,7 +36,7 @@ class DenseKVStore:
     def apply(self, released: list[int], tables: dict[int, tuple[int, ...]]) -> None:
         """A plan's changes: released requests' tensors go (there are no tables)."""
         for rid in released:
-            self.store.pop(rid, None)
+            self.free(rid)
 
     def rollback(self, request_id: int, num_tokens: int) -> None:
         """Cuts the request's keys and values to its first num_tokens positions (rejected drafts)."""

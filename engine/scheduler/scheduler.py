@@ -96,9 +96,6 @@ class Scheduler:
             self.admission = admission_policy(config)
         self.config = config
 
-    def padding_slots(self) -> int:
-        return self.admission.padding_slots()
-
     def state(self, step: int) -> SchedulerState:
         """The view scheduler plugins get (and may change) before this step is scheduled."""
         return SchedulerState(step=step, budget=self.config.max_tokens_per_step, waiting=self.waiting,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+from collections.abc import Iterator
 
 import torch
 
@@ -65,3 +67,14 @@ def fuzz_examples(default: int) -> int:
     """Examples for the fuzz tests of files from outside: CI runs `default`; a long run by hand sets
     CBTUI_FUZZ_EXAMPLES (e.g. 5000)."""
     return int(os.environ.get("CBTUI_FUZZ_EXAMPLES", default))
+
+
+def sharded_time_limit(seconds: int = 120) -> Iterator[None]:
+    """A fixture's body: fails a sharded test that runs past `seconds` instead of hanging the suite."""
+    def expire(signum, frame):
+        raise TimeoutError(f"sharded test ran past {seconds} s")
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)

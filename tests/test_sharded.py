@@ -19,7 +19,7 @@ import time
 
 import pytest
 import torch
-from helpers import exact_config, run_alone
+from helpers import exact_config, run_alone, sharded_time_limit
 
 from engine import Engine, EngineConfig
 from engine.distributed import ShardFailure
@@ -32,14 +32,7 @@ TIMEOUT_S = 20.0  # collectives; a test's alarm is a few times this
 
 @pytest.fixture(autouse=True)
 def bounded():
-    """Fails a test that runs past 120 s instead of hanging the suite."""
-    def expire(signum, frame):
-        raise TimeoutError("sharded test ran past 120 s")
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(120)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
+    yield from sharded_time_limit()
 
 
 def alive(pid: int) -> bool:

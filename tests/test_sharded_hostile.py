@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import signal
 from pathlib import Path
 
 import pytest
+from helpers import sharded_time_limit
 
 from engine import Engine, EngineConfig
 from engine.distributed.shard_runner import StepPlan, decode_plan, encode_plan
@@ -18,13 +18,7 @@ from engine.distributed.shard_runner import StepPlan, decode_plan, encode_plan
 
 @pytest.fixture(autouse=True)
 def bounded():
-    def expire(signum, frame):
-        raise TimeoutError("sharded test ran past 120 s")
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(120)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
+    yield from sharded_time_limit()
 
 
 def listening_sockets(pid: int) -> list[tuple[str, int]]:

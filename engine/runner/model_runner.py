@@ -96,12 +96,12 @@ def dense_tokens(config: EngineConfig, device: torch.device, bytes_per_token: in
     cap = config.cache.dense_max_tokens
     if cap is None:
         return default_num_blocks(config, device, bytes_per_token) * config.cache.block_size
-    need, free = cap * bytes_per_token, free_memory_bytes(device)
-    if need > int(free * 0.9):
-        where = "free on the GPU" if device.type == "cuda" else "available in RAM"
+    need = cap * bytes_per_token
+    short = memory_shortfall(need, device)
+    if short is not None:
+        free, usable, where = short
         raise ValueError(f"dense_max_tokens={cap}: the dense KV cache could take {need / 2**30:.1f} GiB but only "
-                         f"{free / 2**30:.1f} GiB is {where}; use dense_max_tokens <= "
-                         f"{int(free * 0.9) // bytes_per_token}")
+                         f"{free / 2**30:.1f} GiB is {where}; use dense_max_tokens <= {usable // bytes_per_token}")
     return cap
 
 
@@ -124,14 +124,24 @@ def free_memory_bytes(device: torch.device) -> int:
     return available if available is not None else 1 << 62  # unreadable: the allocation itself will say
 
 
+def memory_shortfall(need: int, device: torch.device) -> tuple[int, int, str] | None:
+    """None when `need` bytes fit in the memory free for KV on `device`; else (bytes free, bytes usable
+    for KV, where they are free), for the refusal."""
+    free = free_memory_bytes(device)
+    usable = int(free * 0.9)  # the model, activations and the records need room too
+    if need <= usable:
+        return None
+    return free, usable, "free on the GPU" if device.type == "cuda" else "available in RAM"
+
+
 def check_pool_fits(num_blocks: int, block_size: int, bytes_per_token: int, device: torch.device) -> None:
     """Refuses a KV pool larger than the memory free for it, before anything is allocated (a pool of
     10**9 blocks was killed by the kernel, after building its free list)."""
-    need, free = num_blocks * block_size * bytes_per_token, free_memory_bytes(device)
-    usable = int(free * 0.9)  # the model, activations and the records need room too
-    if need > usable:
+    need = num_blocks * block_size * bytes_per_token
+    short = memory_shortfall(need, device)
+    if short is not None:
+        free, usable, where = short
         fit = usable // (block_size * bytes_per_token)
-        where = "free on the GPU" if device.type == "cuda" else "available in RAM"
         raise ValueError(f"num_blocks={num_blocks}: the KV pool would take {need / 2**30:.1f} GiB but only "
                          f"{free / 2**30:.1f} GiB is {where}; use num_blocks <= {fit} (blocks of {block_size} "
                          f"tokens)")

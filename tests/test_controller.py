@@ -143,3 +143,39 @@ def test_stop_is_prompt_paused_or_running(paused):
     ctl.set_speed(MAX_SPEED)
     assert rec.quiet_for(0.2)
     assert engine.steps == steps
+
+
+def test_between_steps_runs_on_the_engine_thread_and_answers():
+    engine = CountingEngine(total=3)
+    ctl, rec = start(engine, paused=True)
+    assert rec.next() == ("started", "")
+    assert rec.next() == ("record", 0)
+    where = ctl.between_steps(lambda eng: (threading.current_thread().name, eng.steps)).result(timeout=2)
+    assert where == ("cbtui-engine", 1)  # between steps 0 and 1, on the engine's own thread
+    failing = ctl.between_steps(lambda eng: int("x"))
+    with pytest.raises(ValueError):
+        failing.result(timeout=2)
+    ctl.step_once()  # the run went on after the failed call
+    assert rec.next() == ("record", 1)
+    ctl.stop()
+
+
+def test_between_steps_can_give_a_finished_run_more_work():
+    engine = CountingEngine(total=1)
+    ctl, rec = start(engine)
+    assert rec.next() == ("started", "")
+    assert rec.next() == ("record", 0)
+    assert rec.next() == ("finished", "")
+
+    def more(eng):
+        eng.total += 1
+    ctl.between_steps(more).result(timeout=2)
+    assert rec.next() == ("record", 1)
+    ctl.stop()
+
+
+def test_between_steps_after_stop_fails_at_once():
+    ctl, rec = start(CountingEngine(total=5), paused=True)
+    ctl.stop()
+    with pytest.raises(RuntimeError, match="stopped"):
+        ctl.between_steps(lambda eng: 1).result(timeout=1)

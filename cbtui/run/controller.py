@@ -14,8 +14,9 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from engine.records import RunHeader, StepRecord
 
@@ -53,8 +54,10 @@ class EngineStatus:
 
 @dataclass(frozen=True)
 class _Command:
-    name: str  # "pause", "resume", "step", "speed", "restart", "abort"
+    name: str  # "pause", "resume", "step", "speed", "restart", "abort", "call"
     value: float | None = None
+    call: Callable[[Any], Any] | None = None  # "call": run on the engine between steps
+    answer: Future | None = None  # "call": gets the call's result or its exception
 
 
 class EngineController(Generic[Step]):
@@ -113,12 +116,35 @@ class EngineController(Generic[Step]):
         """Stops the request before the next step (Engine.abort); a refusal comes back as a "note"."""
         self._send(_Command("abort", request_id))
 
+    def between_steps(self, call: Callable[[Any], Any]) -> Future:
+        """Runs `call(engine)` on the engine thread before the next step (never during one), and
+        returns a Future holding its result or exception. This is how anything outside the thread
+        (the dashboard's keys, an HTTP server) changes a live run: add a request, turn a knob. A
+        call sent after the thread has stopped fails its Future with RuntimeError at once."""
+        answer: Future = Future()
+        if self._stop.is_set():
+            answer.set_exception(RuntimeError("the engine thread has stopped"))
+            return answer
+        self._send(_Command("call", call=call, answer=answer))
+        return answer
+
     def stop(self, timeout: float = 2.0) -> None:
         """Stops the thread; waits at most `timeout` for the step in flight (it is a daemon)."""
         self._stop.set()
         self._wake.set()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
+        self._refuse_queued_calls()
+
+    def _refuse_queued_calls(self) -> None:
+        """Calls still queued when the thread stops fail rather than leave their callers waiting."""
+        while True:
+            try:
+                cmd = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if cmd.answer is not None and not cmd.answer.done():
+                cmd.answer.set_exception(RuntimeError("the engine thread has stopped"))
 
     def _send(self, command: _Command) -> None:
         self._commands.put(command)
@@ -153,6 +179,7 @@ class EngineController(Generic[Step]):
                 time.sleep(0.001)  # at full speed: hand the GIL to the UI thread between steps
             next_due = max(next_due + self._interval(), time.perf_counter() - self._interval())
             self._step()
+        self._refuse_queued_calls()
 
     def _interval(self) -> float:
         return 0.0 if self._speed == MAX_SPEED else 1.0 / self._speed
@@ -185,6 +212,16 @@ class EngineController(Generic[Step]):
                 reset_pace = True
             elif cmd.name == "abort" and cmd.value is not None:
                 self._abort(int(cmd.value))
+            elif cmd.name == "call" and cmd.call is not None and cmd.answer is not None:
+                self._call(cmd.call, cmd.answer)
+
+    def _call(self, call: Callable[[Any], Any], answer: Future) -> None:
+        try:
+            result = call(self._engine)
+        except Exception as exc:  # handed to the caller, who says it in one line; the run goes on
+            answer.set_exception(exc)
+            return
+        answer.set_result(result)
 
     def _abort(self, request_id: int) -> None:
         abort = getattr(self._engine, "abort", None)

@@ -312,16 +312,26 @@ def lessons_cmd(list_, model):
 @main.command("lesson")
 @click.argument("number", type=int)
 @engine_option("model", help=LESSON_MODEL_HELP)
-def lesson_cmd(number, model):
+@click.option("--variant", default=None, metavar="NAME",
+              help="Run one of the lesson scenario's [compare] variants instead (the lesson's text asks for "
+                   "some: lesson 5 --variant chunk_16); it pauses where the lesson's step fires, if it does.")
+def lesson_cmd(number, model, variant):
     """Open lesson NUMBER (see `cbtui lessons --list`): its scenario, paused where the lesson is."""
     from .classroom.lessons import LESSONS
 
     if not 1 <= number <= len(LESSONS):
         fail(f"lesson {number}: there are lessons 1 to {len(LESSONS)} (cbtui lessons --list)")
-    _run_lessons(number, model)
+    if variant is not None:
+        lesson = LESSONS[number - 1]
+        variants = load_scenario(lesson.scenario).variants
+        if variant not in variants:
+            have = ", ".join(variants) or "none"
+            fail(f"--variant {variant}: lesson {number}'s scenario {lesson.scenario} has no such variant "
+                 f"(it has: {have})")
+    _run_lessons(number, model, variant)
 
 
-def _run_lessons(start: int | None, model: str | None) -> None:
+def _run_lessons(start: int | None, model: str | None, variant: str | None = None) -> None:
     from engine.models.checkpoint import CheckpointError
     from engine.models.source import model_spec
 
@@ -333,7 +343,7 @@ def _run_lessons(start: int | None, model: str | None) -> None:
         except CheckpointError as exc:
             fail(str(exc))
     try:
-        code = run_lessons(start, model)
+        code = run_lessons(start, model, variant)
     except (ScenarioError, ValueError) as exc:  # the model, or a lesson's workload on it
         fail(str(exc))
     sys.stdout.flush()

@@ -204,3 +204,28 @@ def test_a_bad_model_for_the_lessons_is_one_line_and_exit_2_before_any_screen(ar
     result = CliRunner().invoke(main, [*args, "--model", str(tmp_path / "nowhere")])
     assert result.exit_code == 2 and result.stderr.count("\n") == 1
     assert result.stderr.startswith(f"cbtui: error: {tmp_path / 'nowhere'}: no such directory")
+
+
+def test_a_lesson_runs_the_variant_its_text_names():
+    """Lesson 5 says `cbtui lesson 5 --variant chunk_16`: the lesson opens on that variant, which cuts
+    the long prompt into 16-token chunks, paused at the lesson's step."""
+    async def scenario():
+        app = open_lesson(5, [], variant="chunk_16", probe=FakeProbe([NO_GPU]), memory_poll_s=3600.0)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_until(pilot, lambda: app.break_hit is not None, timeout=30)
+            record = app.history.current()
+            assert record.step == 4 and max(i.num_tokens for i in record.items if i.request_id == 0) == 16
+            assert "variant chunk_16" in screen_text(app)
+            await pilot.press("q")
+    asyncio.run(scenario())
+
+
+def test_a_variant_the_lesson_scenario_lacks_is_one_line_and_exit_2():
+    from click.testing import CliRunner
+
+    from cbtui.cli import main
+
+    result = CliRunner().invoke(main, ["lesson", "5", "--variant", "chunk_7"])
+    assert result.exit_code == 2 and result.stderr == (
+        "cbtui: error: --variant chunk_7: lesson 5's scenario long_prompt has no such variant "
+        "(it has: chunk_32, chunk_16)\n")

@@ -1,5 +1,6 @@
 """Plugin options from the command line (NAME:key=value,...) and adaptive_batch steered by queue and latency."""
 
+import re
 import subprocess
 import sys
 
@@ -114,3 +115,46 @@ def test_cbtui_plugins_lists_each_builtin_with_its_options():
     assert res.returncode == 0, res.stderr
     assert "adaptive_batch" in res.stdout and "target_ms=20.0" in res.stdout and "latency_fn" not in res.stdout
     assert "reserve_tokens=0" in res.stdout
+
+
+LESSON_SPEC = "adaptive_batch:ms_per_token=0.25,base_ms=2"  # lesson 15's latency model
+
+
+def adaptive_run(spec: str, steps: int = 20):
+    """(budget, annotations) of the first steps of burst_arrivals with the plugin `spec`."""
+    engine = load_scenario("burst_arrivals").build_engine(plugins=(spec,))
+    return [(r.budget, r.annotations) for r in (engine.step() for _ in range(steps))]
+
+
+def test_a_modelled_latency_gives_the_same_budgets_however_slow_the_machine(monkeypatch):
+    """Lesson 15 quotes 'budget 16 -> 29' at step 15: a loaded machine (every step seconds long) must
+    not change it, as the measured wall time did (the panel said 8, the header 16)."""
+    calm = adaptive_run(LESSON_SPEC)
+    import engine.recorder as recorder
+
+    clock = iter(range(0, 10**6, 5))  # each reading 5 s after the last: every step "takes" seconds
+    monkeypatch.setattr(recorder.time, "perf_counter", lambda: float(next(clock)))
+    loaded = adaptive_run(LESSON_SPEC)
+    assert [b for b, _ in loaded] == [b for b, _ in calm]
+    assert calm[15][0] == 29 and any("budget 16 -> 29 (adaptive: budget used up" in a for a in calm[15][1])
+    # the measured latency, on the same slow clock, shrinks the budget to its minimum instead
+    assert min(b for b, _ in adaptive_run("adaptive_batch")) == 8 and 29 not in [b for b, _ in adaptive_run(
+        "adaptive_batch")]
+
+
+def test_the_header_note_names_the_budget_the_step_ran_with_and_the_next():
+    for budget, annotations in adaptive_run(LESSON_SPEC, 20):
+        note = next(a for a in annotations if a.startswith("adaptive budget"))
+        assert note.startswith(f"adaptive budget {budget}") and "latency modelled: 2 ms + 0.25 ms/token" in note
+    plugin = AdaptiveBatchPlugin(ms_per_token=0.5)
+    assert plugin.latency_fn(budgets_record(budget=16)) == pytest.approx(0.0005 * 16)  # 16 prompt tokens
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(ms_per_token=-1), "ms_per_token=-1 must be a number >= 0"),
+    (dict(ms_per_token="fast"), "ms_per_token='fast' must be a number >= 0"),
+    (dict(base_ms=2), "base_ms=2 is part of the latency model: give ms_per_token too"),
+])
+def test_a_bad_latency_model_is_refused_in_one_line(options, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        AdaptiveBatchPlugin(**options)

@@ -18,6 +18,7 @@ from ..apps.dashboard import DashboardApp, run_dashboard
 from ..run.breakpoints import parse
 from ..run.controller import MAX_SPEED
 from ..widgets.lesson_panel import LessonPanel, lesson_text
+from ..widgets.requests_table import RequestsTable
 from .lessons import LESSONS, Lesson, lesson_line
 
 LESSON_SPEED = 2.0  # steps per second once the lesson's step is reached: slow enough to follow
@@ -25,6 +26,10 @@ MENU = "menu"
 
 
 class LessonApp(DashboardApp):
+    # A lesson whose panels need the rows (fold_table) takes them from the Requests table on a small
+    # terminal: at 80x24 the mask, KV and Memory panels otherwise keep one or two rows each.
+    CSS = "Screen.-compact.-fold-table #requests-panel { display: none; }"
+
     BINDINGS = [
         Binding("right_square_bracket", "lesson(1)", "Next lesson", key_display="]", show=False),
         Binding("left_square_bracket", "lesson(-1)", "Previous lesson", key_display="[", show=False),
@@ -38,6 +43,7 @@ class LessonApp(DashboardApp):
                          breakpoints=[parse(lesson.break_on)], **kwargs)
         self.lesson, self.number, self.outcome = lesson, number, outcome
         self.folded = False
+        self._staged = False  # the lesson's selection and zoom are applied once its step is reached
 
     def _lesson_text(self):
         lesson = self.lesson
@@ -46,6 +52,12 @@ class LessonApp(DashboardApp):
 
     def on_mount(self) -> None:
         self.mount(LessonPanel(self._lesson_text(), id="lesson"), after="#events")
+        self.screen.set_class(self.lesson.fold_table, "-fold-table")
+
+    def on_unmount(self) -> None:  # before DashboardApp's (Textual calls each class's handler in turn)
+        self.controller.stop(timeout=1.0)
+        if not self.controller.thread.is_alive():  # the next lesson may start a sharded engine of its own
+            self.controller.close_engine()
 
     def action_fold_lesson(self) -> None:
         self.folded = not self.folded
@@ -56,6 +68,18 @@ class LessonApp(DashboardApp):
         if self.paused and self.break_hit is not None and self.speed == MAX_SPEED:
             self.speed = LESSON_SPEED  # the lesson's step is reached: from here on, at a pace to follow
             self.controller.set_speed(LESSON_SPEED)
+            self._stage()
+
+    def _stage(self) -> None:
+        """At the lesson's step: the request the text is about selected (its row in view), the mask
+        zoomed on it where the lesson asks, as a student would with ↓ and z. Once: a restart keeps
+        whatever the student chose since."""
+        if self._staged or self.lesson.select is None:
+            return
+        self._staged = True
+        self.query_one(RequestsTable).select(self.lesson.select)
+        self.selected = self.lesson.select
+        self.zoomed = self.lesson.zoom
 
     def action_lesson(self, delta: int) -> None:
         target = self.number + delta
@@ -95,26 +119,31 @@ class LessonMenu(App[int | None]):
         self.exit(None)
 
 
-def _parts(lesson: Lesson, model: str | None = None):
+def _parts(lesson: Lesson, model: str | None = None, variant: str | None = None):
     """The lesson's scenario, a fresh engine for it, and how to build another (`r`). `model` (--model)
-    runs instead of the scenario's preset."""
+    runs instead of the scenario's preset; `variant` (--variant) one of its [compare] variants instead
+    of the lesson's (ScenarioError when the scenario has no such variant)."""
     scenario = load_scenario(lesson.scenario, model=model)
+    variant = variant or lesson.variant
 
     def rebuild():
-        return scenario.build_engine(lesson.variant, plugins=lesson.plugins, model=model)
+        return scenario.build_engine(variant, plugins=lesson.plugins, model=model)
     return scenario, rebuild(), rebuild
 
 
-def open_lesson(number: int, outcome: list[int | str], model: str | None = None, **kwargs) -> LessonApp:
+def open_lesson(number: int, outcome: list[int | str], model: str | None = None, variant: str | None = None,
+                **kwargs) -> LessonApp:
     """The app of lesson `number` (1-based), on a fresh engine of its scenario."""
     lesson = LESSONS[number - 1]
-    scenario, engine, rebuild = _parts(lesson, model)
-    return LessonApp(scenario, engine, lesson, number, outcome, rebuild=rebuild, **kwargs)
+    scenario, engine, rebuild = _parts(lesson, model, variant)
+    return LessonApp(scenario, engine, lesson, number, outcome, rebuild=rebuild,
+                     variant=variant or lesson.variant, **kwargs)
 
 
-def run_lessons(start: int | None, model: str | None = None) -> int:
+def run_lessons(start: int | None, model: str | None = None, variant: str | None = None) -> int:
     """From the menu (start None) or lesson `start`, until the student quits (ScenarioError: a lesson's
-    scenario refuses `model`). Returns the exit code."""
+    scenario refuses `model`). `variant`: lesson `start` runs that variant of its scenario (the lessons
+    it leads to run as written). Returns the exit code."""
     number: int | str | None = MENU if start is None else start
     last = start or 1
     while True:
@@ -125,10 +154,13 @@ def run_lessons(start: int | None, model: str | None = None) -> int:
         assert isinstance(number, int)
         outcome: list[int | str] = []  # where the lesson's app says to go next (a number, or MENU)
         lesson, last = LESSONS[number - 1], number
-        scenario, engine, rebuild = _parts(lesson, model)
+        chosen = variant if number == start else None
+        scenario, engine, rebuild = _parts(lesson, model, chosen)
 
-        def make(scenario, engine, _rebuild, lesson=lesson, number=number, outcome=outcome, rebuild=rebuild):
-            return LessonApp(scenario, engine, lesson, number, outcome, rebuild=rebuild)
+        def make(scenario, engine, _rebuild, lesson=lesson, number=number, outcome=outcome, rebuild=rebuild,
+                 chosen=chosen):
+            return LessonApp(scenario, engine, lesson, number, outcome, rebuild=rebuild,
+                             variant=chosen or lesson.variant)
         code = run_dashboard(scenario, engine, app_factory=make)
         if code or not outcome:
             return code

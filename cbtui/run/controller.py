@@ -136,6 +136,15 @@ class EngineController(Generic[Step]):
             self._thread.join(timeout)
         self._refuse_queued_calls()
 
+    def close_engine(self) -> None:
+        """After stop: ends the engine's own processes (a sharded engine's workers), for a process
+        that opens another engine next (the lessons, one after another). Refused while the thread runs."""
+        if self._thread.is_alive():
+            raise RuntimeError("stop the engine thread before closing its engine")
+        close = getattr(self._engine, "close", None)
+        if close is not None:
+            close()
+
     def _refuse_queued_calls(self) -> None:
         """Calls still queued when the thread stops fail rather than leave their callers waiting."""
         while True:

@@ -256,6 +256,16 @@ class RequestsTable(DataTable, inherit_bindings=False):
         if not self._start_selecting():
             super().action_cursor_down()
 
+    def select(self, request_id: int) -> None:
+        """Puts the cursor on `request_id`'s row (scrolled into view) as up / down would, e.g. for a
+        lesson that names a request; nothing happens when the table has no such row."""
+        if str(request_id) not in {str(key.value) for key in self.rows}:
+            return
+        self.show_cursor = True
+        self._selected = request_id
+        self.move_cursor(row=self.get_row_index(str(request_id)), animate=False)
+        self.post_message(RequestSelected(request_id))
+
     def action_clear_selection(self) -> None:
         self.show_cursor = False
         self._selected = None

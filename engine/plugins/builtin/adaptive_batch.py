@@ -11,6 +11,10 @@ Two inputs, read from each step's record:
 The budget stays within [min_budget, max_budget]; each change is said in the step header with its
 reason. On the CPU the tiny model never reaches a sensible latency target, so it is the queue that
 moves the budget there (scenario `adaptive_batch`); on a GPU the latency cap shows too.
+
+`ms_per_token` replaces the measured latency by a model of it, `base_ms + ms_per_token x tokens in
+the step`: the same budgets on any machine and any load, which a lesson needs to say what the screen
+will show (the measured time of a step on a shared CPU is noise).
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ class AdaptiveBatchPlugin(SchedulerPlugin):
     name = "adaptive_batch"
 
     def __init__(self, target_ms: float = 20.0, min_budget: int = 8, max_budget: int = 4096,
-                 gain: float = 0.5, idle_steps: int = 2, latency_fn=None):
+                 gain: float = 0.5, idle_steps: int = 2, ms_per_token: float | None = None,
+                 base_ms: float = 0.0, latency_fn=None):
         if isinstance(target_ms, bool) or not (isinstance(target_ms, (int, float)) and target_ms > 0):
             raise ValueError(f"target_ms={target_ms!r} must be a number > 0")
         if not (_is_int(min_budget) and _is_int(max_budget) and 1 <= min_budget <= max_budget):
@@ -36,10 +41,21 @@ class AdaptiveBatchPlugin(SchedulerPlugin):
             raise ValueError(f"gain={gain!r} must be in (0, 1]")
         if not (_is_int(idle_steps) and idle_steps >= 1):
             raise ValueError(f"idle_steps={idle_steps!r} must be an integer >= 1")
+        for name, value in (("ms_per_token", ms_per_token), ("base_ms", base_ms)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+                raise ValueError(f"{name}={value!r} must be a number >= 0")
+        if ms_per_token is None and base_ms:
+            raise ValueError(f"base_ms={base_ms!r} is part of the latency model: give ms_per_token too")
         self.target_s = target_ms / 1000.0
         self.min_budget, self.max_budget, self.gain = min_budget, max_budget, gain
         self.idle_steps = idle_steps
-        # Tests inject a latency model; by default the step's measured wall time.
+        # By default the step's measured wall time; ms_per_token (or a test's latency_fn) models it.
+        self.modelled = ""
+        if latency_fn is None and ms_per_token is not None:
+            self.modelled = f"{base_ms:g} ms + {ms_per_token:g} ms/token" if base_ms else f"{ms_per_token:g} ms/token"
+
+            def latency_fn(record, base_s=base_ms / 1000.0, per_token_s=ms_per_token / 1000.0):
+                return base_s + per_token_s * (record.decode_tokens + record.prefill_tokens)
         self.latency_fn = latency_fn or (lambda record: record.wall_time_s)
         self.budget: int | None = None
         self.why = ""  # the reason for the last change, for the step header
@@ -56,7 +72,13 @@ class AdaptiveBatchPlugin(SchedulerPlugin):
         self.history.append(self.budget)
 
     def describe(self) -> str:
-        return f"adaptive budget {self.budget} (target {self.target_s * 1000:g} ms/step)"
+        """Read after the step: the budget it ran with, the next step's when that differs (the step's
+        own budget is what the budget panel shows beside this), and where the latency comes from."""
+        budget = f"adaptive budget {self._applied if self._applied is not None else self.budget}"
+        if self._applied is not None and self.budget != self._applied:
+            budget += f", next {self.budget}"
+        latency = f", latency modelled: {self.modelled}" if self.modelled else ""
+        return f"{budget} (target {self.target_s * 1000:g} ms/step{latency})"
 
     def after_step(self, state: SchedulerState, record) -> None:
         used = record.decode_tokens + record.prefill_tokens

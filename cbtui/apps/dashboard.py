@@ -55,6 +55,7 @@ from ..widgets.mask_legend import MaskLegend
 from ..widgets.memory_panel import MemoryPanel
 from ..widgets.metrics_screen import MetricsScreen
 from ..widgets.requests_table import RequestSelected, RequestsTable
+from ..widgets.timeline_screen import TimelineScreen
 from .engine_fed import SPEEDS, EngineFedApp, speed_label
 from .profiled_steps import ProfiledSteps
 
@@ -105,6 +106,7 @@ class DashboardApp(EngineFedApp):
         Binding("m", "metrics", "Metrics"),
         Binding("b", "breakpoints", "Breakpoints", show=False),  # in the help; the footer fits 80 columns
         Binding("x", "abort", "Abort", show=False),
+        Binding("t", "timeline", "Timeline", show=False),  # in the help
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("q", "quit", "Quit"),
         Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
@@ -420,6 +422,10 @@ class DashboardApp(EngineFedApp):
         if not isinstance(self.screen, MetricsScreen):
             self.push_screen(MetricsScreen(self._metrics_now))
 
+    def action_timeline(self) -> None:
+        if not isinstance(self.screen, TimelineScreen):
+            self.push_screen(TimelineScreen(self.history, lambda: getattr(self.history.current(), "step", None)))
+
     def action_breakpoints(self) -> None:
         if not isinstance(self.screen, BreakpointScreen):
             self.push_screen(BreakpointScreen(self.controller.breakpoints))
@@ -458,6 +464,8 @@ class DashboardApp(EngineFedApp):
                             self.action_breakpoints)
         yield SystemCommand("Metrics", "TTFT and inter-token latency, throughput, memory profile",
                             self.action_metrics)
+        yield SystemCommand("Timeline", "A row per request, a column per step: waiting, prefill, decode, "
+                            "preempted, finished", self.action_timeline)
 
     def _pause_first(self) -> None:
         if not self.paused:

@@ -200,6 +200,13 @@ class History:
         records.reverse()
         return records
 
+    def kept_after(self, step: int | None) -> list[StepRecord]:
+        """The records kept in memory newer than `step` (all of them when None), oldest first, for a
+        view that follows the whole run (the timeline) rather than the step on screen."""
+        start = 0 if step is None or not self._steps else bisect_left(self._steps, step + 1)
+        cold = len(self._cold)
+        return [self._hot[i - cold] if i >= cold else _unpack(self._cold[i]) for i in range(start, len(self._steps))]
+
     def position(self) -> tuple[int, int]:
         """(1-based index of the step on screen, steps that can be shown), counting from the oldest."""
         step, oldest = self._shown_step(), self._oldest()

@@ -23,6 +23,7 @@ KEYS = (
     ("x", "abort the selected request before the next step (its KV blocks freed, its tokens kept)"),
     ("b", "breakpoints: pause on a preemption, a step, low KV ... (list, add, clear)"),
     ("m", "metrics: TTFT / inter-token latency, throughput, memory profile and leak check"),
+    ("t", "timeline: a row per request, a column per step (waiting, prefill, decode, preempted, finished)"),
     ("ctrl+p", "command palette (every action by name)"),
     ("?", "this help"),
     ("q", "quit"),

@@ -26,6 +26,7 @@ from cbtui.classroom.serve import (
 )
 from cbtui.classroom.session import ENDED, PresenterState, Session
 from cbtui.classroom.watch import WatchApp
+from cbtui.widgets.requests_table import RequestsTable
 from engine.records.recording import RecordingError
 from scenarios import load_scenario
 
@@ -308,3 +309,88 @@ def test_presenter_app_class_goes_through_run_dashboard():
     finally:
         torch.set_num_threads(threads)
     assert made == [Probe]
+
+
+def test_a_terminal_viewer_started_before_the_presenter_waits_for_the_run(tmp_path):
+    """`cbtui watch DIR` before `cbtui serve --session DIR`: 'Waiting for the presenter' for as long
+    as it takes (it used to give up after 10 s with an error), then the run, once its first line is in."""
+    from cbtui.classroom.watch import WaitingApp
+
+    directory = tmp_path / "class"
+    lines = RECORDED.read_text(encoding="utf-8").splitlines(keepends=True)
+
+    async def scenario():
+        app = WaitingApp(str(directory))
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause(0.6)
+            text = " ".join(str(app.query_one("#waiting").render()).split())
+            assert "Waiting for the presenter" in text and "no folder yet" in text, text
+            session = Session(directory)
+            session.create()  # the presenter starts: the folder first, then the run's header
+            session.recording_path.write_text("")
+            await wait_until(pilot, lambda: "no run in it yet" in str(app.query_one("#waiting").render()))
+            checks = app.checks
+            await wait_until(pilot, lambda: app.checks >= checks + 3)  # still waiting, never an error
+            assert app.is_running and app.error is None
+            session.recording_path.write_text("".join(lines[:3]))
+            await wait_until(pilot, lambda: app.return_value is not None, timeout=5)
+        opened_session, following = app.return_value
+        assert opened_session.dir == directory and following.current.header().title
+        following.current.close()
+        session.close()
+    run(scenario())
+
+
+def test_the_waiting_viewer_leaves_with_q_and_gives_up_on_what_cannot_be_a_folder(tmp_path):
+    from cbtui.classroom.watch import WaitingApp
+
+    async def scenario(directory):
+        app = WaitingApp(str(directory))
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause(0.4)
+            if app.is_running:
+                await pilot.press("q")
+        return app
+    assert asyncio.run(scenario(tmp_path / "later")).return_value is None
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")  # can never become a session folder
+    app = asyncio.run(scenario(tmp_path / "link"))
+    assert app.return_value is None and "not a folder" in app.error
+
+
+def test_a_viewer_shows_the_presenters_selection_zoom_and_live_memory(tmp_path):
+    """Item 13 of #29: the viewer's table highlights the presenter's row, its mask zooms with the
+    presenter's, and its memory panel shows the presenter's live figures, not 'no live reading'."""
+    from engine.records.memory_reading import GpuMemory, MemoryReading
+
+    lines = RECORDED.read_text(encoding="utf-8").splitlines(keepends=True)
+    reading = MemoryReading(gpus=(GpuMemory(0, "H100", 3 << 30, 80 << 30),), source="nvml")
+    session = write_session(tmp_path, lines[:6], PresenterState(run=1, state="paused", selected=2, zoomed=True,
+                                                                memory=reading))
+    assert session.read_state().memory == reading  # through presenter.json and back
+
+    async def scenario():
+        viewer = WatchApp(session, Following(session.recording_path, wait_s=5))
+        async with viewer.run_test(size=(80, 24)) as pilot:
+            await wait_until(pilot, lambda: viewer.history.newest_step() == 4)
+            await wait_until(pilot, lambda: viewer.selected == 2 and viewer.zoomed)
+            await pilot.pause(0.2)
+            table = viewer.query_one(RequestsTable)
+            assert table.show_cursor and table.selected_request() == 2
+            memory = str(viewer.query_one("#memory-live").render())
+            assert "GPU0" in memory and "3.0 GiB/80.0 GiB" in memory and "no live reading" not in memory
+            session.publish(PresenterState(run=1, state="paused"))  # the presenter unselects
+            await wait_until(pilot, lambda: viewer.selected is None and not viewer.zoomed)
+            assert not table.show_cursor
+            await pilot.press("q")
+    run(scenario())
+
+
+@pytest.mark.parametrize("memory", [
+    {"gpus": [{"index": 0, "name": "\x1b[2J", "used_bytes": 1, "total_bytes": 2}], "source": "nvml"},
+    {"gpus": [], "rss_bytes": -1, "source": "rss"},
+    {"gpus": "many", "source": "nvml"},
+    {"source": "recorded"},
+    {"source": "rss", "extra": 1},
+])
+def test_a_strangers_memory_figures_are_not_taken(memory):
+    assert PresenterState.from_json(json.dumps({"run": 1, "memory": memory})) is None

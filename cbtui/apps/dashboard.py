@@ -28,6 +28,7 @@ from textual.widgets import Footer, Static
 from engine.profiling.detailed_memory_profiler import DetailedMemoryProfiler
 from engine.profiling.gpu_memory import MemoryProbe, RecordedProbe, open_probe
 from engine.profiling.nvml import Nvml
+from engine.records.memory_reading import MemoryReading
 from engine.records import StepRecord
 from engine.records.metrics import MetricsCollector
 from engine.records.output_files import OutputFileError
@@ -149,6 +150,7 @@ class DashboardApp(EngineFedApp):
         self._recording_error_shown = False
         self.history = History(history_limit, pages if recording is None else recording.lines)
         self.break_hit: tuple[int, str] | None = None  # (step, why) of the breakpoint that paused the run
+        self.memory_reading: MemoryReading | None = None  # the newest live reading of the memory panel
         self._newest_step: int | None = None
         if not recorded:  # a live engine: its steps run in a memory context (memory by context, key m)
             engine = ProfiledSteps(engine, lambda: self.memory_profile)
@@ -323,7 +325,8 @@ class DashboardApp(EngineFedApp):
 
     def _poll_memory(self) -> None:
         assert self._probe is not None  # on_mount opens it before the first poll
-        self.query_one(MemoryPanel).show_reading(self._probe.read())
+        self.memory_reading = self._probe.read()  # (cbtui serve's presenter hands it to the class)
+        self.query_one(MemoryPanel).show_reading(self.memory_reading)
 
     # -- reactivity ----------------------------------------------------------------------------
     def watch_selected(self) -> None:

@@ -22,6 +22,10 @@ from engine.records.step_lines import StepLines
 from .session import NO_FOLLOW
 
 POLL_S = 0.05  # how long step() waits for a new line before it says there is none yet
+
+
+class NoRunYet(RecordingError):
+    """Nothing to follow yet (no folder, no file, no header line): the presenter has not started."""
 READ_BYTES = 1 << 16
 
 
@@ -43,7 +47,7 @@ class FollowedRun:
                 break
             except FileNotFoundError:
                 if time.monotonic() > deadline:
-                    raise RecordingError(f"{self.path}: no run to follow (no such file); is the presenter "
+                    raise NoRunYet(f"{self.path}: no run to follow (no such file); is the presenter "
                                          f"running `cbtui serve`?") from None
                 time.sleep(POLL_S)
             except OSError as exc:
@@ -73,7 +77,7 @@ class FollowedRun:
                                          f"`cbtui serve` writes")
             elif time.monotonic() > deadline:
                 self.close()
-                raise RecordingError(f"{self.path}: no run header yet; is the presenter running `cbtui serve`?")
+                raise NoRunYet(f"{self.path}: no run header yet; is the presenter running `cbtui serve`?")
             else:
                 time.sleep(POLL_S)
         self._header: RunHeader = header

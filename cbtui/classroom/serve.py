@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
+from engine.records.memory_reading import MemoryReading
 from engine.records.step_lines import RecordingWriter
 
 from ..apps.dashboard import DashboardApp
@@ -98,7 +99,12 @@ class PresenterApp(DashboardApp):
         recording = self.session_recording
         return PresenterState(run=recording.run if recording else 0, state=run_state or self.run_state(),
                               viewing=None if record is None else record.step, selected=self.selected,
-                              speed=None if self.speed == MAX_SPEED else self.speed, url=self.audience.url)
+                              speed=None if self.speed == MAX_SPEED else self.speed, url=self.audience.url,
+                              zoomed=self.zoomed, memory=self._live_reading())
+
+    def _live_reading(self) -> MemoryReading | None:
+        reading = self.memory_reading
+        return reading if reading is not None and reading.source in ("nvml", "rss") else None
 
     @property
     def session_recording(self) -> SessionRecording | None:

@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from engine.records.memory_reading import GpuMemory, MemoryReading
+
 RECORDING = "run.jsonl"
 STATE = "presenter.json"
 VIEWERS = "viewers"
@@ -37,6 +39,7 @@ ENDED = "ended"  # the presenter's state once it has quit
 STATES = ("starting", "running", "paused", "finished", "failed", ENDED)
 MAX_STATE_BYTES = 16 << 10  # presenter.json is ~150 bytes; a viewer reads no more than this
 MAX_URL_CHARS = 2048
+MAX_GPUS = 64
 # Opening a file in the session folder: never through a link, never waiting on a FIFO's writer.
 NO_FOLLOW = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
@@ -85,6 +88,10 @@ class PresenterState:
     selected: int | None = None  # the request the presenter selected
     speed: float | None = None  # steps per second; None: as fast as the engine goes
     url: str = ""  # where browsers watch
+    zoomed: bool = False  # the presenter's mask shows the selected request alone
+    # The presenter's live memory reading (GPUs, or the process RSS), which a viewer shows in place of
+    # its own: the class sees the presenting machine's figures, not "no live reading".
+    memory: MemoryReading | None = None
 
     @classmethod
     def from_json(cls, text: str) -> PresenterState | None:
@@ -107,7 +114,39 @@ class PresenterState:
         speed = data.get("speed")
         if speed is not None and (type(speed) not in (int, float) or not speed > 0):
             return None
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        if type(data.get("zoomed", False)) is not bool:
+            return None
+        memory = data.get("memory")
+        if memory is not None:
+            memory = _memory_reading(memory)
+            if memory is None:
+                return None
+        fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**{**fields, "memory": memory})
+
+
+def _count(value) -> bool:
+    return type(value) is int and 0 <= value < 1 << 62
+
+
+def _memory_reading(data) -> MemoryReading | None:
+    """A presenter's reading as PresenterState.memory wrote it; None for anything else."""
+    if not isinstance(data, dict) or set(data) - {"gpus", "rss_bytes", "note", "source"}:
+        return None
+    gpus, note = data.get("gpus", []), data.get("note", "")
+    if not isinstance(gpus, list) or len(gpus) > MAX_GPUS or not isinstance(note, str) or not _printable(note, 200):
+        return None
+    if data.get("source") not in ("nvml", "rss") or not _count(data.get("rss_bytes", 0)):
+        return None
+    devices = []
+    for gpu in gpus:
+        if not isinstance(gpu, dict) or set(gpu) != {"index", "name", "used_bytes", "total_bytes"}:
+            return None
+        if not (isinstance(gpu["name"], str) and _printable(gpu["name"], 200)
+                and all(_count(gpu[k]) for k in ("index", "used_bytes", "total_bytes"))):
+            return None
+        devices.append(GpuMemory(**gpu))
+    return MemoryReading(gpus=tuple(devices), rss_bytes=data.get("rss_bytes", 0), note=note, source=data["source"])
 
 
 class Session:

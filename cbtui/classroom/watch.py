@@ -13,17 +13,22 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from textual.app import App, ComposeResult
 from textual.binding import Binding
+from textual.widgets import Footer, Static
 
 from engine.records.recording import RecordingError
 
 from ..apps.dashboard import DashboardApp
 from ..run.controller import MAX_SPEED
 from ..widgets.help_screen import HelpScreen
-from .follow import FollowedRun, Following
+from ..widgets.memory_panel import MemoryPanel
+from ..widgets.requests_table import RequestsTable
+from .follow import FollowedRun, Following, NoRunYet
 from .session import ENDED, PresenterState, Session
 
 FOLLOW_S = 0.1  # how often the presenter's state is read
+WAIT_POLL_S = 0.25  # how often a viewer started before the presenter looks for the run
 WATCH_KEYS = (
     ("m", "metrics of the run so far: TTFT / inter-token latency, throughput, memory"),
     ("?", "this help"),
@@ -83,7 +88,12 @@ class WatchApp(DashboardApp, inherit_bindings=False):
             self._restarting = current
             self.action_restart()  # the presenter pressed r: the recording began anew
         if state.selected != self.selected:
-            self.selected = state.selected  # the presenter's choice wins over this viewer's arrows
+            self._select(state.selected)  # the presenter's choice wins over this viewer's arrows
+        if state.zoomed != self.zoomed:
+            self.zoomed = state.zoomed
+        if state.memory is not None and state.memory != self.memory_reading:
+            self.memory_reading = state.memory  # the presenter's machine, live
+            self.query_one(MemoryPanel).show_reading(state.memory)
         speed = MAX_SPEED if state.speed is None else state.speed
         if speed != self.speed:
             self.speed = speed  # shown in the header; this viewer's reader keeps reading at once
@@ -95,6 +105,19 @@ class WatchApp(DashboardApp, inherit_bindings=False):
             if state.state == ENDED:
                 self.notify("The presenter has ended the session; this screen keeps the run so far (q leaves).",
                             timeout=30)
+
+    def _select(self, request_id: int | None) -> None:
+        """The presenter's selection, its row highlighted as on the presenter's screen."""
+        table = self.query_one(RequestsTable)
+        if request_id is None:
+            table.action_clear_selection()
+        else:
+            table.select(request_id)
+        self.selected = request_id
+
+    def _poll_memory(self) -> None:
+        if self.presenter.memory is None:  # until the presenter's reading comes: "no live reading"
+            super()._poll_memory()
 
     def run_state(self) -> str:
         """The presenter's, not this viewer's (whose reader is always running)."""
@@ -111,8 +134,9 @@ class WatchApp(DashboardApp, inherit_bindings=False):
             self.push_screen(HelpScreen(s.title, s.description, s.question, WATCH_KEYS))
 
 
-def open_session(directory: str) -> tuple[Session, Following]:
-    """The session at `directory` (a `cbtui serve` folder, or its run.jsonl); RecordingError says why not."""
+def open_session(directory: str, wait_s: float = 10.0) -> tuple[Session, Following]:
+    """The session at `directory` (a `cbtui serve` folder, or its run.jsonl); RecordingError says why
+    not, NoRunYet when the presenter has not started it (yet)."""
     path = os.path.abspath(directory)
     if os.path.isfile(path):
         path = os.path.dirname(path)
@@ -120,17 +144,71 @@ def open_session(directory: str) -> tuple[Session, Following]:
     if not os.path.isdir(path):
         if os.path.lexists(path):
             raise RecordingError(f"{directory}: not a folder; give the folder `cbtui serve` said to watch")
-        raise RecordingError(f"{directory}: no such folder; give the folder `cbtui serve` said to watch")
-    return session, Following(session.recording_path)
+        raise NoRunYet(f"{directory}: no such folder; give the folder `cbtui serve` said to watch")
+    return session, Following(session.recording_path, wait_s)
+
+
+class WaitingApp(App[tuple[Session, Following] | None]):
+    """`cbtui watch DIR` before the presenter has started: says so, and opens the run once it is
+    there (the session's folder, its recording and the run's first line), however long that takes."""
+
+    BINDINGS = [Binding("q,escape", "quit", "Leave"), Binding("ctrl+c", "quit", "Leave", show=False, priority=True)]
+    CSS = "#waiting { width: 1fr; height: 1fr; content-align: center middle; text-align: center; padding: 1 2; }"
+
+    def __init__(self, directory: str):
+        super().__init__()
+        self.directory = directory
+        self.error: str | None = None  # a folder that can never hold a run (a link, a file): why
+        self.checks = 0
+
+    def compose(self) -> ComposeResult:
+        yield Static(self._text("waiting for its folder"), id="waiting")
+        yield Footer(compact=True, show_command_palette=False)
+
+    def _text(self, missing: str) -> str:
+        return (f"Waiting for the presenter…\n\n{self.directory}: {missing}.\nThis screen opens the run as soon as "
+                f"the presenter starts `cbtui serve --session {self.directory}`.\n\nq leaves.")
+
+    def on_mount(self) -> None:
+        self.set_interval(WAIT_POLL_S, self.check)
+
+    def check(self) -> None:
+        self.checks += 1
+        try:
+            self.exit(open_session(self.directory, wait_s=0))
+        except NoRunYet as exc:
+            missing = "no folder yet" if "no such folder" in str(exc) else "no run in it yet"
+            self.query_one("#waiting", Static).update(self._text(missing))
+        except RecordingError as exc:
+            self.error = str(exc)
+            self.exit(None)
+
+    def action_quit(self) -> None:  # type: ignore[override]  # App's is async
+        self.exit(None)
 
 
 def run_watch(directory: str) -> int:
-    """Opens a viewer on the session; returns the exit code."""
-    try:
-        session, following = open_session(directory)
-    except RecordingError as exc:
-        from engine.records.text import visible
+    """Opens a viewer on the session, after a waiting screen while the presenter has not started it
+    (in a terminal; elsewhere that is one line and exit 2). Returns the exit code."""
+    from engine.records.text import visible
 
+    in_terminal = sys.stdin.isatty() and sys.stdout.isatty()  # (a browser's viewer is not)
+    try:
+        # a browser's viewer waits a little for a run begun anew (r); a terminal's says it waits
+        session, following = open_session(directory, wait_s=0 if in_terminal else 10.0)
+    except NoRunYet as exc:
+        if not in_terminal:
+            print(f"cbtui: error: {visible(str(exc))}", file=sys.stderr)
+            return 2
+        waiting = WaitingApp(directory)
+        opened = waiting.run()
+        if opened is None:
+            if waiting.error is not None:
+                print(f"cbtui: error: {visible(waiting.error)}", file=sys.stderr)
+                return 2
+            return 0
+        session, following = opened
+    except RecordingError as exc:
         print(f"cbtui: error: {visible(str(exc))}", file=sys.stderr)
         return 2
     app = WatchApp(session, following)

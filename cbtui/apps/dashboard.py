@@ -28,8 +28,8 @@ from textual.widgets import Footer, Static
 from engine.profiling.detailed_memory_profiler import DetailedMemoryProfiler
 from engine.profiling.gpu_memory import MemoryProbe, RecordedProbe, open_probe
 from engine.profiling.nvml import Nvml
-from engine.records.memory_reading import MemoryReading
 from engine.records import StepRecord
+from engine.records.memory_reading import MemoryReading
 from engine.records.metrics import MetricsCollector
 from engine.records.output_files import OutputFileError
 from engine.records.step_lines import RecordingWriter

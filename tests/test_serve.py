@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 import time
@@ -394,3 +395,27 @@ def test_a_viewer_shows_the_presenters_selection_zoom_and_live_memory(tmp_path):
 ])
 def test_a_strangers_memory_figures_are_not_taken(memory):
     assert PresenterState.from_json(json.dumps({"run": 1, "memory": memory})) is None
+
+
+def test_the_web_page_loads_nothing_from_other_sites(tmp_path):
+    """Item 14 of #29: textual-serve's page asked fonts.googleapis.com for its font; an offline
+    classroom got none. The page the server sends names only its own address, and the font it
+    names is served."""
+    pytest.importorskip("textual_serve")
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from cbtui.classroom.serve_web import make_server
+
+    async def scenario():
+        server = make_server("true", "127.0.0.1", 0, "Mixed load", "http://127.0.0.1:1", max_viewers=2)
+        async with TestClient(TestServer(await server._make_app())) as client:
+            page = await (await client.get("/")).text()
+            urls = set(re.findall(r"(?:https?:|wss?:)?//[^\"'\s)]+", page))
+            assert not any("googleapis" in u or "gstatic" in u for u in urls), urls
+            foreign = {u for u in urls if not u.split("//", 1)[1].startswith("127.0.0.1:1/")
+                       and "www.w3.org/2000/svg" not in u}
+            assert not foreign, foreign
+            assert "@font-face" in page and "fonts/RobotoMono-VariableFont_wght.ttf" in page
+            font = await client.get("/static/fonts/RobotoMono-VariableFont_wght.ttf")
+            assert font.status == 200 and len(await font.read()) > 10_000
+    asyncio.run(scenario())

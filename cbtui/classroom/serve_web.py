@@ -9,12 +9,17 @@ this one removes the temporary session folder (TEMPORARY is 1: the presenter mad
 process group, itself and every viewer it started, as shard workers end with their driver. At most
 MAX_VIEWERS browsers watch at once (each viewer is a process of ~55 MB); the next one gets a page
 that says the class is full, with status 503, and no process.
+
+Everything the page loads comes from this server: textual-serve's page asks Google's font service for
+Roboto Mono, which an offline classroom cannot reach, so the page is served with that link replaced by
+the same font from textual-serve's own static folder (LocalFonts).
 """
 
 from __future__ import annotations
 
 import html
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -54,6 +59,33 @@ def full_page(title: str, watching: int) -> str:
             f"(<code>cbtui watch</code>) or for a larger <code>--max-viewers</code>.</p></body></html>")
 
 
+EXTERNAL_LINK = re.compile(r"<link\b[^>]*\bhref=\"(?:https?:)?//[^\"]*\"[^>]*>", re.IGNORECASE)
+LOCAL_FONTS = """<style>
+      @font-face { font-family: "Roboto Mono"; font-style: normal; font-weight: 100 700;
+        src: url("{{ config.static.url }}fonts/RobotoMono-VariableFont_wght.ttf") format("truetype"); }
+      @font-face { font-family: "Roboto Mono"; font-style: italic; font-weight: 100 700;
+        src: url("{{ config.static.url }}fonts/RobotoMono-Italic-VariableFont_wght.ttf") format("truetype"); }
+    </style>
+  </head>"""
+
+
+def local_page(template: str) -> str:
+    """textual-serve's page template with every stylesheet from another site dropped and its font,
+    Roboto Mono, loaded from the server's own static folder instead."""
+    return EXTERNAL_LINK.sub("", template).replace("</head>", LOCAL_FONTS, 1)
+
+
+def local_fonts_loader(templates: Path):
+    import jinja2
+
+    class LocalFonts(jinja2.FileSystemLoader):
+        def get_source(self, environment, template):
+            source, filename, uptodate = super().get_source(environment, template)
+            return local_page(source), filename, uptodate
+
+    return LocalFonts(templates)
+
+
 def die_with_parent(parent: int, directory: str, temporary: bool) -> None:
     """Ends this server and its viewers (its process group) soon after `parent` dies, however it dies:
     a thread that watches for being re-parented (as engine/distributed/worker.py does)."""
@@ -68,13 +100,20 @@ def die_with_parent(parent: int, directory: str, temporary: bool) -> None:
 
 
 def make_server(command: str, host: str, port: int, title: str, public_url: str, max_viewers: int):
+    import aiohttp_jinja2
     from aiohttp import web
     from textual_serve.server import Server
 
     class ClassServer(Server):
-        """textual-serve's server with a limit on the browsers that watch at once."""
+        """textual-serve's server with a limit on the browsers that watch at once, and a page that
+        loads nothing from other sites."""
 
         watching = 0
+
+        async def _make_app(self) -> web.Application:
+            app = await super()._make_app()
+            aiohttp_jinja2.setup(app, loader=local_fonts_loader(self.templates_path))
+            return app
 
         def _full(self) -> web.Response:
             return web.Response(status=503, text=full_page(title, self.watching), content_type="text/html",

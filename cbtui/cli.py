@@ -575,7 +575,7 @@ def compare_cmd(name, variants, steps, device, model, at, fork, paused, speed):
 
 
 @main.command("serve")
-@click.argument("name")
+@click.argument("name", required=False)
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address the web server listens on; 0.0.0.0 lets other machines in (then give --public-url).")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
@@ -593,24 +593,42 @@ def compare_cmd(name, variants, steps, device, model, at, fork, paused, speed):
 @click.option("--at", "at", multiple=True, metavar="STEP:KEY=VALUE", help=AT_HELP)
 @click.option("--paused", is_flag=True, help="Start paused.")
 @click.option("--speed", type=SPEED, default=None, help="Steps per second (default 4).")
-def serve_cmd(name, host, port, public_url, session_dir, max_viewers, variant, device, model, at, paused, speed):
+@click.option("--lesson", "lesson_number", type=int, default=None, metavar="N",
+              help="Present lesson N (cbtui lessons --list) instead of a scenario: the class sees its text and "
+                   "pauses where it does.")
+def serve_cmd(name, host, port, public_url, session_dir, max_viewers, variant, device, model, at, paused, speed,
+              lesson_number):
     """Show one run to a class: you present (this terminal controls it), they watch read-only, in a
     browser (http://HOST:PORT) or a terminal (cbtui watch DIR). One engine, however many watch."""
+    from .classroom.lessons import LESSONS
     from .classroom.serve import ServeError, serve
 
     overrides = dict(device=device, model=model)
+    plugins: tuple[str, ...] = ()
+    if lesson_number is not None:
+        if name is not None:
+            fail(f"give a scenario ({name}) or --lesson {lesson_number}, not both")
+        if not 1 <= lesson_number <= len(LESSONS):
+            fail(f"--lesson {lesson_number}: there are lessons 1 to {len(LESSONS)} (cbtui lessons --list)")
+        lesson = LESSONS[lesson_number - 1]
+        name, plugins, variant = lesson.scenario, lesson.plugins, variant or lesson.variant
+        if paused or speed is not None:
+            fail("--paused and --speed are the lesson's own with --lesson (full speed to its step, then 2/s)")
+    elif name is None:
+        fail(f"give a scenario name or --lesson N; built-in: {', '.join(builtin_names())}")
     try:
         scenario = _with_changes(load_scenario(name, model=model), at)
-        engine = scenario.build_engine(variant, **overrides)
+        engine = scenario.build_engine(variant, plugins=plugins, **overrides)
     except (ScenarioError, ValueError) as exc:
         fail(str(exc))
     header = scenario.header(engine, variant)
     if header.device == "cpu" and header.model == "tiny":
         torch.set_num_threads(1)  # as `scenario` does
-    run_options = dict(overrides=overrides, variant=variant, paused=paused, speed=speed)
+    run_options = dict(overrides=overrides, variant=variant, paused=paused, speed=speed, plugins=plugins)
     try:
         code = serve(scenario, engine, header, host=host, port=port, public_url=public_url,
-                     session_dir=session_dir, run_options=run_options, max_viewers=max_viewers)
+                     session_dir=session_dir, run_options=run_options, max_viewers=max_viewers,
+                     lesson=lesson_number)
     except ServeError as exc:
         fail(str(exc))
     sys.stdout.flush()

@@ -419,3 +419,76 @@ def test_the_web_page_loads_nothing_from_other_sites(tmp_path):
             font = await client.get("/static/fonts/RobotoMono-VariableFont_wght.ttf")
             assert font.status == 200 and len(await font.read()) > 10_000
     asyncio.run(scenario())
+
+
+def test_a_class_follows_a_presented_lesson_and_walks_back_on_its_own(tmp_path):
+    """Item 15 of #29, `cbtui serve --lesson 10`: the presenter runs lesson 10 to its pause; a viewer
+    shows the lesson's text (without keys it has not got), its layout (the table folded at 80x24)
+    and what paused the run; ← walks back on the viewer alone, space returns to the presenter's step."""
+    from test_lessons import screen_text
+
+    from cbtui.classroom.lessons import LESSONS
+    from cbtui.classroom.serve import LessonPresenterApp
+    from cbtui.widgets.lesson_panel import LessonPanel
+
+    lesson = LESSONS[9]
+    scenario = load_scenario(lesson.scenario)
+    session = Session(tmp_path / "class")
+    session.create()
+    recording = SessionRecording(session)
+
+    def build():
+        return SteadyEngine(scenario.build_engine(device="cpu", plugins=lesson.plugins))
+
+    engine = build()
+    recording.start(scenario.header(engine))
+    audience = Audience(url="http://127.0.0.1:0", watch_command=f"cbtui watch {session.dir}")
+    app = LessonPresenterApp(scenario, engine, session=session, audience=audience, rebuild=build, paused=True,
+                             speed=4.0, recording=recording, lesson_number=10, probe=FakeProbe([NO_GPU]),
+                             memory_poll_s=3600.0)
+
+    async def scenario_run():
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_until(pilot, lambda: app.break_hit is not None, timeout=60)
+            await wait_until(pilot, lambda: (session.read_state() or PresenterState()).break_step == 13)
+            state = session.read_state()
+            assert state.lesson == 10
+            assert state.break_step == 13 and "step:13 hit" in state.break_why and state.state == "paused"
+            await pilot.press("right_square_bracket")  # one lesson a session: the presenter stays
+            await pilot.pause(0.2)
+            assert app.is_running
+            viewer = WatchApp(session, Following(session.recording_path, wait_s=5))
+            async with viewer.run_test(size=(80, 24)) as vpilot:
+                await wait_until(vpilot, lambda: viewer.history.newest_step() == 13 and viewer.query(LessonPanel))
+                await vpilot.pause(0.3)
+                text = " ".join(screen_text(viewer).split())
+                assert f"Lesson 10/{len(LESSONS)}: {lesson.title}" in text and "Ask:" in text and "] next" not in text
+                assert not viewer.query_one("#requests-panel").display  # the lesson's layout
+                assert "paused: breakpoint step:13 hit" in text
+                await vpilot.press("left", "left")
+                await vpilot.pause(0.4)  # several follow ticks: the viewer stays where it walked
+                assert viewer.history.current().step == 11 and session.read_state().viewing is None
+                await vpilot.press("space")
+                await vpilot.pause(0.2)
+                assert viewer.history.current().step == 13
+                await pilot.press("t")  # the presenter folds the text: so does the class
+                await wait_until(vpilot, lambda: "Ask:" not in screen_text(viewer))
+                await vpilot.press("q")
+            await pilot.press("q")
+        session.close()
+    run(scenario_run())
+
+
+@pytest.mark.parametrize("args, message", [
+    (["mixed_load", "--lesson", "3"], "give a scenario (mixed_load) or --lesson 3, not both"),
+    (["--lesson", "99"], "--lesson 99: there are lessons 1 to"),
+    (["--lesson", "3", "--paused"], "--paused and --speed are the lesson's own"),
+    ([], "give a scenario name or --lesson N"),
+])
+def test_serve_lesson_mistakes_are_one_line_and_exit_2(args, message):
+    from click.testing import CliRunner
+
+    from cbtui.cli import main
+
+    result = CliRunner().invoke(main, ["serve", *args])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr

@@ -26,10 +26,6 @@ MENU = "menu"
 
 
 class LessonApp(DashboardApp):
-    # A lesson whose panels need the rows (fold_table) takes them from the Requests table on a small
-    # terminal: at 80x24 the mask, KV and Memory panels otherwise keep one or two rows each.
-    CSS = "Screen.-compact.-fold-table #requests-panel { display: none; }"
-
     BINDINGS = [
         Binding("right_square_bracket", "lesson(1)", "Next lesson", key_display="]", show=False),
         Binding("left_square_bracket", "lesson(-1)", "Previous lesson", key_display="[", show=False),
@@ -45,14 +41,16 @@ class LessonApp(DashboardApp):
         self.folded = False
         self._staged = False  # the lesson's selection and zoom are applied once its step is reached
 
+    LESSON_KEYS = "all"  # the lesson keys its title names (lesson_text)
+
     def _lesson_text(self):
         lesson = self.lesson
         return lesson_text(self.number, len(LESSONS), lesson.title, lesson.panel, lesson.watch, lesson.question,
-                           self.folded)
+                           self.folded, self.LESSON_KEYS)
 
     def on_mount(self) -> None:
         self.mount(LessonPanel(self._lesson_text(), id="lesson"), after="#events")
-        self.screen.set_class(self.lesson.fold_table, "-fold-table")
+        self.screen.set_class(self.lesson.fold_table, "-fold-table")  # (the rule is LessonPanel's)
 
     def on_unmount(self) -> None:  # before DashboardApp's (Textual calls each class's handler in turn)
         self.controller.stop(timeout=1.0)

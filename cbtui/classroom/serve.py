@@ -22,9 +22,12 @@ from pathlib import Path
 
 from engine.records.memory_reading import MemoryReading
 from engine.records.step_lines import RecordingWriter
+from engine.records.text import visible
 
 from ..apps.dashboard import DashboardApp
 from ..run.controller import MAX_SPEED
+from .lesson_app import LessonApp
+from .lessons import LESSONS
 from .session import ENDED, RECORDING, SERVER_LOG, PresenterState, Session, SessionError
 
 PUBLISH_S = 0.1  # how often the presenter's state is written when it changed
@@ -100,7 +103,9 @@ class PresenterApp(DashboardApp):
         return PresenterState(run=recording.run if recording else 0, state=run_state or self.run_state(),
                               viewing=None if record is None else record.step, selected=self.selected,
                               speed=None if self.speed == MAX_SPEED else self.speed, url=self.audience.url,
-                              zoomed=self.zoomed, memory=self._live_reading())
+                              zoomed=self.zoomed, memory=self._live_reading(),
+                              break_step=self.break_hit[0] if self.break_hit else None,
+                              break_why=visible(self.break_hit[1]) if self.break_hit else "")
 
     def _live_reading(self) -> MemoryReading | None:
         reading = self.memory_reading
@@ -133,6 +138,31 @@ class PresenterApp(DashboardApp):
 
     def on_unmount(self) -> None:
         self.publish(ENDED)
+
+
+class LessonPresenterApp(LessonApp, PresenterApp):
+    """`cbtui serve --lesson N`: the lesson presented. Its text, its pause and its layout go to the
+    class with the rest of the presenter's state; one lesson a session (], [ and l say so)."""
+
+    LESSON_KEYS = "fold"
+
+    def __init__(self, scenario, engine, *, lesson_number: int, **kwargs):
+        for run_option in ("paused", "speed", "breakpoints"):  # the lesson's own: full speed to its pause
+            kwargs.pop(run_option, None)
+        super().__init__(scenario, engine, LESSONS[lesson_number - 1], lesson_number, [], **kwargs)
+
+    def state(self, run_state: str | None = None) -> PresenterState:
+        return replace(super().state(run_state), lesson=self.number, folded=self.folded)
+
+    def action_lesson(self, delta: int) -> None:
+        self._one_lesson()
+
+    def action_lessons_menu(self) -> None:
+        self._one_lesson()
+
+    def _one_lesson(self) -> None:
+        self.notify("A served class follows one lesson: q ends it; serve the next with cbtui serve --lesson N.",
+                    timeout=6)
 
 
 def check_host_port(host: str, port: int) -> None:
@@ -209,8 +239,9 @@ def url_for(host: str, port: int) -> str:
 
 
 def serve(scenario, engine, header, *, host: str, port: int, public_url: str | None, session_dir: str | None,
-          run_options: dict, max_viewers: int | None = None) -> int:
-    """Runs the presenter's dashboard with the web server beside it; returns the exit code."""
+          run_options: dict, max_viewers: int | None = None, lesson: int | None = None) -> int:
+    """Runs the presenter's dashboard (lesson `lesson`'s, when given) with the web server beside it;
+    returns the exit code."""
     from ..apps.dashboard import run_dashboard
 
     temporary = session_dir is None
@@ -232,8 +263,9 @@ def serve(scenario, engine, header, *, host: str, port: int, public_url: str | N
         session.publish(PresenterState(run=recording.run, url=url))
         server = start_server(session, host, port, url, header.title, max_viewers=max_viewers, temporary=temporary)
         print(f"cbtui serve: browsers watch at {url}; terminals: {audience.watch_command}", file=sys.stderr)
-        code = run_dashboard(scenario, engine, recording=recording,
-                             app_class=partial(PresenterApp, session=session, audience=audience), **run_options)
+        app_class = partial(PresenterApp, session=session, audience=audience) if lesson is None else \
+            partial(LessonPresenterApp, session=session, audience=audience, lesson_number=lesson)
+        code = run_dashboard(scenario, engine, recording=recording, app_class=app_class, **run_options)
     finally:
         with_state = session.read_state()
         if with_state is not None and with_state.state != ENDED:

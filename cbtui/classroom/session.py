@@ -30,6 +30,8 @@ from typing import BinaryIO
 
 from engine.records.memory_reading import GpuMemory, MemoryReading
 
+from .lessons import LESSONS
+
 RECORDING = "run.jsonl"
 STATE = "presenter.json"
 VIEWERS = "viewers"
@@ -92,6 +94,10 @@ class PresenterState:
     # The presenter's live memory reading (GPUs, or the process RSS), which a viewer shows in place of
     # its own: the class sees the presenting machine's figures, not "no live reading".
     memory: MemoryReading | None = None
+    lesson: int | None = None  # `cbtui serve --lesson N`: the lesson the class follows (its text on screen)
+    folded: bool = False  # the presenter folded the lesson's text to its title line
+    break_step: int | None = None  # the step a breakpoint paused the presenter's run on, and why
+    break_why: str = ""
 
     @classmethod
     def from_json(cls, text: str) -> PresenterState | None:
@@ -103,18 +109,23 @@ class PresenterState:
             return None
         if not isinstance(data, dict):
             return None
-        ints = ("run", "viewing", "selected")
+        ints = ("run", "viewing", "selected", "lesson", "break_step")
         if any(data.get(k) is not None and type(data.get(k)) is not int for k in ints):
             return None
         if data.get("state", "starting") not in STATES:
             return None
-        url = data.get("url", "")
+        url, why = data.get("url", ""), data.get("break_why", "")
         if not isinstance(url, str) or not _printable(url, MAX_URL_CHARS):
+            return None
+        if not isinstance(why, str) or not _printable(why, MAX_URL_CHARS):
             return None
         speed = data.get("speed")
         if speed is not None and (type(speed) not in (int, float) or not speed > 0):
             return None
-        if type(data.get("zoomed", False)) is not bool:
+        if any(type(data.get(k, False)) is not bool for k in ("zoomed", "folded")):
+            return None
+        lesson = data.get("lesson")
+        if lesson is not None and not 1 <= lesson <= len(LESSONS):
             return None
         memory = data.get("memory")
         if memory is not None:

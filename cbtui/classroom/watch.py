@@ -22,14 +22,19 @@ from engine.records.recording import RecordingError
 from ..apps.dashboard import DashboardApp
 from ..run.controller import MAX_SPEED
 from ..widgets.help_screen import HelpScreen
+from ..widgets.lesson_panel import LessonPanel, lesson_text
 from ..widgets.memory_panel import MemoryPanel
 from ..widgets.requests_table import RequestsTable
 from .follow import FollowedRun, Following, NoRunYet
+from .lessons import LESSONS
 from .session import ENDED, PresenterState, Session
 
 FOLLOW_S = 0.1  # how often the presenter's state is read
 WAIT_POLL_S = 0.25  # how often a viewer started before the presenter looks for the run
 WATCH_KEYS = (
+    ("← / →", "walk back and forth through the steps on your own (the presenter's screen is not changed)"),
+    ("space", "back to the presenter's step, following again"),
+    ("t", "timeline: a row per request, a column per step"),
     ("m", "metrics of the run so far: TTFT / inter-token latency, throughput, memory"),
     ("?", "this help"),
     ("q", "leave (the run goes on for everyone else)"),
@@ -48,7 +53,8 @@ class WatchedRun:
 def watched_run(following: Following) -> WatchedRun:
     header = following.current.header()
     about = ("You are watching a run someone else presents: this screen follows theirs (the step, the "
-             "selected request) and its keys change nothing there. m shows the metrics, q leaves.")
+             "selected request) and its keys change nothing there. ←/→ walk through the steps on your own, "
+             "space follows the presenter again, t shows the timeline, m the metrics, q leaves.")
     return WatchedRun(f"Watching: {header.title or 'a shared run'}",
                       "\n\n".join(t for t in (header.description, about) if t), header.question)
 
@@ -56,6 +62,10 @@ def watched_run(following: Following) -> WatchedRun:
 class WatchApp(DashboardApp, inherit_bindings=False):
     ENABLE_COMMAND_PALETTE = False
     BINDINGS = [
+        Binding("left", "own_back", "Steps", key_display="←/→"),
+        Binding("right", "own_forward", "Fwd", show=False),
+        Binding("space", "follow", "Follow", key_display="space"),
+        Binding("t", "timeline", "Timeline", show=False),
         Binding("m", "metrics", "Metrics"),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("q", "quit", "Quit"),
@@ -72,6 +82,8 @@ class WatchApp(DashboardApp, inherit_bindings=False):
         self._registration: Path | None = None
         # The run a restart was asked for (the controller takes it up soon after).
         self._restarting: FollowedRun | None = None
+        self.on_own = False  # walking through history with ←/→ instead of following the presenter's step
+        self._lesson_shown: tuple[int, bool] | None = None  # (lesson, folded) of the lesson text on screen
 
     def on_mount(self) -> None:  # (DashboardApp.on_mount runs too: Textual calls each class's handler)
         self._registration = self.session.register_viewer()
@@ -97,14 +109,61 @@ class WatchApp(DashboardApp, inherit_bindings=False):
         speed = MAX_SPEED if state.speed is None else state.speed
         if speed != self.speed:
             self.speed = speed  # shown in the header; this viewer's reader keeps reading at once
+        # what paused the presenter's run, for the event line ("paused: breakpoint step:13 hit")
+        self.break_hit = None if state.break_step is None else (state.break_step, state.break_why)
         changed = state != self.presenter
         self.presenter = state
-        self.history.view(state.viewing)
+        if not self.on_own:
+            self.history.view(state.viewing)
+        self._show_lesson(state)
         if changed:
             self._draw()
             if state.state == ENDED:
                 self.notify("The presenter has ended the session; this screen keeps the run so far (q leaves).",
                             timeout=30)
+
+    def _show_lesson(self, state: PresenterState) -> None:
+        """A presented lesson (cbtui serve --lesson N): its text above the panels and its layout."""
+        number = state.lesson
+        shown = None if number is None else (number, state.folded)
+        if shown == self._lesson_shown:
+            return
+        self._lesson_shown = shown
+        dashboard = self.screen_stack[0]
+        if number is None:
+            for panel in dashboard.query(LessonPanel):
+                panel.remove()
+            dashboard.set_class(False, "-fold-table")
+            return
+        lesson = LESSONS[number - 1]
+        text = lesson_text(number, len(LESSONS), lesson.title, lesson.panel, lesson.watch, lesson.question,
+                           state.folded, keys="none")
+        panels = dashboard.query(LessonPanel)
+        if panels:
+            panels.first().update(text)
+        else:
+            dashboard.mount(LessonPanel(text, id="lesson"), after="#events")
+        dashboard.set_class(lesson.fold_table, "-fold-table")
+
+    def action_own_back(self) -> None:
+        """A step back on this screen alone; space follows the presenter again."""
+        if not self.history.can_go_back():
+            return
+        if not self.on_own:
+            self.on_own = True
+            self.notify("Your own steps now (←/→); space goes back to the presenter's.", timeout=4)
+        self.history.back()
+        self._draw()
+
+    def action_own_forward(self) -> None:
+        if self.on_own:
+            self.history.forward()
+            self._draw()
+
+    def action_follow(self) -> None:
+        self.on_own = False
+        self.history.view(self.presenter.viewing)
+        self._draw()
 
     def _select(self, request_id: int | None) -> None:
         """The presenter's selection, its row highlighted as on the presenter's screen."""

@@ -229,3 +229,13 @@ def test_a_variant_the_lesson_scenario_lacks_is_one_line_and_exit_2():
     assert result.exit_code == 2 and result.stderr == (
         "cbtui: error: --variant chunk_7: lesson 5's scenario long_prompt has no such variant "
         "(it has: chunk_32, chunk_16)\n")
+
+
+def test_a_lessons_help_says_what_its_keys_do():
+    """t folds a lesson's text (in the dashboard it opens the timeline): the help says so, and names
+    the lesson keys."""
+    from cbtui.classroom.lesson_app import LESSON_HELP_KEYS
+
+    keys = dict(LESSON_HELP_KEYS)
+    assert keys["t"].startswith("fold / unfold the lesson's text") and "Timeline" in keys["t"]
+    assert "] / [" in keys and "l" in keys and "timeline: a row per request" not in " ".join(keys.values())

@@ -17,10 +17,17 @@ from scenarios import load_scenario
 from ..apps.dashboard import DashboardApp, run_dashboard
 from ..run.breakpoints import parse
 from ..run.controller import MAX_SPEED
+from ..widgets.help_screen import KEYS, HelpScreen
 from ..widgets.lesson_panel import LessonPanel, lesson_text
 from ..widgets.requests_table import RequestsTable
 from .lessons import LESSONS, Lesson, lesson_line
 
+LESSON_HELP_KEYS = (
+    *((key, what) if key != "t" else ("t", "fold / unfold the lesson's text (the timeline: ctrl+p, Timeline)")
+      for key, what in KEYS),
+    ("] / [", "next / previous lesson"),
+    ("l", "the lessons menu"),
+)
 LESSON_SPEED = 2.0  # steps per second once the lesson's step is reached: slow enough to follow
 MENU = "menu"
 
@@ -78,6 +85,13 @@ class LessonApp(DashboardApp):
         self.query_one(RequestsTable).select(self.lesson.select)
         self.selected = self.lesson.select
         self.zoomed = self.lesson.zoom
+
+    def action_help(self) -> None:
+        """The dashboard's help, with the lesson's keys: t folds the text here (the timeline is in
+        the command palette, ctrl+p)."""
+        if not isinstance(self.screen, HelpScreen):
+            s = self.scenario
+            self.push_screen(HelpScreen(s.title, s.description, s.question, LESSON_HELP_KEYS))
 
     def action_lesson(self, delta: int) -> None:
         target = self.number + delta

@@ -215,7 +215,9 @@ def test_a_lesson_runs_the_variant_its_text_names():
             await wait_until(pilot, lambda: app.break_hit is not None, timeout=30)
             record = app.history.current()
             assert record.step == 4 and max(i.num_tokens for i in record.items if i.request_id == 0) == 16
-            assert "variant chunk_16" in screen_text(app)
+            text = screen_text(app)
+            assert "variant chunk_16" in text.splitlines()[0]  # the header
+            assert f"Lesson 5/{len(LESSONS)}: Chunk size and time to first token · variant chunk_16" in text
             await pilot.press("q")
     asyncio.run(scenario())
 

@@ -397,6 +397,14 @@ def test_a_strangers_memory_figures_are_not_taken(memory):
     assert PresenterState.from_json(json.dumps({"run": 1, "memory": memory})) is None
 
 
+@pytest.mark.parametrize("fields", [{"lesson": 0}, {"lesson": 999}, {"lesson": "3"}, {"folded": 1},
+                                    {"zoomed": "yes"}, {"break_why": "\x1b]52;c;AAAA\x07"}, {"break_step": 1.5}])
+def test_a_strangers_lesson_and_pause_fields_are_not_taken(fields):
+    assert PresenterState.from_json(json.dumps({"run": 1, **fields})) is None
+    assert PresenterState.from_json(json.dumps({"run": 1, "lesson": 3, "folded": True, "break_step": 4,
+                                                "break_why": "step:4 hit"})).lesson == 3
+
+
 def test_the_web_page_loads_nothing_from_other_sites(tmp_path):
     """Item 14 of #29: textual-serve's page asked fonts.googleapis.com for its font; an offline
     classroom got none. The page the server sends names only its own address, and the font it

@@ -45,6 +45,9 @@ class LessonApp(DashboardApp):
         super().__init__(scenario, engine, paused=False, speed=MAX_SPEED,
                          breakpoints=[parse(lesson.break_on)], **kwargs)
         self.lesson, self.number, self.outcome = lesson, number, outcome
+        variant = kwargs.get("variant")
+        # --variant: the text was written for the lesson's own run, and the title says this is another
+        self.other_run = variant if variant and variant != lesson.variant else None
         self.folded = False
         self._staged = False  # the lesson's selection and zoom are applied once its step is reached
 
@@ -52,7 +55,9 @@ class LessonApp(DashboardApp):
 
     def _lesson_text(self):
         lesson = self.lesson
-        return lesson_text(self.number, len(LESSONS), lesson.title, lesson.panel, lesson.watch, lesson.question,
+        title = lesson.title if self.other_run is None else \
+            f"{lesson.title} · variant {self.other_run}: compare with the text"
+        return lesson_text(self.number, len(LESSONS), title, lesson.panel, lesson.watch, lesson.question,
                            self.folded, self.LESSON_KEYS)
 
     def on_mount(self) -> None:

@@ -639,7 +639,8 @@ def serve_cmd(name, host, port, public_url, session_dir, max_viewers, variant, d
 @main.command("watch")
 @click.argument("directory", type=click.Path())
 def watch_cmd(directory):
-    """Watch a run someone presents with `cbtui serve` (read-only): DIR is its session folder."""
+    """Watch a run someone presents with `cbtui serve` (read-only): DIR is its session folder. Started
+    before the presenter, it says it is waiting and opens the run when it appears."""
     # The viewer proper never loads torch (~50 MB); this command line already has (~300 MB), so it
     # hands over to a fresh interpreter: many students watching from one machine over SSH add up.
     sys.stdout.flush()

@@ -38,11 +38,13 @@ from ..render.colors import color_mode
 from ..render.formatting import duration
 from ..render.metrics_view import KV_POOL, RATE_WINDOW, RECORDS_CONTEXT, WEIGHTS, processed_rate
 from ..render.speculation_text import speculation_note
+from ..run.added_requests import AddedRequest, add_typed_request
 from ..run.breakpoints import Breakpoint, Breakpoints
 from ..run.controller import EngineController, EngineStatus, SteppableEngine
 from ..run.frozen_heap import frozen_heap
 from ..run.history import History, PastSteps
 from ..run.outputs import TraceSpool, write_outputs
+from ..widgets.add_request_screen import AddRequestScreen
 from ..widgets.breakpoint_screen import BreakpointScreen
 from ..widgets.budget import BudgetBar
 from ..widgets.error_panel import ErrorPanel
@@ -55,6 +57,7 @@ from ..widgets.mask_legend import MaskLegend
 from ..widgets.memory_panel import MemoryPanel
 from ..widgets.metrics_screen import MetricsScreen
 from ..widgets.requests_table import RequestSelected, RequestsTable
+from .engine_answers import EngineAnswer, ask_engine
 from .engine_fed import SPEEDS, EngineFedApp, speed_label
 from .profiled_steps import ProfiledSteps
 
@@ -105,6 +108,7 @@ class DashboardApp(EngineFedApp):
         Binding("m", "metrics", "Metrics"),
         Binding("b", "breakpoints", "Breakpoints", show=False),  # in the help; the footer fits 80 columns
         Binding("x", "abort", "Abort", show=False),
+        Binding("a", "add_request", "Add"),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("q", "quit", "Quit"),
         Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
@@ -148,6 +152,7 @@ class DashboardApp(EngineFedApp):
         self.history = History(history_limit, pages if recording is None else recording.lines)
         self.break_hit: tuple[int, str] | None = None  # (step, why) of the breakpoint that paused the run
         self._newest_step: int | None = None
+        self.added: list[AddedRequest] = []  # requests typed in with `a`, this run (a fork queues them again)
         if not recorded:  # a live engine: its steps run in a memory context (memory by context, key m)
             engine = ProfiledSteps(engine, lambda: self.memory_profile)
             if rebuild is not None:
@@ -239,6 +244,7 @@ class DashboardApp(EngineFedApp):
         elif status.kind == "started":
             self.history.clear()
             self.break_hit = None
+            self.added = []  # a restart runs the scenario as written
             if self._started:  # a restart; the first run's metrics are fresh from __init__, and its
                 self._reset_metrics()  # first step may already be in the profiler's step context
             self._started = True
@@ -415,6 +421,43 @@ class DashboardApp(EngineFedApp):
             self.notify("select a request first (click its row), then x aborts it", timeout=4)
             return
         self.controller.abort(self.selected)
+
+    # -- changing the run (issue #32) -------------------------------------------------------------
+    @on(EngineAnswer)
+    def _engine_answered(self, answer: EngineAnswer) -> None:
+        answer.deliver()
+
+    def _refuse_replay(self, what: str) -> bool:
+        """A recording cannot be changed: said in one line (True), and nothing else happens."""
+        if self._recorded:
+            self.notify(f"a recorded run cannot be changed: {what} needs a live engine (cbtui scenario)",
+                        timeout=5, markup=False)
+        return self._recorded
+
+    def _say(self, line: str, error: bool = False) -> None:
+        self.notify(line, severity="error" if error else "information", timeout=6 if error else 4, markup=False)
+
+    def action_add_request(self) -> None:
+        """A typed prompt joins the run at the next step; its id is selected."""
+        if self._refuse_replay("adding a request") or isinstance(self.screen, AddRequestScreen):
+            return
+        chat = "a real model's chat template wraps the text, where it has one"
+        self.push_screen(AddRequestScreen(chat), self._add_typed)
+
+    def _add_typed(self, typed: tuple[str, int] | None) -> None:
+        if typed is None:
+            return
+        text, max_tokens = typed
+        ask_engine(self, self.controller, lambda engine: add_typed_request(engine, text, max_tokens),
+                   self._added_request, lambda line: self._say(f"request not added: {line}", error=True))
+
+    def _added_request(self, added: AddedRequest) -> None:
+        self.added.append(added)
+        self.selected = added.request_id
+        self.query_one(RequestsTable).follow(added.request_id)
+        how = "chat template, " if added.chat else ""
+        self._say(f"request {added.request_id} added ({how}{len(added.prompt)} prompt tokens, "
+                  f"{added.max_new_tokens} max): it joins at step {added.arrival_step}")
 
     def action_metrics(self) -> None:
         if not isinstance(self.screen, MetricsScreen):

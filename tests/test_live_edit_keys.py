@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 
 from dashboard_helpers import make_app, make_replay_app, shown_step, wait_until
+from textual.widgets import DataTable, Input
 
 from cbtui.run.controller import MAX_SPEED
 from cbtui.widgets.add_request_screen import AddRequestScreen
+from cbtui.widgets.knob_screen import KnobScreen
 from engine import Engine
 from scenarios import load_scenario
 
@@ -99,4 +101,75 @@ def test_a_on_a_replay_refuses_politely():
             await pilot.press("a")
             assert not isinstance(app.screen, AddRequestScreen)
             assert any("a recorded run cannot be changed" in n for n in notes(app))
+    run(scenario())
+
+
+def knob_message(app) -> str:
+    return str(app.screen.query_one("#knob-message").render())
+
+
+def test_k_turns_the_budget_from_the_next_step_and_the_record_says_so():
+    async def scenario():
+        app = make_app(paused=True)  # mixed_load: a budget of 48
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_until(pilot, lambda: shown_step(app) == 0)
+            await pilot.press("k")
+            screen = app.screen
+            assert isinstance(screen, KnobScreen)
+            await wait_until(pilot, lambda: screen.rows)
+            first = screen.rows[0]
+            assert first.name == "max_tokens_per_step" and first.value == "48" and first.fixed_because is None
+            fixed = next(r for r in screen.rows if r.name == "kv_layout")
+            assert fixed.fixed_because  # shown read-only, with the reason its section gives
+            await pilot.press("enter")  # the highlighted row into the field
+            assert screen.query_one(Input).value == "max_tokens_per_step=48"
+            await pilot.press("backspace", "backspace", "9", "6", "enter")
+            await wait_until(pilot, lambda: "48 -> 96 from step 1" in knob_message(app))
+            await wait_until(pilot, lambda: screen.rows[0].pending == "96 at step 1")
+            await pilot.press("escape", "n")
+            await wait_until(pilot, lambda: shown_step(app) == 1)
+            record = app.history.current()
+            assert record.changes == ["max_tokens_per_step 48 -> 96"]
+            assert record.budget == 96
+            assert [(t.name, t.old, t.new, t.step) for t in app.turned] == [("max_tokens_per_step", 48, 96, 1)]
+    run(scenario())
+
+
+def test_k_refuses_a_fixed_setting_and_a_bad_value_in_one_line_and_the_run_goes_on():
+    async def scenario():
+        app = make_app(paused=True)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_until(pilot, lambda: shown_step(app) == 0)
+            await pilot.press("k")
+            screen = app.screen
+            await wait_until(pilot, lambda: screen.rows)
+            fixed_at = next(i for i, r in enumerate(screen.rows) if r.name == "kv_layout")
+            screen.query_one(DataTable).move_cursor(row=fixed_at)
+            await pilot.press("enter")  # a fixed row: why, and the field stays empty
+            await wait_until(pilot, lambda: "kv_layout cannot change while the run goes on" in knob_message(app))
+            assert screen.query_one(Input).value == ""
+            screen.query_one(Input).focus()
+            await pilot.press(*"kv_layout=dense", "enter")
+            assert "kv_layout cannot change while the run goes on" in knob_message(app)
+            assert "\n" not in knob_message(app)
+            screen.query_one(Input).value = ""
+            await pilot.press(*"max_tokens_per_step=0", "enter")
+            await wait_until(pilot, lambda: "not changed: max_tokens_per_step=0 is out of range" in knob_message(app))
+            screen.query_one(Input).value = ""
+            await pilot.press(*"prefill_chunk_size=lots", "enter")
+            assert "prefill_chunk_size takes an integer" in knob_message(app)
+            await pilot.press("escape", "n")
+            await wait_until(pilot, lambda: shown_step(app) == 1)
+            assert app.history.current().budget == 48 and not app.history.current().changes and not app.turned
+    run(scenario())
+
+
+def test_k_on_a_replay_refuses_politely():
+    async def scenario():
+        app = make_replay_app(paused=True)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_until(pilot, lambda: shown_step(app) == 0)
+            await pilot.press("k")
+            assert not isinstance(app.screen, KnobScreen)
+            assert any("a recorded run cannot be changed: turning a knob" in n for n in notes(app))
     run(scenario())

@@ -25,6 +25,7 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
+from engine.live_changes import parse_setting
 from engine.profiling.detailed_memory_profiler import DetailedMemoryProfiler
 from engine.profiling.gpu_memory import MemoryProbe, RecordedProbe, open_probe
 from engine.profiling.nvml import Nvml
@@ -43,6 +44,7 @@ from ..run.breakpoints import Breakpoint, Breakpoints
 from ..run.controller import EngineController, EngineStatus, SteppableEngine
 from ..run.frozen_heap import frozen_heap
 from ..run.history import History, PastSteps
+from ..run.knobs import KnobTurned, knobs, turn
 from ..run.outputs import TraceSpool, write_outputs
 from ..widgets.add_request_screen import AddRequestScreen
 from ..widgets.breakpoint_screen import BreakpointScreen
@@ -51,6 +53,7 @@ from ..widgets.error_panel import ErrorPanel
 from ..widgets.event_line import EventLine
 from ..widgets.header import HeaderInfo, StepHeader
 from ..widgets.help_screen import HelpScreen
+from ..widgets.knob_screen import KnobScreen
 from ..widgets.kv_grid import KVGrid
 from ..widgets.mask import MaskCanvas
 from ..widgets.mask_legend import MaskLegend
@@ -109,6 +112,7 @@ class DashboardApp(EngineFedApp):
         Binding("b", "breakpoints", "Breakpoints", show=False),  # in the help; the footer fits 80 columns
         Binding("x", "abort", "Abort", show=False),
         Binding("a", "add_request", "Add"),
+        Binding("k", "knobs", "Knobs"),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("q", "quit", "Quit"),
         Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
@@ -153,6 +157,7 @@ class DashboardApp(EngineFedApp):
         self.break_hit: tuple[int, str] | None = None  # (step, why) of the breakpoint that paused the run
         self._newest_step: int | None = None
         self.added: list[AddedRequest] = []  # requests typed in with `a`, this run (a fork queues them again)
+        self.turned: list[KnobTurned] = []  # knobs turned with `k`, this run (what a fork starts from)
         if not recorded:  # a live engine: its steps run in a memory context (memory by context, key m)
             engine = ProfiledSteps(engine, lambda: self.memory_profile)
             if rebuild is not None:
@@ -244,7 +249,7 @@ class DashboardApp(EngineFedApp):
         elif status.kind == "started":
             self.history.clear()
             self.break_hit = None
-            self.added = []  # a restart runs the scenario as written
+            self.added, self.turned = [], []  # a restart runs the scenario as written
             if self._started:  # a restart; the first run's metrics are fresh from __init__, and its
                 self._reset_metrics()  # first step may already be in the profiler's step context
             self._started = True
@@ -458,6 +463,50 @@ class DashboardApp(EngineFedApp):
         how = "chat template, " if added.chat else ""
         self._say(f"request {added.request_id} added ({how}{len(added.prompt)} prompt tokens, "
                   f"{added.max_new_tokens} max): it joins at step {added.arrival_step}")
+
+    def action_knobs(self) -> None:
+        """Every setting; the live ones turned between two steps (Engine.reconfigure)."""
+        if self._refuse_replay("turning a knob") or isinstance(self.screen, KnobScreen):
+            return
+        self.push_screen(KnobScreen(self._fetch_knobs, self._turn_knob))
+
+    def _knob_screen(self) -> KnobScreen | None:
+        return next((s for s in self.screen_stack if isinstance(s, KnobScreen)), None)
+
+    def _fetch_knobs(self) -> None:
+        def show(rows) -> None:
+            screen = self._knob_screen()
+            if screen is not None:
+                screen.show(rows)
+        ask_engine(self, self.controller, knobs, show, lambda line: None)  # the thread stopped: rows stay
+
+    def _turn_knob(self, text: str) -> None:
+        screen = self._knob_screen()
+        if screen is None:
+            return
+        try:
+            name, value = parse_setting(text)
+        except ValueError as exc:  # malformed, unknown, or fixed: why, in one line; nothing is sent
+            screen.say(visible(str(exc)), error=True)
+            return
+        ask_engine(self, self.controller, lambda engine: turn(engine, name, value), self._knob_turned,
+                   lambda line: self._knob_refused(f"not changed: {line}"))
+
+    def _knob_turned(self, turned: KnobTurned) -> None:
+        self.turned.append(turned)
+        screen = self._knob_screen()
+        if screen is not None:
+            screen.say(f"{turned.line()} (the event line says it when it applies)")
+            self._fetch_knobs()
+        else:
+            self._say(turned.line())
+
+    def _knob_refused(self, line: str) -> None:
+        screen = self._knob_screen()
+        if screen is not None:
+            screen.say(line, error=True)
+        else:
+            self._say(line, error=True)
 
     def action_metrics(self) -> None:
         if not isinstance(self.screen, MetricsScreen):

@@ -10,8 +10,10 @@ from dashboard_helpers import make_app, make_replay_app, shown_step, wait_until
 from textual.widgets import DataTable, Input
 
 from cbtui.run.controller import MAX_SPEED
+from cbtui.run.request_text import RequestText
 from cbtui.widgets.add_request_screen import AddRequestScreen
 from cbtui.widgets.knob_screen import KnobScreen
+from cbtui.widgets.request_detail_screen import RequestDetailScreen, body
 from engine import Engine
 from scenarios import load_scenario
 
@@ -173,3 +175,55 @@ def test_k_on_a_replay_refuses_politely():
             assert not isinstance(app.screen, KnobScreen)
             assert any("a recorded run cannot be changed: turning a knob" in n for n in notes(app))
     run(scenario())
+
+
+def test_d_shows_the_selected_requests_whole_text_and_follows_the_run():
+    async def scenario():
+        app = make_app(paused=True)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_until(pilot, lambda: shown_step(app) == 0)
+            await pilot.press("d")  # nothing selected: says how
+            assert not isinstance(app.screen, RequestDetailScreen)
+            assert any("select a request first" in n for n in notes(app))
+            await pilot.press("down")
+            assert app.selected == 0
+            await pilot.press("n", "n", "n", "d")
+            screen = app.screen
+            assert isinstance(screen, RequestDetailScreen)
+            await wait_until(pilot, lambda: screen.detail is not None and screen.detail.step == 3)
+            detail = screen.detail
+            assert detail.prompt == "Continuous batching lets new requests join at token boundaries."
+            assert detail.generated >= 1 and detail.prompt_tokens == 63 and detail.max_new_tokens == 24
+            shown = str(screen.query_one("#detail-text").render())
+            assert shown.startswith("Continuous batching") and "── output ──" in shown
+            assert "after step 3" in str(screen.query_one("#detail-facts").render())
+            before = detail.generated
+            app.controller.step_once()  # the run goes on under the screen: the text follows
+            await wait_until(pilot, lambda: screen.detail.step == 4)
+            assert screen.detail.generated == before + 1
+            await pilot.press("escape")
+            assert not isinstance(app.screen, RequestDetailScreen)
+    run(scenario())
+
+
+def test_d_on_a_finished_request_takes_its_prompt_from_the_workload():
+    async def scenario():
+        app = make_app(paused=False, speed=MAX_SPEED)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_until(pilot, lambda: app.engine_state == "finished", timeout=60)
+            app.selected = 1
+            await pilot.press("d")
+            screen = app.screen
+            await wait_until(pilot, lambda: screen.detail is not None)
+            assert screen.detail.prompt == "Hi!" and screen.detail.generated == 12
+            assert screen.detail.computed is None
+            assert str(screen.query_one("#detail-facts").render()).startswith("finished")
+    run(scenario())
+
+
+def test_the_detail_text_writes_control_characters_out():
+    detail = RequestText(3, 5, "decode", "\x1b[2Jclear\x07 me\nnext line\u202e", "out\x1b]0;title\x07", 9, 12,
+                         3, 8)
+    shown = str(body(detail))
+    assert "\x1b" not in shown and "\x07" not in shown and "\u202e" not in shown
+    assert "\\x1b[2Jclear\\x07 me\nnext line\\u202e" in shown and "out\\x1b]0;title\\x07" in shown

@@ -33,7 +33,7 @@ from engine.records import StepRecord
 from engine.records.metrics import MetricsCollector
 from engine.records.output_files import OutputFileError
 from engine.records.step_lines import RecordingWriter
-from engine.records.text import visible
+from engine.records.text import decode, visible
 
 from ..render.colors import color_mode
 from ..render.formatting import duration
@@ -46,6 +46,7 @@ from ..run.frozen_heap import frozen_heap
 from ..run.history import History, PastSteps
 from ..run.knobs import KnobTurned, knobs, turn
 from ..run.outputs import TraceSpool, write_outputs
+from ..run.request_text import RequestText, given_prompts, request_text
 from ..widgets.add_request_screen import AddRequestScreen
 from ..widgets.breakpoint_screen import BreakpointScreen
 from ..widgets.budget import BudgetBar
@@ -59,6 +60,7 @@ from ..widgets.mask import MaskCanvas
 from ..widgets.mask_legend import MaskLegend
 from ..widgets.memory_panel import MemoryPanel
 from ..widgets.metrics_screen import MetricsScreen
+from ..widgets.request_detail_screen import RequestDetailScreen
 from ..widgets.requests_table import RequestSelected, RequestsTable
 from .engine_answers import EngineAnswer, ask_engine
 from .engine_fed import SPEEDS, EngineFedApp, speed_label
@@ -113,6 +115,7 @@ class DashboardApp(EngineFedApp):
         Binding("x", "abort", "Abort", show=False),
         Binding("a", "add_request", "Add"),
         Binding("k", "knobs", "Knobs"),
+        Binding("d,enter", "detail", "Detail", key_display="d"),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("q", "quit", "Quit"),
         Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
@@ -431,6 +434,43 @@ class DashboardApp(EngineFedApp):
     @on(EngineAnswer)
     def _engine_answered(self, answer: EngineAnswer) -> None:
         answer.deliver()
+
+    def action_detail(self) -> None:
+        """The selected request's whole text so far, kept up to date."""
+        if self.selected is None:
+            self._say("select a request first (↑/↓), then d shows its whole text")
+            return
+        if not isinstance(self.screen, RequestDetailScreen):
+            self.push_screen(RequestDetailScreen(self.selected, self._fetch_detail))
+
+    def _fetch_detail(self, request_id: int) -> None:
+        screen = next((s for s in self.screen_stack if isinstance(s, RequestDetailScreen)), None)
+        if screen is None:
+            return
+        recent = self.history.recent(1)
+        newest = recent[-1] if recent else None
+        view = None if newest is None else next((v for v in newest.requests if v.id == request_id), None)
+        blocks = None if newest is None or not newest.kv.num_blocks else newest.kv.block_tables.get(str(request_id), ())
+
+        def show(detail: RequestText) -> None:
+            screen.show(detail, view.state if view is not None else detail.state, blocks)
+
+        if self._recorded:  # no engine: what the newest record says, its output's tail only
+            if view is None:
+                screen.say(f"request {request_id} is not in the recorded step")
+                return
+            tail = view.output_text if view.output_text is not None else decode(view.output_tail)
+            show(RequestText(view.id, newest.step if newest else None, view.state, None, tail, view.prompt_len,
+                             None, view.generated, view.max_new_tokens, whole=False))
+            return
+        given = self.added_specs().get(request_id)
+        ask_engine(self, self.controller, lambda engine: request_text(engine, request_id, given), show, screen.say)
+
+    def added_specs(self) -> dict[int, dict]:
+        """Every request the run was given, by id: the scenario's workload, then those typed with `a`."""
+        given = given_prompts(getattr(self.scenario, "requests", ()))
+        given.update({a.request_id: a.spec() for a in self.added})
+        return given
 
     def _refuse_replay(self, what: str) -> bool:
         """A recording cannot be changed: said in one line (True), and nothing else happens."""

@@ -9,9 +9,12 @@ import asyncio
 from dashboard_helpers import make_app, make_replay_app, shown_step, wait_until
 from textual.widgets import DataTable, Input
 
+from cbtui.apps import fork_view
 from cbtui.run.controller import MAX_SPEED
+from cbtui.run.fork import ForkPlan, error_file, load_plan, save_plan
 from cbtui.run.request_text import RequestText
 from cbtui.widgets.add_request_screen import AddRequestScreen
+from cbtui.widgets.fork_screen import ForkScreen
 from cbtui.widgets.knob_screen import KnobScreen
 from cbtui.widgets.request_detail_screen import RequestDetailScreen, body
 from engine import Engine
@@ -227,3 +230,118 @@ def test_the_detail_text_writes_control_characters_out():
     shown = str(body(detail))
     assert "\x1b" not in shown and "\x07" not in shown and "\u202e" not in shown
     assert "\\x1b[2Jclear\\x07 me\nnext line\\u202e" in shown and "out\\x1b]0;title\\x07" in shown
+
+
+def same(record):
+    """Everything a record says but its timings (and the change it tells, which a fork adds)."""
+    d = record.to_dict()
+    for key in ("wall_time_s", "record_time_s", "device_time_s", "memory"):
+        d.pop(key)
+    return d
+
+
+def all_records(variant, overrides) -> list:
+    engine = variant.build_engine(**overrides)
+    records = []
+    while engine.has_unfinished():
+        records.append(engine.step())
+    return records
+
+
+def fork_app(**kwargs):
+    scenario = load_scenario("mixed_load")
+    return make_app(fork_base=(scenario, {"device": "cpu"}), **kwargs)
+
+
+def test_f_forks_the_run_as_it_went_and_both_runs_share_every_step_to_n():
+    async def scenario():
+        app = fork_app(paused=True)
+        plans = []
+        app.open_fork = plans.append  # the compare view's process needs a terminal: the plan is what it gets
+        async with app.run_test(size=(120, 40)) as pilot:
+            await wait_until(pilot, lambda: shown_step(app) == 0)
+            await pilot.press("a", *keys_of("fork me"), "tab", "6", "enter")
+            await wait_until(pilot, lambda: app.added)
+            await pilot.press("k", "enter", "backspace", "backspace", "3", "2", "enter")
+            await wait_until(pilot, lambda: app.turned)
+            await pilot.press("escape", "n", "n", "n")
+            await wait_until(pilot, lambda: shown_step(app) == 3)
+            await pilot.press("k")
+            app.screen.query_one(Input).focus()
+            await pilot.press(*"prefill_chunk_size=8", "enter")
+            await wait_until(pilot, lambda: len(app.turned) == 2)
+            await pilot.press("escape", "f")
+            box = app.screen
+            assert isinstance(box, ForkScreen) and box.step == 3
+            assert box.query_one(Input).value == "prefill_chunk_size=8"  # the knob turned after step 3
+            await pilot.press("enter")
+            await wait_until(pilot, lambda: plans)
+            live = [same(r) for r in app.history.recent(4)]
+        plan = load_plan(save_plan(plans[0]))  # as the compare view's process reads it
+        assert plan.step == 3 and plan.changes == (("prefill_chunk_size", 8),)
+        assert plan.turned == ((1, "max_tokens_per_step", 32),)
+        assert [a["request_id"] for a in plan.added] == [12] and plan.change_texts() == ["4:prefill_chunk_size=8"]
+        a, b = plan.runs()
+        assert a.name == "as it ran to step 3" and b.name == "fork 4:prefill_chunk_size=8"
+        ran, forked = all_records(a, plan.overrides), all_records(b, plan.overrides)
+        assert [same(r) for r in ran[:4]] == [same(r) for r in forked[:4]]
+        # A is the live run, record for record, but for one thing: the request typed in at step 0 is
+        # part of A's workload from the start, so step 0 counts it among the requests still to arrive.
+        assert ran[0].pending == live[0]["pending"] + 1
+        live[0]["pending"] += 1
+        assert [same(r) for r in ran[:4]] == live
+        assert ran[1].changes == ["max_tokens_per_step 48 -> 32"] and ran[1].budget == 32
+        assert forked[4].changes == ["prefill_chunk_size 16 -> 8"] and not ran[4].changes
+        assert same(ran[4]) != same(forked[4])
+    run(scenario())
+
+
+def test_f_refuses_in_one_line_when_it_cannot_fork_and_a_no_op_change_forks_the_run_itself():
+    async def scenario():
+        app = fork_app(paused=False)
+        plans = []
+        app.open_fork = plans.append
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_until(pilot, lambda: app.history.current() is not None)
+            await pilot.press("f")  # running: pause first
+            assert any("pause on the step to fork at" in n for n in notes(app))
+            await pilot.press("space")
+            await wait_until(pilot, lambda: app.paused)
+            for typed, why in (("", "no change typed"), ("num_blocks=8", "num_blocks cannot change"),
+                               ("max_tokens_per_step=0", "max_tokens_per_step=0 is out of range")):
+                await pilot.press("f", *typed, "enter")
+                await wait_until(pilot, lambda why=why: any("no fork: " in n and why in n for n in notes(app)))
+            assert not plans and app.engine_state == "running"
+            step = shown_step(app)
+            await pilot.press("f", *"max_tokens_per_step=48", "enter")  # the budget it has: no change at all
+            await wait_until(pilot, lambda: plans)
+        a, b = plans[0].runs()
+        assert plans[0].step == step
+        cpu = {"device": "cpu"}
+        assert [same(r) for r in all_records(a, cpu)] == [same(r) for r in all_records(b, cpu)]
+    run(scenario())
+
+
+def test_f_on_a_replay_or_a_run_it_cannot_rebuild_refuses():
+    async def scenario():
+        for app, why in ((make_replay_app(paused=True), "a recorded run cannot be changed"),
+                         (make_app(paused=True), "this run cannot be forked here")):
+            async with app.run_test(size=(100, 30)) as pilot:
+                await wait_until(pilot, lambda app=app: shown_step(app) == 0)
+                await pilot.press("f")
+                assert not isinstance(app.screen, ForkScreen)
+                assert any(why in n for n in notes(app))
+    run(scenario())
+
+
+def test_the_fork_view_process_says_why_a_plan_cannot_run_in_one_line(tmp_path):
+    plan = ForkPlan(load_scenario("mixed_load"), None, {"device": "cpu", "attention": "no-such"}, 3, (), (),
+                    (("max_tokens_per_step", 96),))
+    path = save_plan(plan)
+    try:
+        assert fork_view.main([str(path)]) == 2
+        line = error_file(path).read_text()
+        assert "attention" in line and "\n" not in line
+    finally:
+        path.unlink()
+        error_file(path).unlink(missing_ok=True)

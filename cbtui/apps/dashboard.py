@@ -10,13 +10,14 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Iterable
 from pathlib import Path
 
 from textual import events, on
-from textual.app import ComposeResult, SystemCommand
+from textual.app import ComposeResult, SuspendNotSupported, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.css.query import NoMatches
@@ -25,7 +26,7 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
-from engine.live_changes import parse_setting
+from engine.live_changes import changed_config, parse_setting
 from engine.profiling.detailed_memory_profiler import DetailedMemoryProfiler
 from engine.profiling.gpu_memory import MemoryProbe, RecordedProbe, open_probe
 from engine.profiling.nvml import Nvml
@@ -34,6 +35,8 @@ from engine.records.metrics import MetricsCollector
 from engine.records.output_files import OutputFileError
 from engine.records.step_lines import RecordingWriter
 from engine.records.text import decode, visible
+from scenarios.errors import ScenarioError
+from scenarios.loader import Scenario
 
 from ..render.colors import color_mode
 from ..render.formatting import duration
@@ -42,9 +45,10 @@ from ..render.speculation_text import speculation_note
 from ..run.added_requests import AddedRequest, add_typed_request
 from ..run.breakpoints import Breakpoint, Breakpoints
 from ..run.controller import EngineController, EngineStatus, SteppableEngine
+from ..run.fork import ForkPlan, error_file, save_plan
 from ..run.frozen_heap import frozen_heap
 from ..run.history import History, PastSteps
-from ..run.knobs import KnobTurned, knobs, turn
+from ..run.knobs import KnobTurned, knobs, shown, turn
 from ..run.outputs import TraceSpool, write_outputs
 from ..run.request_text import RequestText, given_prompts, request_text
 from ..widgets.add_request_screen import AddRequestScreen
@@ -52,6 +56,7 @@ from ..widgets.breakpoint_screen import BreakpointScreen
 from ..widgets.budget import BudgetBar
 from ..widgets.error_panel import ErrorPanel
 from ..widgets.event_line import EventLine
+from ..widgets.fork_screen import ForkScreen
 from ..widgets.header import HeaderInfo, StepHeader
 from ..widgets.help_screen import HelpScreen
 from ..widgets.knob_screen import KnobScreen
@@ -116,6 +121,7 @@ class DashboardApp(EngineFedApp):
         Binding("a", "add_request", "Add"),
         Binding("k", "knobs", "Knobs"),
         Binding("d,enter", "detail", "Detail", key_display="d"),
+        Binding("f", "fork", "Fork"),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("q", "quit", "Quit"),
         Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
@@ -132,13 +138,17 @@ class DashboardApp(EngineFedApp):
                  memory_poll_s: float = MEMORY_POLL_S, memory_sources: list | None = None,
                  recorded: bool = False, pages: PastSteps | None = None,
                  recording: RecordingWriter | None = None, breakpoints: Iterable[Breakpoint] = (),
-                 trace_spool: TraceSpool | None = None, variant: str | None = None):
+                 trace_spool: TraceSpool | None = None, variant: str | None = None,
+                 fork_base: tuple[Scenario, dict] | None = None):
         """`recorded`: `engine` replays a recording (recording.py): memory comes from the records
         alone, since this process is not the one that ran them. `pages`: the file a replay reads,
         for history older than `history_limit` steps. `recording`: writes the run as it goes (and
         serves as `pages`). `trace_spool` (--trace-out) keeps every record of the run for the trace
-        written at the end."""
+        written at the end. `fork_base`: the scenario the engine was built from and the command line's
+        engine settings, for `f` (None: this run cannot be forked here)."""
         super().__init__(paused, speed)
+        self.fork_base = fork_base
+        self._variant = variant
         self._trace_spool = trace_spool
         # Metrics and the memory profile follow every record, whatever step is on screen.
         self._recorded = recorded
@@ -472,6 +482,67 @@ class DashboardApp(EngineFedApp):
         given.update({a.request_id: a.spec() for a in self.added})
         return given
 
+    def action_fork(self) -> None:
+        """B's changes asked for, then the compare view of the run as it went and its fork at this step."""
+        if self._refuse_replay("a fork") or isinstance(self.screen, ForkScreen):
+            return
+        if self.fork_base is None:
+            self._say("this run cannot be forked here: f forks a run that cbtui scenario started (without --plugin)")
+            return
+        record = self.history.current()
+        if record is None or (self.paused is False and self._can_step()):
+            self._say("pause on the step to fork at (space, ←/→), then f")
+            return
+        step = record.step
+        later = {t.name: shown(t.new) for t in self.turned if t.step > step}  # the newest turn of each
+        before = [t for t in self.turned if t.step <= step]
+        besides = [f"{len(self.added)} request(s) added"] if self.added else []
+        besides += [f"{len(before)} knob turn(s)"] if before else []
+        self.push_screen(ForkScreen(step, " ".join(f"{k}={v}" for k, v in later.items()),
+                                    f" (with the {' and '.join(besides)})" if besides else ""),
+                         lambda typed: self._fork(step, typed))
+
+    def fork_plan(self, step: int, typed: str) -> ForkPlan:
+        """The plan for B's changes typed as KEY=VALUE pairs; ValueError (one line) for none, or a bad one."""
+        assert self.fork_base is not None  # action_fork asks only then
+        scenario, overrides = self.fork_base
+        changes = dict(parse_setting(part) for part in typed.split())
+        if not changes:
+            raise ValueError("no change typed: give KEY=VALUE, e.g. max_tokens_per_step=96")
+        changed_config(scenario.engine_config(self._variant, **overrides), changes)  # its range, before it runs
+        return ForkPlan(scenario, self._variant, dict(overrides), step,
+                        tuple((t.step, t.name, t.new) for t in self.turned if t.step <= step),
+                        tuple(a.spec() for a in self.added), tuple(changes.items()))
+
+    def _fork(self, step: int, typed: str | None) -> None:
+        if typed is None:
+            return
+        try:
+            plan = self.fork_plan(step, typed)
+        except (ValueError, ScenarioError) as exc:
+            self._say(f"no fork: {visible(str(exc))}", error=True)
+            return
+        self.open_fork(plan)
+
+    def open_fork(self, plan: ForkPlan) -> None:
+        """The compare view in its own process, on this terminal; q there comes back here."""
+        path = save_plan(plan)
+        errors = error_file(path)
+        try:
+            with self.suspend():
+                code = subprocess.run([sys.executable, "-m", "cbtui.apps.fork_view", str(path)], check=False).returncode
+        except SuspendNotSupported:
+            self._say(f"this terminal cannot be handed over; run {plan.command_line()} (the requests added and "
+                      f"knobs turned here are not in it)", error=True)
+            return
+        finally:
+            path.unlink(missing_ok=True)
+        if errors.exists():
+            self._say(f"no fork: {errors.read_text()[:300]}", error=True)
+            errors.unlink(missing_ok=True)
+        elif code:
+            self._say(f"the compare view ended with exit code {code}", error=True)
+
     def _refuse_replay(self, what: str) -> bool:
         """A recording cannot be changed: said in one line (True), and nothing else happens."""
         if self._recorded:
@@ -643,7 +714,10 @@ def run_dashboard(scenario, engine: SteppableEngine, overrides: dict | None = No
     else:
         app = app_class(scenario, engine, rebuild=rebuild, paused=paused, speed=speed, max_steps=max_steps,
                         recorded=recorded, pages=pages, recording=recording, breakpoints=breakpoints,
-                        trace_spool=spool, variant=variant)
+                        trace_spool=spool, variant=variant,
+                        # f forks what the engine was built from; a run with --plugin or a replay cannot be
+                        fork_base=None if recorded or plugins or app_class is not DashboardApp else (
+                            scenario, overrides))
 
     def close_recording() -> None:
         if recording is not None and not app.controller.thread.is_alive():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 from dashboard_helpers import make_app, make_replay_app, shown_step, wait_until
+from textual import events
 from textual.widgets import DataTable, Input
 
 from cbtui.apps import fork_view
@@ -345,3 +346,35 @@ def test_the_fork_view_process_says_why_a_plan_cannot_run_in_one_line(tmp_path):
     finally:
         path.unlink()
         error_file(path).unlink(missing_ok=True)
+
+
+def burst(app, keys: str | list[str]) -> None:
+    """Keys as one read of the terminal (tmux send-keys 'ahi there' Enter): no wait between them."""
+    for key in keys:
+        character = {"enter": "\r", "space": " "}.get(key, key if len(key) == 1 else None)
+        event = events.Key(key, character)
+        event.set_sender(app)
+        app._driver.send_message(event)
+
+
+def test_keys_typed_faster_than_a_box_opens_go_into_it_never_to_the_dashboard():
+    """`r` restarts and `q` quits the dashboard: typed right after `a`, before the box had focused its
+    field, they reached the app (the box saw nothing, the run restarted)."""
+    async def scenario():
+        app = fork_app(paused=True)
+        plans = []
+        app.open_fork = plans.append
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_until(pilot, lambda: shown_step(app) == 0)
+            burst(app, ["a", *keys_of("quit or restart"), "enter"])
+            await wait_until(pilot, lambda: app.added)
+            assert app.is_running and list(app.added[0].prompt) == list(b"quit or restart")
+            burst(app, ["k", *"prefill_chunk_size=8", "enter"])
+            await wait_until(pilot, lambda: app.turned)
+            assert app.turned[0].name == "prefill_chunk_size"
+            await pilot.press("escape")
+            burst(app, ["f", "enter"])  # the fork box, prefilled with that turn, at once
+            await wait_until(pilot, lambda: plans)
+            assert plans[0].changes == (("prefill_chunk_size", 8),) and app.is_running
+            assert shown_step(app) == 0 and app.engine_state == "running"
+    run(scenario())

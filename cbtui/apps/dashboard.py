@@ -67,6 +67,7 @@ from ..widgets.memory_panel import MemoryPanel
 from ..widgets.metrics_screen import MetricsScreen
 from ..widgets.request_detail_screen import RequestDetailScreen
 from ..widgets.requests_table import RequestSelected, RequestsTable
+from ..widgets.type_ahead import TypeAheadScreen
 from .engine_answers import EngineAnswer, ask_engine
 from .engine_fed import SPEEDS, EngineFedApp, speed_label
 from .profiled_steps import ProfiledSteps
@@ -108,20 +109,21 @@ class DashboardApp(EngineFedApp):
     BINDINGS = [
         Binding("space", "toggle_pause", "Pause", key_display="space"),
         Binding("n", "step_once", "Step"),
-        # Pairs share one footer entry, so the whole footer fits in 80 columns.
+        # Pairs share one footer entry, and the keys the footer has no room for are in the help (?) and
+        # the command palette, so the footer fits in 80 columns.
         Binding("left", "history_back", "Steps", key_display="←/→"),
         Binding("right", "history_forward", "Fwd", key_display="→", show=False),
         Binding("plus,equals_sign", "faster", "Speed", key_display="+/-"),
         Binding("minus", "slower", "Slower", key_display="-", show=False),
-        Binding("z", "zoom", "Zoom"),
-        Binding("r", "restart", "Restart"),
-        Binding("m", "metrics", "Metrics"),
-        Binding("b", "breakpoints", "Breakpoints", show=False),  # in the help; the footer fits 80 columns
-        Binding("x", "abort", "Abort", show=False),
         Binding("a", "add_request", "Add"),
         Binding("k", "knobs", "Knobs"),
-        Binding("d,enter", "detail", "Detail", key_display="d"),
+        Binding("d,enter", "detail", "Text", key_display="d"),
         Binding("f", "fork", "Fork"),
+        Binding("z", "zoom", "Zoom", show=False),
+        Binding("r", "restart", "Restart", show=False),
+        Binding("m", "metrics", "Metrics", show=False),
+        Binding("b", "breakpoints", "Breakpoints", show=False),
+        Binding("x", "abort", "Abort", show=False),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("q", "quit", "Quit"),
         Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
@@ -441,6 +443,11 @@ class DashboardApp(EngineFedApp):
         self.controller.abort(self.selected)
 
     # -- changing the run (issue #32) -------------------------------------------------------------
+    def on_key(self, event: events.Key) -> None:
+        """A key typed right after a / k / f, dispatched before their box opened: the box's."""
+        if isinstance(self.screen, TypeAheadScreen) and self.screen.type_ahead(event):
+            event.stop()
+
     @on(EngineAnswer)
     def _engine_answered(self, answer: EngineAnswer) -> None:
         answer.deliver()

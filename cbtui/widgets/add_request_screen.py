@@ -13,13 +13,15 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Static
+
+from .type_ahead import TypeAheadScreen
 
 DEFAULT_MAX_TOKENS = 32
 
 
-class AddRequestScreen(ModalScreen[tuple[str, int] | None]):
+class AddRequestScreen(TypeAheadScreen[tuple[str, int] | None]):
+    FIELD = "#add-prompt"
     """Dismissed with (text, max new tokens), or None on escape."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]

@@ -12,11 +12,13 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
-from textual.screen import ModalScreen
 from textual.widgets import Input, Static
 
+from .type_ahead import TypeAheadScreen
 
-class ForkScreen(ModalScreen[str | None]):
+
+class ForkScreen(TypeAheadScreen[str | None]):
+    FIELD = "#fork-changes"
     """Dismissed with the changes as typed, or None on escape."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]

@@ -16,10 +16,11 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
-from textual.screen import ModalScreen
 from textual.widgets import DataTable, Input, Static
 
 from engine.records.text import visible
+
+from .type_ahead import TypeAheadScreen
 
 REFRESH_S = 0.5
 NAME_WIDTH, VALUE_WIDTH = 24, 14
@@ -46,8 +47,12 @@ def status_cell(row: KnobRow) -> Text:
     return Text(f"live → {row.pending}" if row.pending else "live", style="bold")
 
 
-class KnobScreen(ModalScreen[None]):
-    BINDINGS = [Binding("escape", "dismiss", "Close")]
+class KnobScreen(TypeAheadScreen[None]):
+    FIELD = "#knob-input"
+    # The field has the focus (what is typed goes there); the arrows move the table's cursor.
+    BINDINGS = [Binding("escape", "dismiss", "Close"), Binding("up", "move(-1)", show=False),
+                Binding("down", "move(1)", show=False), Binding("pageup", "move(-10)", show=False),
+                Binding("pagedown", "move(10)", show=False)]
 
     DEFAULT_CSS = """
     KnobScreen { align: center middle; }
@@ -68,8 +73,10 @@ class KnobScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical() as box:
-            box.border_title = "Knobs (enter on a live one, then enter again; esc closes)"
-            yield DataTable(cursor_type="row", zebra_stripes=False, id="knob-table")
+            box.border_title = "Knobs (↑/↓ and enter: edit a live one, enter: turn it; esc closes)"
+            table: DataTable = DataTable(cursor_type="row", zebra_stripes=False, id="knob-table")
+            table.can_focus = False
+            yield table
             yield Static(id="knob-about")
             yield Input(placeholder="KEY=VALUE, e.g. max_tokens_per_step=96 (enter turns it at the next step)",
                         id="knob-input", select_on_focus=False)  # enter on a row: the value edited, not replaced
@@ -80,7 +87,7 @@ class KnobScreen(ModalScreen[None]):
         table.add_column("setting", key="name", width=NAME_WIDTH)
         table.add_column("value", key="value", width=VALUE_WIDTH)
         table.add_column("mid-run", key="status")
-        table.focus()
+        self.query_one(Input).focus()
         self._fetch()
         self.set_interval(REFRESH_S, self._fetch)
 
@@ -94,8 +101,8 @@ class KnobScreen(ModalScreen[None]):
         else:
             for old, row in zip(self.rows, rows, strict=True):
                 if old != row:
-                    table.update_cell(row.name, "value", visible(row.value))
-                    table.update_cell(row.name, "status", status_cell(row))
+                    table.update_cell(row.name, "value", visible(row.value), update_width=True)
+                    table.update_cell(row.name, "status", status_cell(row), update_width=True)
         self.rows = list(rows)
         self._about(table.cursor_row)
 
@@ -113,21 +120,29 @@ class KnobScreen(ModalScreen[None]):
     def _highlighted(self, event: DataTable.RowHighlighted) -> None:
         self._about(event.cursor_row)
 
-    @on(DataTable.RowSelected)
-    def _chosen(self, event: DataTable.RowSelected) -> None:
-        row = self.rows[event.cursor_row]
+    def action_move(self, rows: int) -> None:
+        table = self.query_one(DataTable)
+        table.move_cursor(row=max(0, min(table.cursor_row + rows, table.row_count - 1)))
+
+    def _choose(self) -> None:
+        """Enter on an empty field: the highlighted setting into it, to edit (or why it is fixed)."""
+        index = self.query_one(DataTable).cursor_row
+        if not 0 <= index < len(self.rows):
+            return
+        row = self.rows[index]
         if row.fixed_because is not None:
             self.say(f"{row.name} cannot change while the run goes on ({row.fixed_because})", error=True)
             return
         field = self.query_one(Input)
         field.value = f"{row.name}={row.value}"
         field.cursor_position = len(field.value)
-        field.focus()
 
     @on(Input.Submitted)
     def _submitted(self, event: Input.Submitted) -> None:
         if event.value.strip():
             self._turn(event.value)
+        else:
+            self._choose()
 
     def say(self, line: str, error: bool = False) -> None:
         """One line under the field: the change made, or why not (the run goes on unchanged)."""

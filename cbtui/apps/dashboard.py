@@ -670,9 +670,10 @@ class DashboardApp(EngineFedApp):
                             self.action_metrics)
         yield SystemCommand("Request: add one", "Type a prompt that joins the run at the next step",
                             self.action_add_request)
-        yield SystemCommand("Knobs: turn a setting", "Every setting; turn a live one from the next step", self.action_knobs)
+        yield SystemCommand("Knobs: turn a setting", "Every setting; turn a live one from the next step",
+                            self.action_knobs)
         yield SystemCommand("Request: whole text", "The selected request's whole text so far", self.action_detail)
-        yield SystemCommand("Fork at this step", "The compare view: this run beside itself changed from the next step",
+        yield SystemCommand("Fork at this step", "The compare view: the run beside itself changed from the next step",
                             self.action_fork)
 
     def _pause_first(self) -> None:

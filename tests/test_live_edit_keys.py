@@ -18,6 +18,7 @@ from cbtui.widgets.add_request_screen import AddRequestScreen
 from cbtui.widgets.fork_screen import ForkScreen
 from cbtui.widgets.knob_screen import KnobScreen
 from cbtui.widgets.request_detail_screen import RequestDetailScreen, body
+from cbtui.widgets.requests_table import RequestsTable
 from engine import Engine
 from scenarios import load_scenario
 
@@ -64,6 +65,9 @@ def test_a_adds_a_request_that_joins_at_the_next_step_and_answers_as_it_would_al
             await pilot.press("n")
             await wait_until(pilot, lambda: shown_step(app) == 1)
             view = next(v for v in app.history.current().requests if v.id == 12)
+            await pilot.pause(0.3)
+            table = app.query_one(RequestsTable)
+            assert app.selected == 12 and table.selected_request() == 12 and table.show_cursor  # its row, in view
             assert view.state in ("prefill", "decode") and view.prompt_len == len(added.prompt)
             app.speed = MAX_SPEED
             app.controller.set_speed(MAX_SPEED)
@@ -366,9 +370,10 @@ def test_keys_typed_faster_than_a_box_opens_go_into_it_never_to_the_dashboard():
         app.open_fork = plans.append
         async with app.run_test(size=(80, 24)) as pilot:
             await wait_until(pilot, lambda: shown_step(app) == 0)
-            burst(app, ["a", *keys_of("quit or restart"), "enter"])
+            burst(app, ["a", *keys_of("quit or restart"), "tab", "7", "enter"])
             await wait_until(pilot, lambda: app.added)
             assert app.is_running and list(app.added[0].prompt) == list(b"quit or restart")
+            assert app.added[0].max_new_tokens == 7  # tab went to the max tokens field, 7 replaced 32
             burst(app, ["k", *"prefill_chunk_size=8", "enter"])
             await wait_until(pilot, lambda: app.turned)
             assert app.turned[0].name == "prefill_chunk_size"

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -172,6 +173,9 @@ class DashboardApp(EngineFedApp):
         self.break_hit: tuple[int, str] | None = None  # (step, why) of the breakpoint that paused the run
         self._newest_step: int | None = None
         self.added: list[AddedRequest] = []  # requests typed in with `a`, this run (a fork queues them again)
+        # Keys dispatched while the dashboard was on top, until they bubble back here (bounded: a key a
+        # widget takes never comes back)
+        self._typed_to_dashboard: deque[events.Key] = deque(maxlen=64)
         self.turned: list[KnobTurned] = []  # knobs turned with `k`, this run (what a fork starts from)
         if not recorded:  # a live engine: its steps run in a memory context (memory by context, key m)
             engine = ProfiledSteps(engine, lambda: self.memory_profile)
@@ -443,9 +447,20 @@ class DashboardApp(EngineFedApp):
         self.controller.abort(self.selected)
 
     # -- changing the run (issue #32) -------------------------------------------------------------
-    def on_key(self, event: events.Key) -> None:
-        """A key typed right after a / k / f, dispatched before their box opened: the box's."""
-        if isinstance(self.screen, TypeAheadScreen) and self.screen.type_ahead(event):
+    async def on_event(self, event: events.Event) -> None:
+        if isinstance(event, events.Key) and not event.is_forwarded and not isinstance(self.screen, TypeAheadScreen):
+            self._typed_to_dashboard.append(event)  # dispatched to the dashboard's widgets
+        await super().on_event(event)
+
+    async def _on_key(self, event: events.Key) -> None:
+        """A key typed right after a / k / f, dispatched before their box opened, is the box's: not
+        the dashboard's bindings (r restarts, q quits), nor the box's before its field has it.
+        (Textual calls App's own handler after this one unless the default is prevented.)"""
+        typed_before = event in self._typed_to_dashboard
+        if typed_before:
+            self._typed_to_dashboard.remove(event)
+        if typed_before and isinstance(self.screen, TypeAheadScreen) and self.screen.type_ahead(event):
+            event.prevent_default()
             event.stop()
 
     @on(EngineAnswer)

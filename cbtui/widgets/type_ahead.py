@@ -1,11 +1,13 @@
-"""Keys typed faster than a box opens go into its field, never to the dashboard behind it.
+"""Keys typed faster than a box opens go into the box, never to the dashboard behind it.
 
-A burst of keys (`aquit or restart` + enter, one read of the terminal) is dispatched before the
-box exists: each key goes to the widget focused then, the dashboard's requests table, and bubbles
-up to the app only after `a` has opened the box. Unclaimed there, the letters were lost (and
-enter submitted an empty box). The app hands such keys to the box (`type_ahead`), and so does the
-box for keys that reach it with its field not focused yet: a printable key goes into the field,
-enter submits it; keys that come before the field exists wait for it.
+A burst of keys (`a`, a prompt, tab, a number, enter: one read of the terminal) is dispatched
+before the box exists: each key goes to the widget focused then, the dashboard's requests table,
+and bubbles up to the app only after `a` has opened the box. There the letters were lost, tab moved
+the focus before the field had it, and enter submitted an empty box. The app hands such keys to
+the box (`type_ahead`), in the order they came: a printable key goes into the focused field (into
+a field that tab just moved to, replacing its text, as selecting it on focus does), tab and
+shift+tab move between the fields, enter submits. Keys that come before the fields exist wait for
+them. The box itself takes keys that reach it with nothing focused the same way.
 """
 
 from __future__ import annotations
@@ -17,53 +19,53 @@ from textual.screen import ModalScreen
 from textual.widgets import Input
 
 Result = TypeVar("Result")
-ENTER = "\r"
+MOVES = ("enter", "tab", "shift+tab")
 
 
 class TypeAheadScreen(ModalScreen[Result]):
-    FIELD = "Input"  # the selector of the field that takes what is typed
+    FIELD = "Input"  # the selector of the field that takes what is typed first
 
     def __init__(self) -> None:
         super().__init__()
-        self._early: list[str] = []  # typed before the field was there
+        self._early: list[events.Key] = []  # typed before the fields were there
+        self._tabbed_to: Input | None = None  # the next letter replaces its text (select on focus)
 
     def type_ahead(self, event: events.Key) -> bool:
-        """Takes a key meant for this box; False for one it leaves alone (escape, tab, arrows)."""
-        if event.is_printable and event.character:
-            typed = event.character
-        elif event.key == "enter" and self.focused is None:  # a focused widget's enter binding has it
-            typed = ENTER
-        else:
+        """Takes a key typed for this box; False for one it leaves alone (escape, arrows)."""
+        if not (event.is_printable and event.character) and event.key not in MOVES:
             return False
-        fields = self.query(self.FIELD)
-        if self._early or not fields:
-            self._early.append(typed)
-        elif typed == ENTER:
-            self.run_worker(fields.first(Input).action_submit())
+        if self._early or not self.query(self.FIELD):
+            self._early.append(event)
         else:
-            self._insert(fields.first(Input), typed)
+            self._take(event)
         return True
 
-    @staticmethod
-    def _insert(field: Input, typed: str) -> None:
-        field.focus()
-        field.insert_text_at_cursor(typed)
+    def _take(self, event: events.Key) -> None:
+        field = self.focused if isinstance(self.focused, Input) else self.query(self.FIELD).first(Input)
+        if event.key == "enter":
+            self.run_worker(field.action_submit())
+        elif event.key in ("tab", "shift+tab"):
+            (self.focus_next if event.key == "tab" else self.focus_previous)()
+            self._tabbed_to = self.focused if isinstance(self.focused, Input) else None
+        else:
+            field.focus()
+            if field is self._tabbed_to and field.select_on_focus:
+                field.value = ""
+            self._tabbed_to = None
+            field.insert_text_at_cursor(event.character or "")
 
     def on_mount(self) -> None:  # after the subclass's own (it focuses the field)
         self.call_after_refresh(self._flush)
 
-    async def _flush(self) -> None:
-        field = self.query_one(self.FIELD, Input)
+    def _flush(self) -> None:
         while self._early:
-            typed = self._early.pop(0)
-            if typed == ENTER:
-                await field.action_submit()
-            else:
-                self._insert(field, typed)
+            self._take(self._early.pop(0))
 
     def on_key(self, event: events.Key) -> None:
-        # A key that reaches the screen: nothing took it (its field not focused yet, or a table that
-        # takes no letters).
+        # A key that reached the screen: nothing took it (nothing focused yet, or a widget that
+        # takes no letters). Enter and tab with something focused are that widget's (its bindings).
+        if self.focused is not None and event.key in MOVES:
+            return
         if self.type_ahead(event):
             event.stop()
             event.prevent_default()

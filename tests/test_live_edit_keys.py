@@ -11,6 +11,9 @@ from textual import events
 from textual.widgets import DataTable, Input
 
 from cbtui.apps import fork_view
+from cbtui.apps.compare import CompareApp
+from cbtui.apps.engine_fed import DEFAULT_SPEED
+from cbtui.run.breakpoints import parse
 from cbtui.run.controller import MAX_SPEED
 from cbtui.run.fork import ForkPlan, error_file, load_plan, save_plan
 from cbtui.run.request_text import RequestText
@@ -382,4 +385,28 @@ def test_keys_typed_faster_than_a_box_opens_go_into_it_never_to_the_dashboard():
             await wait_until(pilot, lambda: plans)
             assert plans[0].changes == (("prefill_chunk_size", 8),) and app.is_running
             assert shown_step(app) == 0 and app.engine_state == "running"
+    run(scenario())
+
+
+def test_the_fork_view_runs_to_the_step_forked_at_and_pauses_there_for_the_first_difference():
+    plan = ForkPlan(load_scenario("mixed_load"), None, {"device": "cpu"}, 6, (), (),
+                    (("max_tokens_per_step", 8),))
+    runs = plan.runs()
+
+    def build():
+        return [v.build_engine(**plan.overrides) for v in runs]
+
+    async def scenario():
+        app = CompareApp(plan.as_it_ran(), runs, build(), rebuild=build, speed=MAX_SPEED,
+                         breakpoints=[parse("step:6")])
+        async with app.run_test(size=(160, 48)) as pilot:
+            await wait_until(pilot, lambda: app.paused and app.newest_step() == 6, timeout=30)
+            await pilot.pause(0.3)
+            assert app.newest_step() == 6 and app.speed == DEFAULT_SPEED  # stopped on the very step
+            a, b = (pane.history.current() for pane in app.panes)
+            assert a.budget == b.budget == 48
+            await pilot.press("n")
+            await wait_until(pilot, lambda: app.newest_step() == 7)
+            a, b = (pane.history.current() for pane in app.panes)
+            assert a.budget == 48 and b.budget == 8 and b.changes == ["max_tokens_per_step 48 -> 8"]
     run(scenario())

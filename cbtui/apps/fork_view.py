@@ -2,7 +2,8 @@
 
     python -m cbtui.apps.fork_view PLAN
 
-It opens paused on step 0, as `cbtui compare --paused` does. A plan that cannot run (its engine
+It runs both at full speed to the step forked at and pauses there: the next step is the first
+where they may differ. A plan that cannot run (its engine
 cannot be built) writes its one-line reason to PLAN.err and exits 2, for the dashboard to say.
 """
 
@@ -14,6 +15,8 @@ from pathlib import Path
 from engine.records.text import visible
 from scenarios.errors import ScenarioError
 
+from ..run.breakpoints import parse
+from ..run.controller import MAX_SPEED
 from ..run.fork import error_file, load_plan
 from .compare import run_compare
 
@@ -28,7 +31,8 @@ def main(argv: list[str]) -> int:
         runs = plan.runs()
         for run in runs:  # every setting checked before the screen opens
             run.scenario.engine_config(run.compare_key, **plan.overrides)
-        return run_compare(plan.as_it_ran(), runs, plan.overrides, paused=True)
+        return run_compare(plan.as_it_ran(), runs, plan.overrides, speed=MAX_SPEED,
+                           breakpoints=[parse(f"step:{plan.step}")])
     except (ScenarioError, ValueError, OSError) as exc:
         error_file(path).write_text(visible(str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
         return 2

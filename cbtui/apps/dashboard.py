@@ -16,6 +16,7 @@ import threading
 from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from textual import events, on
 from textual.app import ComposeResult, SuspendNotSupported, SystemCommand
@@ -36,8 +37,6 @@ from engine.records.metrics import MetricsCollector
 from engine.records.output_files import OutputFileError
 from engine.records.step_lines import RecordingWriter
 from engine.records.text import decode, visible
-from scenarios.errors import ScenarioError
-from scenarios.loader import Scenario
 
 from ..render.colors import color_mode
 from ..render.formatting import duration
@@ -46,7 +45,6 @@ from ..render.speculation_text import speculation_note
 from ..run.added_requests import AddedRequest, add_typed_request
 from ..run.breakpoints import Breakpoint, Breakpoints
 from ..run.controller import EngineController, EngineStatus, SteppableEngine
-from ..run.fork import ForkPlan, error_file, save_plan
 from ..run.frozen_heap import frozen_heap
 from ..run.history import History, PastSteps
 from ..run.knobs import KnobTurned, knobs, shown, turn
@@ -72,6 +70,11 @@ from ..widgets.type_ahead import TypeAheadScreen
 from .engine_answers import EngineAnswer, ask_engine
 from .engine_fed import SPEEDS, EngineFedApp, speed_label
 from .profiled_steps import ProfiledSteps
+
+if TYPE_CHECKING:  # the fork's plan reaches the scenario loader, and so torch: a viewer (classroom.watch)
+    from scenarios.loader import Scenario  # imports this module and must not load them
+
+    from ..run.fork import ForkPlan
 
 EXIT_GRACE_S = 1.0  # after a hangup, the longest the process may take to end
 MEMORY_POLL_S = 0.5
@@ -526,6 +529,8 @@ class DashboardApp(EngineFedApp):
 
     def fork_plan(self, step: int, typed: str) -> ForkPlan:
         """The plan for B's changes typed as KEY=VALUE pairs; ValueError (one line) for none, or a bad one."""
+        from ..run.fork import ForkPlan  # here, not at the top: see TYPE_CHECKING above
+
         assert self.fork_base is not None  # action_fork asks only then
         scenario, overrides = self.fork_base
         changes = dict(parse_setting(part) for part in typed.split())
@@ -537,6 +542,8 @@ class DashboardApp(EngineFedApp):
                         tuple(a.spec() for a in self.added), tuple(changes.items()))
 
     def _fork(self, step: int, typed: str | None) -> None:
+        from scenarios.errors import ScenarioError  # here: see TYPE_CHECKING above
+
         if typed is None:
             return
         try:
@@ -548,6 +555,8 @@ class DashboardApp(EngineFedApp):
 
     def open_fork(self, plan: ForkPlan) -> None:
         """The compare view in its own process, on this terminal; q there comes back here."""
+        from ..run.fork import error_file, save_plan
+
         path = save_plan(plan)
         errors = error_file(path)
         try:
@@ -579,7 +588,8 @@ class DashboardApp(EngineFedApp):
         """A typed prompt joins the run at the next step; its id is selected."""
         if self._refuse_replay("adding a request") or isinstance(self.screen, AddRequestScreen):
             return
-        chat = "a real model's chat template wraps the text, where it has one"
+        chat = ("the random preset takes the text as bytes (a real model, --model smollm2, wraps it in its chat "
+                "template)" if self._random_weights else "the model's chat template wraps the text, where it has one")
         self.push_screen(AddRequestScreen(chat), self._add_typed)
 
     def _add_typed(self, typed: tuple[str, int] | None) -> None:

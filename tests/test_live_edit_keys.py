@@ -272,8 +272,14 @@ def test_f_forks_the_run_as_it_went_and_both_runs_share_every_step_to_n():
             await wait_until(pilot, lambda: app.added)
             await pilot.press("k", "enter", "backspace", "backspace", "3", "2", "enter")
             await wait_until(pilot, lambda: app.turned)
-            await pilot.press("escape", "n", "n", "n")
+            await pilot.press("escape", "n", "n")
+            await wait_until(pilot, lambda: shown_step(app) == 2)
+            app.selected = 1
+            await pilot.press("x")  # request 1 leaves before step 3
+            await wait_until(pilot, lambda: app.aborted)
+            await pilot.press("n")
             await wait_until(pilot, lambda: shown_step(app) == 3)
+            assert app.history.current().aborted == [1]
             await pilot.press("k")
             app.screen.query_one(Input).focus()
             await pilot.press(*"prefill_chunk_size=8", "enter")
@@ -287,7 +293,7 @@ def test_f_forks_the_run_as_it_went_and_both_runs_share_every_step_to_n():
             live = [same(r) for r in app.history.recent(4)]
         plan = load_plan(save_plan(plans[0]))  # as the compare view's process reads it
         assert plan.step == 3 and plan.changes == (("prefill_chunk_size", 8),)
-        assert plan.turned == ((1, "max_tokens_per_step", 32),)
+        assert plan.turned == ((1, "max_tokens_per_step", 32),) and plan.aborted == ((3, 1),)
         assert [a["request_id"] for a in plan.added] == [12] and plan.change_texts() == ["4:prefill_chunk_size=8"]
         a, b = plan.runs()
         assert a.name == "as it ran to step 3" and b.name == "fork 4:prefill_chunk_size=8"
@@ -299,6 +305,7 @@ def test_f_forks_the_run_as_it_went_and_both_runs_share_every_step_to_n():
         live[0]["pending"] += 1
         assert [same(r) for r in ran[:4]] == live
         assert ran[1].changes == ["max_tokens_per_step 48 -> 32"] and ran[1].budget == 32
+        assert ran[3].aborted == forked[3].aborted == [1]
         assert forked[4].changes == ["prefill_chunk_size 16 -> 8"] and not ran[4].changes
         assert same(ran[4]) != same(forked[4])
     run(scenario())

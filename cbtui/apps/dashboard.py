@@ -180,6 +180,7 @@ class DashboardApp(EngineFedApp):
         # widget takes never comes back)
         self._typed_to_dashboard: deque[events.Key] = deque(maxlen=64)
         self.turned: list[KnobTurned] = []  # knobs turned with `k`, this run (what a fork starts from)
+        self.aborted: list[tuple[int, int]] = []  # (step, request id) aborted with `x`, this run
         if not recorded:  # a live engine: its steps run in a memory context (memory by context, key m)
             engine = ProfiledSteps(engine, lambda: self.memory_profile)
             if rebuild is not None:
@@ -271,7 +272,7 @@ class DashboardApp(EngineFedApp):
         elif status.kind == "started":
             self.history.clear()
             self.break_hit = None
-            self.added, self.turned = [], []  # a restart runs the scenario as written
+            self.added, self.turned, self.aborted = [], [], []  # a restart runs the scenario as written
             if self._started:  # a restart; the first run's metrics are fresh from __init__, and its
                 self._reset_metrics()  # first step may already be in the profiler's step context
             self._started = True
@@ -447,7 +448,19 @@ class DashboardApp(EngineFedApp):
         if self.selected is None:
             self.notify("select a request first (click its row), then x aborts it", timeout=4)
             return
-        self.controller.abort(self.selected)
+        if self._refuse_replay("aborting a request"):
+            return
+        request_id = self.selected
+
+        def abort(engine) -> int:
+            engine.abort(request_id)
+            return engine.step_index  # the step whose record says so
+
+        def aborted(step: int) -> None:
+            self.aborted.append((step, request_id))  # a fork aborts it there too
+            self._say(f"request {request_id} is aborted before the next step")
+
+        ask_engine(self, self.controller, abort, aborted, self._say)
 
     # -- changing the run (issue #32) -------------------------------------------------------------
     async def on_event(self, event: events.Event) -> None:
@@ -523,8 +536,10 @@ class DashboardApp(EngineFedApp):
         before = [t for t in self.turned if t.step <= step]
         besides = [f"{len(self.added)} request(s) added"] if self.added else []
         besides += [f"{len(before)} knob turn(s)"] if before else []
+        aborts = [rid for at, rid in self.aborted if at <= step]
+        besides += [f"{len(aborts)} abort(s)"] if aborts else []
         self.push_screen(ForkScreen(step, " ".join(f"{k}={v}" for k, v in later.items()),
-                                    f" (with the {' and '.join(besides)})" if besides else ""),
+                                    f" (with the {', '.join(besides)})" if besides else ""),
                          lambda typed: self._fork(step, typed))
 
     def fork_plan(self, step: int, typed: str) -> ForkPlan:
@@ -539,7 +554,8 @@ class DashboardApp(EngineFedApp):
         changed_config(scenario.engine_config(self._variant, **overrides), changes)  # its range, before it runs
         return ForkPlan(scenario, self._variant, dict(overrides), step,
                         tuple((t.step, t.name, t.new) for t in self.turned if t.step <= step),
-                        tuple(a.spec() for a in self.added), tuple(changes.items()))
+                        tuple(a.spec() for a in self.added), tuple(changes.items()),
+                        tuple((at, rid) for at, rid in self.aborted if at <= step))
 
     def _fork(self, step: int, typed: str | None) -> None:
         from scenarios.errors import ScenarioError  # here: see TYPE_CHECKING above
@@ -563,8 +579,8 @@ class DashboardApp(EngineFedApp):
             with self.suspend():
                 code = subprocess.run([sys.executable, "-m", "cbtui.apps.fork_view", str(path)], check=False).returncode
         except SuspendNotSupported:
-            self._say(f"this terminal cannot be handed over; run {plan.command_line()} (the requests added and "
-                      f"knobs turned here are not in it)", error=True)
+            self._say(f"this terminal cannot be handed over; run {plan.command_line()} (the requests added, "
+                      f"knobs turned and requests aborted here are not in it)", error=True)
             return
         finally:
             path.unlink(missing_ok=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from dashboard_helpers import make_app, make_replay_app, shown_step, wait_until
 from textual import events
 from textual.widgets import DataTable, Input
@@ -13,10 +14,11 @@ from textual.widgets import DataTable, Input
 from cbtui.apps import fork_view
 from cbtui.apps.compare import CompareApp
 from cbtui.apps.engine_fed import DEFAULT_SPEED
+from cbtui.run.added_requests import add_typed_request
 from cbtui.run.breakpoints import parse
 from cbtui.run.controller import MAX_SPEED
 from cbtui.run.fork import ForkPlan, error_file, load_plan, save_plan
-from cbtui.run.request_text import RequestText
+from cbtui.run.request_text import RequestText, request_text
 from cbtui.widgets.add_request_screen import AddRequestScreen
 from cbtui.widgets.fork_screen import ForkScreen
 from cbtui.widgets.knob_screen import KnobScreen
@@ -417,3 +419,25 @@ def test_the_fork_view_runs_to_the_step_forked_at_and_pauses_there_for_the_first
             a, b = (pane.history.current() for pane in app.panes)
             assert a.budget == 48 and b.budget == 8 and b.changes == ["max_tokens_per_step 48 -> 8"]
     run(scenario())
+
+
+@pytest.mark.slow
+def test_a_typed_prompt_on_smollm2_goes_through_its_chat_template_and_answers_as_alone(monkeypatch):
+    from engine.models.packaged import is_pulled, packaged_path
+
+    monkeypatch.delenv("CBTUI_CACHE_DIR", raising=False)  # the default cache, where `cbtui pull` puts it
+    if not is_pulled("smollm2"):
+        pytest.skip(f"smollm2 is not pulled ({packaged_path('smollm2')}); run `cbtui pull smollm2`")
+    scenario = load_scenario("chat", model="smollm2")
+    engine = scenario.build_engine(model="smollm2", device="cpu", dtype="float32")
+    for _ in range(3):
+        engine.step()
+    added = add_typed_request(engine, "What is the capital of Italy?", 12)
+    assert added.chat and list(added.prompt) == engine.tokenizer.chat_prompt("What is the capital of Italy?")
+    assert added.arrival_step == 3
+    outputs = engine.run_until_done()
+    text = request_text(engine, added.request_id, added.spec())
+    assert text.output.endswith("<|im_end|>") and text.prompt.startswith("<|im_start|>")  # an answer, a turn
+    alone = Engine(engine.config)
+    rid = alone.add_request(list(added.prompt), max_new_tokens=12)
+    assert outputs[added.request_id] == alone.run_until_done()[rid]

@@ -441,3 +441,20 @@ def test_a_typed_prompt_on_smollm2_goes_through_its_chat_template_and_answers_as
     alone = Engine(engine.config)
     rid = alone.add_request(list(added.prompt), max_new_tokens=12)
     assert outputs[added.request_id] == alone.run_until_done()[rid]
+
+
+def test_d_on_a_replay_shows_what_the_record_keeps_and_says_so():
+    async def scenario():
+        app = make_replay_app(paused=True)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_until(pilot, lambda: shown_step(app) == 0)
+            await pilot.press("n", "n", "n", "n", "down")
+            await wait_until(pilot, lambda: shown_step(app) == 4 and app.selected is not None)
+            await pilot.press("d")
+            screen = app.screen
+            await wait_until(pilot, lambda: screen.detail is not None)
+            assert not screen.detail.whole and screen.detail.prompt is None
+            shown = str(screen.query_one("#detail-text").render())
+            assert "a recording keeps only the output's last tokens" in shown
+            assert "whose text this run does not keep" in shown
+    run(scenario())

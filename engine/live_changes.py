@@ -27,22 +27,36 @@ def parse_change(text: str) -> tuple[int, str, Any]:
     """STEP:KEY=VALUE (the command line's --at) -> (step, flat name, value of the setting's type);
     ValueError in one line for a malformed one or a setting that cannot change mid-run."""
     step, colon, change = text.partition(":")
-    name, equals, value = change.partition("=")
-    name = name.strip().replace("-", "_")
-    if not (colon and equals and step.strip().isdigit() and name):
+    name, equals, _ = change.partition("=")
+    if not (colon and equals and step.strip().isdigit() and name.strip()):
         raise ValueError(f"--at {text!r}: give STEP:KEY=VALUE, e.g. --at 20:max_tokens_per_step=96")
+    try:
+        name, value = parse_setting(change)
+    except ValueError as exc:
+        raise ValueError(f"--at {text!r}: {exc}") from None
+    return int(step), name, value
+
+
+def parse_setting(text: str) -> tuple[str, Any]:
+    """KEY=VALUE (a change typed in the dashboard, the tail of --at) -> (flat name, value of the
+    setting's type); ValueError in one line for a malformed one, an unknown setting, or one that
+    cannot change mid-run."""
+    name, equals, value = text.partition("=")
+    name = name.strip().replace("-", "_")
+    if not (equals and name):
+        raise ValueError(f"{text!r}: give KEY=VALUE, e.g. max_tokens_per_step=96")
     reason = why_fixed(name)
     if reason is not None:
-        raise ValueError(f"--at {text!r}: {name} cannot change while the run goes on ({reason}); these can: "
+        raise ValueError(f"{name} cannot change while the run goes on ({reason}); these can: "
                          f"{', '.join(live_names())}")
     setting, value = setting_for(name), value.strip()
     if setting.optional and value.lower() == "none":
-        return int(step), name, None
+        return name, None
     if setting.type is int:
         if not value.lstrip("-").isdigit() or len(value) > 18:
-            raise ValueError(f"--at {text!r}: {name} takes an integer, not {value[:20]!r}")
-        return int(step), name, int(value)
-    return int(step), name, value
+            raise ValueError(f"{name} takes an integer, not {value[:20]!r}")
+        return name, int(value)
+    return name, value
 
 
 def live_names() -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,10 @@ from engine.records.summary import RunTotals
 
 from ..render.colors import color_mode
 from ..render.metrics_view import RATE_WINDOW, processed_rate
-from ..run.controller import EngineController, EngineStatus
+from ..run.breakpoints import Breakpoint
+from ..run.controller import MAX_SPEED, EngineController, EngineStatus
 from ..run.history import History
-from ..run.lockstep import Lockstep, PairStep, RunFailed
+from ..run.lockstep import Lockstep, PairBreakpoints, PairStep, RunFailed
 from ..widgets.budget import BudgetBar
 from ..widgets.error_panel import ErrorPanel
 from ..widgets.header import HeaderInfo, StepHeader
@@ -41,7 +43,7 @@ from ..widgets.mask_legend import MaskLegend
 from ..widgets.requests_table import RequestSelected, RequestsTable
 from ..widgets.run_difference import RunDifference, RunFigures
 from .dashboard import MIN_HEIGHT, MIN_WIDTH, leave_a_core_for_the_ui, run_until_quit
-from .engine_fed import SPEEDS, EngineFedApp, speed_label
+from .engine_fed import DEFAULT_SPEED, SPEEDS, EngineFedApp, speed_label
 
 SIDE_BY_SIDE_WIDTH = 140  # two panes of 70 columns and more; below it one pane at a time
 HISTORY_LIMIT = 1000
@@ -175,9 +177,10 @@ class CompareApp(EngineFedApp):
     shown: reactive[int] = reactive(0, init=False)  # the pane in view when they do not fit side by side
 
     def __init__(self, scenario, variants, engines, rebuild=None, paused: bool = False,
-                 speed: float | None = None, max_steps: int | None = None):
+                 speed: float | None = None, max_steps: int | None = None, breakpoints: Iterable[Breakpoint] = ()):
         """`variants`: the two scenarios.variant_pair.Variant; `engines`: their engines (a Lockstep is
-        made of them); `rebuild`: the two fresh engines, for r."""
+        made of them); `rebuild`: the two fresh engines, for r; `breakpoints` pause both runs (step:N:
+        the dashboard's fork opens on the step it forked at)."""
         super().__init__(paused, speed)
         self.scenario = scenario
         self.requests = len(scenario.requests)
@@ -189,7 +192,7 @@ class CompareApp(EngineFedApp):
         lockstep_rebuild = None if rebuild is None else (lambda: Lockstep(rebuild(), names))
         self.controller = EngineController(Lockstep(engines, names), self._to_inbox, self._to_inbox,
                                            rebuild=lockstep_rebuild, paused=paused, speed=self.speed,
-                                           max_steps=max_steps)
+                                           max_steps=max_steps, breakpoints=PairBreakpoints(breakpoints))
 
     def compose(self) -> ComposeResult:
         yield ErrorPanel(id="error")
@@ -236,6 +239,11 @@ class CompareApp(EngineFedApp):
             for pane in self.panes:
                 pane.reset()
             self.viewing = None
+        elif status.kind == "breakpoint":  # the engine thread paused itself on this step
+            self.paused = True
+            if self.speed == MAX_SPEED:  # the step to look at is reached: from here on, a pace to follow
+                self.speed = DEFAULT_SPEED
+                self.controller.set_speed(DEFAULT_SPEED)
         elif status.kind == "failed":
             # The controller names the exception's type: RunFailed's message names the run and the real one.
             self.error = status.message.removeprefix(RUN_FAILED)
@@ -335,7 +343,7 @@ class CompareApp(EngineFedApp):
 
 
 def run_compare(scenario, variants, overrides: dict, paused: bool = False, speed: float | None = None,
-                max_steps: int | None = None) -> int:
+                max_steps: int | None = None, breakpoints: Iterable[Breakpoint] = ()) -> int:
     """Opens the side-by-side view; returns the exit code (0 after q, 128 + N after signal N)."""
 
     def build():
@@ -349,7 +357,8 @@ def run_compare(scenario, variants, overrides: dict, paused: bool = False, speed
         torch.set_num_threads(1)  # as `cbtui scenario`: the tiny model's ops are too small for threads
     else:
         leave_a_core_for_the_ui(engines[0])
-    app = CompareApp(scenario, variants, engines, rebuild=build, paused=paused, speed=speed, max_steps=max_steps)
+    app = CompareApp(scenario, variants, engines, rebuild=build, paused=paused, speed=speed, max_steps=max_steps,
+                     breakpoints=breakpoints)
     signalled = run_until_quit(app)  # as the dashboard runs: signals quit as q does
     if signalled:
         return 128 + signalled

@@ -10,13 +10,16 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import sys
 import threading
+from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from textual import events, on
-from textual.app import ComposeResult, SystemCommand
+from textual.app import ComposeResult, SuspendNotSupported, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.css.query import NoMatches
@@ -25,6 +28,7 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
+from engine.live_changes import changed_config, parse_setting
 from engine.profiling.detailed_memory_profiler import DetailedMemoryProfiler
 from engine.profiling.gpu_memory import MemoryProbe, RecordedProbe, open_probe
 from engine.profiling.nvml import Nvml
@@ -33,32 +37,46 @@ from engine.records.memory_reading import MemoryReading
 from engine.records.metrics import MetricsCollector
 from engine.records.output_files import OutputFileError
 from engine.records.step_lines import RecordingWriter
-from engine.records.text import visible
+from engine.records.text import decode, visible
 
 from ..render.colors import color_mode
 from ..render.formatting import duration
 from ..render.metrics_view import KV_POOL, RATE_WINDOW, RECORDS_CONTEXT, WEIGHTS, processed_rate
 from ..render.speculation_text import speculation_note
+from ..run.added_requests import AddedRequest, add_typed_request
 from ..run.breakpoints import Breakpoint, Breakpoints
 from ..run.controller import EngineController, EngineStatus, SteppableEngine
 from ..run.frozen_heap import frozen_heap
 from ..run.history import History, PastSteps
+from ..run.knobs import KnobTurned, knobs, shown, turn
 from ..run.outputs import TraceSpool, write_outputs
+from ..run.request_text import RequestText, given_prompts, request_text
+from ..widgets.add_request_screen import AddRequestScreen
 from ..widgets.breakpoint_screen import BreakpointScreen
 from ..widgets.budget import BudgetBar
 from ..widgets.error_panel import ErrorPanel
 from ..widgets.event_line import EventLine
+from ..widgets.fork_screen import ForkScreen
 from ..widgets.header import HeaderInfo, StepHeader
 from ..widgets.help_screen import HelpScreen
+from ..widgets.knob_screen import KnobScreen
 from ..widgets.kv_grid import KVGrid
 from ..widgets.mask import MaskCanvas
 from ..widgets.mask_legend import MaskLegend
 from ..widgets.memory_panel import MemoryPanel
 from ..widgets.metrics_screen import MetricsScreen
+from ..widgets.request_detail_screen import RequestDetailScreen
 from ..widgets.requests_table import RequestSelected, RequestsTable
 from ..widgets.timeline_screen import TimelineScreen
+from ..widgets.type_ahead import TypeAheadScreen
+from .engine_answers import EngineAnswer, ask_engine
 from .engine_fed import SPEEDS, EngineFedApp, speed_label
 from .profiled_steps import ProfiledSteps
+
+if TYPE_CHECKING:  # the fork's plan reaches the scenario loader, and so torch: a viewer (classroom.watch)
+    from scenarios.loader import Scenario  # imports this module and must not load them
+
+    from ..run.fork import ForkPlan
 
 EXIT_GRACE_S = 1.0  # after a hangup, the longest the process may take to end
 MEMORY_POLL_S = 0.5
@@ -97,15 +115,20 @@ class DashboardApp(EngineFedApp):
     BINDINGS = [
         Binding("space", "toggle_pause", "Pause", key_display="space"),
         Binding("n", "step_once", "Step"),
-        # Pairs share one footer entry, so the whole footer fits in 80 columns.
+        # Pairs share one footer entry, and the keys the footer has no room for are in the help (?) and
+        # the command palette, so the footer fits in 80 columns.
         Binding("left", "history_back", "Steps", key_display="←/→"),
         Binding("right", "history_forward", "Fwd", key_display="→", show=False),
         Binding("plus,equals_sign", "faster", "Speed", key_display="+/-"),
         Binding("minus", "slower", "Slower", key_display="-", show=False),
-        Binding("z", "zoom", "Zoom"),
-        Binding("r", "restart", "Restart"),
-        Binding("m", "metrics", "Metrics"),
-        Binding("b", "breakpoints", "Breakpoints", show=False),  # in the help; the footer fits 80 columns
+        Binding("a", "add_request", "Add"),
+        Binding("k", "knobs", "Knobs"),
+        Binding("d,enter", "detail", "Text", key_display="d"),
+        Binding("f", "fork", "Fork"),
+        Binding("z", "zoom", "Zoom", show=False),
+        Binding("r", "restart", "Restart", show=False),
+        Binding("m", "metrics", "Metrics", show=False),
+        Binding("b", "breakpoints", "Breakpoints", show=False),
         Binding("x", "abort", "Abort", show=False),
         Binding("t", "timeline", "Timeline", show=False),  # in the help
         Binding("question_mark", "help", "Help", key_display="?"),
@@ -124,13 +147,17 @@ class DashboardApp(EngineFedApp):
                  memory_poll_s: float = MEMORY_POLL_S, memory_sources: list | None = None,
                  recorded: bool = False, pages: PastSteps | None = None,
                  recording: RecordingWriter | None = None, breakpoints: Iterable[Breakpoint] = (),
-                 trace_spool: TraceSpool | None = None, variant: str | None = None):
+                 trace_spool: TraceSpool | None = None, variant: str | None = None,
+                 fork_base: tuple[Scenario, dict] | None = None):
         """`recorded`: `engine` replays a recording (recording.py): memory comes from the records
         alone, since this process is not the one that ran them. `pages`: the file a replay reads,
         for history older than `history_limit` steps. `recording`: writes the run as it goes (and
         serves as `pages`). `trace_spool` (--trace-out) keeps every record of the run for the trace
-        written at the end."""
+        written at the end. `fork_base`: the scenario the engine was built from and the command line's
+        engine settings, for `f` (None: this run cannot be forked here)."""
         super().__init__(paused, speed)
+        self.fork_base = fork_base
+        self._variant = variant
         self._trace_spool = trace_spool
         # Metrics and the memory profile follow every record, whatever step is on screen.
         self._recorded = recorded
@@ -152,6 +179,12 @@ class DashboardApp(EngineFedApp):
         self.break_hit: tuple[int, str] | None = None  # (step, why) of the breakpoint that paused the run
         self.memory_reading: MemoryReading | None = None  # the newest live reading of the memory panel
         self._newest_step: int | None = None
+        self.added: list[AddedRequest] = []  # requests typed in with `a`, this run (a fork queues them again)
+        # Keys dispatched while the dashboard was on top, until they bubble back here (bounded: a key a
+        # widget takes never comes back)
+        self._typed_to_dashboard: deque[events.Key] = deque(maxlen=64)
+        self.turned: list[KnobTurned] = []  # knobs turned with `k`, this run (what a fork starts from)
+        self.aborted: list[tuple[int, int]] = []  # (step, request id) aborted with `x`, this run
         if not recorded:  # a live engine: its steps run in a memory context (memory by context, key m)
             engine = ProfiledSteps(engine, lambda: self.memory_profile)
             if rebuild is not None:
@@ -243,6 +276,7 @@ class DashboardApp(EngineFedApp):
         elif status.kind == "started":
             self.history.clear()
             self.break_hit = None
+            self.added, self.turned, self.aborted = [], [], []  # a restart runs the scenario as written
             if self._started:  # a restart; the first run's metrics are fresh from __init__, and its
                 self._reset_metrics()  # first step may already be in the profiler's step context
             self._started = True
@@ -419,7 +453,224 @@ class DashboardApp(EngineFedApp):
         if self.selected is None:
             self.notify("select a request first (click its row), then x aborts it", timeout=4)
             return
-        self.controller.abort(self.selected)
+        if self._refuse_replay("aborting a request"):
+            return
+        request_id = self.selected
+
+        def abort(engine) -> int:
+            engine.abort(request_id)
+            return engine.step_index  # the step whose record says so
+
+        def aborted(step: int) -> None:
+            self.aborted.append((step, request_id))  # a fork aborts it there too
+            self._say(f"request {request_id} is aborted before the next step")
+
+        ask_engine(self, self.controller, abort, aborted, self._say)
+
+    # -- changing the run (issue #32) -------------------------------------------------------------
+    async def on_event(self, event: events.Event) -> None:
+        if isinstance(event, events.Key) and not event.is_forwarded and not isinstance(self.screen, TypeAheadScreen):
+            self._typed_to_dashboard.append(event)  # dispatched to the dashboard's widgets
+        await super().on_event(event)
+
+    async def _on_key(self, event: events.Key) -> None:
+        """A key typed right after a / k / f, dispatched before their box opened, is the box's: not
+        the dashboard's bindings (r restarts, q quits), nor the box's before its field has it.
+        (Textual calls App's own handler after this one unless the default is prevented.)"""
+        typed_before = event in self._typed_to_dashboard
+        if typed_before:
+            self._typed_to_dashboard.remove(event)
+        if typed_before and isinstance(self.screen, TypeAheadScreen) and self.screen.type_ahead(event):
+            event.prevent_default()
+            event.stop()
+
+    @on(EngineAnswer)
+    def _engine_answered(self, answer: EngineAnswer) -> None:
+        answer.deliver()
+
+    def action_detail(self) -> None:
+        """The selected request's whole text so far, kept up to date."""
+        if self.selected is None:
+            self._say("select a request first (↑/↓), then d shows its whole text")
+            return
+        if not isinstance(self.screen, RequestDetailScreen):
+            self.push_screen(RequestDetailScreen(self.selected, self._fetch_detail))
+
+    def _fetch_detail(self, request_id: int) -> None:
+        screen = next((s for s in self.screen_stack if isinstance(s, RequestDetailScreen)), None)
+        if screen is None:
+            return
+        recent = self.history.recent(1)
+        newest = recent[-1] if recent else None
+        view = None if newest is None else next((v for v in newest.requests if v.id == request_id), None)
+        blocks = None if newest is None or not newest.kv.num_blocks else newest.kv.block_tables.get(str(request_id), ())
+
+        def show(detail: RequestText) -> None:
+            screen.show(detail, view.state if view is not None else detail.state, blocks)
+
+        if self._recorded:  # no engine: what the newest record says, its output's tail only
+            if view is None:
+                screen.say(f"request {request_id} is not in the recorded step")
+                return
+            tail = view.output_text if view.output_text is not None else decode(view.output_tail)
+            show(RequestText(view.id, newest.step if newest else None, view.state, None, tail, view.prompt_len,
+                             None, view.generated, view.max_new_tokens, whole=False))
+            return
+        given = self.added_specs().get(request_id)
+        ask_engine(self, self.controller, lambda engine: request_text(engine, request_id, given), show, screen.say)
+
+    def added_specs(self) -> dict[int, dict]:
+        """Every request the run was given, by id: the scenario's workload, then those typed with `a`."""
+        given = given_prompts(getattr(self.scenario, "requests", ()))
+        given.update({a.request_id: a.spec() for a in self.added})
+        return given
+
+    def action_fork(self) -> None:
+        """B's changes asked for, then the compare view of the run as it went and its fork at this step."""
+        if self._refuse_replay("a fork") or isinstance(self.screen, ForkScreen):
+            return
+        if self.fork_base is None:
+            self._say("this run cannot be forked here: f forks a run that cbtui scenario started (without --plugin)")
+            return
+        record = self.history.current()
+        if record is None or (self.paused is False and self._can_step()):
+            self._say("pause on the step to fork at (space, ←/→), then f")
+            return
+        step = record.step
+        later = {t.name: shown(t.new) for t in self.turned if t.step > step}  # the newest turn of each
+        before = [t for t in self.turned if t.step <= step]
+        besides = [f"{len(self.added)} request(s) added"] if self.added else []
+        besides += [f"{len(before)} knob turn(s)"] if before else []
+        aborts = [rid for at, rid in self.aborted if at <= step]
+        besides += [f"{len(aborts)} abort(s)"] if aborts else []
+        self.push_screen(ForkScreen(step, " ".join(f"{k}={v}" for k, v in later.items()),
+                                    f" (with the {', '.join(besides)})" if besides else ""),
+                         lambda typed: self._fork(step, typed))
+
+    def fork_plan(self, step: int, typed: str) -> ForkPlan:
+        """The plan for B's changes typed as KEY=VALUE pairs; ValueError (one line) for none, or a bad one."""
+        from ..run.fork import ForkPlan  # here, not at the top: see TYPE_CHECKING above
+
+        assert self.fork_base is not None  # action_fork asks only then
+        scenario, overrides = self.fork_base
+        changes = dict(parse_setting(part) for part in typed.split())
+        if not changes:
+            raise ValueError("no change typed: give KEY=VALUE, e.g. max_tokens_per_step=96")
+        changed_config(scenario.engine_config(self._variant, **overrides), changes)  # its range, before it runs
+        return ForkPlan(scenario, self._variant, dict(overrides), step,
+                        tuple((t.step, t.name, t.new) for t in self.turned if t.step <= step),
+                        tuple(a.spec() for a in self.added), tuple(changes.items()),
+                        tuple((at, rid) for at, rid in self.aborted if at <= step))
+
+    def _fork(self, step: int, typed: str | None) -> None:
+        from scenarios.errors import ScenarioError  # here: see TYPE_CHECKING above
+
+        if typed is None:
+            return
+        try:
+            plan = self.fork_plan(step, typed)
+        except (ValueError, ScenarioError) as exc:
+            self._say(f"no fork: {visible(str(exc))}", error=True)
+            return
+        self.open_fork(plan)
+
+    def open_fork(self, plan: ForkPlan) -> None:
+        """The compare view in its own process, on this terminal; q there comes back here."""
+        from ..run.fork import error_file, save_plan
+
+        path = save_plan(plan)
+        errors = error_file(path)
+        try:
+            with self.suspend():
+                code = subprocess.run([sys.executable, "-m", "cbtui.apps.fork_view", str(path)], check=False).returncode
+        except SuspendNotSupported:
+            self._say(f"this terminal cannot be handed over; run {plan.command_line()} (the requests added, "
+                      f"knobs turned and requests aborted here are not in it)", error=True)
+            return
+        finally:
+            path.unlink(missing_ok=True)
+        if errors.exists():
+            self._say(f"no fork: {errors.read_text()[:300]}", error=True)
+            errors.unlink(missing_ok=True)
+        elif code:
+            self._say(f"the compare view ended with exit code {code}", error=True)
+
+    def _refuse_replay(self, what: str) -> bool:
+        """A recording cannot be changed: said in one line (True), and nothing else happens."""
+        if self._recorded:
+            self.notify(f"a recorded run cannot be changed: {what} needs a live engine (cbtui scenario)",
+                        timeout=5, markup=False)
+        return self._recorded
+
+    def _say(self, line: str, error: bool = False) -> None:
+        self.notify(line, severity="error" if error else "information", timeout=6 if error else 4, markup=False)
+
+    def action_add_request(self) -> None:
+        """A typed prompt joins the run at the next step; its id is selected."""
+        if self._refuse_replay("adding a request") or isinstance(self.screen, AddRequestScreen):
+            return
+        chat = ("the random preset takes the text as bytes (a real model, --model smollm2, wraps it in its chat "
+                "template)" if self._random_weights else "the model's chat template wraps the text, where it has one")
+        self.push_screen(AddRequestScreen(chat), self._add_typed)
+
+    def _add_typed(self, typed: tuple[str, int] | None) -> None:
+        if typed is None:
+            return
+        text, max_tokens = typed
+        ask_engine(self, self.controller, lambda engine: add_typed_request(engine, text, max_tokens),
+                   self._added_request, lambda line: self._say(f"request not added: {line}", error=True))
+
+    def _added_request(self, added: AddedRequest) -> None:
+        self.added.append(added)
+        self.selected = added.request_id
+        self.query_one(RequestsTable).follow(added.request_id)
+        how = "chat template, " if added.chat else ""
+        self._say(f"request {added.request_id} added ({how}{len(added.prompt)} prompt tokens, "
+                  f"{added.max_new_tokens} max): it joins at step {added.arrival_step}")
+
+    def action_knobs(self) -> None:
+        """Every setting; the live ones turned between two steps (Engine.reconfigure)."""
+        if self._refuse_replay("turning a knob") or isinstance(self.screen, KnobScreen):
+            return
+        self.push_screen(KnobScreen(self._fetch_knobs, self._turn_knob))
+
+    def _knob_screen(self) -> KnobScreen | None:
+        return next((s for s in self.screen_stack if isinstance(s, KnobScreen)), None)
+
+    def _fetch_knobs(self) -> None:
+        def show(rows) -> None:
+            screen = self._knob_screen()
+            if screen is not None:
+                screen.show(rows)
+        ask_engine(self, self.controller, knobs, show, lambda line: None)  # the thread stopped: rows stay
+
+    def _turn_knob(self, text: str) -> None:
+        screen = self._knob_screen()
+        if screen is None:
+            return
+        try:
+            name, value = parse_setting(text)
+        except ValueError as exc:  # malformed, unknown, or fixed: why, in one line; nothing is sent
+            screen.say(visible(str(exc)), error=True)
+            return
+        ask_engine(self, self.controller, lambda engine: turn(engine, name, value), self._knob_turned,
+                   lambda line: self._knob_refused(f"not changed: {line}"))
+
+    def _knob_turned(self, turned: KnobTurned) -> None:
+        self.turned.append(turned)
+        screen = self._knob_screen()
+        if screen is not None:
+            screen.say(f"{turned.line()} (the event line says it when it applies)")
+            self._fetch_knobs()
+        else:
+            self._say(turned.line())
+
+    def _knob_refused(self, line: str) -> None:
+        screen = self._knob_screen()
+        if screen is not None:
+            screen.say(line, error=True)
+        else:
+            self._say(line, error=True)
 
     def action_metrics(self) -> None:
         if not isinstance(self.screen, MetricsScreen):
@@ -469,6 +720,13 @@ class DashboardApp(EngineFedApp):
                             self.action_metrics)
         yield SystemCommand("Timeline", "A row per request, a column per step: waiting, prefill, decode, "
                             "preempted, finished", self.action_timeline)
+        yield SystemCommand("Request: add one", "Type a prompt that joins the run at the next step",
+                            self.action_add_request)
+        yield SystemCommand("Knobs: turn a setting", "Every setting; turn a live one from the next step",
+                            self.action_knobs)
+        yield SystemCommand("Request: whole text", "The selected request's whole text so far", self.action_detail)
+        yield SystemCommand("Fork at this step", "The compare view: the run beside itself changed from the next step",
+                            self.action_fork)
 
     def _pause_first(self) -> None:
         if not self.paused:
@@ -522,7 +780,10 @@ def run_dashboard(scenario, engine: SteppableEngine, overrides: dict | None = No
     else:
         app = app_class(scenario, engine, rebuild=rebuild, paused=paused, speed=speed, max_steps=max_steps,
                         recorded=recorded, pages=pages, recording=recording, breakpoints=breakpoints,
-                        trace_spool=spool, variant=variant)
+                        trace_spool=spool, variant=variant,
+                        # f forks what the engine was built from; a run with --plugin or a replay cannot be
+                        fork_base=None if recorded or plugins or app_class is not DashboardApp else (
+                            scenario, overrides))
 
     def close_recording() -> None:
         if recording is not None and not app.controller.thread.is_alive():

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from engine.records import RunHeader, StepRecord
 
+from .breakpoints import Breakpoints
 from .controller import SteppableEngine
 
 
@@ -52,3 +53,13 @@ class Lockstep:
     def header(self) -> RunHeader:
         """The first run's header (the device both share, for the UI's thread count)."""
         return self.engines[0].header()
+
+
+class PairBreakpoints(Breakpoints):
+    """Breakpoints on a lockstep of runs: checked on each PairStep's first record (the runs share
+    the step number), so `step:N` pauses both on step N."""
+
+    def check(self, record: object) -> str | None:
+        if isinstance(record, PairStep):
+            record = next((r for r in record.records if r is not None), None)
+        return super().check(record)

@@ -20,6 +20,11 @@ KEYS = (
     ("↑ / ↓", "select a request: it is highlighted in the mask and KV panels"),
     ("z", "zoom the mask into the selected request's rows"),
     ("r", "restart the scenario (at the pace it opened with)"),
+    ("d / enter", "the selected request's whole text so far (prompt and output), state, tokens, KV blocks"),
+    ("a", "add a request: a prompt (a real model's chat template wraps it) and its max tokens; joins at the "
+          "next step"),
+    ("k", "knobs: every setting; turn a live one (budget, chunk, decode cap, policy, ...) from the next step"),
+    ("f", "fork at the paused step: the compare view, the run as it went beside it changed from the next step"),
     ("x", "abort the selected request before the next step (its KV blocks freed, its tokens kept)"),
     ("b", "breakpoints: pause on a preemption, a step, low KV ... (list, add, clear)"),
     ("m", "metrics: TTFT / inter-token latency, throughput, memory profile and leak check"),

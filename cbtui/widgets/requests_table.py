@@ -174,6 +174,7 @@ class RequestsTable(DataTable, inherit_bindings=False):
         # The reason column is as wide as the longest reason seen (it only grows, so columns do not
         # jump back and forth): until a long one comes, the output tail keeps its room at 80 columns.
         self._why = WHY_MIN
+        self._follow: int | None = None  # a request to select as soon as a record shows it (follow)
 
     def on_resize(self) -> None:
         self._fit_columns()
@@ -232,6 +233,8 @@ class RequestsTable(DataTable, inherit_bindings=False):
             by_id_cell = {self._shown[int(key)][0]: rank[key] for key in order}
             self.sort("id", key=lambda cell: by_id_cell[str(cell)])
             self._sorted_as = order
+        if self._follow is not None and str(self._follow) in rank:
+            self.show_cursor, self._selected, self._follow = True, self._follow, None
         if self.show_cursor and self._selected is not None and str(self._selected) in rank:
             row = order.index(str(self._selected))
             if self.cursor_row != row:
@@ -265,6 +268,13 @@ class RequestsTable(DataTable, inherit_bindings=False):
         self._selected = request_id
         self.move_cursor(row=self.get_row_index(str(request_id)), animate=False)
         self.post_message(RequestSelected(request_id))
+
+    def follow(self, request_id: int) -> None:
+        """Selects `request_id` (a request just added): the cursor goes to its row once a record
+        shows it, and stays with it as rows move."""
+        self._follow = request_id
+        if any(v.id == request_id for v in self._views):
+            self._order(self._views)
 
     def action_clear_selection(self) -> None:
         self.show_cursor = False

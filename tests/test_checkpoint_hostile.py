@@ -129,7 +129,7 @@ def test_a_config_value_of_the_wrong_type_is_one_line(base, tmp_path, name):
     ('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
     ("[1, 2]", "must hold a JSON object"),
     ("\xff\xfe", "not UTF-8"),
-])
+], ids=["5000 digits", "100000 brackets", "100000 brackets in an object", "a list", "not UTF-8"])
 def test_a_config_that_is_no_config_says_so(base, tmp_path, text, words):
     """Item 15 too: deep nesting names the file and its nesting, not num_blocks or the model's size."""
     path = variant(base, tmp_path)

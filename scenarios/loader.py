@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import difflib
 import random
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,7 +214,16 @@ def loads(text: str, path: Path | str = "<string>", trust_plugins: bool = False,
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{path}: invalid TOML: {exc}") from None
+    except ValueError:  # Python's own limit on int(): more than 4300 digits
+        raise ScenarioError(f"{path}: {_huge_number(text)}a number of more than {sys.get_int_max_str_digits()} "
+                            f"digits; no setting needs one: write a smaller value") from None
     return from_dict(data, path, trust_plugins, model)
+
+
+def _huge_number(text: str) -> str:
+    """'line N: ' for the line that holds the longest run of digits ('' if none is found)."""
+    runs = [(len(m.group()), m.start()) for m in re.finditer(r"[0-9_]{100,}", text)]
+    return f"line {text.count(chr(10), 0, max(runs)[1]) + 1}: " if runs else ""
 
 
 def _resolve(name: str) -> Path:

@@ -78,3 +78,16 @@ def sharded_time_limit(seconds: int = 120) -> Iterator[None]:
     yield
     signal.alarm(0)
     signal.signal(signal.SIGALRM, previous)
+
+
+def checkpoint_maker():
+    """scripts/make_test_checkpoint.py as a module (make_checkpoint, train_tokenizer)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "make_test_checkpoint.py"
+    spec = importlib.util.spec_from_file_location("make_test_checkpoint", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import checkpoint_maker
 
 from engine.models import source
 from engine.models.chat_template import ChatTemplateError, render
@@ -107,6 +108,62 @@ def test_a_hostile_chat_template_is_refused_quickly(template):
     else:  # the sandbox made the attribute undefined: nothing of Python's leaked into the text
         assert "class" not in out and "function" not in out and "pwned" not in out, out
     assert time.perf_counter() - start < 5
+
+
+# Chat templates that the sandbox's quick refusals do not catch: filters and loops that take gigabytes
+# or hours. The child process that renders them is capped in memory and killed on time (issue #30, item 8).
+UNBOUNDED = {
+    "center(3e9)": "{{ 'x'|center(3000000000) }}",
+    "format to 3e9 wide": "{{ '%3000000000s'|format('x') }}",
+    "str.format to 3e9 wide": "{{ '{:>3000000000}'.format('x') }}",
+    "replace into 10 GB": "{{ ('x' * 1000000)|replace('x', 'y' * 10000) }}",
+    "~ doubling in a loop": "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}"
+                            "{% endfor %}{{ ns.s|length }}",
+    "indent by 3e8": "{{ 'x\nx'|indent(300000000) }}",
+    "nested loops over a long string": "{% set s = 'x' * 100000 %}{% for a in s %}{% for b in s %}{% endfor %}"
+                                       "{% endfor %}",
+    "lipsum(1e8)": "{{ lipsum(n=100000000) }}",
+    "'x' * 3e9": "{{ 'x' * 3e9 }}",
+    "include": "{% include 'other.jinja' %}",
+    "import": "{% import 'macros.jinja' as m %}",
+    "extends": "{% extends 'base.jinja' %}",
+}
+
+
+@pytest.mark.parametrize("name", list(UNBOUNDED))
+def test_a_template_is_bounded_in_time_and_memory(name, monkeypatch):
+    from engine.models import chat_template
+
+    monkeypatch.setattr(chat_template, "RENDER_SECONDS", 4.0)
+    monkeypatch.setattr(chat_template, "RENDER_MEMORY", 512 << 20)
+    start = time.perf_counter()
+    with pytest.raises(ChatTemplateError) as info:
+        render(UNBOUNDED[name], [{"role": "user", "content": "hi"}])
+    assert time.perf_counter() - start < 8
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("the chat template"), message
+    assert any(words in message for words in ("took more than 4 s", "more than 512 MiB", "TypeError",
+                                              "passed 1048576 characters")), message
+
+
+def test_a_rendered_template_is_the_sandboxs_text():
+    """The child gives back exactly what the template makes (special tokens and the generation prompt)."""
+    template = "{{ bos_token }}{% for m in messages %}<{{ m.role }}>{{ m.content|tojson }}{% endfor %}" \
+               "{% if add_generation_prompt %}<assistant>{% endif %}"
+    assert render(template, [{"role": "user", "content": "é \x1b"}], bos_token="<s>") == \
+        '<s><user>"é \\u001b"<assistant>'
+
+
+def test_a_template_failure_names_the_template_file(tmp_path):
+    from engine.models.tokenizer import CheckpointTokenizer
+
+    checkpoint_maker().make_checkpoint(tmp_path / "ckpt", "llama", seed=1)
+    (tmp_path / "ckpt" / "chat_template.jinja").write_text("{{ raise_exception('no user turns') }}")
+    with pytest.raises(CheckpointError) as info:
+        CheckpointTokenizer(tmp_path / "ckpt").chat_prompt("hi")
+    assert str(info.value) == (f"{tmp_path / 'ckpt' / 'chat_template.jinja'}: the chat template refused the "
+                               f"messages: no user turns; fix the template or write the prompt as plain text "
+                               f"(chat = false)")
 
 
 def test_the_cli_says_one_line_and_exits_2(tmp_path):

@@ -82,6 +82,7 @@ def bench(ctx: click.Context, workload, speculative, scale, device, model, atten
     if ctx.invoked_subcommand is not None:
         return
     from rich.console import Console
+    from rich.text import Text
 
     from .report import bench_table
     from .run import run_bench
@@ -95,7 +96,8 @@ def bench(ctx: click.Context, workload, speculative, scale, device, model, atten
         try:
             save = (lambda report: _write_json(out_path, report)) if out_path else (lambda report: None)
             report = run_bench(workload, scale=scale, device=device, model=model, attention=attention, hf=hf,
-                               ablations=ablations, progress=lambda msg: err.print(f"[dim]bench: {msg}[/dim]"),
+                               ablations=ablations,
+                               progress=lambda msg: err.print(Text(f"bench: {visible(msg)}", style="dim")),
                                on_row=save, repeat=repeat, speculative=speculative)
             save(report)
         except ValueError as exc:

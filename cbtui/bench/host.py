@@ -26,6 +26,9 @@ class NullModel(torch.nn.Module):
     def forward(self, token_ids, positions, sample_rows, kv_cache, attention, meta):
         return torch.zeros(sample_rows.shape[0], self.vocab_size)
 
+    def reserve_positions(self, positions: int) -> bool:
+        return False  # no rope table
+
     def weight_bytes(self) -> int:
         return 0
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from rich.table import Table
+from rich.text import Text
+
+from engine.records.text import visible
 
 COLUMNS = ("system", "out tok/s", "min..max", "total tok/s", "ours ÷ this", "TTFT p50/p90/p99 ms",
            "TPOT p50/p90/p99 ms", "steps", "wall s", "same out")
@@ -33,12 +36,14 @@ def _repetitions(report: dict) -> str:
 
 
 def bench_table(report: dict) -> Table:
-    table = Table(title=header(report), title_justify="left")
+    # Text, not markup, with control characters written out: the model's path and a library's
+    # error message (which quotes the path) come from outside.
+    table = Table(title=Text(visible(header(report))), title_justify="left")
     for col in COLUMNS:
         table.add_column(col, justify="left" if col == "system" else "right")
     for s in report["systems"]:
         if not s["available"]:
-            table.add_row(s["system"], "unavailable", "", "", "", s["note"], "", "", "", "")
+            table.add_row(s["system"], "unavailable", "", "", "", Text(visible(s["note"])), "", "", "", "")
             continue
         ratio = s.get("ours_over_this")
         same = s.get("same_outputs_as_ours")
@@ -55,7 +60,7 @@ def bench_table(report: dict) -> Table:
     if report["dtype"] == "bfloat16":
         legend.append("bf16: rounding depends on batch shape and can flip greedy choices between close logits, so "
                       "'same out' is no exactness check here (the fp32 tests are)")
-    table.caption = "\n".join(notes + legend)
+    table.caption = Text(visible("\n".join(notes + legend), newlines=True))
     table.caption_justify = "left"
     return table
 

@@ -264,9 +264,15 @@ def _hf_from_checkpoint(engine):
     directory = resolve(engine.config.llm.name).directory
     assert directory is not None  # a preset's HF copy is made from our weights (to_hf_llama)
     # Never a checkpoint's own code, and never a prompt asking whether to run it (issue #30).
-    hf = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, dtype=runner.dtype,
-                                              attn_implementation="sdpa", trust_remote_code=False
-                                              ).to(runner.device).eval()
+    try:
+        hf = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, dtype=runner.dtype,
+                                                  attn_implementation="sdpa", trust_remote_code=False
+                                                  ).to(runner.device).eval()
+    except ValueError as exc:
+        if "trust_remote_code" not in str(exc):
+            raise
+        raise ValueError("transformers would have to run the checkpoint's own Python (its config names "
+                         "custom code), which cbtui never does (trust_remote_code=False)") from None
     hf.generation_config.eos_token_id = None  # as ours: exactly max_new_tokens
     hf.generation_config.pad_token_id = 0
     return hf

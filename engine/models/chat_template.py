@@ -4,13 +4,18 @@ so the text, and so the ids, equal `apply_chat_template`'s.
 
 A template comes from a file we did not write: the sandbox refuses Python internals (`__class__`,
 `__globals__`...), ranges are capped, `*` cannot build huge strings or lists, loops draw from one
-iteration budget, and the output stops at MAX_OUTPUT characters. Every refusal is one
-ChatTemplateError line.
+iteration budget, and the output stops at MAX_OUTPUT characters. Those are quick refusals, not a
+bound: filters alone (`center(3e9)`, `replace`, `lipsum`, `~` in a loop, loops over a long string)
+take gigabytes or hours. So `render` runs the template in a child process (this file, run as a
+script) whose address space is capped at RENDER_MEMORY and which is killed after RENDER_SECONDS.
+Every refusal is one ChatTemplateError line.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -18,6 +23,8 @@ from typing import Any
 MAX_OUTPUT = 1 << 20  # characters of rendered prompt
 MAX_ITERATIONS = 1_000_000  # loop steps over ranges, in one render
 MAX_SIZE = 1 << 20  # items or characters a `*` or `**` may make
+RENDER_SECONDS = 10.0  # wall time for one render, the child's start included
+RENDER_MEMORY = 1 << 30  # the child's address space (Python and jinja2 take under 100 MB of it)
 
 
 class ChatTemplateError(ValueError):
@@ -75,7 +82,28 @@ def _line(exc: BaseException) -> str:
 def render(template: str, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
            **special_tokens: str | None) -> str:
     """The prompt text `template` makes of `messages` (bos_token=..., eos_token=... as the tokenizer
-    names them)."""
+    names them), rendered in a child process bounded in time and memory."""
+    request = json.dumps({"template": template, "messages": messages, "add_generation_prompt": add_generation_prompt,
+                          "special_tokens": special_tokens, "memory": RENDER_MEMORY})
+    try:  # -I: the child imports nothing from the current directory or PYTHON* variables
+        child = subprocess.run([sys.executable, "-I", __file__], input=request, capture_output=True, text=True,
+                               encoding="utf-8", timeout=RENDER_SECONDS)
+    except subprocess.TimeoutExpired:  # run() has killed it
+        raise ChatTemplateError(f"the chat template took more than {RENDER_SECONDS:g} s to render") from None
+    try:
+        answer = json.loads(child.stdout)
+    except ValueError:
+        died = f"signal {-child.returncode}" if child.returncode < 0 else f"exit code {child.returncode}"
+        raise ChatTemplateError(f"the chat template's renderer stopped ({died}, with memory capped at "
+                                f"{RENDER_MEMORY >> 20} MiB)") from None
+    if "error" in answer:
+        raise ChatTemplateError(answer["error"])
+    return answer["text"]
+
+
+def render_here(template: str, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
+                **special_tokens: str | None) -> str:
+    """`render` in this process, with the sandbox's quick refusals but no bound on time or memory."""
     import jinja2
     from jinja2.sandbox import SecurityError
 
@@ -92,9 +120,32 @@ def render(template: str, messages: list[dict[str, Any]], add_generation_prompt:
             out.append(piece)
     except ChatTemplateError:
         raise
+    except MemoryError:
+        raise ChatTemplateError(f"the chat template needed more than {RENDER_MEMORY >> 20} MiB to render") from None
     except SecurityError as exc:
         raise ChatTemplateError(f"the chat template reached for something unsafe ({_line(exc)})") from None
     except (jinja2.TemplateError, TypeError, ValueError, KeyError, IndexError, AttributeError, ArithmeticError,
-            RecursionError, OverflowError, MemoryError) as exc:
+            RecursionError, OverflowError) as exc:
         raise ChatTemplateError(f"the chat template failed ({type(exc).__name__}: {_line(exc)})") from None
     return "".join(out)
+
+
+def _child() -> None:
+    """Renders the request on stdin; its answer on stdout as {"text": ...} or {"error": ...}."""
+    import resource
+
+    global RENDER_MEMORY
+    request = json.loads(sys.stdin.read())
+    RENDER_MEMORY = request["memory"]  # the parent's setting, for the limit and the messages
+    resource.setrlimit(resource.RLIMIT_AS, (RENDER_MEMORY, RENDER_MEMORY))
+    try:
+        text = render_here(request["template"], request["messages"], request["add_generation_prompt"],
+                           **request["special_tokens"])
+        answer = {"text": text}
+    except ChatTemplateError as exc:
+        answer = {"error": str(exc)}
+    sys.stdout.write(json.dumps(answer))
+
+
+if __name__ == "__main__":
+    _child()

@@ -14,25 +14,29 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .checkpoint_files import MAX_JSON_BYTES, CheckpointError, read_text, regular_file
+from .config_schema import check_config
 from .llama import PRESETS, ROPE_TYPES, DecoderModel, ModelSpec
 
 CONFIG = "config.json"
 GENERATION_CONFIG = "generation_config.json"
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
+LAYER_TENSOR = re.compile(r"model\.layers\.(\d{1,9})\.")
 IGNORED = ("rotary_emb.inv_freq",)  # buffers older checkpoints saved; recomputed from the config
 # architecture in config.json -> does it put biases on q/k/v
 ARCHITECTURES = {"LlamaForCausalLM": False, "MistralForCausalLM": False, "Qwen2ForCausalLM": True}
 
 
-class CheckpointError(ValueError):
-    """A checkpoint directory that cannot be loaded: the message names the file (and tensor)."""
+__all__ = ["CheckpointError", "checkpoint_dir", "checkpoint_spec", "eos_token_ids", "load_checkpoint", "model_spec"]
 
 
 def is_preset(model: str) -> bool:
@@ -53,20 +57,25 @@ def checkpoint_dir(model: str) -> Path:
 
 
 def _read_json(path: Path) -> dict:
+    text = read_text(path, MAX_JSON_BYTES, missing="a checkpoint directory holds config.json and *.safetensors")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such file; a checkpoint directory holds config.json and "
-                              f"*.safetensors") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = json.loads(text)
+    except RecursionError:
+        raise CheckpointError(f"{path}: its JSON is nested too deeply to be a checkpoint's file; "
+                              f"is it the right file?") from None
+    except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path}: cannot read it as JSON ({exc})") from None
+    except ValueError:  # Python's own limit on int()
+        raise CheckpointError(f"{path}: holds a number of more than {sys.get_int_max_str_digits()} digits; "
+                              f"is it the right file?") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: must hold a JSON object")
     return data
 
 
 def _int(config: dict, key: str, where: Path, default: int | None = None) -> int:
-    value = config.get(key, default)
+    value = config.get(key)
+    value = default if value is None else value
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise CheckpointError(f"{where}: {key}={value!r} must be an integer >= 1")
     return value
@@ -107,6 +116,7 @@ def display_name(path: Path) -> str:
 def _spec(path: Path, mtime: float, name: str) -> ModelSpec:
     where = path / CONFIG
     config = _read_json(where)
+    check_config(config, where)  # every key read below has its type and a sane size from here on
     arch = (config.get("architectures") or ["(none)"])[0]
     if arch not in ARCHITECTURES:
         raise CheckpointError(f"{where}: architecture {arch!r} is not supported; supported: "
@@ -117,8 +127,9 @@ def _spec(path: Path, mtime: float, name: str) -> ModelSpec:
     heads = _int(config, "num_attention_heads", where)
     hidden = _int(config, "hidden_size", where)
     head_size = config.get("head_dim") or hidden // heads
-    if head_size % 2:
-        raise CheckpointError(f"{where}: head_dim={head_size} must be even for rotary embeddings")
+    if head_size < 2 or head_size % 2:
+        raise CheckpointError(f"{where}: head_dim={head_size} (hidden_size {hidden} / num_attention_heads {heads} "
+                              f"unless given) must be even and at least 2 for rotary embeddings")
     context = _int(config, "max_position_embeddings", where)
     window = config.get("sliding_window")
     if window and (arch == "MistralForCausalLM" or config.get("use_sliding_window")):
@@ -199,15 +210,20 @@ def _tensor_files(path: Path) -> dict[str, Path]:
         weight_map = _read_json(index).get("weight_map")
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise CheckpointError(f"{index}: weight_map must map tensor names to file names")
+        for file in weight_map.values():
+            if not file or Path(file).name != file or file in (".", ".."):
+                raise CheckpointError(f"{index}: weight_map names {file!r}; it may only name files in "
+                                      f"the checkpoint's own directory")
         return {name: path / file for name, file in weight_map.items()}
     single = path / SINGLE_FILE
-    if not single.is_file():
+    if not os.path.lexists(single):
         found = sorted(p.name for p in path.glob("*.safetensors"))
         if len(found) != 1:
             what = "several, but no index file" if found else "none"
             raise CheckpointError(f"{path}: no {SINGLE_FILE} nor {INDEX_FILE} (*.safetensors files: {what}); "
                                   f"cbtui loads safetensors checkpoints only")
         single = path / found[0]
+    regular_file(single)  # a FIFO or a device would hang safetensors
     from safetensors import safe_open
 
     try:
@@ -238,8 +254,9 @@ class _Reader:
         if file not in self.open:
             from safetensors import safe_open
 
-            if not file.is_file():
+            if not os.path.lexists(file):
                 raise CheckpointError(f"{file}: no such file (it should hold tensor {name})")
+            regular_file(file)  # a FIFO or a device would hang safetensors
             try:
                 device = "cpu" if self.device.type == "cpu" else str(self.device)
                 self.open[file] = safe_open(str(file), framework="pt", device=device)
@@ -279,6 +296,10 @@ def load_checkpoint(model: str, device: torch.device, dtype: torch.dtype) -> Dec
     path = checkpoint_dir(model)
     spec = checkpoint_spec(model)
     reader = _Reader(_tensor_files(path), device)
+    layers = {int(m.group(1)) for name in reader.files if (m := LAYER_TENSOR.match(name))}
+    if spec.num_layers > len(layers):  # before a name is made for each layer config.json claims
+        raise CheckpointError(f"{path / CONFIG}: num_hidden_layers={spec.num_layers}, but the weights hold "
+                              f"tensors for {len(layers)} layers; fix num_hidden_layers")
     sources = _sources(spec)
     used = {name for names in sources.values() for name in names}
     for name, file in reader.files.items():

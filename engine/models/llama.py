@@ -68,23 +68,40 @@ class RMSNorm(nn.Module):
 class Rotary:
     """Rotary embeddings in the half-split layout (as Llama in transformers).
 
-    The cos/sin table is computed once in float64 for the whole context, then cast; it is a
-    plain attribute, not a buffer, so `model.to(bfloat16)` cannot round the frequencies.
+    The cos/sin table is computed in float64, then cast; it is a plain attribute, not a buffer, so
+    `model.to(bfloat16)` cannot round the frequencies. It covers the positions runs have reached
+    (INITIAL_POSITIONS at first, doubled by `reserve` as longer sequences come), not a checkpoint's
+    whole context: 20M positions would take 9 GB. Row p is the same whatever the table's length.
     """
+
+    INITIAL_POSITIONS = 4096
 
     def __init__(self, head_dim: int, theta: float, max_context: int, scaling: dict | None = None):
         cpu = torch.device("cpu")  # explicit, whatever the default device is
         inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64, device=cpu) / head_dim))
-        inv_freq = scaled_inv_freq(inv_freq, scaling or {})
-        freqs = torch.arange(max_context, dtype=torch.float64, device=cpu)[:, None] * inv_freq[None, :]
-        emb = torch.cat([freqs, freqs], dim=-1)
-        self._cos64, self._sin64 = emb.cos(), emb.sin()
+        self._inv_freq = scaled_inv_freq(inv_freq, scaling or {})
+        self.max_context = max_context
+        self.length = min(max_context, self.INITIAL_POSITIONS)
         self._tables: dict = {}
+
+    def reserve(self, positions: int) -> bool:
+        """Makes positions below `positions` available; True when the table grew (a CUDA graph that
+        read the old table must be captured again)."""
+        if positions <= self.length:
+            return False
+        while self.length < positions:
+            self.length *= 2
+        self.length = min(self.length, self.max_context)
+        self._tables.clear()
+        return True
 
     def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         key = (positions.device, dtype)
         if key not in self._tables:
-            self._tables[key] = (self._cos64.to(positions.device, dtype), self._sin64.to(positions.device, dtype))
+            cpu = torch.device("cpu")
+            freqs = torch.arange(self.length, dtype=torch.float64, device=cpu)[:, None] * self._inv_freq[None, :]
+            emb = torch.cat([freqs, freqs], dim=-1)
+            self._tables[key] = (emb.cos().to(positions.device, dtype), emb.sin().to(positions.device, dtype))
         cos, sin = self._tables[key]
         return cos.index_select(0, positions)[:, None, :], sin.index_select(0, positions)[:, None, :]
 
@@ -195,6 +212,10 @@ class DecoderModel(nn.Module):
             x = layer(x, cos, sin, i, kv_cache, attention[i], meta)
         x = self.norm(x if sample_rows is None else x.index_select(0, sample_rows))  # None: every row samples
         return self.lm_head(x)
+
+    def reserve_positions(self, positions: int) -> bool:
+        """Positions below `positions` may come next; True when the rope table grew (see Rotary)."""
+        return self.rotary.reserve(positions)
 
     def weight_bytes(self) -> int:
         return sum(p.numel() * p.element_size() for p in self.parameters())

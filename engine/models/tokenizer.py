@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Protocol
 
 from ..records.text import decode
+from .checkpoint_files import MAX_JSON_BYTES, MAX_TEMPLATE_BYTES, MAX_TOKENIZER_BYTES, read_text, regular_file
+from .rust_panics import is_panic, rust_panics_as
 
 __all__ = ["ByteTokenizer", "CheckpointTokenizer", "Tokenizer", "decode", "encode"]
 
@@ -51,27 +53,44 @@ class CheckpointTokenizer:
         from .checkpoint import CheckpointError
 
         self.directory = directory
+        self.template_file = directory / CHAT_TEMPLATE_FILE  # where chat_template() found it
         path = directory / TOKENIZER_FILE
-        if not path.is_file():
-            raise CheckpointError(f"{path}: no such file; cbtui reads a checkpoint's tokenizer from tokenizer.json")
-        try:
-            self._tok = HFTokenizer.from_file(str(path))
-        except Exception as exc:  # tokenizers raises a bare Exception for a bad file
-            raise CheckpointError(f"{path}: not a readable tokenizer ({str(exc).splitlines()[0]})") from None
+        regular_file(path, MAX_TOKENIZER_BYTES, missing="cbtui reads a checkpoint's tokenizer from tokenizer.json")
+        self.path = path
+        with rust_panics_as(CheckpointError, f"{path}: not a readable tokenizer"):
+            try:
+                self._tok = HFTokenizer.from_file(str(path))
+            except Exception as exc:  # tokenizers raises a bare Exception for a bad file
+                raise CheckpointError(f"{path}: not a readable tokenizer ({_line(exc)})") from None
 
     def encode(self, text: str) -> list[int]:
-        return list(self._tok.encode(text, add_special_tokens=True).ids)
+        from .checkpoint import CheckpointError
+
+        # A pre-tokenizer's regex may backtrack past Oniguruma's limit: the Rust code panics.
+        with rust_panics_as(CheckpointError, f"{self.path}: the tokenizer failed on a prompt of {len(text)} "
+                                             f"characters; fix its pre_tokenizer or use another checkpoint"):
+            return list(self._tok.encode(text, add_special_tokens=True).ids)
 
     def decode(self, ids: list[int]) -> str:
-        return self._tok.decode(list(ids), skip_special_tokens=False)
+        from .checkpoint import CheckpointError
+
+        try:  # called for every request at every step: the panic is caught, its hook's lines not held back
+            return self._tok.decode(list(ids), skip_special_tokens=False)
+        except BaseException as exc:
+            if not is_panic(exc):
+                raise
+            raise CheckpointError(f"{self.path}: the tokenizer failed to decode {len(ids)} tokens "
+                                  f"({_line(exc)}); fix its decoder or use another checkpoint") from None
 
     def chat_template(self) -> str | None:
         """The directory's chat template: chat_template.jinja, else tokenizer_config.json's."""
         from .checkpoint import CheckpointError
 
         jinja = self.directory / CHAT_TEMPLATE_FILE
-        if jinja.is_file():
-            return jinja.read_text(encoding="utf-8")
+        if jinja.exists() or jinja.is_symlink():
+            self.template_file = jinja
+            return read_text(jinja, MAX_TEMPLATE_BYTES)
+        self.template_file = self.directory / CONFIG_FILE
         template = self._config().get("chat_template")
         if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
             named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
@@ -82,11 +101,12 @@ class CheckpointTokenizer:
 
     def _config(self) -> dict:
         path = self.directory / CONFIG_FILE
-        if not path.is_file():
+        if not (path.exists() or path.is_symlink()):
             return {}
+        text = read_text(path, MAX_JSON_BYTES)  # a FIFO or a device: one line, not a hang
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            data = json.loads(text)
+        except (ValueError, RecursionError):  # not JSON: no template and no special tokens in it
             return {}
         return data if isinstance(data, dict) else {}
 
@@ -109,5 +129,13 @@ class CheckpointTokenizer:
         try:
             rendered = render(template, [{"role": "user", "content": text}], add_generation_prompt=True, **special)
         except ChatTemplateError as exc:
-            raise CheckpointError(f"{self.directory}: {exc}") from None
-        return list(self._tok.encode(rendered, add_special_tokens=False).ids)
+            raise CheckpointError(f"{self.template_file}: {exc}; fix the template or write the prompt as plain "
+                                  f"text (chat = false)") from None
+        with rust_panics_as(CheckpointError, f"{self.path}: the tokenizer failed on the chat template's "
+                                             f"output; fix its pre_tokenizer or use another checkpoint"):
+            return list(self._tok.encode(rendered, add_special_tokens=False).ids)
+
+
+def _line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__

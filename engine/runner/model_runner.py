@@ -76,6 +76,7 @@ def stop_ids(config: EngineConfig, vocab_size: int) -> frozenset[int]:
 
 
 CPU_POOL_BYTES = 1 << 30  # a default CPU pool stops here, or at one full-context sequence if that is more
+CPU_SEQUENCE_BYTES = 4 << 30  # ... and that is not more than this
 
 
 def default_num_blocks(config: EngineConfig, device: torch.device, bytes_per_token: int) -> int:
@@ -85,8 +86,13 @@ def default_num_blocks(config: EngineConfig, device: torch.device, bytes_per_tok
         free, _ = torch.cuda.mem_get_info(device)
         return max(per_seq, min(int(free * 0.4) // (bytes_per_token * config.cache.block_size), 1 << 16))
     # Room for eight full-context sequences on the CPU (the presets: 16 MiB for tiny, 768 MiB for small);
-    # a checkpoint's long context (32k for Qwen2.5) would take gigabytes, so the pool stops at 1 GiB.
-    return min(per_seq * 8, max(per_seq, CPU_POOL_BYTES // (bytes_per_token * config.cache.block_size)))
+    # a checkpoint's long context (32k for Qwen2.5) would take gigabytes, so the pool stops at 1 GiB, or at
+    # one full-context sequence up to CPU_SEQUENCE_BYTES. A context of 20M tokens is not given its 10 GB
+    # by default: longer requests are refused in one line that says to raise num_blocks.
+    in_budget = CPU_POOL_BYTES // (bytes_per_token * config.cache.block_size)
+    if per_seq * bytes_per_token * config.cache.block_size > CPU_SEQUENCE_BYTES:
+        return min(per_seq, in_budget)
+    return min(per_seq * 8, max(per_seq, in_budget))
 
 
 def dense_tokens(config: EngineConfig, device: torch.device, bytes_per_token: int) -> int:
@@ -293,6 +299,8 @@ class ModelRunner:
 
     def _forward(self, items: list[ScheduledItem], tokens: list[list[int]], samples: list[bool]) -> torch.Tensor:
         batch = build_batch(items, tokens, samples, self.device)
+        if self.model.reserve_positions(max(batch.k_lens)) and self.decode_graphs is not None:
+            self.decode_graphs.graphs.clear()  # they read the rope table that was just replaced
         rids = [item.request_id for item in items]
         if self._previous is not None:  # only overlapped steps leave placeholders to feed
             feed_pending_tokens(batch.token_ids, tokens, rids, self._previous)

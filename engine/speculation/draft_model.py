@@ -68,6 +68,7 @@ class DraftModelProposer:
             items.append(ScheduledItem(r.id, "prefill", first, len(fed), first + len(fed)))
         batch = build_batch(items, feeds, [True] * len(items), self.device)
         self.kv.begin_step([r.id for r in requests], batch)
+        self.model.reserve_positions(max(batch.k_lens))
         return self.model(batch.token_ids, batch.positions, batch.sample_rows, self.kv, self.attention, batch)
 
     def _choose(self, r: Request, logits: torch.Tensor, dists: list[torch.Tensor]) -> int:

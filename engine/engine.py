@@ -141,7 +141,7 @@ class Engine:
         rid = self._next_id if request_id is None else request_id
         self._next_id = max(self._next_id, rid) + 1
         req = Request(rid, list(tokens), max_new_tokens, arrival_step, priority, temperature, top_k, seed,
-                      deadline_step, top_p, StopStrings(stop_strings, self.tokenizer.decode) if stop_strings else None)
+                      deadline_step, top_p, StopStrings(stop_strings, self.tokenizer.text) if stop_strings else None)
         self.requests.live[rid] = req
         heapq.heappush(self.pending, (arrival_step, rid, req))
         self.runner.add_sampler(req)

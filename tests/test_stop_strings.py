@@ -6,8 +6,10 @@ from __future__ import annotations
 import pytest
 
 from engine import Engine, EngineConfig
-from engine.records.text import decode
+from engine.models.tokenizer import ByteTokenizer
 from engine.requests.stop_strings import StopStrings
+
+decode = ByteTokenizer().text
 
 
 def greedy(prompt: str, stop=None, max_new_tokens: int = 40) -> tuple[list[int], list]:

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
+import subprocess
+import sys
 
 import openai
 import pytest
-from api_helpers import ApiProcess, raw_request, wait_for
+from api_helpers import ROOT, ApiProcess, raw_request, wait_for
 
 from cbtui.api.prompts import chat_prompt
 from engine import Engine, EngineConfig
@@ -243,12 +246,8 @@ def _answers(api) -> bool:
 
 
 def test_a_taken_port_is_one_line_and_exit_2(server):
-    import os
-    import subprocess
-    import sys
-
-    from api_helpers import ROOT
     done = subprocess.run([sys.executable, "-m", "cbtui", "api", "--headless", "--port", str(server.host_port[1])],
-                          capture_output=True, text=True, timeout=90, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                          capture_output=True, text=True, timeout=90, cwd=ROOT,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert done.returncode == 2
     assert done.stderr.startswith("cbtui: error: cannot listen on 127.0.0.1:") and done.stderr.count("\n") == 1

@@ -251,3 +251,25 @@ def test_a_taken_port_is_one_line_and_exit_2(server):
                           env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert done.returncode == 2
     assert done.stderr.startswith("cbtui: error: cannot listen on 127.0.0.1:") and done.stderr.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_smollm2_answers_a_chat_through_its_template_and_stops_at_end_of_turn(monkeypatch):
+    from engine.models.packaged import is_pulled, packaged_path
+
+    monkeypatch.delenv("CBTUI_CACHE_DIR", raising=False)  # the default cache, where `cbtui pull` puts it
+    if not is_pulled("smollm2"):
+        pytest.skip(f"smollm2 is not pulled ({packaged_path('smollm2')}); run `cbtui pull smollm2`")
+    with ApiProcess("--model", "smollm2") as proc:
+        api = openai.OpenAI(base_url=proc.url, api_key="unused", max_retries=0, timeout=120)
+        assert [m.id for m in api.models.list().data] == ["smollm2"]
+        reply = api.chat.completions.create(model="smollm2", temperature=0, max_tokens=30,
+                                            messages=[{"role": "user", "content": "What is the capital of France?"}])
+        answer = reply.choices[0].message.content
+        assert "Paris" in answer and "<|im_end|>" not in answer  # the end-of-turn token is not text
+        assert reply.choices[0].finish_reason == "stop" and reply.usage.completion_tokens < 30
+        counted = api.chat.completions.create(model="smollm2", temperature=0, max_tokens=40, stop=["6"],
+                                              messages=[{"role": "user",
+                                                         "content": "Count from 1 to 10, separated by commas."}])
+        assert counted.choices[0].message.content.rstrip(", ").endswith("5")
+        assert counted.choices[0].finish_reason == "stop"

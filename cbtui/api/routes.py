@@ -47,6 +47,7 @@ class ServedModel:
     thread's objects afterwards): its name, tokenizer, context and end-of-sequence ids."""
 
     name: str
+    aliases: tuple[str, ...]  # other names a request may give it (the model's display name)
     tokenizer: Tokenizer
     context: int
     vocab_size: int
@@ -73,14 +74,14 @@ def build_app(hub: EngineHub, model: ServedModel, api_key: str | None = None,
         return JSONResponse({"object": "list", "data": [_model_card(model)]})
 
     async def one_model(request: Request) -> Response:
-        if request.path_params["name"] != model.name:
+        if request.path_params["name"] not in (model.name, *model.aliases):
             raise APIError(404, f"The model {request.path_params['name']!r} does not exist; this server serves "
                                 f"{model.name!r}", "model", "model_not_found")
         return JSONResponse(_model_card(model))
 
     async def completions(request: Request) -> Response:
         body = check_fields(await _json_body(request, max_body), COMPLETION_FIELDS)
-        check_model(body, model.name)
+        check_model(body, model.name, model.aliases)
         if "prompt" not in body:
             raise bad_request("you must provide a prompt", "prompt")
         prompt = completion_prompt(model.tokenizer, body["prompt"], model.vocab_size)
@@ -89,7 +90,7 @@ def build_app(hub: EngineHub, model: ServedModel, api_key: str | None = None,
 
     async def chat_completions(request: Request) -> Response:
         body = check_fields(await _json_body(request, max_body), CHAT_FIELDS)
-        check_model(body, model.name)
+        check_model(body, model.name, model.aliases)
         prompt = chat_prompt(model.tokenizer, chat_messages(body.get("messages")))
         gen = generation(body, prompt, model.context, CHAT_DEFAULT_MAX_TOKENS, "max_completion_tokens"
                          if "max_completion_tokens" in body else "max_tokens")

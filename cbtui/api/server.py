@@ -72,7 +72,10 @@ def base_url(sock: socket.socket) -> str:
 def served_model(engine: Any) -> ServedModel:
     """Read from the engine before its thread starts; the routes never touch it afterwards."""
     spec = engine.runner.spec
-    return ServedModel(name=engine.header().model, tokenizer=engine.tokenizer, context=spec.max_context,
+    # the name clients send is the --model setting as given (smollm2, tiny, a path), as vLLM serves
+    # a model under the name it was started with; the header's display name is accepted too
+    return ServedModel(name=str(engine.config.llm.name), aliases=(engine.header().model,),
+                       tokenizer=engine.tokenizer, context=spec.max_context,
                        vocab_size=spec.vocab_size, stop_ids=frozenset(engine.runner.stop_ids),
                        created=int(time.time()))
 

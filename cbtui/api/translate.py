@@ -60,13 +60,13 @@ def check_fields(body: Any, allowed: frozenset[str]) -> dict:
     return body
 
 
-def check_model(body: dict, served: str) -> None:
+def check_model(body: dict, served: str, aliases: tuple[str, ...] = ()) -> None:
     model = body.get("model")
     if model is None:
         raise bad_request(f"you must provide a model parameter (this server serves {served!r})", "model")
     if not isinstance(model, str):
         raise bad_request("model must be a string", "model")
-    if model != served:
+    if model != served and model not in aliases:
         raise APIError(404, f"The model {_short(model)} does not exist; this server serves {served!r} "
                             f"(GET /v1/models)", "model", "model_not_found")
 

@@ -1,6 +1,7 @@
 """`cbtui api` with the dashboard (Pilot, 80x24): a client's request shows in the requests table,
 space holds its stream, each n sends it exactly the next token's text, space again lets it finish
-with the text the prompt gives alone; the header names the address."""
+with the text the prompt gives alone; the header names the address, and says idle (not finished)
+once no request is left."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ import openai
 import pytest
 from dashboard_helpers import NO_GPU, FakeProbe, wait_until
 
+from cbtui.api.dashboard import ApiDashboard
 from cbtui.api.hub import EngineHub, ServedEngine
 from cbtui.api.routes import build_app
 from cbtui.api.server import ServerThread, api_scenario, base_url, bind, default_scenario, served_model
 from cbtui.api.text import TextAssembler
-from cbtui.apps.dashboard import DashboardApp
 from cbtui.run.controller import MAX_SPEED
 from engine import Engine, EngineConfig
 from engine.models.tokenizer import ByteTokenizer
@@ -37,7 +38,7 @@ def test_space_holds_the_stream_and_n_sends_one_token():
     hub = EngineHub(max_requests=8)
     sock = bind("127.0.0.1", 0)
     url = base_url(sock)
-    dashboard = DashboardApp(api_scenario(default_scenario(), url), ServedEngine(engine, hub), speed=MAX_SPEED,
+    dashboard = ApiDashboard(api_scenario(default_scenario(), url), ServedEngine(engine, hub), speed=MAX_SPEED,
                              probe=FakeProbe([NO_GPU]), memory_poll_s=3600.0)
     hub.controller = dashboard.controller
     server = ServerThread(build_app(hub, served_model(engine)), sock)
@@ -74,6 +75,7 @@ def test_space_holds_the_stream_and_n_sends_one_token():
             await pilot.press("space")
             await asyncio.wait_for(reader, 30)
             assert "".join(texts) == TOK.text(alone) and finish[-1] == "length"
+            await wait_until(pilot, lambda: " idle " in str(dashboard.query_one("#header").render()))
             await api.close()
 
     try:

@@ -11,4 +11,5 @@ finish, and pausing or stepping it holds or paces every stream.
     text.py       a client's tokens as text: incremental, cut at stop strings
     routes.py     the Starlette app: endpoints, limits, the API key, streaming
     server.py     uvicorn in a thread beside the dashboard or the headless step log
+    dashboard.py  the dashboard, idle (not finished) while no request is left
 """

@@ -155,9 +155,9 @@ def serve_dashboard(scenario: Any, engine: Any, hub: EngineHub, app: Any, sock: 
         return ServedEngine(rebuild_engine(), hub)
 
     def make_app(scenario: Any, served: Any, rebuild: Any) -> Any:
-        from ..apps.dashboard import DashboardApp
+        from .dashboard import ApiDashboard
 
-        dashboard = DashboardApp(scenario, served, rebuild=rebuild, **run_options)
+        dashboard = ApiDashboard(scenario, served, rebuild=rebuild, **run_options)
         hub.controller = dashboard.controller
         return dashboard
 

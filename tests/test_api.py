@@ -185,6 +185,40 @@ def test_a_client_that_hangs_up_mid_stream_is_aborted_and_others_lose_nothing(se
     assert "Traceback" not in "".join(server.errors)
 
 
+def send_raw(host_port, body: dict) -> socket.socket:
+    data = json.dumps(body).encode()
+    sock = socket.create_connection(host_port, timeout=30)
+    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: " + str(len(data)).encode() + b"\r\n\r\n" + data)
+    return sock
+
+
+def test_a_client_that_hangs_up_while_waiting_for_a_whole_answer_is_aborted(server):
+    before = len(recorded(server.record))
+    sock = send_raw(server.host_port, {"model": "tiny", "prompt": "whole, then gone", "max_tokens": 3000,
+                                       "temperature": 0})
+    wait_for(lambda: any(r["running"] for r in recorded(server.record)[before:]), 30, "the request to run")
+    sock.close()
+    wait_for(lambda: any(r["aborted"] for r in recorded(server.record)[before:]), 30, "its abort in the recording")
+
+
+def test_ctrl_c_ends_open_requests_with_an_error_and_no_traceback():
+    with ApiProcess() as proc:
+        stream = send_raw(proc.host_port, {"model": "tiny", "prompt": "s", "max_tokens": 3000, "stream": True})
+        whole = send_raw(proc.host_port, {"model": "tiny", "prompt": "w", "max_tokens": 3000})
+        seen = b""
+        while b"data: " not in seen:
+            seen += stream.recv(4096)
+        assert proc.stop() == 130  # as after any Ctrl+C
+        rest = b""
+        while chunk := stream.recv(65536):
+            rest += chunk
+        assert b'"message":"the server is shutting down"' in rest and b"data: [DONE]" in rest
+        answer = whole.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 503") and b"the server is shutting down" in answer
+    assert "Traceback" not in "".join(proc.errors) and "ERROR" not in "".join(proc.errors)
+
+
 def test_many_concurrent_streaming_clients_all_finish_as_if_alone(server):
     n, max_tokens = 100, 8
     prompts = [f"client {i} asks" for i in range(n)]

@@ -41,7 +41,7 @@ def test_space_holds_the_stream_and_n_sends_one_token():
     dashboard = ApiDashboard(api_scenario(default_scenario(), url), ServedEngine(engine, hub), speed=MAX_SPEED,
                              probe=FakeProbe([NO_GPU]), memory_poll_s=3600.0)
     hub.controller = dashboard.controller
-    server = ServerThread(build_app(hub, served_model(engine)), sock)
+    server = ServerThread(build_app(hub, served_model(engine)), hub, sock)
     server.start()
 
     async def scenario():

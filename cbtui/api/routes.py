@@ -160,13 +160,16 @@ async def _answer(request: Request, hub: EngineHub, model: ServedModel, gen: Gen
 async def _collect(request: Request, stream: TokenStream, text: TextAssembler) -> str:
     """The whole answer; a client that leaves while it waits has its request aborted (by the caller)."""
     parts = []
+    checked = time.monotonic()
     while True:
         try:
             tokens, end = await asyncio.wait_for(stream.queue.get(), DISCONNECT_POLL_S)
         except asyncio.TimeoutError:
+            tokens, end = [], None
+        if time.monotonic() - checked >= DISCONNECT_POLL_S:  # by the clock: a busy stream never times out
+            checked = time.monotonic()
             if await request.is_disconnected():
-                raise ClientDisconnect() from None
-            continue
+                raise ClientDisconnect()
         parts.append(text.add(tokens))
         if end is not None:
             _check_end(end)

@@ -91,20 +91,27 @@ def api_scenario(scenario: Any, url: str) -> Any:
                    question="What does your traffic do to the batch?")
 
 
-def uvicorn_server(app: Any, quiet: bool) -> Any:
+def uvicorn_server(app: Any, hub: EngineHub, quiet: bool) -> Any:
     import uvicorn
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: Any = None) -> None:
+            # Open requests end now, each with a clear error (a 503, or an error event and [DONE]),
+            # rather than waiting out the grace period and being cancelled mid-answer.
+            hub.end_all("the server is shutting down")
+            await super().shutdown(sockets)
 
     config = uvicorn.Config(app, log_level="critical" if quiet else "warning", access_log=False,
                             timeout_graceful_shutdown=GRACEFUL_S, lifespan="off")
-    return uvicorn.Server(config)
+    return Server(config)
 
 
 def serve_headless(engine: Any, hub: EngineHub, app: Any, sock: socket.socket,
                    observers: list[Callable[[StepRecord], None]], speed: float = MAX_SPEED) -> int:
-    """One line per step on stdout while uvicorn serves on this thread; Ctrl+C stops both. 0, or 1
-    when the engine failed."""
+    """One line per step on stdout while uvicorn serves on this thread; Ctrl+C stops both. 0, 130
+    after Ctrl+C (SIGINT), 1 when the engine failed."""
     failed: list[str] = []
-    server = uvicorn_server(app, quiet=False)
+    server = uvicorn_server(app, hub, quiet=False)
 
     def on_record(record: StepRecord) -> None:
         for observe in observers:
@@ -122,6 +129,8 @@ def serve_headless(engine: Any, hub: EngineHub, app: Any, sock: socket.socket,
     controller.start()
     try:
         server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn raises the Ctrl+C it caught again once it has shut down
+        return 130
     finally:
         controller.stop()
         engine.close()
@@ -131,8 +140,8 @@ def serve_headless(engine: Any, hub: EngineHub, app: Any, sock: socket.socket,
 class ServerThread:
     """uvicorn on a thread of its own (beside the dashboard), stopped when the dashboard quits."""
 
-    def __init__(self, app: Any, sock: socket.socket):
-        self.server = uvicorn_server(app, quiet=True)
+    def __init__(self, app: Any, hub: EngineHub, sock: socket.socket):
+        self.server = uvicorn_server(app, hub, quiet=True)
         self.thread = threading.Thread(target=self.server.run, kwargs=dict(sockets=[sock]), name="cbtui-api",
                                        daemon=True)
 
@@ -161,7 +170,7 @@ def serve_dashboard(scenario: Any, engine: Any, hub: EngineHub, app: Any, sock: 
         hub.controller = dashboard.controller
         return dashboard
 
-    server = ServerThread(app, sock)
+    server = ServerThread(app, hub, sock)
     server.start()
     try:
         return run_dashboard(scenario, ServedEngine(engine, hub), rebuild=rebuild, app_factory=make_app)

@@ -181,7 +181,7 @@ def run_http(texts: list[str], max_tokens: int, rate: float, model: str, device:
     app = build_app(hub, served_model(engine))
     controller = EngineController(ServedEngine(engine, hub), lambda r: None, lambda s: None, speed=MAX_SPEED)
     hub.controller = controller
-    server = ServerThread(app, sock)
+    server = ServerThread(app, hub, sock)
     controller.start()
     server.start()
 

@@ -95,3 +95,27 @@ def test_a_full_hub_refuses_with_429_and_an_engine_refusal_is_400():
             controller.stop()
 
     asyncio.run(scenario())
+
+
+def test_letting_a_stream_go_twice_frees_one_place_and_aborts_it_once():
+    async def scenario():
+        hub = EngineHub(max_requests=2)
+        engine = Engine(EngineConfig(model="tiny", device="cpu"))
+        records = []
+        controller = EngineController(ServedEngine(engine, hub), records.append, lambda s: None, paused=True)
+        hub.controller = controller
+        controller.start()
+        try:
+            stream = await hub.submit(gen("let go"))
+            other = await hub.submit(gen("stays"))
+            hub.ended(stream)  # the generator's finally, then the response's: one release
+            hub.ended(stream)
+            assert hub.live == 1
+            controller.step_once()
+            await asyncio.sleep(0.5)
+            assert records and records[0].aborted == [stream.request_id]
+            assert other.request_id not in records[0].aborted
+        finally:
+            controller.stop()
+
+    asyncio.run(scenario())

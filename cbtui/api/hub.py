@@ -33,6 +33,7 @@ class TokenStream:
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     request_id: int | None = None
     ended: str | None = None  # "finished", "aborted" or an error, once the last item is queued
+    released: bool = False  # the server is done with it (EngineHub.ended ran)
 
     def put(self, tokens: list[int], end: str | None = None) -> None:
         """From the engine thread. A loop that has closed (the server stopped) takes nothing."""
@@ -82,7 +83,10 @@ class EngineHub:
         return stream
 
     def ended(self, stream: TokenStream) -> None:
-        """The client is done with its stream (the request ended, or it left)."""
+        """The client is done with its stream (the request ended, or it left); once per stream."""
+        if stream.released:
+            return
+        stream.released = True
         self._live -= 1
         if stream.ended is None and stream.request_id is not None:
             self.abort(stream.request_id)

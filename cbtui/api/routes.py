@@ -147,8 +147,8 @@ async def _answer(request: Request, hub: EngineHub, model: ServedModel, gen: Gen
     shape = _Shape(ident, int(time.time()), model.name, chat)
     text = TextAssembler(model.tokenizer.text, model.stop_ids, gen.stop)
     if gen.stream:
-        return StreamingResponse(_events(hub, stream, text, shape, len(gen.prompt), gen.include_usage),
-                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return _EventStream(_events(hub, stream, text, shape, len(gen.prompt), gen.include_usage),
+                            lambda: hub.ended(stream))
     try:
         whole = await _collect(request, stream, text)
     finally:
@@ -204,6 +204,21 @@ async def _events(hub: EngineHub, stream: TokenStream, text: TextAssembler, shap
         yield "data: [DONE]\n\n"
     finally:
         hub.ended(stream)
+
+
+class _EventStream(StreamingResponse):
+    """Server-sent events whose request is let go however the response ends: a client gone before
+    the first event never starts the generator, so its `finally` alone would not run."""
+
+    def __init__(self, events: AsyncIterator[str], release: Callable[[], None]):
+        super().__init__(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        self._release = release
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
 
 
 def _check_end(end: str) -> None:

@@ -202,6 +202,7 @@ def test_a_client_that_hangs_up_while_waiting_for_a_whole_answer_is_aborted(serv
     wait_for(lambda: any(r["aborted"] for r in recorded(server.record)[before:]), 30, "its abort in the recording")
 
 
+@pytest.mark.slow  # measured: 1.5 s or more
 def test_ctrl_c_ends_open_requests_with_an_error_and_no_traceback():
     with ApiProcess() as proc:
         stream = send_raw(proc.host_port, {"model": "tiny", "prompt": "s", "max_tokens": 3000, "stream": True})
@@ -219,6 +220,7 @@ def test_ctrl_c_ends_open_requests_with_an_error_and_no_traceback():
     assert "Traceback" not in "".join(proc.errors) and "ERROR" not in "".join(proc.errors)
 
 
+@pytest.mark.slow  # measured: 1.5 s or more
 def test_many_concurrent_streaming_clients_all_finish_as_if_alone(server):
     n, max_tokens = 100, 8
     prompts = [f"client {i} asks" for i in range(n)]
@@ -279,6 +281,7 @@ def _answers(api) -> bool:
         return False
 
 
+@pytest.mark.slow  # measured: 1.5 s or more
 def test_a_taken_port_is_one_line_and_exit_2(server):
     done = subprocess.run([sys.executable, "-m", "cbtui", "api", "--headless", "--port", str(server.host_port[1])],
                           capture_output=True, text=True, timeout=90, cwd=ROOT,

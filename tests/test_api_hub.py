@@ -38,12 +38,14 @@ def test_paused_holds_every_stream_and_one_step_sends_one_token_each():
         controller.start()
         try:
             streams = [await hub.submit(gen(f"client {i}")) for i in range(3)]
-            for s in streams:  # paused: nothing comes, however long one waits
-                assert await drain(s.queue, 0.3) == []
+            await asyncio.sleep(0.3)  # paused: nothing comes, however long one waits
+            assert all(s.queue.empty() for s in streams)
             for _ in range(4):
                 controller.step_once()
-                got = [await drain(s.queue, 0.5) for s in streams]
-                assert all(len(items) == 1 and len(items[0][0]) == 1 and items[0][1] is None for items in got)
+                got = [await asyncio.wait_for(s.queue.get(), 10) for s in streams]
+                assert all(len(tokens) == 1 and end is None for tokens, end in got)
+                await asyncio.sleep(0.05)  # and nothing more after it
+                assert all(s.queue.empty() for s in streams)
             assert [s.request_id for s in streams] == [0, 1, 2]
         finally:
             controller.stop()

@@ -1,8 +1,8 @@
 """Next-token choice: greedy by default; temperature / top-k / top-p with a per-request seeded generator.
 
 A step samples every row at once (`sample_batch`): one argmax for the greedy rows, and for the
-sampled rows one scaling, one top-k / top-p cut, one softmax and one inverse-CDF draw over the
-whole [rows, vocab] block, instead of a softmax per request (with a 49k vocabulary that is most of
+sampled rows one scaling, one top-k and one top-p cut, one softmax and one inverse-CDF draw over
+the whole [rows, vocab] block, instead of a softmax per request (with a 49k vocabulary that is most of
 a small batch's sampling time). Each sampled row still takes exactly one uniform number from its
 own request's generator, so a seeded request draws the same tokens alone or in any batch.
 
@@ -79,32 +79,52 @@ def probabilities(logits: torch.Tensor, temperature: float, top_k: int,
     return probs.reshape(logits.shape)
 
 
+NUCLEUS_CANDIDATES = 1024  # top-p looks among this many most likely tokens first (a sort of 49k is slow)
+
+
 def _distributions(logits: torch.Tensor, temperatures: Sequence[float], top_ks: Sequence[int],
-                   top_ps: Sequence[float], request_ids: Sequence[int | None]
-                   ) -> torch.Tensor:
-    """Each row's probabilities, in vocabulary order (a cut by top-k or top-p sorts the rows once)."""
+                   top_ps: Sequence[float], request_ids: Sequence[int | None]) -> torch.Tensor:
+    """Each row's probabilities, in vocabulary order (a row's draw must not depend on its neighbours)."""
     scaled = logits.float().cpu() / torch.tensor(temperatures, dtype=torch.float32).unsqueeze(-1)
-    vocab = scaled.shape[-1]
-    if any(k > 0 for k in top_ks) or any(p < 1 for p in top_ps):
-        scaled, order = torch.sort(scaled, dim=-1, descending=True)
-        if any(k > 0 for k in top_ks):
-            # Ties with the k-th logit stay in, as torch.topk's threshold has always kept them.
-            kth = torch.tensor([min(k, vocab) - 1 if k > 0 else vocab - 1 for k in top_ks]).unsqueeze(-1)
-            scaled = scaled.masked_fill(scaled < scaled.gather(-1, kth), float("-inf"))
-        if any(p < 1 for p in top_ps):
-            sorted_probs = torch.softmax(scaled, dim=-1)
-            before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs  # mass of the tokens ranked above
-            # the nucleus: tokens until the mass reaches top_p (the first always stays)
-            outside = before >= torch.tensor(top_ps, dtype=torch.float32).unsqueeze(-1)
-            scaled = scaled.masked_fill(outside, float("-inf"))
-        # back to vocabulary order: a row's draw must not depend on whether a neighbour sorted the batch
-        scaled = torch.empty_like(scaled).scatter_(-1, order, scaled)
+    if any(k > 0 for k in top_ks):
+        scaled = _top_k(scaled, top_ks)
+    if any(p < 1 for p in top_ps):
+        rows = [i for i, p in enumerate(top_ps) if p < 1]
+        scaled[rows] = _top_p(scaled[rows], torch.tensor([top_ps[i] for i in rows], dtype=torch.float32))
     probs = torch.softmax(scaled, dim=-1)
     finite = torch.isfinite(probs).all(dim=-1)
     if not bool(finite.all()):
         row = int((~finite).nonzero()[0, 0])
         raise SamplingError(_no_distribution(logits[row], temperatures[row], request_ids[row]))
     return probs
+
+
+def _top_k(scaled: torch.Tensor, top_ks: Sequence[int]) -> torch.Tensor:
+    """Each row cut below its k-th largest logit (top_k 0: uncut). Ties with the k-th stay in, as
+    torch.topk's threshold always kept them. One topk call, to the largest k of the batch."""
+    vocab = scaled.shape[-1]
+    largest = torch.topk(scaled, min(max(top_ks), vocab), dim=-1).values
+    kth = torch.tensor([min(k, vocab) - 1 if k > 0 else 0 for k in top_ks]).unsqueeze(-1)
+    threshold = largest.gather(-1, kth)
+    threshold[torch.tensor([k <= 0 for k in top_ks])] = float("-inf")
+    return scaled.masked_fill(scaled < threshold, float("-inf"))
+
+
+def _top_p(scaled: torch.Tensor, top_ps: torch.Tensor) -> torch.Tensor:
+    """Each row cut to its nucleus: the most likely tokens until their mass reaches top_p (the first
+    always stays). Looked for among the NUCLEUS_CANDIDATES most likely tokens; a row whose nucleus
+    is wider (a flat distribution) is sorted whole."""
+    probs = torch.softmax(scaled, dim=-1)
+    k = min(NUCLEUS_CANDIDATES, probs.shape[-1])
+    values, order = torch.topk(probs, k, dim=-1)
+    cumulative = torch.cumsum(values, dim=-1)
+    keep = torch.zeros_like(probs, dtype=torch.bool).scatter_(-1, order, cumulative - values < top_ps.unsqueeze(-1))
+    wide = (cumulative[:, -1] < top_ps).nonzero().flatten().tolist() if k < probs.shape[-1] else []
+    if wide:
+        values, order = torch.sort(probs[wide], dim=-1, descending=True)
+        inside = torch.cumsum(values, dim=-1) - values < top_ps[wide].unsqueeze(-1)
+        keep[wide] = torch.zeros_like(inside).scatter_(-1, order, inside)
+    return scaled.masked_fill(~keep, float("-inf"))
 
 
 def _no_distribution(logits: torch.Tensor, temperature: float, request_id: int | None) -> str:

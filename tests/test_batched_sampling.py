@@ -89,3 +89,21 @@ def test_one_draw_per_sampled_row():
     again = torch.Generator().manual_seed(5)
     torch.rand(1, generator=again)
     assert torch.rand(1, generator=gen).item() == torch.rand(1, generator=again).item()
+
+
+def nucleus_by_sorting(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """The textbook nucleus: sort the whole row, keep tokens until the mass before them reaches top_p."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    values, order = torch.sort(probs, dim=-1, descending=True)
+    inside = torch.cumsum(values, dim=-1) - values < top_p
+    keep = torch.zeros_like(inside).scatter_(-1, order, inside)
+    kept = probs.masked_fill(~keep, 0)
+    return kept / kept.sum(dim=-1, keepdim=True)
+
+
+@pytest.mark.parametrize("spread", [0.01, 1.0, 8.0])  # flat: the nucleus is wider than the candidates
+def test_top_p_equals_the_textbook_nucleus_over_a_large_vocabulary(spread):
+    logits = torch.randn(3, 5000, generator=torch.Generator().manual_seed(1)) * spread
+    ours = probabilities(logits, 1.0, 0, top_p=0.9)
+    assert torch.equal(ours > 0, nucleus_by_sorting(logits, 0.9) > 0)
+    assert torch.allclose(ours, nucleus_by_sorting(logits, 0.9), atol=1e-6)

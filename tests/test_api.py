@@ -135,7 +135,9 @@ def test_chat_with_tools_is_refused(client):
 
 
 @pytest.mark.parametrize("body, words", [(b"{not json", "not valid JSON"), (b"[1, 2]", "must be a JSON object"),
-                                         (b'{"model": "tiny", "prompt": 5}', "prompt must be a string")])
+                                         (b'{"model": "tiny", "prompt": 5}', "prompt must be a string"),
+                                         (b"\xff\xfe{}", "not valid JSON"),
+                                         (b"[" * 100_000 + b"]" * 100_000, "nests too deeply")])
 def test_malformed_bodies_are_400(server, body, words):
     status, error, _ = raw_request(server.host_port, "POST", "/v1/completions", body)
     assert status == 400 and words in error["error"]["message"]

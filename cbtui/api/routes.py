@@ -134,6 +134,8 @@ async def _json_body(request: Request, limit: int) -> Any:
         return json.loads(b"".join(chunks))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise bad_request(f"the request body is not valid JSON ({exc})") from None
+    except RecursionError:  # [[[[...]]]] a hundred thousand deep
+        raise bad_request("the request body nests too deeply to read") from None
 
 
 def _model_card(model: ServedModel) -> dict:

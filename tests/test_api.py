@@ -143,6 +143,11 @@ def test_malformed_bodies_are_400(server, body, words):
     assert status == 400 and words in error["error"]["message"]
 
 
+def test_health_says_ok(server):
+    status, body, _ = raw_request(server.host_port, "GET", "/health")
+    assert status == 200 and body["status"] == "ok" and body["model"] == "tiny"
+
+
 def test_an_unknown_endpoint_is_404(server):
     status, error, _ = raw_request(server.host_port, "GET", "/v2/nothing")
     assert status == 404 and "no such endpoint" in error["error"]["message"]

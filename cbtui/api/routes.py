@@ -96,11 +96,17 @@ def build_app(hub: EngineHub, model: ServedModel, api_key: str | None = None,
                          if "max_completion_tokens" in body else "max_tokens")
         return await _answer(request, hub, model, gen, chat=True)
 
+    async def health(request: Request) -> Response:  # what load generators and orchestrators poll
+        if hub.failure is not None:
+            raise APIError(503, f"the engine stopped on an error ({hub.failure})")
+        return JSONResponse({"status": "ok", "model": model.name, "requests": hub.live})
+
     async def not_found(request: Request) -> Response:
         raise APIError(404, f"no such endpoint: {request.method} {request.url.path[:100]} (this server has GET "
-                            f"/v1/models, POST /v1/completions and POST /v1/chat/completions)")
+                            f"/v1/models, POST /v1/completions, POST /v1/chat/completions and GET /health)")
 
-    routes = [Route("/v1/models", handler(models), methods=["GET"]),
+    routes = [Route("/health", handler(health), methods=["GET"]),
+              Route("/v1/models", handler(models), methods=["GET"]),
               Route("/v1/models/{name:path}", handler(one_model), methods=["GET"]),
               Route("/v1/completions", handler(completions), methods=["POST"]),
               Route("/v1/chat/completions", handler(chat_completions), methods=["POST"]),

@@ -64,7 +64,11 @@ def is_loopback(host: str) -> bool:
 
 
 def base_url(sock: socket.socket) -> str:
+    """The address clients use: bound to every interface (0.0.0.0, ::), this machine's name, which
+    is what a student's laptop can reach, not 0.0.0.0."""
     host, port = sock.getsockname()[:2]
+    if host in ("0.0.0.0", "::"):
+        host = socket.gethostname()
     shown = f"[{host}]" if ":" in host else host
     return f"http://{shown}:{port}/v1"
 

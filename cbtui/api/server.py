@@ -165,7 +165,9 @@ def serve_dashboard(scenario: Any, engine: Any, hub: EngineHub, app: Any, sock: 
 
     def rebuild() -> ServedEngine:
         hub.end_all("the run was restarted on the dashboard (r); send the request again")
-        return ServedEngine(rebuild_engine(), hub)
+        served = ServedEngine(rebuild_engine(), hub)
+        hub.failure = None  # a new engine: a failed one's refusal ends with it
+        return served
 
     def make_app(scenario: Any, served: Any, rebuild: Any) -> Any:
         from .dashboard import ApiDashboard

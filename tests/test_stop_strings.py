@@ -43,3 +43,17 @@ def test_bad_stop_strings_are_refused(bad):
     with pytest.raises(ValueError, match="stop"):
         eng.add_request("x", stop=bad)
     assert not eng.has_unfinished()
+
+
+def test_a_scenario_request_takes_stop_and_top_p(tmp_path):
+    from scenarios import ScenarioError, load_scenario
+
+    path = tmp_path / "stops.toml"
+    path.write_text('title = "t"\ndescription = "d"\n[[requests]]\nprompt = "x"\ntemperature = 0.5\n'
+                    'top_p = 0.25\nstop = ["\\n\\n", "END"]\n')
+    engine = load_scenario(str(path)).build_engine()
+    request = engine.requests[0]
+    assert request.top_p == 0.25 and request.stop is not None and request.stop.strings == ("\n\n", "END")
+    path.write_text('title = "t"\ndescription = "d"\n[[requests]]\nprompt = "x"\nstop = ["a", 3]\n')
+    with pytest.raises(ScenarioError, match=r"\[\[requests\]\] #1 stop: .* must be a string or a list of strings"):
+        load_scenario(str(path))

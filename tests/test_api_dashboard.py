@@ -1,7 +1,7 @@
 """`cbtui api` with the dashboard (Pilot, 80x24): a client's request shows in the requests table,
 space holds its stream, each n sends it exactly the next token's text, space again lets it finish
 with the text the prompt gives alone; the header names the address, and says idle (not finished)
-once no request is left."""
+once no request is left; x aborts a client's request (finish_reason "abort")."""
 
 from __future__ import annotations
 
@@ -76,6 +76,18 @@ def test_space_holds_the_stream_and_n_sends_one_token():
             await asyncio.wait_for(reader, 30)
             assert "".join(texts) == TOK.text(alone) and finish[-1] == "length"
             await wait_until(pilot, lambda: " idle " in str(dashboard.query_one("#header").render()))
+            # x on the dashboard aborts a client's request: its stream ends with finish_reason "abort"
+            texts.clear()
+            finish.clear()
+            long = await api.completions.create(model="tiny", prompt="abort me", max_tokens=3000, temperature=0,
+                                                stream=True)
+            reader = asyncio.create_task(read(long))
+            await wait_until(pilot, lambda: len(texts) > 3)
+            await pilot.press("down")
+            await wait_until(pilot, lambda: dashboard.selected == 1)
+            await pilot.press("x")
+            await asyncio.wait_for(reader, 30)
+            assert finish[-1] == "abort" and len(texts) < 3000
             await api.close()
 
     try:

@@ -317,3 +317,15 @@ def test_smollm2_answers_a_chat_through_its_template_and_stops_at_end_of_turn(mo
                                                          "content": "Count from 1 to 10, separated by commas."}])
         assert counted.choices[0].message.content.rstrip(", ").endswith("5")
         assert counted.choices[0].finish_reason == "stop"
+
+
+def test_the_recorded_session_replays_like_any_run(server, client):
+    from engine.records.recording import open_recording
+
+    client.completions.create(model="tiny", prompt="for the record", max_tokens=3, temperature=0)
+    # the client may have its answer a moment before the step's line is written (hub, then recording)
+    wait_for(lambda: server.record.read_text().endswith("\n"), 10, "the last line")
+    recording = open_recording(str(server.record))
+    assert recording.header.title.startswith("cbtui api · http://127.0.0.1:")
+    records = list(recording.records())
+    assert records and all(r.step == i for i, r in enumerate(records))  # every step, in order

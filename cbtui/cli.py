@@ -535,6 +535,97 @@ def scenario_cmd(name, list_, headless, as_json, steps, variant, at, plugins, wi
     os._exit(code)
 
 
+@main.command("api")
+@click.argument("name", required=False, metavar="[SCENARIO]")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; anything but loopback lets other machines in (give --api-key then).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
+              help="Port to listen on (0: a free one, printed at start).")
+@click.option("--api-key", default=None, envvar="CBTUI_API_KEY", metavar="KEY",
+              help="Require 'Authorization: Bearer KEY' on every request (or set CBTUI_API_KEY).")
+@click.option("--headless", is_flag=True, help="No dashboard: one line per step.")
+@click.option("--max-requests", type=click.IntRange(1, 100_000), default=512, show_default=True,
+              help="Requests running or waiting at once; the next gets 429 until one ends.")
+@click.option("--max-body", type=click.IntRange(1024, 1 << 30), default=1 << 20, show_default=True,
+              help="Largest request body in bytes; a larger one gets 413.")
+@engine_options("device", "model", "attention", "kv_layout", "speculative", "prefix_caching", "contiguous_up_to",
+                "shards", "shard_by")
+@click.option("--record", "record_to", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="Write the session to FILE as it goes (replay it with `cbtui replay FILE`).")
+@click.option("--paused", is_flag=True, help="Dashboard: start paused (every stream waits for space or n).")
+@click.option("--speed", type=SPEED, default=None, help="Steps per second (default: as fast as the engine goes).")
+@click.option("--break-on", "break_on", multiple=True, metavar="SPEC",
+              help="Dashboard: pause on the step where SPEC fires (as `cbtui scenario --break-on`). Repeatable.")
+def api_cmd(name, host, port, api_key, headless, max_requests, max_body, record_to, paused, speed, break_on,
+            **overrides):
+    """Serve the engine to real clients: an OpenAI-compatible API (GET /v1/models, POST /v1/completions,
+    POST /v1/chat/completions) whose requests join the batch the dashboard shows. SCENARIO (optional):
+    a scenario whose engine settings it uses (not its requests)."""
+    from .api.hub import EngineHub
+    from .api.routes import build_app
+    from .api.server import (
+        ApiError,
+        api_scenario,
+        base_url,
+        bind,
+        default_scenario,
+        is_loopback,
+        serve_dashboard,
+        serve_headless,
+        served_model,
+    )
+    from .run.controller import MAX_SPEED
+    from .run.options import breakpoints
+
+    if break_on and headless:
+        fail("--break-on pauses the dashboard; drop --headless")
+    if paused and headless:
+        fail("--paused holds the dashboard; with --headless nothing would ever step: drop one")
+    try:
+        stops = breakpoints(break_on)
+        loaded = load_scenario(name, model=overrides["model"]) if name else default_scenario()
+    except (ScenarioError, ValueError) as exc:
+        fail(str(exc))
+    try:
+        sock = bind(host, port)
+    except ApiError as exc:
+        fail(str(exc))
+    url = base_url(sock)
+    scenario = api_scenario(loaded, url)
+    try:
+        engine = scenario.build_engine(**overrides)
+    except (ScenarioError, ValueError) as exc:
+        fail(str(exc))
+    if engine.config.runner.overlap_steps:
+        fail("overlap_steps runs a step ahead, so a client's request could not be added or aborted between "
+             "steps; use a scenario without overlap_steps")
+    header = scenario.header(engine)
+    recording = _open_recording_file(record_to, header) if record_to is not None else None
+    if header.device == "cpu" and header.model == "tiny":
+        torch.set_num_threads(1)  # as `scenario` does
+    if not is_loopback(host):
+        click.echo(f"cbtui api: warning: listening on {visible(host)}: anyone who can reach this machine can use "
+                   f"the model{'' if api_key else ' (give --api-key to require a key)'}", err=True)
+    hub = EngineHub(max_requests)
+    app = build_app(hub, served_model(engine), api_key=api_key, max_body=max_body)
+    run_speed = MAX_SPEED if speed is None else speed
+    if headless:
+        click.echo(f"cbtui api: serving {visible(header.model)} at {url} (Ctrl+C stops)")
+        code = serve_headless(engine, hub, app, sock, [recording.write] if recording is not None else [],
+                              speed=run_speed)
+    else:
+        run_options = dict(paused=paused, speed=run_speed, recording=recording, breakpoints=stops)
+        code = serve_dashboard(scenario, engine, hub, app, sock, run_options,
+                               lambda: scenario.build_engine(**overrides))
+    if recording is not None:
+        recording.close()
+        if recording.error:
+            fail(recording.error)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 @main.command("compare")
 @click.argument("name")
 @click.option("--variants", default=None, metavar="A,B",

@@ -32,6 +32,7 @@ from .records import RunHeader, StepRecord
 from .requests.checks import check_request
 from .requests.finished import Requests
 from .requests.request import Request, RequestState
+from .requests.stop_strings import StopStrings, check_stop
 from .runner.model_runner import ModelRunner
 from .runner.output import StepOutput
 from .scheduler.plan import SchedulePlan, StepEvents
@@ -126,18 +127,21 @@ class Engine:
     # -- requests -------------------------------------------------------------------------
     def add_request(self, prompt: list[int] | str, max_new_tokens: int = 16, arrival_step: int = 0,
                     priority: int = 0, request_id: int | None = None, temperature: float = 0.0,
-                    top_k: int = 0, seed: int | None = None, deadline_step: int | None = None) -> int:
-        """Queues a request; returns its id. Raises ValueError naming what is wrong, and then changes nothing."""
+                    top_k: int = 0, seed: int | None = None, deadline_step: int | None = None,
+                    top_p: float = 1.0, stop: str | list[str] | None = None) -> int:
+        """Queues a request; returns its id. Raises ValueError naming what is wrong, and then changes nothing.
+        `stop`: strings that end the request at the step whose token completes one in its decoded text."""
         tokens = self.tokenizer.encode(prompt) if isinstance(prompt, str) else prompt
         check_request(self.config, self.runner.spec, self.scheduler.blocks, self.requests, tokens, max_new_tokens,
                       arrival_step, priority, request_id, temperature, top_k, seed, deadline_step,
-                      dense_tokens=self.scheduler.dense_tokens)
+                      dense_tokens=self.scheduler.dense_tokens, top_p=top_p)
+        stop_strings = check_stop(stop)
         # A request added mid-run arrives no earlier than now: TTFT counts from when it exists.
         arrival_step = max(arrival_step, self.step_index)
         rid = self._next_id if request_id is None else request_id
         self._next_id = max(self._next_id, rid) + 1
         req = Request(rid, list(tokens), max_new_tokens, arrival_step, priority, temperature, top_k, seed,
-                      deadline_step)
+                      deadline_step, top_p, StopStrings(stop_strings, self.tokenizer.text) if stop_strings else None)
         self.requests.live[rid] = req
         heapq.heappush(self.pending, (arrival_step, rid, req))
         self.runner.add_sampler(req)

@@ -11,6 +11,7 @@ import random
 from dataclasses import dataclass
 
 from engine.models.llama import ModelSpec
+from engine.requests.stop_strings import check_stop
 
 from .schema import Checker, is_int, show, toml_type
 
@@ -21,10 +22,11 @@ MAX_SEED = 2**32 - 1
 MAX_TEMPERATURE = 100.0
 # Below this, logits / temperature overflows float32 and the engine's sampler fails (softmax of inf).
 MIN_TEMPERATURE = 0.01
+MIN_TOP_P = 1e-6  # top_p is above 0: the nucleus always holds the most likely token
 PRINTABLE = (32, 127)  # generated prompts are printable ASCII, so byte-level text shows them
 
 REQUEST_KEYS = ("prompt", "chat", "prompt_tokens", "prompt_len", "max_new_tokens", "arrival_step", "priority",
-                "temperature", "top_k", "seed", "deadline_step")
+                "temperature", "top_k", "top_p", "seed", "deadline_step", "stop")
 ARRIVALS = ("all_at_once", "uniform", "poisson")
 GENERATOR_KEYS = ("count", "prefix_len", "prompt_len", "max_new_tokens", "arrival", "arrival_start",
                   "arrival_span", "rate", "burst_size", "priority", "temperature", "top_k", "deadline_after")
@@ -148,6 +150,13 @@ def parse_request(check: Checker, spec_table: dict, rng: random.Random, model: M
         kwargs["temperature"] = _temperature(check, spec_table)
     if "top_k" in spec_table:
         kwargs["top_k"] = check.integer(spec_table, "top_k", 0, 0, model.vocab_size)
+    if "top_p" in spec_table:
+        kwargs["top_p"] = check.number(spec_table, "top_p", 1.0, MIN_TOP_P, 1.0)
+    if "stop" in spec_table:
+        try:
+            kwargs["stop"] = list(check_stop(spec_table["stop"]))
+        except ValueError as exc:
+            check.fail("stop", str(exc).removeprefix("stop="))
     if "seed" in spec_table:
         kwargs["seed"] = check.integer(spec_table, "seed", 0, 0, MAX_SEED)
     if "deadline_step" in spec_table:

@@ -92,6 +92,9 @@ class EngineFedApp(App[None]):
                 status_changed = True
                 self._take_status(event)
             else:
+                if self.engine_state == "finished":  # work came in after the end (a live run's new
+                    self.engine_state = "running"  # requests: cbtui api, the add key): it runs again
+                    status_changed = True
                 self._take_step(event)
         self._after_drain()
         if status_changed:  # rare and important (failed, finished, restarted): draw at once

@@ -161,6 +161,36 @@ def bench_host(num_requests: int, steps: int, policy: str) -> None:
     run_host_bench(num_requests, steps, policy=policy)
 
 
+@bench.command("api")
+@click.option("--clients", type=click.IntRange(1, 10_000), default=32, show_default=True,
+              help="Streaming clients, one request each.")
+@click.option("--rate", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Clients arriving per second (0: all at once).")
+@click.option("--prompt-tokens", type=click.IntRange(1, 2048), default=64, show_default=True)
+@click.option("--max-tokens", type=click.IntRange(1, 2048), default=64, show_default=True)
+@click.option("--repeat", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Runs of each path, interleaved (in-process, HTTP; HTTP, in-process; ...).")
+@engine_option("device", default="cpu", show_default=True)
+@click.option("--model", type=click.Choice(list(MODELS)), default="tiny", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
+def bench_api(clients, rate, prompt_tokens, max_tokens, repeat, device, model, as_json) -> None:
+    """What the HTTP path costs: the same streaming workload through `cbtui api`'s server and in-process
+    (the same engine thread and hub, no HTTP); TTFT, inter-token latency and throughput, and their ratio."""
+    from .api import run_api_bench, table_lines
+
+    try:
+        result = run_api_bench(clients, rate, prompt_tokens, max_tokens, repeat, model=model, device=device,
+                               progress=lambda line: click.echo(line, err=True))
+    except ValueError as exc:
+        click.echo(f"cbtui: error: {visible(str(exc))}", err=True)
+        sys.exit(2)
+    if as_json:
+        click.echo(json.dumps(result, indent=1))
+        return
+    for line in table_lines(result):
+        click.echo(line)
+
+
 @bench.command("soak")
 @click.option("--requests", "num_requests", type=click.IntRange(min=1), default=100_000, show_default=True,
               help="Requests to finish, added as others finish.")

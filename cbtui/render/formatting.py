@@ -39,3 +39,16 @@ def first_that_fits(width: int, *forms):
         if form.cell_len <= width:
             return form
     return forms[-1]
+
+
+def count_of(done: int, total: int, width: int) -> str:
+    """'850/3000' in `width` characters: the total, then both, in thousands when the exact pair is
+    wider ('850/3k', '1234/3k', '12k/20k'); a column never cuts a figure ('850/300' read as 850 of 300)."""
+    def k0(n: int) -> str:
+        return str(n) if n < 1000 else f"{n / 1000:.0f}k"
+
+    def k1(n: int) -> str:
+        return str(n) if n < 1000 else f"{n / 1000:.1f}k".replace(".0k", "k")
+
+    forms = (f"{done}/{total}", f"{done}/{k0(total)}", f"{k1(done)}/{k0(total)}", f"{k0(done)}/{k0(total)}")
+    return next((f for f in forms if len(f) <= width), forms[-1])

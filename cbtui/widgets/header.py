@@ -18,7 +18,7 @@ class HeaderInfo:
     scenario: str
     engine: str  # model preset, device, attention backend, KV layout
     step: int | None  # the step on screen; None before the first record
-    run_state: str  # "running", "paused", "finished", "failed", "starting"
+    run_state: str  # "running", "paused", "finished", "failed", "starting", "idle" (cbtui api: no request)
     speed: str  # "4/s" or "max"
     running: int = 0
     waiting: int = 0
@@ -34,7 +34,7 @@ class HeaderInfo:
 
 
 RUN_STATE_STYLE = {"running": f"bold {GOOD}", "paused": f"bold {WARN}", "finished": f"bold {CALM}",
-                   "failed": f"bold {BAD}", "starting": "dim"}
+                   "failed": f"bold {BAD}", "starting": "dim", "idle": f"bold {CALM}"}  # idle: cbtui api, no request
 HISTORY_HINTS = ("history: → newer, space live", "history: → newer", "history")
 # A random preset's outputs are noise: the longest of these that fits, after everything else on its line.
 NOISE_HINTS = ("random weights: outputs are noise; --model smollm2 runs a real model",

@@ -14,6 +14,7 @@ from engine.records import RequestView
 from engine.records.text import decode, visible
 
 from ..render.colors import BAD, FULL, GOOD, NONE, NOTE, WARN, color_mode, request_color, request_glyph
+from ..render.formatting import count_of
 from ..render.speculation_text import drafts_cell
 
 TEXT_TAIL = 16
@@ -114,13 +115,14 @@ def row_cells(view: RequestView, mode: str,
     """The cells of `columns` for one request. A recording's state and reason are any strings: their
     control characters are shown (the output tail's too: `output_tail`)."""
     state = state_name(view)
+    widths = {key: width for key, _, width in columns}
     cells = {
         "id": lambda: id_cell(view.id, mode),
         "pri": lambda: Text(f"{view.priority}" if view.priority else "", justify="right"),
         "state": lambda: Text(visible(state), style=STATE_STYLE.get(state, "")),
-        "prompt": lambda: Text(f"{view.prefill_pos}/{view.prompt_len}", justify="right"),
+        "prompt": lambda: Text(count_of(view.prefill_pos, view.prompt_len, widths["prompt"]), justify="right"),
         "hit": lambda: Text(f"{view.cached_tokens}" if view.cached_tokens else "", justify="right", style="cyan"),
-        "gen": lambda: Text(f"{view.generated}/{view.max_new_tokens}", justify="right"),
+        "gen": lambda: Text(count_of(view.generated, view.max_new_tokens, widths["gen"]), justify="right"),
         "ttft": lambda: Text("–" if view.ttft_steps is None else f"{view.ttft_steps}", justify="right"),
         "pre": lambda: Text(f"{view.num_preemptions}" if view.num_preemptions else "", style=f"bold {BAD}",
                             justify="right"),

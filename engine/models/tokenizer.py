@@ -32,6 +32,8 @@ class Tokenizer(Protocol):
 
     def decode(self, ids: list[int]) -> str: ...
 
+    def text(self, ids: list[int]) -> str: ...
+
 
 class ByteTokenizer:
     """Bytes as ids; decode shows bytes that are no text as dots (records/text.py)."""
@@ -41,6 +43,11 @@ class ByteTokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return decode(ids)
+
+    def text(self, ids: list[int]) -> str:
+        """The bytes as the text they are (a client's answer, stop strings): UTF-8, an incomplete or
+        invalid sequence as U+FFFD, control characters kept; `decode` is the drawable form."""
+        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
 
 
 class CheckpointTokenizer:
@@ -82,6 +89,10 @@ class CheckpointTokenizer:
             raise CheckpointError(f"{self.path}: the tokenizer failed to decode {len(ids)} tokens "
                                   f"({_line(exc)}); fix its decoder or use another checkpoint") from None
 
+    def text(self, ids: list[int]) -> str:
+        """The answer's text, as a client reads it: special tokens (end of turn, ...) left out."""
+        return self._tok.decode(list(ids), skip_special_tokens=True)
+
     def chat_template(self) -> str | None:
         """The directory's chat template: chat_template.jinja, else tokenizer_config.json's."""
         from .checkpoint import CheckpointError
@@ -113,6 +124,10 @@ class CheckpointTokenizer:
     def chat_prompt(self, text: str) -> list[int]:
         """`text` as one user message through the model's chat template (rendered in jinja2's sandbox
         as transformers' apply_chat_template renders it, then encoded without added special tokens)."""
+        return self.chat_messages_prompt([{"role": "user", "content": text}])
+
+    def chat_messages_prompt(self, messages: list[dict[str, str]]) -> list[int]:
+        """A conversation ({role, content} messages) through the chat template, as chat_prompt."""
         from .chat_template import ChatTemplateError, render
         from .checkpoint import CheckpointError
 
@@ -127,7 +142,7 @@ class CheckpointTokenizer:
             value = value.get("content") if isinstance(value, dict) else value
             special[key] = value if isinstance(value, str) else None
         try:
-            rendered = render(template, [{"role": "user", "content": text}], add_generation_prompt=True, **special)
+            rendered = render(template, messages, add_generation_prompt=True, **special)
         except ChatTemplateError as exc:
             raise CheckpointError(f"{self.template_file}: {exc}; fix the template or write the prompt as plain "
                                   f"text (chat = false)") from None

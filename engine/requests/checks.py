@@ -19,7 +19,8 @@ def _is_int(value: Any) -> bool:
 
 def check_request(config: EngineConfig, spec: ModelSpec, blocks: BlockManager | None, used_ids: Container[int],
                   tokens: Any, max_new_tokens: Any, arrival_step: Any, priority: Any, request_id: Any, temperature: Any,
-                  top_k: Any, seed: Any, deadline_step: Any, dense_tokens: int | None = None) -> None:
+                  top_k: Any, seed: Any, deadline_step: Any, dense_tokens: int | None = None,
+                  top_p: Any = 1.0) -> None:
     """Arguments are Any: they come from callers and files we do not trust."""
     if not isinstance(tokens, (list, tuple)):
         raise ValueError(f"prompt={tokens!r} must be a string or a list of token ids")
@@ -41,6 +42,8 @@ def check_request(config: EngineConfig, spec: ModelSpec, blocks: BlockManager | 
             or not (temperature == 0 or 1e-3 <= temperature <= 1e3)):
         # Not nan, and not so close to 0 that logits / temperature overflows.
         raise ValueError(f"temperature={temperature!r} is out of range; use 0 (greedy) or a number in 0.001..1000")
+    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+        raise ValueError(f"top_p={top_p!r} is out of range; it must be a number above 0 and at most 1")
     if temperature > 0 and config.runner.overlap_steps:
         raise ValueError(f"temperature={temperature!r}: overlap_steps=True samples greedily on the device; "
                          f"use temperature 0 or overlap_steps=False")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from .stop_strings import StopStrings
+
 
 class RequestState(str, Enum):
     PENDING = "pending"  # added, but its arrival step has not come yet
@@ -35,6 +37,8 @@ class Request:
     top_k: int = 0
     seed: int | None = None
     deadline_step: int | None = None
+    top_p: float = 1.0  # nucleus sampling: the smallest set of tokens whose probability reaches top_p
+    stop: StopStrings | None = None  # strings that end the request once its text holds one
     output: list[int] = field(default_factory=list)
     num_computed: int = 0
     last_scheduled_step: int = -1

@@ -24,7 +24,7 @@ from ..plugins.host import PluginHost
 from ..profiling.memory import available_ram_bytes
 from ..records import ScheduledItem
 from ..requests.request import Request
-from ..sampling import greedy_batch, sample
+from ..sampling import greedy_batch, sample_batch
 from ..scheduler.plan import SchedulePlan
 from ..speculation.acceptance import verify
 from ..speculation.rows import as_decode_rows
@@ -273,8 +273,7 @@ class ModelRunner:
         # and by then every kernel of the step (queued before it on the stream) has run.
         if not self.generators or all(r.temperature <= 0 for r in sampling):
             return StepOutput(greedy_batch(logits))
-        return StepOutput([sample(logits[i], r.temperature, r.top_k, self.generators.get(r.id), r.id)
-                           for i, r in enumerate(sampling)])
+        return StepOutput(sample_batch(logits, sampling, self.generators))
 
     def _run_speculative(self, plan: SchedulePlan) -> StepOutput:
         """A step with speculating decodes: their drafts proposed and fed after their last token,

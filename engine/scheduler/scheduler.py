@@ -411,7 +411,8 @@ class Scheduler:
                 if r.first_token_step is None:
                     r.first_token_step, r.first_token_time = step, now
                     out.first_token.append(r)
-                if len(r.output) >= r.max_new_tokens or (stop and r.output[-1] in stop):
+                if (len(r.output) >= r.max_new_tokens or (stop and r.output[-1] in stop)
+                        or (r.stop is not None and r.stop.hit(r.output))):
                     r.state, r.finished_step, r.finish_time = RequestState.FINISHED, step, now
                     self.running.remove(r)
                     self._release(r)

@@ -63,7 +63,7 @@ def verify(logits: torch.Tensor, sampling: list[Request], proposals: list[Propos
     for r, proposal in zip(sampling, proposals, strict=True):
         if proposal is None:
             token = greedy[row] if r.temperature <= 0 else sample(logits[row], r.temperature, r.top_k,
-                                                                  generators.get(r.id), r.id)
+                                                                  generators.get(r.id), r.id, r.top_p)
             chosen.append(token)
             kept.append([])
             row += 1
@@ -74,7 +74,7 @@ def verify(logits: torch.Tensor, sampling: list[Request], proposals: list[Propos
             accepted = greedy_accept(greedy[row:row + rows], drafts)
             token = greedy[row + accepted]
         else:
-            p = probabilities(logits[row:row + rows], r.temperature, r.top_k, r.id)
+            p = probabilities(logits[row:row + rows], r.temperature, r.top_k, r.id, r.top_p)
             accepted, token = rejection_sample(p, drafts, q, generators.get(r.id))
         row += rows
         good = drafts[:accepted]

@@ -109,6 +109,14 @@ def test_a_child_killed_from_outside_is_one_line_then_replaced(monkeypatch):
     assert child_pid() != pid
 
 
+def test_ctrl_c_at_the_terminal_is_the_parents_not_the_childs():
+    hello(0)
+    pid = child_pid()
+    os.kill(pid, signal.SIGINT)  # as the terminal sends it to the whole foreground process group
+    time.sleep(0.2)
+    assert hello(1) == "<s><user>hello 1<assistant>" and child_pid() == pid
+
+
 def test_a_child_that_grew_is_replaced(monkeypatch):
     monkeypatch.setattr(chat_template, "RETIRE_MEMORY", 0)  # every child has grown past 0 bytes
     pids = []

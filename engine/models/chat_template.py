@@ -234,10 +234,12 @@ def _serve(parent: int, memory: int) -> None:
     {"error": ...} with "resident", the child's resident bytes now. Ends on EOF, or when the parent is gone
     (a thread watches getppid: PR_SET_PDEATHSIG would fire when the parent's *thread* that started it ends)."""
     import resource
+    import signal
 
     global RENDER_MEMORY
     RENDER_MEMORY = memory  # the parent's setting, for the limit and the messages
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C at the terminal is the parent's; we end with it
 
     def exit_with_parent() -> None:
         while os.getppid() == parent:

@@ -189,4 +189,25 @@ def test_the_child_dies_with_its_parent(busy, tmp_path):
     finally:
         parent.kill()
         parent.wait()
-    assert wait_gone(pid), f"renderer {pid} outlived its parent"
+    outlived = not wait_gone(pid)
+    if outlived:
+        os.kill(pid, signal.SIGKILL)  # leave nothing behind, even when failing
+    assert not outlived, f"renderer {pid} outlived its parent"
+
+
+def test_a_forked_process_starts_its_own_child():
+    hello(0)
+    pid = child_pid()
+    read, write = os.pipe()
+    forked = os.fork()
+    if forked == 0:  # the copy: its parent's child is not its own to talk to
+        try:
+            os.write(write, f"{hello(1)}|{child_pid()}".encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        text, its_child = pipe.read().split("|")
+    os.waitpid(forked, 0)
+    assert text == "<s><user>hello 1<assistant>" and int(its_child) != pid
+    assert hello(2) == "<s><user>hello 2<assistant>" and child_pid() == pid

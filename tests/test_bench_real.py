@@ -120,3 +120,17 @@ def test_cli_real_unknown_model_is_one_line_exit_2(tmp_path):
 
 def test_random_presets_stay_float32_on_any_cpu():
     assert default_cpu_dtype("tiny") == "float32"
+
+
+def test_auto_dtype_is_bfloat16_for_a_real_model_only_where_the_cpu_has_bf16(monkeypatch, tmp_path):
+    from engine.runner import cpu_dtype
+    from engine.runner.model_runner import resolve_dtype
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(cpu_dtype, "cpu_flags", lambda: frozenset({"avx2", "avx512_bf16"}))
+    assert resolve_dtype("auto", cpu, str(tmp_path)) == torch.bfloat16  # not a preset: a checkpoint
+    assert resolve_dtype("auto", cpu, "tiny") == torch.float32
+    assert resolve_dtype("float32", cpu, str(tmp_path)) == torch.float32
+    monkeypatch.setattr(cpu_dtype, "cpu_flags", lambda: frozenset({"avx2"}))
+    assert resolve_dtype("auto", cpu, str(tmp_path)) == torch.float32
+    assert resolve_dtype("auto", cpu) == torch.float32

@@ -3,7 +3,7 @@
 A run's flops are counted from the model's shapes, not measured: each fed token goes through
 every layer's projections (2 flops per weight) and attends to the keys before it (QK and PV:
 4 x heads x head_dim per key); each sampled token goes through the output head. The matmul speed
-is torch's own linear on the same shapes and rows, in the same process and threads, so the
+is torch's own linear on the same shapes and rows (every layer's weights), in the same process and threads, so the
 ratio of the two says how close a run gets to what the machine does with its weights.
 """
 
@@ -45,22 +45,25 @@ def run_flops(spec: ModelSpec, prompts: list[list[int]], new_tokens: list[int]) 
             "prefill_rows": sum(map(len, prompts)), "decode_rows": sum(new_tokens) - len(prompts)}
 
 
-def matmul_speed(spec: ModelSpec, rows: int, dtype: str, repeats: int = 5) -> dict:
-    """GFLOP/s of torch's linear over one layer's projections and the output head, at `rows` rows
-    (a decode step of that many requests), in `dtype`: the median of `repeats` timings, each after
-    a warm-up pass."""
+def matmul_speed(spec: ModelSpec, rows: int, dtype: str, repeats: int = 3) -> dict:
+    """GFLOP/s of torch's linear over every layer's projections and the output head, at `rows`
+    rows (a decode step of that many requests), in `dtype`: the median of `repeats` timings, each
+    after a warm-up pass. Every layer has its own copy of the weights, as the model does, so the
+    weights stream from memory as a forward pass streams them (one layer's alone would stay in
+    the CPU's cache and overstate the speed)."""
     dt = getattr(torch, dtype)
     gen = torch.Generator().manual_seed(0)
-    shapes = [*layer_shapes(spec), (spec.hidden_size, spec.vocab_size)]
-    weights = [torch.randn(o, i, generator=gen).to(dt) for i, o in shapes]
-    inputs = [torch.randn(rows, i, generator=gen).to(dt) for i, _ in shapes]
-    flops = sum(2 * rows * i * o for i, o in shapes)
+    layer = [torch.randn(o, i, generator=gen).to(dt) for i, o in layer_shapes(spec)]
+    weights = [w.clone() for _ in range(spec.num_layers) for w in layer]
+    weights.append(torch.randn(spec.vocab_size, spec.hidden_size, generator=gen).to(dt))
+    inputs = {w.shape[1]: torch.randn(rows, w.shape[1], generator=gen).to(dt) for w in weights}
+    flops = sum(2 * rows * w.numel() for w in weights)
     times = []
     with torch.no_grad():
         for rep in range(repeats + 1):
             t = time.perf_counter()
-            for x, w in zip(inputs, weights, strict=True):
-                torch.nn.functional.linear(x, w)
+            for w in weights:
+                torch.nn.functional.linear(inputs[w.shape[1]], w)
             if rep:  # the first pass warms up
                 times.append(time.perf_counter() - t)
     seconds = statistics.median(times)

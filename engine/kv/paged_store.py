@@ -78,7 +78,8 @@ class PagedKVStore:
                 self._free_rows.append(self._row.pop(rid))
         for rid, table in tables.items():
             self.tables[rid] = table
-            self._table_np[self._row_of(rid), :len(table)] = table
+            row = self._row_of(rid)  # first: growing the mirror replaces _table_np
+            self._table_np[row, :len(table)] = table
 
     def _row_of(self, request_id: int) -> int:
         """The request's row of the host table mirror, given one (the mirror doubles when full)."""

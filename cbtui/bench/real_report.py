@@ -43,8 +43,8 @@ def size_lines(size: dict) -> list[str]:
     share = machine_share(size)
     if share is not None:
         verdict = "met" if share["share"] >= GOAL_SHARE else "not met"
-        lines.append(f"ours continuous: {share['gflop']:.0f} GFLOP in {share['wall_s']:.2f} s = "
-                     f"{share['achieved_gflop_s']:.0f} GFLOP/s; the machine's matmul on the model's shapes, same run: "
+        lines.append(f"ours continuous: {share['gflop']:.3g} GFLOP in {share['wall_s']:.2f} s = "
+                     f"{share['achieved_gflop_s']:.3g} GFLOP/s; the machine's matmul on the model's shapes, same run: "
                      f"{share['decode_matmul_gflop_s']:.0f} GFLOP/s at {n} rows, {share['prefill_matmul_gflop_s']:.0f} "
                      f"at prefill rows, {share['matmul_gflop_s']:.0f} over this run's mix; share "
                      f"{share['share']:.0%} (goal >= {GOAL_SHARE:.0%}: {verdict})")

@@ -6,7 +6,15 @@ Names are imported on first use, so `engine.records` (plain data) loads without 
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING, Any
+
+# OpenMP threads that wait for each other by spinning (torch's default) turn a busy CPU into a
+# disaster: each of a forward pass's ~600 parallel regions waits for a thread the kernel has
+# descheduled. `cbtui bench real`'s decode steps of 16 requests, 2 threads, load 5 on 2 cores:
+# 0.8-2 s spinning, 0.09-0.23 s passive. Read when OpenMP starts (torch's import): only a process
+# that imports the engine before torch gets it; a value set by the user is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 _EXPORTS = {
     "Engine": "engine.engine", "EngineConfig": "engine.config", "StepRecord": "engine.records",

@@ -89,3 +89,14 @@ def test_the_grid_does_not_draw_an_evicted_entry_s_stand_in():
     kv = kv_view({4: (5,), 3: (5, 2, 9)}, {4: 3, 3: 10}, evicted={3: (0,)})
     cells = block_cells(kv)
     assert cells[5].owner == 4 and cells[5].fill == 0.75 and cells[9].owner == 3 and cells[9].fill == 0.5
+
+
+def test_tables_of_more_requests_than_the_first_mirror_holds_land_in_the_grown_one():
+    """The 65th request's table: the host mirror (64 rows at first) doubles while its row is given;
+    the table is written into the new mirror, not the old one (an IndexError before)."""
+    store = PagedKVStore(1, 1, 2, torch.float32, torch.device("cpu"), num_blocks=200, block_size=4, max_context=8)
+    tables = {rid: (rid, rid + 100) if rid < 100 else (rid,) for rid in range(65)}
+    store.apply([], tables)
+    rows = [store._row[rid] for rid in range(65)]
+    assert store._table.shape[0] == 128
+    assert [store._table[row, :2].tolist() for row in rows] == [[rid, rid + 100] for rid in range(65)]

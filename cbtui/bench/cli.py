@@ -251,3 +251,72 @@ def bench_ui(repeat: int, presses: int, device: str) -> None:
     from .ui import run_ui_bench
 
     run_ui_bench(repeat, presses, device)
+
+
+@bench.command("real")
+@engine_option("model", default="smollm2", show_default=True,
+              help="smollm2, a .gguf file, a Hugging Face checkpoint directory, a Hub name, or a preset.")
+@click.option("--requests", "requests", type=click.IntRange(min=1), multiple=True,
+              help="Concurrent requests (repeatable). Default: 16 and 64.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Runs of every system, interleaved in rotating order.")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True,
+              help="Ours' and transformers' dtype. auto: what the engine picks for this model on this CPU.")
+@click.option("--compare-dtype", type=click.Choice(["float32", "bfloat16"]), default=None,
+              help="Add a row of ours continuous in this dtype (its tokens compared with the main dtype's).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch threads (default: the CPUs this process may run on).")
+@click.option("--hf/--no-hf", default=True, show_default=True, help="Include transformers.")
+@click.option("--generate-batch/--no-generate-batch", default=True, show_default=True,
+              help="Include transformers' generate_batch (at 16 requests or fewer unless --generate-batch-all).")
+@click.option("--generate-batch-all", is_flag=True, help="Run generate_batch at every request count.")
+@click.option("--breakdown", is_flag=True,
+              help="Also time one run of ours continuous by part (linear layers, attention, output head, "
+                   "sampling, host), for prefill and decode steps.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def bench_real(model, requests, max_new_tokens, repeats, dtype, compare_dtype, threads, hf, generate_batch,
+               generate_batch_all, breakdown, as_json) -> None:
+    """A real model's chat prompts: ours (continuous, static) vs transformers (padded generate,
+    generate_batch), tokens compared, and the run's GFLOP/s against this machine's matmul."""
+    from rich.console import Console
+
+    from engine.models.source import model_spec
+    from engine.runner.cpu_dtype import default_cpu_dtype
+
+    from .real import run_real
+    from .real_report import heading, size_lines
+    from .report import bench_table
+
+    err = Console(stderr=True)
+    try:
+        model_spec(model)
+        chosen = default_cpu_dtype(model) if dtype == "auto" else dtype
+        with _sigterm_interrupts(), contextlib.redirect_stdout(sys.stderr):
+            report = run_real(model, tuple(requests) or (16, 64), max_new_tokens, repeats, chosen, threads, hf,
+                              generate_batch, compare_dtype, generate_batch_all,
+                              progress=lambda msg: err.print(f"[dim]bench real: {msg}[/dim]"))
+            if breakdown:
+                from .breakdown import run_breakdown
+
+                report["breakdown"] = run_breakdown(model, tuple(requests) or (16, 64), max_new_tokens, chosen,
+                                                    report["threads"])
+    except ValueError as exc:
+        click.echo(f"cbtui: error: {visible(str(exc))}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("cbtui: bench real interrupted", err=True)
+        _exit_now(130)
+    if as_json:
+        click.echo(json.dumps(report, indent=1))
+        return
+    out = Console(width=max(Console().width, 160))
+    out.print(heading(report), soft_wrap=True)
+    for size in report["sizes"]:
+        out.print(bench_table(size["report"]))
+        for line in size_lines(size):
+            out.print(line, soft_wrap=True)
+    if breakdown:
+        from .breakdown import breakdown_table
+
+        out.print(breakdown_table(report["breakdown"]))

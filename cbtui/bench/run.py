@@ -78,7 +78,9 @@ def rotations(names: Sequence[str], repeat: int) -> list[list[str]]:
 
 def run_systems(workload: Workload, device: str = "auto", attention: str = "auto", hf: bool = True,
                 progress=lambda msg: None, ablations: bool | Sequence[tuple[str, dict]] = True,
-                on_row=lambda report: None, repeat: int = 1, extra_rows: Sequence[tuple[str, dict]] = ()) -> dict:
+                on_row=lambda report: None, repeat: int = 1, extra_rows: Sequence[tuple[str, dict]] = (),
+                dtype: str | None = None, generate_batch_settings: dict | None = None,
+                generate_batch_skipped: str | None = None) -> dict:
     """Every system on one workload, `repeat` times, interleaved in rotating order (rotations()),
     on the same weights. A row's output tok/s is the median of its repetitions (min and max beside
     it); its ratio to ours continuous is paired: ours continuous over it within each repetition,
@@ -91,11 +93,14 @@ def run_systems(workload: Workload, device: str = "auto", attention: str = "auto
     on_row gets the report so far after each system's run (the rest marked not run, "interrupted"
     true until the end), so a process killed outright still leaves what it measured (bench --out).
     ablations: True runs ablation_rows() on CUDA (a CPU run has no fast path to measure), False none,
-    or a list of (name, engine setting) rows runs those, on any device."""
+    or a list of (name, engine setting) rows runs those, on any device (a setting may name another dtype).
+    dtype: ours' and transformers' (default: bfloat16 on CUDA, float32 on the CPU).
+    generate_batch_settings: run HF generate_batch with these (its page size, blocks, token budget)
+    on any device; None: CUDA only, CB_SETTINGS. generate_batch_skipped: not run, for this reason."""
     if repeat < 1:
         raise ValueError(f"repeat={repeat} must be at least 1")
     dev = resolve_device(device)
-    dtype = "bfloat16" if dev.type == "cuda" else "float32"
+    dtype = dtype or ("bfloat16" if dev.type == "cuda" else "float32")
     budget = CUDA_BUDGET if dev.type == "cuda" else CPU_BUDGET
 
     progress(f"{BASE}: {workload.num_requests} requests" + _of(0, repeat))
@@ -109,7 +114,7 @@ def run_systems(workload: Workload, device: str = "auto", attention: str = "auto
         ablations = (PREFIX_ROWS if workload.shared_prefixes else []) + rows
     ablations = [*extra_rows, *ablations]  # ours with one setting changed: speculation first
 
-    from .hf_systems import CB_NAME, STATIC_NAME, run_hf_generate_batch, run_hf_static
+    from .hf_systems import CB_NAME, STATIC_NAME, generate_batch, run_hf_generate_batch, run_hf_static
 
     order = [BASE, "ours static", CB_NAME, STATIC_NAME] + [name for name, _ in ablations]
     # Run order puts what the goal is measured against first (HF's continuous batching) and the
@@ -143,8 +148,9 @@ def run_systems(workload: Workload, device: str = "auto", attention: str = "auto
                 return _failed(name, exc)
 
         def ours_row(name: str, policy: str = "fcfs", **setting: Any) -> RunResult:
+            row_dtype = setting.pop("dtype", dtype)
             try:
-                result, engine = run_ours(workload, policy, device, dtype, attention, budget, name=name, **setting)
+                result, engine = run_ours(workload, policy, device, row_dtype, attention, budget, name=name, **setting)
             except Exception as exc:  # a piece that fails on this machine: say so, keep the rows measured
                 result = _failed(name, exc)
             else:
@@ -153,8 +159,15 @@ def run_systems(workload: Workload, device: str = "auto", attention: str = "auto
             free_memory(dev)  # out of the except block: its traceback no longer holds the engine
             return result
 
+        def hf_generate_batch(hf, workload: Workload) -> RunResult:
+            if generate_batch_skipped:
+                return RunResult(CB_NAME, available=False, note=generate_batch_skipped)
+            if generate_batch_settings is None:
+                return run_hf_generate_batch(hf, workload)
+            return generate_batch(hf, workload, generate_batch_settings)
+
         systems: dict[str, Callable[[], RunResult]] = {
-            CB_NAME: lambda: hf_row(CB_NAME, run_hf_generate_batch),
+            CB_NAME: lambda: hf_row(CB_NAME, hf_generate_batch),
             "ours static": lambda: ours_row("ours static", "static"),
             STATIC_NAME: lambda: hf_row(STATIC_NAME, run_hf_static),
             BASE: lambda: ours_row(BASE)}

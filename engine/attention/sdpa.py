@@ -21,6 +21,7 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: Rag
         rows, single_out = single_query_attention(q, k, v, batch, singles)
         out[rows] = single_out
     cu_q, cu_k = host_offsets(batch.q_lens), host_offsets(batch.k_lens)
+    masks = batch.scratch.setdefault("causal_masks", {})  # built once a step, read by every layer
     for i, (q_len, k_len, first) in enumerate(zip(batch.q_lens, batch.k_lens, batch.first_positions, strict=True)):
         if q_len == 1:
             continue
@@ -28,7 +29,9 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: Rag
         qi = q[q0:q0 + q_len].transpose(0, 1)[None]  # [1, h, q_len, d]
         ki = k[k0:k0 + k_len].transpose(0, 1)[None]  # [1, kv_h, k_len, d]
         vi = v[k0:k0 + k_len].transpose(0, 1)[None]
-        q_pos = torch.arange(first, first + q_len, device=q.device)
-        mask = torch.arange(k_len, device=q.device)[None, :] <= q_pos[:, None]
+        mask = masks.get((q_len, k_len, first))
+        if mask is None:
+            q_pos = torch.arange(first, first + q_len, device=q.device)
+            mask = masks[(q_len, k_len, first)] = torch.arange(k_len, device=q.device)[None, :] <= q_pos[:, None]
         out[q0:q0 + q_len] = sdpa(qi, ki, vi, attn_mask=mask, enable_gqa=True)[0].transpose(0, 1)
     return out

@@ -25,7 +25,8 @@ class ModelConfig(Section):
     device: str = setting("auto", type=str, choices=DEVICES,
                           help="Where the model runs (auto: CUDA when there is a GPU).")
     dtype: str = setting("auto", type=str, choices=DTYPES,
-                         help="The weights' and activations' precision (auto: bfloat16 on CUDA, float32 elsewhere).")
+                         help="The weights' and activations' precision (auto: bfloat16 on CUDA, and for a real "
+                              "model on a CPU with bf16 instructions; float32 elsewhere).")
     seed: int = setting(0, type=int, low=0, high=MAX_SEED,
                         help="Seeds the random presets' weights and every request's sampling.")
     eos_token_id: int | None = setting(None, type=int, low=0, optional=True,

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from . import frames
 from .record_line import NotJSON, parse_header, parse_record
 from .step_lines import StepLines
 from .types import RunHeader, StepRecord
@@ -124,12 +125,17 @@ class RecordReader:
         self.bad_line: int | None = None  # the line that stopped the reading with a RecordingError
         self.done = False  # read to the end, or to a bad line
         self._number = 0  # lines read so far
-        self._ahead: tuple[int, str, int] | None = None  # a line read but not yet used, and where it starts
+        self._ahead: tuple[int, str, tuple[int, int, int]] | None = None  # a line read but not used, and where
+        self._framed: Iterator[tuple[int, int, list[bytes]]] | None = None  # a compressed recording's frames
+        self._frame_lines: list[tuple[bytes, tuple[int, int, int]]] = []  # lines of the frame being read
         self._offset = 0  # bytes read so far
         self.lines = StepLines(self.path)  # where each record read lies: a past step is read back from there
         self._story = StoryCheck()
         self._file: IO[bytes] | None = _open_regular(self.path)
         try:
+            if frames.is_framed(self._file.read(len(frames.XZ_MAGIC))):
+                self._framed = frames.read_frames(self._file)
+            self._file.seek(0)
             first = self._line()
             if first is not None:
                 number, line, _ = first
@@ -154,16 +160,36 @@ class RecordReader:
         self.done, self.bad_line = True, number
         return RecordingError(f"{self.path}:{number}: {message}")
 
-    def _line(self) -> tuple[int, str, int] | None:
-        """The next line that is not blank, with its number and where it starts; None at the end of the file."""
+    def _raw_line(self) -> tuple[bytes, tuple[int, int, int]]:
+        """The next raw line and where it lies: (start, end, -1) in a plain file, (the frame's start,
+        its end, the line's place in it) in a compressed one; b"" at the end."""
+        assert self._file is not None
+        if self._framed is None:
+            start = self._offset
+            raw = self._file.readline(MAX_LINE_BYTES + 1)  # splits on b"\n" only
+            self._offset += len(raw)
+            return raw, (start, self._offset, -1)
+        while not self._frame_lines:
+            try:
+                start, end, lines = next(self._framed)
+            except StopIteration:
+                return b"", (0, 0, -1)
+            except frames.FrameError as exc:
+                if "cut short" in str(exc) and self.count:  # the writer stopped mid-frame
+                    self.cut_short_line = self._number + 1
+                    return b"", (0, 0, -1)
+                raise self._error(self._number + 1, f"{exc}; {HOW_TO_RECORD}") from None
+            self._frame_lines = [(line, (start, end, i)) for i, line in enumerate(lines)]
+        return self._frame_lines.pop(0)
+
+    def _line(self) -> tuple[int, str, tuple[int, int, int]] | None:
+        """The next line that is not blank, with its number and where it lies; None at the end of the file."""
         if self._ahead is not None:
             line, self._ahead = self._ahead, None
             return line
         while self._file is not None:
             try:
-                start = self._offset
-                raw = self._file.readline(MAX_LINE_BYTES + 1)  # splits on b"\n" only
-                self._offset += len(raw)
+                raw, where = self._raw_line()
             except OSError as exc:
                 raise self._error(self._number + 1, f"cannot read the file ({exc.strerror or exc})") from None
             if not raw:
@@ -179,7 +205,7 @@ class RecordReader:
                 raise self._error(self._number, f"not UTF-8 text ({exc.reason} at byte {exc.start} of the line); "
                                                 f"{HOW_TO_RECORD}") from None
             if text.strip():
-                return self._number, text, start
+                return self._number, text, where
         return None
 
     def __iter__(self) -> Iterator[StepRecord]:
@@ -192,7 +218,7 @@ class RecordReader:
         if got is None:
             self.done = True
             raise StopIteration
-        number, line, start = got
+        number, line, where = got
         try:
             record = parse_record(line)
         except NotJSON as exc:
@@ -208,7 +234,7 @@ class RecordReader:
         except ValueError as exc:  # a good record, but not the next step of this run
             raise self._error(number, str(exc)) from None
         self.count += 1
-        self.lines.note(record.step, start, start + len(line.encode("utf-8")))
+        self.lines.note(record.step, *where)
         if self.first_step is None:
             self.first_step = record.step
         self.last_step = record.step

@@ -29,6 +29,7 @@ from ..scheduler.plan import SchedulePlan
 from ..speculation.acceptance import verify
 from ..speculation.rows import as_decode_rows
 from ..speculation.speculator import make_speculator
+from .cpu_dtype import default_cpu_dtype
 from .decode_graphs import DecodeGraphs
 from .device_timer import DeviceTimer
 from .output import StepOutput
@@ -43,9 +44,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+def resolve_dtype(name: str, device: torch.device, model: str | None = None) -> torch.dtype:
+    """auto: bfloat16 on CUDA; on the CPU, bfloat16 for a real model where the CPU has bf16
+    instructions (cpu_dtype.py), float32 otherwise (presets: the exactness tests' models)."""
     if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        if device.type == "cuda":
+            return torch.bfloat16
+        return torch.bfloat16 if model is not None and default_cpu_dtype(model) == "bfloat16" else torch.float32
     dtype = getattr(torch, name)
     assert isinstance(dtype, torch.dtype)
     return dtype
@@ -157,7 +162,7 @@ class ModelRunner:
     def __init__(self, config: EngineConfig, plugins: PluginHost):
         self.config = config
         self.device = resolve_device(config.llm.device)
-        self.dtype = resolve_dtype(config.llm.dtype, self.device)
+        self.dtype = resolve_dtype(config.llm.dtype, self.device, config.llm.name)
         self.attention_name = resolve_backend(config.runner.attention, self.device)
         self.attention = get_backend(self.attention_name)
         self.spec = s = model_spec(config.llm.name)

@@ -38,6 +38,11 @@ class LessonApp(DashboardApp):
         Binding("left_square_bracket", "lesson(-1)", "Previous lesson", key_display="[", show=False),
         Binding("l", "lessons_menu", "Lessons", show=False),
         Binding("t", "fold_lesson", "Fold the lesson text", show=False),
+        # A lesson cannot fork (the fork box says why), and lessons send the class to the metrics:
+        # m takes f's and d's places in the footer, which fits 80 columns (both stay in the help)
+        Binding("f", "fork", "Fork", show=False),
+        Binding("d,enter", "detail", "Text", key_display="d", show=False),
+        Binding("m", "metrics", "Metrics"),
     ]
 
     def __init__(self, scenario, engine, lesson: Lesson, number: int, outcome: list[int | str], **kwargs):

@@ -53,6 +53,9 @@ PRESETS = {
 }
 
 
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, size: int, eps: float):
         super().__init__()
@@ -62,6 +65,12 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x * rsqrt(mean(x^2) + eps) * weight; one fused kernel on CUDA instead of five (the same
         # composite, bit for bit, on the CPU)
+        if x.dtype in LOW_PRECISION:
+            # Normalised in float32, then weighted in x's dtype, as transformers does, so bf16 runs
+            # round as the reference people compare with. (torch's fused rms_norm rounds otherwise,
+            # and that alone flipped SmolLM2's first token on "What is the capital of France?".)
+            normed = nn.functional.rms_norm(x.float(), self.weight.shape, None, self.eps)
+            return self.weight * normed.to(x.dtype)
         return nn.functional.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 

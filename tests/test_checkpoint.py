@@ -338,7 +338,9 @@ def test_cli_runs_a_scenario_on_a_checkpoint_and_its_recording_replays(checkpoin
     assert texts and all(isinstance(t, str) for t in texts)
     (tmp_path / "run.jsonl").write_text(res.stdout)
     recording = open_recording(tmp_path / "run.jsonl")  # the schema check takes the new fields
-    assert recording.header.label().startswith(f"{path.name} · fp32 · cpu")
+    # a real checkpoint runs in bf16 on a CPU with bf16 instructions, float32 elsewhere (dtype auto)
+    dtype = {"float32": "fp32", "bfloat16": "bf16"}[recording.header.dtype]
+    assert recording.header.label().startswith(f"{path.name} · {dtype} · cpu")
     assert [v.output_text for v in list(recording.records())[-1].requests] == [
         r["output_text"] for r in records[-1]["requests"]]
 

@@ -78,7 +78,7 @@ def instrument(engine: Engine, clock: PartClock) -> Callable[[], None]:
     clock.hook(model.lm_head, "lm head")
     clock.hook(model, "forward")
     runner.layer_attention = [clock.timed("attention", fn) for fn in runner.layer_attention]
-    saved = {name: getattr(model_runner, name) for name in ("greedy_batch", "sample")}
+    saved = {name: getattr(model_runner, name) for name in ("greedy_batch", "sample_batch")}
     for name, fn in saved.items():
         setattr(model_runner, name, clock.timed("sampling", fn))
 

@@ -115,8 +115,6 @@ class EngineFedApp(App[None]):
             self.engine_state = "finished"
         elif status.kind == "failed":
             self.engine_state, self.error = "failed", status.message
-        elif status.kind == "note":  # a command's answer (an abort refused, or done): said, the run goes on
-            self.notify(status.message, timeout=4, markup=False)
 
     def _after_drain(self) -> None:
         """After a batch of the inbox, before the frame."""

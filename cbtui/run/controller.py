@@ -47,14 +47,14 @@ class SteppableEngine(Steppable[StepRecord], Protocol):
 class EngineStatus:
     """What the thread reports besides records: finished, failed, or (re)started."""
 
-    # "started", "finished", "failed", "breakpoint" (paused on the step just sent), "note" (a command's answer)
+    # "started", "finished", "failed", "breakpoint" (paused on the step just sent)
     kind: str
     message: str = ""
 
 
 @dataclass(frozen=True)
 class _Command:
-    name: str  # "pause", "resume", "step", "speed", "restart", "abort", "call"
+    name: str  # "pause", "resume", "step", "speed", "restart", "call"
     value: float | None = None
     call: Callable[[Any], Any] | None = None  # "call": run on the engine between steps
     answer: Future | None = None  # "call": gets the call's result or its exception
@@ -111,10 +111,6 @@ class EngineController(Generic[Step]):
 
     def restart(self) -> None:
         self._send(_Command("restart"))
-
-    def abort(self, request_id: int) -> None:
-        """Stops the request before the next step (Engine.abort); a refusal comes back as a "note"."""
-        self._send(_Command("abort", request_id))
 
     def between_steps(self, call: Callable[[Any], Any]) -> Future:
         """Runs `call(engine)` on the engine thread before the next step (never during one), and
@@ -219,8 +215,6 @@ class EngineController(Generic[Step]):
             elif cmd.name == "restart":
                 self._restart()
                 reset_pace = True
-            elif cmd.name == "abort" and cmd.value is not None:
-                self._abort(int(cmd.value))
             elif cmd.name == "call" and cmd.call is not None and cmd.answer is not None:
                 self._call(cmd.call, cmd.answer)
 
@@ -231,18 +225,6 @@ class EngineController(Generic[Step]):
             answer.set_exception(exc)
             return
         answer.set_result(result)
-
-    def _abort(self, request_id: int) -> None:
-        abort = getattr(self._engine, "abort", None)
-        if abort is None:
-            self._on_status(EngineStatus("note", "a recorded run cannot be changed: only a live engine aborts"))
-            return
-        try:
-            abort(request_id)
-        except ValueError as exc:  # finished already, or no such request: said, and the run goes on
-            self._on_status(EngineStatus("note", str(exc)))
-            return
-        self._on_status(EngineStatus("note", f"request {request_id} is aborted before the next step"))
 
     def _restart(self) -> None:
         if self._rebuild is None:

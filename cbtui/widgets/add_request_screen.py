@@ -21,8 +21,9 @@ DEFAULT_MAX_TOKENS = 32
 
 
 class AddRequestScreen(TypeAheadScreen[tuple[str, int] | None]):
-    FIELD = "#add-prompt"
     """Dismissed with (text, max new tokens), or None on escape."""
+
+    FIELD = "#add-prompt"
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 

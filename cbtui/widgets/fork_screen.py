@@ -18,8 +18,9 @@ from .type_ahead import TypeAheadScreen
 
 
 class ForkScreen(TypeAheadScreen[str | None]):
-    FIELD = "#fork-changes"
     """Dismissed with the changes as typed, or None on escape."""
+
+    FIELD = "#fork-changes"
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 

@@ -9,12 +9,15 @@ import importlib
 import os
 from typing import TYPE_CHECKING, Any
 
-# OpenMP threads that wait for each other by spinning (torch's default) turn a busy CPU into a
-# disaster: each of a forward pass's ~600 parallel regions waits for a thread the kernel has
-# descheduled. `cbtui bench real`'s decode steps of 16 requests, 2 threads, load 5 on 2 cores:
-# 0.8-2 s spinning, 0.09-0.23 s passive. Read when OpenMP starts (torch's import): only a process
-# that imports the engine before torch gets it; a value set by the user is kept.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OpenMP threads wait for each other between a forward pass's ~600 parallel regions. torch's default
+# spins ~300,000 times first: on a busy CPU each region then waits for a thread the kernel has
+# descheduled (decode steps 5-10x slower at load 5 on 2 cores). Sleeping at once (PASSIVE) pays a
+# wake-up per region instead, 1.5x slower on an idle machine. A short spin keeps the idle speed and
+# most of the busy machine's (`cbtui bench real` at both loads: see the commit). Read when OpenMP
+# starts (torch's import): only a process that imports the engine before torch gets it; a value set
+# by the user (either variable) is kept. GNU OpenMP's (torch's wheels): Intel's ignores it.
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ.setdefault("GOMP_SPINCOUNT", "30000")
 
 _EXPORTS = {
     "Engine": "engine.engine", "EngineConfig": "engine.config", "StepRecord": "engine.records",

@@ -107,3 +107,15 @@ def test_top_p_equals_the_textbook_nucleus_over_a_large_vocabulary(spread):
     ours = probabilities(logits, 1.0, 0, top_p=0.9)
     assert torch.equal(ours > 0, nucleus_by_sorting(logits, 0.9) > 0)
     assert torch.allclose(ours, nucleus_by_sorting(logits, 0.9), atol=1e-6)
+
+
+def test_greedy_batch_breaks_ties_as_argmax_does():
+    """greedy_batch takes max(dim).indices for speed: the first largest, as argmax, ties included."""
+    from engine.sampling import greedy_batch
+
+    gen = torch.Generator().manual_seed(0)
+    for dtype in (torch.bfloat16, torch.float32, torch.float64):
+        logits = (torch.randn(64, 3000, generator=gen) * 2).round().to(dtype)  # many ties per row
+        logits[3] = 1.0  # a row of one value: index 0
+        assert greedy_batch(logits) == torch.argmax(logits, dim=-1).tolist()
+        assert greedy_batch(logits)[3] == 0

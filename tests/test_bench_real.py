@@ -136,17 +136,17 @@ def test_auto_dtype_is_bfloat16_for_a_real_model_only_where_the_cpu_has_bf16(mon
     assert resolve_dtype("auto", cpu) == torch.float32
 
 
-@pytest.mark.parametrize("preset, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
-def test_importing_cbtui_makes_openmp_wait_passively_before_torch_loads_unless_the_user_chose(preset, expected):
+@pytest.mark.parametrize("preset, expected", [({}, "unset 30000"), ({"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE unset"),
+                                              ({"GOMP_SPINCOUNT": "7"}, "unset 7")])
+def test_importing_cbtui_bounds_openmp_spinning_before_torch_loads_unless_the_user_chose(preset, expected):
     import os
     import subprocess
     import sys
 
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    if preset:
-        env["OMP_WAIT_POLICY"] = preset
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env.update(preset)
     code = ("import sys, os, cbtui; assert 'torch' not in sys.modules; import torch; "
-            "print(os.environ['OMP_WAIT_POLICY'])")
+            "print(os.environ.get('OMP_WAIT_POLICY', 'unset'), os.environ.get('GOMP_SPINCOUNT', 'unset'))")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == expected

@@ -33,6 +33,7 @@ from .cpu_dtype import default_cpu_dtype
 from .decode_graphs import DecodeGraphs
 from .device_timer import DeviceTimer
 from .output import StepOutput
+from .packed_linear import pack_linear_weights
 from .overlap import PENDING_TOKEN, DeviceTokens, feed_pending_tokens
 
 
@@ -170,6 +171,7 @@ class ModelRunner:
         self.decode_attention = choose_decode_attention(config.runner.decode_attention, self.device, self.dtype,
                                                         s.head_dim)
         self.model = self._build_model()
+        pack_linear_weights(self.model)  # bf16 on the CPU: each weight in oneDNN's layout, once
         self.weight_bytes = self.model.weight_bytes()
         self.kv: PagedKVStore | DenseKVStore
         self.dense_tokens: int | None = None  # the dense layout's cap on held KV tokens (None: paged)

@@ -51,6 +51,27 @@ def test_flops_count_every_fed_token_and_each_sampled_token_once():
 def test_matmul_speed_is_positive_and_says_its_shape():
     m = matmul_speed(PRESETS["tiny"], 4, "float32", repeats=2)
     assert m["rows"] == 4 and m["dtype"] == "float32" and m["gflop_s"] > 0
+    assert m["linear"] == "plain"  # float32 weights are never packed
+
+
+@pytest.mark.parametrize("packed_is_faster", [True, False])
+def test_matmul_speed_times_packed_bf16_weights_too_and_the_faster_counts(monkeypatch, packed_is_faster):
+    """The yardstick is the machine's best linear: packed weights are timed beside plain ones."""
+    import time
+
+    import cbtui.bench.flops as flops
+
+    monkeypatch.setattr(flops, "packing_problem", lambda device, dtype: None)
+    packed = []
+
+    def fake_pack(module):
+        packed.append(module)
+        module.forward = (lambda x: x) if packed_is_faster else (lambda x: time.sleep(0.002))
+        return 1
+    monkeypatch.setattr(flops, "pack_linear_weights", fake_pack)
+    m = matmul_speed(PRESETS["tiny"], 4, "bfloat16", repeats=1)
+    assert len(packed) == PRESETS["tiny"].num_layers * 4 + 1  # every projection and the output head
+    assert m["linear"] == ("packed" if packed_is_faster else "plain") and m["gflop_s"] > 0
 
 
 def test_machine_share_is_the_ideal_time_over_the_wall_time():

@@ -33,8 +33,8 @@ from .cpu_dtype import default_cpu_dtype
 from .decode_graphs import DecodeGraphs
 from .device_timer import DeviceTimer
 from .output import StepOutput
-from .packed_linear import pack_linear_weights
 from .overlap import PENDING_TOKEN, DeviceTokens, feed_pending_tokens
+from .packed_linear import pack_linear_weights
 
 
 def resolve_device(name: str) -> torch.device:

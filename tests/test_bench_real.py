@@ -171,3 +171,58 @@ def test_importing_cbtui_bounds_openmp_spinning_before_torch_loads_unless_the_us
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == expected
+
+
+def _rewrite_eos(directory, eos: int) -> None:
+    for name in ("config.json", "generation_config.json"):
+        path = directory / name
+        if path.is_file():
+            data = json.loads(path.read_text())
+            data["eos_token_id"] = eos
+            path.write_text(json.dumps(data))
+
+
+def test_stop_at_eos_ends_every_system_at_the_models_end_of_sequence(tmp_path):
+    """--stop-at-eos: requests end where they sample the model's end of sequence, in ours and in
+    transformers' padded generate alike (the same tokens in float32, the stop token kept), and the
+    lines say the goals are for fixed lengths."""
+    pytest.importorskip("transformers")
+    from helpers import checkpoint_maker
+
+    checkpoint_maker().make_checkpoint(tmp_path, "llama", seed=3)
+    fixed = run_real(str(tmp_path), (4,), max_new_tokens=8, repeat=1, dtype="float32", threads=1, hf=False)
+    ours = fixed["sizes"][0]["report"]["systems"][0]
+    assert ours["system"] == "ours continuous" and ours["output_tokens"] == 4 * 8
+    # an end of sequence the random model samples mid-answer: the fourth token of the first request
+    workload = chat_workload(str(tmp_path), 4, 8)
+    from cbtui.bench.ours import run_ours
+
+    first_run, engine = run_ours(workload, device="cpu", dtype="float32")
+    eos = first_run.outputs[0][3]
+    _rewrite_eos(tmp_path, eos)
+    expected = [out[:out.index(eos) + 1] if eos in out else out for out in first_run.outputs]
+    assert len(expected[0]) == 4
+
+    report = run_real(str(tmp_path), (4,), max_new_tokens=8, repeat=1, dtype="float32", threads=1,
+                      generate_batch=True, stop_at_eos=True)
+    assert report["stop_at_eos"] is True
+    from cbtui.bench.real_report import heading
+
+    assert "each request stops at end of sequence, at most 8 new tokens" in heading(report)
+    assert "end-of-sequence ignored" in heading(fixed)
+    size = report["sizes"][0]
+    rows = {r["system"]: r for r in size["report"]["systems"]}
+    assert rows["ours continuous"]["output_tokens"] == sum(map(len, expected)) < 4 * 8
+    assert rows["HF static generate"]["available"] and rows["HF static generate"]["same_outputs_as_ours"] == 1.0
+    assert rows["HF static generate"]["output_tokens"] == sum(map(len, expected))
+    assert rows["ours static"]["same_outputs_as_ours"] == 1.0
+    assert not rows["HF generate_batch"]["available"]  # fixed lengths only
+    assert size["flops"] is None and machine_share(size) is None
+    lines = "\n".join(size_lines(size, stop_at_eos=True))
+    assert "the goals are for fixed lengths" in lines and "fixed lengths only" in lines
+    assert "goal >=" not in lines
+
+
+def test_stop_at_eos_refuses_a_model_without_an_end_of_sequence():
+    with pytest.raises(ValueError, match="no end-of-sequence token"):
+        chat_workload("tiny", 2, 4, stop_at_eos=True)

@@ -88,7 +88,8 @@ def instrument(engine: Engine, clock: PartClock) -> Callable[[], None]:
     return undo
 
 
-def run_breakdown(model: str, requests: tuple[int, ...], max_new_tokens: int, dtype: str, threads: int) -> list[dict]:
+def run_breakdown(model: str, requests: tuple[int, ...], max_new_tokens: int, dtype: str, threads: int,
+                  stop_at_eos: bool = False) -> list[dict]:
     """One run of ours continuous per request count, timed by part: per kind of step (with a
     prefill, decode only), the steps, tokens, and milliseconds per step of each part."""
     before = torch.get_num_threads()
@@ -96,7 +97,7 @@ def run_breakdown(model: str, requests: tuple[int, ...], max_new_tokens: int, dt
     out = []
     try:
         for n in requests:
-            workload = chat_workload(model, n, max_new_tokens)
+            workload = chat_workload(model, n, max_new_tokens, stop_at_eos)
             engine = Engine(engine_config(workload, "fcfs", "cpu", dtype, "auto", CPU_BUDGET))
             _submit(engine, warmup_workload(model))
             _drive(engine)

@@ -271,12 +271,15 @@ def bench_ui(repeat: int, presses: int, device: str) -> None:
 @click.option("--generate-batch/--no-generate-batch", default=True, show_default=True,
               help="Include transformers' generate_batch (at 16 requests or fewer unless --generate-batch-all).")
 @click.option("--generate-batch-all", is_flag=True, help="Run generate_batch at every request count.")
+@click.option("--stop-at-eos", is_flag=True,
+              help="Each request ends at the model's end of sequence (at most --max-new-tokens), as a chat "
+                   "client's does; without it every request generates exactly --max-new-tokens.")
 @click.option("--breakdown", is_flag=True,
               help="Also time one run of ours continuous by part (linear layers, attention, output head, "
                    "sampling, host), for prefill and decode steps.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def bench_real(model, requests, max_new_tokens, repeats, dtype, compare_dtype, threads, hf, generate_batch,
-               generate_batch_all, breakdown, as_json) -> None:
+               generate_batch_all, stop_at_eos, breakdown, as_json) -> None:
     """A real model's chat prompts: ours (continuous, static) vs transformers (padded generate,
     generate_batch), tokens compared, and the run's GFLOP/s against this machine's matmul."""
     from rich.console import Console
@@ -294,13 +297,13 @@ def bench_real(model, requests, max_new_tokens, repeats, dtype, compare_dtype, t
         chosen = default_cpu_dtype(model) if dtype == "auto" else dtype
         with _sigterm_interrupts(), contextlib.redirect_stdout(sys.stderr):
             report = run_real(model, tuple(requests) or (16, 64), max_new_tokens, repeats, chosen, threads, hf,
-                              generate_batch, compare_dtype, generate_batch_all,
+                              generate_batch, compare_dtype, generate_batch_all, stop_at_eos,
                               progress=lambda msg: err.print(f"[dim]bench real: {msg}[/dim]"))
             if breakdown:
                 from .breakdown import run_breakdown
 
                 report["breakdown"] = run_breakdown(model, tuple(requests) or (16, 64), max_new_tokens, chosen,
-                                                    report["threads"])
+                                                    report["threads"], stop_at_eos)
     except ValueError as exc:
         click.echo(f"cbtui: error: {visible(str(exc))}", err=True)
         sys.exit(2)
@@ -314,7 +317,7 @@ def bench_real(model, requests, max_new_tokens, repeats, dtype, compare_dtype, t
     out.print(heading(report), soft_wrap=True)
     for size in report["sizes"]:
         out.print(bench_table(size["report"]))
-        for line in size_lines(size):
+        for line in size_lines(size, report["stop_at_eos"]):
             out.print(line, soft_wrap=True)
     if breakdown:
         from .breakdown import breakdown_table

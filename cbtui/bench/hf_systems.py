@@ -41,6 +41,14 @@ class _Stamps:
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
+def _until_stop(tokens: list[int], stop_ids: tuple[int, ...]) -> list[int]:
+    """A row's tokens up to and including its first stop id (ours keeps the stop token too)."""
+    for i, token in enumerate(tokens):
+        if token in stop_ids:
+            return tokens[:i + 1]
+    return tokens
+
+
 def _static_batches(hf, workload: Workload, device: torch.device, result: RunResult | None, start: float):
     from transformers import StoppingCriteriaList
 
@@ -56,16 +64,21 @@ def _static_batches(hf, workload: Workload, device: torch.device, result: RunRes
             ids[row, width - len(p):] = torch.tensor(p)
             mask[row, width - len(p):] = 1
         stamps = _Stamps()
-        out = hf.generate(ids.to(device), attention_mask=mask.to(device), max_new_tokens=max(news),
-                          min_new_tokens=max(news), do_sample=False, eos_token_id=None, pad_token_id=0,
-                          stopping_criteria=StoppingCriteriaList([stamps]))
-        steps += max(news)
+        # Fixed lengths: no end of sequence, every row to its batch's longest. Stopping at end of
+        # sequence: a finished row is padded while the batch runs on to its last row's end.
+        lengths = {"eos_token_id": list(workload.stop_ids)} if workload.stop_ids else \
+            {"eos_token_id": None, "min_new_tokens": max(news)}
+        out = hf.generate(ids.to(device), attention_mask=mask.to(device), max_new_tokens=max(news), do_sample=False,
+                          pad_token_id=0, stopping_criteria=StoppingCriteriaList([stamps]), **lengths)
+        steps += out.shape[1] - width
         if result is None:
             continue
         gen = out[:, width:].tolist()
         for row, n in enumerate(news):
-            result.outputs.append(gen[row][:n])
-            result.output_tokens += n
+            tokens = _until_stop(gen[row][:n], workload.stop_ids)
+            result.outputs.append(tokens)
+            result.output_tokens += len(tokens)
+            n = len(tokens)
             first, last = stamps.times[0], stamps.times[n - 1]
             result.ttft_s.append(first - start)
             if n > 1:
@@ -127,6 +140,8 @@ def generate_batch(hf, workload: Workload, settings: dict) -> RunResult:
     the CPU with its memory probe replaced). One output length: one generate_batch call; several:
     the manager, a request each. The note names the attention transformers ran with: its batching
     may switch to another implementation (e.g. flash attention, where installed) on its own."""
+    if workload.stop_ids:
+        return RunResult(CB_NAME, available=False, note="run with fixed lengths only (end of sequence ignored)")
     result = _generate_batch(hf, workload, settings)
     used = getattr(hf.config, "_attn_implementation", None)
     if used:

@@ -28,7 +28,8 @@ def engine_config(workload: Workload, policy: str, device: str, dtype: str, atte
                         decode_graphs=decode_graphs, decode_attention=decode_attention, overlap_steps=overlap_steps,
                         speculative=speculative, num_speculative_tokens=num_speculative_tokens,
                         prefix_caching=prefix_caching,
-                        ignore_eos=True)  # every system generates exactly max_new_tokens
+                        # every system generates exactly max_new_tokens, unless the workload stops at end of sequence
+                        ignore_eos=not workload.stop_ids)
 
 
 def _submit(engine: Engine, workload: Workload) -> list[int]:

@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from engine.models.source import is_preset, model_spec, tokenizer_for
+from engine.models.source import eos_token_ids, is_preset, model_spec, tokenizer_for
 from engine.runner.cpu_dtype import bf16_flags
 
 from .chat_questions import CHAT_QUESTIONS
@@ -32,9 +32,11 @@ CPU_GENERATE_BATCH = {"page_size": 32, "max_batch_tokens": 2048}
 GENERATE_BATCH_MAX = 16  # request counts above this skip generate_batch unless asked (its time)
 
 
-def chat_workload(model: str, requests: int, max_new_tokens: int) -> Workload:
+def chat_workload(model: str, requests: int, max_new_tokens: int, stop_at_eos: bool = False) -> Workload:
     """`requests` chat prompts: the questions in order (repeated past the list's end), each in the
-    model's chat template; a preset has none, so its prompts are the questions' bytes."""
+    model's chat template; a preset has none, so its prompts are the questions' bytes. stop_at_eos:
+    each request ends at the model's end of sequence (at most max_new_tokens), as a chat client's
+    does; otherwise every request generates exactly max_new_tokens."""
     tokenizer = tokenizer_for(model)
     questions = [CHAT_QUESTIONS[i % len(CHAT_QUESTIONS)] for i in range(requests)]
     if is_preset(model):
@@ -45,7 +47,10 @@ def chat_workload(model: str, requests: int, max_new_tokens: int) -> Workload:
     if max(map(len, prompts)) + max_new_tokens > spec.max_context:
         raise ValueError(f"max_new_tokens={max_new_tokens}: model {spec.name!r} holds {spec.max_context} tokens "
                          f"of context; use fewer new tokens")
-    return Workload("chat", model, prompts, [max_new_tokens] * requests, 1.0, requests, 0)
+    stop_ids = tuple(eos_token_ids(model)) if stop_at_eos else ()
+    if stop_at_eos and not stop_ids:
+        raise ValueError(f"model {spec.name!r} names no end-of-sequence token; run without --stop-at-eos")
+    return Workload("chat", model, prompts, [max_new_tokens] * requests, 1.0, requests, 0, stop_ids=stop_ids)
 
 
 def llama_cpp_note() -> str:
@@ -63,7 +68,8 @@ def pin_threads(threads: int) -> None:
 def run_real(model: str = DEFAULT_MODEL, requests: tuple[int, ...] = DEFAULT_REQUESTS,
              max_new_tokens: int = DEFAULT_NEW_TOKENS, repeat: int = 3, dtype: str = "float32",
              threads: int | None = None, hf: bool = True, generate_batch: bool = True,
-             compare_dtype: str | None = None, generate_batch_all: bool = False, progress=lambda msg: None) -> dict:
+             compare_dtype: str | None = None, generate_batch_all: bool = False, stop_at_eos: bool = False,
+             progress=lambda msg: None) -> dict:
     """Every request count in turn, each a run_systems report with the run's flops and the
     matmul speed beside it. compare_dtype: a row of ours continuous in that dtype too (its 'same
     out' says how many requests keep ours' greedy tokens)."""
@@ -76,7 +82,7 @@ def run_real(model: str = DEFAULT_MODEL, requests: tuple[int, ...] = DEFAULT_REQ
     sizes = []
     try:
         for n in requests:
-            workload = chat_workload(model, n, max_new_tokens)
+            workload = chat_workload(model, n, max_new_tokens, stop_at_eos)
             rows = [(f"ours continuous, {compare_dtype}", {"dtype": compare_dtype})] if compare_dtype else []
             prefill_rows = min(sum(map(len, workload.prompts)), CPU_BUDGET)
             progress(f"{n} requests: matmul of the model's shapes ({dtype}, {n} and {prefill_rows} rows)")
@@ -92,12 +98,14 @@ def run_real(model: str = DEFAULT_MODEL, requests: tuple[int, ...] = DEFAULT_REQ
             report = run_systems(workload, device="cpu", hf=hf, progress=progress, ablations=rows, repeat=repeat,
                                  dtype=dtype, generate_batch_settings=settings, generate_batch_skipped=skipped)
             speed_after = [matmul_speed(spec, rows, dtype) for rows in (n, prefill_rows)]
-            sizes.append({"requests": n, "report": report,
-                          "flops": run_flops(spec, workload.prompts, workload.max_new_tokens),
+            # The run's arithmetic, counted from its lengths: known beforehand only when they are fixed.
+            flops = None if stop_at_eos else run_flops(spec, workload.prompts, workload.max_new_tokens)
+            sizes.append({"requests": n, "report": report, "flops": flops,
                           "matmul": {"before": speed_before, "after": speed_after}})
     finally:
         torch.set_num_threads(before)
     return {"model": model, "dtype": dtype, "threads": threads, "repeat": repeat, "max_new_tokens": max_new_tokens,
+            "stop_at_eos": stop_at_eos,
             "load_start": list(load_start), "load_end": list(os.getloadavg()), "seconds": time.time() - start,
             "bf16_cpu": bf16_flags(), "llama_cpp": llama_cpp_note(), "sizes": sizes}
 
@@ -108,7 +116,7 @@ def machine_share(size: dict, system: str = "ours continuous") -> dict | None:
     the decode speed, prefill rows at the prefill speed; the faster of the two measurements, before
     and after the systems ran) over the run's wall time."""
     row = next((s for s in size["report"]["systems"] if s["system"] == system and s["available"]), None)
-    if row is None:
+    if row is None or size["flops"] is None:
         return None
     flops = size["flops"]
     decode_speed, prefill_speed = (max(m[i]["gflop_s"] for m in size["matmul"].values()) for i in (0, 1))

@@ -17,11 +17,13 @@ def _load(values: list[float]) -> str:
 
 def heading(report: dict) -> str:
     bf16 = ", ".join(report["bf16_cpu"]) or "none"
-    return (f"cbtui bench real · model {report['model']} {report['dtype']} · {report['max_new_tokens']} new tokens per "
-            f"request (greedy, end-of-sequence ignored) · torch threads {report['threads']} (inter-op 1) · load "
-            f"average (1/5/15 min) {_load(report['load_start'])} at the start, {_load(report['load_end'])} at the end"
-            f" · "
-            f"{report['seconds']:.0f} s · CPU bf16 flags: {bf16}\n{report['llama_cpp']}")
+    lengths = (f"each request stops at end of sequence, at most {report['max_new_tokens']} new tokens (greedy)"
+               if report.get("stop_at_eos") else
+               f"{report['max_new_tokens']} new tokens per request (greedy, end-of-sequence ignored)")
+    return (f"cbtui bench real · model {report['model']} {report['dtype']} · {lengths} · torch threads "
+            f"{report['threads']} (inter-op 1) · load average (1/5/15 min) {_load(report['load_start'])} at the "
+            f"start, {_load(report['load_end'])} at the end · {report['seconds']:.0f} s · CPU bf16 flags: {bf16}\n"
+            f"{report['llama_cpp']}")
 
 
 def same_tokens(row: dict | None, requests: int) -> str:
@@ -30,7 +32,7 @@ def same_tokens(row: dict | None, requests: int) -> str:
     return f"{round(row['same_outputs_as_ours'] * requests)} of {requests} requests"
 
 
-def size_lines(size: dict) -> list[str]:
+def size_lines(size: dict, stop_at_eos: bool = False) -> list[str]:
     n = size["requests"]
     rows = {s["system"]: s for s in size["report"]["systems"]}
     lines = [f"tokens identical to ours continuous (worst repetition): HF padded generate "
@@ -41,6 +43,8 @@ def size_lines(size: dict) -> list[str]:
             lines.append(f"{name}: {same_tokens(row, n)} with ours continuous' tokens, "
                          f"{row['output_tok_s']:,.0f} output tok/s (ours continuous {speedup:.2f}x it)")
     share = machine_share(size)
+    if share is None and size["flops"] is None:
+        lines.append("share of the machine's matmul: measured on fixed lengths only (run without --stop-at-eos)")
     if share is not None:
         verdict = "met" if share["share"] >= GOAL_SHARE else "not met"
         lines.append(f"ours continuous: {share['gflop']:.3g} GFLOP in {share['wall_s']:.2f} s = "
@@ -54,5 +58,7 @@ def size_lines(size: dict) -> list[str]:
         ratio = padded["ours_over_this"]
         runs = ", ".join(f"{r:.2f}" for r in padded.get("ours_over_this_runs", []))
         target = f" (goal >= {goal:.0f}x: {'met' if ratio >= goal else 'not met'})" if goal else ""
+        if stop_at_eos:  # the goals are set on fixed lengths, where padding wastes nothing
+            target = " (requests stop at end of sequence; the goals are for fixed lengths)"
         lines.append(f"ours continuous over HF padded generate: {ratio:.2f}x median of paired runs [{runs}]{target}")
     return lines

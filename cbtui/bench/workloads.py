@@ -32,6 +32,9 @@ class Workload:
     static_batch_size: int
     seed: int
     shared_prefixes: tuple[int, ...] = ()  # lengths of the prefixes the prompts share (empty: none)
+    # Tokens that end a request where it samples one, as a chat client's requests end (the model's
+    # end of sequence). Empty: every request generates exactly its max_new_tokens.
+    stop_ids: tuple[int, ...] = ()
 
     @property
     def num_requests(self) -> int:
@@ -51,7 +54,7 @@ class Workload:
                 "prompt_len": [min(map(len, self.prompts)), max(map(len, self.prompts))],
                 "new_tokens": [min(self.max_new_tokens), max(self.max_new_tokens)],
                 "static_batch_size": self.static_batch_size, "seed": self.seed,
-                "shared_prefixes": list(self.shared_prefixes)}
+                "shared_prefixes": list(self.shared_prefixes), "stop_ids": list(self.stop_ids)}
 
 
 def make_workload(name: str, scale: float = 1.0, model: str = "small", seed: int = 0,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from engine.models.llama import PRESETS, DecoderModel, build_model
@@ -41,3 +42,19 @@ def test_a_model_built_again_for_a_gpu_reuses_its_draws(monkeypatch):
     assert drawn == [6]  # another seed is drawn (and the kept draws of seed 5 are dropped)
     build_model("tiny", 5, CPU, torch.float32)
     assert drawn == [6, 5]  # a CPU model keeps no draws by default
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_rotary_equals_the_rotate_half_formula_bit_for_bit(dtype):
+    """The signed-sin table is only a cheaper way to write Llama's rotation: q*cos + rotate_half(q)*sin."""
+    from engine.models.llama import Rotary
+
+    rotary = Rotary(64, 10000.0, 4096)
+    positions = torch.tensor([0, 1, 7, 100, 4095])
+    x = torch.randn(5, 3, 64, generator=torch.Generator().manual_seed(0)).to(dtype)
+    cos, signed_sin = rotary.cos_sin(positions, dtype)
+    freqs = positions.double()[:, None] * rotary._inv_freq[None, :]
+    emb = torch.cat([freqs, freqs], dim=-1)
+    ref_cos, ref_sin = emb.cos().to(dtype)[:, None, :], emb.sin().to(dtype)[:, None, :]
+    rotate_half = torch.cat([-x[..., 32:], x[..., :32]], dim=-1)
+    assert torch.equal(Rotary.apply(x, cos, signed_sin), x * ref_cos + rotate_half * ref_sin)

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 # OpenMP threads wait for each other between a forward pass's ~600 parallel regions. torch's default
 # spins ~300,000 times first: on a busy CPU each region then waits for a thread the kernel has
-# descheduled (decode steps 5-10x slower at load 5 on 2 cores). Sleeping at once (PASSIVE) pays a
-# wake-up per region instead, 1.5x slower on an idle machine. A short spin keeps the idle speed and
-# most of the busy machine's (`cbtui bench real` at both loads: see the commit). Read when OpenMP
+# descheduled (whole runs 3-5x slower with three busy processes on 2 cores). Sleeping at once
+# (PASSIVE) pays a wake-up per region instead: 1.5x slower on an idle machine. A short spin keeps
+# the idle speed and is 1.5x PASSIVE's time on the busy machine (figures in the commit). Read when OpenMP
 # starts (torch's import): only a process that imports the engine before torch gets it; a value set
 # by the user (either variable) is kept. GNU OpenMP's (torch's wheels): Intel's ignores it.
 if "OMP_WAIT_POLICY" not in os.environ:

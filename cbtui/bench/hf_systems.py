@@ -76,13 +76,13 @@ def _static_batches(hf, workload: Workload, device: torch.device, result: RunRes
         gen = out[:, width:].tolist()
         for row, n in enumerate(news):
             tokens = _until_stop(gen[row][:n], workload.stop_ids)
+            made = len(tokens)
             result.outputs.append(tokens)
-            result.output_tokens += len(tokens)
-            n = len(tokens)
-            first, last = stamps.times[0], stamps.times[n - 1]
+            result.output_tokens += made
+            first, last = stamps.times[0], stamps.times[made - 1]
             result.ttft_s.append(first - start)
-            if n > 1:
-                result.tpot_s.append((last - first) / (n - 1))
+            if made > 1:
+                result.tpot_s.append((last - first) / (made - 1))
     return steps
 
 

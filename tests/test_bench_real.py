@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from cbtui.bench.breakdown import PARTS, breakdown_table, run_breakdown
 from cbtui.bench.chat_questions import CHAT_QUESTIONS
 from cbtui.bench.flops import layer_weights, matmul_speed, run_flops
-from cbtui.bench.real import chat_workload, llama_cpp_note, machine_share, run_real
+from cbtui.bench.real import chat_workload, machine_share, run_real
 from cbtui.bench.real_report import size_lines
 from cbtui.cli import main
 from engine.models.llama import PRESETS
@@ -104,13 +104,6 @@ def test_run_real_on_a_preset_reports_each_request_count_and_restores_threads():
     lines = "\n".join(size_lines(size))
     assert "GFLOP/s" in lines and "share" in lines and "ours continuous, float64" in lines
     assert "llama" in report["llama_cpp"]
-
-
-def test_llama_cpp_note_says_whether_it_is_installed(monkeypatch):
-    import importlib.util
-
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    assert "not installed" in llama_cpp_note()
 
 
 def test_breakdown_parts_add_up_to_the_step():

@@ -271,6 +271,8 @@ def bench_ui(repeat: int, presses: int, device: str) -> None:
 @click.option("--generate-batch/--no-generate-batch", default=True, show_default=True,
               help="Include transformers' generate_batch (at 16 requests or fewer unless --generate-batch-all).")
 @click.option("--generate-batch-all", is_flag=True, help="Run generate_batch at every request count.")
+@click.option("--llama-cpp/--no-llama-cpp", default=True, show_default=True,
+              help="Include llama.cpp (llama-cpp-python, where installed) on the model's GGUF file as is.")
 @click.option("--stop-at-eos", is_flag=True,
               help="Each request ends at the model's end of sequence (at most --max-new-tokens), as a chat "
                    "client's does; without it every request generates exactly --max-new-tokens.")
@@ -279,9 +281,9 @@ def bench_ui(repeat: int, presses: int, device: str) -> None:
                    "sampling, host), for prefill and decode steps.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def bench_real(model, requests, max_new_tokens, repeats, dtype, compare_dtype, threads, hf, generate_batch,
-               generate_batch_all, stop_at_eos, breakdown, as_json) -> None:
+               generate_batch_all, llama_cpp, stop_at_eos, breakdown, as_json) -> None:
     """A real model's chat prompts: ours (continuous, static) vs transformers (padded generate,
-    generate_batch), tokens compared, and the run's GFLOP/s against this machine's matmul."""
+    generate_batch) and llama.cpp, tokens compared, and the run's GFLOP/s against this machine's matmul."""
     from rich.console import Console
 
     from engine.models.source import model_spec
@@ -297,7 +299,7 @@ def bench_real(model, requests, max_new_tokens, repeats, dtype, compare_dtype, t
         chosen = default_cpu_dtype(model) if dtype == "auto" else dtype
         with _sigterm_interrupts(), contextlib.redirect_stdout(sys.stderr):
             report = run_real(model, tuple(requests) or (16, 64), max_new_tokens, repeats, chosen, threads, hf,
-                              generate_batch, compare_dtype, generate_batch_all, stop_at_eos,
+                              generate_batch, compare_dtype, generate_batch_all, stop_at_eos, llama_cpp,
                               progress=lambda msg: err.print(f"[dim]bench real: {msg}[/dim]"))
             if breakdown:
                 from .breakdown import run_breakdown

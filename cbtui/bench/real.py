@@ -10,7 +10,6 @@ the machine's own matmul speed on the model's layer shapes, measured in the same
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import time
 
@@ -21,6 +20,7 @@ from engine.runner.cpu_dtype import bf16_flags
 
 from .chat_questions import CHAT_QUESTIONS
 from .flops import matmul_speed, run_flops
+from .llama_cpp_system import llama_cpp_rows
 from .run import CPU_BUDGET, run_systems
 from .workloads import Workload
 
@@ -53,12 +53,6 @@ def chat_workload(model: str, requests: int, max_new_tokens: int, stop_at_eos: b
     return Workload("chat", model, prompts, [max_new_tokens] * requests, 1.0, requests, 0, stop_ids=stop_ids)
 
 
-def llama_cpp_note() -> str:
-    if importlib.util.find_spec("llama_cpp") is None:
-        return "llama-cpp-python is not installed: no llama.cpp row (pip install llama-cpp-python to add one)"
-    return "llama-cpp-python is installed, but this bench has no llama.cpp row yet"
-
-
 def pin_threads(threads: int) -> None:
     torch.set_num_threads(threads)
     with contextlib.suppress(RuntimeError):  # only before the first inter-op work of the process
@@ -69,16 +63,20 @@ def run_real(model: str = DEFAULT_MODEL, requests: tuple[int, ...] = DEFAULT_REQ
              max_new_tokens: int = DEFAULT_NEW_TOKENS, repeat: int = 3, dtype: str = "float32",
              threads: int | None = None, hf: bool = True, generate_batch: bool = True,
              compare_dtype: str | None = None, generate_batch_all: bool = False, stop_at_eos: bool = False,
-             progress=lambda msg: None) -> dict:
+             llama_cpp: bool = True, progress=lambda msg: None) -> dict:
     """Every request count in turn, each a run_systems report with the run's flops and the
     matmul speed beside it. compare_dtype: a row of ours continuous in that dtype too (its 'same
-    out' says how many requests keep ours' greedy tokens)."""
+    out' says how many requests keep ours' greedy tokens). llama_cpp: a llama.cpp row where
+    llama-cpp-python is installed and the model is a GGUF file."""
     threads = threads or len(os.sched_getaffinity(0))
-    before = torch.get_num_threads()
-    pin_threads(threads)
+    spec = model_spec(model)
+    longest = chat_workload(model, max(requests), max_new_tokens, stop_at_eos)
     load_start = os.getloadavg()
     start = time.time()
-    spec = model_spec(model)
+    others, llama_note, llama = (llama_cpp_rows(model, threads, max(map(len, longest.prompts)) + max_new_tokens)
+                                 if llama_cpp else ([], "no llama.cpp row (--no-llama-cpp)", None))
+    before = torch.get_num_threads()
+    pin_threads(threads)
     sizes = []
     try:
         for n in requests:
@@ -96,7 +94,8 @@ def run_real(model: str = DEFAULT_MODEL, requests: tuple[int, ...] = DEFAULT_REQ
             settings = dict(CPU_GENERATE_BATCH, num_blocks=n * -(-(max(map(len, workload.prompts)) + max_new_tokens)
                                                                  // CPU_GENERATE_BATCH["page_size"]))
             report = run_systems(workload, device="cpu", hf=hf, progress=progress, ablations=rows, repeat=repeat,
-                                 dtype=dtype, generate_batch_settings=settings, generate_batch_skipped=skipped)
+                                 dtype=dtype, generate_batch_settings=settings, generate_batch_skipped=skipped,
+                                 other_systems=others)
             speed_after = [matmul_speed(spec, rows, dtype) for rows in (n, prefill_rows)]
             # The run's arithmetic, counted from its lengths: known beforehand only when they are fixed.
             flops = None if stop_at_eos else run_flops(spec, workload.prompts, workload.max_new_tokens)
@@ -104,10 +103,12 @@ def run_real(model: str = DEFAULT_MODEL, requests: tuple[int, ...] = DEFAULT_REQ
                           "matmul": {"before": speed_before, "after": speed_after}})
     finally:
         torch.set_num_threads(before)
+        if llama is not None:
+            llama.close()
     return {"model": model, "dtype": dtype, "threads": threads, "repeat": repeat, "max_new_tokens": max_new_tokens,
             "stop_at_eos": stop_at_eos,
             "load_start": list(load_start), "load_end": list(os.getloadavg()), "seconds": time.time() - start,
-            "bf16_cpu": bf16_flags(), "llama_cpp": llama_cpp_note(), "sizes": sizes}
+            "bf16_cpu": bf16_flags(), "llama_cpp": llama_note, "sizes": sizes}
 
 
 def machine_share(size: dict, system: str = "ours continuous") -> dict | None:

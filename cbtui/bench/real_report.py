@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .hf_systems import CB_NAME, STATIC_NAME
+from .llama_cpp_system import NAME as LLAMA_CPP_NAME
 from .real import machine_share
 
 # Issue #33's goals: ours continuous over transformers' padded generate, by request count; and the
@@ -35,8 +36,10 @@ def same_tokens(row: dict | None, requests: int) -> str:
 def size_lines(size: dict, stop_at_eos: bool = False) -> list[str]:
     n = size["requests"]
     rows = {s["system"]: s for s in size["report"]["systems"]}
+    llama = rows.get(LLAMA_CPP_NAME)
     lines = [f"tokens identical to ours continuous (worst repetition): HF padded generate "
-             f"{same_tokens(rows.get(STATIC_NAME), n)}, HF generate_batch {same_tokens(rows.get(CB_NAME), n)}"]
+             f"{same_tokens(rows.get(STATIC_NAME), n)}, HF generate_batch {same_tokens(rows.get(CB_NAME), n)}"
+             + (f", llama.cpp {same_tokens(llama, n)} (its own quantized kernels)" if llama is not None else "")]
     for name, row in rows.items():
         if name.startswith("ours continuous, ") and row.get("available"):
             speedup = 1 / row["output_tok_s_vs_ours"]
@@ -61,4 +64,8 @@ def size_lines(size: dict, stop_at_eos: bool = False) -> list[str]:
         if stop_at_eos:  # the goals are set on fixed lengths, where padding wastes nothing
             target = " (requests stop at end of sequence; the goals are for fixed lengths)"
         lines.append(f"ours continuous over HF padded generate: {ratio:.2f}x median of paired runs [{runs}]{target}")
+    if llama is not None and llama.get("available") and llama.get("ours_over_this"):
+        runs = ", ".join(f"{r:.2f}" for r in llama.get("ours_over_this_runs", []))
+        lines.append(f"ours continuous over llama.cpp (one request at a time): {llama['ours_over_this']:.2f}x "
+                     f"median of paired runs [{runs}]")
     return lines

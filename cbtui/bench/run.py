@@ -80,7 +80,8 @@ def run_systems(workload: Workload, device: str = "auto", attention: str = "auto
                 progress=lambda msg: None, ablations: bool | Sequence[tuple[str, dict]] = True,
                 on_row=lambda report: None, repeat: int = 1, extra_rows: Sequence[tuple[str, dict]] = (),
                 dtype: str | None = None, generate_batch_settings: dict | None = None,
-                generate_batch_skipped: str | None = None) -> dict:
+                generate_batch_skipped: str | None = None,
+                other_systems: Sequence[tuple[str, Callable[[Workload], RunResult]]] = ()) -> dict:
     """Every system on one workload, `repeat` times, interleaved in rotating order (rotations()),
     on the same weights. A row's output tok/s is the median of its repetitions (min and max beside
     it); its ratio to ours continuous is paired: ours continuous over it within each repetition,
@@ -96,7 +97,9 @@ def run_systems(workload: Workload, device: str = "auto", attention: str = "auto
     or a list of (name, engine setting) rows runs those, on any device (a setting may name another dtype).
     dtype: ours' and transformers' (default: bfloat16 on CUDA, float32 on the CPU).
     generate_batch_settings: run HF generate_batch with these (its page size, blocks, token budget)
-    on any device; None: CUDA only, CB_SETTINGS. generate_batch_skipped: not run, for this reason."""
+    on any device; None: CUDA only, CB_SETTINGS. generate_batch_skipped: not run, for this reason.
+    other_systems: (name, run(workload)) of systems outside ours and transformers (llama.cpp),
+    repeated and rotated with the rest; one that raises is a row saying why."""
     if repeat < 1:
         raise ValueError(f"repeat={repeat} must be at least 1")
     dev = resolve_device(device)
@@ -116,10 +119,11 @@ def run_systems(workload: Workload, device: str = "auto", attention: str = "auto
 
     from .hf_systems import CB_NAME, STATIC_NAME, generate_batch, run_hf_generate_batch, run_hf_static
 
-    order = [BASE, "ours static", CB_NAME, STATIC_NAME] + [name for name, _ in ablations]
+    others = [name for name, _ in other_systems]
+    order = [BASE, "ours static", CB_NAME, STATIC_NAME, *others] + [name for name, _ in ablations]
     # Run order puts what the goal is measured against first (HF's continuous batching) and the
     # ablations last, so a run cut short by a time limit still has the rows that matter most.
-    schedule = rotations([BASE, CB_NAME, "ours static", STATIC_NAME] + [name for name, _ in ablations], repeat)
+    schedule = rotations([BASE, CB_NAME, "ours static", STATIC_NAME, *others] + [name for name, _ in ablations], repeat)
     runs: dict[str, list[RunResult | None]] = {name: [None] * repeat for name in order}
     runs[BASE][0] = ours
     running = None  # the system being measured when an interrupt comes
@@ -159,6 +163,12 @@ def run_systems(workload: Workload, device: str = "auto", attention: str = "auto
             free_memory(dev)  # out of the except block: its traceback no longer holds the engine
             return result
 
+        def other_row(name: str, run: Callable[[Workload], RunResult]) -> RunResult:
+            try:
+                return run(workload)
+            except Exception as exc:  # another project's release that differs: say so, keep the rest
+                return _failed(name, exc)
+
         def hf_generate_batch(hf, workload: Workload) -> RunResult:
             if generate_batch_skipped:
                 return RunResult(CB_NAME, available=False, note=generate_batch_skipped)
@@ -172,6 +182,7 @@ def run_systems(workload: Workload, device: str = "auto", attention: str = "auto
             STATIC_NAME: lambda: hf_row(STATIC_NAME, run_hf_static),
             BASE: lambda: ours_row(BASE)}
         systems.update({name: partial(ours_row, name, **setting) for name, setting in ablations})
+        systems.update({name: partial(other_row, name, run) for name, run in other_systems})
         for i, (rep, name) in enumerate(todo):
             first = runs[name][0]
             if first is not None and not first.available:

@@ -74,6 +74,27 @@ def test_matmul_speed_times_packed_bf16_weights_too_and_the_faster_counts(monkey
     assert m["linear"] == ("packed" if packed_is_faster else "plain") and m["gflop_s"] > 0
 
 
+def test_goal_needs_says_what_share_of_the_matmul_the_goal_asks_for():
+    from cbtui.bench.real_report import goal_needs
+
+    # the run's matmuls take 0.25 * 8 = 2 s at the machine's speed; 3x over 12 s leaves 4 s
+    line = goal_needs({"share": 0.25, "wall_s": 8.0}, 12.0, 3.0)
+    assert "within 4.00 s" in line and "50% of the machine's matmul" in line and "2.00 s" in line
+
+
+def test_size_lines_at_a_goal_size_say_the_ratio_and_what_the_goal_asks():
+    size = {"requests": 16, "flops": {"prefill": 4e9, "decode": 2e9, "total": 6e9},
+            "matmul": {"before": [{"gflop_s": 2.0}, {"gflop_s": 4.0}], "after": [{"gflop_s": 2.0}, {"gflop_s": 4.0}]},
+            "report": {"systems": [
+                {"system": "ours continuous", "available": True, "wall_s": 4.0},
+                {"system": "HF static generate", "available": True, "wall_s": 6.0, "ours_over_this": 1.5,
+                 "ours_over_this_runs": [1.4, 1.5, 1.6]}]}}
+    lines = "\n".join(size_lines(size))
+    assert "1.50x median of paired runs [1.40, 1.50, 1.60] (goal >= 2x: not met)" in lines
+    # matmuls alone: 2 s (1 + 1); 2x over 6 s leaves 3 s
+    assert "the 2x goal asks for ours within 3.00 s: 67% of the machine's matmul" in lines
+
+
 def test_machine_share_is_the_ideal_time_over_the_wall_time():
     size = {"requests": 2, "flops": {"prefill": 4e9, "decode": 2e9, "total": 6e9},
             "matmul": {"before": [{"gflop_s": 1.0}, {"gflop_s": 4.0}], "after": [{"gflop_s": 2.0}, {"gflop_s": 2.0}]},

@@ -33,6 +33,16 @@ def same_tokens(row: dict | None, requests: int) -> str:
     return f"{round(row['same_outputs_as_ours'] * requests)} of {requests} requests"
 
 
+def goal_needs(share: dict, padded_wall_s: float, goal: float) -> str:
+    """What the speed goal asks of the machine: ours within HF's wall time over the goal means
+    running the run's arithmetic at this share of the measured matmul speed, everything else
+    (attention, norms, sampling, the host) included in that time."""
+    ideal_s = share["share"] * share["wall_s"]
+    within = padded_wall_s / goal
+    return (f"the {goal:.0f}x goal asks for ours within {within:.2f} s: {ideal_s / within:.0%} of the machine's matmul "
+            f"speed over the whole run (its matmuls alone take {ideal_s:.2f} s at the measured speed)")
+
+
 def size_lines(size: dict, stop_at_eos: bool = False) -> list[str]:
     n = size["requests"]
     rows = {s["system"]: s for s in size["report"]["systems"]}
@@ -64,6 +74,8 @@ def size_lines(size: dict, stop_at_eos: bool = False) -> list[str]:
         if stop_at_eos:  # the goals are set on fixed lengths, where padding wastes nothing
             target = " (requests stop at end of sequence; the goals are for fixed lengths)"
         lines.append(f"ours continuous over HF padded generate: {ratio:.2f}x median of paired runs [{runs}]{target}")
+        if goal and share is not None and not stop_at_eos:
+            lines.append(goal_needs(share, padded["wall_s"], goal))
     if llama is not None and llama.get("available") and llama.get("ours_over_this"):
         runs = ", ".join(f"{r:.2f}" for r in llama.get("ours_over_this_runs", []))
         lines.append(f"ours continuous over llama.cpp (one request at a time): {llama['ours_over_this']:.2f}x "

@@ -10,11 +10,12 @@ from transformers.models.llama.modeling_llama import LlamaRMSNorm
 from engine.models.llama import RMSNorm
 
 
+@pytest.mark.parametrize("rows", [1, 16, 64, 300])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-def test_rms_norm_equals_transformers_llama_bit_for_bit(dtype):
+def test_rms_norm_equals_transformers_llama_bit_for_bit(dtype, rows):
     gen = torch.Generator().manual_seed(0)
     # activations spread over four orders of magnitude, with an outlier channel as real models have
-    x = torch.randn(32, 576, generator=gen) * torch.logspace(-2, 2, 576)
+    x = torch.randn(rows, 576, generator=gen) * torch.logspace(-2, 2, 576)
     x[:, 7] = 300.0
     weight = torch.rand(576, generator=gen) + 0.5
     ours, theirs = RMSNorm(576, 1e-5), LlamaRMSNorm(576, eps=1e-5)

@@ -30,6 +30,7 @@ from ..speculation.acceptance import verify
 from ..speculation.rows import as_decode_rows
 from ..speculation.speculator import make_speculator
 from .cpu_dtype import default_cpu_dtype
+from .cpu_memory import keep_freed_memory
 from .decode_graphs import DecodeGraphs
 from .device_timer import DeviceTimer
 from .output import StepOutput
@@ -163,6 +164,8 @@ class ModelRunner:
     def __init__(self, config: EngineConfig, plugins: PluginHost):
         self.config = config
         self.device = resolve_device(config.llm.device)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # a step's large tensors reuse freed memory (cpu_memory.py)
         self.dtype = resolve_dtype(config.llm.dtype, self.device, config.llm.name)
         self.attention_name = resolve_backend(config.runner.attention, self.device)
         self.attention = get_backend(self.attention_name)

@@ -122,6 +122,24 @@ def test_the_child_gets_the_threads_asked_for(fake_llama_cpp):
     assert out["outputs"] == [[3, 3]]  # n_threads, n_threads_batch
 
 
+def test_ctrl_c_is_left_to_the_parent(fake_llama_cpp):
+    """Ctrl-C goes to the whole process group: the child goes on (no traceback of its own) until
+    the bench, which reports what it measured, closes it."""
+    import os
+    import signal
+    import time
+
+    process = LlamaCppProcess(fake_llama_cpp("model.gguf"), threads=1, context=64)
+    try:
+        os.kill(process._process.pid, signal.SIGINT)
+        time.sleep(0.5)
+        assert process._process.is_alive()
+        assert process.run([1], [[5, 6]], [2], (), timeout_s=60)["outputs"] == [[7, 8]]
+    finally:
+        process.close()
+    assert not process._process.is_alive()
+
+
 def test_a_crash_in_llama_cpp_is_a_row_saying_so(fake_llama_cpp):
     fake_llama_cpp("crash.gguf")
     report = run_real("tiny", (2,), max_new_tokens=2, repeat=2, dtype="float32", threads=1, hf=False)

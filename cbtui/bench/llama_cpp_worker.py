@@ -55,6 +55,9 @@ def run_requests(llm, warm: list[int], prompts: list[list[int]], max_new: list[i
 
 def _serve(conn, path: str, threads: int, context: int, batch: int) -> None:
     """The child: load, say so (or why not), then answer ('run', ...) until ('stop',) or the pipe closes."""
+    # Ctrl-C reaches the whole process group: the parent reports what it measured and closes this
+    # process; a KeyboardInterrupt here would only print a traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         import llama_cpp
 

@@ -1,9 +1,10 @@
 """llama.cpp in a process of its own, so a crash in its native code (a kernel this CPU or this
 build cannot run: a segfault, an illegal instruction) or a hang ends its row, not the bench.
 
-The child imports llama-cpp-python and nothing of torch (two OpenMP runtimes in one process is
-asking for trouble), loads the GGUF once, then runs the workloads it is sent: greedy, one
-request at a time as `Llama.generate` serves them, timed in the child. Messages are tuples over a
+The child is spawned, not forked: it starts with none of this process' threads or memory (torch's
+OpenMP pool, the engines' tensors). It may import torch (spawn re-imports the parent's main module,
+the `cbtui` command's) but runs nothing of it. It loads the GGUF once, then runs the workloads it
+is sent: greedy, one request at a time as `Llama.generate` serves them, timed in the child. Messages are tuples over a
 multiprocessing pipe; every wait on the child is bounded, and `close` leaves no process behind.
 """
 
@@ -85,7 +86,7 @@ class LlamaCppProcess:
 
     def __init__(self, path: str, threads: int, context: int, batch: int = 512,
                  load_timeout_s: float = LOAD_TIMEOUT_S):
-        ctx = multiprocessing.get_context("spawn")  # no copy of this process' torch or threads
+        ctx = multiprocessing.get_context("spawn")  # none of this process' threads or tensors
         self._conn, child = ctx.Pipe()
         self._process = ctx.Process(target=_serve, args=(child, path, threads, context, batch), daemon=True,
                                     name="cbtui-llama-cpp")

@@ -7,14 +7,15 @@ from __future__ import annotations
 import random
 
 import pytest
-from helpers import exact_config, run_alone
+from helpers import CPP_DECODE, exact_config, run_alone
 
 from engine import Engine, EngineConfig
 from engine.runner.decode_graphs import DecodeGraphs
 
 
 def graph_engine(**kw) -> Engine:
-    base = dict(attention="sdpa", decode_graphs="on", block_size=8, max_tokens_per_step=48, prefill_chunk_size=16)
+    base = dict(attention="sdpa", decode_graphs="on", block_size=8, max_tokens_per_step=48, prefill_chunk_size=16,
+                decode_attention="gather")  # the padded gather: its fixed widths are what the graphs bucket
     base.update(kw)
     return Engine(exact_config(**base))
 
@@ -134,5 +135,5 @@ def test_a_failed_capture_falls_back_to_eager_decodes_and_says_why(monkeypatch):
 
 def test_header_names_the_decode_fast_path():
     label = Engine(EngineConfig(model="tiny", device="cpu")).header().label()
-    assert label == "random tiny · fp32 · cpu · sdpa · paged"
+    assert label == "random tiny · fp32 · cpu · sdpa · paged" + CPP_DECODE
     assert graph_engine(num_blocks=24).header().label().endswith("· paged · decode graphs")

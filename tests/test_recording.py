@@ -10,7 +10,7 @@ import sys
 
 import pytest
 from dashboard_helpers import header_text, shown_step, wait_until
-from helpers import fuzz_examples
+from helpers import CPP_DECODE, fuzz_examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from textual.color import Color
@@ -249,7 +249,7 @@ def test_a_recording_carries_its_run_header(tmp_path):
     assert recording.title == f"Replay: {scenario.title}" and recording.question == scenario.question
     assert recording.description.startswith(scenario.description)
     label = RecordedRun(recording.records, recording.header).header().label()
-    assert label == "random tiny · fp32 · cpu · sdpa · paged"
+    assert label == "random tiny · fp32 · cpu · sdpa · paged" + CPP_DECODE
     bad = res.stdout.replace('"kind": "header"', '"kind": "header", "nonsense": 1', 1)
     path.write_text(bad)
     with pytest.raises(RecordingError, match="run.jsonl:1: not a run header: unknown field 'nonsense'"):

@@ -130,7 +130,8 @@ def test_decode_graphs_take_tight_tables_once_the_kernel_falls_back(monkeypatch)
 
 def test_choice_and_bad_settings(monkeypatch):
     cpu = torch.device("cpu")
-    assert isinstance(choose_decode_attention("auto", cpu, torch.float32, 64), GatherDecode)
+    assert not isinstance(choose_decode_attention("auto", cpu, torch.float32, 64), TritonDecode)
+    assert isinstance(choose_decode_attention("gather", cpu, torch.float32, 64), GatherDecode)
     with pytest.raises(ValueError, match=r"decode_attention='triton' cannot run: it needs CUDA \(device is cpu\)"):
         Engine(EngineConfig(model="tiny", device="cpu", decode_attention="triton"))
     with pytest.raises(ValueError, match="decode_attention='fast' is not allowed"):

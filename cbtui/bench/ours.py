@@ -135,6 +135,8 @@ def run_ours(workload: Workload, policy: str = "fcfs", device: str = "auto", dty
     decode = runner.decode_attention.name
     if runner.decode_attention.broken:
         decode += f" (failed, gather used: {runner.decode_attention.broken})"
+    elif getattr(runner.decode_attention, "unused_kernel", None):
+        decode += f" (no {runner.decode_attention.unused_kernel})"
     attention = header.attention
     failed = compile_failures(runner.device, runner.dtype) if attention == "flex" else []
     if failed:

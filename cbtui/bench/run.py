@@ -324,7 +324,7 @@ def ablation_rows(decode_path: list[str]) -> list[tuple[str, dict]]:
     out: list[tuple[str, dict]] = [("ours continuous, overlapped", dict(overlap_steps=True))]
     if "decode graphs" in decode_path:
         out.append(("ours continuous, no graphs", dict(decode_graphs="off")))
-    if "triton decode" in decode_path:
+    if "triton decode" in decode_path or "cpp decode" in decode_path:
         out.append(("ours continuous, gather decode", dict(decode_attention="gather")))
     return out
 

@@ -1,9 +1,11 @@
-"""Which decode attention reads the paged pool: the Triton kernel (CUDA) or the block gather.
+"""Which decode attention reads the paged pool: a kernel (Triton on CUDA, C++ on the CPU) or the
+block gather.
 
-`triton` reads every cached byte once, for all query heads of a group, and needs no padding;
-`gather` (any device) copies each decode's blocks out of the pool and runs
+`triton` and `cpp` read every cached byte once, for all query heads of a group, and need no
+padding; `gather` (any device) copies each decode's blocks out of the pool and runs
 scaled_dot_product_attention: on CUDA padded to the longest table, one call; on the CPU grouped by
-table width, no padding (paged_decode.py). `auto` takes the kernel where it can run.
+table width, no padding (paged_decode.py). `auto` takes the device's kernel where it can run (the
+C++ one is built on first use: paged_decode_cpp.py), and says why where it cannot.
 
 Both are called as decode(q, k_pool, v_pool, tables, key_lens, block_size, groups=None), where
 `groups` is what decode.plan(...) made once for the step (None: the padded call, as the decode
@@ -18,6 +20,7 @@ import warnings
 import torch
 
 from .paged_decode import DecodeGroups, grouped_decode_attention, paged_decode_attention, plan_decode_groups
+from .paged_decode_cpp import cpp_problem, paged_decode_cpp
 
 
 def triton_problem(device: torch.device, dtype: torch.dtype, head_dim: int) -> str | None:
@@ -64,10 +67,27 @@ class TritonDecode:
         return paged_decode_attention(q, k_pool, v_pool, tables, key_lens, block_size)
 
 
+class CppDecode:
+    """The CPU kernel (built before this is made: choose_decode_attention)."""
+
+    name = "cpp"
+    reads_tables = True  # reads each table up to its key length, so any width will do
+    broken = None
+
+    def plan(self, tables: torch.Tensor, key_lens: list[int], block_size: int, key_bytes: int) -> None:
+        return None
+
+    def __call__(self, q, k_pool, v_pool, tables, key_lens, block_size, groups: DecodeGroups | None = None):
+        return paged_decode_cpp(q, k_pool, v_pool, tables, key_lens, block_size)
+
+
 class GatherDecode:
     name = "gather"
     reads_tables = False  # cost grows with the table width: keep it tight
     broken = None
+
+    def __init__(self, unused_kernel: str | None = None):
+        self.unused_kernel = unused_kernel  # why auto did not take the device's kernel, if it tried
 
     def plan(self, tables: torch.Tensor, key_lens: list[int], block_size: int, key_bytes: int) -> DecodeGroups | None:
         """On the CPU, the step's decodes grouped by table width (once per step, every layer uses it),
@@ -82,8 +102,14 @@ class GatherDecode:
 
 
 def choose_decode_attention(mode: str, device: torch.device, dtype: torch.dtype, head_dim: int):
-    """The decode attention for EngineConfig.runner.decode_attention; ValueError when 'triton' cannot run."""
-    problem = triton_problem(device, dtype, head_dim)
-    if mode == "triton" and problem:
-        raise ValueError(f"decode_attention='triton' cannot run: {problem}; use 'auto' or 'gather'")
-    return TritonDecode() if mode != "gather" and problem is None else GatherDecode()
+    """The decode attention for EngineConfig.runner.decode_attention; ValueError when the kernel
+    asked for ('triton', 'cpp') cannot run."""
+    if mode == "gather":
+        return GatherDecode()
+    kernel = mode if mode != "auto" else "triton" if device.type == "cuda" else "cpp"
+    problem = (triton_problem if kernel == "triton" else cpp_problem)(device, dtype, head_dim)
+    if problem and mode != "auto":
+        raise ValueError(f"decode_attention={mode!r} cannot run: {problem}; use 'auto' or 'gather'")
+    if problem:
+        return GatherDecode(f"{kernel} decode kernel: {problem}")
+    return TritonDecode() if kernel == "triton" else CppDecode()

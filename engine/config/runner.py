@@ -15,7 +15,7 @@ from .fields import Section, setting
 
 ATTENTION_BACKENDS = ("auto", "reference", "sdpa", "flex")
 DECODE_GRAPHS = ("auto", "on", "off")
-DECODE_ATTENTION = ("auto", "triton", "gather")
+DECODE_ATTENTION = ("auto", "triton", "cpp", "gather")
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,8 @@ class RunnerConfig(Section):
                                       "paged cache and the sdpa/flex backend; on: also off CUDA, uncaptured (tests).")
     decode_attention: str = setting("auto", type=str, choices=DECODE_ATTENTION,
                                     help="How decodes read the paged pool (attention/decode_kernel.py): auto takes "
-                                         "the Triton kernel on CUDA when it can run, the block gather elsewhere.")
+                                         "the Triton kernel on CUDA, the C++ one on the CPU (built on first use), "
+                                         "the block gather where neither can run.")
     overlap_steps: bool = setting(False, type=bool,
                                   help="Schedule and launch step N+1 while the device still runs step N (overlap.py): "
                                        "records come one call late. Greedy requests that end at max_new_tokens, "

@@ -237,7 +237,8 @@ class ModelRunner:
 
     def decode_path(self) -> list[str]:
         """The fast-path pieces that run, for the run header."""
-        path = ["triton decode"] if self.decode_attention.reads_tables else []
+        reads_pool = any(isinstance(a, PoolAttention) for a in self.layer_attention)
+        path = [f"{self.decode_attention.name} decode"] if reads_pool and self.decode_attention.reads_tables else []
         return path + (["decode graphs"] if self.decode_graphs is not None else [])
 
     def add_sampler(self, request: Request) -> None:

@@ -207,7 +207,8 @@ def test_engine_decodes_go_grouped_on_the_cpu_unless_graphs_fix_the_width(monkey
             monkeypatch.setattr(GatherDecode, "plan", lambda self, *a: None)
         calls.update(grouped=0, padded=0)
         eng = Engine(EngineConfig(model="tiny", device="cpu", dtype="float64", attention="sdpa", block_size=4,
-                                  decode_attention="gather", decode_graphs=graphs, max_tokens_per_step=48, prefill_chunk_size=16))
+                                  decode_attention="gather", decode_graphs=graphs, max_tokens_per_step=48,
+                                  prefill_chunk_size=16))
         ids = [eng.add_request(p, max_new_tokens=n) for p, n in reqs]
         eng.run_until_done()
         outs.append([eng.requests[i].output for i in ids])

@@ -13,7 +13,6 @@ lock file behind, and torch would then wait on it forever: builds take a lock of
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import platform
@@ -65,6 +64,8 @@ def build_folder(name: str) -> Path:
 
 
 def _load() -> None:
+    import fcntl  # POSIX only: elsewhere the build fails here, and the gather serves
+
     from torch.utils.cpp_extension import load
 
     _put_ninja_on_path()
@@ -76,8 +77,8 @@ def _load() -> None:
         (folder / "lock").unlink(missing_ok=True)  # torch's own, left by a build that was killed
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's notes on the compiler's version
-            load(name, [str(SOURCE)], extra_cflags=["-O3", "-march=native"], build_directory=str(folder),
-                 is_python_module=False, verbose=False)
+            load(name, [str(SOURCE)], extra_cflags=["-O3", "-march=native", "-Wno-psabi"],
+                 build_directory=str(folder), is_python_module=False, verbose=False)
 
 
 def _put_ninja_on_path() -> None:

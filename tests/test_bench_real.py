@@ -10,6 +10,7 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import CPP_DECODE
 
 from cbtui.bench.breakdown import PARTS, breakdown_table, run_breakdown
 from cbtui.bench.chat_questions import CHAT_QUESTIONS
@@ -111,7 +112,7 @@ def test_machine_share_is_the_ideal_time_over_the_wall_time():
 def test_run_real_on_a_preset_reports_each_request_count_and_restores_threads():
     threads = torch.get_num_threads()
     report = run_real("tiny", (2, 3), max_new_tokens=3, repeat=1, dtype="float32", threads=1, hf=False,
-                      compare_dtype="float64")
+                      compare_dtype="float64", gather_decode=True)
     assert torch.get_num_threads() == threads
     assert [s["requests"] for s in report["sizes"]] == [2, 3]
     assert len(report["load_start"]) == 3 and len(report["load_end"]) == 3 and report["threads"] == 1
@@ -121,6 +122,9 @@ def test_run_real_on_a_preset_reports_each_request_count_and_restores_threads():
     assert rows["ours static"]["same_outputs_as_ours"] == 1.0
     assert not rows["HF static generate"]["available"]
     assert rows["ours continuous, float64"]["available"]
+    gathered = rows["ours continuous, gather decode"]
+    assert gathered["available"] and "gather decode attention" in gathered["note"]
+    assert ("cpp decode attention" in rows["ours continuous"]["note"]) == (CPP_DECODE != "")
     assert len(size["matmul"]["before"]) == 2 and size["flops"]["total"] > 0
     lines = "\n".join(size_lines(size))
     assert "GFLOP/s" in lines and "share" in lines and "ours continuous, float64" in lines
@@ -142,10 +146,12 @@ def test_breakdown_parts_add_up_to_the_step():
 
 def test_cli_real_json_on_a_preset():
     result = CliRunner().invoke(main, ["bench", "real", "--model", "tiny", "--requests", "2", "--max-new-tokens", "2",
-                                       "--repeats", "1", "--no-hf", "--json"])
+                                       "--repeats", "1", "--no-hf", "--gather-decode", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["dtype"] == "float32" and report["sizes"][0]["requests"] == 2
+    systems = [s["system"] for s in report["sizes"][0]["report"]["systems"]]
+    assert "ours continuous, gather decode" in systems
 
 
 def test_cli_real_unknown_model_is_one_line_exit_2(tmp_path):

@@ -265,6 +265,9 @@ def bench_ui(repeat: int, presses: int, device: str) -> None:
               help="Ours' and transformers' dtype. auto: what the engine picks for this model on this CPU.")
 @click.option("--compare-dtype", type=click.Choice(["float32", "bfloat16"]), default=None,
               help="Add a row of ours continuous in this dtype (its tokens compared with the main dtype's).")
+@click.option("--gather-decode", is_flag=True,
+              help="Add a row of ours continuous with decodes through the block gather instead of the CPU "
+                   "decode kernel: what the kernel is worth, in the same run.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch threads (default: the CPUs this process may run on).")
 @click.option("--hf/--no-hf", default=True, show_default=True, help="Include transformers.")
@@ -280,8 +283,8 @@ def bench_ui(repeat: int, presses: int, device: str) -> None:
               help="Also time one run of ours continuous by part (linear layers, attention, output head, "
                    "sampling, host), for prefill and decode steps.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def bench_real(model, requests, max_new_tokens, repeats, dtype, compare_dtype, threads, hf, generate_batch,
-               generate_batch_all, llama_cpp, stop_at_eos, breakdown, as_json) -> None:
+def bench_real(model, requests, max_new_tokens, repeats, dtype, compare_dtype, gather_decode, threads, hf,
+               generate_batch, generate_batch_all, llama_cpp, stop_at_eos, breakdown, as_json) -> None:
     """A real model's chat prompts: ours (continuous, static) vs transformers (padded generate,
     generate_batch) and llama.cpp, tokens compared, and the run's GFLOP/s against this machine's matmul."""
     from rich.console import Console
@@ -300,7 +303,7 @@ def bench_real(model, requests, max_new_tokens, repeats, dtype, compare_dtype, t
         with _sigterm_interrupts(), contextlib.redirect_stdout(sys.stderr):
             report = run_real(model, tuple(requests) or (16, 64), max_new_tokens, repeats, chosen, threads, hf,
                               generate_batch, compare_dtype, generate_batch_all, stop_at_eos, llama_cpp,
-                              progress=lambda msg: err.print(f"[dim]bench real: {msg}[/dim]"))
+                              gather_decode, progress=lambda msg: err.print(f"[dim]bench real: {msg}[/dim]"))
             if breakdown:
                 from .breakdown import run_breakdown
 

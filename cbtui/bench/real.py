@@ -63,11 +63,13 @@ def run_real(model: str = DEFAULT_MODEL, requests: tuple[int, ...] = DEFAULT_REQ
              max_new_tokens: int = DEFAULT_NEW_TOKENS, repeat: int = 3, dtype: str = "float32",
              threads: int | None = None, hf: bool = True, generate_batch: bool = True,
              compare_dtype: str | None = None, generate_batch_all: bool = False, stop_at_eos: bool = False,
-             llama_cpp: bool = True, progress=lambda msg: None) -> dict:
+             llama_cpp: bool = True, gather_decode: bool = False, progress=lambda msg: None) -> dict:
     """Every request count in turn, each a run_systems report with the run's flops and the
     matmul speed beside it. compare_dtype: a row of ours continuous in that dtype too (its 'same
     out' says how many requests keep ours' greedy tokens). llama_cpp: a llama.cpp row where
-    llama-cpp-python is installed and the model is a GGUF file."""
+    llama-cpp-python is installed and the model is a GGUF file. gather_decode: a row of ours
+    continuous whose decodes take the block gather instead of the decode kernel (what the kernel is
+    worth, measured in the same run)."""
     threads = threads or len(os.sched_getaffinity(0))
     spec = model_spec(model)
     longest = chat_workload(model, max(requests), max_new_tokens, stop_at_eos)
@@ -82,6 +84,8 @@ def run_real(model: str = DEFAULT_MODEL, requests: tuple[int, ...] = DEFAULT_REQ
         for n in requests:
             workload = chat_workload(model, n, max_new_tokens, stop_at_eos)
             rows = [(f"ours continuous, {compare_dtype}", {"dtype": compare_dtype})] if compare_dtype else []
+            if gather_decode:
+                rows.append(("ours continuous, gather decode", {"decode_attention": "gather"}))
             prefill_rows = min(sum(map(len, workload.prompts)), CPU_BUDGET)
             progress(f"{n} requests: matmul of the model's shapes ({dtype}, {n} and {prefill_rows} rows)")
             speed_before = [matmul_speed(spec, rows, dtype) for rows in (n, prefill_rows)]

@@ -10,14 +10,14 @@ import torch
 
 from engine import Engine, EngineConfig
 from engine.attention.layer_attention import PackedAttention
-from engine.attention.paged_decode_cpp import build as build_cpp_decode
 from engine.batch_builder import build_batch
+from engine.cpu_kernels import build as build_cpu_kernels
 from engine.kv.dense_store import DenseKVStore
 from engine.records import ScheduledItem
 
 _ALONE_CACHE: dict[tuple, list[int]] = {}
 # What a CPU run's header adds for its decode kernel: nothing where it cannot be built (no compiler).
-CPP_DECODE = " · cpp decode" if build_cpp_decode() is None else ""
+CPP_DECODE = " · cpp decode" if build_cpu_kernels() is None else ""
 
 
 def exact_config(**kw) -> EngineConfig:

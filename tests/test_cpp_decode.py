@@ -1,4 +1,4 @@
-"""The CPU decode kernel (attention/csrc/paged_decode_cpu.cpp, built by attention/paged_decode_cpp.py):
+"""The CPU decode kernel (cpu_kernels/csrc/paged_decode.cpp, called by attention/paged_decode_cpp.py):
 checked against the block gather, bit for bit alone and in a batch, against bad input, and in the
 engine (its choice, its label, greedy tokens equal to the gather's and to each request alone)."""
 
@@ -17,9 +17,11 @@ from engine.attention import decode_kernel, paged_decode_cpp
 from engine.attention.decode_kernel import CppDecode, GatherDecode, choose_decode_attention
 from engine.attention.paged_decode import paged_decode_attention
 from engine.attention.paged_decode_cpp import paged_decode_cpp as kernel
+from engine.cpu_kernels import build as build_cpu_kernels
+from engine.cpu_kernels import loader
 
 CPU = torch.device("cpu")
-problem = paged_decode_cpp.build()
+problem = build_cpu_kernels()
 pytestmark = pytest.mark.skipif(problem is not None, reason=f"the C++ decode kernel cannot be built here: {problem}")
 
 
@@ -98,8 +100,8 @@ def test_choice_and_why_not():
 
 
 def test_a_failed_build_leaves_the_gather_with_the_reason(monkeypatch):
-    monkeypatch.setattr(paged_decode_cpp, "_built", False)
-    monkeypatch.setattr(paged_decode_cpp, "_build_error", "building it failed: OSError: no c++ compiler")
+    monkeypatch.setattr(loader, "_built", False)
+    monkeypatch.setattr(loader, "_build_error", "building it failed: OSError: no c++ compiler")
     chosen = choose_decode_attention("auto", CPU, torch.bfloat16, 64)
     assert isinstance(chosen, GatherDecode) and chosen.unused_kernel == (
         "cpp decode kernel: building it failed: OSError: no c++ compiler")
@@ -113,17 +115,17 @@ def test_the_failure_is_told_in_one_line(monkeypatch):
     def broken():
         raise RuntimeError("Error building extension 'x':\n[1/2] c++ ... \nFAILED: x.o")
 
-    monkeypatch.setattr(paged_decode_cpp, "_built", False)
-    monkeypatch.setattr(paged_decode_cpp, "_build_error", None)
-    monkeypatch.setattr(paged_decode_cpp, "_load", broken)
-    assert paged_decode_cpp.build() == "building it failed: RuntimeError: Error building extension 'x':"
+    monkeypatch.setattr(loader, "_built", False)
+    monkeypatch.setattr(loader, "_build_error", None)
+    monkeypatch.setattr(loader, "_load", broken)
+    assert loader.build() == "building it failed: RuntimeError: Error building extension 'x':"
 
 
 def test_a_lock_left_by_a_killed_build_does_not_hang_the_next():
     """torch waits forever on its lock file; a build that was killed leaves one behind."""
-    name = f"cbtui_paged_decode_{paged_decode_cpp.cpu_fingerprint()}"
-    (paged_decode_cpp.build_folder(name) / "lock").write_text("")
-    code = "from engine.attention.paged_decode_cpp import build; print(build())"
+    name = loader.library_name()
+    (loader.build_folder(name) / "lock").write_text("")
+    code = "from engine.cpu_kernels import build; print(build())"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "None", done.stderr[-2000:]
 

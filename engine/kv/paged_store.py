@@ -8,6 +8,7 @@ them, one row per live request, so a step copies its rows in one go.
 The model sees the step protocol shared with the dense store:
   begin_step(request_ids, batch)  -> where this step's keys/values go and which keys it reads
   write(layer, k, v)              -> store this step's keys/values
+  rotary_write(layer, qkv, ...)   -> on the CPU, rotate queries and keys and store in one kernel
   read(layer)                     -> packed keys/values [K, kv_heads, head_dim], item after item
 """
 
@@ -16,6 +17,11 @@ from __future__ import annotations
 import torch
 
 from ..batch_builder import RaggedBatch, long_tensor, to_device
+from ..cpu_kernels import build as build_cpu_kernels
+
+# Where rotary_write's kernel runs faster than the five torch ops it stands for (float16 has no
+# vectorized conversion in it: slower than torch's ops beyond a few rows).
+ROTARY_WRITE_DTYPES = (torch.float32, torch.bfloat16, torch.float64)
 
 
 def kv_bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
@@ -51,6 +57,7 @@ class PagedKVStore:
         shape = (num_layers, (num_blocks + spare_block) * block_size, num_kv_heads, head_dim)
         self.k_pool = torch.zeros(shape, dtype=dtype, device=device)
         self.v_pool = torch.zeros(shape, dtype=dtype, device=device)
+        self._rotary_kernel: bool | None = None  # whether rotary_write's kernel runs here (known at first use)
 
     def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
@@ -119,6 +126,22 @@ class PagedKVStore:
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         self.write_at(layer, self.step_write_slots, k, v)
+
+    def rotary_write(self, layer: int, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                     heads: int) -> torch.Tensor | None:
+        """The model's rotary positions and this step's write in one CPU kernel
+        (cpu_kernels/csrc/rotary_write.cpp), bit for bit what Rotary.apply and write store: qkv
+        [tokens, heads + 2 kv heads, d] as projected, cos/sin as Rotary.cos_sin gives them. Returns
+        the rotated queries [tokens, heads, d], or None where the kernel cannot run (not the CPU, a
+        pool a plugin replaced, a store whose write does more, as a shard's; no compiler): the model
+        then rotates and calls write."""
+        if self._rotary_kernel is None:
+            self._rotary_kernel = (self.device.type == "cpu" and self.dtype in ROTARY_WRITE_DTYPES
+                                   and type(self).write is PagedKVStore.write and build_cpu_kernels() is None)
+        if not self._rotary_kernel or not isinstance(self.k_pool, torch.Tensor):
+            return None
+        return torch.ops.cbtui.rotary_write(qkv, cos, sin, heads, self.k_pool[layer], self.v_pool[layer],
+                                            self.step_write_slots)
 
     def write_at(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         self.k_pool[layer].index_copy_(0, slots, k)

@@ -177,9 +177,12 @@ class DecoderLayer(nn.Module):
         s = self.spec
         t, h, kvh = x.shape[0], s.num_heads, s.num_kv_heads
         qkv = self.qkv_proj(self.input_norm(x)).view(t, h + 2 * kvh, s.head_dim)
-        qk = Rotary.apply(qkv[:, :h + kvh], cos, sin)  # queries and keys rotated together
-        q, k, v = qk[:, :h], qk[:, h:], qkv[:, h + kvh:]
-        kv_cache.write(layer_idx, k, v)
+        fused = getattr(kv_cache, "rotary_write", None)  # the paged store's CPU kernel: same bits, one op
+        q = fused(layer_idx, qkv, cos, sin, h) if fused is not None else None
+        if q is None:
+            qk = Rotary.apply(qkv[:, :h + kvh], cos, sin)  # queries and keys rotated together
+            q, k, v = qk[:, :h], qk[:, h:], qkv[:, h + kvh:]
+            kv_cache.write(layer_idx, k, v)
         attn = attention(q, kv_cache, layer_idx, meta)  # reads the keys it needs (layer_attention.py)
         x = x + self.o_proj(attn.reshape(t, h * s.head_dim))
         gate, up = self.gate_up_proj(self.post_norm(x)).chunk(2, dim=-1)

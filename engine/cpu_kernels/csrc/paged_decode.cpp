@@ -1,4 +1,4 @@
-// Decode attention on the CPU straight from the paged KV pool (attention/paged_decode_cpp.py).
+// Decode attention on the CPU straight from the paged KV pool (attention/paged_decode_cpp.py calls it).
 //
 // One query per decode against its own keys, read once through its block table: no gather into a
 // padded copy, no mask. A task is one decode (all its heads), so a decode's output depends only on
@@ -223,7 +223,7 @@ at::Tensor paged_decode(const at::Tensor& q, const at::Tensor& k_pool, const at:
 
 }  // namespace
 
-TORCH_LIBRARY(cbtui, m) {
+TORCH_LIBRARY_FRAGMENT(cbtui, m) {
   m.def("paged_decode(Tensor q, Tensor k_pool, Tensor v_pool, Tensor tables, Tensor key_lens, int block_size, "
         "float scale) -> Tensor");
   m.impl("paged_decode", c10::DispatchKey::CPU, TORCH_FN(paged_decode));

@@ -18,6 +18,8 @@ from typing import Protocol
 
 import torch
 
+from .cpu_kernels import is_built as cpu_kernels_built
+
 
 class SamplingError(ValueError):
     """A request's logits give no distribution to sample; the message names the request."""
@@ -137,5 +139,8 @@ def _no_distribution(logits: torch.Tensor, temperature: float, request_id: int |
 
 def greedy_batch(logits: torch.Tensor) -> list[int]:
     """Greedy tokens for every row with one device-to-host copy. `max(dim).indices` is argmax, ties
-    included (the first largest), and on the CPU 4-5x quicker over a 49k bf16 vocabulary."""
+    included (the first largest), and on the CPU 4-5x quicker over a 49k bf16 vocabulary; the CPU
+    kernel (cpu_kernels/csrc/greedy.cpp, where it was built) picks the same tokens, quicker again."""
+    if logits.device.type == "cpu" and logits.dtype in (torch.float32, torch.bfloat16) and cpu_kernels_built():
+        return torch.ops.cbtui.greedy(logits).tolist()
     return logits.max(dim=-1).indices.tolist()

@@ -130,6 +130,16 @@ def test_a_lock_left_by_a_killed_build_does_not_hang_the_next():
     assert done.returncode == 0 and done.stdout.strip() == "None", done.stderr[-2000:]
 
 
+def test_the_library_name_follows_the_cpu_and_the_sources(monkeypatch, tmp_path):
+    """Two versions of cbtui (other sources) never rebuild one library under each other."""
+    name = loader.library_name()
+    extra = tmp_path / "extra.cpp"
+    extra.write_text("// another kernel\n")
+    monkeypatch.setattr(loader, "SOURCES", [*loader.SOURCES, extra])
+    other = loader.library_name()
+    assert other != name and other.split("_")[3] == name.split("_")[3] == loader.cpu_fingerprint()
+
+
 def test_the_engine_uses_it_and_says_so():
     eng = Engine(EngineConfig(model="tiny", device="cpu", dtype="float32"))
     assert eng.runner.decode_attention.name == "cpp" and "cpp decode" in eng.header().label()

@@ -3,8 +3,9 @@ loads them.
 
 They are compiled on first use with the machine's own instruction set (torch.utils.cpp_extension;
 needs a C++ compiler and ninja) into $XDG_CACHE_HOME/cbtui/kernels (~/.cache by default), under a
-name that carries the CPU's flags, so a home folder shared by different machines never loads
-another CPU's build. A build killed midway leaves torch's lock file behind, and torch would then
+name that carries the CPU's flags and a hash of the sources, flags and torch version: a home folder
+shared by different machines never loads another CPU's build, and two versions of cbtui never
+rebuild a library under each other. A build killed midway leaves torch's lock file behind, and torch would then
 wait on it forever: builds take a lock of their own (released by the OS when the process dies) and
 clear a stale one under it. Floating-point contraction is off: a kernel that stands in for a chain
 of torch ops (rotary_write.cpp) rounds after every operation as they do.
@@ -53,7 +54,12 @@ def build_folder(name: str) -> Path:
 
 
 def library_name() -> str:
-    return f"cbtui_cpu_kernels_{cpu_fingerprint()}"
+    import torch
+
+    made_of = hashlib.sha256(" ".join([torch.__version__, *FLAGS]).encode())
+    for source in SOURCES:
+        made_of.update(source.name.encode() + source.read_bytes())
+    return f"cbtui_cpu_kernels_{cpu_fingerprint()}_{made_of.hexdigest()[:8]}"
 
 
 def _load() -> None:

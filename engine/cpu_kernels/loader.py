@@ -22,6 +22,7 @@ import warnings
 from pathlib import Path
 
 SOURCES = sorted(Path(__file__).with_name("csrc").glob("*.cpp"))
+HEADERS = sorted(Path(__file__).with_name("csrc").glob("*.h"))
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-Wno-psabi"]
 
 _built: bool = False
@@ -57,7 +58,7 @@ def library_name() -> str:
     import torch
 
     made_of = hashlib.sha256(" ".join([torch.__version__, *FLAGS]).encode())
-    for source in SOURCES:
+    for source in [*SOURCES, *HEADERS]:
         made_of.update(source.name.encode() + source.read_bytes())
     return f"cbtui_cpu_kernels_{cpu_fingerprint()}_{made_of.hexdigest()[:8]}"
 

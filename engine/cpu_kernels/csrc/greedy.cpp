@@ -5,26 +5,16 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "lanes.h"
+
 #include <cstdint>
 #include <cstring>
 
 namespace {
 
-constexpr int W = 16;  // lanes
-typedef float vfloat __attribute__((vector_size(W * 4)));
-typedef int32_t vint __attribute__((vector_size(W * 4)));
-typedef uint16_t vhalf __attribute__((vector_size(W * 2)));
-
-inline vfloat load16(const float* p) {
-  vfloat r;
-  std::memcpy(&r, p, sizeof r);
-  return r;
-}
-inline vfloat load16(const c10::BFloat16* p) {  // bfloat16 is float32's upper half
-  vhalf h;
-  std::memcpy(&h, p, sizeof h);
-  return (vfloat)(__builtin_convertvector(h, vint) << 16);
-}
+using cbtui::W;
+typedef cbtui::Lanes<float>::type vfloat;
+typedef cbtui::vint vint;
 
 // A lane matches: the largest value, or NaN where the row holds one.
 inline bool matches(float v, float top, bool nan) { return nan ? v != v : v == top; }
@@ -35,7 +25,7 @@ int64_t first_largest(const T* row, int64_t n) {
   vfloat top_lanes = vfloat{} - INFINITY;
   vint nan_lanes = vint{};
   for (int64_t j = 0; j < whole; j += W) {
-    const vfloat v = load16(row + j);
+    const vfloat v = cbtui::load_vec<float>(row + j);
     top_lanes = v > top_lanes ? v : top_lanes;
     nan_lanes |= v != v;
   }
@@ -48,7 +38,7 @@ int64_t first_largest(const T* row, int64_t n) {
     nan |= v != v;
   }
   for (int64_t j = 0; j < whole; j += W) {  // the first 16 that hold it, then its place among them
-    const vfloat v = load16(row + j);
+    const vfloat v = cbtui::load_vec<float>(row + j);
     const vint hit = nan ? v != v : v == top;
     bool any = false;
     for (int l = 0; l < W; ++l) any |= hit[l] != 0;

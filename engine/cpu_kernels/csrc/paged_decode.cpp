@@ -5,11 +5,12 @@
 // its own keys and is the same bits whatever else runs in the step. Keys go by in tiles of 16: the
 // scores of a tile for every query head, an online softmax (running max and sum per head), then
 // the tile's values; K and V rows of the coming tile are prefetched while this one is computed.
-// Arithmetic is float32 (float64 for a float64 pool), in GCC vector types (lowered to AVX-512, AVX2 or
-// SSE by -march=native), so nothing here is written for one instruction set.
+// Arithmetic is float32 (float64 for a float64 pool), in the vector types of lanes.h.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
+
+#include "lanes.h"
 
 #include <algorithm>
 #include <cmath>
@@ -19,33 +20,10 @@
 
 namespace {
 
-constexpr int W = 16;  // keys per tile, and lanes per vector
-
-// Arithmetic in A (float32 for float32/bfloat16/float16 pools, float64 for float64 ones).
-template <typename A> struct Lanes;
-template <> struct Lanes<float> { typedef float type __attribute__((vector_size(W * 4))); };
-template <> struct Lanes<double> { typedef double type __attribute__((vector_size(W * 8))); };
-typedef int32_t vint __attribute__((vector_size(W * 4)));
-typedef uint16_t vhalf __attribute__((vector_size(W * 2)));
-
-template <typename A, typename T>
-inline typename Lanes<A>::type load_vec(const T* p) {
-  typename Lanes<A>::type r;
-  for (int l = 0; l < W; ++l) r[l] = static_cast<A>(p[l]);
-  return r;
-}
-template <>
-inline Lanes<float>::type load_vec<float, float>(const float* p) {
-  Lanes<float>::type r;
-  std::memcpy(&r, p, sizeof r);
-  return r;
-}
-template <>
-inline Lanes<float>::type load_vec<float, c10::BFloat16>(const c10::BFloat16* p) {  // float32's upper half
-  vhalf h;
-  std::memcpy(&h, p, sizeof h);
-  return (Lanes<float>::type)(__builtin_convertvector(h, vint) << 16);
-}
+using cbtui::Lanes;
+using cbtui::load_vec;
+using cbtui::vint;
+constexpr int W = cbtui::W;  // keys per tile
 
 template <typename V>
 inline auto hsum(V v) {

@@ -177,7 +177,9 @@ class DecoderLayer(nn.Module):
         s = self.spec
         t, h, kvh = x.shape[0], s.num_heads, s.num_kv_heads
         qkv = self.qkv_proj(self.input_norm(x)).view(t, h + 2 * kvh, s.head_dim)
-        fused = getattr(kv_cache, "rotary_write", None)  # the paged store's CPU kernel: same bits, one op
+        # The paged store's CPU kernel: the same bits in one op. A cache that wraps the store offers
+        # none (its own write must run), so a wrapper must not forward attributes it lacks.
+        fused = getattr(kv_cache, "rotary_write", None)
         q = fused(layer_idx, qkv, cos, sin, h) if fused is not None else None
         if q is None:
             qk = Rotary.apply(qkv[:, :h + kvh], cos, sin)  # queries and keys rotated together

@@ -5,7 +5,7 @@ block gather.
 padding; `gather` (any device) copies each decode's blocks out of the pool and runs
 scaled_dot_product_attention: on CUDA padded to the longest table, one call; on the CPU grouped by
 table width, no padding (paged_decode.py). `auto` takes the device's kernel where it can run (the
-C++ one is built on first use: paged_decode_cpp.py), and says why where it cannot.
+C++ one is built on first use: cpu_kernels/loader.py), and says why where it cannot.
 
 Both are called as decode(q, k_pool, v_pool, tables, key_lens, block_size, groups=None), where
 `groups` is what decode.plan(...) made once for the step (None: the padded call, as the decode
